@@ -1,0 +1,436 @@
+//! The Noise handshake between client and relay, as a typestate over `snow`:
+//! `Initiator::start` -> `InitiatorAwaitingReply` -> `InitiatorReadyToFinish` -> `Transport`,
+//! and `Responder::new` -> `ResponderAwaitingFinish` -> `Transport`.
+//!
+//! Pattern `Noise_XX_25519_ChaChaPoly_BLAKE2s`, prologue `chatroom/1`, all payloads empty:
+//! ```text
+//! -> e
+//! <- e, ee, s, es
+//! -> s, se
+//! ```
+//! Every handshake message has one valid length, checked before any Diffie-Hellman work.
+
+use std::fmt;
+use std::sync::Arc;
+
+use rand_core::OsRng;
+use snow::{HandshakeState, StatelessTransportState};
+use x25519_dalek::{PublicKey, StaticSecret};
+use zeroize::Zeroizing;
+
+use crate::error::NoiseError;
+use crate::frame::FRAME_HEADER_LEN;
+use crate::message::MAX_PLAINTEXT_LEN;
+
+/// The Noise protocol name.
+pub const NOISE_PARAMS: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
+/// Bound into the handshake hash, so a peer speaking anything else fails the handshake.
+pub const PROLOGUE: &[u8] = b"chatroom/1";
+/// `-> e`
+pub const HANDSHAKE1_LEN: usize = 32;
+/// `<- e, ee, s, es`: ephemeral, encrypted static with tag, empty payload tag.
+pub const HANDSHAKE2_LEN: usize = 32 + 32 + 16 + 16;
+/// `-> s, se`: encrypted static with tag, empty payload tag.
+pub const HANDSHAKE3_LEN: usize = 32 + 16 + 16;
+const TAG_LEN: usize = 16;
+
+/// An X25519 static key pair (the relay's long-term key, or a client's per-connection key).
+pub struct StaticKeypair {
+    private: Zeroizing<[u8; 32]>,
+    public: [u8; 32],
+}
+
+impl StaticKeypair {
+    /// A fresh key pair from the operating system's random number generator.
+    pub fn generate() -> Self {
+        let secret = StaticSecret::random_from_rng(OsRng);
+        Self::from_private(&secret.to_bytes())
+    }
+
+    /// Rebuilds a key pair from its private half.
+    pub fn from_private(private: &[u8; 32]) -> Self {
+        let secret = StaticSecret::from(*private);
+        let public = PublicKey::from(&secret).to_bytes();
+        Self { private: Zeroizing::new(secret.to_bytes()), public }
+    }
+
+    /// The public key (the relay's fingerprint is its hex).
+    pub fn public(&self) -> &[u8; 32] {
+        &self.public
+    }
+
+    /// The private key, for saving to a key file.
+    pub fn private(&self) -> &[u8; 32] {
+        &self.private
+    }
+}
+
+impl fmt::Debug for StaticKeypair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("StaticKeypair")
+    }
+}
+
+fn build(local: &StaticKeypair, initiator: bool) -> Result<HandshakeState, NoiseError> {
+    // NOISE_PARAMS is a constant that snow supports; failure here would be a build bug, but we
+    // still report it as a handshake failure rather than panic.
+    let params = NOISE_PARAMS.parse().map_err(|_| NoiseError::Handshake)?;
+    let builder = snow::Builder::new(params)
+        .local_private_key(local.private.as_ref())
+        .and_then(|b| b.prologue(PROLOGUE))
+        .map_err(|_| NoiseError::Handshake)?;
+    if initiator { builder.build_initiator() } else { builder.build_responder() }
+        .map_err(|_| NoiseError::Handshake)
+}
+
+fn write(state: &mut HandshakeState, len: usize) -> Result<Vec<u8>, NoiseError> {
+    // snow wants room for a payload tag even where the pattern has none yet.
+    let mut out = vec![0u8; len + TAG_LEN];
+    let n = state.write_message(&[], &mut out).map_err(|_| NoiseError::Handshake)?;
+    if n != len {
+        return Err(NoiseError::Handshake);
+    }
+    out.truncate(n);
+    Ok(out)
+}
+
+fn read(state: &mut HandshakeState, msg: &[u8], step: u8, expected: usize) -> Result<(), NoiseError> {
+    if msg.len() != expected {
+        return Err(NoiseError::HandshakeLength { step, len: msg.len(), expected });
+    }
+    let mut payload = [0u8; 0];
+    match state.read_message(msg, &mut payload) {
+        Ok(0) => Ok(()),
+        _ => Err(NoiseError::Handshake),
+    }
+}
+
+fn remote_static(state: &HandshakeState) -> Result<[u8; 32], NoiseError> {
+    state.get_remote_static().and_then(|k| k.try_into().ok()).ok_or(NoiseError::Handshake)
+}
+
+fn into_transport(state: HandshakeState) -> Result<Transport, NoiseError> {
+    let handshake_hash: [u8; 32] =
+        state.get_handshake_hash().try_into().map_err(|_| NoiseError::Handshake)?;
+    let remote_static = remote_static(&state)?;
+    let state = Arc::new(state.into_stateless_transport_mode().map_err(|_| NoiseError::Handshake)?);
+    Ok(Transport {
+        sender: TransportSender { state: state.clone(), nonce: 0 },
+        receiver: TransportReceiver { state, nonce: 0 },
+        handshake_hash,
+        remote_static,
+    })
+}
+
+/// The client side, before anything is sent.
+#[derive(Debug)]
+pub struct Initiator;
+
+impl Initiator {
+    /// Starts a handshake: returns the state and message 1 (`-> e`).
+    pub fn start(local: &StaticKeypair) -> Result<(InitiatorAwaitingReply, Vec<u8>), NoiseError> {
+        let mut state = build(local, true)?;
+        // -> e
+        let msg1 = write(&mut state, HANDSHAKE1_LEN)?;
+        Ok((InitiatorAwaitingReply { state }, msg1))
+    }
+}
+
+/// The client side, waiting for message 2.
+pub struct InitiatorAwaitingReply {
+    state: HandshakeState,
+}
+
+impl InitiatorAwaitingReply {
+    /// Reads message 2 (`<- e, ee, s, es`), learning and authenticating the relay's key.
+    pub fn read_reply(mut self, msg2: &[u8]) -> Result<InitiatorReadyToFinish, NoiseError> {
+        // <- e, ee, s, es
+        read(&mut self.state, msg2, 2, HANDSHAKE2_LEN)?;
+        let relay_key = remote_static(&self.state)?;
+        Ok(InitiatorReadyToFinish { state: self.state, relay_key })
+    }
+}
+
+/// The client side after message 2: the relay's key is known and should be checked against a
+/// pin before `finish`.
+pub struct InitiatorReadyToFinish {
+    state: HandshakeState,
+    relay_key: [u8; 32],
+}
+
+impl InitiatorReadyToFinish {
+    /// The relay's static public key, proven by message 2.
+    pub fn relay_key(&self) -> &[u8; 32] {
+        &self.relay_key
+    }
+
+    /// Writes message 3 (`-> s, se`) and enters transport mode.
+    pub fn finish(mut self) -> Result<(Transport, Vec<u8>), NoiseError> {
+        // -> s, se
+        let msg3 = write(&mut self.state, HANDSHAKE3_LEN)?;
+        Ok((into_transport(self.state)?, msg3))
+    }
+}
+
+/// The relay side, before message 1.
+pub struct Responder {
+    state: HandshakeState,
+}
+
+impl Responder {
+    /// A responder with the relay's static key.
+    pub fn new(local: &StaticKeypair) -> Result<Self, NoiseError> {
+        Ok(Self { state: build(local, false)? })
+    }
+
+    /// Reads message 1 (`-> e`) and writes message 2 (`<- e, ee, s, es`).
+    pub fn read_hello(mut self, msg1: &[u8]) -> Result<(ResponderAwaitingFinish, Vec<u8>), NoiseError> {
+        // -> e
+        read(&mut self.state, msg1, 1, HANDSHAKE1_LEN)?;
+        // <- e, ee, s, es
+        let msg2 = write(&mut self.state, HANDSHAKE2_LEN)?;
+        Ok((ResponderAwaitingFinish { state: self.state }, msg2))
+    }
+}
+
+/// The relay side, waiting for message 3.
+pub struct ResponderAwaitingFinish {
+    state: HandshakeState,
+}
+
+impl ResponderAwaitingFinish {
+    /// Reads message 3 (`-> s, se`) and enters transport mode.
+    pub fn read_finish(mut self, msg3: &[u8]) -> Result<Transport, NoiseError> {
+        // -> s, se
+        read(&mut self.state, msg3, 3, HANDSHAKE3_LEN)?;
+        into_transport(self.state)
+    }
+}
+
+macro_rules! opaque_debug {
+    ($($t:ty),*) => {$(
+        impl fmt::Debug for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(stringify!($t))
+            }
+        }
+    )*};
+}
+opaque_debug!(
+    InitiatorAwaitingReply,
+    InitiatorReadyToFinish,
+    Responder,
+    ResponderAwaitingFinish,
+    Transport,
+    TransportSender,
+    TransportReceiver
+);
+
+/// An established Noise session. `split` it to send and receive from different tasks.
+pub struct Transport {
+    sender: TransportSender,
+    receiver: TransportReceiver,
+    handshake_hash: [u8; 32],
+    remote_static: [u8; 32],
+}
+
+impl Transport {
+    /// The handshake hash `h`: unique to this session, and what a join signature covers.
+    pub fn handshake_hash(&self) -> &[u8; 32] {
+        &self.handshake_hash
+    }
+
+    /// The peer's static public key.
+    pub fn remote_static(&self) -> &[u8; 32] {
+        &self.remote_static
+    }
+
+    /// Encrypts `plaintext` and appends it to `out` as one frame.
+    pub fn seal_frame(&mut self, plaintext: &[u8], out: &mut Vec<u8>) -> Result<(), NoiseError> {
+        self.sender.seal_frame(plaintext, out)
+    }
+
+    /// Decrypts one frame's payload.
+    pub fn open(&mut self, ciphertext: &[u8]) -> Result<Vec<u8>, NoiseError> {
+        self.receiver.open(ciphertext)
+    }
+
+    /// Separates the two directions.
+    pub fn split(self) -> (TransportSender, TransportReceiver) {
+        (self.sender, self.receiver)
+    }
+}
+
+/// The sending direction of a session.
+pub struct TransportSender {
+    state: Arc<StatelessTransportState>,
+    nonce: u64,
+}
+
+impl TransportSender {
+    /// Encrypts `plaintext` (at most `MAX_PLAINTEXT_LEN` bytes) and appends
+    /// `length | ciphertext` to `out`.
+    pub fn seal_frame(&mut self, plaintext: &[u8], out: &mut Vec<u8>) -> Result<(), NoiseError> {
+        if plaintext.len() > MAX_PLAINTEXT_LEN {
+            return Err(NoiseError::PlaintextTooLong(plaintext.len()));
+        }
+        let nonce = self.nonce;
+        self.nonce = nonce.checked_add(1).ok_or(NoiseError::NonceExhausted)?;
+        let start = out.len();
+        let len = plaintext.len() + TAG_LEN;
+        out.resize(start + FRAME_HEADER_LEN + len, 0);
+        let written = self
+            .state
+            .write_message(nonce, plaintext, &mut out[start + FRAME_HEADER_LEN..])
+            .map_err(|_| NoiseError::PlaintextTooLong(plaintext.len()))?;
+        // written == len <= 65535 by the check above.
+        out[start..start + FRAME_HEADER_LEN].copy_from_slice(&(written as u16).to_be_bytes());
+        out.truncate(start + FRAME_HEADER_LEN + written);
+        Ok(())
+    }
+}
+
+/// The receiving direction of a session.
+pub struct TransportReceiver {
+    state: Arc<StatelessTransportState>,
+    nonce: u64,
+}
+
+impl TransportReceiver {
+    /// Decrypts one frame's payload. Any failure means the stream was altered: close it.
+    pub fn open(&mut self, ciphertext: &[u8]) -> Result<Vec<u8>, NoiseError> {
+        if ciphertext.len() < TAG_LEN {
+            return Err(NoiseError::Decrypt);
+        }
+        let mut out = vec![0u8; ciphertext.len() - TAG_LEN];
+        let n = self.state.read_message(self.nonce, ciphertext, &mut out).map_err(|_| NoiseError::Decrypt)?;
+        // Only a verified message advances the counter.
+        self.nonce = self.nonce.checked_add(1).ok_or(NoiseError::NonceExhausted)?;
+        out.truncate(n);
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::frame::decode_frame;
+
+    /// An in-memory initiator/responder pair after a complete handshake.
+    pub(crate) fn pair() -> (Transport, Transport, StaticKeypair) {
+        let relay = StaticKeypair::generate();
+        let client = StaticKeypair::generate();
+        let (init, m1) = Initiator::start(&client).unwrap();
+        let (resp, m2) = Responder::new(&relay).unwrap().read_hello(&m1).unwrap();
+        let ready = init.read_reply(&m2).unwrap();
+        assert_eq!(ready.relay_key(), relay.public());
+        let (ct, m3) = ready.finish().unwrap();
+        let rt = resp.read_finish(&m3).unwrap();
+        assert_eq!(rt.remote_static(), client.public());
+        (ct, rt, relay)
+    }
+
+    #[test]
+    fn handshake_lengths_and_hash_agree() {
+        let relay = StaticKeypair::generate();
+        let (init, m1) = Initiator::start(&StaticKeypair::generate()).unwrap();
+        assert_eq!(m1.len(), HANDSHAKE1_LEN);
+        let (resp, m2) = Responder::new(&relay).unwrap().read_hello(&m1).unwrap();
+        assert_eq!(m2.len(), HANDSHAKE2_LEN);
+        let (ct, m3) = init.read_reply(&m2).unwrap().finish().unwrap();
+        assert_eq!(m3.len(), HANDSHAKE3_LEN);
+        let rt = resp.read_finish(&m3).unwrap();
+        assert_eq!(ct.handshake_hash(), rt.handshake_hash());
+    }
+
+    #[test]
+    fn transport_round_trip_both_ways_with_split_halves() {
+        let (client, relay, _) = pair();
+        let (mut cs, mut cr) = client.split();
+        let (mut rs, mut rr) = relay.split();
+        for i in 0..3u8 {
+            let mut frame = Vec::new();
+            cs.seal_frame(&[i; 10], &mut frame).unwrap();
+            let (payload, used) = decode_frame(&frame, usize::MAX).unwrap().unwrap();
+            assert_eq!(used, frame.len());
+            assert_eq!(rr.open(payload).unwrap(), vec![i; 10]);
+            let mut back = Vec::new();
+            rs.seal_frame(b"ok", &mut back).unwrap();
+            assert_eq!(cr.open(&back[2..]).unwrap(), b"ok");
+        }
+    }
+
+    #[test]
+    fn largest_plaintext_fits_one_frame_and_one_more_byte_is_refused() {
+        let (mut client, mut relay, _) = pair();
+        let mut frame = Vec::new();
+        client.seal_frame(&vec![1; MAX_PLAINTEXT_LEN], &mut frame).unwrap();
+        assert_eq!(frame.len(), 2 + 65_535);
+        assert_eq!(relay.open(&frame[2..]).unwrap().len(), MAX_PLAINTEXT_LEN);
+        let mut out = Vec::new();
+        assert_eq!(
+            client.seal_frame(&vec![1; MAX_PLAINTEXT_LEN + 1], &mut out),
+            Err(NoiseError::PlaintextTooLong(MAX_PLAINTEXT_LEN + 1))
+        );
+    }
+
+    #[test]
+    fn tampered_replayed_or_reordered_transport_messages_fail() {
+        let (mut client, mut relay, _) = pair();
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        client.seal_frame(b"first", &mut a).unwrap();
+        client.seal_frame(b"second", &mut b).unwrap();
+        let mut flipped = a[2..].to_vec();
+        flipped[0] ^= 1;
+        assert_eq!(relay.open(&flipped), Err(NoiseError::Decrypt));
+        assert_eq!(relay.open(&b[2..]), Err(NoiseError::Decrypt), "reordered");
+        assert_eq!(relay.open(&a[2..]).unwrap(), b"first");
+        assert_eq!(relay.open(&a[2..]), Err(NoiseError::Decrypt), "replayed");
+        assert_eq!(relay.open(&[0; 5]), Err(NoiseError::Decrypt), "short");
+    }
+
+    #[test]
+    fn wrong_lengths_are_refused_before_crypto() {
+        let relay = StaticKeypair::generate();
+        assert_eq!(
+            Responder::new(&relay).unwrap().read_hello(&[0; 31]).err(),
+            Some(NoiseError::HandshakeLength { step: 1, len: 31, expected: 32 })
+        );
+        let (init, _) = Initiator::start(&StaticKeypair::generate()).unwrap();
+        assert!(matches!(init.read_reply(&[0; 95]), Err(NoiseError::HandshakeLength { step: 2, .. })));
+    }
+
+    #[test]
+    fn garbage_message_two_fails_cleanly() {
+        let (init, _) = Initiator::start(&StaticKeypair::generate()).unwrap();
+        assert_eq!(init.read_reply(&[7; HANDSHAKE2_LEN]).err(), Some(NoiseError::Handshake));
+    }
+
+    #[test]
+    fn a_relay_with_another_key_is_seen() {
+        let real = StaticKeypair::generate();
+        let impostor = StaticKeypair::generate();
+        let (init, m1) = Initiator::start(&StaticKeypair::generate()).unwrap();
+        let (_, m2) = Responder::new(&impostor).unwrap().read_hello(&m1).unwrap();
+        let ready = init.read_reply(&m2).unwrap();
+        assert_ne!(ready.relay_key(), real.public());
+        assert_eq!(ready.relay_key(), impostor.public());
+    }
+
+    #[test]
+    fn transport_is_send() {
+        fn is_send<T: Send>() {}
+        is_send::<Transport>();
+        is_send::<TransportSender>();
+        is_send::<TransportReceiver>();
+        is_send::<ResponderAwaitingFinish>();
+    }
+
+    #[test]
+    fn static_key_round_trip() {
+        let k = StaticKeypair::generate();
+        let again = StaticKeypair::from_private(k.private());
+        assert_eq!(k.public(), again.public());
+        assert_eq!(format!("{k:?}"), "StaticKeypair");
+    }
+}

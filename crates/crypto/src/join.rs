@@ -1,0 +1,198 @@
+//! The join exchange. A member proves two things in its first transport message: that it holds
+//! its identity key, by signing the Noise handshake hash (so a captured join is useless on any
+//! other connection), and that it knows the room password, by showing the join secret derived
+//! from it. Only `SignedJoin::admit` or `SignedJoin::create_room` produce a `VerifiedJoin`, and
+//! the relay's room state accepts members only as `VerifiedJoin`s.
+
+use crate::codec::put_bytes8;
+use crate::error::JoinError;
+use crate::identity::{Identity, PublicIdentity};
+use crate::kdf::{JoinSecret, JoinVerifier};
+use crate::names::{Nick, RoomName};
+
+/// A request to join (or create) a room, as carried by `ClientMessage::Join`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinRequest {
+    /// Create the room if it does not exist.
+    pub create: bool,
+    /// Which room.
+    pub room: RoomName,
+    /// The nickname to use.
+    pub nick: Nick,
+    /// The member's identity key.
+    pub identity: PublicIdentity,
+    /// The room's join secret.
+    pub join_secret: JoinSecret,
+    /// Ed25519 signature by `identity` over the join transcript.
+    pub signature: [u8; 64],
+    /// Replay retained envelopes with a sequence number above this (0: all retained) before
+    /// any live delivery. Not signed: it only shapes what the relay sends back.
+    pub history_after: u64,
+}
+
+fn signed_bytes(
+    handshake_hash: &[u8; 32],
+    create: bool,
+    room: &RoomName,
+    nick: &Nick,
+    identity: &PublicIdentity,
+) -> Vec<u8> {
+    let mut m = Vec::with_capacity(16 + 32 + 1 + 66 + 32);
+    m.extend_from_slice(b"chatroom/1 join");
+    m.extend_from_slice(handshake_hash);
+    m.push(u8::from(create));
+    put_bytes8(&mut m, room.as_str().as_bytes());
+    put_bytes8(&mut m, nick.as_str().as_bytes());
+    m.extend_from_slice(&identity.0);
+    m
+}
+
+impl JoinRequest {
+    /// Builds and signs a join request for the session with `handshake_hash`.
+    pub fn new(
+        identity: &Identity,
+        handshake_hash: &[u8; 32],
+        room: RoomName,
+        nick: Nick,
+        join_secret: JoinSecret,
+        create: bool,
+        history_after: u64,
+    ) -> Self {
+        let public = identity.public();
+        let signature = identity.sign(&signed_bytes(handshake_hash, create, &room, &nick, &public));
+        Self { create, room, nick, identity: public, join_secret, signature, history_after }
+    }
+
+    /// Checks the identity signature against this session's handshake hash.
+    pub fn verify(self, handshake_hash: &[u8; 32]) -> Result<SignedJoin, JoinError> {
+        let msg = signed_bytes(handshake_hash, self.create, &self.room, &self.nick, &self.identity);
+        if self.identity.verify(&msg, &self.signature) {
+            Ok(SignedJoin { request: self })
+        } else {
+            Err(JoinError::BadSignature)
+        }
+    }
+}
+
+/// A join whose identity signature verified; the room password is not yet checked.
+#[derive(Debug)]
+pub struct SignedJoin {
+    request: JoinRequest,
+}
+
+impl SignedJoin {
+    /// The request.
+    pub fn request(&self) -> &JoinRequest {
+        &self.request
+    }
+
+    /// Admits the member to an existing room if the join secret matches its verifier
+    /// (compared in constant time).
+    pub fn admit(self, verifier: &JoinVerifier) -> Result<VerifiedJoin, JoinError> {
+        if verifier.matches(&self.request.join_secret) {
+            Ok(self.into_verified())
+        } else {
+            Err(JoinError::WrongSecret)
+        }
+    }
+
+    /// Creates a new room: the verifier to store, and the founding member.
+    pub fn create_room(self) -> (VerifiedJoin, JoinVerifier) {
+        let verifier = self.request.join_secret.verifier();
+        (self.into_verified(), verifier)
+    }
+
+    fn into_verified(self) -> VerifiedJoin {
+        let JoinRequest { room, nick, identity, .. } = self.request;
+        VerifiedJoin { room, nick, identity }
+    }
+}
+
+/// Proof that a member passed both join checks. No public constructor exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedJoin {
+    room: RoomName,
+    nick: Nick,
+    identity: PublicIdentity,
+}
+
+impl VerifiedJoin {
+    /// The room joined.
+    pub fn room(&self) -> &RoomName {
+        &self.room
+    }
+    /// The member's nickname.
+    pub fn nick(&self) -> &Nick {
+        &self.nick
+    }
+    /// The member's identity.
+    pub fn identity(&self) -> &PublicIdentity {
+        &self.identity
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kdf::split_master;
+
+    fn request(hh: &[u8; 32], secret: JoinSecret) -> (Identity, JoinRequest) {
+        let id = Identity::from_seed(&[3; 32]);
+        let req = JoinRequest::new(
+            &id,
+            hh,
+            RoomName::new("general").unwrap(),
+            Nick::new("alice").unwrap(),
+            secret,
+            false,
+            0,
+        );
+        (id, req)
+    }
+
+    #[test]
+    fn join_with_right_secret_is_admitted() {
+        let keys = split_master(&[1; 32]);
+        let (id, req) = request(&[5; 32], keys.join_secret.clone());
+        let verified = req.verify(&[5; 32]).unwrap().admit(&keys.join_secret.verifier()).unwrap();
+        assert_eq!(verified.identity(), &id.public());
+        assert_eq!(verified.nick().as_str(), "alice");
+    }
+
+    #[test]
+    fn wrong_secret_is_refused() {
+        let keys = split_master(&[1; 32]);
+        let other = split_master(&[2; 32]);
+        let (_, req) = request(&[5; 32], other.join_secret.clone());
+        assert_eq!(
+            req.verify(&[5; 32]).unwrap().admit(&keys.join_secret.verifier()).err(),
+            Some(JoinError::WrongSecret)
+        );
+    }
+
+    #[test]
+    fn join_replayed_on_another_session_is_refused() {
+        let keys = split_master(&[1; 32]);
+        let (_, req) = request(&[5; 32], keys.join_secret.clone());
+        assert_eq!(req.verify(&[6; 32]).err(), Some(JoinError::BadSignature));
+    }
+
+    #[test]
+    fn altered_nick_or_create_flag_is_refused() {
+        let keys = split_master(&[1; 32]);
+        let (_, mut req) = request(&[5; 32], keys.join_secret.clone());
+        req.nick = Nick::new("mallory").unwrap();
+        assert_eq!(req.verify(&[5; 32]).err(), Some(JoinError::BadSignature));
+        let (_, mut req) = request(&[5; 32], keys.join_secret.clone());
+        req.create = true;
+        assert_eq!(req.verify(&[5; 32]).err(), Some(JoinError::BadSignature));
+    }
+
+    #[test]
+    fn create_room_returns_the_secrets_verifier() {
+        let keys = split_master(&[1; 32]);
+        let (_, req) = request(&[5; 32], keys.join_secret.clone());
+        let (_, verifier) = req.verify(&[5; 32]).unwrap().create_room();
+        assert!(verifier.matches(&keys.join_secret));
+    }
+}

@@ -1,0 +1,53 @@
+//! The sans-IO core of chatroom: room key derivation, end-to-end envelopes, member identities,
+//! the join proof, the Noise handshake wrapper, and the frame and message codec.
+//!
+//! Nothing here opens a socket: functions take bytes and return values, and the relay and the
+//! client own all I/O. `docs/PROTOCOL.md` is the specification this crate implements.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod codec;
+mod envelope;
+mod error;
+mod frame;
+mod handshake;
+mod identity;
+mod join;
+mod kdf;
+mod keyfile;
+mod message;
+mod names;
+
+pub use envelope::{
+    open, seal, seal_with, Content, ContentKind, EnvelopeHeader, Opened, ENVELOPE_VERSION, HEADER_LEN,
+    MAX_BODY_LEN, MAX_ENVELOPE_LEN, MIN_ENVELOPE_LEN, PAD_BLOCK,
+};
+pub use error::{DecodeError, Error, JoinError, KdfError, KeyFileError, NoiseError, OpenError};
+pub use frame::{
+    check_frame_header, decode_frame, encode_frame, FrameDecoder, FRAME_HEADER_LEN, MAX_FRAME_LEN,
+};
+pub use handshake::{
+    Initiator, InitiatorAwaitingReply, InitiatorReadyToFinish, Responder, ResponderAwaitingFinish,
+    StaticKeypair, Transport, TransportReceiver, TransportSender, HANDSHAKE1_LEN, HANDSHAKE2_LEN,
+    HANDSHAKE3_LEN, NOISE_PARAMS, PROLOGUE,
+};
+pub use identity::{short_fingerprint, Identity, PublicIdentity};
+pub use join::{JoinRequest, SignedJoin, VerifiedJoin};
+pub use kdf::{
+    derive_room_keys, room_salt, JoinSecret, JoinVerifier, KdfParams, MessageKey, RoomKeys, SafetyCode,
+};
+pub use keyfile::{load_or_create_identity, load_or_create_static, read_key_file, write_key_file, KeyKind};
+pub use message::{
+    encode_deliver, items, ClientMessage, ErrorCode, Member, PresenceEvent, RelayMessage, ITEM_HEADER_LEN,
+    MAX_DETAIL_LEN, MAX_MEMBERS_PER_ITEM, MAX_PLAINTEXT_LEN, PROTOCOL_VERSION,
+};
+pub use names::{Nick, RoomName, MAX_NICK_LEN, MAX_ROOM_LEN};
+
+/// Re-exported so callers can hold secrets the same way this crate does.
+pub use zeroize::{Zeroize, Zeroizing};
+
+/// Hooks for the fuzz targets and vector tests; not a stable API.
+#[doc(hidden)]
+pub mod internal {
+    pub use crate::kdf::split_master;
+}
