@@ -4,7 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use hkdf::Hkdf;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -232,10 +232,13 @@ pub(crate) fn derive_master(
     let salt = room_salt(relay_key, room, params);
     let argon_params = Params::new(params.m_kib, params.t, params.p, Some(32))
         .map_err(|e| KdfError::Argon2(e.to_string()))?;
-    let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, argon_params);
+    let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, argon_params.clone());
     let mut master = Zeroizing::new([0u8; 32]);
+    // argon2's own allocation is freed without being wiped; its 64 MiB or more of
+    // password-dependent blocks live in a buffer we zeroize on drop instead.
+    let blocks = Zeroizing::new(vec![Block::default(); argon_params.block_count()]);
     argon
-        .hash_password_into(password, &salt, master.as_mut())
+        .hash_password_into_with_memory(password, &salt, master.as_mut(), blocks)
         .map_err(|e| KdfError::Argon2(e.to_string()))?;
     Ok(master)
 }
