@@ -209,7 +209,7 @@ impl fmt::Debug for SafetyCode {
 
 /// Derives the room master key with Argon2id and splits it into the room's keys.
 ///
-/// This is deliberately slow (about a quarter of a second and 64 MiB at the defaults in an
+/// This is deliberately slow (about 0.1 s of one core and 64 MiB at the defaults in an
 /// optimised build); run it off the UI thread.
 pub fn derive_room_keys(
     password: &[u8],
