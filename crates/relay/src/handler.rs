@@ -170,8 +170,14 @@ impl<H: RoomService> Handler<H> {
         if !writer.is_finished() && timeout(WRITER_GRACE, &mut writer).await.is_err() {
             writer.abort();
         }
-        if !matches!(result, Err(Ended::PeerClosed | Ended::Frame(_))) {
-            let _ = timeout(LINGER, reader.discard(LINGER_BYTES)).await;
+        let linger = match result {
+            Err(Ended::PeerClosed | Ended::Frame(_)) => None,
+            // Shutting down: everyone is told at once; do not hold the exit up for long.
+            Err(Ended::Shutdown) => Some(LINGER / 4),
+            _ => Some(LINGER),
+        };
+        if let Some(linger) = linger {
+            let _ = timeout(linger, reader.discard(LINGER_BYTES)).await;
         }
         result
     }

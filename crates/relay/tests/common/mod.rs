@@ -60,6 +60,11 @@ impl TestRelay {
         Ok(Self { addr, key, dir: dir.to_owned(), stop: Some(stop), task: Some(task) })
     }
 
+    /// A handle on a relay running elsewhere (another process): only its address is used.
+    pub fn external(addr: SocketAddr) -> Self {
+        Self { addr, key: [0; 32], dir: PathBuf::new(), stop: None, task: None }
+    }
+
     /// Shuts the relay down and waits until it has closed its database.
     pub async fn stop(mut self) -> Res<()> {
         if let Some(stop) = self.stop.take() {
