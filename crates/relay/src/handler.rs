@@ -26,7 +26,9 @@ use tracing::{debug, info, instrument};
 use crate::config::Config;
 use crate::frames::{FrameError, FrameReader};
 use crate::hub::{member_items, Moderation, Refusal, RoomService};
-use crate::limits::{FailureTracker, TokenBucket, Unauthenticated, UnauthenticatedSlot, Verdict};
+use crate::limits::{
+    address_key, FailureTracker, TokenBucket, Unauthenticated, UnauthenticatedSlot, Verdict,
+};
 use crate::outbox::{encode, write_loop, Outbox, PushError};
 use crate::shutdown::Shutdown;
 
@@ -218,7 +220,7 @@ impl<H: RoomService> Handler<H> {
         };
 
         // Cheap lockout checks before the signature is verified.
-        let ip = self.peer.ip();
+        let ip = address_key(self.peer.ip());
         let room_key = request.room.as_str().to_owned();
         let verdicts = [self.shared.ip_failures.check(&ip), self.shared.room_failures.check(&room_key)];
         if verdicts.contains(&Verdict::Locked) {
