@@ -1,2 +1,282 @@
+//! `chatroom-relay`: run a relay, or print its fingerprint.
 #![forbid(unsafe_code)]
-fn main() {}
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use chatroom_relay::{fingerprint, key_path, Config, Relay, Synchronous};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+/// Relay for chatroom, the end-to-end encrypted group chat. The relay only ever sees
+/// ciphertext.
+///
+/// On start it prints its fingerprint, an invite prefix, and `listening on ADDR:PORT` once it
+/// accepts connections. SIGINT or SIGTERM stops it cleanly.
+#[derive(Debug, Parser)]
+#[command(name = "chatroom-relay", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the relay's fingerprint (creating its key if needed) without starting it.
+    Fingerprint {
+        /// Directory holding the relay key and database [default: the platform data directory].
+        #[arg(long, value_name = "DIR", env = "CHATROOM_RELAY_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SyncArg {
+    /// fsync every commit: acknowledged messages survive a power loss.
+    Full,
+    /// fsync at checkpoints: acknowledged messages survive a crash of the relay process.
+    Normal,
+}
+
+fn defaults() -> Config {
+    Config::new("")
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Address and port to listen on: 127.0.0.1 behind a Tor onion service, 0.0.0.0 on clearnet.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:7878")]
+    listen: SocketAddr,
+    /// Directory holding the relay key and database [default: the platform data directory].
+    #[arg(long, value_name = "DIR", env = "CHATROOM_RELAY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Envelopes kept per room for members who reconnect.
+    #[arg(long, value_name = "N", default_value_t = defaults().history)]
+    history: usize,
+    /// Concurrent connections.
+    #[arg(long, value_name = "N", default_value_t = defaults().max_connections)]
+    max_connections: usize,
+    /// Connections per IP address that have not joined a room yet.
+    #[arg(long, value_name = "N", default_value_t = defaults().max_unauthenticated_per_ip)]
+    max_unauthenticated_per_ip: usize,
+    /// Items queued for one member before it is disconnected as a slow consumer.
+    #[arg(long, value_name = "N", default_value_t = defaults().outbound_queue)]
+    queue_depth: usize,
+    /// Time allowed from connect to a completed handshake and join request.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    handshake_timeout: Duration,
+    /// Silence after which the relay pings a member.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    ping_after: Duration,
+    /// Silence after which the relay disconnects a member.
+    #[arg(long, value_name = "DURATION", default_value = "90s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// Envelopes a member may send in a burst.
+    #[arg(long, value_name = "N", default_value_t = defaults().rate_burst)]
+    rate_burst: u32,
+    /// Envelopes per second a member may send sustained.
+    #[arg(long, value_name = "N", default_value_t = defaults().rate_per_sec)]
+    rate_per_sec: u32,
+    /// Largest envelope accepted, in bytes (at most the protocol's maximum).
+    #[arg(long, value_name = "BYTES", default_value_t = defaults().max_envelope_len)]
+    max_envelope: usize,
+    /// Failed joins from one address before its joins are slowed.
+    #[arg(long, value_name = "N", default_value_t = defaults().ip_failures_slow)]
+    ip_failures_slow: u32,
+    /// Failed joins from one address before it is locked out for the failure window.
+    #[arg(long, value_name = "N", default_value_t = defaults().ip_failures_lockout)]
+    ip_failures_lockout: u32,
+    /// Failed joins against one room before its joins are slowed.
+    #[arg(long, value_name = "N", default_value_t = defaults().room_failures_slow)]
+    room_failures_slow: u32,
+    /// Failed joins against one room before it is locked for the failure window.
+    #[arg(long, value_name = "N", default_value_t = defaults().room_failures_lockout)]
+    room_failures_lockout: u32,
+    /// Window over which failed joins are counted, and how long a lockout lasts.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    failure_window: Duration,
+    /// Delay added to joins from a slowed address or to a slowed room.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    failure_delay: Duration,
+    /// Durability of each commit.
+    #[arg(long, value_enum, default_value = "full")]
+    synchronous: SyncArg,
+    /// More log output (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+/// Parses `500ms`, `10s`, `10m`, `1h`, or a plain number of seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 =
+        number.parse().map_err(|_| format!("{text:?} is not a duration such as 500ms, 10s, 10m or 1h"))?;
+    let unit_ms = match unit {
+        "ms" => 1,
+        "" | "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(format!("unknown unit {unit:?}: use ms, s, m or h")),
+    };
+    n.checked_mul(unit_ms).map(Duration::from_millis).ok_or_else(|| format!("{text:?} is too long"))
+}
+
+fn default_data_dir() -> Result<PathBuf, String> {
+    directories::ProjectDirs::from("", "", "chatroom-relay")
+        .map(|dirs| dirs.data_dir().to_path_buf())
+        .ok_or_else(|| "cannot determine a data directory (no home directory); pass --data-dir DIR".into())
+}
+
+fn config(args: &RunArgs) -> Result<Config, String> {
+    let data_dir = match &args.data_dir {
+        Some(dir) => dir.clone(),
+        None => default_data_dir()?,
+    };
+    let mut config = Config::new(data_dir);
+    if args.max_envelope > config.max_envelope_len {
+        return Err(format!(
+            "--max-envelope {} exceeds the protocol's maximum of {}; use a value up to {}",
+            args.max_envelope, config.max_envelope_len, config.max_envelope_len
+        ));
+    }
+    if args.max_connections == 0 || args.queue_depth == 0 || args.max_unauthenticated_per_ip == 0 {
+        return Err(
+            "--max-connections, --queue-depth and --max-unauthenticated-per-ip must be at least 1".into()
+        );
+    }
+    config.history = args.history;
+    config.max_connections = args.max_connections;
+    config.max_unauthenticated_per_ip = args.max_unauthenticated_per_ip;
+    config.outbound_queue = args.queue_depth;
+    config.handshake_timeout = args.handshake_timeout;
+    config.ping_after = args.ping_after;
+    config.idle_timeout = args.idle_timeout;
+    config.rate_burst = args.rate_burst;
+    config.rate_per_sec = args.rate_per_sec;
+    config.max_envelope_len = args.max_envelope;
+    config.ip_failures_slow = args.ip_failures_slow;
+    config.ip_failures_lockout = args.ip_failures_lockout;
+    config.room_failures_slow = args.room_failures_slow;
+    config.room_failures_lockout = args.room_failures_lockout;
+    config.failure_window = args.failure_window;
+    config.failure_delay = args.failure_delay;
+    config.synchronous = match args.synchronous {
+        SyncArg::Full => Synchronous::Full,
+        SyncArg::Normal => Synchronous::Normal,
+    };
+    Ok(config)
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let terminated = async {
+        match term.as_mut() {
+            Some(term) => {
+                term.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminated => {}
+    }
+}
+
+fn serve(args: RunArgs) -> Result<(), String> {
+    init_logging(args.verbose);
+    let config = config(&args)?;
+    let data_dir = config.data_dir.clone();
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async {
+        let relay = Relay::open(config).map_err(|e| e.to_string())?;
+        let listener = TcpListener::bind(args.listen).await.map_err(|e| {
+            format!(
+                "cannot listen on {}: {e}; choose another --listen address or stop what uses it",
+                args.listen
+            )
+        })?;
+        let local = listener.local_addr().map_err(|e| format!("cannot read the listening address: {e}"))?;
+        let fp = relay.fingerprint();
+        let mut out = std::io::stdout().lock();
+        if relay.key_created() {
+            let _ = writeln!(out, "created a new relay key in {}", key_path(&data_dir).display());
+        }
+        let host = if local.ip().is_unspecified() {
+            format!("PUBLIC-ADDRESS:{}", local.port())
+        } else {
+            local.to_string()
+        };
+        let _ = writeln!(out, "fingerprint {fp}");
+        let _ = writeln!(out, "invite prefix chatroom://{fp}@{host}/ (append the room name)");
+        let _ = writeln!(out, "listening on {local}");
+        let _ = out.flush();
+        drop(out);
+        relay.run(listener, signal()).await.map_err(|e| e.to_string())
+    })
+}
+
+fn print_fingerprint(data_dir: Option<PathBuf>) -> Result<(), String> {
+    let data_dir = match data_dir {
+        Some(dir) => dir,
+        None => default_data_dir()?,
+    };
+    let (key, _) = chatroom_crypto::load_or_create_static(&key_path(&data_dir)).map_err(|e| e.to_string())?;
+    println!("{}", fingerprint(key.public()));
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Fingerprint { data_dir }) => print_fingerprint(data_dir),
+        None => serve(cli.run),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chatroom-relay: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,116 @@
+//! Every limit the relay enforces, with its default. `docs/RELAY.md` lists the same table.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chatroom_crypto::MAX_ENVELOPE_LEN;
+
+/// How hard SQLite works to make a commit durable (`PRAGMA synchronous`, in WAL mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Synchronous {
+    /// `FULL`: the write-ahead log is fsynced at every commit. An acknowledged message
+    /// survives a crash of the relay process and a power loss or kernel crash.
+    Full,
+    /// `NORMAL`: the log is fsynced only at checkpoints. An acknowledged message survives a
+    /// crash of the relay process (`kill -9`); a power loss may lose the last commits (never
+    /// corrupt the database).
+    Normal,
+}
+
+/// The relay's configuration. `Config::new(data_dir)` gives the documented defaults.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Directory holding the static key (`relay.key`) and the database (`relay.sqlite3`).
+    pub data_dir: PathBuf,
+    /// Envelopes kept per room for history replay (default 1000).
+    pub history: usize,
+    /// Concurrent connections, joined or not (default 4096). Further connections wait in
+    /// the kernel's accept backlog until a slot frees up.
+    pub max_connections: usize,
+    /// Connections per source IP address that have not completed a join yet (default 16).
+    /// Further connections from that address are closed at once.
+    pub max_unauthenticated_per_ip: usize,
+    /// Items waiting to be written to one member before it is disconnected as a slow
+    /// consumer (default 1024).
+    pub outbound_queue: usize,
+    /// Time from accept to a completed handshake and join request (default 10 s).
+    pub handshake_timeout: Duration,
+    /// Silence after which the relay pings a member (default 30 s).
+    pub ping_after: Duration,
+    /// Silence after which the relay closes a member's connection (default 90 s).
+    pub idle_timeout: Duration,
+    /// Envelopes a member may send in a burst (default 20).
+    pub rate_burst: u32,
+    /// Envelopes per second a member may send sustained (default 5).
+    pub rate_per_sec: u32,
+    /// Largest envelope accepted, in bytes (default and maximum: the protocol's 4305).
+    pub max_envelope_len: usize,
+    /// Failed joins from one IP address within `failure_window` after which each further
+    /// join from it is delayed by `failure_delay` (default 3).
+    pub ip_failures_slow: u32,
+    /// Failed joins from one IP address within `failure_window` after which it is refused
+    /// with `TooManyAttempts` for `failure_window` (default 10).
+    pub ip_failures_lockout: u32,
+    /// Failed joins against one room within `failure_window` after which each further join
+    /// to it is delayed (default 20).
+    pub room_failures_slow: u32,
+    /// Failed joins against one room within `failure_window` after which joins to it are
+    /// refused with `TooManyAttempts` for `failure_window` (default 100).
+    pub room_failures_lockout: u32,
+    /// Window over which failures are counted, and how long a lockout lasts (default 10 min).
+    pub failure_window: Duration,
+    /// Delay applied to a join once its address or room is being slowed (default 1 s).
+    pub failure_delay: Duration,
+    /// Durability of commits (default `Full`).
+    pub synchronous: Synchronous,
+    /// Time connections get to say goodbye at shutdown before the store is closed anyway
+    /// (default 5 s).
+    pub shutdown_grace: Duration,
+}
+
+impl Config {
+    /// The defaults, storing everything in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            history: 1000,
+            max_connections: 4096,
+            max_unauthenticated_per_ip: 16,
+            outbound_queue: 1024,
+            handshake_timeout: Duration::from_secs(10),
+            ping_after: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(90),
+            rate_burst: 20,
+            rate_per_sec: 5,
+            max_envelope_len: MAX_ENVELOPE_LEN,
+            ip_failures_slow: 3,
+            ip_failures_lockout: 10,
+            room_failures_slow: 20,
+            room_failures_lockout: 100,
+            failure_window: Duration::from_secs(600),
+            failure_delay: Duration::from_secs(1),
+            synchronous: Synchronous::Full,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+
+    /// The relay's static Noise key file.
+    pub fn key_path(&self) -> PathBuf {
+        key_path(&self.data_dir)
+    }
+
+    /// The SQLite database file.
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join(DB_FILE)
+    }
+}
+
+/// File name of the database inside the data directory.
+pub const DB_FILE: &str = "relay.sqlite3";
+/// File name of the static key inside the data directory.
+pub const KEY_FILE: &str = "relay.key";
+
+/// The static key file inside `data_dir`.
+pub fn key_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(KEY_FILE)
+}

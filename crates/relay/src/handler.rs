@@ -1,0 +1,467 @@
+//! One connection: the Noise handshake, the join, then the member's requests.
+//!
+//! The reader half stays in this task; a writer task owns the sending half and the member's
+//! outbox. Every limit is checked before the work it protects: a frame's length before its
+//! body is read, each handshake message's exact length before any Diffie-Hellman, failed-join
+//! lockouts before the join signature is verified.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chatroom_crypto::{
+    encode_frame, items, ClientMessage, DecodeError, EnvelopeHeader, ErrorCode, JoinRequest, NoiseError,
+    PublicIdentity, RelayMessage, Responder, StaticKeypair, TransportReceiver, HANDSHAKE1_LEN,
+    HANDSHAKE3_LEN, MAX_FRAME_LEN,
+};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::{sleep_until, timeout, timeout_at, Instant};
+use tracing::{debug, info, instrument};
+
+use crate::config::Config;
+use crate::frames::{FrameError, FrameReader};
+use crate::hub::{member_items, Moderation, Refusal, RoomService};
+use crate::limits::{FailureTracker, TokenBucket, Unauthenticated, UnauthenticatedSlot, Verdict};
+use crate::outbox::{encode, write_loop, Outbox};
+use crate::shutdown::Shutdown;
+
+/// The smallest transport frame: an AEAD tag around at least one item header.
+const MIN_TRANSPORT_FRAME: usize = 16 + chatroom_crypto::ITEM_HEADER_LEN;
+/// Wire type of `Send`: a malformed `Send` is answered with an error, not a goodbye, so the
+/// client's first-in-first-out matching of answers to sends stays intact.
+const SEND_ITEM: u8 = 0x02;
+/// How long the writer gets to flush a closing connection.
+const WRITER_GRACE: Duration = Duration::from_secs(2);
+/// After a goodbye, incoming bytes are read and dropped for this long (at most
+/// `LINGER_BYTES`), so the goodbye is not lost to a reset.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 1 << 16;
+
+/// State shared by every connection.
+#[derive(Debug)]
+pub(crate) struct Shared<H> {
+    pub(crate) hub: H,
+    pub(crate) config: Config,
+    pub(crate) static_key: StaticKeypair,
+    pub(crate) ip_failures: FailureTracker<IpAddr>,
+    pub(crate) room_failures: FailureTracker<String>,
+    pub(crate) unauthenticated: Unauthenticated,
+}
+
+/// Why a connection ended; logged, never returned to the listener.
+#[derive(Debug, thiserror::Error)]
+enum Ended {
+    #[error("peer closed the connection")]
+    PeerClosed,
+    #[error("handshake or join deadline passed")]
+    Deadline,
+    #[error("relay shutting down")]
+    Shutdown,
+    #[error("frame: {0}")]
+    Frame(#[from] FrameError),
+    #[error("noise: {0}")]
+    Noise(#[from] NoiseError),
+    #[error("write: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("refused: {0:?}")]
+    Refused(ErrorCode),
+    #[error("closed by the relay")]
+    Closed,
+}
+
+enum Flow {
+    Continue,
+    Stop,
+}
+
+/// Per-connection handler.
+#[derive(Debug)]
+pub(crate) struct Handler<H> {
+    pub(crate) shared: Arc<Shared<H>>,
+    pub(crate) peer: SocketAddr,
+    pub(crate) id: u64,
+    pub(crate) shutdown: Shutdown,
+    /// Dropped when the handler ends; the server waits for all of them at shutdown.
+    pub(crate) _done: mpsc::Sender<()>,
+}
+
+impl<H: RoomService> Handler<H> {
+    /// Serves one connection; errors are logged here, never returned.
+    #[instrument(name = "conn", skip_all, fields(id = self.id, peer = %self.peer))]
+    pub(crate) async fn run(mut self, stream: TcpStream, slot: UnauthenticatedSlot) {
+        debug!("accepted");
+        match self.serve(stream, slot).await {
+            Ok(()) | Err(Ended::PeerClosed) => debug!("connection closed"),
+            Err(e @ (Ended::Refused(_) | Ended::Deadline)) => info!("connection ended: {e}"),
+            Err(e) => debug!("connection ended: {e}"),
+        }
+    }
+
+    async fn read_before(
+        &mut self,
+        deadline: Instant,
+        reader: &mut FrameReader<OwnedReadHalf>,
+        min: usize,
+        max: usize,
+    ) -> Result<Bytes, Ended> {
+        tokio::select! {
+            biased;
+            _ = self.shutdown.recv() => Err(Ended::Shutdown),
+            frame = timeout_at(deadline, reader.next_frame(min, max)) => match frame {
+                Err(_) => Err(Ended::Deadline),
+                Ok(Ok(Some(frame))) => Ok(frame.freeze()),
+                Ok(Ok(None)) => Err(Ended::PeerClosed),
+                Ok(Err(e)) => Err(e.into()),
+            },
+        }
+    }
+
+    async fn serve(&mut self, stream: TcpStream, slot: UnauthenticatedSlot) -> Result<(), Ended> {
+        let _ = stream.set_nodelay(true);
+        let (read_half, mut write_half) = stream.into_split();
+        let mut reader = FrameReader::new(read_half);
+        let deadline = Instant::now() + self.shared.config.handshake_timeout;
+
+        // -> e (exactly 32 bytes, checked from the frame header before reading the body)
+        let msg1 = self.read_before(deadline, &mut reader, HANDSHAKE1_LEN, HANDSHAKE1_LEN).await?;
+        let (responder, msg2) = Responder::new(&self.shared.static_key)?.read_hello(&msg1)?;
+        // <- e, ee, s, es
+        let mut frame = Vec::with_capacity(msg2.len() + 2);
+        encode_frame(&msg2, &mut frame).map_err(|_| Ended::Noise(NoiseError::Handshake))?;
+        timeout_at(deadline, write_half.write_all(&frame)).await.map_err(|_| Ended::Deadline)??;
+        // -> s, se (exactly 64 bytes)
+        let msg3 = self.read_before(deadline, &mut reader, HANDSHAKE3_LEN, HANDSHAKE3_LEN).await?;
+        let transport = responder.read_finish(&msg3)?;
+        let handshake_hash = *transport.handshake_hash();
+        let (sender, mut receiver) = transport.split();
+
+        let outbox = Arc::new(Outbox::new(self.shared.config.outbound_queue));
+        let mut writer = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { write_loop(&outbox, sender, write_half).await }
+        });
+        let result = self
+            .session(&mut reader, &mut receiver, &outbox, &mut writer, deadline, handshake_hash, slot)
+            .await;
+        outbox.finish();
+        if !writer.is_finished() && timeout(WRITER_GRACE, &mut writer).await.is_err() {
+            writer.abort();
+        }
+        if !matches!(result, Err(Ended::PeerClosed | Ended::Frame(_))) {
+            let _ = timeout(LINGER, reader.discard(LINGER_BYTES)).await;
+        }
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn session(
+        &mut self,
+        reader: &mut FrameReader<OwnedReadHalf>,
+        receiver: &mut TransportReceiver,
+        outbox: &Arc<Outbox>,
+        writer: &mut JoinHandle<()>,
+        deadline: Instant,
+        handshake_hash: [u8; 32],
+        slot: UnauthenticatedSlot,
+    ) -> Result<(), Ended> {
+        let shared = self.shared.clone();
+        let config = &shared.config;
+        let first = match self.read_before(deadline, reader, MIN_TRANSPORT_FRAME, MAX_FRAME_LEN).await {
+            Ok(frame) => frame,
+            Err(Ended::Deadline) => {
+                let secs = config.handshake_timeout.as_secs_f64();
+                outbox.finish_with(
+                    ErrorCode::HandshakeTimeout,
+                    &format!("handshake and join must complete within {secs} s"),
+                );
+                return Err(Ended::Deadline);
+            }
+            Err(Ended::Shutdown) => {
+                outbox.finish_with(ErrorCode::ShuttingDown, "the relay is shutting down; reconnect later");
+                return Err(Ended::Shutdown);
+            }
+            Err(e) => return Err(e),
+        };
+        let plaintext = receiver.open(&first)?;
+        let request = match self.join_request(&plaintext) {
+            Ok(request) => request,
+            Err(refusal) => return Err(refuse(outbox, refusal)),
+        };
+
+        // Cheap lockout checks before the signature is verified.
+        let ip = self.peer.ip();
+        let room_key = request.room.as_str().to_owned();
+        let verdicts = [self.shared.ip_failures.check(&ip), self.shared.room_failures.check(&room_key)];
+        if verdicts.contains(&Verdict::Locked) {
+            let minutes = config.failure_window.as_secs().div_ceil(60);
+            info!(room = %request.room, "join refused: too many failed attempts");
+            return Err(refuse(
+                outbox,
+                Refusal::new(
+                    ErrorCode::TooManyAttempts,
+                    format!("too many failed joins from your address or for this room; try again in {minutes} minutes"),
+                ),
+            ));
+        }
+        if verdicts.contains(&Verdict::Slow) {
+            debug!("slowing a join after failed attempts");
+            tokio::select! {
+                _ = self.shutdown.recv() => return Err(Ended::Shutdown),
+                _ = tokio::time::sleep(config.failure_delay) => {}
+            }
+        }
+
+        let identity = request.identity;
+        let nick = request.nick.clone();
+        let room = request.room.clone();
+        let history_after = request.history_after;
+        let signed = match request.verify(&handshake_hash) {
+            Ok(signed) => signed,
+            Err(_) => {
+                self.shared.ip_failures.record_failure(&ip);
+                return Err(refuse(
+                    outbox,
+                    Refusal::new(
+                        ErrorCode::BadSignature,
+                        "the join signature does not verify for this connection",
+                    ),
+                ));
+            }
+        };
+        let member = match self.shared.hub.join(signed, history_after, self.id, outbox.clone()).await {
+            Ok(member) => member,
+            Err(refusal) => {
+                if refusal.code == ErrorCode::WrongPassword {
+                    self.shared.ip_failures.record_failure(&ip);
+                    self.shared.room_failures.record_failure(&room_key);
+                }
+                info!(room = %room, code = ?refusal.code, "join refused");
+                return Err(refuse(outbox, refusal));
+            }
+        };
+        drop(slot);
+        info!(room = %room, nick = %nick, identity = %identity.short_fingerprint(), "joined");
+        let result = self.member_loop(reader, receiver, outbox, writer, &member, identity).await;
+        self.shared.hub.leave(&member);
+        info!(room = %room, nick = %nick, "left");
+        result
+    }
+
+    /// The first transport message must be exactly one `Join`.
+    fn join_request(&self, plaintext: &[u8]) -> Result<JoinRequest, Refusal> {
+        match ClientMessage::decode_all(plaintext) {
+            Ok(mut messages) if messages.len() == 1 => match messages.pop() {
+                Some(ClientMessage::Join(request)) => Ok(request),
+                _ => Err(Refusal::new(
+                    ErrorCode::UnexpectedMessage,
+                    "the first message must be a join request",
+                )),
+            },
+            Ok(_) => Err(Refusal::new(
+                ErrorCode::UnexpectedMessage,
+                "the first message must hold exactly one join request",
+            )),
+            Err(DecodeError::UnsupportedVersion(v)) => Err(Refusal::new(
+                ErrorCode::UnsupportedVersion,
+                format!("protocol version {v} is not supported; this relay speaks version 1"),
+            )),
+            Err(e) => Err(Refusal::new(ErrorCode::Malformed, format!("malformed join request: {e}"))),
+        }
+    }
+
+    async fn member_loop(
+        &mut self,
+        reader: &mut FrameReader<OwnedReadHalf>,
+        receiver: &mut TransportReceiver,
+        outbox: &Arc<Outbox>,
+        writer: &mut JoinHandle<()>,
+        member: &H::Membership,
+        identity: PublicIdentity,
+    ) -> Result<(), Ended> {
+        let shared = self.shared.clone();
+        let config = &shared.config;
+        let mut bucket = TokenBucket::new(config.rate_burst, config.rate_per_sec);
+        let mut last_heard = Instant::now();
+        let mut pinged = false;
+        let mut token = 0u64;
+        loop {
+            let wake = last_heard + if pinged { config.idle_timeout } else { config.ping_after };
+            tokio::select! {
+                biased;
+                _ = self.shutdown.recv() => {
+                    outbox.close(ErrorCode::ShuttingDown, "the relay is shutting down; reconnect later");
+                    return Err(Ended::Shutdown);
+                }
+                _ = &mut *writer => return Err(Ended::Closed),
+                _ = sleep_until(wake) => {
+                    if pinged {
+                        let secs = config.idle_timeout.as_secs_f64();
+                        outbox.close(ErrorCode::IdleTimeout, &format!("no traffic for {secs} s"));
+                        return Err(Ended::Closed);
+                    }
+                    pinged = true;
+                    token = token.wrapping_add(1);
+                    if !outbox.push_or_close(encode(&RelayMessage::Ping { token })) {
+                        return Err(Ended::Closed);
+                    }
+                }
+                frame = reader.next_frame(MIN_TRANSPORT_FRAME, MAX_FRAME_LEN) => {
+                    let frame = match frame {
+                        Ok(Some(frame)) => frame,
+                        Ok(None) => return Err(Ended::PeerClosed),
+                        Err(e) => return Err(e.into()),
+                    };
+                    last_heard = Instant::now();
+                    pinged = false;
+                    let plaintext = receiver.open(&frame)?;
+                    if let Flow::Stop = self.process(&plaintext, outbox, member, identity, &mut bucket).await {
+                        return Err(Ended::Closed);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles every item of one transport message, in order.
+    async fn process(
+        &self,
+        plaintext: &[u8],
+        outbox: &Arc<Outbox>,
+        member: &H::Membership,
+        identity: PublicIdentity,
+        bucket: &mut TokenBucket,
+    ) -> Flow {
+        if plaintext.is_empty() {
+            outbox.finish_with(ErrorCode::Malformed, "empty message");
+            return Flow::Stop;
+        }
+        for item in items(plaintext) {
+            let (ty, body) = match item {
+                Ok(item) => item,
+                Err(e) => {
+                    outbox.finish_with(ErrorCode::Malformed, &format!("malformed message: {e}"));
+                    return Flow::Stop;
+                }
+            };
+            let message = match ClientMessage::decode(ty, body) {
+                Ok(message) => message,
+                Err(e) if ty == SEND_ITEM => {
+                    let code = if matches!(e, DecodeError::TooLong { .. }) {
+                        ErrorCode::EnvelopeTooLarge
+                    } else {
+                        ErrorCode::Malformed
+                    };
+                    let reply = RelayMessage::Error { code, detail: format!("envelope refused: {e}") };
+                    if !outbox.push_or_close(encode(&reply)) {
+                        return Flow::Stop;
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    outbox.finish_with(ErrorCode::Malformed, &format!("malformed message: {e}"));
+                    return Flow::Stop;
+                }
+            };
+            let replies = match message {
+                ClientMessage::Send { envelope } => {
+                    vec![encode(&self.send(member, identity, envelope, bucket).await)]
+                }
+                ClientMessage::Who => member_items(self.shared.hub.members(member)),
+                ClientMessage::Kick { nick } => self.moderate(member, Moderation::Kick, nick).await,
+                ClientMessage::Ban { nick } => self.moderate(member, Moderation::Ban, nick).await,
+                ClientMessage::Unban { nick } => self.moderate(member, Moderation::Unban, nick).await,
+                ClientMessage::Ping { token } => vec![encode(&RelayMessage::Pong { token })],
+                ClientMessage::Pong { .. } => Vec::new(),
+                ClientMessage::Join(_) => {
+                    outbox
+                        .finish_with(ErrorCode::UnexpectedMessage, "already joined: a connection joins once");
+                    return Flow::Stop;
+                }
+                _ => {
+                    outbox.finish_with(ErrorCode::UnexpectedMessage, "message not understood");
+                    return Flow::Stop;
+                }
+            };
+            for reply in replies {
+                if !outbox.push_or_close(reply) {
+                    return Flow::Stop;
+                }
+            }
+        }
+        Flow::Continue
+    }
+
+    async fn moderate(
+        &self,
+        member: &H::Membership,
+        action: Moderation,
+        nick: chatroom_crypto::Nick,
+    ) -> Vec<Bytes> {
+        match self.shared.hub.moderate(member, action, nick).await {
+            Ok(()) => Vec::new(),
+            Err(refusal) => vec![encode(&RelayMessage::Error { code: refusal.code, detail: refusal.detail })],
+        }
+    }
+
+    /// Checks and publishes one envelope: exactly one `Ack` or `Error`.
+    async fn send(
+        &self,
+        member: &H::Membership,
+        identity: PublicIdentity,
+        envelope: Vec<u8>,
+        bucket: &mut TokenBucket,
+    ) -> RelayMessage {
+        let config = &self.shared.config;
+        let error = |code, detail: String| RelayMessage::Error { code, detail };
+        let header = match EnvelopeHeader::parse(&envelope) {
+            Ok(header) => header,
+            Err(e @ DecodeError::TooLong { .. }) => {
+                return error(ErrorCode::EnvelopeTooLarge, format!("{e}; message not delivered"))
+            }
+            Err(e) => {
+                return error(ErrorCode::Malformed, format!("malformed envelope: {e}; message not delivered"))
+            }
+        };
+        if envelope.len() > config.max_envelope_len {
+            return error(
+                ErrorCode::EnvelopeTooLarge,
+                format!(
+                    "envelope of {} bytes exceeds this relay's limit of {} bytes; message not delivered",
+                    envelope.len(),
+                    config.max_envelope_len
+                ),
+            );
+        }
+        if header.sender != identity {
+            return error(
+                ErrorCode::BadEnvelope,
+                "the envelope names another sender than your identity; message not delivered".into(),
+            );
+        }
+        if !bucket.try_take() {
+            info!("rate limit hit");
+            return error(
+                ErrorCode::RateLimited,
+                format!(
+                    "rate limit {}/s with burst {} exceeded; message not delivered",
+                    config.rate_per_sec, config.rate_burst
+                ),
+            );
+        }
+        match self.shared.hub.publish(member, header, Bytes::from(envelope)).await {
+            Ok(seq) => RelayMessage::Ack { counter: header.counter, seq },
+            Err(refusal) => error(refusal.code, refusal.detail),
+        }
+    }
+}
+
+/// Queues a refusal as the connection's last item.
+fn refuse(outbox: &Outbox, refusal: Refusal) -> Ended {
+    outbox.finish_with(refusal.code, &refusal.detail);
+    Ended::Refused(refusal.code)
+}

@@ -1,0 +1,680 @@
+//! Room state, history and fan-out, behind the `RoomService` interface.
+//!
+//! Connection handling (`handler.rs`) talks to rooms only through `RoomService`. `LocalRooms`
+//! implements it for one relay process with SQLite underneath; a clustered relay (several
+//! processes sharing rooms through a distributed log such as NATS JetStream) is another
+//! implementation of the same trait, not a change to the connection code.
+//!
+//! Only a `VerifiedJoin` (which only `SignedJoin::admit` and `SignedJoin::create_room` produce)
+//! can register a member, and only a registered member's handle can publish: a code path that
+//! relays anything before the join checks passed does not compile.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use chatroom_crypto::{
+    encode_deliver, EnvelopeHeader, ErrorCode, JoinVerifier, Member, Nick, PresenceEvent, PublicIdentity,
+    RelayMessage, RoomName, SignedJoin, VerifiedJoin, MAX_MEMBERS_PER_ITEM,
+};
+use tokio::sync::watch;
+use tracing::{error, info};
+
+use crate::outbox::{encode, Outbox};
+use crate::store::{RoomRecord, StoreError, StoreHandle, StoredEnvelope};
+
+/// How long a resend of an envelope that is still being committed waits for that commit.
+const RESEND_WAIT: Duration = Duration::from_secs(10);
+
+/// A refused request: the code and a detail that tells the member what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    pub(crate) code: ErrorCode,
+    pub(crate) detail: String,
+}
+
+impl Refusal {
+    pub(crate) fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
+        Self { code, detail: detail.into() }
+    }
+
+    fn internal(e: &StoreError) -> Self {
+        error!(error = %e, "storage failed");
+        Self::new(ErrorCode::Internal, "the relay could not store this; try again later")
+    }
+}
+
+/// What the owner asks the relay to do to a member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Moderation {
+    Kick,
+    Ban,
+    Unban,
+}
+
+/// Room state, history and fan-out, as the connection handler sees them.
+pub(crate) trait RoomService: Send + Sync + 'static {
+    /// A joined member's handle; dropping it without `leave` is a bug.
+    type Membership: Send + Sync + fmt::Debug + 'static;
+
+    /// Runs the join checks (ban, nickname, password, or room creation) and registers the
+    /// member. On success the member's outbox already holds, in order: `Joined`, `Members`,
+    /// the retained envelopes after `history_after`, and `HistoryEnd`; live traffic follows
+    /// with no gap and no duplicate.
+    fn join(
+        &self,
+        join: SignedJoin,
+        history_after: u64,
+        connection: u64,
+        outbox: Arc<Outbox>,
+    ) -> impl Future<Output = Result<Self::Membership, Refusal>> + Send;
+
+    /// Stores an envelope whose sender is the member, then delivers it to every other member.
+    /// Returns its sequence number once it is durable (an idempotent resend returns the
+    /// stored one).
+    fn publish(
+        &self,
+        member: &Self::Membership,
+        header: EnvelopeHeader,
+        envelope: Bytes,
+    ) -> impl Future<Output = Result<u64, Refusal>> + Send;
+
+    /// The connected members of the member's room.
+    fn members(&self, member: &Self::Membership) -> Vec<Member>;
+
+    /// Kick, ban or unban `nick` (room owner only).
+    fn moderate(
+        &self,
+        member: &Self::Membership,
+        action: Moderation,
+        nick: Nick,
+    ) -> impl Future<Output = Result<(), Refusal>> + Send;
+
+    /// The member's connection ended.
+    fn leave(&self, member: &Self::Membership);
+}
+
+/// A connected member, as the room sees it.
+#[derive(Debug)]
+struct Connected {
+    connection: u64,
+    nick: Nick,
+    outbox: Arc<Outbox>,
+}
+
+struct RoomState {
+    verifier: JoinVerifier,
+    owner: PublicIdentity,
+    /// Highest sequence number handed out.
+    latest_seq: u64,
+    /// Highest sequence number committed and delivered.
+    delivered_seq: u64,
+    /// Committed envelopes, oldest first, at most `LocalRooms::history`.
+    history: VecDeque<StoredEnvelope>,
+    /// Highest counter accepted per sender.
+    counters: HashMap<PublicIdentity, u64>,
+    /// Envelopes handed to storage but not committed yet: (sender, counter) -> seq.
+    pending: HashMap<(PublicIdentity, u64), u64>,
+    /// Canonical nickname -> identity.
+    nicks: HashMap<String, PublicIdentity>,
+    bans: HashSet<PublicIdentity>,
+    members: HashMap<PublicIdentity, Connected>,
+    /// Appends not yet completed, and joins between their checks and registration: a room
+    /// with either is never evicted from memory.
+    inflight: usize,
+    joining: usize,
+    evicted: bool,
+}
+
+struct Room {
+    name: RoomName,
+    state: Mutex<RoomState>,
+    committed: watch::Sender<u64>,
+}
+
+impl fmt::Debug for Room {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Room").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+impl Room {
+    fn new(name: RoomName, state: RoomState) -> Arc<Self> {
+        let delivered = state.delivered_seq;
+        Arc::new(Self { name, state: Mutex::new(state), committed: watch::channel(delivered).0 })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, RoomState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn from_record(name: RoomName, record: RoomRecord) -> Arc<Self> {
+        let delivered = record.history.last().map_or(record.latest_seq, |e| e.seq.max(record.latest_seq));
+        let state = RoomState {
+            verifier: JoinVerifier(record.verifier),
+            owner: PublicIdentity(record.owner),
+            latest_seq: delivered,
+            delivered_seq: delivered,
+            history: record.history.into(),
+            counters: record.counters.into_iter().map(|(id, c)| (PublicIdentity(id), c)).collect(),
+            pending: HashMap::new(),
+            nicks: record.nicks.into_iter().map(|(n, id)| (n, PublicIdentity(id))).collect(),
+            bans: record.bans.into_iter().map(PublicIdentity).collect(),
+            members: HashMap::new(),
+            inflight: 0,
+            joining: 0,
+            evicted: false,
+        };
+        Self::new(name, state)
+    }
+}
+
+impl RoomState {
+    /// Pushes an item to every member but `except`; a member whose queue is full is closed
+    /// as a slow consumer.
+    fn broadcast(&self, item: &Bytes, except: Option<&PublicIdentity>) {
+        for (id, member) in &self.members {
+            if Some(id) != except {
+                member.outbox.push_or_close(item.clone());
+            }
+        }
+    }
+
+    fn presence(
+        &self,
+        event: PresenceEvent,
+        nick: &Nick,
+        identity: PublicIdentity,
+        except: Option<&PublicIdentity>,
+    ) {
+        let item = encode(&RelayMessage::Presence { event, nick: nick.clone(), identity });
+        self.broadcast(&item, except);
+    }
+
+    fn member_list(&self) -> Vec<Member> {
+        let mut list: Vec<Member> =
+            self.members.iter().map(|(id, m)| Member { nick: m.nick.clone(), identity: *id }).collect();
+        list.sort_by_key(|m| m.nick.canonical());
+        list
+    }
+
+    fn is_current(&self, member: &LocalMember) -> bool {
+        self.members.get(&member.identity).is_some_and(|c| c.connection == member.connection)
+    }
+
+    fn owner_only(&self, member: &LocalMember) -> Result<(), Refusal> {
+        if member.identity == self.owner {
+            Ok(())
+        } else {
+            Err(Refusal::new(ErrorCode::NotOwner, "only the room owner may kick, ban or unban"))
+        }
+    }
+
+    fn bound(&self, nick: &Nick) -> Result<PublicIdentity, Refusal> {
+        self.nicks.get(&nick.canonical()).copied().ok_or_else(|| {
+            Refusal::new(ErrorCode::NoSuchMember, format!("nobody uses the nickname {nick} in this room"))
+        })
+    }
+}
+
+/// Splits a member list into `Members` items.
+pub(crate) fn member_items(list: Vec<Member>) -> Vec<Bytes> {
+    if list.is_empty() {
+        return vec![encode(&RelayMessage::Members { more: false, members: Vec::new() })];
+    }
+    let chunks: Vec<&[Member]> = list.chunks(MAX_MEMBERS_PER_ITEM).collect();
+    let last = chunks.len() - 1;
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, chunk)| encode(&RelayMessage::Members { more: i < last, members: chunk.to_vec() }))
+        .collect()
+}
+
+/// A member registered with `LocalRooms`.
+pub(crate) struct LocalMember {
+    room: Arc<Room>,
+    identity: PublicIdentity,
+    nick: Nick,
+    connection: u64,
+}
+
+impl fmt::Debug for LocalMember {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalMember")
+            .field("room", &self.room.name)
+            .field("nick", &self.nick)
+            .field("connection", &self.connection)
+            .finish()
+    }
+}
+
+/// Rooms of one relay process, kept in memory while they have members and stored in SQLite.
+#[derive(Debug)]
+pub(crate) struct LocalRooms {
+    rooms: Mutex<HashMap<RoomName, Arc<Room>>>,
+    /// Serialises loading and creating rooms, so one room is never loaded twice.
+    loading: tokio::sync::Mutex<()>,
+    store: StoreHandle,
+    history: usize,
+}
+
+enum Publish {
+    New(u64, tokio::sync::oneshot::Receiver<Result<(), StoreError>>),
+    Resent(u64, watch::Receiver<u64>),
+}
+
+enum Lookup {
+    Found(Arc<Room>),
+    Missing,
+}
+
+impl LocalRooms {
+    pub(crate) fn new(store: StoreHandle, history: usize) -> Self {
+        Self { rooms: Mutex::new(HashMap::new()), loading: tokio::sync::Mutex::new(()), store, history }
+    }
+
+    fn map(&self) -> MutexGuard<'_, HashMap<RoomName, Arc<Room>>> {
+        self.rooms.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Finds a room in memory, or loads it. Must be called with `loading` held.
+    async fn load(&self, name: &RoomName) -> Result<Lookup, Refusal> {
+        if let Some(room) = self.map().get(name) {
+            return Ok(Lookup::Found(room.clone()));
+        }
+        // Storage runs operations in order, so this read sees every write queued before it,
+        // including those of a room evicted a moment ago.
+        match self.store.load_room(name.as_str()).await {
+            Ok(Some(record)) => {
+                let room = Room::from_record(name.clone(), record);
+                self.map().insert(name.clone(), room.clone());
+                Ok(Lookup::Found(room))
+            }
+            Ok(None) => Ok(Lookup::Missing),
+            Err(e) => Err(Refusal::internal(&e)),
+        }
+    }
+
+    async fn lookup(&self, name: &RoomName) -> Result<Lookup, Refusal> {
+        if let Some(room) = self.map().get(name) {
+            return Ok(Lookup::Found(room.clone()));
+        }
+        let _loading = self.loading.lock().await;
+        self.load(name).await
+    }
+
+    /// Registers a verified member; the caller holds the room lock.
+    fn register(
+        room: &Arc<Room>,
+        st: &mut RoomState,
+        verified: VerifiedJoin,
+        created: bool,
+        history_after: u64,
+        connection: u64,
+        outbox: Arc<Outbox>,
+    ) -> LocalMember {
+        let identity = *verified.identity();
+        let nick = verified.nick().clone();
+        let entry = Connected { connection, nick: nick.clone(), outbox: outbox.clone() };
+        match st.members.insert(identity, entry) {
+            Some(old) => {
+                old.outbox.close(ErrorCode::AlreadyConnected, "replaced by a new connection");
+            }
+            None => st.presence(PresenceEvent::Joined, &nick, identity, Some(&identity)),
+        }
+        let mut items = Vec::with_capacity(st.history.len() + 3);
+        items.push(encode(&RelayMessage::Joined {
+            created,
+            owner: st.owner,
+            latest_seq: st.delivered_seq,
+            oldest_seq: st.history.front().map_or(0, |e| e.seq),
+        }));
+        items.extend(member_items(st.member_list()));
+        for e in st.history.iter().filter(|e| e.seq > history_after) {
+            let mut item = Vec::with_capacity(e.envelope.len() + 12);
+            encode_deliver(e.seq, true, &e.envelope, &mut item);
+            items.push(Bytes::from(item));
+        }
+        items.push(encode(&RelayMessage::HistoryEnd { latest_seq: st.delivered_seq }));
+        let _ = outbox.push_all(items);
+        LocalMember { room: room.clone(), identity, nick, connection }
+    }
+
+    async fn create(
+        &self,
+        join: SignedJoin,
+        history_after: u64,
+        connection: u64,
+        outbox: Arc<Outbox>,
+    ) -> Result<Result<LocalMember, SignedJoin>, Refusal> {
+        let _loading = self.loading.lock().await;
+        let name = join.request().room.clone();
+        if let Lookup::Found(_) = self.load(&name).await? {
+            // Created by someone else meanwhile: join it like any existing room.
+            return Ok(Err(join));
+        }
+        let nick = join.request().nick.canonical();
+        let (verified, verifier) = join.create_room();
+        let owner = *verified.identity();
+        self.store
+            .create_room(name.as_str(), verifier.0, owner.0, &nick)
+            .await
+            .map_err(|e| Refusal::internal(&e))?;
+        let state = RoomState {
+            verifier,
+            owner,
+            latest_seq: 0,
+            delivered_seq: 0,
+            history: VecDeque::new(),
+            counters: HashMap::new(),
+            pending: HashMap::new(),
+            nicks: HashMap::from([(nick, owner)]),
+            bans: HashSet::new(),
+            members: HashMap::new(),
+            inflight: 0,
+            joining: 0,
+            evicted: false,
+        };
+        let room = Room::new(name.clone(), state);
+        let member = {
+            let mut st = room.lock();
+            Self::register(&room, &mut st, verified, true, history_after, connection, outbox)
+        };
+        self.map().insert(name.clone(), room);
+        info!(room = %name, "room created");
+        Ok(Ok(member))
+    }
+
+    async fn join_existing(
+        &self,
+        room: Arc<Room>,
+        join: SignedJoin,
+        history_after: u64,
+        connection: u64,
+        outbox: Arc<Outbox>,
+    ) -> Result<Result<LocalMember, SignedJoin>, Refusal> {
+        let identity = join.request().identity;
+        let canonical = join.request().nick.canonical();
+        let (verified, bind) = {
+            let mut st = room.lock();
+            if st.evicted {
+                return Ok(Err(join));
+            }
+            if st.bans.contains(&identity) {
+                return Err(Refusal::new(ErrorCode::Banned, "you are banned from this room"));
+            }
+            let bind = match st.nicks.get(&canonical) {
+                Some(owner) if *owner != identity => {
+                    return Err(Refusal::new(
+                        ErrorCode::NickTaken,
+                        format!(
+                        "the nickname {} belongs to another identity in this room; choose another nickname",
+                        join.request().nick
+                    ),
+                    ))
+                }
+                Some(_) => false,
+                None => true,
+            };
+            let verified = join.admit(&st.verifier).map_err(|_| {
+                Refusal::new(
+                    ErrorCode::WrongPassword,
+                    "wrong room password; check the password or the invite",
+                )
+            })?;
+            if bind {
+                // Reserved now, so a concurrent join with the same nickname is refused.
+                st.nicks.insert(canonical.clone(), identity);
+            }
+            st.joining += 1;
+            (verified, bind)
+        };
+        if bind {
+            if let Err(e) = self.store.bind_nick(room.name.as_str(), &canonical, identity.0).await {
+                let mut st = room.lock();
+                st.joining -= 1;
+                st.nicks.remove(&canonical);
+                return Err(Refusal::internal(&e));
+            }
+        }
+        let mut st = room.lock();
+        st.joining -= 1;
+        if st.bans.contains(&identity) {
+            return Err(Refusal::new(ErrorCode::Banned, "you are banned from this room"));
+        }
+        Ok(Ok(Self::register(&room, &mut st, verified, false, history_after, connection, outbox)))
+    }
+
+    /// Runs on the storage thread once an envelope's transaction completed.
+    fn committed(
+        room: &Room,
+        result: &Result<(), StoreError>,
+        record: StoredEnvelope,
+        previous_counter: Option<u64>,
+        live: Bytes,
+        keep: usize,
+    ) {
+        let mut st = room.lock();
+        let sender = PublicIdentity(record.sender);
+        st.pending.remove(&(sender, record.counter));
+        st.inflight = st.inflight.saturating_sub(1);
+        if result.is_err() {
+            // The envelope was not stored: let the sender retry with the same counter.
+            if st.counters.get(&sender) == Some(&record.counter) {
+                match previous_counter {
+                    Some(c) => st.counters.insert(sender, c),
+                    None => st.counters.remove(&sender),
+                };
+            }
+            return;
+        }
+        st.delivered_seq = st.delivered_seq.max(record.seq);
+        let seq = record.seq;
+        if keep > 0 {
+            st.history.push_back(record);
+            while st.history.len() > keep {
+                st.history.pop_front();
+            }
+        }
+        st.broadcast(&live, Some(&sender));
+        drop(st);
+        room.committed.send_replace(seq);
+    }
+}
+
+impl RoomService for LocalRooms {
+    type Membership = LocalMember;
+
+    async fn join(
+        &self,
+        mut join: SignedJoin,
+        history_after: u64,
+        connection: u64,
+        outbox: Arc<Outbox>,
+    ) -> Result<LocalMember, Refusal> {
+        let name = join.request().room.clone();
+        // Retries only when a room appeared or was evicted between two steps.
+        for _ in 0..8 {
+            let attempt = match self.lookup(&name).await? {
+                Lookup::Found(room) => {
+                    self.join_existing(room, join, history_after, connection, outbox.clone()).await?
+                }
+                Lookup::Missing if join.request().create => {
+                    self.create(join, history_after, connection, outbox.clone()).await?
+                }
+                Lookup::Missing => {
+                    return Err(Refusal::new(
+                        ErrorCode::NoSuchRoom,
+                        format!("there is no room {name} on this relay; check the name, or create it"),
+                    ))
+                }
+            };
+            match attempt {
+                Ok(member) => return Ok(member),
+                Err(again) => join = again,
+            }
+        }
+        Err(Refusal::new(ErrorCode::Internal, "the room is busy; try again"))
+    }
+
+    async fn publish(
+        &self,
+        member: &LocalMember,
+        header: EnvelopeHeader,
+        envelope: Bytes,
+    ) -> Result<u64, Refusal> {
+        let room = &member.room;
+        let sender = member.identity;
+        let counter = header.counter;
+        let publish = {
+            let mut st = room.lock();
+            if !st.is_current(member) {
+                return Err(Refusal::new(ErrorCode::UnexpectedMessage, "you are no longer in this room"));
+            }
+            let previous_counter = st.counters.get(&sender).copied();
+            if let Some(max) = previous_counter.filter(|max| counter <= *max) {
+                if let Some(e) =
+                    st.history.iter().rev().find(|e| e.sender == sender.0 && e.counter == counter)
+                {
+                    return Ok(e.seq);
+                }
+                let Some(&seq) = st.pending.get(&(sender, counter)) else {
+                    return Err(Refusal::new(
+                        ErrorCode::BadEnvelope,
+                        format!(
+                            "counter {counter} is not above {max}, the highest this identity already used \
+                             in this room; message not delivered"
+                        ),
+                    ));
+                };
+                Publish::Resent(seq, room.committed.subscribe())
+            } else {
+                let seq = st.latest_seq + 1;
+                let mut live = Vec::with_capacity(envelope.len() + 12);
+                encode_deliver(seq, false, &envelope, &mut live);
+                let live = Bytes::from(live);
+                let record = StoredEnvelope { seq, sender: sender.0, counter, envelope };
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let for_room = record.clone();
+                let room_ref = room.clone();
+                let keep = self.history;
+                let done = Box::new(move |result: Result<(), StoreError>| {
+                    LocalRooms::committed(&room_ref, &result, for_room, previous_counter, live, keep);
+                    let _ = tx.send(result);
+                });
+                // Queued under the room lock, so storage commits (and delivers) in seq order.
+                self.store
+                    .append(room.name.as_str(), record, keep, done)
+                    .map_err(|e| Refusal::internal(&e))?;
+                st.latest_seq = seq;
+                st.counters.insert(sender, counter);
+                st.pending.insert((sender, counter), seq);
+                st.inflight += 1;
+                Publish::New(seq, rx)
+            }
+        };
+        match publish {
+            Publish::New(seq, done) => match done.await {
+                Ok(Ok(())) => Ok(seq),
+                Ok(Err(e)) => Err(Refusal::internal(&e)),
+                Err(_) => Err(Refusal::internal(&StoreError::Closed)),
+            },
+            Publish::Resent(seq, mut committed) => {
+                // The first copy is still being committed: answer once it is.
+                match tokio::time::timeout(RESEND_WAIT, committed.wait_for(|c| *c >= seq)).await {
+                    Ok(Ok(_)) => Ok(seq),
+                    _ => {
+                        Err(Refusal::new(ErrorCode::Internal, "the first copy is not stored yet; try again"))
+                    }
+                }
+            }
+        }
+    }
+
+    fn members(&self, member: &LocalMember) -> Vec<Member> {
+        member.room.lock().member_list()
+    }
+
+    async fn moderate(&self, member: &LocalMember, action: Moderation, nick: Nick) -> Result<(), Refusal> {
+        let room = &member.room;
+        match action {
+            Moderation::Kick => {
+                let mut st = room.lock();
+                st.owner_only(member)?;
+                let target = st.bound(&nick)?;
+                let Some(entry) = st.members.remove(&target) else {
+                    return Err(Refusal::new(ErrorCode::NoSuchMember, format!("{nick} is not connected")));
+                };
+                entry.outbox.close(ErrorCode::Kicked, "kicked by the room owner");
+                st.presence(PresenceEvent::Kicked, &entry.nick, target, None);
+                info!(room = %room.name, "member kicked");
+                Ok(())
+            }
+            Moderation::Ban => {
+                let target = {
+                    let mut st = room.lock();
+                    st.owner_only(member)?;
+                    let target = st.bound(&nick)?;
+                    if target == st.owner {
+                        return Err(Refusal::new(ErrorCode::NotOwner, "the room owner cannot be banned"));
+                    }
+                    st.bans.insert(target);
+                    target
+                };
+                self.store
+                    .set_ban(room.name.as_str(), target.0, true)
+                    .await
+                    .map_err(|e| Refusal::internal(&e))?;
+                let mut st = room.lock();
+                let shown = match st.members.remove(&target) {
+                    Some(entry) => {
+                        entry.outbox.close(ErrorCode::Banned, "banned from this room by its owner");
+                        entry.nick
+                    }
+                    None => nick,
+                };
+                st.presence(PresenceEvent::Banned, &shown, target, None);
+                info!(room = %room.name, "member banned");
+                Ok(())
+            }
+            Moderation::Unban => {
+                let target = {
+                    let mut st = room.lock();
+                    st.owner_only(member)?;
+                    let target = st.bound(&nick)?;
+                    if !st.bans.remove(&target) {
+                        return Err(Refusal::new(ErrorCode::NoSuchMember, format!("{nick} is not banned")));
+                    }
+                    target
+                };
+                self.store
+                    .set_ban(room.name.as_str(), target.0, false)
+                    .await
+                    .map_err(|e| Refusal::internal(&e))?;
+                room.lock().presence(PresenceEvent::Unbanned, &nick, target, None);
+                info!(room = %room.name, "member unbanned");
+                Ok(())
+            }
+        }
+    }
+
+    fn leave(&self, member: &LocalMember) {
+        let mut rooms = self.map();
+        let mut st = member.room.lock();
+        if st.is_current(member) {
+            st.members.remove(&member.identity);
+            st.presence(PresenceEvent::Left, &member.nick, member.identity, None);
+        }
+        if st.members.is_empty() && st.inflight == 0 && st.joining == 0 && !st.evicted {
+            // Nothing in flight: the database holds everything, and the next join reloads it.
+            st.evicted = true;
+            if rooms.get(&member.room.name).is_some_and(|r| Arc::ptr_eq(r, &member.room)) {
+                rooms.remove(&member.room.name);
+            }
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! The chatroom relay: authenticates members with the Noise handshake and a join proof,
+//! stores and numbers the end-to-end encrypted envelopes it cannot read, and delivers them to
+//! every member of the room.
+//!
+//! `run` (or `Relay::open` then `Relay::run`) serves a `TcpListener` until a shutdown future
+//! completes. `docs/RELAY.md` is the operator's guide.
+#![forbid(unsafe_code)]
+
+mod config;
+mod frames;
+mod handler;
+mod hub;
+mod limits;
+mod outbox;
+mod server;
+mod shutdown;
+mod store;
+
+pub use config::{key_path, Config, Synchronous, DB_FILE, KEY_FILE};
+pub use server::{fingerprint, run, Relay, RelayError};
+pub use store::{StoreError, APPLICATION_ID, SCHEMA_VERSION};

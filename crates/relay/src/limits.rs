@@ -1,0 +1,232 @@
+//! Flood control: the per-member token bucket, failed-join accounting per address and per
+//! room, and the count of unauthenticated connections per address. All of them are cheap,
+//! bounded in memory, and checked before any expensive work.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Most keys a failure tracker remembers; beyond it expired entries are pruned and, if it is
+/// still full, new keys are not tracked (the other tracker still applies).
+const MAX_TRACKED: usize = 65_536;
+
+/// A token bucket: `burst` tokens, refilled at `per_sec` tokens per second.
+#[derive(Debug)]
+pub(crate) struct TokenBucket {
+    tokens: f64,
+    burst: f64,
+    per_sec: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    pub(crate) fn new(burst: u32, per_sec: u32) -> Self {
+        let burst = f64::from(burst.max(1));
+        Self { tokens: burst, burst, per_sec: f64::from(per_sec), last: Instant::now() }
+    }
+
+    /// Takes one token if there is one.
+    pub(crate) fn try_take(&mut self) -> bool {
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.per_sec).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// What a failure tracker says about a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// No restriction.
+    Allow,
+    /// Delay the attempt.
+    Slow,
+    /// Refuse the attempt.
+    Locked,
+}
+
+#[derive(Debug)]
+struct Failures {
+    count: u32,
+    window_start: Instant,
+    locked_until: Option<Instant>,
+}
+
+/// Counts failed joins per key within a window; slows and then locks out a key.
+#[derive(Debug)]
+pub(crate) struct FailureTracker<K> {
+    entries: Mutex<HashMap<K, Failures>>,
+    slow_after: u32,
+    lock_after: u32,
+    window: Duration,
+}
+
+impl<K: Eq + Hash + Clone> FailureTracker<K> {
+    pub(crate) fn new(slow_after: u32, lock_after: u32, window: Duration) -> Self {
+        Self { entries: Mutex::new(HashMap::new()), slow_after, lock_after, window }
+    }
+
+    pub(crate) fn check(&self, key: &K) -> Verdict {
+        let now = Instant::now();
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(entry) = entries.get_mut(key) else {
+            return Verdict::Allow;
+        };
+        if let Some(until) = entry.locked_until {
+            if now < until {
+                return Verdict::Locked;
+            }
+            entries.remove(key);
+            return Verdict::Allow;
+        }
+        if now.saturating_duration_since(entry.window_start) > self.window {
+            entries.remove(key);
+            return Verdict::Allow;
+        }
+        if entry.count >= self.slow_after {
+            Verdict::Slow
+        } else {
+            Verdict::Allow
+        }
+    }
+
+    pub(crate) fn record_failure(&self, key: &K) {
+        let now = Instant::now();
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if entries.len() >= MAX_TRACKED && !entries.contains_key(key) {
+            let window = self.window;
+            entries.retain(|_, e| match e.locked_until {
+                Some(until) => now < until,
+                None => now.saturating_duration_since(e.window_start) <= window,
+            });
+            if entries.len() >= MAX_TRACKED {
+                return;
+            }
+        }
+        let entry = entries.entry(key.clone()).or_insert(Failures {
+            count: 0,
+            window_start: now,
+            locked_until: None,
+        });
+        if now.saturating_duration_since(entry.window_start) > self.window {
+            *entry = Failures { count: 0, window_start: now, locked_until: None };
+        }
+        entry.count = entry.count.saturating_add(1);
+        if entry.count >= self.lock_after {
+            entry.locked_until = Some(now + self.window);
+        }
+    }
+}
+
+/// Counts connections per source address that have not joined yet.
+#[derive(Debug, Clone)]
+pub(crate) struct Unauthenticated {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    max_per_ip: usize,
+}
+
+impl Unauthenticated {
+    pub(crate) fn new(max_per_ip: usize) -> Self {
+        Self { counts: Arc::new(Mutex::new(HashMap::new())), max_per_ip }
+    }
+
+    /// A slot for one more unauthenticated connection from `ip`, or `None` at the cap.
+    pub(crate) fn acquire(&self, ip: IpAddr) -> Option<UnauthenticatedSlot> {
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = counts.entry(ip).or_insert(0);
+        if *count >= self.max_per_ip {
+            return None;
+        }
+        *count += 1;
+        Some(UnauthenticatedSlot { owner: self.clone(), ip })
+    }
+}
+
+/// Held while a connection is unauthenticated; released on drop.
+#[derive(Debug)]
+pub(crate) struct UnauthenticatedSlot {
+    owner: Unauthenticated,
+    ip: IpAddr,
+}
+
+impl Drop for UnauthenticatedSlot {
+    fn drop(&mut self) {
+        let mut counts = self.owner.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn bucket_allows_a_burst_then_the_sustained_rate() {
+        let mut bucket = TokenBucket::new(3, 2);
+        assert!((0..3).all(|_| bucket.try_take()));
+        assert!(!bucket.try_take());
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert!(bucket.try_take());
+        assert!(!bucket.try_take());
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!((0..3).all(|_| bucket.try_take()));
+        assert!(!bucket.try_take());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_slow_then_lock_then_expire() {
+        let t = FailureTracker::new(2, 4, Duration::from_secs(60));
+        let key = "room";
+        assert_eq!(t.check(&key), Verdict::Allow);
+        t.record_failure(&key);
+        t.record_failure(&key);
+        assert_eq!(t.check(&key), Verdict::Slow);
+        t.record_failure(&key);
+        t.record_failure(&key);
+        assert_eq!(t.check(&key), Verdict::Locked);
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert_eq!(t.check(&key), Verdict::Locked);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(t.check(&key), Verdict::Allow);
+        assert_eq!(t.check(&"other"), Verdict::Allow);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_outside_the_window_are_forgotten() {
+        let t = FailureTracker::new(2, 4, Duration::from_secs(60));
+        t.record_failure(&1);
+        t.record_failure(&1);
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert_eq!(t.check(&1), Verdict::Allow);
+        t.record_failure(&1);
+        assert_eq!(t.check(&1), Verdict::Allow);
+    }
+
+    #[test]
+    fn unauthenticated_slots_are_capped_per_address_and_released() {
+        let u = Unauthenticated::new(2);
+        let a: IpAddr = [127, 0, 0, 1].into();
+        let b: IpAddr = [127, 0, 0, 2].into();
+        let s1 = u.acquire(a).unwrap();
+        let _s2 = u.acquire(a).unwrap();
+        assert!(u.acquire(a).is_none());
+        assert!(u.acquire(b).is_some());
+        drop(s1);
+        assert!(u.acquire(a).is_some());
+    }
+}

@@ -1,0 +1,266 @@
+//! A member's bounded outbound queue and the writer task that drains it.
+//!
+//! Producers (the connection's own handler, the fan-out of other members' envelopes, presence
+//! notices) push already-encoded items without ever waiting: a full queue means the member
+//! fell behind, and it is disconnected instead of stalling anyone else. The writer task packs
+//! as many queued items as fit into one Noise transport message, so a busy room costs one
+//! encryption and one write per batch rather than per item.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use chatroom_crypto::{ErrorCode, RelayMessage, TransportSender, MAX_PLAINTEXT_LEN};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::Notify;
+use tracing::debug;
+
+/// Plaintext gathered per write call: up to this many full transport messages.
+const FRAMES_PER_WRITE: usize = 4;
+/// How long a goodbye may take to write before the connection is dropped anyway.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Why a push failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PushError {
+    /// The queue is at its limit: the member is a slow consumer.
+    Full,
+    /// The connection is closing or closed.
+    Closed,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    queue: VecDeque<Bytes>,
+    /// Close at once with this goodbye item, dropping whatever is queued.
+    abort: Option<Bytes>,
+    /// Write what is queued, then close.
+    finishing: bool,
+    /// No more pushes are accepted.
+    closed: bool,
+}
+
+/// One connection's outbound queue.
+#[derive(Debug)]
+pub(crate) struct Outbox {
+    state: Mutex<State>,
+    limit: usize,
+    wake: Notify,
+    abort: Notify,
+}
+
+/// Encodes one relay message as an item.
+pub(crate) fn encode(msg: &RelayMessage) -> Bytes {
+    let mut out = Vec::new();
+    msg.encode(&mut out);
+    Bytes::from(out)
+}
+
+/// Encodes a goodbye item.
+pub(crate) fn goodbye(code: ErrorCode, detail: &str) -> Bytes {
+    encode(&RelayMessage::Goodbye { code, detail: detail.to_owned() })
+}
+
+impl Outbox {
+    /// A queue that holds at most `limit` items pushed with `push`.
+    pub(crate) fn new(limit: usize) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            limit: limit.max(1),
+            wake: Notify::new(),
+            abort: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues one item, refusing it if the queue is full or closed.
+    pub(crate) fn push(&self, item: Bytes) -> Result<(), PushError> {
+        let mut state = self.lock();
+        if state.closed {
+            return Err(PushError::Closed);
+        }
+        if state.queue.len() >= self.limit {
+            return Err(PushError::Full);
+        }
+        state.queue.push_back(item);
+        drop(state);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Queues items beyond the limit: the join snapshot (itself bounded by the history
+    /// length) must reach the member whole and before anything live.
+    pub(crate) fn push_all(&self, items: impl IntoIterator<Item = Bytes>) -> Result<(), PushError> {
+        let mut state = self.lock();
+        if state.closed {
+            return Err(PushError::Closed);
+        }
+        state.queue.extend(items);
+        drop(state);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Pushes an item; on a full queue closes the connection as a slow consumer. Returns
+    /// whether the item was queued.
+    pub(crate) fn push_or_close(&self, item: Bytes) -> bool {
+        match self.push(item) {
+            Ok(()) => true,
+            Err(PushError::Full) => {
+                self.close(
+                    ErrorCode::SlowConsumer,
+                    "outbound queue full: you fell behind; reconnect to catch up from history",
+                );
+                false
+            }
+            Err(PushError::Closed) => false,
+        }
+    }
+
+    /// Closes the connection from outside (kick, ban, slow consumer, shutdown, replaced):
+    /// queued items are dropped and the goodbye is sent first, best effort. Only the first
+    /// close counts; returns whether this call closed it.
+    pub(crate) fn close(&self, code: ErrorCode, detail: &str) -> bool {
+        let mut state = self.lock();
+        if state.closed {
+            return false;
+        }
+        state.closed = true;
+        state.queue.clear();
+        state.abort = Some(goodbye(code, detail));
+        drop(state);
+        self.abort.notify_one();
+        self.wake.notify_one();
+        true
+    }
+
+    /// Writes what is queued, then closes the connection.
+    pub(crate) fn finish(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        state.finishing = true;
+        drop(state);
+        self.wake.notify_one();
+    }
+
+    /// Queues a final goodbye and closes after it (a refusal by this connection's handler).
+    pub(crate) fn finish_with(&self, code: ErrorCode, detail: &str) {
+        let mut state = self.lock();
+        if !state.closed {
+            state.queue.push_back(goodbye(code, detail));
+        }
+        state.closed = true;
+        state.finishing = true;
+        drop(state);
+        self.wake.notify_one();
+    }
+
+    /// Takes the next batch: items whose total size fits into `FRAMES_PER_WRITE` transport
+    /// messages, grouped per message.
+    fn next(&self) -> Next {
+        let mut state = self.lock();
+        if let Some(goodbye) = state.abort.take() {
+            return Next::Abort(goodbye);
+        }
+        if state.queue.is_empty() {
+            return if state.finishing { Next::Done } else { Next::Wait };
+        }
+        let mut batches: Vec<Vec<Bytes>> = Vec::new();
+        let mut current: Vec<Bytes> = Vec::new();
+        let mut size = 0usize;
+        while let Some(item) = state.queue.front() {
+            if size + item.len() > MAX_PLAINTEXT_LEN && !current.is_empty() {
+                if batches.len() + 1 >= FRAMES_PER_WRITE {
+                    break;
+                }
+                batches.push(std::mem::take(&mut current));
+                size = 0;
+            }
+            size += item.len();
+            if let Some(item) = state.queue.pop_front() {
+                current.push(item);
+            }
+        }
+        if !current.is_empty() {
+            batches.push(current);
+        }
+        Next::Write(batches)
+    }
+}
+
+enum Next {
+    Write(Vec<Vec<Bytes>>),
+    Abort(Bytes),
+    Done,
+    Wait,
+}
+
+/// Seals batches of items into frames.
+fn seal(sender: &mut TransportSender, batches: &[Vec<Bytes>], out: &mut Vec<u8>) -> bool {
+    let mut plaintext = Vec::with_capacity(MAX_PLAINTEXT_LEN);
+    for batch in batches {
+        plaintext.clear();
+        for item in batch {
+            plaintext.extend_from_slice(item);
+        }
+        if plaintext.len() > MAX_PLAINTEXT_LEN {
+            // One item larger than a transport message: an encoder bug, never peer input.
+            debug!(len = plaintext.len(), "dropping an oversized outbound item");
+            continue;
+        }
+        if sender.seal_frame(&plaintext, out).is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// Drains `outbox` into the socket until the connection finishes or is closed.
+pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
+    outbox: &Outbox,
+    mut sender: TransportSender,
+    mut writer: W,
+) {
+    let mut buf = Vec::new();
+    loop {
+        match outbox.next() {
+            Next::Wait => outbox.wake.notified().await,
+            Next::Done => break,
+            Next::Abort(goodbye) => {
+                buf.clear();
+                if seal(&mut sender, &[vec![goodbye]], &mut buf) {
+                    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, writer.write_all(&buf)).await;
+                }
+                break;
+            }
+            Next::Write(batches) => {
+                buf.clear();
+                if !seal(&mut sender, &batches, &mut buf) {
+                    break;
+                }
+                tokio::select! {
+                    biased;
+                    written = writer.write_all(&buf) => {
+                        if let Err(e) = written {
+                            debug!(error = %e, "write failed");
+                            break;
+                        }
+                    }
+                    // Closed while blocked on a reader that does not read: part of a frame may
+                    // already be on the wire, so no goodbye can follow it.
+                    _ = outbox.abort.notified() => break,
+                }
+            }
+        }
+    }
+    {
+        let mut state = outbox.lock();
+        state.closed = true;
+        state.queue.clear();
+    }
+    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, writer.shutdown()).await;
+}

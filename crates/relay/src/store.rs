@@ -1,0 +1,637 @@
+//! Durable storage in SQLite: rooms, nickname bindings, bans, and the last N envelopes per
+//! room.
+//!
+//! One thread owns the database connection. Every operation is queued to it; it takes
+//! whatever is queued (up to `MAX_BATCH` operations) and runs it as one transaction (group
+//! commit), then completes each operation in queue order. A write is reported done only after
+//! its transaction committed, so the relay acknowledges an envelope only once it is durable.
+//!
+//! Durability: the database runs in WAL mode. With `synchronous = FULL` (the default) every
+//! commit fsyncs the log: a committed transaction survives a crash of the process and a power
+//! loss. With `NORMAL` the log is fsynced at checkpoints only: a commit survives a crash of
+//! the process (`kill -9`, a panic, the OOM killer), while a power loss or kernel crash may
+//! roll back the most recent commits without corrupting the database.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::{Mutex, PoisonError};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use tokio::sync::oneshot;
+use tracing::{debug, error, warn};
+
+use crate::config::Synchronous;
+
+/// `PRAGMA application_id` of a chatroom relay database ("chrm").
+pub const APPLICATION_ID: i32 = 0x6368_726d;
+/// `PRAGMA user_version` this relay reads and writes.
+pub const SCHEMA_VERSION: i32 = 1;
+/// Most operations committed in one transaction.
+const MAX_BATCH: usize = 1024;
+
+const SCHEMA: &str = "
+CREATE TABLE rooms (
+    name TEXT PRIMARY KEY NOT NULL,
+    verifier BLOB NOT NULL,
+    owner BLOB NOT NULL,
+    created INTEGER NOT NULL,
+    latest_seq INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE nicknames (
+    room TEXT NOT NULL,
+    nick TEXT NOT NULL,
+    identity BLOB NOT NULL,
+    PRIMARY KEY (room, nick)
+) WITHOUT ROWID;
+CREATE TABLE bans (
+    room TEXT NOT NULL,
+    identity BLOB NOT NULL,
+    PRIMARY KEY (room, identity)
+) WITHOUT ROWID;
+CREATE TABLE history (
+    room TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    sender BLOB NOT NULL,
+    counter INTEGER NOT NULL,
+    envelope BLOB NOT NULL,
+    PRIMARY KEY (room, seq),
+    UNIQUE (room, sender, counter)
+);
+CREATE TABLE senders (
+    room TEXT NOT NULL,
+    sender BLOB NOT NULL,
+    max_counter INTEGER NOT NULL,
+    PRIMARY KEY (room, sender)
+) WITHOUT ROWID;
+";
+
+/// Storage failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database belongs to another program.
+    #[error(
+        "{path} is not a chatroom-relay database (application_id {found:#x}); \
+         move it away or choose another --data-dir"
+    )]
+    NotOurs {
+        /// The database file.
+        path: PathBuf,
+        /// Its application id.
+        found: i32,
+    },
+    /// The database was written by another version of the relay.
+    #[error(
+        "{path} has schema version {found}, but this chatroom-relay supports only version {supported}; \
+         run the chatroom-relay version that wrote it, or choose another --data-dir"
+    )]
+    SchemaVersion {
+        /// The database file.
+        path: PathBuf,
+        /// Its `user_version`.
+        found: i32,
+        /// What this build reads.
+        supported: i32,
+    },
+    /// Another process holds the database.
+    #[error("{path} is in use by another process (is another chatroom-relay running on this --data-dir?)")]
+    Locked {
+        /// The database file.
+        path: PathBuf,
+    },
+    /// SQLite reported an error.
+    #[error("database error while {context}: {message}")]
+    Sqlite {
+        /// What the relay was doing.
+        context: &'static str,
+        /// SQLite's message.
+        message: String,
+    },
+    /// The data directory could not be created.
+    #[error("cannot create data directory {path}: {message}")]
+    Io {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        message: String,
+    },
+    /// The storage thread has stopped (the relay is shutting down).
+    #[error("storage is closed")]
+    Closed,
+}
+
+fn sqlite(context: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    move |e| StoreError::Sqlite { context, message: e.to_string() }
+}
+
+/// One stored envelope.
+#[derive(Debug, Clone)]
+pub(crate) struct StoredEnvelope {
+    pub(crate) seq: u64,
+    pub(crate) sender: [u8; 32],
+    pub(crate) counter: u64,
+    pub(crate) envelope: Bytes,
+}
+
+/// A room as stored.
+pub(crate) struct RoomRecord {
+    pub(crate) verifier: [u8; 32],
+    pub(crate) owner: [u8; 32],
+    pub(crate) latest_seq: u64,
+    pub(crate) nicks: Vec<(String, [u8; 32])>,
+    pub(crate) bans: Vec<[u8; 32]>,
+    pub(crate) history: Vec<StoredEnvelope>,
+    pub(crate) counters: Vec<([u8; 32], u64)>,
+}
+
+impl fmt::Debug for RoomRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RoomRecord")
+            .field("latest_seq", &self.latest_seq)
+            .field("history", &self.history.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs on the storage thread after the transaction holding the append committed (or failed).
+pub(crate) type AppendDone = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+enum Write {
+    CreateRoom { room: String, verifier: [u8; 32], owner: [u8; 32], nick: String, created: i64 },
+    BindNick { room: String, nick: String, identity: [u8; 32] },
+    SetBan { room: String, identity: [u8; 32], banned: bool },
+    Append { room: String, record: StoredEnvelope, keep: usize },
+}
+
+enum Done {
+    Reply(oneshot::Sender<Result<(), StoreError>>),
+    Callback(AppendDone),
+}
+
+enum Op {
+    Load { room: String, reply: oneshot::Sender<Result<Option<RoomRecord>, StoreError>> },
+    Write { write: Write, done: Done },
+    Flush { reply: oneshot::Sender<()> },
+    Stop,
+}
+
+/// The database and its writer thread.
+#[derive(Debug)]
+pub(crate) struct Store {
+    handle: StoreHandle,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// A cheap handle that queues operations to the writer thread.
+#[derive(Clone)]
+pub(crate) struct StoreHandle {
+    tx: Sender<Op>,
+}
+
+impl fmt::Debug for StoreHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("StoreHandle")
+    }
+}
+
+fn busy_or<'a>(path: &'a Path, context: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError + 'a {
+    move |e| match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+            StoreError::Locked { path: path.to_owned() }
+        }
+        _ => StoreError::Sqlite { context, message: e.to_string() },
+    }
+}
+
+/// Opens (creating if needed) the database at `path` and checks its schema version.
+fn open_connection(path: &Path, synchronous: Synchronous) -> Result<Connection, StoreError> {
+    let mut conn = Connection::open(path).map_err(sqlite("opening the database"))?;
+    // Never wait for a lock: the only other user can be another process, which is an error.
+    conn.busy_timeout(std::time::Duration::ZERO).map_err(sqlite("opening the database"))?;
+    // One process owns the database: a second relay on the same data directory fails at once
+    // instead of interleaving writes.
+    conn.pragma_update_and_check(None, "locking_mode", "EXCLUSIVE", |r| r.get::<_, String>(0))
+        .map_err(sqlite("setting the locking mode"))?;
+    let app_id: i32 = conn
+        .pragma_query_value(None, "application_id", |r| r.get(0))
+        .map_err(busy_or(path, "reading the application id"))?;
+    let version: i32 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(busy_or(path, "reading the schema version"))?;
+    let objects: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+        .map_err(busy_or(path, "reading the schema"))?;
+    let fresh = app_id == 0 && version == 0 && objects == 0;
+    if !fresh {
+        if app_id != APPLICATION_ID {
+            return Err(StoreError::NotOurs { path: path.to_owned(), found: app_id });
+        }
+        if version != SCHEMA_VERSION {
+            return Err(StoreError::SchemaVersion {
+                path: path.to_owned(),
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+    }
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+        .map_err(busy_or(path, "switching to WAL mode"))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        warn!(mode, "SQLite refused WAL mode; commits are still durable but slower");
+    }
+    let sync = match synchronous {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", sync).map_err(sqlite("setting synchronous"))?;
+    if fresh {
+        let tx = conn.transaction().map_err(busy_or(path, "creating the schema"))?;
+        tx.execute_batch(SCHEMA).map_err(sqlite("creating the schema"))?;
+        tx.pragma_update(None, "application_id", APPLICATION_ID).map_err(sqlite("creating the schema"))?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(sqlite("creating the schema"))?;
+        tx.commit().map_err(busy_or(path, "creating the schema"))?;
+    }
+    Ok(conn)
+}
+
+impl Store {
+    /// Opens the database in `data_dir`, creating the directory (0700) and schema if needed,
+    /// and starts the writer thread.
+    pub(crate) fn open(path: &Path, synchronous: Synchronous) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| StoreError::Io { path: dir.to_owned(), message: e.to_string() })?;
+        }
+        let conn = open_connection(path, synchronous)?;
+        let (tx, rx) = mpsc::channel();
+        let thread =
+            std::thread::Builder::new().name("relay-store".into()).spawn(move || writer(conn, rx)).map_err(
+                |e| StoreError::Sqlite { context: "starting the storage thread", message: e.to_string() },
+            )?;
+        Ok(Self { handle: StoreHandle { tx }, thread: Mutex::new(Some(thread)) })
+    }
+
+    pub(crate) fn handle(&self) -> StoreHandle {
+        self.handle.clone()
+    }
+
+    /// Commits everything queued, checkpoints the log into the database file, and stops the
+    /// writer thread.
+    pub(crate) async fn close(&self) {
+        let _ = self.handle.tx.send(Op::Stop);
+        let thread = self.thread.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+impl StoreHandle {
+    fn write(&self, write: Write) -> oneshot::Receiver<Result<(), StoreError>> {
+        let (reply, rx) = oneshot::channel();
+        // A send error drops `reply`, which the caller sees as `Closed`.
+        let _ = self.tx.send(Op::Write { write, done: Done::Reply(reply) });
+        rx
+    }
+
+    async fn wait(rx: oneshot::Receiver<Result<(), StoreError>>) -> Result<(), StoreError> {
+        rx.await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// Reads a room, or `None` if it does not exist.
+    pub(crate) async fn load_room(&self, room: &str) -> Result<Option<RoomRecord>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Op::Load { room: room.to_owned(), reply }).map_err(|_| StoreError::Closed)?;
+        rx.await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    pub(crate) async fn create_room(
+        &self,
+        room: &str,
+        verifier: [u8; 32],
+        owner: [u8; 32],
+        nick: &str,
+    ) -> Result<(), StoreError> {
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        Self::wait(self.write(Write::CreateRoom {
+            room: room.to_owned(),
+            verifier,
+            owner,
+            nick: nick.to_owned(),
+            created,
+        }))
+        .await
+    }
+
+    pub(crate) async fn bind_nick(
+        &self,
+        room: &str,
+        nick: &str,
+        identity: [u8; 32],
+    ) -> Result<(), StoreError> {
+        Self::wait(self.write(Write::BindNick { room: room.to_owned(), nick: nick.to_owned(), identity }))
+            .await
+    }
+
+    pub(crate) async fn set_ban(
+        &self,
+        room: &str,
+        identity: [u8; 32],
+        banned: bool,
+    ) -> Result<(), StoreError> {
+        Self::wait(self.write(Write::SetBan { room: room.to_owned(), identity, banned })).await
+    }
+
+    /// Queues an envelope without waiting; `done` runs on the storage thread, in queue order,
+    /// once the transaction holding it committed. Keeps the last `keep` envelopes of the room.
+    pub(crate) fn append(
+        &self,
+        room: &str,
+        record: StoredEnvelope,
+        keep: usize,
+        done: AppendDone,
+    ) -> Result<(), StoreError> {
+        self.tx
+            .send(Op::Write {
+                write: Write::Append { room: room.to_owned(), record, keep },
+                done: Done::Callback(done),
+            })
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Waits until everything queued before this call is committed.
+    pub(crate) async fn flush(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Op::Flush { reply }).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+fn writer(mut conn: Connection, rx: Receiver<Op>) {
+    let mut stop = false;
+    while !stop {
+        let Ok(first) = rx.recv() else { break };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        if let Some(at) = batch.iter().position(|op| matches!(op, Op::Stop)) {
+            stop = true;
+            batch.truncate(at);
+        }
+        run_batch(&mut conn, batch);
+    }
+    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+        warn!(error = %e, "final checkpoint failed; the log is replayed at the next start");
+    }
+    debug!("storage closed");
+}
+
+enum Completion {
+    Load(oneshot::Sender<Result<Option<RoomRecord>, StoreError>>, Result<Option<RoomRecord>, StoreError>),
+    Write(Done, Result<(), StoreError>),
+    Flush(oneshot::Sender<()>),
+}
+
+fn run_batch(conn: &mut Connection, batch: Vec<Op>) {
+    let mut completions = Vec::with_capacity(batch.len());
+    let writes = batch.len();
+    let committed = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Err(e) => Err(StoreError::Sqlite { context: "starting a transaction", message: e.to_string() }),
+        Ok(tx) => {
+            for op in batch {
+                match op {
+                    Op::Load { room, reply } => completions.push(Completion::Load(reply, load(&tx, &room))),
+                    Op::Write { write, done } => completions.push(Completion::Write(done, apply(&tx, write))),
+                    Op::Flush { reply } => completions.push(Completion::Flush(reply)),
+                    Op::Stop => {}
+                }
+            }
+            tx.commit().map_err(sqlite("committing"))
+        }
+    };
+    if let Err(e) = &committed {
+        error!(error = %e, operations = writes, "a storage transaction failed; its writes were not acknowledged");
+    }
+    for completion in completions {
+        match completion {
+            Completion::Load(reply, result) => {
+                let _ = reply.send(committed.clone().and(result));
+            }
+            Completion::Write(done, result) => {
+                let result = committed.clone().and(result);
+                match done {
+                    Done::Reply(reply) => {
+                        let _ = reply.send(result);
+                    }
+                    Done::Callback(callback) => callback(result),
+                }
+            }
+            Completion::Flush(reply) => {
+                let _ = reply.send(());
+            }
+        }
+    }
+}
+
+fn apply(tx: &rusqlite::Transaction<'_>, write: Write) -> Result<(), StoreError> {
+    match write {
+        Write::CreateRoom { room, verifier, owner, nick, created } => {
+            tx.prepare_cached("INSERT INTO rooms (name, verifier, owner, created) VALUES (?1, ?2, ?3, ?4)")
+                .and_then(|mut s| s.execute(params![room, verifier, owner, created]))
+                .map_err(sqlite("creating a room"))?;
+            tx.prepare_cached("INSERT OR REPLACE INTO nicknames (room, nick, identity) VALUES (?1, ?2, ?3)")
+                .and_then(|mut s| s.execute(params![room, nick, owner]))
+                .map_err(sqlite("binding a nickname"))?;
+        }
+        Write::BindNick { room, nick, identity } => {
+            tx.prepare_cached("INSERT OR IGNORE INTO nicknames (room, nick, identity) VALUES (?1, ?2, ?3)")
+                .and_then(|mut s| s.execute(params![room, nick, identity]))
+                .map_err(sqlite("binding a nickname"))?;
+        }
+        Write::SetBan { room, identity, banned } => {
+            let sql = if banned {
+                "INSERT OR IGNORE INTO bans (room, identity) VALUES (?1, ?2)"
+            } else {
+                "DELETE FROM bans WHERE room = ?1 AND identity = ?2"
+            };
+            tx.prepare_cached(sql)
+                .and_then(|mut s| s.execute(params![room, identity]))
+                .map_err(sqlite("updating a ban"))?;
+        }
+        Write::Append { room, record, keep } => {
+            let seq = record.seq as i64;
+            tx.prepare_cached(
+                "INSERT INTO history (room, seq, sender, counter, envelope) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![room, seq, record.sender, record.counter as i64, &record.envelope[..]])
+            })
+            .map_err(sqlite("storing an envelope"))?;
+            tx.prepare_cached("UPDATE rooms SET latest_seq = max(latest_seq, ?2) WHERE name = ?1")
+                .and_then(|mut s| s.execute(params![room, seq]))
+                .map_err(sqlite("storing an envelope"))?;
+            tx.prepare_cached(
+                "INSERT INTO senders (room, sender, max_counter) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (room, sender) DO UPDATE SET max_counter = excluded.max_counter",
+            )
+            .and_then(|mut s| s.execute(params![room, record.sender, record.counter as i64]))
+            .map_err(sqlite("storing an envelope"))?;
+            let oldest_kept = record.seq.saturating_sub(keep as u64);
+            if oldest_kept > 0 {
+                tx.prepare_cached("DELETE FROM history WHERE room = ?1 AND seq <= ?2")
+                    .and_then(|mut s| s.execute(params![room, oldest_kept as i64]))
+                    .map_err(sqlite("pruning history"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn load(tx: &rusqlite::Transaction<'_>, room: &str) -> Result<Option<RoomRecord>, StoreError> {
+    let ctx = "loading a room";
+    let row = tx
+        .prepare_cached("SELECT verifier, owner, latest_seq FROM rooms WHERE name = ?1")
+        .and_then(|mut s| {
+            s.query_row(params![room], |r| {
+                Ok((r.get::<_, [u8; 32]>(0)?, r.get::<_, [u8; 32]>(1)?, r.get::<_, i64>(2)?))
+            })
+            .optional()
+        })
+        .map_err(sqlite(ctx))?;
+    let Some((verifier, owner, latest_seq)) = row else {
+        return Ok(None);
+    };
+    let nicks = tx
+        .prepare_cached("SELECT nick, identity FROM nicknames WHERE room = ?1")
+        .and_then(|mut s| {
+            s.query_map(params![room], |r| Ok((r.get::<_, String>(0)?, r.get::<_, [u8; 32]>(1)?)))?
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(sqlite(ctx))?;
+    let bans = tx
+        .prepare_cached("SELECT identity FROM bans WHERE room = ?1")
+        .and_then(|mut s| {
+            s.query_map(params![room], |r| r.get::<_, [u8; 32]>(0))?.collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(sqlite(ctx))?;
+    let history = tx
+        .prepare_cached("SELECT seq, sender, counter, envelope FROM history WHERE room = ?1 ORDER BY seq")
+        .and_then(|mut s| {
+            s.query_map(params![room], |r| {
+                Ok(StoredEnvelope {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    sender: r.get(1)?,
+                    counter: r.get::<_, i64>(2)? as u64,
+                    envelope: Bytes::from(r.get::<_, Vec<u8>>(3)?),
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(sqlite(ctx))?;
+    let counters = tx
+        .prepare_cached("SELECT sender, max_counter FROM senders WHERE room = ?1")
+        .and_then(|mut s| {
+            s.query_map(params![room], |r| Ok((r.get::<_, [u8; 32]>(0)?, r.get::<_, i64>(1)? as u64)))?
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(sqlite(ctx))?;
+    Ok(Some(RoomRecord { verifier, owner, latest_seq: latest_seq as u64, nicks, bans, history, counters }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(seq: u64, counter: u64) -> StoredEnvelope {
+        StoredEnvelope { seq, sender: [7; 32], counter, envelope: Bytes::from(vec![seq as u8; 10]) }
+    }
+
+    async fn append(store: &StoreHandle, e: StoredEnvelope, keep: usize) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        store.append(
+            "r",
+            e,
+            keep,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        )?;
+        rx.await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    #[tokio::test]
+    async fn rooms_history_and_bans_round_trip_and_history_is_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let store = Store::open(&path, Synchronous::Normal).unwrap();
+        let h = store.handle();
+        assert!(h.load_room("r").await.unwrap().is_none());
+        h.create_room("r", [1; 32], [2; 32], "alice").await.unwrap();
+        assert!(h.create_room("r", [1; 32], [2; 32], "alice").await.is_err(), "a room is created once");
+        h.bind_nick("r", "bob", [3; 32]).await.unwrap();
+        h.set_ban("r", [3; 32], true).await.unwrap();
+        for seq in 1..=5 {
+            append(&h, envelope(seq, seq * 10), 3).await.unwrap();
+        }
+        assert!(append(&h, envelope(6, 30), 3).await.is_err(), "(room, sender, counter) is unique");
+        store.close().await;
+
+        let store = Store::open(&path, Synchronous::Normal).unwrap();
+        let room = store.handle().load_room("r").await.unwrap().unwrap();
+        assert_eq!(room.verifier, [1; 32]);
+        assert_eq!(room.owner, [2; 32]);
+        assert_eq!(room.latest_seq, 5);
+        assert_eq!(room.history.iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 4, 5]);
+        assert_eq!(room.counters, [([7; 32], 50)]);
+        assert_eq!(room.bans, [[3; 32]]);
+        let mut nicks = room.nicks.clone();
+        nicks.sort();
+        assert_eq!(nicks, [("alice".to_owned(), [2; 32]), ("bob".to_owned(), [3; 32])]);
+        store.close().await;
+    }
+
+    #[test]
+    fn another_schema_version_is_refused_with_a_clear_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "application_id", APPLICATION_ID).unwrap();
+        conn.pragma_update(None, "user_version", 7).unwrap();
+        conn.execute_batch("CREATE TABLE future (x)").unwrap();
+        drop(conn);
+        let err = Store::open(&path, Synchronous::Full).unwrap_err().to_string();
+        assert!(err.contains("schema version 7") && err.contains("supports only version 1"), "{err}");
+
+        let other = dir.path().join("other");
+        let conn = Connection::open(&other).unwrap();
+        conn.execute_batch("CREATE TABLE t (x)").unwrap();
+        drop(conn);
+        let err = Store::open(&other, Synchronous::Full).unwrap_err().to_string();
+        assert!(err.contains("not a chatroom-relay database"), "{err}");
+    }
+
+    #[test]
+    fn a_second_process_on_the_same_database_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let _first = Store::open(&path, Synchronous::Full).unwrap();
+        let err = Store::open(&path, Synchronous::Full).unwrap_err();
+        assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+    }
+}

@@ -1,0 +1,404 @@
+//! A small protocol driver for relay tests: a relay in-process on 127.0.0.1 port 0, and
+//! clients that do the real Noise handshake, join, seal envelopes and read items, or send
+//! whatever hostile bytes a test wants.
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::VecDeque;
+use std::error::Error;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chatroom_crypto::internal::split_master;
+use chatroom_crypto::{
+    seal, ClientMessage, Content, ContentKind, ErrorCode, Identity, Initiator, JoinRequest, Member, Nick,
+    RelayMessage, RoomKeys, RoomName, StaticKeypair, TransportReceiver, TransportSender,
+};
+use chatroom_relay::{Config, Relay, RelayError, Synchronous};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub type TestResult = Result<(), Box<dyn Error>>;
+pub type Res<T> = Result<T, Box<dyn Error>>;
+
+/// Longest wait for any single expected event.
+pub const STEP: Duration = Duration::from_secs(5);
+
+/// The configuration tests start from: defaults, commits without fsync (a process crash is
+/// what the in-process tests simulate; `process.rs` runs the real default).
+pub fn test_config(dir: &Path) -> Config {
+    let mut config = Config::new(dir);
+    config.synchronous = Synchronous::Normal;
+    config.shutdown_grace = Duration::from_secs(2);
+    config
+}
+
+/// A relay running in this process.
+pub struct TestRelay {
+    pub addr: SocketAddr,
+    pub key: [u8; 32],
+    pub dir: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), RelayError>>>,
+}
+
+impl TestRelay {
+    pub async fn start(dir: &Path, tweak: impl FnOnce(&mut Config)) -> Res<Self> {
+        let mut config = test_config(dir);
+        tweak(&mut config);
+        let relay = Relay::open(config)?;
+        let key = *relay.public_key();
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(relay.run(listener, async move {
+            let _ = stopped.await;
+        }));
+        Ok(Self { addr, key, dir: dir.to_owned(), stop: Some(stop), task: Some(task) })
+    }
+
+    /// Shuts the relay down and waits until it has closed its database.
+    pub async fn stop(mut self) -> Res<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(10), task).await???;
+        }
+        Ok(())
+    }
+}
+
+/// A room with its (test-derived) keys: the master key is random, not from Argon2.
+pub struct TestRoom {
+    pub name: RoomName,
+    pub keys: RoomKeys,
+}
+
+impl TestRoom {
+    pub fn new(name: &str) -> Self {
+        // A random master key, standing in for the Argon2id output.
+        let master = *Identity::generate().seed();
+        Self { name: RoomName::new(name).expect("room name"), keys: split_master(&master) }
+    }
+}
+
+/// A member: identity, nickname and the last counter it used.
+pub struct Person {
+    pub identity: Identity,
+    pub nick: Nick,
+    pub counter: u64,
+}
+
+impl Person {
+    pub fn new(nick: &str) -> Self {
+        Self { identity: Identity::generate(), nick: Nick::new(nick).expect("nick"), counter: 1_000 }
+    }
+
+    /// Seals `text` for `room` with the next counter.
+    pub fn seal(&mut self, room: &TestRoom, text: &str) -> (u64, Vec<u8>) {
+        self.counter += 1;
+        let content = Content {
+            timestamp_ms: 0,
+            kind: ContentKind::Text,
+            nick: self.nick.clone(),
+            body: text.to_owned(),
+        };
+        let envelope =
+            seal(&room.keys.message_key, &self.identity, &room.name, self.counter, &content).expect("seal");
+        (self.counter, envelope)
+    }
+}
+
+/// What a successful join returned.
+#[derive(Debug)]
+pub struct Joined {
+    pub created: bool,
+    pub owner: [u8; 32],
+    pub latest_seq: u64,
+    pub oldest_seq: u64,
+    pub members: Vec<Member>,
+    pub history: Vec<(u64, Vec<u8>)>,
+    pub history_end: u64,
+}
+
+/// One client connection after the Noise handshake.
+pub struct Conn {
+    rd: OwnedReadHalf,
+    wr: OwnedWriteHalf,
+    tx: TransportSender,
+    rx: TransportReceiver,
+    pub handshake_hash: [u8; 32],
+    pub relay_key: [u8; 32],
+    held: VecDeque<RelayMessage>,
+}
+
+pub async fn tcp_from(addr: SocketAddr, source: IpAddr) -> Res<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(source, 0))?;
+    Ok(tokio::time::timeout(STEP, socket.connect(addr)).await??)
+}
+
+pub async fn read_frame(rd: &mut (impl AsyncReadExt + Unpin)) -> Res<Vec<u8>> {
+    let mut header = [0u8; 2];
+    rd.read_exact(&mut header).await?;
+    let mut body = vec![0u8; usize::from(u16::from_be_bytes(header))];
+    rd.read_exact(&mut body).await?;
+    Ok(body)
+}
+
+pub fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut out = (payload.len() as u16).to_be_bytes().to_vec();
+    out.extend_from_slice(payload);
+    out
+}
+
+impl Conn {
+    pub async fn connect(addr: SocketAddr) -> Res<Self> {
+        Self::connect_from(addr, [127, 0, 0, 1].into()).await
+    }
+
+    pub async fn connect_from(addr: SocketAddr, source: IpAddr) -> Res<Self> {
+        let stream = tcp_from(addr, source).await?;
+        stream.set_nodelay(true)?;
+        let (mut rd, mut wr) = stream.into_split();
+        let (init, msg1) = Initiator::start(&StaticKeypair::generate())?;
+        wr.write_all(&frame(&msg1)).await?;
+        let msg2 = tokio::time::timeout(STEP, read_frame(&mut rd)).await??;
+        let ready = init.read_reply(&msg2)?;
+        let relay_key = *ready.relay_key();
+        let (transport, msg3) = ready.finish()?;
+        wr.write_all(&frame(&msg3)).await?;
+        let handshake_hash = *transport.handshake_hash();
+        let (tx, rx) = transport.split();
+        Ok(Self { rd, wr, tx, rx, handshake_hash, relay_key, held: VecDeque::new() })
+    }
+
+    /// Sends one transport message holding `plaintext`.
+    pub async fn send_plaintext(&mut self, plaintext: &[u8]) -> Res<()> {
+        let mut out = Vec::new();
+        self.tx.seal_frame(plaintext, &mut out)?;
+        self.wr.write_all(&out).await?;
+        Ok(())
+    }
+
+    /// Sends messages as items of one transport message.
+    pub async fn send(&mut self, messages: &[ClientMessage]) -> Res<()> {
+        let mut plaintext = Vec::new();
+        for m in messages {
+            m.encode(&mut plaintext);
+        }
+        self.send_plaintext(&plaintext).await
+    }
+
+    /// Writes raw bytes on the socket, under the encryption.
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Res<()> {
+        self.wr.write_all(bytes).await?;
+        Ok(())
+    }
+
+    pub async fn join_request(
+        &mut self,
+        person: &Person,
+        room: &TestRoom,
+        create: bool,
+        history_after: u64,
+    ) -> Res<()> {
+        let request = JoinRequest::new(
+            &person.identity,
+            &self.handshake_hash,
+            room.name.clone(),
+            person.nick.clone(),
+            room.keys.join_secret.clone(),
+            create,
+            history_after,
+        );
+        self.send(&[ClientMessage::Join(request)]).await
+    }
+
+    /// Joins and reads everything up to `HistoryEnd`; a refusal comes back as its goodbye.
+    pub async fn join(
+        &mut self,
+        person: &Person,
+        room: &TestRoom,
+        create: bool,
+        history_after: u64,
+    ) -> Res<Result<Joined, (ErrorCode, String)>> {
+        self.join_request(person, room, create, history_after).await?;
+        let (created, owner, latest_seq, oldest_seq) = match self.recv().await? {
+            RelayMessage::Joined { created, owner, latest_seq, oldest_seq } => {
+                (created, owner.0, latest_seq, oldest_seq)
+            }
+            RelayMessage::Goodbye { code, detail } => return Ok(Err((code, detail))),
+            other => return Err(format!("expected Joined, got {other:?}").into()),
+        };
+        let mut joined = Joined {
+            created,
+            owner,
+            latest_seq,
+            oldest_seq,
+            members: Vec::new(),
+            history: Vec::new(),
+            history_end: 0,
+        };
+        loop {
+            match self.recv().await? {
+                RelayMessage::Members { members, .. } => joined.members.extend(members),
+                RelayMessage::Deliver { seq, history: true, envelope } => {
+                    joined.history.push((seq, envelope))
+                }
+                RelayMessage::HistoryEnd { latest_seq } => {
+                    joined.history_end = latest_seq;
+                    return Ok(Ok(joined));
+                }
+                other => return Err(format!("unexpected during join: {other:?}").into()),
+            }
+        }
+    }
+
+    async fn read_messages(&mut self) -> Res<Vec<RelayMessage>> {
+        let frame = tokio::time::timeout(STEP, read_frame(&mut self.rd)).await??;
+        let plaintext = self.rx.open(&frame)?;
+        Ok(RelayMessage::decode_all(&plaintext)?)
+    }
+
+    /// The next message (held ones first), waiting at most `STEP`.
+    pub async fn recv(&mut self) -> Res<RelayMessage> {
+        loop {
+            if let Some(m) = self.held.pop_front() {
+                return Ok(m);
+            }
+            let messages = self.read_messages().await?;
+            self.held.extend(messages);
+        }
+    }
+
+    /// The first message matching `pred`; others are kept, in order, for `recv`.
+    pub async fn next_matching(&mut self, pred: impl Fn(&RelayMessage) -> bool) -> Res<RelayMessage> {
+        if let Some(i) = self.held.iter().position(&pred) {
+            return Ok(self.held.remove(i).expect("index"));
+        }
+        loop {
+            let messages = self.read_messages().await?;
+            let mut found = None;
+            for m in messages {
+                if found.is_none() && pred(&m) {
+                    found = Some(m);
+                } else {
+                    self.held.push_back(m);
+                }
+            }
+            if let Some(m) = found {
+                return Ok(m);
+            }
+        }
+    }
+
+    /// Sends an envelope and returns the relay's answer (`Ack` or `Error`).
+    pub async fn publish(&mut self, envelope: Vec<u8>) -> Res<RelayMessage> {
+        self.send(&[ClientMessage::Send { envelope }]).await?;
+        self.answer().await
+    }
+
+    /// The next `Ack` or `Error`.
+    pub async fn answer(&mut self) -> Res<RelayMessage> {
+        self.next_matching(|m| matches!(m, RelayMessage::Ack { .. } | RelayMessage::Error { .. })).await
+    }
+
+    /// Sends an envelope and expects an `Ack`; returns its seq.
+    pub async fn publish_ok(&mut self, envelope: Vec<u8>) -> Res<u64> {
+        match self.publish(envelope).await? {
+            RelayMessage::Ack { seq, .. } => Ok(seq),
+            other => Err(format!("expected Ack, got {other:?}").into()),
+        }
+    }
+
+    /// The next live delivery: (seq, envelope).
+    pub async fn delivery(&mut self) -> Res<(u64, Vec<u8>)> {
+        match self.next_matching(|m| matches!(m, RelayMessage::Deliver { .. })).await? {
+            RelayMessage::Deliver { seq, envelope, .. } => Ok((seq, envelope)),
+            _ => unreachable!(),
+        }
+    }
+
+    /// Reads until a goodbye; returns its code. Other messages are dropped.
+    pub async fn goodbye(&mut self) -> Res<(ErrorCode, String)> {
+        loop {
+            if let RelayMessage::Goodbye { code, detail } = self.recv().await? {
+                return Ok((code, detail));
+            }
+        }
+    }
+
+    /// Reads (and drops) until the relay closes the connection.
+    pub async fn closed(&mut self) -> Res<()> {
+        let mut buf = [0u8; 4096];
+        loop {
+            match tokio::time::timeout(STEP, self.rd.read(&mut buf)).await? {
+                Ok(0) | Err(_) => return Ok(()),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Sequence numbers of every delivery arriving within `wait` (other messages dropped).
+    pub async fn deliveries_within(&mut self, wait: Duration) -> Res<Vec<u64>> {
+        let until = tokio::time::Instant::now() + wait;
+        let mut seqs = Vec::new();
+        loop {
+            for m in self.held.drain(..) {
+                if let RelayMessage::Deliver { seq, .. } = m {
+                    seqs.push(seq);
+                }
+            }
+            match tokio::time::timeout_at(until, self.read_messages()).await {
+                Err(_) => return Ok(seqs),
+                Ok(messages) => self.held.extend(messages?),
+            }
+        }
+    }
+
+    /// Whether nothing arrives for `wait`.
+    pub async fn quiet_for(&mut self, wait: Duration) -> Res<bool> {
+        if !self.held.is_empty() {
+            return Ok(false);
+        }
+        match tokio::time::timeout(wait, self.read_messages()).await {
+            Err(_) => Ok(true),
+            Ok(Ok(messages)) => {
+                self.held.extend(messages);
+                Ok(false)
+            }
+            Ok(Err(e)) => Err(e),
+        }
+    }
+}
+
+/// Connects, joins and returns the connection with the join result.
+pub async fn member(
+    relay: &TestRelay,
+    person: &Person,
+    room: &TestRoom,
+    create: bool,
+) -> Res<(Conn, Joined)> {
+    let mut conn = Conn::connect(relay.addr).await?;
+    match conn.join(person, room, create, 0).await? {
+        Ok(joined) => Ok((conn, joined)),
+        Err((code, detail)) => Err(format!("join refused: {code:?} {detail}").into()),
+    }
+}
+
+/// Reads from a raw socket until the relay closes it; returns the bytes received.
+pub async fn until_closed(stream: &mut TcpStream) -> Res<Vec<u8>> {
+    let mut all = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(STEP, stream.read(&mut buf)).await? {
+            Ok(0) | Err(_) => return Ok(all),
+            Ok(n) => all.extend_from_slice(&buf[..n]),
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! The relay in-process on 127.0.0.1 with a real SQLite database in a temporary directory,
+//! driven by real clients over TCP.
+
+mod common;
+
+use std::time::Duration;
+
+use chatroom_crypto::{open, ClientMessage, ErrorCode, PresenceEvent, RelayMessage};
+use common::*;
+
+fn nicks(joined: &Joined) -> Vec<String> {
+    joined.members.iter().map(|m| m.nick.as_str().to_owned()).collect()
+}
+
+#[tokio::test]
+async fn members_join_and_every_envelope_reaches_every_other_member() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let relay = TestRelay::start(dir.path(), |_| {}).await?;
+    let room = TestRoom::new("general");
+    let (mut alice, mut bob, mut carol) = (Person::new("alice"), Person::new("bob"), Person::new("carol"));
+
+    let (mut a, joined) = member(&relay, &alice, &room, true).await?;
+    assert!(joined.created);
+    assert_eq!(joined.owner, alice.identity.public().0);
+    assert_eq!((joined.latest_seq, joined.history_end), (0, 0));
+    assert_eq!(nicks(&joined), ["alice"]);
+    assert_eq!(a.relay_key, relay.key);
+
+    let (mut b, joined) = member(&relay, &bob, &room, false).await?;
+    assert!(!joined.created);
+    assert_eq!(joined.owner, alice.identity.public().0, "the creator owns the room");
+    assert_eq!(nicks(&joined), ["alice", "bob"]);
+    match a.recv().await? {
+        RelayMessage::Presence { event: PresenceEvent::Joined, nick, identity } => {
+            assert_eq!(nick.as_str(), "bob");
+            assert_eq!(identity, bob.identity.public());
+        }
+        other => panic!("expected bob's presence, got {other:?}"),
+    }
+    let (mut c, joined) = member(&relay, &carol, &room, false).await?;
+    assert_eq!(nicks(&joined), ["alice", "bob", "carol"]);
+
+    let (_, envelope) = alice.seal(&room, "hello from alice");
+    assert_eq!(a.publish_ok(envelope.clone()).await?, 1);
+    for conn in [&mut b, &mut c] {
+        let (seq, got) = conn.delivery().await?;
+        assert_eq!((seq, &got), (1, &envelope), "delivered byte for byte");
+        let opened = open(&room.keys.message_key, &room.name, &got)?;
+        assert_eq!(opened.content.body, "hello from alice");
+    }
+    let (counter, envelope) = carol.seal(&room, "and carol");
+    match c.publish(envelope).await? {
+        RelayMessage::Ack { counter: acked, seq } => assert_eq!((acked, seq), (counter, 2)),
+        other => panic!("expected Ack, got {other:?}"),
+    }
+    assert_eq!(a.delivery().await?.0, 2);
+    assert_eq!(b.delivery().await?.0, 2);
+    let (_, envelope) = bob.seal(&room, "bob");
+    assert_eq!(b.publish_ok(envelope).await?, 3);
+    assert_eq!(a.delivery().await?.0, 3);
+    assert_eq!(c.delivery().await?.0, 3);
+    // Nobody gets its own envelope live: the Ack stands for it.
+    assert_eq!(a.deliveries_within(Duration::from_millis(200)).await?, Vec::<u64>::new());
+
+    c.send(&[ClientMessage::Who]).await?;
+    match c.next_matching(|m| matches!(m, RelayMessage::Members { .. })).await? {
+        RelayMessage::Members { more, members } => {
+            assert!(!more);
+            assert_eq!(members.len(), 3);
+        }
+        _ => unreachable!(),
+    }
+    c.send(&[ClientMessage::Ping { token: 77 }]).await?;
+    assert!(matches!(
+        c.next_matching(|m| matches!(m, RelayMessage::Pong { .. })).await?,
+        RelayMessage::Pong { token: 77 }
+    ));
+
+    drop(b);
+    for conn in [&mut a, &mut c] {
+        match conn.next_matching(|m| matches!(m, RelayMessage::Presence { .. })).await? {
+            RelayMessage::Presence { event: PresenceEvent::Left, nick, .. } => {
+                assert_eq!(nick.as_str(), "bob")
+            }
+            other => panic!("expected bob to leave, got {other:?}"),
+        }
+    }
+    relay.stop().await
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_refused_and_repeated_failures_are_throttled() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let relay = TestRelay::start(dir.path(), |c| {
+        c.ip_failures_slow = 2;
+        c.ip_failures_lockout = 3;
+        c.room_failures_slow = 100;
+        c.room_failures_lockout = 5;
+        c.failure_delay = Duration::from_millis(50);
+    })
+    .await?;
+    let room = TestRoom::new("private");
+    let owner = Person::new("owner");
+    let (_a, _) = member(&relay, &owner, &room, true).await?;
+    let mut wrong = TestRoom::new("private");
+    let guesser = Person::new("guesser");
+
+    for _ in 0..3 {
+        let mut conn = Conn::connect(relay.addr).await?;
+        let refused = conn.join(&guesser, &wrong, false, 0).await?.expect_err("wrong password");
+        assert_eq!(refused.0, ErrorCode::WrongPassword, "{}", refused.1);
+        conn.closed().await?;
+    }
+    // Locked out from 127.0.0.1 now, even with the right password.
+    let mut conn = Conn::connect(relay.addr).await?;
+    let refused = conn.join(&guesser, &room, false, 0).await?.expect_err("locked out");
+    assert_eq!(refused.0, ErrorCode::TooManyAttempts);
+    assert!(refused.1.contains("try again"), "{}", refused.1);
+
+    // Another address may still join, until the room itself has seen too many failures.
+    let other = [127, 0, 0, 2].into();
+    let mut conn = Conn::connect_from(relay.addr, other).await?;
+    assert!(conn.join(&Person::new("friend"), &room, false, 0).await?.is_ok());
+    for ip in [[127, 0, 0, 3], [127, 0, 0, 4]] {
+        let mut conn = Conn::connect_from(relay.addr, ip.into()).await?;
+        assert_eq!(
+            conn.join(&guesser, &wrong, false, 0).await?.expect_err("wrong").0,
+            ErrorCode::WrongPassword
+        );
+    }
+    let mut conn = Conn::connect_from(relay.addr, [127, 0, 0, 5].into()).await?;
+    let refused = conn.join(&Person::new("late"), &room, false, 0).await?.expect_err("room locked");
+    assert_eq!(refused.0, ErrorCode::TooManyAttempts);
+    wrong = TestRoom::new("unrelated");
+    let mut conn = Conn::connect_from(relay.addr, [127, 0, 0, 5].into()).await?;
+    assert!(conn.join(&Person::new("late"), &wrong, true, 0).await?.is_ok(), "other rooms are unaffected");
+    relay.stop().await
+}
+
+#[tokio::test]
+async fn a_nickname_bound_to_another_identity_is_refused() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let relay = TestRelay::start(dir.path(), |_| {}).await?;
+    let room = TestRoom::new("nicks");
+    let alice = Person::new("alice");
+    let (a, _) = member(&relay, &alice, &room, true).await?;
+    drop(a);
+    for impostor in ["alice", "ALICE"] {
+        let mut conn = Conn::connect(relay.addr).await?;
+        let refused = conn.join(&Person::new(impostor), &room, false, 0).await?.expect_err("nick taken");
+        assert_eq!(refused.0, ErrorCode::NickTaken, "{}", refused.1);
+    }
+    // The owner of the nickname gets it back, in any case.
+    let mut same = Person::new("Alice");
+    same.identity = chatroom_crypto::Identity::from_seed(&alice.identity.seed());
+    let mut conn = Conn::connect(relay.addr).await?;
+    assert!(conn.join(&same, &room, false, 0).await?.is_ok());
+    relay.stop().await
+}
+
+#[tokio::test]
+async fn joining_a_missing_room_without_create_is_refused() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let relay = TestRelay::start(dir.path(), |_| {}).await?;
+    let mut conn = Conn::connect(relay.addr).await?;
+    let refused =
+        conn.join(&Person::new("alice"), &TestRoom::new("nowhere"), false, 0).await?.expect_err("no room");
+    assert_eq!(refused.0, ErrorCode::NoSuchRoom);
+    conn.closed().await?;
+    relay.stop().await
+}
+
+#[tokio::test]
+async fn history_after_a_reconnect_has_no_gap_and_no_duplicate() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let relay = TestRelay::start(dir.path(), |c| c.rate_burst = 100).await?;
+    let room = TestRoom::new("history");
+    let (mut alice, bob) = (Person::new("alice"), Person::new("bob"));
+    let (mut a, _) = member(&relay, &alice, &room, true).await?;
+    let (mut b, _) = member(&relay, &bob, &room, false).await?;
+    let mut sent = Vec::new();
+    for i in 0..5 {
+        let (_, envelope) = alice.seal(&room, &format!("m{i}"));
+        a.publish_ok(envelope.clone()).await?;
+        sent.push(envelope);
+    }
+    let mut last_seen = 0;
+    for _ in 0..5 {
+        last_seen = b.delivery().await?.0;
+    }
+    assert_eq!(last_seen, 5);
+    drop(b);
+    for i in 5..10 {
+        let (_, envelope) = alice.seal(&room, &format!("m{i}"));
+        a.publish_ok(envelope.clone()).await?;
+        sent.push(envelope);
+    }
+    let mut b = Conn::connect(relay.addr).await?;
+    let joined = b.join(&bob, &room, false, last_seen).await?.expect("rejoin");
+    assert_eq!(joined.history.iter().map(|h| h.0).collect::<Vec<_>>(), (6..=10).collect::<Vec<_>>());
+    assert_eq!(joined.history.iter().map(|h| h.1.clone()).collect::<Vec<_>>(), sent[5..].to_vec());
+    assert_eq!((joined.latest_seq, joined.oldest_seq, joined.history_end), (10, 1, 10));
+    let (_, envelope) = alice.seal(&room, "live");
+    a.publish_ok(envelope).await?;
+    assert_eq!(b.delivery().await?.0, 11, "live traffic follows history directly");
+
+    // A full replay includes the member's own envelopes too.
+    let mut again = Conn::connect(relay.addr).await?;
+    let joined = again.join(&alice, &room, false, 0).await?.expect("alice again");
+    assert_eq!(joined.history.len(), 11);
+    relay.stop().await
+}
+
+#[tokio::test]
+async fn a_join_during_a_stream_of_messages_sees_each_seq_exactly_once() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let relay = TestRelay::start(dir.path(), |c| c.rate_burst = 1000).await?;
+    let room = TestRoom::new("busy");
+    let mut alice = Person::new("alice");
+    let (mut a, _) = member(&relay, &alice, &room, true).await?;
+    let total = 60u64;
+    let envelopes: Vec<Vec<u8>> = (0..total).map(|i| alice.seal(&room, &format!("{i}")).1).collect();
+    let sending = async {
+        for envelope in envelopes {
+            a.send(&[ClientMessage::Send { envelope }]).await?;
+        }
+        let mut acked = Vec::new();
+        while acked.len() < total as usize {
+            if let RelayMessage::Ack { seq, .. } = a.answer().await? {
+                acked.push(seq);
+            }
+        }
+        Res::Ok(acked)
+    };
+    let joining = async {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let bob = Person::new("bob");
+        let mut b = Conn::connect(relay.addr).await?;
+        let joined = b.join(&bob, &room, false, 0).await?.expect("join");
+        let mut seen: Vec<u64> = joined.history.iter().map(|h| h.0).collect();
+        assert_eq!(joined.history_end, seen.last().copied().unwrap_or(0));
+        while seen.len() < total as usize {
+            seen.push(b.delivery().await?.0);
+        }
+        Res::Ok(seen)
+    };
+    let (acked, seen) = tokio::join!(sending, joining);
+    assert_eq!(seen?, (1..=total).collect::<Vec<_>>(), "every seq once, in order");
+    assert_eq!(acked?, (1..=total).collect::<Vec<_>>(), "answers come in order");
+    relay.stop().await
+}
+
+#[tokio::test]
+async fn a_resent_envelope_gets_the_same_seq_and_is_delivered_once() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let relay = TestRelay::start(dir.path(), |_| {}).await?;
+    let room = TestRoom::new("resend");
+    let (mut alice, bob) = (Person::new("alice"), Person::new("bob"));
+    let (mut a, _) = member(&relay, &alice, &room, true).await?;
+    let (mut b, _) = member(&relay, &bob, &room, false).await?;
+    let (_, first) = alice.seal(&room, "once");
+    let (_, second) = alice.seal(&room, "twice");
+    assert_eq!(a.publish_ok(first.clone()).await?, 1);
+    assert_eq!(a.publish_ok(second).await?, 2);
+    assert_eq!(a.publish_ok(first.clone()).await?, 1, "same counter: same seq");
+    // After a reconnect too.
+    drop(a);
+    let (mut a, _) = member(&relay, &alice, &room, false).await?;
+    assert_eq!(a.publish_ok(first).await?, 1);
+    assert_eq!(b.delivery().await?.0, 1);
+    assert_eq!(b.delivery().await?.0, 2);
+    assert_eq!(
+        b.deliveries_within(Duration::from_millis(200)).await?,
+        Vec::<u64>::new(),
+        "no second delivery"
+    );
+
+    // An older counter that was never stored is refused.
+    alice.counter = 5;
+    let (_, stale) = alice.seal(&room, "stale");
+    match a.publish(stale).await? {
+        RelayMessage::Error { code: ErrorCode::BadEnvelope, detail } => {
+            assert!(detail.contains("counter"), "{detail}")
+        }
+        other => panic!("expected BadEnvelope, got {other:?}"),
+    }
+    relay.stop().await
+}
+
+#[tokio::test]
+async fn an_envelope_naming_another_sender_is_refused_and_the_connection_kept() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let relay = TestRelay::start(dir.path(), |_| {}).await?;
+    let room = TestRoom::new("forgery");
+    let (mut alice, mut mallory) = (Person::new("alice"), Person::new("mallory"));
+    let (_a, _) = member(&relay, &alice, &room, true).await?;
+    let (mut m, _) = member(&relay, &mallory, &room, false).await?;
+    let (_, forged) = alice.seal(&room, "not really alice");
+    match m.publish(forged).await? {
+        RelayMessage::Error { code: ErrorCode::BadEnvelope, .. } => {}
+        other => panic!("expected BadEnvelope, got {other:?}"),
+    }
+    let (_, own) = mallory.seal(&room, "mine");
+    assert_eq!(m.publish_ok(own).await?, 1);
+    relay.stop().await
+}
+
+#[tokio::test]
+async fn sending_too_fast_is_answered_with_rate_limited_and_the_connection_kept() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let relay = TestRelay::start(dir.path(), |c| {
+        c.rate_burst = 3;
+        c.rate_per_sec = 1;
+    })
+    .await?;
+    let room = TestRoom::new("flood");
+    let mut alice = Person::new("alice");
+    let (mut a, _) = member(&relay, &alice, &room, true).await?;
+    let batch: Vec<ClientMessage> =
+        (0..5).map(|i| ClientMessage::Send { envelope: alice.seal(&room, &format!("{i}")).1 }).collect();
+    a.send(&batch).await?;
+    let mut answers = Vec::new();
+    for _ in 0..5 {
+        answers.push(a.answer().await?);
+    }
+    assert!(answers[..3].iter().all(|m| matches!(m, RelayMessage::Ack { .. })), "{answers:?}");
+    for answer in &answers[3..] {
+        match answer {
+            RelayMessage::Error { code: ErrorCode::RateLimited, detail } => {
+                assert!(detail.contains("1/s") && detail.contains("burst 3"), "{detail}")
+            }
+            other => panic!("expected RateLimited, got {other:?}"),
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (_, envelope) = alice.seal(&room, "later");
+    assert_eq!(a.publish_ok(envelope).await?, 4, "the connection survives and refills");
+    relay.stop().await
+}
