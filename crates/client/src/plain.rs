@@ -77,11 +77,13 @@ pub(crate) fn event_line(event: &Event, relay: &str) -> Option<String> {
         Event::KeyDerivation(_) => return None,
         Event::Joined { created: true, rejoin: false, safety_code, relay_fingerprint, .. } => format!(
             "created the room on {relay}; you are its owner\n-!- relay fingerprint: {relay_fingerprint}\n\
-             -!- safety code: {safety_code} (compare it with the other members; /safety shows it again)"
+             -!- safety code: {safety_code}\n-!- compare the safety code with the other members out of band; \
+             /safety shows it again"
         ),
         Event::Joined { rejoin: false, owner_is_me, owner, safety_code, relay_fingerprint, .. } => format!(
             "joined the room on {relay} (owner: {})\n-!- relay fingerprint: {relay_fingerprint}\n\
-             -!- safety code: {safety_code} (compare it with the other members; /safety shows it again)",
+             -!- safety code: {safety_code}\n-!- compare the safety code with the other members out of band; \
+             /safety shows it again",
             if *owner_is_me { "you".to_owned() } else { short(owner) }
         ),
         Event::Joined { .. } => format!("reconnected to {relay}"),
