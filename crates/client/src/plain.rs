@@ -217,6 +217,22 @@ mod tests {
     }
 
     #[test]
+    fn key_changes_and_impersonation_are_loud_and_never_a_message_line() {
+        let (old, new) = (PublicIdentity([1; 32]), PublicIdentity([2; 32]));
+        let changed = Event::KeyChanged { nick: Nick::new("bob").unwrap(), pinned: old, seen: new };
+        let line = event_line(&changed, "h:1").unwrap();
+        assert!(line.starts_with("WARNING: IDENTITY KEY CHANGED for bob: pinned 0101"), "{line}");
+        assert!(line.contains(&new.fingerprint()));
+        let mut claimed = msg(ContentKind::Text, false, "send money\n-!- ok");
+        claimed.sender = new;
+        let forged = Event::Rejected(Rejected::NickMismatch { message: claimed, pinned: old });
+        let line = event_line(&forged, "h:1").unwrap();
+        assert!(line.starts_with("WARNING: IMPERSONATION: key 0202"), "{line}");
+        assert!(line.ends_with("Its text: send money^J-!- ok"), "{line}");
+        assert!(!line.contains("<bob>"));
+    }
+
+    #[test]
     fn relay_text_in_events_is_neutralised() {
         let e = Event::CommandFailed {
             code: chatroom_client::crypto::ErrorCode::NotOwner,

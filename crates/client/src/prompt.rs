@@ -51,7 +51,13 @@ impl Input {
         eprint!("{prompt}");
         let _ = io::stderr().flush();
         match self.read_line() {
-            Ok(Some(line)) => Ok(line.trim().to_owned()),
+            Ok(Some(line)) => {
+                if !self.tty {
+                    // The answer was not echoed by a terminal: end the prompt's line.
+                    eprintln!();
+                }
+                Ok(line.trim().to_owned())
+            }
             Ok(None) => Err(AppError::new(format!(
                 "input ended while asking {:?}; give it as a flag instead (see chatroom --help)",
                 prompt.trim_end_matches([':', ' ', '?'])

@@ -19,6 +19,8 @@ pub struct RoomKeyCache {
     room: RoomName,
     params: KdfParams,
     cached: Mutex<Option<([u8; 32], Arc<RoomKeys>)>>,
+    /// Held while deriving, so sessions sharing this cache derive once, not once each.
+    deriving: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for RoomKeyCache {
@@ -37,7 +39,13 @@ impl RoomKeyCache {
         room: RoomName,
         params: KdfParams,
     ) -> Result<Self, SessionError> {
-        Ok(Self { password, room, params: params.validate()?, cached: Mutex::new(None) })
+        Ok(Self {
+            password,
+            room,
+            params: params.validate()?,
+            cached: Mutex::new(None),
+            deriving: tokio::sync::Mutex::new(()),
+        })
     }
 
     /// The parameters in use.
@@ -57,6 +65,10 @@ impl RoomKeyCache {
         relay_key: &[u8; 32],
         callbacks: &dyn Callbacks,
     ) -> Result<Arc<RoomKeys>, SessionError> {
+        if let Some(keys) = self.cached(relay_key) {
+            return Ok(keys);
+        }
+        let _deriving = self.deriving.lock().await;
         if let Some(keys) = self.cached(relay_key) {
             return Ok(keys);
         }
@@ -81,5 +93,57 @@ impl RoomKeyCache {
         callbacks.event(Event::KeyDerivation(KdfProgress::Done(started.elapsed())));
         *self.cached.lock().unwrap_or_else(|e| e.into_inner()) = Some((*relay_key, keys.clone()));
         Ok(keys)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn concurrent_sessions_derive_once_and_report_progress() {
+        let cache = Arc::new(
+            RoomKeyCache::new(
+                Zeroizing::new(b"pw".to_vec()),
+                RoomName::new("r").unwrap(),
+                KdfParams::DEFAULT,
+            )
+            .unwrap(),
+        );
+        let started = Arc::new(AtomicUsize::new(0));
+        let done = Arc::new(AtomicUsize::new(0));
+        let (s, d) = (started.clone(), done.clone());
+        let callbacks: Arc<dyn Callbacks> = Arc::new(move |e: Event| match e {
+            Event::KeyDerivation(KdfProgress::Started(_)) => {
+                s.fetch_add(1, Ordering::SeqCst);
+            }
+            Event::KeyDerivation(KdfProgress::Done(_)) => {
+                d.fetch_add(1, Ordering::SeqCst);
+            }
+            _ => {}
+        });
+        let tasks: Vec<_> = (0..3)
+            .map(|_| {
+                let (cache, callbacks) = (cache.clone(), callbacks.clone());
+                tokio::spawn(async move {
+                    cache.get(&[5; 32], &*callbacks).await.map(|k| k.safety_code().clone())
+                })
+            })
+            .collect();
+        let mut codes = Vec::new();
+        for t in tasks {
+            codes.push(t.await.unwrap().unwrap());
+        }
+        assert!(codes.windows(2).all(|w| w[0] == w[1]));
+        assert_eq!((started.load(Ordering::SeqCst), done.load(Ordering::SeqCst)), (1, 1));
+        assert!(cache.cached(&[5; 32]).is_some());
+        assert!(cache.cached(&[6; 32]).is_none(), "keys are bound to the relay key");
+    }
+
+    #[test]
+    fn weak_parameters_are_refused() {
+        let weak = KdfParams { m_kib: 1024, t: 1, p: 1 };
+        assert!(RoomKeyCache::new(Zeroizing::new(b"pw".to_vec()), RoomName::new("r").unwrap(), weak).is_err());
     }
 }
