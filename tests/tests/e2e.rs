@@ -356,3 +356,43 @@ fn a_socks5_proxy_gets_the_host_name_and_the_client_resolves_nothing() -> TestRe
     assert!(alice.wait()?.success());
     Ok(())
 }
+
+#[test]
+fn the_owner_kicks_and_bans_and_others_may_not() -> TestResult {
+    let relay_dir = tempfile::tempdir()?;
+    let relay = Relay::start(relay_dir.path())?;
+    let (alice_home, bob_home) = (Home::new()?, Home::new()?);
+    let secret = "correct horse battery staple";
+    let pa = alice_home.password_file("pw", secret)?;
+    let pb = bob_home.password_file("pw", secret)?;
+    let invite = relay.invite("mod");
+    let bob_args = [invite.as_str(), "--nick", "bob", "--password-file", pb.to_str().ok_or("path")?];
+    let mut alice = alice_home.spawn(
+        "alice",
+        &[invite.as_str(), "--nick", "alice", "--create", "--password-file", pa.to_str().ok_or("path")?],
+    )?;
+    alice.stderr.expect("now live")?;
+    let mut bob = bob_home.spawn("bob", &bob_args)?;
+    bob.stderr.expect("now live")?;
+
+    bob.line("/kick alice")?;
+    bob.stderr.expect("(NotOwner)")?;
+    alice.line("/kick bob")?;
+    alice.stderr.expect("bob was kicked")?;
+    assert!(!bob.wait()?.success());
+    assert!(bob.stderr.all().join("\n").contains("(Kicked)"), "{:?}", bob.stderr.all());
+
+    let mut bob = bob_home.spawn("bob", &bob_args)?;
+    bob.stderr.expect("now live")?;
+    alice.line("/ban bob")?;
+    alice.stderr.expect("bob was banned")?;
+    assert!(!bob.wait()?.success());
+    let (status, _, err) = bob_home.run(&bob_args)?;
+    assert!(!status.success());
+    assert!(err.contains("(Banned)") && err.contains("/unban"), "{err}");
+    alice.line("/unban bob")?;
+    alice.stderr.expect("bob was unbanned")?;
+    alice.close_stdin();
+    assert!(alice.wait()?.success());
+    Ok(())
+}
