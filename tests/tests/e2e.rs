@@ -396,3 +396,45 @@ fn the_owner_kicks_and_bans_and_others_may_not() -> TestResult {
     assert!(alice.wait()?.success());
     Ok(())
 }
+
+/// Under `torsocks`, the client's ordinary name lookup and connect are taken over: the .onion
+/// name goes to the SOCKS5 proxy as a name. (microsocks cannot reach onion services, so the
+/// connection itself then fails, which the client reports.)
+#[test]
+fn an_unmodified_client_is_redirected_by_torsocks() -> TestResult {
+    let proxy = Microsocks::start()?;
+    let tap = Tap::start(([127, 0, 0, 1], proxy.port).into())?;
+    let home = Home::new()?;
+    let pw = home.password_file("pw", "correct horse battery staple")?;
+    let conf = home.password_file("torsocks.conf", &format!("TorAddress 127.0.0.1\nTorPort {}", tap.port))?;
+    let onion = "chatroomtestrelayxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx.onion";
+    let out = std::process::Command::new("torsocks")
+        .env("TORSOCKS_CONF_FILE", &conf)
+        .arg(chatroom_e2e::bin("chatroom"))
+        .args([
+            "--plain",
+            "--relay",
+            &format!("{onion}:7777"),
+            "--room",
+            "t",
+            "--nick",
+            "alice",
+            "--password-file",
+        ])
+        .arg(&pw)
+        .arg("--data-dir")
+        .arg(home.data_dir())
+        .arg("--config")
+        .arg(home.config())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| {
+            format!("cannot run torsocks ({e}); install it with `apt-get install -y torsocks` (.ci/run does)")
+        })?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains(&format!("cannot connect to {onion}:7777")), "{err}");
+    let (atyp, host, port) = socks5_connect_target(&tap.recorded())?;
+    assert_eq!((atyp, host.as_str(), port), (3, onion, 7777), "torsocks handed the name to the proxy");
+    Ok(())
+}

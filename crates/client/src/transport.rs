@@ -129,9 +129,19 @@ pub async fn connect(
 ) -> Result<TcpStream, SessionError> {
     let attempt = async {
         let stream = match proxy {
-            None => TcpStream::connect((target.host.as_str(), target.port))
-                .await
-                .map_err(|source| SessionError::Connect { addr: target.to_string(), source })?,
+            None => {
+                // A blocking connect on a helper thread, handed to tokio afterwards: the plain
+                // getaddrinfo + connect sequence that `torsocks` intercepts reliably.
+                let (host, port) = (target.host.clone(), target.port);
+                let connect_err = |source| SessionError::Connect { addr: target.to_string(), source };
+                let std_stream =
+                    tokio::task::spawn_blocking(move || std::net::TcpStream::connect((host.as_str(), port)))
+                        .await
+                        .map_err(|e| connect_err(std::io::Error::other(e)))?
+                        .map_err(connect_err)?;
+                std_stream.set_nonblocking(true).map_err(connect_err)?;
+                TcpStream::from_std(std_stream).map_err(connect_err)?
+            }
             Some(proxy) => {
                 let proxy_addr = (proxy.addr.host.as_str(), proxy.addr.port);
                 Socks5Stream::connect(proxy_addr, (target.host.as_str(), target.port))
