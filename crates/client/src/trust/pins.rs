@@ -5,6 +5,10 @@ use std::collections::BTreeMap;
 
 use chatroom_crypto::{Nick, PublicIdentity};
 
+/// Most pins kept per room, so a relay announcing endless made-up members cannot grow the
+/// state file without bound. Beyond it, new nicknames are checked but not remembered.
+pub const MAX_PINS: usize = 100_000;
+
 /// Nickname (canonical, lower case) -> identity key, for one room.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PinStore {
@@ -30,7 +34,9 @@ impl PinStore {
     pub fn check(&mut self, nick: &Nick, identity: &PublicIdentity) -> PinCheck {
         match self.pins.get(&nick.canonical()) {
             None => {
-                self.pins.insert(nick.canonical(), *identity);
+                if self.pins.len() < MAX_PINS {
+                    self.pins.insert(nick.canonical(), *identity);
+                }
                 PinCheck::New
             }
             Some(pinned) if pinned == identity => PinCheck::Same,
