@@ -337,3 +337,31 @@ async fn duplicates_are_dropped_replays_rejected_and_errors_matched_to_sends() -
     assert_eq!(failed, (id, ErrorCode::RateLimited));
     Ok(())
 }
+
+#[tokio::test]
+async fn an_idle_connection_is_pinged_and_a_silent_one_replaced() -> TestResult {
+    let relay = FakeRelay::new().await?;
+    let owner = Identity::generate();
+    let mut cfg = config(&relay, RelayPin::default());
+    cfg.limits.ping_after = Duration::from_millis(100);
+    cfg.limits.dead_after = Duration::from_millis(600);
+    let (client, admitted) = tokio::join!(start(cfg), relay.admit(&owner));
+    let (mut client, (mut conn, _)) = (client?, admitted?);
+    // Nothing to say: the client pings; the relay stays silent and the client gives up on
+    // the connection and joins again on a new one.
+    let ping = timeout(LIMIT, conn.recv()).await??;
+    assert!(matches!(ping.as_slice(), [ClientMessage::Ping { .. }]), "{ping:?}");
+    let reason = next_matching(&mut client.events, |e| match e {
+        Event::State(chatroom_client::session::ConnState::Reconnecting { reason, .. }) => {
+            Some(reason.clone())
+        }
+        _ => None,
+    })
+    .await?;
+    assert!(reason.contains("no traffic from the relay"), "{reason}");
+    let (_conn2, join) = timeout(LIMIT, relay.admit(&owner)).await??;
+    assert_eq!(join.nick.as_str(), "alice");
+    next_matching(&mut client.events, |e| matches!(e, Event::Joined { rejoin: true, .. }).then_some(()))
+        .await?;
+    Ok(())
+}
