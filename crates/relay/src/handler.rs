@@ -26,8 +26,10 @@ use tracing::{debug, info, instrument};
 use crate::config::Config;
 use crate::frames::{FrameError, FrameReader};
 use crate::hub::{member_items, Moderation, Refusal, RoomService};
-use crate::limits::{FailureTracker, TokenBucket, Unauthenticated, UnauthenticatedSlot, Verdict};
-use crate::outbox::{encode, write_loop, Outbox};
+use crate::limits::{
+    address_key, FailureTracker, TokenBucket, Unauthenticated, UnauthenticatedSlot, Verdict,
+};
+use crate::outbox::{encode, write_loop, Outbox, PushError};
 use crate::shutdown::Shutdown;
 
 /// The smallest transport frame: an AEAD tag around at least one item header.
@@ -41,6 +43,24 @@ const WRITER_GRACE: Duration = Duration::from_secs(2);
 /// `LINGER_BYTES`), so the goodbye is not lost to a reset.
 const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 1 << 16;
+/// How long a reply waits for room in the member's own queue before the member counts as a
+/// slow consumer.
+const REPLY_WAIT: Duration = Duration::from_secs(2);
+
+/// Queues a reply; a member that does not read its replies is closed as a slow consumer.
+async fn reply(outbox: &Outbox, item: Bytes) -> bool {
+    match outbox.push_reply(item, REPLY_WAIT).await {
+        Ok(()) => true,
+        Err(PushError::Full) => {
+            outbox.close(
+                ErrorCode::SlowConsumer,
+                "you do not read the relay's answers; reconnect when you can",
+            );
+            false
+        }
+        Err(PushError::Closed) => false,
+    }
+}
 
 /// State shared by every connection.
 #[derive(Debug)]
@@ -152,8 +172,14 @@ impl<H: RoomService> Handler<H> {
         if !writer.is_finished() && timeout(WRITER_GRACE, &mut writer).await.is_err() {
             writer.abort();
         }
-        if !matches!(result, Err(Ended::PeerClosed | Ended::Frame(_))) {
-            let _ = timeout(LINGER, reader.discard(LINGER_BYTES)).await;
+        let linger = match result {
+            Err(Ended::PeerClosed | Ended::Frame(_)) => None,
+            // Shutting down: everyone is told at once; do not hold the exit up for long.
+            Err(Ended::Shutdown) => Some(LINGER / 4),
+            _ => Some(LINGER),
+        };
+        if let Some(linger) = linger {
+            let _ = timeout(linger, reader.discard(LINGER_BYTES)).await;
         }
         result
     }
@@ -194,7 +220,7 @@ impl<H: RoomService> Handler<H> {
         };
 
         // Cheap lockout checks before the signature is verified.
-        let ip = self.peer.ip();
+        let ip = address_key(self.peer.ip());
         let room_key = request.room.as_str().to_owned();
         let verdicts = [self.shared.ip_failures.check(&ip), self.shared.room_failures.check(&room_key)];
         if verdicts.contains(&Verdict::Locked) {
@@ -356,8 +382,8 @@ impl<H: RoomService> Handler<H> {
                     } else {
                         ErrorCode::Malformed
                     };
-                    let reply = RelayMessage::Error { code, detail: format!("envelope refused: {e}") };
-                    if !outbox.push_or_close(encode(&reply)) {
+                    let error = RelayMessage::Error { code, detail: format!("envelope refused: {e}") };
+                    if !reply(outbox, encode(&error)).await {
                         return Flow::Stop;
                     }
                     continue;
@@ -387,8 +413,8 @@ impl<H: RoomService> Handler<H> {
                     return Flow::Stop;
                 }
             };
-            for reply in replies {
-                if !outbox.push_or_close(reply) {
+            for item in replies {
+                if !reply(outbox, item).await {
                     return Flow::Stop;
                 }
             }

@@ -389,7 +389,37 @@ impl LocalRooms {
         Ok(Ok(member))
     }
 
+    /// Drops a room from memory when nothing refers to it any more: no members, no append
+    /// in flight and no join between its checks and its registration. The database holds
+    /// everything, and the next join loads it again.
+    fn evict_if_idle(&self, room: &Arc<Room>) {
+        let mut rooms = self.map();
+        let mut st = room.lock();
+        if st.members.is_empty() && st.inflight == 0 && st.joining == 0 && !st.evicted {
+            st.evicted = true;
+            if rooms.get(&room.name).is_some_and(|r| Arc::ptr_eq(r, room)) {
+                rooms.remove(&room.name);
+            }
+        }
+    }
+
     async fn join_existing(
+        &self,
+        room: Arc<Room>,
+        join: SignedJoin,
+        history_after: u64,
+        connection: u64,
+        outbox: Arc<Outbox>,
+    ) -> Result<Result<LocalMember, SignedJoin>, Refusal> {
+        let result = self.join_existing_checked(room.clone(), join, history_after, connection, outbox).await;
+        if result.is_err() {
+            // A refused join must not leave the room (and its history) loaded in memory.
+            self.evict_if_idle(&room);
+        }
+        result
+    }
+
+    async fn join_existing_checked(
         &self,
         room: Arc<Room>,
         join: SignedJoin,
@@ -663,18 +693,72 @@ impl RoomService for LocalRooms {
     }
 
     fn leave(&self, member: &LocalMember) {
-        let mut rooms = self.map();
-        let mut st = member.room.lock();
-        if st.is_current(member) {
-            st.members.remove(&member.identity);
-            st.presence(PresenceEvent::Left, &member.nick, member.identity, None);
-        }
-        if st.members.is_empty() && st.inflight == 0 && st.joining == 0 && !st.evicted {
-            // Nothing in flight: the database holds everything, and the next join reloads it.
-            st.evicted = true;
-            if rooms.get(&member.room.name).is_some_and(|r| Arc::ptr_eq(r, &member.room)) {
-                rooms.remove(&member.room.name);
+        {
+            let mut st = member.room.lock();
+            if st.is_current(member) {
+                st.members.remove(&member.identity);
+                st.presence(PresenceEvent::Left, &member.nick, member.identity, None);
             }
         }
+        self.evict_if_idle(&member.room);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Synchronous;
+    use crate::store::Store;
+    use chatroom_crypto::internal::split_master;
+    use chatroom_crypto::{Identity, JoinRequest, JoinSecret};
+
+    fn signed(identity: &Identity, nick: &str, secret: &JoinSecret, create: bool) -> SignedJoin {
+        let hh = [9; 32];
+        JoinRequest::new(
+            identity,
+            &hh,
+            RoomName::new("room").unwrap(),
+            Nick::new(nick).unwrap(),
+            secret.clone(),
+            create,
+            0,
+        )
+        .verify(&hh)
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn rooms_leave_memory_when_idle_and_come_back_from_storage() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db"), Synchronous::Normal).unwrap();
+        let hub = LocalRooms::new(store.handle(), 10);
+        let keys = split_master(&[1; 32]);
+        let wrong = split_master(&[2; 32]);
+        let (alice, bob) = (Identity::generate(), Identity::generate());
+
+        let outbox = Arc::new(Outbox::new(16));
+        let a = hub.join(signed(&alice, "alice", &keys.join_secret, true), 0, 1, outbox).await.unwrap();
+        assert_eq!(hub.map().len(), 1);
+        hub.leave(&a);
+        assert!(hub.map().is_empty(), "an empty room is dropped from memory");
+
+        let refused =
+            hub.join(signed(&bob, "bob", &wrong.join_secret, false), 0, 2, Arc::new(Outbox::new(16))).await;
+        assert_eq!(refused.unwrap_err().code, ErrorCode::WrongPassword);
+        assert!(hub.map().is_empty(), "a refused join does not keep the room loaded");
+
+        // Reloaded from storage: owner and nickname binding survived.
+        let b = hub
+            .join(signed(&bob, "bob", &keys.join_secret, false), 0, 3, Arc::new(Outbox::new(16)))
+            .await
+            .unwrap();
+        let refused =
+            hub.join(signed(&bob, "alice", &keys.join_secret, false), 0, 4, Arc::new(Outbox::new(16))).await;
+        assert_eq!(refused.unwrap_err().code, ErrorCode::NickTaken);
+        assert_eq!(hub.map().len(), 1, "a room with members stays loaded");
+        assert_eq!(b.room.lock().owner, alice.public());
+        hub.leave(&b);
+        assert!(hub.map().is_empty());
+        store.close().await;
     }
 }

@@ -14,6 +14,18 @@ use tokio::time::Instant;
 /// still full, new keys are not tracked (the other tracker still applies).
 const MAX_TRACKED: usize = 65_536;
 
+/// The address a client is accounted under: IPv4 addresses as they are, IPv6 addresses by
+/// their /64 prefix (one host usually controls a whole /64), IPv4-mapped IPv6 as IPv4.
+pub(crate) fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+    }
+}
+
 /// A token bucket: `burst` tokens, refilled at `per_sec` tokens per second.
 #[derive(Debug)]
 pub(crate) struct TokenBucket {
@@ -215,6 +227,18 @@ mod tests {
         assert_eq!(t.check(&1), Verdict::Allow);
         t.record_failure(&1);
         assert_eq!(t.check(&1), Verdict::Allow);
+    }
+
+    #[test]
+    fn ipv6_addresses_count_by_their_64_prefix() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(address_key(a), address_key(b));
+        assert_ne!(address_key(a), address_key(c));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(address_key(mapped), IpAddr::from([192, 0, 2, 7]));
+        assert_eq!(address_key([10, 0, 0, 1].into()), IpAddr::from([10, 0, 0, 1]));
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub(crate) struct Outbox {
     limit: usize,
     wake: Notify,
     abort: Notify,
+    /// Signalled whenever the writer took items off the queue, or the outbox closed.
+    space: Notify,
 }
 
 /// Encodes one relay message as an item.
@@ -70,6 +72,7 @@ impl Outbox {
             limit: limit.max(1),
             wake: Notify::new(),
             abort: Notify::new(),
+            space: Notify::new(),
         }
     }
 
@@ -90,6 +93,25 @@ impl Outbox {
         drop(state);
         self.wake.notify_one();
         Ok(())
+    }
+
+    /// Queues a reply of this connection's own handler, waiting up to `wait` for room: the
+    /// handler may answer a burst of requests faster than the writer task gets to run, but a
+    /// client that stops reading its answers altogether is a slow consumer like any other.
+    pub(crate) async fn push_reply(&self, item: Bytes, wait: Duration) -> Result<(), PushError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let space = self.space.notified();
+            tokio::pin!(space);
+            space.as_mut().enable();
+            match self.push(item.clone()) {
+                Err(PushError::Full) => {}
+                done => return done,
+            }
+            if tokio::time::timeout_at(deadline, space).await.is_err() {
+                return Err(PushError::Full);
+            }
+        }
     }
 
     /// Queues items beyond the limit: the join snapshot (itself bounded by the history
@@ -135,6 +157,7 @@ impl Outbox {
         drop(state);
         self.abort.notify_one();
         self.wake.notify_one();
+        self.space.notify_waiters();
         true
     }
 
@@ -188,6 +211,8 @@ impl Outbox {
         if !current.is_empty() {
             batches.push(current);
         }
+        drop(state);
+        self.space.notify_waiters();
         Next::Write(batches)
     }
 }

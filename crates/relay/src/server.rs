@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 use crate::config::Config;
 use crate::handler::{Handler, Shared};
 use crate::hub::{LocalRooms, RoomService};
-use crate::limits::{FailureTracker, Unauthenticated};
+use crate::limits::{address_key, FailureTracker, Unauthenticated};
 use crate::shutdown::Shutdown;
 use crate::store::{Store, StoreError};
 
@@ -145,7 +145,7 @@ impl<H: RoomService> Listener<H> {
             // The semaphore is never closed.
             let Ok(permit) = self.limit.clone().acquire_owned().await else { return };
             let (socket, peer) = self.accept().await;
-            let Some(slot) = self.shared.unauthenticated.acquire(peer.ip()) else {
+            let Some(slot) = self.shared.unauthenticated.acquire(address_key(peer.ip())) else {
                 debug!(%peer, "too many unauthenticated connections from this address; closing");
                 continue;
             };

@@ -30,7 +30,7 @@ pub const APPLICATION_ID: i32 = 0x6368_726d;
 /// `PRAGMA user_version` this relay reads and writes.
 pub const SCHEMA_VERSION: i32 = 1;
 /// Most operations committed in one transaction.
-const MAX_BATCH: usize = 1024;
+const MAX_BATCH: usize = 256;
 
 const SCHEMA: &str = "
 CREATE TABLE rooms (
@@ -110,10 +110,10 @@ pub enum StoreError {
         /// SQLite's message.
         message: String,
     },
-    /// The data directory could not be created.
-    #[error("cannot create data directory {path}: {message}")]
+    /// The data directory or database file could not be created.
+    #[error("cannot create {path}: {message}")]
     Io {
-        /// The directory.
+        /// The directory or file.
         path: PathBuf,
         /// The cause.
         message: String,
@@ -269,6 +269,18 @@ impl Store {
                 .mode(0o700)
                 .create(dir)
                 .map_err(|e| StoreError::Io { path: dir.to_owned(), message: e.to_string() })?;
+        }
+        // The database holds room verifiers and history: readable by the relay's user only.
+        // SQLite gives its -wal file the database file's permissions.
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| StoreError::Io { path: path.to_owned(), message: e.to_string() })?;
         }
         let conn = open_connection(path, synchronous)?;
         let (tx, rx) = mpsc::channel();

@@ -337,3 +337,290 @@ async fn sending_too_fast_is_answered_with_rate_limited_and_the_connection_kept(
     assert_eq!(a.publish_ok(envelope).await?, 4, "the connection survives and refills");
     relay.stop().await
 }
+
+#[tokio::test]
+async fn the_owner_kicks_and_bans_others_may_not_and_a_ban_survives_a_restart() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let relay = TestRelay::start(dir.path(), |_| {}).await?;
+    let room = TestRoom::new("moderated");
+    let (alice, bob, carol) = (Person::new("alice"), Person::new("bob"), Person::new("carol"));
+    let (mut a, _) = member(&relay, &alice, &room, true).await?;
+    let (mut b, _) = member(&relay, &bob, &room, false).await?;
+    let (mut c, _) = member(&relay, &carol, &room, false).await?;
+    let bob_nick = bob.nick.clone();
+
+    c.send(&[ClientMessage::Kick { nick: bob_nick.clone() }]).await?;
+    assert_eq!(c.error().await?.0, ErrorCode::NotOwner);
+    c.send(&[ClientMessage::Ban { nick: bob_nick.clone() }]).await?;
+    assert_eq!(c.error().await?.0, ErrorCode::NotOwner);
+    a.send(&[ClientMessage::Kick { nick: chatroom_crypto::Nick::new("nobody")? }]).await?;
+    assert_eq!(a.error().await?.0, ErrorCode::NoSuchMember);
+
+    a.send(&[ClientMessage::Kick { nick: bob_nick.clone() }]).await?;
+    assert_eq!(b.goodbye().await?.0, ErrorCode::Kicked);
+    b.closed().await?;
+    for conn in [&mut a, &mut c] {
+        // Joined presences from earlier joins come first.
+        loop {
+            let (event, nick) = conn.presence().await?;
+            if event != PresenceEvent::Joined {
+                assert_eq!((event, nick.as_str()), (PresenceEvent::Kicked, "bob"));
+                break;
+            }
+        }
+    }
+    // A kick is not a ban.
+    let (mut b, _) = member(&relay, &bob, &room, false).await?;
+    a.send(&[ClientMessage::Ban { nick: bob_nick.clone() }]).await?;
+    assert_eq!(b.goodbye().await?.0, ErrorCode::Banned);
+    loop {
+        let (event, nick) = c.presence().await?;
+        if event == PresenceEvent::Banned {
+            assert_eq!(nick, "bob");
+            break;
+        }
+    }
+    let mut again = Conn::connect(relay.addr).await?;
+    assert_eq!(again.join(&bob, &room, false, 0).await?.expect_err("banned").0, ErrorCode::Banned);
+    let mut renamed = Person::new("robert");
+    renamed.identity = chatroom_crypto::Identity::from_seed(&bob.identity.seed());
+    let mut again = Conn::connect(relay.addr).await?;
+    assert_eq!(
+        again.join(&renamed, &room, false, 0).await?.expect_err("banned").0,
+        ErrorCode::Banned,
+        "a ban is on the identity, not the nickname"
+    );
+    drop((a, c));
+    relay.stop().await?;
+
+    let relay = TestRelay::start(dir.path(), |_| {}).await?;
+    let mut again = Conn::connect(relay.addr).await?;
+    assert_eq!(again.join(&bob, &room, false, 0).await?.expect_err("still banned").0, ErrorCode::Banned);
+    let (mut a, _) = member(&relay, &alice, &room, false).await?;
+    a.send(&[ClientMessage::Unban { nick: bob_nick.clone() }]).await?;
+    assert_eq!(a.presence().await?, (PresenceEvent::Unbanned, "bob".to_owned()));
+    let (_b, _) = member(&relay, &bob, &room, false).await?;
+    a.send(&[ClientMessage::Unban { nick: bob_nick }]).await?;
+    assert_eq!(a.error().await?.0, ErrorCode::NoSuchMember, "not banned any more");
+    relay.stop().await
+}
+
+#[tokio::test]
+async fn a_second_connection_of_the_same_identity_replaces_the_first_quietly() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let relay = TestRelay::start(dir.path(), |_| {}).await?;
+    let room = TestRoom::new("replace");
+    let (alice, bob) = (Person::new("alice"), Person::new("bob"));
+    let (mut a, _) = member(&relay, &alice, &room, true).await?;
+    let (mut b1, _) = member(&relay, &bob, &room, false).await?;
+    assert_eq!(a.presence().await?, (PresenceEvent::Joined, "bob".to_owned()));
+    let (_b2, joined) = member(&relay, &bob, &room, false).await?;
+    assert_eq!(joined.members.len(), 2);
+    let (code, detail) = b1.goodbye().await?;
+    assert_eq!(code, ErrorCode::AlreadyConnected);
+    assert!(detail.contains("replaced"), "{detail}");
+    let seen = a.messages_within(Duration::from_millis(300)).await?;
+    assert!(seen.is_empty(), "no Left or Joined for a replaced connection: {seen:?}");
+    relay.stop().await
+}
+
+#[tokio::test]
+async fn a_member_that_never_reads_is_disconnected_while_the_others_keep_receiving() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let relay = TestRelay::start(dir.path(), |c| {
+        c.outbound_queue = 32;
+        c.rate_burst = 10_000;
+    })
+    .await?;
+    let room = TestRoom::new("slow");
+    let (mut alice, bob, carol) = (Person::new("alice"), Person::new("bob"), Person::new("carol"));
+    let (mut a, _) = member(&relay, &alice, &room, true).await?;
+    let (mut b, _) = member(&relay, &bob, &room, false).await?;
+    // Carol joins, then never reads again.
+    let mut c = Conn::connect_small_buffer(relay.addr).await?;
+    c.join(&carol, &room, false, 0).await?.expect("carol joins");
+    assert_eq!(a.presence().await?, (PresenceEvent::Joined, "bob".to_owned()));
+    assert_eq!(a.presence().await?, (PresenceEvent::Joined, "carol".to_owned()));
+
+    // Carol's socket buffers (the relay's send buffer may grow to several MiB) fill first;
+    // then her queue of 32 items; then she is disconnected.
+    let body = "x".repeat(4000);
+    let mut sent = 0u64;
+    let mut carol_left = false;
+    while !carol_left {
+        assert!(sent < 4000, "carol was never disconnected");
+        let batch: Vec<ClientMessage> =
+            (0..10).map(|_| ClientMessage::Send { envelope: alice.seal(&room, &body).1 }).collect();
+        a.send(&batch).await?;
+        for _ in 0..10 {
+            sent += 1;
+            loop {
+                match a.recv().await? {
+                    RelayMessage::Ack { seq, .. } => {
+                        assert_eq!(seq, sent);
+                        break;
+                    }
+                    RelayMessage::Presence { event: PresenceEvent::Left, nick, .. } => {
+                        assert_eq!(nick.as_str(), "carol");
+                        carol_left = true;
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+        for i in sent - 9..=sent {
+            assert_eq!(b.delivery().await?.0, i, "bob keeps receiving everything");
+        }
+    }
+    assert_eq!(b.presence().await?, (PresenceEvent::Joined, "carol".to_owned()));
+    assert_eq!(b.presence().await?, (PresenceEvent::Left, "carol".to_owned()));
+    let (_, envelope) = alice.seal(&room, "after carol");
+    assert_eq!(a.publish_ok(envelope).await?, sent + 1);
+    assert_eq!(b.delivery().await?.0, sent + 1);
+    let total = sent + 1;
+    // Carol finds her connection closed, reconnects and catches up from history.
+    c.closed().await?;
+    let mut c = Conn::connect(relay.addr).await?;
+    let joined = c.join(&carol, &room, false, 0).await?.expect("rejoin");
+    assert_eq!(joined.history.len() as u64, total);
+    assert_eq!(joined.history.last().map(|h| h.0), Some(total));
+    relay.stop().await
+}
+
+#[tokio::test]
+async fn an_idle_member_is_pinged_then_closed_and_one_that_answers_stays() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let relay = TestRelay::start(dir.path(), |c| {
+        c.ping_after = Duration::from_millis(200);
+        c.idle_timeout = Duration::from_millis(600);
+    })
+    .await?;
+    let room = TestRoom::new("idle");
+    let (mut alice, bob) = (Person::new("alice"), Person::new("bob"));
+    let (mut a, _) = member(&relay, &alice, &room, true).await?;
+    let (mut b, _) = member(&relay, &bob, &room, false).await?;
+    // Alice answers pings; bob stays silent.
+    let answering = async {
+        let until = tokio::time::Instant::now() + Duration::from_millis(1500);
+        let mut pings = 0;
+        while tokio::time::Instant::now() < until {
+            if let Ok(m) = tokio::time::timeout_at(until, a.recv()).await {
+                if let RelayMessage::Ping { token } = m? {
+                    pings += 1;
+                    a.send(&[ClientMessage::Pong { token }]).await?;
+                }
+            }
+        }
+        Res::Ok(pings)
+    };
+    let silent = async {
+        let mut pinged = false;
+        loop {
+            match b.recv().await? {
+                RelayMessage::Ping { .. } => pinged = true,
+                RelayMessage::Goodbye { code, .. } => return Res::Ok((pinged, code)),
+                _ => {}
+            }
+        }
+    };
+    let (pings, bob_end) = tokio::join!(answering, silent);
+    assert!(pings? >= 2, "alice was pinged while idle");
+    assert_eq!(bob_end?, (true, ErrorCode::IdleTimeout), "bob was pinged, then closed");
+    let (_, envelope) = alice.seal(&room, "still here");
+    assert_eq!(a.publish_ok(envelope).await?, 1);
+    relay.stop().await
+}
+
+#[tokio::test]
+async fn shutdown_says_goodbye_to_every_member() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let relay = TestRelay::start(dir.path(), |_| {}).await?;
+    let room = TestRoom::new("closing");
+    let (mut a, _) = member(&relay, &Person::new("alice"), &room, true).await?;
+    let (mut b, _) = member(&relay, &Person::new("bob"), &room, false).await?;
+    let stopping = relay.stop();
+    let (stopped, a_end, b_end) = tokio::join!(stopping, a.goodbye(), b.goodbye());
+    stopped?;
+    assert_eq!(a_end?.0, ErrorCode::ShuttingDown);
+    assert_eq!(b_end?.0, ErrorCode::ShuttingDown);
+    Ok(())
+}
+
+/// Fan-out throughput, for measuring rather than asserting speed:
+/// `cargo test --release -p chatroom-relay --test relay -- --ignored --nocapture fan_out`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run by hand"]
+async fn fan_out_throughput() -> TestResult {
+    for synchronous in [chatroom_relay::Synchronous::Normal, chatroom_relay::Synchronous::Full] {
+        let dir = tempfile::tempdir()?;
+        let relay = TestRelay::start(dir.path(), |c| {
+            c.rate_burst = 1_000_000;
+            c.rate_per_sec = 1_000_000;
+            c.synchronous = synchronous;
+        })
+        .await?;
+        let room = TestRoom::new("load");
+        let (receivers, senders, per_sender, batch) = (50usize, 5usize, 200usize, 20usize);
+        let (_owner, _) = member(&relay, &Person::new("owner"), &room, true).await?;
+        let mut tasks = tokio::task::JoinSet::new();
+        let total = (senders * per_sender) as u64;
+        let mut ready = Vec::new();
+        for i in 0..receivers {
+            let (mut conn, _) = member(&relay, &Person::new(&format!("r{i}")), &room, false).await?;
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            ready.push(tx);
+            tasks.spawn(async move {
+                let _ = rx.await;
+                let mut got = 0;
+                while got < total {
+                    if let RelayMessage::Deliver { .. } = conn.recv().await.map_err(|e| e.to_string())? {
+                        got += 1;
+                    }
+                }
+                Ok::<_, String>(())
+            });
+        }
+        let mut sending = Vec::new();
+        for i in 0..senders {
+            let mut person = Person::new(&format!("s{i}"));
+            let (conn, _) = member(&relay, &person, &room, false).await?;
+            let batches: Vec<Vec<ClientMessage>> = (0..per_sender / batch)
+                .map(|_| {
+                    (0..batch)
+                        .map(|_| ClientMessage::Send { envelope: person.seal(&room, "load").1 })
+                        .collect()
+                })
+                .collect();
+            sending.push((conn, batches));
+        }
+        // Receivers ignore the presence notices of the senders joining.
+        for tx in ready {
+            let _ = tx.send(());
+        }
+        let started = std::time::Instant::now();
+        for (mut conn, batches) in sending {
+            tasks.spawn(async move {
+                for b in batches {
+                    conn.send(&b).await.map_err(|e| e.to_string())?;
+                    for _ in 0..b.len() {
+                        conn.answer().await.map_err(|e| e.to_string())?;
+                    }
+                }
+                Ok(())
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done??;
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        println!(
+            "{synchronous:?}: {total} envelopes from {senders} senders to {receivers} members in {elapsed:.2} s: \
+             {:.0} envelopes/s stored, {:.0} deliveries/s",
+            total as f64 / elapsed,
+            // Every member but the sender: the receivers, the owner, the other senders.
+            (total as f64 * (receivers + senders) as f64) / elapsed,
+        );
+        relay.stop().await?;
+    }
+    Ok(())
+}

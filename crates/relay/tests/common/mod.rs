@@ -12,7 +12,7 @@ use std::time::Duration;
 use chatroom_crypto::internal::split_master;
 use chatroom_crypto::{
     seal, ClientMessage, Content, ContentKind, ErrorCode, Identity, Initiator, JoinRequest, Member, Nick,
-    RelayMessage, RoomKeys, RoomName, StaticKeypair, TransportReceiver, TransportSender,
+    PresenceEvent, RelayMessage, RoomKeys, RoomName, StaticKeypair, TransportReceiver, TransportSender,
 };
 use chatroom_relay::{Config, Relay, RelayError, Synchronous};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -58,6 +58,11 @@ impl TestRelay {
             let _ = stopped.await;
         }));
         Ok(Self { addr, key, dir: dir.to_owned(), stop: Some(stop), task: Some(task) })
+    }
+
+    /// A handle on a relay running elsewhere (another process): only its address is used.
+    pub fn external(addr: SocketAddr) -> Self {
+        Self { addr, key: [0; 32], dir: PathBuf::new(), stop: None, task: None }
     }
 
     /// Shuts the relay down and waits until it has closed its database.
@@ -162,7 +167,17 @@ impl Conn {
     }
 
     pub async fn connect_from(addr: SocketAddr, source: IpAddr) -> Res<Self> {
-        let stream = tcp_from(addr, source).await?;
+        Self::handshake(tcp_from(addr, source).await?).await
+    }
+
+    /// Connects with a tiny receive buffer: a reader that stops reading is noticed quickly.
+    pub async fn connect_small_buffer(addr: SocketAddr) -> Res<Self> {
+        let socket = TcpSocket::new_v4()?;
+        socket.set_recv_buffer_size(4096)?;
+        Self::handshake(tokio::time::timeout(STEP, socket.connect(addr)).await??).await
+    }
+
+    async fn handshake(stream: TcpStream) -> Res<Self> {
         stream.set_nodelay(true)?;
         let (mut rd, mut wr) = stream.into_split();
         let (init, msg1) = Initiator::start(&StaticKeypair::generate())?;
@@ -358,6 +373,34 @@ impl Conn {
                 Err(_) => return Ok(seqs),
                 Ok(messages) => self.held.extend(messages?),
             }
+        }
+    }
+
+    /// Every message arriving within `wait`, held ones first.
+    pub async fn messages_within(&mut self, wait: Duration) -> Res<Vec<RelayMessage>> {
+        let until = tokio::time::Instant::now() + wait;
+        let mut all: Vec<RelayMessage> = self.held.drain(..).collect();
+        loop {
+            match tokio::time::timeout_at(until, self.read_messages()).await {
+                Err(_) => return Ok(all),
+                Ok(messages) => all.extend(messages?),
+            }
+        }
+    }
+
+    /// The next presence notice: (event, nickname).
+    pub async fn presence(&mut self) -> Res<(PresenceEvent, String)> {
+        match self.next_matching(|m| matches!(m, RelayMessage::Presence { .. })).await? {
+            RelayMessage::Presence { event, nick, .. } => Ok((event, nick.as_str().to_owned())),
+            _ => unreachable!(),
+        }
+    }
+
+    /// The next `Error`: (code, detail).
+    pub async fn error(&mut self) -> Res<(ErrorCode, String)> {
+        match self.next_matching(|m| matches!(m, RelayMessage::Error { .. })).await? {
+            RelayMessage::Error { code, detail } => Ok((code, detail)),
+            _ => unreachable!(),
         }
     }
 
