@@ -2,9 +2,9 @@
 //! 127.0.0.1 with temporary data directories, and their output read line by line with
 //! timeouts.
 //!
-//! The binaries are taken from the target directory next to the test executable; they are
-//! built once per test process with `cargo build --bin chatroom --bin chatroom-relay`, which is
-//! quick when they are up to date.
+//! The binaries are taken from the target directory next to the test executable; if they are
+//! missing or older than their sources they are built once per test process with
+//! `cargo build --bin chatroom --bin chatroom-relay`.
 #![forbid(unsafe_code)]
 // Test support: panicking with a clear message is the right failure mode here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -51,11 +51,37 @@ fn build_once() -> &'static Result<(), String> {
     })
 }
 
-/// The path of one of our binaries, built if needed.
+fn newest_source(dir: &Path) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    for entry in fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let time = if path.is_dir() {
+            newest_source(&path)
+        } else {
+            entry.metadata().and_then(|m| m.modified()).ok()
+        };
+        newest = newest.max(time);
+    }
+    newest
+}
+
+/// Whether `bin` is missing or older than a source file of the crates it is built from.
+fn stale(bin: &Path) -> bool {
+    let Ok(built) = fs::metadata(bin).and_then(|m| m.modified()) else { return true };
+    let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates");
+    ["client/src", "relay/src", "crypto/src"]
+        .iter()
+        .filter_map(|dir| newest_source(&crates.join(dir)))
+        .any(|source| source > built)
+}
+
+/// The path of one of our binaries. `cargo test --workspace` builds them; when one is missing
+/// or older than its sources (e.g. `cargo test -p chatroom-e2e` after an edit), both are built
+/// once per test process.
 pub fn bin(name: &str) -> PathBuf {
     let path = target_dir().join(name);
-    if let Err(e) = build_once() {
-        if !path.exists() {
+    if stale(&target_dir().join("chatroom")) || stale(&target_dir().join("chatroom-relay")) {
+        if let Err(e) = build_once() {
             panic!("{e}");
         }
     }
