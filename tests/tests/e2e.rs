@@ -438,3 +438,34 @@ fn an_unmodified_client_is_redirected_by_torsocks() -> TestResult {
     assert_eq!((atyp, host.as_str(), port), (3, onion, 7777), "torsocks handed the name to the proxy");
     Ok(())
 }
+
+#[test]
+fn a_pasted_burst_is_paced_under_the_relay_rate_limit_and_fully_delivered() -> TestResult {
+    let relay_dir = tempfile::tempdir()?;
+    let relay = Relay::start(relay_dir.path())?;
+    let (alice_home, bob_home) = (Home::new()?, Home::new()?);
+    let secret = "correct horse battery staple";
+    let pa = alice_home.password_file("pw", secret)?;
+    let pb = bob_home.password_file("pw", secret)?;
+    let invite = relay.invite("burst");
+    let mut alice = alice_home.spawn(
+        "alice",
+        &[invite.as_str(), "--nick", "alice", "--create", "--password-file", pa.to_str().ok_or("path")?],
+    )?;
+    alice.stderr.expect("now live")?;
+    let mut bob = bob_home
+        .spawn("bob", &[invite.as_str(), "--nick", "bob", "--password-file", pb.to_str().ok_or("path")?])?;
+    bob.stderr.expect("now live")?;
+    // 25 lines at once: more than the relay's burst of 20.
+    for i in 0..25 {
+        alice.line(&format!("line {i}"))?;
+    }
+    alice.close_stdin();
+    assert!(alice.wait()?.success(), "{:?}", alice.stderr.all());
+    for i in 0..25 {
+        bob.stdout.expect(&format!("<alice> line {i}"))?;
+    }
+    assert!(!alice.stderr.all().iter().any(|l| l.contains("not delivered")), "{:?}", alice.stderr.all());
+    assert_eq!(bob.stdout.all().len(), 25, "in order, each once: {:?}", bob.stdout.all());
+    Ok(())
+}
