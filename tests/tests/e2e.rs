@@ -469,3 +469,19 @@ fn a_pasted_burst_is_paced_under_the_relay_rate_limit_and_fully_delivered() -> T
     assert_eq!(bob.stdout.all().len(), 25, "in order, each once: {:?}", bob.stdout.all());
     Ok(())
 }
+
+#[test]
+fn a_mistyped_password_confirmation_creates_nothing() -> TestResult {
+    let relay_dir = tempfile::tempdir()?;
+    let relay = Relay::start(relay_dir.path())?;
+    let home = Home::new()?;
+    let mut alice =
+        home.spawn("alice", &["--relay", &relay.address(), "--room", "r", "--nick", "alice", "--create"])?;
+    alice.line("correct horse battery staple")?;
+    alice.line("correct horse battery stapel")?;
+    assert!(!alice.wait()?.success());
+    let err = alice.stderr.all().join("\n");
+    assert!(err.contains("the two passwords differ; nothing was created"), "{err}");
+    assert!(!err.contains("connecting"), "{err}");
+    Ok(())
+}
