@@ -333,6 +333,22 @@ mod tests {
         assert_eq!(f.view.next_counter(200), 5001);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_deliveries_never_panic_and_never_show_a_message(
+            envelopes in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400), 1..8),
+        ) {
+            let mut f = fixture();
+            let key = f.key.clone();
+            for (i, env) in envelopes.iter().enumerate() {
+                let event = f.view.on_deliver(&key, i as u64 + 1, false, env);
+                let is_unverified = matches!(event, Some(Event::Rejected(Rejected::Unverified { .. })));
+                proptest::prop_assert!(is_unverified);
+            }
+            proptest::prop_assert!(f.view.state().counters.is_empty());
+        }
+    }
+
     #[test]
     fn a_gap_beyond_retention_is_reported() {
         let mut f = fixture();
