@@ -118,10 +118,22 @@ impl RoomView {
             body: opened.content.body,
             timestamp_ms: opened.content.timestamp_ms,
         };
-        match self.state.pins.check(&message.nick, &message.sender) {
-            PinCheck::Same => Some(Event::Message(message)),
-            PinCheck::New => Some(Event::Message(message)),
-            PinCheck::Changed { pinned } => Some(Event::Rejected(Rejected::NickMismatch { message, pinned })),
+        let pins = &mut self.state.pins;
+        match pins.get(&message.nick).copied() {
+            Some(pinned) if pinned == message.sender => Some(Event::Message(message)),
+            Some(pinned) => Some(Event::Rejected(Rejected::NickMismatch { message, pinned })),
+            None => match pins.nick_of(&message.sender) {
+                // A known key claiming a nickname nobody announced for it: not shown as that
+                // nickname until the relay's member list or presence binds the two.
+                Some(known_as) => {
+                    let known_as = known_as.to_owned();
+                    Some(Event::Rejected(Rejected::NickNotBound { message, known_as }))
+                }
+                None => {
+                    pins.check(&message.nick, &message.sender);
+                    Some(Event::Message(message))
+                }
+            },
         }
     }
 
@@ -282,9 +294,19 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // A known key claiming a nickname never announced for it is not shown under it.
+        match f.view.on_deliver(&key, 4, false, &envelope(&f, &f.bob, "robert", 7, "it is me")) {
+            Some(Event::Rejected(Rejected::NickNotBound { known_as, .. })) => assert_eq!(known_as, "bob"),
+            other => panic!("{other:?}"),
+        }
+        f.view.on_presence(PresenceEvent::Joined, Nick::new("robert").unwrap(), f.bob.public());
+        assert_eq!(
+            body_of(f.view.on_deliver(&key, 5, false, &envelope(&f, &f.bob, "robert", 8, "now bound"))),
+            "now bound"
+        );
         // Our own nickname is pinned to our identity from the start.
         assert!(matches!(
-            f.view.on_deliver(&key, 3, false, &envelope(&f, &mallory, "alice", 6, "x")),
+            f.view.on_deliver(&key, 6, false, &envelope(&f, &mallory, "alice", 6, "x")),
             Some(Event::Rejected(Rejected::NickMismatch { .. }))
         ));
     }
