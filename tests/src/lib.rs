@@ -461,3 +461,70 @@ pub fn socks5_connect_target(bytes: &[u8]) -> Result<(u8, String, u16), BoxError
     let port = rest.get(..2).ok_or("truncated port")?;
     Ok((*atyp, host, u16::from_be_bytes([port[0], port[1]])))
 }
+
+/// A TCP relay in front of a server that can stop passing the server's bytes to the client
+/// (they are discarded) and cut every open connection: a lost acknowledgement, on demand.
+#[derive(Debug)]
+pub struct Cutter {
+    /// Where clients connect.
+    pub port: u16,
+    swallow: Arc<std::sync::atomic::AtomicBool>,
+    open: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Cutter {
+    /// Starts forwarding to `upstream`.
+    pub fn start(upstream: SocketAddr) -> Result<Self, BoxError> {
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let swallow = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let open = Arc::new(Mutex::new(Vec::new()));
+        let (swallow2, open2) = (swallow.clone(), open.clone());
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut client) = conn else { break };
+                let Ok(mut server) = TcpStream::connect(upstream) else { break };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                let (Ok(mut client2), Ok(mut server2)) = (client.try_clone(), server.try_clone()) else {
+                    break;
+                };
+                if let (Ok(c), Ok(s)) = (client.try_clone(), server.try_clone()) {
+                    open2.lock().unwrap().extend([c, s]);
+                }
+                thread::spawn(move || {
+                    let _ = std::io::copy(&mut client, &mut server);
+                    let _ = server.shutdown(std::net::Shutdown::Write);
+                });
+                let swallow = swallow2.clone();
+                thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = server2.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        if !swallow.load(Ordering::SeqCst) && client2.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = client2.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        Ok(Self { port, swallow, open })
+    }
+
+    /// From now on, bytes from the server are discarded instead of reaching the client.
+    pub fn swallow_replies(&self) {
+        self.swallow.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Closes every open connection; later connections pass everything again.
+    pub fn cut(&self) {
+        for stream in self.open.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+        self.swallow.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}

@@ -485,3 +485,41 @@ fn a_mistyped_password_confirmation_creates_nothing() -> TestResult {
     assert!(!err.contains("connecting"), "{err}");
     Ok(())
 }
+
+#[test]
+fn a_message_whose_ack_was_lost_is_resent_and_delivered_once() -> TestResult {
+    let relay_dir = tempfile::tempdir()?;
+    let relay = Relay::start(relay_dir.path())?;
+    let cutter = chatroom_e2e::Cutter::start(relay.addr)?;
+    let (alice_home, bob_home) = (Home::new()?, Home::new()?);
+    let secret = "correct horse battery staple";
+    let pa = alice_home.password_file("pw", secret)?;
+    let pb = bob_home.password_file("pw", secret)?;
+    // Alice reaches the relay through the cutter; bob directly.
+    let via_cutter = format!("chatroom://{}@127.0.0.1:{}/acks", relay.fingerprint, cutter.port);
+    let mut alice = alice_home.spawn(
+        "alice",
+        &[via_cutter.as_str(), "--nick", "alice", "--create", "--password-file", pa.to_str().ok_or("path")?],
+    )?;
+    alice.stderr.expect("now live")?;
+    let mut bob = bob_home.spawn(
+        "bob",
+        &[&relay.invite("acks"), "--nick", "bob", "--password-file", pb.to_str().ok_or("path")?],
+    )?;
+    bob.stderr.expect("now live")?;
+    alice.stderr.expect("bob joined")?;
+
+    // The relay stores and relays "once", but its Ack never reaches alice.
+    cutter.swallow_replies();
+    alice.line("once")?;
+    bob.stdout.expect("<alice> once")?;
+    cutter.cut();
+    alice.stderr.expect("reconnected")?;
+    // The same envelope was sent again; the relay recognised it and only acknowledged it.
+    alice.line("after")?;
+    bob.stdout.expect("<alice> after")?;
+    assert_eq!(bob.stdout.count_ending_with("<alice> once"), 1, "{:?}", bob.stdout.all());
+    alice.close_stdin();
+    assert!(alice.wait()?.success(), "every message acknowledged: {:?}", alice.stderr.all());
+    Ok(())
+}
