@@ -524,6 +524,11 @@ impl Driver {
                     );
                     match (answers_send, self.outbox.in_flight() > 0) {
                         (true, true) => {
+                            if code == ErrorCode::RateLimited {
+                                if let Some(bucket) = &mut self.bucket {
+                                    bucket.drain(Instant::now());
+                                }
+                            }
                             if let Some(failed) = self.outbox.fail() {
                                 self.emit(Event::SendFailed { id: failed.id, code, detail });
                             }

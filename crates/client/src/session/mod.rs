@@ -45,7 +45,9 @@ pub struct Limits {
     pub backoff_initial: Duration,
     /// Longest reconnect delay.
     pub backoff_max: Duration,
-    /// Client-side pacing below the relay's rate limit: (burst, messages per second).
+    /// Client-side pacing below the relay's rate limit: (burst, messages per second). The
+    /// default stays a little under the relay's default (burst 20, 5 per second), so that
+    /// scheduling differences between the two ends never push a message over it.
     pub send_rate: Option<(u32, f64)>,
     /// Most messages queued (sent but unacknowledged, or waiting); beyond it `send` fails.
     pub max_queued: usize,
@@ -60,7 +62,7 @@ impl Default for Limits {
             dead_after: Duration::from_secs(90),
             backoff_initial: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
-            send_rate: Some((20, 5.0)),
+            send_rate: Some((18, 4.5)),
             max_queued: 10_000,
         }
     }

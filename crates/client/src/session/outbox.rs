@@ -130,6 +130,12 @@ impl TokenBucket {
         }
     }
 
+    /// Empties the bucket (the relay said we were too fast).
+    pub fn drain(&mut self, now: Instant) {
+        self.refill(now);
+        self.tokens = 0.0;
+    }
+
     /// Time until a token is available.
     pub fn wait(&mut self, now: Instant) -> Duration {
         self.refill(now);
@@ -179,6 +185,8 @@ mod tests {
         assert!(!bucket.try_take(t0));
         assert_eq!(bucket.wait(t0), Duration::from_millis(200));
         assert!(bucket.try_take(t0 + Duration::from_millis(200)));
+        bucket.drain(t0 + Duration::from_millis(200));
+        assert_eq!(bucket.wait(t0 + Duration::from_millis(200)), Duration::from_millis(200));
         bucket.reset(t0 + Duration::from_millis(200));
         assert!((0..3).all(|_| bucket.try_take(t0 + Duration::from_millis(200))));
     }
