@@ -90,8 +90,10 @@ enum Ended {
     Io(#[from] std::io::Error),
     #[error("refused: {0:?}")]
     Refused(ErrorCode),
-    #[error("closed by the relay")]
-    Closed,
+    #[error("closed by the relay: {0:?}")]
+    Closed(Option<ErrorCode>),
+    #[error("disconnected: {0:?}")]
+    Disconnected(ErrorCode),
 }
 
 enum Flow {
@@ -117,7 +119,9 @@ impl<H: RoomService> Handler<H> {
         debug!("accepted");
         match self.serve(stream, slot).await {
             Ok(()) | Err(Ended::PeerClosed) => debug!("connection closed"),
-            Err(e @ (Ended::Refused(_) | Ended::Deadline)) => info!("connection ended: {e}"),
+            Err(e @ (Ended::Refused(_) | Ended::Deadline | Ended::Disconnected(_))) => {
+                info!("connection ended: {e}")
+            }
             Err(e) => debug!("connection ended: {e}"),
         }
     }
@@ -272,7 +276,13 @@ impl<H: RoomService> Handler<H> {
         };
         drop(slot);
         info!(room = %room, nick = %nick, identity = %identity.short_fingerprint(), "joined");
-        let result = self.member_loop(reader, receiver, outbox, writer, &member, identity).await;
+        let result = match self.member_loop(reader, receiver, outbox, writer, &member, identity).await {
+            Err(Ended::Closed(None)) => match outbox.close_reason() {
+                Some(code) => Err(Ended::Disconnected(code)),
+                None => Err(Ended::Closed(None)),
+            },
+            other => other,
+        };
         self.shared.hub.leave(&member);
         info!(room = %room, nick = %nick, "left");
         result
@@ -323,17 +333,17 @@ impl<H: RoomService> Handler<H> {
                     outbox.close(ErrorCode::ShuttingDown, "the relay is shutting down; reconnect later");
                     return Err(Ended::Shutdown);
                 }
-                _ = &mut *writer => return Err(Ended::Closed),
+                _ = &mut *writer => return Err(Ended::Closed(None)),
                 _ = sleep_until(wake) => {
                     if pinged {
                         let secs = config.idle_timeout.as_secs_f64();
                         outbox.close(ErrorCode::IdleTimeout, &format!("no traffic for {secs} s"));
-                        return Err(Ended::Closed);
+                        return Err(Ended::Closed(None));
                     }
                     pinged = true;
                     token = token.wrapping_add(1);
                     if !outbox.push_or_close(encode(&RelayMessage::Ping { token })) {
-                        return Err(Ended::Closed);
+                        return Err(Ended::Closed(None));
                     }
                 }
                 frame = reader.next_frame(MIN_TRANSPORT_FRAME, MAX_FRAME_LEN) => {
@@ -346,7 +356,7 @@ impl<H: RoomService> Handler<H> {
                     pinged = false;
                     let plaintext = receiver.open(&frame)?;
                     if let Flow::Stop = self.process(&plaintext, outbox, member, identity, &mut bucket).await {
-                        return Err(Ended::Closed);
+                        return Err(Ended::Closed(None));
                     }
                 }
             }
