@@ -241,7 +241,10 @@ impl<H: RoomService> Handler<H> {
         if verdicts.contains(&Verdict::Slow) {
             debug!("slowing a join after failed attempts");
             tokio::select! {
-                _ = self.shutdown.recv() => return Err(Ended::Shutdown),
+                _ = self.shutdown.recv() => {
+                    outbox.finish_with(ErrorCode::ShuttingDown, "the relay is shutting down; reconnect later");
+                    return Err(Ended::Shutdown);
+                }
                 _ = tokio::time::sleep(config.failure_delay) => {}
             }
         }
