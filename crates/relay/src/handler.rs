@@ -26,9 +26,7 @@ use tracing::{debug, info, instrument};
 use crate::config::Config;
 use crate::frames::{FrameError, FrameReader};
 use crate::hub::{member_items, Moderation, Refusal, RoomService};
-use crate::limits::{
-    address_key, FailureTracker, TokenBucket, Unauthenticated, UnauthenticatedSlot, Verdict,
-};
+use crate::limits::{address_key, FailureTracker, SendRate, Unauthenticated, UnauthenticatedSlot, Verdict};
 use crate::outbox::{encode, write_loop, Outbox, PushError};
 use crate::shutdown::Shutdown;
 
@@ -71,6 +69,8 @@ pub(crate) struct Shared<H> {
     pub(crate) ip_failures: FailureTracker<IpAddr>,
     pub(crate) room_failures: FailureTracker<String>,
     pub(crate) unauthenticated: Unauthenticated,
+    /// Envelopes per identity (over all its connections).
+    pub(crate) send_rate: SendRate<PublicIdentity>,
 }
 
 /// Why a connection ended; logged, never returned to the listener.
@@ -324,7 +324,6 @@ impl<H: RoomService> Handler<H> {
     ) -> Result<(), Ended> {
         let shared = self.shared.clone();
         let config = &shared.config;
-        let mut bucket = TokenBucket::new(config.rate_burst, config.rate_per_sec);
         let mut last_heard = Instant::now();
         let mut pinged = false;
         let mut token = 0u64;
@@ -358,7 +357,7 @@ impl<H: RoomService> Handler<H> {
                     last_heard = Instant::now();
                     pinged = false;
                     let plaintext = receiver.open(&frame)?;
-                    if let Flow::Stop = self.process(&plaintext, outbox, member, identity, &mut bucket).await {
+                    if let Flow::Stop = self.process(&plaintext, outbox, member, identity).await {
                         return Err(Ended::Closed(None));
                     }
                 }
@@ -373,7 +372,6 @@ impl<H: RoomService> Handler<H> {
         outbox: &Arc<Outbox>,
         member: &H::Membership,
         identity: PublicIdentity,
-        bucket: &mut TokenBucket,
     ) -> Flow {
         if plaintext.is_empty() {
             outbox.finish_with(ErrorCode::Malformed, "empty message");
@@ -408,7 +406,7 @@ impl<H: RoomService> Handler<H> {
             };
             let replies = match message {
                 ClientMessage::Send { envelope } => {
-                    vec![encode(&self.send(member, identity, envelope, bucket).await)]
+                    vec![encode(&self.send(member, identity, envelope).await)]
                 }
                 ClientMessage::Who => member_items(self.shared.hub.members(member)),
                 ClientMessage::Kick { nick } => self.moderate(member, Moderation::Kick, nick).await,
@@ -453,7 +451,6 @@ impl<H: RoomService> Handler<H> {
         member: &H::Membership,
         identity: PublicIdentity,
         envelope: Vec<u8>,
-        bucket: &mut TokenBucket,
     ) -> RelayMessage {
         let config = &self.shared.config;
         let error = |code, detail: String| RelayMessage::Error { code, detail };
@@ -482,7 +479,7 @@ impl<H: RoomService> Handler<H> {
                 "the envelope names another sender than your identity; message not delivered".into(),
             );
         }
-        if !bucket.try_take() {
+        if !self.shared.send_rate.try_take(&identity) {
             info!("rate limit hit");
             return error(
                 ErrorCode::RateLimited,

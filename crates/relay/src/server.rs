@@ -15,7 +15,7 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::handler::{Handler, Shared};
 use crate::hub::{LocalRooms, RoomService};
-use crate::limits::{address_key, FailureTracker, Unauthenticated};
+use crate::limits::{address_key, FailureTracker, SendRate, Unauthenticated};
 use crate::shutdown::Shutdown;
 use crate::store::{Store, StoreError};
 
@@ -85,6 +85,7 @@ impl Relay {
                 config.failure_window,
             ),
             unauthenticated: Unauthenticated::new(config.max_unauthenticated_per_ip),
+            send_rate: SendRate::new(config.rate_burst, config.rate_per_sec),
             static_key,
             config,
         });
