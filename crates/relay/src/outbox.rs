@@ -39,6 +39,8 @@ struct State {
     finishing: bool,
     /// No more pushes are accepted.
     closed: bool,
+    /// Why `close` closed it, for the log.
+    reason: Option<ErrorCode>,
 }
 
 /// One connection's outbound queue.
@@ -152,6 +154,7 @@ impl Outbox {
             return false;
         }
         state.closed = true;
+        state.reason = Some(code);
         state.queue.clear();
         state.abort = Some(goodbye(code, detail));
         drop(state);
@@ -159,6 +162,11 @@ impl Outbox {
         self.wake.notify_one();
         self.space.notify_waiters();
         true
+    }
+
+    /// Why the connection was closed from outside, if it was.
+    pub(crate) fn close_reason(&self) -> Option<ErrorCode> {
+        self.lock().reason
     }
 
     /// Writes what is queued, then closes the connection.
