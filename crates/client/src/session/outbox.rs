@@ -107,7 +107,7 @@ impl TokenBucket {
         Self { burst, per_sec: per_sec.max(0.001), tokens: burst, last: now }
     }
 
-    /// Refills to full (a new connection starts a new relay-side bucket).
+    /// Refills to full.
     pub fn reset(&mut self, now: Instant) {
         self.tokens = self.burst;
         self.last = now;
