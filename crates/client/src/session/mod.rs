@@ -119,16 +119,26 @@ impl Session {
         callbacks: Arc<dyn Callbacks>,
     ) -> Result<SessionHandle, SessionError> {
         let config = Arc::new(config);
-        let first = driver::establish(driver::Attempt {
-            config: config.clone(),
-            keys: keys.clone(),
-            identity: identity.clone(),
-            callbacks: callbacks.clone(),
-            history_after: None,
-            create: config.create,
-            attempt: 0,
-        })
-        .await?;
+        let attempt = |n: u32| {
+            driver::establish(driver::Attempt {
+                config: config.clone(),
+                keys: keys.clone(),
+                identity: identity.clone(),
+                callbacks: callbacks.clone(),
+                history_after: None,
+                create: config.create,
+                attempt: n,
+            })
+        };
+        let derived_before = keys.has_any();
+        let first = match attempt(0).await {
+            Ok(first) => first,
+            // Deriving the key between handshake and join (first contact with a relay) can
+            // outlast the relay's join deadline with costly parameters; the key is cached
+            // now, so one more attempt joins at once.
+            Err(e) if e.is_retryable() && !derived_before && keys.has_any() => attempt(1).await?,
+            Err(e) => return Err(e),
+        };
         let safety_code = first.room_keys.safety_code().to_string();
         let relay_fingerprint = hex::encode(first.conn.relay_key);
         let (tx, rx) = mpsc::channel(256);
