@@ -186,9 +186,15 @@ impl Relay {
 
     /// Starts a relay listening on `listen`.
     pub fn start_on(data_dir: &Path, listen: &str) -> Result<Self, BoxError> {
+        Self::start_with(data_dir, listen, &[])
+    }
+
+    /// Starts a relay listening on `listen` with extra command-line options.
+    pub fn start_with(data_dir: &Path, listen: &str, extra: &[&str]) -> Result<Self, BoxError> {
         let mut child = Command::new(bin("chatroom-relay"))
             .args(["--listen", listen, "--data-dir"])
             .arg(data_dir)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

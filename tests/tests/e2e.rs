@@ -523,3 +523,65 @@ fn a_message_whose_ack_was_lost_is_resent_and_delivered_once() -> TestResult {
     assert!(alice.wait()?.success(), "every message acknowledged: {:?}", alice.stderr.all());
     Ok(())
 }
+
+#[test]
+fn messages_beyond_the_relays_history_are_reported_as_missed() -> TestResult {
+    let relay_dir = tempfile::tempdir()?;
+    let relay = Relay::start_with(relay_dir.path(), "127.0.0.1:0", &["--history", "3"])?;
+    let (alice_home, bob_home) = (Home::new()?, Home::new()?);
+    let secret = "correct horse battery staple";
+    let pa = alice_home.password_file("pw", secret)?;
+    let pb = bob_home.password_file("pw", secret)?;
+    let invite = relay.invite("short");
+    let bob_args = [invite.as_str(), "--nick", "bob", "--password-file", pb.to_str().ok_or("path")?];
+    let mut alice = alice_home.spawn(
+        "alice",
+        &[invite.as_str(), "--nick", "alice", "--create", "--password-file", pa.to_str().ok_or("path")?],
+    )?;
+    alice.stderr.expect("now live")?;
+    let mut bob = bob_home.spawn("bob", &bob_args)?;
+    bob.stderr.expect("now live")?;
+    alice.line("m0")?;
+    bob.stdout.expect("<alice> m0")?;
+    bob.close_stdin();
+    assert!(bob.wait()?.success());
+    for i in 1..=6 {
+        alice.line(&format!("m{i}"))?;
+    }
+    alice.close_stdin();
+    assert!(alice.wait()?.success());
+    // Seq 1 was m0; m1..m6 are seq 2..7, of which the relay keeps the last three.
+    let mut bob = bob_home.spawn("bob", &bob_args)?;
+    bob.stderr.expect("WARNING: messages #2 to #4 expired from the relay's history")?;
+    for m in ["m4", "m5", "m6"] {
+        bob.stdout.expect(&format!("[history] <alice> {m}"))?;
+    }
+    bob.stderr.expect("now live")?;
+    assert_eq!(bob.stdout.all().len(), 3, "{:?}", bob.stdout.all());
+    Ok(())
+}
+
+#[test]
+fn id_prints_a_stable_fingerprint_and_passphrase_a_fresh_strong_one() -> TestResult {
+    let home = Home::new()?;
+    let (status, first, err) = home.run(&["id"])?;
+    assert!(status.success(), "{err}");
+    assert!(err.contains("created a new identity"), "{err}");
+    let first = first.trim().to_owned();
+    assert!(first.len() == 64 && first.bytes().all(|b| b.is_ascii_hexdigit()), "{first}");
+    assert_eq!(mode(&home.data_dir().join("identity.key")), 0o600);
+    let (_, again, err) = home.run(&["id"])?;
+    assert_eq!(again.trim(), first);
+    assert!(!err.contains("created"), "{err}");
+
+    let (status, a, _) = home.run(&["passphrase"])?;
+    let (_, b, _) = home.run(&["passphrase"])?;
+    assert!(status.success());
+    assert_ne!(a, b);
+    let a = a.trim();
+    assert_eq!(a.len(), 23, "{a}");
+    assert!(a
+        .split('-')
+        .all(|g| g.len() == 5 && g.bytes().all(|c| b"abcdefghijkmnpqrstuvwxyz23456789".contains(&c))));
+    Ok(())
+}
