@@ -1,0 +1,189 @@
+//! The chat flow: resolve the target, get the password, start the session (offering to create
+//! a missing room), then feed stdin lines to it until end of input or `/quit`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chatroom_client::commands::{parse_line, Command, Input as Line, InputError, HELP};
+use chatroom_client::config::{read_password_file, Config};
+use chatroom_client::crypto::{load_or_create_identity, ContentKind, ErrorCode, Zeroizing};
+use chatroom_client::display::neutralize;
+use chatroom_client::passphrase;
+use chatroom_client::session::{Limits, RoomKeyCache, Session, SessionConfig, SessionEnd, SessionHandle};
+use chatroom_client::trust::RelayPin;
+
+use crate::app_error::AppError;
+use crate::cli::Cli;
+use crate::plain::PlainUi;
+use crate::prompt::{same_secret, Input};
+use crate::setup::{complete, resolve, Paths};
+
+/// How long end of input or `/quit` waits for the relay to acknowledge pending messages.
+pub(crate) const FLUSH_ON_EXIT: Duration = Duration::from_secs(10);
+
+fn warn_if_weak(password: &str, room: &str, nick: &str) {
+    let s = passphrase::strength(password, &[room, nick]);
+    if s.is_weak() {
+        eprintln!(
+            "-!- WARNING: this room password is weak: about 10^{} guesses (zxcvbn score {}/4), roughly {} \
+             for one attacker at 10^4 guesses per second. Anyone who obtains the relay's ciphertext can guess \
+             offline. Consider a generated one: chatroom passphrase",
+            s.guesses_log10, s.score, s.crack_time
+        );
+    }
+}
+
+fn new_password(input: &mut Input, first: Option<&str>) -> Result<Zeroizing<String>, AppError> {
+    let first = match first {
+        Some(p) => Zeroizing::new(p.to_owned()),
+        None => input.secret("New room password: ")?,
+    };
+    if first.is_empty() {
+        return Err(AppError::new(
+            "the room password is empty; choose one (chatroom passphrase makes a strong one)",
+        ));
+    }
+    let again = input.secret("Repeat the room password: ")?;
+    if !same_secret(&first, &again) {
+        return Err(AppError::new("the two passwords differ; nothing was created. Run chatroom again"));
+    }
+    Ok(first)
+}
+
+pub(crate) async fn run(cli: Cli, paths: Paths) -> Result<(), AppError> {
+    let mut input = Input::new();
+    let config = Config::load(&paths.config)?;
+    let chat = &cli.chat;
+    let mut target = resolve(&chat.target, &config, &paths.config)?;
+    complete(&mut target, chat, &mut input)?;
+    let (Some(relay), Some(room), Some(nick)) =
+        (target.relay.clone(), target.room.clone(), target.nick.clone())
+    else {
+        return Err(AppError::new("relay, room and nickname are required"));
+    };
+    let (identity, created) = load_or_create_identity(&paths.identity())?;
+    if created {
+        eprintln!("-!- created a new identity in {}", paths.identity().display());
+    }
+
+    let from_file = target.password_file.is_some();
+    let password = match &target.password_file {
+        Some(file) => read_password_file(file)?,
+        None if chat.create => new_password(&mut input, None)?,
+        None => input.secret("Room password: ")?,
+    };
+    if password.is_empty() {
+        return Err(AppError::new("the room password is empty"));
+    }
+    if chat.create {
+        warn_if_weak(&password, room.as_str(), nick.as_str());
+    }
+    let keys =
+        Arc::new(RoomKeyCache::new(Zeroizing::new(password.as_bytes().to_vec()), room.clone(), target.kdf)?);
+    let (expected, expected_source) = match target.fingerprint {
+        Some((key, source)) => (Some(key), source),
+        None => (None, String::new()),
+    };
+    let mut config = SessionConfig {
+        relay: relay.clone(),
+        proxy: target.proxy.clone(),
+        room: room.clone(),
+        nick: nick.clone(),
+        create: chat.create,
+        relay_pin: RelayPin { expected, expected_source, known: Some(paths.known_relays()) },
+        data_dir: Some(paths.data_dir.clone()),
+        limits: Limits::default(),
+    };
+    let shown_relay = match &target.proxy {
+        Some(p) => format!("{relay} via {p}"),
+        None => relay.to_string(),
+    };
+    let ui = Arc::new(PlainUi::new(shown_relay, chat.plain));
+    let identity = Arc::new(identity);
+    let handle = match Session::start(config.clone(), keys.clone(), identity.clone(), ui.clone()).await {
+        Ok(h) => h,
+        Err(e) if e.refusal() == Some(ErrorCode::NoSuchRoom) && !config.create => {
+            ui.notice(&format!("room {room} does not exist on {relay}"));
+            if !input.confirm(&format!("Create room {room}? [y/N] "))? {
+                return Err(AppError::new(
+                    "nothing was created; check the room name, or answer y to create it",
+                ));
+            }
+            if !from_file {
+                new_password(&mut input, Some(&password))?;
+            }
+            warn_if_weak(&password, room.as_str(), nick.as_str());
+            config.create = true;
+            Session::start(config, keys, identity, ui.clone()).await?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    drop(password);
+    talk(handle, input, &ui).await
+}
+
+async fn talk(mut handle: SessionHandle, input: Input, ui: &PlainUi) -> Result<(), AppError> {
+    let mut lines = input.into_lines();
+    let ended = loop {
+        tokio::select! {
+            line = lines.recv() => {
+                let Some(Some(line)) = line else { break None };
+                match parse_line(&line) {
+                    Ok(Line::Empty) => {}
+                    Ok(Line::Text(text)) => {
+                        if let Err(e) = handle.send(ContentKind::Text, &text).await {
+                            ui.notice(&format!("error: {e}"));
+                        }
+                    }
+                    Ok(Line::Command(command)) => {
+                        let result = match command {
+                            Command::Help => {
+                                for l in HELP.lines() {
+                                    ui.notice(l);
+                                }
+                                Ok(())
+                            }
+                            Command::Safety => {
+                                ui.notice(&format!("safety code: {}", handle.safety_code()));
+                                ui.notice(&format!("relay fingerprint: {}", handle.relay_fingerprint()));
+                                Ok(())
+                            }
+                            Command::Quit => break None,
+                            Command::Who => handle.who().await,
+                            Command::Me(text) => handle.send(ContentKind::Action, &text).await.map(|_| ()),
+                            Command::Kick(nick) => handle.kick(nick).await,
+                            Command::Ban(nick) => handle.ban(nick).await,
+                            Command::Unban(nick) => handle.unban(nick).await,
+                        };
+                        if let Err(e) = result {
+                            ui.notice(&format!("error: {e}"));
+                        }
+                    }
+                    Err(e @ InputError::Unknown(_)) => {
+                        ui.notice(&format!("error: {e}"));
+                        for l in HELP.lines() {
+                            ui.notice(l);
+                        }
+                    }
+                    Err(e) => ui.notice(&format!("error: {e}")),
+                }
+            }
+            end = handle.ended() => break Some(end),
+            _ = tokio::signal::ctrl_c() => break None,
+        }
+    };
+    let end = match ended {
+        Some(end) => end,
+        None => handle.close(FLUSH_ON_EXIT).await,
+    };
+    match end {
+        SessionEnd::Closed { unacknowledged: 0 } => Ok(()),
+        SessionEnd::Closed { unacknowledged } => Err(AppError::new(format!(
+            "{unacknowledged} message(s) were not acknowledged by the relay within {} s and may not have been \
+             delivered",
+            FLUSH_ON_EXIT.as_secs()
+        ))),
+        SessionEnd::Failed(e) => Err(AppError::new(neutralize(&e.to_string()))),
+        _ => Ok(()),
+    }
+}

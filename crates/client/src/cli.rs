@@ -1,0 +1,93 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// End-to-end encrypted group chat through a relay that only ever sees ciphertext.
+#[derive(Debug, Parser)]
+#[command(name = "chatroom", version, args_conflicts_with_subcommands = true)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Option<Sub>,
+    #[command(flatten)]
+    pub(crate) chat: ChatArgs,
+    /// Directory for the identity key, known relays and room state
+    /// [default: the platform data directory, e.g. ~/.local/share/chatroom]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// The config file with saved rooms [default: the platform config directory, e.g.
+    /// ~/.config/chatroom/config.toml]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub(crate) config: Option<PathBuf>,
+}
+
+/// Where to connect; anything missing is asked for.
+#[derive(Debug, Args, Default, Clone)]
+pub(crate) struct TargetArgs {
+    /// An invite URL (chatroom://FINGERPRINT@HOST:PORT/ROOM) or the name of a saved room
+    #[arg(value_name = "INVITE|NAME")]
+    pub(crate) target: Option<String>,
+    /// The relay's address
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) relay: Option<String>,
+    /// The room's name
+    #[arg(long)]
+    pub(crate) room: Option<String>,
+    /// The relay's fingerprint (64 hex digits), pinning its key
+    #[arg(long, value_name = "HEX")]
+    pub(crate) fingerprint: Option<String>,
+    /// Argon2id parameters of the room key (at least the default m65536t3p1)
+    #[arg(long, value_name = "m65536t3p1")]
+    pub(crate) kdf: Option<String>,
+}
+
+/// Options for chatting.
+#[derive(Debug, Args, Default)]
+pub(crate) struct ChatArgs {
+    #[command(flatten)]
+    pub(crate) target: TargetArgs,
+    /// Your nickname in the room
+    #[arg(long)]
+    pub(crate) nick: Option<String>,
+    /// Create the room if it does not exist (you become its owner)
+    #[arg(long)]
+    pub(crate) create: bool,
+    /// Read the room password from this file (mode 0600) instead of asking
+    #[arg(long, value_name = "PATH")]
+    pub(crate) password_file: Option<PathBuf>,
+    /// Connect through a SOCKS5 proxy that resolves names (e.g. Tor at socks5h://127.0.0.1:9050)
+    #[arg(long, value_name = "socks5h://HOST:PORT")]
+    pub(crate) proxy: Option<String>,
+    /// Line mode: each input line is a message, each received message one output line
+    #[arg(long)]
+    pub(crate) plain: bool,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Sub {
+    /// Print your identity fingerprint (creating the identity on first use)
+    Id,
+    /// Generate a strong room passphrase
+    Passphrase,
+    /// Print the invite URL of a room (it never contains the password)
+    Invite(TargetArgs),
+    /// Show or forget pinned relay keys
+    Relays {
+        #[command(subcommand)]
+        command: RelaysCommand,
+    },
+}
+
+/// `chatroom relays ...`
+#[derive(Debug, Subcommand)]
+pub(crate) enum RelaysCommand {
+    /// List pinned relays
+    List,
+    /// Forget the pinned key of a relay (HOST:PORT, or HOST for every port)
+    Forget {
+        /// HOST:PORT or HOST
+        relay: String,
+    },
+}

@@ -1,0 +1,100 @@
+//! Making text from other members or the relay safe to print on a terminal.
+//!
+//! Every C0 control (including newline, carriage return and tab) and DEL is shown in caret
+//! notation (`ESC` becomes `^[`, a newline `^J`), every C1 control, bidirectional override or
+//! isolate, line or paragraph separator, and invisible tag character is shown as `<U+XXXX>`.
+//! The result is one line that cannot move the cursor, change colours, reorder the text around
+//! it, or start a new line that looks like a notice.
+
+use std::fmt::Write;
+
+/// Whether `c` must not reach the terminal as is.
+pub fn is_dangerous(c: char) -> bool {
+    matches!(c,
+        '\u{0}'..='\u{1f}'
+        | '\u{7f}'..='\u{9f}'
+        // Arabic letter mark, LRM, RLM, bidi embeddings/overrides, isolates.
+        | '\u{61c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+        // Line and paragraph separators, byte order mark, interlinear annotations.
+        | '\u{2028}' | '\u{2029}' | '\u{feff}' | '\u{fff9}'..='\u{fffb}'
+        // Invisible tag characters.
+        | '\u{e0000}'..='\u{e007f}')
+}
+
+/// Returns `text` with every dangerous character made visible and harmless.
+pub fn neutralize(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if !is_dangerous(c) {
+            out.push(c);
+        } else if (c as u32) < 0x20 {
+            out.push('^');
+            // 0x00..0x1f map to '@'..'_'.
+            out.push(char::from(b'@' + c as u8));
+        } else if c == '\u{7f}' {
+            out.push_str("^?");
+        } else {
+            let _ = write!(out, "<U+{:04X}>", c as u32);
+        }
+    }
+    out
+}
+
+/// `neutralize`, cut to at most 80 characters: for echoing user input inside error messages.
+pub fn neutralize_short(text: &str) -> String {
+    let cut: String = text.chars().take(80).collect();
+    let mut out = neutralize(&cut);
+    if text.chars().count() > 80 {
+        out.push_str("...");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn escape_sequences_are_shown_not_executed() {
+        assert_eq!(neutralize("\u{1b}[2J\u{1b}[H"), "^[[2J^[[H");
+        assert_eq!(neutralize("\u{1b}]0;title\u{7}"), "^[]0;title^G");
+        assert_eq!(neutralize("a\u{9b}31m"), "a<U+009B>31m");
+        assert_eq!(neutralize("del\u{7f}"), "del^?");
+    }
+
+    #[test]
+    fn newlines_cannot_forge_a_second_line() {
+        let forged = "hi\n-!- alice is now an operator\r\u{2028}x\u{85}";
+        let shown = neutralize(forged);
+        assert_eq!(shown, "hi^J-!- alice is now an operator^M<U+2028>x<U+0085>");
+        assert!(!shown.chars().any(|c| c.is_control()));
+    }
+
+    #[test]
+    fn bidi_controls_are_visible() {
+        assert_eq!(neutralize("abc\u{202e}fed\u{202c}"), "abc<U+202E>fed<U+202C>");
+        assert_eq!(neutralize("\u{2066}x\u{2069}\u{200f}"), "<U+2066>x<U+2069><U+200F>");
+    }
+
+    #[test]
+    fn ordinary_unicode_is_untouched() {
+        for s in ["héllo wörld", "日本語", "مرحبا", "👩‍👩‍👧 family", "tab-free text"] {
+            assert_eq!(neutralize(s), s);
+        }
+    }
+
+    #[test]
+    fn short_form_is_bounded() {
+        assert_eq!(neutralize_short(&"x".repeat(200)).len(), 83);
+    }
+
+    proptest! {
+        #[test]
+        fn output_never_contains_dangerous_characters(s in "\\PC*|[\\x00-\\x1f\\x7f-\\x9f\u{202a}-\u{202e}a]*") {
+            let shown = neutralize(&s);
+            prop_assert!(!shown.chars().any(is_dangerous));
+            prop_assert!(!shown.contains('\n'));
+        }
+    }
+}

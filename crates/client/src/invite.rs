@@ -1,0 +1,161 @@
+//! Invite URLs: `chatroom://FINGERPRINT@HOST:PORT/ROOM[?kdf=m65536t3p1]`.
+//!
+//! The fingerprint is the relay's 64-hex-digit static key, so an invite pins the relay. An
+//! invite never carries the room password. Parsing is strict: anything beyond this grammar
+//! (user names, passwords, percent escapes, fragments, other query keys) is refused.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chatroom_crypto::{KdfParams, RoomName};
+
+use crate::display::neutralize_short;
+use crate::error::AddressError;
+use crate::transport::HostPort;
+
+/// The URL scheme.
+pub const SCHEME: &str = "chatroom://";
+/// Longest invite accepted.
+pub const MAX_INVITE_LEN: usize = 512;
+
+/// A parsed invite.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invite {
+    /// The relay's static public key.
+    pub fingerprint: [u8; 32],
+    /// The relay's address.
+    pub relay: HostPort,
+    /// The room.
+    pub room: RoomName,
+    /// The room's key-derivation parameters (validated).
+    pub kdf: KdfParams,
+}
+
+/// Parses a 64-hex-digit fingerprint (either case).
+pub fn parse_fingerprint(s: &str) -> Result<[u8; 32], AddressError> {
+    let mut key = [0u8; 32];
+    if s.len() != 64 || hex::decode_to_slice(s, &mut key).is_err() {
+        return Err(AddressError {
+            input: neutralize_short(s),
+            why: "a relay fingerprint is 64 hexadecimal digits (the relay prints it at start)",
+        });
+    }
+    Ok(key)
+}
+
+/// Whether `s` looks like an invite rather than a saved name.
+pub fn looks_like_invite(s: &str) -> bool {
+    s.starts_with(SCHEME)
+}
+
+impl FromStr for Invite {
+    type Err = AddressError;
+
+    fn from_str(s: &str) -> Result<Self, AddressError> {
+        let bad = |why: &'static str| AddressError { input: neutralize_short(s), why };
+        if s.len() > MAX_INVITE_LEN {
+            return Err(bad("the invite is too long"));
+        }
+        let rest = s.strip_prefix(SCHEME).ok_or_else(|| bad("an invite starts with chatroom://"))?;
+        if rest.bytes().any(|b| !b.is_ascii_graphic()) || rest.contains(['%', '#', '\\']) {
+            return Err(bad("an invite holds only plain ASCII without %, # or spaces"));
+        }
+        let (fingerprint, rest) =
+            rest.split_once('@').ok_or_else(|| bad("expected chatroom://FINGERPRINT@HOST:PORT/ROOM"))?;
+        let fingerprint = parse_fingerprint(fingerprint)?;
+        let (authority, rest) =
+            rest.split_once('/').ok_or_else(|| bad("the room name is missing after /"))?;
+        let relay: HostPort = authority.parse()?;
+        let (room, query) = match rest.split_once('?') {
+            Some((room, query)) => (room, Some(query)),
+            None => (rest, None),
+        };
+        let room = RoomName::new(room)
+            .map_err(|_| bad("the room name uses characters outside A-Z a-z 0-9 . _ -"))?;
+        let kdf = match query {
+            None => KdfParams::DEFAULT,
+            Some(q) => {
+                let value =
+                    q.strip_prefix("kdf=").ok_or_else(|| bad("the only query parameter is kdf=..."))?;
+                value.parse().map_err(|_| {
+                    bad("kdf= must be Argon2id parameters like m65536t3p1, at least m65536t3p1 and at most m1048576t16p8")
+                })?
+            }
+        };
+        Ok(Invite { fingerprint, relay, room, kdf })
+    }
+}
+
+impl fmt::Display for Invite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{SCHEME}{}@{}/{}", hex::encode(self.fingerprint), self.relay, self.room)?;
+        if self.kdf != KdfParams::DEFAULT {
+            write!(f, "?kdf={}", self.kdf)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const FP: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+    #[test]
+    fn good_invites_round_trip() {
+        let s = format!("chatroom://{FP}@relay.example.org:7777/general");
+        let inv: Invite = s.parse().unwrap();
+        assert_eq!(inv.relay.to_string(), "relay.example.org:7777");
+        assert_eq!(inv.room.as_str(), "general");
+        assert_eq!(inv.kdf, KdfParams::DEFAULT);
+        assert_eq!(inv.to_string(), s);
+        let s = format!("chatroom://{FP}@[::1]:7777/team.ops?kdf=m131072t4p1");
+        let inv: Invite = s.parse().unwrap();
+        assert_eq!(inv.kdf, KdfParams { m_kib: 131_072, t: 4, p: 1 });
+        assert_eq!(inv.to_string(), s);
+        let upper = format!("chatroom://{}@127.0.0.1:1/r", FP.to_uppercase());
+        assert_eq!(upper.parse::<Invite>().unwrap().fingerprint[1], 0x11);
+    }
+
+    #[test]
+    fn hostile_invites_are_refused() {
+        let cases = [
+            String::new(),
+            "chatroom://".into(),
+            format!("http://{FP}@h:1/r"),
+            format!("chatroom://{}@h:1/r", &FP[..63]),
+            format!("chatroom://{FP}0@h:1/r"),
+            format!("chatroom://zz{}@h:1/r", &FP[2..]),
+            format!("chatroom://{FP}@h:1"),
+            format!("chatroom://{FP}@h:1/"),
+            format!("chatroom://{FP}@h/r"),
+            format!("chatroom://{FP}@h:99999/r"),
+            format!("chatroom://user:pass@{FP}@h:1/r"),
+            format!("chatroom://{FP}@h:1/r/extra"),
+            format!("chatroom://{FP}@h:1/r%20x"),
+            format!("chatroom://{FP}@h:1/r#frag"),
+            format!("chatroom://{FP}@h:1/r?kdf=m1024t1p1"),
+            format!("chatroom://{FP}@h:1/r?kdf=m99999999t99p99"),
+            format!("chatroom://{FP}@h:1/r?password=x"),
+            format!("chatroom://{FP}@h:1/r?kdf=m65536t3p1&x=1"),
+            format!("chatroom://{FP}@h\u{1b}[2J:1/r"),
+            format!("chatroom://{FP}@h:1/r\n-!- forged"),
+            format!("chatroom://{FP}@h:1/{}", "a".repeat(600)),
+        ];
+        for case in cases {
+            let err = case.parse::<Invite>();
+            assert!(err.is_err(), "{case:?} should be refused");
+            let msg = err.unwrap_err().to_string();
+            assert!(!msg.contains('\u{1b}') && !msg.contains('\n'), "{msg}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_input_never_panics(s in "chatroom://\\PC{0,120}") {
+            let _ = s.parse::<Invite>();
+        }
+    }
+}

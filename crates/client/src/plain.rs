@@ -1,0 +1,252 @@
+//! Line-mode output. Received messages go to stdout, one line each:
+//!
+//! ```text
+//! HH:MM:SS <nick> text
+//! HH:MM:SS * nick action text
+//! HH:MM:SS [history] <nick> text
+//! HH:MM:SS [history] * nick action text
+//! ```
+//!
+//! (local time of the sender's clock). Everything else goes to stderr as lines starting with
+//! `-!- `. Text from other members or the relay is neutralised first.
+
+use std::io::{self, IsTerminal, Write};
+use std::sync::Mutex;
+
+use chatroom_client::crypto::{ContentKind, PresenceEvent, PublicIdentity};
+use chatroom_client::display::neutralize;
+use chatroom_client::error::code_name;
+use chatroom_client::session::{Callbacks, ChatMessage, ConnState, Event, KdfProgress, MemberInfo, Rejected};
+
+/// Formats the time of a message.
+pub(crate) fn clock(timestamp_ms: u64) -> String {
+    use chrono::{Local, TimeZone};
+    i64::try_from(timestamp_ms)
+        .ok()
+        .and_then(|ms| Local.timestamp_millis_opt(ms).single())
+        .map(|t| t.format("%H:%M:%S").to_string())
+        .unwrap_or_else(|| "??:??:??".into())
+}
+
+/// One stdout line for a message.
+pub(crate) fn message_line(m: &ChatMessage) -> String {
+    let history = if m.history { "[history] " } else { "" };
+    let nick = neutralize(m.nick.as_str());
+    let body = neutralize(&m.body);
+    match m.kind {
+        ContentKind::Action => format!("{} {history}* {nick} {body}", clock(m.timestamp_ms)),
+        _ => format!("{} {history}<{nick}> {body}", clock(m.timestamp_ms)),
+    }
+}
+
+fn members_line(list: &[MemberInfo]) -> String {
+    let names: Vec<String> = list
+        .iter()
+        .map(|m| {
+            let mut s = neutralize(m.nick.as_str());
+            if m.owner {
+                s.push_str(" [owner]");
+            }
+            if m.me {
+                s.push_str(" [you]");
+            }
+            s
+        })
+        .collect();
+    format!("members ({}): {}", list.len(), names.join(", "))
+}
+
+fn short(id: &PublicIdentity) -> String {
+    id.short_fingerprint()
+}
+
+/// One stderr line (without the `-!- ` prefix) for an event, or `None` for events not shown.
+pub(crate) fn event_line(event: &Event, relay: &str) -> Option<String> {
+    Some(match event {
+        Event::State(ConnState::Connecting { attempt: 0 }) => format!("connecting to {relay}"),
+        Event::State(ConnState::Connecting { attempt }) => format!("reconnecting to {relay} (attempt {})", attempt + 1),
+        Event::State(ConnState::Reconnecting { delay, reason }) => {
+            format!("disconnected: {}; reconnecting in {:.1} s", neutralize(reason), delay.as_secs_f64())
+        }
+        Event::State(_) => return None,
+        Event::RelayFirstUse { addr, fingerprint } => {
+            format!("first connection to {addr}: pinned its key {fingerprint} (trust on first use)")
+        }
+        Event::KeyDerivation(KdfProgress::Started(params)) => format!("deriving the room key (Argon2id {params})..."),
+        Event::KeyDerivation(KdfProgress::Done(took)) => format!("room key ready ({:.2} s)", took.as_secs_f64()),
+        Event::KeyDerivation(_) => return None,
+        Event::Joined { created: true, rejoin: false, safety_code, relay_fingerprint, .. } => format!(
+            "created the room on {relay}; you are its owner\n-!- relay fingerprint: {relay_fingerprint}\n\
+             -!- safety code: {safety_code}\n-!- compare the safety code with the other members out of band; \
+             /safety shows it again"
+        ),
+        Event::Joined { rejoin: false, owner_is_me, owner, safety_code, relay_fingerprint, .. } => format!(
+            "joined the room on {relay} (owner: {})\n-!- relay fingerprint: {relay_fingerprint}\n\
+             -!- safety code: {safety_code}\n-!- compare the safety code with the other members out of band; \
+             /safety shows it again",
+            if *owner_is_me { "you".to_owned() } else { short(owner) }
+        ),
+        Event::Joined { .. } => format!("reconnected to {relay}"),
+        Event::HistoryGap { from, to } => format!(
+            "WARNING: messages #{from} to #{to} expired from the relay's history before they could be fetched"
+        ),
+        Event::HistoryEnd => "end of history; now live".into(),
+        Event::Message(_) => return None,
+        Event::Rejected(Rejected::Unverified { seq }) => format!(
+            "WARNING: message #{seq} failed verification (altered, forged, or sealed with another room password) and was dropped"
+        ),
+        Event::Rejected(Rejected::Replayed { seq, sender, counter, highest }) => format!(
+            "WARNING: message #{seq} from key {} repeats an old counter ({counter} <= {highest}) and was dropped: \
+             the relay replayed or reordered it",
+            short(sender)
+        ),
+        Event::Rejected(Rejected::NickMismatch { message, pinned }) => format!(
+            "WARNING: IMPERSONATION: key {} signed a message claiming to be {}, whose pinned key is {}; \
+             not shown as theirs. Its text: {}",
+            message.sender.fingerprint(),
+            neutralize(message.nick.as_str()),
+            pinned.fingerprint(),
+            neutralize(&message.body)
+        ),
+        Event::Rejected(Rejected::NickNotBound { message, known_as }) => format!(
+            "WARNING: key {} (known here as {}) signed a message claiming to be {}, which was never announced \
+             for that key; not shown as theirs. Its text: {}",
+            message.sender.fingerprint(),
+            neutralize(known_as),
+            neutralize(message.nick.as_str()),
+            neutralize(&message.body)
+        ),
+        Event::Rejected(_) => "WARNING: a message was rejected".into(),
+        Event::Members(list) => members_line(list),
+        Event::Presence { event, nick, .. } => {
+            let nick = neutralize(nick.as_str());
+            match event {
+                PresenceEvent::Joined => format!("{nick} joined"),
+                PresenceEvent::Left => format!("{nick} left"),
+                PresenceEvent::Kicked => format!("{nick} was kicked"),
+                PresenceEvent::Banned => format!("{nick} was banned"),
+                PresenceEvent::Unbanned => format!("{nick} was unbanned"),
+            }
+        }
+        Event::KeyChanged { nick, pinned, seen } => format!(
+            "WARNING: IDENTITY KEY CHANGED for {}: pinned {}, now {}. Someone may be impersonating them; \
+             verify with them out of band. Their messages under the new key are not shown as theirs.",
+            neutralize(nick.as_str()),
+            pinned.fingerprint(),
+            seen.fingerprint()
+        ),
+        Event::Sent { .. } => return None,
+        Event::SendFailed { code, detail, .. } => {
+            format!("error: message not delivered: {} ({})", neutralize(detail), code_name(*code))
+        }
+        Event::CommandFailed { code, detail } => format!("error: {} ({})", neutralize(detail), code_name(*code)),
+        Event::Warning(text) => format!("warning: {}", neutralize(text)),
+        _ => return None,
+    })
+}
+
+/// The line-mode front end's event sink.
+pub(crate) struct PlainUi {
+    relay: String,
+    spinner: bool,
+    out: Mutex<()>,
+}
+
+impl PlainUi {
+    pub(crate) fn new(relay: String, plain: bool) -> Self {
+        Self { relay, spinner: !plain && io::stderr().is_terminal(), out: Mutex::new(()) }
+    }
+
+    /// Prints a notice on stderr.
+    pub(crate) fn notice(&self, text: &str) {
+        let _guard = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        let mut err = io::stderr().lock();
+        let _ = writeln!(err, "-!- {text}");
+    }
+}
+
+impl Callbacks for PlainUi {
+    fn event(&self, event: Event) {
+        if let Event::Message(m) = &event {
+            let _guard = self.out.lock().unwrap_or_else(|e| e.into_inner());
+            let mut out = io::stdout().lock();
+            let _ = writeln!(out, "{}", message_line(m));
+            let _ = out.flush();
+            return;
+        }
+        if self.spinner {
+            if let Event::KeyDerivation(KdfProgress::Running(elapsed)) = &event {
+                const FRAMES: [char; 4] = ['|', '/', '-', '\\'];
+                let frame = FRAMES[(elapsed.as_millis() / 100) as usize % FRAMES.len()];
+                let _guard = self.out.lock().unwrap_or_else(|e| e.into_inner());
+                let mut err = io::stderr().lock();
+                let _ = write!(err, "\r-!- deriving the room key {frame} {:.1} s", elapsed.as_secs_f64());
+                let _ = err.flush();
+                return;
+            }
+            if let Event::KeyDerivation(KdfProgress::Done(_)) = &event {
+                let _guard = self.out.lock().unwrap_or_else(|e| e.into_inner());
+                let _ = write!(io::stderr().lock(), "\r\x1b[K");
+            }
+        }
+        if let Some(line) = event_line(&event, &self.relay) {
+            self.notice(&line);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chatroom_client::crypto::Nick;
+
+    fn msg(kind: ContentKind, history: bool, body: &str) -> ChatMessage {
+        ChatMessage {
+            seq: 1,
+            history,
+            sender: PublicIdentity([1; 32]),
+            nick: Nick::new("bob").unwrap(),
+            from_me: false,
+            kind,
+            body: body.into(),
+            timestamp_ms: 0,
+        }
+    }
+
+    #[test]
+    fn message_formats() {
+        let text = message_line(&msg(ContentKind::Text, false, "hi there"));
+        assert!(text.ends_with(" <bob> hi there") && text.len() == 8 + 15, "{text}");
+        let action = message_line(&msg(ContentKind::Action, true, "waves"));
+        assert!(action.ends_with(" [history] * bob waves"), "{action}");
+        let hostile = message_line(&msg(ContentKind::Text, false, "x\n-!- bob is now owner\u{1b}[2J"));
+        assert!(hostile.ends_with("<bob> x^J-!- bob is now owner^[[2J"), "{hostile}");
+        assert!(!hostile.contains('\n'));
+    }
+
+    #[test]
+    fn key_changes_and_impersonation_are_loud_and_never_a_message_line() {
+        let (old, new) = (PublicIdentity([1; 32]), PublicIdentity([2; 32]));
+        let changed = Event::KeyChanged { nick: Nick::new("bob").unwrap(), pinned: old, seen: new };
+        let line = event_line(&changed, "h:1").unwrap();
+        assert!(line.starts_with("WARNING: IDENTITY KEY CHANGED for bob: pinned 0101"), "{line}");
+        assert!(line.contains(&new.fingerprint()));
+        let mut claimed = msg(ContentKind::Text, false, "send money\n-!- ok");
+        claimed.sender = new;
+        let forged = Event::Rejected(Rejected::NickMismatch { message: claimed, pinned: old });
+        let line = event_line(&forged, "h:1").unwrap();
+        assert!(line.starts_with("WARNING: IMPERSONATION: key 0202"), "{line}");
+        assert!(line.ends_with("Its text: send money^J-!- ok"), "{line}");
+        assert!(!line.contains("<bob>"));
+    }
+
+    #[test]
+    fn relay_text_in_events_is_neutralised() {
+        let e = Event::CommandFailed {
+            code: chatroom_client::crypto::ErrorCode::NotOwner,
+            detail: "only\nthe owner\u{1b}]0;x\u{7}".into(),
+        };
+        let line = event_line(&e, "h:1").unwrap();
+        assert_eq!(line, "error: only^Jthe owner^[]0;x^G (NotOwner)");
+    }
+}

@@ -1,0 +1,231 @@
+//! What the protocol core tells a front end. Front ends implement `Callbacks`; the core never
+//! prints anything itself. Text in events is exactly as received: front ends must pass it
+//! through `display::neutralize` before showing it.
+
+use std::time::Duration;
+
+use chatroom_crypto::{ContentKind, ErrorCode, KdfParams, Nick, PresenceEvent, PublicIdentity};
+
+use crate::error::SessionError;
+
+/// Receives events from a session. Called from the session's task: return quickly.
+pub trait Callbacks: Send + Sync + 'static {
+    /// One event.
+    fn event(&self, event: Event);
+}
+
+impl<F: Fn(Event) + Send + Sync + 'static> Callbacks for F {
+    fn event(&self, event: Event) {
+        self(event)
+    }
+}
+
+/// Connection state, for a status line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnState {
+    /// Opening the TCP connection (through the proxy, if any).
+    Connecting {
+        /// 0 for the first attempt, then 1, 2, ... while reconnecting.
+        attempt: u32,
+    },
+    /// Noise handshake and join in progress.
+    Joining,
+    /// Joined; replaying history.
+    CatchingUp,
+    /// History replayed; live.
+    Live,
+    /// Disconnected; the next attempt starts after `delay`.
+    Reconnecting {
+        /// Time until the next attempt.
+        delay: Duration,
+        /// Why the connection was lost (may hold relay text: neutralise it).
+        reason: String,
+    },
+}
+
+/// Progress of the room key derivation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KdfProgress {
+    /// Started with these parameters.
+    Started(KdfParams),
+    /// Still running (sent about ten times a second).
+    Running(Duration),
+    /// Finished after this long.
+    Done(Duration),
+}
+
+/// A verified chat message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatMessage {
+    /// The relay's sequence number.
+    pub seq: u64,
+    /// Replayed from history.
+    pub history: bool,
+    /// The sender's identity (the signature verified against it).
+    pub sender: PublicIdentity,
+    /// The sender's nickname, checked against the room's pins.
+    pub nick: Nick,
+    /// Sent by this identity (seen in history).
+    pub from_me: bool,
+    /// Text or `/me` action.
+    pub kind: ContentKind,
+    /// The text, unneutralised.
+    pub body: String,
+    /// The sender's clock, milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+}
+
+/// Content that must not be shown as a member's message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Rejected {
+    /// The envelope failed decryption or signature verification (or is malformed).
+    Unverified {
+        /// Its sequence number.
+        seq: u64,
+    },
+    /// The sender's counter did not increase: a replay or reordering by the relay.
+    Replayed {
+        /// Its sequence number.
+        seq: u64,
+        /// The signer.
+        sender: PublicIdentity,
+        /// Its counter.
+        counter: u64,
+        /// The highest counter accepted from that sender before.
+        highest: u64,
+    },
+    /// A correctly signed message claiming a nickname that was never seen with its key, from
+    /// a key already known in this room under another nickname.
+    NickNotBound {
+        /// The message as signed (the `nick` is the unconfirmed claim).
+        message: ChatMessage,
+        /// The nickname pinned to the signing key.
+        known_as: String,
+    },
+    /// A correctly signed message whose claimed nickname is pinned to another identity.
+    NickMismatch {
+        /// The message as signed (the `nick` is the false claim).
+        message: ChatMessage,
+        /// The identity pinned for that nickname.
+        pinned: PublicIdentity,
+    },
+}
+
+/// One member of the room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// Nickname.
+    pub nick: Nick,
+    /// Identity key.
+    pub identity: PublicIdentity,
+    /// This member is the room owner.
+    pub owner: bool,
+    /// This member is us.
+    pub me: bool,
+}
+
+/// Why a session ended.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SessionEnd {
+    /// The front end closed it; `unacknowledged` messages never got an Ack.
+    Closed {
+        /// Messages that may not have been delivered.
+        unacknowledged: usize,
+    },
+    /// A refusal or error that reconnecting will not fix.
+    Failed(SessionError),
+}
+
+/// Everything a session reports.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Event {
+    /// The connection state changed.
+    State(ConnState),
+    /// A relay was seen for the first time and its key recorded in the known-relays file.
+    RelayFirstUse {
+        /// `HOST:PORT`.
+        addr: String,
+        /// Its fingerprint (64 hex digits).
+        fingerprint: String,
+    },
+    /// Room key derivation progress.
+    KeyDerivation(KdfProgress),
+    /// Joined (first time or after a reconnect).
+    Joined {
+        /// This join created the room.
+        created: bool,
+        /// The owner's identity.
+        owner: PublicIdentity,
+        /// We are the owner.
+        owner_is_me: bool,
+        /// The room safety code.
+        safety_code: String,
+        /// The relay's fingerprint.
+        relay_fingerprint: String,
+        /// This is a reconnect.
+        rejoin: bool,
+    },
+    /// Messages between the last seen and the oldest retained were dropped by the relay's
+    /// retention before this client could fetch them.
+    HistoryGap {
+        /// First missed sequence number.
+        from: u64,
+        /// Last missed sequence number.
+        to: u64,
+    },
+    /// History replay is complete.
+    HistoryEnd,
+    /// A verified message.
+    Message(ChatMessage),
+    /// Content refused for display as a member's message.
+    Rejected(Rejected),
+    /// The member list (after joining and after `/who`).
+    Members(Vec<MemberInfo>),
+    /// A member joined, left, was kicked, banned or unbanned.
+    Presence {
+        /// What happened.
+        event: PresenceEvent,
+        /// To whom.
+        nick: Nick,
+        /// Their identity.
+        identity: PublicIdentity,
+    },
+    /// A nickname appeared with an identity key other than the one pinned for it.
+    KeyChanged {
+        /// The nickname.
+        nick: Nick,
+        /// The pinned identity.
+        pinned: PublicIdentity,
+        /// The identity now seen.
+        seen: PublicIdentity,
+    },
+    /// A message was stored by the relay.
+    Sent {
+        /// The id `SessionHandle::send` returned.
+        id: u64,
+        /// Its sequence number.
+        seq: u64,
+    },
+    /// A message was refused by the relay and will not be delivered.
+    SendFailed {
+        /// The id `SessionHandle::send` returned.
+        id: u64,
+        /// Why.
+        code: ErrorCode,
+        /// The relay's detail text.
+        detail: String,
+    },
+    /// The relay refused a command (kick, ban, ...).
+    CommandFailed {
+        /// Why.
+        code: ErrorCode,
+        /// The relay's detail text.
+        detail: String,
+    },
+    /// Something odd but not fatal (e.g. a state file could not be written).
+    Warning(String),
+}

@@ -1,0 +1,193 @@
+//! Messages on their way to the relay, without I/O: sealed envelopes wait here until the relay
+//! answers each with an `Ack` or an `Error`, matched first-in-first-out. After a reconnect the
+//! same envelope bytes are sent again, in order, so the relay's idempotent check turns a resend
+//! of something already stored into a plain `Ack` and nothing is delivered twice.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// A sealed envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    /// The id given to the front end.
+    pub id: u64,
+    /// The envelope's counter.
+    pub counter: u64,
+    /// The envelope bytes, resent unchanged.
+    pub envelope: Vec<u8>,
+}
+
+/// Pending envelopes: the first `in_flight` were sent on the current connection.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    entries: VecDeque<Outgoing>,
+    in_flight: usize,
+}
+
+/// How an `Ack` matched.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AckMatch {
+    /// It acknowledged the oldest envelope in flight.
+    Matched(Outgoing),
+    /// Nothing in flight has that counter at the head: the relay broke FIFO order.
+    Unexpected,
+}
+
+impl Outbox {
+    /// Queues an envelope.
+    pub fn push(&mut self, o: Outgoing) {
+        self.entries.push_back(o);
+    }
+
+    /// Envelopes not yet acknowledged (in flight or waiting).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Envelopes sent on this connection and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// The next envelope to send on this connection.
+    pub fn next_unsent(&self) -> Option<&Outgoing> {
+        self.entries.get(self.in_flight)
+    }
+
+    /// Records that `next_unsent` was sent.
+    pub fn mark_sent(&mut self) {
+        self.in_flight = (self.in_flight + 1).min(self.entries.len());
+    }
+
+    /// An `Ack` for `counter`.
+    pub fn ack(&mut self, counter: u64) -> AckMatch {
+        match self.entries.front() {
+            Some(head) if self.in_flight > 0 && head.counter == counter => {
+                self.in_flight -= 1;
+                self.entries.pop_front().map_or(AckMatch::Unexpected, AckMatch::Matched)
+            }
+            _ => AckMatch::Unexpected,
+        }
+    }
+
+    /// An `Error` answering the oldest envelope in flight: it is dropped, not resent.
+    pub fn fail(&mut self) -> Option<Outgoing> {
+        if self.in_flight == 0 {
+            return None;
+        }
+        self.in_flight -= 1;
+        self.entries.pop_front()
+    }
+
+    /// The connection dropped: everything unacknowledged will be sent again.
+    pub fn disconnected(&mut self) {
+        self.in_flight = 0;
+    }
+}
+
+/// A token bucket that keeps the client below the relay's rate limit, so a pasted burst
+/// of lines is paced rather than refused.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    burst: f64,
+    per_sec: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub fn new(burst: u32, per_sec: f64, now: Instant) -> Self {
+        let burst = f64::from(burst.max(1));
+        Self { burst, per_sec: per_sec.max(0.001), tokens: burst, last: now }
+    }
+
+    /// Refills to full.
+    pub fn reset(&mut self, now: Instant) {
+        self.tokens = self.burst;
+        self.last = now;
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.per_sec).min(self.burst);
+        self.last = now;
+    }
+
+    /// Takes a token if one is available.
+    pub fn try_take(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Empties the bucket (the relay said we were too fast).
+    pub fn drain(&mut self, now: Instant) {
+        self.refill(now);
+        self.tokens = 0.0;
+    }
+
+    /// Time until a token is available.
+    pub fn wait(&mut self, now: Instant) -> Duration {
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64((1.0 - self.tokens) / self.per_sec)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn o(id: u64) -> Outgoing {
+        Outgoing { id, counter: 100 + id, envelope: vec![id as u8; 3] }
+    }
+
+    #[test]
+    fn acks_and_errors_match_in_order_and_resend_keeps_order() {
+        let mut b = Outbox::default();
+        for i in 0..4 {
+            b.push(o(i));
+        }
+        for _ in 0..3 {
+            b.mark_sent();
+        }
+        assert_eq!(b.ack(100), AckMatch::Matched(o(0)));
+        assert_eq!(b.ack(100), AckMatch::Unexpected, "no double match");
+        assert_eq!(b.fail(), Some(o(1)));
+        assert_eq!(b.in_flight(), 1);
+        b.disconnected();
+        assert_eq!(b.next_unsent(), Some(&o(2)), "resend starts with the oldest, same bytes");
+        b.mark_sent();
+        assert_eq!(b.ack(103), AckMatch::Unexpected, "out of order");
+        assert_eq!(b.ack(102), AckMatch::Matched(o(2)));
+        assert_eq!(b.fail(), None, "nothing in flight");
+        assert_eq!(b.len(), 1);
+    }
+
+    #[test]
+    fn bucket_paces_after_a_burst() {
+        let t0 = Instant::now();
+        let mut bucket = TokenBucket::new(3, 5.0, t0);
+        assert!((0..3).all(|_| bucket.try_take(t0)));
+        assert!(!bucket.try_take(t0));
+        assert_eq!(bucket.wait(t0), Duration::from_millis(200));
+        assert!(bucket.try_take(t0 + Duration::from_millis(200)));
+        bucket.drain(t0 + Duration::from_millis(200));
+        assert_eq!(bucket.wait(t0 + Duration::from_millis(200)), Duration::from_millis(200));
+        bucket.reset(t0 + Duration::from_millis(200));
+        assert!((0..3).all(|_| bucket.try_take(t0 + Duration::from_millis(200))));
+    }
+}

@@ -1,0 +1,387 @@
+//! The receive side of a room, without I/O: duplicate and replay checks on deliveries, member
+//! pins, the member list, and the counter for the next envelope. Fed relay messages by the
+//! driver (or a test), it returns the events to report.
+
+use chatroom_crypto::{open, Member, MessageKey, Nick, PresenceEvent, PublicIdentity, RoomName};
+
+use super::connection::JoinedInfo;
+use super::event::{ChatMessage, Event, MemberInfo, Rejected};
+use crate::state::RoomState;
+use crate::trust::PinCheck;
+
+/// Most members held while a `Members` list is assembled.
+pub const MAX_MEMBERS: usize = 100_000;
+
+/// What a member knows about its room.
+#[derive(Debug)]
+pub struct RoomView {
+    me: PublicIdentity,
+    room: RoomName,
+    state: RoomState,
+    dirty: bool,
+    owner: Option<PublicIdentity>,
+    members: Vec<Member>,
+    partial: Vec<Member>,
+}
+
+impl RoomView {
+    /// A view for `me` (using `my_nick`) in `room`, from persisted `state`.
+    pub fn new(me: PublicIdentity, my_nick: &Nick, room: RoomName, mut state: RoomState) -> Self {
+        let dirty = state.pins.check(my_nick, &me) == PinCheck::New;
+        Self { me, room, state, dirty, owner: None, members: Vec::new(), partial: Vec::new() }
+    }
+
+    /// The state to persist.
+    pub fn state(&self) -> &RoomState {
+        &self.state
+    }
+
+    /// Whether the state changed since the last call.
+    pub fn take_dirty(&mut self) -> bool {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// The last sequence number processed: what to ask history after on the next join.
+    pub fn last_seq(&self) -> u64 {
+        self.state.last_seq
+    }
+
+    /// The current member list.
+    pub fn members(&self) -> Vec<MemberInfo> {
+        self.members
+            .iter()
+            .map(|m| MemberInfo {
+                nick: m.nick.clone(),
+                identity: m.identity,
+                owner: Some(m.identity) == self.owner,
+                me: m.identity == self.me,
+            })
+            .collect()
+    }
+
+    /// The counter for the next envelope: above every counter used or seen from this
+    /// identity, and at least the current time in microseconds.
+    pub fn next_counter(&mut self, now_us: u64) -> u64 {
+        let seen = self.state.counters.get(&self.me).copied().unwrap_or(0);
+        let counter = now_us.max(self.state.last_counter.saturating_add(1)).max(seen.saturating_add(1));
+        self.state.last_counter = counter;
+        self.dirty = true;
+        counter
+    }
+
+    /// A join succeeded.
+    pub fn on_joined(&mut self, info: &JoinedInfo) -> Vec<Event> {
+        self.owner = Some(info.owner);
+        self.partial.clear();
+        let last = self.state.last_seq;
+        if last > 0 && info.oldest_seq > last.saturating_add(1) {
+            return vec![Event::HistoryGap { from: last + 1, to: info.oldest_seq - 1 }];
+        }
+        Vec::new()
+    }
+
+    /// A `Deliver`: a harmless duplicate (seq not above the last processed) is dropped
+    /// silently; anything that fails verification, replays a sender's counter, or claims a
+    /// nickname pinned to another identity is rejected.
+    pub fn on_deliver(
+        &mut self,
+        key: &MessageKey,
+        seq: u64,
+        history: bool,
+        envelope: &[u8],
+    ) -> Option<Event> {
+        if seq <= self.state.last_seq {
+            return None;
+        }
+        self.state.last_seq = seq;
+        self.dirty = true;
+        let Ok(opened) = open(key, &self.room, envelope) else {
+            return Some(Event::Rejected(Rejected::Unverified { seq }));
+        };
+        let highest = self.state.counters.get(&opened.sender).copied().unwrap_or(0);
+        if opened.counter <= highest {
+            return Some(Event::Rejected(Rejected::Replayed {
+                seq,
+                sender: opened.sender,
+                counter: opened.counter,
+                highest,
+            }));
+        }
+        self.state.counters.insert(opened.sender, opened.counter);
+        let message = ChatMessage {
+            seq,
+            history,
+            sender: opened.sender,
+            from_me: opened.sender == self.me,
+            nick: opened.content.nick,
+            kind: opened.content.kind,
+            body: opened.content.body,
+            timestamp_ms: opened.content.timestamp_ms,
+        };
+        let pins = &mut self.state.pins;
+        match pins.get(&message.nick).copied() {
+            Some(pinned) if pinned == message.sender => Some(Event::Message(message)),
+            Some(pinned) => Some(Event::Rejected(Rejected::NickMismatch { message, pinned })),
+            None => match pins.nick_of(&message.sender) {
+                // A known key claiming a nickname nobody announced for it: not shown as that
+                // nickname until the relay's member list or presence binds the two.
+                Some(known_as) => {
+                    let known_as = known_as.to_owned();
+                    Some(Event::Rejected(Rejected::NickNotBound { message, known_as }))
+                }
+                None => {
+                    pins.check(&message.nick, &message.sender);
+                    Some(Event::Message(message))
+                }
+            },
+        }
+    }
+
+    fn pin(&mut self, nick: &Nick, identity: &PublicIdentity, out: &mut Vec<Event>) {
+        match self.state.pins.check(nick, identity) {
+            PinCheck::Same => {}
+            PinCheck::New => self.dirty = true,
+            PinCheck::Changed { pinned } => {
+                out.push(Event::KeyChanged { nick: nick.clone(), pinned, seen: *identity })
+            }
+        }
+    }
+
+    /// A `Members` item; the list is reported once the last item (`more == false`) arrives.
+    pub fn on_members(&mut self, more: bool, members: Vec<Member>) -> Vec<Event> {
+        let room = MAX_MEMBERS.saturating_sub(self.partial.len());
+        self.partial.extend(members.into_iter().take(room));
+        if more {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        let list = std::mem::take(&mut self.partial);
+        for m in &list {
+            self.pin(&m.nick, &m.identity, &mut out);
+        }
+        self.members = list;
+        out.push(Event::Members(self.members()));
+        out
+    }
+
+    /// A `Presence` item.
+    pub fn on_presence(&mut self, event: PresenceEvent, nick: Nick, identity: PublicIdentity) -> Vec<Event> {
+        let mut out = Vec::new();
+        self.pin(&nick, &identity, &mut out);
+        match event {
+            PresenceEvent::Joined => {
+                self.members.retain(|m| !m.nick.same_as(&nick));
+                if self.members.len() < MAX_MEMBERS {
+                    self.members.push(Member { nick: nick.clone(), identity });
+                }
+            }
+            PresenceEvent::Left | PresenceEvent::Kicked | PresenceEvent::Banned => {
+                self.members.retain(|m| !m.nick.same_as(&nick));
+            }
+            PresenceEvent::Unbanned => {}
+        }
+        out.push(Event::Presence { event, nick, identity });
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chatroom_crypto::{internal::split_master, seal, Content, ContentKind, Identity};
+
+    struct Fixture {
+        key: MessageKey,
+        room: RoomName,
+        alice: Identity,
+        bob: Identity,
+        view: RoomView,
+    }
+
+    fn fixture() -> Fixture {
+        let keys = split_master(&[9; 32]);
+        let room = RoomName::new("general").unwrap();
+        let alice = Identity::generate();
+        let bob = Identity::generate();
+        let view =
+            RoomView::new(alice.public(), &Nick::new("alice").unwrap(), room.clone(), RoomState::default());
+        Fixture { key: keys.message_key.clone(), room, alice, bob, view }
+    }
+
+    fn envelope(f: &Fixture, who: &Identity, nick: &str, counter: u64, body: &str) -> Vec<u8> {
+        let content = Content {
+            timestamp_ms: 1,
+            kind: ContentKind::Text,
+            nick: Nick::new(nick).unwrap(),
+            body: body.into(),
+        };
+        seal(&f.key, who, &f.room, counter, &content).unwrap()
+    }
+
+    fn body_of(e: Option<Event>) -> String {
+        match e {
+            Some(Event::Message(m)) => m.body,
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn duplicates_by_seq_are_dropped_silently() {
+        let mut f = fixture();
+        let e1 = envelope(&f, &f.bob, "bob", 10, "one");
+        let key = f.key.clone();
+        assert_eq!(body_of(f.view.on_deliver(&key, 1, true, &e1)), "one");
+        assert!(f.view.on_deliver(&key, 1, true, &e1).is_none());
+        assert!(f.view.on_deliver(&key, 0, false, &e1).is_none());
+        assert_eq!(f.view.last_seq(), 1);
+        assert!(f.view.take_dirty());
+    }
+
+    #[test]
+    fn a_replayed_counter_under_a_new_seq_is_rejected() {
+        let mut f = fixture();
+        let key = f.key.clone();
+        let e1 = envelope(&f, &f.bob, "bob", 10, "one");
+        let e0 = envelope(&f, &f.bob, "bob", 9, "older");
+        assert_eq!(body_of(f.view.on_deliver(&key, 1, false, &e1)), "one");
+        for (seq, env) in [(2, &e1), (3, &e0)] {
+            match f.view.on_deliver(&key, seq, false, env) {
+                Some(Event::Rejected(Rejected::Replayed { seq: s, highest: 10, .. })) => assert_eq!(s, seq),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(
+            body_of(f.view.on_deliver(&key, 4, false, &envelope(&f, &f.bob, "bob", 11, "two"))),
+            "two"
+        );
+    }
+
+    #[test]
+    fn forged_or_foreign_envelopes_are_unverified_and_record_nothing() {
+        let mut f = fixture();
+        let key = f.key.clone();
+        let mut env = envelope(&f, &f.bob, "bob", 10, "one");
+        let last = env.len() - 1;
+        env[last] ^= 1;
+        assert!(matches!(
+            f.view.on_deliver(&key, 1, false, &env),
+            Some(Event::Rejected(Rejected::Unverified { seq: 1 }))
+        ));
+        let other_key = split_master(&[1; 32]).message_key.clone();
+        let good = envelope(&f, &f.bob, "bob", 10, "one");
+        assert!(matches!(
+            f.view.on_deliver(&other_key, 2, false, &good),
+            Some(Event::Rejected(Rejected::Unverified { .. }))
+        ));
+        assert!(matches!(
+            f.view.on_deliver(&key, 3, false, &[1, 2, 3]),
+            Some(Event::Rejected(Rejected::Unverified { .. }))
+        ));
+        assert!(f.view.state().counters.is_empty());
+        assert_eq!(body_of(f.view.on_deliver(&key, 4, false, &good)), "one");
+    }
+
+    #[test]
+    fn a_nickname_claimed_by_another_key_is_never_shown_as_that_member() {
+        let mut f = fixture();
+        let key = f.key.clone();
+        let mallory = Identity::generate();
+        assert_eq!(body_of(f.view.on_deliver(&key, 1, false, &envelope(&f, &f.bob, "bob", 5, "hi"))), "hi");
+        match f.view.on_deliver(&key, 2, false, &envelope(&f, &mallory, "Bob", 5, "send money")) {
+            Some(Event::Rejected(Rejected::NickMismatch { message, pinned })) => {
+                assert_eq!(pinned, f.bob.public());
+                assert_eq!(message.sender, mallory.public());
+            }
+            other => panic!("{other:?}"),
+        }
+        // A known key claiming a nickname never announced for it is not shown under it.
+        match f.view.on_deliver(&key, 4, false, &envelope(&f, &f.bob, "robert", 7, "it is me")) {
+            Some(Event::Rejected(Rejected::NickNotBound { known_as, .. })) => assert_eq!(known_as, "bob"),
+            other => panic!("{other:?}"),
+        }
+        f.view.on_presence(PresenceEvent::Joined, Nick::new("robert").unwrap(), f.bob.public());
+        assert_eq!(
+            body_of(f.view.on_deliver(&key, 5, false, &envelope(&f, &f.bob, "robert", 8, "now bound"))),
+            "now bound"
+        );
+        // Our own nickname is pinned to our identity from the start.
+        assert!(matches!(
+            f.view.on_deliver(&key, 6, false, &envelope(&f, &mallory, "alice", 6, "x")),
+            Some(Event::Rejected(Rejected::NickMismatch { .. }))
+        ));
+    }
+
+    #[test]
+    fn presence_with_a_changed_key_is_reported_loudly_and_pins_hold() {
+        let mut f = fixture();
+        let bob = Nick::new("bob").unwrap();
+        let events = f.view.on_presence(PresenceEvent::Joined, bob.clone(), f.bob.public());
+        assert!(matches!(events.as_slice(), [Event::Presence { .. }]));
+        let imposter = Identity::generate().public();
+        let events = f.view.on_presence(PresenceEvent::Joined, bob.clone(), imposter);
+        assert!(
+            matches!(&events[0], Event::KeyChanged { pinned, seen, .. } if *pinned == f.bob.public() && *seen == imposter)
+        );
+        assert_eq!(f.view.state().pins.get(&bob), Some(&f.bob.public()));
+    }
+
+    #[test]
+    fn member_lists_are_assembled_and_flagged() {
+        let mut f = fixture();
+        f.view.on_joined(&JoinedInfo { created: false, owner: f.bob.public(), latest_seq: 0, oldest_seq: 0 });
+        let m = |n: &str, id: &Identity| Member { nick: Nick::new(n).unwrap(), identity: id.public() };
+        assert!(f.view.on_members(true, vec![m("bob", &f.bob)]).is_empty());
+        let events = f.view.on_members(false, vec![m("alice", &f.alice)]);
+        match events.as_slice() {
+            [Event::Members(list)] => {
+                assert_eq!(list.len(), 2);
+                assert!(list[0].owner && !list[0].me);
+                assert!(list[1].me && !list[1].owner);
+            }
+            other => panic!("{other:?}"),
+        }
+        f.view.on_presence(PresenceEvent::Left, Nick::new("BOB").unwrap(), f.bob.public());
+        assert_eq!(f.view.members().len(), 1);
+    }
+
+    #[test]
+    fn counters_increase_past_time_last_use_and_history() {
+        let mut f = fixture();
+        let key = f.key.clone();
+        assert_eq!(f.view.next_counter(100), 100);
+        assert_eq!(f.view.next_counter(50), 101);
+        let mine = envelope(&f, &f.alice, "alice", 5000, "from another device");
+        assert!(matches!(f.view.on_deliver(&key, 1, true, &mine), Some(Event::Message(m)) if m.from_me));
+        assert_eq!(f.view.next_counter(200), 5001);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_deliveries_never_panic_and_never_show_a_message(
+            envelopes in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400), 1..8),
+        ) {
+            let mut f = fixture();
+            let key = f.key.clone();
+            for (i, env) in envelopes.iter().enumerate() {
+                let event = f.view.on_deliver(&key, i as u64 + 1, false, env);
+                let is_unverified = matches!(event, Some(Event::Rejected(Rejected::Unverified { .. })));
+                proptest::prop_assert!(is_unverified);
+            }
+            proptest::prop_assert!(f.view.state().counters.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_gap_beyond_retention_is_reported() {
+        let mut f = fixture();
+        let key = f.key.clone();
+        f.view.on_deliver(&key, 3, false, &envelope(&f, &f.bob, "bob", 1, "x"));
+        let events = f.view.on_joined(&JoinedInfo {
+            created: false,
+            owner: f.bob.public(),
+            latest_seq: 20,
+            oldest_seq: 10,
+        });
+        assert!(matches!(events.as_slice(), [Event::HistoryGap { from: 4, to: 9 }]));
+    }
+}

@@ -1,0 +1,167 @@
+//! Working out where to connect and as whom: paths, invite or saved room, flags, prompts.
+
+use std::path::{Path, PathBuf};
+
+use chatroom_client::config::{Config, RoomEntry};
+use chatroom_client::crypto::{KdfParams, Nick, RoomName};
+use chatroom_client::display::neutralize_short;
+use chatroom_client::invite::{looks_like_invite, parse_fingerprint, Invite};
+use chatroom_client::transport::{HostPort, Proxy};
+use chatroom_client::trust::KnownRelays;
+
+use crate::app_error::AppError;
+use crate::cli::{ChatArgs, Cli, TargetArgs};
+use crate::prompt::Input;
+
+/// The files the program uses.
+pub(crate) struct Paths {
+    pub(crate) data_dir: PathBuf,
+    pub(crate) config: PathBuf,
+}
+
+impl Paths {
+    pub(crate) fn new(cli: &Cli) -> Result<Self, AppError> {
+        let dirs = directories::ProjectDirs::from("", "", "chatroom");
+        let data_dir = match (&cli.data_dir, &dirs) {
+            (Some(d), _) => d.clone(),
+            (None, Some(dirs)) => dirs.data_dir().to_path_buf(),
+            (None, None) => return Err(AppError::new("cannot find a home directory; give --data-dir DIR")),
+        };
+        let config = match (&cli.config, &dirs) {
+            (Some(c), _) => c.clone(),
+            (None, Some(dirs)) => dirs.config_dir().join("config.toml"),
+            (None, None) => return Err(AppError::new("cannot find a home directory; give --config PATH")),
+        };
+        Ok(Self { data_dir, config })
+    }
+
+    pub(crate) fn identity(&self) -> PathBuf {
+        self.data_dir.join("identity.key")
+    }
+
+    pub(crate) fn known_relays(&self) -> KnownRelays {
+        KnownRelays::new(self.data_dir.join("known_relays"))
+    }
+}
+
+/// Everything about the room except the password.
+#[derive(Debug, Default)]
+pub(crate) struct Target {
+    pub(crate) relay: Option<HostPort>,
+    pub(crate) room: Option<RoomName>,
+    pub(crate) nick: Option<Nick>,
+    /// The pinned relay key and where it came from.
+    pub(crate) fingerprint: Option<([u8; 32], String)>,
+    pub(crate) proxy: Option<Proxy>,
+    pub(crate) password_file: Option<PathBuf>,
+    pub(crate) kdf: KdfParams,
+}
+
+fn entry_into(target: &mut Target, name: &str, entry: &RoomEntry, path: &Path) -> Result<(), AppError> {
+    let ctx =
+        |e: String| AppError::new(format!("[rooms.{}] in {}: {e}", neutralize_short(name), path.display()));
+    target.relay =
+        Some(entry.relay.parse().map_err(|e: chatroom_client::error::AddressError| ctx(e.to_string()))?);
+    target.room = Some(RoomName::new(&entry.room).map_err(|e| ctx(e.to_string()))?);
+    if let Some(nick) = &entry.nick {
+        target.nick = Some(Nick::new(nick).map_err(|e| ctx(e.to_string()))?);
+    }
+    if let Some(fp) = &entry.fingerprint {
+        let key = parse_fingerprint(fp).map_err(|e| ctx(e.to_string()))?;
+        target.fingerprint = Some((key, format!("config.toml [rooms.{}]", neutralize_short(name))));
+    }
+    if let Some(proxy) = &entry.proxy {
+        target.proxy =
+            Some(proxy.parse().map_err(|e: chatroom_client::error::AddressError| ctx(e.to_string()))?);
+    }
+    target.password_file = entry.password_file.clone();
+    if let Some(kdf) = &entry.kdf {
+        target.kdf = kdf.parse().map_err(|e: chatroom_client::crypto::KdfError| ctx(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Builds the target from the positional argument (invite or saved name) and flags.
+pub(crate) fn resolve(args: &TargetArgs, config: &Config, config_path: &Path) -> Result<Target, AppError> {
+    let mut target = Target::default();
+    if let Some(proxy) = &config.proxy {
+        target.proxy = Some(proxy.parse().map_err(|e: chatroom_client::error::AddressError| {
+            AppError::new(format!("proxy in {}: {e}", config_path.display()))
+        })?);
+    }
+    match args.target.as_deref() {
+        None => {}
+        Some(s) if looks_like_invite(s) => {
+            let invite: Invite = s.parse()?;
+            target.relay = Some(invite.relay);
+            target.room = Some(invite.room);
+            target.fingerprint = Some((invite.fingerprint, "the invite".into()));
+            target.kdf = invite.kdf;
+        }
+        Some(name) => {
+            let entry = config.rooms.get(name).ok_or_else(|| {
+                let known: Vec<&str> = config.rooms.keys().map(String::as_str).collect();
+                AppError::new(format!(
+                    "{:?} is neither an invite (chatroom://...) nor a saved room in {} (saved rooms: {}); \
+                     add [rooms.{}] there or pass an invite",
+                    neutralize_short(name),
+                    config_path.display(),
+                    if known.is_empty() { "none".to_owned() } else { known.join(", ") },
+                    neutralize_short(name),
+                ))
+            })?;
+            entry_into(&mut target, name, entry, config_path)?;
+        }
+    }
+    if let Some(relay) = &args.relay {
+        target.relay = Some(relay.parse()?);
+    }
+    if let Some(room) = &args.room {
+        target.room = Some(RoomName::new(room).map_err(|e| AppError::new(format!("--room: {e}")))?);
+    }
+    if let Some(fp) = &args.fingerprint {
+        target.fingerprint = Some((parse_fingerprint(fp)?, "--fingerprint".into()));
+    }
+    if let Some(kdf) = &args.kdf {
+        target.kdf = kdf.parse()?;
+    }
+    Ok(target)
+}
+
+/// Applies chat flags, then asks for whatever is still missing, in order: relay, room, nickname.
+pub(crate) fn complete(target: &mut Target, chat: &ChatArgs, input: &mut Input) -> Result<(), AppError> {
+    if let Some(nick) = &chat.nick {
+        target.nick = Some(Nick::new(nick).map_err(|e| AppError::new(format!("--nick: {e}")))?);
+    }
+    if let Some(proxy) = &chat.proxy {
+        target.proxy = Some(proxy.parse()?);
+    }
+    if let Some(file) = &chat.password_file {
+        target.password_file = Some(file.clone());
+    }
+    while target.relay.is_none() {
+        let answer = input.ask("Relay address (HOST:PORT): ")?;
+        match answer.parse() {
+            Ok(relay) => target.relay = Some(relay),
+            Err(e) if input.is_tty() => eprintln!("-!- {e}"),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    while target.room.is_none() {
+        let answer = input.ask("Room: ")?;
+        match RoomName::new(&answer) {
+            Ok(room) => target.room = Some(room),
+            Err(e) if input.is_tty() => eprintln!("-!- {e}"),
+            Err(e) => return Err(AppError::new(e.to_string())),
+        }
+    }
+    while target.nick.is_none() {
+        let answer = input.ask("Nickname: ")?;
+        match Nick::new(&answer) {
+            Ok(nick) => target.nick = Some(nick),
+            Err(e) if input.is_tty() => eprintln!("-!- {e}"),
+            Err(e) => return Err(AppError::new(e.to_string())),
+        }
+    }
+    Ok(())
+}

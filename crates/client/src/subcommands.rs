@@ -1,0 +1,75 @@
+//! `chatroom id`, `passphrase`, `invite` and `relays`.
+
+use chatroom_client::config::Config;
+use chatroom_client::crypto::load_or_create_identity;
+use chatroom_client::invite::Invite;
+use chatroom_client::passphrase;
+
+use crate::app_error::AppError;
+use crate::cli::{RelaysCommand, TargetArgs};
+use crate::setup::{resolve, Paths};
+
+pub(crate) fn id(paths: &Paths) -> Result<(), AppError> {
+    let (identity, created) = load_or_create_identity(&paths.identity())?;
+    if created {
+        eprintln!("-!- created a new identity in {}", paths.identity().display());
+    }
+    println!("{}", identity.public().fingerprint());
+    Ok(())
+}
+
+pub(crate) fn passphrase() {
+    let p = passphrase::generate();
+    println!("{}", p.as_str());
+    eprintln!(
+        "-!- {} random bits from the system's random number generator; share it only with the room's members",
+        passphrase::BITS
+    );
+}
+
+pub(crate) fn invite(paths: &Paths, args: &TargetArgs) -> Result<(), AppError> {
+    let config = Config::load(&paths.config)?;
+    let target = resolve(args, &config, &paths.config)?;
+    let relay = target
+        .relay
+        .ok_or_else(|| AppError::new("which relay? give a saved room name or --relay HOST:PORT"))?;
+    let room =
+        target.room.ok_or_else(|| AppError::new("which room? give a saved room name or --room ROOM"))?;
+    let fingerprint = match target.fingerprint {
+        Some((key, _)) => key,
+        None => paths.known_relays().lookup(&relay.to_string())?.ok_or_else(|| {
+            AppError::new(format!(
+                "the key of relay {relay} is not known yet: connect to it once, or give --fingerprint HEX \
+                 (the relay prints its fingerprint when it starts)"
+            ))
+        })?,
+    };
+    println!("{}", Invite { fingerprint, relay, room, kdf: target.kdf });
+    Ok(())
+}
+
+pub(crate) fn relays(paths: &Paths, command: &RelaysCommand) -> Result<(), AppError> {
+    let known = paths.known_relays();
+    match command {
+        RelaysCommand::List => {
+            for (addr, key) in known.list()? {
+                println!("{addr} {}", hex::encode(key));
+            }
+        }
+        RelaysCommand::Forget { relay } => {
+            let removed = known.forget(relay)?;
+            if removed == 0 {
+                return Err(AppError::new(format!(
+                    "no pinned key for {} in {}; `chatroom relays list` shows the pinned relays",
+                    chatroom_client::display::neutralize_short(relay),
+                    known.path().display()
+                )));
+            }
+            eprintln!(
+                "-!- forgot {removed} pinned key(s) for {}",
+                chatroom_client::display::neutralize_short(relay)
+            );
+        }
+    }
+    Ok(())
+}

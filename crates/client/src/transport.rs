@@ -1,0 +1,225 @@
+//! Opening the TCP connection to a relay: directly (which also works under `torsocks`), or
+//! through a SOCKS5 proxy that resolves host names itself.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv6Addr};
+use std::str::FromStr;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio_socks::tcp::Socks5Stream;
+
+use crate::error::{AddressError, SessionError};
+
+/// Longest host name accepted (DNS limit).
+pub const MAX_HOST_LEN: usize = 253;
+
+/// A relay or proxy address: a host name or IP literal, and a port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HostPort {
+    /// Host name (lower case) or IP literal, without IPv6 brackets.
+    pub host: String,
+    /// TCP port, never 0.
+    pub port: u16,
+}
+
+fn valid_hostname(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= MAX_HOST_LEN
+        && host.split('.').enumerate().all(|(i, label)| {
+            // A trailing dot (fully qualified name) leaves one empty last label.
+            (label.is_empty() && i > 0 && host.ends_with('.') && host.len() > 1)
+                || (!label.is_empty()
+                    && label.len() <= 63
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+                    && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        })
+}
+
+impl FromStr for HostPort {
+    type Err = AddressError;
+
+    /// Parses `HOST:PORT` or `[IPV6]:PORT`.
+    fn from_str(s: &str) -> Result<Self, AddressError> {
+        let bad = |why: &'static str| AddressError { input: crate::display::neutralize_short(s), why };
+        if s.len() > MAX_HOST_LEN + 10 {
+            return Err(bad("it is too long"));
+        }
+        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+            let (v6, port) = rest.split_once("]:").ok_or_else(|| bad("expected [IPV6]:PORT"))?;
+            let addr: Ipv6Addr = v6.parse().map_err(|_| bad("not an IPv6 address inside [ ]"))?;
+            (addr.to_string(), port)
+        } else {
+            let (host, port) =
+                s.rsplit_once(':').ok_or_else(|| bad("expected HOST:PORT, e.g. example.org:7777"))?;
+            if host.contains(':') {
+                return Err(bad("write IPv6 addresses in brackets: [::1]:7777"));
+            }
+            if !valid_hostname(host) {
+                return Err(bad("the host must be a name (letters, digits, - and .) or an IP address"));
+            }
+            (host.to_ascii_lowercase(), port)
+        };
+        if port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad("the port must be a number from 1 to 65535"));
+        }
+        let port: u16 = port.parse().map_err(|_| bad("the port must be a number from 1 to 65535"))?;
+        if port == 0 {
+            return Err(bad("the port must be a number from 1 to 65535"));
+        }
+        Ok(HostPort { host, port })
+    }
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl HostPort {
+    /// Whether the host is an IP literal (no name resolution needed).
+    pub fn is_ip(&self) -> bool {
+        self.host.parse::<IpAddr>().is_ok()
+    }
+}
+
+/// A SOCKS5 proxy given as `socks5h://HOST:PORT` (or `socks5://`, treated the same way:
+/// with a proxy set, the client never resolves the relay's name itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proxy {
+    /// The proxy's address.
+    pub addr: HostPort,
+}
+
+impl FromStr for Proxy {
+    type Err = AddressError;
+
+    fn from_str(s: &str) -> Result<Self, AddressError> {
+        let rest = s.strip_prefix("socks5h://").or_else(|| s.strip_prefix("socks5://")).ok_or_else(|| {
+            AddressError {
+                input: crate::display::neutralize_short(s),
+                why: "a proxy must be written socks5h://HOST:PORT (e.g. socks5h://127.0.0.1:9050 for Tor)",
+            }
+        })?;
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        Ok(Proxy { addr: rest.parse()? })
+    }
+}
+
+impl fmt::Display for Proxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "socks5h://{}", self.addr)
+    }
+}
+
+/// Opens a TCP connection to `target`, through `proxy` if given, with TCP_NODELAY set.
+///
+/// With a proxy, the host name is sent to the proxy as a name (SOCKS5 address type 3) and
+/// never resolved locally; only the proxy's own address is resolved, as any client must.
+pub async fn connect(
+    target: &HostPort,
+    proxy: Option<&Proxy>,
+    limit: Duration,
+) -> Result<TcpStream, SessionError> {
+    let attempt = async {
+        let stream = match proxy {
+            None => {
+                // A blocking connect on a helper thread, handed to tokio afterwards: the plain
+                // getaddrinfo + connect sequence that `torsocks` intercepts reliably.
+                let (host, port) = (target.host.clone(), target.port);
+                let connect_err = |source| SessionError::Connect { addr: target.to_string(), source };
+                let std_stream =
+                    tokio::task::spawn_blocking(move || std::net::TcpStream::connect((host.as_str(), port)))
+                        .await
+                        .map_err(|e| connect_err(std::io::Error::other(e)))?
+                        .map_err(connect_err)?;
+                std_stream.set_nonblocking(true).map_err(connect_err)?;
+                TcpStream::from_std(std_stream).map_err(connect_err)?
+            }
+            Some(proxy) => {
+                let proxy_addr = (proxy.addr.host.as_str(), proxy.addr.port);
+                Socks5Stream::connect(proxy_addr, (target.host.as_str(), target.port))
+                    .await
+                    .map_err(|e| SessionError::Proxy {
+                        proxy: proxy.to_string(),
+                        addr: target.to_string(),
+                        detail: e.to_string(),
+                    })?
+                    .into_inner()
+            }
+        };
+        stream
+            .set_nodelay(true)
+            .map_err(|source| SessionError::Connect { addr: target.to_string(), source })?;
+        Ok(stream)
+    };
+    tokio::time::timeout(limit, attempt).await.map_err(|_| SessionError::Timeout {
+        what: "connecting",
+        addr: target.to_string(),
+        secs: limit.as_secs(),
+    })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_forms() {
+        let hp: HostPort = "Example.ORG:7777".parse().unwrap();
+        assert_eq!(hp, HostPort { host: "example.org".into(), port: 7777 });
+        assert_eq!(hp.to_string(), "example.org:7777");
+        let v6: HostPort = "[::1]:80".parse().unwrap();
+        assert_eq!(v6.host, "::1");
+        assert_eq!(v6.to_string(), "[::1]:80");
+        assert!(v6.is_ip());
+        let onion: HostPort = "abcdefghijklmnop.onion:7777".parse().unwrap();
+        assert!(!onion.is_ip());
+        for bad in [
+            "",
+            "host",
+            "host:",
+            "host:0",
+            "host:65536",
+            "host:+80",
+            ":80",
+            "a b:80",
+            "::1:80",
+            "[::1]80",
+            "[zz]:80",
+            "host:80/x",
+            "user@host:80",
+            "-host:80",
+            "host\u{1b}:80",
+            "h..x:80",
+        ] {
+            assert!(bad.parse::<HostPort>().is_err(), "{bad:?} should be refused");
+        }
+        let err = "host\u{1b}[2J:80".parse::<HostPort>().unwrap_err().to_string();
+        assert!(!err.contains('\u{1b}'), "{err}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_addresses_never_panic(s in "\\PC{0,300}") {
+            let _ = s.parse::<HostPort>();
+            let _ = s.parse::<Proxy>();
+        }
+    }
+
+    #[test]
+    fn proxy_forms() {
+        let p: Proxy = "socks5h://127.0.0.1:9050".parse().unwrap();
+        assert_eq!(p.addr.port, 9050);
+        assert_eq!(p.to_string(), "socks5h://127.0.0.1:9050");
+        assert!("socks5://localhost:1080/".parse::<Proxy>().is_ok());
+        assert!("http://127.0.0.1:8080".parse::<Proxy>().is_err());
+        assert!("127.0.0.1:9050".parse::<Proxy>().is_err());
+    }
+}

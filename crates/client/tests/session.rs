@@ -1,0 +1,392 @@
+//! The session state machine against a minimal in-test responder built from chatroom-crypto:
+//! real sockets on 127.0.0.1, the real Noise handshake and envelopes, and a scripted relay side.
+
+// Test helpers outside #[test] functions may panic on impossible setup failures.
+#![allow(clippy::unwrap_used)]
+
+use std::error::Error;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chatroom_client::crypto::{
+    seal, ClientMessage, Content, ContentKind, ErrorCode, Identity, JoinRequest, KdfParams, Member, Nick,
+    RelayMessage, Responder, RoomName, StaticKeypair, Transport, Zeroizing, HANDSHAKE1_LEN, HANDSHAKE3_LEN,
+};
+use chatroom_client::error::SessionError;
+use chatroom_client::session::{
+    Event, Limits, Rejected, RoomKeyCache, Session, SessionConfig, SessionEnd, SessionHandle,
+};
+use chatroom_client::transport::HostPort;
+use chatroom_client::trust::{KnownRelays, RelayPin};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
+type TestResult = Result<(), Box<dyn Error>>;
+
+const LIMIT: Duration = Duration::from_secs(15);
+
+/// The relay side of one connection.
+struct FakeConn {
+    stream: TcpStream,
+    transport: Transport,
+}
+
+impl FakeConn {
+    async fn read_frame(&mut self) -> std::io::Result<Vec<u8>> {
+        let mut header = [0u8; 2];
+        self.stream.read_exact(&mut header).await?;
+        let mut body = vec![0u8; usize::from(u16::from_be_bytes(header))];
+        self.stream.read_exact(&mut body).await?;
+        Ok(body)
+    }
+
+    async fn recv(&mut self) -> Result<Vec<ClientMessage>, Box<dyn Error>> {
+        let frame = self.read_frame().await?;
+        Ok(ClientMessage::decode_all(&self.transport.open(&frame)?)?)
+    }
+
+    async fn send(&mut self, messages: &[RelayMessage]) -> TestResult {
+        let mut plain = Vec::new();
+        for m in messages {
+            m.encode(&mut plain);
+        }
+        let mut out = Vec::new();
+        self.transport.seal_frame(&plain, &mut out)?;
+        self.stream.write_all(&out).await?;
+        Ok(())
+    }
+}
+
+struct FakeRelay {
+    listener: TcpListener,
+    key: StaticKeypair,
+}
+
+impl FakeRelay {
+    async fn new() -> Result<Self, Box<dyn Error>> {
+        Ok(Self { listener: TcpListener::bind("127.0.0.1:0").await?, key: StaticKeypair::generate() })
+    }
+
+    fn addr(&self) -> HostPort {
+        let a = self.listener.local_addr().expect("bound");
+        HostPort { host: a.ip().to_string(), port: a.port() }
+    }
+
+    /// Accepts a connection and runs the responder side of the handshake.
+    async fn accept(&self) -> Result<FakeConn, Box<dyn Error>> {
+        let (mut stream, _) = self.listener.accept().await?;
+        let frame = |len: usize| vec![0u8; 2 + len];
+        let mut m1 = frame(HANDSHAKE1_LEN);
+        stream.read_exact(&mut m1).await?;
+        let (resp, m2) = Responder::new(&self.key)?.read_hello(&m1[2..])?;
+        let mut out = Vec::new();
+        chatroom_client::crypto::encode_frame(&m2, &mut out)?;
+        stream.write_all(&out).await?;
+        let mut m3 = frame(HANDSHAKE3_LEN);
+        stream.read_exact(&mut m3).await?;
+        let transport = resp.read_finish(&m3[2..])?;
+        Ok(FakeConn { stream, transport })
+    }
+
+    /// Accepts, reads the join, and admits it with an empty history.
+    async fn admit(&self, owner: &Identity) -> Result<(FakeConn, JoinRequest), Box<dyn Error>> {
+        let mut conn = self.accept().await?;
+        let join = match conn.recv().await?.remove(0) {
+            ClientMessage::Join(j) => j,
+            other => return Err(format!("expected Join, got {other:?}").into()),
+        };
+        let hh = *conn.transport.handshake_hash();
+        let signed = join.clone().verify(&hh)?;
+        conn.send(&[
+            RelayMessage::Joined { created: false, owner: owner.public(), latest_seq: 0, oldest_seq: 0 },
+            RelayMessage::Members {
+                more: false,
+                members: vec![Member {
+                    nick: signed.request().nick.clone(),
+                    identity: signed.request().identity,
+                }],
+            },
+            RelayMessage::HistoryEnd { latest_seq: 0 },
+        ])
+        .await?;
+        Ok((conn, join))
+    }
+}
+
+struct Client {
+    handle: SessionHandle,
+    events: mpsc::UnboundedReceiver<Event>,
+    keys: Arc<RoomKeyCache>,
+}
+
+fn config(relay: &FakeRelay, pin: RelayPin) -> SessionConfig {
+    SessionConfig {
+        relay: relay.addr(),
+        proxy: None,
+        room: RoomName::new("general").unwrap(),
+        nick: Nick::new("alice").unwrap(),
+        create: false,
+        relay_pin: pin,
+        data_dir: None,
+        limits: Limits {
+            backoff_initial: Duration::from_millis(20),
+            backoff_max: Duration::from_millis(100),
+            send_rate: None,
+            ..Limits::default()
+        },
+    }
+}
+
+async fn start(cfg: SessionConfig) -> Result<Client, SessionError> {
+    let (tx, events) = mpsc::unbounded_channel();
+    let keys = Arc::new(RoomKeyCache::new(
+        Zeroizing::new(b"correct horse battery staple".to_vec()),
+        cfg.room.clone(),
+        KdfParams::DEFAULT,
+    )?);
+    let handle = Session::start(
+        cfg,
+        keys.clone(),
+        Arc::new(Identity::generate()),
+        Arc::new(move |e: Event| {
+            let _ = tx.send(e);
+        }),
+    )
+    .await?;
+    Ok(Client { handle, events, keys })
+}
+
+async fn next_matching<T>(
+    events: &mut mpsc::UnboundedReceiver<Event>,
+    mut f: impl FnMut(&Event) -> Option<T>,
+) -> Result<T, Box<dyn Error>> {
+    loop {
+        let e = timeout(LIMIT, events.recv()).await?.ok_or("session ended")?;
+        if let Some(t) = f(&e) {
+            return Ok(t);
+        }
+    }
+}
+
+fn sends(messages: Vec<ClientMessage>) -> Vec<Vec<u8>> {
+    messages
+        .into_iter()
+        .filter_map(|m| match m {
+            ClientMessage::Send { envelope } => Some(envelope),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn read_sends(conn: &mut FakeConn, n: usize) -> Result<Vec<Vec<u8>>, Box<dyn Error>> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        got.extend(sends(timeout(LIMIT, conn.recv()).await??));
+    }
+    Ok(got)
+}
+
+#[tokio::test]
+async fn a_relay_with_another_key_is_refused_before_joining() -> TestResult {
+    let relay = FakeRelay::new().await?;
+    let dir = tempfile::tempdir()?;
+    let known = KnownRelays::new(dir.path().join("known_relays"));
+    let pin = RelayPin {
+        expected: Some([7; 32]),
+        expected_source: "the invite".into(),
+        known: Some(known.clone()),
+    };
+    let cfg = config(&relay, pin);
+    let server = tokio::spawn(async move {
+        let mut conn = relay.accept().await.err().map(|e| e.to_string());
+        if conn.is_none() {
+            conn = Some("handshake completed".into());
+        }
+        conn
+    });
+    let err = timeout(LIMIT, start(cfg)).await?.err().ok_or("start should fail")?;
+    match &err {
+        SessionError::RelayKeyMismatch { expected, pin_source, .. } => {
+            assert_eq!(expected, &hex::encode([7u8; 32]));
+            assert_eq!(pin_source, "the invite");
+        }
+        other => panic!("expected a key mismatch, got {other}"),
+    }
+    assert!(err.to_string().contains("chatroom relays forget"), "{err}");
+    let server_saw = server.await?.unwrap_or_default();
+    assert_ne!(server_saw, "handshake completed", "the client must not finish the handshake");
+    assert!(known.list()?.is_empty(), "a refused key is never recorded");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_refused_join_is_returned_from_start_with_advice() -> TestResult {
+    let relay = FakeRelay::new().await?;
+    let cfg = config(&relay, RelayPin::default());
+    let server = tokio::spawn(async move {
+        let mut conn = relay.accept().await.map_err(|e| e.to_string())?;
+        conn.recv().await.map_err(|e| e.to_string())?;
+        conn.send(&[RelayMessage::Goodbye {
+            code: ErrorCode::WrongPassword,
+            detail: "wrong password".into(),
+        }])
+        .await
+        .map_err(|e| e.to_string())
+    });
+    let err = timeout(LIMIT, start(cfg)).await?.err().ok_or("start should fail")?;
+    assert_eq!(err.refusal(), Some(ErrorCode::WrongPassword));
+    assert!(!err.is_retryable());
+    server.await??;
+    Ok(())
+}
+
+#[tokio::test]
+async fn acks_match_in_order_and_a_reconnect_resends_the_same_bytes_once() -> TestResult {
+    let relay = FakeRelay::new().await?;
+    let owner = Identity::generate();
+    let cfg = config(&relay, RelayPin::default());
+    let (client, admitted) = tokio::join!(start(cfg), relay.admit(&owner));
+    let (mut client, (mut conn, _)) = (client?, admitted?);
+    let one = client.handle.send(ContentKind::Text, "one").await?;
+    let two = client.handle.send(ContentKind::Text, "two").await?;
+    let first = read_sends(&mut conn, 2).await?;
+    let counter = |env: &[u8]| chatroom_client::crypto::EnvelopeHeader::parse(env).map(|h| h.counter);
+    assert!(counter(&first[0])? < counter(&first[1])?);
+    conn.send(&[RelayMessage::Ack { counter: counter(&first[0])?, seq: 1 }]).await?;
+    assert_eq!(
+        next_matching(&mut client.events, |e| matches!(e, Event::Sent { .. }).then(|| format!("{e:?}")))
+            .await?,
+        format!("{:?}", Event::Sent { id: one, seq: 1 })
+    );
+    drop(conn);
+
+    // The second envelope was never acknowledged: after the reconnect it arrives again, byte
+    // for byte, and nothing else is resent.
+    let (mut conn, join) = relay.admit(&owner).await?;
+    assert_eq!(join.history_after, 0);
+    let resent = read_sends(&mut conn, 1).await?;
+    assert_eq!(resent, vec![first[1].clone()]);
+    conn.send(&[RelayMessage::Ack { counter: counter(&first[1])?, seq: 2 }]).await?;
+    let sent = next_matching(&mut client.events, |e| match e {
+        Event::Sent { id, seq } => Some((*id, *seq)),
+        _ => None,
+    })
+    .await?;
+    assert_eq!(sent, (two, 2));
+    match timeout(LIMIT, client.handle.close(Duration::from_secs(5))).await? {
+        SessionEnd::Closed { unacknowledged: 0 } => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(timeout(Duration::from_millis(300), conn.recv()).await.map(|r| r.is_err()).unwrap_or(true));
+    Ok(())
+}
+
+#[tokio::test]
+async fn duplicates_are_dropped_replays_rejected_and_errors_matched_to_sends() -> TestResult {
+    let relay = FakeRelay::new().await?;
+    let owner = Identity::generate();
+    let relay_key = *relay.key.public();
+    let cfg = config(&relay, RelayPin::default());
+    let (client, admitted) = tokio::join!(start(cfg), relay.admit(&owner));
+    let (mut client, (mut conn, _)) = (client?, admitted?);
+    let keys = client.keys.cached(&relay_key).ok_or("keys derived")?;
+    let room = RoomName::new("general")?;
+    let bob = Identity::generate();
+    let content = |body: &str| Content {
+        timestamp_ms: 1,
+        kind: ContentKind::Text,
+        nick: Nick::new("bob").unwrap(),
+        body: body.into(),
+    };
+    let e1 = seal(&keys.message_key, &bob, &room, 100, &content("first"))?;
+    let e2 = seal(&keys.message_key, &bob, &room, 101, &content("second"))?;
+    let deliver =
+        |seq, envelope: &Vec<u8>| RelayMessage::Deliver { seq, history: false, envelope: envelope.clone() };
+    conn.send(&[deliver(1, &e1), deliver(1, &e1), deliver(2, &e1), deliver(3, &e2)]).await?;
+    conn.send(&[RelayMessage::Ping { token: 77 }]).await?;
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let e = timeout(LIMIT, client.events.recv()).await?.ok_or("ended")?;
+        match e {
+            Event::Message(m) => seen.push(format!("message {} {}", m.seq, m.body)),
+            Event::Rejected(Rejected::Replayed { seq, counter, highest, .. }) => {
+                seen.push(format!("replay {seq} {counter} {highest}"))
+            }
+            Event::Rejected(other) => seen.push(format!("{other:?}")),
+            _ => {}
+        }
+    }
+    assert_eq!(seen, ["message 1 first", "replay 2 100 100", "message 3 second"]);
+    let pong = timeout(LIMIT, conn.recv()).await??;
+    assert_eq!(pong, vec![ClientMessage::Pong { token: 77 }]);
+
+    let id = client.handle.send(ContentKind::Text, "too fast").await?;
+    read_sends(&mut conn, 1).await?;
+    conn.send(&[
+        RelayMessage::Error { code: ErrorCode::NotOwner, detail: "only the owner may kick".into() },
+        RelayMessage::Error { code: ErrorCode::RateLimited, detail: "rate limit".into() },
+    ])
+    .await?;
+    let failed = next_matching(&mut client.events, |e| match e {
+        Event::SendFailed { id, code, .. } => Some((*id, *code)),
+        _ => None,
+    })
+    .await?;
+    assert_eq!(failed, (id, ErrorCode::RateLimited));
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_pinged_and_a_silent_one_replaced() -> TestResult {
+    let relay = FakeRelay::new().await?;
+    let owner = Identity::generate();
+    let mut cfg = config(&relay, RelayPin::default());
+    cfg.limits.ping_after = Duration::from_millis(100);
+    cfg.limits.dead_after = Duration::from_millis(600);
+    let (client, admitted) = tokio::join!(start(cfg), relay.admit(&owner));
+    let (mut client, (mut conn, _)) = (client?, admitted?);
+    // Nothing to say: the client pings; the relay stays silent and the client gives up on
+    // the connection and joins again on a new one.
+    let ping = timeout(LIMIT, conn.recv()).await??;
+    assert!(matches!(ping.as_slice(), [ClientMessage::Ping { .. }]), "{ping:?}");
+    let reason = next_matching(&mut client.events, |e| match e {
+        Event::State(chatroom_client::session::ConnState::Reconnecting { reason, .. }) => {
+            Some(reason.clone())
+        }
+        _ => None,
+    })
+    .await?;
+    assert!(reason.contains("no traffic from the relay"), "{reason}");
+    let (_conn2, join) = timeout(LIMIT, relay.admit(&owner)).await??;
+    assert_eq!(join.nick.as_str(), "alice");
+    next_matching(&mut client.events, |e| matches!(e, Event::Joined { rejoin: true, .. }).then_some(()))
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_first_join_lost_while_deriving_the_key_is_tried_once_more() -> TestResult {
+    let relay = FakeRelay::new().await?;
+    let owner = Identity::generate();
+    let cfg = config(&relay, RelayPin::default());
+    let server = async {
+        // The relay gives up on the first connection (as after its join deadline) ...
+        let mut first = relay.accept().await?;
+        first.recv().await?;
+        first
+            .send(&[RelayMessage::Goodbye { code: ErrorCode::HandshakeTimeout, detail: "too slow".into() }])
+            .await?;
+        drop(first);
+        // ... and admits the second, which no longer needs to derive anything.
+        relay.admit(&owner).await
+    };
+    let (client, admitted) = tokio::join!(start(cfg), server);
+    let (mut client, _) = (client?, admitted?);
+    let derivations = std::iter::from_fn(|| client.events.try_recv().ok())
+        .filter(|e| matches!(e, Event::KeyDerivation(chatroom_client::session::KdfProgress::Started(_))))
+        .count();
+    assert_eq!(derivations, 1);
+    Ok(())
+}
