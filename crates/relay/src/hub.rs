@@ -441,6 +441,14 @@ impl LocalRooms {
             if st.evicted {
                 return Ok(Err(join));
             }
+            // The password comes first: someone without it learns nothing about the room,
+            // not even which nicknames are bound or who is banned.
+            let verified = join.admit(&st.verifier).map_err(|_| {
+                Refusal::new(
+                    ErrorCode::WrongPassword,
+                    "wrong room password; check the password or the invite",
+                )
+            })?;
             if st.bans.contains(&identity) {
                 return Err(Refusal::new(ErrorCode::Banned, "you are banned from this room"));
             }
@@ -450,19 +458,13 @@ impl LocalRooms {
                         ErrorCode::NickTaken,
                         format!(
                         "the nickname {} belongs to another identity in this room; choose another nickname",
-                        join.request().nick
+                        verified.nick()
                     ),
                     ))
                 }
                 Some(_) => false,
                 None => true,
             };
-            let verified = join.admit(&st.verifier).map_err(|_| {
-                Refusal::new(
-                    ErrorCode::WrongPassword,
-                    "wrong room password; check the password or the invite",
-                )
-            })?;
             if bind {
                 // Reserved now, so a concurrent join with the same nickname is refused.
                 st.nicks.insert(canonical.clone(), identity);
