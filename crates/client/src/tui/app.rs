@@ -8,7 +8,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use chatroom_client::commands::{parse_line, Command, Input as Line, InputError, HELP};
-use chatroom_client::crypto::{ContentKind, KdfParams, Nick, PresenceEvent};
+use chatroom_client::crypto::{ContentKind, KdfParams, Nick, PresenceEvent, PublicIdentity};
 use chatroom_client::display::neutralize;
 use chatroom_client::session::{ConnState, Event, KdfProgress, MemberInfo};
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseEvent, MouseEventKind};
@@ -175,6 +175,8 @@ pub(crate) struct App {
     pub(crate) safety_code: Option<String>,
     /// Members, sorted by nickname.
     pub(crate) members: Vec<MemberInfo>,
+    /// The room owner's identity, once joined.
+    owner: Option<PublicIdentity>,
     /// The input line.
     pub(crate) editor: LineEditor,
     /// The latest security warning not yet dismissed, and how many arrived since dismissal.
@@ -229,6 +231,7 @@ impl App {
             relay_fingerprint: None,
             safety_code: None,
             members: Vec::new(),
+            owner: None,
             editor: LineEditor::default(),
             alert: None,
             scroll: 0,
@@ -393,7 +396,8 @@ impl App {
                     self.notice(NoticeKind::Info, &line);
                 }
             }
-            Event::Joined { safety_code, relay_fingerprint, rejoin, .. } => {
+            Event::Joined { safety_code, relay_fingerprint, rejoin, owner, .. } => {
+                self.owner = Some(owner);
                 self.safety_code = Some(neutralize(&safety_code));
                 self.relay_fingerprint = Some(neutralize(&relay_fingerprint));
                 self.history_seen = 0;
@@ -450,7 +454,8 @@ impl App {
                     PresenceEvent::Joined => {
                         list.retain(|m| !m.nick.same_as(&nick));
                         if list.len() < chatroom_client::session::MAX_MEMBERS {
-                            list.push(MemberInfo { nick, identity, owner: false, me: false });
+                            let owner = self.owner == Some(identity);
+                            list.push(MemberInfo { nick, identity, owner, me: false });
                         }
                     }
                     PresenceEvent::Left | PresenceEvent::Kicked | PresenceEvent::Banned => {
@@ -615,7 +620,6 @@ impl App {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chatroom_client::crypto::PublicIdentity;
 
     fn app() -> App {
         App::with_clock("127.0.0.1:7777", "lobby", "alice", |_| "12:00".into(), || 0)
@@ -683,6 +687,14 @@ mod tests {
     #[test]
     fn presence_updates_the_member_list_and_tab_completes_from_it() {
         let mut app = app();
+        app.on_event(Event::Joined {
+            created: false,
+            owner: PublicIdentity([2; 32]),
+            owner_is_me: false,
+            safety_code: "1".into(),
+            relay_fingerprint: "ab".into(),
+            rejoin: false,
+        });
         let mut me = member("alice", 1);
         me.me = true;
         app.on_event(Event::Members(vec![member("zoe", 3), me]));
@@ -693,6 +705,7 @@ mod tests {
         });
         let nicks: Vec<&str> = app.members.iter().map(|m| m.nick.as_str()).collect();
         assert_eq!(nicks, ["alice", "Bob", "zoe"]);
+        assert!(app.members[1].owner, "a member who joins later is marked owner from the join's owner key");
         for c in "b".chars() {
             app.on_key(key(KeyCode::Char(c)));
         }

@@ -181,37 +181,41 @@ fn conn_text(conn: &Conn) -> (String, bool) {
     }
 }
 
-/// The status bar: one row when everything fits, else two (the trust details on the second).
+/// Most rows the status bar takes on a narrow terminal.
+const STATUS_MAX_ROWS: usize = 3;
+
+/// The status bar: its parts packed into as few rows as the width allows (one on a wide
+/// terminal), so the safety code is never cut off.
 fn status_lines(app: &App, width: usize) -> Vec<Line<'static>> {
-    let sep = || Span::styled(" | ", colors::STATUS);
     let (state, good) = conn_text(&app.conn);
-    let mut first = vec![
-        Span::styled(format!(" {} @ {}", app.room, app.relay), colors::STATUS),
-        sep(),
+    let mut parts = vec![
+        Span::styled(format!("{} @ {}", app.room, app.relay), colors::STATUS),
         Span::styled(state, if good { colors::STATUS } else { colors::STATUS_BAD }),
     ];
-    let mut trust = Vec::new();
     if let Some(fp) = &app.relay_fingerprint {
-        trust.push(Span::styled(format!("relay {}", short_hex(fp)), colors::STATUS));
+        parts.push(Span::styled(format!("relay {}", short_hex(fp)), colors::STATUS));
     }
     if let Some(code) = &app.safety_code {
-        if !trust.is_empty() {
-            trust.push(sep());
+        parts.push(Span::styled(format!("safety {code}"), colors::STATUS));
+    }
+    let mut rows: Vec<Vec<Span<'static>>> = Vec::new();
+    let mut used = 0;
+    for part in parts {
+        let w = part.width();
+        let full = rows.len() >= STATUS_MAX_ROWS;
+        match rows.last_mut() {
+            Some(row) if used + 3 + w <= width || full => {
+                row.push(Span::styled(" | ", colors::STATUS));
+                row.push(part);
+                used += 3 + w;
+            }
+            _ => {
+                rows.push(vec![Span::styled(" ", colors::STATUS), part]);
+                used = 1 + w;
+            }
         }
-        trust.push(Span::styled(format!("safety {code}"), colors::STATUS));
     }
-    let first_width: usize = first.iter().map(Span::width).sum();
-    let trust_width: usize = trust.iter().map(Span::width).sum();
-    if trust.is_empty() {
-        vec![Line::from(first).style(colors::STATUS)]
-    } else if first_width + 3 + trust_width <= width {
-        first.push(sep());
-        first.extend(trust);
-        vec![Line::from(first).style(colors::STATUS)]
-    } else {
-        trust.insert(0, Span::styled(" ", colors::STATUS));
-        vec![Line::from(first).style(colors::STATUS), Line::from(trust).style(colors::STATUS)]
-    }
+    rows.into_iter().map(|r| Line::from(r).style(colors::STATUS)).collect()
 }
 
 fn draw_rows(buf: &mut Buffer, area: Rect, rows: &[Line<'_>]) {
@@ -485,8 +489,8 @@ mod tests {
                 "12:00 * bob waves                                     |  bob",
                 "                                                      |",
                 "                                                      |",
-                " lobby @ 127.0.0.1:7777 | connected",
-                " relay ab12 cd34 ef56 7890 | safety 04821 99310 12345 67890 11111",
+                " lobby @ 127.0.0.1:7777 | connected | relay ab12 cd34 ef56 7890",
+                " safety 04821 99310 12345 67890 11111",
                 "[alice] hello",
             ]
         );
@@ -551,7 +555,8 @@ mod tests {
         app.on_event(message("bob", "日本語のテキストと絵文字👩‍👩‍👧🎉が混ざった長い行 مرحبا بالعالم"));
         let terminal = draw(&mut app, 60, 8)?;
         let rows = screen(&terminal);
-        for y in 0..5 {
+        assert_eq!(rows[6], " safety 04821 99310 12345 67890 11111", "never cut off: {rows:#?}");
+        for y in 0..4 {
             // The member list's rule stays in column 42 on every row.
             assert_eq!(terminal.backend().buffer()[(42, y)].symbol(), "|", "{rows:#?}");
         }
