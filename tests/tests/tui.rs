@@ -184,3 +184,63 @@ fn full_screen_ui_joins_chats_and_restores_the_terminal() -> TestResult {
     assert!(bob.wait()?.success());
     Ok(())
 }
+
+#[test]
+fn a_refused_first_join_leaves_the_full_screen_and_prints_why() -> TestResult {
+    let relay_dir = tempfile::tempdir()?;
+    let relay = Relay::start(relay_dir.path())?;
+    let (owner_home, alice_home) = (Home::new()?, Home::new()?);
+    let owner_pw = owner_home.password_file("pw", "correct horse battery staple")?;
+    let wrong_pw = alice_home.password_file("pw", "not the room password")?;
+    let modes = tempfile::tempdir()?;
+    let (before, after) = (modes.path().join("before"), modes.path().join("after"));
+
+    let mut owner = owner_home.spawn(
+        "owner",
+        &[
+            "--relay",
+            &relay.address(),
+            "--room",
+            "lobby",
+            "--nick",
+            "owner",
+            "--create",
+            "--password-file",
+            owner_pw.to_str().ok_or("path")?,
+        ],
+    )?;
+    owner.stderr.expect("end of history; now live")?;
+
+    let tmux = Tmux::start()?;
+    tmux.wait_for(&[PROMPT])?;
+    let command = format!(
+        "stty -g > {before}; {chatroom} {invite} --nick alice --password-file {pw} --data-dir {data} \
+         --config {config}; echo \"exit=$?\"; stty -g > {after}",
+        before = quoted(&before)?,
+        chatroom = quoted(&bin("chatroom"))?,
+        invite = relay.invite("lobby"),
+        pw = quoted(&wrong_pw)?,
+        data = quoted(&alice_home.data_dir())?,
+        config = quoted(&alice_home.config())?,
+        after = quoted(&after)?,
+    );
+    tmux.type_line(&command)?;
+    let screen = tmux.wait_for(&["exit=1"])?;
+    assert!(screen.contains("chatroom: error: "), "the reason is printed on the normal screen:\n{screen}");
+    assert!(screen.to_lowercase().contains("password"), "{screen}");
+    let deadline = Instant::now() + SCREEN_WAIT;
+    while !after.exists() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
+    thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        fs::read_to_string(&before)?,
+        fs::read_to_string(&after)?,
+        "terminal modes (stty -g) restored"
+    );
+    assert_eq!(tmux.flag("alternate_on")?, "0");
+    assert_eq!(tmux.flag("cursor_flag")?, "1");
+    owner.close_stdin();
+    assert!(owner.wait()?.success());
+    Ok(())
+}

@@ -204,8 +204,18 @@ mod tests {
     }
 
     #[test]
-    fn restore_without_taking_over_does_nothing() {
-        // Must not touch the terminal of whoever runs the tests.
+    fn a_panic_restores_the_terminal_before_its_message_and_restore_runs_once() {
+        // Without the full screen, restoring does nothing (and leaves this terminal alone).
+        restore();
+        assert!(!ACTIVE.load(Ordering::SeqCst));
+        install_panic_hook();
+        // As if the full screen were on. The hook writes the mode resets to stdout, which is
+        // harmless here; raw mode was never set, so there is none to undo.
+        ACTIVE.store(true, Ordering::SeqCst);
+        let result = std::panic::catch_unwind(|| panic!("a bug in the UI"));
+        assert!(result.is_err());
+        assert!(!ACTIVE.load(Ordering::SeqCst), "the hook restored the terminal");
+        assert!(panicked(), "the event loop is told to stop");
         restore();
         assert!(!ACTIVE.load(Ordering::SeqCst));
     }
