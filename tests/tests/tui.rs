@@ -159,6 +159,23 @@ fn full_screen_ui_joins_chats_and_restores_the_terminal() -> TestResult {
     bob.stdout.expect("<alice> hi bob there")?;
     tmux.wait_for(&["<alice> hi bob there"])?;
 
+    // A resize redraws at the new size, the layout intact.
+    tmux.run(&["resize-window", "-t", "chat", "-x", "64", "-y", "20"])?;
+    let deadline = Instant::now() + SCREEN_WAIT;
+    let screen = loop {
+        let screen = tmux.screen()?;
+        let rows: Vec<&str> = screen.lines().collect();
+        let rule_at_46 = rows.iter().take(5).all(|r| r.chars().nth(46) == Some('|'));
+        if rule_at_46 && screen.contains("safety ") && screen.contains("<alice> hi bob there") {
+            break screen;
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("no redraw at 64x20:\n{screen}").into());
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert!(screen.lines().all(|l| l.chars().count() <= 64), "{screen}");
+
     // /quit leaves cleanly and gives the terminal back exactly as it was.
     tmux.type_line("/quit")?;
     let screen = tmux.wait_for(&["exit=0"])?;
@@ -172,7 +189,10 @@ fn full_screen_ui_joins_chats_and_restores_the_terminal() -> TestResult {
     assert!(modes_before.contains(':'), "stty -g recorded the modes: {modes_before:?}");
     assert_eq!(modes_before, fs::read_to_string(&after)?, "terminal modes (stty -g) restored");
     assert!(!screen.contains("members"), "the UI is gone from the screen:\n{screen}");
-    assert!(screen.contains("--nick alice --create"), "the shell's screen is back:\n{screen}");
+    assert!(
+        screen.contains("-!- created a new identity"),
+        "what the shell's screen showed before the UI is back:\n{screen}"
+    );
     let last = screen.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
     assert_eq!(last.trim_end(), PROMPT, "the shell prompt is back:\n{screen}");
     for (flag, want) in

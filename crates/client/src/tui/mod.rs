@@ -163,6 +163,7 @@ async fn event_loop(
     let mut queued: Vec<(ContentKind, String, u64)> = Vec::new();
     let mut failure: Option<String> = None;
     let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         if terminal::panicked() {
             return Ok(());
