@@ -159,14 +159,15 @@ fn short_hex(fingerprint: &str) -> String {
     hex.chunks(4).map(|c| c.iter().collect::<String>()).collect::<Vec<_>>().join(" ")
 }
 
-const SPINNER: [&str; 4] = ["|", "/", "-", "\\"];
+/// Frames of the key-derivation progress (no `|`, which separates the status bar's parts).
+const SPINNER: [&str; 4] = [".  ", ".. ", "...", "   "];
 
 fn conn_text(conn: &Conn) -> (String, bool) {
     match conn {
         Conn::Connecting => ("connecting".into(), false),
         Conn::Deriving { elapsed, .. } => {
             let frame = SPINNER[(elapsed.as_millis() / 100) as usize % SPINNER.len()];
-            (format!("deriving room key {frame} {:.1} s", elapsed.as_secs_f64()), false)
+            (format!("deriving room key{frame} {:.1} s", elapsed.as_secs_f64()), false)
         }
         Conn::Joining => ("joining".into(), false),
         Conn::CatchingUp => ("catching up".into(), true),
@@ -525,6 +526,29 @@ mod tests {
             "{rows:?}"
         );
         assert_eq!(terminal.backend().buffer()[(30, 2)].bg, Color::Red, "not connected: red");
+        Ok(())
+    }
+
+    #[test]
+    fn key_derivation_progress_is_shown() -> TestResult {
+        use chatroom_client::crypto::KdfParams;
+        use chatroom_client::session::KdfProgress;
+        let mut app = app();
+        app.on_event(Event::KeyDerivation(KdfProgress::Started(KdfParams::DEFAULT)));
+        app.on_event(Event::KeyDerivation(KdfProgress::Running(std::time::Duration::from_millis(1234))));
+        let terminal = draw(&mut app, 100, 4)?;
+        let rows = screen(&terminal);
+        assert!(
+            rows[0].starts_with("12:00 -!- deriving the room key (Argon2id m65536t3p1)...  "),
+            "{rows:#?}"
+        );
+        assert_eq!(rows[2], " lobby @ 127.0.0.1:7777 | deriving room key.   1.2 s");
+        assert!(app.animating(), "redrawn while it runs");
+        app.on_event(Event::KeyDerivation(KdfProgress::Done(std::time::Duration::from_millis(1300))));
+        let terminal = draw(&mut app, 100, 4)?;
+        let rows = screen(&terminal);
+        assert!(rows[1].starts_with("12:00 -!- room key ready (1.30 s)  "), "{rows:#?}");
+        assert_eq!(rows[2], " lobby @ 127.0.0.1:7777 | joining");
         Ok(())
     }
 
