@@ -671,6 +671,31 @@ mod tests {
     }
 
     #[test]
+    fn safety_shows_the_code_once_joined() {
+        let mut app = app();
+        assert_eq!(type_line(&mut app, "/safety"), Action::None);
+        app.on_event(Event::Joined {
+            created: true,
+            owner: PublicIdentity([1; 32]),
+            owner_is_me: true,
+            safety_code: "04821 99310 12345 67890 11111".into(),
+            relay_fingerprint: "ab".repeat(32),
+            rejoin: false,
+        });
+        type_line(&mut app, "/safety");
+        let texts: Vec<String> = app
+            .entries()
+            .filter_map(|e| match &e.body {
+                Body::Notice { text, .. } => Some(text.clone()),
+                _ => None,
+            })
+            .collect();
+        assert!(texts[0].starts_with("not joined yet"), "{texts:?}");
+        assert!(texts.contains(&"safety code: 04821 99310 12345 67890 11111".to_owned()), "{texts:?}");
+        assert!(texts.contains(&format!("relay fingerprint: {}", "ab".repeat(32))), "{texts:?}");
+    }
+
+    #[test]
     fn own_messages_are_pending_until_acknowledged() {
         let mut app = app();
         let Action::Send { entry, .. } = type_line(&mut app, "one") else { panic!() };
