@@ -156,7 +156,8 @@ async fn event_loop(
     let signal_err = |e: io::Error| AppError::new(format!("cannot watch for signals: {e}"));
     let mut sigterm = signal(SignalKind::terminate()).map_err(signal_err)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(signal_err)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(signal_err)?;
+    // SIGINT is left alone: in raw mode Ctrl-C is a key, and at the "Create room?" question
+    // (asked outside the full screen) Ctrl-C must still end the program at once.
     let mut pending_start = Some(start_session(&start, &callbacks));
     let mut handle: Option<SessionHandle> = None;
     // Lines typed before the first join: sent once the session runs.
@@ -234,7 +235,6 @@ async fn event_loop(
             _ = tick.tick(), if app.animating() => Action::None,
             _ = sigterm.recv() => Action::Quit,
             _ = sighup.recv() => Action::Quit,
-            _ = sigint.recv() => Action::Quit,
         };
         match action {
             Action::None => {}
