@@ -74,6 +74,26 @@ impl Tmux {
         }
     }
 
+    /// Waits until the shell shows `needle` and then its prompt again on the last line, i.e.
+    /// the whole command line (including the `stty -g` after `chatroom`) has finished.
+    fn wait_for_shell(&self, needle: &str) -> Result<String, BoxError> {
+        let deadline = Instant::now() + SCREEN_WAIT;
+        loop {
+            let screen = self.screen()?;
+            let last = screen.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
+            if screen.contains(needle) && last.trim_end() == PROMPT {
+                return Ok(screen);
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "the shell did not show {needle:?} and its prompt within {SCREEN_WAIT:?}:\n{screen}"
+                )
+                .into());
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Types `text` literally, then presses Enter.
     fn type_line(&self, text: &str) -> Result<(), BoxError> {
         self.run(&["send-keys", "-t", "chat", "-l", text])?;
@@ -152,6 +172,11 @@ fn full_screen_ui_joins_chats_and_restores_the_terminal() -> TestResult {
     // Alice types; bob receives. The input line is not disturbed by incoming messages.
     tmux.run(&["send-keys", "-t", "chat", "-l", "hi b"])?;
     tmux.run(&["send-keys", "-t", "chat", "Tab"])?;
+    let screen = tmux.wait_for(&["[alice] hi bob"])?;
+    assert!(
+        screen.lines().any(|l| l.trim_end() == "[alice] hi bob"),
+        "Tab completed the nickname:\n{screen}"
+    );
     bob.line("while you type")?;
     let screen = tmux.wait_for(&["<bob> while you type"])?;
     assert!(screen.lines().any(|l| l.trim_end() == "[alice] hi bob"), "input line intact:\n{screen}");
@@ -178,13 +203,9 @@ fn full_screen_ui_joins_chats_and_restores_the_terminal() -> TestResult {
 
     // /quit leaves cleanly and gives the terminal back exactly as it was.
     tmux.type_line("/quit")?;
-    let screen = tmux.wait_for(&["exit=0"])?;
+    // The prompt comes back only after `stty -g > after` has run.
+    let screen = tmux.wait_for_shell("exit=0")?;
     bob.stderr.expect("alice left")?;
-    let deadline = Instant::now() + SCREEN_WAIT;
-    while !after.exists() && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(50));
-    }
-    thread::sleep(Duration::from_millis(100));
     let modes_before = fs::read_to_string(&before)?;
     assert!(modes_before.contains(':'), "stty -g recorded the modes: {modes_before:?}");
     assert_eq!(modes_before, fs::read_to_string(&after)?, "terminal modes (stty -g) restored");
@@ -193,8 +214,6 @@ fn full_screen_ui_joins_chats_and_restores_the_terminal() -> TestResult {
         screen.contains("-!- created a new identity"),
         "what the shell's screen showed before the UI is back:\n{screen}"
     );
-    let last = screen.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
-    assert_eq!(last.trim_end(), PROMPT, "the shell prompt is back:\n{screen}");
     for (flag, want) in
         [("alternate_on", "0"), ("cursor_flag", "1"), ("mouse_any_flag", "0"), ("mouse_sgr_flag", "0")]
     {
@@ -245,14 +264,9 @@ fn a_refused_first_join_leaves_the_full_screen_and_prints_why() -> TestResult {
         after = quoted(&after)?,
     );
     tmux.type_line(&command)?;
-    let screen = tmux.wait_for(&["exit=1"])?;
+    let screen = tmux.wait_for_shell("exit=1")?;
     assert!(screen.contains("chatroom: error: "), "the reason is printed on the normal screen:\n{screen}");
     assert!(screen.to_lowercase().contains("password"), "{screen}");
-    let deadline = Instant::now() + SCREEN_WAIT;
-    while !after.exists() && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(50));
-    }
-    thread::sleep(Duration::from_millis(100));
     assert_eq!(
         fs::read_to_string(&before)?,
         fs::read_to_string(&after)?,
