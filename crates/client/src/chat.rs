@@ -21,7 +21,7 @@ use crate::setup::{complete, resolve, Paths};
 /// How long end of input or `/quit` waits for the relay to acknowledge pending messages.
 pub(crate) const FLUSH_ON_EXIT: Duration = Duration::from_secs(10);
 
-fn warn_if_weak(password: &str, room: &str, nick: &str) {
+pub(crate) fn warn_if_weak(password: &str, room: &str, nick: &str) {
     let s = passphrase::strength(password, &[room, nick]);
     if s.is_weak() {
         eprintln!(
@@ -33,7 +33,7 @@ fn warn_if_weak(password: &str, room: &str, nick: &str) {
     }
 }
 
-fn new_password(input: &mut Input, first: Option<&str>) -> Result<Zeroizing<String>, AppError> {
+pub(crate) fn new_password(input: &mut Input, first: Option<&str>) -> Result<Zeroizing<String>, AppError> {
     let first = match first {
         Some(p) => Zeroizing::new(p.to_owned()),
         None => input.secret("New room password: ")?,
@@ -98,8 +98,20 @@ pub(crate) async fn run(cli: Cli, paths: Paths) -> Result<(), AppError> {
         Some(p) => format!("{relay} via {p}"),
         None => relay.to_string(),
     };
-    let ui = Arc::new(PlainUi::new(shown_relay, chat.plain));
     let identity = Arc::new(identity);
+    if crate::tui::wanted(chat.plain) {
+        let start = crate::tui::Start {
+            config,
+            keys,
+            identity,
+            relay_label: shown_relay,
+            password,
+            from_file,
+            input,
+        };
+        return crate::tui::run(start).await;
+    }
+    let ui = Arc::new(PlainUi::new(shown_relay, chat.plain));
     let handle = match Session::start(config.clone(), keys.clone(), identity.clone(), ui.clone()).await {
         Ok(h) => h,
         Err(e) if e.refusal() == Some(ErrorCode::NoSuchRoom) && !config.create => {

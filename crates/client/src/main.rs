@@ -9,6 +9,7 @@ mod plain;
 mod prompt;
 mod setup;
 mod subcommands;
+mod tui;
 
 use std::process::ExitCode;
 

@@ -1,0 +1,222 @@
+//! Taking over the terminal and giving it back exactly as it was: raw mode, the alternate
+//! screen, mouse wheel reports and a visible cursor are undone on every way out (normal exit,
+//! error, and panic, whose hook restores the terminal before the panic message is printed).
+//! Terminal events are read on a thread of their own.
+
+use std::fmt;
+use std::io::{self, Stdout, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Once};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossterm::cursor::Show;
+use crossterm::event::Event as TermEvent;
+use crossterm::terminal::{disable_raw_mode, enable_raw_mode, EnterAlternateScreen, LeaveAlternateScreen};
+use crossterm::{execute, Command};
+use ratatui::backend::CrosstermBackend;
+use ratatui::Terminal;
+use tokio::sync::mpsc;
+
+/// The terminal is in full-screen mode.
+static ACTIVE: AtomicBool = AtomicBool::new(false);
+/// A panic happened (and restored the terminal).
+static PANICKED: AtomicBool = AtomicBool::new(false);
+
+/// Mouse button reports (wheel included) in SGR encoding, without motion tracking: the wheel
+/// scrolls, and moving the mouse costs nothing.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WheelReports(pub(crate) bool);
+
+impl Command for WheelReports {
+    fn write_ansi(&self, f: &mut impl fmt::Write) -> fmt::Result {
+        if self.0 {
+            f.write_str("\x1b[?1000h\x1b[?1006h")
+        } else {
+            f.write_str("\x1b[?1006l\x1b[?1000l")
+        }
+    }
+
+    #[cfg(windows)]
+    fn execute_winapi(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn enter_modes(out: &mut impl Write) -> io::Result<()> {
+    execute!(out, EnterAlternateScreen, WheelReports(true))
+}
+
+fn leave_modes(out: &mut impl Write) -> io::Result<()> {
+    execute!(out, WheelReports(false), LeaveAlternateScreen, Show)
+}
+
+/// Gives the terminal back, once; safe to call from anywhere, any number of times.
+pub(crate) fn restore() {
+    if ACTIVE.swap(false, Ordering::SeqCst) {
+        let _ = leave_modes(&mut io::stdout());
+        let _ = disable_raw_mode();
+    }
+}
+
+/// Whether a panic happened since the UI started.
+pub(crate) fn panicked() -> bool {
+    PANICKED.load(Ordering::SeqCst)
+}
+
+fn install_panic_hook() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            restore();
+            PANICKED.store(true, Ordering::SeqCst);
+            previous(info);
+        }));
+    });
+}
+
+/// Reads terminal events on a thread and hands them over; stops within `POLL` when asked.
+#[derive(Debug)]
+struct Reader {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// How often the reader thread checks whether to stop.
+const POLL: Duration = Duration::from_millis(50);
+
+impl Reader {
+    fn start(tx: mpsc::Sender<TermEvent>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::SeqCst) {
+                match crossterm::event::poll(POLL) {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(_) => break,
+                }
+                if flag.load(Ordering::SeqCst) {
+                    break;
+                }
+                match crossterm::event::read() {
+                    Ok(event) => {
+                        if tx.blocking_send(event).is_err() {
+                            break;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+        });
+        Self { stop, thread: Some(thread) }
+    }
+
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The full-screen terminal and its event reader. Dropping it restores the terminal.
+pub(crate) struct Screen {
+    pub(crate) terminal: Terminal<CrosstermBackend<Stdout>>,
+    reader: Reader,
+    tx: mpsc::Sender<TermEvent>,
+}
+
+impl fmt::Debug for Screen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Screen")
+    }
+}
+
+impl Screen {
+    /// Takes over the terminal; terminal events arrive on the returned receiver (closed when
+    /// the terminal goes away).
+    pub(crate) fn enter() -> io::Result<(Self, mpsc::Receiver<TermEvent>)> {
+        install_panic_hook();
+        let (tx, rx) = mpsc::channel(256);
+        take_over()?;
+        let terminal = match Terminal::new(CrosstermBackend::new(io::stdout())) {
+            Ok(t) => t,
+            Err(e) => {
+                restore();
+                return Err(e);
+            }
+        };
+        let reader = Reader::start(tx.clone());
+        Ok((Self { terminal, reader, tx }, rx))
+    }
+
+    /// Gives the terminal back for a while (to ask a question on the normal screen).
+    pub(crate) fn suspend(&mut self) {
+        self.reader.stop();
+        restore();
+    }
+
+    /// Takes the terminal over again after `suspend`.
+    pub(crate) fn resume(&mut self) -> io::Result<()> {
+        take_over()?;
+        self.terminal.clear()?;
+        self.reader = Reader::start(self.tx.clone());
+        Ok(())
+    }
+}
+
+fn take_over() -> io::Result<()> {
+    enable_raw_mode()?;
+    ACTIVE.store(true, Ordering::SeqCst);
+    if let Err(e) = enter_modes(&mut io::stdout()) {
+        restore();
+        return Err(e);
+    }
+    Ok(())
+}
+
+impl Drop for Screen {
+    fn drop(&mut self) {
+        self.reader.stop();
+        restore();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leaving_undoes_every_mode_entering_sets() -> Result<(), Box<dyn std::error::Error>> {
+        let (mut on, mut off) = (Vec::new(), Vec::new());
+        enter_modes(&mut on)?;
+        leave_modes(&mut off)?;
+        let (on, off) = (String::from_utf8(on)?, String::from_utf8(off)?);
+        assert_eq!(on, "\x1b[?1049h\x1b[?1000h\x1b[?1006h");
+        assert_eq!(off, "\x1b[?1006l\x1b[?1000l\x1b[?1049l\x1b[?25h");
+        for set in on.split('\x1b').filter(|s| !s.is_empty()) {
+            let reset = format!("\x1b{}l", set.trim_end_matches('h'));
+            assert!(off.contains(&reset), "{set:?} is not undone");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_panic_restores_the_terminal_before_its_message_and_restore_runs_once() {
+        // Without the full screen, restoring does nothing (and leaves this terminal alone).
+        restore();
+        assert!(!ACTIVE.load(Ordering::SeqCst));
+        install_panic_hook();
+        // As if the full screen were on. The hook writes the mode resets to stdout, which is
+        // harmless here; raw mode was never set, so there is none to undo.
+        ACTIVE.store(true, Ordering::SeqCst);
+        let result = std::panic::catch_unwind(|| panic!("a bug in the UI"));
+        assert!(result.is_err());
+        assert!(!ACTIVE.load(Ordering::SeqCst), "the hook restored the terminal");
+        assert!(panicked(), "the event loop is told to stop");
+        restore();
+        assert!(!ACTIVE.load(Ordering::SeqCst));
+    }
+}

@@ -1,0 +1,280 @@
+//! End to end: the full-screen UI of the real `chatroom` binary, inside a real terminal
+//! (`tmux`, Debian package `tmux`), against a real `chatroom-relay` on 127.0.0.1, with a second
+//! member in line mode. Keys are typed with `tmux send-keys`; the screen is read with
+//! `tmux capture-pane`. The tmux server has its own socket and is killed at the end.
+
+use std::error::Error;
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use chatroom_e2e::{bin, Home, Relay};
+
+type TestResult = Result<(), Box<dyn Error + Send + Sync>>;
+type BoxError = Box<dyn Error + Send + Sync>;
+
+/// How long one expected screen may take to appear.
+const SCREEN_WAIT: Duration = Duration::from_secs(15);
+/// The shell prompt inside tmux (the screen capture drops the trailing space).
+const PROMPT: &str = "tuitest$";
+
+/// A tmux server on a socket of its own, with one 100x30 window running `sh`.
+struct Tmux {
+    socket: String,
+    /// The socket file, removed at the end (tmux leaves it behind).
+    socket_path: Option<String>,
+}
+
+impl Tmux {
+    fn start() -> Result<Self, BoxError> {
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH)?.subsec_nanos();
+        let mut tmux =
+            Self { socket: format!("chatroom-e2e-{}-{nanos}", std::process::id()), socket_path: None };
+        let shell = format!("env PS1='{PROMPT} ' sh -i");
+        tmux.run(&["-f", "/dev/null", "new-session", "-d", "-s", "chat", "-x", "100", "-y", "30", &shell])
+            .map_err(|e| format!("{e}; install tmux with `apt-get install -y tmux` (.ci/run does)"))?;
+        tmux.socket_path = Some(tmux.flag("socket_path")?);
+        Ok(tmux)
+    }
+
+    fn run(&self, args: &[&str]) -> Result<String, BoxError> {
+        let out = Command::new("tmux").arg("-L").arg(&self.socket).args(args).output()?;
+        if !out.status.success() {
+            return Err(format!("tmux {args:?} failed: {}", String::from_utf8_lossy(&out.stderr)).into());
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    /// The visible screen, one line per row.
+    fn screen(&self) -> Result<String, BoxError> {
+        self.run(&["capture-pane", "-p", "-t", "chat"])
+    }
+
+    /// A pane format variable, e.g. `alternate_on`.
+    fn flag(&self, name: &str) -> Result<String, BoxError> {
+        Ok(self.run(&["display-message", "-p", "-t", "chat", &format!("#{{{name}}}")])?.trim().to_owned())
+    }
+
+    /// Waits until the screen shows every one of `needles`; returns the screen.
+    fn wait_for(&self, needles: &[&str]) -> Result<String, BoxError> {
+        let deadline = Instant::now() + SCREEN_WAIT;
+        loop {
+            let screen = self.screen()?;
+            if needles.iter().all(|n| screen.contains(n)) {
+                return Ok(screen);
+            }
+            if Instant::now() >= deadline {
+                return Err(
+                    format!("the screen did not show {needles:?} within {SCREEN_WAIT:?}:\n{screen}").into()
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until the shell shows `needle` and then its prompt again on the last line, i.e.
+    /// the whole command line (including the `stty -g` after `chatroom`) has finished.
+    fn wait_for_shell(&self, needle: &str) -> Result<String, BoxError> {
+        let deadline = Instant::now() + SCREEN_WAIT;
+        loop {
+            let screen = self.screen()?;
+            let last = screen.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
+            if screen.contains(needle) && last.trim_end() == PROMPT {
+                return Ok(screen);
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "the shell did not show {needle:?} and its prompt within {SCREEN_WAIT:?}:\n{screen}"
+                )
+                .into());
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Types `text` literally, then presses Enter.
+    fn type_line(&self, text: &str) -> Result<(), BoxError> {
+        self.run(&["send-keys", "-t", "chat", "-l", text])?;
+        self.run(&["send-keys", "-t", "chat", "Enter"])?;
+        Ok(())
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux").arg("-L").arg(&self.socket).arg("kill-server").output();
+        if let Some(path) = &self.socket_path {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
+fn quoted(path: &Path) -> Result<String, BoxError> {
+    let s = path.to_str().ok_or("path is not UTF-8")?;
+    if s.contains('\'') {
+        return Err("path contains a quote".into());
+    }
+    Ok(format!("'{s}'"))
+}
+
+#[test]
+fn full_screen_ui_joins_chats_and_restores_the_terminal() -> TestResult {
+    let relay_dir = tempfile::tempdir()?;
+    let relay = Relay::start(relay_dir.path())?;
+    let (alice_home, bob_home) = (Home::new()?, Home::new()?);
+    let alice_pw = alice_home.password_file("pw", "correct horse battery staple")?;
+    let bob_pw = bob_home.password_file("pw", "correct horse battery staple")?;
+    let modes = tempfile::tempdir()?;
+    let (before, after) = (modes.path().join("before"), modes.path().join("after"));
+
+    let tmux = Tmux::start()?;
+    tmux.wait_for(&[PROMPT])?;
+    // Record the terminal modes before and after, to compare them.
+    let command = format!(
+        "stty -g > {before}; {chatroom} --relay {relay} --room lobby --nick alice --create --password-file {pw} \
+         --data-dir {data} --config {config}; echo \"exit=$?\"; stty -g > {after}",
+        before = quoted(&before)?,
+        chatroom = quoted(&bin("chatroom"))?,
+        relay = relay.address(),
+        pw = quoted(&alice_pw)?,
+        data = quoted(&alice_home.data_dir())?,
+        config = quoted(&alice_home.config())?,
+        after = quoted(&after)?,
+    );
+    tmux.type_line(&command)?;
+
+    // Joined: the status bar shows the room, the relay, the state, the relay fingerprint
+    // and the safety code; the member list shows alice as owner.
+    let screen = tmux.wait_for(&["| connected", "safety ", "1 member"])?;
+    let short_fp = &relay.fingerprint[..4];
+    assert!(screen.contains(&format!("lobby @ {}", relay.address())), "{screen}");
+    assert!(screen.contains(&format!("relay {short_fp} ")), "{screen}");
+    assert!(screen.contains("@alice"), "{screen}");
+    assert_eq!(tmux.flag("alternate_on")?, "1", "full screen on the alternate screen");
+
+    // A second member in line mode joins and talks.
+    let mut bob = bob_home.spawn(
+        "bob",
+        &[&relay.invite("lobby"), "--nick", "bob", "--password-file", bob_pw.to_str().ok_or("path")?],
+    )?;
+    bob.stderr.expect("end of history; now live")?;
+    let screen = tmux.wait_for(&["2 members", "bob joined"])?;
+    assert!(screen.lines().any(|l| l.trim_end().ends_with("|  bob")), "bob in the member list:\n{screen}");
+    bob.line("hello from bob")?;
+    bob.line("evil \u{1b}[2J\u{1b}]0;pwned\u{7} \u{202e}txet")?;
+    bob.line("/me waves")?;
+    let screen = tmux.wait_for(&["<bob> hello from bob", "* bob waves"])?;
+    assert!(screen.contains("<bob> evil ^[[2J^[]0;pwned^G <U+202E>txet"), "neutralised:\n{screen}");
+    assert!(screen.contains("2 members"), "the screen was not cleared by the escape sequence:\n{screen}");
+
+    // Alice types; bob receives. The input line is not disturbed by incoming messages.
+    tmux.run(&["send-keys", "-t", "chat", "-l", "hi b"])?;
+    tmux.run(&["send-keys", "-t", "chat", "Tab"])?;
+    let screen = tmux.wait_for(&["[alice] hi bob"])?;
+    assert!(
+        screen.lines().any(|l| l.trim_end() == "[alice] hi bob"),
+        "Tab completed the nickname:\n{screen}"
+    );
+    bob.line("while you type")?;
+    let screen = tmux.wait_for(&["<bob> while you type"])?;
+    assert!(screen.lines().any(|l| l.trim_end() == "[alice] hi bob"), "input line intact:\n{screen}");
+    tmux.type_line("there")?;
+    bob.stdout.expect("<alice> hi bob there")?;
+    tmux.wait_for(&["<alice> hi bob there"])?;
+
+    // A resize redraws at the new size, the layout intact.
+    tmux.run(&["resize-window", "-t", "chat", "-x", "64", "-y", "20"])?;
+    let deadline = Instant::now() + SCREEN_WAIT;
+    let screen = loop {
+        let screen = tmux.screen()?;
+        let rows: Vec<&str> = screen.lines().collect();
+        let rule_at_46 = rows.iter().take(5).all(|r| r.chars().nth(46) == Some('|'));
+        if rule_at_46 && screen.contains("safety ") && screen.contains("<alice> hi bob there") {
+            break screen;
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("no redraw at 64x20:\n{screen}").into());
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert!(screen.lines().all(|l| l.chars().count() <= 64), "{screen}");
+
+    // /quit leaves cleanly and gives the terminal back exactly as it was.
+    tmux.type_line("/quit")?;
+    // The prompt comes back only after `stty -g > after` has run.
+    let screen = tmux.wait_for_shell("exit=0")?;
+    bob.stderr.expect("alice left")?;
+    let modes_before = fs::read_to_string(&before)?;
+    assert!(modes_before.contains(':'), "stty -g recorded the modes: {modes_before:?}");
+    assert_eq!(modes_before, fs::read_to_string(&after)?, "terminal modes (stty -g) restored");
+    assert!(!screen.contains("members"), "the UI is gone from the screen:\n{screen}");
+    assert!(
+        screen.contains("-!- created a new identity"),
+        "what the shell's screen showed before the UI is back:\n{screen}"
+    );
+    for (flag, want) in
+        [("alternate_on", "0"), ("cursor_flag", "1"), ("mouse_any_flag", "0"), ("mouse_sgr_flag", "0")]
+    {
+        assert_eq!(tmux.flag(flag)?, want, "{flag}");
+    }
+    bob.close_stdin();
+    assert!(bob.wait()?.success());
+    Ok(())
+}
+
+#[test]
+fn a_refused_first_join_leaves_the_full_screen_and_prints_why() -> TestResult {
+    let relay_dir = tempfile::tempdir()?;
+    let relay = Relay::start(relay_dir.path())?;
+    let (owner_home, alice_home) = (Home::new()?, Home::new()?);
+    let owner_pw = owner_home.password_file("pw", "correct horse battery staple")?;
+    let wrong_pw = alice_home.password_file("pw", "not the room password")?;
+    let modes = tempfile::tempdir()?;
+    let (before, after) = (modes.path().join("before"), modes.path().join("after"));
+
+    let mut owner = owner_home.spawn(
+        "owner",
+        &[
+            "--relay",
+            &relay.address(),
+            "--room",
+            "lobby",
+            "--nick",
+            "owner",
+            "--create",
+            "--password-file",
+            owner_pw.to_str().ok_or("path")?,
+        ],
+    )?;
+    owner.stderr.expect("end of history; now live")?;
+
+    let tmux = Tmux::start()?;
+    tmux.wait_for(&[PROMPT])?;
+    let command = format!(
+        "stty -g > {before}; {chatroom} {invite} --nick alice --password-file {pw} --data-dir {data} \
+         --config {config}; echo \"exit=$?\"; stty -g > {after}",
+        before = quoted(&before)?,
+        chatroom = quoted(&bin("chatroom"))?,
+        invite = relay.invite("lobby"),
+        pw = quoted(&wrong_pw)?,
+        data = quoted(&alice_home.data_dir())?,
+        config = quoted(&alice_home.config())?,
+        after = quoted(&after)?,
+    );
+    tmux.type_line(&command)?;
+    let screen = tmux.wait_for_shell("exit=1")?;
+    assert!(screen.contains("chatroom: error: "), "the reason is printed on the normal screen:\n{screen}");
+    assert!(screen.to_lowercase().contains("password"), "{screen}");
+    assert_eq!(
+        fs::read_to_string(&before)?,
+        fs::read_to_string(&after)?,
+        "terminal modes (stty -g) restored"
+    );
+    assert_eq!(tmux.flag("alternate_on")?, "0");
+    assert_eq!(tmux.flag("cursor_flag")?, "1");
+    owner.close_stdin();
+    assert!(owner.wait()?.success());
+    Ok(())
+}
