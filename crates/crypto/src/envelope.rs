@@ -62,7 +62,7 @@ pub struct Content {
 }
 
 impl Content {
-    fn encode(&self) -> Result<Zeroizing<Vec<u8>>, DecodeError> {
+    pub(crate) fn encode(&self) -> Result<Zeroizing<Vec<u8>>, DecodeError> {
         if self.body.len() > MAX_BODY_LEN {
             return Err(DecodeError::TooLong {
                 what: "message body",
@@ -193,19 +193,32 @@ pub fn seal_with(
     content: &Content,
     rng: &mut impl CryptoRngCore,
 ) -> Result<Vec<u8>, DecodeError> {
-    let plaintext = content.encode()?;
     let mut nonce = [0u8; 24];
     rng.fill_bytes(&mut nonce);
+    seal_with_nonce(key, sender, room, counter, content, &nonce)
+}
+
+/// Seals with a caller-chosen nonce. Only for test vectors: a repeated nonce under one key
+/// breaks confidentiality.
+pub(crate) fn seal_with_nonce(
+    key: &MessageKey,
+    sender: &Identity,
+    room: &RoomName,
+    counter: u64,
+    content: &Content,
+    nonce: &[u8; 24],
+) -> Result<Vec<u8>, DecodeError> {
+    let plaintext = content.encode()?;
     let mut out = Vec::with_capacity(HEADER_LEN + plaintext.len() + TAG_LEN + SIG_LEN);
     put_u8(&mut out, ENVELOPE_VERSION);
     out.extend_from_slice(&sender.public().0);
     put_u64(&mut out, counter);
-    out.extend_from_slice(&nonce);
+    out.extend_from_slice(nonce);
     let ad = associated_data(room, &out);
     let cipher = XChaCha20Poly1305::new((&key.0).into());
     // Encryption fails only for plaintexts beyond 2^38 bytes; ours are at most a few KiB.
     let ciphertext =
-        cipher.encrypt(XNonce::from_slice(&nonce), Payload { msg: &plaintext, aad: &ad }).map_err(|_| {
+        cipher.encrypt(XNonce::from_slice(nonce), Payload { msg: &plaintext, aad: &ad }).map_err(|_| {
             DecodeError::TooLong { what: "message body", len: plaintext.len(), max: MAX_BODY_LEN }
         })?;
     out.extend_from_slice(&ciphertext);

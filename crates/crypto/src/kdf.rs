@@ -217,6 +217,17 @@ pub fn derive_room_keys(
     room: &RoomName,
     params: KdfParams,
 ) -> Result<RoomKeys, KdfError> {
+    let master = derive_master(password, relay_key, room, params)?;
+    Ok(split_master(&master))
+}
+
+/// Argon2id (version 0x13, 32-byte output) of the password under the room salt.
+pub(crate) fn derive_master(
+    password: &[u8],
+    relay_key: &[u8; 32],
+    room: &RoomName,
+    params: KdfParams,
+) -> Result<Zeroizing<[u8; 32]>, KdfError> {
     let params = params.validate()?;
     let salt = room_salt(relay_key, room, params);
     let argon_params = Params::new(params.m_kib, params.t, params.p, Some(32))
@@ -226,7 +237,7 @@ pub fn derive_room_keys(
     argon
         .hash_password_into(password, &salt, master.as_mut())
         .map_err(|e| KdfError::Argon2(e.to_string()))?;
-    Ok(split_master(&master))
+    Ok(master)
 }
 
 /// HKDF-SHA256 with salt `"chatroom/1"` over the master key; one `info` label per subkey.
