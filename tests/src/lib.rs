@@ -20,6 +20,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub mod liar;
+pub mod tap;
+
 /// How long any single expected output may take.
 pub const WAIT: Duration = Duration::from_secs(20);
 
@@ -119,6 +122,27 @@ impl Lines {
         }
     }
 
+    /// Waits until the lines read so far satisfy `done` (at most `WAIT`); `what` names the
+    /// condition in the error.
+    pub fn wait_until(&mut self, what: &str, done: impl Fn(&[String]) -> bool) -> Result<(), BoxError> {
+        let deadline = Instant::now() + WAIT;
+        while !done(&self.seen) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => {
+                    return Err(format!(
+                        "{}: not {what} within {WAIT:?}; saw:\n{}",
+                        self.name,
+                        self.seen.join("\n")
+                    )
+                    .into())
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Reads whatever is left until the stream ends (the process exited) or `limit` passes.
     pub fn drain(&mut self, limit: Duration) {
         let deadline = Instant::now() + limit;
@@ -160,9 +184,15 @@ impl Relay {
 
     /// Starts a relay listening on `listen`.
     pub fn start_on(data_dir: &Path, listen: &str) -> Result<Self, BoxError> {
+        Self::start_with(data_dir, listen, &[])
+    }
+
+    /// Starts a relay listening on `listen` with extra flags (limits, for example).
+    pub fn start_with(data_dir: &Path, listen: &str, extra: &[&str]) -> Result<Self, BoxError> {
         let mut child = Command::new(bin("chatroom-relay"))
             .args(["--listen", listen, "--data-dir"])
             .arg(data_dir)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -184,7 +214,12 @@ impl Relay {
         format!("chatroom://{}@{}/{room}", self.fingerprint, self.addr)
     }
 
-    /// Kills the relay and waits for it.
+    /// The relay's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the relay (SIGKILL, like `kill -9`) and waits for it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -240,6 +275,26 @@ impl Home {
         Ok((out.status, String::from_utf8(out.stdout)?, String::from_utf8(out.stderr)?))
     }
 
+    /// Starts `chatroom --plain INVITE --nick NICK --password-file FILE [--create] EXTRA...`,
+    /// the password written to a fresh 0600 file.
+    pub fn member(
+        &self,
+        invite: &str,
+        nick: &str,
+        password: &str,
+        create: bool,
+        extra: &[&str],
+    ) -> Result<Client, BoxError> {
+        let pw = self.password_file(&format!("{nick}.pass"), password)?;
+        let pw = pw.to_str().ok_or("password file path is not UTF-8")?.to_owned();
+        let mut args = vec![invite, "--nick", nick, "--password-file", pw.as_str()];
+        if create {
+            args.push("--create");
+        }
+        args.extend_from_slice(extra);
+        self.spawn(nick, &args)
+    }
+
     /// Starts `chatroom --plain ARGS` with piped stdin, stdout and stderr.
     pub fn spawn(&self, name: &str, args: &[&str]) -> Result<Client, BoxError> {
         let mut child = Command::new(bin("chatroom"))
@@ -285,6 +340,11 @@ impl Client {
         self.stdin = None;
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits for the process to exit, at most `WAIT`.
     pub fn wait(&mut self) -> Result<ExitStatus, BoxError> {
         let deadline = Instant::now() + WAIT;
@@ -312,6 +372,27 @@ impl Drop for Client {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The part of a line-mode message line after its `HH:MM:SS ` time stamp, e.g.
+/// `<alice> hi` or `[history] <alice> hi`.
+pub fn without_time(line: &str) -> &str {
+    line.split_once(' ').map_or(line, |(_, rest)| rest)
+}
+
+/// A random lowercase hex string of `bytes` random bytes, from the operating system.
+pub fn random_hex(bytes: usize) -> String {
+    use rand_core::RngCore;
+    let mut buf = vec![0u8; bytes];
+    rand_core::OsRng.fill_bytes(&mut buf);
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Resident memory of process `pid` in KiB (`VmRSS` of `/proc/PID/status`).
+pub fn rss_kib(pid: u32) -> Result<u64, BoxError> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).ok_or("no VmRSS line")?;
+    Ok(line.split_whitespace().nth(1).ok_or("bad VmRSS line")?.parse()?)
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released).
