@@ -297,7 +297,27 @@ impl Home {
 
     /// Starts `chatroom --plain ARGS` with piped stdin, stdout and stderr.
     pub fn spawn(&self, name: &str, args: &[&str]) -> Result<Client, BoxError> {
-        let mut child = Command::new(bin("chatroom"))
+        self.spawn_command(name, Command::new(bin("chatroom")), args)
+    }
+
+    /// Starts `WRAPPER chatroom --plain ARGS` (for example `torsocks`) with extra environment.
+    pub fn spawn_wrapped(
+        &self,
+        name: &str,
+        wrapper: &str,
+        env: &[(&str, &Path)],
+        args: &[&str],
+    ) -> Result<Client, BoxError> {
+        let mut cmd = Command::new(wrapper);
+        cmd.arg(bin("chatroom"));
+        for (key, value) in env {
+            cmd.env(key, value);
+        }
+        self.spawn_command(name, cmd, args)
+    }
+
+    fn spawn_command(&self, name: &str, mut cmd: Command, args: &[&str]) -> Result<Client, BoxError> {
+        let mut child = cmd
             .arg("--plain")
             .args(args)
             .arg("--data-dir")
@@ -411,9 +431,15 @@ pub struct Microsocks {
 impl Microsocks {
     /// Starts microsocks (Debian package `microsocks`) and waits until it accepts connections.
     pub fn start() -> Result<Self, BoxError> {
+        Self::start_with(&[])
+    }
+
+    /// Starts microsocks with extra flags (e.g. `-b 127.0.0.2`: connect out from that address).
+    pub fn start_with(extra: &[&str]) -> Result<Self, BoxError> {
         let port = free_port()?;
         let child = Command::new("microsocks")
             .args(["-i", "127.0.0.1", "-p", &port.to_string()])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
