@@ -77,7 +77,8 @@ pub struct Lines {
 }
 
 impl Lines {
-    fn spawn(name: String, stream: impl Read + Send + 'static) -> Self {
+    /// Reads `stream` line by line on a thread; `name` labels errors.
+    pub fn spawn(name: String, stream: impl Read + Send + 'static) -> Self {
         let (tx, rx) = mpsc::channel();
         thread::spawn(move || {
             for line in BufReader::new(stream).lines() {
