@@ -39,7 +39,7 @@ pub struct Config {
     pub ping_after: Duration,
     /// Silence after which the relay closes a member's connection (default 90 s).
     pub idle_timeout: Duration,
-    /// Envelopes a member may send in a burst (default 20).
+    /// Envelopes a member (identity, over all its connections) may send in a burst (default 20).
     pub rate_burst: u32,
     /// Envelopes per second a member may send sustained (default 5).
     pub rate_per_sec: u32,

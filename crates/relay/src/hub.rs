@@ -727,6 +727,26 @@ mod tests {
         .unwrap()
     }
 
+    #[test]
+    fn long_member_lists_are_split_into_items_of_at_most_1000() {
+        let list: Vec<Member> = (0..2500)
+            .map(|i| Member { nick: Nick::new(&format!("n{i}")).unwrap(), identity: PublicIdentity([0; 32]) })
+            .collect();
+        let items = member_items(list);
+        let decoded: Vec<RelayMessage> =
+            items.iter().map(|i| RelayMessage::decode_all(i).unwrap().remove(0)).collect();
+        let shape: Vec<(bool, usize)> = decoded
+            .iter()
+            .map(|m| match m {
+                RelayMessage::Members { more, members } => (*more, members.len()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(shape, [(true, 1000), (true, 1000), (false, 500)]);
+        assert!(items.iter().all(|i| i.len() <= chatroom_crypto::MAX_PLAINTEXT_LEN));
+        assert_eq!(member_items(Vec::new()).len(), 1, "an empty list is one item");
+    }
+
     #[tokio::test]
     async fn rooms_leave_memory_when_idle_and_come_back_from_storage() {
         let dir = tempfile::tempdir().unwrap();

@@ -126,7 +126,13 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         "h" => 3_600_000,
         _ => return Err(format!("unknown unit {unit:?}: use ms, s, m or h")),
     };
-    n.checked_mul(unit_ms).map(Duration::from_millis).ok_or_else(|| format!("{text:?} is too long"))
+    // Far beyond any sensible limit, and small enough that deadlines computed from it never
+    // overflow the clock.
+    const MAX_MS: u64 = 365 * 24 * 3_600_000;
+    n.checked_mul(unit_ms)
+        .filter(|ms| *ms <= MAX_MS)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("{text:?} is too long: use at most 365 days"))
 }
 
 fn default_data_dir() -> Result<PathBuf, String> {
@@ -276,6 +282,8 @@ mod tests {
         assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("5d").is_err());
+        assert!(parse_duration("9000h").is_err());
+        assert!(parse_duration("99999999999999999999").is_err());
     }
 
     #[test]

@@ -332,6 +332,11 @@ async fn sending_too_fast_is_answered_with_rate_limited_and_the_connection_kept(
             other => panic!("expected RateLimited, got {other:?}"),
         }
     }
+    // Reconnecting does not buy a fresh burst: the allowance belongs to the identity.
+    drop(a);
+    let (mut a, _) = member(&relay, &alice, &room, false).await?;
+    let (_, envelope) = alice.seal(&room, "again");
+    assert!(matches!(a.publish(envelope).await?, RelayMessage::Error { code: ErrorCode::RateLimited, .. }));
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let (_, envelope) = alice.seal(&room, "later");
     assert_eq!(a.publish_ok(envelope).await?, 4, "the connection survives and refills");
