@@ -69,6 +69,8 @@ pub(crate) struct Shared<H> {
     pub(crate) ip_failures: FailureTracker<IpAddr>,
     pub(crate) room_failures: FailureTracker<String>,
     pub(crate) unauthenticated: Unauthenticated,
+    /// Rooms created per address within the failure window.
+    pub(crate) room_creations: FailureTracker<IpAddr>,
     /// Envelopes per identity (over all its connections).
     pub(crate) send_rate: SendRate<PublicIdentity>,
 }
@@ -266,17 +268,32 @@ impl<H: RoomService> Handler<H> {
                 ));
             }
         };
-        let member = match self.shared.hub.join(signed, history_after, self.id, outbox.clone()).await {
-            Ok(member) => member,
-            Err(refusal) => {
-                if refusal.code == ErrorCode::WrongPassword {
-                    self.shared.ip_failures.record_failure(&ip);
-                    self.shared.room_failures.record_failure(&room_key);
-                }
-                info!(room = %room, code = ?refusal.code, "join refused");
-                return Err(refuse(outbox, refusal));
+        // New rooms are limited per address, like failed joins.
+        let creations = &self.shared.room_creations;
+        let may_create = || {
+            if creations.check(&ip) == Verdict::Locked {
+                info!("room creation refused: too many new rooms from this address");
+                let minutes = config.failure_window.as_secs().div_ceil(60);
+                return Err(Refusal::new(
+                    ErrorCode::TooManyAttempts,
+                    format!("too many rooms created from your address; try again in {minutes} minutes"),
+                ));
             }
+            creations.record_failure(&ip);
+            Ok(())
         };
+        let member =
+            match self.shared.hub.join(signed, history_after, self.id, outbox.clone(), &may_create).await {
+                Ok(member) => member,
+                Err(refusal) => {
+                    if refusal.code == ErrorCode::WrongPassword {
+                        self.shared.ip_failures.record_failure(&ip);
+                        self.shared.room_failures.record_failure(&room_key);
+                    }
+                    info!(room = %room, code = ?refusal.code, "join refused");
+                    return Err(refuse(outbox, refusal));
+                }
+            };
         drop(slot);
         info!(room = %room, nick = %nick, identity = %identity.short_fingerprint(), "joined");
         let result = match self.member_loop(reader, receiver, outbox, writer, &member, identity).await {

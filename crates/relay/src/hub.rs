@@ -55,6 +55,10 @@ pub(crate) enum Moderation {
     Unban,
 }
 
+/// Consulted just before a join creates a room; an `Err` refuses the creation (the per-address
+/// limit on new rooms lives with the connection handling, not in the room service).
+pub(crate) type CreateGate<'a> = &'a (dyn Fn() -> Result<(), Refusal> + Send + Sync);
+
 /// Room state, history and fan-out, as the connection handler sees them.
 pub(crate) trait RoomService: Send + Sync + 'static {
     /// A joined member's handle; dropping it without `leave` is a bug.
@@ -63,13 +67,14 @@ pub(crate) trait RoomService: Send + Sync + 'static {
     /// Runs the join checks (ban, nickname, password, or room creation) and registers the
     /// member. On success the member's outbox already holds, in order: `Joined`, `Members`,
     /// the retained envelopes after `history_after`, and `HistoryEnd`; live traffic follows
-    /// with no gap and no duplicate.
+    /// with no gap and no duplicate. `may_create` is asked before a room is created.
     fn join(
         &self,
         join: SignedJoin,
         history_after: u64,
         connection: u64,
         outbox: Arc<Outbox>,
+        may_create: CreateGate<'_>,
     ) -> impl Future<Output = Result<Self::Membership, Refusal>> + Send;
 
     /// Stores an envelope whose sender is the member, then delivers it to every other member.
@@ -350,6 +355,7 @@ impl LocalRooms {
         history_after: u64,
         connection: u64,
         outbox: Arc<Outbox>,
+        may_create: CreateGate<'_>,
     ) -> Result<Result<LocalMember, SignedJoin>, Refusal> {
         let _loading = self.loading.lock().await;
         let name = join.request().room.clone();
@@ -357,6 +363,7 @@ impl LocalRooms {
             // Created by someone else meanwhile: join it like any existing room.
             return Ok(Err(join));
         }
+        may_create()?;
         let nick = join.request().nick.canonical();
         let (verified, verifier) = join.create_room();
         let owner = *verified.identity();
@@ -525,6 +532,7 @@ impl RoomService for LocalRooms {
         history_after: u64,
         connection: u64,
         outbox: Arc<Outbox>,
+        may_create: CreateGate<'_>,
     ) -> Result<LocalMember, Refusal> {
         let name = join.request().room.clone();
         // Retries only when a room appeared or was evicted between two steps.
@@ -534,7 +542,7 @@ impl RoomService for LocalRooms {
                     self.join_existing(room, join, history_after, connection, outbox.clone()).await?
                 }
                 Lookup::Missing if join.request().create => {
-                    self.create(join, history_after, connection, outbox.clone()).await?
+                    self.create(join, history_after, connection, outbox.clone(), may_create).await?
                 }
                 Lookup::Missing => {
                     return Err(Refusal::new(
@@ -756,24 +764,45 @@ mod tests {
         let wrong = split_master(&[2; 32]);
         let (alice, bob) = (Identity::generate(), Identity::generate());
 
+        let closed = || Err(Refusal::new(ErrorCode::TooManyAttempts, "no more rooms"));
+        let refused = hub
+            .join(signed(&alice, "alice", &keys.join_secret, true), 0, 1, Arc::new(Outbox::new(16)), &closed)
+            .await;
+        assert_eq!(refused.unwrap_err().code, ErrorCode::TooManyAttempts, "the gate can refuse a creation");
+        let refused = hub
+            .join(signed(&alice, "alice", &keys.join_secret, false), 0, 1, Arc::new(Outbox::new(16)), &closed)
+            .await;
+        assert_eq!(refused.unwrap_err().code, ErrorCode::NoSuchRoom, "and nothing was created");
+
         let outbox = Arc::new(Outbox::new(16));
-        let a = hub.join(signed(&alice, "alice", &keys.join_secret, true), 0, 1, outbox).await.unwrap();
+        let a = hub
+            .join(signed(&alice, "alice", &keys.join_secret, true), 0, 1, outbox, &|| Ok(()))
+            .await
+            .unwrap();
         assert_eq!(hub.map().len(), 1);
         hub.leave(&a);
         assert!(hub.map().is_empty(), "an empty room is dropped from memory");
 
-        let refused =
-            hub.join(signed(&bob, "bob", &wrong.join_secret, false), 0, 2, Arc::new(Outbox::new(16))).await;
+        let refused = hub
+            .join(signed(&bob, "bob", &wrong.join_secret, false), 0, 2, Arc::new(Outbox::new(16)), &|| Ok(()))
+            .await;
         assert_eq!(refused.unwrap_err().code, ErrorCode::WrongPassword);
         assert!(hub.map().is_empty(), "a refused join does not keep the room loaded");
 
         // Reloaded from storage: owner and nickname binding survived.
         let b = hub
-            .join(signed(&bob, "bob", &keys.join_secret, false), 0, 3, Arc::new(Outbox::new(16)))
+            .join(signed(&bob, "bob", &keys.join_secret, false), 0, 3, Arc::new(Outbox::new(16)), &|| Ok(()))
             .await
             .unwrap();
-        let refused =
-            hub.join(signed(&bob, "alice", &keys.join_secret, false), 0, 4, Arc::new(Outbox::new(16))).await;
+        let refused = hub
+            .join(
+                signed(&bob, "alice", &keys.join_secret, false),
+                0,
+                4,
+                Arc::new(Outbox::new(16)),
+                &|| Ok(()),
+            )
+            .await;
         assert_eq!(refused.unwrap_err().code, ErrorCode::NickTaken);
         assert_eq!(hub.map().len(), 1, "a room with members stays loaded");
         assert_eq!(b.room.lock().owner, alice.public());

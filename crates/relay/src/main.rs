@@ -98,6 +98,9 @@ struct RunArgs {
     /// Failed joins against one room before it is locked for the failure window.
     #[arg(long, value_name = "N", default_value_t = defaults().room_failures_lockout)]
     room_failures_lockout: u32,
+    /// Rooms one address may create within the failure window.
+    #[arg(long, value_name = "N", default_value_t = defaults().room_creations_per_ip)]
+    room_creations_per_ip: u32,
     /// Window over which failed joins are counted, and how long a lockout lasts.
     #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
     failure_window: Duration,
@@ -172,6 +175,7 @@ fn config(args: &RunArgs) -> Result<Config, String> {
     config.ip_failures_lockout = args.ip_failures_lockout;
     config.room_failures_slow = args.room_failures_slow;
     config.room_failures_lockout = args.room_failures_lockout;
+    config.room_creations_per_ip = args.room_creations_per_ip;
     config.failure_window = args.failure_window;
     config.failure_delay = args.failure_delay;
     config.synchronous = match args.synchronous {

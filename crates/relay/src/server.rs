@@ -86,6 +86,11 @@ impl Relay {
             ),
             unauthenticated: Unauthenticated::new(config.max_unauthenticated_per_ip),
             send_rate: SendRate::new(config.rate_burst, config.rate_per_sec),
+            room_creations: FailureTracker::new(
+                config.room_creations_per_ip,
+                config.room_creations_per_ip,
+                config.failure_window,
+            ),
             static_key,
             config,
         });

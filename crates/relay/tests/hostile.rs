@@ -235,3 +235,48 @@ async fn the_connection_cap_holds_and_recovers() -> TestResult {
     let (_, _) = member(&relay, &Person::new("carol"), &pair.room, false).await?;
     pair.check().await
 }
+
+/// Panics anywhere in this test binary (a relay task that panics is otherwise only a line on
+/// standard error, as tokio catches it).
+static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+#[tokio::test]
+async fn random_items_after_a_join_never_panic_the_relay() -> TestResult {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        previous(info);
+    }));
+    let dir = tempfile::tempdir()?;
+    let relay = TestRelay::start(dir.path(), |c| c.max_unauthenticated_per_ip = 64).await?;
+    let mut pair = Pair::new(&relay).await?;
+    // A fixed xorshift stream: reproducible cases.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for case in 0..60 {
+        let person = Person::new(&format!("fuzz{case}"));
+        let (mut conn, _) = member(&relay, &person, &pair.room, false).await?;
+        let mut plaintext = Vec::new();
+        for _ in 0..(next() % 4 + 1) {
+            // Mostly well-framed items of client types with random bodies, sometimes anything.
+            let ty = if next() % 5 == 0 { next() as u8 } else { (next() % 9 + 1) as u8 };
+            let len = (next() % 120) as usize;
+            let declared = if next() % 7 == 0 { next() as u16 } else { len as u16 };
+            plaintext.push(ty);
+            plaintext.extend_from_slice(&declared.to_be_bytes());
+            plaintext.extend((0..len).map(|_| next() as u8));
+        }
+        conn.send_plaintext(&plaintext).await?;
+        // Whatever the relay makes of it, it answers or closes within a step.
+        let _ = conn.messages_within(Duration::from_millis(20)).await;
+    }
+    pair.check().await?;
+    relay.stop().await?;
+    assert_eq!(PANICS.load(std::sync::atomic::Ordering::SeqCst), 0, "a relay task panicked");
+    Ok(())
+}

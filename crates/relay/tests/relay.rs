@@ -629,3 +629,24 @@ async fn fan_out_throughput() -> TestResult {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn new_rooms_are_limited_per_address() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let relay = TestRelay::start(dir.path(), |c| c.room_creations_per_ip = 2).await?;
+    let alice = Person::new("alice");
+    let rooms = [TestRoom::new("one"), TestRoom::new("two"), TestRoom::new("three")];
+    let (_one, _) = member(&relay, &alice, &rooms[0], true).await?;
+    let (_two, _) = member(&relay, &alice, &rooms[1], true).await?;
+    let mut conn = Conn::connect(relay.addr).await?;
+    let (code, detail) = conn.join(&alice, &rooms[2], true, 0).await?.expect_err("third room");
+    assert_eq!(code, ErrorCode::TooManyAttempts);
+    assert!(detail.contains("rooms created"), "{detail}");
+    // Joining an existing room with the create flag set is a plain join.
+    let (_again, joined) = member(&relay, &Person::new("bob"), &rooms[0], true).await?;
+    assert!(!joined.created);
+    // Another address may still create rooms.
+    let mut conn = Conn::connect_from(relay.addr, [127, 0, 0, 2].into()).await?;
+    assert!(conn.join(&alice, &rooms[2], true, 0).await?.expect("created elsewhere").created);
+    relay.stop().await
+}
