@@ -63,20 +63,30 @@ fn kill_9_while_sending_loses_and_doubles_nothing_acknowledged() -> TestResult {
     for client in [&mut alice, &mut bob, &mut carol] {
         client.stderr.expect("reconnected")?;
     }
-    // End of input: each sender exits 0 only when every message is acknowledged.
-    for client in [&mut alice, &mut bob] {
+    // Everything arrives, then end of input: each sender exits 0 only when every message it
+    // sent is acknowledged.
+    carol.stdout.wait_until("every message", |seen| seen.len() >= 2 * PER_SENDER)?;
+    alice.stdout.wait_until("all of bob's messages", |seen| seen.len() >= PER_SENDER)?;
+    bob.stdout.wait_until("all of alice's messages", |seen| seen.len() >= PER_SENDER)?;
+    for client in [&mut alice, &mut bob, &mut carol] {
         client.close_stdin();
         let status = client.wait()?;
         assert!(status.success(), "every message acknowledged: {:?}", client.stderr.all());
     }
-    carol.stdout.wait_until("every message", |seen| seen.len() >= 2 * PER_SENDER)?;
-    carol.close_stdin();
-    assert!(carol.wait()?.success());
 
-    assert_eq!(from(&carol, "alice"), expected("alice"), "carol: alice's messages once each, in order");
-    assert_eq!(from(&carol, "bob"), expected("bob"), "carol: bob's messages once each, in order");
-    assert_eq!(from(&bob, "alice"), expected("alice"), "bob: alice's messages once each, in order");
-    assert_eq!(from(&alice, "bob"), expected("bob"), "alice: bob's messages once each, in order");
+    for (who, client, sender) in [
+        ("carol", &carol, "alice"),
+        ("carol", &carol, "bob"),
+        ("bob", &bob, "alice"),
+        ("alice", &alice, "bob"),
+    ] {
+        let got = from(client, sender);
+        assert!(
+            got == expected(sender),
+            "{who} must hold {sender}'s messages once each, in order; got {got:?}\n{who}'s events:\n{}",
+            client.stderr.all().join("\n")
+        );
+    }
     assert_eq!(carol.stdout.all().len(), 2 * PER_SENDER, "nothing else: {:?}", carol.stdout.all());
     drop(relay);
     Ok(())
