@@ -2,9 +2,10 @@
 //! in both directions and can flip one byte of a chosen relay-to-client frame.
 //!
 //! It reads each direction frame by frame (`u16 BE length | payload`, the protocol's framing),
-//! so it knows where frames start. Arming a flip with [`Wiretap::flip_next_to_client`] makes
-//! the next relay-to-client frame that is not a handshake message (on any connection through
-//! the tap) reach the client with one payload byte XORed with 0x01.
+//! so it knows where frames start. Arming a flip with [`Wiretap::flip_next_to_client`] (or
+//! [`Wiretap::flip_next_to_relay`]) makes the next frame in that direction that is not a
+//! handshake message (on any connection through the tap) arrive with one payload byte XORed
+//! with 0x01.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -19,6 +20,7 @@ struct Shared {
     to_relay: Mutex<Vec<u8>>,
     to_client: Mutex<Vec<u8>>,
     flip_armed: AtomicBool,
+    flip_to_relay_armed: AtomicBool,
     flipped: AtomicUsize,
     connections: AtomicUsize,
 }
@@ -81,6 +83,12 @@ impl Wiretap {
         self.shared.flip_armed.store(true, Ordering::SeqCst);
     }
 
+    /// Flips one byte of the next client-to-relay transport frame (each connection's first
+    /// two frames, handshake messages 1 and 3, are never touched).
+    pub fn flip_next_to_relay(&self) {
+        self.shared.flip_to_relay_armed.store(true, Ordering::SeqCst);
+    }
+
     /// How many frames have been altered so far.
     pub fn flipped(&self) -> usize {
         self.shared.flipped.load(Ordering::SeqCst)
@@ -116,12 +124,13 @@ fn pump(mut from: TcpStream, mut to: TcpStream, shared: &Shared, dir: Direction)
             Direction::ToClient => &shared.to_client,
         };
         record.lock().unwrap().extend_from_slice(&frame);
-        // Frame 0 relay->client is the handshake reply; later frames are transport messages.
-        if dir == Direction::ToClient
-            && index > 0
-            && frame.len() > 2
-            && shared.flip_armed.swap(false, Ordering::SeqCst)
-        {
+        // Frame 0 relay->client is the handshake reply, frames 0 and 1 client->relay are
+        // handshake messages 1 and 3; later frames are transport messages.
+        let armed = match dir {
+            Direction::ToClient => index > 0 && shared.flip_armed.swap(false, Ordering::SeqCst),
+            Direction::ToRelay => index > 1 && shared.flip_to_relay_armed.swap(false, Ordering::SeqCst),
+        };
+        if armed && frame.len() > 2 {
             let at = 2 + (frame.len() - 2) / 2;
             frame[at] ^= 0x01;
             shared.flipped.fetch_add(1, Ordering::SeqCst);
