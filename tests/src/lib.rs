@@ -20,6 +20,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub mod liar;
+pub mod tap;
+
 /// How long any single expected output may take.
 pub const WAIT: Duration = Duration::from_secs(20);
 
@@ -100,7 +103,8 @@ pub struct Lines {
 }
 
 impl Lines {
-    fn spawn(name: String, stream: impl Read + Send + 'static) -> Self {
+    /// Reads `stream` line by line on a thread; `name` labels errors.
+    pub fn spawn(name: String, stream: impl Read + Send + 'static) -> Self {
         let (tx, rx) = mpsc::channel();
         thread::spawn(move || {
             for line in BufReader::new(stream).lines() {
@@ -143,6 +147,27 @@ impl Lines {
                 }
             }
         }
+    }
+
+    /// Waits until the lines read so far satisfy `done` (at most `WAIT`); `what` names the
+    /// condition in the error.
+    pub fn wait_until(&mut self, what: &str, done: impl Fn(&[String]) -> bool) -> Result<(), BoxError> {
+        let deadline = Instant::now() + WAIT;
+        while !done(&self.seen) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => {
+                    return Err(format!(
+                        "{}: not {what} within {WAIT:?}; saw:\n{}",
+                        self.name,
+                        self.seen.join("\n")
+                    )
+                    .into())
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Reads whatever is left until the stream ends (the process exited) or `limit` passes.
@@ -216,7 +241,12 @@ impl Relay {
         format!("chatroom://{}@{}/{room}", self.fingerprint, self.addr)
     }
 
-    /// Kills the relay and waits for it.
+    /// The relay's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the relay (SIGKILL, like `kill -9`) and waits for it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -272,9 +302,49 @@ impl Home {
         Ok((out.status, String::from_utf8(out.stdout)?, String::from_utf8(out.stderr)?))
     }
 
+    /// Starts `chatroom --plain INVITE --nick NICK --password-file FILE [--create] EXTRA...`,
+    /// the password written to a fresh 0600 file.
+    pub fn member(
+        &self,
+        invite: &str,
+        nick: &str,
+        password: &str,
+        create: bool,
+        extra: &[&str],
+    ) -> Result<Client, BoxError> {
+        let pw = self.password_file(&format!("{nick}.pass"), password)?;
+        let pw = pw.to_str().ok_or("password file path is not UTF-8")?.to_owned();
+        let mut args = vec![invite, "--nick", nick, "--password-file", pw.as_str()];
+        if create {
+            args.push("--create");
+        }
+        args.extend_from_slice(extra);
+        self.spawn(nick, &args)
+    }
+
     /// Starts `chatroom --plain ARGS` with piped stdin, stdout and stderr.
     pub fn spawn(&self, name: &str, args: &[&str]) -> Result<Client, BoxError> {
-        let mut child = Command::new(bin("chatroom"))
+        self.spawn_command(name, Command::new(bin("chatroom")), args)
+    }
+
+    /// Starts `WRAPPER chatroom --plain ARGS` (for example `torsocks`) with extra environment.
+    pub fn spawn_wrapped(
+        &self,
+        name: &str,
+        wrapper: &str,
+        env: &[(&str, &Path)],
+        args: &[&str],
+    ) -> Result<Client, BoxError> {
+        let mut cmd = Command::new(wrapper);
+        cmd.arg(bin("chatroom"));
+        for (key, value) in env {
+            cmd.env(key, value);
+        }
+        self.spawn_command(name, cmd, args)
+    }
+
+    fn spawn_command(&self, name: &str, mut cmd: Command, args: &[&str]) -> Result<Client, BoxError> {
+        let mut child = cmd
             .arg("--plain")
             .args(args)
             .arg("--data-dir")
@@ -317,6 +387,11 @@ impl Client {
         self.stdin = None;
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits for the process to exit, at most `WAIT`.
     pub fn wait(&mut self) -> Result<ExitStatus, BoxError> {
         let deadline = Instant::now() + WAIT;
@@ -346,6 +421,27 @@ impl Drop for Client {
     }
 }
 
+/// The part of a line-mode message line after its `HH:MM:SS ` time stamp, e.g.
+/// `<alice> hi` or `[history] <alice> hi`.
+pub fn without_time(line: &str) -> &str {
+    line.split_once(' ').map_or(line, |(_, rest)| rest)
+}
+
+/// A random lowercase hex string of `bytes` random bytes, from the operating system.
+pub fn random_hex(bytes: usize) -> String {
+    use rand_core::RngCore;
+    let mut buf = vec![0u8; bytes];
+    rand_core::OsRng.fill_bytes(&mut buf);
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Resident memory of process `pid` in KiB (`VmRSS` of `/proc/PID/status`).
+pub fn rss_kib(pid: u32) -> Result<u64, BoxError> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).ok_or("no VmRSS line")?;
+    Ok(line.split_whitespace().nth(1).ok_or("bad VmRSS line")?.parse()?)
+}
+
 /// A free TCP port on 127.0.0.1 (bound and released).
 pub fn free_port() -> Result<u16, BoxError> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -362,9 +458,15 @@ pub struct Microsocks {
 impl Microsocks {
     /// Starts microsocks (Debian package `microsocks`) and waits until it accepts connections.
     pub fn start() -> Result<Self, BoxError> {
+        Self::start_with(&[])
+    }
+
+    /// Starts microsocks with extra flags (e.g. `-b 127.0.0.2`: connect out from that address).
+    pub fn start_with(extra: &[&str]) -> Result<Self, BoxError> {
         let port = free_port()?;
         let child = Command::new("microsocks")
             .args(["-i", "127.0.0.1", "-p", &port.to_string()])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
