@@ -95,6 +95,11 @@ impl FrameDecoder {
     pub fn is_mid_frame(&self) -> bool {
         !self.buf.is_empty()
     }
+
+    /// Bytes currently buffered and the buffer's capacity, for the fuzz targets' memory bound.
+    pub(crate) fn buffered(&self) -> (usize, usize) {
+        (self.buf.len(), self.buf.capacity())
+    }
 }
 
 #[cfg(test)]

@@ -50,4 +50,10 @@ pub use zeroize::{Zeroize, Zeroizing};
 #[doc(hidden)]
 pub mod internal {
     pub use crate::kdf::split_master;
+
+    /// Bytes a `FrameDecoder` holds and its buffer capacity: the fuzz targets check both stay
+    /// within one header plus one maximal frame.
+    pub fn frame_decoder_buffered(decoder: &crate::FrameDecoder) -> (usize, usize) {
+        decoder.buffered()
+    }
 }
