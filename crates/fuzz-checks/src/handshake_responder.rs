@@ -362,3 +362,69 @@ fn decoded_join(plaintext: &[u8]) -> JoinRequest {
         other => panic!("the relay admitted a plaintext that is not one Join: {other:?}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn join_plaintext(hh: &[u8; 32], room: &str, secret: JoinSecret, create: bool) -> Vec<u8> {
+        let id = Identity::from_seed(&IDENTITY_SEEDS[0]);
+        let request = JoinRequest::new(
+            &id,
+            hh,
+            room_or(room.as_bytes(), room),
+            nick_or(b"alice", "alice"),
+            secret,
+            create,
+            0,
+        );
+        let mut out = Vec::new();
+        ClientMessage::Join(request).encode(&mut out);
+        out
+    }
+
+    fn rooms() -> [(RoomName, JoinVerifier); 1] {
+        [(room_or(EXISTING_ROOM.as_bytes(), EXISTING_ROOM), room_secret().verifier())]
+    }
+
+    #[test]
+    fn relay_join_admits_only_a_signed_join_with_the_room_secret() {
+        let hh = [4; 32];
+        let ok = relay_join(&join_plaintext(&hh, EXISTING_ROOM, room_secret(), false), &hh, &rooms());
+        assert!(matches!(ok, JoinOutcome::Admitted(ref j) if j.nick().as_str() == "alice"), "{ok:?}");
+        let other_session =
+            relay_join(&join_plaintext(&[5; 32], EXISTING_ROOM, room_secret(), false), &hh, &rooms());
+        assert!(matches!(other_session, JoinOutcome::Refused(ErrorCode::BadSignature)));
+        let wrong = JoinSecret::from_bytes([1; 32]);
+        let wrong = relay_join(&join_plaintext(&hh, EXISTING_ROOM, wrong, true), &hh, &rooms());
+        assert!(matches!(wrong, JoinOutcome::Refused(ErrorCode::WrongPassword)));
+    }
+
+    #[test]
+    fn relay_join_creates_only_when_asked() {
+        let hh = [4; 32];
+        let secret = JoinSecret::from_bytes([1; 32]);
+        let created = relay_join(&join_plaintext(&hh, NEW_ROOM, secret.clone(), true), &hh, &rooms());
+        assert!(matches!(created, JoinOutcome::Created(_, v) if v == secret.verifier()));
+        let missing = relay_join(&join_plaintext(&hh, NEW_ROOM, secret, false), &hh, &rooms());
+        assert!(matches!(missing, JoinOutcome::Refused(ErrorCode::NoSuchRoom)));
+    }
+
+    #[test]
+    fn relay_join_wants_exactly_one_join() {
+        let hh = [4; 32];
+        let mut two = join_plaintext(&hh, EXISTING_ROOM, room_secret(), false);
+        ClientMessage::Who.encode(&mut two);
+        assert!(matches!(
+            relay_join(&two, &hh, &rooms()),
+            JoinOutcome::Refused(ErrorCode::UnexpectedMessage)
+        ));
+        let mut who = Vec::new();
+        ClientMessage::Who.encode(&mut who);
+        assert!(matches!(
+            relay_join(&who, &hh, &rooms()),
+            JoinOutcome::Refused(ErrorCode::UnexpectedMessage)
+        ));
+        assert!(matches!(relay_join(&[1, 0], &hh, &rooms()), JoinOutcome::Refused(ErrorCode::Malformed)));
+    }
+}

@@ -256,3 +256,67 @@ pub fn room_or(bytes: &[u8], fallback: &str) -> chatroom_crypto::RoomName {
         .or_else(|| chatroom_crypto::RoomName::new(fallback).ok())
         .unwrap_or_else(|| panic!("fallback room name {fallback:?} must be valid"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_reads_zeros_past_the_end() {
+        let mut input = Input::new(&[1, 2, 3]);
+        assert_eq!(input.u16(), 0x0102);
+        assert_eq!(input.u64(), 0x0300_0000_0000_0000);
+        assert_eq!(input.u8(), 0);
+        assert!(input.bytes16().is_empty());
+        assert_eq!(input.edits(), Vec::new());
+    }
+
+    #[test]
+    fn writer_builds_what_input_reads() {
+        let mut w = Writer::new();
+        w.u8(9)
+            .u64(7)
+            .bytes8(b"abc")
+            .bytes16(&[5; 300])
+            .edits(&[(3, 1), (70, 0xff)])
+            .cuts(&[0, 4])
+            .raw(b"end");
+        let mut input = Input::new(&w.out);
+        assert_eq!(input.u8(), 9);
+        assert_eq!(input.u64(), 7);
+        assert_eq!(input.bytes8(), b"abc");
+        assert_eq!(input.bytes16(), &[5; 300][..]);
+        assert_eq!(input.edits(), vec![(3, 1), (70, 0xff)]);
+        assert_eq!(input.cuts(), vec![0, 4]);
+        assert_eq!(input.rest(), b"end");
+    }
+
+    #[test]
+    fn mutate_edits_truncates_and_extends() {
+        assert_eq!(mutate(&[0, 0, 0], &[(4, 1)], 0), vec![0, 1, 0]);
+        assert_eq!(mutate(&[0, 0, 0], &[(0, 1), (0, 1)], 0), vec![0, 0, 0], "edits can cancel out");
+        assert_eq!(mutate(&[1, 2, 3], &[], 1), vec![1, 2], "odd resize truncates at least one byte");
+        assert_eq!(mutate(&[1, 2, 3], &[], 5), vec![1]);
+        assert_eq!(mutate(&[1], &[], 4), vec![1, 0, 0]);
+        assert_eq!(mutate(&[], &[(1, 1)], 1), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn chunks_follow_the_cuts_and_never_stall() {
+        assert_eq!(next_chunk(&[0; 10], &[], 0, 2), 10, "no cuts: one chunk");
+        assert_eq!(next_chunk(&[0; 10], &[3, 0], 0, 2), 3);
+        assert_eq!(next_chunk(&[0; 10], &[3, 0], 1, 2), 2, "0 reads what the decoder wants");
+        assert_eq!(next_chunk(&[0; 10], &[0], 0, 0), 1, "a chunk is never empty");
+        assert_eq!(next_chunk(&[0; 2], &[200], 0, 0), 2);
+    }
+
+    #[test]
+    fn fixed_rng_is_reproducible() {
+        let (mut a, mut b) = (FixedRng::new([3; 32]), FixedRng::new([3; 32]));
+        let (mut x, mut y) = ([0u8; 40], [0u8; 40]);
+        a.fill_bytes(&mut x);
+        b.fill_bytes(&mut y);
+        assert_eq!(x, y);
+        assert_ne!(x[..32], x[8..], "the stream is not one repeated byte");
+    }
+}
