@@ -73,6 +73,8 @@ pub fn check(data: &[u8]) {
             Ok(frames) => got.extend(frames),
             Err(_) => {
                 failed = true;
+                rest = &rest[n..];
+                index += 1;
                 break;
             }
         }
@@ -81,6 +83,19 @@ pub fn check(data: &[u8]) {
         assert!(capacity <= 2 * bound + 16, "decoder buffer capacity {capacity}, bound {bound}");
         rest = &rest[n..];
         index += 1;
+    }
+
+    // A caller that keeps pushing after an error must keep getting errors, and the decoder
+    // must still not buffer beyond its bound.
+    if failed {
+        while !rest.is_empty() {
+            let n = next_chunk(rest, &cuts, index, decoder.wanted());
+            assert!(decoder.push(&rest[..n]).is_err(), "the decoder recovered from a bad frame header");
+            let (len, _) = frame_decoder_buffered(&decoder);
+            assert!(len <= bound, "after an error the decoder buffers {len} bytes, bound {bound}");
+            rest = &rest[n..];
+            index += 1;
+        }
     }
 
     assert_eq!(failed, reference_failed, "chunked and whole-buffer decoding disagree on failure");
