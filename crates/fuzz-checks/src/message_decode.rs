@@ -205,6 +205,8 @@ fn arb_relay(u: &mut Unstructured<'_>) -> Result<RelayMessage> {
             identity: PublicIdentity(u.arbitrary()?),
         },
         5 => RelayMessage::HistoryEnd { latest_seq: u.arbitrary()? },
+        // Codes come from the wire value: `ErrorCode::Other(1)` would encode as 1 and decode as
+        // `Malformed`, so only values `from_u16` produces round-trip.
         6 => RelayMessage::Error { code: ErrorCode::from_u16(u.arbitrary()?), detail: u.arbitrary()? },
         7 => RelayMessage::Ping { token: u.arbitrary()? },
         8 => RelayMessage::Pong { token: u.arbitrary()? },
