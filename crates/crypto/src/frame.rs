@@ -47,17 +47,19 @@ pub fn decode_frame(buf: &[u8], max: usize) -> Result<Option<(&[u8], usize)>, De
 }
 
 /// An incremental frame decoder for a byte stream arriving in arbitrary chunks. It never
-/// holds more than one header plus one maximal frame.
+/// holds more than one header plus one maximal frame. After a bad frame header it stays
+/// failed: every later `push` returns the same error and buffers nothing.
 #[derive(Debug)]
 pub struct FrameDecoder {
     buf: Vec<u8>,
     max: usize,
+    failed: Option<DecodeError>,
 }
 
 impl FrameDecoder {
     /// A decoder that refuses frames longer than `max` bytes.
     pub fn new(max: usize) -> Self {
-        Self { buf: Vec::new(), max: max.min(MAX_FRAME_LEN) }
+        Self { buf: Vec::new(), max: max.min(MAX_FRAME_LEN), failed: None }
     }
 
     /// Changes the limit (e.g. once a handshake is over).
@@ -77,15 +79,28 @@ impl FrameDecoder {
     /// Feeds bytes; returns the complete frames they finish. Bytes beyond what
     /// `wanted()` allowed are buffered only up to one further frame at a time.
     pub fn push(&mut self, mut bytes: &[u8]) -> Result<Vec<Vec<u8>>, DecodeError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
         let mut frames = Vec::new();
         while !bytes.is_empty() {
             let want = self.wanted().max(1).min(bytes.len());
             let (now, later) = bytes.split_at(want);
             self.buf.extend_from_slice(now);
             bytes = later;
-            if let Some((payload, used)) = decode_frame(&self.buf, self.max)? {
-                frames.push(payload.to_vec());
-                self.buf.drain(..used);
+            match decode_frame(&self.buf, self.max) {
+                Ok(Some((payload, used))) => {
+                    frames.push(payload.to_vec());
+                    self.buf.drain(..used);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    // Without this, the bad header would stay buffered and the next push would
+                    // take as many bytes as it announces, past the limit.
+                    self.buf = Vec::new();
+                    self.failed = Some(e.clone());
+                    return Err(e);
+                }
             }
         }
         Ok(frames)
@@ -94,6 +109,11 @@ impl FrameDecoder {
     /// Whether a partial frame is buffered (a stream ending now was cut mid-frame).
     pub fn is_mid_frame(&self) -> bool {
         !self.buf.is_empty()
+    }
+
+    /// Bytes currently buffered and the buffer's capacity, for the fuzz targets' memory bound.
+    pub(crate) fn buffered(&self) -> (usize, usize) {
+        (self.buf.len(), self.buf.capacity())
     }
 }
 
@@ -128,6 +148,21 @@ mod tests {
     fn decoder_rejects_oversized_frame_without_buffering_it() {
         let mut d = FrameDecoder::new(64);
         assert!(d.push(&[0x01, 0x00]).is_err());
+    }
+
+    #[test]
+    fn decoder_stays_failed_and_empty_after_a_bad_header() {
+        // Found by the frame_decode fuzz target (fuzz/regressions/frame_decode/): a caller
+        // pushing on after an error made the decoder buffer what the bad header announced.
+        let mut d = FrameDecoder::new(0);
+        assert!(matches!(d.push(&[0x00, 0x31]), Err(DecodeError::TooLong { len: 49, max: 0, .. })));
+        assert!(d.push(&[0x44; 100]).is_err());
+        assert!(d.push(&[]).is_err());
+        assert_eq!(d.buffered().0, 0);
+        let mut d = FrameDecoder::new(64);
+        assert_eq!(d.push(&[0, 0, 0, 1, 7]), Err(DecodeError::EmptyFrame));
+        assert_eq!(d.push(&[0, 1, 7]), Err(DecodeError::EmptyFrame), "a valid frame after the error");
+        assert!(!d.is_mid_frame());
     }
 
     proptest! {

@@ -100,4 +100,10 @@ pub mod internal {
     ) -> Result<[Vec<u8>; 4], NoiseError> {
         crate::handshake::vector_transcript(initiator, initiator_ephemeral, responder, responder_ephemeral)
     }
+
+    /// Bytes a `FrameDecoder` holds and its buffer capacity: the fuzz targets check both stay
+    /// within one header plus one maximal frame.
+    pub fn frame_decoder_buffered(decoder: &crate::FrameDecoder) -> (usize, usize) {
+        decoder.buffered()
+    }
 }
