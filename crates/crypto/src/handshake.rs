@@ -117,6 +117,12 @@ fn read(state: &mut HandshakeState, msg: &[u8], step: u8, expected: usize) -> Re
     }
 }
 
+/// Whether X25519 of `private` with `public` is not all zero, i.e. `public` is not one of the
+/// low-order points that would make the shared secret independent of the private key.
+fn is_contributory(private: &[u8; 32], public: &[u8; 32]) -> bool {
+    StaticSecret::from(*private).diffie_hellman(&PublicKey::from(*public)).was_contributory()
+}
+
 fn remote_static(state: &HandshakeState) -> Result<[u8; 32], NoiseError> {
     state.get_remote_static().and_then(|k| k.try_into().ok()).ok_or(NoiseError::Handshake)
 }
@@ -166,13 +172,15 @@ impl Initiator {
         let mut state = build(local, true)?;
         // -> e
         let msg1 = write(&mut state, HANDSHAKE1_LEN)?;
-        Ok((InitiatorAwaitingReply { state }, msg1))
+        Ok((InitiatorAwaitingReply { state, local_private: local.private.clone() }, msg1))
     }
 }
 
 /// The client side, waiting for message 2.
 pub struct InitiatorAwaitingReply {
     state: HandshakeState,
+    // Kept to test the relay's key for contributory behaviour (snow does not).
+    local_private: Zeroizing<[u8; 32]>,
 }
 
 impl InitiatorAwaitingReply {
@@ -181,6 +189,11 @@ impl InitiatorAwaitingReply {
         // <- e, ee, s, es
         read(&mut self.state, msg2, 2, HANDSHAKE2_LEN)?;
         let relay_key = remote_static(&self.state)?;
+        // A low-order "static key" makes `es` an all-zero secret that proves nothing; snow
+        // accepts it, so refuse it here (RFC 7748 section 6.1's all-zero check).
+        if !is_contributory(&self.local_private, &relay_key) {
+            return Err(NoiseError::Handshake);
+        }
         Ok(InitiatorReadyToFinish { state: self.state, relay_key })
     }
 }
@@ -449,6 +462,27 @@ pub(crate) mod tests {
         let ready = init.read_reply(&m2).unwrap();
         assert_ne!(ready.relay_key(), real.public());
         assert_eq!(ready.relay_key(), impostor.public());
+    }
+
+    #[test]
+    fn low_order_keys_are_not_contributory() {
+        let mine = StaticKeypair::generate();
+        // The all-zero point and u = 1 are of low order; a real key is contributory.
+        let mut one = [0u8; 32];
+        one[0] = 1;
+        assert!(!is_contributory(mine.private(), &[0; 32]));
+        assert!(!is_contributory(mine.private(), &one));
+        // u = 325606250916557431795983626356110631294008115727848805560023387167927233504,
+        // a point of order 8.
+        let order8 = hex_literal("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800");
+        assert!(!is_contributory(mine.private(), &order8));
+        assert!(is_contributory(mine.private(), StaticKeypair::generate().public()));
+    }
+
+    fn hex_literal(s: &str) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out).unwrap();
+        out
     }
 
     #[test]
