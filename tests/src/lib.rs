@@ -2,9 +2,9 @@
 //! 127.0.0.1 with temporary data directories, and their output read line by line with
 //! timeouts.
 //!
-//! The binaries are taken from the target directory next to the test executable; they are
-//! built once per test process with `cargo build --bin chatroom --bin chatroom-relay`, which is
-//! quick when they are up to date.
+//! The binaries are taken from the target directory next to the test executable; if they are
+//! missing or older than their sources they are built once per test process with
+//! `cargo build --bin chatroom --bin chatroom-relay`.
 #![forbid(unsafe_code)]
 // Test support: panicking with a clear message is the right failure mode here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -51,11 +51,37 @@ fn build_once() -> &'static Result<(), String> {
     })
 }
 
-/// The path of one of our binaries, built if needed.
+fn newest_source(dir: &Path) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    for entry in fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let time = if path.is_dir() {
+            newest_source(&path)
+        } else {
+            entry.metadata().and_then(|m| m.modified()).ok()
+        };
+        newest = newest.max(time);
+    }
+    newest
+}
+
+/// Whether `bin` is missing or older than a source file of the crates it is built from.
+fn stale(bin: &Path) -> bool {
+    let Ok(built) = fs::metadata(bin).and_then(|m| m.modified()) else { return true };
+    let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates");
+    ["client/src", "relay/src", "crypto/src"]
+        .iter()
+        .filter_map(|dir| newest_source(&crates.join(dir)))
+        .any(|source| source > built)
+}
+
+/// The path of one of our binaries. `cargo test --workspace` builds them; when one is missing
+/// or older than its sources (e.g. `cargo test -p chatroom-e2e` after an edit), both are built
+/// once per test process.
 pub fn bin(name: &str) -> PathBuf {
     let path = target_dir().join(name);
-    if let Err(e) = build_once() {
-        if !path.exists() {
+    if stale(&target_dir().join("chatroom")) || stale(&target_dir().join("chatroom-relay")) {
+        if let Err(e) = build_once() {
             panic!("{e}");
         }
     }
@@ -160,9 +186,15 @@ impl Relay {
 
     /// Starts a relay listening on `listen`.
     pub fn start_on(data_dir: &Path, listen: &str) -> Result<Self, BoxError> {
+        Self::start_with(data_dir, listen, &[])
+    }
+
+    /// Starts a relay listening on `listen` with extra command-line options.
+    pub fn start_with(data_dir: &Path, listen: &str, extra: &[&str]) -> Result<Self, BoxError> {
         let mut child = Command::new(bin("chatroom-relay"))
             .args(["--listen", listen, "--data-dir"])
             .arg(data_dir)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -434,4 +466,71 @@ pub fn socks5_connect_target(bytes: &[u8]) -> Result<(u8, String, u16), BoxError
     };
     let port = rest.get(..2).ok_or("truncated port")?;
     Ok((*atyp, host, u16::from_be_bytes([port[0], port[1]])))
+}
+
+/// A TCP relay in front of a server that can stop passing the server's bytes to the client
+/// (they are discarded) and cut every open connection: a lost acknowledgement, on demand.
+#[derive(Debug)]
+pub struct Cutter {
+    /// Where clients connect.
+    pub port: u16,
+    swallow: Arc<std::sync::atomic::AtomicBool>,
+    open: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Cutter {
+    /// Starts forwarding to `upstream`.
+    pub fn start(upstream: SocketAddr) -> Result<Self, BoxError> {
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let swallow = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let open = Arc::new(Mutex::new(Vec::new()));
+        let (swallow2, open2) = (swallow.clone(), open.clone());
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut client) = conn else { break };
+                let Ok(mut server) = TcpStream::connect(upstream) else { break };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                let (Ok(mut client2), Ok(mut server2)) = (client.try_clone(), server.try_clone()) else {
+                    break;
+                };
+                if let (Ok(c), Ok(s)) = (client.try_clone(), server.try_clone()) {
+                    open2.lock().unwrap().extend([c, s]);
+                }
+                thread::spawn(move || {
+                    let _ = std::io::copy(&mut client, &mut server);
+                    let _ = server.shutdown(std::net::Shutdown::Write);
+                });
+                let swallow = swallow2.clone();
+                thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = server2.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        if !swallow.load(Ordering::SeqCst) && client2.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = client2.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        Ok(Self { port, swallow, open })
+    }
+
+    /// From now on, bytes from the server are discarded instead of reaching the client.
+    pub fn swallow_replies(&self) {
+        self.swallow.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Closes every open connection; later connections pass everything again.
+    pub fn cut(&self) {
+        for stream in self.open.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+        self.swallow.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
 }

@@ -438,3 +438,150 @@ fn an_unmodified_client_is_redirected_by_torsocks() -> TestResult {
     assert_eq!((atyp, host.as_str(), port), (3, onion, 7777), "torsocks handed the name to the proxy");
     Ok(())
 }
+
+#[test]
+fn a_pasted_burst_is_paced_under_the_relay_rate_limit_and_fully_delivered() -> TestResult {
+    let relay_dir = tempfile::tempdir()?;
+    let relay = Relay::start(relay_dir.path())?;
+    let (alice_home, bob_home) = (Home::new()?, Home::new()?);
+    let secret = "correct horse battery staple";
+    let pa = alice_home.password_file("pw", secret)?;
+    let pb = bob_home.password_file("pw", secret)?;
+    let invite = relay.invite("burst");
+    let mut alice = alice_home.spawn(
+        "alice",
+        &[invite.as_str(), "--nick", "alice", "--create", "--password-file", pa.to_str().ok_or("path")?],
+    )?;
+    alice.stderr.expect("now live")?;
+    let mut bob = bob_home
+        .spawn("bob", &[invite.as_str(), "--nick", "bob", "--password-file", pb.to_str().ok_or("path")?])?;
+    bob.stderr.expect("now live")?;
+    // 25 lines at once: more than the relay's burst of 20.
+    for i in 0..25 {
+        alice.line(&format!("line {i}"))?;
+    }
+    alice.close_stdin();
+    assert!(alice.wait()?.success(), "{:?}", alice.stderr.all());
+    for i in 0..25 {
+        bob.stdout.expect(&format!("<alice> line {i}"))?;
+    }
+    assert!(!alice.stderr.all().iter().any(|l| l.contains("not delivered")), "{:?}", alice.stderr.all());
+    assert_eq!(bob.stdout.all().len(), 25, "in order, each once: {:?}", bob.stdout.all());
+    Ok(())
+}
+
+#[test]
+fn a_mistyped_password_confirmation_creates_nothing() -> TestResult {
+    let relay_dir = tempfile::tempdir()?;
+    let relay = Relay::start(relay_dir.path())?;
+    let home = Home::new()?;
+    let mut alice =
+        home.spawn("alice", &["--relay", &relay.address(), "--room", "r", "--nick", "alice", "--create"])?;
+    alice.line("correct horse battery staple")?;
+    alice.line("correct horse battery stapel")?;
+    assert!(!alice.wait()?.success());
+    let err = alice.stderr.all().join("\n");
+    assert!(err.contains("the two passwords differ; nothing was created"), "{err}");
+    assert!(!err.contains("connecting"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn a_message_whose_ack_was_lost_is_resent_and_delivered_once() -> TestResult {
+    let relay_dir = tempfile::tempdir()?;
+    let relay = Relay::start(relay_dir.path())?;
+    let cutter = chatroom_e2e::Cutter::start(relay.addr)?;
+    let (alice_home, bob_home) = (Home::new()?, Home::new()?);
+    let secret = "correct horse battery staple";
+    let pa = alice_home.password_file("pw", secret)?;
+    let pb = bob_home.password_file("pw", secret)?;
+    // Alice reaches the relay through the cutter; bob directly.
+    let via_cutter = format!("chatroom://{}@127.0.0.1:{}/acks", relay.fingerprint, cutter.port);
+    let mut alice = alice_home.spawn(
+        "alice",
+        &[via_cutter.as_str(), "--nick", "alice", "--create", "--password-file", pa.to_str().ok_or("path")?],
+    )?;
+    alice.stderr.expect("now live")?;
+    let mut bob = bob_home.spawn(
+        "bob",
+        &[&relay.invite("acks"), "--nick", "bob", "--password-file", pb.to_str().ok_or("path")?],
+    )?;
+    bob.stderr.expect("now live")?;
+    alice.stderr.expect("bob joined")?;
+
+    // The relay stores and relays "once", but its Ack never reaches alice.
+    cutter.swallow_replies();
+    alice.line("once")?;
+    bob.stdout.expect("<alice> once")?;
+    cutter.cut();
+    alice.stderr.expect("reconnected")?;
+    // The same envelope was sent again; the relay recognised it and only acknowledged it.
+    alice.line("after")?;
+    bob.stdout.expect("<alice> after")?;
+    assert_eq!(bob.stdout.count_ending_with("<alice> once"), 1, "{:?}", bob.stdout.all());
+    alice.close_stdin();
+    assert!(alice.wait()?.success(), "every message acknowledged: {:?}", alice.stderr.all());
+    Ok(())
+}
+
+#[test]
+fn messages_beyond_the_relays_history_are_reported_as_missed() -> TestResult {
+    let relay_dir = tempfile::tempdir()?;
+    let relay = Relay::start_with(relay_dir.path(), "127.0.0.1:0", &["--history", "3"])?;
+    let (alice_home, bob_home) = (Home::new()?, Home::new()?);
+    let secret = "correct horse battery staple";
+    let pa = alice_home.password_file("pw", secret)?;
+    let pb = bob_home.password_file("pw", secret)?;
+    let invite = relay.invite("short");
+    let bob_args = [invite.as_str(), "--nick", "bob", "--password-file", pb.to_str().ok_or("path")?];
+    let mut alice = alice_home.spawn(
+        "alice",
+        &[invite.as_str(), "--nick", "alice", "--create", "--password-file", pa.to_str().ok_or("path")?],
+    )?;
+    alice.stderr.expect("now live")?;
+    let mut bob = bob_home.spawn("bob", &bob_args)?;
+    bob.stderr.expect("now live")?;
+    alice.line("m0")?;
+    bob.stdout.expect("<alice> m0")?;
+    bob.close_stdin();
+    assert!(bob.wait()?.success());
+    for i in 1..=6 {
+        alice.line(&format!("m{i}"))?;
+    }
+    alice.close_stdin();
+    assert!(alice.wait()?.success());
+    // Seq 1 was m0; m1..m6 are seq 2..7, of which the relay keeps the last three.
+    let mut bob = bob_home.spawn("bob", &bob_args)?;
+    bob.stderr.expect("WARNING: messages #2 to #4 expired from the relay's history")?;
+    for m in ["m4", "m5", "m6"] {
+        bob.stdout.expect(&format!("[history] <alice> {m}"))?;
+    }
+    bob.stderr.expect("now live")?;
+    assert_eq!(bob.stdout.all().len(), 3, "{:?}", bob.stdout.all());
+    Ok(())
+}
+
+#[test]
+fn id_prints_a_stable_fingerprint_and_passphrase_a_fresh_strong_one() -> TestResult {
+    let home = Home::new()?;
+    let (status, first, err) = home.run(&["id"])?;
+    assert!(status.success(), "{err}");
+    assert!(err.contains("created a new identity"), "{err}");
+    let first = first.trim().to_owned();
+    assert!(first.len() == 64 && first.bytes().all(|b| b.is_ascii_hexdigit()), "{first}");
+    assert_eq!(mode(&home.data_dir().join("identity.key")), 0o600);
+    let (_, again, err) = home.run(&["id"])?;
+    assert_eq!(again.trim(), first);
+    assert!(!err.contains("created"), "{err}");
+
+    let (status, a, _) = home.run(&["passphrase"])?;
+    let (_, b, _) = home.run(&["passphrase"])?;
+    assert!(status.success());
+    assert_ne!(a, b);
+    let a = a.trim();
+    assert_eq!(a.len(), 23, "{a}");
+    assert!(a
+        .split('-')
+        .all(|g| g.len() == 5 && g.bytes().all(|c| b"abcdefghijkmnpqrstuvwxyz23456789".contains(&c))));
+    Ok(())
+}

@@ -108,6 +108,14 @@ pub(crate) fn event_line(event: &Event, relay: &str) -> Option<String> {
             pinned.fingerprint(),
             neutralize(&message.body)
         ),
+        Event::Rejected(Rejected::NickNotBound { message, known_as }) => format!(
+            "WARNING: key {} (known here as {}) signed a message claiming to be {}, which was never announced \
+             for that key; not shown as theirs. Its text: {}",
+            message.sender.fingerprint(),
+            neutralize(known_as),
+            neutralize(message.nick.as_str()),
+            neutralize(&message.body)
+        ),
         Event::Rejected(_) => "WARNING: a message was rejected".into(),
         Event::Members(list) => members_line(list),
         Event::Presence { event, nick, .. } => {

@@ -205,6 +205,14 @@ mod tests {
         assert!(!err.contains('\u{1b}'), "{err}");
     }
 
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_addresses_never_panic(s in "\\PC{0,300}") {
+            let _ = s.parse::<HostPort>();
+            let _ = s.parse::<Proxy>();
+        }
+    }
+
     #[test]
     fn proxy_forms() {
         let p: Proxy = "socks5h://127.0.0.1:9050".parse().unwrap();

@@ -365,3 +365,28 @@ async fn an_idle_connection_is_pinged_and_a_silent_one_replaced() -> TestResult 
         .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_first_join_lost_while_deriving_the_key_is_tried_once_more() -> TestResult {
+    let relay = FakeRelay::new().await?;
+    let owner = Identity::generate();
+    let cfg = config(&relay, RelayPin::default());
+    let server = async {
+        // The relay gives up on the first connection (as after its join deadline) ...
+        let mut first = relay.accept().await?;
+        first.recv().await?;
+        first
+            .send(&[RelayMessage::Goodbye { code: ErrorCode::HandshakeTimeout, detail: "too slow".into() }])
+            .await?;
+        drop(first);
+        // ... and admits the second, which no longer needs to derive anything.
+        relay.admit(&owner).await
+    };
+    let (client, admitted) = tokio::join!(start(cfg), server);
+    let (mut client, _) = (client?, admitted?);
+    let derivations = std::iter::from_fn(|| client.events.try_recv().ok())
+        .filter(|e| matches!(e, Event::KeyDerivation(chatroom_client::session::KdfProgress::Started(_))))
+        .count();
+    assert_eq!(derivations, 1);
+    Ok(())
+}

@@ -50,6 +50,16 @@ pub enum DecodeError {
         /// The limit it broke.
         max: usize,
     },
+    /// A list declares more entries than the protocol allows.
+    #[error("{what} has {count} entries, more than the maximum of {max}")]
+    TooMany {
+        /// Which list.
+        what: &'static str,
+        /// The declared count.
+        count: usize,
+        /// The limit it broke.
+        max: usize,
+    },
     /// A field is shorter than the protocol requires.
     #[error("{what} is {len} bytes, less than the minimum of {min}")]
     TooShort {

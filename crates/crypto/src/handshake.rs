@@ -72,6 +72,14 @@ impl fmt::Debug for StaticKeypair {
 }
 
 fn build(local: &StaticKeypair, initiator: bool) -> Result<HandshakeState, NoiseError> {
+    build_with_ephemeral(local, initiator, None)
+}
+
+fn build_with_ephemeral(
+    local: &StaticKeypair,
+    initiator: bool,
+    fixed_ephemeral: Option<&[u8; 32]>,
+) -> Result<HandshakeState, NoiseError> {
     // NOISE_PARAMS is a constant that snow supports; failure here would be a build bug, but we
     // still report it as a handshake failure rather than panic.
     let params = NOISE_PARAMS.parse().map_err(|_| NoiseError::Handshake)?;
@@ -79,6 +87,10 @@ fn build(local: &StaticKeypair, initiator: bool) -> Result<HandshakeState, Noise
         .local_private_key(local.private.as_ref())
         .and_then(|b| b.prologue(PROLOGUE))
         .map_err(|_| NoiseError::Handshake)?;
+    let builder = match fixed_ephemeral {
+        Some(e) => builder.fixed_ephemeral_key_for_testing_only(e),
+        None => builder,
+    };
     if initiator { builder.build_initiator() } else { builder.build_responder() }
         .map_err(|_| NoiseError::Handshake)
 }
@@ -120,6 +132,28 @@ fn into_transport(state: HandshakeState) -> Result<Transport, NoiseError> {
         handshake_hash,
         remote_static,
     })
+}
+
+/// A complete handshake with fixed ephemeral keys, for the protocol's test vectors: returns
+/// messages 1, 2 and 3 and the handshake hash.
+pub(crate) fn vector_transcript(
+    initiator: &StaticKeypair,
+    initiator_ephemeral: &[u8; 32],
+    responder: &StaticKeypair,
+    responder_ephemeral: &[u8; 32],
+) -> Result<[Vec<u8>; 4], NoiseError> {
+    let mut i = build_with_ephemeral(initiator, true, Some(initiator_ephemeral))?;
+    let mut r = build_with_ephemeral(responder, false, Some(responder_ephemeral))?;
+    let m1 = write(&mut i, HANDSHAKE1_LEN)?;
+    read(&mut r, &m1, 1, HANDSHAKE1_LEN)?;
+    let m2 = write(&mut r, HANDSHAKE2_LEN)?;
+    read(&mut i, &m2, 2, HANDSHAKE2_LEN)?;
+    let m3 = write(&mut i, HANDSHAKE3_LEN)?;
+    read(&mut r, &m3, 3, HANDSHAKE3_LEN)?;
+    if i.get_handshake_hash() != r.get_handshake_hash() {
+        return Err(NoiseError::Handshake);
+    }
+    Ok([m1, m2, m3, i.get_handshake_hash().to_vec()])
 }
 
 /// The client side, before anything is sent.

@@ -46,8 +46,58 @@ pub use names::{Nick, RoomName, MAX_NICK_LEN, MAX_ROOM_LEN};
 /// Re-exported so callers can hold secrets the same way this crate does.
 pub use zeroize::{Zeroize, Zeroizing};
 
-/// Hooks for the fuzz targets and vector tests; not a stable API.
+/// Hooks for the fuzz targets and the protocol's test vectors; not a stable API.
 #[doc(hidden)]
 pub mod internal {
     pub use crate::kdf::split_master;
+
+    use crate::{Content, DecodeError, Identity, KdfError, KdfParams, MessageKey, NoiseError, RoomName};
+    use crate::{StaticKeypair, Zeroizing};
+
+    /// The Argon2id master key before the HKDF split.
+    pub fn derive_master(
+        password: &[u8],
+        relay_key: &[u8; 32],
+        room: &RoomName,
+        params: KdfParams,
+    ) -> Result<Zeroizing<[u8; 32]>, KdfError> {
+        crate::kdf::derive_master(password, relay_key, room, params)
+    }
+
+    /// The raw message key.
+    pub fn message_key_bytes(key: &MessageKey) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(key.0)
+    }
+
+    /// A message key from raw bytes.
+    pub fn message_key_from_bytes(bytes: [u8; 32]) -> MessageKey {
+        MessageKey(bytes)
+    }
+
+    /// Seals with a fixed nonce (vectors only).
+    pub fn seal_with_nonce(
+        key: &MessageKey,
+        sender: &Identity,
+        room: &RoomName,
+        counter: u64,
+        content: &Content,
+        nonce: &[u8; 24],
+    ) -> Result<Vec<u8>, DecodeError> {
+        crate::envelope::seal_with_nonce(key, sender, room, counter, content, nonce)
+    }
+
+    /// The padded plaintext an envelope encrypts.
+    pub fn encode_content(content: &Content) -> Result<Zeroizing<Vec<u8>>, DecodeError> {
+        content.encode()
+    }
+
+    /// A handshake with fixed ephemeral keys: messages 1-3 and the handshake hash.
+    pub fn noise_transcript(
+        initiator: &StaticKeypair,
+        initiator_ephemeral: &[u8; 32],
+        responder: &StaticKeypair,
+        responder_ephemeral: &[u8; 32],
+    ) -> Result<[Vec<u8>; 4], NoiseError> {
+        crate::handshake::vector_transcript(initiator, initiator_ephemeral, responder, responder_ephemeral)
+    }
 }

@@ -471,7 +471,13 @@ impl RelayMessage {
             T_MEMBERS => {
                 let more = flag(&mut r, "members flags")?;
                 let count = usize::from(r.u16()?);
-                check_max("member list", count, MAX_MEMBERS_PER_ITEM)?;
+                if count > MAX_MEMBERS_PER_ITEM {
+                    return Err(DecodeError::TooMany {
+                        what: "member list",
+                        count,
+                        max: MAX_MEMBERS_PER_ITEM,
+                    });
+                }
                 // Each entry is at least 34 bytes; refuse a count the body cannot hold
                 // before allocating for it.
                 if count * 34 > r.remaining().len() {
@@ -663,7 +669,10 @@ mod tests {
         let over = [0u8, 0x03, 0xe9];
         let mut item_bytes = vec![T_MEMBERS, 0, 3];
         item_bytes.extend_from_slice(&over);
-        assert!(matches!(RelayMessage::decode_all(&item_bytes), Err(DecodeError::TooLong { .. })));
+        assert!(matches!(
+            RelayMessage::decode_all(&item_bytes),
+            Err(DecodeError::TooMany { count: 1001, .. })
+        ));
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub struct Config {
     pub ping_after: Duration,
     /// Silence after which the relay closes a member's connection (default 90 s).
     pub idle_timeout: Duration,
-    /// Envelopes a member may send in a burst (default 20).
+    /// Envelopes a member (identity, over all its connections) may send in a burst (default 20).
     pub rate_burst: u32,
     /// Envelopes per second a member may send sustained (default 5).
     pub rate_per_sec: u32,
@@ -57,6 +57,9 @@ pub struct Config {
     /// Failed joins against one room within `failure_window` after which joins to it are
     /// refused with `TooManyAttempts` for `failure_window` (default 100).
     pub room_failures_lockout: u32,
+    /// Rooms one IP address may create within `failure_window`; further creations are
+    /// refused with `TooManyAttempts` (default 10).
+    pub room_creations_per_ip: u32,
     /// Window over which failures are counted, and how long a lockout lasts (default 10 min).
     pub failure_window: Duration,
     /// Delay applied to a join once its address or room is being slowed (default 1 s).
@@ -87,6 +90,7 @@ impl Config {
             ip_failures_lockout: 10,
             room_failures_slow: 20,
             room_failures_lockout: 100,
+            room_creations_per_ip: 10,
             failure_window: Duration::from_secs(600),
             failure_delay: Duration::from_secs(1),
             synchronous: Synchronous::Full,

@@ -26,9 +26,7 @@ use tracing::{debug, info, instrument};
 use crate::config::Config;
 use crate::frames::{FrameError, FrameReader};
 use crate::hub::{member_items, Moderation, Refusal, RoomService};
-use crate::limits::{
-    address_key, FailureTracker, TokenBucket, Unauthenticated, UnauthenticatedSlot, Verdict,
-};
+use crate::limits::{address_key, FailureTracker, SendRate, Unauthenticated, UnauthenticatedSlot, Verdict};
 use crate::outbox::{encode, write_loop, Outbox, PushError};
 use crate::shutdown::Shutdown;
 
@@ -71,6 +69,10 @@ pub(crate) struct Shared<H> {
     pub(crate) ip_failures: FailureTracker<IpAddr>,
     pub(crate) room_failures: FailureTracker<String>,
     pub(crate) unauthenticated: Unauthenticated,
+    /// Rooms created per address within the failure window.
+    pub(crate) room_creations: FailureTracker<IpAddr>,
+    /// Envelopes per identity (over all its connections).
+    pub(crate) send_rate: SendRate<PublicIdentity>,
 }
 
 /// Why a connection ended; logged, never returned to the listener.
@@ -90,8 +92,10 @@ enum Ended {
     Io(#[from] std::io::Error),
     #[error("refused: {0:?}")]
     Refused(ErrorCode),
-    #[error("closed by the relay")]
-    Closed,
+    #[error("closed by the relay: {0:?}")]
+    Closed(Option<ErrorCode>),
+    #[error("disconnected: {0:?}")]
+    Disconnected(ErrorCode),
 }
 
 enum Flow {
@@ -117,7 +121,9 @@ impl<H: RoomService> Handler<H> {
         debug!("accepted");
         match self.serve(stream, slot).await {
             Ok(()) | Err(Ended::PeerClosed) => debug!("connection closed"),
-            Err(e @ (Ended::Refused(_) | Ended::Deadline)) => info!("connection ended: {e}"),
+            Err(e @ (Ended::Refused(_) | Ended::Deadline | Ended::Disconnected(_))) => {
+                info!("connection ended: {e}")
+            }
             Err(e) => debug!("connection ended: {e}"),
         }
     }
@@ -237,7 +243,10 @@ impl<H: RoomService> Handler<H> {
         if verdicts.contains(&Verdict::Slow) {
             debug!("slowing a join after failed attempts");
             tokio::select! {
-                _ = self.shutdown.recv() => return Err(Ended::Shutdown),
+                _ = self.shutdown.recv() => {
+                    outbox.finish_with(ErrorCode::ShuttingDown, "the relay is shutting down; reconnect later");
+                    return Err(Ended::Shutdown);
+                }
                 _ = tokio::time::sleep(config.failure_delay) => {}
             }
         }
@@ -259,20 +268,41 @@ impl<H: RoomService> Handler<H> {
                 ));
             }
         };
-        let member = match self.shared.hub.join(signed, history_after, self.id, outbox.clone()).await {
-            Ok(member) => member,
-            Err(refusal) => {
-                if refusal.code == ErrorCode::WrongPassword {
-                    self.shared.ip_failures.record_failure(&ip);
-                    self.shared.room_failures.record_failure(&room_key);
-                }
-                info!(room = %room, code = ?refusal.code, "join refused");
-                return Err(refuse(outbox, refusal));
+        // New rooms are limited per address, like failed joins.
+        let creations = &self.shared.room_creations;
+        let may_create = || {
+            if creations.check(&ip) == Verdict::Locked {
+                info!("room creation refused: too many new rooms from this address");
+                let minutes = config.failure_window.as_secs().div_ceil(60);
+                return Err(Refusal::new(
+                    ErrorCode::TooManyAttempts,
+                    format!("too many rooms created from your address; try again in {minutes} minutes"),
+                ));
             }
+            creations.record_failure(&ip);
+            Ok(())
         };
+        let member =
+            match self.shared.hub.join(signed, history_after, self.id, outbox.clone(), &may_create).await {
+                Ok(member) => member,
+                Err(refusal) => {
+                    if refusal.code == ErrorCode::WrongPassword {
+                        self.shared.ip_failures.record_failure(&ip);
+                        self.shared.room_failures.record_failure(&room_key);
+                    }
+                    info!(room = %room, code = ?refusal.code, "join refused");
+                    return Err(refuse(outbox, refusal));
+                }
+            };
         drop(slot);
         info!(room = %room, nick = %nick, identity = %identity.short_fingerprint(), "joined");
-        let result = self.member_loop(reader, receiver, outbox, writer, &member, identity).await;
+        let result = match self.member_loop(reader, receiver, outbox, writer, &member, identity).await {
+            Err(Ended::Closed(None)) => match outbox.close_reason() {
+                Some(code) => Err(Ended::Disconnected(code)),
+                None => Err(Ended::Closed(None)),
+            },
+            other => other,
+        };
         self.shared.hub.leave(&member);
         info!(room = %room, nick = %nick, "left");
         result
@@ -311,7 +341,6 @@ impl<H: RoomService> Handler<H> {
     ) -> Result<(), Ended> {
         let shared = self.shared.clone();
         let config = &shared.config;
-        let mut bucket = TokenBucket::new(config.rate_burst, config.rate_per_sec);
         let mut last_heard = Instant::now();
         let mut pinged = false;
         let mut token = 0u64;
@@ -323,17 +352,17 @@ impl<H: RoomService> Handler<H> {
                     outbox.close(ErrorCode::ShuttingDown, "the relay is shutting down; reconnect later");
                     return Err(Ended::Shutdown);
                 }
-                _ = &mut *writer => return Err(Ended::Closed),
+                _ = &mut *writer => return Err(Ended::Closed(None)),
                 _ = sleep_until(wake) => {
                     if pinged {
                         let secs = config.idle_timeout.as_secs_f64();
                         outbox.close(ErrorCode::IdleTimeout, &format!("no traffic for {secs} s"));
-                        return Err(Ended::Closed);
+                        return Err(Ended::Closed(None));
                     }
                     pinged = true;
                     token = token.wrapping_add(1);
                     if !outbox.push_or_close(encode(&RelayMessage::Ping { token })) {
-                        return Err(Ended::Closed);
+                        return Err(Ended::Closed(None));
                     }
                 }
                 frame = reader.next_frame(MIN_TRANSPORT_FRAME, MAX_FRAME_LEN) => {
@@ -345,8 +374,8 @@ impl<H: RoomService> Handler<H> {
                     last_heard = Instant::now();
                     pinged = false;
                     let plaintext = receiver.open(&frame)?;
-                    if let Flow::Stop = self.process(&plaintext, outbox, member, identity, &mut bucket).await {
-                        return Err(Ended::Closed);
+                    if let Flow::Stop = self.process(&plaintext, outbox, member, identity).await {
+                        return Err(Ended::Closed(None));
                     }
                 }
             }
@@ -360,7 +389,6 @@ impl<H: RoomService> Handler<H> {
         outbox: &Arc<Outbox>,
         member: &H::Membership,
         identity: PublicIdentity,
-        bucket: &mut TokenBucket,
     ) -> Flow {
         if plaintext.is_empty() {
             outbox.finish_with(ErrorCode::Malformed, "empty message");
@@ -395,7 +423,7 @@ impl<H: RoomService> Handler<H> {
             };
             let replies = match message {
                 ClientMessage::Send { envelope } => {
-                    vec![encode(&self.send(member, identity, envelope, bucket).await)]
+                    vec![encode(&self.send(member, identity, envelope).await)]
                 }
                 ClientMessage::Who => member_items(self.shared.hub.members(member)),
                 ClientMessage::Kick { nick } => self.moderate(member, Moderation::Kick, nick).await,
@@ -440,7 +468,6 @@ impl<H: RoomService> Handler<H> {
         member: &H::Membership,
         identity: PublicIdentity,
         envelope: Vec<u8>,
-        bucket: &mut TokenBucket,
     ) -> RelayMessage {
         let config = &self.shared.config;
         let error = |code, detail: String| RelayMessage::Error { code, detail };
@@ -469,7 +496,7 @@ impl<H: RoomService> Handler<H> {
                 "the envelope names another sender than your identity; message not delivered".into(),
             );
         }
-        if !bucket.try_take() {
+        if !self.shared.send_rate.try_take(&identity) {
             info!("rate limit hit");
             return error(
                 ErrorCode::RateLimited,

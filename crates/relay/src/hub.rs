@@ -55,6 +55,10 @@ pub(crate) enum Moderation {
     Unban,
 }
 
+/// Consulted just before a join creates a room; an `Err` refuses the creation (the per-address
+/// limit on new rooms lives with the connection handling, not in the room service).
+pub(crate) type CreateGate<'a> = &'a (dyn Fn() -> Result<(), Refusal> + Send + Sync);
+
 /// Room state, history and fan-out, as the connection handler sees them.
 pub(crate) trait RoomService: Send + Sync + 'static {
     /// A joined member's handle; dropping it without `leave` is a bug.
@@ -63,13 +67,14 @@ pub(crate) trait RoomService: Send + Sync + 'static {
     /// Runs the join checks (ban, nickname, password, or room creation) and registers the
     /// member. On success the member's outbox already holds, in order: `Joined`, `Members`,
     /// the retained envelopes after `history_after`, and `HistoryEnd`; live traffic follows
-    /// with no gap and no duplicate.
+    /// with no gap and no duplicate. `may_create` is asked before a room is created.
     fn join(
         &self,
         join: SignedJoin,
         history_after: u64,
         connection: u64,
         outbox: Arc<Outbox>,
+        may_create: CreateGate<'_>,
     ) -> impl Future<Output = Result<Self::Membership, Refusal>> + Send;
 
     /// Stores an envelope whose sender is the member, then delivers it to every other member.
@@ -350,6 +355,7 @@ impl LocalRooms {
         history_after: u64,
         connection: u64,
         outbox: Arc<Outbox>,
+        may_create: CreateGate<'_>,
     ) -> Result<Result<LocalMember, SignedJoin>, Refusal> {
         let _loading = self.loading.lock().await;
         let name = join.request().room.clone();
@@ -357,6 +363,7 @@ impl LocalRooms {
             // Created by someone else meanwhile: join it like any existing room.
             return Ok(Err(join));
         }
+        may_create()?;
         let nick = join.request().nick.canonical();
         let (verified, verifier) = join.create_room();
         let owner = *verified.identity();
@@ -434,6 +441,14 @@ impl LocalRooms {
             if st.evicted {
                 return Ok(Err(join));
             }
+            // The password comes first: someone without it learns nothing about the room,
+            // not even which nicknames are bound or who is banned.
+            let verified = join.admit(&st.verifier).map_err(|_| {
+                Refusal::new(
+                    ErrorCode::WrongPassword,
+                    "wrong room password; check the password or the invite",
+                )
+            })?;
             if st.bans.contains(&identity) {
                 return Err(Refusal::new(ErrorCode::Banned, "you are banned from this room"));
             }
@@ -443,19 +458,13 @@ impl LocalRooms {
                         ErrorCode::NickTaken,
                         format!(
                         "the nickname {} belongs to another identity in this room; choose another nickname",
-                        join.request().nick
+                        verified.nick()
                     ),
                     ))
                 }
                 Some(_) => false,
                 None => true,
             };
-            let verified = join.admit(&st.verifier).map_err(|_| {
-                Refusal::new(
-                    ErrorCode::WrongPassword,
-                    "wrong room password; check the password or the invite",
-                )
-            })?;
             if bind {
                 // Reserved now, so a concurrent join with the same nickname is refused.
                 st.nicks.insert(canonical.clone(), identity);
@@ -525,6 +534,7 @@ impl RoomService for LocalRooms {
         history_after: u64,
         connection: u64,
         outbox: Arc<Outbox>,
+        may_create: CreateGate<'_>,
     ) -> Result<LocalMember, Refusal> {
         let name = join.request().room.clone();
         // Retries only when a room appeared or was evicted between two steps.
@@ -534,7 +544,7 @@ impl RoomService for LocalRooms {
                     self.join_existing(room, join, history_after, connection, outbox.clone()).await?
                 }
                 Lookup::Missing if join.request().create => {
-                    self.create(join, history_after, connection, outbox.clone()).await?
+                    self.create(join, history_after, connection, outbox.clone(), may_create).await?
                 }
                 Lookup::Missing => {
                     return Err(Refusal::new(
@@ -727,6 +737,26 @@ mod tests {
         .unwrap()
     }
 
+    #[test]
+    fn long_member_lists_are_split_into_items_of_at_most_1000() {
+        let list: Vec<Member> = (0..2500)
+            .map(|i| Member { nick: Nick::new(&format!("n{i}")).unwrap(), identity: PublicIdentity([0; 32]) })
+            .collect();
+        let items = member_items(list);
+        let decoded: Vec<RelayMessage> =
+            items.iter().map(|i| RelayMessage::decode_all(i).unwrap().remove(0)).collect();
+        let shape: Vec<(bool, usize)> = decoded
+            .iter()
+            .map(|m| match m {
+                RelayMessage::Members { more, members } => (*more, members.len()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(shape, [(true, 1000), (true, 1000), (false, 500)]);
+        assert!(items.iter().all(|i| i.len() <= chatroom_crypto::MAX_PLAINTEXT_LEN));
+        assert_eq!(member_items(Vec::new()).len(), 1, "an empty list is one item");
+    }
+
     #[tokio::test]
     async fn rooms_leave_memory_when_idle_and_come_back_from_storage() {
         let dir = tempfile::tempdir().unwrap();
@@ -736,24 +766,45 @@ mod tests {
         let wrong = split_master(&[2; 32]);
         let (alice, bob) = (Identity::generate(), Identity::generate());
 
+        let closed = || Err(Refusal::new(ErrorCode::TooManyAttempts, "no more rooms"));
+        let refused = hub
+            .join(signed(&alice, "alice", &keys.join_secret, true), 0, 1, Arc::new(Outbox::new(16)), &closed)
+            .await;
+        assert_eq!(refused.unwrap_err().code, ErrorCode::TooManyAttempts, "the gate can refuse a creation");
+        let refused = hub
+            .join(signed(&alice, "alice", &keys.join_secret, false), 0, 1, Arc::new(Outbox::new(16)), &closed)
+            .await;
+        assert_eq!(refused.unwrap_err().code, ErrorCode::NoSuchRoom, "and nothing was created");
+
         let outbox = Arc::new(Outbox::new(16));
-        let a = hub.join(signed(&alice, "alice", &keys.join_secret, true), 0, 1, outbox).await.unwrap();
+        let a = hub
+            .join(signed(&alice, "alice", &keys.join_secret, true), 0, 1, outbox, &|| Ok(()))
+            .await
+            .unwrap();
         assert_eq!(hub.map().len(), 1);
         hub.leave(&a);
         assert!(hub.map().is_empty(), "an empty room is dropped from memory");
 
-        let refused =
-            hub.join(signed(&bob, "bob", &wrong.join_secret, false), 0, 2, Arc::new(Outbox::new(16))).await;
+        let refused = hub
+            .join(signed(&bob, "bob", &wrong.join_secret, false), 0, 2, Arc::new(Outbox::new(16)), &|| Ok(()))
+            .await;
         assert_eq!(refused.unwrap_err().code, ErrorCode::WrongPassword);
         assert!(hub.map().is_empty(), "a refused join does not keep the room loaded");
 
         // Reloaded from storage: owner and nickname binding survived.
         let b = hub
-            .join(signed(&bob, "bob", &keys.join_secret, false), 0, 3, Arc::new(Outbox::new(16)))
+            .join(signed(&bob, "bob", &keys.join_secret, false), 0, 3, Arc::new(Outbox::new(16)), &|| Ok(()))
             .await
             .unwrap();
-        let refused =
-            hub.join(signed(&bob, "alice", &keys.join_secret, false), 0, 4, Arc::new(Outbox::new(16))).await;
+        let refused = hub
+            .join(
+                signed(&bob, "alice", &keys.join_secret, false),
+                0,
+                4,
+                Arc::new(Outbox::new(16)),
+                &|| Ok(()),
+            )
+            .await;
         assert_eq!(refused.unwrap_err().code, ErrorCode::NickTaken);
         assert_eq!(hub.map().len(), 1, "a room with members stays loaded");
         assert_eq!(b.room.lock().owner, alice.public());

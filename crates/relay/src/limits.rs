@@ -41,18 +41,59 @@ impl TokenBucket {
         Self { tokens: burst, burst, per_sec: f64::from(per_sec), last: Instant::now() }
     }
 
-    /// Takes one token if there is one.
-    pub(crate) fn try_take(&mut self) -> bool {
+    fn refill(&mut self) {
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.per_sec).min(self.burst);
+    }
+
+    fn is_full(&mut self) -> bool {
+        self.refill();
+        self.tokens >= self.burst
+    }
+
+    /// Takes one token if there is one.
+    pub(crate) fn try_take(&mut self) -> bool {
+        self.refill();
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true
         } else {
             false
         }
+    }
+}
+
+/// Most identities whose send rate is tracked at once; beyond it, buckets that have refilled
+/// completely are forgotten (a fresh bucket is the same), and if that is not enough the
+/// oldest state is dropped.
+const MAX_BUCKETS: usize = 65_536;
+
+/// Per-identity token buckets: a member's allowance survives reconnects, so reconnecting
+/// does not buy a fresh burst.
+#[derive(Debug)]
+pub(crate) struct SendRate<K> {
+    buckets: Mutex<HashMap<K, TokenBucket>>,
+    burst: u32,
+    per_sec: u32,
+}
+
+impl<K: Eq + Hash + Clone> SendRate<K> {
+    pub(crate) fn new(burst: u32, per_sec: u32) -> Self {
+        Self { buckets: Mutex::new(HashMap::new()), burst, per_sec }
+    }
+
+    /// Takes one token from `key`'s bucket if there is one.
+    pub(crate) fn try_take(&self, key: &K) -> bool {
+        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(key) {
+            buckets.retain(|_, b| !b.is_full());
+            if buckets.len() >= MAX_BUCKETS {
+                buckets.clear();
+            }
+        }
+        buckets.entry(key.clone()).or_insert_with(|| TokenBucket::new(self.burst, self.per_sec)).try_take()
     }
 }
 
@@ -198,6 +239,16 @@ mod tests {
         tokio::time::advance(Duration::from_secs(60)).await;
         assert!((0..3).all(|_| bucket.try_take()));
         assert!(!bucket.try_take());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn send_rate_is_kept_per_key() {
+        let rate = SendRate::new(2, 1);
+        assert!(rate.try_take(&"a") && rate.try_take(&"a"));
+        assert!(!rate.try_take(&"a"), "a second handle on the same key gets no fresh burst");
+        assert!(rate.try_take(&"b"));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(rate.try_take(&"a"));
     }
 
     #[tokio::test(start_paused = true)]

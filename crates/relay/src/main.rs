@@ -98,6 +98,9 @@ struct RunArgs {
     /// Failed joins against one room before it is locked for the failure window.
     #[arg(long, value_name = "N", default_value_t = defaults().room_failures_lockout)]
     room_failures_lockout: u32,
+    /// Rooms one address may create within the failure window.
+    #[arg(long, value_name = "N", default_value_t = defaults().room_creations_per_ip)]
+    room_creations_per_ip: u32,
     /// Window over which failed joins are counted, and how long a lockout lasts.
     #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
     failure_window: Duration,
@@ -126,7 +129,13 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         "h" => 3_600_000,
         _ => return Err(format!("unknown unit {unit:?}: use ms, s, m or h")),
     };
-    n.checked_mul(unit_ms).map(Duration::from_millis).ok_or_else(|| format!("{text:?} is too long"))
+    // Far beyond any sensible limit, and small enough that deadlines computed from it never
+    // overflow the clock.
+    const MAX_MS: u64 = 365 * 24 * 3_600_000;
+    n.checked_mul(unit_ms)
+        .filter(|ms| *ms <= MAX_MS)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("{text:?} is too long: use at most 365 days"))
 }
 
 fn default_data_dir() -> Result<PathBuf, String> {
@@ -166,6 +175,7 @@ fn config(args: &RunArgs) -> Result<Config, String> {
     config.ip_failures_lockout = args.ip_failures_lockout;
     config.room_failures_slow = args.room_failures_slow;
     config.room_failures_lockout = args.room_failures_lockout;
+    config.room_creations_per_ip = args.room_creations_per_ip;
     config.failure_window = args.failure_window;
     config.failure_delay = args.failure_delay;
     config.synchronous = match args.synchronous {
@@ -276,6 +286,8 @@ mod tests {
         assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("5d").is_err());
+        assert!(parse_duration("9000h").is_err());
+        assert!(parse_duration("99999999999999999999").is_err());
     }
 
     #[test]

@@ -39,6 +39,8 @@ struct State {
     finishing: bool,
     /// No more pushes are accepted.
     closed: bool,
+    /// Why `close` closed it, for the log.
+    reason: Option<ErrorCode>,
 }
 
 /// One connection's outbound queue.
@@ -152,6 +154,7 @@ impl Outbox {
             return false;
         }
         state.closed = true;
+        state.reason = Some(code);
         state.queue.clear();
         state.abort = Some(goodbye(code, detail));
         drop(state);
@@ -159,6 +162,11 @@ impl Outbox {
         self.wake.notify_one();
         self.space.notify_waiters();
         true
+    }
+
+    /// Why the connection was closed from outside, if it was.
+    pub(crate) fn close_reason(&self) -> Option<ErrorCode> {
+        self.lock().reason
     }
 
     /// Writes what is queued, then closes the connection.
@@ -288,4 +296,100 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
         state.queue.clear();
     }
     let _ = tokio::time::timeout(GOODBYE_TIMEOUT, writer.shutdown()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use chatroom_crypto::{Initiator, Responder, StaticKeypair, Transport};
+    use tokio::io::AsyncReadExt;
+
+    fn pair() -> (Transport, Transport) {
+        let (init, m1) = Initiator::start(&StaticKeypair::generate()).unwrap();
+        let (resp, m2) = Responder::new(&StaticKeypair::generate()).unwrap().read_hello(&m1).unwrap();
+        let (client, m3) = init.read_reply(&m2).unwrap().finish().unwrap();
+        (client, resp.read_finish(&m3).unwrap())
+    }
+
+    /// Runs the writer over an in-memory pipe and returns the decrypted transport messages.
+    async fn written(outbox: Arc<Outbox>) -> Vec<Vec<RelayMessage>> {
+        let (client, relay) = pair();
+        let (sender, _) = relay.split();
+        let (_, mut rx) = client.split();
+        let (w, mut r) = tokio::io::duplex(1 << 20);
+        let writer = tokio::spawn(async move { write_loop(&outbox, sender, w).await });
+        let mut bytes = Vec::new();
+        r.read_to_end(&mut bytes).await.unwrap();
+        writer.await.unwrap();
+        let mut messages = Vec::new();
+        let mut rest = &bytes[..];
+        while let Some((payload, used)) = chatroom_crypto::decode_frame(rest, usize::MAX).unwrap() {
+            messages.push(RelayMessage::decode_all(&rx.open(payload).unwrap()).unwrap());
+            rest = &rest[used..];
+        }
+        assert!(rest.is_empty());
+        messages
+    }
+
+    #[tokio::test]
+    async fn queued_items_are_packed_into_as_few_transport_messages_as_fit() {
+        let outbox = Arc::new(Outbox::new(1000));
+        for seq in 1..=100u64 {
+            let mut item = Vec::new();
+            chatroom_crypto::encode_deliver(seq, false, &[7; 1000], &mut item);
+            outbox.push(Bytes::from(item)).unwrap();
+        }
+        outbox.finish();
+        let messages = written(outbox).await;
+        // 100 items of 1012 bytes: 64 fit in one 65519-byte plaintext.
+        assert_eq!(messages.iter().map(Vec::len).collect::<Vec<_>>(), [64, 36]);
+        let seqs: Vec<u64> = messages
+            .iter()
+            .flatten()
+            .map(|m| match m {
+                RelayMessage::Deliver { seq, .. } => *seq,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(seqs, (1..=100).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_and_a_close_drops_the_queue_for_the_goodbye() {
+        let outbox = Arc::new(Outbox::new(2));
+        let ping = encode(&RelayMessage::Ping { token: 1 });
+        assert_eq!(outbox.push(ping.clone()), Ok(()));
+        assert_eq!(outbox.push(ping.clone()), Ok(()));
+        assert_eq!(outbox.push(ping.clone()), Err(PushError::Full));
+        assert!(!outbox.push_or_close(ping.clone()));
+        assert_eq!(outbox.push(ping), Err(PushError::Closed));
+        assert!(!outbox.close(ErrorCode::Kicked, "second close is ignored"));
+        let messages = written(outbox).await;
+        assert_eq!(
+            messages,
+            [vec![RelayMessage::Goodbye {
+                code: ErrorCode::SlowConsumer,
+                detail: "outbound queue full: you fell behind; reconnect to catch up from history".into(),
+            }]]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reply_waits_for_room_and_gives_up_after_its_deadline() {
+        let outbox = Outbox::new(1);
+        let ping = encode(&RelayMessage::Ping { token: 1 });
+        outbox.push(ping.clone()).unwrap();
+        let waited = tokio::time::Instant::now();
+        assert_eq!(outbox.push_reply(ping.clone(), Duration::from_millis(50)).await, Err(PushError::Full));
+        assert!(waited.elapsed() >= Duration::from_millis(50));
+        // The writer taking the queued item makes room.
+        let (again, taken) = tokio::join!(outbox.push_reply(ping, Duration::from_secs(5)), async {
+            tokio::task::yield_now().await;
+            matches!(outbox.next(), Next::Write(_))
+        });
+        assert!(taken);
+        assert_eq!(again, Ok(()));
+    }
 }

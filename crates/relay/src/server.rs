@@ -10,12 +10,12 @@ use std::time::Duration;
 use chatroom_crypto::{load_or_create_static, KeyFileError, StaticKeypair};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, Semaphore};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::handler::{Handler, Shared};
 use crate::hub::{LocalRooms, RoomService};
-use crate::limits::{address_key, FailureTracker, Unauthenticated};
+use crate::limits::{address_key, FailureTracker, SendRate, Unauthenticated};
 use crate::shutdown::Shutdown;
 use crate::store::{Store, StoreError};
 
@@ -85,6 +85,12 @@ impl Relay {
                 config.failure_window,
             ),
             unauthenticated: Unauthenticated::new(config.max_unauthenticated_per_ip),
+            send_rate: SendRate::new(config.rate_burst, config.rate_per_sec),
+            room_creations: FailureTracker::new(
+                config.room_creations_per_ip,
+                config.room_creations_per_ip,
+                config.failure_window,
+            ),
             static_key,
             config,
         });
@@ -98,6 +104,8 @@ impl Relay {
             notify_shutdown,
             done_tx,
             next_id: AtomicU64::new(1),
+            warned_full: Throttle::default(),
+            warned_unauthenticated: Throttle::default(),
         };
         tokio::select! {
             _ = server.run() => {}
@@ -134,19 +142,43 @@ struct Listener<H> {
     notify_shutdown: broadcast::Sender<()>,
     done_tx: mpsc::Sender<()>,
     next_id: AtomicU64,
+    warned_full: Throttle,
+    warned_unauthenticated: Throttle,
+}
+
+/// Lets a repeated warning through at most once a minute, so a flood cannot flood the log.
+#[derive(Debug, Default)]
+struct Throttle {
+    last: Option<tokio::time::Instant>,
+}
+
+impl Throttle {
+    fn ready(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        if self.last.is_some_and(|last| now.duration_since(last) < Duration::from_secs(60)) {
+            return false;
+        }
+        self.last = Some(now);
+        true
+    }
 }
 
 impl<H: RoomService> Listener<H> {
     async fn run(&mut self) {
         loop {
-            if self.limit.available_permits() == 0 {
-                debug!("connection limit reached; waiting for a connection to end");
+            if self.limit.available_permits() == 0 && self.warned_full.ready() {
+                warn!(
+                    max = self.shared.config.max_connections,
+                    "connection limit reached; new connections wait until one ends"
+                );
             }
             // The semaphore is never closed.
             let Ok(permit) = self.limit.clone().acquire_owned().await else { return };
             let (socket, peer) = self.accept().await;
             let Some(slot) = self.shared.unauthenticated.acquire(address_key(peer.ip())) else {
-                debug!(%peer, "too many unauthenticated connections from this address; closing");
+                if self.warned_unauthenticated.ready() {
+                    warn!(%peer, "too many unauthenticated connections from this address; closing new ones");
+                }
                 continue;
             };
             let handler = Handler {

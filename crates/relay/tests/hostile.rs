@@ -176,20 +176,30 @@ async fn a_flood_of_connections_from_one_address_is_capped() -> TestResult {
         flood.push(tcp_from(relay.addr, flooder).await?);
     }
     pair.check().await?;
-    let mut closed = 0;
-    let mut open = 0;
-    let mut first_open = None;
-    for (i, s) in flood.iter_mut().enumerate() {
-        let mut buf = [0u8; 1];
-        match tokio::time::timeout(Duration::from_millis(100), tokio::io::AsyncReadExt::read(s, &mut buf))
-            .await
-        {
-            Ok(Ok(0) | Err(_)) => closed += 1,
-            Ok(Ok(_)) => panic!("the relay sent bytes before a handshake"),
-            Err(_) => {
-                open += 1;
-                first_open.get_or_insert(i);
-            }
+    // Watch every socket at once: the ones over the cap are closed at accept, the others
+    // stay open (the handshake deadline is far away).
+    let mut watching = tokio::task::JoinSet::new();
+    for mut s in flood.drain(..) {
+        watching.spawn(async move {
+            let mut buf = [0u8; 1];
+            let read =
+                tokio::time::timeout(Duration::from_secs(1), tokio::io::AsyncReadExt::read(&mut s, &mut buf));
+            let open = match read.await {
+                Ok(Ok(0) | Err(_)) => false,
+                Ok(Ok(_)) => panic!("the relay sent bytes before a handshake"),
+                Err(_) => true,
+            };
+            (open, s)
+        });
+    }
+    let (mut open, mut closed) = (0, 0);
+    while let Some(watched) = watching.join_next().await {
+        let (is_open, s) = watched?;
+        if is_open {
+            open += 1;
+            flood.push(s);
+        } else {
+            closed += 1;
         }
     }
     assert_eq!(open, 8, "at most 8 unauthenticated connections per address");
@@ -197,7 +207,7 @@ async fn a_flood_of_connections_from_one_address_is_capped() -> TestResult {
     // Another address is not affected, and the flooder may still complete a real join
     // once a slot is free.
     let (_, _) = member(&relay, &Person::new("carol"), &pair.room, false).await?;
-    drop(flood.swap_remove(first_open.expect("an open connection")));
+    drop(flood.pop());
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut conn = Conn::connect_from(relay.addr, flooder).await?;
     assert!(conn.join(&Person::new("dave"), &pair.room, false, 0).await?.is_ok());
@@ -216,7 +226,7 @@ async fn the_connection_cap_holds_and_recovers() -> TestResult {
     // Two connections used by the pair; four left.
     let mut pair = Pair::new(&relay).await?;
     let mut flood = Vec::new();
-    for _ in 0..20 {
+    for _ in 0..12 {
         flood.push(raw(&relay).await?);
     }
     pair.check().await?;
@@ -224,4 +234,49 @@ async fn the_connection_cap_holds_and_recovers() -> TestResult {
     // their deadline: a newcomer gets in within a few deadlines.
     let (_, _) = member(&relay, &Person::new("carol"), &pair.room, false).await?;
     pair.check().await
+}
+
+/// Panics anywhere in this test binary (a relay task that panics is otherwise only a line on
+/// standard error, as tokio catches it).
+static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+#[tokio::test]
+async fn random_items_after_a_join_never_panic_the_relay() -> TestResult {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        previous(info);
+    }));
+    let dir = tempfile::tempdir()?;
+    let relay = TestRelay::start(dir.path(), |c| c.max_unauthenticated_per_ip = 64).await?;
+    let mut pair = Pair::new(&relay).await?;
+    // A fixed xorshift stream: reproducible cases.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for case in 0..60 {
+        let person = Person::new(&format!("fuzz{case}"));
+        let (mut conn, _) = member(&relay, &person, &pair.room, false).await?;
+        let mut plaintext = Vec::new();
+        for _ in 0..(next() % 4 + 1) {
+            // Mostly well-framed items of client types with random bodies, sometimes anything.
+            let ty = if next() % 5 == 0 { next() as u8 } else { (next() % 9 + 1) as u8 };
+            let len = (next() % 120) as usize;
+            let declared = if next() % 7 == 0 { next() as u16 } else { len as u16 };
+            plaintext.push(ty);
+            plaintext.extend_from_slice(&declared.to_be_bytes());
+            plaintext.extend((0..len).map(|_| next() as u8));
+        }
+        conn.send_plaintext(&plaintext).await?;
+        // Whatever the relay makes of it, it answers or closes within a step.
+        let _ = conn.messages_within(Duration::from_millis(20)).await;
+    }
+    pair.check().await?;
+    relay.stop().await?;
+    assert_eq!(PANICS.load(std::sync::atomic::Ordering::SeqCst), 0, "a relay task panicked");
+    Ok(())
 }

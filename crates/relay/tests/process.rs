@@ -147,24 +147,26 @@ async fn acknowledged_messages_survive_kill_9_and_nothing_on_disk_or_in_logs_is_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_says_goodbye_and_exits_zero() -> TestResult {
-    let dir = tempfile::tempdir()?;
-    let mut relay = start(dir.path(), &dir.path().join("log"))?;
-    let target = relay_at(relay.addr);
-    let room = TestRoom::new("term");
-    let (mut a, _) = member(&target, &Person::new("alice"), &room, true).await?;
-    let status = Command::new("kill").args(["-TERM", &relay.child.id().to_string()]).status()?;
-    assert!(status.success());
-    assert_eq!(a.goodbye().await?.0, ErrorCode::ShuttingDown);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let exit = loop {
-        if let Some(exit) = relay.child.try_wait()? {
-            break exit;
-        }
-        assert!(Instant::now() < deadline, "the relay did not exit");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert!(exit.success(), "{exit:?}");
+async fn sigterm_and_sigint_say_goodbye_and_exit_zero() -> TestResult {
+    for signal in ["-TERM", "-INT"] {
+        let dir = tempfile::tempdir()?;
+        let mut relay = start(dir.path(), &dir.path().join("log"))?;
+        let target = relay_at(relay.addr);
+        let room = TestRoom::new("term");
+        let (mut a, _) = member(&target, &Person::new("alice"), &room, true).await?;
+        let status = Command::new("kill").args([signal, &relay.child.id().to_string()]).status()?;
+        assert!(status.success());
+        assert_eq!(a.goodbye().await?.0, ErrorCode::ShuttingDown, "{signal}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let exit = loop {
+            if let Some(exit) = relay.child.try_wait()? {
+                break exit;
+            }
+            assert!(Instant::now() < deadline, "the relay did not exit after {signal}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(exit.success(), "{signal}: {exit:?}");
+    }
     Ok(())
 }
 

@@ -150,6 +150,13 @@ async fn a_nickname_bound_to_another_identity_is_refused() -> TestResult {
         let refused = conn.join(&Person::new(impostor), &room, false, 0).await?.expect_err("nick taken");
         assert_eq!(refused.0, ErrorCode::NickTaken, "{}", refused.1);
     }
+    // Without the password nobody learns that the nickname is bound: the password is checked
+    // first.
+    let mut conn = Conn::connect(relay.addr).await?;
+    let wrong_password = TestRoom::new("nicks");
+    let refused =
+        conn.join(&Person::new("alice"), &wrong_password, false, 0).await?.expect_err("wrong password");
+    assert_eq!(refused.0, ErrorCode::WrongPassword, "{}", refused.1);
     // The owner of the nickname gets it back, in any case.
     let mut same = Person::new("Alice");
     same.identity = chatroom_crypto::Identity::from_seed(&alice.identity.seed());
@@ -332,6 +339,11 @@ async fn sending_too_fast_is_answered_with_rate_limited_and_the_connection_kept(
             other => panic!("expected RateLimited, got {other:?}"),
         }
     }
+    // Reconnecting does not buy a fresh burst: the allowance belongs to the identity.
+    drop(a);
+    let (mut a, _) = member(&relay, &alice, &room, false).await?;
+    let (_, envelope) = alice.seal(&room, "again");
+    assert!(matches!(a.publish(envelope).await?, RelayMessage::Error { code: ErrorCode::RateLimited, .. }));
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let (_, envelope) = alice.seal(&room, "later");
     assert_eq!(a.publish_ok(envelope).await?, 4, "the connection survives and refills");
@@ -546,81 +558,23 @@ async fn shutdown_says_goodbye_to_every_member() -> TestResult {
     Ok(())
 }
 
-/// Fan-out throughput, for measuring rather than asserting speed:
-/// `cargo test --release -p chatroom-relay --test relay -- --ignored --nocapture fan_out`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a measurement; run by hand"]
-async fn fan_out_throughput() -> TestResult {
-    for synchronous in [chatroom_relay::Synchronous::Normal, chatroom_relay::Synchronous::Full] {
-        let dir = tempfile::tempdir()?;
-        let relay = TestRelay::start(dir.path(), |c| {
-            c.rate_burst = 1_000_000;
-            c.rate_per_sec = 1_000_000;
-            c.synchronous = synchronous;
-        })
-        .await?;
-        let room = TestRoom::new("load");
-        let (receivers, senders, per_sender, batch) = (50usize, 5usize, 200usize, 20usize);
-        let (_owner, _) = member(&relay, &Person::new("owner"), &room, true).await?;
-        let mut tasks = tokio::task::JoinSet::new();
-        let total = (senders * per_sender) as u64;
-        let mut ready = Vec::new();
-        for i in 0..receivers {
-            let (mut conn, _) = member(&relay, &Person::new(&format!("r{i}")), &room, false).await?;
-            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            ready.push(tx);
-            tasks.spawn(async move {
-                let _ = rx.await;
-                let mut got = 0;
-                while got < total {
-                    if let RelayMessage::Deliver { .. } = conn.recv().await.map_err(|e| e.to_string())? {
-                        got += 1;
-                    }
-                }
-                Ok::<_, String>(())
-            });
-        }
-        let mut sending = Vec::new();
-        for i in 0..senders {
-            let mut person = Person::new(&format!("s{i}"));
-            let (conn, _) = member(&relay, &person, &room, false).await?;
-            let batches: Vec<Vec<ClientMessage>> = (0..per_sender / batch)
-                .map(|_| {
-                    (0..batch)
-                        .map(|_| ClientMessage::Send { envelope: person.seal(&room, "load").1 })
-                        .collect()
-                })
-                .collect();
-            sending.push((conn, batches));
-        }
-        // Receivers ignore the presence notices of the senders joining.
-        for tx in ready {
-            let _ = tx.send(());
-        }
-        let started = std::time::Instant::now();
-        for (mut conn, batches) in sending {
-            tasks.spawn(async move {
-                for b in batches {
-                    conn.send(&b).await.map_err(|e| e.to_string())?;
-                    for _ in 0..b.len() {
-                        conn.answer().await.map_err(|e| e.to_string())?;
-                    }
-                }
-                Ok(())
-            });
-        }
-        while let Some(done) = tasks.join_next().await {
-            done??;
-        }
-        let elapsed = started.elapsed().as_secs_f64();
-        println!(
-            "{synchronous:?}: {total} envelopes from {senders} senders to {receivers} members in {elapsed:.2} s: \
-             {:.0} envelopes/s stored, {:.0} deliveries/s",
-            total as f64 / elapsed,
-            // Every member but the sender: the receivers, the owner, the other senders.
-            (total as f64 * (receivers + senders) as f64) / elapsed,
-        );
-        relay.stop().await?;
-    }
-    Ok(())
+#[tokio::test]
+async fn new_rooms_are_limited_per_address() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let relay = TestRelay::start(dir.path(), |c| c.room_creations_per_ip = 2).await?;
+    let alice = Person::new("alice");
+    let rooms = [TestRoom::new("one"), TestRoom::new("two"), TestRoom::new("three")];
+    let (_one, _) = member(&relay, &alice, &rooms[0], true).await?;
+    let (_two, _) = member(&relay, &alice, &rooms[1], true).await?;
+    let mut conn = Conn::connect(relay.addr).await?;
+    let (code, detail) = conn.join(&alice, &rooms[2], true, 0).await?.expect_err("third room");
+    assert_eq!(code, ErrorCode::TooManyAttempts);
+    assert!(detail.contains("rooms created"), "{detail}");
+    // Joining an existing room with the create flag set is a plain join.
+    let (_again, joined) = member(&relay, &Person::new("bob"), &rooms[0], true).await?;
+    assert!(!joined.created);
+    // Another address may still create rooms.
+    let mut conn = Conn::connect_from(relay.addr, [127, 0, 0, 2].into()).await?;
+    assert!(conn.join(&alice, &rooms[2], true, 0).await?.expect("created elsewhere").created);
+    relay.stop().await
 }

@@ -420,9 +420,8 @@ impl Driver {
             self.emit(event);
         }
         self.emit(Event::State(ConnState::CatchingUp));
-        if let Some(bucket) = &mut self.bucket {
-            bucket.reset(now);
-        }
+        // The pacing bucket carries on across reconnects: the relay's limit belongs to the
+        // identity, so a new connection brings no fresh burst.
         self.outbox.disconnected();
         self.on_messages(leftover, &mut up).await?;
         self.flush(&mut up).await?;
@@ -524,6 +523,11 @@ impl Driver {
                     );
                     match (answers_send, self.outbox.in_flight() > 0) {
                         (true, true) => {
+                            if code == ErrorCode::RateLimited {
+                                if let Some(bucket) = &mut self.bucket {
+                                    bucket.drain(Instant::now());
+                                }
+                            }
                             if let Some(failed) = self.outbox.fail() {
                                 self.emit(Event::SendFailed { id: failed.id, code, detail });
                             }

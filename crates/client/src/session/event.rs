@@ -96,6 +96,14 @@ pub enum Rejected {
         /// The highest counter accepted from that sender before.
         highest: u64,
     },
+    /// A correctly signed message claiming a nickname that was never seen with its key, from
+    /// a key already known in this room under another nickname.
+    NickNotBound {
+        /// The message as signed (the `nick` is the unconfirmed claim).
+        message: ChatMessage,
+        /// The nickname pinned to the signing key.
+        known_as: String,
+    },
     /// A correctly signed message whose claimed nickname is pinned to another identity.
     NickMismatch {
         /// The message as signed (the `nick` is the false claim).

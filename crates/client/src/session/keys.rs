@@ -53,6 +53,11 @@ impl RoomKeyCache {
         self.params
     }
 
+    /// Whether keys were derived for some relay key.
+    pub fn has_any(&self) -> bool {
+        self.cached.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
     /// The keys if already derived for `relay_key`.
     pub fn cached(&self, relay_key: &[u8; 32]) -> Option<Arc<RoomKeys>> {
         let guard = self.cached.lock().unwrap_or_else(|e| e.into_inner());

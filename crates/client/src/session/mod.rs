@@ -45,7 +45,9 @@ pub struct Limits {
     pub backoff_initial: Duration,
     /// Longest reconnect delay.
     pub backoff_max: Duration,
-    /// Client-side pacing below the relay's rate limit: (burst, messages per second).
+    /// Client-side pacing below the relay's rate limit: (burst, messages per second). The
+    /// default stays a little under the relay's default (burst 20, 5 per second), so that
+    /// scheduling differences between the two ends never push a message over it.
     pub send_rate: Option<(u32, f64)>,
     /// Most messages queued (sent but unacknowledged, or waiting); beyond it `send` fails.
     pub max_queued: usize,
@@ -60,7 +62,7 @@ impl Default for Limits {
             dead_after: Duration::from_secs(90),
             backoff_initial: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
-            send_rate: Some((20, 5.0)),
+            send_rate: Some((18, 4.5)),
             max_queued: 10_000,
         }
     }
@@ -117,16 +119,26 @@ impl Session {
         callbacks: Arc<dyn Callbacks>,
     ) -> Result<SessionHandle, SessionError> {
         let config = Arc::new(config);
-        let first = driver::establish(driver::Attempt {
-            config: config.clone(),
-            keys: keys.clone(),
-            identity: identity.clone(),
-            callbacks: callbacks.clone(),
-            history_after: None,
-            create: config.create,
-            attempt: 0,
-        })
-        .await?;
+        let attempt = |n: u32| {
+            driver::establish(driver::Attempt {
+                config: config.clone(),
+                keys: keys.clone(),
+                identity: identity.clone(),
+                callbacks: callbacks.clone(),
+                history_after: None,
+                create: config.create,
+                attempt: n,
+            })
+        };
+        let derived_before = keys.has_any();
+        let first = match attempt(0).await {
+            Ok(first) => first,
+            // Deriving the key between handshake and join (first contact with a relay) can
+            // outlast the relay's join deadline with costly parameters; the key is cached
+            // now, so one more attempt joins at once.
+            Err(e) if e.is_retryable() && !derived_before && keys.has_any() => attempt(1).await?,
+            Err(e) => return Err(e),
+        };
         let safety_code = first.room_keys.safety_code().to_string();
         let relay_fingerprint = hex::encode(first.conn.relay_key);
         let (tx, rx) = mpsc::channel(256);

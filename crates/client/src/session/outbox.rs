@@ -107,7 +107,7 @@ impl TokenBucket {
         Self { burst, per_sec: per_sec.max(0.001), tokens: burst, last: now }
     }
 
-    /// Refills to full (a new connection starts a new relay-side bucket).
+    /// Refills to full.
     pub fn reset(&mut self, now: Instant) {
         self.tokens = self.burst;
         self.last = now;
@@ -128,6 +128,12 @@ impl TokenBucket {
         } else {
             false
         }
+    }
+
+    /// Empties the bucket (the relay said we were too fast).
+    pub fn drain(&mut self, now: Instant) {
+        self.refill(now);
+        self.tokens = 0.0;
     }
 
     /// Time until a token is available.
@@ -179,6 +185,8 @@ mod tests {
         assert!(!bucket.try_take(t0));
         assert_eq!(bucket.wait(t0), Duration::from_millis(200));
         assert!(bucket.try_take(t0 + Duration::from_millis(200)));
+        bucket.drain(t0 + Duration::from_millis(200));
+        assert_eq!(bucket.wait(t0 + Duration::from_millis(200)), Duration::from_millis(200));
         bucket.reset(t0 + Duration::from_millis(200));
         assert!((0..3).all(|_| bucket.try_take(t0 + Duration::from_millis(200))));
     }

@@ -118,10 +118,22 @@ impl RoomView {
             body: opened.content.body,
             timestamp_ms: opened.content.timestamp_ms,
         };
-        match self.state.pins.check(&message.nick, &message.sender) {
-            PinCheck::Same => Some(Event::Message(message)),
-            PinCheck::New => Some(Event::Message(message)),
-            PinCheck::Changed { pinned } => Some(Event::Rejected(Rejected::NickMismatch { message, pinned })),
+        let pins = &mut self.state.pins;
+        match pins.get(&message.nick).copied() {
+            Some(pinned) if pinned == message.sender => Some(Event::Message(message)),
+            Some(pinned) => Some(Event::Rejected(Rejected::NickMismatch { message, pinned })),
+            None => match pins.nick_of(&message.sender) {
+                // A known key claiming a nickname nobody announced for it: not shown as that
+                // nickname until the relay's member list or presence binds the two.
+                Some(known_as) => {
+                    let known_as = known_as.to_owned();
+                    Some(Event::Rejected(Rejected::NickNotBound { message, known_as }))
+                }
+                None => {
+                    pins.check(&message.nick, &message.sender);
+                    Some(Event::Message(message))
+                }
+            },
         }
     }
 
@@ -282,9 +294,19 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // A known key claiming a nickname never announced for it is not shown under it.
+        match f.view.on_deliver(&key, 4, false, &envelope(&f, &f.bob, "robert", 7, "it is me")) {
+            Some(Event::Rejected(Rejected::NickNotBound { known_as, .. })) => assert_eq!(known_as, "bob"),
+            other => panic!("{other:?}"),
+        }
+        f.view.on_presence(PresenceEvent::Joined, Nick::new("robert").unwrap(), f.bob.public());
+        assert_eq!(
+            body_of(f.view.on_deliver(&key, 5, false, &envelope(&f, &f.bob, "robert", 8, "now bound"))),
+            "now bound"
+        );
         // Our own nickname is pinned to our identity from the start.
         assert!(matches!(
-            f.view.on_deliver(&key, 3, false, &envelope(&f, &mallory, "alice", 6, "x")),
+            f.view.on_deliver(&key, 6, false, &envelope(&f, &mallory, "alice", 6, "x")),
             Some(Event::Rejected(Rejected::NickMismatch { .. }))
         ));
     }
@@ -331,6 +353,22 @@ mod tests {
         let mine = envelope(&f, &f.alice, "alice", 5000, "from another device");
         assert!(matches!(f.view.on_deliver(&key, 1, true, &mine), Some(Event::Message(m)) if m.from_me));
         assert_eq!(f.view.next_counter(200), 5001);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_deliveries_never_panic_and_never_show_a_message(
+            envelopes in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400), 1..8),
+        ) {
+            let mut f = fixture();
+            let key = f.key.clone();
+            for (i, env) in envelopes.iter().enumerate() {
+                let event = f.view.on_deliver(&key, i as u64 + 1, false, env);
+                let is_unverified = matches!(event, Some(Event::Rejected(Rejected::Unverified { .. })));
+                proptest::prop_assert!(is_unverified);
+            }
+            proptest::prop_assert!(f.view.state().counters.is_empty());
+        }
     }
 
     #[test]

@@ -13,6 +13,8 @@ pub const MAX_PINS: usize = 100_000;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PinStore {
     pins: BTreeMap<String, PublicIdentity>,
+    /// One pinned nickname per identity, for the reverse question.
+    by_identity: BTreeMap<PublicIdentity, String>,
 }
 
 /// The outcome of checking a (nickname, identity) pair.
@@ -36,6 +38,7 @@ impl PinStore {
             None => {
                 if self.pins.len() < MAX_PINS {
                     self.pins.insert(nick.canonical(), *identity);
+                    self.by_identity.entry(*identity).or_insert_with(|| nick.canonical());
                 }
                 PinCheck::New
             }
@@ -49,9 +52,19 @@ impl PinStore {
         self.pins.get(&nick.canonical())
     }
 
+    /// A nickname pinned to `identity`, if any.
+    pub fn nick_of(&self, identity: &PublicIdentity) -> Option<&str> {
+        self.by_identity.get(identity).map(String::as_str)
+    }
+
     /// Replaces a pin (loading from disk, or after the user accepted a new key).
     pub fn set(&mut self, nick: &Nick, identity: PublicIdentity) {
-        self.pins.insert(nick.canonical(), identity);
+        if let Some(old) = self.pins.insert(nick.canonical(), identity) {
+            if self.by_identity.get(&old) == Some(&nick.canonical()) {
+                self.by_identity.remove(&old);
+            }
+        }
+        self.by_identity.entry(identity).or_insert_with(|| nick.canonical());
     }
 
     /// Every pin, by canonical nickname.
@@ -85,7 +98,11 @@ mod tests {
         assert_eq!(pins.check(&bob_lower, &k2), PinCheck::Changed { pinned: k1 });
         assert_eq!(pins.check(&bob, &k2), PinCheck::Changed { pinned: k1 }, "still the old pin");
         assert_eq!(pins.get(&bob), Some(&k1));
+        assert_eq!(pins.nick_of(&k1), Some("bob"));
+        assert_eq!(pins.nick_of(&k2), None);
         pins.set(&bob, k2);
+        assert_eq!(pins.nick_of(&k2), Some("bob"));
+        assert_eq!(pins.nick_of(&k1), None);
         assert_eq!(pins.check(&bob, &k2), PinCheck::Same);
         assert_eq!(pins.len(), 1);
     }

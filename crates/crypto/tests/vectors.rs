@@ -1,0 +1,134 @@
+//! The test vectors of docs/PROTOCOL.md, checked against the code. The vectors are parsed out
+//! of the document itself, so the specification and the implementation cannot drift apart.
+//! On a mismatch the test prints the block the code computes.
+
+use std::collections::BTreeMap;
+use std::error::Error;
+
+use chatroom_crypto::internal::{derive_master, message_key_bytes, noise_transcript, seal_with_nonce};
+use chatroom_crypto::*;
+
+type TestResult = Result<(), Box<dyn Error>>;
+
+const PROTOCOL_MD: &str = include_str!("../../../docs/PROTOCOL.md");
+
+/// Every `name = value` line inside the document's ```vectors blocks.
+fn documented() -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut inside = false;
+    for line in PROTOCOL_MD.lines() {
+        let t = line.trim();
+        if t.starts_with("```") {
+            inside = t == "```vectors";
+            continue;
+        }
+        if let (true, Some((k, v))) = (inside, t.split_once(" = ")) {
+            let previous = out.insert(k.trim().to_owned(), v.trim().to_owned());
+            assert!(previous.is_none(), "vector {k} is documented twice");
+        }
+    }
+    out
+}
+
+fn computed() -> Result<Vec<(&'static str, String)>, Box<dyn Error>> {
+    let mut v: Vec<(&'static str, String)> = Vec::new();
+
+    // Noise handshake with fixed ephemeral keys.
+    let relay = StaticKeypair::from_private(&[0x42; 32]);
+    let client = StaticKeypair::from_private(&[0x01; 32]);
+    let [m1, m2, m3, hh] = noise_transcript(&client, &[0x02; 32], &relay, &[0x03; 32])?;
+    v.push(("noise.relay_public", hex::encode(relay.public())));
+    v.push(("noise.client_public", hex::encode(client.public())));
+    v.push(("noise.msg1", hex::encode(&m1)));
+    v.push(("noise.msg2", hex::encode(&m2)));
+    v.push(("noise.msg3", hex::encode(&m3)));
+    v.push(("noise.handshake_hash", hex::encode(&hh)));
+
+    // Key derivation.
+    let room = RoomName::new("general")?;
+    let password = b"correct horse battery staple";
+    let params = KdfParams::DEFAULT;
+    let salt = room_salt(relay.public(), &room, params);
+    let master = derive_master(password, relay.public(), &room, params)?;
+    let keys = derive_room_keys(password, relay.public(), &room, params)?;
+    v.push(("kdf.salt", hex::encode(salt)));
+    v.push(("kdf.master", hex::encode(master.as_ref())));
+    v.push(("kdf.message_key", hex::encode(message_key_bytes(&keys.message_key).as_ref())));
+    v.push(("kdf.join_secret", hex::encode(keys.join_secret.as_bytes())));
+    v.push(("kdf.join_verifier", hex::encode(keys.join_secret.verifier().0)));
+    v.push(("kdf.safety_code", format!("\"{}\"", keys.safety_code())));
+
+    // Identity.
+    let alice = Identity::from_seed(&[0x11; 32]);
+    v.push(("identity.public", alice.public().fingerprint()));
+
+    // Envelope.
+    let content = Content {
+        timestamp_ms: 1_700_000_000_000,
+        kind: ContentKind::Text,
+        nick: Nick::new("alice")?,
+        body: "hello, room".into(),
+    };
+    v.push((
+        "envelope.content",
+        hex::encode(chatroom_crypto::internal::encode_content(&content)?.as_slice()),
+    ));
+    let nonce: [u8; 24] = std::array::from_fn(|i| i as u8);
+    let envelope =
+        seal_with_nonce(&keys.message_key, &alice, &room, 1_700_000_000_000_000, &content, &nonce)?;
+    v.push(("envelope.bytes", hex::encode(&envelope)));
+    let opened = open(&keys.message_key, &room, &envelope)?;
+    assert_eq!(opened.content, content);
+
+    // Join request, signed over the handshake hash above.
+    let hh: [u8; 32] = hh.as_slice().try_into()?;
+    let join =
+        JoinRequest::new(&alice, &hh, room.clone(), Nick::new("alice")?, keys.join_secret.clone(), true, 0);
+    v.push(("join.signature", hex::encode(join.signature)));
+    let mut item = Vec::new();
+    ClientMessage::Join(join).encode(&mut item);
+    v.push(("join.item", hex::encode(&item)));
+
+    // Relay items.
+    let mut ack = Vec::new();
+    RelayMessage::Ack { counter: 1_700_000_000_000_000, seq: 7 }.encode(&mut ack);
+    v.push(("item.ack", hex::encode(&ack)));
+    let mut err = Vec::new();
+    RelayMessage::Goodbye { code: ErrorCode::WrongPassword, detail: "wrong room password".into() }
+        .encode(&mut err);
+    v.push(("item.goodbye", hex::encode(&err)));
+    let mut deliver = Vec::new();
+    encode_deliver(7, true, &envelope, &mut deliver);
+    v.push(("item.deliver_header", hex::encode(&deliver[..12])));
+    Ok(v)
+}
+
+#[test]
+fn protocol_md_vectors_match_the_code() -> TestResult {
+    let doc = documented();
+    let computed = computed()?;
+    let block: String = computed.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
+    for (key, value) in &computed {
+        match doc.get(*key) {
+            Some(documented) if documented == value => {}
+            other => {
+                panic!("vector {key}: documented {other:?}, computed {value}\n\ncomputed block:\n{block}")
+            }
+        }
+    }
+    assert_eq!(doc.len(), computed.len(), "docs/PROTOCOL.md documents vectors the test does not check");
+    Ok(())
+}
+
+#[test]
+fn documented_envelope_opens_and_reports_its_header() -> TestResult {
+    let doc = documented();
+    let key = hex::decode(doc.get("kdf.message_key").ok_or("missing kdf.message_key")?)?;
+    let key = chatroom_crypto::internal::message_key_from_bytes(key.as_slice().try_into()?);
+    let envelope = hex::decode(doc.get("envelope.bytes").ok_or("missing envelope.bytes")?)?;
+    let opened = open(&key, &RoomName::new("general")?, &envelope)?;
+    assert_eq!(opened.content.body, "hello, room");
+    assert_eq!(opened.counter, 1_700_000_000_000_000);
+    assert_eq!(opened.sender.fingerprint(), doc["identity.public"]);
+    Ok(())
+}
