@@ -18,6 +18,8 @@ use crate::workload::{
 
 /// Time allowed for one member's connect and registration.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(20);
+/// Most IRC registrations in flight at once.
+const IRC_CONCURRENCY: usize = 16;
 /// Lines written together by a sender running as fast as possible.
 const SEND_BATCH: usize = 8;
 
@@ -273,6 +275,9 @@ pub async fn run(target: &PlainTarget, w: &Workload) -> Result<Outcome, String> 
         return Err("a raw broadcast server has one room only; use --rooms 1".into());
     }
     if w.mode == Mode::Connect {
+        if target.kind == Kind::Raw {
+            return Err("a raw broadcast server has no handshake or join to measure; connect mode is for --relay and --irc".into());
+        }
         return connect_rate(target, w).await;
     }
     let shared = Arc::new(Shared::new());
@@ -289,7 +294,9 @@ pub async fn run(target: &PlainTarget, w: &Workload) -> Result<Outcome, String> 
     let join_start = Instant::now();
     // ncat --broker loses track of some connections accepted in a burst (they are never sent
     // anything), so raw members connect one at a time.
-    let concurrency = if target.kind == Kind::Raw { 1 } else { w.concurrency };
+    // ngIRCd listens with a short accept backlog: beyond 16 registrations at once some
+    // connections wait out SYN retransmissions for many seconds.
+    let concurrency = if target.kind == Kind::Raw { 1 } else { w.concurrency.min(IRC_CONCURRENCY) };
     let permits = Arc::new(Semaphore::new(concurrency));
     let mut joins = JoinSet::new();
     for i in 0..w.members {

@@ -192,31 +192,39 @@ impl Report {
             ));
         }
         if let Some(chat) = self.outcomes.iter().find(|o| o.target == "chatroom") {
-            for base in self.outcomes.iter().filter(|o| o.target != "chatroom") {
-                out.push_str(&format!("\n{} chatroom / {}:", chat.workload, base.target));
-                if base.deliveries_per_sec > 0.0 {
-                    out.push_str(&format!(
-                        " deliveries/s x{:.2}",
+            for base in self.outcomes.iter().filter(|o| o.target != "chatroom" && o.joined > 0) {
+                let mut parts = Vec::new();
+                if chat.deliveries_per_sec > 0.0 && base.deliveries_per_sec > 0.0 {
+                    parts.push(format!(
+                        "deliveries/s x{:.2}",
                         chat.deliveries_per_sec / base.deliveries_per_sec
                     ));
                 }
                 if let (Some(c), Some(b)) = (chat.cpu_us_per_unit, base.cpu_us_per_unit) {
                     if b > 0.0 {
-                        out.push_str(&format!(", server CPU per unit x{:.2}", c / b));
+                        parts.push(format!("server CPU per unit x{:.2}", c / b));
                     }
                 }
                 if let (Some(c), Some(b)) = (chat.kib_per_member, base.kib_per_member) {
                     if b > 0.0 {
-                        out.push_str(&format!(", memory per member x{:.2}", c / b));
+                        parts.push(format!("memory per member x{:.2}", c / b));
                     }
                 }
                 if let (Some(c), Some(b)) = (chat.joins_per_sec, base.joins_per_sec) {
                     if b > 0.0 {
-                        out.push_str(&format!(", joins/s x{:.2}", c / b));
+                        parts.push(format!("joins/s x{:.2}", c / b));
                     }
                 }
                 if chat.p99_ms > 0.0 && base.p99_ms > 0.0 {
-                    out.push_str(&format!(", p99 {:.3} ms vs {:.3} ms", chat.p99_ms, base.p99_ms));
+                    parts.push(format!("p99 {:.3} ms vs {:.3} ms", chat.p99_ms, base.p99_ms));
+                }
+                if !parts.is_empty() {
+                    out.push_str(&format!(
+                        "\n{} chatroom / {}: {}",
+                        chat.workload,
+                        base.target,
+                        parts.join(", ")
+                    ));
                 }
             }
             out.push('\n');
