@@ -18,6 +18,8 @@ use tracing::debug;
 
 /// Plaintext gathered per write call: up to this many full transport messages.
 const FRAMES_PER_WRITE: usize = 4;
+/// Write buffer capacity kept between writes; a larger one is freed after its write.
+const IDLE_BUF_CAPACITY: usize = 16 * 1024;
 /// How long a goodbye may take to write before the connection is dropped anyway.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -281,6 +283,11 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
                         if let Err(e) = written {
                             debug!(error = %e, "write failed");
                             break;
+                        }
+                        // A burst (a join snapshot, a presence storm) grows the buffer to up
+                        // to FRAMES_PER_WRITE full messages; an idle member should not keep it.
+                        if buf.capacity() > IDLE_BUF_CAPACITY {
+                            buf = Vec::new();
                         }
                     }
                     // Closed while blocked on a reader that does not read: part of a frame may

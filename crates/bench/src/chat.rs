@@ -1,0 +1,484 @@
+//! The chatroom target: members are real protocol sessions built from the client library's
+//! connection core (`handshake`, `join`, `ConnReader`, `ConnWriter`), many on one runtime.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use chatroom_client::session::{handshake, join, ConnReader, ConnWriter};
+use chatroom_client::trust::RelayPin;
+use chatroom_crypto::{
+    derive_room_keys, open, seal, ClientMessage, Content, ContentKind, EnvelopeHeader, Identity, JoinRequest,
+    JoinSecret, KdfParams, MessageKey, Nick, RelayMessage, RoomName,
+};
+use tokio::net::TcpStream;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::report::{Outcome, ServerWatch};
+use crate::workload::{due, verify_payload, wait_for_deliveries, Mode, Shared, Tally, Workload};
+
+/// Messages sealed and written together by a sender running as fast as possible.
+const SEND_BATCH: usize = 8;
+/// Time allowed for one member's connect, handshake, join and history.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A chatroom relay to drive.
+#[derive(Debug, Clone)]
+pub struct ChatTarget {
+    /// `HOST:PORT`.
+    pub addr: String,
+    /// The relay's pid, for CPU and memory readings.
+    pub pid: Option<u32>,
+    /// The relay's expected key; `None` accepts whatever key it presents.
+    pub fingerprint: Option<[u8; 32]>,
+}
+
+/// One room's keys as the members hold them.
+struct Room {
+    name: RoomName,
+    message_key: MessageKey,
+    join_secret: JoinSecret,
+}
+
+/// What a sender sealed, for receivers to compare with.
+struct Sent {
+    envelope: Vec<u8>,
+    t_ns: u64,
+    /// Set by the first receiver, which opens the envelope fully.
+    opened: AtomicBool,
+}
+
+/// Everything receivers need to check a delivery.
+struct Check {
+    shared: Arc<Shared>,
+    rooms: Vec<Room>,
+    senders: HashMap<[u8; 32], usize>,
+    sent: Vec<Vec<OnceLock<Sent>>>,
+    counter_base: u64,
+    bytes: usize,
+    messages: usize,
+}
+
+struct Joined {
+    reader: ConnReader,
+    writer: ConnWriter,
+}
+
+fn pin(target: &ChatTarget) -> RelayPin {
+    RelayPin { expected: target.fingerprint, expected_source: "--fingerprint".into(), known: None }
+}
+
+async fn connect(target: &ChatTarget) -> Result<chatroom_client::session::Handshaken, String> {
+    let stream = TcpStream::connect(&target.addr)
+        .await
+        .map_err(|e| format!("cannot connect to the relay at {}: {e}; is it running?", target.addr))?;
+    stream.set_nodelay(true).map_err(|e| format!("cannot set TCP_NODELAY: {e}"))?;
+    handshake(stream, &target.addr, &pin(target)).await.map_err(|e| format!("handshake failed: {e}"))
+}
+
+/// Connects, joins, and reads up to `HistoryEnd`.
+async fn join_member(
+    target: &ChatTarget,
+    identity: &Identity,
+    room: &Room,
+    nick: &str,
+    create: bool,
+) -> Result<Joined, String> {
+    let work = async {
+        let mut conn = connect(target).await?;
+        let nick = Nick::new(nick).map_err(|e| format!("bad nickname {nick}: {e}"))?;
+        let request = JoinRequest::new(
+            identity,
+            &conn.handshake_hash,
+            room.name.clone(),
+            nick,
+            room.join_secret.clone(),
+            create,
+            0,
+        );
+        let (_, mut items) = join(&mut conn, request).await.map_err(|e| format!("join refused: {e}"))?;
+        loop {
+            if items.iter().any(|m| matches!(m, RelayMessage::HistoryEnd { .. })) {
+                break;
+            }
+            if let Some(RelayMessage::Goodbye { code, detail }) =
+                items.iter().find(|m| matches!(m, RelayMessage::Goodbye { .. }))
+            {
+                return Err(format!("relay said goodbye during the join: {code:?}: {detail}"));
+            }
+            items = conn.reader.recv().await.map_err(|e| format!("lost during the join: {e}"))?;
+        }
+        Ok(Joined { reader: conn.reader, writer: conn.writer })
+    };
+    tokio::time::timeout(JOIN_TIMEOUT, work)
+        .await
+        .map_err(|_| format!("join did not complete within {} s", JOIN_TIMEOUT.as_secs()))?
+}
+
+/// Handshakes once to learn the relay key, then derives each room's keys off the runtime.
+async fn room_keys(target: &ChatTarget, names: Vec<RoomName>) -> Result<Vec<Room>, String> {
+    let relay_key = connect(target).await?.relay_key;
+    let mut rooms = Vec::with_capacity(names.len());
+    for name in names {
+        let n = name.clone();
+        let keys = tokio::task::spawn_blocking(move || {
+            derive_room_keys(b"chatroom-bench room password", &relay_key, &n, KdfParams::DEFAULT)
+        })
+        .await
+        .map_err(|e| format!("key derivation task failed: {e}"))?
+        .map_err(|e| format!("key derivation failed: {e}"))?;
+        rooms.push(Room {
+            name,
+            message_key: keys.message_key.clone(),
+            join_secret: keys.join_secret.clone(),
+        });
+    }
+    Ok(rooms)
+}
+
+fn room_names(w: &Workload) -> Result<Vec<RoomName>, String> {
+    let mut tag = [0u8; 4];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut tag);
+    let tag = hex::encode(tag);
+    (0..w.rooms)
+        .map(|r| {
+            RoomName::new(&format!("bench-{}-{r}-{tag}", w.name.to_ascii_lowercase()))
+                .map_err(|e| format!("workload name {:?} makes a bad room name: {e}", w.name))
+        })
+        .collect()
+}
+
+/// Receives until told to stop; checks and counts every delivery.
+async fn receive(
+    mut reader: ConnReader,
+    check: Arc<Check>,
+    room: usize,
+    mut stop: watch::Receiver<bool>,
+) -> Tally {
+    let mut tally = Tally::new(check.senders.len(), check.messages);
+    loop {
+        let items = tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            r = reader.recv() => match r {
+                Ok(items) => items,
+                Err(e) => {
+                    if !*stop.borrow() {
+                        tally.errors.push(format!("connection ended: {e}"));
+                    }
+                    break;
+                }
+            },
+        };
+        let now = check.shared.now_ns();
+        for item in items {
+            match item {
+                RelayMessage::Deliver { envelope, history: false, .. } => {
+                    deliver(&check, room, &envelope, now, &mut tally)
+                }
+                RelayMessage::Ack { .. } => {
+                    tally.acked += 1;
+                    check.shared.acked.fetch_add(1, Ordering::Relaxed);
+                }
+                RelayMessage::Error { code, detail } if tally.errors.len() < 5 => {
+                    tally.errors.push(format!("relay error {code:?}: {detail}"));
+                }
+                RelayMessage::Goodbye { code, detail } => {
+                    tally.errors.push(format!("relay goodbye {code:?}: {detail}"))
+                }
+                _ => {}
+            }
+        }
+    }
+    tally
+}
+
+fn deliver(check: &Check, room: usize, envelope: &[u8], now: u64, tally: &mut Tally) {
+    let Ok(header) = EnvelopeHeader::parse(envelope) else {
+        tally.corrupted += 1;
+        return;
+    };
+    let found = check.senders.get(&header.sender.0).and_then(|&s| {
+        let n = usize::try_from(header.counter.checked_sub(check.counter_base)?).ok()?;
+        Some((s, n, check.sent.get(s)?.get(n)?.get()?))
+    });
+    let Some((s, n, sent)) = found else {
+        tally.corrupted += 1;
+        return;
+    };
+    if sent.envelope != envelope {
+        tally.corrupted += 1;
+        return;
+    }
+    if !sent.opened.swap(true, Ordering::Relaxed) {
+        // The first receiver of each envelope opens it: AEAD, signature, and the exact body.
+        let Some(keys) = check.rooms.get(room) else { return };
+        let ok = open(&keys.message_key, &keys.name, envelope)
+            .ok()
+            .and_then(|o| verify_payload(&o.content.body, check.bytes, check.sent.len(), check.messages))
+            == Some((s, n, sent.t_ns));
+        if !ok {
+            tally.corrupted += 1;
+            return;
+        }
+    }
+    tally.intact(&check.shared, s, n, sent.t_ns, now);
+}
+
+/// Sends this sender's messages; returns when the last was written (ns since the origin).
+/// Who a sender is.
+struct Sender {
+    identity: Arc<Identity>,
+    index: usize,
+    room: usize,
+    nick: Nick,
+}
+
+async fn send(
+    mut writer: ConnWriter,
+    check: Arc<Check>,
+    sender: Sender,
+    rate: Option<f64>,
+    start: tokio::time::Instant,
+) -> Result<(ConnWriter, u64, u64), String> {
+    let Sender { identity, index: s, room, nick } = sender;
+    let Some(keys) = check.rooms.get(room) else { return Err("no such room".into()) };
+    let Some(slots) = check.sent.get(s) else { return Err("no such sender".into()) };
+    let mut n = 0;
+    let mut written = 0u64;
+    let mut batch = Vec::with_capacity(SEND_BATCH);
+    while n < check.messages {
+        if let Some(at) = due(rate, n) {
+            tokio::time::sleep_until(start + at).await;
+        }
+        let take = if rate.is_some() { 1 } else { SEND_BATCH.min(check.messages - n) };
+        batch.clear();
+        for k in n..n + take {
+            let t_ns = check.shared.now_ns();
+            let content = Content {
+                timestamp_ms: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+                kind: ContentKind::Text,
+                nick: nick.clone(),
+                body: crate::workload::payload(s, k, t_ns, check.bytes),
+            };
+            let envelope =
+                seal(&keys.message_key, &identity, &keys.name, check.counter_base + k as u64, &content)
+                    .map_err(|e| format!("cannot seal: {e}"))?;
+            let slot = slots.get(k).ok_or("message index out of range")?;
+            let _ = slot.set(Sent { envelope: envelope.clone(), t_ns, opened: AtomicBool::new(false) });
+            batch.push(ClientMessage::Send { envelope });
+        }
+        writer.send(&batch).await.map_err(|e| format!("sender {s}: {e}"))?;
+        written += take as u64;
+        n += take;
+    }
+    Ok((writer, written, check.shared.now_ns()))
+}
+
+/// Runs one workload against a chatroom relay.
+pub async fn run(target: &ChatTarget, w: &Workload) -> Result<Outcome, String> {
+    w.validate()?;
+    match w.mode {
+        Mode::Connect => return connect_rate(target, w).await,
+        Mode::Deliver | Mode::Idle => {}
+    }
+    let rooms = room_keys(target, room_names(w)?).await?;
+    let identities: Vec<Arc<Identity>> = (0..w.members).map(|_| Arc::new(Identity::generate())).collect();
+    let senders: HashMap<[u8; 32], usize> =
+        identities.iter().take(w.senders).enumerate().map(|(s, id)| (id.public().0, s)).collect();
+    let counter_base =
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(1));
+    let shared = Arc::new(Shared::new());
+    let check = Arc::new(Check {
+        shared: shared.clone(),
+        rooms,
+        senders,
+        sent: (0..w.senders).map(|_| (0..w.messages).map(|_| OnceLock::new()).collect()).collect(),
+        counter_base,
+        bytes: w.bytes,
+        messages: w.messages,
+    });
+    let mut watch_server = ServerWatch::start(target.pid);
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    // Join: the first member of each room creates it, then the rest join concurrently; each
+    // member's receiver starts as soon as it has joined, so presence traffic is drained.
+    let join_start = Instant::now();
+    let permits = Arc::new(Semaphore::new(w.concurrency));
+    let mut joins = JoinSet::new();
+    let mut writers: Vec<Option<ConnWriter>> = (0..w.members).map(|_| None).collect();
+    let mut receivers = JoinSet::new();
+    let order: Vec<usize> = (0..w.members).collect();
+    for (phase, members) in [&order[..w.rooms], &order[w.rooms..]].into_iter().enumerate() {
+        for &i in members {
+            let (target, check, identity, permits) =
+                (target.clone(), check.clone(), identities[i].clone(), permits.clone());
+            let room = w.room_of(i);
+            joins.spawn(async move {
+                let _permit = permits.acquire_owned().await.map_err(|e| e.to_string())?;
+                let keys = check.rooms.get(room).ok_or("no such room")?;
+                join_member(&target, &identity, keys, &format!("m{i}"), phase == 0)
+                    .await
+                    .map(|j| (i, j))
+                    .map_err(|e| format!("member {i}: {e}"))
+            });
+        }
+        while let Some(joined) = joins.join_next().await {
+            let (i, j) = joined.map_err(|e| format!("join task failed: {e}"))??;
+            writers[i] = Some(j.writer);
+            receivers.spawn(receive(j.reader, check.clone(), w.room_of(i), stop_rx.clone()));
+        }
+    }
+    let join_secs = join_start.elapsed().as_secs_f64();
+
+    let mut outcome = match w.mode {
+        Mode::Idle => {
+            // Let presence traffic settle before reading the relay's memory.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let mut o = Outcome { target: "chatroom".into(), workload: w.name.clone(), ..Outcome::default() };
+            if let (Some(before), Some(after)) = (watch_server.before(), watch_server.now()) {
+                o.kib_per_member =
+                    Some(after.rss_kib.saturating_sub(before.rss_kib) as f64 / w.members as f64);
+                o.peak_rss_kib = Some(after.peak_rss_kib);
+            }
+            let _ = stop_tx.send(true);
+            while receivers.join_next().await.is_some() {}
+            o
+        }
+        Mode::Deliver | Mode::Connect => {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            watch_server.restart();
+            let shared_start = shared.now_ns();
+            let start = tokio::time::Instant::now();
+            let deadline = Instant::now() + w.timeout;
+            let mut sends = JoinSet::new();
+            for (s, writer) in writers.iter_mut().take(w.senders).enumerate() {
+                let writer = writer.take().ok_or("a sender has no connection")?;
+                let nick = Nick::new(&format!("m{s}")).map_err(|e| e.to_string())?;
+                let sender = Sender { identity: identities[s].clone(), index: s, room: w.room_of(s), nick };
+                sends.spawn(send(writer, check.clone(), sender, w.rate, start));
+            }
+            let mut sent = 0;
+            let mut last_write = shared_start;
+            let mut errors = Vec::new();
+            // Senders' connections stay open until every delivery is counted: closing the
+            // sending direction ends the session.
+            let mut kept = Vec::new();
+            while let Some(r) = sends.join_next().await {
+                match r.map_err(|e| e.to_string()).and_then(|r| r) {
+                    Ok((writer, n, at)) => {
+                        sent += n;
+                        last_write = last_write.max(at);
+                        kept.push(writer);
+                    }
+                    Err(e) => errors.push(e),
+                }
+            }
+            wait_for_deliveries(&shared, w.expected_deliveries(), w.settle, deadline).await;
+            // Acks may trail the last delivery: wait for them the same way.
+            let acks_deadline = Instant::now() + w.settle;
+            while shared.acked.load(Ordering::Relaxed) < sent && Instant::now() < acks_deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let _ = stop_tx.send(true);
+            let mut tally = Tally::default();
+            while let Some(t) = receivers.join_next().await {
+                tally.absorb(t.map_err(|e| format!("receiver task failed: {e}"))?);
+            }
+            tally.errors.extend(errors);
+            // Times relative to the start of sending.
+            tally.last_ns = tally.last_ns.saturating_sub(shared_start);
+            let send_secs = last_write.saturating_sub(shared_start) as f64 / 1e9;
+            let mut o = Outcome::from_tally("chatroom", w, tally, sent, send_secs);
+            let units = o.delivered;
+            watch_server.finish(&mut o, units);
+            drop(kept);
+            o
+        }
+    };
+    outcome.joined = w.members;
+    outcome.join_secs = join_secs;
+    drop(writers);
+    Ok(outcome)
+}
+
+/// X25519 operations per second on one core of this machine.
+pub fn x25519_rate(for_time: Duration) -> f64 {
+    let secret = x25519_dalek::StaticSecret::random_from_rng(rand_core::OsRng);
+    let mut point = x25519_dalek::PublicKey::from(&secret);
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < for_time {
+        for _ in 0..64 {
+            point = x25519_dalek::PublicKey::from(secret.diffie_hellman(&point).to_bytes());
+        }
+        n += 64;
+    }
+    std::hint::black_box(point);
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Handshake + join + leave, `concurrency` at a time, for `duration`: joins per second.
+async fn connect_rate(target: &ChatTarget, w: &Workload) -> Result<Outcome, String> {
+    let x25519 = tokio::task::spawn_blocking(|| x25519_rate(Duration::from_millis(500)))
+        .await
+        .map_err(|e| e.to_string())?;
+    let rooms = Arc::new(room_keys(target, room_names(w)?).await?);
+    let owner = Identity::generate();
+    let room0 = rooms.first().ok_or("no room")?;
+    // The owner creates the room and stays, so every later join is to an existing room.
+    let holder = join_member(target, &owner, room0, "owner", true).await?;
+    let watch_server = ServerWatch::start(target.pid);
+    let done = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let end = start + w.duration;
+    let mut workers = JoinSet::new();
+    for k in 0..w.concurrency {
+        let (target, rooms, done) = (target.clone(), rooms.clone(), done.clone());
+        workers.spawn(async move {
+            let mut errors = Vec::new();
+            let mut j = 0u64;
+            while Instant::now() < end {
+                let identity = Identity::generate();
+                let Some(room) = rooms.first() else { break };
+                match join_member(&target, &identity, room, &format!("c{k}x{j}"), false).await {
+                    Ok(mut joined) => {
+                        done.fetch_add(1, Ordering::Relaxed);
+                        joined.writer.shutdown().await;
+                    }
+                    Err(e) => {
+                        errors.push(e);
+                        if errors.len() > 10 {
+                            break;
+                        }
+                    }
+                }
+                j += 1;
+            }
+            errors
+        });
+    }
+    let mut errors = Vec::new();
+    while let Some(r) = workers.join_next().await {
+        errors.extend(r.map_err(|e| e.to_string())?);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let joins = done.load(Ordering::Relaxed);
+    let mut o = Outcome {
+        target: "chatroom".into(),
+        workload: w.name.clone(),
+        joined: joins as usize,
+        join_secs: secs,
+        joins_per_sec: Some(joins as f64 / secs),
+        x25519_per_sec: Some(x25519),
+        errors,
+        ..Outcome::default()
+    };
+    watch_server.finish(&mut o, joins);
+    drop(holder);
+    Ok(o)
+}

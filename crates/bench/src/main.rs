@@ -1,0 +1,188 @@
+//! `chatroom-bench`: drive a chatroom relay, and optionally plaintext baselines, with one
+//! workload; print a Markdown table and optionally write JSON.
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use chatroom_bench::chat::{self, ChatTarget};
+use chatroom_bench::plain::{self, Kind, PlainTarget};
+use chatroom_bench::{Mode, Outcome, Report, Workload};
+use clap::{Parser, ValueEnum};
+
+/// Load generator for the chatroom relay. Connects N members to R rooms, waits until all have
+/// joined, has S of them send M messages of B bytes, and reports deliveries/s, sent/s,
+/// end-to-end latency, lost, duplicated and corrupted deliveries, and the server's CPU time per
+/// delivery and peak memory (given its pid). The same workload runs against each target given,
+/// one after the other: --relay, --irc, --raw.
+#[derive(Debug, Parser)]
+#[command(name = "chatroom-bench", version)]
+struct Cli {
+    /// A chatroom relay (HOST:PORT).
+    #[arg(long, value_name = "HOST:PORT")]
+    relay: Option<String>,
+    /// The relay's pid, for CPU and memory readings from /proc.
+    #[arg(long, value_name = "PID")]
+    relay_pid: Option<u32>,
+    /// The relay's fingerprint (64 hex digits); without it any relay key is accepted.
+    #[arg(long, value_name = "HEX")]
+    fingerprint: Option<String>,
+    /// An IRC server (HOST:PORT), e.g. ngIRCd with bench/ngircd.conf.
+    #[arg(long, value_name = "HOST:PORT")]
+    irc: Option<String>,
+    /// The IRC server's pid.
+    #[arg(long, value_name = "PID")]
+    irc_pid: Option<u32>,
+    /// A newline-delimited broadcast server (HOST:PORT), e.g. `ncat -l --broker`.
+    #[arg(long, value_name = "HOST:PORT")]
+    raw: Option<String>,
+    /// The broadcast server's pid.
+    #[arg(long, value_name = "PID")]
+    raw_pid: Option<u32>,
+    /// Workload name shown in the table.
+    #[arg(long, default_value = "run")]
+    name: String,
+    /// What to measure.
+    #[arg(long, value_enum, default_value = "deliver")]
+    mode: ModeArg,
+    /// Members in total.
+    #[arg(long, short = 'n', default_value_t = 10)]
+    members: usize,
+    /// Rooms (member i joins room i mod R).
+    #[arg(long, default_value_t = 1)]
+    rooms: usize,
+    /// Members that send (the first S).
+    #[arg(long, short = 's', default_value_t = 10)]
+    senders: usize,
+    /// Messages per sender.
+    #[arg(long, short = 'm', default_value_t = 1000)]
+    messages: usize,
+    /// Message body size in bytes.
+    #[arg(long, short = 'b', default_value_t = 100)]
+    bytes: usize,
+    /// Messages per second per sender; without it, as fast as possible.
+    #[arg(long, value_name = "PER_SEC")]
+    rate: Option<f64>,
+    /// Connections set up at once (join phase, and connect mode).
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Connect mode: seconds to keep connecting.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    duration: f64,
+    /// Stop waiting for deliveries after this many seconds without one.
+    #[arg(long, value_name = "SECS", default_value_t = 3.0)]
+    settle: f64,
+    /// Upper bound on the sending phase of each target, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 120.0)]
+    timeout: f64,
+    /// Append one JSON object per target to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ModeArg {
+    /// Send and count deliveries.
+    Deliver,
+    /// Join and hold: server memory per member.
+    Idle,
+    /// Handshake + join + leave in a loop: joins per second.
+    Connect,
+}
+
+fn secs(v: f64, flag: &str) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(v).map_err(|_| format!("{flag} must be a non-negative number of seconds"))
+}
+
+fn run(cli: Cli) -> Result<Report, String> {
+    let workload = Workload {
+        name: cli.name.clone(),
+        mode: match cli.mode {
+            ModeArg::Deliver => Mode::Deliver,
+            ModeArg::Idle => Mode::Idle,
+            ModeArg::Connect => Mode::Connect,
+        },
+        members: cli.members,
+        rooms: cli.rooms,
+        senders: if matches!(cli.mode, ModeArg::Deliver) { cli.senders } else { 0 },
+        messages: cli.messages,
+        bytes: cli.bytes,
+        rate: cli.rate,
+        concurrency: cli.concurrency,
+        duration: secs(cli.duration, "--duration")?,
+        settle: secs(cli.settle, "--settle")?,
+        timeout: secs(cli.timeout, "--timeout")?,
+    };
+    workload.validate()?;
+    if cli.relay.is_none() && cli.irc.is_none() && cli.raw.is_none() {
+        return Err("nothing to drive: give --relay, --irc and/or --raw HOST:PORT".into());
+    }
+    for addr in [&cli.relay, &cli.irc, &cli.raw].into_iter().flatten() {
+        let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or_default();
+        if !matches!(host, "127.0.0.1" | "localhost" | "[::1]") {
+            return Err(format!("{addr}: the load generator drives loopback servers only (127.0.0.1)"));
+        }
+    }
+    let fingerprint = match &cli.fingerprint {
+        Some(hex_fp) => Some(
+            hex::decode(hex_fp)
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .ok_or("--fingerprint must be 64 hex digits, as chatroom-relay prints it")?,
+        ),
+        None => None,
+    };
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let mut report = Report::default();
+    runtime.block_on(async {
+        if let Some(addr) = &cli.relay {
+            let target = ChatTarget { addr: addr.clone(), pid: cli.relay_pid, fingerprint };
+            let result = chat::run(&target, &workload).await;
+            report.outcomes.push(failed("chatroom", &workload, result));
+        }
+        for (kind, addr, pid, label) in
+            [(Kind::Irc, &cli.irc, cli.irc_pid, "ngircd"), (Kind::Raw, &cli.raw, cli.raw_pid, "ncat")]
+        {
+            if let Some(addr) = addr {
+                let target = PlainTarget { kind, addr: addr.clone(), label: label.into(), pid };
+                let result = plain::run(&target, &workload).await;
+                report.outcomes.push(failed(label, &workload, result));
+            }
+        }
+        Ok::<_, String>(())
+    })?;
+    if let Some(path) = &cli.json {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        for o in &report.outcomes {
+            let line = serde_json::to_string(o).map_err(|e| e.to_string())?;
+            writeln!(file, "{line}").map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        }
+    }
+    Ok(report)
+}
+
+/// A target that failed still gets a row, with the error, so the other targets' figures stand.
+fn failed(label: &str, w: &Workload, result: Result<Outcome, String>) -> Outcome {
+    result.unwrap_or_else(|e| {
+        eprintln!("chatroom-bench: {label}: {e}");
+        Outcome { target: label.into(), workload: w.name.clone(), errors: vec![e], ..Outcome::default() }
+    })
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(report) => {
+            print!("{}", report.table());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("chatroom-bench: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

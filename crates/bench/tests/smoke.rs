@@ -1,0 +1,137 @@
+//! Smoke run of the load generator against a real `chatroom-relay` process on 127.0.0.1: a
+//! few members, a couple of senders, a few dozen messages. Every message must arrive intact at
+//! every other member exactly once, and the relay must acknowledge every one.
+
+use std::error::Error;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use chatroom_bench::chat::{self, ChatTarget};
+use chatroom_bench::{Mode, Workload};
+
+type TestResult = Result<(), Box<dyn Error>>;
+
+/// A relay process, killed on drop.
+struct Relay {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the relay with the rate limit raised: the smoke run sends as fast as it can.
+fn start_relay(dir: &std::path::Path) -> Result<Relay, Box<dyn Error>> {
+    let mut child = Command::new(chatroom_e2e::bin("chatroom-relay"))
+        .args(["--listen", "127.0.0.1:0", "--rate-burst", "100000", "--rate-per-sec", "100000", "--data-dir"])
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut relay = Relay { child, addr: String::new() };
+    // The relay prints `listening on ADDR` once it accepts connections; the reader ends when
+    // the relay exits, so this loop is bounded by the process.
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        if let Some(addr) = line.strip_prefix("listening on ") {
+            relay.addr = addr.trim().to_owned();
+            break;
+        }
+    }
+    if relay.addr.is_empty() {
+        return Err("the relay exited before listening".into());
+    }
+    Ok(relay)
+}
+
+fn workload(mode: Mode) -> Workload {
+    Workload {
+        name: "smoke".into(),
+        mode,
+        members: 5,
+        rooms: 1,
+        senders: 2,
+        messages: 50,
+        bytes: 100,
+        rate: None,
+        concurrency: 4,
+        duration: Duration::from_secs(1),
+        settle: Duration::from_secs(5),
+        timeout: Duration::from_secs(15),
+    }
+}
+
+#[test]
+fn smoke_every_message_arrives_once_intact() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let relay = start_relay(dir.path())?;
+    let target = ChatTarget { addr: relay.addr.clone(), pid: Some(relay.child.id()), fingerprint: None };
+    let rt = tokio::runtime::Runtime::new()?;
+    let w = workload(Mode::Deliver);
+    let o =
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), chat::run(&target, &w)).await })??;
+    assert_eq!(o.expected, 2 * 50 * 4);
+    assert_eq!(o.delivered, o.expected, "{o:?}");
+    assert_eq!((o.lost, o.duplicated, o.corrupted), (0, 0, 0), "{o:?}");
+    assert_eq!(o.sent, 100);
+    assert_eq!(o.acked, 100, "every message acknowledged: {o:?}");
+    assert!(o.errors.is_empty(), "{:?}", o.errors);
+    assert!(o.p50_ms > 0.0 && o.p50_ms <= o.p99_ms && o.p99_ms <= o.max_ms, "{o:?}");
+    assert!(o.server_cpu_secs.is_some() && o.peak_rss_kib.is_some(), "reads the relay's /proc");
+    Ok(())
+}
+
+#[test]
+fn smoke_rate_limited_relay_shows_up_as_errors_and_loss() -> TestResult {
+    // Against the default rate limit (burst 20, 5/s) a fast sender loses messages: the tool
+    // must report them as lost and name the relay's error, not count them as delivered.
+    let dir = tempfile::tempdir()?;
+    let mut child = Command::new(chatroom_e2e::bin("chatroom-relay"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut addr = String::new();
+    for line in BufReader::new(stdout).lines() {
+        if let Some(a) = line?.strip_prefix("listening on ") {
+            addr = a.trim().to_owned();
+            break;
+        }
+    }
+    let relay = Relay { child, addr };
+    let target = ChatTarget { addr: relay.addr.clone(), pid: None, fingerprint: None };
+    let mut w = workload(Mode::Deliver);
+    w.settle = Duration::from_secs(1);
+    let rt = tokio::runtime::Runtime::new()?;
+    let o =
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), chat::run(&target, &w)).await })??;
+    assert!(o.lost > 0, "{o:?}");
+    assert_eq!(o.delivered + o.lost, o.expected);
+    assert_eq!(o.duplicated, 0);
+    assert!(o.errors.iter().any(|e| e.contains("RateLimited")), "{:?}", o.errors);
+    Ok(())
+}
+
+#[test]
+fn smoke_idle_members_measure_relay_memory() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let relay = start_relay(dir.path())?;
+    let target = ChatTarget { addr: relay.addr.clone(), pid: Some(relay.child.id()), fingerprint: None };
+    let rt = tokio::runtime::Runtime::new()?;
+    let w = workload(Mode::Idle);
+    let o =
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), chat::run(&target, &w)).await })??;
+    assert_eq!(o.joined, 5);
+    assert!(o.kib_per_member.is_some(), "{o:?}");
+    Ok(())
+}
