@@ -293,6 +293,17 @@ pub fn items(plaintext: &[u8]) -> impl Iterator<Item = Result<(u8, &[u8]), Decod
     })
 }
 
+/// Decodes every item of a non-empty transport plaintext with `decode`.
+fn decode_all<T>(
+    plaintext: &[u8],
+    decode: fn(u8, &[u8]) -> Result<T, DecodeError>,
+) -> Result<Vec<T>, DecodeError> {
+    if plaintext.is_empty() {
+        return Err(DecodeError::TooShort { what: "transport plaintext", len: 0, min: ITEM_HEADER_LEN });
+    }
+    items(plaintext).map(|i| i.and_then(|(ty, body)| decode(ty, body))).collect()
+}
+
 fn nick(r: &mut Reader<'_>) -> Result<Nick, DecodeError> {
     let bytes = r.bytes8("nickname", MAX_NICK_LEN)?;
     Nick::new(std::str::from_utf8(bytes).map_err(|_| DecodeError::NotUtf8("nickname"))?)
@@ -384,10 +395,7 @@ impl ClientMessage {
 
     /// Decodes every item of a transport plaintext; fails on the first bad one.
     pub fn decode_all(plaintext: &[u8]) -> Result<Vec<Self>, DecodeError> {
-        if plaintext.is_empty() {
-            return Err(DecodeError::TooShort { what: "transport plaintext", len: 0, min: ITEM_HEADER_LEN });
-        }
-        items(plaintext).map(|i| i.and_then(|(ty, body)| Self::decode(ty, body))).collect()
+        decode_all(plaintext, Self::decode)
     }
 }
 
@@ -524,10 +532,7 @@ impl RelayMessage {
 
     /// Decodes every item of a transport plaintext; fails on the first bad one.
     pub fn decode_all(plaintext: &[u8]) -> Result<Vec<Self>, DecodeError> {
-        if plaintext.is_empty() {
-            return Err(DecodeError::TooShort { what: "transport plaintext", len: 0, min: ITEM_HEADER_LEN });
-        }
-        items(plaintext).map(|i| i.and_then(|(ty, body)| Self::decode(ty, body))).collect()
+        decode_all(plaintext, Self::decode)
     }
 }
 
