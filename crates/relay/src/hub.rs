@@ -186,7 +186,7 @@ impl RoomState {
     fn broadcast(&self, item: &Bytes, except: Option<&PublicIdentity>) {
         for (id, member) in &self.members {
             if Some(id) != except {
-                member.outbox.push_or_close(item.clone());
+                member.outbox.push_batched(item.clone());
             }
         }
     }
