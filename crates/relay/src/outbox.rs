@@ -431,6 +431,32 @@ mod tests {
         assert_eq!(seqs, (1..=100).collect::<Vec<_>>());
     }
 
+    /// Whether the writer has a wake-up waiting (consumes it).
+    fn woken(outbox: &Outbox) -> bool {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let notified = outbox.wake.notified();
+        tokio::pin!(notified);
+        std::future::Future::poll(notified, &mut cx).is_ready()
+    }
+
+    #[test]
+    fn a_batch_wakes_the_writer_once_after_its_last_item() {
+        let outbox = Arc::new(Outbox::new(100));
+        batched(|| {
+            for seq in 1..=10u64 {
+                let mut item = Vec::new();
+                chatroom_crypto::encode_deliver(seq, false, &[7; 100], &mut item);
+                assert!(outbox.push_batched(Bytes::from(item)));
+            }
+            assert!(!woken(&outbox), "no wake-up while the batch is being queued");
+        });
+        assert!(woken(&outbox), "a wake-up once the batch is queued");
+        assert_eq!(outbox.lock().queue.len(), 10);
+        // Outside a batch every push wakes the writer.
+        assert!(outbox.push_batched(encode(&RelayMessage::Ping { token: 1 })));
+        assert!(woken(&outbox));
+    }
+
     #[tokio::test]
     async fn a_full_queue_refuses_and_a_close_drops_the_queue_for_the_goodbye() {
         let outbox = Arc::new(Outbox::new(2));
