@@ -5,7 +5,10 @@
 //! body is read, each handshake message's exact length before any Diffie-Hellman, failed-join
 //! lockouts before the join signature is verified.
 
+use std::collections::VecDeque;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +44,11 @@ const WRITER_GRACE: Duration = Duration::from_secs(2);
 /// `LINGER_BYTES`), so the goodbye is not lost to a reset.
 const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 1 << 16;
+/// `Send`s of one connection that may be stored at once: the handler keeps reading and
+/// submitting a connection's envelopes while earlier ones commit, so one storage transaction
+/// (and one fsync) carries many of them, and answers each once it is durable, in arrival
+/// order. At the limit it stops reading the connection until the oldest is answered.
+pub(crate) const MAX_SENDS_IN_FLIGHT: usize = 64;
 /// How long a reply waits for room in the member's own queue before the member counts as a
 /// slow consumer.
 const REPLY_WAIT: Duration = Duration::from_secs(2);
@@ -58,6 +66,27 @@ async fn reply(outbox: &Outbox, item: Bytes) -> bool {
         }
         Err(PushError::Closed) => false,
     }
+}
+
+/// The answer to one request, in the order the requests arrived: ready at once, or once the
+/// envelope it answers is durable.
+type Answer = Pin<Box<dyn Future<Output = Bytes> + Send>>;
+
+/// Waits for the oldest pending answer; cancel-safe (an answer is removed only when ready).
+async fn next_answer(pending: &mut VecDeque<Answer>) -> Option<Bytes> {
+    let answer = pending.front_mut()?.await;
+    pending.pop_front();
+    Some(answer)
+}
+
+/// Queues every pending answer, oldest first.
+async fn answer_all(pending: &mut VecDeque<Answer>, outbox: &Outbox) -> bool {
+    while let Some(answer) = next_answer(pending).await {
+        if !reply(outbox, answer).await {
+            return false;
+        }
+    }
+    true
 }
 
 /// State shared by every connection.
@@ -344,6 +373,7 @@ impl<H: RoomService> Handler<H> {
         let mut last_heard = Instant::now();
         let mut pinged = false;
         let mut token = 0u64;
+        let mut pending: VecDeque<Answer> = VecDeque::with_capacity(MAX_SENDS_IN_FLIGHT);
         loop {
             let wake = last_heard + if pinged { config.idle_timeout } else { config.ping_after };
             tokio::select! {
@@ -365,16 +395,26 @@ impl<H: RoomService> Handler<H> {
                         return Err(Ended::Closed(None));
                     }
                 }
-                frame = reader.next_frame(MIN_TRANSPORT_FRAME, MAX_FRAME_LEN) => {
+                Some(answer) = next_answer(&mut pending) => {
+                    if !reply(outbox, answer).await {
+                        return Err(Ended::Closed(None));
+                    }
+                }
+                frame = reader.next_frame(MIN_TRANSPORT_FRAME, MAX_FRAME_LEN),
+                    if pending.len() < MAX_SENDS_IN_FLIGHT => {
                     let frame = match frame {
                         Ok(Some(frame)) => frame,
-                        Ok(None) => return Err(Ended::PeerClosed),
+                        Ok(None) => {
+                            // A half-closed connection still gets the answers it is owed.
+                            answer_all(&mut pending, outbox).await;
+                            return Err(Ended::PeerClosed);
+                        }
                         Err(e) => return Err(e.into()),
                     };
                     last_heard = Instant::now();
                     pinged = false;
                     let plaintext = receiver.open(&frame)?;
-                    if let Flow::Stop = self.process(&plaintext, outbox, member, identity).await {
+                    if let Flow::Stop = self.process(&plaintext, outbox, member, identity, &mut pending).await {
                         return Err(Ended::Closed(None));
                     }
                 }
@@ -382,13 +422,16 @@ impl<H: RoomService> Handler<H> {
         }
     }
 
-    /// Handles every item of one transport message, in order.
+    /// Handles every item of one transport message, in order. `Send`s are submitted at once
+    /// and answered through `pending`, at most `MAX_SENDS_IN_FLIGHT` at a time; any other
+    /// request first waits until every earlier one is answered.
     async fn process(
         &self,
         plaintext: &[u8],
         outbox: &Arc<Outbox>,
         member: &H::Membership,
         identity: PublicIdentity,
+        pending: &mut VecDeque<Answer>,
     ) -> Flow {
         if plaintext.is_empty() {
             outbox.finish_with(ErrorCode::Malformed, "empty message");
@@ -411,7 +454,8 @@ impl<H: RoomService> Handler<H> {
                         ErrorCode::Malformed
                     };
                     let error = RelayMessage::Error { code, detail: format!("envelope refused: {e}") };
-                    if !reply(outbox, encode(&error)).await {
+                    pending.push_back(Box::pin(std::future::ready(encode(&error))));
+                    if !self.make_room(pending, outbox).await {
                         return Flow::Stop;
                     }
                     continue;
@@ -421,10 +465,18 @@ impl<H: RoomService> Handler<H> {
                     return Flow::Stop;
                 }
             };
-            let replies = match message {
-                ClientMessage::Send { envelope } => {
-                    vec![encode(&self.send(member, identity, envelope).await)]
+            if let ClientMessage::Send { envelope } = message {
+                pending.push_back(self.send(member, identity, envelope));
+                if !self.make_room(pending, outbox).await {
+                    return Flow::Stop;
                 }
+                continue;
+            }
+            if !answer_all(pending, outbox).await {
+                return Flow::Stop;
+            }
+            let replies = match message {
+                ClientMessage::Send { .. } => Vec::new(),
                 ClientMessage::Who => member_items(self.shared.hub.members(member)),
                 ClientMessage::Kick { nick } => self.moderate(member, Moderation::Kick, nick).await,
                 ClientMessage::Ban { nick } => self.moderate(member, Moderation::Ban, nick).await,
@@ -450,6 +502,18 @@ impl<H: RoomService> Handler<H> {
         Flow::Continue
     }
 
+    /// Answers the oldest pending requests until fewer than `MAX_SENDS_IN_FLIGHT` remain.
+    async fn make_room(&self, pending: &mut VecDeque<Answer>, outbox: &Outbox) -> bool {
+        while pending.len() >= MAX_SENDS_IN_FLIGHT {
+            if let Some(answer) = next_answer(pending).await {
+                if !reply(outbox, answer).await {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
     async fn moderate(
         &self,
         member: &H::Membership,
@@ -462,15 +526,23 @@ impl<H: RoomService> Handler<H> {
         }
     }
 
-    /// Checks and publishes one envelope: exactly one `Ack` or `Error`.
-    async fn send(
+    /// Checks and submits one envelope; the answer is exactly one `Ack` or `Error`, an `Ack`
+    /// only once the envelope is durable.
+    fn send(&self, member: &H::Membership, identity: PublicIdentity, envelope: Vec<u8>) -> Answer {
+        match self.check_and_publish(member, identity, envelope) {
+            Ok(publish) => publish,
+            Err(error) => Box::pin(std::future::ready(encode(&error))),
+        }
+    }
+
+    fn check_and_publish(
         &self,
         member: &H::Membership,
         identity: PublicIdentity,
         envelope: Vec<u8>,
-    ) -> RelayMessage {
+    ) -> Result<Answer, RelayMessage> {
         let config = &self.shared.config;
-        let error = |code, detail: String| RelayMessage::Error { code, detail };
+        let error = |code, detail: String| Err(RelayMessage::Error { code, detail });
         let header = match EnvelopeHeader::parse(&envelope) {
             Ok(header) => header,
             Err(e @ DecodeError::TooLong { .. }) => {
@@ -506,10 +578,15 @@ impl<H: RoomService> Handler<H> {
                 ),
             );
         }
-        match self.shared.hub.publish(member, header, Bytes::from(envelope)).await {
-            Ok(seq) => RelayMessage::Ack { counter: header.counter, seq },
-            Err(refusal) => error(refusal.code, refusal.detail),
-        }
+        let counter = header.counter;
+        let publish = self.shared.hub.publish(member, header, Bytes::from(envelope));
+        Ok(Box::pin(async move {
+            let answer = match publish.await {
+                Ok(seq) => RelayMessage::Ack { counter, seq },
+                Err(refusal) => RelayMessage::Error { code: refusal.code, detail: refusal.detail },
+            };
+            encode(&answer)
+        }))
     }
 }
 

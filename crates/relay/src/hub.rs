@@ -21,6 +21,7 @@ use chatroom_crypto::{
     RelayMessage, RoomName, SignedJoin, VerifiedJoin, MAX_MEMBERS_PER_ITEM,
 };
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tracing::{error, info};
 
 use crate::outbox::{encode, Outbox};
@@ -78,14 +79,16 @@ pub(crate) trait RoomService: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Self::Membership, Refusal>> + Send;
 
     /// Stores an envelope whose sender is the member, then delivers it to every other member.
-    /// Returns its sequence number once it is durable (an idempotent resend returns the
-    /// stored one).
+    /// The envelope is checked and queued for storage before this returns, so calls made one
+    /// after the other are stored (and delivered) in call order; the returned future resolves
+    /// to its sequence number once it is durable (an idempotent resend returns the stored
+    /// one). The future borrows nothing, so a connection can hold several at once.
     fn publish(
         &self,
         member: &Self::Membership,
         header: EnvelopeHeader,
         envelope: Bytes,
-    ) -> impl Future<Output = Result<u64, Refusal>> + Send;
+    ) -> impl Future<Output = Result<u64, Refusal>> + Send + 'static;
 
     /// The connected members of the member's room.
     fn members(&self, member: &Self::Membership) -> Vec<Member>;
@@ -183,7 +186,7 @@ impl RoomState {
     fn broadcast(&self, item: &Bytes, except: Option<&PublicIdentity>) {
         for (id, member) in &self.members {
             if Some(id) != except {
-                member.outbox.push_or_close(item.clone());
+                member.outbox.push_batched(item.clone());
             }
         }
     }
@@ -269,7 +272,9 @@ pub(crate) struct LocalRooms {
 
 enum Publish {
     New(u64, tokio::sync::oneshot::Receiver<Result<(), StoreError>>),
-    Resent(u64, watch::Receiver<u64>),
+    /// An idempotent resend of an envelope already committed.
+    Stored(u64),
+    Resent(u64, watch::Receiver<u64>, Instant),
 }
 
 enum Lookup {
@@ -488,6 +493,65 @@ impl LocalRooms {
         Ok(Ok(Self::register(&room, &mut st, verified, false, history_after, connection, outbox)))
     }
 
+    /// Checks an envelope and queues it for storage, under the room lock.
+    fn submit(
+        &self,
+        member: &LocalMember,
+        header: EnvelopeHeader,
+        envelope: Bytes,
+    ) -> Result<Publish, Refusal> {
+        let room = &member.room;
+        let sender = member.identity;
+        let counter = header.counter;
+        {
+            let mut st = room.lock();
+            if !st.is_current(member) {
+                return Err(Refusal::new(ErrorCode::UnexpectedMessage, "you are no longer in this room"));
+            }
+            let previous_counter = st.counters.get(&sender).copied();
+            if let Some(max) = previous_counter.filter(|max| counter <= *max) {
+                if let Some(e) =
+                    st.history.iter().rev().find(|e| e.sender == sender.0 && e.counter == counter)
+                {
+                    return Ok(Publish::Stored(e.seq));
+                }
+                let Some(&seq) = st.pending.get(&(sender, counter)) else {
+                    return Err(Refusal::new(
+                        ErrorCode::BadEnvelope,
+                        format!(
+                            "counter {counter} is not above {max}, the highest this identity already used \
+                             in this room; message not delivered"
+                        ),
+                    ));
+                };
+                Ok(Publish::Resent(seq, room.committed.subscribe(), Instant::now() + RESEND_WAIT))
+            } else {
+                let seq = st.latest_seq + 1;
+                let mut live = Vec::with_capacity(envelope.len() + 12);
+                encode_deliver(seq, false, &envelope, &mut live);
+                let live = Bytes::from(live);
+                let record = StoredEnvelope { seq, sender: sender.0, counter, envelope };
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let for_room = record.clone();
+                let room_ref = room.clone();
+                let keep = self.history;
+                let done = Box::new(move |result: Result<(), StoreError>| {
+                    LocalRooms::committed(&room_ref, &result, for_room, previous_counter, live, keep);
+                    let _ = tx.send(result);
+                });
+                // Queued under the room lock, so storage commits (and delivers) in seq order.
+                self.store
+                    .append(room.name.as_str(), record, keep, done)
+                    .map_err(|e| Refusal::internal(&e))?;
+                st.latest_seq = seq;
+                st.counters.insert(sender, counter);
+                st.pending.insert((sender, counter), seq);
+                st.inflight += 1;
+                Ok(Publish::New(seq, rx))
+            }
+        }
+    }
+
     /// Runs on the storage thread once an envelope's transaction completed.
     fn committed(
         room: &Room,
@@ -561,74 +625,29 @@ impl RoomService for LocalRooms {
         Err(Refusal::new(ErrorCode::Internal, "the room is busy; try again"))
     }
 
-    async fn publish(
+    fn publish(
         &self,
         member: &LocalMember,
         header: EnvelopeHeader,
         envelope: Bytes,
-    ) -> Result<u64, Refusal> {
-        let room = &member.room;
-        let sender = member.identity;
-        let counter = header.counter;
-        let publish = {
-            let mut st = room.lock();
-            if !st.is_current(member) {
-                return Err(Refusal::new(ErrorCode::UnexpectedMessage, "you are no longer in this room"));
-            }
-            let previous_counter = st.counters.get(&sender).copied();
-            if let Some(max) = previous_counter.filter(|max| counter <= *max) {
-                if let Some(e) =
-                    st.history.iter().rev().find(|e| e.sender == sender.0 && e.counter == counter)
-                {
-                    return Ok(e.seq);
-                }
-                let Some(&seq) = st.pending.get(&(sender, counter)) else {
-                    return Err(Refusal::new(
-                        ErrorCode::BadEnvelope,
-                        format!(
-                            "counter {counter} is not above {max}, the highest this identity already used \
-                             in this room; message not delivered"
-                        ),
-                    ));
-                };
-                Publish::Resent(seq, room.committed.subscribe())
-            } else {
-                let seq = st.latest_seq + 1;
-                let mut live = Vec::with_capacity(envelope.len() + 12);
-                encode_deliver(seq, false, &envelope, &mut live);
-                let live = Bytes::from(live);
-                let record = StoredEnvelope { seq, sender: sender.0, counter, envelope };
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                let for_room = record.clone();
-                let room_ref = room.clone();
-                let keep = self.history;
-                let done = Box::new(move |result: Result<(), StoreError>| {
-                    LocalRooms::committed(&room_ref, &result, for_room, previous_counter, live, keep);
-                    let _ = tx.send(result);
-                });
-                // Queued under the room lock, so storage commits (and delivers) in seq order.
-                self.store
-                    .append(room.name.as_str(), record, keep, done)
-                    .map_err(|e| Refusal::internal(&e))?;
-                st.latest_seq = seq;
-                st.counters.insert(sender, counter);
-                st.pending.insert((sender, counter), seq);
-                st.inflight += 1;
-                Publish::New(seq, rx)
-            }
-        };
-        match publish {
-            Publish::New(seq, done) => match done.await {
-                Ok(Ok(())) => Ok(seq),
-                Ok(Err(e)) => Err(Refusal::internal(&e)),
-                Err(_) => Err(Refusal::internal(&StoreError::Closed)),
-            },
-            Publish::Resent(seq, mut committed) => {
-                // The first copy is still being committed: answer once it is.
-                match tokio::time::timeout(RESEND_WAIT, committed.wait_for(|c| *c >= seq)).await {
-                    Ok(Ok(_)) => Ok(seq),
-                    _ => {
-                        Err(Refusal::new(ErrorCode::Internal, "the first copy is not stored yet; try again"))
+    ) -> impl Future<Output = Result<u64, Refusal>> + Send + 'static {
+        let publish = self.submit(member, header, envelope);
+        async move {
+            match publish? {
+                Publish::New(seq, done) => match done.await {
+                    Ok(Ok(())) => Ok(seq),
+                    Ok(Err(e)) => Err(Refusal::internal(&e)),
+                    Err(_) => Err(Refusal::internal(&StoreError::Closed)),
+                },
+                Publish::Stored(seq) => Ok(seq),
+                Publish::Resent(seq, mut committed, deadline) => {
+                    // The first copy is still being committed: answer once it is.
+                    match tokio::time::timeout_at(deadline, committed.wait_for(|c| *c >= seq)).await {
+                        Ok(Ok(_)) => Ok(seq),
+                        _ => Err(Refusal::new(
+                            ErrorCode::Internal,
+                            "the first copy is not stored yet; try again",
+                        )),
                     }
                 }
             }

@@ -6,8 +6,9 @@
 //! as many queued items as fit into one Noise transport message, so a busy room costs one
 //! encryption and one write per batch rather than per item.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,6 +23,44 @@ const FRAMES_PER_WRITE: usize = 4;
 const IDLE_BUF_CAPACITY: usize = 16 * 1024;
 /// How long a goodbye may take to write before the connection is dropped anyway.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
+
+thread_local! {
+    /// Outboxes whose writer is owed a wake-up at the end of the current `batched` call on
+    /// this thread; `None` outside of one.
+    static DEFERRED: RefCell<Option<Vec<Arc<Outbox>>>> = const { RefCell::new(None) };
+}
+
+/// Wakes the writers held back by `batched`, also if its closure panics.
+struct WakeDeferred;
+
+impl Drop for WakeDeferred {
+    fn drop(&mut self) {
+        let outboxes = DEFERRED.with(|d| d.borrow_mut().take()).unwrap_or_default();
+        for outbox in outboxes {
+            outbox.wake.notify_one();
+        }
+    }
+}
+
+/// Runs `f`, holding back the writers' wake-ups for items queued with `push_batched` until
+/// it returns: everything `f` queues for one member (a commit group's deliveries) is then
+/// there when its writer runs, and goes out in one Noise message and one write instead of
+/// one per item. Nested calls join the outer one.
+pub(crate) fn batched<R>(f: impl FnOnce() -> R) -> R {
+    let outer = DEFERRED.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_some() {
+            return true;
+        }
+        *d = Some(Vec::new());
+        false
+    });
+    if outer {
+        return f();
+    }
+    let _wake = WakeDeferred;
+    f()
+}
 
 /// Why a push failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,6 +168,35 @@ impl Outbox {
         drop(state);
         self.wake.notify_one();
         Ok(())
+    }
+
+    /// `push_or_close`, but inside `batched` the writer is woken only when it returns.
+    pub(crate) fn push_batched(self: &Arc<Self>, item: Bytes) -> bool {
+        let deferring = DEFERRED.with(|d| d.borrow().is_some());
+        if !deferring {
+            return self.push_or_close(item);
+        }
+        let mut state = self.lock();
+        if state.closed {
+            return false;
+        }
+        if state.queue.len() >= self.limit {
+            drop(state);
+            return self.push_or_close(item);
+        }
+        // A writer with items already queued has been woken for them (or is owed a wake-up
+        // recorded here earlier in this batch).
+        let was_empty = state.queue.is_empty();
+        state.queue.push_back(item);
+        drop(state);
+        if was_empty {
+            DEFERRED.with(|d| {
+                if let Some(list) = d.borrow_mut().as_mut() {
+                    list.push(self.clone());
+                }
+            });
+        }
+        true
     }
 
     /// Pushes an item; on a full queue closes the connection as a slow consumer. Returns
@@ -361,6 +429,32 @@ mod tests {
             })
             .collect();
         assert_eq!(seqs, (1..=100).collect::<Vec<_>>());
+    }
+
+    /// Whether the writer has a wake-up waiting (consumes it).
+    fn woken(outbox: &Outbox) -> bool {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let notified = outbox.wake.notified();
+        tokio::pin!(notified);
+        std::future::Future::poll(notified, &mut cx).is_ready()
+    }
+
+    #[test]
+    fn a_batch_wakes_the_writer_once_after_its_last_item() {
+        let outbox = Arc::new(Outbox::new(100));
+        batched(|| {
+            for seq in 1..=10u64 {
+                let mut item = Vec::new();
+                chatroom_crypto::encode_deliver(seq, false, &[7; 100], &mut item);
+                assert!(outbox.push_batched(Bytes::from(item)));
+            }
+            assert!(!woken(&outbox), "no wake-up while the batch is being queued");
+        });
+        assert!(woken(&outbox), "a wake-up once the batch is queued");
+        assert_eq!(outbox.lock().queue.len(), 10);
+        // Outside a batch every push wakes the writer.
+        assert!(outbox.push_batched(encode(&RelayMessage::Ping { token: 1 })));
+        assert!(woken(&outbox));
     }
 
     #[tokio::test]

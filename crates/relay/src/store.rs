@@ -440,6 +440,11 @@ fn run_batch(conn: &mut Connection, batch: Vec<Op>) {
     if let Err(e) = &committed {
         error!(error = %e, operations = writes, "a storage transaction failed; its writes were not acknowledged");
     }
+    // A commit group's deliveries reach each member's writer together.
+    crate::outbox::batched(|| complete(committed, completions));
+}
+
+fn complete(committed: Result<(), StoreError>, completions: Vec<Completion>) {
     for completion in completions {
         match completion {
             Completion::Load(reply, result) => {

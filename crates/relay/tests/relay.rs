@@ -578,3 +578,57 @@ async fn new_rooms_are_limited_per_address() -> TestResult {
     assert!(conn.join(&alice, &rooms[2], true, 0).await?.expect("created elsewhere").created);
     relay.stop().await
 }
+
+#[tokio::test]
+async fn pipelined_sends_beyond_the_in_flight_limit_are_answered_in_order() -> TestResult {
+    // More sends than the relay keeps in flight per connection (64), in a few transport
+    // messages, with a malformed one and a stale resend among them and a ping at the end.
+    let dir = tempfile::tempdir()?;
+    let relay = TestRelay::start(dir.path(), |c| c.rate_burst = 1000).await?;
+    let room = TestRoom::new("pipelined");
+    let (mut alice, bob) = (Person::new("alice"), Person::new("bob"));
+    let (mut a, _) = member(&relay, &alice, &room, true).await?;
+    let (mut b, _) = member(&relay, &bob, &room, false).await?;
+    a.next_matching(|m| matches!(m, RelayMessage::Presence { .. })).await?;
+    let mut sent = Vec::new();
+    for _ in 0..200 {
+        sent.push(alice.seal(&room, "pipelined"));
+    }
+    let mut expected = Vec::new();
+    for chunk in sent.chunks(50) {
+        let mut messages: Vec<ClientMessage> = Vec::new();
+        for (counter, envelope) in chunk {
+            messages.push(ClientMessage::Send { envelope: envelope.clone() });
+            expected.push(Some(*counter));
+        }
+        // A malformed envelope gets an error in its place; the first envelope resent is
+        // answered with its stored sequence number.
+        messages.push(ClientMessage::Send { envelope: vec![1, 2, 3] });
+        expected.push(None);
+        a.send(&messages).await?;
+    }
+    a.send(&[ClientMessage::Send { envelope: sent[0].1.clone() }, ClientMessage::Ping { token: 7 }]).await?;
+
+    let mut next_seq = 1;
+    for want in &expected {
+        match (a.answer().await?, want) {
+            (RelayMessage::Ack { counter, seq }, Some(want)) => {
+                assert_eq!((counter, seq), (*want, next_seq), "acks in arrival order");
+                next_seq += 1;
+            }
+            (RelayMessage::Error { code, .. }, None) => assert_eq!(code, ErrorCode::Malformed),
+            (other, _) => panic!("expected the answer for {want:?}, got {other:?}"),
+        }
+    }
+    match a.answer().await? {
+        RelayMessage::Ack { counter, seq } => assert_eq!((counter, seq), (sent[0].0, 1), "idempotent resend"),
+        other => panic!("expected the resend's ack, got {other:?}"),
+    }
+    assert!(matches!(a.recv().await?, RelayMessage::Pong { token: 7 }), "the pong follows every ack");
+    for want in 1..=200 {
+        let (seq, envelope) = b.delivery().await?;
+        assert_eq!(seq, want, "deliveries in seq order");
+        assert_eq!(envelope, sent[want as usize - 1].1);
+    }
+    relay.stop().await
+}
