@@ -41,7 +41,14 @@ fn every_target_has_a_replay_test() {
     let names: Vec<&str> = TARGETS.iter().map(|(n, _)| *n).collect();
     assert_eq!(
         names,
-        ["frame_decode", "message_decode", "envelope_open", "handshake_responder", "handshake_initiator"]
+        [
+            "frame_decode",
+            "message_decode",
+            "envelope_open",
+            "handshake_responder",
+            "handshake_initiator",
+            "client_session"
+        ]
     );
 }
 
@@ -68,4 +75,22 @@ fn handshake_responder_corpus() -> TestResult {
 #[test]
 fn handshake_initiator_corpus() -> TestResult {
     replay("handshake_initiator")
+}
+
+#[test]
+fn client_session_corpus() -> TestResult {
+    replay("client_session")
+}
+
+/// The client_session seeds reach every outcome, so the fuzzer starts from all of them.
+#[test]
+fn client_session_seeds_reach_every_outcome() -> TestResult {
+    use chatroom_fuzz_checks::client_session::{tally, Tally};
+    let dir = fuzz_dir().join("seeds/client_session");
+    let t = |name: &str| -> Result<Tally, Box<dyn Error>> { Ok(tally(&fs::read(dir.join(name))?)) };
+    assert_eq!(t("history-and-live")?, Tally { shown: 4, ..Tally::default() });
+    assert_eq!(t("forgeries")?, Tally { shown: 1, unverified: 5, dropped: 2, ..Tally::default() });
+    assert_eq!(t("impostors")?, Tally { shown: 1, nick_rejected: 3, ..Tally::default() });
+    assert_eq!(t("replays-and-gaps")?, Tally { shown: 2, replayed: 2, dropped: 2, ..Tally::default() });
+    Ok(())
 }
