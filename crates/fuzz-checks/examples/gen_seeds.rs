@@ -16,6 +16,7 @@ use chatroom_crypto::{
 use chatroom_fuzz_checks::client_session as cs;
 use chatroom_fuzz_checks::envelope_open::{self, known_specs, Spec};
 use chatroom_fuzz_checks::handshake_responder::{self as responder, relay_static, JoinSpec};
+use chatroom_fuzz_checks::relay_session as rs;
 use chatroom_fuzz_checks::{frame_decode, handshake_initiator as initiator, message_decode, Writer, TARGETS};
 
 type Result<T> = std::result::Result<T, Box<dyn Error>>;
@@ -333,6 +334,36 @@ fn main() -> Result<()> {
     x.u8(cs::JOINED).u8(2).u16(40).u16(20);
     seal(&mut x, 2, 31, "carol", "after the gap", 0, 40, 0, &[], 0);
     s.put(t, "replays-and-gaps", &x.out)?;
+
+    // relay_session: an op byte is `connection + 4 * kind`.
+    let t = "relay_session";
+    let op = |who: u8, kind: u8| who + 4 * kind;
+    let mut x = w();
+    for who in 0..4 {
+        x.u8(op(who, rs::SEND)).u16(100).bytes8(format!("hello from {who}").as_bytes());
+    }
+    x.u8(op(1, rs::SEND)).u16(0).bytes8(b"again");
+    x.u8(op(3, rs::SEND)).u16(0).bytes8(b"other room");
+    s.put(t, "chat", &x.out)?;
+    let mut x = w();
+    x.u8(op(1, rs::CONTROL)).u8(0).u64(0).bytes8(b"");
+    x.u8(op(2, rs::CONTROL)).u8(1).u64(77).bytes8(b"");
+    x.u8(op(0, rs::CONTROL)).u8(3).u64(0).bytes8(b"bob");
+    x.u8(op(0, rs::CONTROL)).u8(4).u64(0).bytes8(b"carol");
+    x.u8(op(0, rs::CONTROL)).u8(5).u64(0).bytes8(b"carol");
+    x.u8(op(3, rs::CONTROL)).u8(4).u64(0).bytes8(b"alice");
+    x.u8(op(2, rs::CONTROL)).u8(6).u64(0).bytes8(b"");
+    x.u8(op(0, rs::SEND)).u16(5).bytes8(b"after the kick");
+    s.put(t, "owner-controls", &x.out)?;
+    let mut x = w();
+    x.u8(op(0, rs::ENVELOPE)).bytes16(&env_alice);
+    x.u8(op(1, rs::ENVELOPE)).bytes16(&[1, 2, 3]);
+    x.u8(op(2, rs::PLAINTEXT)).bytes16(&encode_client(&client_msgs[1..3]));
+    x.u8(op(3, rs::PLAINTEXT)).bytes16(&[0x82, 0, 1, 0]);
+    x.u8(op(0, rs::SEND)).u16(9).bytes8(b"still here");
+    x.u8(op(1, rs::WIRE)).bytes8(&[0, 4, 1, 2, 3, 4]);
+    x.u8(op(2, rs::SEND)).u16(9).bytes8(b"and here");
+    s.put(t, "hostile", &x.out)?;
 
     eprintln!("wrote {} seeds under {}", s.count, s.root.display());
     Ok(())

@@ -62,6 +62,9 @@ pub const JOINED: u8 = 5;
 pub const OTHER: u8 = 6;
 const OPS: u8 = 7;
 
+/// Longest `Error` or `Goodbye` detail that survives encoding unchanged.
+const MAX_DETAIL: usize = 512;
+
 /// The room the target is in.
 pub const ROOM: &str = "lobby";
 /// Nicknames of the fixed identities, in `who` order.
@@ -364,7 +367,12 @@ pub fn tally(data: &[u8]) -> Tally {
                 let which = input.u8() % 6;
                 let a = input.u64();
                 let b = u64::from(input.u16());
-                let detail = String::from_utf8_lossy(input.bytes8()).into_owned();
+                // Details are cut to 512 bytes on the wire; replacement characters can make
+                // 255 input bytes longer than that.
+                let mut detail = String::from_utf8_lossy(input.bytes8()).into_owned();
+                while detail.len() > MAX_DETAIL {
+                    detail.pop();
+                }
                 let code = ErrorCode::from_u16(b as u16);
                 let msg = match which {
                     0 => RelayMessage::Ack { counter: a, seq: b },

@@ -17,6 +17,7 @@ pub mod frame_decode;
 pub mod handshake_initiator;
 pub mod handshake_responder;
 pub mod message_decode;
+pub mod relay_session;
 
 use rand_core::{CryptoRng, RngCore};
 
@@ -31,6 +32,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("handshake_responder", handshake_responder::check),
     ("handshake_initiator", handshake_initiator::check),
     ("client_session", client_session::check),
+    ("relay_session", relay_session::check),
 ];
 
 /// A cursor over fuzz input that never fails: reads past the end yield zeros or empty slices.

@@ -47,7 +47,8 @@ fn every_target_has_a_replay_test() {
             "envelope_open",
             "handshake_responder",
             "handshake_initiator",
-            "client_session"
+            "client_session",
+            "relay_session"
         ]
     );
 }
@@ -93,4 +94,9 @@ fn client_session_seeds_reach_every_outcome() -> TestResult {
     assert_eq!(t("impostors")?, Tally { shown: 1, nick_rejected: 3, ..Tally::default() });
     assert_eq!(t("replays-and-gaps")?, Tally { shown: 2, replayed: 2, dropped: 2, ..Tally::default() });
     Ok(())
+}
+
+#[test]
+fn relay_session_corpus() -> TestResult {
+    replay("relay_session")
 }
