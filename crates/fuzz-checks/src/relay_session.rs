@@ -217,15 +217,33 @@ fn join_request(
     ))
 }
 
-/// Runs the input (see the module documentation).
-pub fn check(data: &[u8]) {
-    let h = harness();
-    let finished = h.rt.block_on(async { timeout(Duration::from_secs(8), session(h.addr, data)).await });
-    assert!(finished.is_ok(), "the session did not finish within 8 s: the relay hangs");
-    assert!(!RELAY_PANICKED.load(Ordering::SeqCst), "a relay task panicked (see the panic message above)");
+/// What the members received after the joins, over all connections.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    /// `Deliver` items.
+    pub delivered: usize,
+    /// `Ack` items.
+    pub acked: usize,
+    /// `Error` items.
+    pub errors: usize,
+    /// `Presence` items.
+    pub presence: usize,
 }
 
-async fn session(addr: SocketAddr, data: &[u8]) {
+/// Runs the input (see the module documentation).
+pub fn check(data: &[u8]) {
+    tally(data);
+}
+
+/// Runs the input and counts what the members received.
+pub fn tally(data: &[u8]) -> Tally {
+    let h = harness();
+    let finished = h.rt.block_on(async { timeout(Duration::from_secs(8), session(h.addr, data)).await });
+    assert!(!RELAY_PANICKED.load(Ordering::SeqCst), "a relay task panicked (see the panic message above)");
+    finished.unwrap_or_else(|_| panic!("the session did not finish within 8 s: the relay hangs"))
+}
+
+async fn session(addr: SocketAddr, data: &[u8]) -> Tally {
     let n = NEXT_ROOM.fetch_add(1, Ordering::Relaxed);
     let pid = std::process::id();
     let rooms = [format!("fz{pid}-{n}"), format!("fy{pid}-{n}")]
@@ -252,6 +270,7 @@ async fn session(addr: SocketAddr, data: &[u8]) {
         conn.send(&[join]).await;
         let joined = conn.read_until(STEP, |m| matches!(m, RelayMessage::HistoryEnd { .. })).await;
         assert!(joined, "a valid join of {} was not admitted: {:?}", person.nick, conn.received);
+        conn.received.clear();
         conns.push(conn);
     }
 
@@ -336,6 +355,7 @@ async fn session(addr: SocketAddr, data: &[u8]) {
         }
     }
 
+    let mut tally = Tally::default();
     for (i, conn) in conns.iter().enumerate() {
         let (room, other) = (conn.room, 1 - conn.room);
         let mut last_deliver = 0u64;
@@ -343,6 +363,7 @@ async fn session(addr: SocketAddr, data: &[u8]) {
         for m in &conn.received {
             match m {
                 RelayMessage::Deliver { seq, envelope, .. } => {
+                    tally.delivered += 1;
                     assert!(*seq > last_deliver, "{}: Deliver seq {seq} after {last_deliver}", NAMES[i]);
                     last_deliver = *seq;
                     assert!(
@@ -357,6 +378,7 @@ async fn session(addr: SocketAddr, data: &[u8]) {
                     );
                 }
                 RelayMessage::Ack { seq, .. } => {
+                    tally.acked += 1;
                     assert!(*seq > last_ack, "{}: Ack seq {seq} after {last_ack}", NAMES[i]);
                     last_ack = *seq;
                 }
@@ -370,10 +392,13 @@ async fn session(addr: SocketAddr, data: &[u8]) {
                     }
                 }
                 RelayMessage::Presence { identity, .. } => {
+                    tally.presence += 1;
                     assert!(members[room].contains(identity), "{} saw presence from another room", NAMES[i]);
                 }
+                RelayMessage::Error { .. } => tally.errors += 1,
                 _ => {}
             }
         }
     }
+    tally
 }

@@ -100,3 +100,17 @@ fn client_session_seeds_reach_every_outcome() -> TestResult {
 fn relay_session_corpus() -> TestResult {
     replay("relay_session")
 }
+
+/// The relay_session seeds get past the joins: sends are acknowledged and delivered.
+#[test]
+fn relay_session_seeds_reach_the_room() -> TestResult {
+    use chatroom_fuzz_checks::relay_session::tally;
+    let dir = fuzz_dir().join("seeds/relay_session");
+    let chat = tally(&fs::read(dir.join("chat"))?);
+    assert_eq!(chat.acked, 6, "{chat:?}");
+    assert!(chat.delivered >= 6, "{chat:?}");
+    let hostile = tally(&fs::read(dir.join("hostile"))?);
+    eprintln!("chat: {chat:?}; hostile: {hostile:?}");
+    assert!(hostile.acked >= 1 && hostile.delivered >= 1, "{hostile:?}");
+    Ok(())
+}
