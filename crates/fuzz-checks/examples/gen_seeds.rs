@@ -13,8 +13,10 @@ use chatroom_crypto::{
     encode_frame, ClientMessage, ErrorCode, Identity, Initiator, JoinRequest, Member, Nick, PresenceEvent,
     RelayMessage, Responder, RoomName, StaticKeypair,
 };
+use chatroom_fuzz_checks::client_session as cs;
 use chatroom_fuzz_checks::envelope_open::{self, known_specs, Spec};
 use chatroom_fuzz_checks::handshake_responder::{self as responder, relay_static, JoinSpec};
+use chatroom_fuzz_checks::relay_session as rs;
 use chatroom_fuzz_checks::{frame_decode, handshake_initiator as initiator, message_decode, Writer, TARGETS};
 
 type Result<T> = std::result::Result<T, Box<dyn Error>>;
@@ -265,6 +267,103 @@ fn main() -> Result<()> {
     forged[at] ^= 1;
     s.put(t, "session-forged-envelope", &session(&[forged], &[], &[]))?;
     s.put(t, "session-garbage", &session(&[vec![0x82, 0, 1, 0], Vec::new()], &[], &[0]))?;
+
+    // client_session
+    let t = "client_session";
+    #[allow(clippy::too_many_arguments)]
+    fn seal(
+        x: &mut Writer,
+        sender: u8,
+        counter: u16,
+        nick: &str,
+        body: &str,
+        scope: u8,
+        seq: u16,
+        history: u8,
+        edits: &[(u16, u8)],
+        resize: u8,
+    ) {
+        x.u8(cs::SEAL).u8(sender).u16(counter).u8(1).u8(0).bytes8(nick.as_bytes()).bytes8(body.as_bytes());
+        x.u8(sender).u8(scope).u16(seq).u8(history).edits(edits).u8(resize);
+    }
+    let mut x = w();
+    x.u8(cs::JOINED).u8(1).u16(3).u16(1);
+    x.u8(cs::MEMBERS).u8(0).u8(2).bytes8(b"alice").u8(0).bytes8(b"bob").u8(1);
+    seal(&mut x, 1, 10, "bob", "hello from history", 0, 1, 1, &[], 0);
+    seal(&mut x, 2, 20, "carol", "hi", 0, 2, 1, &[], 0);
+    x.u8(cs::OTHER).u8(1).u64(2).u16(0).bytes8(b"");
+    seal(&mut x, 1, 11, "bob", "live now", 0, 3, 0, &[], 0);
+    seal(&mut x, 0, 12, "alice", "from my other device", 0, 4, 0, &[], 0);
+    x.u8(cs::PRESENCE).u8(0).bytes8(b"dave").u8(4).raw(&[42; 32]);
+    x.u8(cs::OTHER).u8(0).u64(13).u16(5).bytes8(b"");
+    x.u8(cs::OTHER)
+        .u8(2)
+        .u64(0)
+        .u16(9)
+        .bytes8(b"rate limit 5/s with burst 20 exceeded; message not delivered");
+    x.u8(cs::OTHER).u8(4).u64(9).u16(0).bytes8(b"");
+    x.u8(cs::OTHER).u8(3).u64(0).u16(11).bytes8(b"kicked by the owner");
+    s.put(t, "history-and-live", &x.out)?;
+    let mut x = w();
+    seal(&mut x, 1, 10, "bob", "tampered", 0, 1, 0, &[(60, 1)], 0);
+    seal(&mut x, 1, 10, "bob", "truncated", 0, 2, 0, &[], 7);
+    seal(&mut x, 1, 10, "bob", "extended", 0, 3, 0, &[], 8);
+    seal(&mut x, 1, 10, "bob", "other room", 1, 4, 0, &[], 0);
+    seal(&mut x, 1, 10, "bob", "other key", 2, 5, 0, &[], 0);
+    // Sealed under the room key but not by this target's members, then altered.
+    x.u8(cs::RAW).u16(6).u8(0).bytes16(&flipped);
+    x.u8(cs::RAW).u16(7).u8(0).bytes16(&[1, 2, 3]);
+    seal(&mut x, 1, 10, "bob", "genuine at last", 0, 8, 0, &[], 0);
+    s.put(t, "forgeries", &x.out)?;
+    let mut x = w();
+    x.u8(cs::PRESENCE).u8(0).bytes8(b"bob").u8(1);
+    seal(&mut x, 3, 5, "Bob", "send money", 0, 1, 0, &[], 0);
+    seal(&mut x, 1, 6, "robert", "it is me", 0, 2, 0, &[], 0);
+    x.u8(cs::PRESENCE).u8(0).bytes8(b"robert").u8(1);
+    seal(&mut x, 1, 7, "robert", "now bound", 0, 3, 0, &[], 0);
+    seal(&mut x, 3, 8, "alice", "not alice", 0, 4, 0, &[], 0);
+    x.u8(cs::MEMBERS).u8(1).u8(1).bytes8(b"bob").u8(4).raw(&[43; 32]);
+    x.u8(cs::MEMBERS).u8(0).u8(1).bytes8(b"carol").u8(2);
+    s.put(t, "impostors", &x.out)?;
+    let mut x = w();
+    seal(&mut x, 2, 30, "carol", "once", 0, 5, 0, &[], 0);
+    x.u8(cs::REPLAY).u8(0).u16(5).u8(0);
+    x.u8(cs::REPLAY).u8(0).u16(4).u8(1);
+    x.u8(cs::REPLAY).u8(0).u16(6).u8(0);
+    seal(&mut x, 2, 29, "carol", "older counter", 0, 7, 0, &[], 0);
+    x.u8(cs::JOINED).u8(2).u16(40).u16(20);
+    seal(&mut x, 2, 31, "carol", "after the gap", 0, 40, 0, &[], 0);
+    s.put(t, "replays-and-gaps", &x.out)?;
+
+    // relay_session: an op byte is `connection + 4 * kind`.
+    let t = "relay_session";
+    let op = |who: u8, kind: u8| who + 4 * kind;
+    let mut x = w();
+    for who in 0..4 {
+        x.u8(op(who, rs::SEND)).u16(100).bytes8(format!("hello from {who}").as_bytes());
+    }
+    x.u8(op(1, rs::SEND)).u16(0).bytes8(b"again");
+    x.u8(op(3, rs::SEND)).u16(0).bytes8(b"other room");
+    s.put(t, "chat", &x.out)?;
+    let mut x = w();
+    x.u8(op(1, rs::CONTROL)).u8(0).u64(0).bytes8(b"");
+    x.u8(op(2, rs::CONTROL)).u8(1).u64(77).bytes8(b"");
+    x.u8(op(0, rs::CONTROL)).u8(3).u64(0).bytes8(b"bob");
+    x.u8(op(0, rs::CONTROL)).u8(4).u64(0).bytes8(b"carol");
+    x.u8(op(0, rs::CONTROL)).u8(5).u64(0).bytes8(b"carol");
+    x.u8(op(3, rs::CONTROL)).u8(4).u64(0).bytes8(b"alice");
+    x.u8(op(2, rs::CONTROL)).u8(6).u64(0).bytes8(b"");
+    x.u8(op(0, rs::SEND)).u16(5).bytes8(b"after the kick");
+    s.put(t, "owner-controls", &x.out)?;
+    let mut x = w();
+    x.u8(op(0, rs::ENVELOPE)).bytes16(&env_alice);
+    x.u8(op(1, rs::ENVELOPE)).bytes16(&[1, 2, 3]);
+    x.u8(op(2, rs::PLAINTEXT)).bytes16(&encode_client(&client_msgs[1..3]));
+    x.u8(op(3, rs::PLAINTEXT)).bytes16(&[0x82, 0, 1, 0]);
+    x.u8(op(0, rs::SEND)).u16(9).bytes8(b"still here");
+    x.u8(op(1, rs::WIRE)).bytes8(&[0, 4, 1, 2, 3, 4]);
+    x.u8(op(2, rs::SEND)).u16(9).bytes8(b"and here");
+    s.put(t, "hostile", &x.out)?;
 
     eprintln!("wrote {} seeds under {}", s.count, s.root.display());
     Ok(())

@@ -11,11 +11,13 @@
 //! (`examples/gen_seeds.rs`).
 #![forbid(unsafe_code)]
 
+pub mod client_session;
 pub mod envelope_open;
 pub mod frame_decode;
 pub mod handshake_initiator;
 pub mod handshake_responder;
 pub mod message_decode;
+pub mod relay_session;
 
 use rand_core::{CryptoRng, RngCore};
 
@@ -29,6 +31,8 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("envelope_open", envelope_open::check),
     ("handshake_responder", handshake_responder::check),
     ("handshake_initiator", handshake_initiator::check),
+    ("client_session", client_session::check),
+    ("relay_session", relay_session::check),
 ];
 
 /// A cursor over fuzz input that never fails: reads past the end yield zeros or empty slices.
@@ -83,6 +87,11 @@ impl<'a> Input<'a> {
     pub fn bytes16(&mut self) -> &'a [u8] {
         let n = usize::from(self.u16());
         self.take(n)
+    }
+
+    /// How many bytes are left.
+    pub fn rest_len(&self) -> usize {
+        self.rest.len()
     }
 
     /// Everything left.

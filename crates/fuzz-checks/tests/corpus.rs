@@ -41,7 +41,15 @@ fn every_target_has_a_replay_test() {
     let names: Vec<&str> = TARGETS.iter().map(|(n, _)| *n).collect();
     assert_eq!(
         names,
-        ["frame_decode", "message_decode", "envelope_open", "handshake_responder", "handshake_initiator"]
+        [
+            "frame_decode",
+            "message_decode",
+            "envelope_open",
+            "handshake_responder",
+            "handshake_initiator",
+            "client_session",
+            "relay_session"
+        ]
     );
 }
 
@@ -68,4 +76,41 @@ fn handshake_responder_corpus() -> TestResult {
 #[test]
 fn handshake_initiator_corpus() -> TestResult {
     replay("handshake_initiator")
+}
+
+#[test]
+fn client_session_corpus() -> TestResult {
+    replay("client_session")
+}
+
+/// The client_session seeds reach every outcome, so the fuzzer starts from all of them.
+#[test]
+fn client_session_seeds_reach_every_outcome() -> TestResult {
+    use chatroom_fuzz_checks::client_session::{tally, Tally};
+    let dir = fuzz_dir().join("seeds/client_session");
+    let t = |name: &str| -> Result<Tally, Box<dyn Error>> { Ok(tally(&fs::read(dir.join(name))?)) };
+    assert_eq!(t("history-and-live")?, Tally { shown: 4, ..Tally::default() });
+    assert_eq!(t("forgeries")?, Tally { shown: 1, unverified: 5, dropped: 2, ..Tally::default() });
+    assert_eq!(t("impostors")?, Tally { shown: 1, nick_rejected: 3, ..Tally::default() });
+    assert_eq!(t("replays-and-gaps")?, Tally { shown: 2, replayed: 2, dropped: 2, ..Tally::default() });
+    Ok(())
+}
+
+#[test]
+fn relay_session_corpus() -> TestResult {
+    replay("relay_session")
+}
+
+/// The relay_session seeds get past the joins: sends are acknowledged and delivered.
+#[test]
+fn relay_session_seeds_reach_the_room() -> TestResult {
+    use chatroom_fuzz_checks::relay_session::tally;
+    let dir = fuzz_dir().join("seeds/relay_session");
+    let chat = tally(&fs::read(dir.join("chat"))?);
+    assert_eq!(chat.acked, 6, "{chat:?}");
+    assert!(chat.delivered >= 6, "{chat:?}");
+    let hostile = tally(&fs::read(dir.join("hostile"))?);
+    eprintln!("chat: {chat:?}; hostile: {hostile:?}");
+    assert!(hostile.acked >= 1 && hostile.delivered >= 1, "{hostile:?}");
+    Ok(())
 }

@@ -1,0 +1,416 @@
+//! `relay_session`: the whole relay (`chatroom_relay::Relay::run`) serving real connections.
+//!
+//! One relay runs per process, in-process on 127.0.0.1 (a temporary data directory, limits
+//! on failures, creations and send rates raised so that a long campaign never trips them).
+//! For each input the target opens four connections, does the real Noise handshake and join
+//! on each: `alice` creates a fresh room, `bob` and `carol` join it, `dave` creates a second
+//! fresh room. Then it runs the input's operations, sends a `Ping` on every connection and
+//! reads everything up to the `Pong`, the connection's close, or [`WAIT`].
+//!
+//! Input: up to [`MAX_OPS`] operations `op(u8) | fields`; `op % 4` picks the connection,
+//! `(op / 4) % 5` the kind:
+//! - 0 `SEND`: `counter(u16) body(bytes8)`: an envelope sealed by that member for its room;
+//! - 1 `ENVELOPE`: `bytes16`: a `Send` of arbitrary envelope bytes;
+//! - 2 `CONTROL`: `which(u8) token(u64) nick(bytes8)`: `Who`, `Ping`, `Pong`, `Kick`,
+//!   `Ban`, `Unban` or a second `Join`;
+//! - 3 `PLAINTEXT`: `bytes16`: arbitrary plaintext, encrypted and framed correctly;
+//! - 4 `WIRE`: `bytes8`: arbitrary bytes on the socket, under the encryption.
+//!
+//! Invariants: nothing in the relay panics; every valid handshake and join is admitted; a
+//! member never receives an envelope, a member list entry or a presence event of the other
+//! room; `Deliver` sequence numbers strictly increase on each connection, and so do `Ack`
+//! sequence numbers; everything a connection receives decrypts and decodes.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use chatroom_crypto::internal::split_master;
+use chatroom_crypto::{
+    seal_with, ClientMessage, Content, ContentKind, Identity, Initiator, JoinRequest, Nick, PublicIdentity,
+    RelayMessage, RoomKeys, RoomName, StaticKeypair, Transport,
+};
+use chatroom_relay::{Config, Relay, Synchronous};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::runtime::Runtime;
+use tokio::time::timeout;
+
+use crate::{nick_or, FixedRng, Input};
+
+/// Most operations read from one input.
+pub const MAX_OPS: usize = 32;
+/// Longest wait for one reply from the relay while draining a connection. Short under the
+/// fuzzer, for speed; longer when `cargo test` replays the corpus on a loaded machine, where a
+/// slow reply must not read as a missing one (the Pong barrier normally ends the wait at once).
+#[cfg(fuzzing)]
+pub const WAIT: Duration = Duration::from_millis(200);
+/// See above.
+#[cfg(not(fuzzing))]
+pub const WAIT: Duration = Duration::from_millis(1500);
+/// Longest time one input may take before it counts as a hang.
+#[cfg(fuzzing)]
+const SESSION_LIMIT: Duration = Duration::from_secs(8);
+#[cfg(not(fuzzing))]
+const SESSION_LIMIT: Duration = Duration::from_secs(30);
+/// Longest wait for a step of a valid handshake or join.
+pub const STEP: Duration = Duration::from_secs(3);
+/// Op kind: a sealed envelope.
+pub const SEND: u8 = 0;
+/// Op kind: arbitrary envelope bytes.
+pub const ENVELOPE: u8 = 1;
+/// Op kind: a control message.
+pub const CONTROL: u8 = 2;
+/// Op kind: arbitrary plaintext.
+pub const PLAINTEXT: u8 = 3;
+/// Op kind: arbitrary wire bytes.
+pub const WIRE: u8 = 4;
+/// The members' nicknames, in connection order.
+pub const NAMES: [&str; 4] = ["alice", "bob", "carol", "dave"];
+const RUNTIME_THREAD: &str = "relay-fuzz";
+
+static RELAY_PANICKED: AtomicBool = AtomicBool::new(false);
+static NEXT_ROOM: AtomicU64 = AtomicU64::new(0);
+
+struct Harness {
+    rt: Runtime,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+fn harness() -> &'static Harness {
+    static HARNESS: OnceLock<Harness> = OnceLock::new();
+    HARNESS.get_or_init(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if std::thread::current().name() == Some(RUNTIME_THREAD) {
+                RELAY_PANICKED.store(true, Ordering::SeqCst);
+            }
+            previous(info)
+        }));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name(RUNTIME_THREAD)
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("cannot start a tokio runtime: {e}"));
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("cannot create a temporary directory: {e}"));
+        let mut config = Config::new(dir.path());
+        config.synchronous = Synchronous::Normal;
+        config.max_unauthenticated_per_ip = 1 << 16;
+        config.ip_failures_slow = u32::MAX;
+        config.ip_failures_lockout = u32::MAX;
+        config.room_failures_slow = u32::MAX;
+        config.room_failures_lockout = u32::MAX;
+        config.room_creations_per_ip = u32::MAX;
+        config.rate_burst = u32::MAX;
+        config.rate_per_sec = u32::MAX;
+        config.handshake_timeout = STEP;
+        let relay = Relay::open(config).unwrap_or_else(|e| panic!("cannot open the relay: {e}"));
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap_or_else(|e| panic!("cannot listen on 127.0.0.1: {e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("no local address: {e}"));
+        rt.spawn(relay.run(listener, std::future::pending::<()>()));
+        Harness { rt, addr, _dir: dir }
+    })
+}
+
+struct Conn {
+    stream: TcpStream,
+    transport: Transport,
+    hash: [u8; 32],
+    room: usize,
+    alive: bool,
+    received: Vec<RelayMessage>,
+}
+
+async fn read_frame(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut header = [0u8; 2];
+    stream.read_exact(&mut header).await?;
+    let mut body = vec![0u8; usize::from(u16::from_be_bytes(header))];
+    stream.read_exact(&mut body).await?;
+    Ok(body)
+}
+
+fn framed(payload: &[u8]) -> Vec<u8> {
+    let mut out = u16::try_from(payload.len()).unwrap_or(u16::MAX).to_be_bytes().to_vec();
+    out.extend_from_slice(payload);
+    out
+}
+
+impl Conn {
+    async fn open(addr: SocketAddr, room: usize) -> Self {
+        let mut stream = timeout(STEP, TcpStream::connect(addr))
+            .await
+            .unwrap_or_else(|_| panic!("connecting to the relay timed out"))
+            .unwrap_or_else(|e| panic!("cannot connect to the relay: {e}"));
+        let _ = stream.set_nodelay(true);
+        let (init, msg1) = Initiator::start(&StaticKeypair::generate()).unwrap_or_else(|e| panic!("{e}"));
+        stream.write_all(&framed(&msg1)).await.unwrap_or_else(|e| panic!("{e}"));
+        let msg2 = timeout(STEP, read_frame(&mut stream))
+            .await
+            .unwrap_or_else(|_| panic!("the relay did not answer a valid handshake"))
+            .unwrap_or_else(|e| panic!("the relay closed a valid handshake: {e}"));
+        let (transport, msg3) = init
+            .read_reply(&msg2)
+            .and_then(|r| r.finish())
+            .unwrap_or_else(|e| panic!("the relay's handshake reply is invalid: {e}"));
+        stream.write_all(&framed(&msg3)).await.unwrap_or_else(|e| panic!("{e}"));
+        let hash = *transport.handshake_hash();
+        Self { stream, transport, hash, room, alive: true, received: Vec::new() }
+    }
+
+    async fn send_plaintext(&mut self, plaintext: &[u8]) {
+        let mut out = Vec::new();
+        if self.transport.seal_frame(plaintext, &mut out).is_ok() {
+            self.send_wire(&out).await;
+        }
+    }
+
+    async fn send_wire(&mut self, bytes: &[u8]) {
+        if self.alive && self.stream.write_all(bytes).await.is_err() {
+            self.alive = false;
+        }
+    }
+
+    async fn send(&mut self, messages: &[ClientMessage]) {
+        let mut plaintext = Vec::new();
+        messages.iter().for_each(|m| m.encode(&mut plaintext));
+        self.send_plaintext(&plaintext).await;
+    }
+
+    /// Reads until `stop` matches a message, the connection closes, or a read waits `wait`.
+    async fn read_until(&mut self, wait: Duration, stop: impl Fn(&RelayMessage) -> bool) -> bool {
+        loop {
+            let Ok(read) = timeout(wait, read_frame(&mut self.stream)).await else {
+                return false;
+            };
+            let Ok(frame) = read else {
+                self.alive = false;
+                return false;
+            };
+            let plaintext =
+                self.transport.open(&frame).unwrap_or_else(|e| panic!("a relay frame did not decrypt: {e}"));
+            let messages = RelayMessage::decode_all(&plaintext)
+                .unwrap_or_else(|e| panic!("a relay message did not decode: {e:?}"));
+            let done = messages.iter().any(&stop);
+            self.received.extend(messages);
+            if done {
+                return true;
+            }
+        }
+    }
+}
+
+struct Person {
+    identity: Identity,
+    nick: Nick,
+}
+
+fn join_request(
+    conn: &Conn,
+    person: &Person,
+    room: &RoomName,
+    keys: &RoomKeys,
+    create: bool,
+) -> ClientMessage {
+    ClientMessage::Join(JoinRequest::new(
+        &person.identity,
+        &conn.hash,
+        room.clone(),
+        person.nick.clone(),
+        keys.join_secret.clone(),
+        create,
+        0,
+    ))
+}
+
+/// What the members received after the joins, over all connections.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    /// `Deliver` items.
+    pub delivered: usize,
+    /// `Ack` items.
+    pub acked: usize,
+    /// `Error` items.
+    pub errors: usize,
+    /// `Presence` items.
+    pub presence: usize,
+}
+
+/// Runs the input (see the module documentation).
+pub fn check(data: &[u8]) {
+    tally(data);
+}
+
+/// Runs the input and counts what the members received.
+pub fn tally(data: &[u8]) -> Tally {
+    let h = harness();
+    let finished = h.rt.block_on(async { timeout(SESSION_LIMIT, session(h.addr, data)).await });
+    assert!(!RELAY_PANICKED.load(Ordering::SeqCst), "a relay task panicked (see the panic message above)");
+    finished
+        .unwrap_or_else(|_| panic!("the session did not finish within {SESSION_LIMIT:?}: the relay hangs"))
+}
+
+async fn session(addr: SocketAddr, data: &[u8]) -> Tally {
+    let n = NEXT_ROOM.fetch_add(1, Ordering::Relaxed);
+    let pid = std::process::id();
+    let rooms = [format!("fz{pid}-{n}"), format!("fy{pid}-{n}")]
+        .map(|r| RoomName::new(&r).unwrap_or_else(|e| panic!("{r} is not a valid room name: {e:?}")));
+    let keys = [split_master(&[7; 32]), split_master(&[8; 32])];
+    let people: Vec<Person> = NAMES
+        .iter()
+        .zip(21u8..)
+        .map(|(name, seed)| Person {
+            identity: Identity::from_seed(&[seed; 32]),
+            nick: nick_or(name.as_bytes(), "x"),
+        })
+        .collect();
+    let room_of = [0usize, 0, 0, 1];
+    let members: [HashSet<PublicIdentity>; 2] =
+        [0, 1].map(|r| (0..4).filter(|&i| room_of[i] == r).map(|i| people[i].identity.public()).collect());
+
+    let mut conns = Vec::new();
+    for (i, person) in people.iter().enumerate() {
+        let room = room_of[i];
+        let mut conn = Conn::open(addr, room).await;
+        let create = i == 0 || i == 3;
+        let join = join_request(&conn, person, &rooms[room], &keys[room], create);
+        conn.send(&[join]).await;
+        let joined = conn.read_until(STEP, |m| matches!(m, RelayMessage::HistoryEnd { .. })).await;
+        assert!(joined, "a valid join of {} was not admitted: {:?}", person.nick, conn.received);
+        conn.received.clear();
+        conns.push(conn);
+    }
+
+    // Envelopes sent on connections of each room; whether a room saw unparsed plaintext.
+    let mut sent: [HashSet<Vec<u8>>; 2] = Default::default();
+    let mut counters = [0u64; 4];
+    let mut input = Input::new(data);
+    for _ in 0..MAX_OPS {
+        if input.rest_len() == 0 {
+            break;
+        }
+        let op = input.u8();
+        let i = usize::from(op % 4);
+        let room = room_of[i];
+        match (op / 4) % 5 {
+            SEND => {
+                counters[i] = counters[i].max(u64::from(input.u16())) + 1;
+                let content = Content {
+                    timestamp_ms: 0,
+                    kind: ContentKind::Text,
+                    nick: people[i].nick.clone(),
+                    body: String::from_utf8_lossy(input.bytes8()).into_owned(),
+                };
+                let mut rng = FixedRng::new([op; 32]);
+                let key = &keys[room].message_key;
+                let Ok(envelope) =
+                    seal_with(key, &people[i].identity, &rooms[room], counters[i], &content, &mut rng)
+                else {
+                    continue;
+                };
+                sent[room].insert(envelope.clone());
+                conns[i].send(&[ClientMessage::Send { envelope }]).await;
+            }
+            ENVELOPE => {
+                let envelope = input.bytes16().to_vec();
+                sent[room].insert(envelope.clone());
+                conns[i].send(&[ClientMessage::Send { envelope }]).await;
+            }
+            CONTROL => {
+                let which = input.u8() % 7;
+                let token = input.u64();
+                let nick = nick_or(input.bytes8(), NAMES[usize::from(which % 4)]);
+                let msg = match which {
+                    0 => ClientMessage::Who,
+                    1 => ClientMessage::Ping { token },
+                    2 => ClientMessage::Pong { token },
+                    3 => ClientMessage::Kick { nick },
+                    4 => ClientMessage::Ban { nick },
+                    5 => ClientMessage::Unban { nick },
+                    _ => join_request(&conns[i], &people[i], &rooms[room], &keys[room], false),
+                };
+                conns[i].send(&[msg]).await;
+            }
+            PLAINTEXT => {
+                let plaintext = input.bytes16();
+                if let Ok(messages) = ClientMessage::decode_all(plaintext) {
+                    for m in messages {
+                        if let ClientMessage::Send { envelope } = m {
+                            sent[room].insert(envelope);
+                        }
+                    }
+                }
+                conns[i].send_plaintext(plaintext).await;
+            }
+            _ => {
+                let bytes = input.bytes8().to_vec();
+                conns[i].send_wire(&bytes).await;
+            }
+        }
+    }
+
+    // Drain: a ping on every connection, answered after everything sent before it.
+    const TOKEN: u64 = 0x5eed_f00d;
+    for _ in 0..2 {
+        for conn in &mut conns {
+            conn.send(&[ClientMessage::Ping { token: TOKEN }]).await;
+        }
+        for conn in &mut conns {
+            if conn.alive {
+                conn.read_until(WAIT, |m| matches!(m, RelayMessage::Pong { token: TOKEN })).await;
+            }
+        }
+    }
+
+    let mut tally = Tally::default();
+    for (i, conn) in conns.iter().enumerate() {
+        let (room, other) = (conn.room, 1 - conn.room);
+        let mut last_deliver = 0u64;
+        let mut last_ack = 0u64;
+        for m in &conn.received {
+            match m {
+                RelayMessage::Deliver { seq, envelope, .. } => {
+                    tally.delivered += 1;
+                    assert!(*seq > last_deliver, "{}: Deliver seq {seq} after {last_deliver}", NAMES[i]);
+                    last_deliver = *seq;
+                    assert!(
+                        sent[room].contains(envelope) || !sent[other].contains(envelope),
+                        "{} received an envelope sent only in the other room",
+                        NAMES[i]
+                    );
+                    assert!(
+                        sent[room].contains(envelope),
+                        "{} received an envelope nobody in its room sent",
+                        NAMES[i]
+                    );
+                }
+                RelayMessage::Ack { seq, .. } => {
+                    tally.acked += 1;
+                    assert!(*seq > last_ack, "{}: Ack seq {seq} after {last_ack}", NAMES[i]);
+                    last_ack = *seq;
+                }
+                RelayMessage::Members { members: list, .. } => {
+                    for m in list {
+                        assert!(
+                            members[room].contains(&m.identity),
+                            "{} listed a member of another room",
+                            NAMES[i]
+                        );
+                    }
+                }
+                RelayMessage::Presence { identity, .. } => {
+                    tally.presence += 1;
+                    assert!(members[room].contains(identity), "{} saw presence from another room", NAMES[i]);
+                }
+                RelayMessage::Error { .. } => tally.errors += 1,
+                _ => {}
+            }
+        }
+    }
+    tally
+}

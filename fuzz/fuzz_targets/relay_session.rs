@@ -1,0 +1,4 @@
+//! `relay_session`: see `chatroom_fuzz_checks::relay_session` for the input format and the invariants checked.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| chatroom_fuzz_checks::relay_session::check(data));
