@@ -2,7 +2,7 @@
 //! connection core (`handshake`, `join`, `ConnReader`, `ConnWriter`), many on one runtime.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -46,8 +46,8 @@ struct Room {
 struct Sent {
     envelope: Vec<u8>,
     t_ns: u64,
-    /// Set by the first receiver, which opens the envelope fully.
-    opened: AtomicBool,
+    /// The sender's room (index into `Check::rooms`).
+    room: usize,
 }
 
 /// Everything receivers need to check a delivery.
@@ -208,23 +208,37 @@ fn deliver(check: &Check, room: usize, envelope: &[u8], now: u64, tally: &mut Ta
         tally.corrupted += 1;
         return;
     };
-    if sent.envelope != envelope {
+    // Byte-identical to what a sender of this receiver's room sealed.
+    if sent.envelope != envelope || sent.room != room {
         tally.corrupted += 1;
         return;
     }
-    if !sent.opened.swap(true, Ordering::Relaxed) {
-        // The first receiver of each envelope opens it: AEAD, signature, and the exact body.
-        let Some(keys) = check.rooms.get(room) else { return };
-        let ok = open(&keys.message_key, &keys.name, envelope)
-            .ok()
-            .and_then(|o| verify_payload(&o.content.body, check.bytes, check.sent.len(), check.messages))
-            == Some((s, n, sent.t_ns));
-        if !ok {
-            tally.corrupted += 1;
-            return;
+    tally.intact(&check.shared, s, n, sent.t_ns, now);
+}
+
+/// Opens every envelope the senders sealed (AEAD, signature, the exact body), once each, after
+/// the timed phase: a delivery already counts only when byte-identical to one of these, so
+/// this proves that what the relay carried were real, openable envelopes without putting one
+/// Ed25519 verification per message on the generator's share of the cores during the run.
+fn open_sealed(check: &Check) -> Vec<String> {
+    let mut errors = Vec::new();
+    for (s, slots) in check.sent.iter().enumerate() {
+        for (n, sent) in slots.iter().enumerate().filter_map(|(n, slot)| Some((n, slot.get()?))) {
+            let opened = check
+                .rooms
+                .get(sent.room)
+                .and_then(|keys| open(&keys.message_key, &keys.name, &sent.envelope).ok());
+            let ok = opened
+                .and_then(|o| verify_payload(&o.content.body, check.bytes, check.sent.len(), check.messages))
+                == Some((s, n, sent.t_ns));
+            if !ok && errors.len() < 5 {
+                errors.push(format!(
+                    "sender {s} message {n}: the sealed envelope does not open to its payload"
+                ));
+            }
         }
     }
-    tally.intact(&check.shared, s, n, sent.t_ns, now);
+    errors
 }
 
 /// Sends this sender's messages; returns when the last was written (ns since the origin).
@@ -269,7 +283,7 @@ async fn send(
                 seal(&keys.message_key, &identity, &keys.name, check.counter_base + k as u64, &content)
                     .map_err(|e| format!("cannot seal: {e}"))?;
             let slot = slots.get(k).ok_or("message index out of range")?;
-            let _ = slot.set(Sent { envelope: envelope.clone(), t_ns, opened: AtomicBool::new(false) });
+            let _ = slot.set(Sent { envelope: envelope.clone(), t_ns, room });
             batch.push(ClientMessage::Send { envelope });
         }
         writer.send(&batch).await.map_err(|e| format!("sender {s}: {e}"))?;
@@ -390,6 +404,7 @@ pub async fn run(target: &ChatTarget, w: &Workload) -> Result<Outcome, String> {
                 tally.absorb(t.map_err(|e| format!("receiver task failed: {e}"))?);
             }
             tally.errors.extend(errors);
+            tally.errors.extend(open_sealed(&check));
             // Times relative to the start of sending.
             tally.last_ns = tally.last_ns.saturating_sub(shared_start);
             let send_secs = last_write.saturating_sub(shared_start) as f64 / 1e9;
