@@ -2,7 +2,7 @@
 //! connection core (`handshake`, `join`, `ConnReader`, `ConnWriter`), many on one runtime.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -17,7 +17,9 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::report::{Outcome, ServerWatch};
-use crate::workload::{due, verify_payload, wait_for_deliveries, Mode, Shared, Tally, Workload};
+use crate::workload::{
+    connect_loops, due, verify_payload, wait_for_deliveries, Mode, Shared, Tally, Workload,
+};
 
 /// Messages sealed and written together by a sender running as fast as possible.
 const SEND_BATCH: usize = 8;
@@ -448,52 +450,29 @@ async fn connect_rate(target: &ChatTarget, w: &Workload) -> Result<Outcome, Stri
     // The owner creates the room and stays, so every later join is to an existing room.
     let holder = join_member(target, &owner, room0, "owner", true).await?;
     let watch_server = ServerWatch::start(target.pid);
-    let done = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let end = start + w.duration;
-    let mut workers = JoinSet::new();
-    for k in 0..w.concurrency {
-        let (target, rooms, done) = (target.clone(), rooms.clone(), done.clone());
-        workers.spawn(async move {
-            let mut errors = Vec::new();
-            let mut j = 0u64;
-            while Instant::now() < end {
-                let identity = Identity::generate();
-                let Some(room) = rooms.first() else { break };
-                match join_member(&target, &identity, room, &format!("c{k}x{j}"), false).await {
-                    Ok(mut joined) => {
-                        done.fetch_add(1, Ordering::Relaxed);
-                        joined.writer.shutdown().await;
-                    }
-                    Err(e) => {
-                        errors.push(e);
-                        if errors.len() > 10 {
-                            break;
-                        }
-                    }
-                }
-                j += 1;
-            }
-            errors
-        });
-    }
-    let mut errors = Vec::new();
-    while let Some(r) = workers.join_next().await {
-        errors.extend(r.map_err(|e| e.to_string())?);
-    }
-    let secs = start.elapsed().as_secs_f64();
-    let joins = done.load(Ordering::Relaxed);
+    let target = target.clone();
+    let rate = connect_loops(w, move |k, j| {
+        let (target, rooms) = (target.clone(), rooms.clone());
+        async move {
+            let room = rooms.first().ok_or("no room")?;
+            let mut joined =
+                join_member(&target, &Identity::generate(), room, &format!("c{k}x{j}"), false).await?;
+            joined.writer.shutdown().await;
+            Ok(())
+        }
+    })
+    .await;
     let mut o = Outcome {
         target: "chatroom".into(),
         workload: w.name.clone(),
-        joined: joins as usize,
-        join_secs: secs,
-        joins_per_sec: Some(joins as f64 / secs),
+        joined: rate.done as usize,
+        join_secs: rate.secs,
+        joins_per_sec: Some(rate.done as f64 / rate.secs),
         x25519_per_sec: Some(x25519),
-        errors,
+        errors: rate.errors,
         ..Outcome::default()
     };
-    watch_server.finish(&mut o, joins);
+    watch_server.finish(&mut o, rate.done);
     drop(holder);
     Ok(o)
 }
