@@ -1,7 +1,7 @@
 //! The plaintext baselines: a newline-delimited broadcast server (`ncat -l --broker`) and an
 //! IRC server (ngIRCd), driven with the same workload and the same payload checks.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 
 use crate::report::{Outcome, ServerWatch};
 use crate::workload::{
-    due, payload, verify_payload, wait_for_deliveries, Mode, Shared, Tally, Workload, MAX_LINE,
+    connect_loops, due, payload, verify_payload, wait_for_deliveries, Mode, Shared, Tally, Workload, MAX_LINE,
 };
 
 /// Time allowed for one member's connect and registration.
@@ -378,53 +378,30 @@ pub async fn run(target: &PlainTarget, w: &Workload) -> Result<Outcome, String> 
 /// Connect (and for IRC register, join and quit), `concurrency` at a time, for `duration`.
 async fn connect_rate(target: &PlainTarget, w: &Workload) -> Result<Outcome, String> {
     let watch_server = ServerWatch::start(target.pid);
-    let done = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let end = start + w.duration;
-    let mut workers = JoinSet::new();
-    for k in 0..w.concurrency {
-        let (target, done) = (target.clone(), done.clone());
-        workers.spawn(async move {
-            let mut errors = Vec::new();
-            let mut j = 0usize;
-            while Instant::now() < end {
-                // Distinct nicknames: worker k uses k, k + concurrency, ... offset past members.
-                let i = 1_000_000 + j * 1000 + k;
-                match join_member(&target, i, 0).await {
-                    Ok((_lines, mut write)) => {
-                        if target.kind == Kind::Irc {
-                            let _ = write.write_all(b"QUIT\r\n").await;
-                        }
-                        let _ = write.shutdown().await;
-                        done.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        errors.push(e);
-                        if errors.len() > 10 {
-                            break;
-                        }
-                    }
-                }
-                j += 1;
+    let shared_target = target.clone();
+    let rate = connect_loops(w, move |k, j| {
+        let target = shared_target.clone();
+        async move {
+            // Distinct nicknames: past the members' numbers, unique per loop and iteration.
+            let i = 1_000_000 + j as usize * 1000 + k;
+            let (_lines, mut write) = join_member(&target, i, 0).await?;
+            if target.kind == Kind::Irc {
+                let _ = write.write_all(b"QUIT\r\n").await;
             }
-            errors
-        });
-    }
-    let mut errors = Vec::new();
-    while let Some(r) = workers.join_next().await {
-        errors.extend(r.map_err(|e| e.to_string())?);
-    }
-    let secs = start.elapsed().as_secs_f64();
-    let joins = done.load(Ordering::Relaxed);
+            let _ = write.shutdown().await;
+            Ok(())
+        }
+    })
+    .await;
     let mut o = Outcome {
         target: target.label.clone(),
         workload: w.name.clone(),
-        joined: joins as usize,
-        join_secs: secs,
-        joins_per_sec: Some(joins as f64 / secs),
-        errors,
+        joined: rate.done as usize,
+        join_secs: rate.secs,
+        joins_per_sec: Some(rate.done as f64 / rate.secs),
+        errors: rate.errors,
         ..Outcome::default()
     };
-    watch_server.finish(&mut o, joins);
+    watch_server.finish(&mut o, rate.done);
     Ok(o)
 }

@@ -229,13 +229,25 @@ impl Report {
             }
             out.push('\n');
             if let (Some(x), Some(j)) = (chat.x25519_per_sec, chat.joins_per_sec) {
+                let limit = x / 4.0;
                 out.push_str(&format!(
-                    "X25519: {} operations/s on one core; a relay handshake needs 4 (ephemeral key and 3 DH), so the limit is {} handshakes/s per core; measured {} joins/s ({:.0}% of one core's limit)\n",
+                    "X25519: {} operations/s on one core; a relay handshake needs 4 (ephemeral key and 3 DH), so the limit is {} handshakes/s per core; measured {} joins/s ({:.0}% of one core's limit)",
                     count(x),
-                    count(x / 4.0),
+                    count(limit),
                     count(j),
-                    100.0 * j / (x / 4.0)
+                    100.0 * j / limit
                 ));
+                // The generator does the client half of every handshake on the same cores, so
+                // the relay's own CPU per join is the per-core figure to compare.
+                if let Some(us) = chat.cpu_us_per_unit.filter(|&us| us > 0.0) {
+                    let per_core = 1e6 / us;
+                    out.push_str(&format!(
+                        "; relay CPU {us:.0} us per join = {} joins per relay core-second ({:.0}% of the limit)",
+                        count(per_core),
+                        100.0 * per_core / limit
+                    ));
+                }
+                out.push('\n');
             }
         }
         for o in &self.outcomes {

@@ -309,3 +309,53 @@ mod tests {
         assert!(w.validate().is_err());
     }
 }
+
+/// What connect mode measured: completed connections and how long the loops ran.
+#[derive(Debug, Default)]
+pub struct ConnectRate {
+    /// Connections that completed `connect_once`.
+    pub done: u64,
+    /// Seconds from the start of the loops until the last one ended.
+    pub secs: f64,
+    /// What went wrong (each loop gives up after more than 10 errors).
+    pub errors: Vec<String>,
+}
+
+/// Connect mode's load, the same for every target: `w.concurrency` loops, each calling
+/// `connect_once(loop, iteration)` (connect, handshake or register, join, leave) again and
+/// again until `w.duration` has passed.
+pub async fn connect_loops<F, Fut>(w: &Workload, connect_once: F) -> ConnectRate
+where
+    F: Fn(usize, u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send,
+{
+    let done = std::sync::Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let end = start + w.duration;
+    let mut loops = tokio::task::JoinSet::new();
+    for k in 0..w.concurrency {
+        let (connect_once, done) = (connect_once.clone(), done.clone());
+        loops.spawn(async move {
+            let mut errors = Vec::new();
+            let mut j = 0u64;
+            while Instant::now() < end && errors.len() <= 10 {
+                match connect_once(k, j).await {
+                    Ok(()) => {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => errors.push(e),
+                }
+                j += 1;
+            }
+            errors
+        });
+    }
+    let mut errors = Vec::new();
+    while let Some(r) = loops.join_next().await {
+        match r {
+            Ok(e) => errors.extend(e),
+            Err(e) => errors.push(format!("a connect loop failed: {e}")),
+        }
+    }
+    ConnectRate { done: done.load(Ordering::Relaxed), secs: start.elapsed().as_secs_f64(), errors }
+}

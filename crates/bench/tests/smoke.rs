@@ -135,3 +135,22 @@ fn smoke_idle_members_measure_relay_memory() -> TestResult {
     assert!(o.kib_per_member.is_some(), "{o:?}");
     Ok(())
 }
+
+#[test]
+fn smoke_connect_mode_counts_completed_joins() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let relay = start_relay(dir.path())?;
+    let target = ChatTarget { addr: relay.addr.clone(), pid: Some(relay.child.id()), fingerprint: None };
+    let rt = tokio::runtime::Runtime::new()?;
+    let w = workload(Mode::Connect);
+    let o =
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), chat::run(&target, &w)).await })??;
+    assert!(o.errors.is_empty(), "{:?}", o.errors);
+    assert!(o.joined > 0, "{o:?}");
+    let rate = o.joins_per_sec.ok_or("no join rate")?;
+    assert!((rate - o.joined as f64 / o.join_secs).abs() < 1e-6, "{o:?}");
+    assert!(o.join_secs >= w.duration.as_secs_f64(), "loops run for the whole duration: {o:?}");
+    assert!(o.x25519_per_sec.is_some_and(|x| x > 0.0), "{o:?}");
+    assert!(o.server_cpu_secs.is_some(), "reads the relay's /proc");
+    Ok(())
+}

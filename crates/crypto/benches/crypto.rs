@@ -1,5 +1,6 @@
-//! Crypto micro-benchmarks: envelope seal+open, the Noise transport (snow on RustCrypto)
-//! against ring's ChaCha20-Poly1305, X25519, a whole handshake, and room key derivation.
+//! Crypto micro-benchmarks: envelope seal+open, the Noise transport seal on snow's two
+//! ChaCha20-Poly1305 backends (RustCrypto and ring), X25519, a whole handshake, and room key
+//! derivation.
 //! Run: `cargo bench -p chatroom-crypto --bench crypto`; figures go to docs/BENCHMARKS.md.
 
 use std::hint::black_box;
@@ -39,37 +40,46 @@ fn handshake_pair() -> (Transport, Transport) {
     (client, resp.read_finish(&m3).expect("finish"))
 }
 
+/// A finished snow transport on snow's default (RustCrypto) resolver: the alternative to the
+/// ring-backed cipher that `chatroom_crypto::handshake` uses.
+fn rustcrypto_transport() -> snow::TransportState {
+    use snow::resolvers::DefaultResolver;
+    let params: snow::params::NoiseParams = NOISE_PARAMS.parse().expect("params");
+    let build = |initiator: bool| {
+        let key = StaticKeypair::generate();
+        let builder = snow::Builder::with_resolver(params.clone(), Box::new(DefaultResolver))
+            .local_private_key(key.private())
+            .expect("key");
+        if initiator { builder.build_initiator() } else { builder.build_responder() }.expect("build")
+    };
+    let (mut init, mut resp) = (build(true), build(false));
+    let (mut buf, mut scratch) = ([0u8; 256], [0u8; 256]);
+    let n = init.write_message(&[], &mut buf).expect("m1");
+    resp.read_message(&buf[..n], &mut scratch).expect("m1");
+    let n = resp.write_message(&[], &mut buf).expect("m2");
+    init.read_message(&buf[..n], &mut scratch).expect("m2");
+    let n = init.write_message(&[], &mut buf).expect("m3");
+    resp.read_message(&buf[..n], &mut scratch).expect("m3");
+    init.into_transport_mode().expect("transport")
+}
+
 fn transport(c: &mut Criterion) {
     let mut group = c.benchmark_group("noise transport seal");
     for size in [150usize, 1024, 16 * 1024, MAX_PLAINTEXT_LEN] {
-        let (mut client, _) = handshake_pair();
         let plaintext = vec![0x5a; size];
-        let mut out = Vec::with_capacity(size + 64);
         group.throughput(Throughput::Bytes(size as u64));
+        let mut rustcrypto = rustcrypto_transport();
+        let mut out = vec![0u8; size + 16];
         group.bench_function(format!("snow/RustCrypto {size} B"), |b| {
-            b.iter(|| {
-                out.clear();
-                client.seal_frame(black_box(&plaintext), &mut out).expect("seal");
-            })
+            b.iter(|| rustcrypto.write_message(black_box(&plaintext), &mut out).expect("seal"))
         });
-        let key = ring::aead::LessSafeKey::new(
-            ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, &[9; 32]).expect("key"),
-        );
-        let mut counter = 0u64;
-        let mut buf = Vec::with_capacity(size + 16);
-        group.bench_function(format!("ring {size} B"), |b| {
+        // What the relay and client run: Transport::seal_frame (snow on ring, plus the frame header).
+        let (mut client, _) = handshake_pair();
+        let mut framed = Vec::with_capacity(size + 64);
+        group.bench_function(format!("snow/ring {size} B"), |b| {
             b.iter(|| {
-                counter += 1;
-                let mut nonce = [0u8; 12];
-                nonce[4..].copy_from_slice(&counter.to_le_bytes());
-                buf.clear();
-                buf.extend_from_slice(&plaintext);
-                key.seal_in_place_append_tag(
-                    ring::aead::Nonce::assume_unique_for_key(nonce),
-                    ring::aead::Aad::empty(),
-                    &mut buf,
-                )
-                .expect("seal");
+                framed.clear();
+                client.seal_frame(black_box(&plaintext), &mut framed).expect("seal");
             })
         });
     }
