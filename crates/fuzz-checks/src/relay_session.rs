@@ -96,7 +96,11 @@ fn harness() -> &'static Harness {
             .enable_all()
             .build()
             .unwrap_or_else(|e| panic!("cannot start a tokio runtime: {e}"));
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("cannot create a temporary directory: {e}"));
+        remove_stale_data_dirs();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{DATA_DIR_PREFIX}{}-", std::process::id()))
+            .tempdir()
+            .unwrap_or_else(|e| panic!("cannot create a temporary directory: {e}"));
         let mut config = Config::new(dir.path());
         config.synchronous = Synchronous::Normal;
         config.max_unauthenticated_per_ip = 1 << 16;
@@ -116,6 +120,24 @@ fn harness() -> &'static Harness {
         rt.spawn(relay.run(listener, std::future::pending::<()>()));
         Harness { rt, addr, _dir: dir }
     })
+}
+
+/// The relay's data directory is `$TMPDIR/chatroom-fuzz-relay-<pid>-<random>`.
+const DATA_DIR_PREFIX: &str = "chatroom-fuzz-relay-";
+
+/// libFuzzer ends its process with `exit`, so the harness's `TempDir` is never dropped and
+/// each fuzzing process would leave its relay database behind (it grows over a long campaign).
+/// Each new harness removes the directories of processes that no longer run.
+fn remove_stale_data_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(DATA_DIR_PREFIX)) else { continue };
+        let Some(pid) = pid.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 struct Conn {
@@ -413,4 +435,23 @@ async fn session(addr: SocketAddr, data: &[u8]) -> Tally {
         }
     }
     tally
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_dirs_of_ended_processes_are_removed_and_live_ones_kept() {
+        // Above Linux's largest pid_max (2^22), so no process has it.
+        let gone = std::env::temp_dir().join(format!("{DATA_DIR_PREFIX}4294967-test"));
+        let live = std::env::temp_dir().join(format!("{DATA_DIR_PREFIX}{}-test", std::process::id()));
+        for dir in [&gone, &live] {
+            std::fs::create_dir_all(dir.join("relay")).unwrap();
+        }
+        remove_stale_data_dirs();
+        assert!(!gone.exists(), "{} should be removed", gone.display());
+        assert!(live.exists(), "{} belongs to a running process", live.display());
+        std::fs::remove_dir_all(&live).unwrap();
+    }
 }
