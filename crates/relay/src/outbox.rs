@@ -21,6 +21,12 @@ use tracing::debug;
 
 /// Plaintext gathered per write call: up to this many full transport messages.
 const FRAMES_PER_WRITE: usize = 4;
+/// Queue capacity (items) a drained queue may keep whatever its history; see `Outbox::next`.
+const IDLE_QUEUE_CAPACITY: usize = 8;
+/// A drained queue keeps its capacity while that is at most this many times the backlog the
+/// writer last found: a member that steadily receives bursts of one size keeps the room for
+/// them, one whose burst is over gives it back.
+const QUEUE_SLACK: usize = 4;
 /// How long a goodbye may take to write before the connection is dropped anyway.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -86,6 +92,8 @@ struct State {
     closed: bool,
     /// Why `close` closed it, for the log.
     reason: Option<ErrorCode>,
+    /// Items queued when the writer last took a batch.
+    backlog: usize,
 }
 
 /// One connection's outbound queue.
@@ -272,8 +280,15 @@ impl Outbox {
             return Next::Abort(goodbye);
         }
         if state.queue.is_empty() {
+            // A burst (the presence notices of a join storm) grows the queue; a member that
+            // went quiet should not keep that capacity for as long as it stays connected.
+            let capacity = state.queue.capacity();
+            if capacity > IDLE_QUEUE_CAPACITY && capacity > QUEUE_SLACK * state.backlog {
+                state.queue = VecDeque::new();
+            }
             return if state.finishing { Next::Done } else { Next::Wait };
         }
+        state.backlog = state.queue.len();
         let mut batches: Vec<Vec<Bytes>> = Vec::new();
         let mut current: Vec<Bytes> = Vec::new();
         let mut size = 0usize;
@@ -589,6 +604,31 @@ mod tests {
         // Outside a batch every push wakes the writer.
         assert!(outbox.push_batched(encode(&RelayMessage::Ping { token: 1 })));
         assert!(woken(&outbox));
+    }
+
+    #[test]
+    fn a_drained_queue_gives_its_capacity_back_once_its_burst_is_over() {
+        let outbox = Outbox::new(1000);
+        let drain = |outbox: &Outbox| {
+            while let Next::Write(_) = outbox.next() {}
+        };
+        // A steady busy member: bursts of one size keep the queue's room for them.
+        for _ in 0..3 {
+            outbox.push_all(deliveries(1..=100, 200)).unwrap();
+            drain(&outbox);
+            assert!(outbox.lock().queue.capacity() >= 100);
+        }
+        // The bursts stop: the next small batch leaves the queue with no allocation.
+        outbox.push(encode(&RelayMessage::Ping { token: 1 })).unwrap();
+        drain(&outbox);
+        assert_eq!(outbox.lock().queue.capacity(), 0);
+        // Small queues are left alone.
+        outbox.push_all(deliveries(1..=IDLE_QUEUE_CAPACITY as u64, 200)).unwrap();
+        drain(&outbox);
+        let capacity = outbox.lock().queue.capacity();
+        outbox.push(encode(&RelayMessage::Ping { token: 2 })).unwrap();
+        drain(&outbox);
+        assert_eq!(outbox.lock().queue.capacity(), capacity);
     }
 
     #[tokio::test]
