@@ -21,10 +21,10 @@ use chatroom_crypto::{
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
-use tracing::{debug, info, instrument};
+use tracing::{debug, info, info_span, Instrument};
 
 use crate::config::Config;
 use crate::frames::{FrameError, FrameReader};
@@ -149,12 +149,20 @@ pub(crate) struct Handler<H> {
     pub(crate) shutdown: Shutdown,
     /// Dropped when the handler ends; the server waits for all of them at shutdown.
     pub(crate) _done: mpsc::Sender<()>,
+    /// The connection's place under the relay's connection limit, given back when it ends.
+    pub(crate) _permit: OwnedSemaphorePermit,
 }
 
 impl<H: RoomService> Handler<H> {
     /// Serves one connection; errors are logged here, never returned.
-    #[instrument(name = "conn", skip_all, fields(id = self.id, peer = %self.peer))]
-    pub(crate) async fn run(mut self, stream: TcpStream, slot: UnauthenticatedSlot) {
+    pub(crate) fn run(self, stream: TcpStream, slot: UnauthenticatedSlot) -> impl Future<Output = ()> + Send {
+        // Instrumented by hand: `#[instrument]` on the async fn made the connection's task
+        // 216 bytes larger (1 992 instead of 1 776) for its whole life.
+        let span = info_span!("conn", id = self.id, peer = %self.peer);
+        self.logged(stream, slot).instrument(span)
+    }
+
+    async fn logged(mut self, stream: TcpStream, slot: UnauthenticatedSlot) {
         debug!("accepted");
         match self.serve(stream, slot).await {
             Ok(()) | Err(Ended::PeerClosed) => debug!("connection closed"),
