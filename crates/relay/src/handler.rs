@@ -55,7 +55,13 @@ const REPLY_WAIT: Duration = Duration::from_secs(2);
 
 /// Queues a reply; a member that does not read its replies is closed as a slow consumer.
 async fn reply(outbox: &Outbox, item: Bytes) -> bool {
-    match outbox.push_reply(item, REPLY_WAIT).await {
+    // A reply nearly always finds room at once. Waiting for room is boxed, so that its state
+    // (a timer among it) is not part of every connection's task for as long as it lives.
+    let pushed = match outbox.push(item.clone()) {
+        Err(PushError::Full) => Box::pin(outbox.push_reply(item, REPLY_WAIT)).await,
+        pushed => pushed,
+    };
+    match pushed {
         Ok(()) => true,
         Err(PushError::Full) => {
             outbox.close(
