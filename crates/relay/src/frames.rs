@@ -2,7 +2,7 @@
 //! before a single byte of the body is read, and never more than the current frame is
 //! buffered. `next_frame` is cancel-safe: a `select!` may drop it and call it again.
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{BufMut, BytesMut};
 use chatroom_crypto::FRAME_HEADER_LEN;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -21,15 +21,23 @@ pub(crate) enum FrameError {
 }
 
 /// Frame reader over one direction of a socket.
+///
+/// Between frames it holds no buffer: the length header is read into a two-byte array, and
+/// the body's buffer is allocated at the announced length once the header is in and checked.
+/// A member that sends nothing (most of a large room) costs no read buffer at all.
 #[derive(Debug)]
 pub(crate) struct FrameReader<R> {
     inner: R,
-    buf: BytesMut,
+    /// The current frame's length header, `header_len` bytes of it read so far.
+    header: [u8; FRAME_HEADER_LEN],
+    header_len: usize,
+    /// The current frame's body as far as it has arrived; unallocated between frames.
+    body: BytesMut,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub(crate) fn new(inner: R) -> Self {
-        Self { inner, buf: BytesMut::with_capacity(4096) }
+        Self { inner, header: [0; FRAME_HEADER_LEN], header_len: 0, body: BytesMut::new() }
     }
 
     /// The next frame's payload, whose length must be within `min..=max`; `Ok(None)` at a
@@ -39,34 +47,38 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         min: usize,
         max: usize,
     ) -> Result<Option<BytesMut>, FrameError> {
-        loop {
-            let wanted = match self.buf.first_chunk::<FRAME_HEADER_LEN>() {
-                None => FRAME_HEADER_LEN - self.buf.len(),
-                Some(header) => {
-                    let len = usize::from(u16::from_be_bytes(*header));
-                    if len < min || len > max {
-                        return Err(FrameError::BadLength { len, min, max });
-                    }
-                    let have = self.buf.len() - FRAME_HEADER_LEN;
-                    if have >= len {
-                        self.buf.advance(FRAME_HEADER_LEN);
-                        return Ok(Some(self.buf.split_to(len)));
-                    }
-                    len - have
-                }
-            };
-            self.buf.reserve(wanted);
-            let n = self.inner.read_buf(&mut (&mut self.buf).limit(wanted)).await?;
+        while self.header_len < FRAME_HEADER_LEN {
+            let n = self.inner.read(&mut self.header[self.header_len..]).await?;
             if n == 0 {
-                return if self.buf.is_empty() { Ok(None) } else { Err(FrameError::Truncated) };
+                return if self.header_len == 0 { Ok(None) } else { Err(FrameError::Truncated) };
+            }
+            self.header_len += n;
+        }
+        let len = usize::from(u16::from_be_bytes(self.header));
+        if len < min || len > max {
+            return Err(FrameError::BadLength { len, min, max });
+        }
+        if self.body.is_empty() {
+            // Exactly the announced length, which the check above bounded.
+            self.body = BytesMut::with_capacity(len);
+        }
+        while self.body.len() < len {
+            let wanted = len - self.body.len();
+            let n = self.inner.read_buf(&mut (&mut self.body).limit(wanted)).await?;
+            if n == 0 {
+                return Err(FrameError::Truncated);
             }
         }
+        self.header_len = 0;
+        Ok(Some(std::mem::take(&mut self.body)))
     }
 
     /// Reads and discards up to `max` bytes until end of stream: lets a goodbye reach a peer
     /// that is still sending, instead of resetting the connection under it.
     pub(crate) async fn discard(&mut self, max: usize) {
-        let mut scratch = [0u8; 4096];
+        // On the heap, and only while lingering: an array here would make every connection's
+        // task that much larger for its whole life.
+        let mut scratch = vec![0u8; 4096];
         let mut total = 0;
         while total < max {
             match self.inner.read(&mut scratch).await {
@@ -79,6 +91,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
+
     use super::*;
     use tokio::io::AsyncWriteExt;
 
@@ -94,6 +108,32 @@ mod tests {
         assert_eq!(&reader.next_frame(1, 10).await.unwrap().unwrap()[..], &[1, 2, 3]);
         assert_eq!(&reader.next_frame(1, 10).await.unwrap().unwrap()[..], &[9]);
         assert!(reader.next_frame(1, 10).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn no_buffer_is_held_between_frames_and_a_frame_gets_exactly_its_length() {
+        let (mut a, b) = tokio::io::duplex(64);
+        let mut reader = FrameReader::new(b);
+        assert_eq!(reader.body.capacity(), 0);
+        // A whole 3-byte frame, then the header and 10 of the 40 bytes of the next one.
+        a.write_all(&[0, 3, 1, 2, 3, 0, 40]).await.unwrap();
+        a.write_all(&[5; 10]).await.unwrap();
+        let frame = reader.next_frame(1, 100).await.unwrap().unwrap();
+        assert_eq!((&frame[..], frame.capacity()), (&[1, 2, 3][..], 3));
+        assert_eq!(reader.body.capacity(), 0, "nothing kept after a frame");
+        {
+            // Read as far as the bytes go, then dropped, as a `select!` does.
+            let next = reader.next_frame(1, 100);
+            tokio::pin!(next);
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            assert!(next.as_mut().poll(&mut cx).is_pending());
+        }
+        assert_eq!((reader.body.len(), reader.body.capacity()), (10, 40), "the announced length only");
+        a.write_all(&[6; 30]).await.unwrap();
+        let frame = reader.next_frame(1, 100).await.unwrap().unwrap();
+        assert_eq!(frame.len(), 40);
+        assert_eq!((&frame[..10], &frame[10..]), (&[5; 10][..], &[6; 30][..]));
+        assert_eq!(reader.body.capacity(), 0);
     }
 
     #[tokio::test]

@@ -8,7 +8,9 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,12 +21,20 @@ use tracing::debug;
 
 /// Plaintext gathered per write call: up to this many full transport messages.
 const FRAMES_PER_WRITE: usize = 4;
-/// Write buffer capacity kept between writes; a larger one is freed after its write.
-const IDLE_BUF_CAPACITY: usize = 16 * 1024;
+/// Queue capacity (items) a drained queue may keep whatever its history; see `Outbox::next`.
+const IDLE_QUEUE_CAPACITY: usize = 8;
+/// A drained queue keeps its capacity while that is at most this many times the backlog the
+/// writer last found: a member that steadily receives bursts of one size keeps the room for
+/// them, one whose burst is over gives it back.
+const QUEUE_SLACK: usize = 4;
 /// How long a goodbye may take to write before the connection is dropped anyway.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
 
 thread_local! {
+    /// This thread's buffers for sealing and writing a batch, shared by every writer that runs
+    /// on it: a connection owns a write buffer only while the socket does not take a batch at
+    /// once, so an idle member holds none, and a busy one that keeps up allocates none.
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
     /// Outboxes whose writer is owed a wake-up at the end of the current `batched` call on
     /// this thread; `None` outside of one.
     static DEFERRED: RefCell<Option<Vec<Arc<Outbox>>>> = const { RefCell::new(None) };
@@ -82,6 +92,8 @@ struct State {
     closed: bool,
     /// Why `close` closed it, for the log.
     reason: Option<ErrorCode>,
+    /// Items queued when the writer last took a batch.
+    backlog: usize,
 }
 
 /// One connection's outbound queue.
@@ -268,8 +280,15 @@ impl Outbox {
             return Next::Abort(goodbye);
         }
         if state.queue.is_empty() {
+            // A burst (the presence notices of a join storm) grows the queue; a member that
+            // went quiet should not keep that capacity for as long as it stays connected.
+            let capacity = state.queue.capacity();
+            if capacity > IDLE_QUEUE_CAPACITY && capacity > QUEUE_SLACK * state.backlog {
+                state.queue = VecDeque::new();
+            }
             return if state.finishing { Next::Done } else { Next::Wait };
         }
+        state.backlog = state.queue.len();
         let mut batches: Vec<Vec<Bytes>> = Vec::new();
         let mut current: Vec<Bytes> = Vec::new();
         let mut size = 0usize;
@@ -302,9 +321,20 @@ enum Next {
     Wait,
 }
 
+/// Reused buffers for one batch: its plaintext per transport message, and its frames.
+#[derive(Default)]
+struct Scratch {
+    plaintext: Vec<u8>,
+    out: Vec<u8>,
+}
+
 /// Seals batches of items into frames.
-fn seal(sender: &mut TransportSender, batches: &[Vec<Bytes>], out: &mut Vec<u8>) -> bool {
-    let mut plaintext = Vec::with_capacity(MAX_PLAINTEXT_LEN);
+fn seal(
+    sender: &mut TransportSender,
+    batches: &[Vec<Bytes>],
+    plaintext: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> bool {
     for batch in batches {
         plaintext.clear();
         for item in batch {
@@ -315,11 +345,68 @@ fn seal(sender: &mut TransportSender, batches: &[Vec<Bytes>], out: &mut Vec<u8>)
             debug!(len = plaintext.len(), "dropping an oversized outbound item");
             continue;
         }
-        if sender.seal_frame(&plaintext, out).is_err() {
+        if sender.seal_frame(plaintext, out).is_err() {
             return false;
         }
     }
     true
+}
+
+/// What became of a batch written without waiting.
+#[derive(Debug, PartialEq, Eq)]
+enum Written {
+    /// The socket took all of it.
+    All,
+    /// The socket is full: these bytes are still to be written, in a buffer of their own.
+    Rest(Vec<u8>),
+    /// Sealing or writing failed: the connection is done.
+    Failed,
+}
+
+/// Seals `batches` in this thread's scratch buffers and writes as much as `writer` takes
+/// without waiting. The bytes it does not take are copied out, so the scratch buffers are
+/// free again for the next writer on this thread.
+fn write_now<W: AsyncWrite + Unpin>(
+    sender: &mut TransportSender,
+    batches: &[Vec<Bytes>],
+    writer: &mut W,
+) -> Written {
+    SCRATCH.with(|scratch| {
+        // Never borrowed across an await, so never borrowed here; a fresh one would do anyway.
+        let mut fresh = Scratch::default();
+        let mut borrowed = scratch.try_borrow_mut();
+        let Scratch { plaintext, out } = match borrowed.as_deref_mut() {
+            Ok(scratch) => scratch,
+            Err(_) => &mut fresh,
+        };
+        out.clear();
+        if !seal(sender, batches, plaintext, out) {
+            return Written::Failed;
+        }
+        // A waker that does nothing: whatever is left is awaited with the task's own waker,
+        // and the socket's readiness is tracked by the runtime, not by the waker.
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut done = 0;
+        while done < out.len() {
+            match Pin::new(&mut *writer).poll_write(&mut cx, &out[done..]) {
+                Poll::Ready(Ok(0)) => {
+                    debug!("write failed: the socket took no bytes");
+                    return Written::Failed;
+                }
+                Poll::Ready(Ok(n)) => done += n,
+                Poll::Ready(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Poll::Ready(Err(e)) => {
+                    debug!(error = %e, "write failed");
+                    return Written::Failed;
+                }
+                Poll::Pending => break,
+            }
+        }
+        match out.get(done..) {
+            Some(rest) if !rest.is_empty() => Written::Rest(rest.to_vec()),
+            _ => Written::All,
+        }
+    })
 }
 
 /// Drains `outbox` into the socket until the connection finishes or is closed.
@@ -328,34 +415,29 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
     mut sender: TransportSender,
     mut writer: W,
 ) {
-    let mut buf = Vec::new();
     loop {
         match outbox.next() {
             Next::Wait => outbox.wake.notified().await,
             Next::Done => break,
             Next::Abort(goodbye) => {
-                buf.clear();
-                if seal(&mut sender, &[vec![goodbye]], &mut buf) {
+                let (mut plaintext, mut buf) = (Vec::new(), Vec::new());
+                if seal(&mut sender, &[vec![goodbye]], &mut plaintext, &mut buf) {
                     let _ = tokio::time::timeout(GOODBYE_TIMEOUT, writer.write_all(&buf)).await;
                 }
                 break;
             }
             Next::Write(batches) => {
-                buf.clear();
-                if !seal(&mut sender, &batches, &mut buf) {
-                    break;
-                }
+                let rest = match write_now(&mut sender, &batches, &mut writer) {
+                    Written::All => continue,
+                    Written::Failed => break,
+                    Written::Rest(rest) => rest,
+                };
                 tokio::select! {
                     biased;
-                    written = writer.write_all(&buf) => {
+                    written = writer.write_all(&rest) => {
                         if let Err(e) = written {
                             debug!(error = %e, "write failed");
                             break;
-                        }
-                        // A burst (a join snapshot, a presence storm) grows the buffer to up
-                        // to FRAMES_PER_WRITE full messages; an idle member should not keep it.
-                        if buf.capacity() > IDLE_BUF_CAPACITY {
-                            buf = Vec::new();
                         }
                     }
                     // Closed while blocked on a reader that does not read: part of a frame may
@@ -379,7 +461,7 @@ mod tests {
 
     use super::*;
     use chatroom_crypto::{Initiator, Responder, StaticKeypair, Transport};
-    use tokio::io::AsyncReadExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn pair() -> (Transport, Transport) {
         let (init, m1) = Initiator::start(&StaticKeypair::generate()).unwrap();
@@ -390,22 +472,89 @@ mod tests {
 
     /// Runs the writer over an in-memory pipe and returns the decrypted transport messages.
     async fn written(outbox: Arc<Outbox>) -> Vec<Vec<RelayMessage>> {
+        written_through(outbox, 1 << 20).await
+    }
+
+    /// `written` through a pipe that holds at most `pipe` bytes.
+    async fn written_through(outbox: Arc<Outbox>, pipe: usize) -> Vec<Vec<RelayMessage>> {
         let (client, relay) = pair();
         let (sender, _) = relay.split();
-        let (_, mut rx) = client.split();
-        let (w, mut r) = tokio::io::duplex(1 << 20);
+        let (_, rx) = client.split();
+        let (w, mut r) = tokio::io::duplex(pipe);
         let writer = tokio::spawn(async move { write_loop(&outbox, sender, w).await });
         let mut bytes = Vec::new();
         r.read_to_end(&mut bytes).await.unwrap();
         writer.await.unwrap();
+        opened(rx, &bytes)
+    }
+
+    /// The transport messages in `bytes`, decrypted.
+    fn opened(mut rx: chatroom_crypto::TransportReceiver, bytes: &[u8]) -> Vec<Vec<RelayMessage>> {
         let mut messages = Vec::new();
-        let mut rest = &bytes[..];
+        let mut rest = bytes;
         while let Some((payload, used)) = chatroom_crypto::decode_frame(rest, usize::MAX).unwrap() {
             messages.push(RelayMessage::decode_all(&rx.open(payload).unwrap()).unwrap());
             rest = &rest[used..];
         }
         assert!(rest.is_empty());
         messages
+    }
+
+    fn deliveries(seqs: std::ops::RangeInclusive<u64>, len: usize) -> Vec<Bytes> {
+        seqs.map(|seq| {
+            let mut item = Vec::new();
+            chatroom_crypto::encode_deliver(seq, false, &vec![7; len], &mut item);
+            Bytes::from(item)
+        })
+        .collect()
+    }
+
+    fn seqs(messages: &[Vec<RelayMessage>]) -> Vec<u64> {
+        messages
+            .iter()
+            .flatten()
+            .map(|m| match m {
+                RelayMessage::Deliver { seq, .. } => *seq,
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_writer_keeps_a_buffer_only_for_what_the_socket_did_not_take() {
+        let (client, relay) = pair();
+        let (mut sender, _) = relay.split();
+        let (_, rx) = client.split();
+        let (mut w, mut r) = tokio::io::duplex(500);
+        // The pipe takes the whole batch: the connection keeps nothing.
+        assert_eq!(write_now(&mut sender, &[deliveries(1..=1, 300)], &mut w), Written::All);
+        // It takes part of the next one: the rest is kept, in a buffer of exactly its size.
+        let Written::Rest(rest) = write_now(&mut sender, &[deliveries(2..=6, 300)], &mut w) else {
+            panic!("a 500-byte pipe cannot take six deliveries of 300 bytes");
+        };
+        assert_eq!(rest.capacity(), rest.len());
+        let reading = tokio::spawn(async move {
+            let mut bytes = Vec::new();
+            r.read_to_end(&mut bytes).await.unwrap();
+            bytes
+        });
+        w.write_all(&rest).await.unwrap();
+        drop(w);
+        let messages = opened(rx, &reading.await.unwrap());
+        assert_eq!(messages.iter().map(Vec::len).collect::<Vec<_>>(), [1, 5]);
+        assert_eq!(seqs(&messages), (1..=6).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_socket_that_takes_little_at_a_time_gets_every_frame_whole_and_in_order() {
+        let outbox = Arc::new(Outbox::new(1000));
+        for item in deliveries(1..=100, 1000) {
+            outbox.push(item).unwrap();
+        }
+        outbox.finish();
+        let messages = written_through(outbox, 1000).await;
+        assert_eq!(messages.iter().map(Vec::len).collect::<Vec<_>>(), [64, 36]);
+        assert_eq!(seqs(&messages), (1..=100).collect::<Vec<_>>());
     }
 
     #[tokio::test]
@@ -455,6 +604,31 @@ mod tests {
         // Outside a batch every push wakes the writer.
         assert!(outbox.push_batched(encode(&RelayMessage::Ping { token: 1 })));
         assert!(woken(&outbox));
+    }
+
+    #[test]
+    fn a_drained_queue_gives_its_capacity_back_once_its_burst_is_over() {
+        let outbox = Outbox::new(1000);
+        let drain = |outbox: &Outbox| {
+            while let Next::Write(_) = outbox.next() {}
+        };
+        // A steady busy member: bursts of one size keep the queue's room for them.
+        for _ in 0..3 {
+            outbox.push_all(deliveries(1..=100, 200)).unwrap();
+            drain(&outbox);
+            assert!(outbox.lock().queue.capacity() >= 100);
+        }
+        // The bursts stop: the next small batch leaves the queue with no allocation.
+        outbox.push(encode(&RelayMessage::Ping { token: 1 })).unwrap();
+        drain(&outbox);
+        assert_eq!(outbox.lock().queue.capacity(), 0);
+        // Small queues are left alone.
+        outbox.push_all(deliveries(1..=IDLE_QUEUE_CAPACITY as u64, 200)).unwrap();
+        drain(&outbox);
+        let capacity = outbox.lock().queue.capacity();
+        outbox.push(encode(&RelayMessage::Ping { token: 2 })).unwrap();
+        drain(&outbox);
+        assert_eq!(outbox.lock().queue.capacity(), capacity);
     }
 
     #[tokio::test]

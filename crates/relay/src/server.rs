@@ -187,11 +187,9 @@ impl<H: RoomService> Listener<H> {
                 id: self.next_id.fetch_add(1, Ordering::Relaxed),
                 shutdown: Shutdown::new(self.notify_shutdown.subscribe()),
                 _done: self.done_tx.clone(),
+                _permit: permit,
             };
-            tokio::spawn(async move {
-                handler.run(socket, slot).await;
-                drop(permit);
-            });
+            tokio::spawn(handler.run(socket, slot));
         }
     }
 
