@@ -68,15 +68,21 @@ fn workload(mode: Mode) -> Workload {
     }
 }
 
-#[test]
-fn smoke_every_message_arrives_once_intact() -> TestResult {
+/// Runs `w` against a fresh relay (rate limit raised) and returns what the tool measured.
+fn run_on_fresh_relay(w: &Workload) -> Result<chatroom_bench::Outcome, Box<dyn Error>> {
     let dir = tempfile::tempdir()?;
     let relay = start_relay(dir.path())?;
     let target = ChatTarget { addr: relay.addr.clone(), pid: Some(relay.child.id()), fingerprint: None };
     let rt = tokio::runtime::Runtime::new()?;
-    let w = workload(Mode::Deliver);
     let o =
-        rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), chat::run(&target, &w)).await })??;
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), chat::run(&target, w)).await })??;
+    Ok(o)
+}
+
+#[test]
+fn smoke_every_message_arrives_once_intact() -> TestResult {
+    let w = workload(Mode::Deliver);
+    let o = run_on_fresh_relay(&w)?;
     assert_eq!(o.expected, 2 * 50 * 4);
     assert_eq!(o.delivered, o.expected, "{o:?}");
     assert_eq!((o.lost, o.duplicated, o.corrupted), (0, 0, 0), "{o:?}");
@@ -124,13 +130,8 @@ fn smoke_rate_limited_relay_shows_up_as_errors_and_loss() -> TestResult {
 
 #[test]
 fn smoke_idle_members_measure_relay_memory() -> TestResult {
-    let dir = tempfile::tempdir()?;
-    let relay = start_relay(dir.path())?;
-    let target = ChatTarget { addr: relay.addr.clone(), pid: Some(relay.child.id()), fingerprint: None };
-    let rt = tokio::runtime::Runtime::new()?;
     let w = workload(Mode::Idle);
-    let o =
-        rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), chat::run(&target, &w)).await })??;
+    let o = run_on_fresh_relay(&w)?;
     assert_eq!(o.joined, 5);
     assert!(o.kib_per_member.is_some(), "{o:?}");
     Ok(())
@@ -138,13 +139,8 @@ fn smoke_idle_members_measure_relay_memory() -> TestResult {
 
 #[test]
 fn smoke_connect_mode_counts_completed_joins() -> TestResult {
-    let dir = tempfile::tempdir()?;
-    let relay = start_relay(dir.path())?;
-    let target = ChatTarget { addr: relay.addr.clone(), pid: Some(relay.child.id()), fingerprint: None };
-    let rt = tokio::runtime::Runtime::new()?;
     let w = workload(Mode::Connect);
-    let o =
-        rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), chat::run(&target, &w)).await })??;
+    let o = run_on_fresh_relay(&w)?;
     assert!(o.errors.is_empty(), "{:?}", o.errors);
     assert!(o.joined > 0, "{o:?}");
     let rate = o.joins_per_sec.ok_or("no join rate")?;
