@@ -1,4 +1,5 @@
-//! Readings of a server process from `/proc/PID`: CPU time and resident memory.
+//! Readings of a server process: CPU time (its CPU-time clock, or `/proc/PID/stat`) and
+//! resident memory (`/proc/PID/status`).
 
 use std::fs;
 
@@ -9,15 +10,29 @@ const USER_HZ: f64 = 100.0;
 /// One reading of a process.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Sample {
-    /// User plus system CPU time, in seconds.
+    /// User plus system CPU time of all its threads, in seconds.
     pub cpu_secs: f64,
+    /// Whether `cpu_secs` came from the process's CPU-time clock (nanoseconds) rather than
+    /// `/proc/PID/stat` (10 ms ticks).
+    pub cpu_precise: bool,
     /// Resident set size now, in KiB (`VmRSS`).
     pub rss_kib: u64,
     /// Peak resident set size, in KiB (`VmHWM`).
     pub peak_rss_kib: u64,
 }
 
-/// Reads `/proc/PID/stat` and `/proc/PID/status`.
+/// The process's CPU time in seconds from its CPU-time clock (`clock_getcpuclockid`): user
+/// plus system time of every thread, including threads that have exited, with nanosecond
+/// resolution. `None` where the kernel refuses (another user's process without privileges).
+fn cpu_clock_secs(pid: u32) -> Option<f64> {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).ok()?);
+    let clock = nix::time::clock_getcpuclockid(pid).ok()?;
+    let now = nix::time::clock_gettime(clock).ok()?;
+    Some(now.tv_sec() as f64 + now.tv_nsec() as f64 / 1e9)
+}
+
+/// Reads the process's CPU time and `/proc/PID/status`; CPU time comes from `/proc/PID/stat`
+/// where the CPU-time clock is not available.
 pub fn sample(pid: u32) -> Result<Sample, String> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
         .map_err(|e| format!("cannot read /proc/{pid}/stat: {e}; is process {pid} running?"))?;
@@ -34,7 +49,11 @@ pub fn sample(pid: u32) -> Result<Sample, String> {
             .map(|t| t as f64 / USER_HZ)
             .ok_or_else(|| format!("/proc/{pid}/stat: field {} is not a number", i + 3))
     };
-    let cpu_secs = tick(11)? + tick(12)?;
+    let ticks = tick(11)? + tick(12)?;
+    let (cpu_secs, cpu_precise) = match cpu_clock_secs(pid) {
+        Some(secs) => (secs, true),
+        None => (ticks, false),
+    };
     let status = fs::read_to_string(format!("/proc/{pid}/status"))
         .map_err(|e| format!("cannot read /proc/{pid}/status: {e}"))?;
     let kib = |key: &str| -> u64 {
@@ -44,7 +63,7 @@ pub fn sample(pid: u32) -> Result<Sample, String> {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or(0)
     };
-    Ok(Sample { cpu_secs, rss_kib: kib("VmRSS:"), peak_rss_kib: kib("VmHWM:") })
+    Ok(Sample { cpu_secs, cpu_precise, rss_kib: kib("VmRSS:"), peak_rss_kib: kib("VmHWM:") })
 }
 
 /// Resets the peak resident set size (`VmHWM`) to the current one, so that a peak measured
@@ -64,6 +83,30 @@ mod tests {
         assert!(s.rss_kib > 0);
         assert!(s.peak_rss_kib >= s.rss_kib);
         assert!(s.cpu_secs >= 0.0);
+    }
+
+    #[test]
+    fn cpu_time_resolves_far_below_a_tick() {
+        // Spin until the reading moves: a tick-based reading moves by 10 ms at once, the
+        // CPU-time clock by about the work done between two readings (this process's other
+        // test threads included, still far below a tick).
+        let first = sample(std::process::id()).unwrap();
+        assert!(first.cpu_precise, "the CPU-time clock of our own process is readable");
+        let mut moved = None;
+        for _ in 0..100_000 {
+            let spin = std::time::Instant::now();
+            while spin.elapsed() < std::time::Duration::from_micros(50) {
+                std::hint::spin_loop();
+            }
+            let before = sample(std::process::id()).unwrap();
+            let after = sample(std::process::id()).unwrap();
+            if after.cpu_secs > before.cpu_secs {
+                moved = Some(after.cpu_secs - before.cpu_secs);
+                break;
+            }
+        }
+        let moved = moved.expect("CPU time never moved");
+        assert!(moved < 0.005, "two back-to-back readings differ by {moved} s");
     }
 
     #[test]

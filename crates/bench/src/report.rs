@@ -100,10 +100,13 @@ impl ServerWatch {
     /// CPU seconds since the start, and the peak RSS.
     pub fn finish(&self, outcome: &mut Outcome, units: u64) {
         if let (Some(before), Some(after)) = (self.before, self.now()) {
-            let cpu = (after.cpu_secs - before.cpu_secs).max(0.0);
-            outcome.server_cpu_secs = Some(cpu);
-            if units > 0 {
-                outcome.cpu_us_per_unit = Some(cpu * 1e6 / units as f64);
+            // Two readings from different sources (clock and ticks) do not subtract.
+            if before.cpu_precise == after.cpu_precise {
+                let cpu = (after.cpu_secs - before.cpu_secs).max(0.0);
+                outcome.server_cpu_secs = Some(cpu);
+                if units > 0 {
+                    outcome.cpu_us_per_unit = Some(cpu * 1e6 / units as f64);
+                }
             }
             outcome.peak_rss_kib = Some(after.peak_rss_kib);
         }
