@@ -18,7 +18,8 @@ use tokio::task::JoinSet;
 
 use crate::report::{Outcome, ServerWatch};
 use crate::workload::{
-    connect_loops, due, verify_payload, wait_for_deliveries, Mode, Shared, Tally, Workload,
+    connect_loops, due, gather_sends, gather_tallies, verify_payload, wait_for_deliveries, Mode, Sends,
+    Shared, Tally, Workload,
 };
 
 /// Messages sealed and written together by a sender running as fast as possible.
@@ -378,22 +379,7 @@ pub async fn run(target: &ChatTarget, w: &Workload) -> Result<Outcome, String> {
                 let sender = Sender { identity: identities[s].clone(), index: s, room: w.room_of(s), nick };
                 sends.spawn(send(writer, check.clone(), sender, w.rate, start));
             }
-            let mut sent = 0;
-            let mut last_write = shared_start;
-            let mut errors = Vec::new();
-            // Senders' connections stay open until every delivery is counted: closing the
-            // sending direction ends the session.
-            let mut kept = Vec::new();
-            while let Some(r) = sends.join_next().await {
-                match r.map_err(|e| e.to_string()).and_then(|r| r) {
-                    Ok((writer, n, at)) => {
-                        sent += n;
-                        last_write = last_write.max(at);
-                        kept.push(writer);
-                    }
-                    Err(e) => errors.push(e),
-                }
-            }
+            let Sends { sent, last_write, errors, kept } = gather_sends(sends, shared_start).await;
             wait_for_deliveries(&shared, w.expected_deliveries(), w.settle, deadline).await;
             // Acks may trail the last delivery: wait for them the same way.
             let acks_deadline = Instant::now() + w.settle;
@@ -401,10 +387,7 @@ pub async fn run(target: &ChatTarget, w: &Workload) -> Result<Outcome, String> {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             let _ = stop_tx.send(true);
-            let mut tally = Tally::default();
-            while let Some(t) = receivers.join_next().await {
-                tally.absorb(t.map_err(|e| format!("receiver task failed: {e}"))?);
-            }
+            let mut tally = gather_tallies(receivers).await?;
             tally.errors.extend(errors);
             tally.errors.extend(open_sealed(&check));
             // Times relative to the start of sending.

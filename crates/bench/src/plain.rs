@@ -13,7 +13,8 @@ use tokio::task::JoinSet;
 
 use crate::report::{Outcome, ServerWatch};
 use crate::workload::{
-    connect_loops, due, payload, verify_payload, wait_for_deliveries, Mode, Shared, Tally, Workload, MAX_LINE,
+    connect_loops, due, gather_sends, gather_tallies, payload, verify_payload, wait_for_deliveries, Mode,
+    Sends, Shared, Tally, Workload, MAX_LINE,
 };
 
 /// Time allowed for one member's connect and registration.
@@ -342,24 +343,11 @@ pub async fn run(target: &PlainTarget, w: &Workload) -> Result<Outcome, String> 
             let write = write.take().ok_or("a sender has no connection")?;
             sends.spawn(send(write, ctx.clone(), s, w.room_of(s), w.rate, start));
         }
-        let (mut sent, mut last_write, mut errors) = (0, shared_start, Vec::new());
-        let mut kept = Vec::new();
-        while let Some(r) = sends.join_next().await {
-            match r.map_err(|e| e.to_string()).and_then(|r| r) {
-                Ok((write, n, at)) => {
-                    sent += n;
-                    last_write = last_write.max(at);
-                    kept.push(write);
-                }
-                Err(e) => errors.push(e),
-            }
-        }
+        // Senders' connections stay open until every delivery is counted.
+        let Sends { sent, last_write, errors, kept } = gather_sends(sends, shared_start).await;
         wait_for_deliveries(&shared, w.expected_deliveries(), w.settle, deadline).await;
         let _ = stop_tx.send(true);
-        let mut tally = Tally::default();
-        while let Some(t) = receivers.join_next().await {
-            tally.absorb(t.map_err(|e| format!("receiver task failed: {e}"))?);
-        }
+        let mut tally = gather_tallies(receivers).await?;
         tally.errors.extend(errors);
         tally.last_ns = tally.last_ns.saturating_sub(shared_start);
         let send_secs = last_write.saturating_sub(shared_start) as f64 / 1e9;

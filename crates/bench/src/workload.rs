@@ -359,3 +359,46 @@ where
     }
     ConnectRate { done: done.load(Ordering::Relaxed), secs: start.elapsed().as_secs_f64(), errors }
 }
+
+/// What the senders of one run did, gathered from their tasks.
+#[derive(Debug)]
+pub struct Sends<W> {
+    /// Messages written, over all senders.
+    pub sent: u64,
+    /// When the last write returned (ns since the run's origin; `since` if none did).
+    pub last_write: u64,
+    /// Senders that failed, and why.
+    pub errors: Vec<String>,
+    /// The senders' connections: kept open until every delivery is counted, since closing the
+    /// sending direction ends the session.
+    pub kept: Vec<W>,
+}
+
+/// Waits for every sender task (each returns its connection, the messages it wrote and when
+/// its last write returned); `since` is the start of sending.
+pub async fn gather_sends<W: 'static>(
+    mut sends: tokio::task::JoinSet<Result<(W, u64, u64), String>>,
+    since: u64,
+) -> Sends<W> {
+    let mut gathered = Sends { sent: 0, last_write: since, errors: Vec::new(), kept: Vec::new() };
+    while let Some(r) = sends.join_next().await {
+        match r.map_err(|e| e.to_string()).and_then(|r| r) {
+            Ok((writer, n, at)) => {
+                gathered.sent += n;
+                gathered.last_write = gathered.last_write.max(at);
+                gathered.kept.push(writer);
+            }
+            Err(e) => gathered.errors.push(e),
+        }
+    }
+    gathered
+}
+
+/// Waits for every receiver task and adds up what they counted.
+pub async fn gather_tallies(mut receivers: tokio::task::JoinSet<Tally>) -> Result<Tally, String> {
+    let mut tally = Tally::default();
+    while let Some(t) = receivers.join_next().await {
+        tally.absorb(t.map_err(|e| format!("receiver task failed: {e}"))?);
+    }
+    Ok(tally)
+}
