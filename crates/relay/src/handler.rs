@@ -30,7 +30,7 @@ use crate::config::Config;
 use crate::frames::{FrameError, FrameReader};
 use crate::hub::{member_items, Moderation, Refusal, RoomService};
 use crate::limits::{address_key, FailureTracker, SendRate, Unauthenticated, UnauthenticatedSlot, Verdict};
-use crate::outbox::{encode, write_loop, Outbox, PushError};
+use crate::outbox::{encode, write_loop, Offered, Outbox, PushError};
 use crate::shutdown::Shutdown;
 
 /// The smallest transport frame: an AEAD tag around at least one item header.
@@ -57,9 +57,10 @@ const REPLY_WAIT: Duration = Duration::from_secs(2);
 async fn reply(outbox: &Outbox, item: Bytes) -> bool {
     // A reply nearly always finds room at once. Waiting for room is boxed, so that its state
     // (a timer among it) is not part of every connection's task for as long as it lives.
-    let pushed = match outbox.push(item.clone()) {
-        Err(PushError::Full) => Box::pin(outbox.push_reply(item, REPLY_WAIT)).await,
-        pushed => pushed,
+    let pushed = match outbox.offer(item) {
+        Offered::Queued => Ok(()),
+        Offered::Closed => Err(PushError::Closed),
+        Offered::Full(item) => Box::pin(outbox.push_reply(item, REPLY_WAIT)).await,
     };
     match pushed {
         Ok(()) => true,

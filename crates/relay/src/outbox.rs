@@ -81,6 +81,16 @@ pub(crate) enum PushError {
     Closed,
 }
 
+/// What `Outbox::offer` did with an item.
+#[derive(Debug)]
+pub(crate) enum Offered {
+    Queued,
+    /// The queue is at its limit; here is the item back.
+    Full(Bytes),
+    /// The connection is closing or closed.
+    Closed,
+}
+
 #[derive(Debug, Default)]
 struct State {
     queue: VecDeque<Bytes>,
@@ -135,33 +145,45 @@ impl Outbox {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues one item, refusing it if the queue is full or closed.
-    pub(crate) fn push(&self, item: Bytes) -> Result<(), PushError> {
+    /// Queues one item if there is room. A full queue hands the item back, so a caller that
+    /// goes on to wait for room does not copy it first (cloning a `Bytes` made from a `Vec`
+    /// allocates).
+    pub(crate) fn offer(&self, item: Bytes) -> Offered {
         let mut state = self.lock();
         if state.closed {
-            return Err(PushError::Closed);
+            return Offered::Closed;
         }
         if state.queue.len() >= self.limit {
-            return Err(PushError::Full);
+            return Offered::Full(item);
         }
         state.queue.push_back(item);
         drop(state);
         self.wake.notify_one();
-        Ok(())
+        Offered::Queued
+    }
+
+    /// Queues one item, refusing it if the queue is full or closed.
+    pub(crate) fn push(&self, item: Bytes) -> Result<(), PushError> {
+        match self.offer(item) {
+            Offered::Queued => Ok(()),
+            Offered::Full(_) => Err(PushError::Full),
+            Offered::Closed => Err(PushError::Closed),
+        }
     }
 
     /// Queues a reply of this connection's own handler, waiting up to `wait` for room: the
     /// handler may answer a burst of requests faster than the writer task gets to run, but a
     /// client that stops reading its answers altogether is a slow consumer like any other.
-    pub(crate) async fn push_reply(&self, item: Bytes, wait: Duration) -> Result<(), PushError> {
+    pub(crate) async fn push_reply(&self, mut item: Bytes, wait: Duration) -> Result<(), PushError> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let space = self.space.notified();
             tokio::pin!(space);
             space.as_mut().enable();
-            match self.push(item.clone()) {
-                Err(PushError::Full) => {}
-                done => return done,
+            match self.offer(item) {
+                Offered::Queued => return Ok(()),
+                Offered::Closed => return Err(PushError::Closed),
+                Offered::Full(back) => item = back,
             }
             if tokio::time::timeout_at(deadline, space).await.is_err() {
                 return Err(PushError::Full);
@@ -629,6 +651,20 @@ mod tests {
         outbox.push(encode(&RelayMessage::Ping { token: 2 })).unwrap();
         drain(&outbox);
         assert_eq!(outbox.lock().queue.capacity(), capacity);
+    }
+
+    #[test]
+    fn a_full_queue_hands_an_offered_item_back_uncopied() {
+        let outbox = Outbox::new(1);
+        assert!(matches!(outbox.offer(Bytes::from(vec![1u8; 8])), Offered::Queued));
+        let item = Bytes::from(vec![2u8; 8]);
+        let at = item.as_ptr();
+        match outbox.offer(item) {
+            Offered::Full(back) => assert_eq!(back.as_ptr(), at, "the same buffer comes back"),
+            other => panic!("expected Full, got {other:?}"),
+        }
+        outbox.close(ErrorCode::SlowConsumer, "test");
+        assert!(matches!(outbox.offer(Bytes::from_static(b"x")), Offered::Closed));
     }
 
     #[tokio::test]
