@@ -10,7 +10,7 @@
 //! nick = "alice"
 //! fingerprint = "<64 hex digits>"      # optional: pins the relay
 //! proxy = "socks5h://127.0.0.1:9050"   # optional
-//! password_file = "/home/alice/.config/chatroom/work.pass"   # optional, mode 0600
+//! password_file = "~/.config/chatroom/work.pass"   # optional, mode 0600; ~ is the home directory
 //! kdf = "m65536t3p1"                   # optional
 //! ```
 
@@ -76,6 +76,11 @@ impl Config {
             line: e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1)).unwrap_or(1),
             why: crate::display::neutralize(e.message()),
         })?;
+        let mut config = config;
+        let home = directories::BaseDirs::new().map(|d| d.home_dir().to_path_buf());
+        for entry in config.rooms.values_mut() {
+            entry.password_file = entry.password_file.take().map(|p| expand_home(p, home.as_deref()));
+        }
         for (name, entry) in &config.rooms {
             if entry.password.is_some() {
                 return Err(FileError::Syntax {
@@ -102,6 +107,16 @@ impl Config {
         let mut text = String::new();
         file.take(MAX_CONFIG_LEN).read_to_string(&mut text).map_err(io(path))?;
         Config::parse(&text, path)
+    }
+}
+
+/// `~` or `~/rest` in a path from the config file means the home directory; any other path
+/// (and `~` when there is no home directory) is kept as written.
+pub fn expand_home(path: PathBuf, home: Option<&Path>) -> PathBuf {
+    let Some(home) = home else { return path };
+    match path.strip_prefix("~") {
+        Ok(rest) => home.join(rest),
+        Err(_) => path,
     }
 }
 
@@ -160,6 +175,18 @@ room = "family"
         assert_eq!(work.password_file.as_deref(), Some(Path::new("/tmp/x")));
         assert!(c.rooms["home"].nick.is_none());
         Ok(())
+    }
+
+    #[test]
+    fn a_leading_tilde_is_the_home_directory() {
+        let home = Some(Path::new("/home/alice"));
+        let expand = |p: &str| expand_home(PathBuf::from(p), home);
+        assert_eq!(expand("~/.config/w.pass"), Path::new("/home/alice/.config/w.pass"));
+        assert_eq!(expand("~"), Path::new("/home/alice"));
+        assert_eq!(expand("~bob/w.pass"), Path::new("~bob/w.pass"), "another user's home is not guessed");
+        assert_eq!(expand("/etc/~/w"), Path::new("/etc/~/w"));
+        assert_eq!(expand("rel/~"), Path::new("rel/~"));
+        assert_eq!(expand_home(PathBuf::from("~/w"), None), Path::new("~/w"));
     }
 
     #[test]

@@ -24,6 +24,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{error, info};
 
+mod operator;
+
 use crate::outbox::{encode, Outbox};
 use crate::store::{RoomRecord, StoreError, StoreHandle, StoredEnvelope};
 

@@ -6,6 +6,8 @@
 //! completes. `docs/RELAY.md` is the operator's guide.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+mod admin_socket;
 mod config;
 mod frames;
 mod handler;

@@ -1,6 +1,10 @@
-//! `chatroom-relay`: run a relay, or print its fingerprint.
+//! `chatroom-relay`: run a relay, check its configuration, or print its fingerprint.
 #![forbid(unsafe_code)]
 
+mod admin_cli;
+mod config_file;
+
+use std::ffi::OsString;
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,7 +12,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use chatroom_relay::{fingerprint, key_path, Config, Relay, Synchronous};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
@@ -17,6 +21,10 @@ use tracing_subscriber::EnvFilter;
 ///
 /// On start it prints its fingerprint, an invite prefix, and `listening on ADDR:PORT` once it
 /// accepts connections. SIGINT or SIGTERM stops it cleanly.
+///
+/// Every flag can also be set in a TOML config file (`--config FILE`, or
+/// ~/.config/chatroom-relay/relay.toml when it exists), one `flag-name = value` per line;
+/// flags given on the command line override the file.
 #[derive(Debug, Parser)]
 #[command(name = "chatroom-relay", version, args_conflicts_with_subcommands = true)]
 struct Cli {
@@ -34,6 +42,20 @@ enum Command {
         #[arg(long, value_name = "DIR", env = "CHATROOM_RELAY_DATA_DIR")]
         data_dir: Option<PathBuf>,
     },
+    /// Validate the config file and flags, and print the effective configuration as a config
+    /// file, each value commented with where it came from.
+    CheckConfig(RunArgs),
+    /// List, show or delete rooms, on a running relay (through its admin socket) or a stopped one.
+    #[command(subcommand)]
+    Rooms(admin_cli::Rooms),
+    /// List a room's bans.
+    #[command(subcommand)]
+    Bans(admin_cli::Bans),
+    /// Hand a room to a new owner.
+    #[command(subcommand)]
+    Owner(admin_cli::Owner),
+    /// Write a consistent copy of the database to FILE, while the relay runs or not.
+    Backup(admin_cli::Backup),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -50,6 +72,10 @@ fn defaults() -> Config {
 
 #[derive(Debug, Args)]
 struct RunArgs {
+    /// TOML config file whose keys are these flags' long names [default:
+    /// ~/.config/chatroom-relay/relay.toml, read if it exists].
+    #[arg(long, value_name = "FILE", env = "CHATROOM_RELAY_CONFIG")]
+    config: Option<PathBuf>,
     /// Address and port to listen on: 127.0.0.1 behind a Tor onion service, 0.0.0.0 on clearnet.
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:7878")]
     listen: SocketAddr,
@@ -138,7 +164,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("{text:?} is too long: use at most 365 days"))
 }
 
-fn default_data_dir() -> Result<PathBuf, String> {
+pub(crate) fn default_data_dir() -> Result<PathBuf, String> {
     directories::ProjectDirs::from("", "", "chatroom-relay")
         .map(|dirs| dirs.data_dir().to_path_buf())
         .ok_or_else(|| "cannot determine a data directory (no home directory); pass --data-dir DIR".into())
@@ -260,12 +286,49 @@ fn print_fingerprint(data_dir: Option<PathBuf>) -> Result<(), String> {
     Ok(())
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Some(Command::Fingerprint { data_dir }) => print_fingerprint(data_dir),
-        None => serve(cli.run),
+/// The keys a config file may hold: the long names of the run flags.
+fn config_keys() -> Vec<String> {
+    RunArgs::augment_args(clap::Command::new("keys"))
+        .get_arguments()
+        .filter_map(|a| a.get_long())
+        .filter(|long| !matches!(*long, "config" | "help" | "version"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Parses the command line together with the config file.
+fn parse_cli(args: Vec<OsString>) -> Result<(Cli, config_file::Parsed), String> {
+    let parsed = match config_file::parse(Cli::command(), args, &config_keys()) {
+        Ok(parsed) => parsed,
+        Err(config_file::ParseError::Clap(e)) => e.exit(),
+        Err(config_file::ParseError::File(e)) => return Err(e),
     };
+    let cli = Cli::from_arg_matches(&parsed.matches).map_err(|e| e.to_string())?;
+    Ok((cli, parsed))
+}
+
+/// `check-config`: validates everything `serve` would and prints the effective configuration.
+fn check_config(args: &RunArgs, parsed: &config_file::Parsed) -> Result<(), String> {
+    let config = config(args)?;
+    let mut out = std::io::stdout().lock();
+    let from =
+        parsed.file.as_ref().map_or("no config file".to_owned(), |p| format!("config file {}", p.display()));
+    let _ = writeln!(out, "# effective configuration ({from}); valid");
+    let _ = write!(out, "{}", config_file::render(&Cli::command(), parsed));
+    let _ = writeln!(out, "# data directory in use: {}", config.data_dir.display());
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let result = parse_cli(std::env::args_os().collect()).and_then(|(cli, parsed)| match cli.command {
+        Some(Command::Fingerprint { data_dir }) => print_fingerprint(data_dir),
+        Some(Command::CheckConfig(args)) => check_config(&args, &parsed),
+        Some(Command::Rooms(command)) => admin_cli::rooms(command),
+        Some(Command::Bans(command)) => admin_cli::bans(command),
+        Some(Command::Owner(command)) => admin_cli::owner(command),
+        Some(Command::Backup(command)) => admin_cli::backup(command),
+        None => serve(cli.run),
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

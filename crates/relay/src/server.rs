@@ -94,6 +94,7 @@ impl Relay {
             static_key,
             config,
         });
+        let admin = crate::admin_socket::start(&shared, store.handle());
         let grace = shared.config.shutdown_grace;
         let (notify_shutdown, _) = broadcast::channel(1);
         let (done_tx, mut done_rx) = mpsc::channel(1);
@@ -115,6 +116,7 @@ impl Relay {
         drop(listener);
         drop(notify_shutdown);
         drop(done_tx);
+        admin.stop();
         if tokio::time::timeout(grace, done_rx.recv()).await.is_err() {
             warn!("connections still open after the shutdown grace period; closing storage anyway");
         }

@@ -172,7 +172,11 @@ enum Done {
     Callback(AppendDone),
 }
 
+/// Work run on the storage thread between two commit groups (administration, backups).
+type Exec = Box<dyn FnOnce(&mut Connection) + Send>;
+
 enum Op {
+    Exec(Exec),
     Load { room: String, reply: oneshot::Sender<Result<Option<RoomRecord>, StoreError>> },
     Write { write: Write, done: Done },
     Flush { reply: oneshot::Sender<()> },
@@ -208,7 +212,7 @@ fn busy_or<'a>(path: &'a Path, context: &'static str) -> impl FnOnce(rusqlite::E
 }
 
 /// Opens (creating if needed) the database at `path` and checks its schema version.
-fn open_connection(path: &Path, synchronous: Synchronous) -> Result<Connection, StoreError> {
+pub(crate) fn open_connection(path: &Path, synchronous: Synchronous) -> Result<Connection, StoreError> {
     let mut conn = Connection::open(path).map_err(sqlite("opening the database"))?;
     // Never wait for a lock: the only other user can be another process, which is an error.
     conn.busy_timeout(std::time::Duration::ZERO).map_err(sqlite("opening the database"))?;
@@ -383,6 +387,20 @@ impl StoreHandle {
             .map_err(|_| StoreError::Closed)
     }
 
+    /// Runs `f` on the storage thread after everything queued before it is committed, outside
+    /// any transaction; appends queued meanwhile wait for it.
+    pub(crate) async fn exec<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> T + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let op = Op::Exec(Box::new(move |conn| {
+            let _ = reply.send(f(conn));
+        }));
+        self.tx.send(op).map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)
+    }
+
     /// Waits until everything queued before this call is committed.
     pub(crate) async fn flush(&self) {
         let (reply, rx) = oneshot::channel();
@@ -394,11 +412,27 @@ impl StoreHandle {
 
 fn writer(mut conn: Connection, rx: Receiver<Op>) {
     let mut stop = false;
+    // An `Exec` ends the commit group it would have joined and runs after it.
+    let mut held = None;
     while !stop {
-        let Ok(first) = rx.recv() else { break };
+        let first = match held.take() {
+            Some(op) => op,
+            None => match rx.recv() {
+                Ok(op) => op,
+                Err(_) => break,
+            },
+        };
+        if let Op::Exec(f) = first {
+            f(&mut conn);
+            continue;
+        }
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
+                Ok(op @ Op::Exec(_)) => {
+                    held = Some(op);
+                    break;
+                }
                 Ok(op) => batch.push(op),
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
@@ -440,7 +474,7 @@ fn run_batch(conn: &mut Connection, batch: Vec<Op>) {
                         completions.push(Completion::Write(done, apply(&tx, write, &mut appends)))
                     }
                     Op::Flush { reply } => completions.push(Completion::Flush(reply)),
-                    Op::Stop => {}
+                    Op::Stop | Op::Exec(_) => {}
                 }
             }
             // On error the transaction rolls back when dropped: nothing of the group is kept.

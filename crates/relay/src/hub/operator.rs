@@ -1,0 +1,65 @@
+//! What the relay's operator does to rooms through the admin socket, kept consistent with the
+//! rooms loaded in memory: a deleted room's members are disconnected before its rows go, and a
+//! new owner takes effect at once for a loaded room.
+
+use std::collections::HashMap;
+
+use chatroom_crypto::{ErrorCode, PublicIdentity, RoomName};
+use tracing::info;
+
+use super::LocalRooms;
+use crate::admin;
+use crate::store::StoreError;
+
+impl LocalRooms {
+    /// Connected members per loaded room.
+    pub(crate) fn online(&self) -> HashMap<String, u64> {
+        self.map()
+            .iter()
+            .map(|(name, room)| (name.as_str().to_owned(), room.lock().members.len() as u64))
+            .collect()
+    }
+
+    /// Deletes a room: disconnects its members, forgets it, and erases its rows. Holding
+    /// `loading` keeps a concurrent join from loading it again before the rows are gone; the
+    /// rows are erased after every append queued before the members were removed.
+    pub(crate) async fn operator_delete(&self, name: &RoomName) -> Result<bool, StoreError> {
+        let _loading = self.loading.lock().await;
+        let room = self.map().remove(name);
+        if let Some(room) = room {
+            let mut st = room.lock();
+            st.evicted = true;
+            let members = st.members.len();
+            for (_, member) in st.members.drain() {
+                member.outbox.close(ErrorCode::NoSuchRoom, "the relay's operator deleted this room");
+            }
+            info!(room = %name, members, "room deleted by the operator; its members were disconnected");
+        }
+        let room = name.as_str().to_owned();
+        self.store
+            .exec(move |conn| admin::delete_room(conn, &room))
+            .await?
+            .map_err(|e| StoreError::Sqlite { context: "deleting a room", message: e.to_string() })
+    }
+
+    /// Makes `owner` the owner of a room; false if there is no such room.
+    pub(crate) async fn operator_set_owner(
+        &self,
+        name: &RoomName,
+        owner: [u8; 32],
+    ) -> Result<bool, StoreError> {
+        let _loading = self.loading.lock().await;
+        let room = name.as_str().to_owned();
+        let found =
+            self.store.exec(move |conn| admin::set_owner(conn, &room, &owner)).await?.map_err(|e| {
+                StoreError::Sqlite { context: "setting a room's owner", message: e.to_string() }
+            })?;
+        if let Some(room) = self.map().get(name) {
+            room.lock().owner = PublicIdentity(owner);
+        }
+        if found {
+            info!(room = %name, owner = %PublicIdentity(owner).short_fingerprint(), "room owner set by the operator");
+        }
+        Ok(found)
+    }
+}
