@@ -66,6 +66,8 @@ pub struct Config {
     pub failure_delay: Duration,
     /// Durability of commits (default `Full`).
     pub synchronous: Synchronous,
+    /// Interval of the one-line statistics in the log; zero turns them off (default 10 min).
+    pub stats_interval: Duration,
     /// Time connections get to say goodbye at shutdown before the store is closed anyway
     /// (default 5 s).
     pub shutdown_grace: Duration,
@@ -94,6 +96,7 @@ impl Config {
             failure_window: Duration::from_secs(600),
             failure_delay: Duration::from_secs(1),
             synchronous: Synchronous::Full,
+            stats_interval: Duration::from_secs(600),
             shutdown_grace: Duration::from_secs(5),
         }
     }

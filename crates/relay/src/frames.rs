@@ -70,6 +70,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             }
         }
         self.header_len = 0;
+        crate::metrics::received(FRAME_HEADER_LEN + len);
         Ok(Some(std::mem::take(&mut self.body)))
     }
 

@@ -171,7 +171,9 @@ impl<H: RoomService> Handler<H> {
 
     async fn logged(mut self, stream: TcpStream, slot: UnauthenticatedSlot) {
         debug!("accepted");
-        match self.serve(stream, slot).await {
+        let result = self.serve(stream, slot).await;
+        record(&result);
+        match result {
             Ok(()) | Err(Ended::PeerClosed) => debug!("connection closed"),
             Err(e @ (Ended::Refused(_) | Ended::Deadline | Ended::Disconnected(_))) => {
                 info!("connection ended: {e}")
@@ -213,7 +215,7 @@ impl<H: RoomService> Handler<H> {
         let outbox = Arc::new(Outbox::new(self.shared.config.outbound_queue));
         let mut writer = tokio::spawn({
             let outbox = outbox.clone();
-            async move { write_loop(&outbox, sender, write_half).await }
+            async move { write_loop(&outbox, sender, crate::metrics::CountWrites(write_half)).await }
         });
         let result = self
             .session(&mut reader, &mut receiver, &outbox, &mut writer, deadline, handshake_hash, slot)
@@ -268,6 +270,7 @@ impl<H: RoomService> Handler<H> {
         let join = Box::pin(self.join(reader, receiver, outbox, deadline, handshake_hash, slot));
         let Joined { member, identity, room, nick } = join.await?;
         info!(room = %room, nick = %nick, identity = %identity.short_fingerprint(), "joined");
+        crate::metrics::joined();
         let result = match self.member_loop(reader, receiver, outbox, writer, &member, identity).await {
             Err(Ended::Closed(None)) => match outbox.close_reason() {
                 Some(code) => Err(Ended::Disconnected(code)),
@@ -275,8 +278,11 @@ impl<H: RoomService> Handler<H> {
             },
             other => other,
         };
+        if let Err(Ended::Disconnected(ErrorCode::SlowConsumer)) = result {
+            crate::metrics::slow_consumer();
+        }
         self.shared.hub.leave(&member);
-        info!(room = %room, nick = %nick, "left");
+        info!(room = %room, nick = %nick, reason = %left_reason(&result), "left");
         result
     }
 
@@ -645,8 +651,51 @@ impl<H: RoomService> Handler<H> {
     }
 }
 
+/// Why a connection ended, as one snake_case word for the metrics.
+fn end_reason(result: &Result<(), Ended>) -> String {
+    match result {
+        Ok(()) | Err(Ended::PeerClosed) => "peer_closed".into(),
+        Err(Ended::Deadline) => "handshake_timeout".into(),
+        Err(Ended::Shutdown) => "shutdown".into(),
+        Err(Ended::Frame(_)) => "bad_frame".into(),
+        Err(Ended::Noise(_)) => "bad_handshake".into(),
+        Err(Ended::Io(_)) => "write_error".into(),
+        Err(Ended::Refused(_)) => "refused".into(),
+        Err(Ended::Closed(_)) => "closed".into(),
+        Err(Ended::Disconnected(code)) => snake(&format!("{code:?}")),
+    }
+}
+
+fn snake(camel: &str) -> String {
+    let mut out = String::with_capacity(camel.len() + 4);
+    for (i, c) in camel.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}
+
+fn record(result: &Result<(), Ended>) {
+    crate::metrics::closed(&end_reason(result));
+}
+
+/// Why a member left, in words for the log.
+fn left_reason(result: &Result<(), Ended>) -> String {
+    match result {
+        Ok(()) => "said goodbye".into(),
+        Err(Ended::PeerClosed) => "closed the connection".into(),
+        Err(Ended::Disconnected(ErrorCode::SlowConsumer)) => "slow consumer: fell too far behind".into(),
+        Err(Ended::Disconnected(ErrorCode::IdleTimeout)) => "idle timeout: silent too long".into(),
+        Err(Ended::Disconnected(code)) => format!("disconnected by the relay: {code:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
 /// Queues a refusal as the connection's last item.
 fn refuse(outbox: &Outbox, refusal: Refusal) -> Ended {
+    crate::metrics::refused(refusal.code);
     outbox.finish_with(refusal.code, &refusal.detail);
     Ended::Refused(refusal.code)
 }

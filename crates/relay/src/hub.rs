@@ -585,6 +585,10 @@ impl LocalRooms {
                 st.history.pop_front();
             }
         }
+        crate::metrics::delivered(
+            st.members.len() - usize::from(st.members.contains_key(&sender)),
+            live.len(),
+        );
         st.broadcast(&live, Some(&sender));
         drop(st);
         room.committed.send_replace(seq);
@@ -672,7 +676,7 @@ impl RoomService for LocalRooms {
                 };
                 entry.outbox.close(ErrorCode::Kicked, "kicked by the room owner");
                 st.presence(PresenceEvent::Kicked, &entry.nick, target, None);
-                info!(room = %room.name, "member kicked");
+                info!(room = %room.name, by = %member.nick, target = %entry.nick, "member kicked");
                 Ok(())
             }
             Moderation::Ban => {
@@ -699,7 +703,7 @@ impl RoomService for LocalRooms {
                     None => nick,
                 };
                 st.presence(PresenceEvent::Banned, &shown, target, None);
-                info!(room = %room.name, "member banned");
+                info!(room = %room.name, by = %member.nick, target = %shown, "member banned");
                 Ok(())
             }
             Moderation::Unban => {
@@ -717,7 +721,7 @@ impl RoomService for LocalRooms {
                     .await
                     .map_err(|e| Refusal::internal(&e))?;
                 room.lock().presence(PresenceEvent::Unbanned, &nick, target, None);
-                info!(room = %room.name, "member unbanned");
+                info!(room = %room.name, by = %member.nick, target = %nick, "member unbanned");
                 Ok(())
             }
         }

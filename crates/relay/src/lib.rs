@@ -13,6 +13,7 @@ mod frames;
 mod handler;
 mod hub;
 mod limits;
+mod metrics;
 mod outbox;
 mod server;
 mod shutdown;

@@ -66,6 +66,14 @@ enum SyncArg {
     Normal,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
 fn defaults() -> Config {
     Config::new("")
 }
@@ -133,6 +141,15 @@ struct RunArgs {
     /// Delay added to joins from a slowed address or to a slowed room.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     failure_delay: Duration,
+    /// Serve Prometheus metrics on this loopback address (`GET /metrics`) [default: off].
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<SocketAddr>,
+    /// Interval of the one-line statistics in the log; 0 turns them off.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    stats_interval: Duration,
+    /// Log format on standard error: text, or json (one object per line).
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
     /// Durability of each commit.
     #[arg(long, value_enum, default_value = "full")]
     synchronous: SyncArg,
@@ -204,6 +221,14 @@ fn config(args: &RunArgs) -> Result<Config, String> {
     config.room_creations_per_ip = args.room_creations_per_ip;
     config.failure_window = args.failure_window;
     config.failure_delay = args.failure_delay;
+    config.stats_interval = args.stats_interval;
+    if let Some(addr) = args.metrics.filter(|a| !a.ip().is_loopback()) {
+        return Err(format!(
+            "--metrics {addr} is not a loopback address; the metrics show who is active when, so serve them \
+             on 127.0.0.1 (for example --metrics 127.0.0.1:9187) and let the scraper or a proxy with \
+             authentication reach them there"
+        ));
+    }
     config.synchronous = match args.synchronous {
         SyncArg::Full => Synchronous::Full,
         SyncArg::Normal => Synchronous::Normal,
@@ -211,18 +236,18 @@ fn config(args: &RunArgs) -> Result<Config, String> {
     Ok(config)
 }
 
-fn init_logging(verbose: u8) {
+fn init_logging(verbose: u8, format: LogFormat) {
     let default = match verbose {
         0 => "info",
         1 => "debug",
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().init(),
+    }
 }
 
 /// Completes on SIGINT or SIGTERM.
@@ -244,12 +269,24 @@ async fn signal() {
 }
 
 fn serve(args: RunArgs) -> Result<(), String> {
-    init_logging(args.verbose);
+    init_logging(args.verbose, args.log_format);
     let config = config(&args)?;
     let data_dir = config.data_dir.clone();
     let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(async {
-        let relay = Relay::open(config).map_err(|e| e.to_string())?;
+        let mut relay = Relay::open(config).map_err(|e| e.to_string())?;
+        let metrics = match args.metrics {
+            Some(addr) => {
+                let listener = TcpListener::bind(addr).await.map_err(|e| {
+                    format!("cannot serve metrics on {addr}: {e}; choose another --metrics address")
+                })?;
+                let local =
+                    listener.local_addr().map_err(|e| format!("cannot read the metrics address: {e}"))?;
+                relay = relay.with_metrics(listener);
+                Some(local)
+            }
+            None => None,
+        };
         let listener = TcpListener::bind(args.listen).await.map_err(|e| {
             format!(
                 "cannot listen on {}: {e}; choose another --listen address or stop what uses it",
@@ -269,6 +306,9 @@ fn serve(args: RunArgs) -> Result<(), String> {
         };
         let _ = writeln!(out, "fingerprint {fp}");
         let _ = writeln!(out, "invite prefix chatroom://{fp}@{host}/ (append the room name)");
+        if let Some(metrics) = metrics {
+            let _ = writeln!(out, "metrics on http://{metrics}/metrics");
+        }
         let _ = writeln!(out, "listening on {local}");
         let _ = out.flush();
         drop(out);

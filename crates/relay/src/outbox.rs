@@ -269,6 +269,11 @@ impl Outbox {
     }
 
     /// Why the connection was closed from outside, if it was.
+    /// Bytes waiting in the queue (for the metrics).
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.lock().queue.iter().map(Bytes::len).sum()
+    }
+
     pub(crate) fn close_reason(&self) -> Option<ErrorCode> {
         self.lock().reason
     }

@@ -41,6 +41,7 @@ pub struct Relay {
     static_key: StaticKeypair,
     key_created: bool,
     store: Store,
+    metrics: Option<TcpListener>,
 }
 
 impl Relay {
@@ -49,7 +50,7 @@ impl Relay {
     pub fn open(config: Config) -> Result<Self, RelayError> {
         let store = Store::open(&config.db_path(), config.synchronous)?;
         let (static_key, key_created) = load_or_create_static(&config.key_path())?;
-        Ok(Self { config, static_key, key_created, store })
+        Ok(Self { config, static_key, key_created, store, metrics: None })
     }
 
     /// The relay's static public key: members pin it.
@@ -62,6 +63,12 @@ impl Relay {
         fingerprint(self.static_key.public())
     }
 
+    /// Serves the metrics (`GET /metrics`, OpenMetrics text) on `listener` while running.
+    pub fn with_metrics(mut self, listener: TcpListener) -> Self {
+        self.metrics = Some(listener);
+        self
+    }
+
     /// Whether `open` created a new static key.
     pub fn key_created(&self) -> bool {
         self.key_created
@@ -70,7 +77,7 @@ impl Relay {
     /// Serves connections from `listener` until `shutdown` completes, then says goodbye to
     /// every member, flushes the database and returns.
     pub async fn run(self, listener: TcpListener, shutdown: impl Future) -> Result<(), RelayError> {
-        let Relay { config, static_key, store, .. } = self;
+        let Relay { config, static_key, store, metrics, .. } = self;
         let hub = LocalRooms::new(store.handle(), config.history);
         let shared = Arc::new(Shared {
             hub,
@@ -95,6 +102,7 @@ impl Relay {
             config,
         });
         let admin = crate::admin_socket::start(&shared, store.handle());
+        let observers = observe(&shared, store.handle(), metrics);
         let grace = shared.config.shutdown_grace;
         let (notify_shutdown, _) = broadcast::channel(1);
         let (done_tx, mut done_rx) = mpsc::channel(1);
@@ -117,6 +125,7 @@ impl Relay {
         drop(notify_shutdown);
         drop(done_tx);
         admin.stop();
+        observers.into_iter().for_each(|task| task.abort());
         if tokio::time::timeout(grace, done_rx.recv()).await.is_err() {
             warn!("connections still open after the shutdown grace period; closing storage anyway");
         }
@@ -125,6 +134,30 @@ impl Relay {
         info!("stopped");
         Ok(())
     }
+}
+
+/// Starts the metrics endpoint (if given a listener) and the periodic statistics line.
+fn observe(
+    shared: &Arc<Shared<LocalRooms>>,
+    store: crate::store::StoreHandle,
+    metrics: Option<TcpListener>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    if let Some(listener) = metrics {
+        tasks.push(tokio::spawn(crate::metrics::serve(listener, shared.clone(), store.clone())));
+    }
+    let interval = shared.config.stats_interval;
+    if !interval.is_zero() {
+        let shared = shared.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+            loop {
+                tick.tick().await;
+                crate::metrics::log_stats(&shared.hub, &store).await;
+            }
+        }));
+    }
+    tasks
 }
 
 /// The fingerprint of a relay key: 64 lower-case hex digits.
@@ -191,7 +224,12 @@ impl<H: RoomService> Listener<H> {
                 _done: self.done_tx.clone(),
                 _permit: permit,
             };
-            tokio::spawn(handler.run(socket, slot));
+            let open = crate::metrics::connection();
+            let served = handler.run(socket, slot);
+            tokio::spawn(async move {
+                served.await;
+                drop(open);
+            });
         }
     }
 

@@ -458,6 +458,7 @@ enum Completion {
 fn run_batch(conn: &mut Connection, batch: Vec<Op>) {
     let mut completions = Vec::with_capacity(batch.len());
     let writes = batch.len();
+    let started = std::time::Instant::now();
     let committed = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Err(e) => Err(StoreError::Sqlite { context: "starting a transaction", message: e.to_string() }),
         Ok(tx) => {
@@ -483,6 +484,7 @@ fn run_batch(conn: &mut Connection, batch: Vec<Op>) {
                 .and_then(|()| tx.commit().map_err(sqlite("committing")))
         }
     };
+    crate::metrics::committed(started.elapsed());
     if let Err(e) = &committed {
         error!(error = %e, operations = writes, "a storage transaction failed; its writes were not acknowledged");
     }

@@ -20,6 +20,18 @@ impl LocalRooms {
             .collect()
     }
 
+    /// Joined members, loaded rooms, and bytes queued to members (for the metrics).
+    pub(crate) fn census(&self) -> (usize, usize, usize) {
+        let rooms: Vec<_> = self.map().values().cloned().collect();
+        let (mut members, mut queued) = (0, 0);
+        for room in &rooms {
+            let st = room.lock();
+            members += st.members.len();
+            queued += st.members.values().map(|m| m.outbox.queued_bytes()).sum::<usize>();
+        }
+        (members, rooms.len(), queued)
+    }
+
     /// Deletes a room: disconnects its members, forgets it, and erases its rows. Holding
     /// `loading` keeps a concurrent join from loading it again before the rows are gone; the
     /// rows are erased after every append queued before the members were removed.
