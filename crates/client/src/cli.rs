@@ -78,6 +78,12 @@ pub(crate) enum Sub {
         #[command(subcommand)]
         command: RelaysCommand,
     },
+    /// Write man pages and shell completions into DIR (for packaging)
+    #[command(hide = true)]
+    GenerateAssets {
+        /// Output directory
+        dir: PathBuf,
+    },
 }
 
 /// `chatroom relays ...`

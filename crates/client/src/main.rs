@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod app_error;
+mod assets;
 mod chat;
 mod cli;
 mod plain;
@@ -13,7 +14,7 @@ mod tui;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 use crate::app_error::AppError;
 use crate::cli::{Cli, Sub};
@@ -29,6 +30,7 @@ fn run(cli: Cli) -> Result<(), AppError> {
         }
         Some(Sub::Invite(args)) => subcommands::invite(&paths, args),
         Some(Sub::Relays { command }) => subcommands::relays(&paths, command),
+        Some(Sub::GenerateAssets { .. }) => Ok(()), // handled in main, before any file is touched
         None => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -42,6 +44,15 @@ fn run(cli: Cli) -> Result<(), AppError> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Sub::GenerateAssets { dir }) = &cli.command {
+        return match assets::write(Cli::command(), dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("chatroom: error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

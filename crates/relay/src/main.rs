@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod admin_cli;
+mod assets;
 mod config_file;
 
 use std::ffi::OsString;
@@ -56,6 +57,12 @@ enum Command {
     Owner(admin_cli::Owner),
     /// Write a consistent copy of the database to FILE, while the relay runs or not.
     Backup(admin_cli::Backup),
+    /// Write man pages and shell completions into DIR (for packaging).
+    #[command(hide = true)]
+    GenerateAssets {
+        /// Output directory.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -367,6 +374,7 @@ fn main() -> ExitCode {
         Some(Command::Bans(command)) => admin_cli::bans(command),
         Some(Command::Owner(command)) => admin_cli::owner(command),
         Some(Command::Backup(command)) => admin_cli::backup(command),
+        Some(Command::GenerateAssets { dir }) => assets::write(Cli::command(), &dir),
         None => serve(cli.run),
     });
     match result {
