@@ -20,7 +20,7 @@ type TestResult = Result<(), Box<dyn Error + Send + Sync>>;
 
 const PASSWORD: &str = "correct horse battery staple";
 /// The whole Tor test must finish within this.
-const TOR_BUDGET: Duration = Duration::from_secs(240);
+const TOR_BUDGET: Duration = Duration::from_secs(360);
 /// Waits for one step over Tor (circuits to an onion service are slow to build).
 const TOR_STEP: Duration = Duration::from_secs(60);
 /// The onion service's virtual port, as in docs/RELAY.md.
@@ -99,7 +99,7 @@ fn members_join_by_onion_address_through_socks_and_under_torsocks() -> TestResul
             "100000",
         ],
     )?;
-    let net = TorNet::start(relay.addr.port(), TOR_BUDGET / 2)?;
+    let net = TorNet::start(relay.addr.port(), TOR_BUDGET / 3)?;
     let onion = net.get("ONION")?;
     assert!(onion.ends_with(".onion") && onion.len() == 62, "{onion}");
     assert_eq!(net.get("ONION_PORT")?, ONION_PORT.to_string());
@@ -154,6 +154,8 @@ fn members_join_by_onion_address_through_socks_and_under_torsocks() -> TestResul
     // Everything the relay saw came from loopback: the onion service's tor, or alice.
     let joins: Vec<&String> = relay.stderr.all().iter().filter(|l| l.contains("joined")).collect();
     assert!(joins.iter().all(|l| l.contains("peer=127.0.0.1:")), "{joins:?}");
+
+    onion_flag(&net, &proxy, step)?;
     drop(net);
     assert!(started.elapsed() < TOR_BUDGET, "the Tor test took {:?}", started.elapsed());
     Ok(())
@@ -176,5 +178,55 @@ fn the_socks_proxy_carries_the_connection() -> TestResult {
     assert!(joined.contains("peer=127.0.0.2:"), "the relay saw the proxy's address: {joined}");
     alice.close_stdin();
     assert!(alice.wait()?.success(), "{:?}", alice.stderr.all());
+    Ok(())
+}
+
+/// `--onion`: a second relay publishes itself through the network's client tor (its control
+/// port, cookie authentication), prints the `.onion` invite prefix, and a member reaches it by
+/// that address through Tor; restarted, it prints the same address from the key it kept.
+fn onion_flag(net: &TorNet, proxy: &str, step: impl Fn() -> Duration) -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let control = format!("127.0.0.1:{}", net.get("CONTROL_PORT")?);
+    let cookie = net.dir.path().join("net/nodes/client/control_auth_cookie");
+    let cookie = cookie.to_str().ok_or("path")?;
+    let flags = ["--onion", "--tor-control", &control, "--tor-cookie-file", cookie, "--onion-port", "7879"];
+    let start = || {
+        Relay::start_with(
+            dir.path(),
+            "127.0.0.1:0",
+            &[&flags[..], &["--max-unauthenticated-per-ip", "1024"]].concat(),
+        )
+    };
+    let relay = start()?;
+    let printed = relay.stdout.all().to_vec();
+    let address = printed
+        .iter()
+        .find_map(|l| l.strip_prefix("onion address "))
+        .ok_or_else(|| format!("no onion address line: {printed:?}"))?
+        .to_owned();
+    let (host, port) = address.rsplit_once(':').ok_or("no port")?;
+    assert!(host.ends_with(".onion") && host.len() == 62 && port == "7879", "{address}");
+    let prefix = format!("invite prefix chatroom://{}@{address}/ (append the room name)", relay.fingerprint);
+    assert!(printed.contains(&prefix), "{printed:?}");
+    assert!(printed.iter().any(|l| l.starts_with("created a new onion service key")), "{printed:?}");
+    use std::os::unix::fs::PermissionsExt;
+    let key = dir.path().join("onion.key");
+    assert_eq!(std::fs::metadata(&key)?.permissions().mode() & 0o777, 0o600);
+
+    let mut relay = relay;
+    relay.stdout.expect_within("onion service published", step())?;
+    let home = Home::new()?;
+    let invite = format!("chatroom://{}@{address}/flag", relay.fingerprint);
+    let mut dave = home.member(&invite, "dave", PASSWORD, true, &["--proxy", proxy])?;
+    dave.stderr.expect_within("now live", step())?;
+    dave.close_stdin();
+    assert!(dave.wait()?.success(), "{:?}", dave.stderr.all());
+    relay.stderr.expect("nick=dave")?; // the member reached this relay
+    drop(relay);
+
+    let again = start()?;
+    let printed = again.stdout.all();
+    assert!(printed.contains(&format!("onion address {address}")), "the address is stable: {printed:?}");
+    assert!(!printed.iter().any(|l| l.starts_with("created a new onion service key")), "{printed:?}");
     Ok(())
 }

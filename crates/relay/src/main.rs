@@ -4,6 +4,7 @@
 mod admin_cli;
 mod assets;
 mod config_file;
+mod onion;
 
 use std::ffi::OsString;
 use std::io::{IsTerminal, Write};
@@ -45,7 +46,7 @@ enum Command {
     },
     /// Validate the config file and flags, and print the effective configuration as a config
     /// file, each value commented with where it came from.
-    CheckConfig(RunArgs),
+    CheckConfig(Box<RunArgs>),
     /// List, show or delete rooms, on a running relay (through its admin socket) or a stopped one.
     #[command(subcommand)]
     Rooms(admin_cli::Rooms),
@@ -160,6 +161,8 @@ struct RunArgs {
     /// Durability of each commit.
     #[arg(long, value_enum, default_value = "full")]
     synchronous: SyncArg,
+    #[command(flatten)]
+    onion: onion::OnionArgs,
     /// More log output (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -279,6 +282,7 @@ fn serve(args: RunArgs) -> Result<(), String> {
     init_logging(args.verbose, args.log_format);
     let config = config(&args)?;
     let data_dir = config.data_dir.clone();
+    let max_connections = config.max_connections;
     let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(async {
         let mut relay = Relay::open(config).map_err(|e| e.to_string())?;
@@ -313,6 +317,23 @@ fn serve(args: RunArgs) -> Result<(), String> {
         };
         let _ = writeln!(out, "fingerprint {fp}");
         let _ = writeln!(out, "invite prefix chatroom://{fp}@{host}/ (append the room name)");
+        if args.onion.onion {
+            let service = publish_onion(&args.onion, &data_dir, local).await?;
+            if service.key_created {
+                let _ = writeln!(
+                    out,
+                    "created a new onion service key in {}",
+                    data_dir.join(onion::ONION_KEY_FILE).display()
+                );
+            }
+            let _ = writeln!(out, "onion address {}:{}", service.address, service.port);
+            let _ = writeln!(
+                out,
+                "invite prefix chatroom://{fp}@{}:{}/ (append the room name)",
+                service.address, service.port
+            );
+            service.forward(local, max_connections, tokio::runtime::Handle::current())?;
+        }
         if let Some(metrics) = metrics {
             let _ = writeln!(out, "metrics on http://{metrics}/metrics");
         }
@@ -321,6 +342,18 @@ fn serve(args: RunArgs) -> Result<(), String> {
         drop(out);
         relay.run(listener, signal()).await.map_err(|e| e.to_string())
     })
+}
+
+/// Publishes the onion service (blocking control-port work off the runtime's threads).
+async fn publish_onion(
+    args: &onion::OnionArgs,
+    data_dir: &std::path::Path,
+    local: SocketAddr,
+) -> Result<onion::OnionService, String> {
+    let (args, data_dir) = (args.clone(), data_dir.to_owned());
+    tokio::task::spawn_blocking(move || onion::publish(&args, &data_dir, local))
+        .await
+        .map_err(|e| format!("the onion service set-up failed: {e}"))?
 }
 
 fn print_fingerprint(data_dir: Option<PathBuf>) -> Result<(), String> {
