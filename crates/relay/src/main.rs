@@ -305,6 +305,10 @@ fn serve(args: RunArgs) -> Result<(), String> {
             )
         })?;
         let local = listener.local_addr().map_err(|e| format!("cannot read the listening address: {e}"))?;
+        let onion = match args.onion.onion {
+            true => Some(publish_onion(&args.onion, &data_dir, local).await?),
+            false => None,
+        };
         let fp = relay.fingerprint();
         let mut out = std::io::stdout().lock();
         if relay.key_created() {
@@ -317,21 +321,14 @@ fn serve(args: RunArgs) -> Result<(), String> {
         };
         let _ = writeln!(out, "fingerprint {fp}");
         let _ = writeln!(out, "invite prefix chatroom://{fp}@{host}/ (append the room name)");
-        if args.onion.onion {
-            let service = publish_onion(&args.onion, &data_dir, local).await?;
+        if let Some(service) = onion {
             if service.key_created {
-                let _ = writeln!(
-                    out,
-                    "created a new onion service key in {}",
-                    data_dir.join(onion::ONION_KEY_FILE).display()
-                );
+                let path = data_dir.join(onion::ONION_KEY_FILE);
+                let _ = writeln!(out, "created a new onion service key in {}", path.display());
             }
-            let _ = writeln!(out, "onion address {}:{}", service.address, service.port);
-            let _ = writeln!(
-                out,
-                "invite prefix chatroom://{fp}@{}:{}/ (append the room name)",
-                service.address, service.port
-            );
+            let (address, port) = (&service.address, service.port);
+            let _ = writeln!(out, "onion address {address}:{port}");
+            let _ = writeln!(out, "invite prefix chatroom://{fp}@{address}:{port}/ (append the room name)");
             service.forward(local, max_connections, tokio::runtime::Handle::current())?;
         }
         if let Some(metrics) = metrics {

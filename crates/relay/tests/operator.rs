@@ -289,3 +289,31 @@ async fn the_config_file_sets_every_flag_and_flags_override_it() -> TestResult {
     let _ = child.wait();
     result
 }
+
+#[tokio::test]
+async fn the_platform_config_file_is_read_when_it_exists() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let run = || {
+        let mut cmd = tokio::process::Command::new(BIN);
+        cmd.arg("check-config")
+            .env_remove("CHATROOM_RELAY_CONFIG")
+            .env_remove("CHATROOM_RELAY_DATA_DIR")
+            .env("HOME", dir.path())
+            .env("XDG_CONFIG_HOME", dir.path().join("config"));
+        cmd.output()
+    };
+    let out = run().await?;
+    let text = String::from_utf8(out.stdout)?;
+    assert!(text.starts_with("# effective configuration (no config file); valid"), "{text}");
+    let file = dir.path().join("config/chatroom-relay/relay.toml");
+    std::fs::create_dir_all(file.parent().ok_or("parent")?)?;
+    std::fs::write(&file, "history = 9\n")?;
+    let out = run().await?;
+    let text = String::from_utf8(out.stdout)?;
+    assert!(
+        text.starts_with(&format!("# effective configuration (config file {}); valid", file.display())),
+        "{text}"
+    );
+    assert!(text.contains("history = 9  # config file\n"), "{text}");
+    Ok(())
+}
