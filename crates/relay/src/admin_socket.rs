@@ -17,6 +17,9 @@ use crate::store::{StoreError, StoreHandle};
 
 /// Time a client gets to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// What is read and dropped after replying to an oversized request, at most.
+const DRAIN_LIMIT: u64 = 1 << 20;
+const DRAIN_TIME: Duration = Duration::from_secs(1);
 /// Admin connections served at once; more wait in the socket's backlog.
 const MAX_ADMIN_CONNECTIONS: usize = 4;
 
@@ -74,7 +77,12 @@ async fn connection(stream: UnixStream, hub: &LocalRooms, store: &StoreHandle) -
     let mut out = serde_json::to_vec(&reply).map_err(std::io::Error::other)?;
     out.push(b'\n');
     wr.write_all(&out).await?;
-    wr.shutdown().await
+    wr.shutdown().await?;
+    // Closing with unread bytes would reset the connection and lose the reply: read what an
+    // oversized request still sends, within bounds, first.
+    let mut rest = reader.into_inner().into_inner().take(DRAIN_LIMIT);
+    let _ = tokio::time::timeout(DRAIN_TIME, tokio::io::copy(&mut rest, &mut tokio::io::sink())).await;
+    Ok(())
 }
 
 fn storage(e: StoreError) -> Reply {

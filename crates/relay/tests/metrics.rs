@@ -133,6 +133,13 @@ async fn a_scrape_counts_what_members_did_and_the_json_log_says_who_and_why() ->
     assert_eq!(sample(&scrape, "chatroom_slow_consumer_closes_total")?, 0.0);
     let (status, _) = get(relay.metrics, "/other").await?;
     assert_eq!(status, "HTTP/1.1 404 Not Found");
+    // A request head over 8 KiB is not answered.
+    let mut stream = tokio::net::TcpStream::connect(relay.metrics).await?;
+    let _ =
+        stream.write_all(format!("GET /metrics HTTP/1.1\r\nX: {}\r\n", "y".repeat(9000)).as_bytes()).await;
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(STEP, stream.read_to_end(&mut reply)).await?;
+    assert!(reply.is_empty(), "an oversized request head was answered");
 
     // Carol stops reading: she is closed as a slow consumer once her queue of 16 is full.
     let carol = Person::new("carol");

@@ -317,3 +317,35 @@ async fn the_platform_config_file_is_read_when_it_exists() -> TestResult {
     assert!(text.contains("history = 9  # config file\n"), "{text}");
     Ok(())
 }
+
+/// The admin socket answers a malformed or oversized request with an error and keeps serving.
+#[tokio::test]
+async fn the_admin_socket_refuses_bad_requests_and_keeps_serving() -> TestResult {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir()?;
+    let relay = TestRelay::start(dir.path(), |_| {}).await?;
+    // A completed join shows the relay is serving, so its admin socket is there.
+    let _member = member(&relay, &Person::new("alice"), &TestRoom::new("r"), true).await?;
+    let socket = dir.path().join(chatroom_relay::admin::ADMIN_SOCKET);
+    let ask = |bytes: Vec<u8>| {
+        let socket = socket.clone();
+        async move {
+            let mut stream = tokio::net::UnixStream::connect(&socket).await?;
+            // The relay may answer (and close) before reading all of an oversized request.
+            let _ = stream.write_all(&bytes).await;
+            let mut reply = String::new();
+            tokio::time::timeout(STEP, stream.read_to_string(&mut reply)).await??;
+            Res::Ok(reply)
+        }
+    };
+    let reply = ask(b"{\"op\":\"rooms-drop\"}\n".to_vec()).await?;
+    assert!(reply.starts_with("{\"error\":\"not a request: unknown variant `rooms-drop`"), "{reply}");
+    let reply = ask(vec![b'x'; 70 * 1024]).await?;
+    assert_eq!(
+        reply, "{\"error\":\"the request must be one line of JSON\"}\n",
+        "a 64 KiB cap, no newline found"
+    );
+    let reply = ask(b"{\"op\":\"bans-list\",\"room\":\"r\"}\n".to_vec()).await?;
+    assert_eq!(reply, "{\"bans\":[]}\n");
+    relay.stop().await
+}
