@@ -30,9 +30,18 @@ pub struct Config {
     /// Connections per source IP address that have not completed a join yet (default 16).
     /// Further connections from that address are closed at once.
     pub max_unauthenticated_per_ip: usize,
-    /// Items waiting to be written to one member before it is disconnected as a slow
-    /// consumer (default 1024).
-    pub outbound_queue: usize,
+    /// Bytes waiting to be written to one connection before it is disconnected as a slow
+    /// consumer (default 256 KiB, at least 64 KiB). History replay is not counted: it is
+    /// pulled from the room's shared history as the connection drains.
+    pub outbound_queue_bytes: usize,
+    /// Time a write may make no progress before the connection is closed as a slow consumer
+    /// (default 30 s).
+    pub write_stall: Duration,
+    /// `Who` requests one connection may make in a burst (default 5); beyond it, each waits
+    /// for its turn, and the connection is not read meanwhile.
+    pub who_burst: u32,
+    /// `Who` requests per second one connection may make sustained (default 1).
+    pub who_per_sec: u32,
     /// Time from accept to a completed handshake and join request (default 10 s).
     pub handshake_timeout: Duration,
     /// Silence after which the relay pings a member (default 30 s).
@@ -79,7 +88,10 @@ impl Config {
             history: 1000,
             max_connections: 4096,
             max_unauthenticated_per_ip: 16,
-            outbound_queue: 1024,
+            outbound_queue_bytes: 256 * 1024,
+            write_stall: Duration::from_secs(30),
+            who_burst: 5,
+            who_per_sec: 1,
             handshake_timeout: Duration::from_secs(10),
             ping_after: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(90),

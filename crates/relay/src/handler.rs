@@ -29,7 +29,9 @@ use tracing::{debug, info, info_span, Instrument};
 use crate::config::Config;
 use crate::frames::{FrameError, FrameReader};
 use crate::hub::{member_items, Moderation, Refusal, RoomService};
-use crate::limits::{address_key, FailureTracker, SendRate, Unauthenticated, UnauthenticatedSlot, Verdict};
+use crate::limits::{
+    address_key, FailureTracker, SendRate, TokenBucket, Unauthenticated, UnauthenticatedSlot, Verdict,
+};
 use crate::outbox::{encode, write_loop, Offered, Outbox, PushError};
 use crate::shutdown::Shutdown;
 
@@ -147,6 +149,20 @@ enum Flow {
     Stop,
 }
 
+/// A joined connection's request state, kept between its transport messages.
+struct Session {
+    /// Answers owed, oldest first; grows to at most MAX_SENDS_IN_FLIGHT once the member
+    /// sends, an idle one holds none.
+    pending: VecDeque<Answer>,
+    /// `Who` allowance: a member list can be 65 KB, so asking for it has its own rate.
+    who: TokenBucket,
+    /// The token of the relay's unanswered `Ping`.
+    ping: Option<u64>,
+    /// Whether the last transport message showed the peer alive: a request, or the `Pong`
+    /// that answers the relay's own `Ping`. An unsolicited `Pong` does not.
+    alive: bool,
+}
+
 /// Per-connection handler.
 #[derive(Debug)]
 pub(crate) struct Handler<H> {
@@ -210,7 +226,8 @@ impl<H: RoomService> Handler<H> {
         let handshake_hash = *transport.handshake_hash();
         let (sender, mut receiver) = transport.split();
 
-        let outbox = Arc::new(Outbox::new(self.shared.config.outbound_queue));
+        let config = &self.shared.config;
+        let outbox = Arc::new(Outbox::new(config.outbound_queue_bytes, config.write_stall));
         let mut writer = tokio::spawn({
             let outbox = outbox.clone();
             async move { write_loop(&outbox, sender, write_half).await }
@@ -422,11 +439,15 @@ impl<H: RoomService> Handler<H> {
         let shared = self.shared.clone();
         let config = &shared.config;
         let mut last_heard = Instant::now();
-        let mut pinged = false;
         let mut token = 0u64;
-        // Grows to at most MAX_SENDS_IN_FLIGHT once the member sends; an idle one holds none.
-        let mut pending: VecDeque<Answer> = VecDeque::new();
+        let mut session = Session {
+            pending: VecDeque::new(),
+            who: TokenBucket::new(config.who_burst, config.who_per_sec),
+            ping: None,
+            alive: false,
+        };
         loop {
+            let pinged = session.ping.is_some();
             let wake = last_heard + if pinged { config.idle_timeout } else { config.ping_after };
             tokio::select! {
                 biased;
@@ -441,36 +462,39 @@ impl<H: RoomService> Handler<H> {
                         outbox.close(ErrorCode::IdleTimeout, &format!("no traffic for {secs} s"));
                         return Err(Ended::Closed(None));
                     }
-                    pinged = true;
                     token = token.wrapping_add(1);
+                    session.ping = Some(token);
                     if !outbox.push_or_close(encode(&RelayMessage::Ping { token })) {
                         return Err(Ended::Closed(None));
                     }
                 }
-                Some(answer) = next_answer(&mut pending) => {
+                Some(answer) = next_answer(&mut session.pending) => {
                     if !reply(outbox, answer).await {
                         return Err(Ended::Closed(None));
                     }
                 }
                 frame = reader.next_frame(MIN_TRANSPORT_FRAME, MAX_FRAME_LEN),
-                    if pending.len() < MAX_SENDS_IN_FLIGHT => {
+                    if session.pending.len() < MAX_SENDS_IN_FLIGHT => {
                     let frame = match frame {
                         Ok(Some(frame)) => frame,
                         Ok(None) => {
                             // A half-closed connection still gets the answers it is owed.
-                            answer_all(&mut pending, outbox).await;
+                            answer_all(&mut session.pending, outbox).await;
                             return Err(Ended::PeerClosed);
                         }
                         Err(e) => return Err(e.into()),
                     };
-                    last_heard = Instant::now();
-                    pinged = false;
                     let plaintext = receiver.open(&frame)?;
                     // Boxed like the join: an idle member's task does not carry the state of
                     // every request it might make.
-                    let process = Box::pin(self.process(&plaintext, outbox, member, identity, &mut pending));
+                    session.alive = false;
+                    let process = Box::pin(self.process(&plaintext, outbox, member, identity, &mut session));
                     if let Flow::Stop = process.await {
                         return Err(Ended::Closed(None));
+                    }
+                    if session.alive {
+                        last_heard = Instant::now();
+                        session.ping = None;
                     }
                 }
             }
@@ -486,8 +510,9 @@ impl<H: RoomService> Handler<H> {
         outbox: &Arc<Outbox>,
         member: &H::Membership,
         identity: PublicIdentity,
-        pending: &mut VecDeque<Answer>,
+        session: &mut Session,
     ) -> Flow {
+        let pending = &mut session.pending;
         if plaintext.is_empty() {
             outbox.finish_with(ErrorCode::Malformed, "empty message");
             return Flow::Stop;
@@ -520,6 +545,11 @@ impl<H: RoomService> Handler<H> {
                     return Flow::Stop;
                 }
             };
+            // Anything but an unsolicited `Pong` shows the peer is there.
+            session.alive |= match &message {
+                ClientMessage::Pong { token } => session.ping == Some(*token),
+                _ => true,
+            };
             if let ClientMessage::Send { envelope } = message {
                 pending.push_back(self.send(member, identity, envelope));
                 if !self.make_room(pending, outbox).await {
@@ -532,7 +562,16 @@ impl<H: RoomService> Handler<H> {
             }
             let replies = match message {
                 ClientMessage::Send { .. } => Vec::new(),
-                ClientMessage::Who => member_items(self.shared.hub.members(member)),
+                ClientMessage::Who => {
+                    // Over its rate a `Who` waits for its turn; the connection is not read
+                    // meanwhile, so asking faster only slows the asker down.
+                    let wait = session.who.until_next();
+                    if !wait.is_zero() {
+                        tokio::time::sleep(wait).await;
+                    }
+                    session.who.try_take();
+                    member_items(self.shared.hub.members(member))
+                }
                 ClientMessage::Kick { nick } => self.moderate(member, Moderation::Kick, nick).await,
                 ClientMessage::Ban { nick } => self.moderate(member, Moderation::Ban, nick).await,
                 ClientMessage::Unban { nick } => self.moderate(member, Moderation::Unban, nick).await,

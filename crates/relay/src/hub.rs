@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{error, info};
 
-use crate::outbox::{encode, Outbox};
+use crate::outbox::{encode, Outbox, Pulled, Replay};
 use crate::store::{RoomRecord, StoreError, StoreHandle, StoredEnvelope};
 
 /// How long a resend of an envelope that is still being committed waits for that commit.
@@ -45,6 +45,70 @@ impl Refusal {
     fn internal(e: &StoreError) -> Self {
         error!(error = %e, "storage failed");
         Self::new(ErrorCode::Internal, "the relay could not store this; try again later")
+    }
+}
+
+/// Bytes before the envelope in a `Deliver` item: item header, `seq`, `history` flag.
+const DELIVER_PREFIX: usize = chatroom_crypto::ITEM_HEADER_LEN + 9;
+
+/// A retained envelope, kept as the `Deliver` item a history replay sends: every replay
+/// shares this one buffer.
+#[derive(Debug, Clone)]
+struct Retained {
+    seq: u64,
+    sender: [u8; 32],
+    counter: u64,
+    item: Bytes,
+}
+
+impl Retained {
+    fn new(seq: u64, sender: [u8; 32], counter: u64, envelope: &[u8]) -> Self {
+        let mut item = Vec::with_capacity(envelope.len() + DELIVER_PREFIX);
+        encode_deliver(seq, true, envelope, &mut item);
+        Self { seq, sender, counter, item: Bytes::from(item) }
+    }
+
+    fn from_stored(e: &StoredEnvelope) -> Self {
+        Self::new(e.seq, e.sender, e.counter, &e.envelope)
+    }
+
+    /// The envelope, sharing the item's buffer.
+    fn envelope(&self) -> Bytes {
+        self.item.slice(DELIVER_PREFIX.min(self.item.len())..)
+    }
+}
+
+/// A joiner's history replay: a position in the room's history, pulled by the member's
+/// writer as its socket drains.
+#[derive(Debug)]
+struct HistoryReplay {
+    room: Arc<Room>,
+    /// Next envelope to send and the end of the replay, counted as `RoomState::trimmed`.
+    pos: u64,
+    end: u64,
+    latest_seq: u64,
+}
+
+impl Replay for HistoryReplay {
+    fn pull(&mut self, budget: usize) -> Pulled {
+        let st = self.room.lock();
+        if self.pos < st.trimmed {
+            return Pulled::Lost;
+        }
+        let mut items = Vec::new();
+        let mut size = 0usize;
+        while self.pos < self.end {
+            let index = usize::try_from(self.pos - st.trimmed).unwrap_or(usize::MAX);
+            let Some(e) = st.history.get(index) else { break };
+            if size + e.item.len() > budget && !items.is_empty() {
+                return Pulled::More(items);
+            }
+            size += e.item.len();
+            items.push(e.item.clone());
+            self.pos += 1;
+        }
+        items.push(encode(&RelayMessage::HistoryEnd { latest_seq: self.latest_seq }));
+        Pulled::Done(items)
     }
 }
 
@@ -120,8 +184,13 @@ struct RoomState {
     latest_seq: u64,
     /// Highest sequence number committed and delivered.
     delivered_seq: u64,
-    /// Committed envelopes, oldest first, at most `LocalRooms::history`.
-    history: VecDeque<StoredEnvelope>,
+    /// Committed envelopes, oldest first, at most `LocalRooms::history`: one copy each,
+    /// shared by every replay.
+    history: VecDeque<Retained>,
+    /// Envelopes ever dropped from the front of `history`: a replay's position is counted
+    /// from the first envelope this room held in memory, so it notices when the history moved
+    /// on past it.
+    trimmed: u64,
     /// Highest counter accepted per sender.
     counters: HashMap<PublicIdentity, u64>,
     /// Envelopes handed to storage but not committed yet: (sender, counter) -> seq.
@@ -166,7 +235,8 @@ impl Room {
             owner: PublicIdentity(record.owner),
             latest_seq: delivered,
             delivered_seq: delivered,
-            history: record.history.into(),
+            history: record.history.iter().map(Retained::from_stored).collect(),
+            trimmed: 0,
             counters: record.counters.into_iter().map(|(id, c)| (PublicIdentity(id), c)).collect(),
             pending: HashMap::new(),
             nicks: record.nicks.into_iter().map(|(n, id)| (n, PublicIdentity(id))).collect(),
@@ -336,21 +406,21 @@ impl LocalRooms {
             }
             None => st.presence(PresenceEvent::Joined, &nick, identity, Some(&identity)),
         }
-        let mut items = Vec::with_capacity(st.history.len() + 3);
-        items.push(encode(&RelayMessage::Joined {
+        let mut first = vec![encode(&RelayMessage::Joined {
             created,
             owner: st.owner,
             latest_seq: st.delivered_seq,
             oldest_seq: st.history.front().map_or(0, |e| e.seq),
-        }));
-        items.extend(member_items(st.member_list()));
-        for e in st.history.iter().filter(|e| e.seq > history_after) {
-            let mut item = Vec::with_capacity(e.envelope.len() + 12);
-            encode_deliver(e.seq, true, &e.envelope, &mut item);
-            items.push(Bytes::from(item));
-        }
-        items.push(encode(&RelayMessage::HistoryEnd { latest_seq: st.delivered_seq }));
-        let _ = outbox.push_all(items);
+        })];
+        first.extend(member_items(st.member_list()));
+        let skipped = st.history.partition_point(|e| e.seq <= history_after);
+        let replay = HistoryReplay {
+            room: room.clone(),
+            pos: st.trimmed + skipped as u64,
+            end: st.trimmed + st.history.len() as u64,
+            latest_seq: st.delivered_seq,
+        };
+        let _ = outbox.start(first, Box::new(replay));
         LocalMember { room: room.clone(), identity, nick, connection }
     }
 
@@ -382,6 +452,7 @@ impl LocalRooms {
             latest_seq: 0,
             delivered_seq: 0,
             history: VecDeque::new(),
+            trimmed: 0,
             counters: HashMap::new(),
             pending: HashMap::new(),
             nicks: HashMap::from([(nick, owner)]),
@@ -527,16 +598,18 @@ impl LocalRooms {
                 Ok(Publish::Resent(seq, room.committed.subscribe(), Instant::now() + RESEND_WAIT))
             } else {
                 let seq = st.latest_seq + 1;
-                let mut live = Vec::with_capacity(envelope.len() + 12);
+                let mut live = Vec::with_capacity(envelope.len() + DELIVER_PREFIX);
                 encode_deliver(seq, false, &envelope, &mut live);
                 let live = Bytes::from(live);
-                let record = StoredEnvelope { seq, sender: sender.0, counter, envelope };
+                // The client's buffer is dropped here: storage and history share this copy.
+                let retained = Retained::new(seq, sender.0, counter, &envelope);
+                drop(envelope);
+                let record = StoredEnvelope { seq, sender: sender.0, counter, envelope: retained.envelope() };
                 let (tx, rx) = tokio::sync::oneshot::channel();
-                let for_room = record.clone();
                 let room_ref = room.clone();
                 let keep = self.history;
                 let done = Box::new(move |result: Result<(), StoreError>| {
-                    LocalRooms::committed(&room_ref, &result, for_room, previous_counter, live, keep);
+                    LocalRooms::committed(&room_ref, &result, retained, previous_counter, live, keep);
                     let _ = tx.send(result);
                 });
                 // Queued under the room lock, so storage commits (and delivers) in seq order.
@@ -556,7 +629,7 @@ impl LocalRooms {
     fn committed(
         room: &Room,
         result: &Result<(), StoreError>,
-        record: StoredEnvelope,
+        record: Retained,
         previous_counter: Option<u64>,
         live: Bytes,
         keep: usize,
@@ -581,6 +654,7 @@ impl LocalRooms {
             st.history.push_back(record);
             while st.history.len() > keep {
                 st.history.pop_front();
+                st.trimmed += 1;
             }
         }
         st.broadcast(&live, Some(&sender));
@@ -787,15 +861,27 @@ mod tests {
 
         let closed = || Err(Refusal::new(ErrorCode::TooManyAttempts, "no more rooms"));
         let refused = hub
-            .join(signed(&alice, "alice", &keys.join_secret, true), 0, 1, Arc::new(Outbox::new(16)), &closed)
+            .join(
+                signed(&alice, "alice", &keys.join_secret, true),
+                0,
+                1,
+                Arc::new(Outbox::new(1 << 20, Duration::from_secs(30))),
+                &closed,
+            )
             .await;
         assert_eq!(refused.unwrap_err().code, ErrorCode::TooManyAttempts, "the gate can refuse a creation");
         let refused = hub
-            .join(signed(&alice, "alice", &keys.join_secret, false), 0, 1, Arc::new(Outbox::new(16)), &closed)
+            .join(
+                signed(&alice, "alice", &keys.join_secret, false),
+                0,
+                1,
+                Arc::new(Outbox::new(1 << 20, Duration::from_secs(30))),
+                &closed,
+            )
             .await;
         assert_eq!(refused.unwrap_err().code, ErrorCode::NoSuchRoom, "and nothing was created");
 
-        let outbox = Arc::new(Outbox::new(16));
+        let outbox = Arc::new(Outbox::new(1 << 20, Duration::from_secs(30)));
         let a = hub
             .join(signed(&alice, "alice", &keys.join_secret, true), 0, 1, outbox, &|| Ok(()))
             .await
@@ -805,14 +891,26 @@ mod tests {
         assert!(hub.map().is_empty(), "an empty room is dropped from memory");
 
         let refused = hub
-            .join(signed(&bob, "bob", &wrong.join_secret, false), 0, 2, Arc::new(Outbox::new(16)), &|| Ok(()))
+            .join(
+                signed(&bob, "bob", &wrong.join_secret, false),
+                0,
+                2,
+                Arc::new(Outbox::new(1 << 20, Duration::from_secs(30))),
+                &|| Ok(()),
+            )
             .await;
         assert_eq!(refused.unwrap_err().code, ErrorCode::WrongPassword);
         assert!(hub.map().is_empty(), "a refused join does not keep the room loaded");
 
         // Reloaded from storage: owner and nickname binding survived.
         let b = hub
-            .join(signed(&bob, "bob", &keys.join_secret, false), 0, 3, Arc::new(Outbox::new(16)), &|| Ok(()))
+            .join(
+                signed(&bob, "bob", &keys.join_secret, false),
+                0,
+                3,
+                Arc::new(Outbox::new(1 << 20, Duration::from_secs(30))),
+                &|| Ok(()),
+            )
             .await
             .unwrap();
         let refused = hub
@@ -820,7 +918,7 @@ mod tests {
                 signed(&bob, "alice", &keys.join_secret, false),
                 0,
                 4,
-                Arc::new(Outbox::new(16)),
+                Arc::new(Outbox::new(1 << 20, Duration::from_secs(30))),
                 &|| Ok(()),
             )
             .await;

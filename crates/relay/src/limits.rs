@@ -53,6 +53,19 @@ impl TokenBucket {
         self.tokens >= self.burst
     }
 
+    /// How long until a token is available (zero if one is now).
+    pub(crate) fn until_next(&mut self) -> Duration {
+        self.refill();
+        if self.tokens >= 1.0 {
+            return Duration::ZERO;
+        }
+        if self.per_sec <= 0.0 {
+            // Never refilled: the longest wait a deadline computed from it can take.
+            return Duration::from_secs(3600);
+        }
+        Duration::from_secs_f64((1.0 - self.tokens) / self.per_sec)
+    }
+
     /// Takes one token if there is one.
     pub(crate) fn try_take(&mut self) -> bool {
         self.refill();

@@ -44,6 +44,9 @@ enum SyncArg {
     Normal,
 }
 
+/// The smallest `--queue-bytes`: one transport message of the largest size.
+const MIN_QUEUE_BYTES: usize = 65_536;
+
 fn defaults() -> Config {
     Config::new("")
 }
@@ -65,9 +68,19 @@ struct RunArgs {
     /// Connections per IP address that have not joined a room yet.
     #[arg(long, value_name = "N", default_value_t = defaults().max_unauthenticated_per_ip)]
     max_unauthenticated_per_ip: usize,
-    /// Items queued for one member before it is disconnected as a slow consumer.
-    #[arg(long, value_name = "N", default_value_t = defaults().outbound_queue)]
-    queue_depth: usize,
+    /// Bytes queued for one connection before it is disconnected as a slow consumer (at
+    /// least 65536).
+    #[arg(long, value_name = "BYTES", default_value_t = defaults().outbound_queue_bytes)]
+    queue_bytes: usize,
+    /// Time a write to a connection may make no progress before it is closed as a slow consumer.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    write_stall: Duration,
+    /// `Who` requests a connection may make in a burst.
+    #[arg(long, value_name = "N", default_value_t = defaults().who_burst)]
+    who_burst: u32,
+    /// `Who` requests per second a connection may make sustained (at least 1).
+    #[arg(long, value_name = "N", default_value_t = defaults().who_per_sec)]
+    who_per_sec: u32,
     /// Time allowed from connect to a completed handshake and join request.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     handshake_timeout: Duration,
@@ -156,15 +169,24 @@ fn config(args: &RunArgs) -> Result<Config, String> {
             args.max_envelope, config.max_envelope_len, config.max_envelope_len
         ));
     }
-    if args.max_connections == 0 || args.queue_depth == 0 || args.max_unauthenticated_per_ip == 0 {
+    if args.max_connections == 0 || args.max_unauthenticated_per_ip == 0 || args.who_per_sec == 0 {
         return Err(
-            "--max-connections, --queue-depth and --max-unauthenticated-per-ip must be at least 1".into()
+            "--max-connections, --max-unauthenticated-per-ip and --who-per-sec must be at least 1".into()
         );
+    }
+    if args.queue_bytes < MIN_QUEUE_BYTES {
+        return Err(format!(
+            "--queue-bytes {} is below the smallest useful queue; use at least {MIN_QUEUE_BYTES} (one full message)",
+            args.queue_bytes
+        ));
     }
     config.history = args.history;
     config.max_connections = args.max_connections;
     config.max_unauthenticated_per_ip = args.max_unauthenticated_per_ip;
-    config.outbound_queue = args.queue_depth;
+    config.outbound_queue_bytes = args.queue_bytes;
+    config.write_stall = args.write_stall;
+    config.who_burst = args.who_burst;
+    config.who_per_sec = args.who_per_sec;
     config.handshake_timeout = args.handshake_timeout;
     config.ping_after = args.ping_after;
     config.idle_timeout = args.idle_timeout;

@@ -280,3 +280,63 @@ async fn random_items_after_a_join_never_panic_the_relay() -> TestResult {
     assert_eq!(PANICS.load(std::sync::atomic::Ordering::SeqCst), 0, "a relay task panicked");
     Ok(())
 }
+
+#[tokio::test]
+async fn pongs_the_relay_did_not_ask_for_do_not_keep_a_connection_alive() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let relay = TestRelay::start(dir.path(), |c| {
+        c.ping_after = Duration::from_millis(300);
+        c.idle_timeout = Duration::from_millis(900);
+    })
+    .await?;
+    let room = TestRoom::new("pong");
+    let mut m = Conn::connect(relay.addr).await?;
+    m.join(&Person::new("mallory"), &room, true, 0).await?.map_err(|e| format!("{e:?}"))?;
+    // Mallory answers each of the relay's Pings with a Pong carrying a token the relay never
+    // used: only the right token shows she reads what the relay sends.
+    let started = Instant::now();
+    m.send(&[ClientMessage::Pong { token: u64::MAX }]).await?;
+    let end = loop {
+        assert!(started.elapsed() < Duration::from_secs(10), "mallory was never closed");
+        match m.recv().await? {
+            RelayMessage::Goodbye { code, .. } => break code,
+            RelayMessage::Ping { token } => {
+                m.send(&[ClientMessage::Pong { token: token.wrapping_add(1) }]).await?
+            }
+            _ => {}
+        }
+    };
+    assert_eq!(end, ErrorCode::IdleTimeout);
+    relay.stop().await
+}
+
+#[tokio::test]
+async fn who_has_its_own_rate_and_a_flood_of_it_only_slows_the_asker() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let relay = TestRelay::start(dir.path(), |c| {
+        c.who_burst = 3;
+        c.who_per_sec = 5;
+    })
+    .await?;
+    let mut pair = Pair::new(&relay).await?;
+    let mut m = Conn::connect_from(relay.addr, IpAddr::from([127, 0, 0, 2])).await?;
+    m.join(&Person::new("mallory"), &pair.room, false, 0).await?.map_err(|e| format!("{e:?}"))?;
+    // Ten `Who`s in one message: three are answered at once, the other seven one every
+    // 200 ms, so the last answer cannot come before 7 x 200 ms = 1.4 s.
+    let started = Instant::now();
+    m.send(&vec![ClientMessage::Who; 10]).await?;
+    for _ in 0..10 {
+        let answer = m.next_matching(|m| matches!(m, RelayMessage::Members { .. })).await?;
+        assert!(matches!(answer, RelayMessage::Members { more: false, .. }));
+    }
+    assert!(started.elapsed() >= Duration::from_millis(1300), "answered faster than the rate");
+    // Meanwhile the others were served as usual.
+    pair.check().await?;
+    // The asker's connection is still fine once it keeps to the rate.
+    m.send(&[ClientMessage::Ping { token: 7 }]).await?;
+    assert_eq!(
+        m.next_matching(|m| matches!(m, RelayMessage::Pong { .. })).await?,
+        RelayMessage::Pong { token: 7 }
+    );
+    relay.stop().await
+}
