@@ -177,6 +177,14 @@ impl Conn {
         Self::handshake(tokio::time::timeout(STEP, socket.connect(addr)).await??).await
     }
 
+    /// `connect_small_buffer` from `source`.
+    pub async fn connect_small_from(addr: SocketAddr, source: IpAddr) -> Res<Self> {
+        let socket = TcpSocket::new_v4()?;
+        socket.set_recv_buffer_size(4096)?;
+        socket.bind(SocketAddr::new(source, 0))?;
+        Self::handshake(tokio::time::timeout(STEP, socket.connect(addr)).await??).await
+    }
+
     async fn handshake(stream: TcpStream) -> Res<Self> {
         stream.set_nodelay(true)?;
         let (mut rd, mut wr) = stream.into_split();
