@@ -30,6 +30,22 @@ pub struct Config {
     /// Connections per source IP address that have not completed a join yet (default 16).
     /// Further connections from that address are closed at once.
     pub max_unauthenticated_per_ip: usize,
+    /// Connections per source address, joined or not (default 64; IPv6 per /64). Further
+    /// connections from it are closed at once.
+    pub max_connections_per_ip: usize,
+    /// Connections per IPv6 /48, joined or not (default 256).
+    pub max_connections_per_48: usize,
+    /// New connections one address may open in a burst (default 30), checked at accept,
+    /// before any Diffie-Hellman; over the rate they are closed at once.
+    pub handshake_burst: u32,
+    /// New connections per second one address may open sustained (default 10).
+    pub handshakes_per_sec: u32,
+    /// Members of one room at once (default 1000); further joins get `RoomFull`.
+    pub max_room_members: usize,
+    /// Share of `max_connections` and of `max_room_members`, in percent, kept for identities
+    /// that already hold a nickname in the room they join (default 10): strangers get
+    /// `ServerFull` or `RoomFull` once only this much is left.
+    pub headroom_percent: usize,
     /// Bytes waiting to be written to one connection before it is disconnected as a slow
     /// consumer (default 256 KiB, at least 64 KiB). History replay is not counted: it is
     /// pulled from the room's shared history as the connection drains.
@@ -88,6 +104,12 @@ impl Config {
             history: 1000,
             max_connections: 4096,
             max_unauthenticated_per_ip: 16,
+            max_connections_per_ip: 64,
+            max_connections_per_48: 256,
+            handshake_burst: 30,
+            handshakes_per_sec: 10,
+            max_room_members: 1000,
+            headroom_percent: 10,
             outbound_queue_bytes: 256 * 1024,
             write_stall: Duration::from_secs(30),
             who_burst: 5,

@@ -29,9 +29,7 @@ use tracing::{debug, info, info_span, Instrument};
 use crate::config::Config;
 use crate::frames::{FrameError, FrameReader};
 use crate::hub::{member_items, Moderation, Refusal, RoomService};
-use crate::limits::{
-    address_key, FailureTracker, SendRate, TokenBucket, Unauthenticated, UnauthenticatedSlot, Verdict,
-};
+use crate::limits::{address_key, AddressCount, AddressSlot, FailureTracker, SendRate, TokenBucket, Verdict};
 use crate::outbox::{encode, write_loop, Offered, Outbox, PushError};
 use crate::shutdown::Shutdown;
 
@@ -106,7 +104,14 @@ pub(crate) struct Shared<H> {
     pub(crate) static_key: StaticKeypair,
     pub(crate) ip_failures: FailureTracker<IpAddr>,
     pub(crate) room_failures: FailureTracker<String>,
-    pub(crate) unauthenticated: Unauthenticated,
+    pub(crate) unauthenticated: AddressCount,
+    /// Connections per address (IPv6 per /64) and per IPv6 /48, joined or not.
+    pub(crate) connections: AddressCount,
+    pub(crate) connections_wide: AddressCount,
+    /// New connections per address, checked before any key agreement.
+    pub(crate) handshake_rate: SendRate<IpAddr>,
+    /// Places under `max_connections`; what is left decides whether strangers still get in.
+    pub(crate) slots: Arc<tokio::sync::Semaphore>,
     /// Rooms created per address within the failure window.
     pub(crate) room_creations: FailureTracker<IpAddr>,
     /// Envelopes per identity (over all its connections).
@@ -170,22 +175,26 @@ pub(crate) struct Handler<H> {
     pub(crate) peer: SocketAddr,
     pub(crate) id: u64,
     pub(crate) shutdown: Shutdown,
+    /// Accepted over the connection cap: the join is answered `ServerFull`.
+    pub(crate) full: bool,
     /// Dropped when the handler ends; the server waits for all of them at shutdown.
     pub(crate) _done: mpsc::Sender<()>,
     /// The connection's place under the relay's connection limit, given back when it ends.
     pub(crate) _permit: OwnedSemaphorePermit,
+    /// The connection's place under the per-address caps.
+    pub(crate) _slots: (AddressSlot, Option<AddressSlot>),
 }
 
 impl<H: RoomService> Handler<H> {
     /// Serves one connection; errors are logged here, never returned.
-    pub(crate) fn run(self, stream: TcpStream, slot: UnauthenticatedSlot) -> impl Future<Output = ()> + Send {
+    pub(crate) fn run(self, stream: TcpStream, slot: AddressSlot) -> impl Future<Output = ()> + Send {
         // Instrumented by hand: `#[instrument]` on the async fn made the connection's task
         // 216 bytes larger (1 992 instead of 1 776) for its whole life.
         let span = info_span!("conn", id = self.id, peer = %self.peer);
         self.logged(stream, slot).instrument(span)
     }
 
-    async fn logged(mut self, stream: TcpStream, slot: UnauthenticatedSlot) {
+    async fn logged(mut self, stream: TcpStream, slot: AddressSlot) {
         debug!("accepted");
         match self.serve(stream, slot).await {
             Ok(()) | Err(Ended::PeerClosed) => debug!("connection closed"),
@@ -215,7 +224,7 @@ impl<H: RoomService> Handler<H> {
         }
     }
 
-    async fn serve(&mut self, stream: TcpStream, slot: UnauthenticatedSlot) -> Result<(), Ended> {
+    async fn serve(&mut self, stream: TcpStream, slot: AddressSlot) -> Result<(), Ended> {
         let _ = stream.set_nodelay(true);
         let (read_half, mut write_half) = stream.into_split();
         let mut reader = FrameReader::new(read_half);
@@ -279,7 +288,7 @@ impl<H: RoomService> Handler<H> {
         writer: &mut JoinHandle<()>,
         deadline: Instant,
         handshake_hash: [u8; 32],
-        slot: UnauthenticatedSlot,
+        slot: AddressSlot,
     ) -> Result<(), Ended> {
         // Boxed: see `serve`.
         let join = Box::pin(self.join(reader, receiver, outbox, deadline, handshake_hash, slot));
@@ -305,7 +314,7 @@ impl<H: RoomService> Handler<H> {
         outbox: &Arc<Outbox>,
         deadline: Instant,
         handshake_hash: [u8; 32],
-        slot: UnauthenticatedSlot,
+        slot: AddressSlot,
     ) -> Result<Joined<H::Membership>, Ended> {
         let shared = self.shared.clone();
         let config = &shared.config;
@@ -331,6 +340,16 @@ impl<H: RoomService> Handler<H> {
             Err(refusal) => return Err(refuse(outbox, refusal)),
         };
         drop(first);
+        if self.full {
+            let max = config.max_connections;
+            return Err(refuse(
+                outbox,
+                Refusal::new(
+                    ErrorCode::ServerFull,
+                    format!("the relay has its maximum of {max} connections; try again later"),
+                ),
+            ));
+        }
 
         // Cheap lockout checks before the signature is verified.
         let ip = address_key(self.peer.ip());
@@ -375,9 +394,16 @@ impl<H: RoomService> Handler<H> {
                 ));
             }
         };
+        // The last `headroom_percent` of the connection cap is kept for members already bound
+        // in the room they join; a new room's creator never is.
+        let reserved = config.max_connections * config.headroom_percent / 100;
+        let crowded = self.shared.slots.available_permits() < reserved;
         // New rooms are limited per address, like failed joins.
         let creations = &self.shared.room_creations;
         let may_create = || {
+            if crowded {
+                return Err(Refusal::new(ErrorCode::ServerFull, "the relay is full; try again later"));
+            }
             if creations.check(&ip) == Verdict::Locked {
                 info!("room creation refused: too many new rooms from this address");
                 let minutes = config.failure_window.as_secs().div_ceil(60);
@@ -389,18 +415,22 @@ impl<H: RoomService> Handler<H> {
             creations.record_failure(&ip);
             Ok(())
         };
-        let member =
-            match self.shared.hub.join(signed, history_after, self.id, outbox.clone(), &may_create).await {
-                Ok(member) => member,
-                Err(refusal) => {
-                    if refusal.code == ErrorCode::WrongPassword {
-                        self.shared.ip_failures.record_failure(&ip);
-                        self.shared.room_failures.record_failure(&room_key);
-                    }
-                    info!(room = %room, code = ?refusal.code, "join refused");
-                    return Err(refuse(outbox, refusal));
+        let member = match self
+            .shared
+            .hub
+            .join(signed, history_after, self.id, outbox.clone(), &may_create, crowded)
+            .await
+        {
+            Ok(member) => member,
+            Err(refusal) => {
+                if refusal.code == ErrorCode::WrongPassword {
+                    self.shared.ip_failures.record_failure(&ip);
+                    self.shared.room_failures.record_failure(&room_key);
                 }
-            };
+                info!(room = %room, code = ?refusal.code, "join refused");
+                return Err(refuse(outbox, refusal));
+            }
+        };
         drop(slot);
         Ok(Joined { member, identity, room, nick })
     }

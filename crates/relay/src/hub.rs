@@ -132,7 +132,8 @@ pub(crate) trait RoomService: Send + Sync + 'static {
     /// Runs the join checks (ban, nickname, password, or room creation) and registers the
     /// member. On success the member's outbox already holds, in order: `Joined`, `Members`,
     /// the retained envelopes after `history_after`, and `HistoryEnd`; live traffic follows
-    /// with no gap and no duplicate. `may_create` is asked before a room is created.
+    /// with no gap and no duplicate. `may_create` is asked before a room is created. When the
+    /// relay is `crowded`, only identities that already hold a nickname in the room get in.
     fn join(
         &self,
         join: SignedJoin,
@@ -140,6 +141,7 @@ pub(crate) trait RoomService: Send + Sync + 'static {
         connection: u64,
         outbox: Arc<Outbox>,
         may_create: CreateGate<'_>,
+        crowded: bool,
     ) -> impl Future<Output = Result<Self::Membership, Refusal>> + Send;
 
     /// Stores an envelope whose sender is the member, then delivers it to every other member.
@@ -338,6 +340,9 @@ pub(crate) struct LocalRooms {
     loading: tokio::sync::Mutex<()>,
     store: StoreHandle,
     history: usize,
+    /// Members per room, and the part of it kept for identities already bound in the room.
+    max_members: usize,
+    reserved: usize,
 }
 
 enum Publish {
@@ -353,8 +358,47 @@ enum Lookup {
 }
 
 impl LocalRooms {
-    pub(crate) fn new(store: StoreHandle, history: usize) -> Self {
-        Self { rooms: Mutex::new(HashMap::new()), loading: tokio::sync::Mutex::new(()), store, history }
+    pub(crate) fn new(
+        store: StoreHandle,
+        history: usize,
+        max_members: usize,
+        headroom_percent: usize,
+    ) -> Self {
+        Self {
+            rooms: Mutex::new(HashMap::new()),
+            loading: tokio::sync::Mutex::new(()),
+            store,
+            history,
+            max_members: max_members.max(1),
+            reserved: max_members * headroom_percent.min(100) / 100,
+        }
+    }
+
+    /// Whether the room has a place for `identity`: a member reconnecting always does (its
+    /// old connection is replaced); an identity bound to a nickname in the room may take the
+    /// reserved part; a stranger may not, nor anyone a stranger when the relay is `crowded`.
+    fn admit_member(
+        &self,
+        st: &RoomState,
+        identity: &PublicIdentity,
+        bound: bool,
+        crowded: bool,
+    ) -> Result<(), Refusal> {
+        if st.members.contains_key(identity) {
+            return Ok(());
+        }
+        if crowded && !bound {
+            return Err(Refusal::new(ErrorCode::ServerFull, "the relay is full; try again later"));
+        }
+        let present = st.members.len() + st.joining;
+        let limit = if bound { self.max_members } else { self.max_members - self.reserved };
+        if present >= limit {
+            return Err(Refusal::new(
+                ErrorCode::RoomFull,
+                format!("the room has its maximum of {} members; try again later", self.max_members),
+            ));
+        }
+        Ok(())
     }
 
     fn map(&self) -> MutexGuard<'_, HashMap<RoomName, Arc<Room>>> {
@@ -493,8 +537,10 @@ impl LocalRooms {
         history_after: u64,
         connection: u64,
         outbox: Arc<Outbox>,
+        crowded: bool,
     ) -> Result<Result<LocalMember, SignedJoin>, Refusal> {
-        let result = self.join_existing_checked(room.clone(), join, history_after, connection, outbox).await;
+        let result =
+            self.join_existing_checked(room.clone(), join, history_after, connection, outbox, crowded).await;
         if result.is_err() {
             // A refused join must not leave the room (and its history) loaded in memory.
             self.evict_if_idle(&room);
@@ -509,6 +555,7 @@ impl LocalRooms {
         history_after: u64,
         connection: u64,
         outbox: Arc<Outbox>,
+        crowded: bool,
     ) -> Result<Result<LocalMember, SignedJoin>, Refusal> {
         let identity = join.request().identity;
         let canonical = join.request().nick.canonical();
@@ -541,6 +588,7 @@ impl LocalRooms {
                 Some(_) => false,
                 None => true,
             };
+            self.admit_member(&st, &identity, !bind, crowded)?;
             if bind {
                 // Reserved now, so a concurrent join with the same nickname is refused.
                 st.nicks.insert(canonical.clone(), identity);
@@ -673,13 +721,14 @@ impl RoomService for LocalRooms {
         connection: u64,
         outbox: Arc<Outbox>,
         may_create: CreateGate<'_>,
+        crowded: bool,
     ) -> Result<LocalMember, Refusal> {
         let name = join.request().room.clone();
         // Retries only when a room appeared or was evicted between two steps.
         for _ in 0..8 {
             let attempt = match self.lookup(&name).await? {
                 Lookup::Found(room) => {
-                    self.join_existing(room, join, history_after, connection, outbox.clone()).await?
+                    self.join_existing(room, join, history_after, connection, outbox.clone(), crowded).await?
                 }
                 Lookup::Missing if join.request().create => {
                     self.create(join, history_after, connection, outbox.clone(), may_create).await?
@@ -854,7 +903,7 @@ mod tests {
     async fn rooms_leave_memory_when_idle_and_come_back_from_storage() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db"), Synchronous::Normal).unwrap();
-        let hub = LocalRooms::new(store.handle(), 10);
+        let hub = LocalRooms::new(store.handle(), 10, 1000, 10);
         let keys = split_master(&[1; 32]);
         let wrong = split_master(&[2; 32]);
         let (alice, bob) = (Identity::generate(), Identity::generate());
@@ -867,6 +916,7 @@ mod tests {
                 1,
                 Arc::new(Outbox::new(1 << 20, Duration::from_secs(30))),
                 &closed,
+                false,
             )
             .await;
         assert_eq!(refused.unwrap_err().code, ErrorCode::TooManyAttempts, "the gate can refuse a creation");
@@ -877,13 +927,14 @@ mod tests {
                 1,
                 Arc::new(Outbox::new(1 << 20, Duration::from_secs(30))),
                 &closed,
+                false,
             )
             .await;
         assert_eq!(refused.unwrap_err().code, ErrorCode::NoSuchRoom, "and nothing was created");
 
         let outbox = Arc::new(Outbox::new(1 << 20, Duration::from_secs(30)));
         let a = hub
-            .join(signed(&alice, "alice", &keys.join_secret, true), 0, 1, outbox, &|| Ok(()))
+            .join(signed(&alice, "alice", &keys.join_secret, true), 0, 1, outbox, &|| Ok(()), false)
             .await
             .unwrap();
         assert_eq!(hub.map().len(), 1);
@@ -897,6 +948,7 @@ mod tests {
                 2,
                 Arc::new(Outbox::new(1 << 20, Duration::from_secs(30))),
                 &|| Ok(()),
+                false,
             )
             .await;
         assert_eq!(refused.unwrap_err().code, ErrorCode::WrongPassword);
@@ -910,6 +962,7 @@ mod tests {
                 3,
                 Arc::new(Outbox::new(1 << 20, Duration::from_secs(30))),
                 &|| Ok(()),
+                false,
             )
             .await
             .unwrap();
@@ -920,6 +973,7 @@ mod tests {
                 4,
                 Arc::new(Outbox::new(1 << 20, Duration::from_secs(30))),
                 &|| Ok(()),
+                false,
             )
             .await;
         assert_eq!(refused.unwrap_err().code, ErrorCode::NickTaken);

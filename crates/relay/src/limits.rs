@@ -194,38 +194,47 @@ impl<K: Eq + Hash + Clone> FailureTracker<K> {
     }
 }
 
-/// Counts connections per source address that have not joined yet.
+/// The wider aggregate an IPv6 client is also accounted under: its /48 (a site). IPv4
+/// addresses have none.
+pub(crate) fn wide_key(ip: IpAddr) -> Option<IpAddr> {
+    match address_key(ip) {
+        IpAddr::V4(_) => None,
+        IpAddr::V6(v6) => Some(IpAddr::V6((u128::from(v6) & !((1u128 << 80) - 1)).into())),
+    }
+}
+
+/// Counts connections per key (an address, a prefix) up to a cap.
 #[derive(Debug, Clone)]
-pub(crate) struct Unauthenticated {
+pub(crate) struct AddressCount {
     counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
     max_per_ip: usize,
 }
 
-impl Unauthenticated {
+impl AddressCount {
     pub(crate) fn new(max_per_ip: usize) -> Self {
         Self { counts: Arc::new(Mutex::new(HashMap::new())), max_per_ip }
     }
 
-    /// A slot for one more unauthenticated connection from `ip`, or `None` at the cap.
-    pub(crate) fn acquire(&self, ip: IpAddr) -> Option<UnauthenticatedSlot> {
+    /// A slot for one more connection under `ip`, or `None` at the cap.
+    pub(crate) fn acquire(&self, ip: IpAddr) -> Option<AddressSlot> {
         let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
         let count = counts.entry(ip).or_insert(0);
         if *count >= self.max_per_ip {
             return None;
         }
         *count += 1;
-        Some(UnauthenticatedSlot { owner: self.clone(), ip })
+        Some(AddressSlot { owner: self.clone(), ip })
     }
 }
 
-/// Held while a connection is unauthenticated; released on drop.
+/// Held while a connection counts under its key; released on drop.
 #[derive(Debug)]
-pub(crate) struct UnauthenticatedSlot {
-    owner: Unauthenticated,
+pub(crate) struct AddressSlot {
+    owner: AddressCount,
     ip: IpAddr,
 }
 
-impl Drop for UnauthenticatedSlot {
+impl Drop for AddressSlot {
     fn drop(&mut self) {
         let mut counts = self.owner.counts.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(count) = counts.get_mut(&self.ip) {
@@ -307,7 +316,7 @@ mod tests {
 
     #[test]
     fn unauthenticated_slots_are_capped_per_address_and_released() {
-        let u = Unauthenticated::new(2);
+        let u = AddressCount::new(2);
         let a: IpAddr = [127, 0, 0, 1].into();
         let b: IpAddr = [127, 0, 0, 2].into();
         let s1 = u.acquire(a).unwrap();

@@ -68,6 +68,25 @@ struct RunArgs {
     /// Connections per IP address that have not joined a room yet.
     #[arg(long, value_name = "N", default_value_t = defaults().max_unauthenticated_per_ip)]
     max_unauthenticated_per_ip: usize,
+    /// Connections per address, joined or not (IPv6: per /64).
+    #[arg(long, value_name = "N", default_value_t = defaults().max_connections_per_ip)]
+    max_connections_per_ip: usize,
+    /// Connections per IPv6 /48, joined or not.
+    #[arg(long, value_name = "N", default_value_t = defaults().max_connections_per_48)]
+    max_connections_per_48: usize,
+    /// New connections an address may open in a burst, checked before any key agreement.
+    #[arg(long, value_name = "N", default_value_t = defaults().handshake_burst)]
+    handshake_burst: u32,
+    /// New connections per second an address may open sustained.
+    #[arg(long, value_name = "N", default_value_t = defaults().handshakes_per_sec)]
+    handshakes_per_sec: u32,
+    /// Members of one room at once.
+    #[arg(long, value_name = "N", default_value_t = defaults().max_room_members)]
+    max_room_members: usize,
+    /// Percent of --max-connections and --max-room-members kept for identities already
+    /// holding a nickname in the room they join.
+    #[arg(long, value_name = "PERCENT", default_value_t = defaults().headroom_percent)]
+    headroom_percent: usize,
     /// Bytes queued for one connection before it is disconnected as a slow consumer (at
     /// least 65536).
     #[arg(long, value_name = "BYTES", default_value_t = defaults().outbound_queue_bytes)]
@@ -169,10 +188,22 @@ fn config(args: &RunArgs) -> Result<Config, String> {
             args.max_envelope, config.max_envelope_len, config.max_envelope_len
         ));
     }
-    if args.max_connections == 0 || args.max_unauthenticated_per_ip == 0 || args.who_per_sec == 0 {
-        return Err(
-            "--max-connections, --max-unauthenticated-per-ip and --who-per-sec must be at least 1".into()
-        );
+    if args.max_connections == 0
+        || args.max_unauthenticated_per_ip == 0
+        || args.who_per_sec == 0
+        || args.max_connections_per_ip == 0
+        || args.max_connections_per_48 == 0
+        || args.max_room_members == 0
+    {
+        return Err("--max-connections, --max-unauthenticated-per-ip, --max-connections-per-ip, \
+                    --max-connections-per-48, --max-room-members and --who-per-sec must be at least 1"
+            .into());
+    }
+    if args.headroom_percent > 50 {
+        return Err(format!(
+            "--headroom-percent {} would keep most of the relay from newcomers; use at most 50",
+            args.headroom_percent
+        ));
     }
     if args.queue_bytes < MIN_QUEUE_BYTES {
         return Err(format!(
@@ -183,6 +214,12 @@ fn config(args: &RunArgs) -> Result<Config, String> {
     config.history = args.history;
     config.max_connections = args.max_connections;
     config.max_unauthenticated_per_ip = args.max_unauthenticated_per_ip;
+    config.max_connections_per_ip = args.max_connections_per_ip;
+    config.max_connections_per_48 = args.max_connections_per_48;
+    config.handshake_burst = args.handshake_burst;
+    config.handshakes_per_sec = args.handshakes_per_sec;
+    config.max_room_members = args.max_room_members;
+    config.headroom_percent = args.headroom_percent;
     config.outbound_queue_bytes = args.queue_bytes;
     config.write_stall = args.write_stall;
     config.who_burst = args.who_burst;

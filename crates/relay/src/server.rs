@@ -9,15 +9,19 @@ use std::time::Duration;
 
 use chatroom_crypto::{load_or_create_static, KeyFileError, StaticKeypair};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{broadcast, mpsc, Semaphore};
+use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit, Semaphore};
 use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::handler::{Handler, Shared};
 use crate::hub::{LocalRooms, RoomService};
-use crate::limits::{address_key, FailureTracker, SendRate, Unauthenticated};
+use crate::limits::{address_key, wide_key, AddressCount, AddressSlot, FailureTracker, SendRate};
 use crate::shutdown::Shutdown;
 use crate::store::{Store, StoreError};
+
+/// Connections beyond `max_connections` that are still served, only to be told
+/// `ServerFull` after their handshake; any further one is closed at once.
+const SERVER_FULL_SLOTS: usize = 64;
 
 /// Longest pause between two failed accepts (e.g. while out of file descriptors).
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
@@ -71,7 +75,8 @@ impl Relay {
     /// every member, flushes the database and returns.
     pub async fn run(self, listener: TcpListener, shutdown: impl Future) -> Result<(), RelayError> {
         let Relay { config, static_key, store, .. } = self;
-        let hub = LocalRooms::new(store.handle(), config.history);
+        let hub =
+            LocalRooms::new(store.handle(), config.history, config.max_room_members, config.headroom_percent);
         let shared = Arc::new(Shared {
             hub,
             ip_failures: FailureTracker::new(
@@ -84,7 +89,11 @@ impl Relay {
                 config.room_failures_lockout,
                 config.failure_window,
             ),
-            unauthenticated: Unauthenticated::new(config.max_unauthenticated_per_ip),
+            unauthenticated: AddressCount::new(config.max_unauthenticated_per_ip),
+            connections: AddressCount::new(config.max_connections_per_ip),
+            connections_wide: AddressCount::new(config.max_connections_per_48),
+            handshake_rate: SendRate::new(config.handshake_burst, config.handshakes_per_sec),
+            slots: Arc::new(Semaphore::new(config.max_connections)),
             send_rate: SendRate::new(config.rate_burst, config.rate_per_sec),
             room_creations: FailureTracker::new(
                 config.room_creations_per_ip,
@@ -99,13 +108,14 @@ impl Relay {
         let (done_tx, mut done_rx) = mpsc::channel(1);
         let mut server = Listener {
             listener,
-            limit: Arc::new(Semaphore::new(shared.config.max_connections)),
+            overflow: Arc::new(Semaphore::new(SERVER_FULL_SLOTS)),
             shared,
             notify_shutdown,
             done_tx,
             next_id: AtomicU64::new(1),
             warned_full: Throttle::default(),
             warned_unauthenticated: Throttle::default(),
+            warned_rate: Throttle::default(),
         };
         tokio::select! {
             _ = server.run() => {}
@@ -138,12 +148,14 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future) -
 struct Listener<H> {
     listener: TcpListener,
     shared: Arc<Shared<H>>,
-    limit: Arc<Semaphore>,
+    /// Slots for connections over the cap that are told `ServerFull`.
+    overflow: Arc<Semaphore>,
     notify_shutdown: broadcast::Sender<()>,
     done_tx: mpsc::Sender<()>,
     next_id: AtomicU64,
     warned_full: Throttle,
     warned_unauthenticated: Throttle,
+    warned_rate: Throttle,
 }
 
 /// Lets a repeated warning through at most once a minute, so a flood cannot flood the log.
@@ -166,31 +178,69 @@ impl Throttle {
 impl<H: RoomService> Listener<H> {
     async fn run(&mut self) {
         loop {
-            if self.limit.available_permits() == 0 && self.warned_full.ready() {
-                warn!(
-                    max = self.shared.config.max_connections,
-                    "connection limit reached; new connections wait until one ends"
-                );
-            }
-            // The semaphore is never closed.
-            let Ok(permit) = self.limit.clone().acquire_owned().await else { return };
             let (socket, peer) = self.accept().await;
-            let Some(slot) = self.shared.unauthenticated.acquire(address_key(peer.ip())) else {
-                if self.warned_unauthenticated.ready() {
-                    warn!(%peer, "too many unauthenticated connections from this address; closing new ones");
-                }
-                continue;
-            };
+            // Every check here is a lookup: a connection refused costs no key agreement.
+            let Some(admitted) = self.admit(peer.ip()) else { continue };
+            let (slots, slot, permit, full) = admitted;
             let handler = Handler {
                 shared: self.shared.clone(),
                 peer,
                 id: self.next_id.fetch_add(1, Ordering::Relaxed),
                 shutdown: Shutdown::new(self.notify_shutdown.subscribe()),
+                full,
                 _done: self.done_tx.clone(),
                 _permit: permit,
+                _slots: slots,
             };
             tokio::spawn(handler.run(socket, slot));
         }
+    }
+
+    /// The per-address checks of a new connection, then its place under the connection cap
+    /// (or, over it, one of the slots that answer `ServerFull`); `None` closes it at once.
+    /// Warnings are written at most once a minute per kind, however long a flood lasts.
+    #[allow(clippy::type_complexity)]
+    fn admit(
+        &mut self,
+        ip: std::net::IpAddr,
+    ) -> Option<((AddressSlot, Option<AddressSlot>), AddressSlot, OwnedSemaphorePermit, bool)> {
+        let shared = &self.shared;
+        let key = address_key(ip);
+        if !shared.handshake_rate.try_take(&key) {
+            if self.warned_rate.ready() {
+                warn!(%ip, "new connections from this address over --handshakes-per-sec; closing them");
+            }
+            return None;
+        }
+        let wide = match wide_key(ip) {
+            Some(wide) => Some(shared.connections_wide.acquire(wide)?),
+            None => None,
+        };
+        let Some(narrow) = shared.connections.acquire(key) else {
+            if self.warned_unauthenticated.ready() {
+                warn!(%ip, "too many connections from this address; closing new ones");
+            }
+            return None;
+        };
+        let Some(slot) = shared.unauthenticated.acquire(key) else {
+            if self.warned_unauthenticated.ready() {
+                warn!(%ip, "too many unauthenticated connections from this address; closing new ones");
+            }
+            return None;
+        };
+        let (permit, full) = match shared.slots.clone().try_acquire_owned() {
+            Ok(permit) => (permit, false),
+            Err(_) => {
+                if self.warned_full.ready() {
+                    warn!(
+                        max = shared.config.max_connections,
+                        "connection limit reached; new connections are told the relay is full"
+                    );
+                }
+                (self.overflow.clone().try_acquire_owned().ok()?, true)
+            }
+        };
+        Some(((narrow, wide), slot, permit, full))
     }
 
     async fn accept(&mut self) -> (TcpStream, std::net::SocketAddr) {

@@ -220,19 +220,33 @@ async fn the_connection_cap_holds_and_recovers() -> TestResult {
     let relay = TestRelay::start(dir.path(), |c| {
         c.max_connections = 6;
         c.max_unauthenticated_per_ip = 100;
-        c.handshake_timeout = Duration::from_millis(500);
+        c.handshake_timeout = Duration::from_secs(2);
     })
     .await?;
     // Two connections used by the pair; four left.
     let mut pair = Pair::new(&relay).await?;
     let mut flood = Vec::new();
-    for _ in 0..12 {
+    for _ in 0..4 {
         flood.push(raw(&relay).await?);
     }
     pair.check().await?;
-    // Connections beyond the cap wait in the backlog and are served as the stalled ones hit
-    // their deadline: a newcomer gets in within a few deadlines.
-    let (_, _) = member(&relay, &Person::new("carol"), &pair.room, false).await?;
+    // A connection beyond the cap is told so after its handshake, instead of waiting in the
+    // backlog until its deadline.
+    let mut carol = Conn::connect(relay.addr).await?;
+    let refused = carol.join(&Person::new("carol"), &pair.room, false, 0).await?;
+    assert!(matches!(refused, Err((ErrorCode::ServerFull, _))), "{refused:?}");
+    // The stalled ones hit their deadline and free their places: carol gets in.
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        assert!(tries <= 100, "carol never got in");
+        let mut carol = Conn::connect(relay.addr).await?;
+        match carol.join(&Person::new("carol"), &pair.room, false, 0).await? {
+            Ok(_) => break,
+            Err((ErrorCode::ServerFull, _)) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(other) => return Err(format!("{other:?}").into()),
+        }
+    }
     pair.check().await
 }
 
@@ -338,5 +352,36 @@ async fn who_has_its_own_rate_and_a_flood_of_it_only_slows_the_asker() -> TestRe
         m.next_matching(|m| matches!(m, RelayMessage::Pong { .. })).await?,
         RelayMessage::Pong { token: 7 }
     );
+    relay.stop().await
+}
+
+#[tokio::test]
+async fn a_room_has_a_member_cap_with_room_kept_for_members_bound_in_it() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    // Ten members; the last 20 % (two places) only for identities bound in the room.
+    let relay = TestRelay::start(dir.path(), |c| {
+        c.max_room_members = 10;
+        c.headroom_percent = 20;
+    })
+    .await?;
+    let mut pair = Pair::new(&relay).await?;
+    // Dave binds his nickname, then leaves.
+    let dave = Person::new("dave");
+    drop(member(&relay, &dave, &pair.room, false).await?);
+    pair.check().await?;
+    // Strangers fill the room up to 8 members (alice and bob among them).
+    let people: Vec<Person> = (0..6).map(|i| Person::new(&format!("x{i}"))).collect();
+    let mut strangers = Vec::new();
+    for person in &people {
+        strangers.push(member(&relay, person, &pair.room, false).await?);
+    }
+    let mut late = Conn::connect(relay.addr).await?;
+    let refused = late.join(&Person::new("late"), &pair.room, false, 0).await?;
+    assert!(matches!(refused, Err((ErrorCode::RoomFull, _))), "{refused:?}");
+    // Dave still gets in: his identity holds a nickname here.
+    let (_dave, _) = member(&relay, &dave, &pair.room, false).await?;
+    // So does a member reconnecting: its new connection replaces the old one.
+    let (_x0, _) = member(&relay, &people[0], &pair.room, false).await?;
+    pair.check().await?;
     relay.stop().await
 }

@@ -28,10 +28,14 @@ pub type Res<T> = Result<T, Box<dyn Error>>;
 pub const STEP: Duration = Duration::from_secs(5);
 
 /// The configuration tests start from: defaults, commits without fsync (a process crash is
-/// what the in-process tests simulate; `process.rs` runs the real default).
+/// what the in-process tests simulate; `process.rs` runs the real default), and no limit on
+/// the rate of new connections (these tests open many from 127.0.0.1 in quick succession;
+/// `hostile_load.rs` tests the rate on the real default).
 pub fn test_config(dir: &Path) -> Config {
     let mut config = Config::new(dir);
     config.synchronous = Synchronous::Normal;
+    config.handshake_burst = 100_000;
+    config.handshakes_per_sec = 100_000;
     config.shutdown_grace = Duration::from_secs(2);
     config
 }
