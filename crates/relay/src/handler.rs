@@ -28,8 +28,10 @@ use tracing::{debug, info, info_span, Instrument};
 
 use crate::config::Config;
 use crate::frames::{FrameError, FrameReader};
-use crate::hub::{member_items, Moderation, Refusal, RoomService};
-use crate::limits::{address_key, AddressCount, AddressSlot, FailureTracker, SendRate, TokenBucket, Verdict};
+use crate::hub::{member_items, too_many_attempts, JoinPolicy, Moderation, Refusal, RoomService};
+use crate::limits::{
+    address_key, AddressCount, AddressSlot, FailureTracker, LogBudget, SendRate, TokenBucket, Verdict,
+};
 use crate::outbox::{encode, write_loop, Offered, Outbox, PushError};
 use crate::shutdown::Shutdown;
 
@@ -114,6 +116,10 @@ pub(crate) struct Shared<H> {
     pub(crate) slots: Arc<tokio::sync::Semaphore>,
     /// Rooms created per address within the failure window.
     pub(crate) room_creations: FailureTracker<IpAddr>,
+    /// Lines about refused joins: at most a few a minute, with a count of those left out.
+    pub(crate) refusal_log: LogBudget,
+    /// Lines about connections timed out or disconnected by the relay, likewise.
+    pub(crate) ended_log: LogBudget,
     /// Envelopes per identity (over all its connections).
     pub(crate) send_rate: SendRate<PublicIdentity>,
 }
@@ -198,8 +204,11 @@ impl<H: RoomService> Handler<H> {
         debug!("accepted");
         match self.serve(stream, slot).await {
             Ok(()) | Err(Ended::PeerClosed) => debug!("connection closed"),
-            Err(e @ (Ended::Refused(_) | Ended::Deadline | Ended::Disconnected(_))) => {
-                info!("connection ended: {e}")
+            // A refusal was logged (within its budget) where it was made.
+            Err(e @ (Ended::Deadline | Ended::Disconnected(_))) => {
+                if let Some(unlogged) = self.shared.ended_log.take() {
+                    info!(unlogged, "connection ended: {e}")
+                }
             }
             Err(e) => debug!("connection ended: {e}"),
         }
@@ -334,10 +343,11 @@ impl<H: RoomService> Handler<H> {
             }
             Err(e) => return Err(e),
         };
+        let ip = address_key(self.peer.ip());
         // The frame and its plaintext are freed here, not kept for the member's lifetime.
         let request = match self.join_request(&receiver.open(&first)?) {
             Ok(request) => request,
-            Err(refusal) => return Err(refuse(outbox, refusal)),
+            Err(refusal) => return Err(self.refuse_join(outbox, ip, None, refusal)),
         };
         drop(first);
         if self.full {
@@ -351,22 +361,21 @@ impl<H: RoomService> Handler<H> {
             ));
         }
 
-        // Cheap lockout checks before the signature is verified.
-        let ip = address_key(self.peer.ip());
+        // Cheap lockout checks before the signature is verified. A locked room is decided by
+        // the room itself: identities bound in it still get in.
         let room_key = request.room.as_str().to_owned();
-        let verdicts = [self.shared.ip_failures.check(&ip), self.shared.room_failures.check(&room_key)];
-        if verdicts.contains(&Verdict::Locked) {
+        let ip_verdict = self.shared.ip_failures.check(&ip);
+        let room_verdict = self.shared.room_failures.check(&room_key);
+        if ip_verdict == Verdict::Locked {
             let minutes = config.failure_window.as_secs().div_ceil(60);
-            info!(room = %request.room, "join refused: too many failed attempts");
-            return Err(refuse(
-                outbox,
-                Refusal::new(
-                    ErrorCode::TooManyAttempts,
-                    format!("too many failed joins from your address or for this room; try again in {minutes} minutes"),
-                ),
-            ));
+            let refusal = Refusal::new(
+                ErrorCode::TooManyAttempts,
+                format!("too many failed joins from your address; try again in {minutes} minutes"),
+            );
+            return Err(self.refuse_join(outbox, ip, Some(&request.room), refusal));
         }
-        if verdicts.contains(&Verdict::Slow) {
+        let room_locked = room_verdict == Verdict::Locked;
+        if ip_verdict == Verdict::Slow || room_verdict == Verdict::Slow {
             debug!("slowing a join after failed attempts");
             tokio::select! {
                 _ = self.shutdown.recv() => {
@@ -384,14 +393,11 @@ impl<H: RoomService> Handler<H> {
         let signed = match request.verify(&handshake_hash) {
             Ok(signed) => signed,
             Err(_) => {
-                self.shared.ip_failures.record_failure(&ip);
-                return Err(refuse(
-                    outbox,
-                    Refusal::new(
-                        ErrorCode::BadSignature,
-                        "the join signature does not verify for this connection",
-                    ),
-                ));
+                let refusal = Refusal::new(
+                    ErrorCode::BadSignature,
+                    "the join signature does not verify for this connection",
+                );
+                return Err(self.refuse_join(outbox, ip, Some(&room), refusal));
             }
         };
         // The last `headroom_percent` of the connection cap is kept for members already bound
@@ -401,6 +407,9 @@ impl<H: RoomService> Handler<H> {
         // New rooms are limited per address, like failed joins.
         let creations = &self.shared.room_creations;
         let may_create = || {
+            if room_locked {
+                return Err(Refusal::new(ErrorCode::TooManyAttempts, too_many_attempts()));
+            }
             if crowded {
                 return Err(Refusal::new(ErrorCode::ServerFull, "the relay is full; try again later"));
             }
@@ -418,21 +427,49 @@ impl<H: RoomService> Handler<H> {
         let member = match self
             .shared
             .hub
-            .join(signed, history_after, self.id, outbox.clone(), &may_create, crowded)
+            .join(
+                signed,
+                history_after,
+                self.id,
+                outbox.clone(),
+                &may_create,
+                JoinPolicy { crowded, room_locked },
+            )
             .await
         {
             Ok(member) => member,
-            Err(refusal) => {
-                if refusal.code == ErrorCode::WrongPassword {
-                    self.shared.ip_failures.record_failure(&ip);
-                    self.shared.room_failures.record_failure(&room_key);
-                }
-                info!(room = %room, code = ?refusal.code, "join refused");
-                return Err(refuse(outbox, refusal));
-            }
+            Err(refusal) => return Err(self.refuse_join(outbox, ip, Some(&room), refusal)),
         };
         drop(slot);
         Ok(Joined { member, identity, room, nick })
+    }
+
+    /// Refuses a join: counts it against the address (and a wrong password against the room
+    /// too), logs it within the log budget, and queues the goodbye.
+    fn refuse_join(&self, outbox: &Outbox, ip: IpAddr, room: Option<&RoomName>, refusal: Refusal) -> Ended {
+        let shared = &self.shared;
+        // Every refusal a client could have avoided counts: probing for rooms, nicknames or
+        // bans costs the prober like guessing a password does. Limits the relay imposes
+        // (full, a lockout already running) and its own failures do not.
+        let counts = !matches!(
+            refusal.code,
+            ErrorCode::RoomFull
+                | ErrorCode::ServerFull
+                | ErrorCode::TooManyAttempts
+                | ErrorCode::Internal
+                | ErrorCode::ShuttingDown
+        );
+        if counts {
+            shared.ip_failures.record_failure(&ip);
+        }
+        if let (ErrorCode::WrongPassword, Some(room)) = (refusal.code, room) {
+            shared.room_failures.record_failure(&room.as_str().to_owned());
+        }
+        if let Some(unlogged) = shared.refusal_log.take() {
+            let room = room.map_or("", RoomName::as_str);
+            info!(room, code = ?refusal.code, unlogged, "join refused");
+        }
+        refuse(outbox, refusal)
     }
 
     /// The first transport message must be exactly one `Join`.

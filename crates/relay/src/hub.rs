@@ -112,12 +112,27 @@ impl Replay for HistoryReplay {
     }
 }
 
+/// The detail of a join refused because its room is locked.
+pub(crate) fn too_many_attempts() -> String {
+    "too many failed joins for this room; try again later".to_owned()
+}
+
 /// What the owner asks the relay to do to a member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Moderation {
     Kick,
     Ban,
     Unban,
+}
+
+/// What the connection handling has decided about a join before the room is consulted.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct JoinPolicy {
+    /// The relay is near its connection cap: only identities bound in the room get in.
+    pub(crate) crowded: bool,
+    /// The room is locked after too many failed joins: only identities bound in it get in,
+    /// and nobody else's password is even checked.
+    pub(crate) room_locked: bool,
 }
 
 /// Consulted just before a join creates a room; an `Err` refuses the creation (the per-address
@@ -133,7 +148,8 @@ pub(crate) trait RoomService: Send + Sync + 'static {
     /// member. On success the member's outbox already holds, in order: `Joined`, `Members`,
     /// the retained envelopes after `history_after`, and `HistoryEnd`; live traffic follows
     /// with no gap and no duplicate. `may_create` is asked before a room is created. When the
-    /// relay is `crowded`, only identities that already hold a nickname in the room get in.
+    /// relay is crowded or the room locked (`policy`), only identities that already hold a
+    /// nickname in the room get in.
     fn join(
         &self,
         join: SignedJoin,
@@ -141,7 +157,7 @@ pub(crate) trait RoomService: Send + Sync + 'static {
         connection: u64,
         outbox: Arc<Outbox>,
         may_create: CreateGate<'_>,
-        crowded: bool,
+        policy: JoinPolicy,
     ) -> impl Future<Output = Result<Self::Membership, Refusal>> + Send;
 
     /// Stores an envelope whose sender is the member, then delivers it to every other member.
@@ -537,10 +553,10 @@ impl LocalRooms {
         history_after: u64,
         connection: u64,
         outbox: Arc<Outbox>,
-        crowded: bool,
+        policy: JoinPolicy,
     ) -> Result<Result<LocalMember, SignedJoin>, Refusal> {
         let result =
-            self.join_existing_checked(room.clone(), join, history_after, connection, outbox, crowded).await;
+            self.join_existing_checked(room.clone(), join, history_after, connection, outbox, policy).await;
         if result.is_err() {
             // A refused join must not leave the room (and its history) loaded in memory.
             self.evict_if_idle(&room);
@@ -555,7 +571,7 @@ impl LocalRooms {
         history_after: u64,
         connection: u64,
         outbox: Arc<Outbox>,
-        crowded: bool,
+        policy: JoinPolicy,
     ) -> Result<Result<LocalMember, SignedJoin>, Refusal> {
         let identity = join.request().identity;
         let canonical = join.request().nick.canonical();
@@ -563,6 +579,12 @@ impl LocalRooms {
             let mut st = room.lock();
             if st.evicted {
                 return Ok(Err(join));
+            }
+            // A room locked after failed joins still admits identities bound in it: their
+            // join is signed, so only they can claim a binding. Nobody else's password is
+            // checked, so guessing stays stopped.
+            if policy.room_locked && st.nicks.get(&canonical) != Some(&identity) {
+                return Err(Refusal::new(ErrorCode::TooManyAttempts, too_many_attempts()));
             }
             // The password comes first: someone without it learns nothing about the room,
             // not even which nicknames are bound or who is banned.
@@ -588,7 +610,7 @@ impl LocalRooms {
                 Some(_) => false,
                 None => true,
             };
-            self.admit_member(&st, &identity, !bind, crowded)?;
+            self.admit_member(&st, &identity, !bind, policy.crowded)?;
             if bind {
                 // Reserved now, so a concurrent join with the same nickname is refused.
                 st.nicks.insert(canonical.clone(), identity);
@@ -721,14 +743,14 @@ impl RoomService for LocalRooms {
         connection: u64,
         outbox: Arc<Outbox>,
         may_create: CreateGate<'_>,
-        crowded: bool,
+        policy: JoinPolicy,
     ) -> Result<LocalMember, Refusal> {
         let name = join.request().room.clone();
         // Retries only when a room appeared or was evicted between two steps.
         for _ in 0..8 {
             let attempt = match self.lookup(&name).await? {
                 Lookup::Found(room) => {
-                    self.join_existing(room, join, history_after, connection, outbox.clone(), crowded).await?
+                    self.join_existing(room, join, history_after, connection, outbox.clone(), policy).await?
                 }
                 Lookup::Missing if join.request().create => {
                     self.create(join, history_after, connection, outbox.clone(), may_create).await?
@@ -916,7 +938,7 @@ mod tests {
                 1,
                 Arc::new(Outbox::new(1 << 20, Duration::from_secs(30))),
                 &closed,
-                false,
+                JoinPolicy::default(),
             )
             .await;
         assert_eq!(refused.unwrap_err().code, ErrorCode::TooManyAttempts, "the gate can refuse a creation");
@@ -927,14 +949,21 @@ mod tests {
                 1,
                 Arc::new(Outbox::new(1 << 20, Duration::from_secs(30))),
                 &closed,
-                false,
+                JoinPolicy::default(),
             )
             .await;
         assert_eq!(refused.unwrap_err().code, ErrorCode::NoSuchRoom, "and nothing was created");
 
         let outbox = Arc::new(Outbox::new(1 << 20, Duration::from_secs(30)));
         let a = hub
-            .join(signed(&alice, "alice", &keys.join_secret, true), 0, 1, outbox, &|| Ok(()), false)
+            .join(
+                signed(&alice, "alice", &keys.join_secret, true),
+                0,
+                1,
+                outbox,
+                &|| Ok(()),
+                JoinPolicy::default(),
+            )
             .await
             .unwrap();
         assert_eq!(hub.map().len(), 1);
@@ -948,7 +977,7 @@ mod tests {
                 2,
                 Arc::new(Outbox::new(1 << 20, Duration::from_secs(30))),
                 &|| Ok(()),
-                false,
+                JoinPolicy::default(),
             )
             .await;
         assert_eq!(refused.unwrap_err().code, ErrorCode::WrongPassword);
@@ -962,7 +991,7 @@ mod tests {
                 3,
                 Arc::new(Outbox::new(1 << 20, Duration::from_secs(30))),
                 &|| Ok(()),
-                false,
+                JoinPolicy::default(),
             )
             .await
             .unwrap();
@@ -973,7 +1002,7 @@ mod tests {
                 4,
                 Arc::new(Outbox::new(1 << 20, Duration::from_secs(30))),
                 &|| Ok(()),
-                false,
+                JoinPolicy::default(),
             )
             .await;
         assert_eq!(refused.unwrap_err().code, ErrorCode::NickTaken);

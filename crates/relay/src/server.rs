@@ -15,7 +15,7 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::handler::{Handler, Shared};
 use crate::hub::{LocalRooms, RoomService};
-use crate::limits::{address_key, wide_key, AddressCount, AddressSlot, FailureTracker, SendRate};
+use crate::limits::{address_key, wide_key, AddressCount, AddressSlot, FailureTracker, LogBudget, SendRate};
 use crate::shutdown::Shutdown;
 use crate::store::{Store, StoreError};
 
@@ -95,6 +95,8 @@ impl Relay {
             handshake_rate: SendRate::new(config.handshake_burst, config.handshakes_per_sec),
             slots: Arc::new(Semaphore::new(config.max_connections)),
             send_rate: SendRate::new(config.rate_burst, config.rate_per_sec),
+            refusal_log: LogBudget::new(),
+            ended_log: LogBudget::new(),
             room_creations: FailureTracker::new(
                 config.room_creations_per_ip,
                 config.room_creations_per_ip,

@@ -385,3 +385,72 @@ async fn a_room_has_a_member_cap_with_room_kept_for_members_bound_in_it() -> Tes
     pair.check().await?;
     relay.stop().await
 }
+
+#[tokio::test]
+async fn every_kind_of_failed_join_counts_against_the_address() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let relay = TestRelay::start(dir.path(), |c| {
+        c.ip_failures_slow = 100;
+        c.ip_failures_lockout = 4;
+    })
+    .await?;
+    let mut pair = Pair::new(&relay).await?;
+    let prober: IpAddr = [127, 0, 0, 2].into();
+    // Missing rooms and taken nicknames: four refusals of kinds other than a wrong password.
+    let missing = TestRoom::new("nowhere");
+    let cases: [(&TestRoom, Person, ErrorCode); 4] = [
+        (&missing, Person::new("p1"), ErrorCode::NoSuchRoom),
+        (&pair.room, Person::new("alice"), ErrorCode::NickTaken),
+        (&missing, Person::new("p3"), ErrorCode::NoSuchRoom),
+        (&pair.room, Person::new("bob"), ErrorCode::NickTaken),
+    ];
+    for (room, person, code) in cases {
+        let mut conn = Conn::connect_from(relay.addr, prober).await?;
+        let refused = conn.join(&person, room, false, 0).await?;
+        assert!(matches!(&refused, Err((c, _)) if *c == code), "{refused:?}");
+    }
+    // The address is now locked out, even for a join that would succeed.
+    let mut conn = Conn::connect_from(relay.addr, prober).await?;
+    let refused = conn.join(&Person::new("carol"), &pair.room, false, 0).await?;
+    assert!(matches!(refused, Err((ErrorCode::TooManyAttempts, _))), "{refused:?}");
+    // Other addresses are not.
+    let mut conn = Conn::connect_from(relay.addr, [127, 0, 0, 3].into()).await?;
+    assert!(conn.join(&Person::new("carol"), &pair.room, false, 0).await?.is_ok());
+    pair.check().await?;
+    relay.stop().await
+}
+
+#[tokio::test]
+async fn a_room_locked_by_wrong_passwords_still_admits_its_bound_members() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let relay = TestRelay::start(dir.path(), |c| {
+        c.room_failures_slow = 100;
+        c.room_failures_lockout = 6;
+        c.ip_failures_slow = 100;
+        c.ip_failures_lockout = 100;
+    })
+    .await?;
+    let mut pair = Pair::new(&relay).await?;
+    let bob = Person::new("bob2");
+    drop(member(&relay, &bob, &pair.room, false).await?);
+    // Six wrong passwords from three addresses lock the room.
+    let wrong = TestRoom { name: pair.room.name.clone(), keys: TestRoom::new("x").keys };
+    for i in 0..6u8 {
+        let mut conn = Conn::connect_from(relay.addr, [127, 0, 0, 10 + i % 3].into()).await?;
+        let refused = conn.join(&Person::new(&format!("guess{i}")), &wrong, false, 0).await?;
+        assert!(matches!(refused, Err((ErrorCode::WrongPassword, _))), "{refused:?}");
+    }
+    // A newcomer with the right password is refused while the lockout lasts, without its
+    // password being checked...
+    let mut conn = Conn::connect(relay.addr).await?;
+    let refused = conn.join(&Person::new("newcomer"), &pair.room, false, 0).await?;
+    assert!(matches!(refused, Err((ErrorCode::TooManyAttempts, _))), "{refused:?}");
+    let mut conn = Conn::connect(relay.addr).await?;
+    let refused = conn.join(&Person::new("guess9"), &wrong, false, 0).await?;
+    assert!(matches!(refused, Err((ErrorCode::TooManyAttempts, _))), "{refused:?}");
+    // ...but an identity bound in the room gets in.
+    let (mut b, _) = member(&relay, &bob, &pair.room, false).await?;
+    pair.check().await?;
+    assert_eq!(b.delivery().await?.0, pair.seq);
+    relay.stop().await
+}

@@ -36,13 +36,18 @@ impl Drop for Process {
 impl Process {
     /// Starts the binary on port 0 with `args` and waits for its `listening on` line.
     fn start(dir: &Path, args: &[&str]) -> Res<Self> {
+        Self::start_logging(dir, args, Stdio::null())
+    }
+
+    /// `start`, with the relay's log going to `log`.
+    fn start_logging(dir: &Path, args: &[&str], log: impl Into<Stdio>) -> Res<Self> {
         let mut child = Command::new(BIN)
             .args(["--listen", "127.0.0.1:0", "--synchronous", "normal", "--data-dir"])
             .arg(dir)
             .args(args)
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
         let (tx, rx) = std::sync::mpsc::channel();
@@ -370,5 +375,56 @@ async fn a_flood_of_handshakes_gets_key_agreement_only_at_the_per_address_rate()
     // Refused connections cost a socket for an instant; nothing stays: allow 8 MiB.
     let grown = relay.rss_kib()?.saturating_sub(before);
     assert!(grown < 8 * MIB, "the flood grew the relay by {grown} KiB");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probing_for_rooms_costs_the_prober_and_writes_a_few_log_lines() -> TestResult {
+    const HOSTS: usize = 20;
+    const PROBES: usize = 15;
+    let dir = tempfile::tempdir()?;
+    let log_path = dir.path().join("relay.log");
+    // Slowed joins wait 10 ms instead of a second, to keep the test short.
+    let relay = Process::start_logging(
+        &dir.path().join("data"),
+        &["--failure-delay", "10ms"],
+        std::fs::File::create(&log_path)?,
+    )?;
+    let addr = relay.relay.addr;
+    let room = TestRoom::new("steady");
+    let mut o = Conn::connect_from(addr, GOOD_A.into()).await?;
+    o.join(&Person::new("owner"), &room, true, 0).await?.map_err(|e| format!("{e:?}"))?;
+    let before = relay.rss_kib()?;
+
+    // Twenty hosts each probe fifteen room names that do not exist.
+    let mut refusals = std::collections::BTreeMap::<String, usize>::new();
+    for h in 0..HOSTS {
+        for p in 0..PROBES {
+            let mut conn = Conn::connect_from(addr, attacker(h)).await?;
+            let probe = TestRoom::new(&format!("probe{h}x{p}"));
+            let code = match conn.join(&Person::new("prober"), &probe, false, 0).await? {
+                Ok(_) => "joined".to_owned(),
+                Err((code, _)) => format!("{code:?}"),
+            };
+            *refusals.entry(code).or_default() += 1;
+        }
+    }
+    good_service(&relay.relay, &room, &mut o, &mut Person::new("carol"), 0).await?;
+    // From the 10th failure on (the default lockout) each host is refused outright: the
+    // probes answered NoSuchRoom are 10 per host at most.
+    assert_eq!(refusals.get("NoSuchRoom"), Some(&(HOSTS * 10)), "{refusals:?}");
+    assert_eq!(refusals.get("TooManyAttempts"), Some(&(HOSTS * (PROBES - 10))), "{refusals:?}");
+    let grown = relay.rss_kib()?.saturating_sub(before);
+    assert!(grown < 8 * MIB, "probes grew the relay by {grown} KiB");
+
+    // 300 refused joins: at most 20 lines a minute about refused joins and 20 about ended
+    // connections, each the first of the minute counting those left out; the test takes
+    // well under two minutes, so at most 2 x 2 x 20 = 80 such lines.
+    drop(relay);
+    let log = std::fs::read_to_string(&log_path)?;
+    let refused = log.lines().filter(|l| l.contains("join refused")).count();
+    let ended = log.lines().filter(|l| l.contains("connection ended")).count();
+    assert!(refused + ended <= 80, "{refused} + {ended} log lines for {} probes", HOSTS * PROBES);
+    assert!(refused >= 20, "refused joins are still logged ({refused} lines)");
     Ok(())
 }
