@@ -68,6 +68,14 @@ pub struct Config {
     pub rate_burst: u32,
     /// Envelopes per second a member may send sustained (default 5).
     pub rate_per_sec: u32,
+    /// Envelopes all identities on one address may send in a burst (default 60) and per
+    /// second sustained (default 20): new identities cost nothing, addresses do.
+    pub ip_rate_burst: u32,
+    pub ip_rate_per_sec: u32,
+    /// Envelopes one room may take in a burst (default 200) and per second sustained
+    /// (default 50), over all its members.
+    pub room_rate_burst: u32,
+    pub room_rate_per_sec: u32,
     /// Largest envelope accepted, in bytes (default and maximum: the protocol's 4305).
     pub max_envelope_len: usize,
     /// Failed joins from one IP address within `failure_window` after which each further
@@ -119,6 +127,10 @@ impl Config {
             idle_timeout: Duration::from_secs(90),
             rate_burst: 20,
             rate_per_sec: 5,
+            ip_rate_burst: 60,
+            ip_rate_per_sec: 20,
+            room_rate_burst: 200,
+            room_rate_per_sec: 50,
             max_envelope_len: MAX_ENVELOPE_LEN,
             ip_failures_slow: 3,
             ip_failures_lockout: 10,

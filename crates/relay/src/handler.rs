@@ -120,6 +120,11 @@ pub(crate) struct Shared<H> {
     pub(crate) refusal_log: LogBudget,
     /// Lines about connections timed out or disconnected by the relay, likewise.
     pub(crate) ended_log: LogBudget,
+    /// Lines about rate limits hit, within a budget like refusals.
+    pub(crate) rate_log: LogBudget,
+    /// Envelopes per address and per room, over all identities.
+    pub(crate) send_rate_ip: SendRate<IpAddr>,
+    pub(crate) send_rate_room: SendRate<RoomName>,
     /// Envelopes per identity (over all its connections).
     pub(crate) send_rate: SendRate<PublicIdentity>,
 }
@@ -169,6 +174,8 @@ struct Session {
     who: TokenBucket,
     /// The token of the relay's unanswered `Ping`.
     ping: Option<u64>,
+    /// The room joined: sends are also limited per room.
+    room: RoomName,
     /// Whether the last transport message showed the peer alive: a request, or the `Pong`
     /// that answers the relay's own `Ping`. An unsolicited `Pong` does not.
     alive: bool,
@@ -301,16 +308,17 @@ impl<H: RoomService> Handler<H> {
     ) -> Result<(), Ended> {
         // Boxed: see `serve`.
         let join = Box::pin(self.join(reader, receiver, outbox, deadline, handshake_hash, slot));
-        let Joined { member, identity, room, nick } = join.await?;
+        let joined = join.await?;
+        let Joined { member, identity, room, nick } = &joined;
         info!(room = %room, nick = %nick, identity = %identity.short_fingerprint(), "joined");
-        let result = match self.member_loop(reader, receiver, outbox, writer, &member, identity).await {
+        let result = match self.member_loop(reader, receiver, outbox, writer, &joined).await {
             Err(Ended::Closed(None)) => match outbox.close_reason() {
                 Some(code) => Err(Ended::Disconnected(code)),
                 None => Err(Ended::Closed(None)),
             },
             other => other,
         };
-        self.shared.hub.leave(&member);
+        self.shared.hub.leave(member);
         info!(room = %room, nick = %nick, "left");
         result
     }
@@ -500,9 +508,9 @@ impl<H: RoomService> Handler<H> {
         receiver: &mut TransportReceiver,
         outbox: &Arc<Outbox>,
         writer: &mut JoinHandle<()>,
-        member: &H::Membership,
-        identity: PublicIdentity,
+        joined: &Joined<H::Membership>,
     ) -> Result<(), Ended> {
+        let (member, identity) = (&joined.member, joined.identity);
         let shared = self.shared.clone();
         let config = &shared.config;
         let mut last_heard = Instant::now();
@@ -512,6 +520,7 @@ impl<H: RoomService> Handler<H> {
             who: TokenBucket::new(config.who_burst, config.who_per_sec),
             ping: None,
             alive: false,
+            room: joined.room.clone(),
         };
         loop {
             let pinged = session.ping.is_some();
@@ -618,7 +627,7 @@ impl<H: RoomService> Handler<H> {
                 _ => true,
             };
             if let ClientMessage::Send { envelope } = message {
-                pending.push_back(self.send(member, identity, envelope));
+                pending.push_back(self.send(member, identity, &session.room, envelope));
                 if !self.make_room(pending, outbox).await {
                     return Flow::Stop;
                 }
@@ -689,17 +698,45 @@ impl<H: RoomService> Handler<H> {
 
     /// Checks and submits one envelope; the answer is exactly one `Ack` or `Error`, an `Ack`
     /// only once the envelope is durable.
-    fn send(&self, member: &H::Membership, identity: PublicIdentity, envelope: Vec<u8>) -> Answer {
-        match self.check_and_publish(member, identity, envelope) {
+    fn send(
+        &self,
+        member: &H::Membership,
+        identity: PublicIdentity,
+        room: &RoomName,
+        envelope: Vec<u8>,
+    ) -> Answer {
+        match self.check_and_publish(member, identity, room, envelope) {
             Ok(publish) => publish,
             Err(error) => Box::pin(std::future::ready(encode(&error))),
         }
+    }
+
+    /// Takes a token for one envelope from the member's identity, its address and its room, in
+    /// that order; names the first limit that had none. Identities cost nothing to make, so
+    /// the address and room limits bound what many of them together can store.
+    fn over_rate(&self, identity: PublicIdentity, room: &RoomName) -> Option<String> {
+        let shared = &self.shared;
+        let config = &shared.config;
+        let (scope, per_sec, burst) = if !shared.send_rate.try_take(&identity) {
+            ("member", config.rate_per_sec, config.rate_burst)
+        } else if !shared.send_rate_ip.try_take(&address_key(self.peer.ip())) {
+            ("address", config.ip_rate_per_sec, config.ip_rate_burst)
+        } else if !shared.send_rate_room.try_take(room) {
+            ("room", config.room_rate_per_sec, config.room_rate_burst)
+        } else {
+            return None;
+        };
+        if let Some(unlogged) = shared.rate_log.take() {
+            info!(scope, unlogged, "rate limit hit");
+        }
+        Some(format!("rate limit {per_sec}/s with burst {burst} per {scope} exceeded; message not delivered"))
     }
 
     fn check_and_publish(
         &self,
         member: &H::Membership,
         identity: PublicIdentity,
+        room: &RoomName,
         envelope: Vec<u8>,
     ) -> Result<Answer, RelayMessage> {
         let config = &self.shared.config;
@@ -729,15 +766,8 @@ impl<H: RoomService> Handler<H> {
                 "the envelope names another sender than your identity; message not delivered".into(),
             );
         }
-        if !self.shared.send_rate.try_take(&identity) {
-            info!("rate limit hit");
-            return error(
-                ErrorCode::RateLimited,
-                format!(
-                    "rate limit {}/s with burst {} exceeded; message not delivered",
-                    config.rate_per_sec, config.rate_burst
-                ),
-            );
+        if let Some(detail) = self.over_rate(identity, room) {
+            return error(ErrorCode::RateLimited, detail);
         }
         let counter = header.counter;
         let publish = self.shared.hub.publish(member, header, Bytes::from(envelope));

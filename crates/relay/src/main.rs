@@ -115,6 +115,18 @@ struct RunArgs {
     /// Envelopes per second a member may send sustained.
     #[arg(long, value_name = "N", default_value_t = defaults().rate_per_sec)]
     rate_per_sec: u32,
+    /// Envelopes all members on one address may send in a burst.
+    #[arg(long, value_name = "N", default_value_t = defaults().ip_rate_burst)]
+    ip_rate_burst: u32,
+    /// Envelopes per second all members on one address may send sustained.
+    #[arg(long, value_name = "N", default_value_t = defaults().ip_rate_per_sec)]
+    ip_rate_per_sec: u32,
+    /// Envelopes one room may take in a burst, over all its members.
+    #[arg(long, value_name = "N", default_value_t = defaults().room_rate_burst)]
+    room_rate_burst: u32,
+    /// Envelopes per second one room may take sustained, over all its members.
+    #[arg(long, value_name = "N", default_value_t = defaults().room_rate_per_sec)]
+    room_rate_per_sec: u32,
     /// Largest envelope accepted, in bytes (at most the protocol's maximum).
     #[arg(long, value_name = "BYTES", default_value_t = defaults().max_envelope_len)]
     max_envelope: usize,
@@ -229,6 +241,10 @@ fn config(args: &RunArgs) -> Result<Config, String> {
     config.idle_timeout = args.idle_timeout;
     config.rate_burst = args.rate_burst;
     config.rate_per_sec = args.rate_per_sec;
+    config.ip_rate_burst = args.ip_rate_burst;
+    config.ip_rate_per_sec = args.ip_rate_per_sec;
+    config.room_rate_burst = args.room_rate_burst;
+    config.room_rate_per_sec = args.room_rate_per_sec;
     config.max_envelope_len = args.max_envelope;
     config.ip_failures_slow = args.ip_failures_slow;
     config.ip_failures_lockout = args.ip_failures_lockout;

@@ -96,6 +96,9 @@ impl Relay {
             slots: Arc::new(Semaphore::new(config.max_connections)),
             send_rate: SendRate::new(config.rate_burst, config.rate_per_sec),
             refusal_log: LogBudget::new(),
+            rate_log: LogBudget::new(),
+            send_rate_ip: SendRate::new(config.ip_rate_burst, config.ip_rate_per_sec),
+            send_rate_room: SendRate::new(config.room_rate_burst, config.room_rate_per_sec),
             ended_log: LogBudget::new(),
             room_creations: FailureTracker::new(
                 config.room_creations_per_ip,

@@ -454,3 +454,68 @@ async fn a_room_locked_by_wrong_passwords_still_admits_its_bound_members() -> Te
     assert_eq!(b.delivery().await?.0, pair.seq);
     relay.stop().await
 }
+
+/// Sends `count` envelopes as `person` in one transport message; returns how many were
+/// acknowledged and the detail of the first refusal.
+async fn send_burst(
+    conn: &mut Conn,
+    person: &mut Person,
+    room: &TestRoom,
+    count: usize,
+) -> Res<(usize, String)> {
+    let batch: Vec<ClientMessage> =
+        (0..count).map(|_| ClientMessage::Send { envelope: person.seal(room, "burst").1 }).collect();
+    conn.send(&batch).await?;
+    let (mut acked, mut refused) = (0, String::new());
+    for _ in 0..count {
+        match conn.answer().await? {
+            RelayMessage::Ack { .. } => acked += 1,
+            RelayMessage::Error { code: ErrorCode::RateLimited, detail } if refused.is_empty() => {
+                refused = detail
+            }
+            RelayMessage::Error { code: ErrorCode::RateLimited, .. } => {}
+            other => return Err(format!("unexpected {other:?}").into()),
+        }
+    }
+    Ok((acked, refused))
+}
+
+#[tokio::test]
+async fn fresh_identities_do_not_multiply_the_send_rate_of_an_address_or_a_room() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let relay = TestRelay::start(dir.path(), |c| {
+        c.rate_burst = 20;
+        c.rate_per_sec = 1;
+        c.ip_rate_burst = 30;
+        c.ip_rate_per_sec = 1;
+        c.room_rate_burst = 45;
+        c.room_rate_per_sec = 1;
+    })
+    .await?;
+    let room = TestRoom::new("busy");
+    let (_owner, _) = member(&relay, &Person::new("owner"), &room, true).await?;
+    // Three identities on one address: each may send 20, the address 30 in all.
+    let mut acked = 0;
+    let mut detail = String::new();
+    for i in 0..3 {
+        let mut person = Person::new(&format!("sybil{i}"));
+        let mut conn = Conn::connect_from(relay.addr, [127, 0, 0, 2].into()).await?;
+        conn.join(&person, &room, false, 0).await?.map_err(|e| format!("{e:?}"))?;
+        let (n, refused) = send_burst(&mut conn, &mut person, &room, 20).await?;
+        acked += n;
+        if detail.is_empty() {
+            detail = refused;
+        }
+    }
+    // The burst, plus at most a token or two refilled while the test ran.
+    assert!((30..=32).contains(&acked), "one address stored {acked} envelopes");
+    assert!(detail.contains("per address"), "{detail}");
+    // Another address gets what is left of the room's burst of 45, not its own 20.
+    let mut dave = Person::new("dave");
+    let mut conn = Conn::connect_from(relay.addr, [127, 0, 0, 3].into()).await?;
+    conn.join(&dave, &room, false, 0).await?.map_err(|e| format!("{e:?}"))?;
+    let (n, refused) = send_burst(&mut conn, &mut dave, &room, 20).await?;
+    assert!(acked + n <= 48, "the room stored {} envelopes", acked + n);
+    assert!(n < 20 && refused.contains("per room"), "{n}: {refused}");
+    relay.stop().await
+}

@@ -155,7 +155,22 @@ async fn joiners_that_never_read_a_long_history_cost_a_bounded_slice_each() -> T
     let dir = tempfile::tempdir()?;
     let relay = Process::start(
         dir.path(),
-        &["--rate-burst", "100000", "--rate-per-sec", "100000", "--write-stall", "60s"],
+        &[
+            "--rate-burst",
+            "100000",
+            "--rate-per-sec",
+            "100000",
+            "--ip-rate-burst",
+            "100000",
+            "--ip-rate-per-sec",
+            "100000",
+            "--room-rate-burst",
+            "100000",
+            "--room-rate-per-sec",
+            "100000",
+            "--write-stall",
+            "60s",
+        ],
     )?;
     let room = TestRoom::new("big");
     let mut owner = Person::new("owner");
