@@ -24,6 +24,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Envelopes kept per room for history replay (default 1000).
     pub history: usize,
+    /// Bytes of envelopes kept per room (default 4 MiB): the oldest go first when either
+    /// this or `history` is reached.
+    pub history_bytes: usize,
     /// Concurrent connections, joined or not (default 4096). Further connections wait in
     /// the kernel's accept backlog until a slot frees up.
     pub max_connections: usize,
@@ -110,6 +113,7 @@ impl Config {
         Self {
             data_dir: data_dir.into(),
             history: 1000,
+            history_bytes: 4 << 20,
             max_connections: 4096,
             max_unauthenticated_per_ip: 16,
             max_connections_per_ip: 64,

@@ -72,6 +72,10 @@ impl Retained {
         Self::new(e.seq, e.sender, e.counter, &e.envelope)
     }
 
+    fn envelope_len(&self) -> usize {
+        self.item.len().saturating_sub(DELIVER_PREFIX)
+    }
+
     /// The envelope, sharing the item's buffer.
     fn envelope(&self) -> Bytes {
         self.item.slice(DELIVER_PREFIX.min(self.item.len())..)
@@ -205,6 +209,8 @@ struct RoomState {
     /// Committed envelopes, oldest first, at most `LocalRooms::history`: one copy each,
     /// shared by every replay.
     history: VecDeque<Retained>,
+    /// Bytes of the envelopes in `history`, at most `LocalRooms::history`'s byte limit.
+    retained_bytes: usize,
     /// Envelopes ever dropped from the front of `history`: a replay's position is counted
     /// from the first envelope this room held in memory, so it notices when the history moved
     /// on past it.
@@ -246,14 +252,15 @@ impl Room {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn from_record(name: RoomName, record: RoomRecord) -> Arc<Self> {
+    fn from_record(name: RoomName, record: RoomRecord, keep: HistoryLimit) -> Arc<Self> {
         let delivered = record.history.last().map_or(record.latest_seq, |e| e.seq.max(record.latest_seq));
-        let state = RoomState {
+        let mut state = RoomState {
             verifier: JoinVerifier(record.verifier),
             owner: PublicIdentity(record.owner),
             latest_seq: delivered,
             delivered_seq: delivered,
             history: record.history.iter().map(Retained::from_stored).collect(),
+            retained_bytes: record.history.iter().map(|e| e.envelope.len()).sum(),
             trimmed: 0,
             counters: record.counters.into_iter().map(|(id, c)| (PublicIdentity(id), c)).collect(),
             pending: HashMap::new(),
@@ -264,11 +271,28 @@ impl Room {
             joining: 0,
             evicted: false,
         };
+        state.trim(keep);
         Self::new(name, state)
     }
 }
 
+/// How much history a room keeps: envelopes, and bytes of them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HistoryLimit {
+    pub(crate) count: usize,
+    pub(crate) bytes: usize,
+}
+
 impl RoomState {
+    /// Drops the oldest retained envelopes beyond `keep`.
+    fn trim(&mut self, keep: HistoryLimit) {
+        while self.history.len() > keep.count || self.retained_bytes > keep.bytes {
+            let Some(e) = self.history.pop_front() else { break };
+            self.retained_bytes -= e.envelope_len();
+            self.trimmed += 1;
+        }
+    }
+
     /// Pushes an item to every member but `except`; a member whose queue is full is closed
     /// as a slow consumer.
     fn broadcast(&self, item: &Bytes, except: Option<&PublicIdentity>) {
@@ -352,10 +376,11 @@ impl fmt::Debug for LocalMember {
 #[derive(Debug)]
 pub(crate) struct LocalRooms {
     rooms: Mutex<HashMap<RoomName, Arc<Room>>>,
-    /// Serialises loading and creating rooms, so one room is never loaded twice.
-    loading: tokio::sync::Mutex<()>,
+    /// Serialises loading and creating each room, so one room is never loaded twice; rooms
+    /// load independently of each other. An entry lives while someone holds or awaits it.
+    loading: Mutex<HashMap<RoomName, Arc<tokio::sync::Mutex<()>>>>,
     store: StoreHandle,
-    history: usize,
+    history: HistoryLimit,
     /// Members per room, and the part of it kept for identities already bound in the room.
     max_members: usize,
     reserved: usize,
@@ -376,13 +401,13 @@ enum Lookup {
 impl LocalRooms {
     pub(crate) fn new(
         store: StoreHandle,
-        history: usize,
+        history: HistoryLimit,
         max_members: usize,
         headroom_percent: usize,
     ) -> Self {
         Self {
             rooms: Mutex::new(HashMap::new()),
-            loading: tokio::sync::Mutex::new(()),
+            loading: Mutex::new(HashMap::new()),
             store,
             history,
             max_members: max_members.max(1),
@@ -421,7 +446,26 @@ impl LocalRooms {
         self.rooms.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Finds a room in memory, or loads it. Must be called with `loading` held.
+    /// Runs `f` holding the loading lock of the room `name` (and no other room's).
+    async fn loading<R>(&self, name: &RoomName, f: impl Future<Output = R>) -> R {
+        let lock = {
+            let mut locks = self.loading.lock().unwrap_or_else(PoisonError::into_inner);
+            locks.entry(name.clone()).or_default().clone()
+        };
+        let result = {
+            let _held = lock.lock().await;
+            f.await
+        };
+        let mut locks = self.loading.lock().unwrap_or_else(PoisonError::into_inner);
+        drop(lock);
+        // Nobody else holds or waits for it: forget it.
+        if locks.get(name).is_some_and(|l| Arc::strong_count(l) == 1) {
+            locks.remove(name);
+        }
+        result
+    }
+
+    /// Finds a room in memory, or loads it. Must be called inside `loading` for `name`.
     async fn load(&self, name: &RoomName) -> Result<Lookup, Refusal> {
         if let Some(room) = self.map().get(name) {
             return Ok(Lookup::Found(room.clone()));
@@ -430,7 +474,7 @@ impl LocalRooms {
         // including those of a room evicted a moment ago.
         match self.store.load_room(name.as_str()).await {
             Ok(Some(record)) => {
-                let room = Room::from_record(name.clone(), record);
+                let room = Room::from_record(name.clone(), record, self.history);
                 self.map().insert(name.clone(), room.clone());
                 Ok(Lookup::Found(room))
             }
@@ -443,8 +487,7 @@ impl LocalRooms {
         if let Some(room) = self.map().get(name) {
             return Ok(Lookup::Found(room.clone()));
         }
-        let _loading = self.loading.lock().await;
-        self.load(name).await
+        self.loading(name, self.load(name)).await
     }
 
     /// Registers a verified member; the caller holds the room lock.
@@ -492,7 +535,19 @@ impl LocalRooms {
         outbox: Arc<Outbox>,
         may_create: CreateGate<'_>,
     ) -> Result<Result<LocalMember, SignedJoin>, Refusal> {
-        let _loading = self.loading.lock().await;
+        let name = join.request().room.clone();
+        self.loading(&name, self.create_locked(join, history_after, connection, outbox, may_create)).await
+    }
+
+    /// `create`, inside the room's loading lock.
+    async fn create_locked(
+        &self,
+        join: SignedJoin,
+        history_after: u64,
+        connection: u64,
+        outbox: Arc<Outbox>,
+        may_create: CreateGate<'_>,
+    ) -> Result<Result<LocalMember, SignedJoin>, Refusal> {
         let name = join.request().room.clone();
         if let Lookup::Found(_) = self.load(&name).await? {
             // Created by someone else meanwhile: join it like any existing room.
@@ -512,6 +567,7 @@ impl LocalRooms {
             latest_seq: 0,
             delivered_seq: 0,
             history: VecDeque::new(),
+            retained_bytes: 0,
             trimmed: 0,
             counters: HashMap::new(),
             pending: HashMap::new(),
@@ -678,13 +734,15 @@ impl LocalRooms {
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 let room_ref = room.clone();
                 let keep = self.history;
+                // What the byte budget already let go of in memory goes from disk too.
+                let drop_before = st.history.front().map_or(0, |e| e.seq);
                 let done = Box::new(move |result: Result<(), StoreError>| {
                     LocalRooms::committed(&room_ref, &result, retained, previous_counter, live, keep);
                     let _ = tx.send(result);
                 });
                 // Queued under the room lock, so storage commits (and delivers) in seq order.
                 self.store
-                    .append(room.name.as_str(), record, keep, done)
+                    .append(room.name.as_str(), record, keep.count, drop_before, done)
                     .map_err(|e| Refusal::internal(&e))?;
                 st.latest_seq = seq;
                 st.counters.insert(sender, counter);
@@ -702,7 +760,7 @@ impl LocalRooms {
         record: Retained,
         previous_counter: Option<u64>,
         live: Bytes,
-        keep: usize,
+        keep: HistoryLimit,
     ) {
         let mut st = room.lock();
         let sender = PublicIdentity(record.sender);
@@ -720,12 +778,10 @@ impl LocalRooms {
         }
         st.delivered_seq = st.delivered_seq.max(record.seq);
         let seq = record.seq;
-        if keep > 0 {
+        if keep.count > 0 {
+            st.retained_bytes += record.envelope_len();
             st.history.push_back(record);
-            while st.history.len() > keep {
-                st.history.pop_front();
-                st.trimmed += 1;
-            }
+            st.trim(keep);
         }
         st.broadcast(&live, Some(&sender));
         drop(st);
@@ -925,7 +981,7 @@ mod tests {
     async fn rooms_leave_memory_when_idle_and_come_back_from_storage() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db"), Synchronous::Normal).unwrap();
-        let hub = LocalRooms::new(store.handle(), 10, 1000, 10);
+        let hub = LocalRooms::new(store.handle(), HistoryLimit { count: 10, bytes: 1 << 20 }, 1000, 10);
         let keys = split_master(&[1; 32]);
         let wrong = split_master(&[2; 32]);
         let (alice, bob) = (Identity::generate(), Identity::generate());
@@ -1010,6 +1066,36 @@ mod tests {
         assert_eq!(b.room.lock().owner, alice.public());
         hub.leave(&b);
         assert!(hub.map().is_empty());
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn loading_one_room_never_waits_for_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db"), Synchronous::Normal).unwrap();
+        let hub = LocalRooms::new(store.handle(), HistoryLimit { count: 10, bytes: 1 << 20 }, 1000, 10);
+        let keys = split_master(&[1; 32]);
+        let outbox = Arc::new(Outbox::new(1 << 20, Duration::from_secs(30)));
+        let alice = Identity::generate();
+        let joined = signed(&alice, "alice", &keys.join_secret, true);
+        let a = hub.join(joined, 0, 1, outbox, &|| Ok(()), JoinPolicy::default()).await.unwrap();
+        hub.leave(&a);
+        assert!(hub.map().is_empty(), "the room is on disk only");
+
+        // Another room's load is under way (and stays so until `finish` fires).
+        let (finish, finished) = tokio::sync::oneshot::channel::<()>();
+        let other = RoomName::new("other").unwrap();
+        let mut held = Box::pin(hub.loading(&other, async move {
+            let _ = finished.await;
+        }));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(held.as_mut().poll(&mut cx).is_pending());
+        let found =
+            tokio::time::timeout(Duration::from_secs(5), hub.lookup(&RoomName::new("room").unwrap())).await;
+        assert!(matches!(found, Ok(Ok(Lookup::Found(_)))), "the room loaded while the other one was loading");
+        finish.send(()).unwrap();
+        held.await;
+        assert!(hub.loading.lock().unwrap().is_empty(), "no lock is kept once nobody uses it");
         store.close().await;
     }
 }

@@ -62,6 +62,9 @@ struct RunArgs {
     /// Envelopes kept per room for members who reconnect.
     #[arg(long, value_name = "N", default_value_t = defaults().history)]
     history: usize,
+    /// Bytes of envelopes kept per room (the oldest go first).
+    #[arg(long, value_name = "BYTES", default_value_t = defaults().history_bytes)]
+    history_bytes: usize,
     /// Concurrent connections.
     #[arg(long, value_name = "N", default_value_t = defaults().max_connections)]
     max_connections: usize,
@@ -211,6 +214,12 @@ fn config(args: &RunArgs) -> Result<Config, String> {
                     --max-connections-per-48, --max-room-members and --who-per-sec must be at least 1"
             .into());
     }
+    if args.history_bytes < config.max_envelope_len {
+        return Err(format!(
+            "--history-bytes {} cannot hold one envelope; use at least {}",
+            args.history_bytes, config.max_envelope_len
+        ));
+    }
     if args.headroom_percent > 50 {
         return Err(format!(
             "--headroom-percent {} would keep most of the relay from newcomers; use at most 50",
@@ -224,6 +233,7 @@ fn config(args: &RunArgs) -> Result<Config, String> {
         ));
     }
     config.history = args.history;
+    config.history_bytes = args.history_bytes;
     config.max_connections = args.max_connections;
     config.max_unauthenticated_per_ip = args.max_unauthenticated_per_ip;
     config.max_connections_per_ip = args.max_connections_per_ip;

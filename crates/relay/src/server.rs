@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::handler::{Handler, Shared};
-use crate::hub::{LocalRooms, RoomService};
+use crate::hub::{HistoryLimit, LocalRooms, RoomService};
 use crate::limits::{address_key, wide_key, AddressCount, AddressSlot, FailureTracker, LogBudget, SendRate};
 use crate::shutdown::Shutdown;
 use crate::store::{Store, StoreError};
@@ -75,8 +75,8 @@ impl Relay {
     /// every member, flushes the database and returns.
     pub async fn run(self, listener: TcpListener, shutdown: impl Future) -> Result<(), RelayError> {
         let Relay { config, static_key, store, .. } = self;
-        let hub =
-            LocalRooms::new(store.handle(), config.history, config.max_room_members, config.headroom_percent);
+        let history = HistoryLimit { count: config.history, bytes: config.history_bytes };
+        let hub = LocalRooms::new(store.handle(), history, config.max_room_members, config.headroom_percent);
         let shared = Arc::new(Shared {
             hub,
             ip_failures: FailureTracker::new(

@@ -164,7 +164,7 @@ enum Write {
     CreateRoom { room: String, verifier: [u8; 32], owner: [u8; 32], nick: String, created: i64 },
     BindNick { room: String, nick: String, identity: [u8; 32] },
     SetBan { room: String, identity: [u8; 32], banned: bool },
-    Append { room: String, record: StoredEnvelope, keep: usize },
+    Append { room: String, record: StoredEnvelope, keep: usize, drop_before: u64 },
 }
 
 enum Done {
@@ -367,17 +367,19 @@ impl StoreHandle {
     }
 
     /// Queues an envelope without waiting; `done` runs on the storage thread, in queue order,
-    /// once the transaction holding it committed. Keeps the last `keep` envelopes of the room.
+    /// once the transaction holding it committed. Keeps the last `keep` envelopes of the room,
+    /// none before `drop_before` (what the room's byte budget let go).
     pub(crate) fn append(
         &self,
         room: &str,
         record: StoredEnvelope,
         keep: usize,
+        drop_before: u64,
         done: AppendDone,
     ) -> Result<(), StoreError> {
         self.tx
             .send(Op::Write {
-                write: Write::Append { room: room.to_owned(), record, keep },
+                write: Write::Append { room: room.to_owned(), record, keep, drop_before },
                 done: Done::Callback(done),
             })
             .map_err(|_| StoreError::Closed)
@@ -468,18 +470,21 @@ struct GroupAppends {
 struct RoomAppends {
     latest_seq: u64,
     keep: usize,
+    drop_before: u64,
     max_counters: HashMap<[u8; 32], u64>,
 }
 
 impl GroupAppends {
-    fn add(&mut self, room: String, record: &StoredEnvelope, keep: usize) {
+    fn add(&mut self, room: String, record: &StoredEnvelope, keep: usize, drop_before: u64) {
         let entry = self.rooms.entry(room).or_insert_with(|| RoomAppends {
             latest_seq: 0,
             keep,
+            drop_before,
             max_counters: HashMap::new(),
         });
         entry.latest_seq = entry.latest_seq.max(record.seq);
         entry.keep = keep;
+        entry.drop_before = entry.drop_before.max(drop_before);
         let counter = entry.max_counters.entry(record.sender).or_insert(record.counter);
         *counter = (*counter).max(record.counter);
     }
@@ -500,7 +505,10 @@ impl GroupAppends {
                 .and_then(|mut s| s.execute(params![room, sender, counter as i64]))
                 .map_err(sqlite("storing an envelope"))?;
             }
-            let oldest_kept = appends.latest_seq.saturating_sub(appends.keep as u64);
+            let oldest_kept = appends
+                .latest_seq
+                .saturating_sub(appends.keep as u64)
+                .max(appends.drop_before.saturating_sub(1));
             if oldest_kept > 0 {
                 tx.prepare_cached("DELETE FROM history WHERE room = ?1 AND seq <= ?2")
                     .and_then(|mut s| s.execute(params![room, oldest_kept as i64]))
@@ -575,9 +583,9 @@ fn apply(tx: &rusqlite::Transaction<'_>, write: Write, appends: &mut GroupAppend
                 .and_then(|mut s| s.execute(params![room, identity]))
                 .map_err(sqlite("updating a ban"))?;
         }
-        Write::Append { room, record, keep } => {
+        Write::Append { room, record, keep, drop_before } => {
             append(tx, &room, &record)?;
-            appends.add(room, &record, keep);
+            appends.add(room, &record, keep, drop_before);
         }
     }
     Ok(())
@@ -648,6 +656,7 @@ mod tests {
             "r",
             e,
             keep,
+            0,
             Box::new(move |r| {
                 let _ = tx.send(r);
             }),
@@ -714,7 +723,7 @@ mod tests {
                 let _ = tx.send(r);
             });
             batch.push(Op::Write {
-                write: Write::Append { room: room.into(), record, keep: 3 },
+                write: Write::Append { room: room.into(), record, keep: 3, drop_before: 0 },
                 done: Done::Callback(done),
             });
             results.push(rx);

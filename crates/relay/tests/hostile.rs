@@ -519,3 +519,38 @@ async fn fresh_identities_do_not_multiply_the_send_rate_of_an_address_or_a_room(
     assert!(n < 20 && refused.contains("per room"), "{n}: {refused}");
     relay.stop().await
 }
+
+#[tokio::test]
+async fn a_rooms_history_is_bounded_in_bytes_in_memory_and_on_disk() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    // 40 000 bytes hold 9 full-size envelopes of 4305 bytes.
+    let limits = |c: &mut chatroom_relay::Config| {
+        c.history_bytes = 40_000;
+        c.rate_burst = 1000;
+    };
+    let relay = TestRelay::start(dir.path(), limits).await?;
+    let room = TestRoom::new("bytes");
+    let mut alice = Person::new("alice");
+    let (mut a, _) = member(&relay, &alice, &room, true).await?;
+    let body = "b".repeat(chatroom_crypto::MAX_BODY_LEN);
+    for seq in 1..=20 {
+        let (_, envelope) = alice.seal(&room, &body);
+        assert_eq!(envelope.len(), MAX_ENVELOPE_LEN);
+        assert_eq!(a.publish_ok(envelope).await?, seq);
+    }
+    let (_, joined) = member(&relay, &Person::new("bob"), &room, false).await?;
+    assert_eq!(joined.history.iter().map(|h| h.0).collect::<Vec<_>>(), (12..=20).collect::<Vec<_>>());
+    drop(a);
+    relay.stop().await?;
+
+    // On disk: what memory let go is deleted with the next append (one envelope of lag).
+    let db = rusqlite::Connection::open(dir.path().join(chatroom_relay::DB_FILE))?;
+    let rows: i64 = db.query_row("SELECT count(*) FROM history", [], |r| r.get(0))?;
+    assert!(rows <= 10, "{rows} envelopes on disk");
+    drop(db);
+    // Loaded again, the room keeps to the same budget.
+    let relay = TestRelay::start(dir.path(), limits).await?;
+    let (_, joined) = member(&relay, &Person::new("carol"), &room, false).await?;
+    assert_eq!(joined.history.iter().map(|h| h.0).collect::<Vec<_>>(), (12..=20).collect::<Vec<_>>());
+    relay.stop().await
+}

@@ -170,6 +170,9 @@ async fn joiners_that_never_read_a_long_history_cost_a_bounded_slice_each() -> T
             "100000",
             "--write-stall",
             "60s",
+            // All 1000 full-size envelopes (4.3 MB) are kept.
+            "--history-bytes",
+            "8388608",
         ],
     )?;
     let room = TestRoom::new("big");
