@@ -27,6 +27,12 @@ pub struct Config {
     /// Bytes of envelopes kept per room (default 4 MiB): the oldest go first when either
     /// this or `history` is reached.
     pub history_bytes: usize,
+    /// Rooms the relay stores at most (default 10 000); creating one more is refused with
+    /// `ServerFull`. With `history_bytes` it bounds the disk history takes.
+    pub max_rooms: usize,
+    /// A room nobody joined or sent to for this long is deleted with its history, nicknames,
+    /// bans and counters (default 90 days).
+    pub room_expiry: Duration,
     /// Concurrent connections, joined or not (default 4096). Further connections wait in
     /// the kernel's accept backlog until a slot frees up.
     pub max_connections: usize,
@@ -114,6 +120,8 @@ impl Config {
             data_dir: data_dir.into(),
             history: 1000,
             history_bytes: 4 << 20,
+            max_rooms: 10_000,
+            room_expiry: Duration::from_secs(90 * 24 * 3600),
             max_connections: 4096,
             max_unauthenticated_per_ip: 16,
             max_connections_per_ip: 64,

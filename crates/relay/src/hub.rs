@@ -12,6 +12,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -189,6 +190,9 @@ pub(crate) trait RoomService: Send + Sync + 'static {
 
     /// The member's connection ended.
     fn leave(&self, member: &Self::Membership);
+
+    /// Deletes rooms unused for `idle`; returns how many.
+    fn expire(&self, idle: Duration) -> impl Future<Output = usize> + Send;
 }
 
 /// A connected member, as the room sees it.
@@ -384,6 +388,21 @@ pub(crate) struct LocalRooms {
     /// Members per room, and the part of it kept for identities already bound in the room.
     max_members: usize,
     reserved: usize,
+    /// Rooms the relay stores at most, and how many it stores.
+    max_rooms: usize,
+    stored: AtomicUsize,
+}
+
+/// Most idle rooms one expiry pass deletes; the next pass takes the rest.
+const EXPIRE_BATCH: usize = 256;
+
+/// What `LocalRooms` enforces.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RoomLimits {
+    pub(crate) history: HistoryLimit,
+    pub(crate) max_members: usize,
+    pub(crate) headroom_percent: usize,
+    pub(crate) max_rooms: usize,
 }
 
 enum Publish {
@@ -399,20 +418,53 @@ enum Lookup {
 }
 
 impl LocalRooms {
-    pub(crate) fn new(
-        store: StoreHandle,
-        history: HistoryLimit,
-        max_members: usize,
-        headroom_percent: usize,
-    ) -> Self {
+    /// Rooms over `store`, which holds `stored` rooms now.
+    pub(crate) fn new(store: StoreHandle, limits: RoomLimits, stored: usize) -> Self {
+        let max_members = limits.max_members.max(1);
         Self {
             rooms: Mutex::new(HashMap::new()),
             loading: Mutex::new(HashMap::new()),
             store,
-            history,
-            max_members: max_members.max(1),
-            reserved: max_members * headroom_percent.min(100) / 100,
+            history: limits.history,
+            max_members,
+            reserved: max_members * limits.headroom_percent.min(100) / 100,
+            max_rooms: limits.max_rooms,
+            stored: AtomicUsize::new(stored),
         }
+    }
+
+    /// Deletes rooms nobody joined or sent to for `idle`, with everything stored about them;
+    /// returns how many. A room in memory (it has members) is never deleted.
+    async fn expire_idle(&self, idle: Duration) -> usize {
+        let before =
+            crate::store::now_secs().saturating_sub(i64::try_from(idle.as_secs()).unwrap_or(i64::MAX));
+        let names = match self.store.idle_rooms(before, EXPIRE_BATCH).await {
+            Ok(names) => names,
+            Err(e) => {
+                error!(error = %e, "could not look for idle rooms");
+                return 0;
+            }
+        };
+        let mut expired = 0;
+        for name in names.iter().filter_map(|n| RoomName::new(n).ok()) {
+            // Under the room's loading lock: nobody loads it while it goes.
+            let deleted = self
+                .loading(&name, async {
+                    if self.map().contains_key(&name) {
+                        return false;
+                    }
+                    self.store.delete_room(name.as_str()).await.is_ok()
+                })
+                .await;
+            if deleted {
+                self.stored.fetch_sub(1, Ordering::Relaxed);
+                expired += 1;
+            }
+        }
+        if expired > 0 {
+            info!(expired, "idle rooms deleted");
+        }
+        expired
     }
 
     /// Whether the room has a place for `identity`: a member reconnecting always does (its
@@ -554,6 +606,12 @@ impl LocalRooms {
             return Ok(Err(join));
         }
         may_create()?;
+        if self.stored.load(Ordering::Relaxed) >= self.max_rooms {
+            return Err(Refusal::new(
+                ErrorCode::ServerFull,
+                format!("the relay holds its maximum of {} rooms; try again later", self.max_rooms),
+            ));
+        }
         let nick = join.request().nick.canonical();
         let (verified, verifier) = join.create_room();
         let owner = *verified.identity();
@@ -584,6 +642,7 @@ impl LocalRooms {
             Self::register(&room, &mut st, verified, true, history_after, connection, outbox)
         };
         self.map().insert(name.clone(), room);
+        self.stored.fetch_add(1, Ordering::Relaxed);
         info!(room = %name, "room created");
         Ok(Ok(member))
     }
@@ -819,7 +878,10 @@ impl RoomService for LocalRooms {
                 }
             };
             match attempt {
-                Ok(member) => return Ok(member),
+                Ok(member) => {
+                    self.store.touch(name.as_str());
+                    return Ok(member);
+                }
                 Err(again) => join = again,
             }
         }
@@ -922,7 +984,13 @@ impl RoomService for LocalRooms {
         }
     }
 
+    fn expire(&self, idle: Duration) -> impl Future<Output = usize> + Send {
+        self.expire_idle(idle)
+    }
+
     fn leave(&self, member: &LocalMember) {
+        // Being in a room is using it: its idle time counts from its last member's leaving.
+        self.store.touch(member.room.name.as_str());
         {
             let mut st = member.room.lock();
             if st.is_current(member) {
@@ -957,6 +1025,15 @@ mod tests {
         .unwrap()
     }
 
+    fn test_limits() -> RoomLimits {
+        RoomLimits {
+            history: HistoryLimit { count: 10, bytes: 1 << 20 },
+            max_members: 1000,
+            headroom_percent: 10,
+            max_rooms: 100,
+        }
+    }
+
     #[test]
     fn long_member_lists_are_split_into_items_of_at_most_1000() {
         let list: Vec<Member> = (0..2500)
@@ -981,7 +1058,7 @@ mod tests {
     async fn rooms_leave_memory_when_idle_and_come_back_from_storage() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db"), Synchronous::Normal).unwrap();
-        let hub = LocalRooms::new(store.handle(), HistoryLimit { count: 10, bytes: 1 << 20 }, 1000, 10);
+        let hub = LocalRooms::new(store.handle(), test_limits(), 0);
         let keys = split_master(&[1; 32]);
         let wrong = split_master(&[2; 32]);
         let (alice, bob) = (Identity::generate(), Identity::generate());
@@ -1073,7 +1150,7 @@ mod tests {
     async fn loading_one_room_never_waits_for_another() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db"), Synchronous::Normal).unwrap();
-        let hub = LocalRooms::new(store.handle(), HistoryLimit { count: 10, bytes: 1 << 20 }, 1000, 10);
+        let hub = LocalRooms::new(store.handle(), test_limits(), 0);
         let keys = split_master(&[1; 32]);
         let outbox = Arc::new(Outbox::new(1 << 20, Duration::from_secs(30)));
         let alice = Identity::generate();

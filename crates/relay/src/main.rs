@@ -65,6 +65,12 @@ struct RunArgs {
     /// Bytes of envelopes kept per room (the oldest go first).
     #[arg(long, value_name = "BYTES", default_value_t = defaults().history_bytes)]
     history_bytes: usize,
+    /// Rooms the relay stores at most.
+    #[arg(long, value_name = "N", default_value_t = defaults().max_rooms)]
+    max_rooms: usize,
+    /// Idle time after which a room is deleted with everything stored about it.
+    #[arg(long, value_name = "DURATION", default_value = "2160h", value_parser = parse_duration)]
+    room_expiry: Duration,
     /// Concurrent connections.
     #[arg(long, value_name = "N", default_value_t = defaults().max_connections)]
     max_connections: usize,
@@ -234,6 +240,8 @@ fn config(args: &RunArgs) -> Result<Config, String> {
     }
     config.history = args.history;
     config.history_bytes = args.history_bytes;
+    config.max_rooms = args.max_rooms;
+    config.room_expiry = args.room_expiry;
     config.max_connections = args.max_connections;
     config.max_unauthenticated_per_ip = args.max_unauthenticated_per_ip;
     config.max_connections_per_ip = args.max_connections_per_ip;

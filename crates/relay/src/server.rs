@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::handler::{Handler, Shared};
-use crate::hub::{HistoryLimit, LocalRooms, RoomService};
+use crate::hub::{HistoryLimit, LocalRooms, RoomLimits, RoomService};
 use crate::limits::{address_key, wide_key, AddressCount, AddressSlot, FailureTracker, LogBudget, SendRate};
 use crate::shutdown::Shutdown;
 use crate::store::{Store, StoreError};
@@ -75,8 +75,13 @@ impl Relay {
     /// every member, flushes the database and returns.
     pub async fn run(self, listener: TcpListener, shutdown: impl Future) -> Result<(), RelayError> {
         let Relay { config, static_key, store, .. } = self;
-        let history = HistoryLimit { count: config.history, bytes: config.history_bytes };
-        let hub = LocalRooms::new(store.handle(), history, config.max_room_members, config.headroom_percent);
+        let limits = RoomLimits {
+            history: HistoryLimit { count: config.history, bytes: config.history_bytes },
+            max_members: config.max_room_members,
+            headroom_percent: config.headroom_percent,
+            max_rooms: config.max_rooms,
+        };
+        let hub = LocalRooms::new(store.handle(), limits, store.rooms());
         let shared = Arc::new(Shared {
             hub,
             ip_failures: FailureTracker::new(
@@ -109,6 +114,7 @@ impl Relay {
             config,
         });
         let grace = shared.config.shutdown_grace;
+        let sweeper = tokio::spawn(sweep(shared.clone()));
         let (notify_shutdown, _) = broadcast::channel(1);
         let (done_tx, mut done_rx) = mpsc::channel(1);
         let mut server = Listener {
@@ -126,6 +132,7 @@ impl Relay {
             _ = server.run() => {}
             _ = shutdown => info!("shutting down"),
         }
+        sweeper.abort();
         let Listener { notify_shutdown, done_tx, listener, .. } = server;
         drop(listener);
         drop(notify_shutdown);
@@ -137,6 +144,18 @@ impl Relay {
         store.close().await;
         info!("stopped");
         Ok(())
+    }
+}
+
+/// Deletes rooms idle for `room_expiry`, checking a quarter of that often (at most hourly).
+async fn sweep<H: RoomService>(shared: Arc<Shared<H>>) {
+    let idle = shared.config.room_expiry;
+    let every = (idle / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        shared.hub.expire(idle).await;
     }
 }
 

@@ -554,3 +554,45 @@ async fn a_rooms_history_is_bounded_in_bytes_in_memory_and_on_disk() -> TestResu
     assert_eq!(joined.history.iter().map(|h| h.0).collect::<Vec<_>>(), (12..=20).collect::<Vec<_>>());
     relay.stop().await
 }
+
+#[tokio::test]
+async fn idle_rooms_expire_but_rooms_with_members_do_not_and_the_relay_holds_a_bounded_number() -> TestResult
+{
+    let dir = tempfile::tempdir()?;
+    let relay = TestRelay::start(dir.path(), |c| {
+        c.room_expiry = Duration::from_secs(1);
+        c.max_rooms = 2;
+    })
+    .await?;
+    let (idle, busy) = (TestRoom::new("idle"), TestRoom::new("busy"));
+    drop(member(&relay, &Person::new("alice"), &idle, true).await?);
+    let (_stays, _) = member(&relay, &Person::new("bob"), &busy, true).await?;
+    // Two rooms stored: a third is refused.
+    let mut conn = Conn::connect(relay.addr).await?;
+    let refused = conn.join(&Person::new("carol"), &TestRoom::new("third"), true, 0).await?;
+    assert!(matches!(refused, Err((ErrorCode::ServerFull, _))), "{refused:?}");
+
+    // Probe with a wrong password (which does not count as use) from a fresh address each
+    // time, until the idle room is gone: at most 20 probes, 500 ms apart.
+    let wrong = |room: &TestRoom| TestRoom { name: room.name.clone(), keys: TestRoom::new("x").keys };
+    let mut gone = false;
+    for i in 0..20u8 {
+        let mut conn = Conn::connect_from(relay.addr, [127, 0, 2, i + 1].into()).await?;
+        match conn.join(&Person::new("probe"), &wrong(&idle), false, 0).await? {
+            Err((ErrorCode::NoSuchRoom, _)) => {
+                gone = true;
+                break;
+            }
+            Err((ErrorCode::WrongPassword, _)) => tokio::time::sleep(Duration::from_millis(500)).await,
+            other => return Err(format!("{other:?}").into()),
+        }
+    }
+    assert!(gone, "the idle room never expired");
+    // The room with a member is still there, and a room may be created in the freed place.
+    let mut conn = Conn::connect_from(relay.addr, [127, 0, 3, 1].into()).await?;
+    let refused = conn.join(&Person::new("probe"), &wrong(&busy), false, 0).await?;
+    assert!(matches!(refused, Err((ErrorCode::WrongPassword, _))), "{refused:?}");
+    let (_, joined) = member(&relay, &Person::new("dave"), &idle, true).await?;
+    assert!(joined.created, "the expired room's name is free again");
+    relay.stop().await
+}
