@@ -121,6 +121,14 @@ pub struct EnvelopeHeader {
 }
 
 impl EnvelopeHeader {
+    /// The counter field (bytes 33..41) of anything at least that long, whatever else is
+    /// wrong with it: the relay names it when it refuses a `Send`, so the sender can tell
+    /// which of its envelopes the refusal answers.
+    pub fn peek_counter(envelope: &[u8]) -> Option<u64> {
+        let bytes = envelope.get(33..41)?;
+        Some(u64::from_be_bytes(bytes.try_into().ok()?))
+    }
+
     /// Checks an envelope's length and version and reads its header, without any crypto. The
     /// relay uses this to refuse envelopes that claim another sender before relaying them.
     pub fn parse(envelope: &[u8]) -> Result<Self, DecodeError> {
