@@ -195,7 +195,7 @@ pub fn advice(code: ErrorCode) -> &'static str {
         }
         ErrorCode::NickBound => {
             "this identity already has another nickname in this room; join with that one via --nick, \
-             or use another identity"
+             or use another --data-dir for another identity"
         }
         ErrorCode::Banned => "the room owner banned this identity; ask the owner to /unban you",
         ErrorCode::TooManyAttempts => "too many failed attempts; wait a few minutes before trying again",

@@ -96,6 +96,21 @@ async fn answer_all(pending: &mut VecDeque<Answer>, outbox: &Outbox) -> bool {
     true
 }
 
+/// The answer to a `Send` that was not stored.
+fn send_error(counter: u64, code: ErrorCode, detail: String) -> Bytes {
+    encode(&RelayMessage::SendError { counter, code, detail })
+}
+
+/// A frame whose length is outside the transport range: the Noise session exists, so the
+/// member is told why before the connection closes.
+fn bad_frame(outbox: &Outbox, e: FrameError) -> Ended {
+    if let FrameError::BadLength { len, min, max } = e {
+        let detail = format!("a transport frame of {len} bytes; they are {min} to {max} bytes");
+        outbox.finish_with(ErrorCode::Malformed, &detail);
+    }
+    Ended::Frame(e)
+}
+
 /// State shared by every connection.
 #[derive(Debug)]
 pub(crate) struct Shared<H> {
@@ -531,7 +546,7 @@ impl<H: RoomService> Handler<H> {
                 }
             };
             if let ClientMessage::Send { envelope } = message {
-                pending.push_back(self.send(member, identity, counter.unwrap_or_default(), envelope));
+                pending.push_back(self.send(member, identity, envelope));
                 if !self.make_room(pending, outbox).await {
                     return Flow::Stop;
                 }
@@ -591,18 +606,12 @@ impl<H: RoomService> Handler<H> {
         }
     }
 
-    /// Checks and submits one envelope whose counter field holds `counter`; the answer is
-    /// exactly one `Ack` or `SendError` naming it, an `Ack` only once the envelope is durable.
-    fn send(
-        &self,
-        member: &H::Membership,
-        identity: PublicIdentity,
-        counter: u64,
-        envelope: Vec<u8>,
-    ) -> Answer {
+    /// Checks and submits one envelope, answered by one `Ack` or `SendError` naming its counter,
+    /// only once the envelope is durable.
+    fn send(&self, member: &H::Membership, identity: PublicIdentity, envelope: Vec<u8>) -> Answer {
         match self.check_and_publish(member, identity, envelope) {
             Ok(publish) => publish,
-            Err(refusal) => Box::pin(std::future::ready(send_error(counter, refusal.code, refusal.detail))),
+            Err(error) => Box::pin(std::future::ready(encode(&error))),
         }
     }
 
@@ -611,9 +620,11 @@ impl<H: RoomService> Handler<H> {
         member: &H::Membership,
         identity: PublicIdentity,
         envelope: Vec<u8>,
-    ) -> Result<Answer, Refusal> {
+    ) -> Result<Answer, RelayMessage> {
         let config = &self.shared.config;
-        let error = |code, detail: String| Err(Refusal::new(code, detail));
+        // A decoded `Send` holds a whole envelope header, so there is a counter to name.
+        let counter = EnvelopeHeader::peek_counter(&envelope).unwrap_or_default();
+        let error = |code, detail: String| Err(RelayMessage::SendError { counter, code, detail });
         let header = match EnvelopeHeader::parse(&envelope) {
             Ok(header) => header,
             Err(e @ DecodeError::TooLong { .. }) => {
@@ -652,27 +663,15 @@ impl<H: RoomService> Handler<H> {
         let counter = header.counter;
         let publish = self.shared.hub.publish(member, header, Bytes::from(envelope));
         Ok(Box::pin(async move {
-            match publish.await {
-                Ok(seq) => encode(&RelayMessage::Ack { counter, seq }),
-                Err(refusal) => send_error(counter, refusal.code, refusal.detail),
-            }
+            let answer = match publish.await {
+                Ok(seq) => RelayMessage::Ack { counter, seq },
+                Err(refusal) => {
+                    RelayMessage::SendError { counter, code: refusal.code, detail: refusal.detail }
+                }
+            };
+            encode(&answer)
         }))
     }
-}
-
-/// The answer to a `Send` that was not stored.
-fn send_error(counter: u64, code: ErrorCode, detail: String) -> Bytes {
-    encode(&RelayMessage::SendError { counter, code, detail })
-}
-
-/// A frame whose length is outside the transport range: the Noise session exists, so the
-/// member is told why before the connection closes.
-fn bad_frame(outbox: &Outbox, e: FrameError) -> Ended {
-    if let FrameError::BadLength { len, min, max } = e {
-        let detail = format!("a transport frame of {len} bytes; they are {min} to {max} bytes");
-        outbox.finish_with(ErrorCode::Malformed, &detail);
-    }
-    Ended::Frame(e)
 }
 
 /// Queues a refusal as the connection's last item.

@@ -330,12 +330,12 @@ impl LocalRooms {
         let identity = *verified.identity();
         let nick = verified.nick().clone();
         let entry = Connected { connection, nick: nick.clone(), outbox: outbox.clone() };
-        if let Some(old) = st.members.insert(identity, entry) {
-            old.outbox.close(ErrorCode::AlreadyConnected, "replaced by a new connection");
-        }
         // A replacement is announced too: the others' lists then carry the nickname as this
         // connection spells it.
         st.presence(PresenceEvent::Joined, &nick, identity, Some(&identity));
+        if let Some(old) = st.members.insert(identity, entry) {
+            old.outbox.close(ErrorCode::AlreadyConnected, "replaced by a new connection");
+        }
         let mut items = Vec::with_capacity(st.history.len() + 3);
         items.push(encode(&RelayMessage::Joined {
             created,

@@ -1,7 +1,8 @@
 //! Messages on their way to the relay, without I/O: sealed envelopes wait here until the relay
-//! answers each with an `Ack` or a `SendError`, matched by the counter both name. After a reconnect the
-//! same envelope bytes are sent again, in order, so the relay's idempotent check turns a resend
-//! of something already stored into a plain `Ack` and nothing is delivered twice.
+//! answers each with an `Ack` or a `SendError`, matched by the counter both name. After a
+//! reconnect the same envelope bytes are sent again, in order, so the relay's idempotent check
+//! turns a resend of something already stored into a plain `Ack` and nothing is delivered
+//! twice.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
