@@ -265,7 +265,7 @@ async fn a_resent_envelope_gets_the_same_seq_and_is_delivered_once() -> TestResu
     let (mut alice, bob) = (Person::new("alice"), Person::new("bob"));
     let (mut a, _) = member(&relay, &alice, &room, true).await?;
     let (mut b, _) = member(&relay, &bob, &room, false).await?;
-    let (_, first) = alice.seal(&room, "once");
+    let (first_counter, first) = alice.seal(&room, "once");
     let (_, second) = alice.seal(&room, "twice");
     assert_eq!(a.publish_ok(first.clone()).await?, 1);
     assert_eq!(a.publish_ok(second).await?, 2);
@@ -274,6 +274,13 @@ async fn a_resent_envelope_gets_the_same_seq_and_is_delivered_once() -> TestResu
     drop(a);
     let (mut a, _) = member(&relay, &alice, &room, false).await?;
     assert_eq!(a.publish_ok(first).await?, 1);
+    // The relay knows an envelope by its counter alone: other content under a stored counter
+    // is acknowledged with the stored seq and dropped (docs/PROTOCOL.md section 11).
+    let next = alice.counter;
+    alice.counter = first_counter - 1;
+    let (_, other) = alice.seal(&room, "other content, same counter");
+    alice.counter = next;
+    assert_eq!(a.publish_ok(other).await?, 1);
     assert_eq!(b.delivery().await?.0, 1);
     assert_eq!(b.delivery().await?.0, 2);
     assert_eq!(
