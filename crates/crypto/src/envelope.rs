@@ -311,6 +311,33 @@ mod tests {
     }
 
     #[test]
+    fn padding_edges_follow_the_specification() {
+        let (_, _, _, mut content) = fixture();
+        // 12 fixed bytes + "alice" + 47 bytes of body fill one block exactly: no padding.
+        content.body = "b".repeat(47);
+        let exact = content.encode().unwrap();
+        assert_eq!(exact.len(), PAD_BLOCK);
+        assert_eq!(Content::decode(&exact).unwrap(), content);
+        content.body.push('b');
+        assert_eq!(content.encode().unwrap().len(), 2 * PAD_BLOCK, "one byte more: a second block");
+        // Receivers accept extra zero padding, and refuse a non-zero byte in it.
+        let mut extra = exact.to_vec();
+        extra.extend_from_slice(&[0; PAD_BLOCK + 3]);
+        assert!(Content::decode(&extra).is_ok());
+        *extra.last_mut().unwrap() = 1;
+        assert_eq!(Content::decode(&extra), Err(DecodeError::BadPadding));
+    }
+
+    #[test]
+    fn the_counter_is_read_from_anything_that_reaches_it() {
+        let (key, id, room, content) = fixture();
+        let env = seal(&key, &id, &room, 0x0102_0304_0506_0708, &content).unwrap();
+        assert_eq!(EnvelopeHeader::peek_counter(&env), Some(0x0102_0304_0506_0708));
+        assert_eq!(EnvelopeHeader::peek_counter(&env[..41]), Some(0x0102_0304_0506_0708));
+        assert_eq!(EnvelopeHeader::peek_counter(&env[..40]), None);
+    }
+
+    #[test]
     fn debug_never_shows_the_body() {
         let (_, _, _, content) = fixture();
         let shown = format!("{content:?}");

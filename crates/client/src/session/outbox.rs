@@ -143,6 +143,7 @@ impl TokenBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn o(id: u64) -> Outgoing {
         Outgoing { id, counter: 100 + id, envelope: vec![id as u8; 3] }
@@ -169,6 +170,40 @@ mod tests {
         assert_eq!(b.answer(103), AckMatch::Matched(o(3)));
         assert_eq!(b.answer(103), AckMatch::Unexpected, "nothing in flight");
         assert_eq!(b.len(), 1);
+    }
+
+    proptest! {
+        /// Answers in any order, with unknown counters mixed in, each match the envelope with
+        /// their counter exactly once; what was sent and not answered is what is resent.
+        #[test]
+        fn any_order_of_answers_matches_each_envelope_once(
+            order in proptest::sample::subsequence((0..8u64).collect::<Vec<_>>(), 0..=8)
+                .prop_shuffle(),
+            strangers in proptest::collection::vec(200u64..300, 0..4),
+        ) {
+            let mut b = Outbox::default();
+            for i in 0..10 {
+                b.push(o(i));
+            }
+            for _ in 0..8 {
+                b.mark_sent();
+            }
+            for (i, id) in order.iter().enumerate() {
+                prop_assert_eq!(b.answer(100 + id), AckMatch::Matched(o(*id)));
+                if let Some(stranger) = strangers.get(i) {
+                    prop_assert_eq!(b.answer(*stranger), AckMatch::Unexpected);
+                }
+            }
+            prop_assert_eq!(b.in_flight(), 8 - order.len());
+            b.disconnected();
+            let mut resent = Vec::new();
+            while let Some(next) = b.next_unsent() {
+                resent.push(next.id);
+                b.mark_sent();
+            }
+            let expected: Vec<u64> = (0..10).filter(|i| !order.contains(i)).collect();
+            prop_assert_eq!(resent, expected);
+        }
     }
 
     #[test]
