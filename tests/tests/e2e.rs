@@ -214,7 +214,7 @@ fn a_relay_with_a_different_key_is_refused_until_forgotten() -> TestResult {
 }
 
 #[test]
-fn a_nickname_with_a_new_identity_key_is_refused() -> TestResult {
+fn a_nickname_with_a_new_identity_key_and_an_identity_with_a_new_nickname_are_refused() -> TestResult {
     let relay_dir = tempfile::tempdir()?;
     let relay = Relay::start(relay_dir.path())?;
     let (alice_home, bob_home, mallory_home) = (Home::new()?, Home::new()?, Home::new()?);
@@ -242,6 +242,14 @@ fn a_nickname_with_a_new_identity_key_is_refused() -> TestResult {
     bob.close_stdin();
     assert!(bob.wait()?.success());
     alice.stderr.expect("bob left")?;
+    // Bob's identity under another nickname: one nickname per identity per room.
+    let mut robert = bob_home.spawn(
+        "robert",
+        &[&relay.invite("club"), "--nick", "robert", "--password-file", pb.to_str().ok_or("path")?],
+    )?;
+    assert!(!robert.wait()?.success());
+    let err = robert.stderr.all().join("\n");
+    assert!(err.contains("NickBound") && err.contains("known in this room as bob"), "{err}");
 
     // Same nickname, another identity (another data directory), right password.
     let pm = mallory_home.password_file("pw", secret)?;

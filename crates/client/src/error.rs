@@ -171,6 +171,8 @@ pub fn code_name(code: ErrorCode) -> String {
         ErrorCode::EnvelopeTooLarge => "EnvelopeTooLarge",
         ErrorCode::RateLimited => "RateLimited",
         ErrorCode::BadEnvelope => "BadEnvelope",
+        ErrorCode::NickBound => "NickBound",
+        ErrorCode::OwnerProtected => "OwnerProtected",
         ErrorCode::ServerFull => "ServerFull",
         ErrorCode::ShuttingDown => "ShuttingDown",
         ErrorCode::SlowConsumer => "SlowConsumer",
@@ -190,6 +192,10 @@ pub fn advice(code: ErrorCode) -> &'static str {
         ErrorCode::WrongPassword => "check the room password with the other members and try again",
         ErrorCode::NickTaken => {
             "that nickname belongs to another identity in this room; choose another with --nick"
+        }
+        ErrorCode::NickBound => {
+            "this identity already has another nickname in this room; join with that one via --nick, \
+             or use another --data-dir for another identity"
         }
         ErrorCode::Banned => "the room owner banned this identity; ask the owner to /unban you",
         ErrorCode::TooManyAttempts => "too many failed attempts; wait a few minutes before trying again",

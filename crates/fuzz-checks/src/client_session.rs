@@ -5,7 +5,7 @@
 //! are other identities whose envelopes the target seals itself. Each message is built from
 //! the input as a `RelayMessage`, encoded, decoded again with the real decoder, then handed to
 //! the view exactly as the driver does (`Joined`, `Deliver`, `Members`, `Presence`; `Ack`,
-//! `HistoryEnd`, `Error`, `Goodbye`, `Ping` and `Pong` do not reach the view).
+//! `HistoryEnd`, `Error`, `SendError`, `Goodbye`, `Ping` and `Pong` do not reach the view).
 //!
 //! Input: up to [`MAX_OPS`] operations, each `op(u8) | fields`, until the input ends:
 //! - `SEAL`: `sender(u8) counter(u16) timestamp(u8) kind(u8) nick(bytes8) body(bytes8)
@@ -18,7 +18,7 @@
 //! - `PRESENCE`: `event(u8) nick(bytes8) who(u8) [seed(32)]`.
 //! - `JOINED`: `who(u8) [seed(32)] latest(u16) oldest(u16)`.
 //! - `OTHER`: `which(u8) a(u64) b(u16) detail(bytes8)`: `Ack`, `HistoryEnd`, `Error`,
-//!   `Goodbye`, `Ping` or `Pong`.
+//!   `Goodbye`, `Ping`, `SendError` or `Pong` (`which` modulo 7).
 //!
 //! `who` picks `alice`, `bob`, `carol`, `mallory` (0..=3), or (4) an identity from the next
 //! 32 bytes.
@@ -364,7 +364,7 @@ pub fn tally(data: &[u8]) -> Tally {
                 }
             }
             _ => {
-                let which = input.u8() % 6;
+                let which = input.u8() % 7;
                 let a = input.u64();
                 let b = u64::from(input.u16());
                 // Details are cut to 512 bytes on the wire; replacement characters can make
@@ -380,6 +380,7 @@ pub fn tally(data: &[u8]) -> Tally {
                     2 => RelayMessage::Error { code, detail },
                     3 => RelayMessage::Goodbye { code, detail },
                     4 => RelayMessage::Ping { token: a },
+                    5 => RelayMessage::SendError { counter: a, code, detail },
                     _ => RelayMessage::Pong { token: a },
                 };
                 for msg in round_trip(msg) {

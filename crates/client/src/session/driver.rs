@@ -492,14 +492,29 @@ impl Driver {
         for message in messages {
             match message {
                 RelayMessage::Deliver { seq, history, envelope } => {
-                    if let Some(event) = self.view.on_deliver(&self.room_keys.message_key, seq, history, &envelope) {
+                    if let Some(event) =
+                        self.view.on_deliver(&self.room_keys.message_key, seq, history, &envelope)
+                    {
                         self.emit(event);
                     }
                 }
-                RelayMessage::Ack { counter, seq } => match self.outbox.ack(counter) {
+                RelayMessage::Ack { counter, seq } => match self.outbox.answer(counter) {
                     AckMatch::Matched(sent) => self.emit(Event::Sent { id: sent.id, seq }),
                     AckMatch::Unexpected => self.emit(Event::Warning(format!(
-                        "the relay acknowledged counter {counter}, which is not the oldest message in flight; ignored"
+                        "the relay acknowledged counter {counter}, which no message in flight has; ignored"
+                    ))),
+                },
+                RelayMessage::SendError { counter, code, detail } => match self.outbox.answer(counter) {
+                    AckMatch::Matched(failed) => {
+                        if code == ErrorCode::RateLimited {
+                            if let Some(bucket) = &mut self.bucket {
+                                bucket.drain(Instant::now());
+                            }
+                        }
+                        self.emit(Event::SendFailed { id: failed.id, code, detail });
+                    }
+                    AckMatch::Unexpected => self.emit(Event::Warning(format!(
+                        "the relay refused counter {counter}, which no message in flight has; ignored"
                     ))),
                 },
                 RelayMessage::Members { more, members } => {
@@ -516,25 +531,7 @@ impl Driver {
                     self.emit(Event::HistoryEnd);
                     self.emit(Event::State(ConnState::Live));
                 }
-                RelayMessage::Error { code, detail } => {
-                    let answers_send = matches!(
-                        code,
-                        ErrorCode::EnvelopeTooLarge | ErrorCode::RateLimited | ErrorCode::BadEnvelope | ErrorCode::Malformed
-                    );
-                    match (answers_send, self.outbox.in_flight() > 0) {
-                        (true, true) => {
-                            if code == ErrorCode::RateLimited {
-                                if let Some(bucket) = &mut self.bucket {
-                                    bucket.drain(Instant::now());
-                                }
-                            }
-                            if let Some(failed) = self.outbox.fail() {
-                                self.emit(Event::SendFailed { id: failed.id, code, detail });
-                            }
-                        }
-                        _ => self.emit(Event::CommandFailed { code, detail }),
-                    }
-                }
+                RelayMessage::Error { code, detail } => self.emit(Event::CommandFailed { code, detail }),
                 RelayMessage::Ping { token } => {
                     up.writer.send(&[ClientMessage::Pong { token }]).await?;
                     up.last_tx = Instant::now();
