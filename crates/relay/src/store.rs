@@ -917,7 +917,7 @@ mod tests {
                 let _ = tx.send(r);
             });
             batch.push(Op::Write {
-                write: Write::Append { room: "r".into(), record, keep: 10 },
+                write: Write::Append { room: "r".into(), record, keep: 10, drop_before: 0 },
                 done: Done::Callback(done),
             });
             results.push(rx);
