@@ -162,6 +162,7 @@ async fn talk(mut handle: SessionHandle, input: Input, ui: &PlainUi) -> Result<(
                             }
                             Command::Quit => break None,
                             Command::Who => handle.who().await,
+                            Command::Whois(nick) => handle.whois(nick).await,
                             Command::Me(text) => handle.send(ContentKind::Action, &text).await.map(|_| ()),
                             Command::Kick(nick) => handle.kick(nick).await,
                             Command::Ban(nick) => handle.ban(nick).await,

@@ -8,6 +8,8 @@
 
 use std::fmt::Write;
 
+use chatroom_crypto::PublicIdentity;
+
 /// Whether `c` must not reach the terminal as is.
 pub fn is_dangerous(c: char) -> bool {
     matches!(c,
@@ -38,6 +40,19 @@ pub fn neutralize(text: &str) -> String {
         }
     }
     out
+}
+
+/// A short tag of an identity key, shown beside a nickname: the first four bytes of the
+/// key in hex. Two members can choose the same-looking nickname, not the same key.
+pub fn key_tag(identity: &PublicIdentity) -> String {
+    hex::encode(&identity.0[..4])
+}
+
+/// An index in `0..n` chosen by the identity key (for a nickname's colour): the same key has
+/// the same colour everywhere, and a look-alike nickname under another key most likely not.
+pub fn key_colour(identity: &PublicIdentity, n: usize) -> usize {
+    let x = u32::from_be_bytes([identity.0[4], identity.0[5], identity.0[6], identity.0[7]]);
+    x as usize % n.max(1)
 }
 
 /// `neutralize`, cut to at most 80 characters: for echoing user input inside error messages.

@@ -14,9 +14,11 @@ use std::io::{self, IsTerminal, Write};
 use std::sync::Mutex;
 
 use chatroom_client::crypto::{ContentKind, PresenceEvent, PublicIdentity};
-use chatroom_client::display::neutralize;
+use chatroom_client::display::{key_tag, neutralize};
 use chatroom_client::error::code_name;
-use chatroom_client::session::{Callbacks, ChatMessage, ConnState, Event, KdfProgress, MemberInfo, Rejected};
+use chatroom_client::session::{
+    Callbacks, ChatMessage, ConnState, Event, KdfProgress, MemberInfo, Rejected, Whois,
+};
 
 /// Formats the time of a message.
 pub(crate) fn clock(timestamp_ms: u64) -> String {
@@ -43,7 +45,7 @@ fn members_line(list: &[MemberInfo]) -> String {
     let names: Vec<String> = list
         .iter()
         .map(|m| {
-            let mut s = neutralize(m.nick.as_str());
+            let mut s = format!("{} ({})", neutralize(m.nick.as_str()), key_tag(&m.identity));
             if m.owner {
                 s.push_str(" [owner]");
             }
@@ -53,7 +55,26 @@ fn members_line(list: &[MemberInfo]) -> String {
             s
         })
         .collect();
-    format!("members ({}): {}", list.len(), names.join(", "))
+    format!("members as the relay lists them ({}): {}", list.len(), names.join(", "))
+}
+
+fn whois_line(who: &Whois) -> String {
+    let nick = neutralize(who.nick.as_str());
+    let mut line = match who.pinned {
+        Some(key) => format!("{nick}: messages signed by key {} (pinned in this room)", key.fingerprint()),
+        None => format!("{nick}: no signed message seen under this nickname in this room; nothing pinned"),
+    };
+    match (who.listed, who.pinned) {
+        (Some(listed), Some(pinned)) if listed == pinned => line.push_str("; the relay lists the same key"),
+        (Some(listed), _) => {
+            line.push_str(&format!("; the relay lists key {} (its claim)", listed.fingerprint()))
+        }
+        (None, _) => line.push_str("; not in the relay's member list"),
+    }
+    if let Some(like) = &who.look_alike {
+        line.push_str(&format!("; WARNING: looks like {}, a different member", neutralize(like)));
+    }
+    line
 }
 
 fn short(id: &PublicIdentity) -> String {
@@ -90,6 +111,11 @@ pub(crate) fn event_line(event: &Event, relay: &str) -> Option<String> {
         Event::HistoryGap { from, to } => format!(
             "WARNING: messages #{from} to #{to} expired from the relay's history before they could be fetched"
         ),
+        Event::SequenceWentBack { last_seen, relay_latest } => format!(
+            "WARNING: the relay's latest message is #{relay_latest}, but this client had already seen #{last_seen}: \
+             the relay lost messages (restored from a backup or reset). Messages it lost are not coming back; \
+             new ones are shown as usual"
+        ),
         Event::HistoryEnd => "end of history; now live".into(),
         Event::Message(_) => return None,
         Event::Rejected(Rejected::Unverified { seq }) => format!(
@@ -108,29 +134,36 @@ pub(crate) fn event_line(event: &Event, relay: &str) -> Option<String> {
             pinned.fingerprint(),
             neutralize(&message.body)
         ),
-        Event::Rejected(Rejected::NickNotBound { message, known_as }) => format!(
-            "WARNING: key {} (known here as {}) signed a message claiming to be {}, which was never announced \
-             for that key; not shown as theirs. Its text: {}",
+        Event::Rejected(Rejected::Unpinned { message, max }) => format!(
+            "WARNING: key {} signed a message as {}, but this room's pin store is full ({max} nicknames), so the \
+             nickname cannot be pinned to it; not shown as theirs. Its text: {}",
             message.sender.fingerprint(),
-            neutralize(known_as),
             neutralize(message.nick.as_str()),
             neutralize(&message.body)
         ),
+        Event::LookAlike { nick, sender, like } => format!(
+            "WARNING: {} (key {}) looks like {}, a different member; check /whois {} before trusting the next message",
+            neutralize(nick.as_str()),
+            key_tag(sender),
+            neutralize(like),
+            neutralize(nick.as_str())
+        ),
+        Event::Whois(who) => whois_line(who),
         Event::Rejected(_) => "WARNING: a message was rejected".into(),
         Event::Members(list) => members_line(list),
-        Event::Presence { event, nick, .. } => {
-            let nick = neutralize(nick.as_str());
-            match event {
-                PresenceEvent::Joined => format!("{nick} joined"),
-                PresenceEvent::Left => format!("{nick} left"),
-                PresenceEvent::Kicked => format!("{nick} was kicked"),
-                PresenceEvent::Banned => format!("{nick} was banned"),
-                PresenceEvent::Unbanned => format!("{nick} was unbanned"),
-            }
+        Event::Presence { event, nick, identity } => {
+            let what = match event {
+                PresenceEvent::Joined => "joined",
+                PresenceEvent::Left => "left",
+                PresenceEvent::Kicked => "was kicked",
+                PresenceEvent::Banned => "was banned",
+                PresenceEvent::Unbanned => "was unbanned",
+            };
+            format!("relay says: {} {what} (key {})", neutralize(nick.as_str()), key_tag(identity))
         }
         Event::KeyChanged { nick, pinned, seen } => format!(
-            "WARNING: IDENTITY KEY CHANGED for {}: pinned {}, now {}. Someone may be impersonating them; \
-             verify with them out of band. Their messages under the new key are not shown as theirs.",
+            "WARNING: IDENTITY KEY CHANGED for {}: pinned {}, relay says {}. Someone may be impersonating \
+             them; verify with them out of band. Messages under that key are not shown as theirs.",
             neutralize(nick.as_str()),
             pinned.fingerprint(),
             seen.fingerprint()

@@ -31,6 +31,7 @@ use crate::trust::RelayCheck;
 pub(crate) enum Request {
     Send { id: u64, kind: ContentKind, body: String },
     Who,
+    Whois(Nick),
     Kick(Nick),
     Ban(Nick),
     Unban(Nick),
@@ -472,6 +473,10 @@ impl Driver {
                     None => Ok(()),
                 };
             }
+            Request::Whois(nick) => {
+                self.emit(Event::Whois(self.view.whois(&nick)));
+                return Ok(());
+            }
             Request::Who => ClientMessage::Who,
             Request::Kick(nick) => ClientMessage::Kick { nick },
             Request::Ban(nick) => ClientMessage::Ban { nick },
@@ -493,11 +498,19 @@ impl Driver {
             match message {
                 RelayMessage::Deliver { seq, history, envelope } => {
                     if let Some(event) = self.view.on_deliver(&self.room_keys.message_key, seq, history, &envelope) {
+                        if let Event::Message(m) = &event {
+                            if let Some(like) = self.view.look_alike(&m.nick) {
+                                self.emit(Event::LookAlike { nick: m.nick.clone(), sender: m.sender, like });
+                            }
+                        }
                         self.emit(event);
                     }
                 }
                 RelayMessage::Ack { counter, seq } => match self.outbox.ack(counter) {
-                    AckMatch::Matched(sent) => self.emit(Event::Sent { id: sent.id, seq }),
+                    AckMatch::Matched(sent) => {
+                        self.view.on_own_ack(sent.counter, seq);
+                        self.emit(Event::Sent { id: sent.id, seq });
+                    }
                     AckMatch::Unexpected => self.emit(Event::Warning(format!(
                         "the relay acknowledged counter {counter}, which is not the oldest message in flight; ignored"
                     ))),

@@ -20,7 +20,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 pub use connection::{handshake, join, ConnReader, ConnWriter, Handshaken, JoinedInfo, WRITE_TIMEOUT};
-pub use event::{Callbacks, ChatMessage, ConnState, Event, KdfProgress, MemberInfo, Rejected, SessionEnd};
+pub use event::{
+    Callbacks, ChatMessage, ConnState, Event, KdfProgress, MemberInfo, Rejected, SessionEnd, Whois,
+};
 pub use keys::{RoomKeyCache, PROGRESS_INTERVAL};
 pub use outbox::{AckMatch, Outbox, Outgoing, TokenBucket};
 pub use room::{RoomView, MAX_MEMBERS};
@@ -176,6 +178,11 @@ impl SessionHandle {
     /// Asks for the member list (answered with `Event::Members`).
     pub async fn who(&self) -> Result<(), SendError> {
         self.requests.send(Request::Who).await.map_err(|_| SendError::Closed)
+    }
+
+    /// Asks what is known of `nick` (answered with `Event::Whois`).
+    pub async fn whois(&self, nick: Nick) -> Result<(), SendError> {
+        self.requests.send(Request::Whois(nick)).await.map_err(|_| SendError::Closed)
     }
 
     /// Owner only: disconnects a member.

@@ -256,13 +256,14 @@ async fn event_loop(
                     app.notice(NoticeKind::Error, "error: the session has ended; nothing was sent");
                 }
             },
-            Action::Who | Action::Kick(_) | Action::Ban(_) | Action::Unban(_) => {
+            Action::Who | Action::Whois(_) | Action::Kick(_) | Action::Ban(_) | Action::Unban(_) => {
                 let Some(h) = &handle else {
                     app.notice(NoticeKind::Error, "error: not joined; the command was not sent");
                     continue;
                 };
                 let sent = match action {
                     Action::Who => h.who().await,
+                    Action::Whois(nick) => h.whois(nick).await,
                     Action::Kick(nick) => h.kick(nick).await,
                     Action::Ban(nick) => h.ban(nick).await,
                     Action::Unban(nick) => h.unban(nick).await,
