@@ -65,10 +65,16 @@ fn prompts_on_stdin_create_a_room_and_an_invite_joins_it() -> TestResult {
     bob.line("/safety")?;
     assert_eq!(bob.stderr.expect("safety code: ")?, bob_code);
 
-    // End of input: pending messages are acknowledged, then a clean exit.
+    // End of input: pending messages are acknowledged, then an exit whose status reports the
+    // one line that failed (/frobnicate above).
     bob.line("bye")?;
     bob.close_stdin();
-    assert!(bob.wait()?.success(), "{:?}", bob.stderr.all());
+    assert!(!bob.wait()?.success(), "{:?}", bob.stderr.all());
+    assert!(
+        bob.stderr.all().iter().any(|l| l.contains("1 line(s) of input failed")),
+        "{:?}",
+        bob.stderr.all()
+    );
     alice.stdout.expect("<bob> bye")?;
     alice.stderr.expect("bob left")?;
     alice.close_stdin();

@@ -11,10 +11,13 @@
 //! `-!- `. Text from other members or the relay is neutralised first.
 
 use std::io::{self, IsTerminal, Write};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+use tokio::sync::Notify;
+
 use chatroom_client::crypto::{ContentKind, PresenceEvent, PublicIdentity};
-use chatroom_client::display::{key_tag, neutralize};
+use chatroom_client::display::{key_tag, neutralize, neutralize_line};
 use chatroom_client::error::code_name;
 use chatroom_client::session::{
     Callbacks, ChatMessage, ConnState, Event, KdfProgress, MemberInfo, Rejected, Whois,
@@ -34,7 +37,7 @@ pub(crate) fn clock(timestamp_ms: u64) -> String {
 pub(crate) fn message_line(m: &ChatMessage) -> String {
     let history = if m.history { "[history] " } else { "" };
     let nick = neutralize(m.nick.as_str());
-    let body = neutralize(&m.body);
+    let body = neutralize_line(&m.body);
     match m.kind {
         ContentKind::Action => format!("{} {history}* {nick} {body}", clock(m.timestamp_ms)),
         _ => format!("{} {history}<{nick}> {body}", clock(m.timestamp_ms)),
@@ -132,14 +135,14 @@ pub(crate) fn event_line(event: &Event, relay: &str) -> Option<String> {
             message.sender.fingerprint(),
             neutralize(message.nick.as_str()),
             pinned.fingerprint(),
-            neutralize(&message.body)
+            neutralize_line(&message.body)
         ),
         Event::Rejected(Rejected::Unpinned { message, max }) => format!(
             "WARNING: key {} signed a message as {}, but this room's pin store is full ({max} nicknames), so the \
              nickname cannot be pinned to it; not shown as theirs. Its text: {}",
             message.sender.fingerprint(),
             neutralize(message.nick.as_str()),
-            neutralize(&message.body)
+            neutralize_line(&message.body)
         ),
         Event::LookAlike { nick, sender, like } => format!(
             "WARNING: {} (key {}) looks like {}, a different member; check /whois {} before trusting the next message",
@@ -178,16 +181,65 @@ pub(crate) fn event_line(event: &Event, relay: &str) -> Option<String> {
     })
 }
 
-/// The line-mode front end's event sink.
+/// The line-mode front end's event sink. It also counts, for the exit status and for pacing
+/// the input, the messages the relay answered and the refusals it reported.
 pub(crate) struct PlainUi {
     relay: String,
     spinner: bool,
+    no_history: bool,
     out: Mutex<()>,
+    /// Messages answered (acknowledged or refused).
+    settled: AtomicU64,
+    /// Messages and commands the relay refused.
+    failures: AtomicUsize,
+    progress: Notify,
 }
 
 impl PlainUi {
-    pub(crate) fn new(relay: String, plain: bool) -> Self {
-        Self { relay, spinner: !plain && io::stderr().is_terminal(), out: Mutex::new(()) }
+    pub(crate) fn new(relay: String, plain: bool, no_history: bool) -> Self {
+        Self {
+            relay,
+            spinner: !plain && io::stderr().is_terminal(),
+            no_history,
+            out: Mutex::new(()),
+            settled: AtomicU64::new(0),
+            failures: AtomicUsize::new(0),
+            progress: Notify::new(),
+        }
+    }
+
+    /// Messages the relay has answered so far.
+    pub(crate) fn settled(&self) -> u64 {
+        self.settled.load(Ordering::Acquire)
+    }
+
+    /// Messages and commands the relay refused so far.
+    pub(crate) fn failures(&self) -> usize {
+        self.failures.load(Ordering::Acquire)
+    }
+
+    /// Resolves after the relay answered a message (or at once if one was answered since the
+    /// last call).
+    pub(crate) async fn progressed(&self) {
+        self.progress.notified().await;
+    }
+
+    fn count(&self, event: &Event) {
+        match event {
+            Event::Sent { .. } => {
+                self.settled.fetch_add(1, Ordering::AcqRel);
+                self.progress.notify_one();
+            }
+            Event::SendFailed { .. } => {
+                self.failures.fetch_add(1, Ordering::AcqRel);
+                self.settled.fetch_add(1, Ordering::AcqRel);
+                self.progress.notify_one();
+            }
+            Event::CommandFailed { .. } => {
+                self.failures.fetch_add(1, Ordering::AcqRel);
+            }
+            _ => {}
+        }
     }
 
     /// Prints a notice on stderr.
@@ -200,7 +252,11 @@ impl PlainUi {
 
 impl Callbacks for PlainUi {
     fn event(&self, event: Event) {
+        self.count(&event);
         if let Event::Message(m) = &event {
+            if m.history && self.no_history {
+                return;
+            }
             let _guard = self.out.lock().unwrap_or_else(|e| e.into_inner());
             let mut out = io::stdout().lock();
             let _ = writeln!(out, "{}", message_line(m));

@@ -12,7 +12,7 @@ use chatroom_crypto::{
     seal, ClientMessage, Content, ContentKind, ErrorCode, Identity, JoinRequest, Nick, RelayMessage, RoomKeys,
 };
 use rand_core::{OsRng, RngCore};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::connection::{handshake, join, ConnWriter, Handshaken, JoinedInfo};
@@ -29,13 +29,22 @@ use crate::trust::RelayCheck;
 /// What a front end asks of the session.
 #[derive(Debug)]
 pub(crate) enum Request {
-    Send { id: u64, kind: ContentKind, body: String },
+    Send {
+        id: u64,
+        kind: ContentKind,
+        body: String,
+    },
     Who,
     Whois(Nick),
     Kick(Nick),
     Ban(Nick),
     Unban(Nick),
-    Close { flush: Duration },
+    Close {
+        flush: Duration,
+    },
+    /// Answered `true` once the relay has answered everything sent before it (a Ping and its
+    /// Pong), `false` if not connected or the connection was lost first.
+    Sync(oneshot::Sender<bool>),
 }
 
 /// Everything one connection attempt needs.
@@ -159,8 +168,12 @@ pub(crate) struct Driver {
     view: RoomView,
     outbox: Outbox,
     bucket: Option<TokenBucket>,
+    /// The close deadline and how far each acknowledgement pushes it out.
     closing: Option<Instant>,
+    flush: Duration,
     ping_token: u64,
+    /// `Sync` requests waiting for the Pong of their Ping token.
+    syncs: Vec<(u64, oneshot::Sender<bool>)>,
     save_failed: bool,
 }
 
@@ -192,7 +205,9 @@ impl Driver {
             outbox: Outbox::default(),
             bucket,
             closing: None,
+            flush: Duration::ZERO,
             ping_token: 0,
+            syncs: Vec::new(),
             save_failed: false,
             config,
         })
@@ -230,6 +245,8 @@ impl Driver {
             return Err(SessionEnd::Failed(err));
         }
         self.outbox.disconnected();
+        // Pongs owed on the lost connection never come.
+        self.syncs.clear();
         let delay = self.backoff(attempt);
         self.emit(Event::State(ConnState::Reconnecting { delay, reason: err.to_string() }));
         Ok(Link::Waiting { until: Instant::now() + delay, attempt })
@@ -436,7 +453,19 @@ impl Driver {
         };
         let control = match request {
             Request::Close { flush } => {
+                self.flush = flush;
                 self.closing = Some(Instant::now() + flush);
+                return Ok(());
+            }
+            Request::Sync(done) => {
+                let Some(up) = up else {
+                    let _ = done.send(false);
+                    return Ok(());
+                };
+                self.ping_token = self.ping_token.wrapping_add(1);
+                self.syncs.push((self.ping_token, done));
+                up.writer.send(&[ClientMessage::Ping { token: self.ping_token }]).await?;
+                up.last_tx = Instant::now();
                 return Ok(());
             }
             Request::Send { id, kind, body } => {
@@ -509,6 +538,10 @@ impl Driver {
                 RelayMessage::Ack { counter, seq } => match self.outbox.ack(counter) {
                     AckMatch::Matched(sent) => {
                         self.view.on_own_ack(sent.counter, seq);
+                        // Closing waits as long as acknowledgements keep coming.
+                        if self.closing.is_some() {
+                            self.closing = Some(Instant::now() + self.flush);
+                        }
                         self.emit(Event::Sent { id: sent.id, seq });
                     }
                     AckMatch::Unexpected => self.emit(Event::Warning(format!(
@@ -552,7 +585,11 @@ impl Driver {
                     up.writer.send(&[ClientMessage::Pong { token }]).await?;
                     up.last_tx = Instant::now();
                 }
-                RelayMessage::Pong { .. } => {}
+                RelayMessage::Pong { token } => {
+                    if let Some(i) = self.syncs.iter().position(|(t, _)| *t == token) {
+                        let _ = self.syncs.swap_remove(i).1.send(true);
+                    }
+                }
                 RelayMessage::Goodbye { code, detail } => {
                     result = Err(SessionError::Refused { code, detail });
                     break;
