@@ -25,7 +25,7 @@ pub use event::{
 };
 pub use keys::{RoomKeyCache, PROGRESS_INTERVAL};
 pub use outbox::{AckMatch, Outbox, Outgoing, TokenBucket};
-pub use room::{RoomView, MAX_MEMBERS};
+pub use room::{RoomView, COUNTER_RESERVE, MAX_MEMBERS};
 
 use crate::error::SessionError;
 use crate::transport::{HostPort, Proxy};

@@ -9,6 +9,10 @@ use super::event::{ChatMessage, Event, MemberInfo, Rejected, Whois};
 use crate::state::RoomState;
 use crate::trust::{PinCheck, MAX_PINS};
 
+/// How far ahead of the counter used the state file's `last_counter` reserves: ten seconds of
+/// microseconds.
+pub const COUNTER_RESERVE: u64 = 10_000_000;
+
 /// Most members held while a `Members` list is assembled.
 pub const MAX_MEMBERS: usize = 100_000;
 
@@ -19,6 +23,8 @@ pub struct RoomView {
     room: RoomName,
     state: RoomState,
     dirty: bool,
+    /// The last counter used (the state holds a reservation above it).
+    last_used: u64,
     owner: Option<PublicIdentity>,
     members: Vec<Member>,
     partial: Vec<Member>,
@@ -28,7 +34,8 @@ impl RoomView {
     /// A view for `me` (using `my_nick`) in `room`, from persisted `state`.
     pub fn new(me: PublicIdentity, my_nick: &Nick, room: RoomName, mut state: RoomState) -> Self {
         let dirty = state.pins.check(my_nick, &me) == PinCheck::New;
-        Self { me, room, state, dirty, owner: None, members: Vec::new(), partial: Vec::new() }
+        let last_used = state.last_counter;
+        Self { me, room, state, dirty, last_used, owner: None, members: Vec::new(), partial: Vec::new() }
     }
 
     /// The state to persist.
@@ -61,11 +68,18 @@ impl RoomView {
 
     /// The counter for the next envelope: above every counter used or seen from this
     /// identity, and at least the current time in microseconds.
+    ///
+    /// The state records a reservation `COUNTER_RESERVE` ahead of the counter used, so that
+    /// most sends need no write of the state file (which in a large room is megabytes, synced
+    /// to disk) while a restart still never reuses a counter.
     pub fn next_counter(&mut self, now_us: u64) -> u64 {
-        let seen = self.state.counters.get(&self.me).copied().unwrap_or(0);
-        let counter = now_us.max(self.state.last_counter.saturating_add(1)).max(seen.saturating_add(1));
-        self.state.last_counter = counter;
-        self.dirty = true;
+        let seen = self.state.highest(&self.me);
+        let counter = now_us.max(self.last_used.saturating_add(1)).max(seen.saturating_add(1));
+        self.last_used = counter;
+        if counter > self.state.last_counter {
+            self.state.last_counter = counter.saturating_add(COUNTER_RESERVE);
+            self.dirty = true;
+        }
         counter
     }
 
@@ -92,8 +106,7 @@ impl RoomView {
     /// history replays it, and the cursor moves past it (so a member who only sends still
     /// learns of a history gap).
     pub fn on_own_ack(&mut self, counter: u64, seq: u64) {
-        let highest = self.state.counters.entry(self.me).or_insert(0);
-        *highest = (*highest).max(counter);
+        self.state.accept(self.me, counter);
         self.state.last_seq = self.state.last_seq.max(seq);
         self.dirty = true;
     }
@@ -114,7 +127,7 @@ impl RoomView {
         let Ok(opened) = open(key, &self.room, envelope) else {
             return Some(Event::Rejected(Rejected::Unverified { seq }));
         };
-        let highest = self.state.counters.get(&opened.sender).copied().unwrap_or(0);
+        let highest = self.state.highest(&opened.sender);
         if opened.counter <= highest {
             if history || seq <= self.state.last_seq {
                 return None;
@@ -126,7 +139,7 @@ impl RoomView {
                 highest,
             }));
         }
-        self.state.counters.insert(opened.sender, opened.counter);
+        self.state.accept(opened.sender, opened.counter);
         self.state.last_seq = self.state.last_seq.max(seq);
         self.dirty = true;
         let message = ChatMessage {
@@ -427,7 +440,18 @@ mod tests {
         let mut f = fixture();
         let key = f.key.clone();
         assert_eq!(f.view.next_counter(100), 100);
+        assert!(f.view.take_dirty());
         assert_eq!(f.view.next_counter(50), 101);
+        assert!(!f.view.take_dirty(), "within the reservation: nothing to write");
+        assert_eq!(f.view.state().last_counter, 100 + COUNTER_RESERVE);
+        // A restart from the saved state never reuses a counter.
+        let mut again = RoomView::new(
+            f.alice.public(),
+            &Nick::new("alice").unwrap(),
+            f.room.clone(),
+            f.view.state().clone(),
+        );
+        assert_eq!(again.next_counter(50), 101 + COUNTER_RESERVE);
         let mine = envelope(&f, &f.alice, "alice", 5000, "from another device");
         assert!(matches!(f.view.on_deliver(&key, 1, true, &mine), Some(Event::Message(m)) if m.from_me));
         assert_eq!(f.view.next_counter(200), 5001);
