@@ -1,0 +1,57 @@
+//! Scenario 12, keys and secrets: the room password does not stay in a member's memory once
+//! the room key is derived; invites carry the room's key-derivation parameters, taken from
+//! the room's saved state.
+
+use std::error::Error;
+use std::fs;
+use std::io::{Read, Seek, SeekFrom};
+
+use chatroom_e2e::{random_hex, Home, Relay};
+
+type TestResult = Result<(), Box<dyn Error + Send + Sync>>;
+
+/// Where `needle` occurs in the writable memory of process `pid` (a child of this test, which
+/// may read it): the address ranges' names, one per hit.
+fn find_in_memory(pid: u32, needle: &[u8]) -> Result<Vec<String>, Box<dyn Error + Send + Sync>> {
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps"))?;
+    let mut mem = fs::File::open(format!("/proc/{pid}/mem"))?;
+    let mut hits = Vec::new();
+    for line in maps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(range), Some(perms)) = (fields.first(), fields.get(1)) else { continue };
+        // Secrets live in writable memory (heap, stacks, anonymous maps), not in the program's code.
+        if !perms.starts_with("rw") || line.contains("[vvar]") || line.contains("[vsyscall]") {
+            continue;
+        }
+        let (start, end) = range.split_once('-').ok_or("bad maps line")?;
+        let (start, end) = (u64::from_str_radix(start, 16)?, u64::from_str_radix(end, 16)?);
+        let mut buf = vec![0u8; usize::try_from(end - start)?];
+        if mem.seek(SeekFrom::Start(start)).is_err() || mem.read_exact(&mut buf).is_err() {
+            continue;
+        }
+        if buf.windows(needle.len()).any(|w| w == needle) {
+            hits.push(line.to_owned());
+        }
+    }
+    Ok(hits)
+}
+
+#[test]
+fn the_room_password_is_not_in_memory_once_the_key_is_derived() -> TestResult {
+    let relay_dir = tempfile::tempdir()?;
+    let relay = Relay::start(relay_dir.path())?;
+    let invite = relay.invite("secret");
+    let password = format!("canary {}", random_hex(16));
+    let (alice_home, bob_home) = (Home::new()?, Home::new()?);
+    let mut alice = alice_home.member(&invite, "alice", &password, true, &[])?;
+    alice.stderr.expect("now live")?;
+    let mut bob = bob_home.member(&invite, "bob", &password, false, &[])?;
+    bob.stderr.expect("now live")?;
+    alice.line("after the key")?;
+    bob.stdout.expect("<alice> after the key")?;
+    // The scan itself must be able to find a secret: the room name is in memory for good.
+    assert!(!find_in_memory(bob.pid(), b"secret")?.is_empty(), "the memory scan reads nothing");
+    let hits = find_in_memory(bob.pid(), password.as_bytes())?;
+    assert!(hits.is_empty(), "the password is still in memory at {hits:?}");
+    Ok(())
+}
