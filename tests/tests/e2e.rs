@@ -113,7 +113,7 @@ fn a_saved_room_from_config_toml_connects_and_gives_its_invite() -> TestResult {
 
     let (status, out, err) = home.run(&["invite", "work"])?;
     assert!(status.success(), "{err}");
-    assert_eq!(out.trim(), relay.invite("work"));
+    assert_eq!(out.trim(), format!("{}?kdf=m65536t3p1", relay.invite("work")));
     assert!(!out.contains("k7m2p"), "an invite never holds the password");
     let (status, out, _) = home.run(&["relays", "list"])?;
     assert!(status.success());

@@ -1,12 +1,12 @@
 //! Scenario 12, keys and secrets: the room password does not stay in a member's memory once
-//! the room key is derived; invites carry the room's key-derivation parameters, taken from
-//! the room's saved state.
+//! the room key is derived; invites always carry the room's key-derivation parameters, taken
+//! from the room's saved state when `--kdf` is not given.
 
 use std::error::Error;
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
 
-use chatroom_e2e::{random_hex, Home, Relay};
+use chatroom_e2e::{random_hex, without_time, Home, Relay};
 
 type TestResult = Result<(), Box<dyn Error + Send + Sync>>;
 
@@ -53,5 +53,39 @@ fn the_room_password_is_not_in_memory_once_the_key_is_derived() -> TestResult {
     assert!(!find_in_memory(bob.pid(), b"secret")?.is_empty(), "the memory scan reads nothing");
     let hits = find_in_memory(bob.pid(), password.as_bytes())?;
     assert!(hits.is_empty(), "the password is still in memory at {hits:?}");
+    Ok(())
+}
+
+#[test]
+fn an_invite_from_saved_room_state_carries_non_default_kdf_parameters() -> TestResult {
+    let relay_dir = tempfile::tempdir()?;
+    let relay = Relay::start(relay_dir.path())?;
+    let addr = relay.address();
+    let password = "correct horse battery staple";
+    let (alice_home, bob_home) = (Home::new()?, Home::new()?);
+    let pw = alice_home.password_file("pw", password)?;
+    let pw = pw.to_str().ok_or("path")?;
+    let create = ["--relay", &addr, "--room", "costly", "--nick", "alice", "--password-file", pw];
+    let mut alice =
+        alice_home.spawn("alice", &[&create[..], &["--create", "--kdf", "m131072t3p1"]].concat())?;
+    alice.stderr.expect("now live")?;
+    alice.line("made with costly parameters")?;
+    alice.close_stdin();
+    assert!(alice.wait()?.success(), "{:?}", alice.stderr.all());
+
+    // No --kdf: the parameters come from alice's saved state for the room.
+    let (status, invite, err) = alice_home.run(&["invite", "--relay", &addr, "--room", "costly"])?;
+    assert!(status.success(), "{err}");
+    let invite = invite.trim();
+    assert_eq!(invite, format!("chatroom://{}@{addr}/costly?kdf=m131072t3p1", relay.fingerprint));
+
+    let mut bob = bob_home.member(invite, "bob", password, false, &[])?;
+    bob.stderr.expect("now live")?;
+    let line = bob.stdout.expect("made with costly parameters")?;
+    assert_eq!(without_time(&line), "[history] <alice> made with costly parameters");
+    // A default room's invite names the default too.
+    let (status, invite, _) = bob_home.run(&["invite", "--relay", &addr, "--room", "other"])?;
+    assert!(status.success());
+    assert!(invite.trim().ends_with("/other?kdf=m65536t3p1"), "{invite}");
     Ok(())
 }

@@ -11,6 +11,7 @@
 //! last_seq 42
 //! last_counter 1732519000000000
 //! counter_floor 1732000000000000
+//! kdf m65536t3p1
 //! counter <64 hex identity> <u64>
 //! pin <canonical nick> <64 hex identity>
 //! end
@@ -29,7 +30,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use chatroom_crypto::{Nick, PublicIdentity, RoomName};
+use chatroom_crypto::{KdfParams, Nick, PublicIdentity, RoomName};
 
 use crate::error::FileError;
 use crate::trust::PinStore;
@@ -56,6 +57,9 @@ pub struct RoomState {
     pub counter_floor: u64,
     /// Member pins.
     pub pins: PinStore,
+    /// The key-derivation parameters this member last joined the room with (so that
+    /// `chatroom invite` can name them).
+    pub kdf: Option<KdfParams>,
 }
 
 /// The state file of `room` on the relay with `relay_key`.
@@ -161,6 +165,9 @@ impl RoomState {
                 ["last_seq", v] => state.last_seq = num(v)?,
                 ["last_counter", v] => state.last_counter = num(v)?,
                 ["counter_floor", v] if v2 => state.counter_floor = num(v)?,
+                ["kdf", v] if v2 => {
+                    state.kdf = Some(v.parse().map_err(|_| syntax(n, "bad key-derivation parameters"))?)
+                }
                 ["counter", id, v] => {
                     let id = parse_identity(id).ok_or_else(|| syntax(n, "bad identity"))?;
                     state.counters.insert(id, num(v)?);
@@ -185,6 +192,9 @@ impl RoomState {
             "{HEADER}\nlast_seq {}\nlast_counter {}\ncounter_floor {}\n",
             self.last_seq, self.last_counter, self.counter_floor
         );
+        if let Some(kdf) = self.kdf {
+            out.push_str(&format!("kdf {kdf}\n"));
+        }
         for (id, counter) in &self.counters {
             out.push_str(&format!("counter {} {counter}\n", id.fingerprint()));
         }
@@ -236,7 +246,12 @@ mod tests {
         let path = room_state_path(dir.path(), &[0xab; 32], &room);
         assert!(path.ends_with("rooms/abababababababab-general"));
         assert_eq!(RoomState::load(&path)?, RoomState::default());
-        let mut s = RoomState { last_seq: 42, last_counter: u64::MAX, ..RoomState::default() };
+        let mut s = RoomState {
+            last_seq: 42,
+            last_counter: u64::MAX,
+            kdf: Some(KdfParams { m_kib: 131_072, t: 4, p: 1 }),
+            ..RoomState::default()
+        };
         s.counters.insert(PublicIdentity([3; 32]), 17);
         s.pins.set(&Nick::new("Bob")?, PublicIdentity([4; 32]));
         s.save(&path)?;

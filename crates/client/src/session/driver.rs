@@ -189,7 +189,8 @@ impl Driver {
         let relay_key = first.conn.relay_key;
         let state_path = config.data_dir.as_ref().map(|d| room_state_path(d, &relay_key, &config.room));
         let state = first.state.clone().unwrap_or_default();
-        let view = RoomView::new(identity.public(), &config.nick, config.room.clone(), state);
+        let mut view = RoomView::new(identity.public(), &config.nick, config.room.clone(), state);
+        view.set_kdf(keys.params());
         let bucket =
             config.limits.send_rate.map(|(burst, rate)| TokenBucket::new(burst, rate, Instant::now()));
         Ok(Self {

@@ -2,7 +2,7 @@
 //! pins, the member list, and the counter for the next envelope. Fed relay messages by the
 //! driver (or a test), it returns the events to report.
 
-use chatroom_crypto::{open, Member, MessageKey, Nick, PresenceEvent, PublicIdentity, RoomName};
+use chatroom_crypto::{open, KdfParams, Member, MessageKey, Nick, PresenceEvent, PublicIdentity, RoomName};
 
 use super::connection::JoinedInfo;
 use super::event::{ChatMessage, Event, MemberInfo, Rejected, Whois};
@@ -36,6 +36,14 @@ impl RoomView {
         let dirty = state.pins.check(my_nick, &me) == PinCheck::New;
         let last_used = state.last_counter;
         Self { me, room, state, dirty, last_used, owner: None, members: Vec::new(), partial: Vec::new() }
+    }
+
+    /// Records the key-derivation parameters the room was joined with.
+    pub fn set_kdf(&mut self, kdf: KdfParams) {
+        if self.state.kdf != Some(kdf) {
+            self.state.kdf = Some(kdf);
+            self.dirty = true;
+        }
     }
 
     /// The state to persist.
