@@ -89,3 +89,48 @@ fn an_invite_from_saved_room_state_carries_non_default_kdf_parameters() -> TestR
     assert!(invite.trim().ends_with("/other?kdf=m65536t3p1"), "{invite}");
     Ok(())
 }
+
+#[test]
+fn a_new_relay_key_in_an_invite_is_offered_and_the_relay_is_checked_before_the_password() -> TestResult {
+    let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let mut first = Relay::start(dir_a.path())?;
+    let addr = first.address();
+    let home = Home::new()?;
+    let mut alice = home.member(&first.invite("r"), "alice", "correct horse battery staple", true, &[])?;
+    alice.stderr.expect("now live")?;
+    alice.close_stdin();
+    assert!(alice.wait()?.success());
+    let old_fp = first.fingerprint.clone();
+    first.kill();
+    let second = Relay::start_on(dir_b.path(), &addr)?;
+
+    // Without an invite, the changed key is refused before the password is asked for.
+    let mut alice = home.spawn("alice", &["--relay", &addr, "--room", "r", "--nick", "alice"])?;
+    assert!(!alice.wait()?.success());
+    let err = alice.stderr.all().join("\n");
+    assert!(err.contains("RELAY KEY MISMATCH") && err.contains(&second.fingerprint), "{err}");
+    assert!(!err.contains("password"), "no password asked for: {err}");
+
+    // An invite with the new key: both keys are named; declining changes nothing.
+    let invite = second.invite("r");
+    let mut alice = home.spawn("alice", &[&invite, "--nick", "alice", "--create"])?;
+    let warning = alice.stderr.expect("gives relay")?;
+    assert!(warning.contains(&old_fp) && warning.contains(&second.fingerprint), "{warning}");
+    alice.line("n")?;
+    assert!(!alice.wait()?.success());
+    assert!(alice.stderr.all().iter().any(|l| l.contains("nothing changed")), "{:?}", alice.stderr.all());
+    let (_, known, _) = home.run(&["relays", "list"])?;
+    assert!(known.contains(&old_fp), "{known}");
+
+    // Accepting pins the new key; the password is asked for only then.
+    let mut alice = home.spawn("alice", &[&invite, "--nick", "alice", "--create"])?;
+    alice.stderr.expect("gives relay")?;
+    alice.line("y")?;
+    alice.stderr.expect(&format!("is now pinned to {}", second.fingerprint))?;
+    alice.line("correct horse battery staple")?;
+    alice.line("correct horse battery staple")?;
+    alice.stderr.expect("now live")?;
+    let (_, known, _) = home.run(&["relays", "list"])?;
+    assert!(known.contains(&second.fingerprint) && !known.contains(&old_fp), "{known}");
+    Ok(())
+}

@@ -85,7 +85,19 @@ pub(crate) async fn run(cli: Cli, paths: Paths) -> Result<(), AppError> {
         eprintln!("-!- created a new identity in {}", paths.identity().display());
     }
 
+    // The relay before the password: a changed key is offered for acceptance, and a relay
+    // that would be refused is refused before a password is typed.
+    crate::relay_check::accept_new_key(&target, &relay, &paths, &mut input)?;
+    let limits = limits(chat)?;
+    let (expected, expected_source) = match target.fingerprint.clone() {
+        Some((key, source)) => (Some(key), source),
+        None => (None, String::new()),
+    };
+    let relay_pin = RelayPin { expected, expected_source, known: Some(paths.known_relays()) };
     let from_file = target.password_file.is_some();
+    if !from_file {
+        crate::relay_check::check_before_password(&relay, target.proxy.as_ref(), &relay_pin, &limits).await?;
+    }
     let password = match &target.password_file {
         Some(file) => read_password_file(file)?,
         None if chat.create => new_password(&mut input, None)?,
@@ -99,19 +111,15 @@ pub(crate) async fn run(cli: Cli, paths: Paths) -> Result<(), AppError> {
     }
     let keys =
         Arc::new(RoomKeyCache::new(Zeroizing::new(password.as_bytes().to_vec()), room.clone(), target.kdf)?);
-    let (expected, expected_source) = match target.fingerprint {
-        Some((key, source)) => (Some(key), source),
-        None => (None, String::new()),
-    };
     let mut config = SessionConfig {
         relay: relay.clone(),
         proxy: target.proxy.clone(),
         room: room.clone(),
         nick: nick.clone(),
         create: chat.create,
-        relay_pin: RelayPin { expected, expected_source, known: Some(paths.known_relays()) },
+        relay_pin,
         data_dir: Some(paths.data_dir.clone()),
-        limits: limits(chat)?,
+        limits,
     };
     let shown_relay = match &target.proxy {
         Some(p) => format!("{relay} via {p}"),
