@@ -28,6 +28,8 @@ fn prompts_on_stdin_create_a_room_and_an_invite_joins_it() -> TestResult {
     alice.line("y")?;
     alice.line("hunter2")?;
     alice.stderr.expect("WARNING: this room password is weak")?;
+    // A weak typed password is used only when confirmed.
+    alice.line("y")?;
     alice.stderr.expect("created the room")?;
     let alice_code = alice.stderr.expect("safety code: ")?;
     alice.stderr.expect("end of history; now live")?;

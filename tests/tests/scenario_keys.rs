@@ -134,3 +134,36 @@ fn a_new_relay_key_in_an_invite_is_offered_and_the_relay_is_checked_before_the_p
     assert!(known.contains(&second.fingerprint) && !known.contains(&old_fp), "{known}");
     Ok(())
 }
+
+#[test]
+fn a_weak_password_at_creation_asks_first_and_an_empty_one_is_generated() -> TestResult {
+    let relay_dir = tempfile::tempdir()?;
+    let relay = Relay::start(relay_dir.path())?;
+    let addr = relay.address();
+    let home = Home::new()?;
+    let args = ["--relay", addr.as_str(), "--room", "weak", "--nick", "alice", "--create"];
+
+    // Weak, declined: nothing is created.
+    let mut alice = home.spawn("alice", &args)?;
+    alice.line("hunter2")?;
+    alice.line("hunter2")?;
+    alice.stderr.expect("WARNING: this room password is weak")?;
+    alice.line("n")?;
+    assert!(!alice.wait()?.success());
+    let err = alice.stderr.all().join("\n");
+    assert!(err.contains("nothing was created") && err.contains("empty for a generated one"), "{err}");
+    assert!(!err.contains("created the room"), "{err}");
+
+    // Empty: a strong passphrase is generated, shown once, and the room is created with it.
+    let mut alice = home.spawn("alice", &args)?;
+    alice.line("")?;
+    let shown = alice.stderr.expect("generated room password: ")?;
+    let generated = shown.rsplit(": ").next().ok_or("no passphrase")?.trim().to_owned();
+    alice.stderr.expect("created the room")?;
+    assert!(!alice.stderr.all().iter().any(|l| l.contains("weak")), "{:?}", alice.stderr.all());
+    alice.line("hello")?;
+    let bob_home = Home::new()?;
+    let mut bob = bob_home.member(&relay.invite("weak"), "bob", &generated, false, &[])?;
+    bob.stdout.expect("[history] <alice> hello")?;
+    Ok(())
+}

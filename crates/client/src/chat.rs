@@ -21,22 +21,52 @@ use crate::setup::{complete, resolve, Paths};
 /// How long end of input or `/quit` waits for the relay to acknowledge pending messages.
 pub(crate) const FLUSH_ON_EXIT: Duration = Duration::from_secs(10);
 
-pub(crate) fn warn_if_weak(password: &str, room: &str, nick: &str) {
+/// Warns about a weak room password at creation and, when the password was typed (not read
+/// from a file by a script), asks whether to create the room with it anyway.
+pub(crate) fn confirm_if_weak(
+    input: &mut Input,
+    password: &str,
+    room: &str,
+    nick: &str,
+    typed: bool,
+) -> Result<(), AppError> {
     let s = passphrase::strength(password, &[room, nick]);
-    if s.is_weak() {
-        eprintln!(
-            "-!- WARNING: this room password is weak: about 10^{} guesses (zxcvbn score {}/4), roughly {} \
-             for one attacker at 10^4 guesses per second. Anyone who obtains the relay's ciphertext can guess \
-             offline. Consider a generated one: chatroom passphrase",
-            s.guesses_log10, s.score, s.crack_time
-        );
+    if !s.is_weak() {
+        return Ok(());
     }
+    eprintln!(
+        "-!- WARNING: this room password is weak: about 10^{} guesses (zxcvbn score {}/4), roughly {} \
+         for one attacker at 10^4 guesses per second. Anyone who obtains the relay's ciphertext can guess \
+         offline. Leave the password empty at the prompt for a generated one, or run: chatroom passphrase",
+        s.guesses_log10, s.score, s.crack_time
+    );
+    if typed && !input.confirm("Create the room with this weak password anyway? [y/N] ")? {
+        return Err(AppError::new(
+            "nothing was created; run chatroom again and leave the password empty for a generated one, or \
+             choose a stronger one",
+        ));
+    }
+    Ok(())
 }
 
+/// Asks for a new room password twice; an empty answer generates a strong passphrase instead
+/// (shown once, to give to the members out of band).
 pub(crate) fn new_password(input: &mut Input, first: Option<&str>) -> Result<Zeroizing<String>, AppError> {
     let first = match first {
         Some(p) => Zeroizing::new(p.to_owned()),
-        None => input.secret("New room password: ")?,
+        None => {
+            let typed = input.secret("New room password (leave empty for a generated one): ")?;
+            if typed.is_empty() {
+                let generated = passphrase::generate();
+                eprintln!(
+                    "-!- generated room password: {}\n-!- it is shown only now: give it to the members out of band, \
+                     never in the chat",
+                    generated.as_str()
+                );
+                return Ok(generated);
+            }
+            typed
+        }
     };
     if first.is_empty() {
         return Err(AppError::new(
@@ -107,7 +137,7 @@ pub(crate) async fn run(cli: Cli, paths: Paths) -> Result<(), AppError> {
         return Err(AppError::new("the room password is empty"));
     }
     if chat.create {
-        warn_if_weak(&password, room.as_str(), nick.as_str());
+        confirm_if_weak(&mut input, &password, room.as_str(), nick.as_str(), !from_file)?;
     }
     let keys =
         Arc::new(RoomKeyCache::new(Zeroizing::new(password.as_bytes().to_vec()), room.clone(), target.kdf)?);
@@ -151,7 +181,7 @@ pub(crate) async fn run(cli: Cli, paths: Paths) -> Result<(), AppError> {
             if !from_file {
                 new_password(&mut input, Some(&password))?;
             }
-            warn_if_weak(&password, room.as_str(), nick.as_str());
+            confirm_if_weak(&mut input, &password, room.as_str(), nick.as_str(), !from_file)?;
             config.create = true;
             Session::start(config, keys, identity, ui.clone()).await?
         }

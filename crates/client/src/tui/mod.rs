@@ -138,7 +138,13 @@ fn ask_create(screen: &mut Screen, start: &mut Start) -> Result<bool, AppError> 
         if !start.from_file {
             crate::chat::new_password(&mut start.input, Some(&start.password))?;
         }
-        crate::chat::warn_if_weak(&start.password, room, start.config.nick.as_str());
+        crate::chat::confirm_if_weak(
+            &mut start.input,
+            &start.password,
+            room,
+            start.config.nick.as_str(),
+            !start.from_file,
+        )?;
         Ok(true)
     })();
     screen.resume().map_err(|e| AppError::new(format!("cannot return to the full screen: {e}")))?;
