@@ -522,20 +522,24 @@ impl Driver {
         Ok(())
     }
 
+    /// One delivery: its event, preceded by a warning when its nickname looks like another.
+    fn on_deliver(&mut self, seq: u64, history: bool, envelope: &[u8]) {
+        let Some(event) = self.view.on_deliver(&self.room_keys.message_key, seq, history, envelope) else {
+            return;
+        };
+        if let Event::Message(m) = &event {
+            if let Some(like) = self.view.look_alike(&m.nick) {
+                self.emit(Event::LookAlike { nick: m.nick.clone(), sender: m.sender, like });
+            }
+        }
+        self.emit(event);
+    }
+
     async fn on_messages(&mut self, messages: Vec<RelayMessage>, up: &mut Up) -> Result<(), SessionError> {
         let mut result = Ok(());
         for message in messages {
             match message {
-                RelayMessage::Deliver { seq, history, envelope } => {
-                    if let Some(event) = self.view.on_deliver(&self.room_keys.message_key, seq, history, &envelope) {
-                        if let Event::Message(m) = &event {
-                            if let Some(like) = self.view.look_alike(&m.nick) {
-                                self.emit(Event::LookAlike { nick: m.nick.clone(), sender: m.sender, like });
-                            }
-                        }
-                        self.emit(event);
-                    }
-                }
+                RelayMessage::Deliver { seq, history, envelope } => self.on_deliver(seq, history, &envelope),
                 RelayMessage::Ack { counter, seq } => match self.outbox.ack(counter) {
                     AckMatch::Matched(sent) => {
                         self.view.on_own_ack(sent.counter, seq);
