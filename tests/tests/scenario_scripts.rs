@@ -78,12 +78,23 @@ fn eighty_piped_lines_at_the_default_pace_all_arrive_once() -> TestResult {
 #[test]
 fn a_thousand_piped_lines_all_arrive_once() -> TestResult {
     let relay_dir = tempfile::tempdir()?;
-    // A relay whose limit allows a faster pace, and a client paced under it.
-    let relay = Relay::start_with(
-        relay_dir.path(),
-        "127.0.0.1:0",
-        &["--rate-per-sec", "500", "--rate-burst", "500"],
-    )?;
+    // A relay whose limits (per member, and per address and room, which every connection
+    // from 127.0.0.1 shares) allow a faster pace, and a client paced under them.
+    let flags = [
+        "--rate-per-sec",
+        "500",
+        "--rate-burst",
+        "500",
+        "--ip-rate-per-sec",
+        "500",
+        "--ip-rate-burst",
+        "500",
+        "--room-rate-per-sec",
+        "500",
+        "--room-rate-burst",
+        "500",
+    ];
+    let relay = Relay::start_with(relay_dir.path(), "127.0.0.1:0", &flags)?;
     let invite = relay.invite("thousand");
     let (_ah, mut alice) = member(&invite, "alice", true, &[])?;
     let lines: Vec<String> = (1..=1000).map(|i| format!("line {i}")).collect();

@@ -519,10 +519,10 @@ async fn send_burst(
     for _ in 0..count {
         match conn.answer().await? {
             RelayMessage::Ack { .. } => acked += 1,
-            RelayMessage::Error { code: ErrorCode::RateLimited, detail } if refused.is_empty() => {
+            RelayMessage::SendError { code: ErrorCode::RateLimited, detail, .. } if refused.is_empty() => {
                 refused = detail
             }
-            RelayMessage::Error { code: ErrorCode::RateLimited, .. } => {}
+            RelayMessage::SendError { code: ErrorCode::RateLimited, .. } => {}
             other => return Err(format!("unexpected {other:?}").into()),
         }
     }
