@@ -93,7 +93,18 @@ async fn a_scrape_counts_what_members_did_and_the_json_log_says_who_and_why() ->
     let relay = start(
         &dir.path().join("data"),
         &log,
-        &["--queue-depth", "16", "--rate-burst", "100000", "--stats-interval", "1s"],
+        &[
+            "--queue-bytes",
+            "65536",
+            "--rate-burst",
+            "100000",
+            "--ip-rate-burst",
+            "100000",
+            "--room-rate-burst",
+            "100000",
+            "--stats-interval",
+            "1s",
+        ],
     )?;
     let target = TestRelay::external(relay.addr);
     let room = TestRoom::new("metered");
@@ -141,7 +152,7 @@ async fn a_scrape_counts_what_members_did_and_the_json_log_says_who_and_why() ->
     let _ = tokio::time::timeout(STEP, stream.read_to_end(&mut reply)).await?;
     assert!(reply.is_empty(), "an oversized request head was answered");
 
-    // Carol stops reading: she is closed as a slow consumer once her queue of 16 is full.
+    // Carol stops reading: she is closed as a slow consumer once her queue of 64 KiB is full.
     let carol = Person::new("carol");
     let mut c = Conn::connect_small_buffer(relay.addr).await?;
     c.join(&carol, &room, false, 0).await?.map_err(|e| format!("{e:?}"))?;

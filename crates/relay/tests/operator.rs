@@ -156,6 +156,10 @@ async fn an_online_backup_under_load_restores_every_message_acknowledged_before_
         c.history = 100_000;
         c.rate_burst = 100_000;
         c.rate_per_sec = 100_000;
+        c.ip_rate_burst = 100_000;
+        c.ip_rate_per_sec = 100_000;
+        c.room_rate_burst = 100_000;
+        c.room_rate_per_sec = 100_000;
     };
     let relay = TestRelay::start(&data, generous).await?;
     let room = Arc::new(TestRoom::new("busy"));

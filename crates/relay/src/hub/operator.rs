@@ -3,6 +3,7 @@
 //! new owner takes effect at once for a loaded room.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 
 use chatroom_crypto::{ErrorCode, PublicIdentity, RoomName};
 use tracing::info;
@@ -10,6 +11,10 @@ use tracing::info;
 use super::LocalRooms;
 use crate::admin;
 use crate::store::StoreError;
+
+fn sql(context: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    move |e| StoreError::Sqlite { context, message: e.to_string() }
+}
 
 impl LocalRooms {
     /// Connected members per loaded room.
@@ -32,26 +37,30 @@ impl LocalRooms {
         (members, rooms.len(), queued)
     }
 
-    /// Deletes a room: disconnects its members, forgets it, and erases its rows. Holding
-    /// `loading` keeps a concurrent join from loading it again before the rows are gone; the
-    /// rows are erased after every append queued before the members were removed.
+    /// Deletes a room: disconnects its members, forgets it, and erases its rows. Inside the
+    /// room's loading lock, so a concurrent join cannot load it again before the rows are
+    /// gone; the rows are erased after every append queued before the members were removed.
     pub(crate) async fn operator_delete(&self, name: &RoomName) -> Result<bool, StoreError> {
-        let _loading = self.loading.lock().await;
-        let room = self.map().remove(name);
-        if let Some(room) = room {
-            let mut st = room.lock();
-            st.evicted = true;
-            let members = st.members.len();
-            for (_, member) in st.members.drain() {
-                member.outbox.close(ErrorCode::NoSuchRoom, "the relay's operator deleted this room");
-            }
-            info!(room = %name, members, "room deleted by the operator; its members were disconnected");
+        let deleted = self
+            .loading(name, async {
+                let room = self.map().remove(name);
+                if let Some(room) = room {
+                    let mut st = room.lock();
+                    st.evicted = true;
+                    let members = st.members.len();
+                    for (_, member) in st.members.drain() {
+                        member.outbox.close(ErrorCode::NoSuchRoom, "the relay's operator deleted this room");
+                    }
+                    info!(room = %name, members, "room deleted by the operator; its members were disconnected");
+                }
+                let room = name.as_str().to_owned();
+                self.store.exec(move |conn| admin::delete_room(conn, &room)).await?.map_err(sql("deleting a room"))
+            })
+            .await?;
+        if deleted {
+            self.stored.fetch_sub(1, Ordering::Relaxed);
         }
-        let room = name.as_str().to_owned();
-        self.store
-            .exec(move |conn| admin::delete_room(conn, &room))
-            .await?
-            .map_err(|e| StoreError::Sqlite { context: "deleting a room", message: e.to_string() })
+        Ok(deleted)
     }
 
     /// Makes `owner` the owner of a room; false if there is no such room.
@@ -60,15 +69,20 @@ impl LocalRooms {
         name: &RoomName,
         owner: [u8; 32],
     ) -> Result<bool, StoreError> {
-        let _loading = self.loading.lock().await;
-        let room = name.as_str().to_owned();
-        let found =
-            self.store.exec(move |conn| admin::set_owner(conn, &room, &owner)).await?.map_err(|e| {
-                StoreError::Sqlite { context: "setting a room's owner", message: e.to_string() }
-            })?;
-        if let Some(room) = self.map().get(name) {
-            room.lock().owner = PublicIdentity(owner);
-        }
+        let found = self
+            .loading(name, async {
+                let room = name.as_str().to_owned();
+                let found = self
+                    .store
+                    .exec(move |conn| admin::set_owner(conn, &room, &owner))
+                    .await?
+                    .map_err(sql("setting a room's owner"))?;
+                if let Some(room) = self.map().get(name) {
+                    room.lock().owner = PublicIdentity(owner);
+                }
+                Ok::<bool, StoreError>(found)
+            })
+            .await?;
         if found {
             info!(room = %name, owner = %PublicIdentity(owner).short_fingerprint(), "room owner set by the operator");
         }

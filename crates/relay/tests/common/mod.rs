@@ -28,10 +28,20 @@ pub type Res<T> = Result<T, Box<dyn Error>>;
 pub const STEP: Duration = Duration::from_secs(5);
 
 /// The configuration tests start from: defaults, commits without fsync (a process crash is
-/// what the in-process tests simulate; `process.rs` runs the real default).
+/// what the in-process tests simulate; `process.rs` runs the real default), and no limit on
+/// the rate of new connections (these tests open many from 127.0.0.1 in quick succession;
+/// `hostile_load.rs` tests the rate on the real default) or on sends per address and room
+/// (`hostile.rs` tests those).
 pub fn test_config(dir: &Path) -> Config {
     let mut config = Config::new(dir);
     config.synchronous = Synchronous::Normal;
+    config.handshake_burst = 100_000;
+    config.handshakes_per_sec = 100_000;
+    // Likewise the send rates per address and per room: most tests send from one address.
+    config.ip_rate_burst = 100_000;
+    config.ip_rate_per_sec = 100_000;
+    config.room_rate_burst = 100_000;
+    config.room_rate_per_sec = 100_000;
     config.shutdown_grace = Duration::from_secs(2);
     config
 }
@@ -177,6 +187,14 @@ impl Conn {
         Self::handshake(tokio::time::timeout(STEP, socket.connect(addr)).await??).await
     }
 
+    /// `connect_small_buffer` from `source`.
+    pub async fn connect_small_from(addr: SocketAddr, source: IpAddr) -> Res<Self> {
+        let socket = TcpSocket::new_v4()?;
+        socket.set_recv_buffer_size(4096)?;
+        socket.bind(SocketAddr::new(source, 0))?;
+        Self::handshake(tokio::time::timeout(STEP, socket.connect(addr)).await??).await
+    }
+
     async fn handshake(stream: TcpStream) -> Res<Self> {
         stream.set_nodelay(true)?;
         let (mut rd, mut wr) = stream.into_split();
@@ -312,15 +330,23 @@ impl Conn {
         }
     }
 
-    /// Sends an envelope and returns the relay's answer (`Ack` or `Error`).
+    /// Sends an envelope and returns the relay's answer (`Ack` or `SendError`).
     pub async fn publish(&mut self, envelope: Vec<u8>) -> Res<RelayMessage> {
         self.send(&[ClientMessage::Send { envelope }]).await?;
         self.answer().await
     }
 
-    /// The next `Ack` or `Error`.
+    /// The next answer to a `Send`: `Ack` or `SendError`.
     pub async fn answer(&mut self) -> Res<RelayMessage> {
-        self.next_matching(|m| matches!(m, RelayMessage::Ack { .. } | RelayMessage::Error { .. })).await
+        self.next_matching(|m| matches!(m, RelayMessage::Ack { .. } | RelayMessage::SendError { .. })).await
+    }
+
+    /// The next `SendError`: (counter, code, detail).
+    pub async fn send_error(&mut self) -> Res<(u64, ErrorCode, String)> {
+        match self.next_matching(|m| matches!(m, RelayMessage::SendError { .. })).await? {
+            RelayMessage::SendError { counter, code, detail } => Ok((counter, code, detail)),
+            _ => unreachable!(),
+        }
     }
 
     /// Sends an envelope and expects an `Ack`; returns its seq.
