@@ -278,3 +278,154 @@ fn a_refused_first_join_leaves_the_full_screen_and_prints_why() -> TestResult {
     assert!(owner.wait()?.success());
     Ok(())
 }
+
+/// A process's state letter from `/proc/PID/stat` (`Z` for a zombie), or `None` once it is
+/// gone.
+fn process_state(pid: &str) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "PID (COMM) S ...": the state follows the last ')'.
+    stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next())
+}
+
+/// Kills a process left running by a failed test.
+struct KillOnDrop(String);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if process_state(&self.0).is_some_and(|s| s != 'Z') {
+            let _ = Command::new("sh").args(["-c", &format!("kill -9 {}", self.0)]).output();
+        }
+    }
+}
+
+#[test]
+fn a_closed_terminal_ends_the_client_and_keeps_its_room_state() -> TestResult {
+    let relay_dir = tempfile::tempdir()?;
+    let relay = Relay::start(relay_dir.path())?;
+    let (alice_home, bob_home) = (Home::new()?, Home::new()?);
+    let alice_pw = alice_home.password_file("pw", "correct horse battery staple")?;
+    let bob_pw = bob_home.password_file("pw", "correct horse battery staple")?;
+
+    let tmux = Tmux::start()?;
+    tmux.wait_for(&[PROMPT])?;
+    // `exec`: the pane's process is the client itself, as under an SSH session's shell.
+    let command = format!(
+        "exec {chatroom} --relay {relay} --room lobby --nick alice --create --password-file {pw} \
+         --data-dir {data} --config {config}",
+        chatroom = quoted(&bin("chatroom"))?,
+        relay = relay.address(),
+        pw = quoted(&alice_pw)?,
+        data = quoted(&alice_home.data_dir())?,
+        config = quoted(&alice_home.config())?,
+    );
+    tmux.type_line(&command)?;
+    tmux.wait_for(&["| connected", "1 member"])?;
+    let pid = tmux.flag("pane_pid")?;
+    let _guard = KillOnDrop(pid.clone());
+
+    let mut bob = bob_home.spawn(
+        "bob",
+        &[&relay.invite("lobby"), "--nick", "bob", "--password-file", bob_pw.to_str().ok_or("path")?],
+    )?;
+    bob.stderr.expect("end of history; now live")?;
+    bob.line("before the hangup")?;
+    tmux.wait_for(&["<bob> before the hangup"])?;
+
+    // The terminal goes away under the running client, as when an SSH connection drops.
+    tmux.run(&["kill-server"])?;
+    let killed = Instant::now();
+    let limit = Duration::from_secs(10);
+    while process_state(&pid).is_some_and(|s| s != 'Z') {
+        if killed.elapsed() > limit {
+            return Err(
+                format!("the client (pid {pid}) still runs {limit:?} after its terminal closed").into()
+            );
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("the client exited {:?} after its terminal closed", killed.elapsed());
+
+    // Its room state is intact: started again, it fetches only what it has not seen.
+    bob.line("after the hangup")?;
+    let mut alice = alice_home.spawn(
+        "alice",
+        &[
+            "--relay",
+            &relay.address(),
+            "--room",
+            "lobby",
+            "--nick",
+            "alice",
+            "--password-file",
+            alice_pw.to_str().ok_or("path")?,
+        ],
+    )?;
+    alice.stdout.expect("<bob> after the hangup")?;
+    assert!(
+        !alice.stdout.all().iter().any(|l| l.contains("before the hangup")),
+        "a message seen before the hangup was fetched again: {:?}",
+        alice.stdout.all()
+    );
+    alice.close_stdin();
+    assert!(alice.wait()?.success());
+    bob.close_stdin();
+    assert!(bob.wait()?.success());
+    Ok(())
+}
+
+/// The process ids whose parent is `parent`.
+fn children(parent: &str) -> Vec<String> {
+    let Ok(dir) = fs::read_dir("/proc") else { return Vec::new() };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .filter(|pid| pid.chars().all(|c| c.is_ascii_digit()))
+        .filter(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/stat")).ok().is_some_and(|stat| {
+                stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1).map(str::to_owned))
+                    == Some(parent.to_owned())
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn sigterm_ends_the_client_and_restores_the_terminal() -> TestResult {
+    let relay_dir = tempfile::tempdir()?;
+    let relay = Relay::start(relay_dir.path())?;
+    let home = Home::new()?;
+    let pw = home.password_file("pw", "correct horse battery staple")?;
+    let modes = tempfile::tempdir()?;
+    let (before, after) = (modes.path().join("before"), modes.path().join("after"));
+    let tmux = Tmux::start()?;
+    tmux.wait_for(&[PROMPT])?;
+    let command = format!(
+        "stty -g > {before}; {chatroom} --relay {relay} --room lobby --nick alice --create --password-file {pw} \
+         --data-dir {data} --config {config}; echo \"exit=$?\"; stty -g > {after}",
+        before = quoted(&before)?,
+        chatroom = quoted(&bin("chatroom"))?,
+        relay = relay.address(),
+        pw = quoted(&pw)?,
+        data = quoted(&home.data_dir())?,
+        config = quoted(&home.config())?,
+        after = quoted(&after)?,
+    );
+    tmux.type_line(&command)?;
+    tmux.wait_for(&["| connected", "1 member"])?;
+    let shell = tmux.flag("pane_pid")?;
+    let client = match children(&shell).as_slice() {
+        [one] => one.clone(),
+        other => return Err(format!("expected one client under the shell, found {other:?}").into()),
+    };
+    let _guard = KillOnDrop(client.clone());
+    Command::new("sh").args(["-c", &format!("kill -TERM {client}")]).status()?;
+    // The shell prints the exit status only after the client has exited.
+    let screen = tmux.wait_for_shell("exit=0")?;
+    assert!(!screen.contains("members"), "the UI is gone from the screen:\n{screen}");
+    assert_eq!(
+        fs::read_to_string(&before)?,
+        fs::read_to_string(&after)?,
+        "terminal modes (stty -g) restored"
+    );
+    assert_eq!(tmux.flag("alternate_on")?, "0");
+    Ok(())
+}

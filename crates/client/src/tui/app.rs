@@ -153,6 +153,11 @@ pub(crate) enum Action {
     Redraw,
     /// Leave.
     Quit,
+    /// Leave soon (SIGTERM): wait only briefly for the relay's acknowledgements.
+    Terminate,
+    /// The terminal is gone (SIGHUP, or it can no longer be read): leave at once, drawing and
+    /// printing nothing.
+    Hangup,
 }
 
 /// Formats a time in milliseconds since the epoch.

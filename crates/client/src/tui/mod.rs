@@ -27,13 +27,20 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
 use self::app::{Action, App, Conn, NoticeKind};
-use self::terminal::Screen;
+use self::terminal::{Screen, TermRead};
 use crate::app_error::AppError;
 use crate::chat::FLUSH_ON_EXIT;
 use crate::prompt::Input;
 
 /// How often the screen is redrawn while something moves on its own (spinner, countdown).
 const TICK: Duration = Duration::from_millis(200);
+
+/// How often the event loop checks that the terminal is still there (see `terminal::gone`).
+const TTY_CHECK: Duration = Duration::from_millis(250);
+
+/// How long leaving after SIGTERM or a closed terminal waits for the relay to acknowledge
+/// what was sent (the room state is saved either way).
+const QUICK_FLUSH: Duration = Duration::from_millis(500);
 
 /// Whether to use the full-screen UI: both stdin and stdout are terminals and `--plain` was
 /// not given.
@@ -102,6 +109,10 @@ pub(crate) async fn run(start: Start) -> Result<(), AppError> {
     })?;
     let result = event_loop(&mut screen, keys, events, &mut app, start, callbacks).await;
     drop(screen);
+    if terminal::gone() {
+        // Nobody is left to read a message, and writing one would fail.
+        return Ok(());
+    }
     if terminal::panicked() {
         return Err(AppError::new(
             "the terminal UI failed (see the message above); run with --plain for line mode",
@@ -147,7 +158,7 @@ fn ask_create(screen: &mut Screen, start: &mut Start) -> Result<bool, AppError> 
 
 async fn event_loop(
     screen: &mut Screen,
-    mut keys: mpsc::Receiver<TermEvent>,
+    mut keys: mpsc::Receiver<TermRead>,
     mut events: mpsc::UnboundedReceiver<Event>,
     app: &mut App,
     mut start: Start,
@@ -165,14 +176,21 @@ async fn event_loop(
     let mut failure: Option<String> = None;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    let mut tty_check = tokio::time::interval(TTY_CHECK);
+    // Whether something may have changed on screen since the last draw.
+    let mut changed = true;
+    let exit = loop {
         if terminal::panicked() {
             return Ok(());
         }
-        screen
-            .terminal
-            .draw(|frame| render::render(frame, app))
-            .map_err(|e| AppError::new(format!("cannot draw on the terminal: {e}")))?;
+        if std::mem::replace(&mut changed, true) {
+            if let Err(e) = screen.terminal.draw(|frame| render::render(frame, app)) {
+                if terminal::gone() {
+                    break Action::Hangup;
+                }
+                return Err(AppError::new(format!("cannot draw on the terminal: {e}")));
+            }
+        }
         let action = tokio::select! {
             Some(event) = events.recv() => {
                 app.on_event(event);
@@ -182,14 +200,14 @@ async fn event_loop(
                 Action::None
             }
             key = keys.recv() => match key {
-                Some(TermEvent::Key(key)) => app.on_key(key),
-                Some(TermEvent::Mouse(mouse)) => {
+                Some(Ok(TermEvent::Key(key))) => app.on_key(key),
+                Some(Ok(TermEvent::Mouse(mouse))) => {
                     app.on_mouse(mouse);
                     Action::None
                 }
-                Some(_) => Action::None,
-                // The terminal went away.
-                None => Action::Quit,
+                Some(Ok(_)) => Action::None,
+                // The terminal can no longer be read.
+                Some(Err(_)) | None => Action::Hangup,
             },
             result = starting(&mut pending_start) => {
                 pending_start = None;
@@ -233,12 +251,20 @@ async fn event_loop(
                 Action::None
             }
             _ = tick.tick(), if app.animating() => Action::None,
-            _ = sigterm.recv() => Action::Quit,
-            _ = sighup.recv() => Action::Quit,
+            _ = tty_check.tick() => {
+                if terminal::gone() {
+                    Action::Hangup
+                } else {
+                    changed = false;
+                    Action::None
+                }
+            }
+            _ = sigterm.recv() => Action::Terminate,
+            _ = sighup.recv() => Action::Hangup,
         };
         match action {
             Action::None => {}
-            Action::Quit => break,
+            Action::Quit | Action::Terminate | Action::Hangup => break action,
             Action::Redraw => {
                 let _ = screen.terminal.clear();
             }
@@ -273,21 +299,29 @@ async fn event_loop(
                 }
             }
         }
-    }
+    };
     let Some(handle) = handle else {
         return match failure {
             Some(why) => Err(AppError::new(why)),
             None => Ok(()),
         };
     };
-    leave(screen, keys, events, app, handle).await
+    match exit {
+        Action::Hangup => {
+            // Saves the room state; nothing can be shown any more.
+            handle.close(QUICK_FLUSH).await;
+            Ok(())
+        }
+        Action::Terminate => ended_report(Some(handle.close(QUICK_FLUSH).await), QUICK_FLUSH),
+        _ => leave(screen, keys, events, app, handle).await,
+    }
 }
 
 /// Closes the session, waiting up to `FLUSH_ON_EXIT` for the relay to acknowledge what was
 /// sent; Ctrl-C again leaves at once.
 async fn leave(
     screen: &mut Screen,
-    mut keys: mpsc::Receiver<TermEvent>,
+    mut keys: mpsc::Receiver<TermRead>,
     mut events: mpsc::UnboundedReceiver<Event>,
     app: &mut App,
     handle: SessionHandle,
@@ -295,6 +329,7 @@ async fn leave(
     app.conn = Conn::Leaving;
     let mut close = std::pin::pin!(handle.close(FLUSH_ON_EXIT));
     let mut tick = tokio::time::interval(TICK);
+    let mut tty_check = tokio::time::interval(TTY_CHECK);
     let mut hinted = false;
     let end = loop {
         let _ = screen.terminal.draw(|frame| render::render(frame, app));
@@ -302,10 +337,11 @@ async fn leave(
             end = &mut close => break Some(end),
             Some(event) = events.recv() => app.on_event(event),
             key = keys.recv() => match key {
-                Some(TermEvent::Key(key)) if app.on_key(key) == Action::Quit => break None,
-                Some(_) => {}
-                None => break None,
+                Some(Ok(TermEvent::Key(key))) if app.on_key(key) == Action::Quit => break None,
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => break None,
             },
+            _ = tty_check.tick() => if terminal::gone() { break None },
             _ = tick.tick() => {
                 if !hinted {
                     hinted = true;
@@ -320,12 +356,17 @@ async fn leave(
             }
         }
     };
+    ended_report(end, FLUSH_ON_EXIT)
+}
+
+/// What to print after the session closed (`None`: the user did not wait for it).
+fn ended_report(end: Option<SessionEnd>, waited: Duration) -> Result<(), AppError> {
     match end {
         None | Some(SessionEnd::Closed { unacknowledged: 0 }) => Ok(()),
         Some(SessionEnd::Closed { unacknowledged }) => Err(AppError::new(format!(
-            "{unacknowledged} message(s) were not acknowledged by the relay within {} s and may not have been \
-             delivered",
-            FLUSH_ON_EXIT.as_secs()
+            "{unacknowledged} message(s) were not acknowledged by the relay within {:.1} s and may not have \
+             been delivered",
+            waited.as_secs_f64()
         ))),
         Some(SessionEnd::Failed(e)) => Err(AppError::new(neutralize(&e.to_string()))),
         Some(_) => Ok(()),

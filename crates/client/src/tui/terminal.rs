@@ -2,13 +2,18 @@
 //! screen, mouse wheel reports and a visible cursor are undone on every way out (normal exit,
 //! error, and panic, whose hook restores the terminal before the panic message is printed).
 //! Terminal events are read on a thread of their own.
+//!
+//! A terminal can also go away under the client (an SSH connection or a tmux session closed):
+//! the kernel hangs the tty up, reads return end of file and writes fail with EIO. crossterm's
+//! reader retries such reads forever, so the reader thread is never waited on for long, and
+//! the event loop asks `gone` on a timer as well as watching for SIGHUP.
 
 use std::fmt;
-use std::io::{self, Stdout, Write};
+use std::io::{self, IsTerminal, Stdout, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossterm::cursor::Show;
 use crossterm::event::Event as TermEvent;
@@ -59,6 +64,12 @@ pub(crate) fn restore() {
     }
 }
 
+/// Whether the terminal is gone: on a hung-up tty the terminal attribute query (`isatty`)
+/// fails with EIO, so standard input or output no longer counts as a terminal.
+pub(crate) fn gone() -> bool {
+    !io::stdin().is_terminal() || !io::stdout().is_terminal()
+}
+
 /// Whether a panic happened since the UI started.
 pub(crate) fn panicked() -> bool {
     PANICKED.load(Ordering::SeqCst)
@@ -76,7 +87,12 @@ fn install_panic_hook() {
     });
 }
 
-/// Reads terminal events on a thread and hands them over; stops within `POLL` when asked.
+/// What the reader thread hands over: an event, or the error that stopped it (the terminal
+/// is unusable).
+pub(crate) type TermRead = io::Result<TermEvent>;
+
+/// Reads terminal events on a thread and hands them over; stops within `POLL` when asked,
+/// unless crossterm is stuck on a hung-up terminal, in which case it is left behind.
 #[derive(Debug)]
 struct Reader {
     stop: Arc<AtomicBool>,
@@ -86,27 +102,24 @@ struct Reader {
 /// How often the reader thread checks whether to stop.
 const POLL: Duration = Duration::from_millis(50);
 
+/// How long `stop` waits for the reader thread before leaving it behind.
+const STOP_WAIT: Duration = Duration::from_millis(200);
+
 impl Reader {
-    fn start(tx: mpsc::Sender<TermEvent>) -> Self {
+    fn start(tx: mpsc::Sender<TermRead>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
             while !flag.load(Ordering::SeqCst) {
-                match crossterm::event::poll(POLL) {
-                    Ok(true) => {}
+                let read = match crossterm::event::poll(POLL) {
+                    Ok(true) if flag.load(Ordering::SeqCst) => break,
+                    Ok(true) => crossterm::event::read(),
                     Ok(false) => continue,
-                    Err(_) => break,
-                }
-                if flag.load(Ordering::SeqCst) {
+                    Err(e) => Err(e),
+                };
+                let failed = read.is_err();
+                if tx.blocking_send(read).is_err() || failed {
                     break;
-                }
-                match crossterm::event::read() {
-                    Ok(event) => {
-                        if tx.blocking_send(event).is_err() {
-                            break;
-                        }
-                    }
-                    Err(_) => break,
                 }
             }
         });
@@ -115,9 +128,16 @@ impl Reader {
 
     fn stop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        if let Some(thread) = self.thread.take() {
+        let Some(thread) = self.thread.take() else { return };
+        let deadline = Instant::now() + STOP_WAIT;
+        while !thread.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if thread.is_finished() {
             let _ = thread.join();
         }
+        // Otherwise the thread is stuck in a read of a hung-up terminal; the process is about
+        // to end, and waiting for it would hang the exit.
     }
 }
 
@@ -125,7 +145,7 @@ impl Reader {
 pub(crate) struct Screen {
     pub(crate) terminal: Terminal<CrosstermBackend<Stdout>>,
     reader: Reader,
-    tx: mpsc::Sender<TermEvent>,
+    tx: mpsc::Sender<TermRead>,
 }
 
 impl fmt::Debug for Screen {
@@ -135,9 +155,9 @@ impl fmt::Debug for Screen {
 }
 
 impl Screen {
-    /// Takes over the terminal; terminal events arrive on the returned receiver (closed when
-    /// the terminal goes away).
-    pub(crate) fn enter() -> io::Result<(Self, mpsc::Receiver<TermEvent>)> {
+    /// Takes over the terminal; terminal events arrive on the returned receiver, and an error
+    /// when the terminal can no longer be read.
+    pub(crate) fn enter() -> io::Result<(Self, mpsc::Receiver<TermRead>)> {
         install_panic_hook();
         let (tx, rx) = mpsc::channel(256);
         take_over()?;
