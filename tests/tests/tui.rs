@@ -59,16 +59,19 @@ impl Tmux {
 
     /// Waits until the screen shows every one of `needles`; returns the screen.
     fn wait_for(&self, needles: &[&str]) -> Result<String, BoxError> {
-        let deadline = Instant::now() + SCREEN_WAIT;
+        self.wait_for_within(needles, SCREEN_WAIT)
+    }
+
+    /// `wait_for` with a custom time limit.
+    fn wait_for_within(&self, needles: &[&str], limit: Duration) -> Result<String, BoxError> {
+        let deadline = Instant::now() + limit;
         loop {
             let screen = self.screen()?;
             if needles.iter().all(|n| screen.contains(n)) {
                 return Ok(screen);
             }
             if Instant::now() >= deadline {
-                return Err(
-                    format!("the screen did not show {needles:?} within {SCREEN_WAIT:?}:\n{screen}").into()
-                );
+                return Err(format!("the screen did not show {needles:?} within {limit:?}:\n{screen}").into());
             }
             thread::sleep(Duration::from_millis(50));
         }
@@ -427,5 +430,58 @@ fn sigterm_ends_the_client_and_restores_the_terminal() -> TestResult {
         "terminal modes (stty -g) restored"
     );
     assert_eq!(tmux.flag("alternate_on")?, "0");
+    Ok(())
+}
+
+/// Rows of the screen that are notices (`-!-`).
+fn notice_rows(screen: &str) -> Vec<&str> {
+    screen.lines().filter(|l| l.contains("-!- ")).collect()
+}
+
+#[test]
+fn a_relay_outage_is_two_notices_and_quit_while_offline_asks_once() -> TestResult {
+    let relay_dir = tempfile::tempdir()?;
+    let mut relay = Relay::start(relay_dir.path())?;
+    let addr = relay.address();
+    let home = Home::new()?;
+    let pw = home.password_file("pw", "correct horse battery staple")?;
+    let tmux = Tmux::start()?;
+    tmux.wait_for(&[PROMPT])?;
+    let command = format!(
+        "{chatroom} --relay {addr} --room lobby --nick alice --create --password-file {pw} --data-dir {data} \
+         --config {config}; echo \"exit=$?\"",
+        chatroom = quoted(&bin("chatroom"))?,
+        pw = quoted(&pw)?,
+        data = quoted(&home.data_dir())?,
+        config = quoted(&home.config())?,
+    );
+    tmux.type_line(&command)?;
+    let screen = tmux.wait_for(&["| connected", "1 member"])?;
+    let before = notice_rows(&screen).len();
+
+    // A 20-second outage: the relay is killed and started again on the same address.
+    relay.kill();
+    tmux.wait_for(&["connection lost: "])?;
+    thread::sleep(Duration::from_secs(20));
+    let mut relay = Relay::start_on(relay_dir.path(), &addr)?;
+    // Reconnect attempts back off up to 30 s apart.
+    let screen = tmux.wait_for_within(&["reconnected after ", "| connected"], Duration::from_secs(60))?;
+    let notices = notice_rows(&screen);
+    assert_eq!(notices.len(), before + 2, "one notice when lost, one when back:\n{screen}");
+    assert!(notices[before].contains("connection lost: "), "{screen}");
+    assert!(notices[before + 1].contains("; nothing was missed"), "{screen}");
+
+    // Offline with a message unsent, /quit says which and asks once.
+    relay.kill();
+    tmux.wait_for(&["reconnecting in "])?;
+    tmux.type_line("are you there?")?;
+    tmux.type_line("/quit")?;
+    tmux.wait_for(&["1 unsent message would be lost: \"are you there?\""])?;
+    tmux.type_line("/quit")?;
+    let screen = tmux.wait_for_shell("exit=1")?;
+    assert!(
+        screen.contains("chatroom: error: the relay did not acknowledge 1 message: \"are you there?\""),
+        "{screen}"
+    );
     Ok(())
 }

@@ -37,8 +37,11 @@ keys:
 /// The connection as the status bar shows it.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Conn {
-    /// Opening the connection.
-    Connecting,
+    /// Opening the connection: 0 for the first attempt, then 1, 2, ... while reconnecting.
+    Connecting {
+        /// The attempt.
+        attempt: u32,
+    },
     /// Deriving the room key.
     Deriving {
         /// Parameters.
@@ -163,6 +166,36 @@ pub(crate) enum Action {
 /// Formats a time in milliseconds since the epoch.
 pub(crate) type Clock = fn(u64) -> String;
 
+/// `1 message`, `2 messages`.
+pub(crate) fn count(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+/// Most characters of one message quoted in a notice.
+const QUOTE_CHARS: usize = 30;
+/// Most messages quoted in a notice.
+const QUOTE_COUNT: usize = 3;
+
+/// `"first", "second" and 3 more`, each cut to `QUOTE_CHARS` with an ellipsis.
+pub(crate) fn quote_list(texts: &[String]) -> String {
+    let mut quoted: Vec<String> = texts
+        .iter()
+        .take(QUOTE_COUNT)
+        .map(|t| match t.char_indices().nth(QUOTE_CHARS) {
+            Some((at, _)) => format!("\"{}...\"", &t[..at]),
+            None => format!("\"{t}\""),
+        })
+        .collect();
+    if texts.len() > QUOTE_COUNT {
+        quoted.push(format!("{} more", texts.len() - QUOTE_COUNT));
+    }
+    quoted.join(", ")
+}
+
 /// The whole state of the UI.
 #[derive(Debug)]
 pub(crate) struct App {
@@ -203,6 +236,12 @@ pub(crate) struct App {
     history_seen: usize,
     /// `/who` was typed: show the next member list as a notice too.
     who_asked: bool,
+    /// When the connection was lost, while it is; the loss was reported once.
+    lost_since: Option<Instant>,
+    /// After a reconnect, until the end of history: messages caught up so far.
+    caught_up: Option<usize>,
+    /// `/quit` while offline with messages unsent: said what is unsent once; the next leaves.
+    quit_asked: bool,
     clock: Clock,
     now_ms: fn() -> u64,
 }
@@ -232,7 +271,7 @@ impl App {
             relay: neutralize(relay),
             room: neutralize(room),
             nick: neutralize(nick),
-            conn: Conn::Connecting,
+            conn: Conn::Connecting { attempt: 0 },
             relay_fingerprint: None,
             safety_code: None,
             members: Vec::new(),
@@ -248,6 +287,9 @@ impl App {
             pending: HashMap::new(),
             history_seen: 0,
             who_asked: false,
+            lost_since: None,
+            caught_up: None,
+            quit_asked: false,
             clock,
             now_ms,
         }
@@ -349,6 +391,87 @@ impl App {
         matches!(self.conn, Conn::Deriving { .. } | Conn::Reconnecting { .. } | Conn::Leaving)
     }
 
+    /// Whether the connection is lost (and being re-established).
+    pub(crate) fn offline(&self) -> bool {
+        self.lost_since.is_some()
+    }
+
+    /// The texts of our own messages the relay has not acknowledged, oldest first.
+    pub(crate) fn unsent(&self) -> Vec<String> {
+        self.entries
+            .iter()
+            .filter_map(|e| match &e.body {
+                Body::Message { text, mine: true, delivery: Delivery::Pending, .. } => Some(text.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// `/quit` or Ctrl-C: while offline with messages unsent, says which and asks once.
+    fn quit(&mut self) -> Action {
+        let unsent = self.unsent();
+        let leaving = self.conn == Conn::Leaving;
+        if leaving || !self.offline() || unsent.is_empty() || std::mem::replace(&mut self.quit_asked, true) {
+            return Action::Quit;
+        }
+        self.notice(
+            NoticeKind::Error,
+            &format!(
+                "not connected, so {} would be lost: {}. Wait for the reconnect, or /quit again to leave anyway.",
+                count(unsent.len(), "unsent message"),
+                quote_list(&unsent)
+            ),
+        );
+        Action::None
+    }
+
+    /// A connection state change: the first loss and the return are notices, the rest is
+    /// shown in the status bar only.
+    fn on_state(&mut self, state: ConnState) {
+        match state {
+            ConnState::Connecting { attempt } => {
+                // Attempts count from 0 after each loss; the status bar counts retries from 1.
+                let retry = if self.offline() { attempt.saturating_add(1) } else { 0 };
+                self.conn = Conn::Connecting { attempt: retry };
+                if retry == 0 {
+                    let text = format!("connecting to {}", self.relay);
+                    self.notice(NoticeKind::Info, &text);
+                }
+            }
+            ConnState::Joining => self.conn = Conn::Joining,
+            ConnState::CatchingUp => self.conn = Conn::CatchingUp,
+            ConnState::Live => self.conn = Conn::Connected,
+            ConnState::Reconnecting { delay, reason } => {
+                self.conn = Conn::Reconnecting { since: Instant::now(), delay };
+                if self.lost_since.is_none() {
+                    self.lost_since = Some(Instant::now());
+                    let reason = reason.trim_end_matches('.');
+                    let text = format!(
+                        "connection lost: {}. Reconnecting on its own; the status bar counts down.",
+                        neutralize(reason.strip_prefix("connection lost: ").unwrap_or(reason))
+                    );
+                    self.notice(NoticeKind::Error, &text);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The end of history after a reconnect: one notice that the connection is back.
+    fn back_online(&mut self, caught_up: usize) {
+        let after = match self.lost_since.take() {
+            Some(since) => format!(" after {} s", since.elapsed().as_secs().max(1)),
+            None => String::new(),
+        };
+        let missed = match caught_up {
+            0 => "nothing was missed".to_owned(),
+            n => format!("{} caught up above", count(n, "missed message")),
+        };
+        self.quit_asked = false;
+        let text = format!("reconnected{after}; {missed}");
+        self.notice(NoticeKind::Info, &text);
+    }
+
     /// The session ended.
     pub(crate) fn ended(&mut self, why: Option<&str>) {
         self.conn = Conn::Offline;
@@ -365,26 +488,7 @@ impl App {
     pub(crate) fn on_event(&mut self, event: Event) {
         let line = event_line(&event, &self.relay);
         match event {
-            Event::State(state) => {
-                self.conn = match state {
-                    ConnState::Connecting { .. } => Conn::Connecting,
-                    ConnState::Joining => Conn::Joining,
-                    ConnState::CatchingUp => Conn::CatchingUp,
-                    ConnState::Live => Conn::Connected,
-                    ConnState::Reconnecting { delay, .. } => {
-                        Conn::Reconnecting { since: Instant::now(), delay }
-                    }
-                    _ => self.conn.clone(),
-                };
-                if let Some(line) = line {
-                    let kind = if matches!(self.conn, Conn::Reconnecting { .. }) {
-                        NoticeKind::Error
-                    } else {
-                        NoticeKind::Info
-                    };
-                    self.notice(kind, &line);
-                }
-            }
+            Event::State(state) => self.on_state(state),
             Event::KeyDerivation(progress) => {
                 match progress {
                     KdfProgress::Started(params) => {
@@ -406,21 +510,28 @@ impl App {
                 self.safety_code = Some(neutralize(&safety_code));
                 self.relay_fingerprint = Some(neutralize(&relay_fingerprint));
                 self.history_seen = 0;
-                if let Some(line) = line {
-                    self.notice(NoticeKind::Info, &line);
-                }
-                if !rejoin {
+                if rejoin {
+                    // Reported once the missed messages are in (`back_online`).
+                    self.caught_up = Some(0);
+                } else {
+                    if let Some(line) = line {
+                        self.notice(NoticeKind::Info, &line);
+                    }
                     self.notice(NoticeKind::Info, "type /help for commands and keys");
                 }
             }
             Event::HistoryEnd => {
-                if self.history_seen > 0 {
+                if let Some(n) = self.caught_up.take() {
+                    self.back_online(n);
+                } else if self.history_seen > 0 {
                     let time = self.now();
                     self.push(Body::Divider("end of history; now live".into()), time);
                 }
             }
             Event::Message(m) => {
-                if m.history && self.history_seen == 0 {
+                if let Some(n) = &mut self.caught_up {
+                    *n += 1;
+                } else if m.history && self.history_seen == 0 {
                     let time = self.now();
                     self.push(Body::Divider("history".into()), time);
                 }
@@ -527,7 +638,7 @@ impl App {
                     }
                     Action::None
                 }
-                Command::Quit => Action::Quit,
+                Command::Quit => self.quit(),
                 Command::Who => {
                     self.who_asked = true;
                     Action::Who
@@ -573,8 +684,8 @@ impl App {
         let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
         let e = &mut self.editor;
         match key.code {
-            KeyCode::Char('c') if ctrl => return Action::Quit,
-            KeyCode::Char('d') if ctrl && e.text().is_empty() => return Action::Quit,
+            KeyCode::Char('c') if ctrl => return self.quit(),
+            KeyCode::Char('d') if ctrl && e.text().is_empty() => return self.quit(),
             KeyCode::Char('l') if ctrl => return Action::Redraw,
             KeyCode::Char('a') if ctrl => e.home(),
             KeyCode::Char('e') if ctrl => e.end(),
@@ -764,6 +875,108 @@ mod tests {
         assert_eq!((app.scroll, app.unseen), (6, 1));
         app.scroll_down(100);
         assert_eq!((app.scroll, app.unseen), (0, 0));
+    }
+
+    fn notices(app: &App) -> Vec<String> {
+        app.entries()
+            .filter_map(|e| match &e.body {
+                Body::Notice { text, .. } => Some(text.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn history(nick: &str, body: &str) -> Event {
+        Event::Message(chatroom_client::session::ChatMessage {
+            seq: 1,
+            history: true,
+            sender: PublicIdentity([2; 32]),
+            nick: Nick::new(nick).unwrap(),
+            from_me: false,
+            kind: ContentKind::Text,
+            body: body.into(),
+            timestamp_ms: 0,
+        })
+    }
+
+    fn outage(app: &mut App, attempts: u32) {
+        for attempt in 1..=attempts {
+            app.on_event(Event::State(ConnState::Reconnecting {
+                delay: Duration::from_secs(2),
+                reason: "cannot connect to 127.0.0.1:7777: Connection refused; check the address.".into(),
+            }));
+            app.on_event(Event::State(ConnState::Connecting { attempt }));
+        }
+    }
+
+    #[test]
+    fn an_outage_is_one_notice_when_lost_and_one_when_back() {
+        let mut app = app();
+        app.on_event(Event::State(ConnState::Live));
+        let before = notices(&app).len();
+        outage(&mut app, 12);
+        assert_eq!(app.conn, Conn::Connecting { attempt: 13 });
+        app.on_event(Event::Joined {
+            created: false,
+            owner: PublicIdentity([2; 32]),
+            owner_is_me: false,
+            safety_code: "1".into(),
+            relay_fingerprint: "ab".into(),
+            rejoin: true,
+        });
+        app.on_event(Event::State(ConnState::CatchingUp));
+        app.on_event(history("bob", "one"));
+        app.on_event(history("bob", "two"));
+        app.on_event(Event::HistoryEnd);
+        app.on_event(Event::State(ConnState::Live));
+        let added = &notices(&app)[before..];
+        assert_eq!(added.len(), 2, "{added:?}");
+        assert!(added[0].starts_with("connection lost: cannot connect to 127.0.0.1:7777: Connection refused"));
+        assert!(added[0].ends_with("Reconnecting on its own; the status bar counts down."), "{added:?}");
+        assert!(added[1].starts_with("reconnected after "), "{added:?}");
+        assert!(added[1].ends_with("; 2 missed messages caught up above"), "{added:?}");
+        assert!(!app.offline());
+        assert!(
+            !app.entries().any(|e| matches!(e.body, Body::Divider(_))),
+            "caught-up messages are not framed as history"
+        );
+    }
+
+    #[test]
+    fn quit_while_offline_says_what_is_unsent_and_asks_once() {
+        let mut app = app();
+        app.on_event(Event::State(ConnState::Live));
+        let Action::Send { entry, .. } = type_line(&mut app, "delivered") else { panic!() };
+        app.track(1, entry);
+        app.on_event(Event::Sent { id: 1, seq: 1 });
+        assert_eq!(type_line(&mut app, "/quit"), Action::Quit, "online: leaves at once");
+        outage(&mut app, 1);
+        assert_eq!(type_line(&mut app, "/quit"), Action::Quit, "offline, nothing unsent: leaves at once");
+        let Action::Send { entry, .. } = type_line(&mut app, "are you there?") else { panic!() };
+        app.track(2, entry);
+        let before = notices(&app).len();
+        assert_eq!(type_line(&mut app, "/quit"), Action::None);
+        let said = &notices(&app)[before..];
+        assert_eq!(
+            said,
+            ["not connected, so 1 unsent message would be lost: \"are you there?\". Wait for the reconnect, or \
+              /quit again to leave anyway."]
+        );
+        assert_eq!(
+            app.on_key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL)),
+            Action::Quit,
+            "asked once"
+        );
+        assert_eq!(app.unsent(), ["are you there?"]);
+    }
+
+    #[test]
+    fn quoted_lists_are_short() {
+        let texts: Vec<String> =
+            ["a", &"x".repeat(40), "c", "d", "e"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(quote_list(&texts), format!("\"a\", \"{}...\", \"c\", 2 more", "x".repeat(30)));
+        assert_eq!(count(1, "message"), "1 message");
+        assert_eq!(count(0, "message"), "0 messages");
     }
 
     #[test]

@@ -312,13 +312,14 @@ async fn event_loop(
             handle.close(QUICK_FLUSH).await;
             Ok(())
         }
-        Action::Terminate => ended_report(Some(handle.close(QUICK_FLUSH).await), QUICK_FLUSH),
+        Action::Terminate => ended_report(Some(handle.close(QUICK_FLUSH).await), &app.unsent()),
         _ => leave(screen, keys, events, app, handle).await,
     }
 }
 
 /// Closes the session, waiting up to `FLUSH_ON_EXIT` for the relay to acknowledge what was
-/// sent; Ctrl-C again leaves at once.
+/// sent (not at all while offline: the user was told what is unsent); Ctrl-C again leaves at
+/// once.
 async fn leave(
     screen: &mut Screen,
     mut keys: mpsc::Receiver<TermRead>,
@@ -326,8 +327,9 @@ async fn leave(
     app: &mut App,
     handle: SessionHandle,
 ) -> Result<(), AppError> {
+    let flush = if app.offline() { Duration::ZERO } else { FLUSH_ON_EXIT };
     app.conn = Conn::Leaving;
-    let mut close = std::pin::pin!(handle.close(FLUSH_ON_EXIT));
+    let mut close = std::pin::pin!(handle.close(flush));
     let mut tick = tokio::time::interval(TICK);
     let mut tty_check = tokio::time::interval(TTY_CHECK);
     let mut hinted = false;
@@ -356,18 +358,22 @@ async fn leave(
             }
         }
     };
-    ended_report(end, FLUSH_ON_EXIT)
+    ended_report(end, &app.unsent())
 }
 
-/// What to print after the session closed (`None`: the user did not wait for it).
-fn ended_report(end: Option<SessionEnd>, waited: Duration) -> Result<(), AppError> {
+/// What to print after the session closed (`None`: the user did not wait for it); `unsent`
+/// are the texts of our messages still unacknowledged.
+fn ended_report(end: Option<SessionEnd>, unsent: &[String]) -> Result<(), AppError> {
     match end {
         None | Some(SessionEnd::Closed { unacknowledged: 0 }) => Ok(()),
-        Some(SessionEnd::Closed { unacknowledged }) => Err(AppError::new(format!(
-            "{unacknowledged} message(s) were not acknowledged by the relay within {:.1} s and may not have \
-             been delivered",
-            waited.as_secs_f64()
-        ))),
+        Some(SessionEnd::Closed { unacknowledged }) => {
+            let which =
+                if unsent.is_empty() { String::new() } else { format!(": {}", app::quote_list(unsent)) };
+            Err(AppError::new(format!(
+                "the relay did not acknowledge {}{which}. Send again what matters once connected.",
+                app::count(unacknowledged, "message")
+            )))
+        }
         Some(SessionEnd::Failed(e)) => Err(AppError::new(neutralize(&e.to_string()))),
         Some(_) => Ok(()),
     }

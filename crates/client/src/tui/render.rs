@@ -164,7 +164,8 @@ const SPINNER: [&str; 4] = [".  ", ".. ", "...", "   "];
 
 fn conn_text(conn: &Conn) -> (String, bool) {
     match conn {
-        Conn::Connecting => ("connecting".into(), false),
+        Conn::Connecting { attempt: 0 } => ("connecting".into(), false),
+        Conn::Connecting { attempt } => (format!("reconnecting (attempt {attempt})"), false),
         Conn::Deriving { elapsed, .. } => {
             let frame = SPINNER[(elapsed.as_millis() / 100) as usize % SPINNER.len()];
             (format!("deriving room key{frame} {:.1} s", elapsed.as_secs_f64()), false)
@@ -449,6 +450,7 @@ mod tests {
             relay_fingerprint: "ab12cd34ef567890".repeat(4),
             rejoin: true,
         });
+        app.on_event(Event::HistoryEnd);
         app.on_event(Event::State(ConnState::Live));
         let mut me = MemberInfo {
             nick: Nick::new("alice").unwrap(),
@@ -485,7 +487,7 @@ mod tests {
         assert_eq!(
             screen(&terminal),
             [
-                "12:00 -!- reconnected to 127.0.0.1:7777               | 2 members",
+                "12:00 -!- reconnected; nothing was missed             | 2 members",
                 "12:00 <bob> hi alice                                  | @alice",
                 "12:00 * bob waves                                     |  bob",
                 "                                                      |",
@@ -522,7 +524,7 @@ mod tests {
         let rows = screen(&terminal);
         assert!(rows[2].contains("| reconnecting in 5 s |"), "{rows:?}");
         assert!(
-            rows.iter().any(|r| r.contains("disconnected: relay closed^[[2J; reconnecting in 4.5 s")),
+            rows.iter().any(|r| r.contains("connection lost: relay closed^[[2J. Reconnecting")),
             "{rows:?}"
         );
         assert_eq!(terminal.backend().buffer()[(30, 2)].bg, Color::Red, "not connected: red");
