@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chatroom_client::commands::{parse_line, Command, Input as Line, InputError, HELP};
+use chatroom_client::commands::{parse_line, Command, Input as Line, HELP};
 use chatroom_client::config::{read_password_file, Config};
 use chatroom_client::crypto::{load_or_create_identity, ContentKind, ErrorCode, Zeroizing};
 use chatroom_client::display::neutralize;
@@ -169,12 +169,6 @@ async fn talk(mut handle: SessionHandle, input: Input, ui: &PlainUi) -> Result<(
                         };
                         if let Err(e) = result {
                             ui.notice(&format!("error: {e}"));
-                        }
-                    }
-                    Err(e @ InputError::Unknown(_)) => {
-                        ui.notice(&format!("error: {e}"));
-                        for l in HELP.lines() {
-                            ui.notice(l);
                         }
                     }
                     Err(e) => ui.notice(&format!("error: {e}")),

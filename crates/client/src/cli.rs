@@ -28,8 +28,8 @@ pub(crate) struct TargetArgs {
     /// An invite URL (chatroom://FINGERPRINT@HOST:PORT/ROOM) or the name of a saved room
     #[arg(value_name = "INVITE|NAME")]
     pub(crate) target: Option<String>,
-    /// The relay's address
-    #[arg(long, value_name = "HOST:PORT")]
+    /// The relay's address (port 7878 when none is given)
+    #[arg(long, value_name = "HOST[:PORT]")]
     pub(crate) relay: Option<String>,
     /// The room's name
     #[arg(long)]

@@ -52,7 +52,9 @@ pub enum Input {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InputError {
     /// An unknown command.
-    #[error("unknown command /{0}; nothing was sent (type //{0} to send a line starting with /)")]
+    #[error(
+        "unknown command /{0}, nothing was sent; /help lists the commands, //{0} sends the line as text"
+    )]
     Unknown(String),
     /// A command used wrongly.
     #[error("usage: {0}")]

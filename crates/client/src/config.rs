@@ -64,6 +64,29 @@ pub struct RoomEntry {
     password: Option<toml::Value>,
 }
 
+/// The 1-based line of byte offset `at`.
+fn line_of(text: &str, at: usize) -> usize {
+    let at = at.min(text.len());
+    text.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+/// The line of the first `password = ...` key (the field refused with advice).
+fn password_line(text: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            let l = l.trim_start();
+            l.strip_prefix("password").is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map(|i| i + 1)
+}
+
+/// The TOML parser's message on one line, without the `password` field it lists as expected
+/// (accepted only to be refused with advice).
+fn parse_message(message: &str) -> String {
+    let one_line: Vec<&str> = message.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    crate::display::neutralize(&one_line.join(": ").replace(", `password`", ""))
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FileError + '_ {
     move |source| FileError::Io { path: path.display().to_string(), source }
 }
@@ -73,14 +96,14 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Config, FileError> {
         let config: Config = toml::from_str(text).map_err(|e| FileError::Syntax {
             path: path.display().to_string(),
-            line: e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1)).unwrap_or(1),
-            why: crate::display::neutralize(e.message()),
+            line: e.span().map_or(1, |s| line_of(text, s.start)),
+            why: parse_message(e.message()),
         })?;
         for (name, entry) in &config.rooms {
             if entry.password.is_some() {
                 return Err(FileError::Syntax {
                     path: path.display().to_string(),
-                    line: 1,
+                    line: password_line(text).unwrap_or(1),
                     why: format!(
                         "[rooms.{}] holds a password; config.toml never stores passwords: put it in a file \
                          with mode 0600 and name it with password_file = \"...\"",
@@ -167,8 +190,15 @@ room = "family"
         let pw = "[rooms.w]\nrelay = \"h:1\"\nroom = \"r\"\npassword = \"hunter2\"\n";
         let err = Config::parse(pw, Path::new("c.toml")).unwrap_err().to_string();
         assert!(err.contains("password_file") && !err.contains("hunter2"), "{err}");
+        assert!(err.contains("c.toml, line 4: [rooms.w] holds a password"), "at the key's line: {err}");
         let unknown = "[rooms.w]\nrelay = \"h:1\"\nroom = \"r\"\ncolour = 1\n";
-        assert!(Config::parse(unknown, Path::new("c.toml")).is_err());
+        let err = Config::parse(unknown, Path::new("c.toml")).unwrap_err().to_string();
+        assert!(err.contains("c.toml, line 4: unknown field `colour`"), "at the key's line: {err}");
+        assert!(err.contains("`password_file`") && !err.contains("`password`"), "{err}");
+        let header = "proxy = \"socks5h://h:1\"\n[rooms.w\nrelay = 1\n";
+        let err = Config::parse(header, Path::new("c.toml")).unwrap_err().to_string();
+        assert!(err.starts_with("c.toml, line 2: invalid table header"), "{err}");
+        assert!(!err.contains('^') && !err.contains('\n'), "one line, no control characters: {err}");
         let missing = "[rooms.w]\nrelay = \"h:1\"\n";
         assert!(Config::parse(missing, Path::new("c.toml")).is_err());
         let err = Config::parse("[rooms\n", Path::new("c.toml")).unwrap_err().to_string();

@@ -60,8 +60,10 @@ pub(crate) struct Target {
 fn entry_into(target: &mut Target, name: &str, entry: &RoomEntry, path: &Path) -> Result<(), AppError> {
     let ctx =
         |e: String| AppError::new(format!("[rooms.{}] in {}: {e}", neutralize_short(name), path.display()));
-    target.relay =
-        Some(entry.relay.parse().map_err(|e: chatroom_client::error::AddressError| ctx(e.to_string()))?);
+    target.relay = Some(
+        HostPort::parse_relay(&entry.relay)
+            .map_err(|e: chatroom_client::error::AddressError| ctx(e.to_string()))?,
+    );
     target.room = Some(RoomName::new(&entry.room).map_err(|e| ctx(e.to_string()))?);
     if let Some(nick) = &entry.nick {
         target.nick = Some(Nick::new(nick).map_err(|e| ctx(e.to_string()))?);
@@ -114,7 +116,7 @@ pub(crate) fn resolve(args: &TargetArgs, config: &Config, config_path: &Path) ->
         }
     }
     if let Some(relay) = &args.relay {
-        target.relay = Some(relay.parse()?);
+        target.relay = Some(HostPort::parse_relay(relay)?);
     }
     if let Some(room) = &args.room {
         target.room = Some(RoomName::new(room).map_err(|e| AppError::new(format!("--room: {e}")))?);
@@ -140,8 +142,8 @@ pub(crate) fn complete(target: &mut Target, chat: &ChatArgs, input: &mut Input) 
         target.password_file = Some(file.clone());
     }
     while target.relay.is_none() {
-        let answer = input.ask("Relay address (HOST:PORT): ")?;
-        match answer.parse() {
+        let answer = input.ask("Relay address (HOST or HOST:PORT): ")?;
+        match HostPort::parse_relay(&answer) {
             Ok(relay) => target.relay = Some(relay),
             Err(e) if input.is_tty() => eprintln!("-!- {e}"),
             Err(e) => return Err(e.into()),

@@ -7,7 +7,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use chatroom_client::commands::{parse_line, Command, Input as Line, InputError, HELP};
+use chatroom_client::commands::{parse_line, Command, Input as Line, HELP};
 use chatroom_client::crypto::{ContentKind, KdfParams, Nick, PresenceEvent, PublicIdentity};
 use chatroom_client::display::neutralize;
 use chatroom_client::session::{ConnState, Event, KdfProgress, MemberInfo};
@@ -242,6 +242,9 @@ pub(crate) struct App {
     caught_up: Option<usize>,
     /// `/quit` while offline with messages unsent: said what is unsent once; the next leaves.
     quit_asked: bool,
+    /// Joined someone else's room: the join notice waits for the member list, to name the
+    /// owner by nickname.
+    owner_to_name: Option<PublicIdentity>,
     clock: Clock,
     now_ms: fn() -> u64,
 }
@@ -290,6 +293,7 @@ impl App {
             lost_since: None,
             caught_up: None,
             quit_asked: false,
+            owner_to_name: None,
             clock,
             now_ms,
         }
@@ -445,7 +449,8 @@ impl App {
                 self.conn = Conn::Reconnecting { since: Instant::now(), delay };
                 if self.lost_since.is_none() {
                     self.lost_since = Some(Instant::now());
-                    let reason = reason.trim_end_matches('.');
+                    // The client retries on its own: advice to try later does not apply.
+                    let reason = reason.trim_end_matches(" Try again later.").trim_end_matches('.');
                     let text = format!(
                         "connection lost: {}. Reconnecting on its own; the status bar counts down.",
                         neutralize(reason.strip_prefix("connection lost: ").unwrap_or(reason))
@@ -455,6 +460,29 @@ impl App {
             }
             _ => {}
         }
+    }
+
+    /// The notices of a first join: who owns the room, the safety code, where help is.
+    fn joined_notices(&mut self, owner: &str) {
+        self.notice(NoticeKind::Info, owner);
+        self.notice(
+            NoticeKind::Info,
+            "compare the safety code (status bar, /safety) with the other members out of band",
+        );
+        self.notice(NoticeKind::Info, "type /help for commands and keys");
+    }
+
+    /// Names the owner of a room we joined, once the member list is in (or history ended).
+    fn name_owner(&mut self) {
+        let Some(owner) = self.owner_to_name.take() else { return };
+        let text = match self.members.iter().find(|m| m.identity == owner) {
+            Some(m) => format!(
+                "joined the room; its owner is {} (@ in the member list)",
+                neutralize(m.nick.as_str())
+            ),
+            None => format!("joined the room; its owner (key {}) is not here now", owner.short_fingerprint()),
+        };
+        self.joined_notices(&text);
     }
 
     /// The end of history after a reconnect: one notice that the connection is back.
@@ -478,7 +506,7 @@ impl App {
         match why {
             Some(why) => self.notice(
                 NoticeKind::Error,
-                &format!("disconnected for good: {}. /quit or Ctrl-C leaves", neutralize(why)),
+                &format!("session ended: {}. /quit leaves.", neutralize(why.trim_end_matches('.'))),
             ),
             None => self.notice(NoticeKind::Info, "session closed"),
         }
@@ -505,7 +533,7 @@ impl App {
                     self.notice(NoticeKind::Info, &line);
                 }
             }
-            Event::Joined { safety_code, relay_fingerprint, rejoin, owner, .. } => {
+            Event::Joined { safety_code, relay_fingerprint, rejoin, owner, created, owner_is_me } => {
                 self.owner = Some(owner);
                 self.safety_code = Some(neutralize(&safety_code));
                 self.relay_fingerprint = Some(neutralize(&relay_fingerprint));
@@ -513,14 +541,16 @@ impl App {
                 if rejoin {
                     // Reported once the missed messages are in (`back_online`).
                     self.caught_up = Some(0);
+                } else if created {
+                    self.joined_notices("created the room; you are its owner (@ in the member list)");
+                } else if owner_is_me {
+                    self.joined_notices("joined the room; you are its owner (@ in the member list)");
                 } else {
-                    if let Some(line) = line {
-                        self.notice(NoticeKind::Info, &line);
-                    }
-                    self.notice(NoticeKind::Info, "type /help for commands and keys");
+                    self.owner_to_name = Some(owner);
                 }
             }
             Event::HistoryEnd => {
+                self.name_owner();
                 if let Some(n) = self.caught_up.take() {
                     self.back_online(n);
                 } else if self.history_seen > 0 {
@@ -558,6 +588,7 @@ impl App {
             }
             Event::Members(list) => {
                 self.set_members(list);
+                self.name_owner();
                 if std::mem::take(&mut self.who_asked) {
                     if let Some(line) = line {
                         self.notice(NoticeKind::Info, &line);
@@ -651,11 +682,6 @@ impl App {
                 Command::Ban(nick) => Action::Ban(nick),
                 Command::Unban(nick) => Action::Unban(nick),
             },
-            Err(e @ InputError::Unknown(_)) => {
-                self.notice(NoticeKind::Error, &format!("error: {e}"));
-                self.help();
-                Action::None
-            }
             Err(e) => {
                 self.notice(NoticeKind::Error, &format!("error: {e}"));
                 Action::None
@@ -779,11 +805,23 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert!(texts.iter().any(|t| t.starts_with("error: unknown command /frob")));
-        assert!(texts.iter().any(|t| t.contains("/safety")), "help follows an unknown command");
-        assert!(texts.iter().any(|t| t.contains("PageUp/PageDown")), "help lists the keys");
+        assert_eq!(
+            texts,
+            ["error: unknown command /frob, nothing was sent; /help lists the commands, //frob sends the line as text"],
+            "one line, not the whole help"
+        );
+        type_line(&mut app, "/help");
+        let texts: Vec<String> = app
+            .entries()
+            .filter_map(|e| match &e.body {
+                Body::Notice { text, .. } => Some(text.clone()),
+                _ => None,
+            })
+            .collect();
+        assert!(texts.iter().any(|t| t.contains("/safety")), "/help lists the commands");
+        assert!(texts.iter().any(|t| t.contains("PageUp/PageDown")), "/help lists the keys");
         app.editor.history_older();
-        assert_eq!(app.editor.text(), "/quit", "sent lines are in the history");
+        assert_eq!(app.editor.text(), "/help", "sent lines are in the history");
     }
 
     #[test]
@@ -861,6 +899,42 @@ mod tests {
         assert!(
             matches!(&app.entries().last().unwrap().body, Body::Notice { kind: NoticeKind::Presence, text } if text == "bob left")
         );
+    }
+
+    #[test]
+    fn the_join_notice_names_the_owner_by_nickname() {
+        let mut app = app();
+        app.on_event(Event::Joined {
+            created: false,
+            owner: PublicIdentity([2; 32]),
+            owner_is_me: false,
+            safety_code: "1".into(),
+            relay_fingerprint: "ab".into(),
+            rejoin: false,
+        });
+        assert!(notices(&app).is_empty(), "waits for the member list");
+        let mut bob = member("bob", 2);
+        bob.owner = true;
+        app.on_event(Event::Members(vec![member("alice", 1), bob]));
+        let said = notices(&app);
+        assert_eq!(said[0], "joined the room; its owner is bob (@ in the member list)");
+        assert_eq!(said.len(), 3, "{said:?}");
+        app.on_event(Event::HistoryEnd);
+        assert_eq!(notices(&app).len(), 3, "said once");
+
+        let mut app = self::app();
+        app.on_event(Event::Joined {
+            created: false,
+            owner: PublicIdentity([7; 32]),
+            owner_is_me: false,
+            safety_code: "1".into(),
+            relay_fingerprint: "ab".into(),
+            rejoin: false,
+        });
+        app.on_event(Event::Members(vec![member("alice", 1)]));
+        let said = notices(&app);
+        assert!(said[0].starts_with("joined the room; its owner (key 0707"), "{said:?}");
+        assert!(said[0].ends_with(") is not here now"), "{said:?}");
     }
 
     #[test]

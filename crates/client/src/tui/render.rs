@@ -24,6 +24,32 @@ const MEMBERS_MIN_TOTAL: u16 = 50;
 const BANNER_ROWS: usize = 3;
 /// Width of `HH:MM `.
 const TIME_WIDTH: usize = 6;
+/// Widest hanging indent past a nickname; a longer nickname's continuation rows are indented
+/// by `LONG_NICK_INDENT` instead (still past the column where notices start).
+const MAX_INDENT: usize = 24;
+/// Indent of continuation rows after a nickname wider than `MAX_INDENT` allows.
+const LONG_NICK_INDENT: usize = TIME_WIDTH + 4;
+
+/// `text` cut to `width` columns, ending in `…` when cut.
+pub(crate) fn fit(text: &str, width: usize) -> String {
+    if text.width() <= width {
+        return text.to_owned();
+    }
+    let mut out = String::new();
+    let mut used = 0;
+    for g in text.graphemes(true) {
+        let w = grapheme_width(g);
+        if used + w + 1 > width {
+            break;
+        }
+        out.push_str(g);
+        used += w;
+    }
+    if width > 0 {
+        out.push('…');
+    }
+    out
+}
 
 /// Display width of a grapheme as the terminal buffer counts it.
 fn grapheme_width(g: &str) -> usize {
@@ -138,8 +164,9 @@ pub(crate) fn entry_rows(entry: &Entry, width: usize) -> Vec<Line<'static>> {
         Body::Divider(_) => String::new(),
     };
     let prefix_width: usize = prefix.iter().map(Span::width).sum();
-    // Hanging indent past the nickname, but never more than half the pane.
-    let indent = prefix_width.min(width / 2).max(TIME_WIDTH.min(width.saturating_sub(1)));
+    // Hanging indent past the nickname (less after a long one), never more than half the pane.
+    let hanging = if prefix_width <= MAX_INDENT { prefix_width } else { LONG_NICK_INDENT };
+    let indent = hanging.min(width / 2).max(TIME_WIDTH.min(width.saturating_sub(1)));
     let rows = wrap_text(&text, width.saturating_sub(prefix_width), width.saturating_sub(indent));
     let mut lines = Vec::with_capacity(rows.len());
     let mut prefix = Some(prefix);
@@ -283,9 +310,12 @@ fn draw_members(app: &App, buf: &mut Buffer, area: Rect) {
         n => format!("{n} members"),
     };
     let mut rows = vec![Line::styled(count, colors::FRAME)];
+    // One column for the owner mark.
+    let nick_width = usize::from(inner.width).saturating_sub(1);
     for m in &app.members {
-        let nick = neutralize(m.nick.as_str());
-        let mut style = colors::nick_style(&nick);
+        let full = neutralize(m.nick.as_str());
+        let mut style = colors::nick_style(&full);
+        let nick = fit(&full, nick_width);
         if m.me {
             style = style.add_modifier(Modifier::BOLD);
         }
@@ -745,6 +775,29 @@ mod tests {
         for (w, h) in [(1, 1), (2, 3), (5, 2), (13, 4), (49, 10), (50, 10), (200, 60)] {
             draw(&mut app, w, h)?;
         }
+        Ok(())
+    }
+
+    #[test]
+    fn long_nicknames_are_cut_with_an_ellipsis_and_indent_little() -> TestResult {
+        let long = "abcdefghijklmnopqrstuvwxyz012345";
+        let mut app = app();
+        joined(&mut app);
+        app.on_event(Event::Members(vec![MemberInfo {
+            nick: Nick::new(long).unwrap(),
+            identity: PublicIdentity([3; 32]),
+            owner: true,
+            me: false,
+        }]));
+        app.on_event(message(long, &"word ".repeat(20)));
+        let terminal = draw(&mut app, 80, 8)?;
+        let rows = screen(&terminal);
+        assert!(rows[1].ends_with("| @abcdefghijklmn…"), "{rows:#?}");
+        let body: Vec<&String> = rows.iter().filter(|r| r.contains("word")).collect();
+        assert!(body[0].starts_with(&format!("12:00 <{long}> word")), "{rows:#?}");
+        assert!(body[1].starts_with("          word"), "indented by 10 columns, not 40: {rows:#?}");
+        assert_eq!(fit("日本語", 4), "日…");
+        assert_eq!(fit("bob", 3), "bob");
         Ok(())
     }
 
