@@ -485,3 +485,60 @@ fn a_relay_outage_is_two_notices_and_quit_while_offline_asks_once() -> TestResul
     );
     Ok(())
 }
+
+#[test]
+fn pastes_are_absorbed_at_once_and_several_lines_are_confirmed() -> TestResult {
+    let relay_dir = tempfile::tempdir()?;
+    let relay = Relay::start(relay_dir.path())?;
+    let (alice_home, bob_home) = (Home::new()?, Home::new()?);
+    let alice_pw = alice_home.password_file("pw", "correct horse battery staple")?;
+    let bob_pw = bob_home.password_file("pw", "correct horse battery staple")?;
+    let tmux = Tmux::start()?;
+    tmux.wait_for(&[PROMPT])?;
+    let command = format!(
+        "{chatroom} --relay {relay} --room lobby --nick alice --create --password-file {pw} --data-dir {data} \
+         --config {config}; echo \"exit=$?\"",
+        chatroom = quoted(&bin("chatroom"))?,
+        relay = relay.address(),
+        pw = quoted(&alice_pw)?,
+        data = quoted(&alice_home.data_dir())?,
+        config = quoted(&alice_home.config())?,
+    );
+    tmux.type_line(&command)?;
+    tmux.wait_for(&["| connected", "1 member"])?;
+    let mut bob = bob_home.spawn(
+        "bob",
+        &[&relay.invite("lobby"), "--nick", "bob", "--password-file", bob_pw.to_str().ok_or("path")?],
+    )?;
+    bob.stderr.expect("end of history; now live")?;
+    tmux.wait_for(&["2 members"])?;
+
+    // 4000 characters pasted in one go (bracketed paste: `paste-buffer -p`) fill the input
+    // line at once, with the length counter showing.
+    let long: String = (0..4000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    tmux.run(&["set-buffer", "-b", "long", &long])?;
+    tmux.run(&["paste-buffer", "-p", "-b", "long", "-t", "chat"])?;
+    tmux.wait_for(&[" 4000/4096"])?;
+    tmux.run(&["send-keys", "-t", "chat", "Enter"])?;
+    let received = bob.stdout.expect("<alice> abcdefghij")?;
+    assert!(received.ends_with(&format!("<alice> {long}")), "the whole paste as one message");
+
+    // Several lines wait for Enter; a line starting with / is text, not a command.
+    tmux.run(&["set-buffer", "-b", "lines", "first line\n/quit\nthird line\n"])?;
+    tmux.run(&["paste-buffer", "-p", "-b", "lines", "-t", "chat"])?;
+    tmux.wait_for(&["[paste: 3 lines] Enter sends them, Esc cancels"])?;
+    tmux.run(&["send-keys", "-t", "chat", "Enter"])?;
+    bob.stdout.expect("<alice> first line")?;
+    bob.stdout.expect("<alice> /quit")?;
+    bob.stdout.expect("<alice> third line")?;
+
+    // Tab completes a command name.
+    tmux.run(&["send-keys", "-t", "chat", "-l", "/qu"])?;
+    tmux.run(&["send-keys", "-t", "chat", "Tab"])?;
+    tmux.wait_for(&["[alice] /quit"])?;
+    tmux.run(&["send-keys", "-t", "chat", "Enter"])?;
+    tmux.wait_for_shell("exit=0")?;
+    bob.close_stdin();
+    assert!(bob.wait()?.success());
+    Ok(())
+}

@@ -16,6 +16,9 @@ commands:
   //TEXT         send TEXT starting with a single /
 any other line is sent as a message";
 
+/// The commands' names, for Tab completion (aliases left out).
+pub const COMMAND_NAMES: &[&str] = &["/help", "/who", "/me", "/kick", "/ban", "/unban", "/safety", "/quit"];
+
 /// A command typed by the user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {

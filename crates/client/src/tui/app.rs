@@ -7,8 +7,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use chatroom_client::commands::{parse_line, Command, Input as Line, HELP};
-use chatroom_client::crypto::{ContentKind, KdfParams, Nick, PresenceEvent, PublicIdentity};
+use chatroom_client::commands::{parse_line, Command, Input as Line, COMMAND_NAMES, HELP};
+use chatroom_client::crypto::{ContentKind, KdfParams, Nick, PresenceEvent, PublicIdentity, MAX_BODY_LEN};
 use chatroom_client::display::neutralize;
 use chatroom_client::session::{ConnState, Event, KdfProgress, MemberInfo};
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseEvent, MouseEventKind};
@@ -19,6 +19,9 @@ use crate::plain::event_line;
 /// Most entries kept in the scrollback.
 pub(crate) const MAX_SCROLLBACK: usize = 5000;
 
+/// Most lines one multi-line paste may send (each is a message).
+pub(crate) const MAX_PASTE_LINES: usize = 50;
+
 /// Rows scrolled per mouse wheel step.
 const WHEEL_ROWS: usize = 3;
 
@@ -27,7 +30,7 @@ pub(crate) const KEYS_HELP: &str = "\
 keys:
   PageUp/PageDown, mouse wheel   scroll the conversation
   Up/Down                        previous/next line you sent
-  Tab                            complete a nickname (again: next match)
+  Tab                            complete a command or nickname (again: next match)
   Left/Right, Home/End, Ctrl-A/E move in the line
   Backspace/Delete, Ctrl-U/K/W   delete a character, to start/end of line, a word
   Esc                            dismiss the warning banner
@@ -144,6 +147,8 @@ pub(crate) enum Action {
         /// Its entry number.
         entry: u64,
     },
+    /// Send pasted lines, each a message; `entry` numbers the scrollback entries showing them.
+    SendLines(Vec<(String, u64)>),
     /// Ask for the member list.
     Who,
     /// Owner commands.
@@ -245,6 +250,8 @@ pub(crate) struct App {
     /// Joined someone else's room: the join notice waits for the member list, to name the
     /// owner by nickname.
     owner_to_name: Option<PublicIdentity>,
+    /// A multi-line paste waiting for Enter (send) or Esc (cancel).
+    pub(crate) paste: Option<Vec<String>>,
     clock: Clock,
     now_ms: fn() -> u64,
 }
@@ -294,6 +301,7 @@ impl App {
             caught_up: None,
             quit_asked: false,
             owner_to_name: None,
+            paste: None,
             clock,
             now_ms,
         }
@@ -702,10 +710,80 @@ impl App {
         }
     }
 
+    /// Pasted text (bracketed paste): one line goes into the input line as far as it fits;
+    /// several lines wait for Enter to be sent as that many messages, or Esc.
+    pub(crate) fn on_paste(&mut self, text: &str) {
+        let text = text.replace("\r\n", "\n").replace('\r', "\n");
+        let text = text.strip_suffix('\n').unwrap_or(&text);
+        if !text.contains('\n') {
+            if !self.editor.insert_str(text) {
+                self.notice(
+                    NoticeKind::Error,
+                    &format!(
+                        "the paste is longer than one message ({MAX_BODY_LEN} bytes), so only its start was \
+                         inserted. Send the rest as another message."
+                    ),
+                );
+            }
+            return;
+        }
+        let lines: Vec<String> = text
+            .split('\n')
+            .map(|l| l.replace('\t', "    ").chars().filter(|c| !c.is_control()).collect::<String>())
+            .filter(|l| !l.trim().is_empty())
+            .collect();
+        if lines.len() > MAX_PASTE_LINES {
+            let text = format!(
+                "a paste of {} lines would be as many messages, more than {MAX_PASTE_LINES}; nothing was \
+                 inserted. Paste it in parts.",
+                lines.len()
+            );
+            self.notice(NoticeKind::Error, &text);
+            return;
+        }
+        if let Some((i, long)) = lines.iter().enumerate().find(|(_, l)| l.len() > MAX_BODY_LEN) {
+            let text = format!(
+                "line {} of the paste is {} bytes, more than one message holds ({MAX_BODY_LEN}); nothing was \
+                 inserted. Shorten it and paste again.",
+                i + 1,
+                long.len()
+            );
+            self.notice(NoticeKind::Error, &text);
+            return;
+        }
+        let text =
+            format!("pasted {}: Enter sends them as messages, Esc cancels", count(lines.len(), "line"));
+        self.notice(NoticeKind::Info, &text);
+        self.paste = Some(lines);
+    }
+
+    /// A key while a multi-line paste waits: Enter sends it, Esc cancels it.
+    fn on_paste_key(&mut self, key: KeyEvent) -> Action {
+        let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
+        match key.code {
+            KeyCode::Enter => {
+                let lines = self.paste.take().unwrap_or_default();
+                let sends =
+                    lines.into_iter().map(|l| (l.clone(), self.own_message(ContentKind::Text, &l))).collect();
+                Action::SendLines(sends)
+            }
+            KeyCode::Esc => {
+                self.paste = None;
+                self.notice(NoticeKind::Info, "paste cancelled; nothing was sent");
+                Action::None
+            }
+            KeyCode::Char('c') if ctrl => self.quit(),
+            _ => Action::None,
+        }
+    }
+
     /// What a key does.
     pub(crate) fn on_key(&mut self, key: KeyEvent) -> Action {
         if key.kind == KeyEventKind::Release {
             return Action::None;
+        }
+        if self.paste.is_some() {
+            return self.on_paste_key(key);
         }
         let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
         let e = &mut self.editor;
@@ -739,7 +817,7 @@ impl App {
             KeyCode::Down => e.history_newer(),
             KeyCode::Tab => {
                 let nicks = self.member_nicks();
-                self.editor.complete(&nicks);
+                self.editor.complete(&nicks, COMMAND_NAMES);
             }
             KeyCode::PageUp => self.scroll_up(self.page.saturating_sub(1).max(1)),
             KeyCode::PageDown => self.scroll_down(self.page.saturating_sub(1).max(1)),
@@ -1051,6 +1129,37 @@ mod tests {
         assert_eq!(quote_list(&texts), format!("\"a\", \"{}...\", \"c\", 2 more", "x".repeat(30)));
         assert_eq!(count(1, "message"), "1 message");
         assert_eq!(count(0, "message"), "0 messages");
+    }
+
+    #[test]
+    fn pastes_are_inserted_or_confirmed_and_never_commands() {
+        let mut app = app();
+        app.on_paste("a single line\n");
+        assert_eq!(app.editor.text(), "a single line");
+        app.editor.take();
+        app.on_paste("/quit\nsecond\tline");
+        assert!(app.paste.is_some());
+        assert_eq!(app.on_key(key(KeyCode::Char('x'))), Action::None, "other keys wait");
+        let Action::SendLines(lines) = app.on_key(key(KeyCode::Enter)) else { panic!("Enter sends") };
+        let texts: Vec<&str> = lines.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(texts, ["/quit", "second    line"], "pasted lines are text, even with a slash");
+        assert_eq!(app.unsent(), ["/quit", "second    line"]);
+        app.on_paste("x\ny");
+        assert_eq!(app.on_key(key(KeyCode::Esc)), Action::None);
+        assert!(app.paste.is_none());
+        assert_eq!(notices(&app).last().unwrap(), "paste cancelled; nothing was sent");
+        app.on_paste(&"l\n".repeat(MAX_PASTE_LINES + 1));
+        assert!(app.paste.is_none(), "too many lines");
+        app.on_paste(&format!("short\n{}", "x".repeat(MAX_BODY_LEN + 1)));
+        assert!(app.paste.is_none(), "a line too long");
+        assert!(
+            notices(&app).last().unwrap().starts_with("line 2 of the paste is 4097 bytes"),
+            "{:?}",
+            notices(&app)
+        );
+        app.on_paste(&"y".repeat(MAX_BODY_LEN + 10));
+        assert_eq!(app.editor.body_len(), MAX_BODY_LEN, "one line: as much as fits");
+        assert!(notices(&app).last().unwrap().contains("only its start was inserted"));
     }
 
     #[test]

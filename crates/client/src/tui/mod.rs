@@ -4,6 +4,8 @@
 //! batch of events.
 
 mod app;
+#[cfg(test)]
+mod bench;
 mod colors;
 mod editor;
 mod render;
@@ -199,16 +201,21 @@ async fn event_loop(
                 }
                 Action::None
             }
-            key = keys.recv() => match key {
-                Some(Ok(TermEvent::Key(key))) => app.on_key(key),
-                Some(Ok(TermEvent::Mouse(mouse))) => {
-                    app.on_mouse(mouse);
-                    Action::None
+            key = keys.recv() => {
+                // Keys that arrived together (typing fast, a paste without bracketed paste)
+                // are applied before one redraw.
+                let mut action = on_term(app, key);
+                for _ in 0..KEY_BATCH {
+                    if action != Action::None {
+                        break;
+                    }
+                    match keys.try_recv() {
+                        Ok(key) => action = on_term(app, Some(key)),
+                        Err(_) => break,
+                    }
                 }
-                Some(Ok(_)) => Action::None,
-                // The terminal can no longer be read.
-                Some(Err(_)) | None => Action::Hangup,
-            },
+                action
+            }
             result = starting(&mut pending_start) => {
                 pending_start = None;
                 match result {
@@ -268,20 +275,15 @@ async fn event_loop(
             Action::Redraw => {
                 let _ = screen.terminal.clear();
             }
-            Action::Send { kind, text, entry } => match &mut handle {
-                Some(h) => match h.send(kind, &text).await {
-                    Ok(id) => app.track(id, entry),
-                    Err(e) => {
-                        app.failed(entry);
-                        app.notice(NoticeKind::Error, &format!("error: {e}"));
-                    }
-                },
-                None if pending_start.is_some() => queued.push((kind, text, entry)),
-                None => {
-                    app.failed(entry);
-                    app.notice(NoticeKind::Error, "error: the session has ended; nothing was sent");
+            Action::Send { kind, text, entry } => {
+                send_one(&mut handle, pending_start.is_some(), &mut queued, app, (kind, text, entry)).await
+            }
+            Action::SendLines(lines) => {
+                for (text, entry) in lines {
+                    let message = (ContentKind::Text, text, entry);
+                    send_one(&mut handle, pending_start.is_some(), &mut queued, app, message).await;
                 }
-            },
+            }
             Action::Who | Action::Kick(_) | Action::Ban(_) | Action::Unban(_) => {
                 let Some(h) = &handle else {
                     app.notice(NoticeKind::Error, "error: not joined; the command was not sent");
@@ -314,6 +316,52 @@ async fn event_loop(
         }
         Action::Terminate => ended_report(Some(handle.close(QUICK_FLUSH).await), &app.unsent()),
         _ => leave(screen, keys, events, app, handle).await,
+    }
+}
+
+/// Most terminal events applied before a redraw.
+const KEY_BATCH: usize = 4096;
+
+/// What one terminal event does.
+fn on_term(app: &mut App, read: Option<TermRead>) -> Action {
+    match read {
+        Some(Ok(TermEvent::Key(key))) => app.on_key(key),
+        Some(Ok(TermEvent::Mouse(mouse))) => {
+            app.on_mouse(mouse);
+            Action::None
+        }
+        Some(Ok(TermEvent::Paste(text))) => {
+            app.on_paste(&text);
+            Action::None
+        }
+        Some(Ok(_)) => Action::None,
+        // The terminal can no longer be read.
+        Some(Err(_)) | None => Action::Hangup,
+    }
+}
+
+/// Sends one message (kind, text, scrollback entry); before the first join it is queued, and
+/// after the session ended it is marked as not delivered.
+async fn send_one(
+    handle: &mut Option<SessionHandle>,
+    starting: bool,
+    queued: &mut Vec<(ContentKind, String, u64)>,
+    app: &mut App,
+    (kind, text, entry): (ContentKind, String, u64),
+) {
+    match handle {
+        Some(h) => match h.send(kind, &text).await {
+            Ok(id) => app.track(id, entry),
+            Err(e) => {
+                app.failed(entry);
+                app.notice(NoticeKind::Error, &format!("error: {e}"));
+            }
+        },
+        None if starting => queued.push((kind, text, entry)),
+        None => {
+            app.failed(entry);
+            app.notice(NoticeKind::Error, "error: the session has ended; nothing was sent");
+        }
     }
 }
 

@@ -14,6 +14,7 @@ use unicode_width::UnicodeWidthStr;
 
 use super::app::{App, Body, Conn, Delivery, Entry, NoticeKind};
 use super::colors;
+use super::editor::MAX_INPUT;
 use chatroom_client::display::neutralize;
 
 /// Width of the member list, when the terminal is wide enough to have one.
@@ -330,32 +331,79 @@ fn draw_members(app: &App, buf: &mut Buffer, area: Rect) {
     draw_rows(buf, inner, &rows);
 }
 
+/// The input line's length counter, once the line is three quarters of a message: e.g.
+/// ` 3100/4096`, in red when a key was just refused.
+fn input_counter(app: &App) -> Option<Span<'static>> {
+    let len = app.editor.body_len();
+    if len * 4 < MAX_INPUT * 3 && !app.editor.full() {
+        return None;
+    }
+    let style = if app.editor.full() { colors::ERROR } else { colors::FRAME };
+    Some(Span::styled(format!(" {len}/{MAX_INPUT}"), style))
+}
+
+/// The end of `before` that fits in `avail` columns: the cursor stays visible however long
+/// the line is, at a cost in the shown width only.
+fn visible_tail(before: &str, avail: usize) -> &str {
+    let mut width = 0;
+    let mut start = before.len();
+    for (i, g) in before.grapheme_indices(true).rev() {
+        width += grapheme_width(g);
+        if width > avail {
+            break;
+        }
+        start = i;
+    }
+    &before[start..]
+}
+
 fn draw_input(app: &App, frame: &mut Frame<'_>, area: Rect) {
     if area.is_empty() {
         return;
     }
+    if let Some(lines) = &app.paste {
+        let text = format!("[paste: {} lines] Enter sends them, Esc cancels", lines.len());
+        let line = Line::styled(text, Style::default().add_modifier(Modifier::BOLD));
+        frame.buffer_mut().set_line(area.x, area.y, &line, area.width);
+        return;
+    }
     let prompt = format!("[{}] ", app.nick);
     let prompt_width = prompt.width();
+    let counter = input_counter(app);
+    let counter_width = counter.as_ref().map_or(0, Span::width);
     let text = app.editor.text();
     let before = neutralize(&text[..app.editor.cursor()]);
     let after = neutralize(&text[app.editor.cursor()..]);
-    let avail = usize::from(area.width).saturating_sub(prompt_width + 1).max(1);
+    let avail = usize::from(area.width).saturating_sub(prompt_width + counter_width + 1).max(1);
     // Scroll the line horizontally so the cursor stays visible.
-    let mut shown_before = before.as_str();
-    let mut cursor_col = shown_before.width();
-    while cursor_col > avail {
-        let Some(g) = shown_before.graphemes(true).next() else { break };
-        shown_before = &shown_before[g.len()..];
-        cursor_col = shown_before.width();
-    }
+    let shown_before = visible_tail(&before, avail);
+    let cursor_col = shown_before.width();
+    let shown_after = visible_tail_start(&after, avail.saturating_sub(cursor_col) + 1);
     let line = Line::from(vec![
         Span::styled(prompt, Style::default().add_modifier(Modifier::BOLD)),
         Span::raw(shown_before.to_owned()),
-        Span::raw(after),
+        Span::raw(shown_after.to_owned()),
     ]);
-    frame.buffer_mut().set_line(area.x, area.y, &line, area.width);
+    let text_width = u16::try_from(usize::from(area.width).saturating_sub(counter_width)).unwrap_or(0);
+    frame.buffer_mut().set_line(area.x, area.y, &line, text_width);
+    if let Some(counter) = counter {
+        let x = area.x + text_width;
+        frame.buffer_mut().set_span(x, area.y, &counter, area.width.saturating_sub(text_width));
+    }
     let x = area.x.saturating_add(u16::try_from(prompt_width + cursor_col).unwrap_or(u16::MAX));
     frame.set_cursor_position(Position { x: x.min(area.right().saturating_sub(1)), y: area.y });
+}
+
+/// The start of `after` that fits in `avail` columns (what follows the cursor).
+fn visible_tail_start(after: &str, avail: usize) -> &str {
+    let mut width = 0;
+    for (i, g) in after.grapheme_indices(true) {
+        width += grapheme_width(g);
+        if width > avail {
+            return &after[..i];
+        }
+    }
+    after
 }
 
 /// Draws the whole screen.
@@ -764,6 +812,37 @@ mod tests {
         let mut terminal = draw(&mut app, 30, 4)?;
         assert_eq!(screen(&terminal)[3], "[alice] 0123456789abcdefghijkl");
         terminal.backend_mut().assert_cursor_position((8, 3));
+        Ok(())
+    }
+
+    #[test]
+    fn a_long_line_shows_a_counter_and_a_refused_key_turns_it_red() -> TestResult {
+        let mut app = app();
+        app.editor.insert_str(&"x".repeat(MAX_INPUT * 3 / 4 - 1));
+        assert!(!screen(&draw(&mut app, 40, 4)?)[3].contains('/'), "no counter on a short line");
+        app.editor.insert('y');
+        let terminal = draw(&mut app, 40, 4)?;
+        let row = &screen(&terminal)[3];
+        assert!(
+            row.contains("xy ") && row.ends_with(&format!(" {}/{MAX_INPUT}", MAX_INPUT * 3 / 4)),
+            "{row}"
+        );
+        app.editor.insert_str(&"z".repeat(MAX_INPUT));
+        let terminal = draw(&mut app, 40, 4)?;
+        let row = &screen(&terminal)[3];
+        assert!(row.contains("zz ") && row.ends_with(&format!(" {MAX_INPUT}/{MAX_INPUT}")), "{row}");
+        assert_eq!(terminal.backend().buffer()[(39, 3)].fg, Color::LightRed, "full: red");
+        Ok(())
+    }
+
+    #[test]
+    fn a_multi_line_paste_waits_for_enter() -> TestResult {
+        let mut app = app();
+        app.on_paste("one\r\ntwo\n\nthree\n");
+        let terminal = draw(&mut app, 60, 4)?;
+        let rows = screen(&terminal);
+        assert_eq!(rows[3], "[paste: 3 lines] Enter sends them, Esc cancels", "{rows:#?}");
+        assert!(rows[0].contains("pasted 3 lines: Enter sends"), "{rows:#?}");
         Ok(())
     }
 

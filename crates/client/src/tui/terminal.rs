@@ -1,5 +1,5 @@
 //! Taking over the terminal and giving it back exactly as it was: raw mode, the alternate
-//! screen, mouse wheel reports and a visible cursor are undone on every way out (normal exit,
+//! screen, mouse wheel reports, bracketed paste and a visible cursor are undone on every way out (normal exit,
 //! error, and panic, whose hook restores the terminal before the panic message is printed).
 //! Terminal events are read on a thread of their own.
 //!
@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossterm::cursor::Show;
-use crossterm::event::Event as TermEvent;
+use crossterm::event::{DisableBracketedPaste, EnableBracketedPaste, Event as TermEvent};
 use crossterm::terminal::{disable_raw_mode, enable_raw_mode, EnterAlternateScreen, LeaveAlternateScreen};
 use crossterm::{execute, Command};
 use ratatui::backend::CrosstermBackend;
@@ -49,11 +49,11 @@ impl Command for WheelReports {
 }
 
 fn enter_modes(out: &mut impl Write) -> io::Result<()> {
-    execute!(out, EnterAlternateScreen, WheelReports(true))
+    execute!(out, EnterAlternateScreen, WheelReports(true), EnableBracketedPaste)
 }
 
 fn leave_modes(out: &mut impl Write) -> io::Result<()> {
-    execute!(out, WheelReports(false), LeaveAlternateScreen, Show)
+    execute!(out, DisableBracketedPaste, WheelReports(false), LeaveAlternateScreen, Show)
 }
 
 /// Gives the terminal back, once; safe to call from anywhere, any number of times.
@@ -214,8 +214,8 @@ mod tests {
         enter_modes(&mut on)?;
         leave_modes(&mut off)?;
         let (on, off) = (String::from_utf8(on)?, String::from_utf8(off)?);
-        assert_eq!(on, "\x1b[?1049h\x1b[?1000h\x1b[?1006h");
-        assert_eq!(off, "\x1b[?1006l\x1b[?1000l\x1b[?1049l\x1b[?25h");
+        assert_eq!(on, "\x1b[?1049h\x1b[?1000h\x1b[?1006h\x1b[?2004h");
+        assert_eq!(off, "\x1b[?2004l\x1b[?1006l\x1b[?1000l\x1b[?1049l\x1b[?25h");
         for set in on.split('\x1b').filter(|s| !s.is_empty()) {
             let reset = format!("\x1b{}l", set.trim_end_matches('h'));
             assert!(off.contains(&reset), "{set:?} is not undone");
