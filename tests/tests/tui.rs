@@ -542,3 +542,58 @@ fn pastes_are_absorbed_at_once_and_several_lines_are_confirmed() -> TestResult {
     assert!(bob.wait()?.success());
     Ok(())
 }
+
+#[test]
+fn a_mention_while_away_rings_the_bell_and_marks_what_is_unread() -> TestResult {
+    let relay_dir = tempfile::tempdir()?;
+    let relay = Relay::start(relay_dir.path())?;
+    let (alice_home, bob_home) = (Home::new()?, Home::new()?);
+    let alice_pw = alice_home.password_file("pw", "correct horse battery staple")?;
+    let bob_pw = bob_home.password_file("pw", "correct horse battery staple")?;
+    let tmux = Tmux::start()?;
+    // tmux tells the application when its pane gains or loses the focus.
+    tmux.run(&["set-option", "-g", "focus-events", "on"])?;
+    tmux.wait_for(&[PROMPT])?;
+    let command = format!(
+        "{chatroom} --relay {relay} --room lobby --nick alice --create --password-file {pw} --data-dir {data} \
+         --config {config}",
+        chatroom = quoted(&bin("chatroom"))?,
+        relay = relay.address(),
+        pw = quoted(&alice_pw)?,
+        data = quoted(&alice_home.data_dir())?,
+        config = quoted(&alice_home.config())?,
+    );
+    tmux.type_line(&command)?;
+    tmux.wait_for(&["| connected", "1 member"])?;
+    let mut bob = bob_home.spawn(
+        "bob",
+        &[&relay.invite("lobby"), "--nick", "bob", "--password-file", bob_pw.to_str().ok_or("path")?],
+    )?;
+    bob.stderr.expect("end of history; now live")?;
+    // A detached tmux has no client to hold the focus, so the focus reports (ESC [ I, ESC [ O)
+    // are typed as a terminal sends them: alice looks, reads, then another window takes over.
+    tmux.run(&["send-keys", "-t", "chat:0", "-H", "1b", "5b", "49"])?;
+    bob.line("before you left")?;
+    tmux.wait_for(&["<bob> before you left"])?;
+    tmux.run(&["new-window", "-t", "chat:1"])?;
+    tmux.run(&["send-keys", "-t", "chat:0", "-H", "1b", "5b", "4f"])?;
+    bob.line("nothing for you")?;
+    bob.line("alice: are you there?")?;
+    let deadline = Instant::now() + SCREEN_WAIT;
+    while tmux.run(&["display-message", "-p", "-t", "chat:0", "#{window_bell_flag}"])?.trim() != "1" {
+        if Instant::now() >= deadline {
+            return Err("no bell in the chat window after a mention".into());
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    tmux.run(&["select-window", "-t", "chat:0"])?;
+    let screen = tmux.wait_for(&["<bob> alice: are you there?"])?;
+    let rows: Vec<&str> = screen.lines().collect();
+    let at = rows.iter().position(|r| r.contains("<bob> nothing for you")).ok_or("row")?;
+    assert!(rows[at - 1].contains("---- unread ----"), "the marker is above the first unseen:\n{screen}");
+    assert!(rows[at - 2].contains("<bob> before you left"), "{screen}");
+    assert_eq!(screen.matches("---- unread").count(), 1, "{screen}");
+    bob.close_stdin();
+    assert!(bob.wait()?.success());
+    Ok(())
+}

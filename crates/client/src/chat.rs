@@ -52,9 +52,9 @@ pub(crate) fn new_password(input: &mut Input, first: Option<&str>) -> Result<Zer
 
 pub(crate) async fn run(cli: Cli, paths: Paths) -> Result<(), AppError> {
     let mut input = Input::new();
-    let config = Config::load(&paths.config)?;
+    let config_file = Config::load(&paths.config)?;
     let chat = &cli.chat;
-    let mut target = resolve(&chat.target, &config, &paths.config)?;
+    let mut target = resolve(&chat.target, &config_file, &paths.config)?;
     complete(&mut target, chat, &mut input)?;
     let (Some(relay), Some(room), Some(nick)) =
         (target.relay.clone(), target.room.clone(), target.nick.clone())
@@ -108,6 +108,8 @@ pub(crate) async fn run(cli: Cli, paths: Paths) -> Result<(), AppError> {
             password,
             from_file,
             input,
+            highlight: config_file.highlight.clone(),
+            bell: config_file.bell,
         };
         return crate::tui::run(start).await;
     }

@@ -8,6 +8,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use chatroom_client::commands::{parse_line, Command, Input as Line, COMMAND_NAMES, HELP};
+use chatroom_client::config::Bell;
 use chatroom_client::crypto::{ContentKind, KdfParams, Nick, PresenceEvent, PublicIdentity, MAX_BODY_LEN};
 use chatroom_client::display::neutralize;
 use chatroom_client::session::{ConnState, Event, KdfProgress, MemberInfo};
@@ -29,6 +30,7 @@ const WHEEL_ROWS: usize = 3;
 pub(crate) const KEYS_HELP: &str = "\
 keys:
   PageUp/PageDown, mouse wheel   scroll the conversation
+  Ctrl-End or Alt-End            jump to the newest message
   Up/Down                        previous/next line you sent
   Tab                            complete a command or nickname (again: next match)
   Left/Right, Home/End, Ctrl-A/E move in the line
@@ -112,6 +114,8 @@ pub(crate) enum Body {
         mine: bool,
         /// For our own messages: whether the relay stored it.
         delivery: Delivery,
+        /// Names us or a highlight word.
+        mention: bool,
     },
     /// A line from the program itself.
     Notice {
@@ -247,6 +251,18 @@ pub(crate) struct App {
     caught_up: Option<usize>,
     /// `/quit` while offline with messages unsent: said what is unsent once; the next leaves.
     quit_asked: bool,
+    /// Words that make a message a mention (lower case): our nickname and configured words.
+    highlight: Vec<String>,
+    /// When a mention rings the bell.
+    bell: Bell,
+    /// The terminal window has the focus (assumed until it says otherwise).
+    pub(crate) focused: bool,
+    /// The unread marker was placed since the focus was lost.
+    marked: bool,
+    /// The entry the unread marker line is drawn above: the first to arrive while unfocused.
+    pub(crate) unread_at: Option<u64>,
+    /// A mention asks for the bell (and the window title); taken by the event loop.
+    ring: bool,
     /// Joined someone else's room: the join notice waits for the member list, to name the
     /// owner by nickname.
     owner_to_name: Option<PublicIdentity>,
@@ -300,11 +316,22 @@ impl App {
             lost_since: None,
             caught_up: None,
             quit_asked: false,
+            highlight: vec![nick.to_lowercase()],
+            bell: Bell::default(),
+            focused: true,
+            marked: false,
+            unread_at: None,
+            ring: false,
             owner_to_name: None,
             paste: None,
             clock,
             now_ms,
         }
+    }
+
+    /// The number of the oldest entry kept.
+    pub(crate) fn first(&self) -> u64 {
+        self.first
     }
 
     /// The scrollback, oldest first.
@@ -360,6 +387,7 @@ impl App {
                 history: false,
                 mine: true,
                 delivery: Delivery::Pending,
+                mention: false,
             },
             time,
         )
@@ -401,6 +429,52 @@ impl App {
     /// Whether something on screen changes with time alone (spinner, countdown).
     pub(crate) fn animating(&self) -> bool {
         matches!(self.conn, Conn::Deriving { .. } | Conn::Reconnecting { .. } | Conn::Leaving)
+    }
+
+    /// Sets the highlight words (besides our nickname) and when a mention rings the bell.
+    pub(crate) fn set_alerts(&mut self, words: &[String], bell: Bell) {
+        self.highlight.extend(words.iter().map(|w| w.to_lowercase()));
+        self.bell = bell;
+    }
+
+    /// Whether `text` names us or a highlight word, as a whole word (case-insensitive).
+    pub(crate) fn mentions(&self, text: &str) -> bool {
+        let text = text.to_lowercase();
+        let is_word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+        self.highlight.iter().any(|word| {
+            text.match_indices(word.as_str()).any(|(at, _)| {
+                !is_word(text[..at].chars().next_back()) && !is_word(text[at + word.len()..].chars().next())
+            })
+        })
+    }
+
+    /// The terminal window gained or lost the focus.
+    pub(crate) fn focus(&mut self, focused: bool) {
+        self.focused = focused;
+        if !focused {
+            self.marked = false;
+        }
+    }
+
+    /// A live message arrives: while unfocused, the unread marker goes before the first one;
+    /// a mention rings the bell as configured.
+    fn arrived(&mut self, mention: bool) {
+        if !self.focused && !self.marked {
+            self.marked = true;
+            self.unread_at = Some(self.first + self.entries.len() as u64);
+            if self.scroll > 0 {
+                // The marker row appears below the view: keep the view still.
+                self.scroll += 1;
+            }
+        }
+        if mention && (self.bell == Bell::Always || (self.bell == Bell::Unfocused && !self.focused)) {
+            self.ring = true;
+        }
+    }
+
+    /// Whether a mention asked for the bell since the last call.
+    pub(crate) fn take_ring(&mut self) -> bool {
+        std::mem::take(&mut self.ring)
     }
 
     /// Whether the connection is lost (and being re-established).
@@ -577,6 +651,10 @@ impl App {
                     self.history_seen += 1;
                 }
                 let time = (self.clock)(m.timestamp_ms);
+                let mention = !m.from_me && self.mentions(&m.body);
+                if !m.history {
+                    self.arrived(mention);
+                }
                 self.push(
                     Body::Message {
                         nick: neutralize(m.nick.as_str()),
@@ -585,6 +663,7 @@ impl App {
                         history: m.history,
                         mine: m.from_me,
                         delivery: Delivery::Delivered,
+                        mention,
                     },
                     time,
                 );
@@ -811,6 +890,7 @@ impl App {
             KeyCode::Delete => e.delete(),
             KeyCode::Left => e.left(),
             KeyCode::Right => e.right(),
+            KeyCode::End if ctrl || key.modifiers.contains(KeyModifiers::ALT) => self.scroll_down(usize::MAX),
             KeyCode::Home => e.home(),
             KeyCode::End => e.end(),
             KeyCode::Up => e.history_older(),

@@ -17,6 +17,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chatroom_client::config::Bell;
 use chatroom_client::crypto::{ContentKind, ErrorCode, Identity, Zeroizing};
 use chatroom_client::display::neutralize;
 use chatroom_client::error::SessionError;
@@ -66,6 +67,10 @@ pub(crate) struct Start {
     pub(crate) from_file: bool,
     /// Standard input, for questions asked outside the full screen.
     pub(crate) input: Input,
+    /// Words that mark a message as a mention, besides our nickname.
+    pub(crate) highlight: Vec<String>,
+    /// When a mention rings the bell.
+    pub(crate) bell: Bell,
 }
 
 type Starting = Pin<Box<dyn Future<Output = Result<SessionHandle, SessionError>> + Send>>;
@@ -97,6 +102,7 @@ async fn ended(h: &mut Option<SessionHandle>) -> SessionEnd {
 /// caller can print the error.
 pub(crate) async fn run(start: Start) -> Result<(), AppError> {
     let mut app = App::new(&start.relay_label, start.config.room.as_str(), start.config.nick.as_str());
+    app.set_alerts(&start.highlight, start.bell);
     if start.config.create {
         weak_password_notice(&mut app, &start);
     }
@@ -269,6 +275,9 @@ async fn event_loop(
             _ = sigterm.recv() => Action::Terminate,
             _ = sighup.recv() => Action::Hangup,
         };
+        if app.take_ring() {
+            terminal::ring(&format!("* {} - chatroom", app.room));
+        }
         match action {
             Action::None => {}
             Action::Quit | Action::Terminate | Action::Hangup => break action,
@@ -332,6 +341,15 @@ fn on_term(app: &mut App, read: Option<TermRead>) -> Action {
         }
         Some(Ok(TermEvent::Paste(text))) => {
             app.on_paste(&text);
+            Action::None
+        }
+        Some(Ok(TermEvent::FocusGained)) => {
+            app.focus(true);
+            terminal::title(&format!("{} - chatroom", app.room));
+            Action::None
+        }
+        Some(Ok(TermEvent::FocusLost)) => {
+            app.focus(false);
             Action::None
         }
         Some(Ok(_)) => Action::None,

@@ -116,7 +116,7 @@ pub(crate) fn entry_rows(entry: &Entry, width: usize) -> Vec<Line<'static>> {
     let width = width.max(1);
     let time = Span::styled(format!("{:<5} ", entry.time), colors::TIME);
     let (prefix, text_style): (Vec<Span<'static>>, Style) = match &entry.body {
-        Body::Message { nick, text: _, action, history, mine, delivery } => {
+        Body::Message { nick, text: _, action, history, mine, delivery, mention } => {
             let mut nick_style = colors::nick_style(nick);
             if *mine {
                 nick_style = nick_style.add_modifier(Modifier::BOLD);
@@ -128,6 +128,9 @@ pub(crate) fn entry_rows(entry: &Entry, width: usize) -> Vec<Line<'static>> {
             }
             if *delivery == Delivery::Pending {
                 text_style = text_style.add_modifier(Modifier::DIM);
+            }
+            if *mention {
+                text_style = text_style.patch(colors::MENTION);
             }
             let prefix = if *action {
                 vec![time, Span::styled("* ", nick_style), Span::styled(format!("{nick} "), nick_style)]
@@ -180,6 +183,16 @@ pub(crate) fn entry_rows(entry: &Entry, width: usize) -> Vec<Line<'static>> {
         lines.push(Line::from(spans));
     }
     lines
+}
+
+/// The unread marker line, drawn above the first message that arrived while unfocused.
+fn unread_row(width: usize) -> Line<'static> {
+    let text = "---- unread ";
+    let fill = width.saturating_sub(TIME_WIDTH + text.len());
+    Line::from(vec![
+        Span::raw(" ".repeat(TIME_WIDTH)),
+        Span::styled(format!("{text}{}", "-".repeat(fill)), colors::UNREAD),
+    ])
 }
 
 fn short_hex(fingerprint: &str) -> String {
@@ -265,7 +278,8 @@ fn draw_conversation(app: &mut App, buf: &mut Buffer, area: Rect) {
     // Rows from the newest entry back, until the scrolled-to window is covered.
     let mut rows: Vec<Line<'static>> = Vec::new();
     let mut exhausted = true;
-    for entry in app.entries().rev() {
+    let (first, unread_at) = (app.first(), app.unread_at);
+    for (i, entry) in app.entries().enumerate().rev() {
         if rows.len() >= app.scroll + height {
             exhausted = false;
             break;
@@ -273,6 +287,9 @@ fn draw_conversation(app: &mut App, buf: &mut Buffer, area: Rect) {
         let mut lines = entry_rows(entry, width);
         lines.reverse();
         rows.extend(lines);
+        if unread_at == Some(first + i as u64) {
+            rows.push(unread_row(width));
+        }
     }
     if exhausted {
         app.scroll = app.scroll.min(rows.len().saturating_sub(height));
@@ -843,6 +860,35 @@ mod tests {
         let rows = screen(&terminal);
         assert_eq!(rows[3], "[paste: 3 lines] Enter sends them, Esc cancels", "{rows:#?}");
         assert!(rows[0].contains("pasted 3 lines: Enter sends"), "{rows:#?}");
+        Ok(())
+    }
+
+    #[test]
+    fn mentions_are_highlighted_and_the_unread_marker_goes_above_the_first_unseen() -> TestResult {
+        let mut app = app();
+        app.set_alerts(&["Deploy".into()], chatroom_client::config::Bell::Unfocused);
+        joined(&mut app);
+        app.on_event(message("bob", "seen before"));
+        app.focus(false);
+        app.on_event(message("bob", "hey alice, look"));
+        assert!(app.take_ring(), "a mention while unfocused rings");
+        app.on_event(message("bob", "the deploy is done"));
+        assert!(app.take_ring(), "a highlight word is a mention too");
+        app.on_event(message("bob", "malice and alice_b are not you"));
+        assert!(!app.take_ring(), "a word inside another is no mention");
+        app.focus(true);
+        app.on_event(message("bob", "alice again"));
+        assert!(!app.take_ring(), "focused: no bell by default");
+        let terminal = draw(&mut app, 72, 10)?;
+        let rows = screen(&terminal);
+        assert_eq!(rows[1], "12:00 <bob> seen before                               | @alice", "{rows:#?}");
+        assert!(rows[2].starts_with("      ---- unread -----"), "{rows:#?}");
+        assert!(rows[3].starts_with("12:00 <bob> hey alice, look"), "{rows:#?}");
+        let buf = terminal.backend().buffer();
+        assert_eq!(buf[(12, 3)].fg, Color::Yellow, "a mention is highlighted");
+        assert_eq!(buf[(12, 4)].fg, Color::Yellow, "so is a highlight word");
+        assert_ne!(buf[(12, 5)].fg, Color::Yellow, "not a mention");
+        assert_ne!(buf[(12, 1)].fg, Color::Yellow);
         Ok(())
     }
 

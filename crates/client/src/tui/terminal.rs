@@ -16,7 +16,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossterm::cursor::Show;
-use crossterm::event::{DisableBracketedPaste, EnableBracketedPaste, Event as TermEvent};
+use crossterm::event::{
+    DisableBracketedPaste, DisableFocusChange, EnableBracketedPaste, EnableFocusChange, Event as TermEvent,
+};
+use crossterm::terminal::SetTitle;
 use crossterm::terminal::{disable_raw_mode, enable_raw_mode, EnterAlternateScreen, LeaveAlternateScreen};
 use crossterm::{execute, Command};
 use ratatui::backend::CrosstermBackend;
@@ -48,12 +51,56 @@ impl Command for WheelReports {
     }
 }
 
+/// Saves (`true`) or restores the window title on the terminal's title stack (xterm; other
+/// terminals ignore it), so a title set on a mention does not outlive the client.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TitleStack(pub(crate) bool);
+
+impl Command for TitleStack {
+    fn write_ansi(&self, f: &mut impl fmt::Write) -> fmt::Result {
+        f.write_str(if self.0 { "\x1b[22;0t" } else { "\x1b[23;0t" })
+    }
+
+    #[cfg(windows)]
+    fn execute_winapi(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 fn enter_modes(out: &mut impl Write) -> io::Result<()> {
-    execute!(out, EnterAlternateScreen, WheelReports(true), EnableBracketedPaste)
+    execute!(
+        out,
+        EnterAlternateScreen,
+        WheelReports(true),
+        EnableBracketedPaste,
+        EnableFocusChange,
+        TitleStack(true)
+    )
 }
 
 fn leave_modes(out: &mut impl Write) -> io::Result<()> {
-    execute!(out, DisableBracketedPaste, WheelReports(false), LeaveAlternateScreen, Show)
+    execute!(
+        out,
+        TitleStack(false),
+        DisableFocusChange,
+        DisableBracketedPaste,
+        WheelReports(false),
+        LeaveAlternateScreen,
+        Show
+    )
+}
+
+/// Rings the terminal bell and sets the window title (after a mention).
+pub(crate) fn ring(title: &str) {
+    let mut out = io::stdout();
+    let _ = execute!(out, SetTitle(title));
+    let _ = out.write_all(b"\x07");
+    let _ = out.flush();
+}
+
+/// Sets the window title.
+pub(crate) fn title(title: &str) {
+    let _ = execute!(io::stdout(), SetTitle(title));
 }
 
 /// Gives the terminal back, once; safe to call from anywhere, any number of times.
@@ -214,9 +261,10 @@ mod tests {
         enter_modes(&mut on)?;
         leave_modes(&mut off)?;
         let (on, off) = (String::from_utf8(on)?, String::from_utf8(off)?);
-        assert_eq!(on, "\x1b[?1049h\x1b[?1000h\x1b[?1006h\x1b[?2004h");
-        assert_eq!(off, "\x1b[?2004l\x1b[?1006l\x1b[?1000l\x1b[?1049l\x1b[?25h");
-        for set in on.split('\x1b').filter(|s| !s.is_empty()) {
+        assert_eq!(on, "\x1b[?1049h\x1b[?1000h\x1b[?1006h\x1b[?2004h\x1b[?1004h\x1b[22;0t");
+        assert_eq!(off, "\x1b[23;0t\x1b[?1004l\x1b[?2004l\x1b[?1006l\x1b[?1000l\x1b[?1049l\x1b[?25h");
+        assert!(off.contains("\x1b[23;0t"), "the saved title is restored");
+        for set in on.split('\x1b').filter(|s| !s.is_empty() && s.ends_with('h')) {
             let reset = format!("\x1b{}l", set.trim_end_matches('h'));
             assert!(off.contains(&reset), "{set:?} is not undone");
         }
