@@ -20,6 +20,10 @@ pub(crate) struct Cli {
     /// ~/.config/chatroom/config.toml]
     #[arg(long, global = true, value_name = "PATH")]
     pub(crate) config: Option<PathBuf>,
+    /// Be another member on this machine: an identity, known relays, room state and config
+    /// of its own, under profiles/NAME in the data and config directories
+    #[arg(long, global = true, value_name = "NAME")]
+    pub(crate) profile: Option<String>,
 }
 
 /// Where to connect; anything missing is asked for.

@@ -218,7 +218,9 @@ pub fn advice(code: ErrorCode) -> &'static str {
         ErrorCode::NickTaken => "Choose another nickname with --nick.",
         ErrorCode::Banned => "Ask the owner to /unban you.",
         ErrorCode::TooManyAttempts => "Wait a few minutes before trying again.",
-        ErrorCode::AlreadyConnected => "To run two members on one machine, give each its own --data-dir.",
+        ErrorCode::AlreadyConnected => {
+            "To run two members on one machine, give the second its own --profile NAME."
+        }
         ErrorCode::Kicked => "You may join again.",
         ErrorCode::BadSignature | ErrorCode::UnsupportedVersion | ErrorCode::Malformed => {
             "Update the client or ask the relay's operator to update the relay."

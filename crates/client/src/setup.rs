@@ -19,17 +19,42 @@ pub(crate) struct Paths {
     pub(crate) config: PathBuf,
 }
 
+/// Longest profile name.
+const MAX_PROFILE_LEN: usize = 32;
+
+/// Checks a `--profile` name: 1 to 32 letters, digits, `-` or `_` (it names directories).
+fn profile_name(name: &str) -> Result<&str, AppError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_PROFILE_LEN
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(name)
+    } else {
+        Err(AppError::new(format!(
+            "--profile {:?} is not usable: a profile name is 1 to {MAX_PROFILE_LEN} letters, digits, - or _",
+            neutralize_short(name)
+        )))
+    }
+}
+
 impl Paths {
     pub(crate) fn new(cli: &Cli) -> Result<Self, AppError> {
         let dirs = directories::ProjectDirs::from("", "", "chatroom");
+        let profile = cli.profile.as_deref().map(profile_name).transpose()?;
         let data_dir = match (&cli.data_dir, &dirs) {
             (Some(d), _) => d.clone(),
-            (None, Some(dirs)) => dirs.data_dir().to_path_buf(),
+            (None, Some(dirs)) => match profile {
+                Some(name) => dirs.data_dir().join("profiles").join(name),
+                None => dirs.data_dir().to_path_buf(),
+            },
             (None, None) => return Err(AppError::new("cannot find a home directory; give --data-dir DIR")),
         };
         let config = match (&cli.config, &dirs) {
             (Some(c), _) => c.clone(),
-            (None, Some(dirs)) => dirs.config_dir().join("config.toml"),
+            (None, Some(dirs)) => match profile {
+                Some(name) => dirs.config_dir().join("profiles").join(format!("{name}.toml")),
+                None => dirs.config_dir().join("config.toml"),
+            },
             (None, None) => return Err(AppError::new("cannot find a home directory; give --config PATH")),
         };
         Ok(Self { data_dir, config })
