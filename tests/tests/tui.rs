@@ -204,6 +204,11 @@ fn full_screen_ui_joins_chats_and_restores_the_terminal() -> TestResult {
     };
     assert!(screen.lines().all(|l| l.chars().count() <= 64), "{screen}");
 
+    // /invite shows the room's invite URL, from the relay key this session verified.
+    tmux.run(&["resize-window", "-t", "chat", "-x", "200", "-y", "30"])?;
+    tmux.type_line("/invite")?;
+    tmux.wait_for(&[&format!("invite: {} (it holds no password", relay.invite("lobby"))])?;
+
     // /quit leaves cleanly and gives the terminal back exactly as it was.
     tmux.type_line("/quit")?;
     // The prompt comes back only after `stty -g > after` has run.

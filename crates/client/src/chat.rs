@@ -8,6 +8,7 @@ use chatroom_client::commands::{parse_line, Command, Input as Line, HELP};
 use chatroom_client::config::{read_password_file, Config};
 use chatroom_client::crypto::{load_or_create_identity, ContentKind, ErrorCode, Zeroizing};
 use chatroom_client::display::neutralize;
+use chatroom_client::invite::Invite;
 use chatroom_client::passphrase;
 use chatroom_client::session::{Limits, RoomKeyCache, Session, SessionConfig, SessionEnd, SessionHandle};
 use chatroom_client::trust::RelayPin;
@@ -48,6 +49,16 @@ pub(crate) fn new_password(input: &mut Input, first: Option<&str>) -> Result<Zer
         return Err(AppError::new("the two passwords differ; nothing was created. Run chatroom again"));
     }
     Ok(first)
+}
+
+/// The room's invite URL (`/invite`), from the relay key this session verified.
+pub(crate) fn invite_url(fingerprint_hex: &str, config: &SessionConfig, keys: &RoomKeyCache) -> String {
+    let mut fingerprint = [0u8; 32];
+    if hex::decode_to_slice(fingerprint_hex, &mut fingerprint).is_err() {
+        return "unknown (the relay's fingerprint is not 64 hex digits)".into();
+    }
+    Invite { fingerprint, relay: config.relay.clone(), room: config.room.clone(), kdf: keys.params() }
+        .to_string()
 }
 
 pub(crate) async fn run(cli: Cli, paths: Paths) -> Result<(), AppError> {
@@ -128,15 +139,16 @@ pub(crate) async fn run(cli: Cli, paths: Paths) -> Result<(), AppError> {
             }
             warn_if_weak(&password, room.as_str(), nick.as_str());
             config.create = true;
-            Session::start(config, keys, identity, ui.clone()).await?
+            Session::start(config.clone(), keys.clone(), identity, ui.clone()).await?
         }
         Err(e) => return Err(e.into()),
     };
     drop(password);
-    talk(handle, input, &ui).await
+    let invite = invite_url(handle.relay_fingerprint(), &config, &keys);
+    talk(handle, input, &ui, &invite).await
 }
 
-async fn talk(mut handle: SessionHandle, input: Input, ui: &PlainUi) -> Result<(), AppError> {
+async fn talk(mut handle: SessionHandle, input: Input, ui: &PlainUi, invite: &str) -> Result<(), AppError> {
     let mut lines = input.into_lines();
     let ended = loop {
         tokio::select! {
@@ -160,6 +172,14 @@ async fn talk(mut handle: SessionHandle, input: Input, ui: &PlainUi) -> Result<(
                             Command::Safety => {
                                 ui.notice(&format!("safety code: {}", handle.safety_code()));
                                 ui.notice(&format!("relay fingerprint: {}", handle.relay_fingerprint()));
+                                Ok(())
+                            }
+                            Command::Invite => {
+                                ui.notice(&format!("invite: {}", invite));
+                                Ok(())
+                            }
+                            Command::Ignore(_) | Command::Clear => {
+                                ui.notice("error: /ignore and /clear work in the full-screen UI only; nothing was done");
                                 Ok(())
                             }
                             Command::Quit => break None,

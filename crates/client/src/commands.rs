@@ -12,12 +12,16 @@ commands:
   /ban NICK      disconnect a member and refuse them from now on (room owner only)
   /unban NICK    lift a ban (room owner only)
   /safety        show the room safety code to compare with the other members
+  /invite        show the room's invite URL (it holds no password)
+  /ignore NICK   hide NICK's messages until you leave (again: show them)
+  /clear         clear the conversation on screen
   /quit          leave (waits briefly for unsent messages)
   //TEXT         send TEXT starting with a single /
 any other line is sent as a message";
 
 /// The commands' names, for Tab completion (aliases left out).
-pub const COMMAND_NAMES: &[&str] = &["/help", "/who", "/me", "/kick", "/ban", "/unban", "/safety", "/quit"];
+pub const COMMAND_NAMES: &[&str] =
+    &["/help", "/who", "/me", "/kick", "/ban", "/unban", "/safety", "/invite", "/ignore", "/clear", "/quit"];
 
 /// A command typed by the user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +40,12 @@ pub enum Command {
     Unban(Nick),
     /// `/safety`
     Safety,
+    /// `/invite`
+    Invite,
+    /// `/ignore NICK`
+    Ignore(Nick),
+    /// `/clear`
+    Clear,
     /// `/quit`
     Quit,
 }
@@ -109,6 +119,9 @@ pub fn parse_line(line: &str) -> Result<Input, InputError> {
         "help" => no_arg(Command::Help, "/help"),
         "who" | "names" => no_arg(Command::Who, "/who"),
         "safety" => no_arg(Command::Safety, "/safety"),
+        "invite" => no_arg(Command::Invite, "/invite"),
+        "clear" => no_arg(Command::Clear, "/clear"),
+        "ignore" => Ok(Input::Command(Command::Ignore(nick_arg(arg, "/ignore NICK")?))),
         "quit" | "exit" => no_arg(Command::Quit, "/quit"),
         "me" => {
             if arg.trim().is_empty() {
@@ -146,6 +159,10 @@ mod tests {
         assert_eq!(parse_line("/unban bob"), Ok(Input::Command(Command::Unban(nick("bob")))));
         assert_eq!(parse_line("/safety"), Ok(Input::Command(Command::Safety)));
         assert_eq!(parse_line("/quit"), Ok(Input::Command(Command::Quit)));
+        assert_eq!(parse_line("/invite"), Ok(Input::Command(Command::Invite)));
+        assert_eq!(parse_line("/clear"), Ok(Input::Command(Command::Clear)));
+        assert_eq!(parse_line("/ignore bob"), Ok(Input::Command(Command::Ignore(nick("bob")))));
+        assert_eq!(parse_line("/ignore"), Err(InputError::Usage("/ignore NICK")));
     }
 
     #[test]

@@ -155,6 +155,8 @@ pub(crate) enum Action {
     SendLines(Vec<(String, u64)>),
     /// Ask for the member list.
     Who,
+    /// Show the invite URL.
+    Invite,
     /// Owner commands.
     Kick(Nick),
     /// Ban.
@@ -268,6 +270,8 @@ pub(crate) struct App {
     owner_to_name: Option<PublicIdentity>,
     /// A multi-line paste waiting for Enter (send) or Esc (cancel).
     pub(crate) paste: Option<Vec<String>>,
+    /// Nicknames whose messages are hidden (lower case), until the client ends.
+    ignored: std::collections::HashSet<String>,
     clock: Clock,
     now_ms: fn() -> u64,
 }
@@ -324,6 +328,7 @@ impl App {
             ring: false,
             owner_to_name: None,
             paste: None,
+            ignored: std::collections::HashSet::new(),
             clock,
             now_ms,
         }
@@ -650,6 +655,9 @@ impl App {
                 if m.history {
                     self.history_seen += 1;
                 }
+                if self.ignored.contains(&m.nick.as_str().to_lowercase()) {
+                    return;
+                }
                 let time = (self.clock)(m.timestamp_ms);
                 let mention = !m.from_me && self.mentions(&m.body);
                 if !m.history {
@@ -764,6 +772,25 @@ impl App {
                 Command::Me(text) => {
                     let entry = self.own_message(ContentKind::Action, &text);
                     Action::Send { kind: ContentKind::Action, text, entry }
+                }
+                Command::Invite => Action::Invite,
+                Command::Clear => {
+                    self.first += self.entries.len() as u64;
+                    self.entries.clear();
+                    (self.scroll, self.unseen, self.unread_at) = (0, 0, None);
+                    Action::None
+                }
+                Command::Ignore(nick) => {
+                    let key = nick.as_str().to_lowercase();
+                    let shown = neutralize(nick.as_str());
+                    let text = if self.ignored.remove(&key) {
+                        format!("showing {shown}'s messages again")
+                    } else {
+                        self.ignored.insert(key);
+                        format!("hiding {shown}'s messages until you leave; /ignore {shown} shows them again")
+                    };
+                    self.notice(NoticeKind::Info, &text);
+                    Action::None
                 }
                 Command::Kick(nick) => Action::Kick(nick),
                 Command::Ban(nick) => Action::Ban(nick),
@@ -1240,6 +1267,33 @@ mod tests {
         app.on_paste(&"y".repeat(MAX_BODY_LEN + 10));
         assert_eq!(app.editor.body_len(), MAX_BODY_LEN, "one line: as much as fits");
         assert!(notices(&app).last().unwrap().contains("only its start was inserted"));
+    }
+
+    #[test]
+    fn ignore_hides_a_nick_until_asked_again_and_clear_empties_the_screen() {
+        let mut app = app();
+        type_line(&mut app, "/ignore Bob");
+        app.on_event(history("bob", "hidden"));
+        app.on_event(history("carol", "shown"));
+        type_line(&mut app, "/ignore bob");
+        app.on_event(history("bob", "shown again"));
+        let texts: Vec<String> = app
+            .entries()
+            .filter_map(|e| match &e.body {
+                Body::Message { text, .. } => Some(text.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(texts, ["shown", "shown again"]);
+        assert_eq!(notices(&app)[0], "hiding Bob's messages until you leave; /ignore Bob shows them again");
+        assert_eq!(type_line(&mut app, "/invite"), Action::Invite);
+        let Action::Send { entry, .. } = type_line(&mut app, "pending") else { panic!() };
+        app.track(9, entry);
+        assert_eq!(type_line(&mut app, "/clear"), Action::None);
+        assert_eq!(app.entries().len(), 0);
+        app.on_event(Event::Sent { id: 9, seq: 3 });
+        app.notice(NoticeKind::Info, "after");
+        assert_eq!(notices(&app), ["after"], "numbering carries on after a clear");
     }
 
     #[test]

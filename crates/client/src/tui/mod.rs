@@ -293,6 +293,16 @@ async fn event_loop(
                     send_one(&mut handle, pending_start.is_some(), &mut queued, app, message).await;
                 }
             }
+            Action::Invite => match &handle {
+                Some(h) => {
+                    let url = crate::chat::invite_url(h.relay_fingerprint(), &start.config, &start.keys);
+                    app.notice(
+                        NoticeKind::Info,
+                        &format!("invite: {url} (it holds no password: give that separately)"),
+                    );
+                }
+                None => app.notice(NoticeKind::Error, "not joined yet; the invite is shown once joined"),
+            },
             Action::Who | Action::Kick(_) | Action::Ban(_) | Action::Unban(_) => {
                 let Some(h) = &handle else {
                     app.notice(NoticeKind::Error, "error: not joined; the command was not sent");
