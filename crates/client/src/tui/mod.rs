@@ -164,6 +164,140 @@ fn ask_create(screen: &mut Screen, start: &mut Start) -> Result<bool, AppError> 
     asked
 }
 
+/// The session side of the event loop: starting, running, or ended.
+struct Link {
+    /// The first join, while it runs.
+    pending_start: Option<Starting>,
+    /// The running session.
+    handle: Option<SessionHandle>,
+    /// Lines typed before the first join: sent once the session runs.
+    queued: Vec<(ContentKind, String, u64)>,
+    /// Why the session ended for good, to print after leaving.
+    failure: Option<String>,
+}
+
+impl Link {
+    /// The first join finished: send what was typed meanwhile, or offer to create a missing
+    /// room, or fail.
+    async fn started(
+        &mut self,
+        result: Result<SessionHandle, SessionError>,
+        screen: &mut Screen,
+        app: &mut App,
+        start: &mut Start,
+        callbacks: &Arc<dyn Callbacks>,
+    ) -> Result<(), AppError> {
+        match result {
+            Ok(h) => {
+                self.handle = Some(h);
+                for message in std::mem::take(&mut self.queued) {
+                    self.send(app, message).await;
+                }
+            }
+            Err(e) if e.refusal() == Some(ErrorCode::NoSuchRoom) && !start.config.create => {
+                if !ask_create(screen, start)? {
+                    return Err(AppError::new(
+                        "nothing was created; check the room name, or answer y to create it",
+                    ));
+                }
+                start.config.create = true;
+                self.pending_start = Some(start_session(start, callbacks));
+            }
+            // The first connection failed: leave and print why.
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
+    }
+
+    /// The session ended on its own.
+    fn ended(&mut self, end: SessionEnd, app: &mut App) {
+        self.handle = None;
+        match end {
+            SessionEnd::Failed(e) => {
+                let why = neutralize(&e.to_string());
+                app.ended(Some(&why));
+                self.failure = Some(why);
+            }
+            _ => app.ended(None),
+        }
+    }
+
+    /// Sends one message (kind, text, scrollback entry); before the first join it is queued,
+    /// and after the session ended it is marked as not delivered.
+    async fn send(&mut self, app: &mut App, (kind, text, entry): (ContentKind, String, u64)) {
+        match &mut self.handle {
+            Some(h) => match h.send(kind, &text).await {
+                Ok(id) => app.track(id, entry),
+                Err(e) => {
+                    app.failed(entry);
+                    app.notice(NoticeKind::Error, &format!("error: {e}"));
+                }
+            },
+            None if self.pending_start.is_some() => self.queued.push((kind, text, entry)),
+            None => {
+                app.failed(entry);
+                app.notice(NoticeKind::Error, "error: the session has ended; nothing was sent");
+            }
+        }
+    }
+
+    /// Carries out what a key or line asked for (other than leaving).
+    async fn act(&mut self, action: Action, screen: &mut Screen, app: &mut App, start: &Start) {
+        match action {
+            Action::Redraw => {
+                let _ = screen.terminal.clear();
+            }
+            Action::Send { kind, text, entry } => self.send(app, (kind, text, entry)).await,
+            Action::SendLines(lines) => {
+                for (text, entry) in lines {
+                    self.send(app, (ContentKind::Text, text, entry)).await;
+                }
+            }
+            Action::Invite => match &self.handle {
+                Some(h) => {
+                    let url = crate::chat::invite_url(h.relay_fingerprint(), &start.config, &start.keys);
+                    let text = format!("invite: {url} (it holds no password: give that separately)");
+                    app.notice(NoticeKind::Info, &text);
+                }
+                None => app.notice(NoticeKind::Error, "not joined yet; the invite is shown once joined"),
+            },
+            Action::Who | Action::Kick(_) | Action::Ban(_) | Action::Unban(_) => {
+                let Some(h) = &self.handle else {
+                    app.notice(NoticeKind::Error, "error: not joined; the command was not sent");
+                    return;
+                };
+                let sent = match action {
+                    Action::Who => h.who().await,
+                    Action::Kick(nick) => h.kick(nick).await,
+                    Action::Ban(nick) => h.ban(nick).await,
+                    Action::Unban(nick) => h.unban(nick).await,
+                    _ => Ok(()),
+                };
+                if let Err(e) = sent {
+                    app.notice(NoticeKind::Error, &format!("error: {e}"));
+                }
+            }
+            Action::None | Action::Quit | Action::Terminate | Action::Hangup => {}
+        }
+    }
+}
+
+/// Applies the terminal event `first` and the ones queued behind it (typing fast, a paste
+/// without bracketed paste) before one redraw; stops at the first that asks for more.
+fn key_batch(app: &mut App, first: Option<TermRead>, keys: &mut mpsc::Receiver<TermRead>) -> Action {
+    let mut action = on_term(app, first);
+    for _ in 0..KEY_BATCH {
+        if action != Action::None {
+            break;
+        }
+        match keys.try_recv() {
+            Ok(key) => action = on_term(app, Some(key)),
+            Err(_) => break,
+        }
+    }
+    action
+}
+
 async fn event_loop(
     screen: &mut Screen,
     mut keys: mpsc::Receiver<TermRead>,
@@ -177,11 +311,12 @@ async fn event_loop(
     let mut sighup = signal(SignalKind::hangup()).map_err(signal_err)?;
     // SIGINT is left alone: in raw mode Ctrl-C is a key, and at the "Create room?" question
     // (asked outside the full screen) Ctrl-C must still end the program at once.
-    let mut pending_start = Some(start_session(&start, &callbacks));
-    let mut handle: Option<SessionHandle> = None;
-    // Lines typed before the first join: sent once the session runs.
-    let mut queued: Vec<(ContentKind, String, u64)> = Vec::new();
-    let mut failure: Option<String> = None;
+    let mut link = Link {
+        pending_start: Some(start_session(&start, &callbacks)),
+        handle: None,
+        queued: Vec::new(),
+        failure: None,
+    };
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut tty_check = tokio::time::interval(TTY_CHECK);
@@ -207,60 +342,14 @@ async fn event_loop(
                 }
                 Action::None
             }
-            key = keys.recv() => {
-                // Keys that arrived together (typing fast, a paste without bracketed paste)
-                // are applied before one redraw.
-                let mut action = on_term(app, key);
-                for _ in 0..KEY_BATCH {
-                    if action != Action::None {
-                        break;
-                    }
-                    match keys.try_recv() {
-                        Ok(key) => action = on_term(app, Some(key)),
-                        Err(_) => break,
-                    }
-                }
-                action
-            }
-            result = starting(&mut pending_start) => {
-                pending_start = None;
-                match result {
-                    Ok(mut h) => {
-                        for (kind, text, entry) in queued.drain(..) {
-                            match h.send(kind, &text).await {
-                                Ok(id) => app.track(id, entry),
-                                Err(e) => {
-                                    app.failed(entry);
-                                    app.notice(NoticeKind::Error, &format!("error: {e}"));
-                                }
-                            }
-                        }
-                        handle = Some(h);
-                    }
-                    Err(e) if e.refusal() == Some(ErrorCode::NoSuchRoom) && !start.config.create => {
-                        if !ask_create(screen, &mut start)? {
-                            return Err(AppError::new(
-                                "nothing was created; check the room name, or answer y to create it",
-                            ));
-                        }
-                        start.config.create = true;
-                        pending_start = Some(start_session(&start, &callbacks));
-                    }
-                    // The first connection failed: leave and print why.
-                    Err(e) => return Err(e.into()),
-                }
+            key = keys.recv() => key_batch(app, key, &mut keys),
+            result = starting(&mut link.pending_start) => {
+                link.pending_start = None;
+                link.started(result, screen, app, &mut start, &callbacks).await?;
                 Action::None
             }
-            end = ended(&mut handle) => {
-                handle = None;
-                match end {
-                    SessionEnd::Failed(e) => {
-                        let why = neutralize(&e.to_string());
-                        app.ended(Some(&why));
-                        failure = Some(why);
-                    }
-                    _ => app.ended(None),
-                }
+            end = ended(&mut link.handle) => {
+                link.ended(end, app);
                 Action::None
             }
             _ = tick.tick(), if app.animating() => Action::None,
@@ -279,50 +368,12 @@ async fn event_loop(
             terminal::ring(&format!("* {} - chatroom", app.room));
         }
         match action {
-            Action::None => {}
             Action::Quit | Action::Terminate | Action::Hangup => break action,
-            Action::Redraw => {
-                let _ = screen.terminal.clear();
-            }
-            Action::Send { kind, text, entry } => {
-                send_one(&mut handle, pending_start.is_some(), &mut queued, app, (kind, text, entry)).await
-            }
-            Action::SendLines(lines) => {
-                for (text, entry) in lines {
-                    let message = (ContentKind::Text, text, entry);
-                    send_one(&mut handle, pending_start.is_some(), &mut queued, app, message).await;
-                }
-            }
-            Action::Invite => match &handle {
-                Some(h) => {
-                    let url = crate::chat::invite_url(h.relay_fingerprint(), &start.config, &start.keys);
-                    app.notice(
-                        NoticeKind::Info,
-                        &format!("invite: {url} (it holds no password: give that separately)"),
-                    );
-                }
-                None => app.notice(NoticeKind::Error, "not joined yet; the invite is shown once joined"),
-            },
-            Action::Who | Action::Kick(_) | Action::Ban(_) | Action::Unban(_) => {
-                let Some(h) = &handle else {
-                    app.notice(NoticeKind::Error, "error: not joined; the command was not sent");
-                    continue;
-                };
-                let sent = match action {
-                    Action::Who => h.who().await,
-                    Action::Kick(nick) => h.kick(nick).await,
-                    Action::Ban(nick) => h.ban(nick).await,
-                    Action::Unban(nick) => h.unban(nick).await,
-                    _ => Ok(()),
-                };
-                if let Err(e) = sent {
-                    app.notice(NoticeKind::Error, &format!("error: {e}"));
-                }
-            }
+            action => link.act(action, screen, app, &start).await,
         }
     };
-    let Some(handle) = handle else {
-        return match failure {
+    let Some(handle) = link.handle else {
+        return match link.failure {
             Some(why) => Err(AppError::new(why)),
             None => Ok(()),
         };
@@ -365,31 +416,6 @@ fn on_term(app: &mut App, read: Option<TermRead>) -> Action {
         Some(Ok(_)) => Action::None,
         // The terminal can no longer be read.
         Some(Err(_)) | None => Action::Hangup,
-    }
-}
-
-/// Sends one message (kind, text, scrollback entry); before the first join it is queued, and
-/// after the session ended it is marked as not delivered.
-async fn send_one(
-    handle: &mut Option<SessionHandle>,
-    starting: bool,
-    queued: &mut Vec<(ContentKind, String, u64)>,
-    app: &mut App,
-    (kind, text, entry): (ContentKind, String, u64),
-) {
-    match handle {
-        Some(h) => match h.send(kind, &text).await {
-            Ok(id) => app.track(id, entry),
-            Err(e) => {
-                app.failed(entry);
-                app.notice(NoticeKind::Error, &format!("error: {e}"));
-            }
-        },
-        None if starting => queued.push((kind, text, entry)),
-        None => {
-            app.failed(entry);
-            app.notice(NoticeKind::Error, "error: the session has ended; nothing was sent");
-        }
     }
 }
 
