@@ -602,3 +602,43 @@ fn a_mention_while_away_rings_the_bell_and_marks_what_is_unread() -> TestResult 
     assert!(bob.wait()?.success());
     Ok(())
 }
+
+#[test]
+fn the_owners_topic_reaches_a_late_joiner_and_no_one_else_can_set_it() -> TestResult {
+    let relay_dir = tempfile::tempdir()?;
+    let relay = Relay::start(relay_dir.path())?;
+    let (alice_home, bob_home) = (Home::new()?, Home::new()?);
+    let alice_pw = alice_home.password_file("pw", "correct horse battery staple")?;
+    let bob_pw = bob_home.password_file("pw", "correct horse battery staple")?;
+    let tmux = Tmux::start()?;
+    tmux.wait_for(&[PROMPT])?;
+    let command = format!(
+        "{chatroom} --relay {relay} --room lobby --nick alice --create --password-file {pw} --data-dir {data} \
+         --config {config}",
+        chatroom = quoted(&bin("chatroom"))?,
+        relay = relay.address(),
+        pw = quoted(&alice_pw)?,
+        data = quoted(&alice_home.data_dir())?,
+        config = quoted(&alice_home.config())?,
+    );
+    tmux.type_line(&command)?;
+    tmux.wait_for(&["| connected", "1 member"])?;
+    tmux.type_line("/topic release on friday")?;
+    tmux.wait_for(&["| topic: release on friday |", "you set the topic: release on friday"])?;
+
+    // bob joins later: the topic comes with the history, checked against the owner's key.
+    let mut bob = bob_home.spawn(
+        "bob",
+        &[&relay.invite("lobby"), "--nick", "bob", "--password-file", bob_pw.to_str().ok_or("path")?],
+    )?;
+    bob.stderr.expect("alice set the topic: release on friday")?;
+    bob.stderr.expect("end of history; now live")?;
+    // bob is not the owner: his topic is refused by alice's client, which keeps the owner's.
+    bob.line("/topic free pizza")?;
+    let screen = tmux.wait_for(&["who is not the room owner, tried to set"])?;
+    assert!(screen.contains("| topic: release on friday |"), "{screen}");
+    assert!(!screen.contains("topic: free pizza"), "{screen}");
+    bob.close_stdin();
+    assert!(bob.wait()?.success());
+    Ok(())
+}

@@ -178,6 +178,11 @@ async fn talk(mut handle: SessionHandle, input: Input, ui: &PlainUi, invite: &st
                                 ui.notice(&format!("invite: {}", invite));
                                 Ok(())
                             }
+                            Command::Topic(text) if text.is_empty() => {
+                                ui.notice("the topic is shown when the owner sets it; /topic TEXT sets it (owner only)");
+                                Ok(())
+                            }
+                            Command::Topic(text) => handle.send(ContentKind::Topic, &text).await.map(|_| ()),
                             Command::Ignore(_) | Command::Clear => {
                                 ui.notice("error: /ignore and /clear work in the full-screen UI only; nothing was done");
                                 Ok(())

@@ -13,6 +13,7 @@ commands:
   /unban NICK    lift a ban (room owner only)
   /safety        show the room safety code to compare with the other members
   /invite        show the room's invite URL (it holds no password)
+  /topic TEXT    set the room's topic (room owner only); /topic alone shows it
   /ignore NICK   hide NICK's messages until you leave (again: show them)
   /clear         clear the conversation on screen
   /quit          leave (waits briefly for unsent messages)
@@ -20,8 +21,10 @@ commands:
 any other line is sent as a message";
 
 /// The commands' names, for Tab completion (aliases left out).
-pub const COMMAND_NAMES: &[&str] =
-    &["/help", "/who", "/me", "/kick", "/ban", "/unban", "/safety", "/invite", "/ignore", "/clear", "/quit"];
+pub const COMMAND_NAMES: &[&str] = &[
+    "/help", "/who", "/me", "/kick", "/ban", "/unban", "/safety", "/invite", "/topic", "/ignore", "/clear",
+    "/quit",
+];
 
 /// A command typed by the user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +45,8 @@ pub enum Command {
     Safety,
     /// `/invite`
     Invite,
+    /// `/topic [TEXT]`: empty shows the topic.
+    Topic(String),
     /// `/ignore NICK`
     Ignore(Nick),
     /// `/clear`
@@ -120,6 +125,7 @@ pub fn parse_line(line: &str) -> Result<Input, InputError> {
         "who" | "names" => no_arg(Command::Who, "/who"),
         "safety" => no_arg(Command::Safety, "/safety"),
         "invite" => no_arg(Command::Invite, "/invite"),
+        "topic" => Ok(Input::Command(Command::Topic(body(arg.trim())?))),
         "clear" => no_arg(Command::Clear, "/clear"),
         "ignore" => Ok(Input::Command(Command::Ignore(nick_arg(arg, "/ignore NICK")?))),
         "quit" | "exit" => no_arg(Command::Quit, "/quit"),
@@ -161,6 +167,8 @@ mod tests {
         assert_eq!(parse_line("/quit"), Ok(Input::Command(Command::Quit)));
         assert_eq!(parse_line("/invite"), Ok(Input::Command(Command::Invite)));
         assert_eq!(parse_line("/clear"), Ok(Input::Command(Command::Clear)));
+        assert_eq!(parse_line("/topic  ship it "), Ok(Input::Command(Command::Topic("ship it".into()))));
+        assert_eq!(parse_line("/topic"), Ok(Input::Command(Command::Topic(String::new()))));
         assert_eq!(parse_line("/ignore bob"), Ok(Input::Command(Command::Ignore(nick("bob")))));
         assert_eq!(parse_line("/ignore"), Err(InputError::Usage("/ignore NICK")));
     }

@@ -28,6 +28,19 @@ pub(crate) fn clock(timestamp_ms: u64) -> String {
         .unwrap_or_else(|| "??:??:??".into())
 }
 
+/// The notice for a topic: shown when the room owner signed it, refused otherwise.
+pub(crate) fn topic_line(m: &ChatMessage, owner: Option<PublicIdentity>) -> String {
+    let nick = neutralize(m.nick.as_str());
+    if owner == Some(m.sender) {
+        format!("{nick} set the topic: {}", neutralize(&m.body))
+    } else {
+        format!(
+            "WARNING: {nick} (key {}), who is not the room owner, tried to set the topic; ignored",
+            short(&m.sender)
+        )
+    }
+}
+
 /// One stdout line for a message.
 pub(crate) fn message_line(m: &ChatMessage) -> String {
     let history = if m.history { "[history] " } else { "" };
@@ -150,11 +163,18 @@ pub(crate) struct PlainUi {
     relay: String,
     spinner: bool,
     out: Mutex<()>,
+    /// The room owner, once joined: only their topic is shown as the topic.
+    owner: Mutex<Option<PublicIdentity>>,
 }
 
 impl PlainUi {
     pub(crate) fn new(relay: String, plain: bool) -> Self {
-        Self { relay, spinner: !plain && io::stderr().is_terminal(), out: Mutex::new(()) }
+        Self {
+            relay,
+            spinner: !plain && io::stderr().is_terminal(),
+            out: Mutex::new(()),
+            owner: Mutex::new(None),
+        }
     }
 
     /// Prints a notice on stderr.
@@ -167,7 +187,15 @@ impl PlainUi {
 
 impl Callbacks for PlainUi {
     fn event(&self, event: Event) {
+        if let Event::Joined { owner, .. } = &event {
+            *self.owner.lock().unwrap_or_else(|e| e.into_inner()) = Some(*owner);
+        }
         if let Event::Message(m) = &event {
+            if m.kind == ContentKind::Topic {
+                let owner = *self.owner.lock().unwrap_or_else(|e| e.into_inner());
+                self.notice(&topic_line(m, owner));
+                return;
+            }
             let _guard = self.out.lock().unwrap_or_else(|e| e.into_inner());
             let mut out = io::stdout().lock();
             let _ = writeln!(out, "{}", message_line(m));

@@ -45,6 +45,8 @@ pub enum ContentKind {
     Text = 1,
     /// An action (`/me waves`).
     Action = 2,
+    /// The room's topic, set by its owner (`/topic`). Receivers ignore one from anyone else.
+    Topic = 3,
 }
 
 /// The plaintext inside an envelope. Its `Debug` leaves out the body, so a stray `{:?}` in a
@@ -99,6 +101,7 @@ impl Content {
         let kind = match r.u8()? {
             1 => ContentKind::Text,
             2 => ContentKind::Action,
+            3 => ContentKind::Topic,
             other => return Err(DecodeError::UndefinedValue { what: "content kind", value: other.into() }),
         };
         let nick_bytes = r.bytes8("nickname", MAX_NICK_LEN)?;
@@ -300,6 +303,23 @@ mod tests {
         assert!(open(&key, &room, &env).is_ok());
         content.body.push('x');
         assert!(seal(&key, &id, &room, 1, &content).is_err());
+    }
+
+    #[test]
+    fn every_kind_round_trips_and_an_undefined_one_is_refused() {
+        let (_, _, _, mut content) = fixture();
+        for kind in [ContentKind::Text, ContentKind::Action, ContentKind::Topic] {
+            content.kind = kind;
+            let bytes = content.encode().unwrap();
+            assert_eq!(Content::decode(&bytes).unwrap().kind, kind);
+        }
+        let mut bytes = content.encode().unwrap();
+        // timestamp_ms (8 bytes), then the kind.
+        bytes[8] = 4;
+        assert!(matches!(
+            Content::decode(&bytes),
+            Err(DecodeError::UndefinedValue { what: "content kind", value: 4 })
+        ));
     }
 
     #[test]

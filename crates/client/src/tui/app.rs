@@ -270,6 +270,10 @@ pub(crate) struct App {
     owner_to_name: Option<PublicIdentity>,
     /// A multi-line paste waiting for Enter (send) or Esc (cancel).
     pub(crate) paste: Option<Vec<String>>,
+    /// The room's topic, as last set by its owner (neutralised).
+    pub(crate) topic: Option<String>,
+    /// We own the room (only the owner sets the topic).
+    owner_is_me: bool,
     /// Nicknames whose messages are hidden (lower case), until the client ends.
     ignored: std::collections::HashSet<String>,
     clock: Clock,
@@ -329,6 +333,8 @@ impl App {
             owner_to_name: None,
             paste: None,
             ignored: std::collections::HashSet::new(),
+            topic: None,
+            owner_is_me: false,
             clock,
             now_ms,
         }
@@ -622,6 +628,7 @@ impl App {
             }
             Event::Joined { safety_code, relay_fingerprint, rejoin, owner, created, owner_is_me } => {
                 self.owner = Some(owner);
+                self.owner_is_me = owner_is_me;
                 self.safety_code = Some(neutralize(&safety_code));
                 self.relay_fingerprint = Some(neutralize(&relay_fingerprint));
                 self.history_seen = 0;
@@ -654,6 +661,16 @@ impl App {
                 }
                 if m.history {
                     self.history_seen += 1;
+                }
+                if m.kind == ContentKind::Topic {
+                    let text = crate::plain::topic_line(&m, self.owner);
+                    if Some(m.sender) == self.owner {
+                        self.topic = Some(neutralize(&m.body)).filter(|t| !t.is_empty());
+                        self.notice(NoticeKind::Info, &text);
+                    } else {
+                        self.notice(NoticeKind::Error, text.strip_prefix("WARNING: ").unwrap_or(&text));
+                    }
+                    return;
                 }
                 if self.ignored.contains(&m.nick.as_str().to_lowercase()) {
                     return;
@@ -774,6 +791,7 @@ impl App {
                     Action::Send { kind: ContentKind::Action, text, entry }
                 }
                 Command::Invite => Action::Invite,
+                Command::Topic(text) => self.set_topic(text),
                 Command::Clear => {
                     self.first += self.entries.len() as u64;
                     self.entries.clear();
@@ -801,6 +819,30 @@ impl App {
                 Action::None
             }
         }
+    }
+
+    /// `/topic [TEXT]`: shows the topic, or sets it when we own the room.
+    fn set_topic(&mut self, text: String) -> Action {
+        if text.is_empty() {
+            let shown = match &self.topic {
+                Some(topic) => format!("the topic is: {topic}"),
+                None => "no topic is set; the room owner sets one with /topic TEXT".to_owned(),
+            };
+            self.notice(NoticeKind::Info, &shown);
+            return Action::None;
+        }
+        if !self.owner_is_me {
+            self.notice(NoticeKind::Error, "only the room owner sets the topic; nothing was sent");
+            return Action::None;
+        }
+        self.topic = Some(neutralize(&text));
+        let time = self.now();
+        let body = Body::Notice {
+            kind: NoticeKind::Info,
+            text: format!("you set the topic: {}", neutralize(&text)),
+        };
+        let entry = self.push(body, time);
+        Action::Send { kind: ContentKind::Topic, text, entry }
     }
 
     /// Scrolls towards older rows.
@@ -1294,6 +1336,28 @@ mod tests {
         app.on_event(Event::Sent { id: 9, seq: 3 });
         app.notice(NoticeKind::Info, "after");
         assert_eq!(notices(&app), ["after"], "numbering carries on after a clear");
+    }
+
+    #[test]
+    fn only_the_owner_sets_the_topic() {
+        let mut app = app();
+        assert_eq!(type_line(&mut app, "/topic hello"), Action::None);
+        assert_eq!(notices(&app).last().unwrap(), "only the room owner sets the topic; nothing was sent");
+        app.on_event(Event::Joined {
+            created: true,
+            owner: PublicIdentity([1; 32]),
+            owner_is_me: true,
+            safety_code: "1".into(),
+            relay_fingerprint: "ab".into(),
+            rejoin: false,
+        });
+        let action = type_line(&mut app, "/topic ship it");
+        assert!(
+            matches!(action, Action::Send { kind: ContentKind::Topic, ref text, .. } if text == "ship it")
+        );
+        assert_eq!(app.topic.as_deref(), Some("ship it"));
+        type_line(&mut app, "/topic");
+        assert_eq!(notices(&app).last().unwrap(), "the topic is: ship it");
     }
 
     #[test]

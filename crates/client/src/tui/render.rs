@@ -224,6 +224,9 @@ fn conn_text(conn: &Conn) -> (String, bool) {
     }
 }
 
+/// Widest the topic is shown in the status bar (cut with an ellipsis beyond).
+const MAX_TOPIC_WIDTH: usize = 48;
+
 /// Most rows the status bar takes on a narrow terminal.
 const STATUS_MAX_ROWS: usize = 3;
 
@@ -235,6 +238,12 @@ fn status_lines(app: &App, width: usize) -> Vec<Line<'static>> {
         Span::styled(format!("{} @ {}", app.room, app.relay), colors::STATUS),
         Span::styled(state, if good { colors::STATUS } else { colors::STATUS_BAD }),
     ];
+    if let Some(topic) = &app.topic {
+        parts.push(Span::styled(
+            fit(&format!("topic: {topic}"), MAX_TOPIC_WIDTH.min(width.saturating_sub(4))),
+            colors::STATUS,
+        ));
+    }
     if let Some(fp) = &app.relay_fingerprint {
         parts.push(Span::styled(format!("relay {}", short_hex(fp)), colors::STATUS));
     }
@@ -889,6 +898,35 @@ mod tests {
         assert_eq!(buf[(12, 4)].fg, Color::Yellow, "so is a highlight word");
         assert_ne!(buf[(12, 5)].fg, Color::Yellow, "not a mention");
         assert_ne!(buf[(12, 1)].fg, Color::Yellow);
+        Ok(())
+    }
+
+    #[test]
+    fn the_owners_topic_is_in_the_status_bar_and_anyone_elses_is_refused() -> TestResult {
+        let mut app = app();
+        joined(&mut app);
+        let topic = |sender: u8, body: &str| {
+            Event::Message(ChatMessage {
+                sender: PublicIdentity([sender; 32]),
+                kind: ContentKind::Topic,
+                ..match message("bob", body) {
+                    Event::Message(m) => m,
+                    _ => unreachable!(),
+                }
+            })
+        };
+        // The owner of the room in `joined` is [1; 32].
+        app.on_event(topic(1, "release on friday\u{1b}[2J"));
+        app.on_event(topic(2, "free pizza"));
+        let terminal = draw(&mut app, 120, 8)?;
+        let rows = screen(&terminal);
+        assert!(rows[5].contains("| connected | topic: release on friday^[[2J | relay"), "{rows:#?}");
+        assert!(rows.iter().any(|r| r.contains("bob set the topic: release on friday^[[2J")), "{rows:#?}");
+        assert!(
+            rows.iter().any(|r| r.contains("bob (key 0202 0202 0202 0202), who is not the room owner, tried to set")),
+            "{rows:#?}"
+        );
+        assert!(!rows.iter().any(|r| r.contains("topic: free pizza")), "{rows:#?}");
         Ok(())
     }
 
