@@ -211,11 +211,18 @@ async fn talk(mut handle: SessionHandle, input: Input, ui: &PlainUi, invite: &st
     };
     match end {
         SessionEnd::Closed { unacknowledged: 0 } => Ok(()),
-        SessionEnd::Closed { unacknowledged } => Err(AppError::new(format!(
-            "{unacknowledged} message(s) were not acknowledged by the relay within {} s and may not have been \
-             delivered",
-            FLUSH_ON_EXIT.as_secs()
-        ))),
+        SessionEnd::Closed { unacknowledged } => {
+            let (count, them) = if unacknowledged == 1 {
+                ("1 message".to_owned(), "it")
+            } else {
+                (format!("{unacknowledged} messages"), "them")
+            };
+            Err(AppError::new(format!(
+                "the relay did not acknowledge the last {count} within {} s, so {them} may not have been delivered. \
+                 Send again what matters once connected.",
+                FLUSH_ON_EXIT.as_secs()
+            )))
+        }
         SessionEnd::Failed(e) => Err(AppError::new(neutralize(&e.to_string()))),
         _ => Ok(()),
     }
