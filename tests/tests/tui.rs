@@ -583,6 +583,20 @@ fn a_mention_while_away_rings_the_bell_and_marks_what_is_unread() -> TestResult 
     tmux.run(&["new-window", "-t", "chat:1"])?;
     tmux.run(&["send-keys", "-t", "chat:0", "-H", "1b", "5b", "4f"])?;
     bob.line("nothing for you")?;
+    // Barrier: the marker above this message shows the focus report was read.
+    let deadline = Instant::now() + SCREEN_WAIT;
+    loop {
+        let screen = tmux.run(&["capture-pane", "-p", "-t", "chat:0"])?;
+        let rows: Vec<&str> = screen.lines().collect();
+        let at = rows.iter().position(|r| r.contains("<bob> nothing for you"));
+        if at.is_some_and(|at| at > 0 && rows[at - 1].contains("---- unread ----")) {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("no unread marker above the first unseen message:\n{screen}").into());
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
     bob.line("alice: are you there?")?;
     let deadline = Instant::now() + SCREEN_WAIT;
     while tmux.run(&["display-message", "-p", "-t", "chat:0", "#{window_bell_flag}"])?.trim() != "1" {
