@@ -1,6 +1,7 @@
 //! Taking over the terminal and giving it back exactly as it was: raw mode, the alternate
-//! screen, mouse wheel reports, bracketed paste and a visible cursor are undone on every way out (normal exit,
-//! error, and panic, whose hook restores the terminal before the panic message is printed).
+//! screen, mouse wheel reports, bracketed paste, focus reports, the window title and a visible
+//! cursor are undone on every way out (normal exit, error, and panic, whose hook restores the
+//! terminal before the panic message is printed).
 //! Terminal events are read on a thread of their own.
 //!
 //! A terminal can also go away under the client (an SSH connection or a tmux session closed):
