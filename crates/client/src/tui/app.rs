@@ -861,6 +861,13 @@ impl App {
     /// Pasted text (bracketed paste): one line goes into the input line as far as it fits;
     /// several lines wait for Enter to be sent as that many messages, or Esc.
     pub(crate) fn on_paste(&mut self, text: &str) {
+        if self.paste.is_some() {
+            self.notice(
+                NoticeKind::Error,
+                "a paste already waits: Enter sends it, Esc cancels it; this one was dropped",
+            );
+            return;
+        }
         let text = text.replace("\r\n", "\n").replace('\r', "\n");
         let text = text.strip_suffix('\n').unwrap_or(&text);
         if !text.contains('\n') {
@@ -1294,6 +1301,12 @@ mod tests {
         assert_eq!(texts, ["/quit", "second    line"], "pasted lines are text, even with a slash");
         assert_eq!(app.unsent(), ["/quit", "second    line"]);
         app.on_paste("x\ny");
+        app.on_paste("dropped");
+        assert_eq!(
+            app.paste.as_deref(),
+            Some(&["x".to_owned(), "y".to_owned()][..]),
+            "the first paste still waits"
+        );
         assert_eq!(app.on_key(key(KeyCode::Esc)), Action::None);
         assert!(app.paste.is_none());
         assert_eq!(notices(&app).last().unwrap(), "paste cancelled; nothing was sent");
