@@ -656,3 +656,87 @@ fn the_owners_topic_reaches_a_late_joiner_and_no_one_else_can_set_it() -> TestRe
     assert!(bob.wait()?.success());
     Ok(())
 }
+
+#[test]
+fn two_rooms_on_two_relays_in_windows_switched_with_alt_keys() -> TestResult {
+    let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let relay_a = Relay::start(dir_a.path())?;
+    // Another loopback address: another host as far as the client can tell.
+    let relay_b = Relay::start_on(dir_b.path(), "127.0.0.2:0")?;
+    let (alice_home, bob_home) = (Home::new()?, Home::new()?);
+    let alice_pw = alice_home.password_file("pw", "correct horse battery staple")?;
+    let ops_pw = alice_home.password_file("ops-pw", "staple battery horse correct")?;
+    let bob_pw = bob_home.password_file("pw", "staple battery horse correct")?;
+    fs::write(
+        alice_home.config(),
+        format!(
+            "[rooms.ops]\nrelay = \"{}\"\nroom = \"ops\"\nfingerprint = \"{}\"\npassword_file = \"{}\"\n",
+            relay_b.address(),
+            relay_b.fingerprint,
+            ops_pw.to_str().ok_or("path")?
+        ),
+    )?;
+    let mut bob = bob_home.spawn(
+        "bob",
+        &[
+            "--relay",
+            &relay_b.address(),
+            "--room",
+            "ops",
+            "--nick",
+            "bob",
+            "--create",
+            "--password-file",
+            bob_pw.to_str().ok_or("path")?,
+        ],
+    )?;
+    bob.stderr.expect("end of history; now live")?;
+
+    let tmux = Tmux::start()?;
+    tmux.wait_for(&[PROMPT])?;
+    let command = format!(
+        "{chatroom} --relay {relay} --room lobby --nick alice --create --password-file {pw} --data-dir {data} \
+         --config {config}; echo \"exit=$?\"",
+        chatroom = quoted(&bin("chatroom"))?,
+        relay = relay_a.address(),
+        pw = quoted(&alice_pw)?,
+        data = quoted(&alice_home.data_dir())?,
+        config = quoted(&alice_home.config())?,
+    );
+    tmux.type_line(&command)?;
+    tmux.wait_for(&["| connected", "1 member"])?;
+
+    // A second room on the second relay, from a saved room, in a window of its own.
+    tmux.type_line("/join ops")?;
+    tmux.wait_for(&[&format!("ops @ {}", relay_b.address()), "1:lobby [2:ops]", "2 members", "@bob"])?;
+    bob.stderr.expect("alice joined")?;
+
+    // Alt+1 shows the first room; a mention in the other raises its activity.
+    tmux.run(&["send-keys", "-t", "chat", "M-1"])?;
+    tmux.wait_for(&[&format!("lobby @ {}", relay_a.address()), "[1:lobby] 2:ops"])?;
+    bob.line("alice: ping from ops")?;
+    let screen = tmux.wait_for(&["[1:lobby] 2:ops(1!)"])?;
+    assert!(!screen.contains("ping from ops"), "the other room's message is not in this window:\n{screen}");
+
+    // Alt+2 and back.
+    tmux.run(&["send-keys", "-t", "chat", "M-2"])?;
+    tmux.wait_for(&["<bob> alice: ping from ops", "1:lobby [2:ops]"])?;
+    tmux.type_line("pong")?;
+    bob.stdout.expect("<alice> pong")?;
+    tmux.run(&["send-keys", "-t", "chat", "M-1"])?;
+    let screen = tmux.wait_for(&["[1:lobby] 2:ops"])?;
+    assert!(!screen.contains("pong"), "{screen}");
+
+    // /part in the second window leaves that room only.
+    tmux.run(&["send-keys", "-t", "chat", "M-2"])?;
+    tmux.wait_for(&["1:lobby [2:ops]"])?;
+    tmux.type_line("/part")?;
+    bob.stderr.expect("alice left")?;
+    let screen = tmux.wait_for(&[&format!("lobby @ {}", relay_a.address())])?;
+    assert!(!screen.contains("2:ops"), "{screen}");
+    tmux.type_line("/quit")?;
+    tmux.wait_for_shell("exit=0")?;
+    bob.close_stdin();
+    assert!(bob.wait()?.success());
+    Ok(())
+}

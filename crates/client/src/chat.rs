@@ -121,6 +121,8 @@ pub(crate) async fn run(cli: Cli, paths: Paths) -> Result<(), AppError> {
             input,
             highlight: config_file.highlight.clone(),
             bell: config_file.bell,
+            config_path: paths.config.clone(),
+            config_file,
         };
         return crate::tui::run(start).await;
     }
@@ -183,8 +185,15 @@ async fn talk(mut handle: SessionHandle, input: Input, ui: &PlainUi, invite: &st
                                 Ok(())
                             }
                             Command::Topic(text) => handle.send(ContentKind::Topic, &text).await.map(|_| ()),
-                            Command::Ignore(_) | Command::Clear => {
-                                ui.notice("error: /ignore and /clear work in the full-screen UI only; nothing was done");
+                            Command::Ignore(_)
+                            | Command::Clear
+                            | Command::Join(_)
+                            | Command::Part
+                            | Command::Window(_) => {
+                                ui.notice(
+                                    "error: /ignore, /clear and windows (/join, /part, /window) are for the full-screen \
+                                     UI; line mode stays in one room, nothing was done",
+                                );
                                 Ok(())
                             }
                             Command::Quit => break None,

@@ -16,6 +16,9 @@ commands:
   /topic TEXT    set the room's topic (room owner only); /topic alone shows it
   /ignore NICK   hide NICK's messages until you leave (again: show them)
   /clear         clear the conversation on screen
+  /join ROOM     join another room in a new window (an invite URL or a saved room)
+  /part          leave this window's room (the last one: like /quit)
+  /window N      show window N (also Alt+N)
   /quit          leave (waits briefly for unsent messages)
   //TEXT         send TEXT starting with a single /
 any other line is sent as a message";
@@ -23,7 +26,7 @@ any other line is sent as a message";
 /// The commands' names, for Tab completion (aliases left out).
 pub const COMMAND_NAMES: &[&str] = &[
     "/help", "/who", "/me", "/kick", "/ban", "/unban", "/safety", "/invite", "/topic", "/ignore", "/clear",
-    "/quit",
+    "/join", "/part", "/window", "/quit",
 ];
 
 /// A command typed by the user.
@@ -51,6 +54,12 @@ pub enum Command {
     Ignore(Nick),
     /// `/clear`
     Clear,
+    /// `/join INVITE|NAME`
+    Join(String),
+    /// `/part`
+    Part,
+    /// `/window N` (1-based as typed; stored 0-based)
+    Window(usize),
     /// `/quit`
     Quit,
 }
@@ -127,6 +136,16 @@ pub fn parse_line(line: &str) -> Result<Input, InputError> {
         "invite" => no_arg(Command::Invite, "/invite"),
         "topic" => Ok(Input::Command(Command::Topic(body(arg.trim())?))),
         "clear" => no_arg(Command::Clear, "/clear"),
+        "part" => no_arg(Command::Part, "/part"),
+        "join" => match arg.trim() {
+            "" => Err(InputError::Usage("/join INVITE|NAME")),
+            target if target.contains(char::is_whitespace) => Err(InputError::Usage("/join INVITE|NAME")),
+            target => Ok(Input::Command(Command::Join(target.to_owned()))),
+        },
+        "window" => match arg.trim().parse::<usize>() {
+            Ok(n @ 1..=99) => Ok(Input::Command(Command::Window(n - 1))),
+            _ => Err(InputError::Usage("/window N")),
+        },
         "ignore" => Ok(Input::Command(Command::Ignore(nick_arg(arg, "/ignore NICK")?))),
         "quit" | "exit" => no_arg(Command::Quit, "/quit"),
         "me" => {
@@ -169,6 +188,11 @@ mod tests {
         assert_eq!(parse_line("/clear"), Ok(Input::Command(Command::Clear)));
         assert_eq!(parse_line("/topic  ship it "), Ok(Input::Command(Command::Topic("ship it".into()))));
         assert_eq!(parse_line("/topic"), Ok(Input::Command(Command::Topic(String::new()))));
+        assert_eq!(parse_line("/join ops"), Ok(Input::Command(Command::Join("ops".into()))));
+        assert_eq!(parse_line("/join"), Err(InputError::Usage("/join INVITE|NAME")));
+        assert_eq!(parse_line("/window 2"), Ok(Input::Command(Command::Window(1))));
+        assert_eq!(parse_line("/window 0"), Err(InputError::Usage("/window N")));
+        assert_eq!(parse_line("/part"), Ok(Input::Command(Command::Part)));
         assert_eq!(parse_line("/ignore bob"), Ok(Input::Command(Command::Ignore(nick("bob")))));
         assert_eq!(parse_line("/ignore"), Err(InputError::Usage("/ignore NICK")));
     }

@@ -31,6 +31,7 @@ pub(crate) const KEYS_HELP: &str = "\
 keys:
   PageUp/PageDown, mouse wheel   scroll the conversation
   Ctrl-End or Alt-End            jump to the newest message
+  Alt+1 .. Alt+9                 show window 1 to 9 (/window N)
   Up/Down                        previous/next line you sent
   Tab                            complete a command or nickname (again: next match)
   Left/Right, Home/End, Ctrl-A/E move in the line
@@ -157,6 +158,12 @@ pub(crate) enum Action {
     Who,
     /// Show the invite URL.
     Invite,
+    /// Join another room in a new window.
+    Join(String),
+    /// Leave this window's room.
+    Part,
+    /// Show window N (0-based).
+    Window(usize),
     /// Owner commands.
     Kick(Nick),
     /// Ban.
@@ -274,6 +281,12 @@ pub(crate) struct App {
     pub(crate) topic: Option<String>,
     /// We own the room (only the owner sets the topic).
     owner_is_me: bool,
+    /// This window is the one shown.
+    active: bool,
+    /// Messages that arrived while this window was not shown, and whether one mentioned us.
+    unread: (usize, bool),
+    /// The status bar's window list (empty with one window).
+    pub(crate) windows: String,
     /// Nicknames whose messages are hidden (lower case), until the client ends.
     ignored: std::collections::HashSet<String>,
     clock: Clock,
@@ -335,6 +348,9 @@ impl App {
             ignored: std::collections::HashSet::new(),
             topic: None,
             owner_is_me: false,
+            active: true,
+            unread: (0, false),
+            windows: String::new(),
             clock,
             now_ms,
         }
@@ -478,9 +494,27 @@ impl App {
                 self.scroll += 1;
             }
         }
-        if mention && (self.bell == Bell::Always || (self.bell == Bell::Unfocused && !self.focused)) {
+        if !self.active {
+            self.unread.0 += 1;
+            self.unread.1 |= mention;
+        }
+        let away = !self.focused || !self.active;
+        if mention && (self.bell == Bell::Always || (self.bell == Bell::Unfocused && away)) {
             self.ring = true;
         }
+    }
+
+    /// Shows or hides this window; showing it clears its activity.
+    pub(crate) fn set_active(&mut self, active: bool) {
+        self.active = active;
+        if active {
+            self.unread = (0, false);
+        }
+    }
+
+    /// Messages that arrived while this window was not shown, and whether one mentioned us.
+    pub(crate) fn activity(&self) -> (usize, bool) {
+        self.unread
     }
 
     /// Whether a mention asked for the bell since the last call.
@@ -791,6 +825,9 @@ impl App {
                     Action::Send { kind: ContentKind::Action, text, entry }
                 }
                 Command::Invite => Action::Invite,
+                Command::Join(target) => Action::Join(target),
+                Command::Part => Action::Part,
+                Command::Window(n) => Action::Window(n),
                 Command::Topic(text) => self.set_topic(text),
                 Command::Clear => {
                     self.first += self.entries.len() as u64;
@@ -956,6 +993,9 @@ impl App {
             KeyCode::Char('f') if ctrl => e.right(),
             KeyCode::Char('p') if ctrl => e.history_older(),
             KeyCode::Char('n') if ctrl => e.history_newer(),
+            KeyCode::Char(c @ '1'..='9') if key.modifiers.contains(KeyModifiers::ALT) => {
+                return Action::Window(usize::from(c as u8 - b'1'));
+            }
             KeyCode::Char(_) if ctrl || key.modifiers.contains(KeyModifiers::ALT) => {}
             KeyCode::Char(c) => e.insert(c),
             KeyCode::Enter => {

@@ -8,29 +8,29 @@ mod app;
 mod bench;
 mod colors;
 mod editor;
+mod join;
 mod render;
 mod terminal;
+mod window;
 
-use std::future::Future;
 use std::io::{self, IsTerminal};
-use std::pin::Pin;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chatroom_client::config::Bell;
-use chatroom_client::crypto::{ContentKind, ErrorCode, Identity, Zeroizing};
+use chatroom_client::config::{Bell, Config};
+use chatroom_client::crypto::{ErrorCode, Identity, RoomName, Zeroizing};
 use chatroom_client::display::neutralize;
 use chatroom_client::error::SessionError;
 use chatroom_client::passphrase;
-use chatroom_client::session::{
-    Callbacks, Event, RoomKeyCache, Session, SessionConfig, SessionEnd, SessionHandle,
-};
+use chatroom_client::session::{Event, RoomKeyCache, SessionConfig, SessionEnd, SessionHandle};
 use crossterm::event::Event as TermEvent;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
 use self::app::{Action, App, Conn, NoticeKind};
 use self::terminal::{Screen, TermRead};
+use self::window::{activity, link_event, start_session, Link, LinkEvent, Window, MAX_WINDOWS};
 use crate::app_error::AppError;
 use crate::chat::FLUSH_ON_EXIT;
 use crate::prompt::Input;
@@ -71,51 +71,19 @@ pub(crate) struct Start {
     pub(crate) highlight: Vec<String>,
     /// When a mention rings the bell.
     pub(crate) bell: Bell,
-}
-
-type Starting = Pin<Box<dyn Future<Output = Result<SessionHandle, SessionError>> + Send>>;
-
-fn start_session(start: &Start, callbacks: &Arc<dyn Callbacks>) -> Starting {
-    Box::pin(Session::start(
-        start.config.clone(),
-        start.keys.clone(),
-        start.identity.clone(),
-        callbacks.clone(),
-    ))
-}
-
-async fn starting(f: &mut Option<Starting>) -> Result<SessionHandle, SessionError> {
-    match f {
-        Some(f) => f.await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn ended(h: &mut Option<SessionHandle>) -> SessionEnd {
-    match h {
-        Some(h) => h.ended().await,
-        None => std::future::pending().await,
-    }
+    /// The config file, for `/join NAME`.
+    pub(crate) config_file: Config,
+    /// Its path, for messages.
+    pub(crate) config_path: PathBuf,
 }
 
 /// Runs the UI until the user leaves. The terminal is restored before this returns, so the
 /// caller can print the error.
 pub(crate) async fn run(start: Start) -> Result<(), AppError> {
-    let mut app = App::new(&start.relay_label, start.config.room.as_str(), start.config.nick.as_str());
-    app.set_alerts(&start.highlight, start.bell);
-    if start.config.create {
-        weak_password_notice(&mut app, &start);
-    }
-    let (tx, events) = mpsc::unbounded_channel::<Event>();
-    // The session's events are few per relay message (the relay rate-limits senders) and the
-    // loop below drains them all before each redraw, so the queue stays short.
-    let callbacks: Arc<dyn Callbacks> = Arc::new(move |event: Event| {
-        let _ = tx.send(event);
-    });
     let (mut screen, keys) = Screen::enter().map_err(|e| {
         AppError::new(format!("cannot use the terminal full screen: {e}; run with --plain for line mode"))
     })?;
-    let result = event_loop(&mut screen, keys, events, &mut app, start, callbacks).await;
+    let result = event_loop(&mut screen, keys, start).await;
     drop(screen);
     if terminal::gone() {
         // Nobody is left to read a message, and writing one would fail.
@@ -164,122 +132,284 @@ fn ask_create(screen: &mut Screen, start: &mut Start) -> Result<bool, AppError> 
     asked
 }
 
-/// The session side of the event loop: starting, running, or ended.
-struct Link {
-    /// The first join, while it runs.
-    pending_start: Option<Starting>,
-    /// The running session.
-    handle: Option<SessionHandle>,
-    /// Lines typed before the first join: sent once the session runs.
-    queued: Vec<(ContentKind, String, u64)>,
-    /// Why the session ended for good, to print after leaving.
-    failure: Option<String>,
+/// Leaves the full screen to ask for the password of a room joined with `/join`.
+fn ask_password(
+    screen: &mut Screen,
+    input: &mut Input,
+    room: &RoomName,
+) -> Result<Zeroizing<String>, AppError> {
+    screen.suspend();
+    let asked = input.secret(&format!("Password of room {room}: "));
+    screen.resume().map_err(|e| AppError::new(format!("cannot return to the full screen: {e}")))?;
+    asked
 }
 
-impl Link {
-    /// The first join finished: send what was typed meanwhile, or offer to create a missing
-    /// room, or fail.
-    async fn started(
+/// The windows, the one shown, and what every window shares.
+struct Windows {
+    list: Vec<Window>,
+    shown: usize,
+    next_id: u64,
+    events: mpsc::UnboundedSender<(u64, Event)>,
+}
+
+impl Windows {
+    fn shown(&mut self) -> &mut Window {
+        let i = self.shown.min(self.list.len().saturating_sub(1));
+        &mut self.list[i]
+    }
+
+    /// Opens a window for a room and starts its session.
+    fn open(
         &mut self,
-        result: Result<SessionHandle, SessionError>,
-        screen: &mut Screen,
-        app: &mut App,
-        start: &mut Start,
-        callbacks: &Arc<dyn Callbacks>,
-    ) -> Result<(), AppError> {
-        match result {
-            Ok(h) => {
-                self.handle = Some(h);
-                for message in std::mem::take(&mut self.queued) {
-                    self.send(app, message).await;
-                }
-            }
-            Err(e) if e.refusal() == Some(ErrorCode::NoSuchRoom) && !start.config.create => {
-                if !ask_create(screen, start)? {
-                    return Err(AppError::new(
-                        "nothing was created; check the room name, or answer y to create it",
-                    ));
-                }
-                start.config.create = true;
-                self.pending_start = Some(start_session(start, callbacks));
-            }
-            // The first connection failed: leave and print why.
-            Err(e) => return Err(e.into()),
-        }
-        Ok(())
+        mut app: App,
+        config: SessionConfig,
+        keys: Arc<RoomKeyCache>,
+        identity: &Arc<Identity>,
+    ) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let link = Link::new(start_session(&config, &keys, identity, &self.events, id));
+        app.set_active(false);
+        self.list.push(Window { id, app, link, config, keys });
     }
 
-    /// The session ended on its own.
-    fn ended(&mut self, end: SessionEnd, app: &mut App) {
-        self.handle = None;
-        match end {
-            SessionEnd::Failed(e) => {
-                let why = neutralize(&e.to_string());
-                app.ended(Some(&why));
-                self.failure = Some(why);
-            }
-            _ => app.ended(None),
+    /// Shows window `i`, if there is one.
+    fn show(&mut self, i: usize) {
+        if i >= self.list.len() {
+            let text = format!("there is no window {}; {} open (Alt+1 to Alt+{0})", i + 1, self.list.len());
+            self.shown().app.notice(NoticeKind::Error, &text);
+            return;
         }
+        self.shown().app.set_active(false);
+        self.shown = i;
+        self.shown().app.set_active(true);
     }
 
-    /// Sends one message (kind, text, scrollback entry); before the first join it is queued,
-    /// and after the session ended it is marked as not delivered.
-    async fn send(&mut self, app: &mut App, (kind, text, entry): (ContentKind, String, u64)) {
-        match &mut self.handle {
-            Some(h) => match h.send(kind, &text).await {
-                Ok(id) => app.track(id, entry),
-                Err(e) => {
-                    app.failed(entry);
-                    app.notice(NoticeKind::Error, &format!("error: {e}"));
+    /// Puts the window list into the shown window's status bar.
+    fn update_activity(&mut self) {
+        let line = activity(&self.list, self.shown);
+        self.shown().app.windows = line;
+    }
+}
+
+/// The first join of window `i` finished.
+async fn started(
+    windows: &mut Windows,
+    i: usize,
+    result: Result<SessionHandle, SessionError>,
+    screen: &mut Screen,
+    start: &mut Start,
+) -> Result<(), AppError> {
+    let only = windows.list.len() == 1;
+    let w = &mut windows.list[i];
+    match result {
+        Ok(h) => w.link.joined(h, &mut w.app).await,
+        // The first room may be created, after asking.
+        Err(e) if i == 0 && e.refusal() == Some(ErrorCode::NoSuchRoom) && !start.config.create => {
+            if !ask_create(screen, start)? {
+                return Err(AppError::new(
+                    "nothing was created; check the room name, or answer y to create it",
+                ));
+            }
+            start.config.create = true;
+            w.config.create = true;
+            w.link = Link::new(start_session(&w.config, &w.keys, &start.identity, &windows.events, w.id));
+        }
+        // The first connection of the first room failed: leave and print why.
+        Err(e) if i == 0 && only => return Err(e.into()),
+        // A room joined later: the reason stays in its window.
+        Err(e) => w.link.ended(SessionEnd::Failed(e), &mut w.app),
+    }
+    Ok(())
+}
+
+/// `/join TARGET`: a new window for another room, shown at once.
+fn join(windows: &mut Windows, target: &str, screen: &mut Screen, start: &mut Start) {
+    if windows.list.len() >= MAX_WINDOWS {
+        let text = format!("{MAX_WINDOWS} windows are open, the most there can be; /part one first");
+        windows.shown().app.notice(NoticeKind::Error, &text);
+        return;
+    }
+    let base = windows.list[0].config.clone();
+    let input = &mut start.input;
+    let prepared = join::prepare(target, &base, &start.config_file, &start.config_path, |room| {
+        ask_password(screen, input, room)
+    });
+    let joining = match prepared {
+        Ok(j) => j,
+        Err(e) => {
+            let text = format!("error: {e}; nothing was joined");
+            windows.shown().app.notice(NoticeKind::Error, &text);
+            return;
+        }
+    };
+    let same = |w: &Window| w.config.relay == joining.config.relay && w.config.room == joining.config.room;
+    if let Some(i) = windows.list.iter().position(same) {
+        windows.show(i);
+        return;
+    }
+    let mut app = App::new(&joining.relay_label, joining.config.room.as_str(), joining.config.nick.as_str());
+    app.set_alerts(&start.highlight, start.bell);
+    windows.open(app, joining.config, joining.keys, &start.identity);
+    windows.show(windows.list.len() - 1);
+}
+
+/// `/part`: closes the shown window's session (in the background, the room state saved) and
+/// the window; the last window leaves like `/quit`.
+fn part(windows: &mut Windows) -> bool {
+    if windows.list.len() < 2 {
+        return false;
+    }
+    let w = windows.list.remove(windows.shown);
+    if let Some(handle) = w.link.handle {
+        tokio::spawn(handle.close(FLUSH_ON_EXIT));
+    }
+    windows.shown = windows.shown.min(windows.list.len() - 1);
+    windows.shown().app.set_active(true);
+    true
+}
+
+async fn event_loop(
+    screen: &mut Screen,
+    mut keys: mpsc::Receiver<TermRead>,
+    mut start: Start,
+) -> Result<(), AppError> {
+    let signal_err = |e: io::Error| AppError::new(format!("cannot watch for signals: {e}"));
+    let mut sigterm = signal(SignalKind::terminate()).map_err(signal_err)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(signal_err)?;
+    // SIGINT is left alone: in raw mode Ctrl-C is a key, and at the "Create room?" question
+    // (asked outside the full screen) Ctrl-C must still end the program at once.
+    let (tx, mut events) = mpsc::unbounded_channel::<(u64, Event)>();
+    let mut windows = Windows { list: Vec::new(), shown: 0, next_id: 0, events: tx };
+    let mut app = App::new(&start.relay_label, start.config.room.as_str(), start.config.nick.as_str());
+    app.set_alerts(&start.highlight, start.bell);
+    if start.config.create {
+        weak_password_notice(&mut app, &start);
+    }
+    windows.open(app, start.config.clone(), start.keys.clone(), &start.identity);
+    windows.show(0);
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tty_check = tokio::time::interval(TTY_CHECK);
+    // Whether something may have changed on screen since the last draw.
+    let mut changed = true;
+    let exit = loop {
+        if terminal::panicked() {
+            return Ok(());
+        }
+        if std::mem::replace(&mut changed, true) {
+            windows.update_activity();
+            let app = &mut windows.shown().app;
+            if let Err(e) = screen.terminal.draw(|frame| render::render(frame, app)) {
+                if terminal::gone() {
+                    break Action::Hangup;
                 }
-            },
-            None if self.pending_start.is_some() => self.queued.push((kind, text, entry)),
-            None => {
-                app.failed(entry);
-                app.notice(NoticeKind::Error, "error: the session has ended; nothing was sent");
+                return Err(AppError::new(format!("cannot draw on the terminal: {e}")));
             }
         }
-    }
-
-    /// Carries out what a key or line asked for (other than leaving).
-    async fn act(&mut self, action: Action, screen: &mut Screen, app: &mut App, start: &Start) {
+        let action = tokio::select! {
+            Some(event) = events.recv() => {
+                apply(&mut windows, event);
+                while let Ok(event) = events.try_recv() {
+                    apply(&mut windows, event);
+                }
+                Action::None
+            }
+            key = keys.recv() => key_batch(&mut windows.shown().app, key, &mut keys),
+            link = link_event(&mut windows.list) => {
+                match link {
+                    LinkEvent::Started(i, result) => started(&mut windows, i, result, screen, &mut start).await?,
+                    LinkEvent::Ended(i, end) => {
+                        let w = &mut windows.list[i];
+                        w.link.ended(end, &mut w.app);
+                    }
+                }
+                Action::None
+            }
+            _ = tick.tick(), if windows.list.iter().any(|w| w.app.animating()) => Action::None,
+            _ = tty_check.tick() => {
+                if terminal::gone() {
+                    Action::Hangup
+                } else {
+                    changed = false;
+                    Action::None
+                }
+            }
+            _ = sigterm.recv() => Action::Terminate,
+            _ = sighup.recv() => Action::Hangup,
+        };
+        for w in &mut windows.list {
+            if w.app.take_ring() {
+                terminal::ring(&format!("* {} - chatroom", w.app.room));
+            }
+        }
         match action {
+            Action::Quit | Action::Terminate | Action::Hangup => break action,
             Action::Redraw => {
                 let _ = screen.terminal.clear();
             }
-            Action::Send { kind, text, entry } => self.send(app, (kind, text, entry)).await,
-            Action::SendLines(lines) => {
-                for (text, entry) in lines {
-                    self.send(app, (ContentKind::Text, text, entry)).await;
+            Action::Window(i) => windows.show(i),
+            Action::Join(target) => join(&mut windows, &target, screen, &mut start),
+            Action::Part => {
+                if !part(&mut windows) {
+                    break Action::Quit;
                 }
             }
-            Action::Invite => match &self.handle {
-                Some(h) => {
-                    let url = crate::chat::invite_url(h.relay_fingerprint(), &start.config, &start.keys);
-                    let text = format!("invite: {url} (it holds no password: give that separately)");
-                    app.notice(NoticeKind::Info, &text);
-                }
-                None => app.notice(NoticeKind::Error, "not joined yet; the invite is shown once joined"),
-            },
-            Action::Who | Action::Kick(_) | Action::Ban(_) | Action::Unban(_) => {
-                let Some(h) = &self.handle else {
-                    app.notice(NoticeKind::Error, "error: not joined; the command was not sent");
-                    return;
-                };
-                let sent = match action {
-                    Action::Who => h.who().await,
-                    Action::Kick(nick) => h.kick(nick).await,
-                    Action::Ban(nick) => h.ban(nick).await,
-                    Action::Unban(nick) => h.unban(nick).await,
-                    _ => Ok(()),
-                };
-                if let Err(e) = sent {
-                    app.notice(NoticeKind::Error, &format!("error: {e}"));
-                }
+            action => {
+                let w = windows.shown();
+                w.link.act(action, &mut w.app, &w.config, &w.keys).await;
             }
-            Action::None | Action::Quit | Action::Terminate | Action::Hangup => {}
+        }
+    };
+    finish(windows, exit, screen, keys, events).await
+}
+
+/// Applies a session event to the window it belongs to (none, after `/part`).
+fn apply(windows: &mut Windows, (id, event): (u64, Event)) {
+    if let Some(w) = windows.list.iter_mut().find(|w| w.id == id) {
+        w.app.on_event(event);
+    }
+}
+
+/// Leaves: the other windows' sessions close in the background while the shown one leaves
+/// as a single room does (or all quickly, after SIGTERM or with the terminal gone).
+async fn finish(
+    mut windows: Windows,
+    exit: Action,
+    screen: &mut Screen,
+    keys: mpsc::Receiver<TermRead>,
+    events: mpsc::UnboundedReceiver<(u64, Event)>,
+) -> Result<(), AppError> {
+    let flush = if matches!(exit, Action::Quit) { FLUSH_ON_EXIT } else { QUICK_FLUSH };
+    let shown = windows.shown.min(windows.list.len().saturating_sub(1));
+    let mut others = Vec::new();
+    for (i, w) in windows.list.iter_mut().enumerate() {
+        if i != shown {
+            if let Some(handle) = w.link.handle.take() {
+                others.push(tokio::spawn(handle.close(flush)));
+            }
         }
     }
+    let w = &mut windows.list[shown];
+    let result = match (w.link.handle.take(), exit) {
+        (None, _) => match w.link.failure.take() {
+            Some(why) => Err(AppError::new(why)),
+            None => Ok(()),
+        },
+        // Saves the room state; nothing can be shown any more.
+        (Some(handle), Action::Hangup) => {
+            handle.close(QUICK_FLUSH).await;
+            Ok(())
+        }
+        (Some(handle), Action::Terminate) => {
+            ended_report(Some(handle.close(QUICK_FLUSH).await), &w.app.unsent())
+        }
+        (Some(handle), _) => leave(screen, keys, events, w.id, &mut w.app, handle).await,
+    };
+    for close in others {
+        let _ = close.await;
+    }
+    result
 }
 
 /// Applies the terminal event `first` and the ones queued behind it (typing fast, a paste
@@ -296,97 +426,6 @@ fn key_batch(app: &mut App, first: Option<TermRead>, keys: &mut mpsc::Receiver<T
         }
     }
     action
-}
-
-async fn event_loop(
-    screen: &mut Screen,
-    mut keys: mpsc::Receiver<TermRead>,
-    mut events: mpsc::UnboundedReceiver<Event>,
-    app: &mut App,
-    mut start: Start,
-    callbacks: Arc<dyn Callbacks>,
-) -> Result<(), AppError> {
-    let signal_err = |e: io::Error| AppError::new(format!("cannot watch for signals: {e}"));
-    let mut sigterm = signal(SignalKind::terminate()).map_err(signal_err)?;
-    let mut sighup = signal(SignalKind::hangup()).map_err(signal_err)?;
-    // SIGINT is left alone: in raw mode Ctrl-C is a key, and at the "Create room?" question
-    // (asked outside the full screen) Ctrl-C must still end the program at once.
-    let mut link = Link {
-        pending_start: Some(start_session(&start, &callbacks)),
-        handle: None,
-        queued: Vec::new(),
-        failure: None,
-    };
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut tty_check = tokio::time::interval(TTY_CHECK);
-    // Whether something may have changed on screen since the last draw.
-    let mut changed = true;
-    let exit = loop {
-        if terminal::panicked() {
-            return Ok(());
-        }
-        if std::mem::replace(&mut changed, true) {
-            if let Err(e) = screen.terminal.draw(|frame| render::render(frame, app)) {
-                if terminal::gone() {
-                    break Action::Hangup;
-                }
-                return Err(AppError::new(format!("cannot draw on the terminal: {e}")));
-            }
-        }
-        let action = tokio::select! {
-            Some(event) = events.recv() => {
-                app.on_event(event);
-                while let Ok(event) = events.try_recv() {
-                    app.on_event(event);
-                }
-                Action::None
-            }
-            key = keys.recv() => key_batch(app, key, &mut keys),
-            result = starting(&mut link.pending_start) => {
-                link.pending_start = None;
-                link.started(result, screen, app, &mut start, &callbacks).await?;
-                Action::None
-            }
-            end = ended(&mut link.handle) => {
-                link.ended(end, app);
-                Action::None
-            }
-            _ = tick.tick(), if app.animating() => Action::None,
-            _ = tty_check.tick() => {
-                if terminal::gone() {
-                    Action::Hangup
-                } else {
-                    changed = false;
-                    Action::None
-                }
-            }
-            _ = sigterm.recv() => Action::Terminate,
-            _ = sighup.recv() => Action::Hangup,
-        };
-        if app.take_ring() {
-            terminal::ring(&format!("* {} - chatroom", app.room));
-        }
-        match action {
-            Action::Quit | Action::Terminate | Action::Hangup => break action,
-            action => link.act(action, screen, app, &start).await,
-        }
-    };
-    let Some(handle) = link.handle else {
-        return match link.failure {
-            Some(why) => Err(AppError::new(why)),
-            None => Ok(()),
-        };
-    };
-    match exit {
-        Action::Hangup => {
-            // Saves the room state; nothing can be shown any more.
-            handle.close(QUICK_FLUSH).await;
-            Ok(())
-        }
-        Action::Terminate => ended_report(Some(handle.close(QUICK_FLUSH).await), &app.unsent()),
-        _ => leave(screen, keys, events, app, handle).await,
-    }
 }
 
 /// Most terminal events applied before a redraw.
@@ -425,7 +464,8 @@ fn on_term(app: &mut App, read: Option<TermRead>) -> Action {
 async fn leave(
     screen: &mut Screen,
     mut keys: mpsc::Receiver<TermRead>,
-    mut events: mpsc::UnboundedReceiver<Event>,
+    mut events: mpsc::UnboundedReceiver<(u64, Event)>,
+    id: u64,
     app: &mut App,
     handle: SessionHandle,
 ) -> Result<(), AppError> {
@@ -439,7 +479,7 @@ async fn leave(
         let _ = screen.terminal.draw(|frame| render::render(frame, app));
         tokio::select! {
             end = &mut close => break Some(end),
-            Some(event) = events.recv() => app.on_event(event),
+            Some((from, event)) = events.recv() => if from == id { app.on_event(event) },
             key = keys.recv() => match key {
                 Some(Ok(TermEvent::Key(key))) if app.on_key(key) == Action::Quit => break None,
                 Some(Ok(_)) => {}

@@ -238,6 +238,9 @@ fn status_lines(app: &App, width: usize) -> Vec<Line<'static>> {
         Span::styled(format!("{} @ {}", app.room, app.relay), colors::STATUS),
         Span::styled(state, if good { colors::STATUS } else { colors::STATUS_BAD }),
     ];
+    if !app.windows.is_empty() {
+        parts.push(Span::styled(app.windows.clone(), colors::STATUS.add_modifier(Modifier::BOLD)));
+    }
     if let Some(topic) = &app.topic {
         parts.push(Span::styled(
             fit(&format!("topic: {topic}"), MAX_TOPIC_WIDTH.min(width.saturating_sub(4))),
@@ -927,6 +930,27 @@ mod tests {
             "{rows:#?}"
         );
         assert!(!rows.iter().any(|r| r.contains("topic: free pizza")), "{rows:#?}");
+        Ok(())
+    }
+
+    #[test]
+    fn a_hidden_window_counts_its_activity_for_the_status_bar() -> TestResult {
+        let mut app = app();
+        joined(&mut app);
+        app.set_active(false);
+        app.on_event(message("bob", "hello"));
+        assert_eq!(app.activity(), (1, false));
+        app.on_event(message("bob", "alice, look"));
+        assert_eq!(app.activity(), (2, true));
+        assert!(app.take_ring(), "a mention in a hidden window rings");
+        app.set_active(true);
+        assert_eq!(app.activity(), (0, false), "shown: read");
+        app.windows = "[1:lobby] 2:ops(3!)".into();
+        let rows = screen(&draw(&mut app, 120, 5)?);
+        assert!(
+            rows[2].starts_with(" lobby @ 127.0.0.1:7777 | connected | [1:lobby] 2:ops(3!) | relay"),
+            "{rows:#?}"
+        );
         Ok(())
     }
 
