@@ -740,3 +740,60 @@ fn two_rooms_on_two_relays_in_windows_switched_with_alt_keys() -> TestResult {
     assert!(bob.wait()?.success());
     Ok(())
 }
+
+#[test]
+fn a_restart_shows_recent_context_before_the_unseen_messages() -> TestResult {
+    let relay_dir = tempfile::tempdir()?;
+    let relay = Relay::start(relay_dir.path())?;
+    let (alice_home, bob_home) = (Home::new()?, Home::new()?);
+    let alice_pw = alice_home.password_file("pw", "correct horse battery staple")?;
+    let bob_pw = bob_home.password_file("pw", "correct horse battery staple")?;
+    let tmux = Tmux::start()?;
+    tmux.wait_for(&[PROMPT])?;
+    let command = |create: &str| -> Result<String, BoxError> {
+        Ok(format!(
+            "{chatroom} --relay {relay} --room lobby --nick alice {create} --password-file {pw} --data-dir {data} \
+             --config {config}; echo \"exit=$?\"",
+            chatroom = quoted(&bin("chatroom"))?,
+            relay = relay.address(),
+            pw = quoted(&alice_pw)?,
+            data = quoted(&alice_home.data_dir())?,
+            config = quoted(&alice_home.config())?,
+        ))
+    };
+    tmux.type_line(&command("--create")?)?;
+    tmux.wait_for(&["| connected", "1 member"])?;
+    let mut bob = bob_home.spawn(
+        "bob",
+        &[&relay.invite("lobby"), "--nick", "bob", "--password-file", bob_pw.to_str().ok_or("path")?],
+    )?;
+    bob.stderr.expect("end of history; now live")?;
+    bob.line("are we shipping on friday?")?;
+    tmux.wait_for(&["<bob> are we shipping on friday?"])?;
+    tmux.type_line("yes, if the tests pass")?;
+    bob.stdout.expect("<alice> yes, if the tests pass")?;
+    tmux.type_line("/quit")?;
+    tmux.wait_for_shell("exit=0")?;
+    bob.stderr.expect("alice left")?;
+    bob.line("they pass now")?;
+    // bob's message is stored (a barrier: bob's own client leaves only once it is acknowledged).
+    bob.close_stdin();
+    assert!(bob.wait()?.success());
+
+    tmux.run(&["send-keys", "-t", "chat", "clear", "Enter"])?;
+    tmux.type_line(&command("")?)?;
+    let screen = tmux.wait_for(&["<bob> they pass now", "| connected"])?;
+    let rows: Vec<&str> = screen.lines().collect();
+    let find = |needle: &str| rows.iter().position(|r| r.contains(needle));
+    // Our own message was never delivered back live, so it is still unseen (as before).
+    let order = [
+        find("---- earlier, already seen"),
+        find("<bob> are we shipping on friday?"),
+        find("---- history"),
+        find("<alice> yes, if the tests pass"),
+        find("<bob> they pass now"),
+    ];
+    assert!(order.iter().all(Option::is_some), "{order:?}:\n{screen}");
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "context, then the unseen:\n{screen}");
+    Ok(())
+}

@@ -111,6 +111,7 @@ pub(crate) async fn run(cli: Cli, paths: Paths) -> Result<(), AppError> {
     };
     let identity = Arc::new(identity);
     if crate::tui::wanted(chat.plain) {
+        config.limits.context_on_start = crate::tui::RECENT_CONTEXT;
         let start = crate::tui::Start {
             config,
             keys,

@@ -283,6 +283,8 @@ pub(crate) struct App {
     owner_is_me: bool,
     /// This window is the one shown.
     active: bool,
+    /// Recent context (already seen messages) was shown since the start.
+    context_shown: bool,
     /// Messages that arrived while this window was not shown, and whether one mentioned us.
     unread: (usize, bool),
     /// The status bar's window list (empty with one window).
@@ -349,6 +351,7 @@ impl App {
             topic: None,
             owner_is_me: false,
             active: true,
+            context_shown: false,
             unread: (0, false),
             windows: String::new(),
             clock,
@@ -727,6 +730,7 @@ impl App {
                     time,
                 );
             }
+            Event::Context(m) => self.context(m),
             Event::Rejected(_) | Event::KeyChanged { .. } => {
                 if let Some(line) = line {
                     self.alert(line.strip_prefix("WARNING: ").unwrap_or(&line));
@@ -856,6 +860,37 @@ impl App {
                 Action::None
             }
         }
+    }
+
+    /// An already seen message shown again on start as recent context: dimmed as history,
+    /// under a rule of its own, never a mention. A topic in it is the topic again.
+    fn context(&mut self, m: chatroom_client::session::ChatMessage) {
+        if m.kind == ContentKind::Topic {
+            if Some(m.sender) == self.owner {
+                self.topic = Some(neutralize(&m.body)).filter(|t| !t.is_empty());
+            }
+            return;
+        }
+        if self.ignored.contains(&m.nick.as_str().to_lowercase()) {
+            return;
+        }
+        if !std::mem::replace(&mut self.context_shown, true) {
+            let time = self.now();
+            self.push(Body::Divider("earlier, already seen".into()), time);
+        }
+        let time = (self.clock)(m.timestamp_ms);
+        self.push(
+            Body::Message {
+                nick: neutralize(m.nick.as_str()),
+                text: neutralize(&m.body),
+                action: m.kind == ContentKind::Action,
+                history: true,
+                mine: m.from_me,
+                delivery: Delivery::Delivered,
+                mention: false,
+            },
+            time,
+        );
     }
 
     /// `/topic [TEXT]`: shows the topic, or sets it when we own the room.

@@ -35,6 +35,10 @@ use crate::app_error::AppError;
 use crate::chat::FLUSH_ON_EXIT;
 use crate::prompt::Input;
 
+/// Already seen messages shown again on start, before the unseen ones, so a conversation
+/// never starts mid-reply.
+pub(crate) const RECENT_CONTEXT: u64 = 10;
+
 /// How often the screen is redrawn while something moves on its own (spinner, countdown).
 const TICK: Duration = Duration::from_millis(200);
 
