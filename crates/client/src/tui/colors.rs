@@ -54,6 +54,10 @@ pub(crate) const ERROR: Style = Style::new().fg(Color::LightRed);
 pub(crate) const ALERT: Style = Style::new().fg(Color::White).bg(Color::Red).add_modifier(Modifier::BOLD);
 /// Messages replayed from history.
 pub(crate) const HISTORY: Style = Style::new().add_modifier(Modifier::DIM);
+/// A message that names you or a highlight word.
+pub(crate) const MENTION: Style = Style::new().fg(Color::Yellow).add_modifier(Modifier::BOLD);
+/// The unread marker line.
+pub(crate) const UNREAD: Style = Style::new().fg(Color::LightRed);
 /// The status bar.
 pub(crate) const STATUS: Style = Style::new().fg(Color::White).bg(Color::Blue);
 /// The connection state in the status bar when not connected.
