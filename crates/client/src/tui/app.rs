@@ -117,6 +117,8 @@ pub(crate) enum Body {
         delivery: Delivery,
         /// Names us or a highlight word.
         mention: bool,
+        /// The signer's identity key, which chooses the nickname's colour (`None`: not known).
+        key: Option<PublicIdentity>,
     },
     /// A line from the program itself.
     Notice {
@@ -420,6 +422,7 @@ impl App {
                 mine: true,
                 delivery: Delivery::Pending,
                 mention: false,
+                key: self.members.iter().find(|m| m.me).map(|m| m.identity),
             },
             time,
         )
@@ -728,6 +731,7 @@ impl App {
                         mine: m.from_me,
                         delivery: Delivery::Delivered,
                         mention,
+                        key: Some(m.sender),
                     },
                     time,
                 );
@@ -891,6 +895,7 @@ impl App {
                 mine: m.from_me,
                 delivery: Delivery::Delivered,
                 mention: false,
+                key: Some(m.sender),
             },
             time,
         );

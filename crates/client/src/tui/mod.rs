@@ -213,7 +213,13 @@ async fn started(
     let only = windows.list.len() == 1;
     let w = &mut windows.list[i];
     match result {
-        Ok(h) => w.link.joined(h, &mut w.app).await,
+        Ok(h) => {
+            if i == 0 {
+                // Only a missing first room needed the password again (to confirm it).
+                start.password = Zeroizing::new(String::new());
+            }
+            w.link.joined(h, &mut w.app).await
+        }
         // The first room may be created, after asking.
         Err(e) if i == 0 && e.refusal() == Some(ErrorCode::NoSuchRoom) && !start.config.create => {
             if !ask_create(screen, start)? {

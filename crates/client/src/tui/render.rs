@@ -116,8 +116,8 @@ pub(crate) fn entry_rows(entry: &Entry, width: usize) -> Vec<Line<'static>> {
     let width = width.max(1);
     let time = Span::styled(format!("{:<5} ", entry.time), colors::TIME);
     let (prefix, text_style): (Vec<Span<'static>>, Style) = match &entry.body {
-        Body::Message { nick, text: _, action, history, mine, delivery, mention } => {
-            let mut nick_style = colors::nick_style(nick);
+        Body::Message { nick, text: _, action, history, mine, delivery, mention, key } => {
+            let mut nick_style = key.as_ref().map_or_else(|| colors::nick_style(nick), colors::key_style);
             if *mine {
                 nick_style = nick_style.add_modifier(Modifier::BOLD);
             }
@@ -344,7 +344,7 @@ fn draw_members(app: &App, buf: &mut Buffer, area: Rect) {
     let nick_width = usize::from(inner.width).saturating_sub(1);
     for m in &app.members {
         let full = neutralize(m.nick.as_str());
-        let mut style = colors::nick_style(&full);
+        let mut style = colors::key_style(&m.identity);
         let nick = fit(&full, nick_width);
         if m.me {
             style = style.add_modifier(Modifier::BOLD);
@@ -605,7 +605,12 @@ mod tests {
             ]
         );
         let buf = terminal.backend().buffer();
-        assert_eq!(buf[(7, 1)].fg, colors::nick_color("bob"), "nicknames in their colour");
+        // The colour comes from the signing key, not the nickname: the member list's bob (key
+        // [2; 32]) and the messages' bob (key [9; 32]) differ, as an impostor would.
+        let (signer, listed) = (PublicIdentity([9; 32]), PublicIdentity([2; 32]));
+        assert_eq!(buf[(7, 1)].fg, colors::key_color(&signer), "nicknames in their signer's colour");
+        assert_eq!(buf[(57, 2)].fg, colors::key_color(&listed), "members in their key's colour");
+        assert_ne!(colors::key_color(&signer), colors::key_color(&listed));
         assert_eq!(
             (buf[(0, 5)].bg, buf[(71, 6)].bg),
             (Color::Blue, Color::Blue),
