@@ -203,7 +203,6 @@ fn meaning(code: ErrorCode) -> Option<&'static str> {
         ErrorCode::NoSuchRoom => "the room does not exist on this relay",
         ErrorCode::WrongPassword => "the relay refused the room password",
         ErrorCode::NickTaken => "that nickname belongs to another identity in this room",
-        ErrorCode::NickBound => "this identity already has another nickname in this room",
         ErrorCode::Banned => "the room owner banned this identity",
         ErrorCode::TooManyAttempts => "too many failed attempts to join from here",
         ErrorCode::AlreadyConnected => {
