@@ -388,6 +388,8 @@ pub(crate) struct LocalRooms {
     /// Members per room, and the part of it kept for identities already bound in the room.
     max_members: usize,
     reserved: usize,
+    /// Nicknames one room binds at most.
+    max_nicknames: usize,
     /// Rooms the relay stores at most, and how many it stores.
     max_rooms: usize,
     stored: AtomicUsize,
@@ -403,6 +405,7 @@ pub(crate) struct RoomLimits {
     pub(crate) max_members: usize,
     pub(crate) headroom_percent: usize,
     pub(crate) max_rooms: usize,
+    pub(crate) max_nicknames: usize,
 }
 
 enum Publish {
@@ -429,6 +432,7 @@ impl LocalRooms {
             max_members,
             reserved: max_members * limits.headroom_percent.min(100) / 100,
             max_rooms: limits.max_rooms,
+            max_nicknames: limits.max_nicknames,
             stored: AtomicUsize::new(stored),
         }
     }
@@ -726,6 +730,16 @@ impl LocalRooms {
                 None => true,
             };
             self.admit_member(&st, &identity, !bind, policy.crowded)?;
+            if bind && st.nicks.len() >= self.max_nicknames {
+                // Every binding is a row kept as long as the room: their number is bounded.
+                return Err(Refusal::new(
+                    ErrorCode::RoomFull,
+                    format!(
+                        "the room has bound its maximum of {} nicknames; join with a nickname you used here before",
+                        self.max_nicknames
+                    ),
+                ));
+            }
             if bind {
                 // Reserved now, so a concurrent join with the same nickname is refused.
                 st.nicks.insert(canonical.clone(), identity);
@@ -1031,6 +1045,7 @@ mod tests {
             max_members: 1000,
             headroom_percent: 10,
             max_rooms: 100,
+            max_nicknames: 100,
         }
     }
 

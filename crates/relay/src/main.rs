@@ -68,6 +68,9 @@ struct RunArgs {
     /// Rooms the relay stores at most.
     #[arg(long, value_name = "N", default_value_t = defaults().max_rooms)]
     max_rooms: usize,
+    /// Nicknames one room binds at most.
+    #[arg(long, value_name = "N", default_value_t = defaults().max_room_nicknames)]
+    max_room_nicknames: usize,
     /// Idle time after which a room is deleted with everything stored about it.
     #[arg(long, value_name = "DURATION", default_value = "2160h", value_parser = parse_duration)]
     room_expiry: Duration,
@@ -241,6 +244,7 @@ fn config(args: &RunArgs) -> Result<Config, String> {
     config.history = args.history;
     config.history_bytes = args.history_bytes;
     config.max_rooms = args.max_rooms;
+    config.max_room_nicknames = args.max_room_nicknames;
     config.room_expiry = args.room_expiry;
     config.max_connections = args.max_connections;
     config.max_unauthenticated_per_ip = args.max_unauthenticated_per_ip;

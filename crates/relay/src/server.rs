@@ -80,6 +80,7 @@ impl Relay {
             max_members: config.max_room_members,
             headroom_percent: config.headroom_percent,
             max_rooms: config.max_rooms,
+            max_nicknames: config.max_room_nicknames,
         };
         let hub = LocalRooms::new(store.handle(), limits, store.rooms());
         let shared = Arc::new(Shared {

@@ -596,3 +596,20 @@ async fn idle_rooms_expire_but_rooms_with_members_do_not_and_the_relay_holds_a_b
     assert!(joined.created, "the expired room's name is free again");
     relay.stop().await
 }
+
+#[tokio::test]
+async fn a_room_binds_a_bounded_number_of_nicknames() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let relay = TestRelay::start(dir.path(), |c| c.max_room_nicknames = 3).await?;
+    let mut pair = Pair::new(&relay).await?;
+    let carol = Person::new("carol");
+    drop(member(&relay, &carol, &pair.room, false).await?);
+    // alice, bob and carol hold the three nicknames: a fourth identity is refused...
+    let mut conn = Conn::connect(relay.addr).await?;
+    let refused = conn.join(&Person::new("dave"), &pair.room, false, 0).await?;
+    assert!(matches!(refused, Err((ErrorCode::RoomFull, _))), "{refused:?}");
+    // ...and carol, whose nickname is bound, gets back in.
+    let (_carol, _) = member(&relay, &carol, &pair.room, false).await?;
+    pair.check().await?;
+    relay.stop().await
+}
