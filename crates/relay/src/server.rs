@@ -51,7 +51,8 @@ impl Relay {
     /// Loads or creates the static key (mode 0600) and opens the database in
     /// `config.data_dir`.
     pub fn open(config: Config) -> Result<Self, RelayError> {
-        let store = Store::open(&config.db_path(), config.synchronous)?;
+        let max_bytes = u64::try_from(config.max_stored_bytes).unwrap_or(u64::MAX);
+        let store = Store::open_with_quota(&config.db_path(), config.synchronous, max_bytes)?;
         let (static_key, key_created) = load_or_create_static(&config.key_path())?;
         Ok(Self { config, static_key, key_created, store })
     }
