@@ -232,6 +232,8 @@ struct RoomState {
     inflight: usize,
     joining: usize,
     evicted: bool,
+    /// When the room's use was last recorded in storage.
+    touched: Option<Instant>,
 }
 
 struct Room {
@@ -274,6 +276,7 @@ impl Room {
             inflight: 0,
             joining: 0,
             evicted: false,
+            touched: None,
         };
         state.trim(keep);
         Self::new(name, state)
@@ -395,6 +398,9 @@ pub(crate) struct LocalRooms {
     stored: AtomicUsize,
 }
 
+/// Least time between two records of a room's use (see `LocalRooms::touch`).
+const TOUCH_EVERY: Duration = Duration::from_secs(60);
+
 /// Most idle rooms one expiry pass deletes; the next pass takes the rest.
 const EXPIRE_BATCH: usize = 256;
 
@@ -434,6 +440,22 @@ impl LocalRooms {
             max_rooms: limits.max_rooms,
             max_nicknames: limits.max_nicknames,
             stored: AtomicUsize::new(stored),
+        }
+    }
+
+    /// Records that `room` is in use, at most once per `TOUCH_EVERY`: expiry counts in days,
+    /// and a join or leave should not cost a write each.
+    fn touch(&self, room: &Room) {
+        let due = {
+            let mut st = room.lock();
+            let due = st.touched.is_none_or(|at| at.elapsed() >= TOUCH_EVERY);
+            if due {
+                st.touched = Some(Instant::now());
+            }
+            due
+        };
+        if due {
+            self.store.touch(room.name.as_str());
         }
     }
 
@@ -639,6 +661,8 @@ impl LocalRooms {
             inflight: 0,
             joining: 0,
             evicted: false,
+            // `create_room` recorded the creation as the room's first use.
+            touched: Some(Instant::now()),
         };
         let room = Room::new(name.clone(), state);
         let member = {
@@ -893,7 +917,7 @@ impl RoomService for LocalRooms {
             };
             match attempt {
                 Ok(member) => {
-                    self.store.touch(name.as_str());
+                    self.touch(&member.room);
                     return Ok(member);
                 }
                 Err(again) => join = again,
@@ -1004,7 +1028,7 @@ impl RoomService for LocalRooms {
 
     fn leave(&self, member: &LocalMember) {
         // Being in a room is using it: its idle time counts from its last member's leaving.
-        self.store.touch(member.room.name.as_str());
+        self.touch(&member.room);
         {
             let mut st = member.room.lock();
             if st.is_current(member) {
