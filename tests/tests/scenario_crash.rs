@@ -1,6 +1,8 @@
 //! Scenario 6, crash and restart: the relay is killed with SIGKILL while members are sending
 //! and restarted on the same data directory and port. Every message a sender saw acknowledged
 //! is delivered to every other member after the reconnect, none twice, in the order sent.
+//! Also: a message the relay's storage refuses is reported to its sender alone, and the
+//! sender's later messages are still acknowledged and delivered.
 //!
 //! A line-mode client exits 0 at end of input only once the relay has acknowledged every
 //! message it sent (docs/CLIENT.md), so a clean exit of both senders means every message was
@@ -93,5 +95,58 @@ fn kill_9_while_sending_loses_and_doubles_nothing_acknowledged() -> TestResult {
     }
     assert_eq!(carol.stdout.all().len(), 2 * PER_SENDER, "nothing else: {:?}", carol.stdout.all());
     drop(relay);
+    Ok(())
+}
+
+#[test]
+fn a_message_the_relay_fails_to_store_is_reported_and_the_next_one_still_acknowledged() -> TestResult {
+    let relay_dir = tempfile::tempdir()?;
+    // A real storage failure: a SQLite trigger refuses to store long envelopes. The relay
+    // holds its database exclusively, so the trigger goes in between two runs.
+    Relay::start(relay_dir.path())?.kill();
+    let db = rusqlite::Connection::open(relay_dir.path().join("relay.sqlite3"))?;
+    db.execute_batch(
+        "CREATE TRIGGER refuse_long BEFORE INSERT ON history WHEN length(NEW.envelope) > 1000 \
+         BEGIN SELECT RAISE(ABORT, 'injected storage failure'); END;",
+    )?;
+    drop(db);
+    let relay = Relay::start(relay_dir.path())?;
+    let invite = relay.invite("disk");
+    let homes: Vec<Home> = (0..2).map(|_| Home::new()).collect::<Result<_, _>>()?;
+    let mut alice = homes[0].member(&invite, "alice", PASSWORD, true, &[])?;
+    alice.stderr.expect("now live")?;
+    let mut bob = homes[1].member(&invite, "bob", PASSWORD, false, &[])?;
+    bob.stderr.expect("now live")?;
+
+    alice.line("before")?;
+    bob.stdout.expect("<alice> before")?;
+    alice.line(&"long ".repeat(300))?;
+    let failed = alice.stderr.expect("message not delivered")?;
+    assert!(failed.contains("could not store") && failed.contains("(Internal)"), "{failed}");
+    alice.line("after")?;
+    bob.stdout.expect("<alice> after")?;
+    // At end of input exactly the one refused line counts as failed: the relay acknowledged
+    // "after", matched to the right message.
+    alice.close_stdin();
+    let status = alice.wait()?;
+    assert_eq!(status.code(), Some(1), "one line failed: {:?}", alice.stderr.all());
+    assert!(
+        alice
+            .stderr
+            .all()
+            .iter()
+            .any(|l| l.contains("1 line(s) of input failed") && l.contains("everything else was delivered")),
+        "every other message acknowledged: {:?}",
+        alice.stderr.all()
+    );
+    assert!(
+        !alice.stderr.all().iter().any(|l| l.contains("warning")),
+        "no answer was matched to the wrong message: {:?}",
+        alice.stderr.all()
+    );
+    let from_alice = from(&bob, "alice");
+    assert_eq!(from_alice, ["<alice> before", "<alice> after"], "the failed message reached nobody");
+    bob.close_stdin();
+    assert!(bob.wait()?.success());
     Ok(())
 }

@@ -188,6 +188,9 @@ async fn receive(
                 RelayMessage::Error { code, detail } if tally.errors.len() < 5 => {
                     tally.errors.push(format!("relay error {code:?}: {detail}"));
                 }
+                RelayMessage::SendError { code, detail, .. } if tally.errors.len() < 5 => {
+                    tally.errors.push(format!("relay refused a send {code:?}: {detail}"));
+                }
                 RelayMessage::Goodbye { code, detail } => {
                     tally.errors.push(format!("relay goodbye {code:?}: {detail}"))
                 }

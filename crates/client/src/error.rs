@@ -38,6 +38,17 @@ pub enum FileError {
         /// What is wrong.
         why: String,
     },
+    /// A state file that cannot be used as it is: cut short or too large.
+    #[error(
+        "{path}: {why}. Move it aside (`mv {path} {path}.damaged`) to start afresh in this room; its \
+         member pins and counters are then forgotten, so compare fingerprints (/whois) again"
+    )]
+    Damaged {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        why: String,
+    },
     /// A secret file other users may read.
     #[error("{path} has mode {mode:03o}, so other users may read it; run `chmod 600 {path}`")]
     Permissions {
@@ -171,6 +182,8 @@ pub fn code_name(code: ErrorCode) -> String {
         ErrorCode::EnvelopeTooLarge => "EnvelopeTooLarge",
         ErrorCode::RateLimited => "RateLimited",
         ErrorCode::BadEnvelope => "BadEnvelope",
+        ErrorCode::NickBound => "NickBound",
+        ErrorCode::OwnerProtected => "OwnerProtected",
         ErrorCode::ServerFull => "ServerFull",
         ErrorCode::ShuttingDown => "ShuttingDown",
         ErrorCode::SlowConsumer => "SlowConsumer",
@@ -190,6 +203,10 @@ pub fn advice(code: ErrorCode) -> &'static str {
         ErrorCode::WrongPassword => "check the room password with the other members and try again",
         ErrorCode::NickTaken => {
             "that nickname belongs to another identity in this room; choose another with --nick"
+        }
+        ErrorCode::NickBound => {
+            "this identity already has another nickname in this room; join with that one via --nick, \
+             or use another --data-dir for another identity"
         }
         ErrorCode::Banned => "the room owner banned this identity; ask the owner to /unban you",
         ErrorCode::TooManyAttempts => "too many failed attempts; wait a few minutes before trying again",

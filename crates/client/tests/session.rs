@@ -265,7 +265,7 @@ async fn acks_match_in_order_and_a_reconnect_resends_the_same_bytes_once() -> Te
     // The second envelope was never acknowledged: after the reconnect it arrives again, byte
     // for byte, and nothing else is resent.
     let (mut conn, join) = relay.admit(&owner).await?;
-    assert_eq!(join.history_after, 0);
+    assert_eq!(join.history_after, 1, "the acknowledged seq moved the cursor");
     let resent = read_sends(&mut conn, 1).await?;
     assert_eq!(resent, vec![first[1].clone()]);
     conn.send(&[RelayMessage::Ack { counter: counter(&first[1])?, seq: 2 }]).await?;
@@ -323,18 +323,74 @@ async fn duplicates_are_dropped_replays_rejected_and_errors_matched_to_sends() -
     assert_eq!(pong, vec![ClientMessage::Pong { token: 77 }]);
 
     let id = client.handle.send(ContentKind::Text, "too fast").await?;
-    read_sends(&mut conn, 1).await?;
+    let sent = read_sends(&mut conn, 1).await?;
+    let counter = chatroom_client::crypto::EnvelopeHeader::parse(&sent[0])?.counter;
     conn.send(&[
         RelayMessage::Error { code: ErrorCode::NotOwner, detail: "only the owner may kick".into() },
-        RelayMessage::Error { code: ErrorCode::RateLimited, detail: "rate limit".into() },
+        RelayMessage::SendError { counter, code: ErrorCode::RateLimited, detail: "rate limit".into() },
     ])
     .await?;
+    let failed = next_matching(&mut client.events, |e| match e {
+        Event::SendFailed { id, code, .. } => Some((*id, *code)),
+        Event::CommandFailed { code, .. } => Some((u64::MAX, *code)),
+        _ => None,
+    })
+    .await?;
+    assert_eq!(failed, (u64::MAX, ErrorCode::NotOwner), "an Error answers a command, never a send");
     let failed = next_matching(&mut client.events, |e| match e {
         Event::SendFailed { id, code, .. } => Some((*id, *code)),
         _ => None,
     })
     .await?;
     assert_eq!(failed, (id, ErrorCode::RateLimited));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_send_the_relay_failed_to_store_is_reported_and_later_acks_still_match() -> TestResult {
+    let relay = FakeRelay::new().await?;
+    let owner = Identity::generate();
+    let cfg = config(&relay, RelayPin::default());
+    let (client, admitted) = tokio::join!(start(cfg), relay.admit(&owner));
+    let (mut client, (mut conn, _)) = (client?, admitted?);
+    let mut ids = Vec::new();
+    for text in ["one", "two", "three"] {
+        ids.push(client.handle.send(ContentKind::Text, text).await?);
+    }
+    let sent = read_sends(&mut conn, 3).await?;
+    let counter = |env: &[u8]| chatroom_client::crypto::EnvelopeHeader::parse(env).map(|h| h.counter);
+    conn.send(&[
+        RelayMessage::Ack { counter: counter(&sent[0])?, seq: 1 },
+        // An answer for a counter nothing in flight has is ignored and consumes nothing.
+        RelayMessage::Ack { counter: 7, seq: 2 },
+        RelayMessage::SendError {
+            counter: counter(&sent[1])?,
+            code: ErrorCode::Internal,
+            detail: "the relay could not store this; try again later".into(),
+        },
+        RelayMessage::Ack { counter: counter(&sent[2])?, seq: 3 },
+    ])
+    .await?;
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        match timeout(LIMIT, client.events.recv()).await?.ok_or("ended")? {
+            Event::Sent { id, seq } => seen.push(format!("sent {id} {seq}")),
+            Event::SendFailed { id, code, .. } => seen.push(format!("failed {id} {code:?}")),
+            Event::Warning(w) => seen.push(format!("warning {}", w.contains("counter 7"))),
+            _ => {}
+        }
+    }
+    let expected = [
+        format!("sent {} 1", ids[0]),
+        "warning true".to_owned(),
+        format!("failed {} Internal", ids[1]),
+        format!("sent {} 3", ids[2]),
+    ];
+    assert_eq!(seen, expected);
+    match timeout(LIMIT, client.handle.close(Duration::from_secs(5))).await? {
+        SessionEnd::Closed { unacknowledged: 0 } => {}
+        other => panic!("{other:?}"),
+    }
     Ok(())
 }
 

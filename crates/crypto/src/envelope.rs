@@ -121,6 +121,14 @@ pub struct EnvelopeHeader {
 }
 
 impl EnvelopeHeader {
+    /// The counter field (bytes 33..41) of anything at least that long, whatever else is
+    /// wrong with it: the relay names it when it refuses a `Send`, so the sender can tell
+    /// which of its envelopes the refusal answers.
+    pub fn peek_counter(envelope: &[u8]) -> Option<u64> {
+        let bytes = envelope.get(33..41)?;
+        Some(u64::from_be_bytes(bytes.try_into().ok()?))
+    }
+
     /// Checks an envelope's length and version and reads its header, without any crypto. The
     /// relay uses this to refuse envelopes that claim another sender before relaying them.
     pub fn parse(envelope: &[u8]) -> Result<Self, DecodeError> {
@@ -300,6 +308,33 @@ mod tests {
         assert!(open(&key, &room, &env).is_ok());
         content.body.push('x');
         assert!(seal(&key, &id, &room, 1, &content).is_err());
+    }
+
+    #[test]
+    fn padding_edges_follow_the_specification() {
+        let (_, _, _, mut content) = fixture();
+        // 12 fixed bytes + "alice" + 47 bytes of body fill one block exactly: no padding.
+        content.body = "b".repeat(47);
+        let exact = content.encode().unwrap();
+        assert_eq!(exact.len(), PAD_BLOCK);
+        assert_eq!(Content::decode(&exact).unwrap(), content);
+        content.body.push('b');
+        assert_eq!(content.encode().unwrap().len(), 2 * PAD_BLOCK, "one byte more: a second block");
+        // Receivers accept extra zero padding, and refuse a non-zero byte in it.
+        let mut extra = exact.to_vec();
+        extra.extend_from_slice(&[0; PAD_BLOCK + 3]);
+        assert!(Content::decode(&extra).is_ok());
+        *extra.last_mut().unwrap() = 1;
+        assert_eq!(Content::decode(&extra), Err(DecodeError::BadPadding));
+    }
+
+    #[test]
+    fn the_counter_is_read_from_anything_that_reaches_it() {
+        let (key, id, room, content) = fixture();
+        let env = seal(&key, &id, &room, 0x0102_0304_0506_0708, &content).unwrap();
+        assert_eq!(EnvelopeHeader::peek_counter(&env), Some(0x0102_0304_0506_0708));
+        assert_eq!(EnvelopeHeader::peek_counter(&env[..41]), Some(0x0102_0304_0506_0708));
+        assert_eq!(EnvelopeHeader::peek_counter(&env[..40]), None);
     }
 
     #[test]

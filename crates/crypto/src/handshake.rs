@@ -149,14 +149,14 @@ fn into_transport(state: HandshakeState) -> Result<Transport, NoiseError> {
     })
 }
 
-/// A complete handshake with fixed ephemeral keys, for the protocol's test vectors: returns
-/// messages 1, 2 and 3 and the handshake hash.
-pub(crate) fn vector_transcript(
+/// A complete handshake with fixed ephemeral keys, for the protocol's test vectors: both
+/// states after message 3, and messages 1, 2 and 3.
+fn fixed_handshake(
     initiator: &StaticKeypair,
     initiator_ephemeral: &[u8; 32],
     responder: &StaticKeypair,
     responder_ephemeral: &[u8; 32],
-) -> Result<[Vec<u8>; 4], NoiseError> {
+) -> Result<(HandshakeState, HandshakeState, [Vec<u8>; 3]), NoiseError> {
     let mut i = build_with_ephemeral(initiator, true, Some(initiator_ephemeral))?;
     let mut r = build_with_ephemeral(responder, false, Some(responder_ephemeral))?;
     let m1 = write(&mut i, HANDSHAKE1_LEN)?;
@@ -168,7 +168,30 @@ pub(crate) fn vector_transcript(
     if i.get_handshake_hash() != r.get_handshake_hash() {
         return Err(NoiseError::Handshake);
     }
+    Ok((i, r, [m1, m2, m3]))
+}
+
+/// The fixed-key handshake's messages 1, 2 and 3 and its handshake hash.
+pub(crate) fn vector_transcript(
+    initiator: &StaticKeypair,
+    initiator_ephemeral: &[u8; 32],
+    responder: &StaticKeypair,
+    responder_ephemeral: &[u8; 32],
+) -> Result<[Vec<u8>; 4], NoiseError> {
+    let (i, _, [m1, m2, m3]) =
+        fixed_handshake(initiator, initiator_ephemeral, responder, responder_ephemeral)?;
     Ok([m1, m2, m3, i.get_handshake_hash().to_vec()])
+}
+
+/// The fixed-key handshake's two ends in transport mode: (initiator, responder).
+pub(crate) fn vector_transports(
+    initiator: &StaticKeypair,
+    initiator_ephemeral: &[u8; 32],
+    responder: &StaticKeypair,
+    responder_ephemeral: &[u8; 32],
+) -> Result<(Transport, Transport), NoiseError> {
+    let (i, r, _) = fixed_handshake(initiator, initiator_ephemeral, responder, responder_ephemeral)?;
+    Ok((into_transport(i)?, into_transport(r)?))
 }
 
 /// The client side, before anything is sent.

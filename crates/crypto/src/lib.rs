@@ -101,6 +101,17 @@ pub mod internal {
         crate::handshake::vector_transcript(initiator, initiator_ephemeral, responder, responder_ephemeral)
     }
 
+    /// The fixed-key handshake of `noise_transcript`, both ends in transport mode:
+    /// (client, relay).
+    pub fn noise_transports(
+        initiator: &StaticKeypair,
+        initiator_ephemeral: &[u8; 32],
+        responder: &StaticKeypair,
+        responder_ephemeral: &[u8; 32],
+    ) -> Result<(crate::Transport, crate::Transport), NoiseError> {
+        crate::handshake::vector_transports(initiator, initiator_ephemeral, responder, responder_ephemeral)
+    }
+
     /// Bytes a `FrameDecoder` holds and its buffer capacity: the fuzz targets check both stay
     /// within one header plus one maximal frame.
     pub fn frame_decoder_buffered(decoder: &crate::FrameDecoder) -> (usize, usize) {

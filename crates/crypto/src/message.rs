@@ -161,6 +161,17 @@ pub enum RelayMessage {
         /// Human-readable detail.
         detail: String,
     },
+    /// 0x8b: the envelope with this counter was not stored; the answer to a `Send` that is
+    /// not an `Ack`. Naming the counter keeps the client's matching of answers to its sends
+    /// intact whatever the reason.
+    SendError {
+        /// The counter of the envelope it answers (bytes 33..41 of the `Send` body).
+        counter: u64,
+        /// Why (see `ErrorCode`).
+        code: ErrorCode,
+        /// Human-readable detail.
+        detail: String,
+    },
 }
 
 macro_rules! error_codes {
@@ -227,6 +238,10 @@ error_codes! {
     RateLimited = 21,
     /// The envelope's header names another sender, or its counter did not increase.
     BadEnvelope = 22,
+    /// This identity already uses another nickname in this room.
+    NickBound = 23,
+    /// The room owner cannot be banned.
+    OwnerProtected = 24,
     /// The relay has too many connections.
     ServerFull = 30,
     /// The relay is shutting down.
@@ -261,6 +276,7 @@ const T_ERROR: u8 = 0x87;
 const T_RPING: u8 = 0x88;
 const T_RPONG: u8 = 0x89;
 const T_GOODBYE: u8 = 0x8a;
+const T_SEND_ERROR: u8 = 0x8b;
 
 /// Writes one item, filling in the length after the body is written.
 fn item(out: &mut Vec<u8>, ty: u8, body: impl FnOnce(&mut Vec<u8>)) {
@@ -449,6 +465,11 @@ impl RelayMessage {
                 put_u16(o, code.to_u16());
                 put_bytes16(o, detail(d).as_bytes());
             }),
+            RelayMessage::SendError { counter, code, detail: d } => item(out, T_SEND_ERROR, |o| {
+                put_u64(o, *counter);
+                put_u16(o, code.to_u16());
+                put_bytes16(o, detail(d).as_bytes());
+            }),
         }
     }
 
@@ -523,6 +544,11 @@ impl RelayMessage {
             T_GOODBYE => RelayMessage::Goodbye {
                 code: ErrorCode::from_u16(r.u16()?),
                 detail: r.str16("goodbye detail", MAX_DETAIL_LEN)?.to_owned(),
+            },
+            T_SEND_ERROR => RelayMessage::SendError {
+                counter: r.u64()?,
+                code: ErrorCode::from_u16(r.u16()?),
+                detail: r.str16("send error detail", MAX_DETAIL_LEN)?.to_owned(),
             },
             other => return Err(DecodeError::UnknownMessageType(other)),
         };
@@ -617,6 +643,8 @@ mod tests {
             any::<u64>().prop_map(|token| RelayMessage::Ping { token }),
             any::<u64>().prop_map(|token| RelayMessage::Pong { token }),
             (arb_code(), "\\PC{0,100}").prop_map(|(code, detail)| RelayMessage::Goodbye { code, detail }),
+            (any::<u64>(), arb_code(), "\\PC{0,100}")
+                .prop_map(|(counter, code, detail)| RelayMessage::SendError { counter, code, detail }),
         ]
     }
 

@@ -100,7 +100,153 @@ fn computed() -> Result<Vec<(&'static str, String)>, Box<dyn Error>> {
     let mut deliver = Vec::new();
     encode_deliver(7, true, &envelope, &mut deliver);
     v.push(("item.deliver_header", hex::encode(&deliver[..12])));
+    let bob = Identity::from_seed(&[0x22; 32]);
+    v.push(("identity.bob", bob.public().fingerprint()));
+    v.extend(relay_items(&alice, &bob)?);
+    v.extend(client_items(&envelope)?);
+    v.extend(envelopes(&keys.message_key, &alice, &room)?);
+    v.extend(transport(&item, &alice)?);
     Ok(v)
+}
+
+fn hex_item(message: &RelayMessage) -> String {
+    let mut out = Vec::new();
+    message.encode(&mut out);
+    hex::encode(out)
+}
+
+fn hex_client(message: &ClientMessage) -> String {
+    let mut out = Vec::new();
+    message.encode(&mut out);
+    hex::encode(out)
+}
+
+/// The relay's first transport plaintext to the creator of "general": `Joined`, `Members`,
+/// `HistoryEnd`.
+fn first_relay_plaintext(alice: &Identity) -> Result<Vec<u8>, Box<dyn Error>> {
+    let mut out = Vec::new();
+    RelayMessage::Joined { created: true, owner: alice.public(), latest_seq: 0, oldest_seq: 0 }
+        .encode(&mut out);
+    let members = vec![Member { nick: Nick::new("alice")?, identity: alice.public() }];
+    RelayMessage::Members { more: false, members }.encode(&mut out);
+    RelayMessage::HistoryEnd { latest_seq: 0 }.encode(&mut out);
+    Ok(out)
+}
+
+fn relay_items(alice: &Identity, bob: &Identity) -> Result<Vec<(&'static str, String)>, Box<dyn Error>> {
+    let members = vec![
+        Member { nick: Nick::new("alice")?, identity: alice.public() },
+        Member { nick: Nick::new("Bob")?, identity: bob.public() },
+    ];
+    Ok(vec![
+        (
+            "item.joined",
+            hex_item(&RelayMessage::Joined {
+                created: false,
+                owner: alice.public(),
+                latest_seq: 9,
+                oldest_seq: 4,
+            }),
+        ),
+        ("item.members_more", hex_item(&RelayMessage::Members { more: true, members })),
+        ("item.members_last", hex_item(&RelayMessage::Members { more: false, members: Vec::new() })),
+        (
+            "item.presence",
+            hex_item(&RelayMessage::Presence {
+                event: PresenceEvent::Joined,
+                nick: Nick::new("Bob")?,
+                identity: bob.public(),
+            }),
+        ),
+        ("item.history_end", hex_item(&RelayMessage::HistoryEnd { latest_seq: 9 })),
+        (
+            "item.error",
+            hex_item(&RelayMessage::Error {
+                code: ErrorCode::NotOwner,
+                detail: "only the room owner may kick, ban or unban".into(),
+            }),
+        ),
+        (
+            "item.send_error",
+            hex_item(&RelayMessage::SendError {
+                counter: 1_700_000_000_000_000,
+                code: ErrorCode::Internal,
+                detail: "try again later".into(),
+            }),
+        ),
+        ("item.relay_ping", hex_item(&RelayMessage::Ping { token: 1 })),
+        ("item.relay_pong", hex_item(&RelayMessage::Pong { token: 2 })),
+    ])
+}
+
+fn client_items(envelope: &[u8]) -> Result<Vec<(&'static str, String)>, Box<dyn Error>> {
+    let send = hex_client(&ClientMessage::Send { envelope: envelope.to_vec() });
+    let bob = Nick::new("Bob")?;
+    Ok(vec![
+        ("item.send_header", send[..6].to_owned()),
+        ("item.who", hex_client(&ClientMessage::Who)),
+        ("item.kick", hex_client(&ClientMessage::Kick { nick: bob.clone() })),
+        ("item.ban", hex_client(&ClientMessage::Ban { nick: bob.clone() })),
+        ("item.unban", hex_client(&ClientMessage::Unban { nick: bob })),
+        ("item.client_ping", hex_client(&ClientMessage::Ping { token: 3 })),
+        ("item.client_pong", hex_client(&ClientMessage::Pong { token: 1 })),
+    ])
+}
+
+/// An action (`/me`) envelope, and content whose encoding is exactly one padding block.
+fn envelopes(
+    key: &MessageKey,
+    alice: &Identity,
+    room: &RoomName,
+) -> Result<Vec<(&'static str, String)>, Box<dyn Error>> {
+    use chatroom_crypto::internal::encode_content;
+    let action = Content {
+        timestamp_ms: 1_700_000_000_001,
+        kind: ContentKind::Action,
+        nick: Nick::new("alice")?,
+        body: "waves".into(),
+    };
+    let nonce: [u8; 24] = std::array::from_fn(|i| 0x20 + i as u8);
+    let sealed = seal_with_nonce(key, alice, room, 1_700_000_000_001_000, &action, &nonce)?;
+    assert_eq!(open(key, room, &sealed)?.content, action);
+    let exact = Content {
+        timestamp_ms: 1_700_000_000_002,
+        kind: ContentKind::Text,
+        nick: Nick::new("alice")?,
+        body: "exactly forty-seven bytes fill the first block.".into(),
+    };
+    let exact_bytes = encode_content(&exact)?;
+    assert_eq!(exact_bytes.len(), 64, "12 fixed bytes + 5 + 47: no padding");
+    let longer = Content { body: format!("{}!", exact.body), ..exact.clone() };
+    let longer_bytes = encode_content(&longer)?;
+    assert_eq!(longer_bytes.len(), 128, "one byte more: a second block");
+    Ok(vec![
+        ("envelope.action_content", hex::encode(encode_content(&action)?.as_slice())),
+        ("envelope.action_bytes", hex::encode(&sealed)),
+        ("envelope.content_one_block", hex::encode(exact_bytes.as_slice())),
+        ("envelope.content_two_blocks", hex::encode(longer_bytes.as_slice())),
+    ])
+}
+
+/// The first transport frame in each direction after the handshake of 17.1: the client's
+/// holds `join.item`, the relay's `Joined`, `Members` and `HistoryEnd`.
+fn transport(join_item: &[u8], alice: &Identity) -> Result<Vec<(&'static str, String)>, Box<dyn Error>> {
+    let relay = StaticKeypair::from_private(&[0x42; 32]);
+    let client = StaticKeypair::from_private(&[0x01; 32]);
+    let (mut c, mut r) =
+        chatroom_crypto::internal::noise_transports(&client, &[0x02; 32], &relay, &[0x03; 32])?;
+    let mut up = Vec::new();
+    c.seal_frame(join_item, &mut up)?;
+    let relay_plaintext = first_relay_plaintext(alice)?;
+    let mut down = Vec::new();
+    r.seal_frame(&relay_plaintext, &mut down)?;
+    assert_eq!(r.open(&up[2..])?, join_item);
+    assert_eq!(c.open(&down[2..])?, relay_plaintext);
+    Ok(vec![
+        ("transport.relay_plaintext", hex::encode(&relay_plaintext)),
+        ("transport.client_frame", hex::encode(&up)),
+        ("transport.relay_frame", hex::encode(&down)),
+    ])
 }
 
 #[test]

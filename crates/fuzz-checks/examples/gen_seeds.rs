@@ -100,6 +100,11 @@ fn main() -> Result<()> {
             code: ErrorCode::RateLimited,
             detail: "rate limit 5/s with burst 20 exceeded; message not delivered".into(),
         },
+        RelayMessage::SendError {
+            counter: 1_700_000_000_000_001,
+            code: ErrorCode::Internal,
+            detail: "the relay could not store this; try again later".into(),
+        },
         RelayMessage::Ping { token: 9 },
         RelayMessage::Pong { token: 9 },
         RelayMessage::Goodbye { code: ErrorCode::Kicked, detail: "kicked by the owner".into() },

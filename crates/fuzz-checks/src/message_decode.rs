@@ -100,6 +100,9 @@ fn round_trip_relay(msgs: &[RelayMessage]) {
             RelayMessage::Goodbye { code, detail } => {
                 RelayMessage::Goodbye { code: *code, detail: cut(detail) }
             }
+            RelayMessage::SendError { counter, code, detail } => {
+                RelayMessage::SendError { counter: *counter, code: *code, detail: cut(detail) }
+            }
             other => other.clone(),
         })
         .collect();
@@ -171,7 +174,7 @@ fn arb_client(u: &mut Unstructured<'_>) -> Result<ClientMessage> {
 }
 
 fn arb_relay(u: &mut Unstructured<'_>) -> Result<RelayMessage> {
-    Ok(match u.int_in_range(0..=9)? {
+    Ok(match u.int_in_range(0..=10)? {
         0 => RelayMessage::Joined {
             created: u.arbitrary()?,
             owner: PublicIdentity(u.arbitrary()?),
@@ -210,6 +213,11 @@ fn arb_relay(u: &mut Unstructured<'_>) -> Result<RelayMessage> {
         6 => RelayMessage::Error { code: ErrorCode::from_u16(u.arbitrary()?), detail: u.arbitrary()? },
         7 => RelayMessage::Ping { token: u.arbitrary()? },
         8 => RelayMessage::Pong { token: u.arbitrary()? },
+        9 => RelayMessage::SendError {
+            counter: u.arbitrary()?,
+            code: ErrorCode::from_u16(u.arbitrary()?),
+            detail: u.arbitrary()?,
+        },
         _ => RelayMessage::Goodbye { code: ErrorCode::from_u16(u.arbitrary()?), detail: u.arbitrary()? },
     })
 }

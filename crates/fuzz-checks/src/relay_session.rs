@@ -443,7 +443,7 @@ async fn session(addr: SocketAddr, data: &[u8]) -> Tally {
                     tally.presence += 1;
                     assert!(members[room].contains(identity), "{} saw presence from another room", NAMES[i]);
                 }
-                RelayMessage::Error { .. } => tally.errors += 1,
+                RelayMessage::Error { .. } | RelayMessage::SendError { .. } => tally.errors += 1,
                 _ => {}
             }
         }

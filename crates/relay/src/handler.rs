@@ -37,8 +37,8 @@ use crate::shutdown::Shutdown;
 
 /// The smallest transport frame: an AEAD tag around at least one item header.
 const MIN_TRANSPORT_FRAME: usize = 16 + chatroom_crypto::ITEM_HEADER_LEN;
-/// Wire type of `Send`: a malformed `Send` is answered with an error, not a goodbye, so the
-/// client's first-in-first-out matching of answers to sends stays intact.
+/// Wire type of `Send`: a malformed `Send` long enough to hold a counter is answered with a
+/// `SendError` naming that counter, not a goodbye.
 const SEND_ITEM: u8 = 0x02;
 /// How long the writer gets to flush a closing connection.
 const WRITER_GRACE: Duration = Duration::from_secs(2);
@@ -96,6 +96,21 @@ async fn answer_all(pending: &mut VecDeque<Answer>, outbox: &Outbox) -> bool {
         }
     }
     true
+}
+
+/// The answer to a `Send` that was not stored.
+fn send_error(counter: u64, code: ErrorCode, detail: String) -> Bytes {
+    encode(&RelayMessage::SendError { counter, code, detail })
+}
+
+/// A frame whose length is outside the transport range: the Noise session exists, so the
+/// member is told why before the connection closes.
+fn bad_frame(outbox: &Outbox, e: FrameError) -> Ended {
+    if let FrameError::BadLength { len, min, max } = e {
+        let detail = format!("a transport frame of {len} bytes; they are {min} to {max} bytes");
+        outbox.finish_with(ErrorCode::Malformed, &detail);
+    }
+    Ended::Frame(e)
 }
 
 /// State shared by every connection.
@@ -265,7 +280,7 @@ impl<H: RoomService> Handler<H> {
             writer.abort();
         }
         let linger = match result {
-            Err(Ended::PeerClosed | Ended::Frame(_)) => None,
+            Err(Ended::PeerClosed | Ended::Frame(FrameError::Truncated | FrameError::Io(_))) => None,
             // Shutting down: everyone is told at once; do not hold the exit up for long.
             Err(Ended::Shutdown) => Some(LINGER / 4),
             _ => Some(LINGER),
@@ -349,6 +364,7 @@ impl<H: RoomService> Handler<H> {
                 outbox.finish_with(ErrorCode::ShuttingDown, "the relay is shutting down; reconnect later");
                 return Err(Ended::Shutdown);
             }
+            Err(Ended::Frame(e)) => return Err(bad_frame(outbox, e)),
             Err(e) => return Err(e),
         };
         let ip = address_key(self.peer.ip());
@@ -561,7 +577,7 @@ impl<H: RoomService> Handler<H> {
                             answer_all(&mut session.pending, outbox).await;
                             return Err(Ended::PeerClosed);
                         }
-                        Err(e) => return Err(e.into()),
+                        Err(e) => return Err(bad_frame(outbox, e)),
                     };
                     let plaintext = receiver.open(&frame)?;
                     // Boxed like the join: an idle member's task does not carry the state of
@@ -604,6 +620,14 @@ impl<H: RoomService> Handler<H> {
                     return Flow::Stop;
                 }
             };
+            // Every answer to a `Send` names its counter; a body too short to hold one cannot
+            // be answered that way.
+            let counter = EnvelopeHeader::peek_counter(body);
+            if ty == SEND_ITEM && counter.is_none() {
+                let detail = format!("a Send of {} bytes is shorter than an envelope header", body.len());
+                outbox.finish_with(ErrorCode::Malformed, &detail);
+                return Flow::Stop;
+            }
             let message = match ClientMessage::decode(ty, body) {
                 Ok(message) => message,
                 Err(e) if ty == SEND_ITEM => {
@@ -612,8 +636,9 @@ impl<H: RoomService> Handler<H> {
                     } else {
                         ErrorCode::Malformed
                     };
-                    let error = RelayMessage::Error { code, detail: format!("envelope refused: {e}") };
-                    pending.push_back(Box::pin(std::future::ready(encode(&error))));
+                    let error =
+                        send_error(counter.unwrap_or_default(), code, format!("envelope refused: {e}"));
+                    pending.push_back(Box::pin(std::future::ready(error)));
                     if !self.make_room(pending, outbox).await {
                         return Flow::Stop;
                     }
@@ -701,7 +726,7 @@ impl<H: RoomService> Handler<H> {
         }
     }
 
-    /// Checks and submits one envelope; the answer is exactly one `Ack` or `Error`, an `Ack`
+    /// Checks and submits one envelope, answered by one `Ack` or `SendError` naming its counter,
     /// only once the envelope is durable.
     fn send(
         &self,
@@ -745,7 +770,9 @@ impl<H: RoomService> Handler<H> {
         envelope: Vec<u8>,
     ) -> Result<Answer, RelayMessage> {
         let config = &self.shared.config;
-        let error = |code, detail: String| Err(RelayMessage::Error { code, detail });
+        // A decoded `Send` holds a whole envelope header, so there is a counter to name.
+        let counter = EnvelopeHeader::peek_counter(&envelope).unwrap_or_default();
+        let error = |code, detail: String| Err(RelayMessage::SendError { counter, code, detail });
         let header = match EnvelopeHeader::parse(&envelope) {
             Ok(header) => header,
             Err(e @ DecodeError::TooLong { .. }) => {
@@ -779,7 +806,9 @@ impl<H: RoomService> Handler<H> {
         Ok(Box::pin(async move {
             let answer = match publish.await {
                 Ok(seq) => RelayMessage::Ack { counter, seq },
-                Err(refusal) => RelayMessage::Error { code: refusal.code, detail: refusal.detail },
+                Err(refusal) => {
+                    RelayMessage::SendError { counter, code: refusal.code, detail: refusal.detail }
+                }
             };
             encode(&answer)
         }))

@@ -581,11 +581,11 @@ impl LocalRooms {
         let identity = *verified.identity();
         let nick = verified.nick().clone();
         let entry = Connected { connection, nick: nick.clone(), outbox: outbox.clone() };
-        match st.members.insert(identity, entry) {
-            Some(old) => {
-                old.outbox.close(ErrorCode::AlreadyConnected, "replaced by a new connection");
-            }
-            None => st.presence(PresenceEvent::Joined, &nick, identity, Some(&identity)),
+        // A replacement is announced too: the others' lists then carry the nickname as this
+        // connection spells it.
+        st.presence(PresenceEvent::Joined, &nick, identity, Some(&identity));
+        if let Some(old) = st.members.insert(identity, entry) {
+            old.outbox.close(ErrorCode::AlreadyConnected, "replaced by a new connection");
         }
         let mut first = vec![encode(&RelayMessage::Joined {
             created,
@@ -751,7 +751,20 @@ impl LocalRooms {
                     ))
                 }
                 Some(_) => false,
-                None => true,
+                None => {
+                    // One nickname per identity per room: clients pin an identity to the first
+                    // nickname they see it with.
+                    if let Some((bound, _)) = st.nicks.iter().find(|(_, id)| **id == identity) {
+                        return Err(Refusal::new(
+                            ErrorCode::NickBound,
+                            format!(
+                                "this identity is known in this room as {bound}; join with that nickname, \
+                                 or use another identity for another nickname"
+                            ),
+                        ));
+                    }
+                    true
+                }
             };
             self.admit_member(&st, &identity, !bind, policy.crowded)?;
             if bind && st.nicks.len() >= self.max_nicknames {
@@ -980,7 +993,10 @@ impl RoomService for LocalRooms {
                     st.owner_only(member)?;
                     let target = st.bound(&nick)?;
                     if target == st.owner {
-                        return Err(Refusal::new(ErrorCode::NotOwner, "the room owner cannot be banned"));
+                        return Err(Refusal::new(
+                            ErrorCode::OwnerProtected,
+                            "the room owner cannot be banned",
+                        ));
                     }
                     st.bans.insert(target);
                     target

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use chatroom_relay::{fingerprint, key_path, Config, Relay, Synchronous};
+use chatroom_relay::{check_key_not_lost, fingerprint, key_path, Config, Relay, Synchronous};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
@@ -356,6 +356,16 @@ fn print_fingerprint(data_dir: Option<PathBuf>) -> Result<(), String> {
         Some(dir) => dir,
         None => default_data_dir()?,
     };
+    // A typo in --data-dir must not quietly create a new key somewhere else.
+    if !data_dir.is_dir() {
+        return Err(format!(
+            "{} is not a directory, so there is no relay key to print. Check --data-dir; to create a \
+             new relay there, run mkdir -p {} first",
+            data_dir.display(),
+            data_dir.display()
+        ));
+    }
+    check_key_not_lost(&Config::new(&data_dir)).map_err(|e| e.to_string())?;
     let (key, _) = chatroom_crypto::load_or_create_static(&key_path(&data_dir)).map_err(|e| e.to_string())?;
     println!("{}", fingerprint(key.public()));
     Ok(())

@@ -36,6 +36,29 @@ pub enum RelayError {
     /// The database could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The database exists but the key it was used with does not.
+    #[error(
+        "the database {db} exists but the relay key {key} does not. A new key would change the \
+         fingerprint and break every room in it (members would be told \"wrong room password\"). \
+         Restore {key} from your backup; or, to start over with a new key and no rooms, move the \
+         database aside: mv {db} {db}.old"
+    )]
+    KeyLost {
+        /// The missing key file.
+        key: String,
+        /// The database.
+        db: String,
+    },
+}
+
+/// Refuses to create a relay key beside an existing database, which holds rooms bound to the
+/// key that was lost.
+pub fn check_key_not_lost(config: &Config) -> Result<(), RelayError> {
+    let (key, db) = (config.key_path(), config.db_path());
+    if db.exists() && !key.exists() {
+        return Err(RelayError::KeyLost { key: key.display().to_string(), db: db.display().to_string() });
+    }
+    Ok(())
 }
 
 /// An opened relay: its static key loaded (or created) and its database open.
@@ -49,11 +72,13 @@ pub struct Relay {
 
 impl Relay {
     /// Loads or creates the static key (mode 0600) and opens the database in
-    /// `config.data_dir`.
+    /// `config.data_dir`. A database without its key is refused (`KeyLost`); the key is made
+    /// before the database, so no crash can leave a database without a key.
     pub fn open(config: Config) -> Result<Self, RelayError> {
+        check_key_not_lost(&config)?;
+        let (static_key, key_created) = load_or_create_static(&config.key_path())?;
         let max_bytes = u64::try_from(config.max_stored_bytes).unwrap_or(u64::MAX);
         let store = Store::open_with_quota(&config.db_path(), config.synchronous, max_bytes)?;
-        let (static_key, key_created) = load_or_create_static(&config.key_path())?;
         Ok(Self { config, static_key, key_created, store })
     }
 

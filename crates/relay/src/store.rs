@@ -573,14 +573,17 @@ fn run_batch(conn: &mut Connection, batch: Vec<Op>, budget: &mut Budget) {
                 match op {
                     Op::Load { room, reply } => {
                         // A load must see the group's earlier appends.
-                        bookkeeping = bookkeeping.and_then(|()| appends.write(&tx));
-                        completions.push(Completion::Load(reply, load(&tx, &room)));
+                        bookkeeping =
+                            bookkeeping.and_then(|()| in_transaction(&tx)).and_then(|()| appends.write(&tx));
+                        let loaded = in_transaction(&tx).and_then(|()| load(&tx, &room));
+                        completions.push(Completion::Load(reply, loaded));
                     }
                     Op::Idle { before, limit, reply } => {
                         completions.push(Completion::Idle(reply, idle_rooms(&tx, before, limit)));
                     }
                     Op::Write { write, done } => {
-                        completions.push(Completion::Write(done, apply(&tx, write, &mut appends)))
+                        let applied = in_transaction(&tx).and_then(|()| apply(&tx, write, &mut appends));
+                        completions.push(Completion::Write(done, applied))
                     }
                     Op::Flush { reply } => completions.push(Completion::Flush(reply)),
                     Op::Stop => {}
@@ -589,7 +592,9 @@ fn run_batch(conn: &mut Connection, batch: Vec<Op>, budget: &mut Budget) {
             // On error the transaction rolls back when dropped: nothing of the group is kept.
             let mut left = budget.stored;
             let committed = bookkeeping
+                .and_then(|()| in_transaction(&tx))
                 .and_then(|()| appends.write(&tx))
+                .and_then(|()| in_transaction(&tx))
                 .and_then(|()| budget.enforce(&tx, &appends))
                 .and_then(|total| {
                     left = total;
@@ -606,6 +611,19 @@ fn run_batch(conn: &mut Connection, batch: Vec<Op>, budget: &mut Budget) {
     }
     // A commit group's deliveries reach each member's writer together.
     crate::outbox::batched(|| complete(committed, completions));
+}
+
+/// Whether the group's transaction is still open. SQLite rolls a transaction back by itself
+/// after some errors (a full disk, an I/O error): a statement run after that would commit on
+/// its own, stored although the group is reported failed, so nothing more is run.
+fn in_transaction(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+    if tx.is_autocommit() {
+        return Err(StoreError::Sqlite {
+            context: "storing",
+            message: "the transaction was rolled back by an earlier error".into(),
+        });
+    }
+    Ok(())
 }
 
 /// What a commit group's appends change besides the history rows: each room's latest seq, each
@@ -959,6 +977,42 @@ mod tests {
         assert_eq!(r.history.iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 4, 5]);
         let s = load(&tx, "s").unwrap().unwrap();
         assert_eq!((s.latest_seq, s.counters, s.history.len()), (1, vec![([7; 32], 1)], 1));
+    }
+
+    /// SQLite rolls the whole transaction back after some errors (here a trigger's
+    /// `RAISE(ROLLBACK)`, as a full disk can): nothing after it in the group runs, so nothing
+    /// is stored on its own while the group is reported failed.
+    #[test]
+    fn nothing_of_a_group_is_stored_after_sqlite_rolled_its_transaction_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = open_connection(&dir.path().join("db"), Synchronous::Normal).unwrap();
+        conn.execute_batch(
+            "INSERT INTO rooms (name, verifier, owner, created) VALUES ('r', x'00', x'00', 0); \
+             CREATE TRIGGER fail BEFORE INSERT ON history WHEN NEW.seq = 2 \
+             BEGIN SELECT RAISE(ROLLBACK, 'disk full'); END;",
+        )
+        .unwrap();
+        let mut batch = Vec::new();
+        let mut results = Vec::new();
+        for seq in 1..=3 {
+            let (tx, rx) = oneshot::channel();
+            let record =
+                StoredEnvelope { seq, sender: [7; 32], counter: seq, envelope: Bytes::from_static(b"e") };
+            let done: AppendDone = Box::new(move |r| {
+                let _ = tx.send(r);
+            });
+            batch.push(Op::Write {
+                write: Write::Append { room: "r".into(), record, keep: 10, drop_before: 0 },
+                done: Done::Callback(done),
+            });
+            results.push(rx);
+        }
+        run_batch(&mut conn, batch, &mut Budget { stored: 0, max: i64::MAX, warned: None });
+        let outcomes: Vec<bool> = results.into_iter().map(|mut rx| rx.try_recv().unwrap().is_ok()).collect();
+        assert_eq!(outcomes, [false, false, false], "the whole group failed");
+        let stored: i64 = conn.query_row("SELECT count(*) FROM history", [], |r| r.get(0)).unwrap();
+        let senders: i64 = conn.query_row("SELECT count(*) FROM senders", [], |r| r.get(0)).unwrap();
+        assert_eq!((stored, senders), (0, 0), "and none of it was stored");
     }
 
     #[test]

@@ -145,19 +145,68 @@ async fn bad_messages_after_the_handshake_are_refused() -> TestResult {
         ClientMessage::Send { envelope: vec![9; 200] },
     ])
     .await?;
-    assert_eq!(m.error().await?.0, ErrorCode::EnvelopeTooLarge);
-    assert_eq!(m.error().await?.0, ErrorCode::Malformed, "unknown envelope version");
-    let (_, envelope) = mallory.seal(&pair.room, &"y".repeat(1500));
-    let (code, detail) = match m.publish(envelope).await? {
-        RelayMessage::Error { code, detail } => (code, detail),
+    let ones = u64::from_be_bytes([1; 8]);
+    assert_eq!(
+        m.send_error().await?,
+        (
+            ones,
+            ErrorCode::EnvelopeTooLarge,
+            format!(
+                "envelope refused: envelope is {} bytes, more than the maximum of {MAX_ENVELOPE_LEN}",
+                MAX_ENVELOPE_LEN + 1
+            )
+        )
+    );
+    let (counter, code, _) = m.send_error().await?;
+    assert_eq!(
+        (counter, code),
+        (u64::from_be_bytes([9; 8]), ErrorCode::Malformed),
+        "unknown envelope version"
+    );
+    let (sealed_counter, envelope) = mallory.seal(&pair.room, &"y".repeat(1500));
+    let (counter, code, detail) = match m.publish(envelope).await? {
+        RelayMessage::SendError { counter, code, detail } => (counter, code, detail),
         other => panic!("expected EnvelopeTooLarge, got {other:?}"),
     };
-    assert_eq!(code, ErrorCode::EnvelopeTooLarge);
+    assert_eq!((counter, code), (sealed_counter, ErrorCode::EnvelopeTooLarge));
     assert!(detail.contains("limit of 1000 bytes"), "{detail}");
     let (_, envelope) = mallory.seal(&pair.room, "short");
     m.publish_ok(envelope).await?;
     pair.seq += 1;
     assert_eq!(pair.b.delivery().await?.0, pair.seq);
+    pair.check().await
+}
+
+#[tokio::test]
+async fn frames_too_short_for_a_transport_message_and_sends_without_a_counter_get_a_goodbye() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let relay = TestRelay::start(dir.path(), |_| {}).await?;
+    let mut pair = Pair::new(&relay).await?;
+    // Before the join: a frame too short to hold a tag and an item header, and an empty one.
+    for short in [frame(&[7; 18]), vec![0, 0]] {
+        let mut conn = Conn::connect(relay.addr).await?;
+        conn.send_raw(&short).await?;
+        let (code, detail) = conn.goodbye().await?;
+        assert_eq!(code, ErrorCode::Malformed, "{detail}");
+        assert!(detail.contains("transport frame"), "{detail}");
+    }
+    // After the join.
+    let (mut eve, _) = member(&relay, &Person::new("eve"), &pair.room, false).await?;
+    eve.send_raw(&frame(&[7; 10])).await?;
+    assert_eq!(eve.goodbye().await?.0, ErrorCode::Malformed);
+    // A Send too short to hold a counter cannot be answered by counter: the connection closes.
+    let (mut eve, _) = member(&relay, &Person::new("eve2"), &pair.room, false).await?;
+    eve.send(&[ClientMessage::Send { envelope: vec![1; 40] }]).await?;
+    let (code, detail) = eve.goodbye().await?;
+    assert_eq!(code, ErrorCode::Malformed);
+    assert!(detail.contains("shorter than an envelope header"), "{detail}");
+    // A Send of 41 bytes has a counter: it is refused by counter and the connection stays.
+    let (mut eve, _) = member(&relay, &Person::new("eve3"), &pair.room, false).await?;
+    eve.send(&[ClientMessage::Send { envelope: vec![2; 41] }]).await?;
+    let (counter, code, _) = eve.send_error().await?;
+    assert_eq!((counter, code), (u64::from_be_bytes([2; 8]), ErrorCode::Malformed));
+    eve.send(&[ClientMessage::Ping { token: 5 }]).await?;
+    assert!(matches!(eve.recv().await?, RelayMessage::Pong { token: 5 }));
     pair.check().await
 }
 
@@ -470,10 +519,10 @@ async fn send_burst(
     for _ in 0..count {
         match conn.answer().await? {
             RelayMessage::Ack { .. } => acked += 1,
-            RelayMessage::Error { code: ErrorCode::RateLimited, detail } if refused.is_empty() => {
+            RelayMessage::SendError { code: ErrorCode::RateLimited, detail, .. } if refused.is_empty() => {
                 refused = detail
             }
-            RelayMessage::Error { code: ErrorCode::RateLimited, .. } => {}
+            RelayMessage::SendError { code: ErrorCode::RateLimited, .. } => {}
             other => return Err(format!("unexpected {other:?}").into()),
         }
     }

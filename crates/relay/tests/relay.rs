@@ -265,7 +265,7 @@ async fn a_resent_envelope_gets_the_same_seq_and_is_delivered_once() -> TestResu
     let (mut alice, bob) = (Person::new("alice"), Person::new("bob"));
     let (mut a, _) = member(&relay, &alice, &room, true).await?;
     let (mut b, _) = member(&relay, &bob, &room, false).await?;
-    let (_, first) = alice.seal(&room, "once");
+    let (first_counter, first) = alice.seal(&room, "once");
     let (_, second) = alice.seal(&room, "twice");
     assert_eq!(a.publish_ok(first.clone()).await?, 1);
     assert_eq!(a.publish_ok(second).await?, 2);
@@ -274,6 +274,13 @@ async fn a_resent_envelope_gets_the_same_seq_and_is_delivered_once() -> TestResu
     drop(a);
     let (mut a, _) = member(&relay, &alice, &room, false).await?;
     assert_eq!(a.publish_ok(first).await?, 1);
+    // The relay knows an envelope by its counter alone: other content under a stored counter
+    // is acknowledged with the stored seq and dropped (docs/PROTOCOL.md section 11).
+    let next = alice.counter;
+    alice.counter = first_counter - 1;
+    let (_, other) = alice.seal(&room, "other content, same counter");
+    alice.counter = next;
+    assert_eq!(a.publish_ok(other).await?, 1);
     assert_eq!(b.delivery().await?.0, 1);
     assert_eq!(b.delivery().await?.0, 2);
     assert_eq!(
@@ -284,9 +291,10 @@ async fn a_resent_envelope_gets_the_same_seq_and_is_delivered_once() -> TestResu
 
     // An older counter that was never stored is refused.
     alice.counter = 5;
-    let (_, stale) = alice.seal(&room, "stale");
+    let (stale_counter, stale) = alice.seal(&room, "stale");
     match a.publish(stale).await? {
-        RelayMessage::Error { code: ErrorCode::BadEnvelope, detail } => {
+        RelayMessage::SendError { counter, code: ErrorCode::BadEnvelope, detail } => {
+            assert_eq!(counter, stale_counter, "the refusal names the envelope's counter");
             assert!(detail.contains("counter"), "{detail}")
         }
         other => panic!("expected BadEnvelope, got {other:?}"),
@@ -302,9 +310,11 @@ async fn an_envelope_naming_another_sender_is_refused_and_the_connection_kept() 
     let (mut alice, mut mallory) = (Person::new("alice"), Person::new("mallory"));
     let (_a, _) = member(&relay, &alice, &room, true).await?;
     let (mut m, _) = member(&relay, &mallory, &room, false).await?;
-    let (_, forged) = alice.seal(&room, "not really alice");
+    let (forged_counter, forged) = alice.seal(&room, "not really alice");
     match m.publish(forged).await? {
-        RelayMessage::Error { code: ErrorCode::BadEnvelope, .. } => {}
+        RelayMessage::SendError { counter, code: ErrorCode::BadEnvelope, .. } => {
+            assert_eq!(counter, forged_counter)
+        }
         other => panic!("expected BadEnvelope, got {other:?}"),
     }
     let (_, own) = mallory.seal(&room, "mine");
@@ -323,17 +333,19 @@ async fn sending_too_fast_is_answered_with_rate_limited_and_the_connection_kept(
     let room = TestRoom::new("flood");
     let mut alice = Person::new("alice");
     let (mut a, _) = member(&relay, &alice, &room, true).await?;
+    let sealed: Vec<(u64, Vec<u8>)> = (0..5).map(|i| alice.seal(&room, &format!("{i}"))).collect();
     let batch: Vec<ClientMessage> =
-        (0..5).map(|i| ClientMessage::Send { envelope: alice.seal(&room, &format!("{i}")).1 }).collect();
+        sealed.iter().map(|(_, envelope)| ClientMessage::Send { envelope: envelope.clone() }).collect();
     a.send(&batch).await?;
     let mut answers = Vec::new();
     for _ in 0..5 {
         answers.push(a.answer().await?);
     }
     assert!(answers[..3].iter().all(|m| matches!(m, RelayMessage::Ack { .. })), "{answers:?}");
-    for answer in &answers[3..] {
+    for (answer, (sent, _)) in answers[3..].iter().zip(&sealed[3..]) {
         match answer {
-            RelayMessage::Error { code: ErrorCode::RateLimited, detail } => {
+            RelayMessage::SendError { counter, code: ErrorCode::RateLimited, detail } => {
+                assert_eq!(counter, sent);
                 assert!(detail.contains("1/s") && detail.contains("burst 3"), "{detail}")
             }
             other => panic!("expected RateLimited, got {other:?}"),
@@ -343,7 +355,10 @@ async fn sending_too_fast_is_answered_with_rate_limited_and_the_connection_kept(
     drop(a);
     let (mut a, _) = member(&relay, &alice, &room, false).await?;
     let (_, envelope) = alice.seal(&room, "again");
-    assert!(matches!(a.publish(envelope).await?, RelayMessage::Error { code: ErrorCode::RateLimited, .. }));
+    assert!(matches!(
+        a.publish(envelope).await?,
+        RelayMessage::SendError { code: ErrorCode::RateLimited, .. }
+    ));
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let (_, envelope) = alice.seal(&room, "later");
     assert_eq!(a.publish_ok(envelope).await?, 4, "the connection survives and refills");
@@ -367,6 +382,8 @@ async fn the_owner_kicks_and_bans_others_may_not_and_a_ban_survives_a_restart() 
     assert_eq!(c.error().await?.0, ErrorCode::NotOwner);
     a.send(&[ClientMessage::Kick { nick: chatroom_crypto::Nick::new("nobody")? }]).await?;
     assert_eq!(a.error().await?.0, ErrorCode::NoSuchMember);
+    a.send(&[ClientMessage::Ban { nick: alice.nick.clone() }]).await?;
+    assert_eq!(a.error().await?.0, ErrorCode::OwnerProtected, "the owner cannot ban itself");
 
     a.send(&[ClientMessage::Kick { nick: bob_nick.clone() }]).await?;
     assert_eq!(b.goodbye().await?.0, ErrorCode::Kicked);
@@ -418,7 +435,7 @@ async fn the_owner_kicks_and_bans_others_may_not_and_a_ban_survives_a_restart() 
 }
 
 #[tokio::test]
-async fn a_second_connection_of_the_same_identity_replaces_the_first_quietly() -> TestResult {
+async fn a_second_connection_of_the_same_identity_replaces_the_first_and_is_announced() -> TestResult {
     let dir = tempfile::tempdir()?;
     let relay = TestRelay::start(dir.path(), |_| {}).await?;
     let room = TestRoom::new("replace");
@@ -426,13 +443,73 @@ async fn a_second_connection_of_the_same_identity_replaces_the_first_quietly() -
     let (mut a, _) = member(&relay, &alice, &room, true).await?;
     let (mut b1, _) = member(&relay, &bob, &room, false).await?;
     assert_eq!(a.presence().await?, (PresenceEvent::Joined, "bob".to_owned()));
-    let (_b2, joined) = member(&relay, &bob, &room, false).await?;
-    assert_eq!(joined.members.len(), 2);
+    // The same nickname in another case is the same member: it replaces the first connection,
+    // and the others learn the spelling it now uses.
+    let mut shouting = Person::new("BOB");
+    shouting.identity = chatroom_crypto::Identity::from_seed(&bob.identity.seed());
+    let (_b2, joined) = member(&relay, &shouting, &room, false).await?;
+    let listed: Vec<&str> = joined.members.iter().map(|m| m.nick.as_str()).collect();
+    assert_eq!(listed, ["alice", "BOB"]);
     let (code, detail) = b1.goodbye().await?;
     assert_eq!(code, ErrorCode::AlreadyConnected);
     assert!(detail.contains("replaced"), "{detail}");
-    let seen = a.messages_within(Duration::from_millis(300)).await?;
-    assert!(seen.is_empty(), "no Left or Joined for a replaced connection: {seen:?}");
+    assert_eq!(a.presence().await?, (PresenceEvent::Joined, "BOB".to_owned()), "no Left, one Joined");
+    a.send(&[ClientMessage::Ping { token: 3 }]).await?;
+    assert!(matches!(a.recv().await?, RelayMessage::Pong { token: 3 }), "nothing else in between");
+
+    // Another nickname for the same identity is refused, and the member stays connected.
+    let mut renamed = Person::new("robert");
+    renamed.identity = chatroom_crypto::Identity::from_seed(&bob.identity.seed());
+    let mut again = Conn::connect(relay.addr).await?;
+    let (code, detail) = again.join(&renamed, &room, false, 0).await?.expect_err("one nickname per identity");
+    assert_eq!(code, ErrorCode::NickBound);
+    assert!(detail.contains("known in this room as bob"), "{detail}");
+    a.send(&[ClientMessage::Who]).await?;
+    match a.next_matching(|m| matches!(m, RelayMessage::Members { .. })).await? {
+        RelayMessage::Members { members, .. } => {
+            let listed: Vec<&str> = members.iter().map(|m| m.nick.as_str()).collect();
+            assert_eq!(listed, ["alice", "BOB"], "the refused join changed nothing");
+        }
+        _ => unreachable!(),
+    }
+    relay.stop().await
+}
+
+#[tokio::test]
+async fn a_failed_store_is_answered_with_the_envelopes_counter_and_later_sends_still_match() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    // A real SQLite failure: a trigger refuses to store long envelopes. The relay holds its
+    // database exclusively, so the trigger goes in between two runs.
+    TestRelay::start(dir.path(), |_| {}).await?.stop().await?;
+    let db = rusqlite::Connection::open(dir.path().join(chatroom_relay::DB_FILE))?;
+    db.execute_batch(
+        "CREATE TRIGGER refuse_long BEFORE INSERT ON history WHEN length(NEW.envelope) > 1000 \
+         BEGIN SELECT RAISE(ABORT, 'injected storage failure'); END;",
+    )?;
+    drop(db);
+    let relay = TestRelay::start(dir.path(), |_| {}).await?;
+    let room = TestRoom::new("failing");
+    let (mut alice, bob) = (Person::new("alice"), Person::new("bob"));
+    let (mut a, _) = member(&relay, &alice, &room, true).await?;
+    let (mut b, _) = member(&relay, &bob, &room, false).await?;
+    let sealed =
+        [alice.seal(&room, "first"), alice.seal(&room, &"x".repeat(1200)), alice.seal(&room, "third")];
+    let batch: Vec<ClientMessage> =
+        sealed.iter().map(|(_, envelope)| ClientMessage::Send { envelope: envelope.clone() }).collect();
+    a.send(&batch).await?;
+    let answers = [a.answer().await?, a.answer().await?, a.answer().await?];
+    assert_eq!(answers[0], RelayMessage::Ack { counter: sealed[0].0, seq: 1 });
+    match &answers[1] {
+        RelayMessage::SendError { counter, code: ErrorCode::Internal, detail } => {
+            assert_eq!(*counter, sealed[1].0, "the failure names the envelope it answers");
+            assert!(detail.contains("try again later"), "{detail}");
+        }
+        other => panic!("expected SendError(Internal), got {other:?}"),
+    }
+    let RelayMessage::Ack { counter, seq: third } = answers[2] else { panic!("{:?}", answers[2]) };
+    assert_eq!(counter, sealed[2].0);
+    assert_eq!(b.delivery().await?.0, 1);
+    assert_eq!(b.delivery().await?.0, third, "the failed envelope is delivered to nobody");
     relay.stop().await
 }
 
@@ -601,9 +678,9 @@ async fn pipelined_sends_beyond_the_in_flight_limit_are_answered_in_order() -> T
             messages.push(ClientMessage::Send { envelope: envelope.clone() });
             expected.push(Some(*counter));
         }
-        // A malformed envelope gets an error in its place; the first envelope resent is
-        // answered with its stored sequence number.
-        messages.push(ClientMessage::Send { envelope: vec![1, 2, 3] });
+        // A malformed envelope gets an error naming its counter in its place; the first
+        // envelope resent is answered with its stored sequence number.
+        messages.push(ClientMessage::Send { envelope: vec![1; 100] });
         expected.push(None);
         a.send(&messages).await?;
     }
@@ -616,7 +693,9 @@ async fn pipelined_sends_beyond_the_in_flight_limit_are_answered_in_order() -> T
                 assert_eq!((counter, seq), (*want, next_seq), "acks in arrival order");
                 next_seq += 1;
             }
-            (RelayMessage::Error { code, .. }, None) => assert_eq!(code, ErrorCode::Malformed),
+            (RelayMessage::SendError { counter, code, .. }, None) => {
+                assert_eq!((counter, code), (u64::from_be_bytes([1; 8]), ErrorCode::Malformed))
+            }
             (other, _) => panic!("expected the answer for {want:?}, got {other:?}"),
         }
     }

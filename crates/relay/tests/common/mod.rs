@@ -330,15 +330,23 @@ impl Conn {
         }
     }
 
-    /// Sends an envelope and returns the relay's answer (`Ack` or `Error`).
+    /// Sends an envelope and returns the relay's answer (`Ack` or `SendError`).
     pub async fn publish(&mut self, envelope: Vec<u8>) -> Res<RelayMessage> {
         self.send(&[ClientMessage::Send { envelope }]).await?;
         self.answer().await
     }
 
-    /// The next `Ack` or `Error`.
+    /// The next answer to a `Send`: `Ack` or `SendError`.
     pub async fn answer(&mut self) -> Res<RelayMessage> {
-        self.next_matching(|m| matches!(m, RelayMessage::Ack { .. } | RelayMessage::Error { .. })).await
+        self.next_matching(|m| matches!(m, RelayMessage::Ack { .. } | RelayMessage::SendError { .. })).await
+    }
+
+    /// The next `SendError`: (counter, code, detail).
+    pub async fn send_error(&mut self) -> Res<(u64, ErrorCode, String)> {
+        match self.next_matching(|m| matches!(m, RelayMessage::SendError { .. })).await? {
+            RelayMessage::SendError { counter, code, detail } => Ok((counter, code, detail)),
+            _ => unreachable!(),
+        }
     }
 
     /// Sends an envelope and expects an `Ack`; returns its seq.
