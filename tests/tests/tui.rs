@@ -59,16 +59,19 @@ impl Tmux {
 
     /// Waits until the screen shows every one of `needles`; returns the screen.
     fn wait_for(&self, needles: &[&str]) -> Result<String, BoxError> {
-        let deadline = Instant::now() + SCREEN_WAIT;
+        self.wait_for_within(needles, SCREEN_WAIT)
+    }
+
+    /// `wait_for` with a custom time limit.
+    fn wait_for_within(&self, needles: &[&str], limit: Duration) -> Result<String, BoxError> {
+        let deadline = Instant::now() + limit;
         loop {
             let screen = self.screen()?;
             if needles.iter().all(|n| screen.contains(n)) {
                 return Ok(screen);
             }
             if Instant::now() >= deadline {
-                return Err(
-                    format!("the screen did not show {needles:?} within {SCREEN_WAIT:?}:\n{screen}").into()
-                );
+                return Err(format!("the screen did not show {needles:?} within {limit:?}:\n{screen}").into());
             }
             thread::sleep(Duration::from_millis(50));
         }
@@ -201,6 +204,12 @@ fn full_screen_ui_joins_chats_and_restores_the_terminal() -> TestResult {
     };
     assert!(screen.lines().all(|l| l.chars().count() <= 64), "{screen}");
 
+    // /invite shows the room's invite URL, from the relay key this session verified.
+    tmux.run(&["resize-window", "-t", "chat", "-x", "200", "-y", "30"])?;
+    tmux.type_line("/invite")?;
+    // The invite carries the room's key-derivation parameters (the defaults here).
+    tmux.wait_for(&[&format!("invite: {}?kdf=m65536t3p1 (it holds no password", relay.invite("lobby"))])?;
+
     // /quit leaves cleanly and gives the terminal back exactly as it was.
     tmux.type_line("/quit")?;
     // The prompt comes back only after `stty -g > after` has run.
@@ -276,5 +285,516 @@ fn a_refused_first_join_leaves_the_full_screen_and_prints_why() -> TestResult {
     assert_eq!(tmux.flag("cursor_flag")?, "1");
     owner.close_stdin();
     assert!(owner.wait()?.success());
+    Ok(())
+}
+
+/// A process's state letter from `/proc/PID/stat` (`Z` for a zombie), or `None` once it is
+/// gone.
+fn process_state(pid: &str) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "PID (COMM) S ...": the state follows the last ')'.
+    stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next())
+}
+
+/// Kills a process left running by a failed test.
+struct KillOnDrop(String);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if process_state(&self.0).is_some_and(|s| s != 'Z') {
+            let _ = Command::new("sh").args(["-c", &format!("kill -9 {}", self.0)]).output();
+        }
+    }
+}
+
+#[test]
+fn a_closed_terminal_ends_the_client_and_keeps_its_room_state() -> TestResult {
+    let relay_dir = tempfile::tempdir()?;
+    let relay = Relay::start(relay_dir.path())?;
+    let (alice_home, bob_home) = (Home::new()?, Home::new()?);
+    let alice_pw = alice_home.password_file("pw", "correct horse battery staple")?;
+    let bob_pw = bob_home.password_file("pw", "correct horse battery staple")?;
+
+    let tmux = Tmux::start()?;
+    tmux.wait_for(&[PROMPT])?;
+    // `exec`: the pane's process is the client itself, as under an SSH session's shell.
+    let command = format!(
+        "exec {chatroom} --relay {relay} --room lobby --nick alice --create --password-file {pw} \
+         --data-dir {data} --config {config}",
+        chatroom = quoted(&bin("chatroom"))?,
+        relay = relay.address(),
+        pw = quoted(&alice_pw)?,
+        data = quoted(&alice_home.data_dir())?,
+        config = quoted(&alice_home.config())?,
+    );
+    tmux.type_line(&command)?;
+    tmux.wait_for(&["| connected", "1 member"])?;
+    let pid = tmux.flag("pane_pid")?;
+    let _guard = KillOnDrop(pid.clone());
+
+    let mut bob = bob_home.spawn(
+        "bob",
+        &[&relay.invite("lobby"), "--nick", "bob", "--password-file", bob_pw.to_str().ok_or("path")?],
+    )?;
+    bob.stderr.expect("end of history; now live")?;
+    bob.line("before the hangup")?;
+    tmux.wait_for(&["<bob> before the hangup"])?;
+
+    // The terminal goes away under the running client, as when an SSH connection drops.
+    tmux.run(&["kill-server"])?;
+    let killed = Instant::now();
+    let limit = Duration::from_secs(10);
+    while process_state(&pid).is_some_and(|s| s != 'Z') {
+        if killed.elapsed() > limit {
+            return Err(
+                format!("the client (pid {pid}) still runs {limit:?} after its terminal closed").into()
+            );
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("the client exited {:?} after its terminal closed", killed.elapsed());
+
+    // Its room state is intact: started again, it fetches only what it has not seen.
+    bob.line("after the hangup")?;
+    let mut alice = alice_home.spawn(
+        "alice",
+        &[
+            "--relay",
+            &relay.address(),
+            "--room",
+            "lobby",
+            "--nick",
+            "alice",
+            "--password-file",
+            alice_pw.to_str().ok_or("path")?,
+        ],
+    )?;
+    alice.stdout.expect("<bob> after the hangup")?;
+    assert!(
+        !alice.stdout.all().iter().any(|l| l.contains("before the hangup")),
+        "a message seen before the hangup was fetched again: {:?}",
+        alice.stdout.all()
+    );
+    alice.close_stdin();
+    assert!(alice.wait()?.success());
+    bob.close_stdin();
+    assert!(bob.wait()?.success());
+    Ok(())
+}
+
+/// The process ids whose parent is `parent`.
+fn children(parent: &str) -> Vec<String> {
+    let Ok(dir) = fs::read_dir("/proc") else { return Vec::new() };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .filter(|pid| pid.chars().all(|c| c.is_ascii_digit()))
+        .filter(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/stat")).ok().is_some_and(|stat| {
+                stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1).map(str::to_owned))
+                    == Some(parent.to_owned())
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn sigterm_ends_the_client_and_restores_the_terminal() -> TestResult {
+    let relay_dir = tempfile::tempdir()?;
+    let relay = Relay::start(relay_dir.path())?;
+    let home = Home::new()?;
+    let pw = home.password_file("pw", "correct horse battery staple")?;
+    let modes = tempfile::tempdir()?;
+    let (before, after) = (modes.path().join("before"), modes.path().join("after"));
+    let tmux = Tmux::start()?;
+    tmux.wait_for(&[PROMPT])?;
+    let command = format!(
+        "stty -g > {before}; {chatroom} --relay {relay} --room lobby --nick alice --create --password-file {pw} \
+         --data-dir {data} --config {config}; echo \"exit=$?\"; stty -g > {after}",
+        before = quoted(&before)?,
+        chatroom = quoted(&bin("chatroom"))?,
+        relay = relay.address(),
+        pw = quoted(&pw)?,
+        data = quoted(&home.data_dir())?,
+        config = quoted(&home.config())?,
+        after = quoted(&after)?,
+    );
+    tmux.type_line(&command)?;
+    tmux.wait_for(&["| connected", "1 member"])?;
+    let shell = tmux.flag("pane_pid")?;
+    let client = match children(&shell).as_slice() {
+        [one] => one.clone(),
+        other => return Err(format!("expected one client under the shell, found {other:?}").into()),
+    };
+    let _guard = KillOnDrop(client.clone());
+    Command::new("sh").args(["-c", &format!("kill -TERM {client}")]).status()?;
+    // The shell prints the exit status only after the client has exited.
+    let screen = tmux.wait_for_shell("exit=0")?;
+    assert!(!screen.contains("members"), "the UI is gone from the screen:\n{screen}");
+    assert_eq!(
+        fs::read_to_string(&before)?,
+        fs::read_to_string(&after)?,
+        "terminal modes (stty -g) restored"
+    );
+    assert_eq!(tmux.flag("alternate_on")?, "0");
+    Ok(())
+}
+
+/// Rows of the screen that are notices (`-!-`).
+fn notice_rows(screen: &str) -> Vec<&str> {
+    screen.lines().filter(|l| l.contains("-!- ")).collect()
+}
+
+#[test]
+fn a_relay_outage_is_two_notices_and_quit_while_offline_asks_once() -> TestResult {
+    let relay_dir = tempfile::tempdir()?;
+    let mut relay = Relay::start(relay_dir.path())?;
+    let addr = relay.address();
+    let home = Home::new()?;
+    let pw = home.password_file("pw", "correct horse battery staple")?;
+    let tmux = Tmux::start()?;
+    tmux.wait_for(&[PROMPT])?;
+    let command = format!(
+        "{chatroom} --relay {addr} --room lobby --nick alice --create --password-file {pw} --data-dir {data} \
+         --config {config}; echo \"exit=$?\"",
+        chatroom = quoted(&bin("chatroom"))?,
+        pw = quoted(&pw)?,
+        data = quoted(&home.data_dir())?,
+        config = quoted(&home.config())?,
+    );
+    tmux.type_line(&command)?;
+    let screen = tmux.wait_for(&["| connected", "1 member"])?;
+    let before = notice_rows(&screen).len();
+
+    // A 20-second outage: the relay is killed and started again on the same address.
+    relay.kill();
+    tmux.wait_for(&["connection lost: "])?;
+    thread::sleep(Duration::from_secs(20));
+    let mut relay = Relay::start_on(relay_dir.path(), &addr)?;
+    // Reconnect attempts back off up to 30 s apart.
+    let screen = tmux.wait_for_within(&["reconnected after ", "| connected"], Duration::from_secs(60))?;
+    let notices = notice_rows(&screen);
+    assert_eq!(notices.len(), before + 2, "one notice when lost, one when back:\n{screen}");
+    assert!(notices[before].contains("connection lost: "), "{screen}");
+    assert!(notices[before + 1].contains("; nothing was missed"), "{screen}");
+
+    // Offline with a message unsent, /quit says which and asks once.
+    relay.kill();
+    tmux.wait_for(&["reconnecting in "])?;
+    tmux.type_line("are you there?")?;
+    tmux.type_line("/quit")?;
+    tmux.wait_for(&["1 unsent message would be lost: \"are you there?\""])?;
+    tmux.type_line("/quit")?;
+    let screen = tmux.wait_for_shell("exit=1")?;
+    assert!(
+        screen.contains("chatroom: error: the relay did not acknowledge 1 message: \"are you there?\""),
+        "{screen}"
+    );
+    Ok(())
+}
+
+#[test]
+fn pastes_are_absorbed_at_once_and_several_lines_are_confirmed() -> TestResult {
+    let relay_dir = tempfile::tempdir()?;
+    let relay = Relay::start(relay_dir.path())?;
+    let (alice_home, bob_home) = (Home::new()?, Home::new()?);
+    let alice_pw = alice_home.password_file("pw", "correct horse battery staple")?;
+    let bob_pw = bob_home.password_file("pw", "correct horse battery staple")?;
+    let tmux = Tmux::start()?;
+    tmux.wait_for(&[PROMPT])?;
+    let command = format!(
+        "{chatroom} --relay {relay} --room lobby --nick alice --create --password-file {pw} --data-dir {data} \
+         --config {config}; echo \"exit=$?\"",
+        chatroom = quoted(&bin("chatroom"))?,
+        relay = relay.address(),
+        pw = quoted(&alice_pw)?,
+        data = quoted(&alice_home.data_dir())?,
+        config = quoted(&alice_home.config())?,
+    );
+    tmux.type_line(&command)?;
+    tmux.wait_for(&["| connected", "1 member"])?;
+    let mut bob = bob_home.spawn(
+        "bob",
+        &[&relay.invite("lobby"), "--nick", "bob", "--password-file", bob_pw.to_str().ok_or("path")?],
+    )?;
+    bob.stderr.expect("end of history; now live")?;
+    tmux.wait_for(&["2 members"])?;
+
+    // 4000 characters pasted in one go (bracketed paste: `paste-buffer -p`) fill the input
+    // line at once, with the length counter showing.
+    let long: String = (0..4000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    tmux.run(&["set-buffer", "-b", "long", &long])?;
+    tmux.run(&["paste-buffer", "-p", "-b", "long", "-t", "chat"])?;
+    tmux.wait_for(&[" 4000/4096"])?;
+    tmux.run(&["send-keys", "-t", "chat", "Enter"])?;
+    let received = bob.stdout.expect("<alice> abcdefghij")?;
+    assert!(received.ends_with(&format!("<alice> {long}")), "the whole paste as one message");
+
+    // Several lines wait for Enter; a line starting with / is text, not a command.
+    tmux.run(&["set-buffer", "-b", "lines", "first line\n/quit\nthird line\n"])?;
+    tmux.run(&["paste-buffer", "-p", "-b", "lines", "-t", "chat"])?;
+    tmux.wait_for(&["[paste: 3 lines] Enter sends them, Esc cancels"])?;
+    tmux.run(&["send-keys", "-t", "chat", "Enter"])?;
+    bob.stdout.expect("<alice> first line")?;
+    bob.stdout.expect("<alice> /quit")?;
+    bob.stdout.expect("<alice> third line")?;
+
+    // Tab completes a command name.
+    tmux.run(&["send-keys", "-t", "chat", "-l", "/qu"])?;
+    tmux.run(&["send-keys", "-t", "chat", "Tab"])?;
+    tmux.wait_for(&["[alice] /quit"])?;
+    tmux.run(&["send-keys", "-t", "chat", "Enter"])?;
+    tmux.wait_for_shell("exit=0")?;
+    bob.close_stdin();
+    assert!(bob.wait()?.success());
+    Ok(())
+}
+
+#[test]
+fn a_mention_while_away_rings_the_bell_and_marks_what_is_unread() -> TestResult {
+    let relay_dir = tempfile::tempdir()?;
+    let relay = Relay::start(relay_dir.path())?;
+    let (alice_home, bob_home) = (Home::new()?, Home::new()?);
+    let alice_pw = alice_home.password_file("pw", "correct horse battery staple")?;
+    let bob_pw = bob_home.password_file("pw", "correct horse battery staple")?;
+    let tmux = Tmux::start()?;
+    // tmux tells the application when its pane gains or loses the focus.
+    tmux.run(&["set-option", "-g", "focus-events", "on"])?;
+    tmux.wait_for(&[PROMPT])?;
+    let command = format!(
+        "{chatroom} --relay {relay} --room lobby --nick alice --create --password-file {pw} --data-dir {data} \
+         --config {config}",
+        chatroom = quoted(&bin("chatroom"))?,
+        relay = relay.address(),
+        pw = quoted(&alice_pw)?,
+        data = quoted(&alice_home.data_dir())?,
+        config = quoted(&alice_home.config())?,
+    );
+    tmux.type_line(&command)?;
+    tmux.wait_for(&["| connected", "1 member"])?;
+    let mut bob = bob_home.spawn(
+        "bob",
+        &[&relay.invite("lobby"), "--nick", "bob", "--password-file", bob_pw.to_str().ok_or("path")?],
+    )?;
+    bob.stderr.expect("end of history; now live")?;
+    // A detached tmux has no client to hold the focus, so the focus reports (ESC [ I, ESC [ O)
+    // are typed as a terminal sends them: alice looks, reads, then another window takes over.
+    tmux.run(&["send-keys", "-t", "chat:0", "-H", "1b", "5b", "49"])?;
+    bob.line("before you left")?;
+    tmux.wait_for(&["<bob> before you left"])?;
+    tmux.run(&["new-window", "-t", "chat:1"])?;
+    tmux.run(&["send-keys", "-t", "chat:0", "-H", "1b", "5b", "4f"])?;
+    bob.line("nothing for you")?;
+    // Barrier: the marker above this message shows the focus report was read.
+    let deadline = Instant::now() + SCREEN_WAIT;
+    loop {
+        let screen = tmux.run(&["capture-pane", "-p", "-t", "chat:0"])?;
+        let rows: Vec<&str> = screen.lines().collect();
+        let at = rows.iter().position(|r| r.contains("<bob> nothing for you"));
+        if at.is_some_and(|at| at > 0 && rows[at - 1].contains("---- unread ----")) {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("no unread marker above the first unseen message:\n{screen}").into());
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    bob.line("alice: are you there?")?;
+    let deadline = Instant::now() + SCREEN_WAIT;
+    while tmux.run(&["display-message", "-p", "-t", "chat:0", "#{window_bell_flag}"])?.trim() != "1" {
+        if Instant::now() >= deadline {
+            return Err("no bell in the chat window after a mention".into());
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    tmux.run(&["select-window", "-t", "chat:0"])?;
+    let screen = tmux.wait_for(&["<bob> alice: are you there?"])?;
+    let rows: Vec<&str> = screen.lines().collect();
+    let at = rows.iter().position(|r| r.contains("<bob> nothing for you")).ok_or("row")?;
+    assert!(rows[at - 1].contains("---- unread ----"), "the marker is above the first unseen:\n{screen}");
+    assert!(rows[at - 2].contains("<bob> before you left"), "{screen}");
+    assert_eq!(screen.matches("---- unread").count(), 1, "{screen}");
+    bob.close_stdin();
+    assert!(bob.wait()?.success());
+    Ok(())
+}
+
+#[test]
+fn the_owners_topic_reaches_a_late_joiner_and_no_one_else_can_set_it() -> TestResult {
+    let relay_dir = tempfile::tempdir()?;
+    let relay = Relay::start(relay_dir.path())?;
+    let (alice_home, bob_home) = (Home::new()?, Home::new()?);
+    let alice_pw = alice_home.password_file("pw", "correct horse battery staple")?;
+    let bob_pw = bob_home.password_file("pw", "correct horse battery staple")?;
+    let tmux = Tmux::start()?;
+    tmux.wait_for(&[PROMPT])?;
+    let command = format!(
+        "{chatroom} --relay {relay} --room lobby --nick alice --create --password-file {pw} --data-dir {data} \
+         --config {config}",
+        chatroom = quoted(&bin("chatroom"))?,
+        relay = relay.address(),
+        pw = quoted(&alice_pw)?,
+        data = quoted(&alice_home.data_dir())?,
+        config = quoted(&alice_home.config())?,
+    );
+    tmux.type_line(&command)?;
+    tmux.wait_for(&["| connected", "1 member"])?;
+    tmux.type_line("/topic release on friday")?;
+    tmux.wait_for(&["| topic: release on friday |", "you set the topic: release on friday"])?;
+
+    // bob joins later: the topic comes with the history, checked against the owner's key.
+    let mut bob = bob_home.spawn(
+        "bob",
+        &[&relay.invite("lobby"), "--nick", "bob", "--password-file", bob_pw.to_str().ok_or("path")?],
+    )?;
+    bob.stderr.expect("alice set the topic: release on friday")?;
+    bob.stderr.expect("end of history; now live")?;
+    // bob is not the owner: his topic is refused by alice's client, which keeps the owner's.
+    bob.line("/topic free pizza")?;
+    let screen = tmux.wait_for(&["who is not the room owner, tried to set"])?;
+    assert!(screen.contains("| topic: release on friday |"), "{screen}");
+    assert!(!screen.contains("topic: free pizza"), "{screen}");
+    bob.close_stdin();
+    assert!(bob.wait()?.success());
+    Ok(())
+}
+
+#[test]
+fn two_rooms_on_two_relays_in_windows_switched_with_alt_keys() -> TestResult {
+    let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let relay_a = Relay::start(dir_a.path())?;
+    // Another loopback address: another host as far as the client can tell.
+    let relay_b = Relay::start_on(dir_b.path(), "127.0.0.2:0")?;
+    let (alice_home, bob_home) = (Home::new()?, Home::new()?);
+    let alice_pw = alice_home.password_file("pw", "correct horse battery staple")?;
+    let ops_pw = alice_home.password_file("ops-pw", "staple battery horse correct")?;
+    let bob_pw = bob_home.password_file("pw", "staple battery horse correct")?;
+    fs::write(
+        alice_home.config(),
+        format!(
+            "[rooms.ops]\nrelay = \"{}\"\nroom = \"ops\"\nfingerprint = \"{}\"\npassword_file = \"{}\"\n",
+            relay_b.address(),
+            relay_b.fingerprint,
+            ops_pw.to_str().ok_or("path")?
+        ),
+    )?;
+    let mut bob = bob_home.spawn(
+        "bob",
+        &[
+            "--relay",
+            &relay_b.address(),
+            "--room",
+            "ops",
+            "--nick",
+            "bob",
+            "--create",
+            "--password-file",
+            bob_pw.to_str().ok_or("path")?,
+        ],
+    )?;
+    bob.stderr.expect("end of history; now live")?;
+
+    let tmux = Tmux::start()?;
+    tmux.wait_for(&[PROMPT])?;
+    let command = format!(
+        "{chatroom} --relay {relay} --room lobby --nick alice --create --password-file {pw} --data-dir {data} \
+         --config {config}; echo \"exit=$?\"",
+        chatroom = quoted(&bin("chatroom"))?,
+        relay = relay_a.address(),
+        pw = quoted(&alice_pw)?,
+        data = quoted(&alice_home.data_dir())?,
+        config = quoted(&alice_home.config())?,
+    );
+    tmux.type_line(&command)?;
+    tmux.wait_for(&["| connected", "1 member"])?;
+
+    // A second room on the second relay, from a saved room, in a window of its own.
+    tmux.type_line("/join ops")?;
+    tmux.wait_for(&[&format!("ops @ {}", relay_b.address()), "1:lobby [2:ops]", "2 members", "@bob"])?;
+    bob.stderr.expect("alice joined")?;
+
+    // Alt+1 shows the first room; a mention in the other raises its activity.
+    tmux.run(&["send-keys", "-t", "chat", "M-1"])?;
+    tmux.wait_for(&[&format!("lobby @ {}", relay_a.address()), "[1:lobby] 2:ops"])?;
+    bob.line("alice: ping from ops")?;
+    let screen = tmux.wait_for(&["[1:lobby] 2:ops(1!)"])?;
+    assert!(!screen.contains("ping from ops"), "the other room's message is not in this window:\n{screen}");
+
+    // Alt+2 and back.
+    tmux.run(&["send-keys", "-t", "chat", "M-2"])?;
+    tmux.wait_for(&["<bob> alice: ping from ops", "1:lobby [2:ops]"])?;
+    tmux.type_line("pong")?;
+    bob.stdout.expect("<alice> pong")?;
+    tmux.run(&["send-keys", "-t", "chat", "M-1"])?;
+    let screen = tmux.wait_for(&["[1:lobby] 2:ops"])?;
+    assert!(!screen.contains("pong"), "{screen}");
+
+    // /part in the second window leaves that room only.
+    tmux.run(&["send-keys", "-t", "chat", "M-2"])?;
+    tmux.wait_for(&["1:lobby [2:ops]"])?;
+    tmux.type_line("/part")?;
+    bob.stderr.expect("alice left")?;
+    let screen = tmux.wait_for(&[&format!("lobby @ {}", relay_a.address())])?;
+    assert!(!screen.contains("2:ops"), "{screen}");
+    tmux.type_line("/quit")?;
+    tmux.wait_for_shell("exit=0")?;
+    bob.close_stdin();
+    assert!(bob.wait()?.success());
+    Ok(())
+}
+
+#[test]
+fn a_restart_shows_recent_context_before_the_unseen_messages() -> TestResult {
+    let relay_dir = tempfile::tempdir()?;
+    let relay = Relay::start(relay_dir.path())?;
+    let (alice_home, bob_home) = (Home::new()?, Home::new()?);
+    let alice_pw = alice_home.password_file("pw", "correct horse battery staple")?;
+    let bob_pw = bob_home.password_file("pw", "correct horse battery staple")?;
+    let tmux = Tmux::start()?;
+    tmux.wait_for(&[PROMPT])?;
+    let command = |create: &str| -> Result<String, BoxError> {
+        Ok(format!(
+            "{chatroom} --relay {relay} --room lobby --nick alice {create} --password-file {pw} --data-dir {data} \
+             --config {config}; echo \"exit=$?\"",
+            chatroom = quoted(&bin("chatroom"))?,
+            relay = relay.address(),
+            pw = quoted(&alice_pw)?,
+            data = quoted(&alice_home.data_dir())?,
+            config = quoted(&alice_home.config())?,
+        ))
+    };
+    tmux.type_line(&command("--create")?)?;
+    tmux.wait_for(&["| connected", "1 member"])?;
+    let mut bob = bob_home.spawn(
+        "bob",
+        &[&relay.invite("lobby"), "--nick", "bob", "--password-file", bob_pw.to_str().ok_or("path")?],
+    )?;
+    bob.stderr.expect("end of history; now live")?;
+    bob.line("are we shipping on friday?")?;
+    tmux.wait_for(&["<bob> are we shipping on friday?"])?;
+    tmux.type_line("yes, if the tests pass")?;
+    bob.stdout.expect("<alice> yes, if the tests pass")?;
+    tmux.type_line("/quit")?;
+    tmux.wait_for_shell("exit=0")?;
+    bob.stderr.expect("alice left")?;
+    bob.line("they pass now")?;
+    // bob's message is stored (a barrier: bob's own client leaves only once it is acknowledged).
+    bob.close_stdin();
+    assert!(bob.wait()?.success());
+
+    tmux.run(&["send-keys", "-t", "chat", "clear", "Enter"])?;
+    tmux.type_line(&command("")?)?;
+    let screen = tmux.wait_for(&["<bob> they pass now", "| connected"])?;
+    let rows: Vec<&str> = screen.lines().collect();
+    let find = |needle: &str| rows.iter().position(|r| r.contains(needle));
+    // Our own acknowledged message counts as seen: it is context too, never shown as new.
+    let order = [
+        find("---- earlier, already seen"),
+        find("<bob> are we shipping on friday?"),
+        find("<alice> yes, if the tests pass"),
+        find("---- history"),
+        find("<bob> they pass now"),
+    ];
+    assert!(order.iter().all(Option::is_some), "{order:?}:\n{screen}");
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "context, then the unseen:\n{screen}");
     Ok(())
 }

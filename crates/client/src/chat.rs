@@ -4,10 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chatroom_client::commands::{parse_line, Command, Input as Line, InputError, HELP};
+use chatroom_client::commands::{parse_line, Command, Input as Line, HELP};
 use chatroom_client::config::{read_password_file, Config};
 use chatroom_client::crypto::{load_or_create_identity, ContentKind, ErrorCode, Zeroizing};
 use chatroom_client::display::neutralize;
+use chatroom_client::invite::Invite;
 use chatroom_client::passphrase;
 use chatroom_client::session::{Limits, RoomKeyCache, Session, SessionConfig, SessionEnd, SessionHandle};
 use chatroom_client::trust::RelayPin;
@@ -99,11 +100,21 @@ fn limits(chat: &ChatArgs) -> Result<Limits, AppError> {
     Ok(limits)
 }
 
+/// The room's invite URL (`/invite`), from the relay key this session verified.
+pub(crate) fn invite_url(fingerprint_hex: &str, config: &SessionConfig, keys: &RoomKeyCache) -> String {
+    let mut fingerprint = [0u8; 32];
+    if hex::decode_to_slice(fingerprint_hex, &mut fingerprint).is_err() {
+        return "unknown (the relay's fingerprint is not 64 hex digits)".into();
+    }
+    Invite { fingerprint, relay: config.relay.clone(), room: config.room.clone(), kdf: keys.params() }
+        .to_string()
+}
+
 pub(crate) async fn run(cli: Cli, paths: Paths) -> Result<(), AppError> {
     let mut input = Input::new();
-    let config = Config::load(&paths.config)?;
+    let config_file = Config::load(&paths.config)?;
     let chat = &cli.chat;
-    let mut target = resolve(&chat.target, &config, &paths.config)?;
+    let mut target = resolve(&chat.target, &config_file, &paths.config)?;
     complete(&mut target, chat, &mut input)?;
     let (Some(relay), Some(room), Some(nick)) =
         (target.relay.clone(), target.room.clone(), target.nick.clone())
@@ -157,6 +168,7 @@ pub(crate) async fn run(cli: Cli, paths: Paths) -> Result<(), AppError> {
     };
     let identity = Arc::new(identity);
     if crate::tui::wanted(chat.plain) {
+        config.limits.context_on_start = crate::tui::RECENT_CONTEXT;
         let start = crate::tui::Start {
             config,
             keys,
@@ -165,6 +177,10 @@ pub(crate) async fn run(cli: Cli, paths: Paths) -> Result<(), AppError> {
             password,
             from_file,
             input,
+            highlight: config_file.highlight.clone(),
+            bell: config_file.bell,
+            config_path: paths.config.clone(),
+            config_file,
         };
         return crate::tui::run(start).await;
     }
@@ -183,19 +199,20 @@ pub(crate) async fn run(cli: Cli, paths: Paths) -> Result<(), AppError> {
             }
             confirm_if_weak(&mut input, &password, room.as_str(), nick.as_str(), !from_file)?;
             config.create = true;
-            Session::start(config, keys, identity, ui.clone()).await?
+            Session::start(config.clone(), keys.clone(), identity, ui.clone()).await?
         }
         Err(e) => return Err(e.into()),
     };
     drop(password);
-    talk(handle, input, &ui).await
+    let invite = invite_url(handle.relay_fingerprint(), &config, &keys);
+    talk(handle, input, &ui, &invite).await
 }
 
 /// Messages handed to the session and not yet answered, at most: beyond it line mode stops
 /// reading input until the relay catches up, so any amount of piped input is delivered.
 const WINDOW: u64 = 1000;
 
-async fn talk(mut handle: SessionHandle, input: Input, ui: &PlainUi) -> Result<(), AppError> {
+async fn talk(mut handle: SessionHandle, input: Input, ui: &PlainUi, invite: &str) -> Result<(), AppError> {
     let mut lines = input.into_lines();
     let mut queued: u64 = 0;
     let mut failed = 0usize;
@@ -203,7 +220,7 @@ async fn talk(mut handle: SessionHandle, input: Input, ui: &PlainUi) -> Result<(
         tokio::select! {
             line = lines.recv(), if queued.saturating_sub(ui.settled()) < WINDOW => {
                 let Some(Some(line)) = line else { break None };
-                match line_action(&mut handle, &line, ui).await {
+                match line_action(&mut handle, &line, ui, invite).await {
                     Outcome::Done => {}
                     Outcome::Queued => queued += 1,
                     Outcome::Failed => failed += 1,
@@ -225,11 +242,18 @@ async fn talk(mut handle: SessionHandle, input: Input, ui: &PlainUi) -> Result<(
         SessionEnd::Closed { unacknowledged: 0 } => Err(AppError::new(format!(
             "{failed} line(s) of input failed (the reasons are above); everything else was delivered"
         ))),
-        SessionEnd::Closed { unacknowledged } => Err(AppError::new(format!(
-            "{unacknowledged} message(s) were not acknowledged: the relay answered nothing for {} s, so they may \
-             not have been delivered; check the relay and send them again",
-            FLUSH_ON_EXIT.as_secs()
-        ))),
+        SessionEnd::Closed { unacknowledged } => {
+            let (count, them) = if unacknowledged == 1 {
+                ("1 message".to_owned(), "it")
+            } else {
+                (format!("{unacknowledged} messages"), "them")
+            };
+            Err(AppError::new(format!(
+                "the relay did not acknowledge the last {count} and answered nothing for {} s, so {them} may not \
+                 have been delivered. Send again what matters once connected.",
+                FLUSH_ON_EXIT.as_secs()
+            )))
+        }
         SessionEnd::Failed(e) => Err(AppError::new(neutralize(&e.to_string()))),
         _ => Ok(()),
     }
@@ -249,27 +273,28 @@ enum Outcome {
 
 /// Acts on one line of input. Commands for the relay are awaited: a refusal has been printed
 /// (and counted by the front end) by the time this returns.
-async fn line_action(handle: &mut SessionHandle, line: &str, ui: &PlainUi) -> Outcome {
+/// Hands a message to the session: queued, or failed with the reason shown.
+async fn queue(
+    handle: &mut SessionHandle,
+    kind: ContentKind,
+    text: &str,
+    failed: &impl Fn(&dyn std::fmt::Display) -> Outcome,
+) -> Outcome {
+    match handle.send(kind, text).await {
+        Ok(_) => Outcome::Queued,
+        Err(e) => failed(&e),
+    }
+}
+
+async fn line_action(handle: &mut SessionHandle, line: &str, ui: &PlainUi, invite: &str) -> Outcome {
     let failed = |e: &dyn std::fmt::Display| {
         ui.notice(&format!("error: {e}"));
         Outcome::Failed
     };
     let command = match parse_line(line) {
         Ok(Line::Empty) => return Outcome::Done,
-        Ok(Line::Text(text)) => {
-            return match handle.send(ContentKind::Text, &text).await {
-                Ok(_) => Outcome::Queued,
-                Err(e) => failed(&e),
-            }
-        }
+        Ok(Line::Text(text)) => return queue(handle, ContentKind::Text, &text, &failed).await,
         Ok(Line::Command(command)) => command,
-        Err(e @ InputError::Unknown(_)) => {
-            ui.notice(&format!("error: {e}"));
-            for l in HELP.lines() {
-                ui.notice(l);
-            }
-            return Outcome::Failed;
-        }
         Err(e) => return failed(&e),
     };
     let sent = match command {
@@ -284,13 +309,23 @@ async fn line_action(handle: &mut SessionHandle, line: &str, ui: &PlainUi) -> Ou
             ui.notice(&format!("relay fingerprint: {}", handle.relay_fingerprint()));
             return Outcome::Done;
         }
-        Command::Quit => return Outcome::Quit,
-        Command::Me(text) => {
-            return match handle.send(ContentKind::Action, &text).await {
-                Ok(_) => Outcome::Queued,
-                Err(e) => failed(&e),
-            }
+        Command::Invite => {
+            ui.notice(&format!("invite: {invite}"));
+            return Outcome::Done;
         }
+        Command::Topic(text) if text.is_empty() => {
+            ui.notice("the topic is shown when the owner sets it; /topic TEXT sets it (owner only)");
+            return Outcome::Done;
+        }
+        Command::Ignore(_) | Command::Clear | Command::Join(_) | Command::Part | Command::Window(_) => {
+            return failed(
+                &"/ignore, /clear and windows (/join, /part, /window) are for the full-screen UI; line mode \
+                  stays in one room, nothing was done",
+            );
+        }
+        Command::Quit => return Outcome::Quit,
+        Command::Me(text) => return queue(handle, ContentKind::Action, &text, &failed).await,
+        Command::Topic(text) => return queue(handle, ContentKind::Topic, &text, &failed).await,
         Command::Whois(nick) => handle.whois(nick).await,
         Command::Who => handle.who().await,
         Command::Kick(nick) => handle.kick(nick).await,

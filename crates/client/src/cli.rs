@@ -20,6 +20,10 @@ pub(crate) struct Cli {
     /// ~/.config/chatroom/config.toml]
     #[arg(long, global = true, value_name = "PATH")]
     pub(crate) config: Option<PathBuf>,
+    /// Be another member on this machine: an identity, known relays, room state and config
+    /// of its own, under profiles/NAME in the data and config directories
+    #[arg(long, global = true, value_name = "NAME")]
+    pub(crate) profile: Option<String>,
 }
 
 /// Where to connect; anything missing is asked for.
@@ -28,8 +32,8 @@ pub(crate) struct TargetArgs {
     /// An invite URL (chatroom://FINGERPRINT@HOST:PORT/ROOM) or the name of a saved room
     #[arg(value_name = "INVITE|NAME")]
     pub(crate) target: Option<String>,
-    /// The relay's address
-    #[arg(long, value_name = "HOST:PORT")]
+    /// The relay's address (port 7878 when none is given)
+    #[arg(long, value_name = "HOST[:PORT]")]
     pub(crate) relay: Option<String>,
     /// The room's name
     #[arg(long)]

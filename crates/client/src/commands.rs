@@ -13,9 +13,22 @@ commands:
   /ban NICK      disconnect a member and refuse them from now on (room owner only)
   /unban NICK    lift a ban (room owner only)
   /safety        show the room safety code to compare with the other members
+  /invite        show the room's invite URL (it holds no password)
+  /topic TEXT    set the room's topic (room owner only); /topic alone shows it
+  /ignore NICK   hide NICK's messages until you leave (again: show them)
+  /clear         clear the conversation on screen
+  /join ROOM     join another room in a new window (an invite URL or a saved room)
+  /part          leave this window's room (the last one: like /quit)
+  /window N      show window N (also Alt+N)
   /quit          leave (waits briefly for unsent messages)
   //TEXT         send TEXT starting with a single /
 any other line is sent as a message";
+
+/// The commands' names, for Tab completion (aliases left out).
+pub const COMMAND_NAMES: &[&str] = &[
+    "/help", "/who", "/whois", "/me", "/kick", "/ban", "/unban", "/safety", "/invite", "/topic", "/ignore",
+    "/clear", "/join", "/part", "/window", "/quit",
+];
 
 /// A command typed by the user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +49,20 @@ pub enum Command {
     Unban(Nick),
     /// `/safety`
     Safety,
+    /// `/invite`
+    Invite,
+    /// `/topic [TEXT]`: empty shows the topic.
+    Topic(String),
+    /// `/ignore NICK`
+    Ignore(Nick),
+    /// `/clear`
+    Clear,
+    /// `/join INVITE|NAME`
+    Join(String),
+    /// `/part`
+    Part,
+    /// `/window N` (1-based as typed; stored 0-based)
+    Window(usize),
     /// `/quit`
     Quit,
 }
@@ -55,7 +82,9 @@ pub enum Input {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InputError {
     /// An unknown command.
-    #[error("unknown command /{0}; nothing was sent (type //{0} to send a line starting with /)")]
+    #[error(
+        "unknown command /{0}, nothing was sent; /help lists the commands, //{0} sends the line as text"
+    )]
     Unknown(String),
     /// A command used wrongly.
     #[error("usage: {0}")]
@@ -108,6 +137,20 @@ pub fn parse_line(line: &str) -> Result<Input, InputError> {
         "who" | "names" => no_arg(Command::Who, "/who"),
         "safety" => no_arg(Command::Safety, "/safety"),
         "whois" => Ok(Input::Command(Command::Whois(nick_arg(arg, "/whois NICK")?))),
+        "invite" => no_arg(Command::Invite, "/invite"),
+        "topic" => Ok(Input::Command(Command::Topic(body(arg.trim())?))),
+        "clear" => no_arg(Command::Clear, "/clear"),
+        "part" => no_arg(Command::Part, "/part"),
+        "join" => match arg.trim() {
+            "" => Err(InputError::Usage("/join INVITE|NAME")),
+            target if target.contains(char::is_whitespace) => Err(InputError::Usage("/join INVITE|NAME")),
+            target => Ok(Input::Command(Command::Join(target.to_owned()))),
+        },
+        "window" => match arg.trim().parse::<usize>() {
+            Ok(n @ 1..=99) => Ok(Input::Command(Command::Window(n - 1))),
+            _ => Err(InputError::Usage("/window N")),
+        },
+        "ignore" => Ok(Input::Command(Command::Ignore(nick_arg(arg, "/ignore NICK")?))),
         "quit" | "exit" => no_arg(Command::Quit, "/quit"),
         "me" => {
             if arg.trim().is_empty() {
@@ -147,6 +190,17 @@ mod tests {
         assert_eq!(parse_line("/unban bob"), Ok(Input::Command(Command::Unban(nick("bob")))));
         assert_eq!(parse_line("/safety"), Ok(Input::Command(Command::Safety)));
         assert_eq!(parse_line("/quit"), Ok(Input::Command(Command::Quit)));
+        assert_eq!(parse_line("/invite"), Ok(Input::Command(Command::Invite)));
+        assert_eq!(parse_line("/clear"), Ok(Input::Command(Command::Clear)));
+        assert_eq!(parse_line("/topic  ship it "), Ok(Input::Command(Command::Topic("ship it".into()))));
+        assert_eq!(parse_line("/topic"), Ok(Input::Command(Command::Topic(String::new()))));
+        assert_eq!(parse_line("/join ops"), Ok(Input::Command(Command::Join("ops".into()))));
+        assert_eq!(parse_line("/join"), Err(InputError::Usage("/join INVITE|NAME")));
+        assert_eq!(parse_line("/window 2"), Ok(Input::Command(Command::Window(1))));
+        assert_eq!(parse_line("/window 0"), Err(InputError::Usage("/window N")));
+        assert_eq!(parse_line("/part"), Ok(Input::Command(Command::Part)));
+        assert_eq!(parse_line("/ignore bob"), Ok(Input::Command(Command::Ignore(nick("bob")))));
+        assert_eq!(parse_line("/ignore"), Err(InputError::Usage("/ignore NICK")));
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //!
 //! ```toml
 //! proxy = "socks5h://127.0.0.1:9050"   # optional default for every room
+//! highlight = ["deploy", "alice-team"] # optional: words that mark a message as a mention
+//! bell = "unfocused"                   # optional: "unfocused" (default), "always" or "never"
 //!
 //! [rooms.work]
 //! relay = "chat.example.org:7777"
@@ -29,6 +31,23 @@ use crate::error::FileError;
 pub const MAX_CONFIG_LEN: u64 = 1 << 20;
 /// Largest password file read.
 pub const MAX_PASSWORD_FILE_LEN: u64 = 4096;
+/// Most highlight words.
+pub const MAX_HIGHLIGHTS: usize = 64;
+/// Longest highlight word, in bytes.
+pub const MAX_HIGHLIGHT_LEN: usize = 64;
+
+/// When a mention rings the terminal bell (and marks the window title).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Bell {
+    /// Only while the terminal window does not have the focus (or cannot say).
+    #[default]
+    Unfocused,
+    /// On every mention.
+    Always,
+    /// Never.
+    Never,
+}
 
 /// The whole config file.
 #[derive(Debug, Default, Deserialize)]
@@ -36,6 +55,12 @@ pub const MAX_PASSWORD_FILE_LEN: u64 = 4096;
 pub struct Config {
     /// Default proxy for every room.
     pub proxy: Option<String>,
+    /// Words that mark a message as a mention, besides your nickname (case-insensitive).
+    #[serde(default)]
+    pub highlight: Vec<String>,
+    /// When a mention rings the terminal bell.
+    #[serde(default)]
+    pub bell: Bell,
     /// Saved rooms by name.
     #[serde(default)]
     pub rooms: BTreeMap<String, RoomEntry>,
@@ -64,6 +89,26 @@ pub struct RoomEntry {
     password: Option<toml::Value>,
 }
 
+/// The 1-based line of byte offset `at`.
+fn line_of(text: &str, at: usize) -> usize {
+    let at = at.min(text.len());
+    text.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+/// The line of the first `KEY = ...`.
+fn key_line(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| l.trim_start().strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with('=')))
+        .map(|i| i + 1)
+}
+
+/// The TOML parser's message on one line, without the `password` field it lists as expected
+/// (accepted only to be refused with advice).
+fn parse_message(message: &str) -> String {
+    let one_line: Vec<&str> = message.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    crate::display::neutralize(&one_line.join(": ").replace(", `password`", ""))
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FileError + '_ {
     move |source| FileError::Io { path: path.display().to_string(), source }
 }
@@ -73,9 +118,19 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Config, FileError> {
         let config: Config = toml::from_str(text).map_err(|e| FileError::Syntax {
             path: path.display().to_string(),
-            line: e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1)).unwrap_or(1),
-            why: crate::display::neutralize(e.message()),
+            line: e.span().map_or(1, |s| line_of(text, s.start)),
+            why: parse_message(e.message()),
         })?;
+        let too_long = config.highlight.iter().any(|w| w.is_empty() || w.len() > MAX_HIGHLIGHT_LEN);
+        if config.highlight.len() > MAX_HIGHLIGHTS || too_long {
+            return Err(FileError::Syntax {
+                path: path.display().to_string(),
+                line: key_line(text, "highlight").unwrap_or(1),
+                why: format!(
+                    "highlight takes at most {MAX_HIGHLIGHTS} words of 1 to {MAX_HIGHLIGHT_LEN} bytes each"
+                ),
+            });
+        }
         let mut config = config;
         let home = directories::BaseDirs::new().map(|d| d.home_dir().to_path_buf());
         for entry in config.rooms.values_mut() {
@@ -85,7 +140,7 @@ impl Config {
             if entry.password.is_some() {
                 return Err(FileError::Syntax {
                     path: path.display().to_string(),
-                    line: 1,
+                    line: key_line(text, "password").unwrap_or(1),
                     why: format!(
                         "[rooms.{}] holds a password; config.toml never stores passwords: put it in a file \
                          with mode 0600 and name it with password_file = \"...\"",
@@ -195,12 +250,30 @@ room = "family"
         let pw = "[rooms.w]\nrelay = \"h:1\"\nroom = \"r\"\npassword = \"hunter2\"\n";
         let err = Config::parse(pw, Path::new("c.toml")).unwrap_err().to_string();
         assert!(err.contains("password_file") && !err.contains("hunter2"), "{err}");
+        assert!(err.contains("c.toml, line 4: [rooms.w] holds a password"), "at the key's line: {err}");
         let unknown = "[rooms.w]\nrelay = \"h:1\"\nroom = \"r\"\ncolour = 1\n";
-        assert!(Config::parse(unknown, Path::new("c.toml")).is_err());
+        let err = Config::parse(unknown, Path::new("c.toml")).unwrap_err().to_string();
+        assert!(err.contains("c.toml, line 4: unknown field `colour`"), "at the key's line: {err}");
+        assert!(err.contains("`password_file`") && !err.contains("`password`"), "{err}");
+        let header = "proxy = \"socks5h://h:1\"\n[rooms.w\nrelay = 1\n";
+        let err = Config::parse(header, Path::new("c.toml")).unwrap_err().to_string();
+        assert!(err.starts_with("c.toml, line 2: invalid table header"), "{err}");
+        assert!(!err.contains('^') && !err.contains('\n'), "one line, no control characters: {err}");
         let missing = "[rooms.w]\nrelay = \"h:1\"\n";
         assert!(Config::parse(missing, Path::new("c.toml")).is_err());
         let err = Config::parse("[rooms\n", Path::new("c.toml")).unwrap_err().to_string();
         assert!(err.contains("c.toml, line 1"), "{err}");
+    }
+
+    #[test]
+    fn highlight_words_and_bell_are_read_and_bounded() -> TestResult {
+        let c = Config::parse("highlight = [\"deploy\", \"Ops\"]\nbell = \"never\"\n", Path::new("c.toml"))?;
+        assert_eq!((c.highlight.len(), c.bell), (2, Bell::Never));
+        assert_eq!(Config::parse("", Path::new("c.toml"))?.bell, Bell::Unfocused);
+        let err = Config::parse("\nhighlight = [\"\"]\n", Path::new("c.toml")).unwrap_err().to_string();
+        assert!(err.starts_with("c.toml, line 2: highlight takes at most"), "{err}");
+        assert!(Config::parse("bell = \"loud\"\n", Path::new("c.toml")).is_err());
+        Ok(())
     }
 
     #[test]

@@ -97,7 +97,7 @@ pub enum SessionError {
     #[error(
         "RELAY KEY MISMATCH for {addr}: the relay presented key {actual}, but {pin_source} says {expected}. \
          Someone may be intercepting the connection. If the relay's operator confirms that its key changed, \
-         run `chatroom relays forget {addr}` and connect again (with a new invite if you used one)."
+         run `chatroom relays forget {addr}` and connect again (with a new invite if you used one)"
     )]
     RelayKeyMismatch {
         /// The relay.
@@ -109,8 +109,9 @@ pub enum SessionError {
         /// Where the pin came from ("the invite", "known_relays").
         pin_source: String,
     },
-    /// The relay refused the join or closed the session.
-    #[error("the relay closed the session: {} ({}); {}", neutralize(detail), code_name(*code), advice(*code))]
+    /// The relay refused the join or closed the session. Shown as what the code means and what
+    /// to do; the relay's own text only for codes without a meaning of ours.
+    #[error("{}", refusal_text(*code, detail))]
     Refused {
         /// The relay's reason.
         code: ErrorCode,
@@ -196,28 +197,59 @@ pub fn code_name(code: ErrorCode) -> String {
     name.to_owned()
 }
 
-/// What a user should do after a refusal.
+/// What a refusal means, in one sentence of ours (`None`: only the relay's text says).
+fn meaning(code: ErrorCode) -> Option<&'static str> {
+    Some(match code {
+        ErrorCode::NoSuchRoom => "the room does not exist on this relay",
+        ErrorCode::WrongPassword => "the relay refused the room password",
+        ErrorCode::NickTaken => "that nickname belongs to another identity in this room",
+        ErrorCode::Banned => "the room owner banned this identity",
+        ErrorCode::TooManyAttempts => "too many failed attempts to join from here",
+        ErrorCode::AlreadyConnected => {
+            "this identity joined the room from another chatroom, which replaced this one"
+        }
+        ErrorCode::Kicked => "the room owner removed you from the room",
+        ErrorCode::ShuttingDown => "the relay is shutting down",
+        ErrorCode::ServerFull => "the relay is full",
+        ErrorCode::RoomFull => "the room is full",
+        ErrorCode::IdleTimeout => "the relay closed the idle connection",
+        ErrorCode::SlowConsumer => "the relay closed the connection because it fell behind",
+        ErrorCode::BadSignature | ErrorCode::UnsupportedVersion | ErrorCode::Malformed => {
+            "the client and the relay disagree about the protocol"
+        }
+        _ => return None,
+    })
+}
+
+/// What a user should do after a refusal (capitalised: it follows a sentence).
 pub fn advice(code: ErrorCode) -> &'static str {
     match code {
-        ErrorCode::NoSuchRoom => "check the room name, or add --create to create the room",
-        ErrorCode::WrongPassword => "check the room password with the other members and try again",
-        ErrorCode::NickTaken => {
-            "that nickname belongs to another identity in this room; choose another with --nick"
+        ErrorCode::NoSuchRoom => "Check the room name, or add --create to create the room.",
+        ErrorCode::WrongPassword => {
+            "Check the password (or the invite) with the other members and try again."
         }
+        ErrorCode::NickTaken => "Choose another nickname with --nick.",
         ErrorCode::NickBound => {
-            "this identity already has another nickname in this room; join with that one via --nick, \
-             or use another --data-dir for another identity"
+            "Join with the nickname this identity already has here, or give another member its own --profile NAME."
         }
-        ErrorCode::Banned => "the room owner banned this identity; ask the owner to /unban you",
-        ErrorCode::TooManyAttempts => "too many failed attempts; wait a few minutes before trying again",
+        ErrorCode::Banned => "Ask the owner to /unban you.",
+        ErrorCode::TooManyAttempts => "Wait a few minutes before trying again.",
         ErrorCode::AlreadyConnected => {
-            "another chatroom with the same identity joined this room and replaced this one"
+            "To run two members on one machine, give the second its own --profile NAME."
         }
-        ErrorCode::Kicked => "the room owner removed you; you may rejoin",
+        ErrorCode::Kicked => "You may join again.",
         ErrorCode::BadSignature | ErrorCode::UnsupportedVersion | ErrorCode::Malformed => {
-            "the client and relay disagree about the protocol; update both"
+            "Update the client or ask the relay's operator to update the relay."
         }
-        _ => "try again later",
+        _ => "Try again later.",
+    }
+}
+
+/// A refusal as shown: what it means, then what to do.
+fn refusal_text(code: ErrorCode, detail: &str) -> String {
+    match meaning(code) {
+        Some(meaning) => format!("{meaning}. {}", advice(code)),
+        None => format!("the relay refused: {} ({}). {}", neutralize(detail), code_name(code), advice(code)),
     }
 }
 
@@ -230,7 +262,13 @@ mod tests {
         let e = SessionError::Refused { code: ErrorCode::WrongPassword, detail: "no\n\u{1b}[2Jway".into() };
         let shown = e.to_string();
         assert!(!shown.contains('\n') && !shown.contains('\u{1b}'), "{shown}");
-        assert!(shown.contains("WrongPassword") && shown.contains("check the room password"), "{shown}");
+        assert_eq!(
+            shown,
+            "the relay refused the room password. Check the password (or the invite) with the other members and \
+             try again."
+        );
+        let other = SessionError::Refused { code: ErrorCode::Internal, detail: "disk\u{1b}[2J full".into() };
+        assert_eq!(other.to_string(), "the relay refused: disk^[[2J full (Internal). Try again later.");
         assert!(!e.is_retryable());
         assert!(SessionError::Refused { code: ErrorCode::ShuttingDown, detail: String::new() }.is_retryable());
     }

@@ -13,6 +13,7 @@ mod setup;
 mod subcommands;
 mod tui;
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
@@ -38,7 +39,10 @@ fn run(cli: Cli) -> Result<(), AppError> {
                 .enable_all()
                 .build()
                 .map_err(|e| AppError::new(format!("cannot start the async runtime: {e}")))?;
-            runtime.block_on(chat::run(cli, paths))
+            let result = runtime.block_on(chat::run(cli, paths));
+            // A blocking task (a key derivation, a name lookup) must not hold up the exit.
+            runtime.shutdown_background();
+            result
         }
     }
 }
@@ -57,7 +61,8 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("chatroom: error: {e}");
+            // Not eprintln!, which panics when standard error is a closed terminal.
+            let _ = writeln!(std::io::stderr(), "chatroom: error: {e}");
             ExitCode::FAILURE
         }
     }

@@ -33,6 +33,19 @@ pub(crate) fn clock(timestamp_ms: u64) -> String {
         .unwrap_or_else(|| "??:??:??".into())
 }
 
+/// The notice for a topic: shown when the room owner signed it, refused otherwise.
+pub(crate) fn topic_line(m: &ChatMessage, owner: Option<PublicIdentity>) -> String {
+    let nick = neutralize(m.nick.as_str());
+    if owner == Some(m.sender) {
+        format!("{nick} set the topic: {}", neutralize(&m.body))
+    } else {
+        format!(
+            "WARNING: {nick} (key {}), who is not the room owner, tried to set the topic; ignored",
+            short(&m.sender)
+        )
+    }
+}
+
 /// One stdout line for a message.
 pub(crate) fn message_line(m: &ChatMessage) -> String {
     let history = if m.history { "[history] " } else { "" };
@@ -193,6 +206,8 @@ pub(crate) struct PlainUi {
     /// Messages and commands the relay refused.
     failures: AtomicUsize,
     progress: Notify,
+    /// The room owner, once joined: only their topic is shown as the topic.
+    owner: Mutex<Option<PublicIdentity>>,
 }
 
 impl PlainUi {
@@ -205,6 +220,7 @@ impl PlainUi {
             settled: AtomicU64::new(0),
             failures: AtomicUsize::new(0),
             progress: Notify::new(),
+            owner: Mutex::new(None),
         }
     }
 
@@ -253,7 +269,15 @@ impl PlainUi {
 impl Callbacks for PlainUi {
     fn event(&self, event: Event) {
         self.count(&event);
+        if let Event::Joined { owner, .. } = &event {
+            *self.owner.lock().unwrap_or_else(|e| e.into_inner()) = Some(*owner);
+        }
         if let Event::Message(m) = &event {
+            if m.kind == ContentKind::Topic {
+                let owner = *self.owner.lock().unwrap_or_else(|e| e.into_inner());
+                self.notice(&topic_line(m, owner));
+                return;
+            }
             if m.history && self.no_history {
                 return;
             }

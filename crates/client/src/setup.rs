@@ -19,17 +19,42 @@ pub(crate) struct Paths {
     pub(crate) config: PathBuf,
 }
 
+/// Longest profile name.
+const MAX_PROFILE_LEN: usize = 32;
+
+/// Checks a `--profile` name: 1 to 32 letters, digits, `-` or `_` (it names directories).
+fn profile_name(name: &str) -> Result<&str, AppError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_PROFILE_LEN
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(name)
+    } else {
+        Err(AppError::new(format!(
+            "--profile {:?} is not usable: a profile name is 1 to {MAX_PROFILE_LEN} letters, digits, - or _",
+            neutralize_short(name)
+        )))
+    }
+}
+
 impl Paths {
     pub(crate) fn new(cli: &Cli) -> Result<Self, AppError> {
         let dirs = directories::ProjectDirs::from("", "", "chatroom");
+        let profile = cli.profile.as_deref().map(profile_name).transpose()?;
         let data_dir = match (&cli.data_dir, &dirs) {
             (Some(d), _) => d.clone(),
-            (None, Some(dirs)) => dirs.data_dir().to_path_buf(),
+            (None, Some(dirs)) => match profile {
+                Some(name) => dirs.data_dir().join("profiles").join(name),
+                None => dirs.data_dir().to_path_buf(),
+            },
             (None, None) => return Err(AppError::new("cannot find a home directory; give --data-dir DIR")),
         };
         let config = match (&cli.config, &dirs) {
             (Some(c), _) => c.clone(),
-            (None, Some(dirs)) => dirs.config_dir().join("config.toml"),
+            (None, Some(dirs)) => match profile {
+                Some(name) => dirs.config_dir().join("profiles").join(format!("{name}.toml")),
+                None => dirs.config_dir().join("config.toml"),
+            },
             (None, None) => return Err(AppError::new("cannot find a home directory; give --config PATH")),
         };
         Ok(Self { data_dir, config })
@@ -60,8 +85,10 @@ pub(crate) struct Target {
 fn entry_into(target: &mut Target, name: &str, entry: &RoomEntry, path: &Path) -> Result<(), AppError> {
     let ctx =
         |e: String| AppError::new(format!("[rooms.{}] in {}: {e}", neutralize_short(name), path.display()));
-    target.relay =
-        Some(entry.relay.parse().map_err(|e: chatroom_client::error::AddressError| ctx(e.to_string()))?);
+    target.relay = Some(
+        HostPort::parse_relay(&entry.relay)
+            .map_err(|e: chatroom_client::error::AddressError| ctx(e.to_string()))?,
+    );
     target.room = Some(RoomName::new(&entry.room).map_err(|e| ctx(e.to_string()))?);
     if let Some(nick) = &entry.nick {
         target.nick = Some(Nick::new(nick).map_err(|e| ctx(e.to_string()))?);
@@ -114,7 +141,7 @@ pub(crate) fn resolve(args: &TargetArgs, config: &Config, config_path: &Path) ->
         }
     }
     if let Some(relay) = &args.relay {
-        target.relay = Some(relay.parse()?);
+        target.relay = Some(HostPort::parse_relay(relay)?);
     }
     if let Some(room) = &args.room {
         target.room = Some(RoomName::new(room).map_err(|e| AppError::new(format!("--room: {e}")))?);
@@ -140,8 +167,8 @@ pub(crate) fn complete(target: &mut Target, chat: &ChatArgs, input: &mut Input) 
         target.password_file = Some(file.clone());
     }
     while target.relay.is_none() {
-        let answer = input.ask("Relay address (HOST:PORT): ")?;
-        match answer.parse() {
+        let answer = input.ask("Relay address (HOST or HOST:PORT): ")?;
+        match HostPort::parse_relay(&answer) {
             Ok(relay) => target.relay = Some(relay),
             Err(e) if input.is_tty() => eprintln!("-!- {e}"),
             Err(e) => return Err(e.into()),

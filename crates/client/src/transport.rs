@@ -11,6 +11,9 @@ use tokio_socks::tcp::Socks5Stream;
 
 use crate::error::{AddressError, SessionError};
 
+/// The relay's port when an address gives none (the relay listens on it by default).
+pub const DEFAULT_PORT: u16 = 7878;
+
 /// Longest host name accepted (DNS limit).
 pub const MAX_HOST_LEN: usize = 253;
 
@@ -52,9 +55,9 @@ impl FromStr for HostPort {
             (addr.to_string(), port)
         } else {
             let (host, port) =
-                s.rsplit_once(':').ok_or_else(|| bad("expected HOST:PORT, e.g. example.org:7777"))?;
+                s.rsplit_once(':').ok_or_else(|| bad("expected HOST:PORT, e.g. example.org:7878"))?;
             if host.contains(':') {
-                return Err(bad("write IPv6 addresses in brackets: [::1]:7777"));
+                return Err(bad("write IPv6 addresses in brackets: [::1]:7878"));
             }
             if !valid_hostname(host) {
                 return Err(bad("the host must be a name (letters, digits, - and .) or an IP address"));
@@ -83,6 +86,19 @@ impl fmt::Display for HostPort {
 }
 
 impl HostPort {
+    /// Parses a relay address as typed by a user: `HOST:PORT`, `[IPV6]:PORT`, or a host
+    /// alone, which gets the relay's default port `DEFAULT_PORT`.
+    pub fn parse_relay(s: &str) -> Result<Self, AddressError> {
+        let bare_v6 = s.starts_with('[') && s.ends_with(']');
+        let bare_host = !s.starts_with('[') && !s.contains(':') && !s.is_empty();
+        if bare_v6 || bare_host {
+            return format!("{s}:{DEFAULT_PORT}")
+                .parse()
+                .map_err(|e: AddressError| AddressError { input: crate::display::neutralize_short(s), ..e });
+        }
+        s.parse()
+    }
+
     /// Whether the host is an IP literal (no name resolution needed).
     pub fn is_ip(&self) -> bool {
         self.host.parse::<IpAddr>().is_ok()
@@ -201,6 +217,14 @@ mod tests {
         ] {
             assert!(bad.parse::<HostPort>().is_err(), "{bad:?} should be refused");
         }
+        assert_eq!(HostPort::parse_relay("Example.org").unwrap().to_string(), "example.org:7878");
+        assert_eq!(HostPort::parse_relay("127.0.0.1").unwrap().to_string(), "127.0.0.1:7878");
+        assert_eq!(HostPort::parse_relay("[::1]").unwrap().to_string(), "[::1]:7878");
+        assert_eq!(HostPort::parse_relay("h:99").unwrap().to_string(), "h:99");
+        for bad in ["", "h:", "a b", "::1", "[zz]"] {
+            assert!(HostPort::parse_relay(bad).is_err(), "{bad:?} should be refused");
+        }
+        assert!("host".parse::<HostPort>().unwrap_err().to_string().contains("example.org:7878"));
         let err = "host\u{1b}[2J:80".parse::<HostPort>().unwrap_err().to_string();
         assert!(!err.contains('\u{1b}'), "{err}");
     }

@@ -45,6 +45,8 @@ pub enum ContentKind {
     Text = 1,
     /// An action (`/me waves`).
     Action = 2,
+    /// The room's topic, set by its owner (`/topic`). Receivers ignore one from anyone else.
+    Topic = 3,
 }
 
 /// The plaintext inside an envelope. Its `Debug` leaves out the body, so a stray `{:?}` in a
@@ -99,6 +101,7 @@ impl Content {
         let kind = match r.u8()? {
             1 => ContentKind::Text,
             2 => ContentKind::Action,
+            3 => ContentKind::Topic,
             other => return Err(DecodeError::UndefinedValue { what: "content kind", value: other.into() }),
         };
         let nick_bytes = r.bytes8("nickname", MAX_NICK_LEN)?;
@@ -335,6 +338,23 @@ mod tests {
         assert_eq!(EnvelopeHeader::peek_counter(&env), Some(0x0102_0304_0506_0708));
         assert_eq!(EnvelopeHeader::peek_counter(&env[..41]), Some(0x0102_0304_0506_0708));
         assert_eq!(EnvelopeHeader::peek_counter(&env[..40]), None);
+    }
+
+    #[test]
+    fn every_kind_round_trips_and_an_undefined_one_is_refused() {
+        let (_, _, _, mut content) = fixture();
+        for kind in [ContentKind::Text, ContentKind::Action, ContentKind::Topic] {
+            content.kind = kind;
+            let bytes = content.encode().unwrap();
+            assert_eq!(Content::decode(&bytes).unwrap().kind, kind);
+        }
+        let mut bytes = content.encode().unwrap();
+        // timestamp_ms (8 bytes), then the kind.
+        bytes[8] = 4;
+        assert!(matches!(
+            Content::decode(&bytes),
+            Err(DecodeError::UndefinedValue { what: "content kind", value: 4 })
+        ));
     }
 
     #[test]

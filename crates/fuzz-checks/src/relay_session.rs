@@ -124,6 +124,7 @@ fn harness() -> &'static Harness {
         config.who_burst = u32::MAX;
         config.who_per_sec = u32::MAX;
         config.max_rooms = usize::MAX;
+        config.max_room_nicknames = usize::MAX;
         config.handshake_timeout = STEP;
         let relay = Relay::open(config).unwrap_or_else(|e| panic!("cannot open the relay: {e}"));
         let listener = rt

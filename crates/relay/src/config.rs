@@ -30,6 +30,13 @@ pub struct Config {
     /// Rooms the relay stores at most (default 10 000); creating one more is refused with
     /// `ServerFull`. With `history_bytes` it bounds the disk history takes.
     pub max_rooms: usize,
+    /// Nicknames one room binds at most (default 10 000); a join that would bind one more
+    /// gets `RoomFull`. Each binding (and each sender's counter) is a row kept as long as the
+    /// room.
+    pub max_room_nicknames: usize,
+    /// Bytes of envelopes the relay keeps on disk over all rooms (default 4 GiB); beyond it
+    /// the oldest envelopes of the relay, whatever their room, are deleted.
+    pub max_stored_bytes: usize,
     /// A room nobody joined or sent to for this long is deleted with its history, nicknames,
     /// bans and counters (default 90 days).
     pub room_expiry: Duration,
@@ -123,6 +130,8 @@ impl Config {
             history: 1000,
             history_bytes: 4 << 20,
             max_rooms: 10_000,
+            max_room_nicknames: 10_000,
+            max_stored_bytes: 4 << 30,
             room_expiry: Duration::from_secs(90 * 24 * 3600),
             max_connections: 4096,
             max_unauthenticated_per_ip: 16,

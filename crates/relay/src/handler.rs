@@ -391,31 +391,7 @@ impl<H: RoomService> Handler<H> {
             ));
         }
 
-        // Cheap lockout checks before the signature is verified. A locked room is decided by
-        // the room itself: identities bound in it still get in.
-        let room_key = request.room.as_str().to_owned();
-        let ip_verdict = self.shared.ip_failures.check(&ip);
-        let room_verdict = self.shared.room_failures.check(&room_key);
-        if ip_verdict == Verdict::Locked {
-            let minutes = config.failure_window.as_secs().div_ceil(60);
-            let refusal = Refusal::new(
-                ErrorCode::TooManyAttempts,
-                format!("too many failed joins from your address; try again in {minutes} minutes"),
-            );
-            return Err(self.refuse_join(outbox, ip, Some(&request.room), refusal));
-        }
-        let room_locked = room_verdict == Verdict::Locked;
-        if ip_verdict == Verdict::Slow || room_verdict == Verdict::Slow {
-            debug!("slowing a join after failed attempts");
-            tokio::select! {
-                _ = self.shutdown.recv() => {
-                    outbox.finish_with(ErrorCode::ShuttingDown, "the relay is shutting down; reconnect later");
-                    return Err(Ended::Shutdown);
-                }
-                _ = tokio::time::sleep(config.failure_delay) => {}
-            }
-        }
-
+        let room_locked = self.lockouts(outbox, ip, &request.room).await?;
         let identity = request.identity;
         let nick = request.nick.clone();
         let room = request.room.clone();
@@ -433,38 +409,12 @@ impl<H: RoomService> Handler<H> {
         // The last `headroom_percent` of the connection cap is kept for members already bound
         // in the room they join; a new room's creator never is.
         let reserved = config.max_connections * config.headroom_percent / 100;
-        let crowded = self.shared.slots.available_permits() < reserved;
-        // New rooms are limited per address, like failed joins.
-        let creations = &self.shared.room_creations;
-        let may_create = || {
-            if room_locked {
-                return Err(Refusal::new(ErrorCode::TooManyAttempts, too_many_attempts()));
-            }
-            if crowded {
-                return Err(Refusal::new(ErrorCode::ServerFull, "the relay is full; try again later"));
-            }
-            if creations.check(&ip) == Verdict::Locked {
-                info!("room creation refused: too many new rooms from this address");
-                let minutes = config.failure_window.as_secs().div_ceil(60);
-                return Err(Refusal::new(
-                    ErrorCode::TooManyAttempts,
-                    format!("too many rooms created from your address; try again in {minutes} minutes"),
-                ));
-            }
-            creations.record_failure(&ip);
-            Ok(())
-        };
+        let policy = JoinPolicy { crowded: self.shared.slots.available_permits() < reserved, room_locked };
+        let may_create = || self.may_create(ip, policy);
         let member = match self
             .shared
             .hub
-            .join(
-                signed,
-                history_after,
-                self.id,
-                outbox.clone(),
-                &may_create,
-                JoinPolicy { crowded, room_locked },
-            )
+            .join(signed, history_after, self.id, outbox.clone(), &may_create, policy)
             .await
         {
             Ok(member) => member,
@@ -472,6 +422,59 @@ impl<H: RoomService> Handler<H> {
         };
         drop(slot);
         Ok(Joined { member, identity, room, nick })
+    }
+
+    /// The failed-join lockouts, checked before the signature is verified: refuses a locked
+    /// address, slows a slowed address or room, and returns whether the room is locked (the
+    /// room decides that: identities bound in it still get in).
+    async fn lockouts(&mut self, outbox: &Outbox, ip: IpAddr, room: &RoomName) -> Result<bool, Ended> {
+        let shared = self.shared.clone();
+        let config = &shared.config;
+        let ip_verdict = shared.ip_failures.check(&ip);
+        let room_verdict = shared.room_failures.check(&room.as_str().to_owned());
+        if ip_verdict == Verdict::Locked {
+            let minutes = config.failure_window.as_secs().div_ceil(60);
+            let refusal = Refusal::new(
+                ErrorCode::TooManyAttempts,
+                format!("too many failed joins from your address; try again in {minutes} minutes"),
+            );
+            return Err(self.refuse_join(outbox, ip, Some(room), refusal));
+        }
+        if ip_verdict == Verdict::Slow || room_verdict == Verdict::Slow {
+            debug!("slowing a join after failed attempts");
+            tokio::select! {
+                _ = self.shutdown.recv() => {
+                    outbox.finish_with(ErrorCode::ShuttingDown, "the relay is shutting down; reconnect later");
+                    return Err(Ended::Shutdown);
+                }
+                _ = tokio::time::sleep(config.failure_delay) => {}
+            }
+        }
+        Ok(room_verdict == Verdict::Locked)
+    }
+
+    /// Asked just before a join creates a room: not in a locked room's name, not when the
+    /// relay is crowded, and within the address's allowance of new rooms (counted like
+    /// failed joins).
+    fn may_create(&self, ip: IpAddr, policy: JoinPolicy) -> Result<(), Refusal> {
+        let config = &self.shared.config;
+        if policy.room_locked {
+            return Err(Refusal::new(ErrorCode::TooManyAttempts, too_many_attempts()));
+        }
+        if policy.crowded {
+            return Err(Refusal::new(ErrorCode::ServerFull, "the relay is full; try again later"));
+        }
+        let creations = &self.shared.room_creations;
+        if creations.check(&ip) == Verdict::Locked {
+            info!("room creation refused: too many new rooms from this address");
+            let minutes = config.failure_window.as_secs().div_ceil(60);
+            return Err(Refusal::new(
+                ErrorCode::TooManyAttempts,
+                format!("too many rooms created from your address; try again in {minutes} minutes"),
+            ));
+        }
+        creations.record_failure(&ip);
+        Ok(())
     }
 
     /// Refuses a join: counts it against the address (and a wrong password against the room
@@ -669,16 +672,7 @@ impl<H: RoomService> Handler<H> {
             }
             let replies = match message {
                 ClientMessage::Send { .. } => Vec::new(),
-                ClientMessage::Who => {
-                    // Over its rate a `Who` waits for its turn; the connection is not read
-                    // meanwhile, so asking faster only slows the asker down.
-                    let wait = session.who.until_next();
-                    if !wait.is_zero() {
-                        tokio::time::sleep(wait).await;
-                    }
-                    session.who.try_take();
-                    member_items(self.shared.hub.members(member))
-                }
+                ClientMessage::Who => self.who(member, &mut session.who).await,
                 ClientMessage::Kick { nick } => self.moderate(member, Moderation::Kick, nick).await,
                 ClientMessage::Ban { nick } => self.moderate(member, Moderation::Ban, nick).await,
                 ClientMessage::Unban { nick } => self.moderate(member, Moderation::Unban, nick).await,
@@ -701,6 +695,17 @@ impl<H: RoomService> Handler<H> {
             }
         }
         Flow::Continue
+    }
+
+    /// The member list, once `allowance` has a token: over its rate a `Who` waits for its
+    /// turn, and the connection is not read meanwhile, so asking faster only slows the asker.
+    async fn who(&self, member: &H::Membership, allowance: &mut TokenBucket) -> Vec<Bytes> {
+        let wait = allowance.until_next();
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        allowance.try_take();
+        member_items(self.shared.hub.members(member))
     }
 
     /// Answers the oldest pending requests until fewer than `MAX_SENDS_IN_FLIGHT` remain.

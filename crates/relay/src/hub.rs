@@ -234,6 +234,8 @@ struct RoomState {
     inflight: usize,
     joining: usize,
     evicted: bool,
+    /// When the room's use was last recorded in storage.
+    touched: Option<Instant>,
 }
 
 struct Room {
@@ -276,6 +278,7 @@ impl Room {
             inflight: 0,
             joining: 0,
             evicted: false,
+            touched: None,
         };
         state.trim(keep);
         Self::new(name, state)
@@ -390,10 +393,15 @@ pub(crate) struct LocalRooms {
     /// Members per room, and the part of it kept for identities already bound in the room.
     max_members: usize,
     reserved: usize,
+    /// Nicknames one room binds at most.
+    max_nicknames: usize,
     /// Rooms the relay stores at most, and how many it stores.
     max_rooms: usize,
     stored: AtomicUsize,
 }
+
+/// Least time between two records of a room's use (see `LocalRooms::touch`).
+const TOUCH_EVERY: Duration = Duration::from_secs(60);
 
 /// Most idle rooms one expiry pass deletes; the next pass takes the rest.
 const EXPIRE_BATCH: usize = 256;
@@ -405,6 +413,7 @@ pub(crate) struct RoomLimits {
     pub(crate) max_members: usize,
     pub(crate) headroom_percent: usize,
     pub(crate) max_rooms: usize,
+    pub(crate) max_nicknames: usize,
 }
 
 enum Publish {
@@ -431,7 +440,24 @@ impl LocalRooms {
             max_members,
             reserved: max_members * limits.headroom_percent.min(100) / 100,
             max_rooms: limits.max_rooms,
+            max_nicknames: limits.max_nicknames,
             stored: AtomicUsize::new(stored),
+        }
+    }
+
+    /// Records that `room` is in use, at most once per `TOUCH_EVERY`: expiry counts in days,
+    /// and a join or leave should not cost a write each.
+    fn touch(&self, room: &Room) {
+        let due = {
+            let mut st = room.lock();
+            let due = st.touched.is_none_or(|at| at.elapsed() >= TOUCH_EVERY);
+            if due {
+                st.touched = Some(Instant::now());
+            }
+            due
+        };
+        if due {
+            self.store.touch(room.name.as_str());
         }
     }
 
@@ -637,6 +663,8 @@ impl LocalRooms {
             inflight: 0,
             joining: 0,
             evicted: false,
+            // `create_room` recorded the creation as the room's first use.
+            touched: Some(Instant::now()),
         };
         let room = Room::new(name.clone(), state);
         let member = {
@@ -741,6 +769,16 @@ impl LocalRooms {
                 }
             };
             self.admit_member(&st, &identity, !bind, policy.crowded)?;
+            if bind && st.nicks.len() >= self.max_nicknames {
+                // Every binding is a row kept as long as the room: their number is bounded.
+                return Err(Refusal::new(
+                    ErrorCode::RoomFull,
+                    format!(
+                        "the room has bound its maximum of {} nicknames; join with a nickname you used here before",
+                        self.max_nicknames
+                    ),
+                ));
+            }
             if bind {
                 // Reserved now, so a concurrent join with the same nickname is refused.
                 st.nicks.insert(canonical.clone(), identity);
@@ -898,7 +936,7 @@ impl RoomService for LocalRooms {
             };
             match attempt {
                 Ok(member) => {
-                    self.store.touch(name.as_str());
+                    self.touch(&member.room);
                     return Ok(member);
                 }
                 Err(again) => join = again,
@@ -1012,7 +1050,7 @@ impl RoomService for LocalRooms {
 
     fn leave(&self, member: &LocalMember) {
         // Being in a room is using it: its idle time counts from its last member's leaving.
-        self.store.touch(member.room.name.as_str());
+        self.touch(&member.room);
         {
             let mut st = member.room.lock();
             if st.is_current(member) {
@@ -1053,6 +1091,7 @@ mod tests {
             max_members: 1000,
             headroom_percent: 10,
             max_rooms: 100,
+            max_nicknames: 100,
         }
     }
 

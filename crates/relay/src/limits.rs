@@ -124,7 +124,11 @@ impl<K: Eq + Hash + Clone> SendRate<K> {
     /// Takes one token from `key`'s bucket if there is one.
     pub(crate) fn try_take(&self, key: &K) -> bool {
         let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
-        if buckets.len() >= self.capacity && !buckets.contains_key(key) {
+        // The common case, a key already tracked, clones no key (a room name is a `String`).
+        if let Some(bucket) = buckets.get_mut(key) {
+            return bucket.try_take();
+        }
+        if buckets.len() >= self.capacity {
             buckets.retain(|_, b| !b.is_full());
             if buckets.len() >= self.capacity {
                 // The least recently used: the keys least likely to be in the middle of a burst.

@@ -110,6 +110,12 @@ struct RunArgs {
     /// Rooms the relay stores at most.
     #[arg(long, value_name = "N", default_value_t = defaults().max_rooms)]
     max_rooms: usize,
+    /// Bytes of envelopes kept on disk over all rooms (the relay's oldest go first).
+    #[arg(long, value_name = "BYTES", default_value_t = defaults().max_stored_bytes)]
+    max_stored_bytes: usize,
+    /// Nicknames one room binds at most.
+    #[arg(long, value_name = "N", default_value_t = defaults().max_room_nicknames)]
+    max_room_nicknames: usize,
     /// Idle time after which a room is deleted with everything stored about it.
     #[arg(long, value_name = "DURATION", default_value = "2160h", value_parser = parse_duration)]
     room_expiry: Duration,
@@ -294,6 +300,8 @@ fn config(args: &RunArgs) -> Result<Config, String> {
     config.history = args.history;
     config.history_bytes = args.history_bytes;
     config.max_rooms = args.max_rooms;
+    config.max_room_nicknames = args.max_room_nicknames;
+    config.max_stored_bytes = args.max_stored_bytes;
     config.room_expiry = args.room_expiry;
     config.max_connections = args.max_connections;
     config.max_unauthenticated_per_ip = args.max_unauthenticated_per_ip;

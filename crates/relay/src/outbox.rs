@@ -391,9 +391,12 @@ impl Outbox {
         if !current.is_empty() {
             batches.push(current);
         }
+        // This batch ends with the last item ahead of the replay: the replay's first items go
+        // out in the same write (a join's `Joined`, `Members` and `HistoryEnd` in one).
+        let replay = if state.ahead == 0 { state.replay.take() } else { None };
         drop(state);
         self.space.notify_waiters();
-        Next::Write(batches)
+        Next::Write(batches, replay)
     }
 }
 
@@ -444,7 +447,7 @@ fn group(items: Vec<Bytes>) -> Vec<Vec<Bytes>> {
 }
 
 enum Next {
-    Write(Vec<Vec<Bytes>>),
+    Write(Vec<Vec<Bytes>>, Option<Box<dyn Replay>>),
     Replay(Box<dyn Replay>),
     Abort(Bytes),
     Done,
@@ -559,21 +562,21 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
                 }
                 break;
             }
-            Next::Write(batches) => batches,
-            Next::Replay(mut replay) => match replay.pull(FRAMES_PER_WRITE * MAX_PLAINTEXT_LEN) {
-                Pulled::More(items) => {
-                    outbox.resume(replay);
-                    group(items)
+            Next::Write(mut batches, replay) => {
+                if let Some(replay) = replay {
+                    if !pull_into(outbox, replay, &mut batches) {
+                        continue;
+                    }
                 }
-                Pulled::Done(items) => group(items),
-                Pulled::Lost => {
-                    outbox.close(
-                        ErrorCode::SlowConsumer,
-                        "history moved on while you were catching up; reconnect to catch up again",
-                    );
+                batches
+            }
+            Next::Replay(replay) => {
+                let mut batches = Vec::new();
+                if !pull_into(outbox, replay, &mut batches) {
                     continue;
                 }
-            },
+                batches
+            }
         };
         let rest = match write_now(&mut sender, &batches, &mut writer) {
             Written::All => continue,
@@ -609,6 +612,29 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
         state.clear();
     }
     let _ = tokio::time::timeout(GOODBYE_TIMEOUT, writer.shutdown()).await;
+}
+
+/// Pulls the next part of `replay` into `batches`, handing the replay back to `outbox` if
+/// it has more; `false` if the member fell too far behind and is being closed.
+fn pull_into(outbox: &Outbox, mut replay: Box<dyn Replay>, batches: &mut Vec<Vec<Bytes>>) -> bool {
+    match replay.pull(FRAMES_PER_WRITE * MAX_PLAINTEXT_LEN) {
+        Pulled::More(items) => {
+            outbox.resume(replay);
+            batches.extend(group(items));
+            true
+        }
+        Pulled::Done(items) => {
+            batches.extend(group(items));
+            true
+        }
+        Pulled::Lost => {
+            outbox.close(
+                ErrorCode::SlowConsumer,
+                "history moved on while you were catching up; reconnect to catch up again",
+            );
+            false
+        }
+    }
 }
 
 /// Why `write_progressing` gave up.
@@ -803,7 +829,7 @@ mod tests {
     fn a_drained_queue_gives_its_capacity_back_once_its_burst_is_over() {
         let outbox = Outbox::new(1 << 20, STALL);
         let drain = |outbox: &Outbox| {
-            while let Next::Write(_) = outbox.next() {}
+            while let Next::Write(..) = outbox.next() {}
         };
         // A steady busy member: bursts of one size keep the queue's room for them.
         for _ in 0..3 {
@@ -865,7 +891,7 @@ mod tests {
         // The writer taking the queued item makes room.
         let (again, taken) = tokio::join!(outbox.push_reply(ping, Duration::from_secs(5)), async {
             tokio::task::yield_now().await;
-            matches!(outbox.next(), Next::Write(_))
+            matches!(outbox.next(), Next::Write(..))
         });
         assert!(taken);
         assert_eq!(again, Ok(()));
@@ -889,7 +915,7 @@ mod tests {
         }
         assert_eq!(outbox.push(small.clone()), Err(PushError::Full));
         // Taking a batch gives its bytes back.
-        assert!(matches!(outbox.next(), Next::Write(_)));
+        assert!(matches!(outbox.next(), Next::Write(..)));
         assert_eq!(outbox.push(next), Ok(()));
     }
 

@@ -78,7 +78,8 @@ impl Relay {
     pub fn open(config: Config) -> Result<Self, RelayError> {
         check_key_not_lost(&config)?;
         let (static_key, key_created) = load_or_create_static(&config.key_path())?;
-        let store = Store::open(&config.db_path(), config.synchronous)?;
+        let max_bytes = u64::try_from(config.max_stored_bytes).unwrap_or(u64::MAX);
+        let store = Store::open_with_quota(&config.db_path(), config.synchronous, max_bytes)?;
         Ok(Self { config, static_key, key_created, store, metrics: None })
     }
 
@@ -112,6 +113,7 @@ impl Relay {
             max_members: config.max_room_members,
             headroom_percent: config.headroom_percent,
             max_rooms: config.max_rooms,
+            max_nicknames: config.max_room_nicknames,
         };
         let hub = LocalRooms::new(store.handle(), limits, store.rooms());
         let shared = Arc::new(Shared {

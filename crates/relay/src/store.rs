@@ -321,7 +321,18 @@ pub(crate) fn open_connection(path: &Path, synchronous: Synchronous) -> Result<C
 impl Store {
     /// Opens the database in `data_dir`, creating the directory (0700) and schema if needed,
     /// and starts the writer thread.
+    #[cfg(test)]
     pub(crate) fn open(path: &Path, synchronous: Synchronous) -> Result<Self, StoreError> {
+        Self::open_with_quota(path, synchronous, u64::MAX)
+    }
+
+    /// `open`, keeping at most `max_bytes` of envelopes over all rooms: beyond it the oldest
+    /// envelopes of the relay, whatever their room, are deleted.
+    pub(crate) fn open_with_quota(
+        path: &Path,
+        synchronous: Synchronous,
+        max_bytes: u64,
+    ) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             use std::os::unix::fs::DirBuilderExt;
             std::fs::DirBuilder::new()
@@ -346,11 +357,18 @@ impl Store {
         let rooms: i64 = conn
             .query_row("SELECT count(*) FROM rooms", [], |r| r.get(0))
             .map_err(sqlite("counting rooms"))?;
+        let stored: i64 = conn
+            .query_row("SELECT coalesce(sum(length(envelope)), 0) FROM history", [], |r| r.get(0))
+            .map_err(sqlite("measuring the history"))?;
+        let budget = Budget { stored, max: i64::try_from(max_bytes).unwrap_or(i64::MAX), warned: None };
         let (tx, rx) = mpsc::channel();
-        let thread =
-            std::thread::Builder::new().name("relay-store".into()).spawn(move || writer(conn, rx)).map_err(
-                |e| StoreError::Sqlite { context: "starting the storage thread", message: e.to_string() },
-            )?;
+        let thread = std::thread::Builder::new()
+            .name("relay-store".into())
+            .spawn(move || writer(conn, rx, budget))
+            .map_err(|e| StoreError::Sqlite {
+                context: "starting the storage thread",
+                message: e.to_string(),
+            })?;
         let rooms = usize::try_from(rooms).unwrap_or(0);
         Ok(Self { handle: StoreHandle { tx }, thread: Mutex::new(Some(thread)), rooms })
     }
@@ -490,7 +508,48 @@ impl StoreHandle {
     }
 }
 
-fn writer(mut conn: Connection, rx: Receiver<Op>) {
+/// The bytes of envelopes on disk, over all rooms, and the most the relay keeps.
+pub(crate) struct Budget {
+    stored: i64,
+    max: i64,
+    /// When the last warning about deleted envelopes was written.
+    warned: Option<std::time::Instant>,
+}
+
+impl Budget {
+    /// Deletes the oldest envelopes of the relay, whatever their room, until what the group
+    /// leaves on disk fits; returns that total. Oldest by rowid, which follows insertion order
+    /// (so `history` must keep its rowid).
+    fn enforce(&mut self, tx: &rusqlite::Transaction<'_>, appends: &GroupAppends) -> Result<i64, StoreError> {
+        let mut projected = self.stored + appends.added - appends.freed;
+        let mut deleted = 0usize;
+        while projected > self.max {
+            let freed = tx
+                .prepare_cached(
+                    "DELETE FROM history WHERE rowid = (SELECT min(rowid) FROM history) RETURNING length(envelope)",
+                )
+                .and_then(|mut s| s.query_map([], |r| r.get::<_, i64>(0))?.collect::<Result<Vec<_>, _>>())
+                .map_err(sqlite("deleting the oldest history"))?;
+            if freed.is_empty() {
+                break;
+            }
+            deleted += freed.len();
+            projected -= freed.iter().sum::<i64>();
+        }
+        let quiet = self.warned.is_some_and(|at| at.elapsed() < std::time::Duration::from_secs(60));
+        if deleted > 0 && !quiet {
+            self.warned = Some(std::time::Instant::now());
+            warn!(
+                deleted,
+                max = self.max,
+                "history over --max-stored-bytes: the relay's oldest envelopes were deleted"
+            );
+        }
+        Ok(projected)
+    }
+}
+
+fn writer(mut conn: Connection, rx: Receiver<Op>, mut budget: Budget) {
     let mut stop = false;
     // An `Exec` ends the commit group it would have joined and runs after it.
     let mut held = None;
@@ -521,7 +580,7 @@ fn writer(mut conn: Connection, rx: Receiver<Op>) {
             stop = true;
             batch.truncate(at);
         }
-        run_batch(&mut conn, batch);
+        run_batch(&mut conn, batch, &mut budget);
     }
     if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
         warn!(error = %e, "final checkpoint failed; the log is replayed at the next start");
@@ -536,7 +595,7 @@ enum Completion {
     Flush(oneshot::Sender<()>),
 }
 
-fn run_batch(conn: &mut Connection, batch: Vec<Op>) {
+fn run_batch(conn: &mut Connection, batch: Vec<Op>, budget: &mut Budget) {
     let mut completions = Vec::with_capacity(batch.len());
     let writes = batch.len();
     let started = std::time::Instant::now();
@@ -566,10 +625,20 @@ fn run_batch(conn: &mut Connection, batch: Vec<Op>) {
                 }
             }
             // On error the transaction rolls back when dropped: nothing of the group is kept.
-            bookkeeping
+            let mut left = budget.stored;
+            let committed = bookkeeping
                 .and_then(|()| in_transaction(&tx))
                 .and_then(|()| appends.write(&tx))
-                .and_then(|()| tx.commit().map_err(sqlite("committing")))
+                .and_then(|()| in_transaction(&tx))
+                .and_then(|()| budget.enforce(&tx, &appends))
+                .and_then(|total| {
+                    left = total;
+                    tx.commit().map_err(sqlite("committing"))
+                });
+            if committed.is_ok() {
+                budget.stored = left;
+            }
+            committed
         }
     };
     crate::metrics::committed(started.elapsed());
@@ -600,6 +669,9 @@ fn in_transaction(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
 #[derive(Default)]
 struct GroupAppends {
     rooms: HashMap<String, RoomAppends>,
+    /// Bytes of envelopes the group stored, and deleted (pruned histories, deleted rooms).
+    added: i64,
+    freed: i64,
 }
 
 struct RoomAppends {
@@ -620,6 +692,7 @@ impl GroupAppends {
         entry.latest_seq = entry.latest_seq.max(record.seq);
         entry.keep = keep;
         entry.drop_before = entry.drop_before.max(drop_before);
+        self.added += i64::try_from(record.envelope.len()).unwrap_or(i64::MAX);
         let counter = entry.max_counters.entry(record.sender).or_insert(record.counter);
         *counter = (*counter).max(record.counter);
     }
@@ -647,9 +720,16 @@ impl GroupAppends {
                 .saturating_sub(appends.keep as u64)
                 .max(appends.drop_before.saturating_sub(1));
             if oldest_kept > 0 {
-                tx.prepare_cached("DELETE FROM history WHERE room = ?1 AND seq <= ?2")
-                    .and_then(|mut s| s.execute(params![room, oldest_kept as i64]))
+                let freed: i64 = tx
+                    .prepare_cached(
+                        "DELETE FROM history WHERE room = ?1 AND seq <= ?2 RETURNING length(envelope)",
+                    )
+                    .and_then(|mut s| {
+                        s.query_map(params![room, oldest_kept as i64], |r| r.get::<_, i64>(0))?
+                            .sum::<Result<i64, _>>()
+                    })
                     .map_err(sqlite("pruning history"))?;
+                self.freed += freed;
             }
         }
         Ok(())
@@ -716,7 +796,12 @@ fn apply(tx: &rusqlite::Transaction<'_>, write: Write, appends: &mut GroupAppend
                 .map_err(sqlite("recording a room's use"))?;
         }
         Write::DeleteRoom { room } => {
-            for table in ["history", "senders", "nicknames", "bans"] {
+            let freed: i64 = tx
+                .prepare_cached("DELETE FROM history WHERE room = ?1 RETURNING length(envelope)")
+                .and_then(|mut s| s.query_map(params![room], |r| r.get::<_, i64>(0))?.sum::<Result<i64, _>>())
+                .map_err(sqlite("deleting a room"))?;
+            appends.freed += freed;
+            for table in ["senders", "nicknames", "bans"] {
                 tx.prepare_cached(&format!("DELETE FROM {table} WHERE room = ?1"))
                     .and_then(|mut s| s.execute(params![room]))
                     .map_err(sqlite("deleting a room"))?;
@@ -910,7 +995,7 @@ mod tests {
         queue_append(&mut batch, "r", 5, 8, 3);
         queue_append(&mut batch, "r", 6, 7, 20); // counter reused by sender 7: refused
         queue_append(&mut batch, "s", 1, 7, 1);
-        run_batch(&mut conn, batch);
+        run_batch(&mut conn, batch, &mut Budget { stored: 0, max: i64::MAX, warned: None });
 
         let outcomes: Vec<bool> = results.into_iter().map(|mut rx| rx.try_recv().unwrap().is_ok()).collect();
         assert_eq!(outcomes, [true, true, true, true, true, false, true]);
@@ -958,7 +1043,7 @@ mod tests {
             });
             results.push(rx);
         }
-        run_batch(&mut conn, batch);
+        run_batch(&mut conn, batch, &mut Budget { stored: 0, max: i64::MAX, warned: None });
         let outcomes: Vec<bool> = results.into_iter().map(|mut rx| rx.try_recv().unwrap().is_ok()).collect();
         assert_eq!(outcomes, [false, false, false], "the whole group failed");
         let stored: i64 = conn.query_row("SELECT count(*) FROM history", [], |r| r.get(0)).unwrap();

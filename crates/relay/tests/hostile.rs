@@ -645,3 +645,52 @@ async fn idle_rooms_expire_but_rooms_with_members_do_not_and_the_relay_holds_a_b
     assert!(joined.created, "the expired room's name is free again");
     relay.stop().await
 }
+
+#[tokio::test]
+async fn a_room_binds_a_bounded_number_of_nicknames() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let relay = TestRelay::start(dir.path(), |c| c.max_room_nicknames = 3).await?;
+    let mut pair = Pair::new(&relay).await?;
+    let carol = Person::new("carol");
+    drop(member(&relay, &carol, &pair.room, false).await?);
+    // alice, bob and carol hold the three nicknames: a fourth identity is refused...
+    let mut conn = Conn::connect(relay.addr).await?;
+    let refused = conn.join(&Person::new("dave"), &pair.room, false, 0).await?;
+    assert!(matches!(refused, Err((ErrorCode::RoomFull, _))), "{refused:?}");
+    // ...and carol, whose nickname is bound, gets back in.
+    let (_carol, _) = member(&relay, &carol, &pair.room, false).await?;
+    pair.check().await?;
+    relay.stop().await
+}
+
+#[tokio::test]
+async fn the_relays_history_on_disk_is_bounded_in_bytes_over_all_rooms() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    // 50 000 bytes over all rooms: 11 full-size envelopes of 4305 bytes.
+    let relay = TestRelay::start(dir.path(), |c| {
+        c.max_stored_bytes = 50_000;
+        c.rate_burst = 1000;
+    })
+    .await?;
+    let body = "q".repeat(chatroom_crypto::MAX_BODY_LEN);
+    for name in ["first", "second"] {
+        let room = TestRoom::new(name);
+        let mut alice = Person::new("alice");
+        let (mut a, _) = member(&relay, &alice, &room, true).await?;
+        for _ in 0..10 {
+            a.publish_ok(alice.seal(&room, &body).1).await?;
+        }
+    }
+    relay.stop().await?;
+    // The oldest envelopes went, whatever their room: the second room's ten are all there.
+    let db = rusqlite::Connection::open(dir.path().join(chatroom_relay::DB_FILE))?;
+    let total: i64 =
+        db.query_row("SELECT coalesce(sum(length(envelope)), 0) FROM history", [], |r| r.get(0))?;
+    assert!(total <= 50_000, "{total} bytes of history on disk");
+    let per_room = |room: &str| -> rusqlite::Result<i64> {
+        db.query_row("SELECT count(*) FROM history WHERE room = ?1", [room], |r| r.get(0))
+    };
+    assert_eq!(per_room("second")?, 10);
+    assert!(per_room("first")? <= 1, "the first room's oldest went first");
+    Ok(())
+}

@@ -66,6 +66,9 @@ pub(crate) struct Established {
     pub(crate) leftover: Vec<RelayMessage>,
     pub(crate) room_keys: Arc<RoomKeys>,
     pub(crate) state: Option<RoomState>,
+    /// History was asked for after this sequence number (below the last seen, on start, for
+    /// recent context).
+    pub(crate) history_after: u64,
 }
 
 /// Connects, handshakes (checking the relay pin), derives the room key if needed, and joins.
@@ -92,7 +95,7 @@ pub(crate) async fn establish(a: Attempt) -> Result<Established, SessionError> {
                 Some(dir) => RoomState::load(&room_state_path(dir, &conn.relay_key, &cfg.room))?,
                 None => RoomState::default(),
             };
-            let after = state.last_seq;
+            let after = state.last_seq.saturating_sub(cfg.limits.context_on_start);
             (Some(state), after)
         }
     };
@@ -109,7 +112,7 @@ pub(crate) async fn establish(a: Attempt) -> Result<Established, SessionError> {
     let (info, leftover) = tokio::time::timeout(limit, join(&mut conn, request))
         .await
         .map_err(|_| timed_out("joining the room on"))??;
-    Ok(Established { conn, info, leftover, room_keys, state })
+    Ok(Established { conn, info, leftover, room_keys, state, history_after })
 }
 
 type Connecting = Pin<Box<dyn Future<Output = Result<Established, SessionError>> + Send>>;
@@ -191,6 +194,7 @@ impl Driver {
         let state = first.state.clone().unwrap_or_default();
         let mut view = RoomView::new(identity.public(), &config.nick, config.room.clone(), state);
         view.set_kdf(keys.params());
+        view.set_context_after(first.history_after);
         let bucket =
             config.limits.send_rate.map(|(burst, rate)| TokenBucket::new(burst, rate, Instant::now()));
         Ok(Self {
@@ -581,6 +585,7 @@ impl Driver {
                     }
                 }
                 RelayMessage::HistoryEnd { .. } => {
+                    self.view.end_context();
                     self.emit(Event::HistoryEnd);
                     self.emit(Event::State(ConnState::Live));
                 }

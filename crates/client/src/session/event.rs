@@ -203,6 +203,10 @@ pub enum Event {
     HistoryEnd,
     /// A verified message.
     Message(ChatMessage),
+    /// A message seen in an earlier session, fetched again as recent context on start
+    /// (`Limits::context_on_start`): verified and its nickname pinned to its signer, but not
+    /// counted as new.
+    Context(ChatMessage),
     /// Content refused for display as a member's message.
     Rejected(Rejected),
     /// The member list (after joining and after `/who`).

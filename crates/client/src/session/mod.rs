@@ -53,6 +53,9 @@ pub struct Limits {
     pub send_rate: Option<(u32, f64)>,
     /// Most messages queued (sent but unacknowledged, or waiting); beyond it `send` fails.
     pub max_queued: usize,
+    /// On start, how many already seen messages before the unseen ones to fetch again as
+    /// recent context (`Event::Context`), so a conversation never starts mid-reply. 0: none.
+    pub context_on_start: u64,
 }
 
 impl Default for Limits {
@@ -66,6 +69,7 @@ impl Default for Limits {
             backoff_max: Duration::from_secs(30),
             send_rate: Some((18, 4.5)),
             max_queued: 10_000,
+            context_on_start: 0,
         }
     }
 }

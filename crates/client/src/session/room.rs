@@ -2,7 +2,9 @@
 //! pins, the member list, and the counter for the next envelope. Fed relay messages by the
 //! driver (or a test), it returns the events to report.
 
-use chatroom_crypto::{open, KdfParams, Member, MessageKey, Nick, PresenceEvent, PublicIdentity, RoomName};
+use chatroom_crypto::{
+    open, KdfParams, Member, MessageKey, Nick, Opened, PresenceEvent, PublicIdentity, RoomName,
+};
 
 use super::connection::JoinedInfo;
 use super::event::{ChatMessage, Event, MemberInfo, Rejected, Whois};
@@ -28,6 +30,9 @@ pub struct RoomView {
     owner: Option<PublicIdentity>,
     members: Vec<Member>,
     partial: Vec<Member>,
+    /// On start, already seen messages in (after, up to] are recent context (`Event::Context`),
+    /// each at most once and in increasing order; `None` once the first history ended.
+    context: Option<(u64, u64)>,
 }
 
 impl RoomView {
@@ -35,7 +40,17 @@ impl RoomView {
     pub fn new(me: PublicIdentity, my_nick: &Nick, room: RoomName, mut state: RoomState) -> Self {
         let dirty = state.pins.check(my_nick, &me) == PinCheck::New;
         let last_used = state.last_counter;
-        Self { me, room, state, dirty, last_used, owner: None, members: Vec::new(), partial: Vec::new() }
+        Self {
+            me,
+            room,
+            state,
+            dirty,
+            last_used,
+            owner: None,
+            members: Vec::new(),
+            partial: Vec::new(),
+            context: None,
+        }
     }
 
     /// Records the key-derivation parameters the room was joined with.
@@ -44,6 +59,39 @@ impl RoomView {
             self.state.kdf = Some(kdf);
             self.dirty = true;
         }
+    }
+
+    /// The history replayed after the first join ended: no more recent context.
+    pub fn end_context(&mut self) {
+        self.context = None;
+    }
+
+    /// Messages above `seq` and up to the last seen are shown again as recent context.
+    pub fn set_context_after(&mut self, seq: u64) {
+        self.context = (seq < self.state.last_seq).then_some((seq, self.state.last_seq));
+    }
+
+    /// An already seen message fetched again as recent context: shown only when it opens, and
+    /// its nickname is pinned to its signer; the state (last seen, counters, pins) is untouched.
+    fn context(&mut self, seq: u64, opened: Opened) -> Option<Event> {
+        let (after, upto) = self.context?;
+        if seq <= after || seq > upto {
+            return None;
+        }
+        self.context = Some((seq, upto));
+        if self.state.pins.get(&opened.content.nick).copied() != Some(opened.sender) {
+            return None;
+        }
+        Some(Event::Context(ChatMessage {
+            seq,
+            history: true,
+            sender: opened.sender,
+            from_me: opened.sender == self.me,
+            nick: opened.content.nick,
+            kind: opened.content.kind,
+            body: opened.content.body,
+            timestamp_ms: opened.content.timestamp_ms,
+        }))
     }
 
     /// The state to persist.
@@ -137,7 +185,11 @@ impl RoomView {
         };
         let highest = self.state.highest(&opened.sender);
         if opened.counter <= highest {
-            if history || seq <= self.state.last_seq {
+            if history {
+                // Already seen: shown again only as recent context after a restart.
+                return self.context(seq, opened);
+            }
+            if seq <= self.state.last_seq {
                 return None;
             }
             return Some(Event::Rejected(Rejected::Replayed {
@@ -281,6 +333,42 @@ mod tests {
         assert!(f.view.on_deliver(&key, 0, false, &e1).is_none());
         assert_eq!(f.view.last_seq(), 1);
         assert!(f.view.take_dirty());
+    }
+
+    #[test]
+    fn seen_messages_come_back_as_context_once_on_start_and_change_nothing() {
+        let mut f = fixture();
+        let key = f.key.clone();
+        let (e1, e2) = (envelope(&f, &f.bob, "bob", 10, "one"), envelope(&f, &f.bob, "bob", 11, "two"));
+        body_of(f.view.on_deliver(&key, 1, false, &e1));
+        body_of(f.view.on_deliver(&key, 2, false, &e2));
+        let saved = f.view.state().clone();
+        // Started again with the saved state, asking for history after seq 0 for context.
+        let mut view = RoomView::new(f.alice.public(), &Nick::new("alice").unwrap(), f.room.clone(), saved);
+        view.set_context_after(0);
+        match view.on_deliver(&key, 2, true, &e2) {
+            Some(Event::Context(m)) => assert_eq!((m.body.as_str(), m.history), ("two", true)),
+            other => panic!("expected context, got {other:?}"),
+        }
+        assert!(view.on_deliver(&key, 2, false, &e2).is_none(), "only replayed history is context");
+        assert!(view.on_deliver(&key, 2, true, &e2).is_none(), "each seq once");
+        assert!(view.on_deliver(&key, 1, true, &e1).is_none(), "in increasing order");
+        assert_eq!(view.last_seq(), 2);
+        assert!(!view.take_dirty(), "context changes no state");
+        // An envelope never seen is no context, whatever its seq: here a forgery under a
+        // nickname pinned to another key, reported and not shown.
+        let forged = envelope(&f, &Identity::generate(), "bob", 12, "not bob");
+        assert!(matches!(
+            view.on_deliver(&key, 1, true, &forged),
+            Some(Event::Rejected(Rejected::NickMismatch { .. }))
+        ));
+        view.end_context();
+        assert!(view.on_deliver(&key, 2, true, &e2).is_none(), "after the first history, duplicates again");
+        assert_eq!(
+            body_of(view.on_deliver(&key, 3, true, &envelope(&f, &f.bob, "bob", 12, "three"))),
+            "three",
+            "new messages as before: the counters were kept"
+        );
     }
 
     #[test]

@@ -7,8 +7,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use chatroom_client::commands::{parse_line, Command, Input as Line, InputError, HELP};
-use chatroom_client::crypto::{ContentKind, KdfParams, Nick, PresenceEvent, PublicIdentity};
+use chatroom_client::commands::{parse_line, Command, Input as Line, COMMAND_NAMES, HELP};
+use chatroom_client::config::Bell;
+use chatroom_client::crypto::{ContentKind, KdfParams, Nick, PresenceEvent, PublicIdentity, MAX_BODY_LEN};
 use chatroom_client::display::neutralize;
 use chatroom_client::session::{ConnState, Event, KdfProgress, MemberInfo};
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseEvent, MouseEventKind};
@@ -19,6 +20,9 @@ use crate::plain::event_line;
 /// Most entries kept in the scrollback.
 pub(crate) const MAX_SCROLLBACK: usize = 5000;
 
+/// Most lines one multi-line paste may send (each is a message).
+pub(crate) const MAX_PASTE_LINES: usize = 50;
+
 /// Rows scrolled per mouse wheel step.
 const WHEEL_ROWS: usize = 3;
 
@@ -26,8 +30,10 @@ const WHEEL_ROWS: usize = 3;
 pub(crate) const KEYS_HELP: &str = "\
 keys:
   PageUp/PageDown, mouse wheel   scroll the conversation
+  Ctrl-End or Alt-End            jump to the newest message
+  Alt+1 .. Alt+9                 show window 1 to 9 (/window N)
   Up/Down                        previous/next line you sent
-  Tab                            complete a nickname (again: next match)
+  Tab                            complete a command or nickname (again: next match)
   Left/Right, Home/End, Ctrl-A/E move in the line
   Backspace/Delete, Ctrl-U/K/W   delete a character, to start/end of line, a word
   Esc                            dismiss the warning banner
@@ -37,8 +43,11 @@ keys:
 /// The connection as the status bar shows it.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Conn {
-    /// Opening the connection.
-    Connecting,
+    /// Opening the connection: 0 for the first attempt, then 1, 2, ... while reconnecting.
+    Connecting {
+        /// The attempt.
+        attempt: u32,
+    },
     /// Deriving the room key.
     Deriving {
         /// Parameters.
@@ -106,6 +115,10 @@ pub(crate) enum Body {
         mine: bool,
         /// For our own messages: whether the relay stored it.
         delivery: Delivery,
+        /// Names us or a highlight word.
+        mention: bool,
+        /// The signer's identity key, which chooses the nickname's colour (`None`: not known).
+        key: Option<PublicIdentity>,
     },
     /// A line from the program itself.
     Notice {
@@ -141,10 +154,20 @@ pub(crate) enum Action {
         /// Its entry number.
         entry: u64,
     },
+    /// Send pasted lines, each a message; `entry` numbers the scrollback entries showing them.
+    SendLines(Vec<(String, u64)>),
     /// Ask for the member list.
     Who,
     /// Ask what is known of a nickname.
     Whois(Nick),
+    /// Show the invite URL.
+    Invite,
+    /// Join another room in a new window.
+    Join(String),
+    /// Leave this window's room.
+    Part,
+    /// Show window N (0-based).
+    Window(usize),
     /// Owner commands.
     Kick(Nick),
     /// Ban.
@@ -155,10 +178,45 @@ pub(crate) enum Action {
     Redraw,
     /// Leave.
     Quit,
+    /// Leave soon (SIGTERM): wait only briefly for the relay's acknowledgements.
+    Terminate,
+    /// The terminal is gone (SIGHUP, or it can no longer be read): leave at once, drawing and
+    /// printing nothing.
+    Hangup,
 }
 
 /// Formats a time in milliseconds since the epoch.
 pub(crate) type Clock = fn(u64) -> String;
+
+/// `1 message`, `2 messages`.
+pub(crate) fn count(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+/// Most characters of one message quoted in a notice.
+const QUOTE_CHARS: usize = 30;
+/// Most messages quoted in a notice.
+const QUOTE_COUNT: usize = 3;
+
+/// `"first", "second" and 3 more`, each cut to `QUOTE_CHARS` with an ellipsis.
+pub(crate) fn quote_list(texts: &[String]) -> String {
+    let mut quoted: Vec<String> = texts
+        .iter()
+        .take(QUOTE_COUNT)
+        .map(|t| match t.char_indices().nth(QUOTE_CHARS) {
+            Some((at, _)) => format!("\"{}...\"", &t[..at]),
+            None => format!("\"{t}\""),
+        })
+        .collect();
+    if texts.len() > QUOTE_COUNT {
+        quoted.push(format!("{} more", texts.len() - QUOTE_COUNT));
+    }
+    quoted.join(", ")
+}
 
 /// The whole state of the UI.
 #[derive(Debug)]
@@ -200,6 +258,43 @@ pub(crate) struct App {
     history_seen: usize,
     /// `/who` was typed: show the next member list as a notice too.
     who_asked: bool,
+    /// When the connection was lost, while it is; the loss was reported once.
+    lost_since: Option<Instant>,
+    /// After a reconnect, until the end of history: messages caught up so far.
+    caught_up: Option<usize>,
+    /// `/quit` while offline with messages unsent: said what is unsent once; the next leaves.
+    quit_asked: bool,
+    /// Words that make a message a mention (lower case): our nickname and configured words.
+    highlight: Vec<String>,
+    /// When a mention rings the bell.
+    bell: Bell,
+    /// The terminal window has the focus (assumed until it says otherwise).
+    pub(crate) focused: bool,
+    /// The unread marker was placed since the focus was lost.
+    marked: bool,
+    /// The entry the unread marker line is drawn above: the first to arrive while unfocused.
+    pub(crate) unread_at: Option<u64>,
+    /// A mention asks for the bell (and the window title); taken by the event loop.
+    ring: bool,
+    /// Joined someone else's room: the join notice waits for the member list, to name the
+    /// owner by nickname.
+    owner_to_name: Option<PublicIdentity>,
+    /// A multi-line paste waiting for Enter (send) or Esc (cancel).
+    pub(crate) paste: Option<Vec<String>>,
+    /// The room's topic, as last set by its owner (neutralised).
+    pub(crate) topic: Option<String>,
+    /// We own the room (only the owner sets the topic).
+    owner_is_me: bool,
+    /// This window is the one shown.
+    active: bool,
+    /// Recent context (already seen messages) was shown since the start.
+    context_shown: bool,
+    /// Messages that arrived while this window was not shown, and whether one mentioned us.
+    unread: (usize, bool),
+    /// The status bar's window list (empty with one window).
+    pub(crate) windows: String,
+    /// Nicknames whose messages are hidden (lower case), until the client ends.
+    ignored: std::collections::HashSet<String>,
     clock: Clock,
     now_ms: fn() -> u64,
 }
@@ -229,7 +324,7 @@ impl App {
             relay: neutralize(relay),
             room: neutralize(room),
             nick: neutralize(nick),
-            conn: Conn::Connecting,
+            conn: Conn::Connecting { attempt: 0 },
             relay_fingerprint: None,
             safety_code: None,
             members: Vec::new(),
@@ -245,9 +340,32 @@ impl App {
             pending: HashMap::new(),
             history_seen: 0,
             who_asked: false,
+            lost_since: None,
+            caught_up: None,
+            quit_asked: false,
+            highlight: vec![nick.to_lowercase()],
+            bell: Bell::default(),
+            focused: true,
+            marked: false,
+            unread_at: None,
+            ring: false,
+            owner_to_name: None,
+            paste: None,
+            ignored: std::collections::HashSet::new(),
+            topic: None,
+            owner_is_me: false,
+            active: true,
+            context_shown: false,
+            unread: (0, false),
+            windows: String::new(),
             clock,
             now_ms,
         }
+    }
+
+    /// The number of the oldest entry kept.
+    pub(crate) fn first(&self) -> u64 {
+        self.first
     }
 
     /// The scrollback, oldest first.
@@ -303,6 +421,8 @@ impl App {
                 history: false,
                 mine: true,
                 delivery: Delivery::Pending,
+                mention: false,
+                key: self.members.iter().find(|m| m.me).map(|m| m.identity),
             },
             time,
         )
@@ -346,13 +466,182 @@ impl App {
         matches!(self.conn, Conn::Deriving { .. } | Conn::Reconnecting { .. } | Conn::Leaving)
     }
 
+    /// Sets the highlight words (besides our nickname) and when a mention rings the bell.
+    pub(crate) fn set_alerts(&mut self, words: &[String], bell: Bell) {
+        self.highlight.extend(words.iter().map(|w| w.to_lowercase()));
+        self.bell = bell;
+    }
+
+    /// Whether `text` names us or a highlight word, as a whole word (case-insensitive).
+    pub(crate) fn mentions(&self, text: &str) -> bool {
+        let text = text.to_lowercase();
+        let is_word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+        self.highlight.iter().any(|word| {
+            text.match_indices(word.as_str()).any(|(at, _)| {
+                !is_word(text[..at].chars().next_back()) && !is_word(text[at + word.len()..].chars().next())
+            })
+        })
+    }
+
+    /// The terminal window gained or lost the focus.
+    pub(crate) fn focus(&mut self, focused: bool) {
+        self.focused = focused;
+        if !focused {
+            self.marked = false;
+        }
+    }
+
+    /// A live message arrives: while unfocused, the unread marker goes before the first one;
+    /// a mention rings the bell as configured.
+    fn arrived(&mut self, mention: bool) {
+        if !self.focused && !self.marked {
+            self.marked = true;
+            self.unread_at = Some(self.first + self.entries.len() as u64);
+            if self.scroll > 0 {
+                // The marker row appears below the view: keep the view still.
+                self.scroll += 1;
+            }
+        }
+        if !self.active {
+            self.unread.0 += 1;
+            self.unread.1 |= mention;
+        }
+        let away = !self.focused || !self.active;
+        if mention && (self.bell == Bell::Always || (self.bell == Bell::Unfocused && away)) {
+            self.ring = true;
+        }
+    }
+
+    /// Shows or hides this window; showing it clears its activity.
+    pub(crate) fn set_active(&mut self, active: bool) {
+        self.active = active;
+        if active {
+            self.unread = (0, false);
+        }
+    }
+
+    /// Messages that arrived while this window was not shown, and whether one mentioned us.
+    pub(crate) fn activity(&self) -> (usize, bool) {
+        self.unread
+    }
+
+    /// Whether a mention asked for the bell since the last call.
+    pub(crate) fn take_ring(&mut self) -> bool {
+        std::mem::take(&mut self.ring)
+    }
+
+    /// Whether the connection is lost (and being re-established).
+    pub(crate) fn offline(&self) -> bool {
+        self.lost_since.is_some()
+    }
+
+    /// The texts of our own messages the relay has not acknowledged, oldest first.
+    pub(crate) fn unsent(&self) -> Vec<String> {
+        self.entries
+            .iter()
+            .filter_map(|e| match &e.body {
+                Body::Message { text, mine: true, delivery: Delivery::Pending, .. } => Some(text.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// `/quit` or Ctrl-C: while offline with messages unsent, says which and asks once.
+    fn quit(&mut self) -> Action {
+        let unsent = self.unsent();
+        let leaving = self.conn == Conn::Leaving;
+        if leaving || !self.offline() || unsent.is_empty() || std::mem::replace(&mut self.quit_asked, true) {
+            return Action::Quit;
+        }
+        self.notice(
+            NoticeKind::Error,
+            &format!(
+                "not connected, so {} would be lost: {}. Wait for the reconnect, or /quit again to leave anyway.",
+                count(unsent.len(), "unsent message"),
+                quote_list(&unsent)
+            ),
+        );
+        Action::None
+    }
+
+    /// A connection state change: the first loss and the return are notices, the rest is
+    /// shown in the status bar only.
+    fn on_state(&mut self, state: ConnState) {
+        match state {
+            ConnState::Connecting { attempt } => {
+                // Attempts count from 0 after each loss; the status bar counts retries from 1.
+                let retry = if self.offline() { attempt.saturating_add(1) } else { 0 };
+                self.conn = Conn::Connecting { attempt: retry };
+                if retry == 0 {
+                    let text = format!("connecting to {}", self.relay);
+                    self.notice(NoticeKind::Info, &text);
+                }
+            }
+            ConnState::Joining => self.conn = Conn::Joining,
+            ConnState::CatchingUp => self.conn = Conn::CatchingUp,
+            ConnState::Live => self.conn = Conn::Connected,
+            ConnState::Reconnecting { delay, reason } => {
+                self.conn = Conn::Reconnecting { since: Instant::now(), delay };
+                if self.lost_since.is_none() {
+                    self.lost_since = Some(Instant::now());
+                    // The client retries on its own: advice to try later does not apply.
+                    let reason = reason.trim_end_matches(" Try again later.").trim_end_matches('.');
+                    let text = format!(
+                        "connection lost: {}. Reconnecting on its own; the status bar counts down.",
+                        neutralize(reason.strip_prefix("connection lost: ").unwrap_or(reason))
+                    );
+                    self.notice(NoticeKind::Error, &text);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The notices of a first join: who owns the room, the safety code, where help is.
+    fn joined_notices(&mut self, owner: &str) {
+        self.notice(NoticeKind::Info, owner);
+        self.notice(
+            NoticeKind::Info,
+            "compare the safety code (status bar, /safety) with the other members out of band",
+        );
+        self.notice(NoticeKind::Info, "type /help for commands and keys");
+    }
+
+    /// Names the owner of a room we joined, once the member list is in (or history ended).
+    fn name_owner(&mut self) {
+        let Some(owner) = self.owner_to_name.take() else { return };
+        let text = match self.members.iter().find(|m| m.identity == owner) {
+            Some(m) => format!(
+                "joined the room; its owner is {} (@ in the member list)",
+                neutralize(m.nick.as_str())
+            ),
+            None => format!("joined the room; its owner (key {}) is not here now", owner.short_fingerprint()),
+        };
+        self.joined_notices(&text);
+    }
+
+    /// The end of history after a reconnect: one notice that the connection is back.
+    fn back_online(&mut self, caught_up: usize) {
+        let after = match self.lost_since.take() {
+            Some(since) => format!(" after {} s", since.elapsed().as_secs().max(1)),
+            None => String::new(),
+        };
+        let missed = match caught_up {
+            0 => "nothing was missed".to_owned(),
+            n => format!("{} caught up above", count(n, "missed message")),
+        };
+        self.quit_asked = false;
+        let text = format!("reconnected{after}; {missed}");
+        self.notice(NoticeKind::Info, &text);
+    }
+
     /// The session ended.
     pub(crate) fn ended(&mut self, why: Option<&str>) {
         self.conn = Conn::Offline;
         match why {
             Some(why) => self.notice(
                 NoticeKind::Error,
-                &format!("disconnected for good: {}. /quit or Ctrl-C leaves", neutralize(why)),
+                &format!("session ended: {}. /quit leaves.", neutralize(why.trim_end_matches('.'))),
             ),
             None => self.notice(NoticeKind::Info, "session closed"),
         }
@@ -362,26 +651,7 @@ impl App {
     pub(crate) fn on_event(&mut self, event: Event) {
         let line = event_line(&event, &self.relay);
         match event {
-            Event::State(state) => {
-                self.conn = match state {
-                    ConnState::Connecting { .. } => Conn::Connecting,
-                    ConnState::Joining => Conn::Joining,
-                    ConnState::CatchingUp => Conn::CatchingUp,
-                    ConnState::Live => Conn::Connected,
-                    ConnState::Reconnecting { delay, .. } => {
-                        Conn::Reconnecting { since: Instant::now(), delay }
-                    }
-                    _ => self.conn.clone(),
-                };
-                if let Some(line) = line {
-                    let kind = if matches!(self.conn, Conn::Reconnecting { .. }) {
-                        NoticeKind::Error
-                    } else {
-                        NoticeKind::Info
-                    };
-                    self.notice(kind, &line);
-                }
-            }
+            Event::State(state) => self.on_state(state),
             Event::KeyDerivation(progress) => {
                 match progress {
                     KdfProgress::Started(params) => {
@@ -398,33 +668,60 @@ impl App {
                     self.notice(NoticeKind::Info, &line);
                 }
             }
-            Event::Joined { safety_code, relay_fingerprint, rejoin, owner, .. } => {
+            Event::Joined { safety_code, relay_fingerprint, rejoin, owner, created, owner_is_me } => {
                 self.owner = Some(owner);
+                self.owner_is_me = owner_is_me;
                 self.safety_code = Some(neutralize(&safety_code));
                 self.relay_fingerprint = Some(neutralize(&relay_fingerprint));
                 self.history_seen = 0;
-                if let Some(line) = line {
-                    self.notice(NoticeKind::Info, &line);
-                }
-                if !rejoin {
-                    self.notice(NoticeKind::Info, "type /help for commands and keys");
+                if rejoin {
+                    // Reported once the missed messages are in (`back_online`).
+                    self.caught_up = Some(0);
+                } else if created {
+                    self.joined_notices("created the room; you are its owner (@ in the member list)");
+                } else if owner_is_me {
+                    self.joined_notices("joined the room; you are its owner (@ in the member list)");
+                } else {
+                    self.owner_to_name = Some(owner);
                 }
             }
             Event::HistoryEnd => {
-                if self.history_seen > 0 {
+                self.name_owner();
+                if let Some(n) = self.caught_up.take() {
+                    self.back_online(n);
+                } else if self.history_seen > 0 {
                     let time = self.now();
                     self.push(Body::Divider("end of history; now live".into()), time);
                 }
             }
             Event::Message(m) => {
-                if m.history && self.history_seen == 0 {
+                if let Some(n) = &mut self.caught_up {
+                    *n += 1;
+                } else if m.history && self.history_seen == 0 {
                     let time = self.now();
                     self.push(Body::Divider("history".into()), time);
                 }
                 if m.history {
                     self.history_seen += 1;
                 }
+                if m.kind == ContentKind::Topic {
+                    let text = crate::plain::topic_line(&m, self.owner);
+                    if Some(m.sender) == self.owner {
+                        self.topic = Some(neutralize(&m.body)).filter(|t| !t.is_empty());
+                        self.notice(NoticeKind::Info, &text);
+                    } else {
+                        self.notice(NoticeKind::Error, text.strip_prefix("WARNING: ").unwrap_or(&text));
+                    }
+                    return;
+                }
+                if self.ignored.contains(&m.nick.as_str().to_lowercase()) {
+                    return;
+                }
                 let time = (self.clock)(m.timestamp_ms);
+                let mention = !m.from_me && self.mentions(&m.body);
+                if !m.history {
+                    self.arrived(mention);
+                }
                 self.push(
                     Body::Message {
                         nick: neutralize(m.nick.as_str()),
@@ -433,10 +730,13 @@ impl App {
                         history: m.history,
                         mine: m.from_me,
                         delivery: Delivery::Delivered,
+                        mention,
+                        key: Some(m.sender),
                     },
                     time,
                 );
             }
+            Event::Context(m) => self.context(m),
             Event::Rejected(_) | Event::KeyChanged { .. } => {
                 if let Some(line) = line {
                     self.alert(line.strip_prefix("WARNING: ").unwrap_or(&line));
@@ -444,6 +744,7 @@ impl App {
             }
             Event::Members(list) => {
                 self.set_members(list);
+                self.name_owner();
                 if std::mem::take(&mut self.who_asked) {
                     if let Some(line) = line {
                         self.notice(NoticeKind::Info, &line);
@@ -524,7 +825,7 @@ impl App {
                     }
                     Action::None
                 }
-                Command::Quit => Action::Quit,
+                Command::Quit => self.quit(),
                 Command::Who => {
                     self.who_asked = true;
                     Action::Who
@@ -534,20 +835,94 @@ impl App {
                     Action::Send { kind: ContentKind::Action, text, entry }
                 }
                 Command::Whois(nick) => Action::Whois(nick),
+                Command::Invite => Action::Invite,
+                Command::Join(target) => Action::Join(target),
+                Command::Part => Action::Part,
+                Command::Window(n) => Action::Window(n),
+                Command::Topic(text) => self.set_topic(text),
+                Command::Clear => {
+                    self.first += self.entries.len() as u64;
+                    self.entries.clear();
+                    (self.scroll, self.unseen, self.unread_at) = (0, 0, None);
+                    Action::None
+                }
+                Command::Ignore(nick) => {
+                    let key = nick.as_str().to_lowercase();
+                    let shown = neutralize(nick.as_str());
+                    let text = if self.ignored.remove(&key) {
+                        format!("showing {shown}'s messages again")
+                    } else {
+                        self.ignored.insert(key);
+                        format!("hiding {shown}'s messages until you leave; /ignore {shown} shows them again")
+                    };
+                    self.notice(NoticeKind::Info, &text);
+                    Action::None
+                }
                 Command::Kick(nick) => Action::Kick(nick),
                 Command::Ban(nick) => Action::Ban(nick),
                 Command::Unban(nick) => Action::Unban(nick),
             },
-            Err(e @ InputError::Unknown(_)) => {
-                self.notice(NoticeKind::Error, &format!("error: {e}"));
-                self.help();
-                Action::None
-            }
             Err(e) => {
                 self.notice(NoticeKind::Error, &format!("error: {e}"));
                 Action::None
             }
         }
+    }
+
+    /// An already seen message shown again on start as recent context: dimmed as history,
+    /// under a rule of its own, never a mention. A topic in it is the topic again.
+    fn context(&mut self, m: chatroom_client::session::ChatMessage) {
+        if m.kind == ContentKind::Topic {
+            if Some(m.sender) == self.owner {
+                self.topic = Some(neutralize(&m.body)).filter(|t| !t.is_empty());
+            }
+            return;
+        }
+        if self.ignored.contains(&m.nick.as_str().to_lowercase()) {
+            return;
+        }
+        if !std::mem::replace(&mut self.context_shown, true) {
+            let time = self.now();
+            self.push(Body::Divider("earlier, already seen".into()), time);
+        }
+        let time = (self.clock)(m.timestamp_ms);
+        self.push(
+            Body::Message {
+                nick: neutralize(m.nick.as_str()),
+                text: neutralize(&m.body),
+                action: m.kind == ContentKind::Action,
+                history: true,
+                mine: m.from_me,
+                delivery: Delivery::Delivered,
+                mention: false,
+                key: Some(m.sender),
+            },
+            time,
+        );
+    }
+
+    /// `/topic [TEXT]`: shows the topic, or sets it when we own the room.
+    fn set_topic(&mut self, text: String) -> Action {
+        if text.is_empty() {
+            let shown = match &self.topic {
+                Some(topic) => format!("the topic is: {topic}"),
+                None => "no topic is set; the room owner sets one with /topic TEXT".to_owned(),
+            };
+            self.notice(NoticeKind::Info, &shown);
+            return Action::None;
+        }
+        if !self.owner_is_me {
+            self.notice(NoticeKind::Error, "only the room owner sets the topic; nothing was sent");
+            return Action::None;
+        }
+        self.topic = Some(neutralize(&text));
+        let time = self.now();
+        let body = Body::Notice {
+            kind: NoticeKind::Info,
+            text: format!("you set the topic: {}", neutralize(&text)),
+        };
+        let entry = self.push(body, time);
+        Action::Send { kind: ContentKind::Topic, text, entry }
     }
 
     /// Scrolls towards older rows.
@@ -563,16 +938,93 @@ impl App {
         }
     }
 
+    /// Pasted text (bracketed paste): one line goes into the input line as far as it fits;
+    /// several lines wait for Enter to be sent as that many messages, or Esc.
+    pub(crate) fn on_paste(&mut self, text: &str) {
+        if self.paste.is_some() {
+            self.notice(
+                NoticeKind::Error,
+                "a paste already waits: Enter sends it, Esc cancels it; this one was dropped",
+            );
+            return;
+        }
+        let text = text.replace("\r\n", "\n").replace('\r', "\n");
+        let text = text.strip_suffix('\n').unwrap_or(&text);
+        if !text.contains('\n') {
+            if !self.editor.insert_str(text) {
+                self.notice(
+                    NoticeKind::Error,
+                    &format!(
+                        "the paste is longer than one message ({MAX_BODY_LEN} bytes), so only its start was \
+                         inserted. Send the rest as another message."
+                    ),
+                );
+            }
+            return;
+        }
+        let lines: Vec<String> = text
+            .split('\n')
+            .map(|l| l.replace('\t', "    ").chars().filter(|c| !c.is_control()).collect::<String>())
+            .filter(|l| !l.trim().is_empty())
+            .collect();
+        if lines.len() > MAX_PASTE_LINES {
+            let text = format!(
+                "a paste of {} lines would be as many messages, more than {MAX_PASTE_LINES}; nothing was \
+                 inserted. Paste it in parts.",
+                lines.len()
+            );
+            self.notice(NoticeKind::Error, &text);
+            return;
+        }
+        if let Some((i, long)) = lines.iter().enumerate().find(|(_, l)| l.len() > MAX_BODY_LEN) {
+            let text = format!(
+                "line {} of the paste is {} bytes, more than one message holds ({MAX_BODY_LEN}); nothing was \
+                 inserted. Shorten it and paste again.",
+                i + 1,
+                long.len()
+            );
+            self.notice(NoticeKind::Error, &text);
+            return;
+        }
+        let text =
+            format!("pasted {}: Enter sends them as messages, Esc cancels", count(lines.len(), "line"));
+        self.notice(NoticeKind::Info, &text);
+        self.paste = Some(lines);
+    }
+
+    /// A key while a multi-line paste waits: Enter sends it, Esc cancels it.
+    fn on_paste_key(&mut self, key: KeyEvent) -> Action {
+        let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
+        match key.code {
+            KeyCode::Enter => {
+                let lines = self.paste.take().unwrap_or_default();
+                let sends =
+                    lines.into_iter().map(|l| (l.clone(), self.own_message(ContentKind::Text, &l))).collect();
+                Action::SendLines(sends)
+            }
+            KeyCode::Esc => {
+                self.paste = None;
+                self.notice(NoticeKind::Info, "paste cancelled; nothing was sent");
+                Action::None
+            }
+            KeyCode::Char('c') if ctrl => self.quit(),
+            _ => Action::None,
+        }
+    }
+
     /// What a key does.
     pub(crate) fn on_key(&mut self, key: KeyEvent) -> Action {
         if key.kind == KeyEventKind::Release {
             return Action::None;
         }
+        if self.paste.is_some() {
+            return self.on_paste_key(key);
+        }
         let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
         let e = &mut self.editor;
         match key.code {
-            KeyCode::Char('c') if ctrl => return Action::Quit,
-            KeyCode::Char('d') if ctrl && e.text().is_empty() => return Action::Quit,
+            KeyCode::Char('c') if ctrl => return self.quit(),
+            KeyCode::Char('d') if ctrl && e.text().is_empty() => return self.quit(),
             KeyCode::Char('l') if ctrl => return Action::Redraw,
             KeyCode::Char('a') if ctrl => e.home(),
             KeyCode::Char('e') if ctrl => e.end(),
@@ -584,6 +1036,9 @@ impl App {
             KeyCode::Char('f') if ctrl => e.right(),
             KeyCode::Char('p') if ctrl => e.history_older(),
             KeyCode::Char('n') if ctrl => e.history_newer(),
+            KeyCode::Char(c @ '1'..='9') if key.modifiers.contains(KeyModifiers::ALT) => {
+                return Action::Window(usize::from(c as u8 - b'1'));
+            }
             KeyCode::Char(_) if ctrl || key.modifiers.contains(KeyModifiers::ALT) => {}
             KeyCode::Char(c) => e.insert(c),
             KeyCode::Enter => {
@@ -594,13 +1049,14 @@ impl App {
             KeyCode::Delete => e.delete(),
             KeyCode::Left => e.left(),
             KeyCode::Right => e.right(),
+            KeyCode::End if ctrl || key.modifiers.contains(KeyModifiers::ALT) => self.scroll_down(usize::MAX),
             KeyCode::Home => e.home(),
             KeyCode::End => e.end(),
             KeyCode::Up => e.history_older(),
             KeyCode::Down => e.history_newer(),
             KeyCode::Tab => {
                 let nicks = self.member_nicks();
-                self.editor.complete(&nicks);
+                self.editor.complete(&nicks, COMMAND_NAMES);
             }
             KeyCode::PageUp => self.scroll_up(self.page.saturating_sub(1).max(1)),
             KeyCode::PageDown => self.scroll_down(self.page.saturating_sub(1).max(1)),
@@ -666,11 +1122,23 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert!(texts.iter().any(|t| t.starts_with("error: unknown command /frob")));
-        assert!(texts.iter().any(|t| t.contains("/safety")), "help follows an unknown command");
-        assert!(texts.iter().any(|t| t.contains("PageUp/PageDown")), "help lists the keys");
+        assert_eq!(
+            texts,
+            ["error: unknown command /frob, nothing was sent; /help lists the commands, //frob sends the line as text"],
+            "one line, not the whole help"
+        );
+        type_line(&mut app, "/help");
+        let texts: Vec<String> = app
+            .entries()
+            .filter_map(|e| match &e.body {
+                Body::Notice { text, .. } => Some(text.clone()),
+                _ => None,
+            })
+            .collect();
+        assert!(texts.iter().any(|t| t.contains("/safety")), "/help lists the commands");
+        assert!(texts.iter().any(|t| t.contains("PageUp/PageDown")), "/help lists the keys");
         app.editor.history_older();
-        assert_eq!(app.editor.text(), "/quit", "sent lines are in the history");
+        assert_eq!(app.editor.text(), "/help", "sent lines are in the history");
     }
 
     #[test]
@@ -751,6 +1219,42 @@ mod tests {
     }
 
     #[test]
+    fn the_join_notice_names_the_owner_by_nickname() {
+        let mut app = app();
+        app.on_event(Event::Joined {
+            created: false,
+            owner: PublicIdentity([2; 32]),
+            owner_is_me: false,
+            safety_code: "1".into(),
+            relay_fingerprint: "ab".into(),
+            rejoin: false,
+        });
+        assert!(notices(&app).is_empty(), "waits for the member list");
+        let mut bob = member("bob", 2);
+        bob.owner = true;
+        app.on_event(Event::Members(vec![member("alice", 1), bob]));
+        let said = notices(&app);
+        assert_eq!(said[0], "joined the room; its owner is bob (@ in the member list)");
+        assert_eq!(said.len(), 3, "{said:?}");
+        app.on_event(Event::HistoryEnd);
+        assert_eq!(notices(&app).len(), 3, "said once");
+
+        let mut app = self::app();
+        app.on_event(Event::Joined {
+            created: false,
+            owner: PublicIdentity([7; 32]),
+            owner_is_me: false,
+            safety_code: "1".into(),
+            relay_fingerprint: "ab".into(),
+            rejoin: false,
+        });
+        app.on_event(Event::Members(vec![member("alice", 1)]));
+        let said = notices(&app);
+        assert!(said[0].starts_with("joined the room; its owner (key 0707"), "{said:?}");
+        assert!(said[0].ends_with(") is not here now"), "{said:?}");
+    }
+
+    #[test]
     fn scrollback_is_bounded_and_scrolling_keeps_the_view_still() {
         let mut app = app();
         for i in 0..MAX_SCROLLBACK + 10 {
@@ -762,6 +1266,194 @@ mod tests {
         assert_eq!((app.scroll, app.unseen), (6, 1));
         app.scroll_down(100);
         assert_eq!((app.scroll, app.unseen), (0, 0));
+    }
+
+    fn notices(app: &App) -> Vec<String> {
+        app.entries()
+            .filter_map(|e| match &e.body {
+                Body::Notice { text, .. } => Some(text.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn history(nick: &str, body: &str) -> Event {
+        Event::Message(chatroom_client::session::ChatMessage {
+            seq: 1,
+            history: true,
+            sender: PublicIdentity([2; 32]),
+            nick: Nick::new(nick).unwrap(),
+            from_me: false,
+            kind: ContentKind::Text,
+            body: body.into(),
+            timestamp_ms: 0,
+        })
+    }
+
+    fn outage(app: &mut App, attempts: u32) {
+        for attempt in 1..=attempts {
+            app.on_event(Event::State(ConnState::Reconnecting {
+                delay: Duration::from_secs(2),
+                reason: "cannot connect to 127.0.0.1:7777: Connection refused; check the address.".into(),
+            }));
+            app.on_event(Event::State(ConnState::Connecting { attempt }));
+        }
+    }
+
+    #[test]
+    fn an_outage_is_one_notice_when_lost_and_one_when_back() {
+        let mut app = app();
+        app.on_event(Event::State(ConnState::Live));
+        let before = notices(&app).len();
+        outage(&mut app, 12);
+        assert_eq!(app.conn, Conn::Connecting { attempt: 13 });
+        app.on_event(Event::Joined {
+            created: false,
+            owner: PublicIdentity([2; 32]),
+            owner_is_me: false,
+            safety_code: "1".into(),
+            relay_fingerprint: "ab".into(),
+            rejoin: true,
+        });
+        app.on_event(Event::State(ConnState::CatchingUp));
+        app.on_event(history("bob", "one"));
+        app.on_event(history("bob", "two"));
+        app.on_event(Event::HistoryEnd);
+        app.on_event(Event::State(ConnState::Live));
+        let added = &notices(&app)[before..];
+        assert_eq!(added.len(), 2, "{added:?}");
+        assert!(added[0].starts_with("connection lost: cannot connect to 127.0.0.1:7777: Connection refused"));
+        assert!(added[0].ends_with("Reconnecting on its own; the status bar counts down."), "{added:?}");
+        assert!(added[1].starts_with("reconnected after "), "{added:?}");
+        assert!(added[1].ends_with("; 2 missed messages caught up above"), "{added:?}");
+        assert!(!app.offline());
+        assert!(
+            !app.entries().any(|e| matches!(e.body, Body::Divider(_))),
+            "caught-up messages are not framed as history"
+        );
+    }
+
+    #[test]
+    fn quit_while_offline_says_what_is_unsent_and_asks_once() {
+        let mut app = app();
+        app.on_event(Event::State(ConnState::Live));
+        let Action::Send { entry, .. } = type_line(&mut app, "delivered") else { panic!() };
+        app.track(1, entry);
+        app.on_event(Event::Sent { id: 1, seq: 1 });
+        assert_eq!(type_line(&mut app, "/quit"), Action::Quit, "online: leaves at once");
+        outage(&mut app, 1);
+        assert_eq!(type_line(&mut app, "/quit"), Action::Quit, "offline, nothing unsent: leaves at once");
+        let Action::Send { entry, .. } = type_line(&mut app, "are you there?") else { panic!() };
+        app.track(2, entry);
+        let before = notices(&app).len();
+        assert_eq!(type_line(&mut app, "/quit"), Action::None);
+        let said = &notices(&app)[before..];
+        assert_eq!(
+            said,
+            ["not connected, so 1 unsent message would be lost: \"are you there?\". Wait for the reconnect, or \
+              /quit again to leave anyway."]
+        );
+        assert_eq!(
+            app.on_key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL)),
+            Action::Quit,
+            "asked once"
+        );
+        assert_eq!(app.unsent(), ["are you there?"]);
+    }
+
+    #[test]
+    fn quoted_lists_are_short() {
+        let texts: Vec<String> =
+            ["a", &"x".repeat(40), "c", "d", "e"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(quote_list(&texts), format!("\"a\", \"{}...\", \"c\", 2 more", "x".repeat(30)));
+        assert_eq!(count(1, "message"), "1 message");
+        assert_eq!(count(0, "message"), "0 messages");
+    }
+
+    #[test]
+    fn pastes_are_inserted_or_confirmed_and_never_commands() {
+        let mut app = app();
+        app.on_paste("a single line\n");
+        assert_eq!(app.editor.text(), "a single line");
+        app.editor.take();
+        app.on_paste("/quit\nsecond\tline");
+        assert!(app.paste.is_some());
+        assert_eq!(app.on_key(key(KeyCode::Char('x'))), Action::None, "other keys wait");
+        let Action::SendLines(lines) = app.on_key(key(KeyCode::Enter)) else { panic!("Enter sends") };
+        let texts: Vec<&str> = lines.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(texts, ["/quit", "second    line"], "pasted lines are text, even with a slash");
+        assert_eq!(app.unsent(), ["/quit", "second    line"]);
+        app.on_paste("x\ny");
+        app.on_paste("dropped");
+        assert_eq!(
+            app.paste.as_deref(),
+            Some(&["x".to_owned(), "y".to_owned()][..]),
+            "the first paste still waits"
+        );
+        assert_eq!(app.on_key(key(KeyCode::Esc)), Action::None);
+        assert!(app.paste.is_none());
+        assert_eq!(notices(&app).last().unwrap(), "paste cancelled; nothing was sent");
+        app.on_paste(&"l\n".repeat(MAX_PASTE_LINES + 1));
+        assert!(app.paste.is_none(), "too many lines");
+        app.on_paste(&format!("short\n{}", "x".repeat(MAX_BODY_LEN + 1)));
+        assert!(app.paste.is_none(), "a line too long");
+        assert!(
+            notices(&app).last().unwrap().starts_with("line 2 of the paste is 4097 bytes"),
+            "{:?}",
+            notices(&app)
+        );
+        app.on_paste(&"y".repeat(MAX_BODY_LEN + 10));
+        assert_eq!(app.editor.body_len(), MAX_BODY_LEN, "one line: as much as fits");
+        assert!(notices(&app).last().unwrap().contains("only its start was inserted"));
+    }
+
+    #[test]
+    fn ignore_hides_a_nick_until_asked_again_and_clear_empties_the_screen() {
+        let mut app = app();
+        type_line(&mut app, "/ignore Bob");
+        app.on_event(history("bob", "hidden"));
+        app.on_event(history("carol", "shown"));
+        type_line(&mut app, "/ignore bob");
+        app.on_event(history("bob", "shown again"));
+        let texts: Vec<String> = app
+            .entries()
+            .filter_map(|e| match &e.body {
+                Body::Message { text, .. } => Some(text.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(texts, ["shown", "shown again"]);
+        assert_eq!(notices(&app)[0], "hiding Bob's messages until you leave; /ignore Bob shows them again");
+        assert_eq!(type_line(&mut app, "/invite"), Action::Invite);
+        let Action::Send { entry, .. } = type_line(&mut app, "pending") else { panic!() };
+        app.track(9, entry);
+        assert_eq!(type_line(&mut app, "/clear"), Action::None);
+        assert_eq!(app.entries().len(), 0);
+        app.on_event(Event::Sent { id: 9, seq: 3 });
+        app.notice(NoticeKind::Info, "after");
+        assert_eq!(notices(&app), ["after"], "numbering carries on after a clear");
+    }
+
+    #[test]
+    fn only_the_owner_sets_the_topic() {
+        let mut app = app();
+        assert_eq!(type_line(&mut app, "/topic hello"), Action::None);
+        assert_eq!(notices(&app).last().unwrap(), "only the room owner sets the topic; nothing was sent");
+        app.on_event(Event::Joined {
+            created: true,
+            owner: PublicIdentity([1; 32]),
+            owner_is_me: true,
+            safety_code: "1".into(),
+            relay_fingerprint: "ab".into(),
+            rejoin: false,
+        });
+        let action = type_line(&mut app, "/topic ship it");
+        assert!(
+            matches!(action, Action::Send { kind: ContentKind::Topic, ref text, .. } if text == "ship it")
+        );
+        assert_eq!(app.topic.as_deref(), Some("ship it"));
+        type_line(&mut app, "/topic");
+        assert_eq!(notices(&app).last().unwrap(), "the topic is: ship it");
     }
 
     #[test]

@@ -1,7 +1,10 @@
-//! Colours and styles of the UI. Nicknames get a colour from a fixed hash of their canonical
-//! (lower-case) form, so the same nickname has the same colour on every screen and every run.
+//! Colours and styles of the UI. A nickname gets its colour from the identity key that signed
+//! it (the nickname's own hash only when no key is known), so the same member has the same
+//! colour on every screen and every run, and an impostor's look-alike nickname another one.
 //! Red is kept for warnings, so no nickname is red.
 
+use chatroom_client::crypto::PublicIdentity;
+use chatroom_client::display::key_colour;
 use ratatui::style::{Color, Modifier, Style};
 
 /// The colours nicknames are drawn in.
@@ -37,7 +40,18 @@ pub(crate) fn nick_color(nick: &str) -> Color {
     NICK_PALETTE[(hash % len) as usize]
 }
 
-/// Style of a nickname.
+/// The colour of an identity key: a look-alike nickname under another key most likely gets
+/// another colour, which a nickname's own hash could not give.
+pub(crate) fn key_color(identity: &PublicIdentity) -> Color {
+    NICK_PALETTE[key_colour(identity, NICK_PALETTE.len())]
+}
+
+/// Style of a nickname signed by `identity`.
+pub(crate) fn key_style(identity: &PublicIdentity) -> Style {
+    Style::default().fg(key_color(identity))
+}
+
+/// Style of a nickname whose key is not known.
 pub(crate) fn nick_style(nick: &str) -> Style {
     Style::default().fg(nick_color(nick))
 }
@@ -54,6 +68,10 @@ pub(crate) const ERROR: Style = Style::new().fg(Color::LightRed);
 pub(crate) const ALERT: Style = Style::new().fg(Color::White).bg(Color::Red).add_modifier(Modifier::BOLD);
 /// Messages replayed from history.
 pub(crate) const HISTORY: Style = Style::new().add_modifier(Modifier::DIM);
+/// A message that names you or a highlight word.
+pub(crate) const MENTION: Style = Style::new().fg(Color::Yellow).add_modifier(Modifier::BOLD);
+/// The unread marker line.
+pub(crate) const UNREAD: Style = Style::new().fg(Color::LightRed);
 /// The status bar.
 pub(crate) const STATUS: Style = Style::new().fg(Color::White).bg(Color::Blue);
 /// The connection state in the status bar when not connected.

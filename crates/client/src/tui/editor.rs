@@ -3,9 +3,9 @@
 
 use unicode_segmentation::UnicodeSegmentation;
 
-/// Most bytes the input line holds (a little over one message, so an overlong line is refused
-/// with a clear error when sent rather than silently cut).
-pub(crate) const MAX_INPUT: usize = chatroom_client::crypto::MAX_BODY_LEN + 64;
+/// Most bytes of message the input line holds: what one message carries. A `/me ` or `//`
+/// prefix does not count, as it is not sent; typing beyond is refused at once.
+pub(crate) const MAX_INPUT: usize = chatroom_client::crypto::MAX_BODY_LEN;
 
 /// Most lines kept in the history of sent lines.
 pub(crate) const MAX_HISTORY: usize = 500;
@@ -18,6 +18,20 @@ pub(crate) struct LineEditor {
     cursor: usize,
     history: History,
     completion: Option<Completion>,
+    /// The last insertion did not fit.
+    full: bool,
+}
+
+/// Bytes a line sends: without a `/me ` or `//` prefix.
+fn body_len(text: &str) -> usize {
+    let prefix = if text.starts_with("/me ") {
+        4
+    } else if text.starts_with("//") {
+        1
+    } else {
+        0
+    };
+    text.len() - prefix
 }
 
 #[derive(Debug)]
@@ -28,8 +42,8 @@ struct Completion {
     matches: Vec<String>,
     /// Which candidate is inserted now.
     index: usize,
-    /// Whether a ": " suffix follows (completion at the start of the line).
-    addressing: bool,
+    /// What follows the completed word.
+    suffix: &'static str,
 }
 
 /// Sent lines, browsed with Up and Down; the line being typed is kept aside meanwhile.
@@ -100,6 +114,16 @@ impl LineEditor {
         self.cursor
     }
 
+    /// Bytes the line would send: without a `/me ` or `//` prefix.
+    pub(crate) fn body_len(&self) -> usize {
+        body_len(&self.text)
+    }
+
+    /// Whether the last insertion was refused for length (cleared by any other edit).
+    pub(crate) fn full(&self) -> bool {
+        self.full
+    }
+
     fn set(&mut self, text: &str) {
         self.text = text.to_owned();
         self.cursor = self.text.len();
@@ -116,19 +140,38 @@ impl LineEditor {
     /// Any key other than Tab ends a completion cycle.
     fn edited(&mut self) {
         self.completion = None;
+        self.full = false;
     }
 
     /// Inserts a character at the cursor (control characters are ignored).
     pub(crate) fn insert(&mut self, c: char) {
+        let mut buf = [0; 4];
+        self.insert_str(c.encode_utf8(&mut buf));
+    }
+
+    /// Inserts text at the cursor, without its control characters, as far as it fits in one
+    /// message; returns whether all of it fit. Linear in the line's length.
+    pub(crate) fn insert_str(&mut self, text: &str) -> bool {
         self.edited();
-        if c.is_control() || self.text.len() + c.len_utf8() > MAX_INPUT {
-            return;
+        let room = MAX_INPUT.saturating_sub(self.body_len());
+        let mut clean = String::with_capacity(text.len().min(room));
+        let mut fits = true;
+        for c in text.chars().filter(|c| !c.is_control()) {
+            if clean.len() + c.len_utf8() > room {
+                fits = false;
+                break;
+            }
+            clean.push(c);
         }
-        self.text.insert(self.cursor, c);
-        self.cursor += c.len_utf8();
+        // A line starting "/me " or "//" may be typed from "/m" or "/": its prefix then stops
+        // counting, so the check above is on the safe side.
+        self.text.insert_str(self.cursor, &clean);
+        self.cursor += clean.len();
         // A character can join the grapheme after it (a base before a combining mark): keep
         // the cursor on a grapheme boundary.
         self.cursor = self.next_boundary(self.prev_boundary(self.cursor));
+        self.full = !fits;
+        fits
     }
 
     /// Moves one grapheme left.
@@ -222,14 +265,31 @@ impl LineEditor {
         }
     }
 
-    /// Completes the word before the cursor from `nicks` (Tab); pressing Tab again cycles
-    /// through the other matches. At the start of the line a ": " is added, as in IRC.
-    pub(crate) fn complete(&mut self, nicks: &[String]) {
+    /// Completes the word before the cursor (Tab): a command name when the line starts with
+    /// `/` and the cursor is in its first word, otherwise a nickname from `nicks`. Pressing Tab
+    /// again cycles through the other matches.
+    pub(crate) fn complete(&mut self, nicks: &[String], commands: &[&str]) {
+        let first_word = !self.text[..self.cursor].contains(char::is_whitespace);
+        if let Some(c) = &self.completion {
+            // Tab again: the next match of the same list.
+            let (candidates, suffix) = (c.matches.clone(), c.suffix);
+            self.complete_from(&candidates, suffix);
+        } else if self.text.starts_with('/') && first_word {
+            let commands: Vec<String> = commands.iter().map(|c| (*c).to_owned()).collect();
+            self.complete_from(&commands, " ");
+        } else {
+            self.complete_from(nicks, ": ");
+        }
+    }
+
+    /// Completes the word before the cursor from `candidates`; at the start of the line
+    /// `first_suffix` follows (": " after a nickname, as in IRC), elsewhere a space.
+    fn complete_from(&mut self, candidates: &[String], first_suffix: &'static str) {
         if let Some(c) = &mut self.completion {
             if c.matches.len() > 1 {
-                let old_end = c.start + c.matches[c.index].len() + if c.addressing { 2 } else { 1 };
+                let suffix = c.suffix;
+                let old_end = c.start + c.matches[c.index].len() + suffix.len();
                 c.index = (c.index + 1) % c.matches.len();
-                let suffix = if c.addressing { ": " } else { " " };
                 let replacement = format!("{}{suffix}", c.matches[c.index]);
                 let old_end = old_end.min(self.text.len());
                 self.text.replace_range(c.start..old_end, &replacement);
@@ -244,19 +304,21 @@ impl LineEditor {
             return;
         }
         let mut matches: Vec<String> =
-            nicks.iter().filter(|n| n.to_ascii_lowercase().starts_with(&prefix)).cloned().collect();
+            candidates.iter().filter(|n| n.to_ascii_lowercase().starts_with(&prefix)).cloned().collect();
         matches.sort_by_key(|n| n.to_ascii_lowercase());
         matches.dedup();
         let Some(first) = matches.first() else { return };
         let addressing = start == 0;
-        let suffix = if addressing { ": " } else { " " };
+        let suffix = if addressing { first_suffix } else { " " };
         let replacement = format!("{first}{suffix}");
-        if self.text.len() - (self.cursor - start) + replacement.len() > MAX_INPUT {
+        if body_len(&self.text) - (self.cursor - start).min(body_len(&self.text)) + replacement.len()
+            > MAX_INPUT
+        {
             return;
         }
         self.text.replace_range(start..self.cursor, &replacement);
         self.cursor = start + replacement.len();
-        self.completion = Some(Completion { start, matches, index: 0, addressing });
+        self.completion = Some(Completion { start, matches, index: 0, suffix });
     }
 }
 
@@ -317,12 +379,40 @@ mod tests {
     }
 
     #[test]
-    fn input_is_bounded() {
+    fn input_is_bounded_by_one_message_and_says_when_full() {
         let mut e = LineEditor::default();
         for _ in 0..MAX_INPUT + 10 {
             e.insert('x');
         }
         assert_eq!(e.text().len(), MAX_INPUT);
+        assert!(e.full(), "the refused key is remembered for the counter");
+        e.left();
+        assert!(!e.full());
+        let mut e = typed("/me ");
+        assert!(!e.insert_str(&"y".repeat(MAX_INPUT + 1)), "a paste that does not fit");
+        assert_eq!((e.text().len(), e.body_len()), (MAX_INPUT + 4, MAX_INPUT), "the /me prefix is not sent");
+        let mut e = typed("ab");
+        e.left();
+        assert!(e.insert_str("1\n2\u{1b}3"));
+        assert_eq!(
+            (e.text(), e.cursor()),
+            ("a123b", 4),
+            "inserted at the cursor, control characters dropped"
+        );
+    }
+
+    #[test]
+    fn tab_completes_commands_at_the_start_of_the_line() {
+        let nicks: Vec<String> = vec!["whitney".into()];
+        let commands = ["/help", "/who", "/whois", "/quit"];
+        let mut e = typed("/wh");
+        e.complete(&nicks, &commands);
+        assert_eq!(e.text(), "/who ");
+        e.complete(&nicks, &commands);
+        assert_eq!(e.text(), "/whois ");
+        let mut e = typed("/kick wh");
+        e.complete(&nicks, &commands);
+        assert_eq!(e.text(), "/kick whitney ", "nicknames after the command");
     }
 
     #[test]
@@ -388,22 +478,22 @@ mod tests {
     fn tab_completes_nicknames_and_cycles() {
         let nicks: Vec<String> = ["alice", "Albert", "bob"].iter().map(|s| s.to_string()).collect();
         let mut e = typed("al");
-        e.complete(&nicks);
+        e.complete(&nicks, &[]);
         assert_eq!(e.text(), "Albert: ", "at the start: sorted case-insensitively, with a colon");
-        e.complete(&nicks);
+        e.complete(&nicks, &[]);
         assert_eq!(e.text(), "alice: ");
-        e.complete(&nicks);
+        e.complete(&nicks, &[]);
         assert_eq!(e.text(), "Albert: ");
         for c in "hi B".chars() {
             e.insert(c);
         }
-        e.complete(&nicks);
+        e.complete(&nicks, &[]);
         assert_eq!((e.text(), e.cursor()), ("Albert: hi bob ", 15));
         let mut e = typed("zed");
-        e.complete(&nicks);
+        e.complete(&nicks, &[]);
         assert_eq!(e.text(), "zed", "no match: unchanged");
         let mut e = typed("x ");
-        e.complete(&nicks);
+        e.complete(&nicks, &[]);
         assert_eq!(e.text(), "x ", "nothing to complete after a space");
     }
 }

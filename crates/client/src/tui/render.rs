@@ -14,6 +14,7 @@ use unicode_width::UnicodeWidthStr;
 
 use super::app::{App, Body, Conn, Delivery, Entry, NoticeKind};
 use super::colors;
+use super::editor::MAX_INPUT;
 use chatroom_client::display::neutralize;
 
 /// Width of the member list, when the terminal is wide enough to have one.
@@ -24,6 +25,32 @@ const MEMBERS_MIN_TOTAL: u16 = 50;
 const BANNER_ROWS: usize = 3;
 /// Width of `HH:MM `.
 const TIME_WIDTH: usize = 6;
+/// Widest hanging indent past a nickname; a longer nickname's continuation rows are indented
+/// by `LONG_NICK_INDENT` instead (still past the column where notices start).
+const MAX_INDENT: usize = 24;
+/// Indent of continuation rows after a nickname wider than `MAX_INDENT` allows.
+const LONG_NICK_INDENT: usize = TIME_WIDTH + 4;
+
+/// `text` cut to `width` columns, ending in `…` when cut.
+pub(crate) fn fit(text: &str, width: usize) -> String {
+    if text.width() <= width {
+        return text.to_owned();
+    }
+    let mut out = String::new();
+    let mut used = 0;
+    for g in text.graphemes(true) {
+        let w = grapheme_width(g);
+        if used + w + 1 > width {
+            break;
+        }
+        out.push_str(g);
+        used += w;
+    }
+    if width > 0 {
+        out.push('…');
+    }
+    out
+}
 
 /// Display width of a grapheme as the terminal buffer counts it.
 fn grapheme_width(g: &str) -> usize {
@@ -89,8 +116,8 @@ pub(crate) fn entry_rows(entry: &Entry, width: usize) -> Vec<Line<'static>> {
     let width = width.max(1);
     let time = Span::styled(format!("{:<5} ", entry.time), colors::TIME);
     let (prefix, text_style): (Vec<Span<'static>>, Style) = match &entry.body {
-        Body::Message { nick, text: _, action, history, mine, delivery } => {
-            let mut nick_style = colors::nick_style(nick);
+        Body::Message { nick, text: _, action, history, mine, delivery, mention, key } => {
+            let mut nick_style = key.as_ref().map_or_else(|| colors::nick_style(nick), colors::key_style);
             if *mine {
                 nick_style = nick_style.add_modifier(Modifier::BOLD);
             }
@@ -101,6 +128,9 @@ pub(crate) fn entry_rows(entry: &Entry, width: usize) -> Vec<Line<'static>> {
             }
             if *delivery == Delivery::Pending {
                 text_style = text_style.add_modifier(Modifier::DIM);
+            }
+            if *mention {
+                text_style = text_style.patch(colors::MENTION);
             }
             let prefix = if *action {
                 vec![time, Span::styled("* ", nick_style), Span::styled(format!("{nick} "), nick_style)]
@@ -138,8 +168,9 @@ pub(crate) fn entry_rows(entry: &Entry, width: usize) -> Vec<Line<'static>> {
         Body::Divider(_) => String::new(),
     };
     let prefix_width: usize = prefix.iter().map(Span::width).sum();
-    // Hanging indent past the nickname, but never more than half the pane.
-    let indent = prefix_width.min(width / 2).max(TIME_WIDTH.min(width.saturating_sub(1)));
+    // Hanging indent past the nickname (less after a long one), never more than half the pane.
+    let hanging = if prefix_width <= MAX_INDENT { prefix_width } else { LONG_NICK_INDENT };
+    let indent = hanging.min(width / 2).max(TIME_WIDTH.min(width.saturating_sub(1)));
     let rows = wrap_text(&text, width.saturating_sub(prefix_width), width.saturating_sub(indent));
     let mut lines = Vec::with_capacity(rows.len());
     let mut prefix = Some(prefix);
@@ -154,6 +185,16 @@ pub(crate) fn entry_rows(entry: &Entry, width: usize) -> Vec<Line<'static>> {
     lines
 }
 
+/// The unread marker line, drawn above the first message that arrived while unfocused.
+fn unread_row(width: usize) -> Line<'static> {
+    let text = "---- unread ";
+    let fill = width.saturating_sub(TIME_WIDTH + text.len());
+    Line::from(vec![
+        Span::raw(" ".repeat(TIME_WIDTH)),
+        Span::styled(format!("{text}{}", "-".repeat(fill)), colors::UNREAD),
+    ])
+}
+
 fn short_hex(fingerprint: &str) -> String {
     let hex: Vec<char> = fingerprint.chars().take(16).collect();
     hex.chunks(4).map(|c| c.iter().collect::<String>()).collect::<Vec<_>>().join(" ")
@@ -164,7 +205,8 @@ const SPINNER: [&str; 4] = [".  ", ".. ", "...", "   "];
 
 fn conn_text(conn: &Conn) -> (String, bool) {
     match conn {
-        Conn::Connecting => ("connecting".into(), false),
+        Conn::Connecting { attempt: 0 } => ("connecting".into(), false),
+        Conn::Connecting { attempt } => (format!("reconnecting (attempt {attempt})"), false),
         Conn::Deriving { elapsed, .. } => {
             let frame = SPINNER[(elapsed.as_millis() / 100) as usize % SPINNER.len()];
             (format!("deriving room key{frame} {:.1} s", elapsed.as_secs_f64()), false)
@@ -182,6 +224,9 @@ fn conn_text(conn: &Conn) -> (String, bool) {
     }
 }
 
+/// Widest the topic is shown in the status bar (cut with an ellipsis beyond).
+const MAX_TOPIC_WIDTH: usize = 48;
+
 /// Most rows the status bar takes on a narrow terminal.
 const STATUS_MAX_ROWS: usize = 3;
 
@@ -193,6 +238,15 @@ fn status_lines(app: &App, width: usize) -> Vec<Line<'static>> {
         Span::styled(format!("{} @ {}", app.room, app.relay), colors::STATUS),
         Span::styled(state, if good { colors::STATUS } else { colors::STATUS_BAD }),
     ];
+    if !app.windows.is_empty() {
+        parts.push(Span::styled(app.windows.clone(), colors::STATUS.add_modifier(Modifier::BOLD)));
+    }
+    if let Some(topic) = &app.topic {
+        parts.push(Span::styled(
+            fit(&format!("topic: {topic}"), MAX_TOPIC_WIDTH.min(width.saturating_sub(4))),
+            colors::STATUS,
+        ));
+    }
     if let Some(fp) = &app.relay_fingerprint {
         parts.push(Span::styled(format!("relay {}", short_hex(fp)), colors::STATUS));
     }
@@ -236,7 +290,8 @@ fn draw_conversation(app: &mut App, buf: &mut Buffer, area: Rect) {
     // Rows from the newest entry back, until the scrolled-to window is covered.
     let mut rows: Vec<Line<'static>> = Vec::new();
     let mut exhausted = true;
-    for entry in app.entries().rev() {
+    let (first, unread_at) = (app.first(), app.unread_at);
+    for (i, entry) in app.entries().enumerate().rev() {
         if rows.len() >= app.scroll + height {
             exhausted = false;
             break;
@@ -244,6 +299,9 @@ fn draw_conversation(app: &mut App, buf: &mut Buffer, area: Rect) {
         let mut lines = entry_rows(entry, width);
         lines.reverse();
         rows.extend(lines);
+        if unread_at == Some(first + i as u64) {
+            rows.push(unread_row(width));
+        }
     }
     if exhausted {
         app.scroll = app.scroll.min(rows.len().saturating_sub(height));
@@ -282,9 +340,12 @@ fn draw_members(app: &App, buf: &mut Buffer, area: Rect) {
         n => format!("{n} members"),
     };
     let mut rows = vec![Line::styled(count, colors::FRAME)];
+    // One column for the owner mark.
+    let nick_width = usize::from(inner.width).saturating_sub(1);
     for m in &app.members {
-        let nick = neutralize(m.nick.as_str());
-        let mut style = colors::nick_style(&nick);
+        let full = neutralize(m.nick.as_str());
+        let mut style = colors::key_style(&m.identity);
+        let nick = fit(&full, nick_width);
         if m.me {
             style = style.add_modifier(Modifier::BOLD);
         }
@@ -299,32 +360,79 @@ fn draw_members(app: &App, buf: &mut Buffer, area: Rect) {
     draw_rows(buf, inner, &rows);
 }
 
+/// The input line's length counter, once the line is three quarters of a message: e.g.
+/// ` 3100/4096`, in red when a key was just refused.
+fn input_counter(app: &App) -> Option<Span<'static>> {
+    let len = app.editor.body_len();
+    if len * 4 < MAX_INPUT * 3 && !app.editor.full() {
+        return None;
+    }
+    let style = if app.editor.full() { colors::ERROR } else { colors::FRAME };
+    Some(Span::styled(format!(" {len}/{MAX_INPUT}"), style))
+}
+
+/// The end of `before` that fits in `avail` columns: the cursor stays visible however long
+/// the line is, at a cost in the shown width only.
+fn visible_tail(before: &str, avail: usize) -> &str {
+    let mut width = 0;
+    let mut start = before.len();
+    for (i, g) in before.grapheme_indices(true).rev() {
+        width += grapheme_width(g);
+        if width > avail {
+            break;
+        }
+        start = i;
+    }
+    &before[start..]
+}
+
 fn draw_input(app: &App, frame: &mut Frame<'_>, area: Rect) {
     if area.is_empty() {
         return;
     }
+    if let Some(lines) = &app.paste {
+        let text = format!("[paste: {} lines] Enter sends them, Esc cancels", lines.len());
+        let line = Line::styled(text, Style::default().add_modifier(Modifier::BOLD));
+        frame.buffer_mut().set_line(area.x, area.y, &line, area.width);
+        return;
+    }
     let prompt = format!("[{}] ", app.nick);
     let prompt_width = prompt.width();
+    let counter = input_counter(app);
+    let counter_width = counter.as_ref().map_or(0, Span::width);
     let text = app.editor.text();
     let before = neutralize(&text[..app.editor.cursor()]);
     let after = neutralize(&text[app.editor.cursor()..]);
-    let avail = usize::from(area.width).saturating_sub(prompt_width + 1).max(1);
+    let avail = usize::from(area.width).saturating_sub(prompt_width + counter_width + 1).max(1);
     // Scroll the line horizontally so the cursor stays visible.
-    let mut shown_before = before.as_str();
-    let mut cursor_col = shown_before.width();
-    while cursor_col > avail {
-        let Some(g) = shown_before.graphemes(true).next() else { break };
-        shown_before = &shown_before[g.len()..];
-        cursor_col = shown_before.width();
-    }
+    let shown_before = visible_tail(&before, avail);
+    let cursor_col = shown_before.width();
+    let shown_after = visible_tail_start(&after, avail.saturating_sub(cursor_col) + 1);
     let line = Line::from(vec![
         Span::styled(prompt, Style::default().add_modifier(Modifier::BOLD)),
         Span::raw(shown_before.to_owned()),
-        Span::raw(after),
+        Span::raw(shown_after.to_owned()),
     ]);
-    frame.buffer_mut().set_line(area.x, area.y, &line, area.width);
+    let text_width = u16::try_from(usize::from(area.width).saturating_sub(counter_width)).unwrap_or(0);
+    frame.buffer_mut().set_line(area.x, area.y, &line, text_width);
+    if let Some(counter) = counter {
+        let x = area.x + text_width;
+        frame.buffer_mut().set_span(x, area.y, &counter, area.width.saturating_sub(text_width));
+    }
     let x = area.x.saturating_add(u16::try_from(prompt_width + cursor_col).unwrap_or(u16::MAX));
     frame.set_cursor_position(Position { x: x.min(area.right().saturating_sub(1)), y: area.y });
+}
+
+/// The start of `after` that fits in `avail` columns (what follows the cursor).
+fn visible_tail_start(after: &str, avail: usize) -> &str {
+    let mut width = 0;
+    for (i, g) in after.grapheme_indices(true) {
+        width += grapheme_width(g);
+        if width > avail {
+            return &after[..i];
+        }
+    }
+    after
 }
 
 /// Draws the whole screen.
@@ -449,6 +557,7 @@ mod tests {
             relay_fingerprint: "ab12cd34ef567890".repeat(4),
             rejoin: true,
         });
+        app.on_event(Event::HistoryEnd);
         app.on_event(Event::State(ConnState::Live));
         let mut me = MemberInfo {
             nick: Nick::new("alice").unwrap(),
@@ -485,7 +594,7 @@ mod tests {
         assert_eq!(
             screen(&terminal),
             [
-                "12:00 -!- reconnected to 127.0.0.1:7777               | 2 members",
+                "12:00 -!- reconnected; nothing was missed             | 2 members",
                 "12:00 <bob> hi alice                                  | @alice",
                 "12:00 * bob waves                                     |  bob",
                 "                                                      |",
@@ -496,7 +605,12 @@ mod tests {
             ]
         );
         let buf = terminal.backend().buffer();
-        assert_eq!(buf[(7, 1)].fg, colors::nick_color("bob"), "nicknames in their colour");
+        // The colour comes from the signing key, not the nickname: the member list's bob (key
+        // [2; 32]) and the messages' bob (key [9; 32]) differ, as an impostor would.
+        let (signer, listed) = (PublicIdentity([9; 32]), PublicIdentity([2; 32]));
+        assert_eq!(buf[(7, 1)].fg, colors::key_color(&signer), "nicknames in their signer's colour");
+        assert_eq!(buf[(57, 2)].fg, colors::key_color(&listed), "members in their key's colour");
+        assert_ne!(colors::key_color(&signer), colors::key_color(&listed));
         assert_eq!(
             (buf[(0, 5)].bg, buf[(71, 6)].bg),
             (Color::Blue, Color::Blue),
@@ -522,7 +636,7 @@ mod tests {
         let rows = screen(&terminal);
         assert!(rows[2].contains("| reconnecting in 5 s |"), "{rows:?}");
         assert!(
-            rows.iter().any(|r| r.contains("disconnected: relay closed^[[2J; reconnecting in 4.5 s")),
+            rows.iter().any(|r| r.contains("connection lost: relay closed^[[2J. Reconnecting")),
             "{rows:?}"
         );
         assert_eq!(terminal.backend().buffer()[(30, 2)].bg, Color::Red, "not connected: red");
@@ -736,6 +850,116 @@ mod tests {
     }
 
     #[test]
+    fn a_long_line_shows_a_counter_and_a_refused_key_turns_it_red() -> TestResult {
+        let mut app = app();
+        app.editor.insert_str(&"x".repeat(MAX_INPUT * 3 / 4 - 1));
+        assert!(!screen(&draw(&mut app, 40, 4)?)[3].contains('/'), "no counter on a short line");
+        app.editor.insert('y');
+        let terminal = draw(&mut app, 40, 4)?;
+        let row = &screen(&terminal)[3];
+        assert!(
+            row.contains("xy ") && row.ends_with(&format!(" {}/{MAX_INPUT}", MAX_INPUT * 3 / 4)),
+            "{row}"
+        );
+        app.editor.insert_str(&"z".repeat(MAX_INPUT));
+        let terminal = draw(&mut app, 40, 4)?;
+        let row = &screen(&terminal)[3];
+        assert!(row.contains("zz ") && row.ends_with(&format!(" {MAX_INPUT}/{MAX_INPUT}")), "{row}");
+        assert_eq!(terminal.backend().buffer()[(39, 3)].fg, Color::LightRed, "full: red");
+        Ok(())
+    }
+
+    #[test]
+    fn a_multi_line_paste_waits_for_enter() -> TestResult {
+        let mut app = app();
+        app.on_paste("one\r\ntwo\n\nthree\n");
+        let terminal = draw(&mut app, 60, 4)?;
+        let rows = screen(&terminal);
+        assert_eq!(rows[3], "[paste: 3 lines] Enter sends them, Esc cancels", "{rows:#?}");
+        assert!(rows[0].contains("pasted 3 lines: Enter sends"), "{rows:#?}");
+        Ok(())
+    }
+
+    #[test]
+    fn mentions_are_highlighted_and_the_unread_marker_goes_above_the_first_unseen() -> TestResult {
+        let mut app = app();
+        app.set_alerts(&["Deploy".into()], chatroom_client::config::Bell::Unfocused);
+        joined(&mut app);
+        app.on_event(message("bob", "seen before"));
+        app.focus(false);
+        app.on_event(message("bob", "hey alice, look"));
+        assert!(app.take_ring(), "a mention while unfocused rings");
+        app.on_event(message("bob", "the deploy is done"));
+        assert!(app.take_ring(), "a highlight word is a mention too");
+        app.on_event(message("bob", "malice and alice_b are not you"));
+        assert!(!app.take_ring(), "a word inside another is no mention");
+        app.focus(true);
+        app.on_event(message("bob", "alice again"));
+        assert!(!app.take_ring(), "focused: no bell by default");
+        let terminal = draw(&mut app, 72, 10)?;
+        let rows = screen(&terminal);
+        assert_eq!(rows[1], "12:00 <bob> seen before                               | @alice", "{rows:#?}");
+        assert!(rows[2].starts_with("      ---- unread -----"), "{rows:#?}");
+        assert!(rows[3].starts_with("12:00 <bob> hey alice, look"), "{rows:#?}");
+        let buf = terminal.backend().buffer();
+        assert_eq!(buf[(12, 3)].fg, Color::Yellow, "a mention is highlighted");
+        assert_eq!(buf[(12, 4)].fg, Color::Yellow, "so is a highlight word");
+        assert_ne!(buf[(12, 5)].fg, Color::Yellow, "not a mention");
+        assert_ne!(buf[(12, 1)].fg, Color::Yellow);
+        Ok(())
+    }
+
+    #[test]
+    fn the_owners_topic_is_in_the_status_bar_and_anyone_elses_is_refused() -> TestResult {
+        let mut app = app();
+        joined(&mut app);
+        let topic = |sender: u8, body: &str| {
+            Event::Message(ChatMessage {
+                sender: PublicIdentity([sender; 32]),
+                kind: ContentKind::Topic,
+                ..match message("bob", body) {
+                    Event::Message(m) => m,
+                    _ => unreachable!(),
+                }
+            })
+        };
+        // The owner of the room in `joined` is [1; 32].
+        app.on_event(topic(1, "release on friday\u{1b}[2J"));
+        app.on_event(topic(2, "free pizza"));
+        let terminal = draw(&mut app, 120, 8)?;
+        let rows = screen(&terminal);
+        assert!(rows[5].contains("| connected | topic: release on friday^[[2J | relay"), "{rows:#?}");
+        assert!(rows.iter().any(|r| r.contains("bob set the topic: release on friday^[[2J")), "{rows:#?}");
+        assert!(
+            rows.iter().any(|r| r.contains("bob (key 0202 0202 0202 0202), who is not the room owner, tried to set")),
+            "{rows:#?}"
+        );
+        assert!(!rows.iter().any(|r| r.contains("topic: free pizza")), "{rows:#?}");
+        Ok(())
+    }
+
+    #[test]
+    fn a_hidden_window_counts_its_activity_for_the_status_bar() -> TestResult {
+        let mut app = app();
+        joined(&mut app);
+        app.set_active(false);
+        app.on_event(message("bob", "hello"));
+        assert_eq!(app.activity(), (1, false));
+        app.on_event(message("bob", "alice, look"));
+        assert_eq!(app.activity(), (2, true));
+        assert!(app.take_ring(), "a mention in a hidden window rings");
+        app.set_active(true);
+        assert_eq!(app.activity(), (0, false), "shown: read");
+        app.windows = "[1:lobby] 2:ops(3!)".into();
+        let rows = screen(&draw(&mut app, 120, 5)?);
+        assert!(
+            rows[2].starts_with(" lobby @ 127.0.0.1:7777 | connected | [1:lobby] 2:ops(3!) | relay"),
+            "{rows:#?}"
+        );
+        Ok(())
+    }
+
+    #[test]
     fn tiny_and_resized_terminals_do_not_panic() -> TestResult {
         let mut app = app();
         joined(&mut app);
@@ -743,6 +967,29 @@ mod tests {
         for (w, h) in [(1, 1), (2, 3), (5, 2), (13, 4), (49, 10), (50, 10), (200, 60)] {
             draw(&mut app, w, h)?;
         }
+        Ok(())
+    }
+
+    #[test]
+    fn long_nicknames_are_cut_with_an_ellipsis_and_indent_little() -> TestResult {
+        let long = "abcdefghijklmnopqrstuvwxyz012345";
+        let mut app = app();
+        joined(&mut app);
+        app.on_event(Event::Members(vec![MemberInfo {
+            nick: Nick::new(long).unwrap(),
+            identity: PublicIdentity([3; 32]),
+            owner: true,
+            me: false,
+        }]));
+        app.on_event(message(long, &"word ".repeat(20)));
+        let terminal = draw(&mut app, 80, 8)?;
+        let rows = screen(&terminal);
+        assert!(rows[1].ends_with("| @abcdefghijklmn…"), "{rows:#?}");
+        let body: Vec<&String> = rows.iter().filter(|r| r.contains("word")).collect();
+        assert!(body[0].starts_with(&format!("12:00 <{long}> word")), "{rows:#?}");
+        assert!(body[1].starts_with("          word"), "indented by 10 columns, not 40: {rows:#?}");
+        assert_eq!(fit("日本語", 4), "日…");
+        assert_eq!(fit("bob", 3), "bob");
         Ok(())
     }
 

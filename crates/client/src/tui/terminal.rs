@@ -1,17 +1,26 @@
 //! Taking over the terminal and giving it back exactly as it was: raw mode, the alternate
-//! screen, mouse wheel reports and a visible cursor are undone on every way out (normal exit,
-//! error, and panic, whose hook restores the terminal before the panic message is printed).
+//! screen, mouse wheel reports, bracketed paste, focus reports, the window title and a visible
+//! cursor are undone on every way out (normal exit, error, and panic, whose hook restores the
+//! terminal before the panic message is printed).
 //! Terminal events are read on a thread of their own.
+//!
+//! A terminal can also go away under the client (an SSH connection or a tmux session closed):
+//! the kernel hangs the tty up, reads return end of file and writes fail with EIO. crossterm's
+//! reader retries such reads forever, so the reader thread is never waited on for long, and
+//! the event loop asks `gone` on a timer as well as watching for SIGHUP.
 
 use std::fmt;
-use std::io::{self, Stdout, Write};
+use std::io::{self, IsTerminal, Stdout, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossterm::cursor::Show;
-use crossterm::event::Event as TermEvent;
+use crossterm::event::{
+    DisableBracketedPaste, DisableFocusChange, EnableBracketedPaste, EnableFocusChange, Event as TermEvent,
+};
+use crossterm::terminal::SetTitle;
 use crossterm::terminal::{disable_raw_mode, enable_raw_mode, EnterAlternateScreen, LeaveAlternateScreen};
 use crossterm::{execute, Command};
 use ratatui::backend::CrosstermBackend;
@@ -43,12 +52,56 @@ impl Command for WheelReports {
     }
 }
 
+/// Saves (`true`) or restores the window title on the terminal's title stack (xterm; other
+/// terminals ignore it), so a title set on a mention does not outlive the client.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TitleStack(pub(crate) bool);
+
+impl Command for TitleStack {
+    fn write_ansi(&self, f: &mut impl fmt::Write) -> fmt::Result {
+        f.write_str(if self.0 { "\x1b[22;0t" } else { "\x1b[23;0t" })
+    }
+
+    #[cfg(windows)]
+    fn execute_winapi(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 fn enter_modes(out: &mut impl Write) -> io::Result<()> {
-    execute!(out, EnterAlternateScreen, WheelReports(true))
+    execute!(
+        out,
+        EnterAlternateScreen,
+        WheelReports(true),
+        EnableBracketedPaste,
+        EnableFocusChange,
+        TitleStack(true)
+    )
 }
 
 fn leave_modes(out: &mut impl Write) -> io::Result<()> {
-    execute!(out, WheelReports(false), LeaveAlternateScreen, Show)
+    execute!(
+        out,
+        TitleStack(false),
+        DisableFocusChange,
+        DisableBracketedPaste,
+        WheelReports(false),
+        LeaveAlternateScreen,
+        Show
+    )
+}
+
+/// Rings the terminal bell and sets the window title (after a mention).
+pub(crate) fn ring(title: &str) {
+    let mut out = io::stdout();
+    let _ = execute!(out, SetTitle(title));
+    let _ = out.write_all(b"\x07");
+    let _ = out.flush();
+}
+
+/// Sets the window title.
+pub(crate) fn title(title: &str) {
+    let _ = execute!(io::stdout(), SetTitle(title));
 }
 
 /// Gives the terminal back, once; safe to call from anywhere, any number of times.
@@ -57,6 +110,12 @@ pub(crate) fn restore() {
         let _ = leave_modes(&mut io::stdout());
         let _ = disable_raw_mode();
     }
+}
+
+/// Whether the terminal is gone: on a hung-up tty the terminal attribute query (`isatty`)
+/// fails with EIO, so standard input or output no longer counts as a terminal.
+pub(crate) fn gone() -> bool {
+    !io::stdin().is_terminal() || !io::stdout().is_terminal()
 }
 
 /// Whether a panic happened since the UI started.
@@ -76,7 +135,12 @@ fn install_panic_hook() {
     });
 }
 
-/// Reads terminal events on a thread and hands them over; stops within `POLL` when asked.
+/// What the reader thread hands over: an event, or the error that stopped it (the terminal
+/// is unusable).
+pub(crate) type TermRead = io::Result<TermEvent>;
+
+/// Reads terminal events on a thread and hands them over; stops within `POLL` when asked,
+/// unless crossterm is stuck on a hung-up terminal, in which case it is left behind.
 #[derive(Debug)]
 struct Reader {
     stop: Arc<AtomicBool>,
@@ -86,27 +150,24 @@ struct Reader {
 /// How often the reader thread checks whether to stop.
 const POLL: Duration = Duration::from_millis(50);
 
+/// How long `stop` waits for the reader thread before leaving it behind.
+const STOP_WAIT: Duration = Duration::from_millis(200);
+
 impl Reader {
-    fn start(tx: mpsc::Sender<TermEvent>) -> Self {
+    fn start(tx: mpsc::Sender<TermRead>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
             while !flag.load(Ordering::SeqCst) {
-                match crossterm::event::poll(POLL) {
-                    Ok(true) => {}
+                let read = match crossterm::event::poll(POLL) {
+                    Ok(true) if flag.load(Ordering::SeqCst) => break,
+                    Ok(true) => crossterm::event::read(),
                     Ok(false) => continue,
-                    Err(_) => break,
-                }
-                if flag.load(Ordering::SeqCst) {
+                    Err(e) => Err(e),
+                };
+                let failed = read.is_err();
+                if tx.blocking_send(read).is_err() || failed {
                     break;
-                }
-                match crossterm::event::read() {
-                    Ok(event) => {
-                        if tx.blocking_send(event).is_err() {
-                            break;
-                        }
-                    }
-                    Err(_) => break,
                 }
             }
         });
@@ -115,9 +176,16 @@ impl Reader {
 
     fn stop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        if let Some(thread) = self.thread.take() {
+        let Some(thread) = self.thread.take() else { return };
+        let deadline = Instant::now() + STOP_WAIT;
+        while !thread.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if thread.is_finished() {
             let _ = thread.join();
         }
+        // Otherwise the thread is stuck in a read of a hung-up terminal; the process is about
+        // to end, and waiting for it would hang the exit.
     }
 }
 
@@ -125,7 +193,7 @@ impl Reader {
 pub(crate) struct Screen {
     pub(crate) terminal: Terminal<CrosstermBackend<Stdout>>,
     reader: Reader,
-    tx: mpsc::Sender<TermEvent>,
+    tx: mpsc::Sender<TermRead>,
 }
 
 impl fmt::Debug for Screen {
@@ -135,9 +203,9 @@ impl fmt::Debug for Screen {
 }
 
 impl Screen {
-    /// Takes over the terminal; terminal events arrive on the returned receiver (closed when
-    /// the terminal goes away).
-    pub(crate) fn enter() -> io::Result<(Self, mpsc::Receiver<TermEvent>)> {
+    /// Takes over the terminal; terminal events arrive on the returned receiver, and an error
+    /// when the terminal can no longer be read.
+    pub(crate) fn enter() -> io::Result<(Self, mpsc::Receiver<TermRead>)> {
         install_panic_hook();
         let (tx, rx) = mpsc::channel(256);
         take_over()?;
@@ -194,9 +262,10 @@ mod tests {
         enter_modes(&mut on)?;
         leave_modes(&mut off)?;
         let (on, off) = (String::from_utf8(on)?, String::from_utf8(off)?);
-        assert_eq!(on, "\x1b[?1049h\x1b[?1000h\x1b[?1006h");
-        assert_eq!(off, "\x1b[?1006l\x1b[?1000l\x1b[?1049l\x1b[?25h");
-        for set in on.split('\x1b').filter(|s| !s.is_empty()) {
+        assert_eq!(on, "\x1b[?1049h\x1b[?1000h\x1b[?1006h\x1b[?2004h\x1b[?1004h\x1b[22;0t");
+        assert_eq!(off, "\x1b[23;0t\x1b[?1004l\x1b[?2004l\x1b[?1006l\x1b[?1000l\x1b[?1049l\x1b[?25h");
+        assert!(off.contains("\x1b[23;0t"), "the saved title is restored");
+        for set in on.split('\x1b').filter(|s| !s.is_empty() && s.ends_with('h')) {
             let reset = format!("\x1b{}l", set.trim_end_matches('h'));
             assert!(off.contains(&reset), "{set:?} is not undone");
         }
