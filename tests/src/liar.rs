@@ -44,6 +44,45 @@ pub enum Lie {
         /// The forged body.
         forged: String,
     },
+    /// Before each envelope, delivers 300 bytes of garbage under sequence number 2^64 - 2;
+    /// then the envelope under its own sequence number, and a forgery as `Impersonate` does.
+    Poison {
+        /// The room password.
+        password: String,
+        /// The forged body.
+        forged: String,
+    },
+    /// Answers every join with a member list of `FAKE_MEMBERS` made-up members (the first
+    /// named `alice`, all with keys nobody holds) instead of the real one; deliveries as
+    /// `Impersonate`.
+    FakeMembers {
+        /// The room password.
+        password: String,
+        /// The forged body.
+        forged: String,
+    },
+}
+
+/// Members in the list a `Lie::FakeMembers` relay announces.
+pub const FAKE_MEMBERS: usize = 100_000;
+
+/// `FAKE_MEMBERS` made-up members in `Members` items of at most 1000 each.
+fn fake_members() -> Vec<RelayMessage> {
+    let all: Vec<Member> = (0..FAKE_MEMBERS)
+        .map(|i| {
+            let nick = if i == 0 { "alice".to_owned() } else { format!("m{i}") };
+            let mut key = [0x5a; 32];
+            key[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            Member { nick: Nick::new(&nick).expect("valid nickname"), identity: PublicIdentity(key) }
+        })
+        .collect();
+    let chunks: Vec<&[Member]> = all.chunks(1000).collect();
+    let last = chunks.len() - 1;
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| RelayMessage::Members { more: i < last, members: c.to_vec() })
+        .collect()
 }
 
 type Writer = Arc<Mutex<(TcpStream, TransportSender)>>;
@@ -186,21 +225,25 @@ fn serve(shared: &Shared, mut stream: TcpStream) -> Result<(), BoxError> {
         st.members.push(Conn { id, nick: req.nick.clone(), identity: req.identity, writer: writer.clone() });
         let members: Vec<Member> =
             st.members.iter().map(|m| Member { nick: m.nick.clone(), identity: m.identity }).collect();
-        let mut items = vec![
-            RelayMessage::Joined {
-                created: req.create,
-                owner,
-                latest_seq: st.seq,
-                oldest_seq: st.history.first().map_or(0, |h| h.0),
-            },
-            RelayMessage::Members { more: false, members },
-        ];
-        send(&writer, &items)?;
+        let joined = RelayMessage::Joined {
+            created: req.create,
+            owner,
+            latest_seq: st.seq,
+            oldest_seq: st.history.first().map_or(0, |h| h.0),
+        };
+        send(&writer, &[joined])?;
+        match &shared.lie {
+            Lie::FakeMembers { .. } => {
+                for item in fake_members() {
+                    send(&writer, &[item])?;
+                }
+            }
+            _ => send(&writer, &[RelayMessage::Members { more: false, members }])?,
+        }
         for (seq, env) in st.history.iter().filter(|h| h.0 > req.history_after) {
             deliver(&writer, *seq, true, env)?;
         }
-        items = vec![RelayMessage::HistoryEnd { latest_seq: st.seq }];
-        send(&writer, &items)?;
+        send(&writer, &[RelayMessage::HistoryEnd { latest_seq: st.seq }])?;
         let joined = RelayMessage::Presence {
             event: PresenceEvent::Joined,
             nick: req.nick.clone(),
@@ -325,14 +368,8 @@ fn relay_envelope(
                 }
             }
         }
-        Lie::Impersonate { password, forged } => {
-            let keys = derive_room_keys(password.as_bytes(), shared.key.public(), room, KdfParams::DEFAULT)
-                .map_err(|e| format!("derive: {e}"))?;
-            let nick = sender_nick.ok_or("sender left")?;
-            let now_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
-            let content =
-                Content { timestamp_ms: now_ms, kind: ContentKind::Text, nick, body: forged.clone() };
-            let fake = seal(&keys.message_key, &shared.forger, room, now_ms * 1000, &content)?;
+        Lie::Impersonate { password, forged } | Lie::FakeMembers { password, forged } => {
+            let fake = forge(shared, room, sender_nick, password, forged)?;
             st.seq += 1;
             let again = st.seq;
             for (w, _) in &others {
@@ -340,6 +377,32 @@ fn relay_envelope(
                 let _ = deliver(w, again, false, &fake);
             }
         }
+        Lie::Poison { password, forged } => {
+            let fake = forge(shared, room, sender_nick, password, forged)?;
+            st.seq += 1;
+            let again = st.seq;
+            for (w, _) in &others {
+                let _ = deliver(w, u64::MAX - 1, false, &[0xa5; 300]);
+                let _ = deliver(w, seq, false, &envelope);
+                let _ = deliver(w, again, false, &fake);
+            }
+        }
     }
     Ok(())
+}
+
+/// A message sealed with the room key under the relay's own identity, claiming `nick`.
+fn forge(
+    shared: &Shared,
+    room: &RoomName,
+    nick: Option<Nick>,
+    password: &str,
+    forged: &str,
+) -> Result<Vec<u8>, BoxError> {
+    let keys = derive_room_keys(password.as_bytes(), shared.key.public(), room, KdfParams::DEFAULT)
+        .map_err(|e| format!("derive: {e}"))?;
+    let nick = nick.ok_or("sender left")?;
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
+    let content = Content { timestamp_ms: now_ms, kind: ContentKind::Text, nick, body: forged.to_owned() };
+    Ok(seal(&keys.message_key, &shared.forger, room, now_ms * 1000, &content)?)
 }

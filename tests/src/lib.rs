@@ -394,7 +394,12 @@ impl Client {
 
     /// Waits for the process to exit, at most `WAIT`.
     pub fn wait(&mut self) -> Result<ExitStatus, BoxError> {
-        let deadline = Instant::now() + WAIT;
+        self.wait_within(WAIT)
+    }
+
+    /// Waits for the process to exit, at most `limit`.
+    pub fn wait_within(&mut self, limit: Duration) -> Result<ExitStatus, BoxError> {
+        let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait()? {
                 self.stdout.drain(Duration::from_secs(2));
@@ -404,7 +409,7 @@ impl Client {
             if Instant::now() >= deadline {
                 let _ = self.child.kill();
                 return Err(format!(
-                    "client did not exit within {WAIT:?}; stderr:\n{}",
+                    "client did not exit within {limit:?}; stderr:\n{}",
                     self.stderr.all().join("\n")
                 )
                 .into());

@@ -125,10 +125,20 @@ fn a_message_the_relay_fails_to_store_is_reported_and_the_next_one_still_acknowl
     assert!(failed.contains("could not store") && failed.contains("(Internal)"), "{failed}");
     alice.line("after")?;
     bob.stdout.expect("<alice> after")?;
-    // Exit 0 at end of input: the relay acknowledged "after", matched to the right message.
+    // At end of input exactly the one refused line counts as failed: the relay acknowledged
+    // "after", matched to the right message.
     alice.close_stdin();
     let status = alice.wait()?;
-    assert!(status.success(), "every delivered message acknowledged: {:?}", alice.stderr.all());
+    assert_eq!(status.code(), Some(1), "one line failed: {:?}", alice.stderr.all());
+    assert!(
+        alice
+            .stderr
+            .all()
+            .iter()
+            .any(|l| l.contains("1 line(s) of input failed") && l.contains("everything else was delivered")),
+        "every other message acknowledged: {:?}",
+        alice.stderr.all()
+    );
     assert!(
         !alice.stderr.all().iter().any(|l| l.contains("warning")),
         "no answer was matched to the wrong message: {:?}",

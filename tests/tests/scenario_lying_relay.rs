@@ -7,7 +7,7 @@
 use std::error::Error;
 
 use chatroom_crypto::StaticKeypair;
-use chatroom_e2e::liar::{Lie, LyingRelay};
+use chatroom_e2e::liar::{Lie, LyingRelay, FAKE_MEMBERS};
 use chatroom_e2e::{without_time, Client, Home};
 
 type TestResult = Result<(), Box<dyn Error + Send + Sync>>;
@@ -113,6 +113,48 @@ fn a_message_forged_under_another_identity_is_flagged_as_impersonation() -> Test
     room.bob.stderr.expect("IMPERSONATION")?;
     assert_eq!(shown(&room.bob), ["<alice> m1", "<alice> m2"], "the forgery is never a message");
     assert!(!room.alice.stdout.all().iter().any(|l| l.contains(forged)));
+    Ok(())
+}
+
+#[test]
+fn a_poisoned_delivery_silences_nothing_and_impersonation_is_still_caught() -> TestResult {
+    let forged = "the relay operator is trustworthy";
+    let mut room = room_with(Lie::Poison { password: PASSWORD.into(), forged: forged.into() })?;
+    // Garbage under a sequence number near 2^64 comes first; before, it silenced the room.
+    room.bob.stderr.expect("WARNING: message #18446744073709551614 failed verification")?;
+    room.bob.stdout.expect("<alice> m1")?;
+    room.bob.stderr.expect("IMPERSONATION")?;
+    room.alice.line("m2")?;
+    room.bob.stdout.expect("<alice> m2")?;
+    room.bob.stderr.expect("IMPERSONATION")?;
+    assert_eq!(shown(&room.bob), ["<alice> m1", "<alice> m2"]);
+    Ok(())
+}
+
+#[test]
+fn a_fake_member_list_of_100000_pins_nothing_and_impersonation_is_still_caught() -> TestResult {
+    let forged = "meet me at the usual place";
+    let mut room = room_with(Lie::FakeMembers { password: PASSWORD.into(), forged: forged.into() })?;
+    // Bob was told that `alice` has a key nobody holds; only the real alice's signed
+    // message pins her, and the forgery under the liar's own key is flagged.
+    assert!(room
+        .bob
+        .stderr
+        .all()
+        .iter()
+        .any(|l| l.contains(&format!("members as the relay lists them ({FAKE_MEMBERS})"))));
+    room.bob.stdout.expect("<alice> m1")?;
+    room.bob.stderr.expect("IMPERSONATION")?;
+    room.alice.line("m2")?;
+    room.bob.stdout.expect("<alice> m2")?;
+    room.bob.stderr.expect("IMPERSONATION")?;
+    assert_eq!(shown(&room.bob), ["<alice> m1", "<alice> m2"]);
+    room.bob.line("/whois alice")?;
+    let whois = room.bob.stderr.expect("alice: messages signed by key")?;
+    assert!(
+        whois.contains("(pinned in this room)") && whois.contains("the relay lists key 0000000000000000"),
+        "{whois}"
+    );
     Ok(())
 }
 

@@ -42,7 +42,7 @@ fn messages_reach_exactly_their_room_once_in_relay_order_and_late_joiners_get_hi
     let mut dave = homes[3].member(&other, "dave", "another room, another password", true, &[])?;
     dave.stderr.expect("now live")?;
     carol.line("/who")?;
-    carol.stderr.expect("members (3): ")?;
+    carol.stderr.expect("members as the relay lists them (3): ")?;
 
     // Everyone talks at once; the relay picks one order.
     for i in 0..PER_SENDER {

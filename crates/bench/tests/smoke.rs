@@ -25,11 +25,37 @@ impl Drop for Relay {
     }
 }
 
-/// Starts the relay with the rate limit raised: the smoke run sends as fast as it can.
+/// The limits a load generator on one address meets at once: the send rates (per member, per
+/// address, per room), new connections per second and connections per address.
+const LIFTED_LIMITS: &[&str] = &[
+    "--rate-burst",
+    "100000",
+    "--rate-per-sec",
+    "100000",
+    "--ip-rate-burst",
+    "100000",
+    "--ip-rate-per-sec",
+    "100000",
+    "--room-rate-burst",
+    "100000",
+    "--room-rate-per-sec",
+    "100000",
+    "--handshake-burst",
+    "100000",
+    "--handshakes-per-sec",
+    "100000",
+    "--max-connections-per-ip",
+    "4096",
+    "--max-connections-per-48",
+    "4096",
+];
+
+/// Starts the relay with those limits lifted: the smoke run sends as fast as it can.
 fn start_relay(dir: &std::path::Path) -> Result<Relay, Box<dyn Error>> {
     let mut child = Command::new(chatroom_e2e::bin("chatroom-relay"))
-        .args(["--listen", "127.0.0.1:0", "--rate-burst", "100000", "--rate-per-sec", "100000", "--data-dir"])
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir)
+        .args(LIFTED_LIMITS)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

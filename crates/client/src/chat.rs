@@ -13,7 +13,7 @@ use chatroom_client::session::{Limits, RoomKeyCache, Session, SessionConfig, Ses
 use chatroom_client::trust::RelayPin;
 
 use crate::app_error::AppError;
-use crate::cli::Cli;
+use crate::cli::{ChatArgs, Cli};
 use crate::plain::PlainUi;
 use crate::prompt::{same_secret, Input};
 use crate::setup::{complete, resolve, Paths};
@@ -21,22 +21,52 @@ use crate::setup::{complete, resolve, Paths};
 /// How long end of input or `/quit` waits for the relay to acknowledge pending messages.
 pub(crate) const FLUSH_ON_EXIT: Duration = Duration::from_secs(10);
 
-pub(crate) fn warn_if_weak(password: &str, room: &str, nick: &str) {
+/// Warns about a weak room password at creation and, when the password was typed (not read
+/// from a file by a script), asks whether to create the room with it anyway.
+pub(crate) fn confirm_if_weak(
+    input: &mut Input,
+    password: &str,
+    room: &str,
+    nick: &str,
+    typed: bool,
+) -> Result<(), AppError> {
     let s = passphrase::strength(password, &[room, nick]);
-    if s.is_weak() {
-        eprintln!(
-            "-!- WARNING: this room password is weak: about 10^{} guesses (zxcvbn score {}/4), roughly {} \
-             for one attacker at 10^4 guesses per second. Anyone who obtains the relay's ciphertext can guess \
-             offline. Consider a generated one: chatroom passphrase",
-            s.guesses_log10, s.score, s.crack_time
-        );
+    if !s.is_weak() {
+        return Ok(());
     }
+    eprintln!(
+        "-!- WARNING: this room password is weak: about 10^{} guesses (zxcvbn score {}/4), roughly {} \
+         for one attacker at 10^4 guesses per second. Anyone who obtains the relay's ciphertext can guess \
+         offline. Leave the password empty at the prompt for a generated one, or run: chatroom passphrase",
+        s.guesses_log10, s.score, s.crack_time
+    );
+    if typed && !input.confirm("Create the room with this weak password anyway? [y/N] ")? {
+        return Err(AppError::new(
+            "nothing was created; run chatroom again and leave the password empty for a generated one, or \
+             choose a stronger one",
+        ));
+    }
+    Ok(())
 }
 
+/// Asks for a new room password twice; an empty answer generates a strong passphrase instead
+/// (shown once, to give to the members out of band).
 pub(crate) fn new_password(input: &mut Input, first: Option<&str>) -> Result<Zeroizing<String>, AppError> {
     let first = match first {
         Some(p) => Zeroizing::new(p.to_owned()),
-        None => input.secret("New room password: ")?,
+        None => {
+            let typed = input.secret("New room password (leave empty for a generated one): ")?;
+            if typed.is_empty() {
+                let generated = passphrase::generate();
+                eprintln!(
+                    "-!- generated room password: {}\n-!- it is shown only now: give it to the members out of band, \
+                     never in the chat",
+                    generated.as_str()
+                );
+                return Ok(generated);
+            }
+            typed
+        }
     };
     if first.is_empty() {
         return Err(AppError::new(
@@ -48,6 +78,25 @@ pub(crate) fn new_password(input: &mut Input, first: Option<&str>) -> Result<Zer
         return Err(AppError::new("the two passwords differ; nothing was created. Run chatroom again"));
     }
     Ok(first)
+}
+
+/// Session limits, with the pacing given on the command line.
+fn limits(chat: &ChatArgs) -> Result<Limits, AppError> {
+    let mut limits = Limits::default();
+    if let Some((burst, rate)) = &mut limits.send_rate {
+        if let Some(r) = chat.send_rate {
+            if !(r.is_finite() && r > 0.0) {
+                return Err(AppError::new(format!(
+                    "--send-rate {r} is not a positive number of messages per second"
+                )));
+            }
+            *rate = r;
+        }
+        if let Some(b) = chat.send_burst {
+            *burst = b.max(1);
+        }
+    }
+    Ok(limits)
 }
 
 pub(crate) async fn run(cli: Cli, paths: Paths) -> Result<(), AppError> {
@@ -66,7 +115,19 @@ pub(crate) async fn run(cli: Cli, paths: Paths) -> Result<(), AppError> {
         eprintln!("-!- created a new identity in {}", paths.identity().display());
     }
 
+    // The relay before the password: a changed key is offered for acceptance, and a relay
+    // that would be refused is refused before a password is typed.
+    crate::relay_check::accept_new_key(&target, &relay, &paths, &mut input)?;
+    let limits = limits(chat)?;
+    let (expected, expected_source) = match target.fingerprint.clone() {
+        Some((key, source)) => (Some(key), source),
+        None => (None, String::new()),
+    };
+    let relay_pin = RelayPin { expected, expected_source, known: Some(paths.known_relays()) };
     let from_file = target.password_file.is_some();
+    if !from_file {
+        crate::relay_check::check_before_password(&relay, target.proxy.as_ref(), &relay_pin, &limits).await?;
+    }
     let password = match &target.password_file {
         Some(file) => read_password_file(file)?,
         None if chat.create => new_password(&mut input, None)?,
@@ -76,23 +137,19 @@ pub(crate) async fn run(cli: Cli, paths: Paths) -> Result<(), AppError> {
         return Err(AppError::new("the room password is empty"));
     }
     if chat.create {
-        warn_if_weak(&password, room.as_str(), nick.as_str());
+        confirm_if_weak(&mut input, &password, room.as_str(), nick.as_str(), !from_file)?;
     }
     let keys =
         Arc::new(RoomKeyCache::new(Zeroizing::new(password.as_bytes().to_vec()), room.clone(), target.kdf)?);
-    let (expected, expected_source) = match target.fingerprint {
-        Some((key, source)) => (Some(key), source),
-        None => (None, String::new()),
-    };
     let mut config = SessionConfig {
         relay: relay.clone(),
         proxy: target.proxy.clone(),
         room: room.clone(),
         nick: nick.clone(),
         create: chat.create,
-        relay_pin: RelayPin { expected, expected_source, known: Some(paths.known_relays()) },
+        relay_pin,
         data_dir: Some(paths.data_dir.clone()),
-        limits: Limits::default(),
+        limits,
     };
     let shown_relay = match &target.proxy {
         Some(p) => format!("{relay} via {p}"),
@@ -111,7 +168,7 @@ pub(crate) async fn run(cli: Cli, paths: Paths) -> Result<(), AppError> {
         };
         return crate::tui::run(start).await;
     }
-    let ui = Arc::new(PlainUi::new(shown_relay, chat.plain));
+    let ui = Arc::new(PlainUi::new(shown_relay, chat.plain, chat.no_history));
     let handle = match Session::start(config.clone(), keys.clone(), identity.clone(), ui.clone()).await {
         Ok(h) => h,
         Err(e) if e.refusal() == Some(ErrorCode::NoSuchRoom) && !config.create => {
@@ -124,7 +181,7 @@ pub(crate) async fn run(cli: Cli, paths: Paths) -> Result<(), AppError> {
             if !from_file {
                 new_password(&mut input, Some(&password))?;
             }
-            warn_if_weak(&password, room.as_str(), nick.as_str());
+            confirm_if_weak(&mut input, &password, room.as_str(), nick.as_str(), !from_file)?;
             config.create = true;
             Session::start(config, keys, identity, ui.clone()).await?
         }
@@ -134,52 +191,26 @@ pub(crate) async fn run(cli: Cli, paths: Paths) -> Result<(), AppError> {
     talk(handle, input, &ui).await
 }
 
+/// Messages handed to the session and not yet answered, at most: beyond it line mode stops
+/// reading input until the relay catches up, so any amount of piped input is delivered.
+const WINDOW: u64 = 1000;
+
 async fn talk(mut handle: SessionHandle, input: Input, ui: &PlainUi) -> Result<(), AppError> {
     let mut lines = input.into_lines();
+    let mut queued: u64 = 0;
+    let mut failed = 0usize;
     let ended = loop {
         tokio::select! {
-            line = lines.recv() => {
+            line = lines.recv(), if queued.saturating_sub(ui.settled()) < WINDOW => {
                 let Some(Some(line)) = line else { break None };
-                match parse_line(&line) {
-                    Ok(Line::Empty) => {}
-                    Ok(Line::Text(text)) => {
-                        if let Err(e) = handle.send(ContentKind::Text, &text).await {
-                            ui.notice(&format!("error: {e}"));
-                        }
-                    }
-                    Ok(Line::Command(command)) => {
-                        let result = match command {
-                            Command::Help => {
-                                for l in HELP.lines() {
-                                    ui.notice(l);
-                                }
-                                Ok(())
-                            }
-                            Command::Safety => {
-                                ui.notice(&format!("safety code: {}", handle.safety_code()));
-                                ui.notice(&format!("relay fingerprint: {}", handle.relay_fingerprint()));
-                                Ok(())
-                            }
-                            Command::Quit => break None,
-                            Command::Who => handle.who().await,
-                            Command::Me(text) => handle.send(ContentKind::Action, &text).await.map(|_| ()),
-                            Command::Kick(nick) => handle.kick(nick).await,
-                            Command::Ban(nick) => handle.ban(nick).await,
-                            Command::Unban(nick) => handle.unban(nick).await,
-                        };
-                        if let Err(e) = result {
-                            ui.notice(&format!("error: {e}"));
-                        }
-                    }
-                    Err(e @ InputError::Unknown(_)) => {
-                        ui.notice(&format!("error: {e}"));
-                        for l in HELP.lines() {
-                            ui.notice(l);
-                        }
-                    }
-                    Err(e) => ui.notice(&format!("error: {e}")),
+                match line_action(&mut handle, &line, ui).await {
+                    Outcome::Done => {}
+                    Outcome::Queued => queued += 1,
+                    Outcome::Failed => failed += 1,
+                    Outcome::Quit => break None,
                 }
             }
+            () = ui.progressed() => {}
             end = handle.ended() => break Some(end),
             _ = tokio::signal::ctrl_c() => break None,
         }
@@ -188,14 +219,89 @@ async fn talk(mut handle: SessionHandle, input: Input, ui: &PlainUi) -> Result<(
         Some(end) => end,
         None => handle.close(FLUSH_ON_EXIT).await,
     };
+    let failed = failed + ui.failures();
     match end {
-        SessionEnd::Closed { unacknowledged: 0 } => Ok(()),
+        SessionEnd::Closed { unacknowledged: 0 } if failed == 0 => Ok(()),
+        SessionEnd::Closed { unacknowledged: 0 } => Err(AppError::new(format!(
+            "{failed} line(s) of input failed (the reasons are above); everything else was delivered"
+        ))),
         SessionEnd::Closed { unacknowledged } => Err(AppError::new(format!(
-            "{unacknowledged} message(s) were not acknowledged by the relay within {} s and may not have been \
-             delivered",
+            "{unacknowledged} message(s) were not acknowledged: the relay answered nothing for {} s, so they may \
+             not have been delivered; check the relay and send them again",
             FLUSH_ON_EXIT.as_secs()
         ))),
         SessionEnd::Failed(e) => Err(AppError::new(neutralize(&e.to_string()))),
         _ => Ok(()),
     }
+}
+
+/// What one input line did.
+enum Outcome {
+    /// Nothing to count (an empty line, a local command, a command the relay accepted).
+    Done,
+    /// A message handed to the session.
+    Queued,
+    /// Refused (locally, or by the relay for a command); the reason was printed.
+    Failed,
+    /// `/quit`.
+    Quit,
+}
+
+/// Acts on one line of input. Commands for the relay are awaited: a refusal has been printed
+/// (and counted by the front end) by the time this returns.
+async fn line_action(handle: &mut SessionHandle, line: &str, ui: &PlainUi) -> Outcome {
+    let failed = |e: &dyn std::fmt::Display| {
+        ui.notice(&format!("error: {e}"));
+        Outcome::Failed
+    };
+    let command = match parse_line(line) {
+        Ok(Line::Empty) => return Outcome::Done,
+        Ok(Line::Text(text)) => {
+            return match handle.send(ContentKind::Text, &text).await {
+                Ok(_) => Outcome::Queued,
+                Err(e) => failed(&e),
+            }
+        }
+        Ok(Line::Command(command)) => command,
+        Err(e @ InputError::Unknown(_)) => {
+            ui.notice(&format!("error: {e}"));
+            for l in HELP.lines() {
+                ui.notice(l);
+            }
+            return Outcome::Failed;
+        }
+        Err(e) => return failed(&e),
+    };
+    let sent = match command {
+        Command::Help => {
+            for l in HELP.lines() {
+                ui.notice(l);
+            }
+            return Outcome::Done;
+        }
+        Command::Safety => {
+            ui.notice(&format!("safety code: {}", handle.safety_code()));
+            ui.notice(&format!("relay fingerprint: {}", handle.relay_fingerprint()));
+            return Outcome::Done;
+        }
+        Command::Quit => return Outcome::Quit,
+        Command::Me(text) => {
+            return match handle.send(ContentKind::Action, &text).await {
+                Ok(_) => Outcome::Queued,
+                Err(e) => failed(&e),
+            }
+        }
+        Command::Whois(nick) => handle.whois(nick).await,
+        Command::Who => handle.who().await,
+        Command::Kick(nick) => handle.kick(nick).await,
+        Command::Ban(nick) => handle.ban(nick).await,
+        Command::Unban(nick) => handle.unban(nick).await,
+    };
+    if let Err(e) = sent {
+        return failed(&e);
+    }
+    if !handle.sync().await {
+        return failed(&"the relay did not answer the command (not connected, or the connection was lost); it may not have been done");
+    }
+    Outcome::Done
 }

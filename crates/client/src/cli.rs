@@ -62,6 +62,18 @@ pub(crate) struct ChatArgs {
     /// Line mode: each input line is a message, each received message one output line
     #[arg(long)]
     pub(crate) plain: bool,
+    /// Line mode: do not print messages replayed from the room's history (for a one-shot
+    /// sender such as `echo hi | chatroom --plain --no-history ...`)
+    #[arg(long)]
+    pub(crate) no_history: bool,
+    /// Messages per second sent at most, after the burst [default: 4.5, under the relay's
+    /// default of 5; raise it only as far as the relay's --rate-per-sec]
+    #[arg(long, value_name = "N")]
+    pub(crate) send_rate: Option<f64>,
+    /// Messages sent at once before pacing starts [default: 18, under the relay's default of
+    /// 20; raise it only as far as the relay's --rate-burst]
+    #[arg(long, value_name = "N")]
+    pub(crate) send_burst: Option<u32>,
 }
 
 /// Subcommands.

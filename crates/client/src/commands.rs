@@ -6,7 +6,8 @@ use chatroom_crypto::{Nick, MAX_BODY_LEN};
 pub const HELP: &str = "\
 commands:
   /help          show this help
-  /who           list the members of the room
+  /who           list the members of the room (as the relay reports them)
+  /whois NICK    show the identity key NICK's signed messages are pinned to
   /me TEXT       send an action (shown as: * nick TEXT)
   /kick NICK     disconnect a member (room owner only)
   /ban NICK      disconnect a member and refuse them from now on (room owner only)
@@ -23,6 +24,8 @@ pub enum Command {
     Help,
     /// `/who`
     Who,
+    /// `/whois NICK`
+    Whois(Nick),
     /// `/me TEXT`
     Me(String),
     /// `/kick NICK`
@@ -104,6 +107,7 @@ pub fn parse_line(line: &str) -> Result<Input, InputError> {
         "help" => no_arg(Command::Help, "/help"),
         "who" | "names" => no_arg(Command::Who, "/who"),
         "safety" => no_arg(Command::Safety, "/safety"),
+        "whois" => Ok(Input::Command(Command::Whois(nick_arg(arg, "/whois NICK")?))),
         "quit" | "exit" => no_arg(Command::Quit, "/quit"),
         "me" => {
             if arg.trim().is_empty() {
@@ -137,6 +141,8 @@ mod tests {
         assert_eq!(parse_line("/WHO"), Ok(Input::Command(Command::Who)));
         assert_eq!(parse_line("/me waves  slowly"), Ok(Input::Command(Command::Me("waves  slowly".into()))));
         assert_eq!(parse_line("/kick bob"), Ok(Input::Command(Command::Kick(nick("bob")))));
+        assert_eq!(parse_line("/whois AIice"), Ok(Input::Command(Command::Whois(nick("AIice")))));
+        assert_eq!(parse_line("/whois"), Err(InputError::Usage("/whois NICK")));
         assert_eq!(parse_line("/ban  bob "), Ok(Input::Command(Command::Ban(nick("bob")))));
         assert_eq!(parse_line("/unban bob"), Ok(Input::Command(Command::Unban(nick("bob")))));
         assert_eq!(parse_line("/safety"), Ok(Input::Command(Command::Safety)));

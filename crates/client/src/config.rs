@@ -113,7 +113,8 @@ pub fn read_password_file(path: &Path) -> Result<Zeroizing<String>, FileError> {
     if mode & 0o077 != 0 {
         return Err(FileError::Permissions { path: path.display().to_string(), mode });
     }
-    let mut text = Zeroizing::new(String::new());
+    // Room for the whole file at once: a buffer that grew would leave copies behind unwiped.
+    let mut text = Zeroizing::new(String::with_capacity(MAX_PASSWORD_FILE_LEN as usize + 1));
     fs::File::open(path)
         .map_err(io(path))?
         .take(MAX_PASSWORD_FILE_LEN)

@@ -8,6 +8,8 @@
 
 use std::fmt::Write;
 
+use chatroom_crypto::PublicIdentity;
+
 /// Whether `c` must not reach the terminal as is.
 pub fn is_dangerous(c: char) -> bool {
     matches!(c,
@@ -38,6 +40,60 @@ pub fn neutralize(text: &str) -> String {
         }
     }
     out
+}
+
+/// `neutralize`, and then whitespace that could pad a line so that it wraps on the terminal
+/// into what looks like another line (`HH:MM:SS <alice> ...`) is made visible: every space
+/// other than U+0020 (no-break, em, ideographic, zero-width ...) as `<U+XXXX>`, and each run of
+/// two or more U+0020 spaces as one space and a count, `a <+4 spaces>b`. For line mode, where
+/// each message must be one line that starts with its own sender.
+pub fn neutralize_line(text: &str) -> String {
+    let shown = neutralize(text);
+    let mut out = String::with_capacity(shown.len());
+    let mut run = 0usize;
+    let flush = |out: &mut String, run: usize| match run {
+        0 => {}
+        1 => out.push(' '),
+        n => {
+            let _ = write!(out, " <+{} spaces>", n - 1);
+        }
+    };
+    for c in shown.chars() {
+        if c == ' ' {
+            run += 1;
+            continue;
+        }
+        flush(&mut out, std::mem::take(&mut run));
+        if is_odd_space(c) {
+            let _ = write!(out, "<U+{:04X}>", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    flush(&mut out, run);
+    out
+}
+
+/// Spaces other than U+0020, visible or not.
+fn is_odd_space(c: char) -> bool {
+    (c.is_whitespace() && c != ' ')
+        || matches!(
+            c,
+            '\u{200b}'..='\u{200d}' | '\u{2060}' | '\u{180e}' | '\u{3164}' | '\u{115f}' | '\u{1160}'
+        )
+}
+
+/// A short tag of an identity key, shown beside a nickname: the first four bytes of the
+/// key in hex. Two members can choose the same-looking nickname, not the same key.
+pub fn key_tag(identity: &PublicIdentity) -> String {
+    hex::encode(&identity.0[..4])
+}
+
+/// An index in `0..n` chosen by the identity key (for a nickname's colour): the same key has
+/// the same colour everywhere, and a look-alike nickname under another key most likely not.
+pub fn key_colour(identity: &PublicIdentity, n: usize) -> usize {
+    let x = u32::from_be_bytes([identity.0[4], identity.0[5], identity.0[6], identity.0[7]]);
+    x as usize % n.max(1)
 }
 
 /// `neutralize`, cut to at most 80 characters: for echoing user input inside error messages.
@@ -85,6 +141,16 @@ mod tests {
     }
 
     #[test]
+    fn padding_cannot_wrap_into_a_forged_line() {
+        let padded = format!("hi{}12:00:00 <alice> send money", " ".repeat(70));
+        assert_eq!(neutralize_line(&padded), "hi <+69 spaces>12:00:00 <alice> send money");
+        assert_eq!(neutralize_line("a b  c"), "a b <+1 spaces>c");
+        assert_eq!(neutralize_line("x\u{a0}\u{3000}\u{200b}y"), "x<U+00A0><U+3000><U+200B>y");
+        assert_eq!(neutralize_line("end  "), "end <+1 spaces>");
+        assert_eq!(neutralize_line("tab\there"), "tab^Ihere");
+    }
+
+    #[test]
     fn short_form_is_bounded() {
         assert_eq!(neutralize_short(&"x".repeat(200)).len(), 83);
     }
@@ -95,6 +161,9 @@ mod tests {
             let shown = neutralize(&s);
             prop_assert!(!shown.chars().any(is_dangerous));
             prop_assert!(!shown.contains('\n'));
+            let line = neutralize_line(&s);
+            prop_assert!(!line.chars().any(|c| is_dangerous(c) || is_odd_space(c)));
+            prop_assert!(!line.contains("  "));
         }
     }
 }

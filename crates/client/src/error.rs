@@ -38,6 +38,17 @@ pub enum FileError {
         /// What is wrong.
         why: String,
     },
+    /// A state file that cannot be used as it is: cut short or too large.
+    #[error(
+        "{path}: {why}. Move it aside (`mv {path} {path}.damaged`) to start afresh in this room; its \
+         member pins and counters are then forgotten, so compare fingerprints (/whois) again"
+    )]
+    Damaged {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        why: String,
+    },
     /// A secret file other users may read.
     #[error("{path} has mode {mode:03o}, so other users may read it; run `chmod 600 {path}`")]
     Permissions {

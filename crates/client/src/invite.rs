@@ -88,11 +88,9 @@ impl FromStr for Invite {
 
 impl fmt::Display for Invite {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{SCHEME}{}@{}/{}", hex::encode(self.fingerprint), self.relay, self.room)?;
-        if self.kdf != KdfParams::DEFAULT {
-            write!(f, "?kdf={}", self.kdf)?;
-        }
-        Ok(())
+        // The parameters are always written, default or not: a member who joins with other
+        // parameters than the room's derives another key and is told "wrong room password".
+        write!(f, "{SCHEME}{}@{}/{}?kdf={}", hex::encode(self.fingerprint), self.relay, self.room, self.kdf)
     }
 }
 
@@ -110,7 +108,7 @@ mod tests {
         assert_eq!(inv.relay.to_string(), "relay.example.org:7777");
         assert_eq!(inv.room.as_str(), "general");
         assert_eq!(inv.kdf, KdfParams::DEFAULT);
-        assert_eq!(inv.to_string(), s);
+        assert_eq!(inv.to_string(), format!("{s}?kdf=m65536t3p1"), "the parameters are always written");
         let s = format!("chatroom://{FP}@[::1]:7777/team.ops?kdf=m131072t4p1");
         let inv: Invite = s.parse().unwrap();
         assert_eq!(inv.kdf, KdfParams { m_kib: 131_072, t: 4, p: 1 });

@@ -7,6 +7,7 @@ mod chat;
 mod cli;
 mod plain;
 mod prompt;
+mod relay_check;
 mod setup;
 mod subcommands;
 mod tui;

@@ -11,12 +11,17 @@
 //! `-!- `. Text from other members or the relay is neutralised first.
 
 use std::io::{self, IsTerminal, Write};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+use tokio::sync::Notify;
+
 use chatroom_client::crypto::{ContentKind, PresenceEvent, PublicIdentity};
-use chatroom_client::display::neutralize;
+use chatroom_client::display::{key_tag, neutralize, neutralize_line};
 use chatroom_client::error::code_name;
-use chatroom_client::session::{Callbacks, ChatMessage, ConnState, Event, KdfProgress, MemberInfo, Rejected};
+use chatroom_client::session::{
+    Callbacks, ChatMessage, ConnState, Event, KdfProgress, MemberInfo, Rejected, Whois,
+};
 
 /// Formats the time of a message.
 pub(crate) fn clock(timestamp_ms: u64) -> String {
@@ -32,7 +37,7 @@ pub(crate) fn clock(timestamp_ms: u64) -> String {
 pub(crate) fn message_line(m: &ChatMessage) -> String {
     let history = if m.history { "[history] " } else { "" };
     let nick = neutralize(m.nick.as_str());
-    let body = neutralize(&m.body);
+    let body = neutralize_line(&m.body);
     match m.kind {
         ContentKind::Action => format!("{} {history}* {nick} {body}", clock(m.timestamp_ms)),
         _ => format!("{} {history}<{nick}> {body}", clock(m.timestamp_ms)),
@@ -43,7 +48,7 @@ fn members_line(list: &[MemberInfo]) -> String {
     let names: Vec<String> = list
         .iter()
         .map(|m| {
-            let mut s = neutralize(m.nick.as_str());
+            let mut s = format!("{} ({})", neutralize(m.nick.as_str()), key_tag(&m.identity));
             if m.owner {
                 s.push_str(" [owner]");
             }
@@ -53,7 +58,26 @@ fn members_line(list: &[MemberInfo]) -> String {
             s
         })
         .collect();
-    format!("members ({}): {}", list.len(), names.join(", "))
+    format!("members as the relay lists them ({}): {}", list.len(), names.join(", "))
+}
+
+fn whois_line(who: &Whois) -> String {
+    let nick = neutralize(who.nick.as_str());
+    let mut line = match who.pinned {
+        Some(key) => format!("{nick}: messages signed by key {} (pinned in this room)", key.fingerprint()),
+        None => format!("{nick}: no signed message seen under this nickname in this room; nothing pinned"),
+    };
+    match (who.listed, who.pinned) {
+        (Some(listed), Some(pinned)) if listed == pinned => line.push_str("; the relay lists the same key"),
+        (Some(listed), _) => {
+            line.push_str(&format!("; the relay lists key {} (its claim)", listed.fingerprint()))
+        }
+        (None, _) => line.push_str("; not in the relay's member list"),
+    }
+    if let Some(like) = &who.look_alike {
+        line.push_str(&format!("; WARNING: looks like {}, a different member", neutralize(like)));
+    }
+    line
 }
 
 fn short(id: &PublicIdentity) -> String {
@@ -90,6 +114,11 @@ pub(crate) fn event_line(event: &Event, relay: &str) -> Option<String> {
         Event::HistoryGap { from, to } => format!(
             "WARNING: messages #{from} to #{to} expired from the relay's history before they could be fetched"
         ),
+        Event::SequenceWentBack { last_seen, relay_latest } => format!(
+            "WARNING: the relay's latest message is #{relay_latest}, but this client had already seen #{last_seen}: \
+             the relay lost messages (restored from a backup or reset). Messages it lost are not coming back; \
+             new ones are shown as usual"
+        ),
         Event::HistoryEnd => "end of history; now live".into(),
         Event::Message(_) => return None,
         Event::Rejected(Rejected::Unverified { seq }) => format!(
@@ -106,31 +135,38 @@ pub(crate) fn event_line(event: &Event, relay: &str) -> Option<String> {
             message.sender.fingerprint(),
             neutralize(message.nick.as_str()),
             pinned.fingerprint(),
-            neutralize(&message.body)
+            neutralize_line(&message.body)
         ),
-        Event::Rejected(Rejected::NickNotBound { message, known_as }) => format!(
-            "WARNING: key {} (known here as {}) signed a message claiming to be {}, which was never announced \
-             for that key; not shown as theirs. Its text: {}",
+        Event::Rejected(Rejected::Unpinned { message, max }) => format!(
+            "WARNING: key {} signed a message as {}, but this room's pin store is full ({max} nicknames), so the \
+             nickname cannot be pinned to it; not shown as theirs. Its text: {}",
             message.sender.fingerprint(),
-            neutralize(known_as),
             neutralize(message.nick.as_str()),
-            neutralize(&message.body)
+            neutralize_line(&message.body)
         ),
+        Event::LookAlike { nick, sender, like } => format!(
+            "WARNING: {} (key {}) looks like {}, a different member; check /whois {} before trusting the next message",
+            neutralize(nick.as_str()),
+            key_tag(sender),
+            neutralize(like),
+            neutralize(nick.as_str())
+        ),
+        Event::Whois(who) => whois_line(who),
         Event::Rejected(_) => "WARNING: a message was rejected".into(),
         Event::Members(list) => members_line(list),
-        Event::Presence { event, nick, .. } => {
-            let nick = neutralize(nick.as_str());
-            match event {
-                PresenceEvent::Joined => format!("{nick} joined"),
-                PresenceEvent::Left => format!("{nick} left"),
-                PresenceEvent::Kicked => format!("{nick} was kicked"),
-                PresenceEvent::Banned => format!("{nick} was banned"),
-                PresenceEvent::Unbanned => format!("{nick} was unbanned"),
-            }
+        Event::Presence { event, nick, identity } => {
+            let what = match event {
+                PresenceEvent::Joined => "joined",
+                PresenceEvent::Left => "left",
+                PresenceEvent::Kicked => "was kicked",
+                PresenceEvent::Banned => "was banned",
+                PresenceEvent::Unbanned => "was unbanned",
+            };
+            format!("relay says: {} {what} (key {})", neutralize(nick.as_str()), key_tag(identity))
         }
         Event::KeyChanged { nick, pinned, seen } => format!(
-            "WARNING: IDENTITY KEY CHANGED for {}: pinned {}, now {}. Someone may be impersonating them; \
-             verify with them out of band. Their messages under the new key are not shown as theirs.",
+            "WARNING: IDENTITY KEY CHANGED for {}: pinned {}, relay says {}. Someone may be impersonating \
+             them; verify with them out of band. Messages under that key are not shown as theirs.",
             neutralize(nick.as_str()),
             pinned.fingerprint(),
             seen.fingerprint()
@@ -145,16 +181,65 @@ pub(crate) fn event_line(event: &Event, relay: &str) -> Option<String> {
     })
 }
 
-/// The line-mode front end's event sink.
+/// The line-mode front end's event sink. It also counts, for the exit status and for pacing
+/// the input, the messages the relay answered and the refusals it reported.
 pub(crate) struct PlainUi {
     relay: String,
     spinner: bool,
+    no_history: bool,
     out: Mutex<()>,
+    /// Messages answered (acknowledged or refused).
+    settled: AtomicU64,
+    /// Messages and commands the relay refused.
+    failures: AtomicUsize,
+    progress: Notify,
 }
 
 impl PlainUi {
-    pub(crate) fn new(relay: String, plain: bool) -> Self {
-        Self { relay, spinner: !plain && io::stderr().is_terminal(), out: Mutex::new(()) }
+    pub(crate) fn new(relay: String, plain: bool, no_history: bool) -> Self {
+        Self {
+            relay,
+            spinner: !plain && io::stderr().is_terminal(),
+            no_history,
+            out: Mutex::new(()),
+            settled: AtomicU64::new(0),
+            failures: AtomicUsize::new(0),
+            progress: Notify::new(),
+        }
+    }
+
+    /// Messages the relay has answered so far.
+    pub(crate) fn settled(&self) -> u64 {
+        self.settled.load(Ordering::Acquire)
+    }
+
+    /// Messages and commands the relay refused so far.
+    pub(crate) fn failures(&self) -> usize {
+        self.failures.load(Ordering::Acquire)
+    }
+
+    /// Resolves after the relay answered a message (or at once if one was answered since the
+    /// last call).
+    pub(crate) async fn progressed(&self) {
+        self.progress.notified().await;
+    }
+
+    fn count(&self, event: &Event) {
+        match event {
+            Event::Sent { .. } => {
+                self.settled.fetch_add(1, Ordering::AcqRel);
+                self.progress.notify_one();
+            }
+            Event::SendFailed { .. } => {
+                self.failures.fetch_add(1, Ordering::AcqRel);
+                self.settled.fetch_add(1, Ordering::AcqRel);
+                self.progress.notify_one();
+            }
+            Event::CommandFailed { .. } => {
+                self.failures.fetch_add(1, Ordering::AcqRel);
+            }
+            _ => {}
+        }
     }
 
     /// Prints a notice on stderr.
@@ -167,7 +252,11 @@ impl PlainUi {
 
 impl Callbacks for PlainUi {
     fn event(&self, event: Event) {
+        self.count(&event);
         if let Event::Message(m) = &event {
+            if m.history && self.no_history {
+                return;
+            }
             let _guard = self.out.lock().unwrap_or_else(|e| e.into_inner());
             let mut out = io::stdout().lock();
             let _ = writeln!(out, "{}", message_line(m));

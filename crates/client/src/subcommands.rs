@@ -4,6 +4,7 @@ use chatroom_client::config::Config;
 use chatroom_client::crypto::load_or_create_identity;
 use chatroom_client::invite::Invite;
 use chatroom_client::passphrase;
+use chatroom_client::state::{room_state_path, RoomState};
 
 use crate::app_error::AppError;
 use crate::cli::{RelaysCommand, TargetArgs};
@@ -44,7 +45,14 @@ pub(crate) fn invite(paths: &Paths, args: &TargetArgs) -> Result<(), AppError> {
             ))
         })?,
     };
-    println!("{}", Invite { fingerprint, relay, room, kdf: target.kdf });
+    // The parameters this member joined the room with win over the default, so an invite from
+    // the room's creator names the parameters it was created with even without --kdf.
+    let saved = RoomState::load(&room_state_path(&paths.data_dir, &fingerprint, &room))?.kdf;
+    let kdf = match (&args.kdf, saved) {
+        (None, Some(saved)) => saved,
+        _ => target.kdf,
+    };
+    println!("{}", Invite { fingerprint, relay, room, kdf });
     Ok(())
 }
 

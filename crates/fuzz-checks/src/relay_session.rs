@@ -111,6 +111,19 @@ fn harness() -> &'static Harness {
         config.room_creations_per_ip = u32::MAX;
         config.rate_burst = u32::MAX;
         config.rate_per_sec = u32::MAX;
+        // Every input connects from 127.0.0.1 to a room of its own: the relay's per-address,
+        // per-room and relay-wide budgets would end a campaign, not find a bug.
+        config.max_connections_per_ip = usize::MAX;
+        config.max_connections_per_48 = usize::MAX;
+        config.handshake_burst = u32::MAX;
+        config.handshakes_per_sec = u32::MAX;
+        config.ip_rate_burst = u32::MAX;
+        config.ip_rate_per_sec = u32::MAX;
+        config.room_rate_burst = u32::MAX;
+        config.room_rate_per_sec = u32::MAX;
+        config.who_burst = u32::MAX;
+        config.who_per_sec = u32::MAX;
+        config.max_rooms = usize::MAX;
         config.handshake_timeout = STEP;
         let relay = Relay::open(config).unwrap_or_else(|e| panic!("cannot open the relay: {e}"));
         let listener = rt

@@ -28,8 +28,10 @@ use tracing::{debug, info, info_span, Instrument};
 
 use crate::config::Config;
 use crate::frames::{FrameError, FrameReader};
-use crate::hub::{member_items, Moderation, Refusal, RoomService};
-use crate::limits::{address_key, FailureTracker, SendRate, Unauthenticated, UnauthenticatedSlot, Verdict};
+use crate::hub::{member_items, too_many_attempts, JoinPolicy, Moderation, Refusal, RoomService};
+use crate::limits::{
+    address_key, AddressCount, AddressSlot, FailureTracker, LogBudget, SendRate, TokenBucket, Verdict,
+};
 use crate::outbox::{encode, write_loop, Offered, Outbox, PushError};
 use crate::shutdown::Shutdown;
 
@@ -119,9 +121,25 @@ pub(crate) struct Shared<H> {
     pub(crate) static_key: StaticKeypair,
     pub(crate) ip_failures: FailureTracker<IpAddr>,
     pub(crate) room_failures: FailureTracker<String>,
-    pub(crate) unauthenticated: Unauthenticated,
+    pub(crate) unauthenticated: AddressCount,
+    /// Connections per address (IPv6 per /64) and per IPv6 /48, joined or not.
+    pub(crate) connections: AddressCount,
+    pub(crate) connections_wide: AddressCount,
+    /// New connections per address, checked before any key agreement.
+    pub(crate) handshake_rate: SendRate<IpAddr>,
+    /// Places under `max_connections`; what is left decides whether strangers still get in.
+    pub(crate) slots: Arc<tokio::sync::Semaphore>,
     /// Rooms created per address within the failure window.
     pub(crate) room_creations: FailureTracker<IpAddr>,
+    /// Lines about refused joins: at most a few a minute, with a count of those left out.
+    pub(crate) refusal_log: LogBudget,
+    /// Lines about connections timed out or disconnected by the relay, likewise.
+    pub(crate) ended_log: LogBudget,
+    /// Lines about rate limits hit, within a budget like refusals.
+    pub(crate) rate_log: LogBudget,
+    /// Envelopes per address and per room, over all identities.
+    pub(crate) send_rate_ip: SendRate<IpAddr>,
+    pub(crate) send_rate_room: SendRate<RoomName>,
     /// Envelopes per identity (over all its connections).
     pub(crate) send_rate: SendRate<PublicIdentity>,
 }
@@ -162,6 +180,22 @@ enum Flow {
     Stop,
 }
 
+/// A joined connection's request state, kept between its transport messages.
+struct Session {
+    /// Answers owed, oldest first; grows to at most MAX_SENDS_IN_FLIGHT once the member
+    /// sends, an idle one holds none.
+    pending: VecDeque<Answer>,
+    /// `Who` allowance: a member list can be 65 KB, so asking for it has its own rate.
+    who: TokenBucket,
+    /// The token of the relay's unanswered `Ping`.
+    ping: Option<u64>,
+    /// The room joined: sends are also limited per room.
+    room: RoomName,
+    /// Whether the last transport message showed the peer alive: a request, or the `Pong`
+    /// that answers the relay's own `Ping`. An unsolicited `Pong` does not.
+    alive: bool,
+}
+
 /// Per-connection handler.
 #[derive(Debug)]
 pub(crate) struct Handler<H> {
@@ -169,27 +203,34 @@ pub(crate) struct Handler<H> {
     pub(crate) peer: SocketAddr,
     pub(crate) id: u64,
     pub(crate) shutdown: Shutdown,
+    /// Accepted over the connection cap: the join is answered `ServerFull`.
+    pub(crate) full: bool,
     /// Dropped when the handler ends; the server waits for all of them at shutdown.
     pub(crate) _done: mpsc::Sender<()>,
     /// The connection's place under the relay's connection limit, given back when it ends.
     pub(crate) _permit: OwnedSemaphorePermit,
+    /// The connection's place under the per-address caps.
+    pub(crate) _slots: (AddressSlot, Option<AddressSlot>),
 }
 
 impl<H: RoomService> Handler<H> {
     /// Serves one connection; errors are logged here, never returned.
-    pub(crate) fn run(self, stream: TcpStream, slot: UnauthenticatedSlot) -> impl Future<Output = ()> + Send {
+    pub(crate) fn run(self, stream: TcpStream, slot: AddressSlot) -> impl Future<Output = ()> + Send {
         // Instrumented by hand: `#[instrument]` on the async fn made the connection's task
         // 216 bytes larger (1 992 instead of 1 776) for its whole life.
         let span = info_span!("conn", id = self.id, peer = %self.peer);
         self.logged(stream, slot).instrument(span)
     }
 
-    async fn logged(mut self, stream: TcpStream, slot: UnauthenticatedSlot) {
+    async fn logged(mut self, stream: TcpStream, slot: AddressSlot) {
         debug!("accepted");
         match self.serve(stream, slot).await {
             Ok(()) | Err(Ended::PeerClosed) => debug!("connection closed"),
-            Err(e @ (Ended::Refused(_) | Ended::Deadline | Ended::Disconnected(_))) => {
-                info!("connection ended: {e}")
+            // A refusal was logged (within its budget) where it was made.
+            Err(e @ (Ended::Deadline | Ended::Disconnected(_))) => {
+                if let Some(unlogged) = self.shared.ended_log.take() {
+                    info!(unlogged, "connection ended: {e}")
+                }
             }
             Err(e) => debug!("connection ended: {e}"),
         }
@@ -214,7 +255,7 @@ impl<H: RoomService> Handler<H> {
         }
     }
 
-    async fn serve(&mut self, stream: TcpStream, slot: UnauthenticatedSlot) -> Result<(), Ended> {
+    async fn serve(&mut self, stream: TcpStream, slot: AddressSlot) -> Result<(), Ended> {
         let _ = stream.set_nodelay(true);
         let (read_half, mut write_half) = stream.into_split();
         let mut reader = FrameReader::new(read_half);
@@ -225,7 +266,8 @@ impl<H: RoomService> Handler<H> {
         let handshake_hash = *transport.handshake_hash();
         let (sender, mut receiver) = transport.split();
 
-        let outbox = Arc::new(Outbox::new(self.shared.config.outbound_queue));
+        let config = &self.shared.config;
+        let outbox = Arc::new(Outbox::new(config.outbound_queue_bytes, config.write_stall));
         let mut writer = tokio::spawn({
             let outbox = outbox.clone();
             async move { write_loop(&outbox, sender, write_half).await }
@@ -277,20 +319,21 @@ impl<H: RoomService> Handler<H> {
         writer: &mut JoinHandle<()>,
         deadline: Instant,
         handshake_hash: [u8; 32],
-        slot: UnauthenticatedSlot,
+        slot: AddressSlot,
     ) -> Result<(), Ended> {
         // Boxed: see `serve`.
         let join = Box::pin(self.join(reader, receiver, outbox, deadline, handshake_hash, slot));
-        let Joined { member, identity, room, nick } = join.await?;
+        let joined = join.await?;
+        let Joined { member, identity, room, nick } = &joined;
         info!(room = %room, nick = %nick, identity = %identity.short_fingerprint(), "joined");
-        let result = match self.member_loop(reader, receiver, outbox, writer, &member, identity).await {
+        let result = match self.member_loop(reader, receiver, outbox, writer, &joined).await {
             Err(Ended::Closed(None)) => match outbox.close_reason() {
                 Some(code) => Err(Ended::Disconnected(code)),
                 None => Err(Ended::Closed(None)),
             },
             other => other,
         };
-        self.shared.hub.leave(&member);
+        self.shared.hub.leave(member);
         info!(room = %room, nick = %nick, "left");
         result
     }
@@ -303,7 +346,7 @@ impl<H: RoomService> Handler<H> {
         outbox: &Arc<Outbox>,
         deadline: Instant,
         handshake_hash: [u8; 32],
-        slot: UnauthenticatedSlot,
+        slot: AddressSlot,
     ) -> Result<Joined<H::Membership>, Ended> {
         let shared = self.shared.clone();
         let config = &shared.config;
@@ -324,29 +367,39 @@ impl<H: RoomService> Handler<H> {
             Err(Ended::Frame(e)) => return Err(bad_frame(outbox, e)),
             Err(e) => return Err(e),
         };
+        let ip = address_key(self.peer.ip());
         // The frame and its plaintext are freed here, not kept for the member's lifetime.
         let request = match self.join_request(&receiver.open(&first)?) {
             Ok(request) => request,
-            Err(refusal) => return Err(refuse(outbox, refusal)),
+            Err(refusal) => return Err(self.refuse_join(outbox, ip, None, refusal)),
         };
         drop(first);
-
-        // Cheap lockout checks before the signature is verified.
-        let ip = address_key(self.peer.ip());
-        let room_key = request.room.as_str().to_owned();
-        let verdicts = [self.shared.ip_failures.check(&ip), self.shared.room_failures.check(&room_key)];
-        if verdicts.contains(&Verdict::Locked) {
-            let minutes = config.failure_window.as_secs().div_ceil(60);
-            info!(room = %request.room, "join refused: too many failed attempts");
+        if self.full {
+            let max = config.max_connections;
             return Err(refuse(
                 outbox,
                 Refusal::new(
-                    ErrorCode::TooManyAttempts,
-                    format!("too many failed joins from your address or for this room; try again in {minutes} minutes"),
+                    ErrorCode::ServerFull,
+                    format!("the relay has its maximum of {max} connections; try again later"),
                 ),
             ));
         }
-        if verdicts.contains(&Verdict::Slow) {
+
+        // Cheap lockout checks before the signature is verified. A locked room is decided by
+        // the room itself: identities bound in it still get in.
+        let room_key = request.room.as_str().to_owned();
+        let ip_verdict = self.shared.ip_failures.check(&ip);
+        let room_verdict = self.shared.room_failures.check(&room_key);
+        if ip_verdict == Verdict::Locked {
+            let minutes = config.failure_window.as_secs().div_ceil(60);
+            let refusal = Refusal::new(
+                ErrorCode::TooManyAttempts,
+                format!("too many failed joins from your address; try again in {minutes} minutes"),
+            );
+            return Err(self.refuse_join(outbox, ip, Some(&request.room), refusal));
+        }
+        let room_locked = room_verdict == Verdict::Locked;
+        if ip_verdict == Verdict::Slow || room_verdict == Verdict::Slow {
             debug!("slowing a join after failed attempts");
             tokio::select! {
                 _ = self.shutdown.recv() => {
@@ -364,19 +417,26 @@ impl<H: RoomService> Handler<H> {
         let signed = match request.verify(&handshake_hash) {
             Ok(signed) => signed,
             Err(_) => {
-                self.shared.ip_failures.record_failure(&ip);
-                return Err(refuse(
-                    outbox,
-                    Refusal::new(
-                        ErrorCode::BadSignature,
-                        "the join signature does not verify for this connection",
-                    ),
-                ));
+                let refusal = Refusal::new(
+                    ErrorCode::BadSignature,
+                    "the join signature does not verify for this connection",
+                );
+                return Err(self.refuse_join(outbox, ip, Some(&room), refusal));
             }
         };
+        // The last `headroom_percent` of the connection cap is kept for members already bound
+        // in the room they join; a new room's creator never is.
+        let reserved = config.max_connections * config.headroom_percent / 100;
+        let crowded = self.shared.slots.available_permits() < reserved;
         // New rooms are limited per address, like failed joins.
         let creations = &self.shared.room_creations;
         let may_create = || {
+            if room_locked {
+                return Err(Refusal::new(ErrorCode::TooManyAttempts, too_many_attempts()));
+            }
+            if crowded {
+                return Err(Refusal::new(ErrorCode::ServerFull, "the relay is full; try again later"));
+            }
             if creations.check(&ip) == Verdict::Locked {
                 info!("room creation refused: too many new rooms from this address");
                 let minutes = config.failure_window.as_secs().div_ceil(60);
@@ -388,20 +448,52 @@ impl<H: RoomService> Handler<H> {
             creations.record_failure(&ip);
             Ok(())
         };
-        let member =
-            match self.shared.hub.join(signed, history_after, self.id, outbox.clone(), &may_create).await {
-                Ok(member) => member,
-                Err(refusal) => {
-                    if refusal.code == ErrorCode::WrongPassword {
-                        self.shared.ip_failures.record_failure(&ip);
-                        self.shared.room_failures.record_failure(&room_key);
-                    }
-                    info!(room = %room, code = ?refusal.code, "join refused");
-                    return Err(refuse(outbox, refusal));
-                }
-            };
+        let member = match self
+            .shared
+            .hub
+            .join(
+                signed,
+                history_after,
+                self.id,
+                outbox.clone(),
+                &may_create,
+                JoinPolicy { crowded, room_locked },
+            )
+            .await
+        {
+            Ok(member) => member,
+            Err(refusal) => return Err(self.refuse_join(outbox, ip, Some(&room), refusal)),
+        };
         drop(slot);
         Ok(Joined { member, identity, room, nick })
+    }
+
+    /// Refuses a join: counts it against the address (and a wrong password against the room
+    /// too), logs it within the log budget, and queues the goodbye.
+    fn refuse_join(&self, outbox: &Outbox, ip: IpAddr, room: Option<&RoomName>, refusal: Refusal) -> Ended {
+        let shared = &self.shared;
+        // Every refusal a client could have avoided counts: probing for rooms, nicknames or
+        // bans costs the prober like guessing a password does. Limits the relay imposes
+        // (full, a lockout already running) and its own failures do not.
+        let counts = !matches!(
+            refusal.code,
+            ErrorCode::RoomFull
+                | ErrorCode::ServerFull
+                | ErrorCode::TooManyAttempts
+                | ErrorCode::Internal
+                | ErrorCode::ShuttingDown
+        );
+        if counts {
+            shared.ip_failures.record_failure(&ip);
+        }
+        if let (ErrorCode::WrongPassword, Some(room)) = (refusal.code, room) {
+            shared.room_failures.record_failure(&room.as_str().to_owned());
+        }
+        if let Some(unlogged) = shared.refusal_log.take() {
+            let room = room.map_or("", RoomName::as_str);
+            info!(room, code = ?refusal.code, unlogged, "join refused");
+        }
+        refuse(outbox, refusal)
     }
 
     /// The first transport message must be exactly one `Join`.
@@ -432,17 +524,22 @@ impl<H: RoomService> Handler<H> {
         receiver: &mut TransportReceiver,
         outbox: &Arc<Outbox>,
         writer: &mut JoinHandle<()>,
-        member: &H::Membership,
-        identity: PublicIdentity,
+        joined: &Joined<H::Membership>,
     ) -> Result<(), Ended> {
+        let (member, identity) = (&joined.member, joined.identity);
         let shared = self.shared.clone();
         let config = &shared.config;
         let mut last_heard = Instant::now();
-        let mut pinged = false;
         let mut token = 0u64;
-        // Grows to at most MAX_SENDS_IN_FLIGHT once the member sends; an idle one holds none.
-        let mut pending: VecDeque<Answer> = VecDeque::new();
+        let mut session = Session {
+            pending: VecDeque::new(),
+            who: TokenBucket::new(config.who_burst, config.who_per_sec),
+            ping: None,
+            alive: false,
+            room: joined.room.clone(),
+        };
         loop {
+            let pinged = session.ping.is_some();
             let wake = last_heard + if pinged { config.idle_timeout } else { config.ping_after };
             tokio::select! {
                 biased;
@@ -457,36 +554,39 @@ impl<H: RoomService> Handler<H> {
                         outbox.close(ErrorCode::IdleTimeout, &format!("no traffic for {secs} s"));
                         return Err(Ended::Closed(None));
                     }
-                    pinged = true;
                     token = token.wrapping_add(1);
+                    session.ping = Some(token);
                     if !outbox.push_or_close(encode(&RelayMessage::Ping { token })) {
                         return Err(Ended::Closed(None));
                     }
                 }
-                Some(answer) = next_answer(&mut pending) => {
+                Some(answer) = next_answer(&mut session.pending) => {
                     if !reply(outbox, answer).await {
                         return Err(Ended::Closed(None));
                     }
                 }
                 frame = reader.next_frame(MIN_TRANSPORT_FRAME, MAX_FRAME_LEN),
-                    if pending.len() < MAX_SENDS_IN_FLIGHT => {
+                    if session.pending.len() < MAX_SENDS_IN_FLIGHT => {
                     let frame = match frame {
                         Ok(Some(frame)) => frame,
                         Ok(None) => {
                             // A half-closed connection still gets the answers it is owed.
-                            answer_all(&mut pending, outbox).await;
+                            answer_all(&mut session.pending, outbox).await;
                             return Err(Ended::PeerClosed);
                         }
                         Err(e) => return Err(bad_frame(outbox, e)),
                     };
-                    last_heard = Instant::now();
-                    pinged = false;
                     let plaintext = receiver.open(&frame)?;
                     // Boxed like the join: an idle member's task does not carry the state of
                     // every request it might make.
-                    let process = Box::pin(self.process(&plaintext, outbox, member, identity, &mut pending));
+                    session.alive = false;
+                    let process = Box::pin(self.process(&plaintext, outbox, member, identity, &mut session));
                     if let Flow::Stop = process.await {
                         return Err(Ended::Closed(None));
+                    }
+                    if session.alive {
+                        last_heard = Instant::now();
+                        session.ping = None;
                     }
                 }
             }
@@ -502,8 +602,9 @@ impl<H: RoomService> Handler<H> {
         outbox: &Arc<Outbox>,
         member: &H::Membership,
         identity: PublicIdentity,
-        pending: &mut VecDeque<Answer>,
+        session: &mut Session,
     ) -> Flow {
+        let pending = &mut session.pending;
         if plaintext.is_empty() {
             outbox.finish_with(ErrorCode::Malformed, "empty message");
             return Flow::Stop;
@@ -545,8 +646,13 @@ impl<H: RoomService> Handler<H> {
                     return Flow::Stop;
                 }
             };
+            // Anything but an unsolicited `Pong` shows the peer is there.
+            session.alive |= match &message {
+                ClientMessage::Pong { token } => session.ping == Some(*token),
+                _ => true,
+            };
             if let ClientMessage::Send { envelope } = message {
-                pending.push_back(self.send(member, identity, envelope));
+                pending.push_back(self.send(member, identity, &session.room, envelope));
                 if !self.make_room(pending, outbox).await {
                     return Flow::Stop;
                 }
@@ -557,7 +663,16 @@ impl<H: RoomService> Handler<H> {
             }
             let replies = match message {
                 ClientMessage::Send { .. } => Vec::new(),
-                ClientMessage::Who => member_items(self.shared.hub.members(member)),
+                ClientMessage::Who => {
+                    // Over its rate a `Who` waits for its turn; the connection is not read
+                    // meanwhile, so asking faster only slows the asker down.
+                    let wait = session.who.until_next();
+                    if !wait.is_zero() {
+                        tokio::time::sleep(wait).await;
+                    }
+                    session.who.try_take();
+                    member_items(self.shared.hub.members(member))
+                }
                 ClientMessage::Kick { nick } => self.moderate(member, Moderation::Kick, nick).await,
                 ClientMessage::Ban { nick } => self.moderate(member, Moderation::Ban, nick).await,
                 ClientMessage::Unban { nick } => self.moderate(member, Moderation::Unban, nick).await,
@@ -608,17 +723,45 @@ impl<H: RoomService> Handler<H> {
 
     /// Checks and submits one envelope, answered by one `Ack` or `SendError` naming its counter,
     /// only once the envelope is durable.
-    fn send(&self, member: &H::Membership, identity: PublicIdentity, envelope: Vec<u8>) -> Answer {
-        match self.check_and_publish(member, identity, envelope) {
+    fn send(
+        &self,
+        member: &H::Membership,
+        identity: PublicIdentity,
+        room: &RoomName,
+        envelope: Vec<u8>,
+    ) -> Answer {
+        match self.check_and_publish(member, identity, room, envelope) {
             Ok(publish) => publish,
             Err(error) => Box::pin(std::future::ready(encode(&error))),
         }
+    }
+
+    /// Takes a token for one envelope from the member's identity, its address and its room, in
+    /// that order; names the first limit that had none. Identities cost nothing to make, so
+    /// the address and room limits bound what many of them together can store.
+    fn over_rate(&self, identity: PublicIdentity, room: &RoomName) -> Option<String> {
+        let shared = &self.shared;
+        let config = &shared.config;
+        let (scope, per_sec, burst) = if !shared.send_rate.try_take(&identity) {
+            ("member", config.rate_per_sec, config.rate_burst)
+        } else if !shared.send_rate_ip.try_take(&address_key(self.peer.ip())) {
+            ("address", config.ip_rate_per_sec, config.ip_rate_burst)
+        } else if !shared.send_rate_room.try_take(room) {
+            ("room", config.room_rate_per_sec, config.room_rate_burst)
+        } else {
+            return None;
+        };
+        if let Some(unlogged) = shared.rate_log.take() {
+            info!(scope, unlogged, "rate limit hit");
+        }
+        Some(format!("rate limit {per_sec}/s with burst {burst} per {scope} exceeded; message not delivered"))
     }
 
     fn check_and_publish(
         &self,
         member: &H::Membership,
         identity: PublicIdentity,
+        room: &RoomName,
         envelope: Vec<u8>,
     ) -> Result<Answer, RelayMessage> {
         let config = &self.shared.config;
@@ -650,15 +793,8 @@ impl<H: RoomService> Handler<H> {
                 "the envelope names another sender than your identity; message not delivered".into(),
             );
         }
-        if !self.shared.send_rate.try_take(&identity) {
-            info!("rate limit hit");
-            return error(
-                ErrorCode::RateLimited,
-                format!(
-                    "rate limit {}/s with burst {} exceeded; message not delivered",
-                    config.rate_per_sec, config.rate_burst
-                ),
-            );
+        if let Some(detail) = self.over_rate(identity, room) {
+            return error(ErrorCode::RateLimited, detail);
         }
         let counter = header.counter;
         let publish = self.shared.hub.publish(member, header, Bytes::from(envelope));

@@ -12,6 +12,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -24,7 +25,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{error, info};
 
-use crate::outbox::{encode, Outbox};
+use crate::outbox::{encode, Outbox, Pulled, Replay};
 use crate::store::{RoomRecord, StoreError, StoreHandle, StoredEnvelope};
 
 /// How long a resend of an envelope that is still being committed waits for that commit.
@@ -48,12 +49,95 @@ impl Refusal {
     }
 }
 
+/// Bytes before the envelope in a `Deliver` item: item header, `seq`, `history` flag.
+const DELIVER_PREFIX: usize = chatroom_crypto::ITEM_HEADER_LEN + 9;
+
+/// A retained envelope, kept as the `Deliver` item a history replay sends: every replay
+/// shares this one buffer.
+#[derive(Debug, Clone)]
+struct Retained {
+    seq: u64,
+    sender: [u8; 32],
+    counter: u64,
+    item: Bytes,
+}
+
+impl Retained {
+    fn new(seq: u64, sender: [u8; 32], counter: u64, envelope: &[u8]) -> Self {
+        let mut item = Vec::with_capacity(envelope.len() + DELIVER_PREFIX);
+        encode_deliver(seq, true, envelope, &mut item);
+        Self { seq, sender, counter, item: Bytes::from(item) }
+    }
+
+    fn from_stored(e: &StoredEnvelope) -> Self {
+        Self::new(e.seq, e.sender, e.counter, &e.envelope)
+    }
+
+    fn envelope_len(&self) -> usize {
+        self.item.len().saturating_sub(DELIVER_PREFIX)
+    }
+
+    /// The envelope, sharing the item's buffer.
+    fn envelope(&self) -> Bytes {
+        self.item.slice(DELIVER_PREFIX.min(self.item.len())..)
+    }
+}
+
+/// A joiner's history replay: a position in the room's history, pulled by the member's
+/// writer as its socket drains.
+#[derive(Debug)]
+struct HistoryReplay {
+    room: Arc<Room>,
+    /// Next envelope to send and the end of the replay, counted as `RoomState::trimmed`.
+    pos: u64,
+    end: u64,
+    latest_seq: u64,
+}
+
+impl Replay for HistoryReplay {
+    fn pull(&mut self, budget: usize) -> Pulled {
+        let st = self.room.lock();
+        if self.pos < st.trimmed {
+            return Pulled::Lost;
+        }
+        let mut items = Vec::new();
+        let mut size = 0usize;
+        while self.pos < self.end {
+            let index = usize::try_from(self.pos - st.trimmed).unwrap_or(usize::MAX);
+            let Some(e) = st.history.get(index) else { break };
+            if size + e.item.len() > budget && !items.is_empty() {
+                return Pulled::More(items);
+            }
+            size += e.item.len();
+            items.push(e.item.clone());
+            self.pos += 1;
+        }
+        items.push(encode(&RelayMessage::HistoryEnd { latest_seq: self.latest_seq }));
+        Pulled::Done(items)
+    }
+}
+
+/// The detail of a join refused because its room is locked.
+pub(crate) fn too_many_attempts() -> String {
+    "too many failed joins for this room; try again later".to_owned()
+}
+
 /// What the owner asks the relay to do to a member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Moderation {
     Kick,
     Ban,
     Unban,
+}
+
+/// What the connection handling has decided about a join before the room is consulted.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct JoinPolicy {
+    /// The relay is near its connection cap: only identities bound in the room get in.
+    pub(crate) crowded: bool,
+    /// The room is locked after too many failed joins: only identities bound in it get in,
+    /// and nobody else's password is even checked.
+    pub(crate) room_locked: bool,
 }
 
 /// Consulted just before a join creates a room; an `Err` refuses the creation (the per-address
@@ -68,7 +152,9 @@ pub(crate) trait RoomService: Send + Sync + 'static {
     /// Runs the join checks (ban, nickname, password, or room creation) and registers the
     /// member. On success the member's outbox already holds, in order: `Joined`, `Members`,
     /// the retained envelopes after `history_after`, and `HistoryEnd`; live traffic follows
-    /// with no gap and no duplicate. `may_create` is asked before a room is created.
+    /// with no gap and no duplicate. `may_create` is asked before a room is created. When the
+    /// relay is crowded or the room locked (`policy`), only identities that already hold a
+    /// nickname in the room get in.
     fn join(
         &self,
         join: SignedJoin,
@@ -76,6 +162,7 @@ pub(crate) trait RoomService: Send + Sync + 'static {
         connection: u64,
         outbox: Arc<Outbox>,
         may_create: CreateGate<'_>,
+        policy: JoinPolicy,
     ) -> impl Future<Output = Result<Self::Membership, Refusal>> + Send;
 
     /// Stores an envelope whose sender is the member, then delivers it to every other member.
@@ -103,6 +190,9 @@ pub(crate) trait RoomService: Send + Sync + 'static {
 
     /// The member's connection ended.
     fn leave(&self, member: &Self::Membership);
+
+    /// Deletes rooms unused for `idle`; returns how many.
+    fn expire(&self, idle: Duration) -> impl Future<Output = usize> + Send;
 }
 
 /// A connected member, as the room sees it.
@@ -120,8 +210,15 @@ struct RoomState {
     latest_seq: u64,
     /// Highest sequence number committed and delivered.
     delivered_seq: u64,
-    /// Committed envelopes, oldest first, at most `LocalRooms::history`.
-    history: VecDeque<StoredEnvelope>,
+    /// Committed envelopes, oldest first, at most `LocalRooms::history`: one copy each,
+    /// shared by every replay.
+    history: VecDeque<Retained>,
+    /// Bytes of the envelopes in `history`, at most `LocalRooms::history`'s byte limit.
+    retained_bytes: usize,
+    /// Envelopes ever dropped from the front of `history`: a replay's position is counted
+    /// from the first envelope this room held in memory, so it notices when the history moved
+    /// on past it.
+    trimmed: u64,
     /// Highest counter accepted per sender.
     counters: HashMap<PublicIdentity, u64>,
     /// Envelopes handed to storage but not committed yet: (sender, counter) -> seq.
@@ -159,14 +256,16 @@ impl Room {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn from_record(name: RoomName, record: RoomRecord) -> Arc<Self> {
+    fn from_record(name: RoomName, record: RoomRecord, keep: HistoryLimit) -> Arc<Self> {
         let delivered = record.history.last().map_or(record.latest_seq, |e| e.seq.max(record.latest_seq));
-        let state = RoomState {
+        let mut state = RoomState {
             verifier: JoinVerifier(record.verifier),
             owner: PublicIdentity(record.owner),
             latest_seq: delivered,
             delivered_seq: delivered,
-            history: record.history.into(),
+            history: record.history.iter().map(Retained::from_stored).collect(),
+            retained_bytes: record.history.iter().map(|e| e.envelope.len()).sum(),
+            trimmed: 0,
             counters: record.counters.into_iter().map(|(id, c)| (PublicIdentity(id), c)).collect(),
             pending: HashMap::new(),
             nicks: record.nicks.into_iter().map(|(n, id)| (n, PublicIdentity(id))).collect(),
@@ -176,11 +275,28 @@ impl Room {
             joining: 0,
             evicted: false,
         };
+        state.trim(keep);
         Self::new(name, state)
     }
 }
 
+/// How much history a room keeps: envelopes, and bytes of them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HistoryLimit {
+    pub(crate) count: usize,
+    pub(crate) bytes: usize,
+}
+
 impl RoomState {
+    /// Drops the oldest retained envelopes beyond `keep`.
+    fn trim(&mut self, keep: HistoryLimit) {
+        while self.history.len() > keep.count || self.retained_bytes > keep.bytes {
+            let Some(e) = self.history.pop_front() else { break };
+            self.retained_bytes -= e.envelope_len();
+            self.trimmed += 1;
+        }
+    }
+
     /// Pushes an item to every member but `except`; a member whose queue is full is closed
     /// as a slow consumer.
     fn broadcast(&self, item: &Bytes, except: Option<&PublicIdentity>) {
@@ -264,10 +380,29 @@ impl fmt::Debug for LocalMember {
 #[derive(Debug)]
 pub(crate) struct LocalRooms {
     rooms: Mutex<HashMap<RoomName, Arc<Room>>>,
-    /// Serialises loading and creating rooms, so one room is never loaded twice.
-    loading: tokio::sync::Mutex<()>,
+    /// Serialises loading and creating each room, so one room is never loaded twice; rooms
+    /// load independently of each other. An entry lives while someone holds or awaits it.
+    loading: Mutex<HashMap<RoomName, Arc<tokio::sync::Mutex<()>>>>,
     store: StoreHandle,
-    history: usize,
+    history: HistoryLimit,
+    /// Members per room, and the part of it kept for identities already bound in the room.
+    max_members: usize,
+    reserved: usize,
+    /// Rooms the relay stores at most, and how many it stores.
+    max_rooms: usize,
+    stored: AtomicUsize,
+}
+
+/// Most idle rooms one expiry pass deletes; the next pass takes the rest.
+const EXPIRE_BATCH: usize = 256;
+
+/// What `LocalRooms` enforces.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RoomLimits {
+    pub(crate) history: HistoryLimit,
+    pub(crate) max_members: usize,
+    pub(crate) headroom_percent: usize,
+    pub(crate) max_rooms: usize,
 }
 
 enum Publish {
@@ -283,15 +418,106 @@ enum Lookup {
 }
 
 impl LocalRooms {
-    pub(crate) fn new(store: StoreHandle, history: usize) -> Self {
-        Self { rooms: Mutex::new(HashMap::new()), loading: tokio::sync::Mutex::new(()), store, history }
+    /// Rooms over `store`, which holds `stored` rooms now.
+    pub(crate) fn new(store: StoreHandle, limits: RoomLimits, stored: usize) -> Self {
+        let max_members = limits.max_members.max(1);
+        Self {
+            rooms: Mutex::new(HashMap::new()),
+            loading: Mutex::new(HashMap::new()),
+            store,
+            history: limits.history,
+            max_members,
+            reserved: max_members * limits.headroom_percent.min(100) / 100,
+            max_rooms: limits.max_rooms,
+            stored: AtomicUsize::new(stored),
+        }
+    }
+
+    /// Deletes rooms nobody joined or sent to for `idle`, with everything stored about them;
+    /// returns how many. A room in memory (it has members) is never deleted.
+    async fn expire_idle(&self, idle: Duration) -> usize {
+        let before =
+            crate::store::now_secs().saturating_sub(i64::try_from(idle.as_secs()).unwrap_or(i64::MAX));
+        let names = match self.store.idle_rooms(before, EXPIRE_BATCH).await {
+            Ok(names) => names,
+            Err(e) => {
+                error!(error = %e, "could not look for idle rooms");
+                return 0;
+            }
+        };
+        let mut expired = 0;
+        for name in names.iter().filter_map(|n| RoomName::new(n).ok()) {
+            // Under the room's loading lock: nobody loads it while it goes.
+            let deleted = self
+                .loading(&name, async {
+                    if self.map().contains_key(&name) {
+                        return false;
+                    }
+                    self.store.delete_room(name.as_str()).await.is_ok()
+                })
+                .await;
+            if deleted {
+                self.stored.fetch_sub(1, Ordering::Relaxed);
+                expired += 1;
+            }
+        }
+        if expired > 0 {
+            info!(expired, "idle rooms deleted");
+        }
+        expired
+    }
+
+    /// Whether the room has a place for `identity`: a member reconnecting always does (its
+    /// old connection is replaced); an identity bound to a nickname in the room may take the
+    /// reserved part; a stranger may not, nor anyone a stranger when the relay is `crowded`.
+    fn admit_member(
+        &self,
+        st: &RoomState,
+        identity: &PublicIdentity,
+        bound: bool,
+        crowded: bool,
+    ) -> Result<(), Refusal> {
+        if st.members.contains_key(identity) {
+            return Ok(());
+        }
+        if crowded && !bound {
+            return Err(Refusal::new(ErrorCode::ServerFull, "the relay is full; try again later"));
+        }
+        let present = st.members.len() + st.joining;
+        let limit = if bound { self.max_members } else { self.max_members - self.reserved };
+        if present >= limit {
+            return Err(Refusal::new(
+                ErrorCode::RoomFull,
+                format!("the room has its maximum of {} members; try again later", self.max_members),
+            ));
+        }
+        Ok(())
     }
 
     fn map(&self) -> MutexGuard<'_, HashMap<RoomName, Arc<Room>>> {
         self.rooms.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Finds a room in memory, or loads it. Must be called with `loading` held.
+    /// Runs `f` holding the loading lock of the room `name` (and no other room's).
+    async fn loading<R>(&self, name: &RoomName, f: impl Future<Output = R>) -> R {
+        let lock = {
+            let mut locks = self.loading.lock().unwrap_or_else(PoisonError::into_inner);
+            locks.entry(name.clone()).or_default().clone()
+        };
+        let result = {
+            let _held = lock.lock().await;
+            f.await
+        };
+        let mut locks = self.loading.lock().unwrap_or_else(PoisonError::into_inner);
+        drop(lock);
+        // Nobody else holds or waits for it: forget it.
+        if locks.get(name).is_some_and(|l| Arc::strong_count(l) == 1) {
+            locks.remove(name);
+        }
+        result
+    }
+
+    /// Finds a room in memory, or loads it. Must be called inside `loading` for `name`.
     async fn load(&self, name: &RoomName) -> Result<Lookup, Refusal> {
         if let Some(room) = self.map().get(name) {
             return Ok(Lookup::Found(room.clone()));
@@ -300,7 +526,7 @@ impl LocalRooms {
         // including those of a room evicted a moment ago.
         match self.store.load_room(name.as_str()).await {
             Ok(Some(record)) => {
-                let room = Room::from_record(name.clone(), record);
+                let room = Room::from_record(name.clone(), record, self.history);
                 self.map().insert(name.clone(), room.clone());
                 Ok(Lookup::Found(room))
             }
@@ -313,8 +539,7 @@ impl LocalRooms {
         if let Some(room) = self.map().get(name) {
             return Ok(Lookup::Found(room.clone()));
         }
-        let _loading = self.loading.lock().await;
-        self.load(name).await
+        self.loading(name, self.load(name)).await
     }
 
     /// Registers a verified member; the caller holds the room lock.
@@ -336,21 +561,21 @@ impl LocalRooms {
         if let Some(old) = st.members.insert(identity, entry) {
             old.outbox.close(ErrorCode::AlreadyConnected, "replaced by a new connection");
         }
-        let mut items = Vec::with_capacity(st.history.len() + 3);
-        items.push(encode(&RelayMessage::Joined {
+        let mut first = vec![encode(&RelayMessage::Joined {
             created,
             owner: st.owner,
             latest_seq: st.delivered_seq,
             oldest_seq: st.history.front().map_or(0, |e| e.seq),
-        }));
-        items.extend(member_items(st.member_list()));
-        for e in st.history.iter().filter(|e| e.seq > history_after) {
-            let mut item = Vec::with_capacity(e.envelope.len() + 12);
-            encode_deliver(e.seq, true, &e.envelope, &mut item);
-            items.push(Bytes::from(item));
-        }
-        items.push(encode(&RelayMessage::HistoryEnd { latest_seq: st.delivered_seq }));
-        let _ = outbox.push_all(items);
+        })];
+        first.extend(member_items(st.member_list()));
+        let skipped = st.history.partition_point(|e| e.seq <= history_after);
+        let replay = HistoryReplay {
+            room: room.clone(),
+            pos: st.trimmed + skipped as u64,
+            end: st.trimmed + st.history.len() as u64,
+            latest_seq: st.delivered_seq,
+        };
+        let _ = outbox.start(first, Box::new(replay));
         LocalMember { room: room.clone(), identity, nick, connection }
     }
 
@@ -362,13 +587,31 @@ impl LocalRooms {
         outbox: Arc<Outbox>,
         may_create: CreateGate<'_>,
     ) -> Result<Result<LocalMember, SignedJoin>, Refusal> {
-        let _loading = self.loading.lock().await;
+        let name = join.request().room.clone();
+        self.loading(&name, self.create_locked(join, history_after, connection, outbox, may_create)).await
+    }
+
+    /// `create`, inside the room's loading lock.
+    async fn create_locked(
+        &self,
+        join: SignedJoin,
+        history_after: u64,
+        connection: u64,
+        outbox: Arc<Outbox>,
+        may_create: CreateGate<'_>,
+    ) -> Result<Result<LocalMember, SignedJoin>, Refusal> {
         let name = join.request().room.clone();
         if let Lookup::Found(_) = self.load(&name).await? {
             // Created by someone else meanwhile: join it like any existing room.
             return Ok(Err(join));
         }
         may_create()?;
+        if self.stored.load(Ordering::Relaxed) >= self.max_rooms {
+            return Err(Refusal::new(
+                ErrorCode::ServerFull,
+                format!("the relay holds its maximum of {} rooms; try again later", self.max_rooms),
+            ));
+        }
         let nick = join.request().nick.canonical();
         let (verified, verifier) = join.create_room();
         let owner = *verified.identity();
@@ -382,6 +625,8 @@ impl LocalRooms {
             latest_seq: 0,
             delivered_seq: 0,
             history: VecDeque::new(),
+            retained_bytes: 0,
+            trimmed: 0,
             counters: HashMap::new(),
             pending: HashMap::new(),
             nicks: HashMap::from([(nick, owner)]),
@@ -397,6 +642,7 @@ impl LocalRooms {
             Self::register(&room, &mut st, verified, true, history_after, connection, outbox)
         };
         self.map().insert(name.clone(), room);
+        self.stored.fetch_add(1, Ordering::Relaxed);
         info!(room = %name, "room created");
         Ok(Ok(member))
     }
@@ -422,8 +668,10 @@ impl LocalRooms {
         history_after: u64,
         connection: u64,
         outbox: Arc<Outbox>,
+        policy: JoinPolicy,
     ) -> Result<Result<LocalMember, SignedJoin>, Refusal> {
-        let result = self.join_existing_checked(room.clone(), join, history_after, connection, outbox).await;
+        let result =
+            self.join_existing_checked(room.clone(), join, history_after, connection, outbox, policy).await;
         if result.is_err() {
             // A refused join must not leave the room (and its history) loaded in memory.
             self.evict_if_idle(&room);
@@ -438,6 +686,7 @@ impl LocalRooms {
         history_after: u64,
         connection: u64,
         outbox: Arc<Outbox>,
+        policy: JoinPolicy,
     ) -> Result<Result<LocalMember, SignedJoin>, Refusal> {
         let identity = join.request().identity;
         let canonical = join.request().nick.canonical();
@@ -445,6 +694,12 @@ impl LocalRooms {
             let mut st = room.lock();
             if st.evicted {
                 return Ok(Err(join));
+            }
+            // A room locked after failed joins still admits identities bound in it: their
+            // join is signed, so only they can claim a binding. Nobody else's password is
+            // checked, so guessing stays stopped.
+            if policy.room_locked && st.nicks.get(&canonical) != Some(&identity) {
+                return Err(Refusal::new(ErrorCode::TooManyAttempts, too_many_attempts()));
             }
             // The password comes first: someone without it learns nothing about the room,
             // not even which nicknames are bound or who is banned.
@@ -483,6 +738,7 @@ impl LocalRooms {
                     true
                 }
             };
+            self.admit_member(&st, &identity, !bind, policy.crowded)?;
             if bind {
                 // Reserved now, so a concurrent join with the same nickname is refused.
                 st.nicks.insert(canonical.clone(), identity);
@@ -540,21 +796,25 @@ impl LocalRooms {
                 Ok(Publish::Resent(seq, room.committed.subscribe(), Instant::now() + RESEND_WAIT))
             } else {
                 let seq = st.latest_seq + 1;
-                let mut live = Vec::with_capacity(envelope.len() + 12);
+                let mut live = Vec::with_capacity(envelope.len() + DELIVER_PREFIX);
                 encode_deliver(seq, false, &envelope, &mut live);
                 let live = Bytes::from(live);
-                let record = StoredEnvelope { seq, sender: sender.0, counter, envelope };
+                // The client's buffer is dropped here: storage and history share this copy.
+                let retained = Retained::new(seq, sender.0, counter, &envelope);
+                drop(envelope);
+                let record = StoredEnvelope { seq, sender: sender.0, counter, envelope: retained.envelope() };
                 let (tx, rx) = tokio::sync::oneshot::channel();
-                let for_room = record.clone();
                 let room_ref = room.clone();
                 let keep = self.history;
+                // What the byte budget already let go of in memory goes from disk too.
+                let drop_before = st.history.front().map_or(0, |e| e.seq);
                 let done = Box::new(move |result: Result<(), StoreError>| {
-                    LocalRooms::committed(&room_ref, &result, for_room, previous_counter, live, keep);
+                    LocalRooms::committed(&room_ref, &result, retained, previous_counter, live, keep);
                     let _ = tx.send(result);
                 });
                 // Queued under the room lock, so storage commits (and delivers) in seq order.
                 self.store
-                    .append(room.name.as_str(), record, keep, done)
+                    .append(room.name.as_str(), record, keep.count, drop_before, done)
                     .map_err(|e| Refusal::internal(&e))?;
                 st.latest_seq = seq;
                 st.counters.insert(sender, counter);
@@ -569,10 +829,10 @@ impl LocalRooms {
     fn committed(
         room: &Room,
         result: &Result<(), StoreError>,
-        record: StoredEnvelope,
+        record: Retained,
         previous_counter: Option<u64>,
         live: Bytes,
-        keep: usize,
+        keep: HistoryLimit,
     ) {
         let mut st = room.lock();
         let sender = PublicIdentity(record.sender);
@@ -590,11 +850,10 @@ impl LocalRooms {
         }
         st.delivered_seq = st.delivered_seq.max(record.seq);
         let seq = record.seq;
-        if keep > 0 {
+        if keep.count > 0 {
+            st.retained_bytes += record.envelope_len();
             st.history.push_back(record);
-            while st.history.len() > keep {
-                st.history.pop_front();
-            }
+            st.trim(keep);
         }
         st.broadcast(&live, Some(&sender));
         drop(st);
@@ -612,13 +871,14 @@ impl RoomService for LocalRooms {
         connection: u64,
         outbox: Arc<Outbox>,
         may_create: CreateGate<'_>,
+        policy: JoinPolicy,
     ) -> Result<LocalMember, Refusal> {
         let name = join.request().room.clone();
         // Retries only when a room appeared or was evicted between two steps.
         for _ in 0..8 {
             let attempt = match self.lookup(&name).await? {
                 Lookup::Found(room) => {
-                    self.join_existing(room, join, history_after, connection, outbox.clone()).await?
+                    self.join_existing(room, join, history_after, connection, outbox.clone(), policy).await?
                 }
                 Lookup::Missing if join.request().create => {
                     self.create(join, history_after, connection, outbox.clone(), may_create).await?
@@ -631,7 +891,10 @@ impl RoomService for LocalRooms {
                 }
             };
             match attempt {
-                Ok(member) => return Ok(member),
+                Ok(member) => {
+                    self.store.touch(name.as_str());
+                    return Ok(member);
+                }
                 Err(again) => join = again,
             }
         }
@@ -737,7 +1000,13 @@ impl RoomService for LocalRooms {
         }
     }
 
+    fn expire(&self, idle: Duration) -> impl Future<Output = usize> + Send {
+        self.expire_idle(idle)
+    }
+
     fn leave(&self, member: &LocalMember) {
+        // Being in a room is using it: its idle time counts from its last member's leaving.
+        self.store.touch(member.room.name.as_str());
         {
             let mut st = member.room.lock();
             if st.is_current(member) {
@@ -772,6 +1041,15 @@ mod tests {
         .unwrap()
     }
 
+    fn test_limits() -> RoomLimits {
+        RoomLimits {
+            history: HistoryLimit { count: 10, bytes: 1 << 20 },
+            max_members: 1000,
+            headroom_percent: 10,
+            max_rooms: 100,
+        }
+    }
+
     #[test]
     fn long_member_lists_are_split_into_items_of_at_most_1000() {
         let list: Vec<Member> = (0..2500)
@@ -796,24 +1074,45 @@ mod tests {
     async fn rooms_leave_memory_when_idle_and_come_back_from_storage() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db"), Synchronous::Normal).unwrap();
-        let hub = LocalRooms::new(store.handle(), 10);
+        let hub = LocalRooms::new(store.handle(), test_limits(), 0);
         let keys = split_master(&[1; 32]);
         let wrong = split_master(&[2; 32]);
         let (alice, bob) = (Identity::generate(), Identity::generate());
 
         let closed = || Err(Refusal::new(ErrorCode::TooManyAttempts, "no more rooms"));
         let refused = hub
-            .join(signed(&alice, "alice", &keys.join_secret, true), 0, 1, Arc::new(Outbox::new(16)), &closed)
+            .join(
+                signed(&alice, "alice", &keys.join_secret, true),
+                0,
+                1,
+                Arc::new(Outbox::new(1 << 20, Duration::from_secs(30))),
+                &closed,
+                JoinPolicy::default(),
+            )
             .await;
         assert_eq!(refused.unwrap_err().code, ErrorCode::TooManyAttempts, "the gate can refuse a creation");
         let refused = hub
-            .join(signed(&alice, "alice", &keys.join_secret, false), 0, 1, Arc::new(Outbox::new(16)), &closed)
+            .join(
+                signed(&alice, "alice", &keys.join_secret, false),
+                0,
+                1,
+                Arc::new(Outbox::new(1 << 20, Duration::from_secs(30))),
+                &closed,
+                JoinPolicy::default(),
+            )
             .await;
         assert_eq!(refused.unwrap_err().code, ErrorCode::NoSuchRoom, "and nothing was created");
 
-        let outbox = Arc::new(Outbox::new(16));
+        let outbox = Arc::new(Outbox::new(1 << 20, Duration::from_secs(30)));
         let a = hub
-            .join(signed(&alice, "alice", &keys.join_secret, true), 0, 1, outbox, &|| Ok(()))
+            .join(
+                signed(&alice, "alice", &keys.join_secret, true),
+                0,
+                1,
+                outbox,
+                &|| Ok(()),
+                JoinPolicy::default(),
+            )
             .await
             .unwrap();
         assert_eq!(hub.map().len(), 1);
@@ -821,14 +1120,28 @@ mod tests {
         assert!(hub.map().is_empty(), "an empty room is dropped from memory");
 
         let refused = hub
-            .join(signed(&bob, "bob", &wrong.join_secret, false), 0, 2, Arc::new(Outbox::new(16)), &|| Ok(()))
+            .join(
+                signed(&bob, "bob", &wrong.join_secret, false),
+                0,
+                2,
+                Arc::new(Outbox::new(1 << 20, Duration::from_secs(30))),
+                &|| Ok(()),
+                JoinPolicy::default(),
+            )
             .await;
         assert_eq!(refused.unwrap_err().code, ErrorCode::WrongPassword);
         assert!(hub.map().is_empty(), "a refused join does not keep the room loaded");
 
         // Reloaded from storage: owner and nickname binding survived.
         let b = hub
-            .join(signed(&bob, "bob", &keys.join_secret, false), 0, 3, Arc::new(Outbox::new(16)), &|| Ok(()))
+            .join(
+                signed(&bob, "bob", &keys.join_secret, false),
+                0,
+                3,
+                Arc::new(Outbox::new(1 << 20, Duration::from_secs(30))),
+                &|| Ok(()),
+                JoinPolicy::default(),
+            )
             .await
             .unwrap();
         let refused = hub
@@ -836,8 +1149,9 @@ mod tests {
                 signed(&bob, "alice", &keys.join_secret, false),
                 0,
                 4,
-                Arc::new(Outbox::new(16)),
+                Arc::new(Outbox::new(1 << 20, Duration::from_secs(30))),
                 &|| Ok(()),
+                JoinPolicy::default(),
             )
             .await;
         assert_eq!(refused.unwrap_err().code, ErrorCode::NickTaken);
@@ -845,6 +1159,36 @@ mod tests {
         assert_eq!(b.room.lock().owner, alice.public());
         hub.leave(&b);
         assert!(hub.map().is_empty());
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn loading_one_room_never_waits_for_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db"), Synchronous::Normal).unwrap();
+        let hub = LocalRooms::new(store.handle(), test_limits(), 0);
+        let keys = split_master(&[1; 32]);
+        let outbox = Arc::new(Outbox::new(1 << 20, Duration::from_secs(30)));
+        let alice = Identity::generate();
+        let joined = signed(&alice, "alice", &keys.join_secret, true);
+        let a = hub.join(joined, 0, 1, outbox, &|| Ok(()), JoinPolicy::default()).await.unwrap();
+        hub.leave(&a);
+        assert!(hub.map().is_empty(), "the room is on disk only");
+
+        // Another room's load is under way (and stays so until `finish` fires).
+        let (finish, finished) = tokio::sync::oneshot::channel::<()>();
+        let other = RoomName::new("other").unwrap();
+        let mut held = Box::pin(hub.loading(&other, async move {
+            let _ = finished.await;
+        }));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(held.as_mut().poll(&mut cx).is_pending());
+        let found =
+            tokio::time::timeout(Duration::from_secs(5), hub.lookup(&RoomName::new("room").unwrap())).await;
+        assert!(matches!(found, Ok(Ok(Lookup::Found(_)))), "the room loaded while the other one was loading");
+        finish.send(()).unwrap();
+        held.await;
+        assert!(hub.loading.lock().unwrap().is_empty(), "no lock is kept once nobody uses it");
         store.close().await;
     }
 }

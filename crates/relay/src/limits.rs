@@ -10,9 +10,32 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// Most keys a failure tracker remembers; beyond it expired entries are pruned and, if it is
-/// still full, new keys are not tracked (the other tracker still applies).
+/// Most keys a failure tracker remembers. Beyond it, expired entries are pruned, then the least
+/// recently used eighth of the entries that are not locked out is forgotten. A tracker full
+/// of lockouts forgets none of them: an untracked key is then slowed, never simply allowed.
 const MAX_TRACKED: usize = 65_536;
+
+/// Removes about an eighth (at least one) of the entries `candidate` selects, those with the
+/// oldest `last_used`: eviction of the least recently used, paid for once per eighth.
+fn evict_oldest<K: Eq + Hash, V>(
+    map: &mut HashMap<K, V>,
+    candidate: impl Fn(&V) -> bool,
+    last_used: impl Fn(&V) -> Instant,
+) {
+    let mut ages: Vec<Instant> = map.values().filter(|v| candidate(v)).map(&last_used).collect();
+    if ages.is_empty() {
+        return;
+    }
+    let n = (ages.len() / 8).max(1);
+    let (_, cutoff, _) = ages.select_nth_unstable(n - 1);
+    let cutoff = *cutoff;
+    let mut removed = 0;
+    map.retain(|_, v| {
+        let evict = removed < n && candidate(v) && last_used(v) <= cutoff;
+        removed += usize::from(evict);
+        !evict
+    });
+}
 
 /// The address a client is accounted under: IPv4 addresses as they are, IPv6 addresses by
 /// their /64 prefix (one host usually controls a whole /64), IPv4-mapped IPv6 as IPv4.
@@ -53,6 +76,19 @@ impl TokenBucket {
         self.tokens >= self.burst
     }
 
+    /// How long until a token is available (zero if one is now).
+    pub(crate) fn until_next(&mut self) -> Duration {
+        self.refill();
+        if self.tokens >= 1.0 {
+            return Duration::ZERO;
+        }
+        if self.per_sec <= 0.0 {
+            // Never refilled: the longest wait a deadline computed from it can take.
+            return Duration::from_secs(3600);
+        }
+        Duration::from_secs_f64((1.0 - self.tokens) / self.per_sec)
+    }
+
     /// Takes one token if there is one.
     pub(crate) fn try_take(&mut self) -> bool {
         self.refill();
@@ -65,9 +101,9 @@ impl TokenBucket {
     }
 }
 
-/// Most identities whose send rate is tracked at once; beyond it, buckets that have refilled
-/// completely are forgotten (a fresh bucket is the same), and if that is not enough the
-/// oldest state is dropped.
+/// Most keys whose rate is tracked at once; beyond it, buckets that have refilled completely
+/// are forgotten (a fresh bucket is the same), and if that is not enough the least recently
+/// used eighth.
 const MAX_BUCKETS: usize = 65_536;
 
 /// Per-identity token buckets: a member's allowance survives reconnects, so reconnecting
@@ -77,23 +113,65 @@ pub(crate) struct SendRate<K> {
     buckets: Mutex<HashMap<K, TokenBucket>>,
     burst: u32,
     per_sec: u32,
+    capacity: usize,
 }
 
 impl<K: Eq + Hash + Clone> SendRate<K> {
     pub(crate) fn new(burst: u32, per_sec: u32) -> Self {
-        Self { buckets: Mutex::new(HashMap::new()), burst, per_sec }
+        Self { buckets: Mutex::new(HashMap::new()), burst, per_sec, capacity: MAX_BUCKETS }
     }
 
     /// Takes one token from `key`'s bucket if there is one.
     pub(crate) fn try_take(&self, key: &K) -> bool {
         let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
-        if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(key) {
+        if buckets.len() >= self.capacity && !buckets.contains_key(key) {
             buckets.retain(|_, b| !b.is_full());
-            if buckets.len() >= MAX_BUCKETS {
-                buckets.clear();
+            if buckets.len() >= self.capacity {
+                // The least recently used: the keys least likely to be in the middle of a burst.
+                evict_oldest(&mut buckets, |_| true, |b| b.last);
             }
         }
         buckets.entry(key.clone()).or_insert_with(|| TokenBucket::new(self.burst, self.per_sec)).try_take()
+    }
+}
+
+/// Lines of one kind let into the log per minute.
+const LOG_LINES_PER_MINUTE: u32 = 20;
+
+/// Lets at most `LOG_LINES_PER_MINUTE` lines of one kind into the log each minute and counts
+/// the others, so a flood of refused joins writes a few lines, not one per attempt.
+#[derive(Debug)]
+pub(crate) struct LogBudget {
+    state: Mutex<LogWindow>,
+}
+
+#[derive(Debug)]
+struct LogWindow {
+    start: Instant,
+    logged: u32,
+    unlogged: u64,
+}
+
+impl LogBudget {
+    pub(crate) fn new() -> Self {
+        Self { state: Mutex::new(LogWindow { start: Instant::now(), logged: 0, unlogged: 0 }) }
+    }
+
+    /// `Some(n)` if this line may be written, `n` being the lines of this kind left out since
+    /// the last one written; `None` if it is to be left out.
+    pub(crate) fn take(&self) -> Option<u64> {
+        let now = Instant::now();
+        let mut w = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if now.saturating_duration_since(w.start) >= Duration::from_secs(60) {
+            w.start = now;
+            w.logged = 0;
+        }
+        if w.logged >= LOG_LINES_PER_MINUTE {
+            w.unlogged += 1;
+            return None;
+        }
+        w.logged += 1;
+        Some(std::mem::take(&mut w.unlogged))
     }
 }
 
@@ -113,6 +191,7 @@ struct Failures {
     count: u32,
     window_start: Instant,
     locked_until: Option<Instant>,
+    last_used: Instant,
 }
 
 /// Counts failed joins per key within a window; slows and then locks out a key.
@@ -122,19 +201,33 @@ pub(crate) struct FailureTracker<K> {
     slow_after: u32,
     lock_after: u32,
     window: Duration,
+    capacity: usize,
 }
 
 impl<K: Eq + Hash + Clone> FailureTracker<K> {
     pub(crate) fn new(slow_after: u32, lock_after: u32, window: Duration) -> Self {
-        Self { entries: Mutex::new(HashMap::new()), slow_after, lock_after, window }
+        Self::with_capacity(slow_after, lock_after, window, MAX_TRACKED)
+    }
+
+    fn with_capacity(slow_after: u32, lock_after: u32, window: Duration, capacity: usize) -> Self {
+        Self {
+            entries: Mutex::new(HashMap::new()),
+            slow_after,
+            lock_after,
+            window,
+            capacity: capacity.max(1),
+        }
     }
 
     pub(crate) fn check(&self, key: &K) -> Verdict {
         let now = Instant::now();
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let full = entries.len() >= self.capacity;
         let Some(entry) = entries.get_mut(key) else {
-            return Verdict::Allow;
+            // A tracker too full to record this key fails closed.
+            return if full { Verdict::Slow } else { Verdict::Allow };
         };
+        entry.last_used = now;
         if let Some(until) = entry.locked_until {
             if now < until {
                 return Verdict::Locked;
@@ -156,23 +249,25 @@ impl<K: Eq + Hash + Clone> FailureTracker<K> {
     pub(crate) fn record_failure(&self, key: &K) {
         let now = Instant::now();
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        if entries.len() >= MAX_TRACKED && !entries.contains_key(key) {
+        if entries.len() >= self.capacity && !entries.contains_key(key) {
             let window = self.window;
             entries.retain(|_, e| match e.locked_until {
                 Some(until) => now < until,
                 None => now.saturating_duration_since(e.window_start) <= window,
             });
-            if entries.len() >= MAX_TRACKED {
+            if entries.len() >= self.capacity {
+                evict_oldest(&mut entries, |e| e.locked_until.is_none(), |e| e.last_used);
+            }
+            if entries.len() >= self.capacity {
+                // Every entry is a running lockout: keep them; `check` slows untracked keys.
                 return;
             }
         }
-        let entry = entries.entry(key.clone()).or_insert(Failures {
-            count: 0,
-            window_start: now,
-            locked_until: None,
-        });
+        let fresh = Failures { count: 0, window_start: now, locked_until: None, last_used: now };
+        let entry = entries.entry(key.clone()).or_insert(fresh);
+        entry.last_used = now;
         if now.saturating_duration_since(entry.window_start) > self.window {
-            *entry = Failures { count: 0, window_start: now, locked_until: None };
+            *entry = Failures { count: 0, window_start: now, locked_until: None, last_used: now };
         }
         entry.count = entry.count.saturating_add(1);
         if entry.count >= self.lock_after {
@@ -181,38 +276,47 @@ impl<K: Eq + Hash + Clone> FailureTracker<K> {
     }
 }
 
-/// Counts connections per source address that have not joined yet.
+/// The wider aggregate an IPv6 client is also accounted under: its /48 (a site). IPv4
+/// addresses have none.
+pub(crate) fn wide_key(ip: IpAddr) -> Option<IpAddr> {
+    match address_key(ip) {
+        IpAddr::V4(_) => None,
+        IpAddr::V6(v6) => Some(IpAddr::V6((u128::from(v6) & !((1u128 << 80) - 1)).into())),
+    }
+}
+
+/// Counts connections per key (an address, a prefix) up to a cap.
 #[derive(Debug, Clone)]
-pub(crate) struct Unauthenticated {
+pub(crate) struct AddressCount {
     counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
     max_per_ip: usize,
 }
 
-impl Unauthenticated {
+impl AddressCount {
     pub(crate) fn new(max_per_ip: usize) -> Self {
         Self { counts: Arc::new(Mutex::new(HashMap::new())), max_per_ip }
     }
 
-    /// A slot for one more unauthenticated connection from `ip`, or `None` at the cap.
-    pub(crate) fn acquire(&self, ip: IpAddr) -> Option<UnauthenticatedSlot> {
+    /// A slot for one more connection under `ip`, or `None` at the cap.
+    pub(crate) fn acquire(&self, ip: IpAddr) -> Option<AddressSlot> {
         let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
         let count = counts.entry(ip).or_insert(0);
         if *count >= self.max_per_ip {
             return None;
         }
         *count += 1;
-        Some(UnauthenticatedSlot { owner: self.clone(), ip })
+        Some(AddressSlot { owner: self.clone(), ip })
     }
 }
 
-/// Held while a connection is unauthenticated; released on drop.
+/// Held while a connection counts under its key; released on drop.
 #[derive(Debug)]
-pub(crate) struct UnauthenticatedSlot {
-    owner: Unauthenticated,
+pub(crate) struct AddressSlot {
+    owner: AddressCount,
     ip: IpAddr,
 }
 
-impl Drop for UnauthenticatedSlot {
+impl Drop for AddressSlot {
     fn drop(&mut self) {
         let mut counts = self.owner.counts.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(count) = counts.get_mut(&self.ip) {
@@ -280,6 +384,32 @@ mod tests {
         assert_eq!(t.check(&1), Verdict::Allow);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_full_tracker_forgets_the_least_recently_used_and_never_lets_a_stranger_through() {
+        let t = FailureTracker::with_capacity(2, 3, Duration::from_secs(600), 8);
+        for key in 0..8 {
+            t.record_failure(&key);
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        // Key 0 is touched again: key 1 is now the least recently used.
+        assert_eq!(t.check(&0), Verdict::Allow);
+        t.record_failure(&100);
+        assert_eq!(t.entries.lock().unwrap().len(), 8);
+        assert!(!t.entries.lock().unwrap().contains_key(&1), "the least recently used went");
+        assert!(t.entries.lock().unwrap().contains_key(&0));
+
+        // Filled with lockouts, the tracker keeps them all, and a key it cannot record is
+        // slowed, not allowed.
+        let t = FailureTracker::with_capacity(2, 3, Duration::from_secs(600), 4);
+        for key in 0..4 {
+            (0..3).for_each(|_| t.record_failure(&key));
+            assert_eq!(t.check(&key), Verdict::Locked);
+        }
+        (0..3).for_each(|_| t.record_failure(&99));
+        assert!((0..4).all(|key| t.check(&key) == Verdict::Locked), "no lockout was forgotten");
+        assert_eq!(t.check(&99), Verdict::Slow);
+    }
+
     #[test]
     fn ipv6_addresses_count_by_their_64_prefix() {
         let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
@@ -290,11 +420,28 @@ mod tests {
         let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
         assert_eq!(address_key(mapped), IpAddr::from([192, 0, 2, 7]));
         assert_eq!(address_key([10, 0, 0, 1].into()), IpAddr::from([10, 0, 0, 1]));
+        // The wider aggregate: a /48 for IPv6, none for IPv4.
+        let d: IpAddr = "2001:db8:1:ffff::1".parse().unwrap();
+        let e: IpAddr = "2001:db8:2::1".parse().unwrap();
+        assert_eq!(wide_key(a), wide_key(d));
+        assert_ne!(wide_key(a), wide_key(e));
+        assert_eq!(wide_key(mapped), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_log_budget_writes_a_few_lines_a_minute_and_counts_the_rest() {
+        let budget = LogBudget::new();
+        let written: Vec<Option<u64>> = (0..25).map(|_| budget.take()).collect();
+        assert_eq!(written.iter().filter(|w| w.is_some()).count(), LOG_LINES_PER_MINUTE as usize);
+        assert!(written[20..].iter().all(Option::is_none));
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(budget.take(), Some(5), "the next line says how many were left out");
+        assert_eq!(budget.take(), Some(0));
     }
 
     #[test]
     fn unauthenticated_slots_are_capped_per_address_and_released() {
-        let u = Unauthenticated::new(2);
+        let u = AddressCount::new(2);
         let a: IpAddr = [127, 0, 0, 1].into();
         let b: IpAddr = [127, 0, 0, 2].into();
         let s1 = u.acquire(a).unwrap();

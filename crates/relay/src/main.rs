@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use chatroom_relay::{fingerprint, key_path, Config, Relay, Synchronous};
+use chatroom_relay::{check_key_not_lost, fingerprint, key_path, Config, Relay, Synchronous};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
@@ -44,6 +44,9 @@ enum SyncArg {
     Normal,
 }
 
+/// The smallest `--queue-bytes`: one transport message of the largest size.
+const MIN_QUEUE_BYTES: usize = 65_536;
+
 fn defaults() -> Config {
     Config::new("")
 }
@@ -59,15 +62,53 @@ struct RunArgs {
     /// Envelopes kept per room for members who reconnect.
     #[arg(long, value_name = "N", default_value_t = defaults().history)]
     history: usize,
+    /// Bytes of envelopes kept per room (the oldest go first).
+    #[arg(long, value_name = "BYTES", default_value_t = defaults().history_bytes)]
+    history_bytes: usize,
+    /// Rooms the relay stores at most.
+    #[arg(long, value_name = "N", default_value_t = defaults().max_rooms)]
+    max_rooms: usize,
+    /// Idle time after which a room is deleted with everything stored about it.
+    #[arg(long, value_name = "DURATION", default_value = "2160h", value_parser = parse_duration)]
+    room_expiry: Duration,
     /// Concurrent connections.
     #[arg(long, value_name = "N", default_value_t = defaults().max_connections)]
     max_connections: usize,
     /// Connections per IP address that have not joined a room yet.
     #[arg(long, value_name = "N", default_value_t = defaults().max_unauthenticated_per_ip)]
     max_unauthenticated_per_ip: usize,
-    /// Items queued for one member before it is disconnected as a slow consumer.
-    #[arg(long, value_name = "N", default_value_t = defaults().outbound_queue)]
-    queue_depth: usize,
+    /// Connections per address, joined or not (IPv6: per /64).
+    #[arg(long, value_name = "N", default_value_t = defaults().max_connections_per_ip)]
+    max_connections_per_ip: usize,
+    /// Connections per IPv6 /48, joined or not.
+    #[arg(long, value_name = "N", default_value_t = defaults().max_connections_per_48)]
+    max_connections_per_48: usize,
+    /// New connections an address may open in a burst, checked before any key agreement.
+    #[arg(long, value_name = "N", default_value_t = defaults().handshake_burst)]
+    handshake_burst: u32,
+    /// New connections per second an address may open sustained.
+    #[arg(long, value_name = "N", default_value_t = defaults().handshakes_per_sec)]
+    handshakes_per_sec: u32,
+    /// Members of one room at once.
+    #[arg(long, value_name = "N", default_value_t = defaults().max_room_members)]
+    max_room_members: usize,
+    /// Percent of --max-connections and --max-room-members kept for identities already
+    /// holding a nickname in the room they join.
+    #[arg(long, value_name = "PERCENT", default_value_t = defaults().headroom_percent)]
+    headroom_percent: usize,
+    /// Bytes queued for one connection before it is disconnected as a slow consumer (at
+    /// least 65536).
+    #[arg(long, value_name = "BYTES", default_value_t = defaults().outbound_queue_bytes)]
+    queue_bytes: usize,
+    /// Time a write to a connection may make no progress before it is closed as a slow consumer.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    write_stall: Duration,
+    /// `Who` requests a connection may make in a burst.
+    #[arg(long, value_name = "N", default_value_t = defaults().who_burst)]
+    who_burst: u32,
+    /// `Who` requests per second a connection may make sustained (at least 1).
+    #[arg(long, value_name = "N", default_value_t = defaults().who_per_sec)]
+    who_per_sec: u32,
     /// Time allowed from connect to a completed handshake and join request.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     handshake_timeout: Duration,
@@ -83,6 +124,18 @@ struct RunArgs {
     /// Envelopes per second a member may send sustained.
     #[arg(long, value_name = "N", default_value_t = defaults().rate_per_sec)]
     rate_per_sec: u32,
+    /// Envelopes all members on one address may send in a burst.
+    #[arg(long, value_name = "N", default_value_t = defaults().ip_rate_burst)]
+    ip_rate_burst: u32,
+    /// Envelopes per second all members on one address may send sustained.
+    #[arg(long, value_name = "N", default_value_t = defaults().ip_rate_per_sec)]
+    ip_rate_per_sec: u32,
+    /// Envelopes one room may take in a burst, over all its members.
+    #[arg(long, value_name = "N", default_value_t = defaults().room_rate_burst)]
+    room_rate_burst: u32,
+    /// Envelopes per second one room may take sustained, over all its members.
+    #[arg(long, value_name = "N", default_value_t = defaults().room_rate_per_sec)]
+    room_rate_per_sec: u32,
     /// Largest envelope accepted, in bytes (at most the protocol's maximum).
     #[arg(long, value_name = "BYTES", default_value_t = defaults().max_envelope_len)]
     max_envelope: usize,
@@ -156,20 +209,60 @@ fn config(args: &RunArgs) -> Result<Config, String> {
             args.max_envelope, config.max_envelope_len, config.max_envelope_len
         ));
     }
-    if args.max_connections == 0 || args.queue_depth == 0 || args.max_unauthenticated_per_ip == 0 {
-        return Err(
-            "--max-connections, --queue-depth and --max-unauthenticated-per-ip must be at least 1".into()
-        );
+    if args.max_connections == 0
+        || args.max_unauthenticated_per_ip == 0
+        || args.who_per_sec == 0
+        || args.max_connections_per_ip == 0
+        || args.max_connections_per_48 == 0
+        || args.max_room_members == 0
+    {
+        return Err("--max-connections, --max-unauthenticated-per-ip, --max-connections-per-ip, \
+                    --max-connections-per-48, --max-room-members and --who-per-sec must be at least 1"
+            .into());
+    }
+    if args.history_bytes < config.max_envelope_len {
+        return Err(format!(
+            "--history-bytes {} cannot hold one envelope; use at least {}",
+            args.history_bytes, config.max_envelope_len
+        ));
+    }
+    if args.headroom_percent > 50 {
+        return Err(format!(
+            "--headroom-percent {} would keep most of the relay from newcomers; use at most 50",
+            args.headroom_percent
+        ));
+    }
+    if args.queue_bytes < MIN_QUEUE_BYTES {
+        return Err(format!(
+            "--queue-bytes {} is below the smallest useful queue; use at least {MIN_QUEUE_BYTES} (one full message)",
+            args.queue_bytes
+        ));
     }
     config.history = args.history;
+    config.history_bytes = args.history_bytes;
+    config.max_rooms = args.max_rooms;
+    config.room_expiry = args.room_expiry;
     config.max_connections = args.max_connections;
     config.max_unauthenticated_per_ip = args.max_unauthenticated_per_ip;
-    config.outbound_queue = args.queue_depth;
+    config.max_connections_per_ip = args.max_connections_per_ip;
+    config.max_connections_per_48 = args.max_connections_per_48;
+    config.handshake_burst = args.handshake_burst;
+    config.handshakes_per_sec = args.handshakes_per_sec;
+    config.max_room_members = args.max_room_members;
+    config.headroom_percent = args.headroom_percent;
+    config.outbound_queue_bytes = args.queue_bytes;
+    config.write_stall = args.write_stall;
+    config.who_burst = args.who_burst;
+    config.who_per_sec = args.who_per_sec;
     config.handshake_timeout = args.handshake_timeout;
     config.ping_after = args.ping_after;
     config.idle_timeout = args.idle_timeout;
     config.rate_burst = args.rate_burst;
     config.rate_per_sec = args.rate_per_sec;
+    config.ip_rate_burst = args.ip_rate_burst;
+    config.ip_rate_per_sec = args.ip_rate_per_sec;
+    config.room_rate_burst = args.room_rate_burst;
+    config.room_rate_per_sec = args.room_rate_per_sec;
     config.max_envelope_len = args.max_envelope;
     config.ip_failures_slow = args.ip_failures_slow;
     config.ip_failures_lockout = args.ip_failures_lockout;
@@ -255,6 +348,16 @@ fn print_fingerprint(data_dir: Option<PathBuf>) -> Result<(), String> {
         Some(dir) => dir,
         None => default_data_dir()?,
     };
+    // A typo in --data-dir must not quietly create a new key somewhere else.
+    if !data_dir.is_dir() {
+        return Err(format!(
+            "{} is not a directory, so there is no relay key to print. Check --data-dir; to create a \
+             new relay there, run mkdir -p {} first",
+            data_dir.display(),
+            data_dir.display()
+        ));
+    }
+    check_key_not_lost(&Config::new(&data_dir)).map_err(|e| e.to_string())?;
     let (key, _) = chatroom_crypto::load_or_create_static(&key_path(&data_dir)).map_err(|e| e.to_string())?;
     println!("{}", fingerprint(key.public()));
     Ok(())

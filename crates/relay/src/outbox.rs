@@ -2,7 +2,10 @@
 //!
 //! Producers (the connection's own handler, the fan-out of other members' envelopes, presence
 //! notices) push already-encoded items without ever waiting: a full queue means the member
-//! fell behind, and it is disconnected instead of stalling anyone else. The writer task packs
+//! fell behind, and it is disconnected instead of stalling anyone else. The queue is bounded
+//! in bytes, not items. History replay is not queued at all: the writer pulls it from the
+//! room's shared history (`Replay`) only as the socket takes it. A socket that takes nothing
+//! for the stall deadline closes the connection as a slow consumer. The writer task packs
 //! as many queued items as fit into one Noise transport message, so a busy room costs one
 //! encryption and one write per batch rather than per item.
 
@@ -72,6 +75,24 @@ pub(crate) fn batched<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// What a `Replay` handed the writer.
+#[derive(Debug)]
+pub(crate) enum Pulled {
+    /// These items, and more to come.
+    More(Vec<Bytes>),
+    /// The last items of the replay (ending with `HistoryEnd`).
+    Done(Vec<Bytes>),
+    /// The history moved on past what this replay had still to send: the member fell behind.
+    Lost,
+}
+
+/// A history replay that the writer pulls from as the socket drains, so a joiner costs the
+/// relay no copy of the history and no queue space for it.
+pub(crate) trait Replay: Send + Sync + std::fmt::Debug {
+    /// The next items, at most about `budget` bytes of them (at least one item).
+    fn pull(&mut self, budget: usize) -> Pulled;
+}
+
 /// Why a push failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PushError {
@@ -94,6 +115,11 @@ pub(crate) enum Offered {
 #[derive(Debug, Default)]
 struct State {
     queue: VecDeque<Bytes>,
+    /// Bytes of the items in `queue`.
+    bytes: usize,
+    /// A history replay that goes out after the first `ahead` queued items.
+    replay: Option<Box<dyn Replay>>,
+    ahead: usize,
     /// Close at once with this goodbye item, dropping whatever is queued.
     abort: Option<Bytes>,
     /// Write what is queued, then close.
@@ -110,7 +136,10 @@ struct State {
 #[derive(Debug)]
 pub(crate) struct Outbox {
     state: Mutex<State>,
+    /// Most bytes queued at once.
     limit: usize,
+    /// Longest a write may make no progress before the connection is closed.
+    stall: Duration,
     wake: Notify,
     abort: Notify,
     /// Signalled whenever the writer took items off the queue, or the outbox closed.
@@ -129,12 +158,17 @@ pub(crate) fn goodbye(code: ErrorCode, detail: &str) -> Bytes {
     encode(&RelayMessage::Goodbye { code, detail: detail.to_owned() })
 }
 
+/// The smallest queue limit: one item of any size always fits into an empty queue.
+pub(crate) const MIN_QUEUE_BYTES: usize = MAX_PLAINTEXT_LEN;
+
 impl Outbox {
-    /// A queue that holds at most `limit` items pushed with `push`.
-    pub(crate) fn new(limit: usize) -> Self {
+    /// A queue that holds at most `limit` bytes of items pushed with `push` (at least
+    /// `MIN_QUEUE_BYTES`), whose writer gives up on a socket that takes nothing for `stall`.
+    pub(crate) fn new(limit: usize, stall: Duration) -> Self {
         Self {
             state: Mutex::new(State::default()),
-            limit: limit.max(1),
+            limit: limit.max(MIN_QUEUE_BYTES),
+            stall,
             wake: Notify::new(),
             abort: Notify::new(),
             space: Notify::new(),
@@ -153,10 +187,10 @@ impl Outbox {
         if state.closed {
             return Offered::Closed;
         }
-        if state.queue.len() >= self.limit {
+        if !state.has_room(self.limit, item.len()) {
             return Offered::Full(item);
         }
-        state.queue.push_back(item);
+        state.push(item);
         drop(state);
         self.wake.notify_one();
         Offered::Queued
@@ -191,17 +225,31 @@ impl Outbox {
         }
     }
 
-    /// Queues items beyond the limit: the join snapshot (itself bounded by the history
-    /// length) must reach the member whole and before anything live.
-    pub(crate) fn push_all(&self, items: impl IntoIterator<Item = Bytes>) -> Result<(), PushError> {
+    /// Starts a member's join: `first` (the `Joined` and `Members` items, which count
+    /// against the limit like any other) is queued, and `replay` goes out right after it,
+    /// before anything queued later. Nothing may be queued before this.
+    pub(crate) fn start(&self, first: Vec<Bytes>, replay: Box<dyn Replay>) -> Result<(), PushError> {
         let mut state = self.lock();
         if state.closed {
             return Err(PushError::Closed);
         }
-        state.queue.extend(items);
+        for item in first {
+            state.push(item);
+        }
+        state.ahead = state.queue.len();
+        state.replay = Some(replay);
         drop(state);
         self.wake.notify_one();
         Ok(())
+    }
+
+    /// Hands back a replay the writer pulled from and that has more to send.
+    fn resume(&self, replay: Box<dyn Replay>) {
+        let mut state = self.lock();
+        // Not after `close`, which dropped everything still to send.
+        if state.reason.is_none() {
+            state.replay = Some(replay);
+        }
     }
 
     /// `push_or_close`, but inside `batched` the writer is woken only when it returns.
@@ -214,14 +262,14 @@ impl Outbox {
         if state.closed {
             return false;
         }
-        if state.queue.len() >= self.limit {
+        if !state.has_room(self.limit, item.len()) {
             drop(state);
             return self.push_or_close(item);
         }
         // A writer with items already queued has been woken for them (or is owed a wake-up
         // recorded here earlier in this batch).
         let was_empty = state.queue.is_empty();
-        state.queue.push_back(item);
+        state.push(item);
         drop(state);
         if was_empty {
             DEFERRED.with(|d| {
@@ -259,7 +307,7 @@ impl Outbox {
         }
         state.closed = true;
         state.reason = Some(code);
-        state.queue.clear();
+        state.clear();
         state.abort = Some(goodbye(code, detail));
         drop(state);
         self.abort.notify_one();
@@ -286,7 +334,7 @@ impl Outbox {
     pub(crate) fn finish_with(&self, code: ErrorCode, detail: &str) {
         let mut state = self.lock();
         if !state.closed {
-            state.queue.push_back(goodbye(code, detail));
+            state.push(goodbye(code, detail));
         }
         state.closed = true;
         state.finishing = true;
@@ -295,11 +343,16 @@ impl Outbox {
     }
 
     /// Takes the next batch: items whose total size fits into `FRAMES_PER_WRITE` transport
-    /// messages, grouped per message.
+    /// messages, grouped per message; or the replay, when its turn has come.
     fn next(&self) -> Next {
         let mut state = self.lock();
         if let Some(goodbye) = state.abort.take() {
             return Next::Abort(goodbye);
+        }
+        if state.ahead == 0 {
+            if let Some(replay) = state.replay.take() {
+                return Next::Replay(replay);
+            }
         }
         if state.queue.is_empty() {
             // A burst (the presence notices of a join storm) grows the queue; a member that
@@ -311,10 +364,12 @@ impl Outbox {
             return if state.finishing { Next::Done } else { Next::Wait };
         }
         state.backlog = state.queue.len();
+        // Items queued behind a pending replay wait for it.
+        let mut take = if state.replay.is_some() { state.ahead } else { usize::MAX };
         let mut batches: Vec<Vec<Bytes>> = Vec::new();
         let mut current: Vec<Bytes> = Vec::new();
         let mut size = 0usize;
-        while let Some(item) = state.queue.front() {
+        while let Some(item) = state.queue.front().filter(|_| take > 0) {
             if size + item.len() > MAX_PLAINTEXT_LEN && !current.is_empty() {
                 if batches.len() + 1 >= FRAMES_PER_WRITE {
                     break;
@@ -323,8 +378,9 @@ impl Outbox {
                 size = 0;
             }
             size += item.len();
-            if let Some(item) = state.queue.pop_front() {
+            if let Some(item) = state.pop() {
                 current.push(item);
+                take -= 1;
             }
         }
         if !current.is_empty() {
@@ -336,8 +392,55 @@ impl Outbox {
     }
 }
 
+impl State {
+    /// Whether an item of `len` bytes may be queued: it fits under `limit`, or the queue is
+    /// empty (an item is never larger than one transport message, the smallest limit).
+    fn has_room(&self, limit: usize, len: usize) -> bool {
+        self.queue.is_empty() || self.bytes.saturating_add(len) <= limit
+    }
+
+    fn push(&mut self, item: Bytes) {
+        self.bytes += item.len();
+        self.queue.push_back(item);
+    }
+
+    fn pop(&mut self) -> Option<Bytes> {
+        let item = self.queue.pop_front()?;
+        self.bytes -= item.len();
+        self.ahead = self.ahead.saturating_sub(1);
+        Some(item)
+    }
+
+    fn clear(&mut self) {
+        self.queue.clear();
+        self.bytes = 0;
+        self.ahead = 0;
+        self.replay = None;
+    }
+}
+
+/// Groups items into transport messages of at most `MAX_PLAINTEXT_LEN` bytes each.
+fn group(items: Vec<Bytes>) -> Vec<Vec<Bytes>> {
+    let mut batches = Vec::new();
+    let mut current: Vec<Bytes> = Vec::new();
+    let mut size = 0usize;
+    for item in items {
+        if size + item.len() > MAX_PLAINTEXT_LEN && !current.is_empty() {
+            batches.push(std::mem::take(&mut current));
+            size = 0;
+        }
+        size += item.len();
+        current.push(item);
+    }
+    if !current.is_empty() {
+        batches.push(current);
+    }
+    batches
+}
+
 enum Next {
     Write(Vec<Vec<Bytes>>),
+    Replay(Box<dyn Replay>),
     Abort(Bytes),
     Done,
     Wait,
@@ -438,8 +541,11 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
     mut writer: W,
 ) {
     loop {
-        match outbox.next() {
-            Next::Wait => outbox.wake.notified().await,
+        let batches = match outbox.next() {
+            Next::Wait => {
+                outbox.wake.notified().await;
+                continue;
+            }
             Next::Done => break,
             Next::Abort(goodbye) => {
                 let (mut plaintext, mut buf) = (Vec::new(), Vec::new());
@@ -448,33 +554,84 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
                 }
                 break;
             }
-            Next::Write(batches) => {
-                let rest = match write_now(&mut sender, &batches, &mut writer) {
-                    Written::All => continue,
-                    Written::Failed => break,
-                    Written::Rest(rest) => rest,
-                };
-                tokio::select! {
-                    biased;
-                    written = writer.write_all(&rest) => {
-                        if let Err(e) = written {
-                            debug!(error = %e, "write failed");
-                            break;
-                        }
+            Next::Write(batches) => batches,
+            Next::Replay(mut replay) => match replay.pull(FRAMES_PER_WRITE * MAX_PLAINTEXT_LEN) {
+                Pulled::More(items) => {
+                    outbox.resume(replay);
+                    group(items)
+                }
+                Pulled::Done(items) => group(items),
+                Pulled::Lost => {
+                    outbox.close(
+                        ErrorCode::SlowConsumer,
+                        "history moved on while you were catching up; reconnect to catch up again",
+                    );
+                    continue;
+                }
+            },
+        };
+        let rest = match write_now(&mut sender, &batches, &mut writer) {
+            Written::All => continue,
+            Written::Failed => break,
+            Written::Rest(rest) => rest,
+        };
+        drop(batches);
+        tokio::select! {
+            biased;
+            written = write_progressing(&mut writer, &rest, outbox.stall) => {
+                match written {
+                    Ok(()) => {}
+                    Err(Stalled::Io(e)) => {
+                        debug!(error = %e, "write failed");
+                        break;
                     }
-                    // Closed while blocked on a reader that does not read: part of a frame may
-                    // already be on the wire, so no goodbye can follow it.
-                    _ = outbox.abort.notified() => break,
+                    Err(Stalled::Timeout) => {
+                        // Part of a frame may be on the wire: no goodbye can follow it.
+                        outbox.close(ErrorCode::SlowConsumer, "the connection took no data for too long");
+                        debug!("write made no progress within the stall deadline");
+                        break;
+                    }
                 }
             }
+            // Closed while blocked on a reader that does not read: part of a frame may
+            // already be on the wire, so no goodbye can follow it.
+            _ = outbox.abort.notified() => break,
         }
     }
     {
         let mut state = outbox.lock();
         state.closed = true;
-        state.queue.clear();
+        state.clear();
     }
     let _ = tokio::time::timeout(GOODBYE_TIMEOUT, writer.shutdown()).await;
+}
+
+/// Why `write_progressing` gave up.
+enum Stalled {
+    Io(std::io::Error),
+    Timeout,
+}
+
+/// Writes all of `buf`, failing if any single write takes no byte for `stall`: a reader
+/// that reads slowly keeps its connection, one that stopped reading loses it.
+async fn write_progressing<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    buf: &[u8],
+    stall: Duration,
+) -> Result<(), Stalled> {
+    let mut done = 0;
+    while done < buf.len() {
+        match tokio::time::timeout(stall, writer.write(&buf[done..])).await {
+            Err(_) => return Err(Stalled::Timeout),
+            Ok(Ok(0)) => {
+                return Err(Stalled::Io(std::io::Error::from(std::io::ErrorKind::WriteZero)));
+            }
+            Ok(Ok(n)) => done += n,
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Ok(Err(e)) => return Err(Stalled::Io(e)),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -483,6 +640,15 @@ mod tests {
 
     use super::*;
     use chatroom_crypto::{Initiator, Responder, StaticKeypair, Transport};
+
+    const STALL: Duration = Duration::from_secs(30);
+
+    /// A queue at the smallest limit, filled by one item of junk.
+    fn filled() -> Outbox {
+        let outbox = Outbox::new(MIN_QUEUE_BYTES, STALL);
+        outbox.push(Bytes::from(vec![0u8; MIN_QUEUE_BYTES])).unwrap();
+        outbox
+    }
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn pair() -> (Transport, Transport) {
@@ -569,7 +735,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_socket_that_takes_little_at_a_time_gets_every_frame_whole_and_in_order() {
-        let outbox = Arc::new(Outbox::new(1000));
+        let outbox = Arc::new(Outbox::new(1 << 20, STALL));
         for item in deliveries(1..=100, 1000) {
             outbox.push(item).unwrap();
         }
@@ -581,7 +747,7 @@ mod tests {
 
     #[tokio::test]
     async fn queued_items_are_packed_into_as_few_transport_messages_as_fit() {
-        let outbox = Arc::new(Outbox::new(1000));
+        let outbox = Arc::new(Outbox::new(1 << 20, STALL));
         for seq in 1..=100u64 {
             let mut item = Vec::new();
             chatroom_crypto::encode_deliver(seq, false, &[7; 1000], &mut item);
@@ -612,7 +778,7 @@ mod tests {
 
     #[test]
     fn a_batch_wakes_the_writer_once_after_its_last_item() {
-        let outbox = Arc::new(Outbox::new(100));
+        let outbox = Arc::new(Outbox::new(1 << 20, STALL));
         batched(|| {
             for seq in 1..=10u64 {
                 let mut item = Vec::new();
@@ -630,13 +796,13 @@ mod tests {
 
     #[test]
     fn a_drained_queue_gives_its_capacity_back_once_its_burst_is_over() {
-        let outbox = Outbox::new(1000);
+        let outbox = Outbox::new(1 << 20, STALL);
         let drain = |outbox: &Outbox| {
             while let Next::Write(_) = outbox.next() {}
         };
         // A steady busy member: bursts of one size keep the queue's room for them.
         for _ in 0..3 {
-            outbox.push_all(deliveries(1..=100, 200)).unwrap();
+            deliveries(1..=100, 200).into_iter().for_each(|d| outbox.push(d).unwrap());
             drain(&outbox);
             assert!(outbox.lock().queue.capacity() >= 100);
         }
@@ -645,7 +811,7 @@ mod tests {
         drain(&outbox);
         assert_eq!(outbox.lock().queue.capacity(), 0);
         // Small queues are left alone.
-        outbox.push_all(deliveries(1..=IDLE_QUEUE_CAPACITY as u64, 200)).unwrap();
+        deliveries(1..=IDLE_QUEUE_CAPACITY as u64, 200).into_iter().for_each(|d| outbox.push(d).unwrap());
         drain(&outbox);
         let capacity = outbox.lock().queue.capacity();
         outbox.push(encode(&RelayMessage::Ping { token: 2 })).unwrap();
@@ -655,8 +821,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_hands_an_offered_item_back_uncopied() {
-        let outbox = Outbox::new(1);
-        assert!(matches!(outbox.offer(Bytes::from(vec![1u8; 8])), Offered::Queued));
+        let outbox = filled();
         let item = Bytes::from(vec![2u8; 8]);
         let at = item.as_ptr();
         match outbox.offer(item) {
@@ -669,10 +834,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_refuses_and_a_close_drops_the_queue_for_the_goodbye() {
-        let outbox = Arc::new(Outbox::new(2));
+        let outbox = Arc::new(filled());
         let ping = encode(&RelayMessage::Ping { token: 1 });
-        assert_eq!(outbox.push(ping.clone()), Ok(()));
-        assert_eq!(outbox.push(ping.clone()), Ok(()));
         assert_eq!(outbox.push(ping.clone()), Err(PushError::Full));
         assert!(!outbox.push_or_close(ping.clone()));
         assert_eq!(outbox.push(ping), Err(PushError::Closed));
@@ -689,9 +852,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_reply_waits_for_room_and_gives_up_after_its_deadline() {
-        let outbox = Outbox::new(1);
+        let outbox = filled();
         let ping = encode(&RelayMessage::Ping { token: 1 });
-        outbox.push(ping.clone()).unwrap();
         let waited = tokio::time::Instant::now();
         assert_eq!(outbox.push_reply(ping.clone(), Duration::from_millis(50)).await, Err(PushError::Full));
         assert!(waited.elapsed() >= Duration::from_millis(50));
@@ -702,5 +864,104 @@ mod tests {
         });
         assert!(taken);
         assert_eq!(again, Ok(()));
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_bytes_not_items() {
+        let outbox = Outbox::new(100_000, STALL);
+        // 24 deliveries of 4012 bytes fit into 100 000 bytes; the 25th does not.
+        for item in deliveries(1..=24, 4000) {
+            outbox.push(item).unwrap();
+        }
+        let next = deliveries(25..=25, 4000).remove(0);
+        assert_eq!(outbox.push(next.clone()), Err(PushError::Full));
+        // Small items do not slip past the limit either: it counts bytes.
+        let small = deliveries(1..=1, 209).remove(0);
+        let room_left = 100_000 - 24 * 4012;
+        let fitting = room_left / small.len();
+        for _ in 0..fitting {
+            outbox.push(small.clone()).unwrap();
+        }
+        assert_eq!(outbox.push(small.clone()), Err(PushError::Full));
+        // Taking a batch gives its bytes back.
+        assert!(matches!(outbox.next(), Next::Write(_)));
+        assert_eq!(outbox.push(next), Ok(()));
+    }
+
+    /// A replay of `total` deliveries, `per_pull` per pull, counting its pulls.
+    #[derive(Debug)]
+    struct Counting {
+        next: u64,
+        total: u64,
+        per_pull: u64,
+        pulls: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Replay for Counting {
+        fn pull(&mut self, _budget: usize) -> Pulled {
+            self.pulls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let last = (self.next + self.per_pull - 1).min(self.total);
+            let mut items = deliveries(self.next..=last, 300);
+            self.next = last + 1;
+            if self.next > self.total {
+                items.push(encode(&RelayMessage::HistoryEnd { latest_seq: self.total }));
+                Pulled::Done(items)
+            } else {
+                Pulled::More(items)
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_replay_goes_out_after_the_first_items_and_before_anything_queued_later() {
+        let outbox = Arc::new(Outbox::new(MIN_QUEUE_BYTES, STALL));
+        let pulls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let replay = Counting { next: 1, total: 30, per_pull: 10, pulls: pulls.clone() };
+        let first = vec![encode(&RelayMessage::Ping { token: 1 })];
+        outbox.start(first, Box::new(replay)).unwrap();
+        // Queued while the replay is pending: goes out after it.
+        outbox.push(deliveries(31..=31, 300).remove(0)).unwrap();
+        assert_eq!(
+            pulls.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "nothing pulled before the writer runs"
+        );
+        outbox.finish();
+        let messages: Vec<RelayMessage> = written(outbox).await.into_iter().flatten().collect();
+        assert_eq!(messages.first(), Some(&RelayMessage::Ping { token: 1 }));
+        let order: Vec<u64> = messages
+            .iter()
+            .filter_map(|m| match m {
+                RelayMessage::Deliver { seq, .. } => Some(*seq),
+                RelayMessage::HistoryEnd { .. } => Some(0),
+                _ => None,
+            })
+            .collect();
+        let mut expected: Vec<u64> = (1..=30).collect();
+        expected.extend([0, 31]);
+        assert_eq!(order, expected);
+        assert_eq!(
+            pulls.load(std::sync::atomic::Ordering::SeqCst),
+            3,
+            "pulled in pieces as the socket drained"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_socket_that_takes_nothing_for_the_stall_deadline_is_closed_as_slow() {
+        let (client, relay) = pair();
+        let (sender, _) = relay.split();
+        drop(client);
+        // A pipe of 1 KiB that nobody reads.
+        let (w, _r) = tokio::io::duplex(1024);
+        let outbox = Arc::new(Outbox::new(1 << 20, Duration::from_secs(30)));
+        for item in deliveries(1..=10, 4000) {
+            outbox.push(item).unwrap();
+        }
+        let started = tokio::time::Instant::now();
+        write_loop(&outbox, sender, w).await;
+        assert_eq!(outbox.close_reason(), Some(ErrorCode::SlowConsumer));
+        assert!(started.elapsed() >= Duration::from_secs(30));
+        assert!(started.elapsed() < Duration::from_secs(40));
     }
 }

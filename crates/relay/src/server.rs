@@ -9,15 +9,19 @@ use std::time::Duration;
 
 use chatroom_crypto::{load_or_create_static, KeyFileError, StaticKeypair};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{broadcast, mpsc, Semaphore};
+use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit, Semaphore};
 use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::handler::{Handler, Shared};
-use crate::hub::{LocalRooms, RoomService};
-use crate::limits::{address_key, FailureTracker, SendRate, Unauthenticated};
+use crate::hub::{HistoryLimit, LocalRooms, RoomLimits, RoomService};
+use crate::limits::{address_key, wide_key, AddressCount, AddressSlot, FailureTracker, LogBudget, SendRate};
 use crate::shutdown::Shutdown;
 use crate::store::{Store, StoreError};
+
+/// Connections beyond `max_connections` that are still served, only to be told
+/// `ServerFull` after their handshake; any further one is closed at once.
+const SERVER_FULL_SLOTS: usize = 64;
 
 /// Longest pause between two failed accepts (e.g. while out of file descriptors).
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
@@ -32,6 +36,29 @@ pub enum RelayError {
     /// The database could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The database exists but the key it was used with does not.
+    #[error(
+        "the database {db} exists but the relay key {key} does not. A new key would change the \
+         fingerprint and break every room in it (members would be told \"wrong room password\"). \
+         Restore {key} from your backup; or, to start over with a new key and no rooms, move the \
+         database aside: mv {db} {db}.old"
+    )]
+    KeyLost {
+        /// The missing key file.
+        key: String,
+        /// The database.
+        db: String,
+    },
+}
+
+/// Refuses to create a relay key beside an existing database, which holds rooms bound to the
+/// key that was lost.
+pub fn check_key_not_lost(config: &Config) -> Result<(), RelayError> {
+    let (key, db) = (config.key_path(), config.db_path());
+    if db.exists() && !key.exists() {
+        return Err(RelayError::KeyLost { key: key.display().to_string(), db: db.display().to_string() });
+    }
+    Ok(())
 }
 
 /// An opened relay: its static key loaded (or created) and its database open.
@@ -45,10 +72,12 @@ pub struct Relay {
 
 impl Relay {
     /// Loads or creates the static key (mode 0600) and opens the database in
-    /// `config.data_dir`.
+    /// `config.data_dir`. A database without its key is refused (`KeyLost`); the key is made
+    /// before the database, so no crash can leave a database without a key.
     pub fn open(config: Config) -> Result<Self, RelayError> {
-        let store = Store::open(&config.db_path(), config.synchronous)?;
+        check_key_not_lost(&config)?;
         let (static_key, key_created) = load_or_create_static(&config.key_path())?;
+        let store = Store::open(&config.db_path(), config.synchronous)?;
         Ok(Self { config, static_key, key_created, store })
     }
 
@@ -71,7 +100,13 @@ impl Relay {
     /// every member, flushes the database and returns.
     pub async fn run(self, listener: TcpListener, shutdown: impl Future) -> Result<(), RelayError> {
         let Relay { config, static_key, store, .. } = self;
-        let hub = LocalRooms::new(store.handle(), config.history);
+        let limits = RoomLimits {
+            history: HistoryLimit { count: config.history, bytes: config.history_bytes },
+            max_members: config.max_room_members,
+            headroom_percent: config.headroom_percent,
+            max_rooms: config.max_rooms,
+        };
+        let hub = LocalRooms::new(store.handle(), limits, store.rooms());
         let shared = Arc::new(Shared {
             hub,
             ip_failures: FailureTracker::new(
@@ -84,8 +119,17 @@ impl Relay {
                 config.room_failures_lockout,
                 config.failure_window,
             ),
-            unauthenticated: Unauthenticated::new(config.max_unauthenticated_per_ip),
+            unauthenticated: AddressCount::new(config.max_unauthenticated_per_ip),
+            connections: AddressCount::new(config.max_connections_per_ip),
+            connections_wide: AddressCount::new(config.max_connections_per_48),
+            handshake_rate: SendRate::new(config.handshake_burst, config.handshakes_per_sec),
+            slots: Arc::new(Semaphore::new(config.max_connections)),
             send_rate: SendRate::new(config.rate_burst, config.rate_per_sec),
+            refusal_log: LogBudget::new(),
+            rate_log: LogBudget::new(),
+            send_rate_ip: SendRate::new(config.ip_rate_burst, config.ip_rate_per_sec),
+            send_rate_room: SendRate::new(config.room_rate_burst, config.room_rate_per_sec),
+            ended_log: LogBudget::new(),
             room_creations: FailureTracker::new(
                 config.room_creations_per_ip,
                 config.room_creations_per_ip,
@@ -95,22 +139,25 @@ impl Relay {
             config,
         });
         let grace = shared.config.shutdown_grace;
+        let sweeper = tokio::spawn(sweep(shared.clone()));
         let (notify_shutdown, _) = broadcast::channel(1);
         let (done_tx, mut done_rx) = mpsc::channel(1);
         let mut server = Listener {
             listener,
-            limit: Arc::new(Semaphore::new(shared.config.max_connections)),
+            overflow: Arc::new(Semaphore::new(SERVER_FULL_SLOTS)),
             shared,
             notify_shutdown,
             done_tx,
             next_id: AtomicU64::new(1),
             warned_full: Throttle::default(),
             warned_unauthenticated: Throttle::default(),
+            warned_rate: Throttle::default(),
         };
         tokio::select! {
             _ = server.run() => {}
             _ = shutdown => info!("shutting down"),
         }
+        sweeper.abort();
         let Listener { notify_shutdown, done_tx, listener, .. } = server;
         drop(listener);
         drop(notify_shutdown);
@@ -122,6 +169,18 @@ impl Relay {
         store.close().await;
         info!("stopped");
         Ok(())
+    }
+}
+
+/// Deletes rooms idle for `room_expiry`, checking a quarter of that often (at most hourly).
+async fn sweep<H: RoomService>(shared: Arc<Shared<H>>) {
+    let idle = shared.config.room_expiry;
+    let every = (idle / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        shared.hub.expire(idle).await;
     }
 }
 
@@ -138,12 +197,14 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future) -
 struct Listener<H> {
     listener: TcpListener,
     shared: Arc<Shared<H>>,
-    limit: Arc<Semaphore>,
+    /// Slots for connections over the cap that are told `ServerFull`.
+    overflow: Arc<Semaphore>,
     notify_shutdown: broadcast::Sender<()>,
     done_tx: mpsc::Sender<()>,
     next_id: AtomicU64,
     warned_full: Throttle,
     warned_unauthenticated: Throttle,
+    warned_rate: Throttle,
 }
 
 /// Lets a repeated warning through at most once a minute, so a flood cannot flood the log.
@@ -166,31 +227,69 @@ impl Throttle {
 impl<H: RoomService> Listener<H> {
     async fn run(&mut self) {
         loop {
-            if self.limit.available_permits() == 0 && self.warned_full.ready() {
-                warn!(
-                    max = self.shared.config.max_connections,
-                    "connection limit reached; new connections wait until one ends"
-                );
-            }
-            // The semaphore is never closed.
-            let Ok(permit) = self.limit.clone().acquire_owned().await else { return };
             let (socket, peer) = self.accept().await;
-            let Some(slot) = self.shared.unauthenticated.acquire(address_key(peer.ip())) else {
-                if self.warned_unauthenticated.ready() {
-                    warn!(%peer, "too many unauthenticated connections from this address; closing new ones");
-                }
-                continue;
-            };
+            // Every check here is a lookup: a connection refused costs no key agreement.
+            let Some(admitted) = self.admit(peer.ip()) else { continue };
+            let (slots, slot, permit, full) = admitted;
             let handler = Handler {
                 shared: self.shared.clone(),
                 peer,
                 id: self.next_id.fetch_add(1, Ordering::Relaxed),
                 shutdown: Shutdown::new(self.notify_shutdown.subscribe()),
+                full,
                 _done: self.done_tx.clone(),
                 _permit: permit,
+                _slots: slots,
             };
             tokio::spawn(handler.run(socket, slot));
         }
+    }
+
+    /// The per-address checks of a new connection, then its place under the connection cap
+    /// (or, over it, one of the slots that answer `ServerFull`); `None` closes it at once.
+    /// Warnings are written at most once a minute per kind, however long a flood lasts.
+    #[allow(clippy::type_complexity)]
+    fn admit(
+        &mut self,
+        ip: std::net::IpAddr,
+    ) -> Option<((AddressSlot, Option<AddressSlot>), AddressSlot, OwnedSemaphorePermit, bool)> {
+        let shared = &self.shared;
+        let key = address_key(ip);
+        if !shared.handshake_rate.try_take(&key) {
+            if self.warned_rate.ready() {
+                warn!(%ip, "new connections from this address over --handshakes-per-sec; closing them");
+            }
+            return None;
+        }
+        let wide = match wide_key(ip) {
+            Some(wide) => Some(shared.connections_wide.acquire(wide)?),
+            None => None,
+        };
+        let Some(narrow) = shared.connections.acquire(key) else {
+            if self.warned_unauthenticated.ready() {
+                warn!(%ip, "too many connections from this address; closing new ones");
+            }
+            return None;
+        };
+        let Some(slot) = shared.unauthenticated.acquire(key) else {
+            if self.warned_unauthenticated.ready() {
+                warn!(%ip, "too many unauthenticated connections from this address; closing new ones");
+            }
+            return None;
+        };
+        let (permit, full) = match shared.slots.clone().try_acquire_owned() {
+            Ok(permit) => (permit, false),
+            Err(_) => {
+                if self.warned_full.ready() {
+                    warn!(
+                        max = shared.config.max_connections,
+                        "connection limit reached; new connections are told the relay is full"
+                    );
+                }
+                (self.overflow.clone().try_acquire_owned().ok()?, true)
+            }
+        };
+        Some(((narrow, wide), slot, permit, full))
     }
 
     async fn accept(&mut self) -> (TcpStream, std::net::SocketAddr) {

@@ -28,8 +28,9 @@ use crate::config::Synchronous;
 
 /// `PRAGMA application_id` of a chatroom relay database ("chrm").
 pub const APPLICATION_ID: i32 = 0x6368_726d;
-/// `PRAGMA user_version` this relay reads and writes.
-pub const SCHEMA_VERSION: i32 = 1;
+/// `PRAGMA user_version` this relay reads and writes. Version 1 (without `rooms.active`) is
+/// upgraded in place when opened.
+pub const SCHEMA_VERSION: i32 = 2;
 /// Most operations committed in one transaction.
 const MAX_BATCH: usize = 256;
 
@@ -39,7 +40,8 @@ CREATE TABLE rooms (
     verifier BLOB NOT NULL,
     owner BLOB NOT NULL,
     created INTEGER NOT NULL,
-    latest_seq INTEGER NOT NULL DEFAULT 0
+    latest_seq INTEGER NOT NULL DEFAULT 0,
+    active INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE nicknames (
     room TEXT NOT NULL,
@@ -161,10 +163,38 @@ impl fmt::Debug for RoomRecord {
 pub(crate) type AppendDone = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
 enum Write {
-    CreateRoom { room: String, verifier: [u8; 32], owner: [u8; 32], nick: String, created: i64 },
-    BindNick { room: String, nick: String, identity: [u8; 32] },
-    SetBan { room: String, identity: [u8; 32], banned: bool },
-    Append { room: String, record: StoredEnvelope, keep: usize },
+    CreateRoom {
+        room: String,
+        verifier: [u8; 32],
+        owner: [u8; 32],
+        nick: String,
+        created: i64,
+    },
+    BindNick {
+        room: String,
+        nick: String,
+        identity: [u8; 32],
+    },
+    /// The room was used (joined) at this time.
+    Touch {
+        room: String,
+        at: i64,
+    },
+    /// The room and everything stored about it go.
+    DeleteRoom {
+        room: String,
+    },
+    SetBan {
+        room: String,
+        identity: [u8; 32],
+        banned: bool,
+    },
+    Append {
+        room: String,
+        record: StoredEnvelope,
+        keep: usize,
+        drop_before: u64,
+    },
 }
 
 enum Done {
@@ -173,9 +203,23 @@ enum Done {
 }
 
 enum Op {
-    Load { room: String, reply: oneshot::Sender<Result<Option<RoomRecord>, StoreError>> },
-    Write { write: Write, done: Done },
-    Flush { reply: oneshot::Sender<()> },
+    Load {
+        room: String,
+        reply: oneshot::Sender<Result<Option<RoomRecord>, StoreError>>,
+    },
+    /// Names of rooms last used before `before` (seconds since the epoch), at most `limit`.
+    Idle {
+        before: i64,
+        limit: usize,
+        reply: oneshot::Sender<Result<Vec<String>, StoreError>>,
+    },
+    Write {
+        write: Write,
+        done: Done,
+    },
+    Flush {
+        reply: oneshot::Sender<()>,
+    },
     Stop,
 }
 
@@ -184,6 +228,7 @@ enum Op {
 pub(crate) struct Store {
     handle: StoreHandle,
     thread: Mutex<Option<JoinHandle<()>>>,
+    rooms: usize,
 }
 
 /// A cheap handle that queues operations to the writer thread.
@@ -230,7 +275,7 @@ fn open_connection(path: &Path, synchronous: Synchronous) -> Result<Connection, 
         if app_id != APPLICATION_ID {
             return Err(StoreError::NotOurs { path: path.to_owned(), found: app_id });
         }
-        if version != SCHEMA_VERSION {
+        if version != SCHEMA_VERSION && version != 1 {
             return Err(StoreError::SchemaVersion {
                 path: path.to_owned(),
                 found: version,
@@ -249,6 +294,16 @@ fn open_connection(path: &Path, synchronous: Synchronous) -> Result<Connection, 
         Synchronous::Normal => "NORMAL",
     };
     conn.pragma_update(None, "synchronous", sync).map_err(sqlite("setting synchronous"))?;
+    if version == 1 && !fresh {
+        // Version 2 records when each room was last used, so idle rooms can expire.
+        let tx = conn.transaction().map_err(busy_or(path, "upgrading the schema"))?;
+        tx.execute_batch(
+            "ALTER TABLE rooms ADD COLUMN active INTEGER NOT NULL DEFAULT 0; UPDATE rooms SET active = created;",
+        )
+        .map_err(sqlite("upgrading the schema"))?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(sqlite("upgrading the schema"))?;
+        tx.commit().map_err(busy_or(path, "upgrading the schema"))?;
+    }
     if fresh {
         let tx = conn.transaction().map_err(busy_or(path, "creating the schema"))?;
         tx.execute_batch(SCHEMA).map_err(sqlite("creating the schema"))?;
@@ -284,12 +339,21 @@ impl Store {
                 .map_err(|e| StoreError::Io { path: path.to_owned(), message: e.to_string() })?;
         }
         let conn = open_connection(path, synchronous)?;
+        let rooms: i64 = conn
+            .query_row("SELECT count(*) FROM rooms", [], |r| r.get(0))
+            .map_err(sqlite("counting rooms"))?;
         let (tx, rx) = mpsc::channel();
         let thread =
             std::thread::Builder::new().name("relay-store".into()).spawn(move || writer(conn, rx)).map_err(
                 |e| StoreError::Sqlite { context: "starting the storage thread", message: e.to_string() },
             )?;
-        Ok(Self { handle: StoreHandle { tx }, thread: Mutex::new(Some(thread)) })
+        let rooms = usize::try_from(rooms).unwrap_or(0);
+        Ok(Self { handle: StoreHandle { tx }, thread: Mutex::new(Some(thread)), rooms })
+    }
+
+    /// Rooms in the database when it was opened.
+    pub(crate) fn rooms(&self) -> usize {
+        self.rooms
     }
 
     pub(crate) fn handle(&self) -> StoreHandle {
@@ -333,10 +397,7 @@ impl StoreHandle {
         owner: [u8; 32],
         nick: &str,
     ) -> Result<(), StoreError> {
-        let created = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let created = now_secs();
         Self::wait(self.write(Write::CreateRoom {
             room: room.to_owned(),
             verifier,
@@ -345,6 +406,23 @@ impl StoreHandle {
             created,
         }))
         .await
+    }
+
+    /// Records that the room was used now; nothing waits for it.
+    pub(crate) fn touch(&self, room: &str) {
+        drop(self.write(Write::Touch { room: room.to_owned(), at: now_secs() }));
+    }
+
+    /// Deletes a room with its history, nicknames, bans and counters.
+    pub(crate) async fn delete_room(&self, room: &str) -> Result<(), StoreError> {
+        Self::wait(self.write(Write::DeleteRoom { room: room.to_owned() })).await
+    }
+
+    /// Rooms last used before `before` (seconds since the epoch), at most `limit` of them.
+    pub(crate) async fn idle_rooms(&self, before: i64, limit: usize) -> Result<Vec<String>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Op::Idle { before, limit, reply }).map_err(|_| StoreError::Closed)?;
+        rx.await.unwrap_or(Err(StoreError::Closed))
     }
 
     pub(crate) async fn bind_nick(
@@ -367,17 +445,19 @@ impl StoreHandle {
     }
 
     /// Queues an envelope without waiting; `done` runs on the storage thread, in queue order,
-    /// once the transaction holding it committed. Keeps the last `keep` envelopes of the room.
+    /// once the transaction holding it committed. Keeps the last `keep` envelopes of the room,
+    /// none before `drop_before` (what the room's byte budget let go).
     pub(crate) fn append(
         &self,
         room: &str,
         record: StoredEnvelope,
         keep: usize,
+        drop_before: u64,
         done: AppendDone,
     ) -> Result<(), StoreError> {
         self.tx
             .send(Op::Write {
-                write: Write::Append { room: room.to_owned(), record, keep },
+                write: Write::Append { room: room.to_owned(), record, keep, drop_before },
                 done: Done::Callback(done),
             })
             .map_err(|_| StoreError::Closed)
@@ -417,6 +497,7 @@ fn writer(mut conn: Connection, rx: Receiver<Op>) {
 
 enum Completion {
     Load(oneshot::Sender<Result<Option<RoomRecord>, StoreError>>, Result<Option<RoomRecord>, StoreError>),
+    Idle(oneshot::Sender<Result<Vec<String>, StoreError>>, Result<Vec<String>, StoreError>),
     Write(Done, Result<(), StoreError>),
     Flush(oneshot::Sender<()>),
 }
@@ -437,6 +518,9 @@ fn run_batch(conn: &mut Connection, batch: Vec<Op>) {
                             bookkeeping.and_then(|()| in_transaction(&tx)).and_then(|()| appends.write(&tx));
                         let loaded = in_transaction(&tx).and_then(|()| load(&tx, &room));
                         completions.push(Completion::Load(reply, loaded));
+                    }
+                    Op::Idle { before, limit, reply } => {
+                        completions.push(Completion::Idle(reply, idle_rooms(&tx, before, limit)));
                     }
                     Op::Write { write, done } => {
                         let applied = in_transaction(&tx).and_then(|()| apply(&tx, write, &mut appends));
@@ -485,18 +569,21 @@ struct GroupAppends {
 struct RoomAppends {
     latest_seq: u64,
     keep: usize,
+    drop_before: u64,
     max_counters: HashMap<[u8; 32], u64>,
 }
 
 impl GroupAppends {
-    fn add(&mut self, room: String, record: &StoredEnvelope, keep: usize) {
+    fn add(&mut self, room: String, record: &StoredEnvelope, keep: usize, drop_before: u64) {
         let entry = self.rooms.entry(room).or_insert_with(|| RoomAppends {
             latest_seq: 0,
             keep,
+            drop_before,
             max_counters: HashMap::new(),
         });
         entry.latest_seq = entry.latest_seq.max(record.seq);
         entry.keep = keep;
+        entry.drop_before = entry.drop_before.max(drop_before);
         let counter = entry.max_counters.entry(record.sender).or_insert(record.counter);
         *counter = (*counter).max(record.counter);
     }
@@ -505,9 +592,11 @@ impl GroupAppends {
     fn write(&mut self, tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
         for (room, appends) in self.rooms.drain() {
             let seq = appends.latest_seq as i64;
-            tx.prepare_cached("UPDATE rooms SET latest_seq = max(latest_seq, ?2) WHERE name = ?1")
-                .and_then(|mut s| s.execute(params![room, seq]))
-                .map_err(sqlite("storing an envelope"))?;
+            tx.prepare_cached(
+                "UPDATE rooms SET latest_seq = max(latest_seq, ?2), active = max(active, ?3) WHERE name = ?1",
+            )
+            .and_then(|mut s| s.execute(params![room, seq, now_secs()]))
+            .map_err(sqlite("storing an envelope"))?;
             for (sender, counter) in appends.max_counters {
                 tx.prepare_cached(
                     "INSERT INTO senders (room, sender, max_counter) VALUES (?1, ?2, ?3) \
@@ -517,7 +606,10 @@ impl GroupAppends {
                 .and_then(|mut s| s.execute(params![room, sender, counter as i64]))
                 .map_err(sqlite("storing an envelope"))?;
             }
-            let oldest_kept = appends.latest_seq.saturating_sub(appends.keep as u64);
+            let oldest_kept = appends
+                .latest_seq
+                .saturating_sub(appends.keep as u64)
+                .max(appends.drop_before.saturating_sub(1));
             if oldest_kept > 0 {
                 tx.prepare_cached("DELETE FROM history WHERE room = ?1 AND seq <= ?2")
                     .and_then(|mut s| s.execute(params![room, oldest_kept as i64]))
@@ -551,6 +643,9 @@ fn complete(committed: Result<(), StoreError>, completions: Vec<Completion>) {
             Completion::Load(reply, result) => {
                 let _ = reply.send(committed.clone().and(result));
             }
+            Completion::Idle(reply, result) => {
+                let _ = reply.send(committed.clone().and(result));
+            }
             Completion::Write(done, result) => {
                 let result = committed.clone().and(result);
                 match done {
@@ -570,12 +665,29 @@ fn complete(committed: Result<(), StoreError>, completions: Vec<Completion>) {
 fn apply(tx: &rusqlite::Transaction<'_>, write: Write, appends: &mut GroupAppends) -> Result<(), StoreError> {
     match write {
         Write::CreateRoom { room, verifier, owner, nick, created } => {
-            tx.prepare_cached("INSERT INTO rooms (name, verifier, owner, created) VALUES (?1, ?2, ?3, ?4)")
-                .and_then(|mut s| s.execute(params![room, verifier, owner, created]))
-                .map_err(sqlite("creating a room"))?;
+            tx.prepare_cached(
+                "INSERT INTO rooms (name, verifier, owner, created, active) VALUES (?1, ?2, ?3, ?4, ?4)",
+            )
+            .and_then(|mut s| s.execute(params![room, verifier, owner, created]))
+            .map_err(sqlite("creating a room"))?;
             tx.prepare_cached("INSERT OR REPLACE INTO nicknames (room, nick, identity) VALUES (?1, ?2, ?3)")
                 .and_then(|mut s| s.execute(params![room, nick, owner]))
                 .map_err(sqlite("binding a nickname"))?;
+        }
+        Write::Touch { room, at } => {
+            tx.prepare_cached("UPDATE rooms SET active = max(active, ?2) WHERE name = ?1")
+                .and_then(|mut s| s.execute(params![room, at]))
+                .map_err(sqlite("recording a room's use"))?;
+        }
+        Write::DeleteRoom { room } => {
+            for table in ["history", "senders", "nicknames", "bans"] {
+                tx.prepare_cached(&format!("DELETE FROM {table} WHERE room = ?1"))
+                    .and_then(|mut s| s.execute(params![room]))
+                    .map_err(sqlite("deleting a room"))?;
+            }
+            tx.prepare_cached("DELETE FROM rooms WHERE name = ?1")
+                .and_then(|mut s| s.execute(params![room]))
+                .map_err(sqlite("deleting a room"))?;
         }
         Write::BindNick { room, nick, identity } => {
             tx.prepare_cached("INSERT OR IGNORE INTO nicknames (room, nick, identity) VALUES (?1, ?2, ?3)")
@@ -592,12 +704,29 @@ fn apply(tx: &rusqlite::Transaction<'_>, write: Write, appends: &mut GroupAppend
                 .and_then(|mut s| s.execute(params![room, identity]))
                 .map_err(sqlite("updating a ban"))?;
         }
-        Write::Append { room, record, keep } => {
+        Write::Append { room, record, keep, drop_before } => {
             append(tx, &room, &record)?;
-            appends.add(room, &record, keep);
+            appends.add(room, &record, keep, drop_before);
         }
     }
     Ok(())
+}
+
+fn idle_rooms(tx: &rusqlite::Transaction<'_>, before: i64, limit: usize) -> Result<Vec<String>, StoreError> {
+    tx.prepare_cached("SELECT name FROM rooms WHERE active < ?1 LIMIT ?2")
+        .and_then(|mut s| {
+            s.query_map(params![before, limit as i64], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(sqlite("finding idle rooms"))
+}
+
+/// Seconds since the epoch (0 on a clock before it).
+pub(crate) fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 fn load(tx: &rusqlite::Transaction<'_>, room: &str) -> Result<Option<RoomRecord>, StoreError> {
@@ -665,6 +794,7 @@ mod tests {
             "r",
             e,
             keep,
+            0,
             Box::new(move |r| {
                 let _ = tx.send(r);
             }),
@@ -731,7 +861,7 @@ mod tests {
                 let _ = tx.send(r);
             });
             batch.push(Op::Write {
-                write: Write::Append { room: room.into(), record, keep: 3 },
+                write: Write::Append { room: room.into(), record, keep: 3, drop_before: 0 },
                 done: Done::Callback(done),
             });
             results.push(rx);
@@ -787,7 +917,7 @@ mod tests {
                 let _ = tx.send(r);
             });
             batch.push(Op::Write {
-                write: Write::Append { room: "r".into(), record, keep: 10 },
+                write: Write::Append { room: "r".into(), record, keep: 10, drop_before: 0 },
                 done: Done::Callback(done),
             });
             results.push(rx);
@@ -810,7 +940,7 @@ mod tests {
         conn.execute_batch("CREATE TABLE future (x)").unwrap();
         drop(conn);
         let err = Store::open(&path, Synchronous::Full).unwrap_err().to_string();
-        assert!(err.contains("schema version 7") && err.contains("supports only version 1"), "{err}");
+        assert!(err.contains("schema version 7") && err.contains("supports only version 2"), "{err}");
 
         let other = dir.path().join("other");
         let conn = Connection::open(&other).unwrap();
@@ -818,6 +948,45 @@ mod tests {
         drop(conn);
         let err = Store::open(&other, Synchronous::Full).unwrap_err().to_string();
         assert!(err.contains("not a chatroom-relay database"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_version_1_database_is_upgraded_and_rooms_expire_with_everything_stored_about_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(&SCHEMA.replace(",\n    active INTEGER NOT NULL DEFAULT 0", "")).unwrap();
+        conn.pragma_update(None, "application_id", APPLICATION_ID).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute(
+            "INSERT INTO rooms (name, verifier, owner, created) VALUES ('old', ?1, ?1, 1000)",
+            [[1u8; 32]],
+        )
+        .unwrap();
+        drop(conn);
+
+        let store = Store::open(&path, Synchronous::Normal).unwrap();
+        assert_eq!(store.rooms(), 1);
+        let h = store.handle();
+        // The old room was last used when it was created; a new one now.
+        h.create_room("new", [1; 32], [2; 32], "alice").await.unwrap();
+        h.bind_nick("old", "bob", [3; 32]).await.unwrap();
+        h.set_ban("old", [3; 32], true).await.unwrap();
+        assert_eq!(h.idle_rooms(2000, 10).await.unwrap(), ["old"]);
+        h.delete_room("old").await.unwrap();
+        assert!(h.load_room("old").await.unwrap().is_none());
+        assert!(h.load_room("new").await.unwrap().is_some());
+        store.close().await;
+
+        let conn = Connection::open(&path).unwrap();
+        let version: i32 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        for table in ["nicknames", "bans"] {
+            let n: i64 = conn
+                .query_row(&format!("SELECT count(*) FROM {table} WHERE room = 'old'"), [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(n, 0, "{table} rows of the deleted room");
+        }
     }
 
     #[test]

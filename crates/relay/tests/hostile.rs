@@ -269,19 +269,33 @@ async fn the_connection_cap_holds_and_recovers() -> TestResult {
     let relay = TestRelay::start(dir.path(), |c| {
         c.max_connections = 6;
         c.max_unauthenticated_per_ip = 100;
-        c.handshake_timeout = Duration::from_millis(500);
+        c.handshake_timeout = Duration::from_secs(2);
     })
     .await?;
     // Two connections used by the pair; four left.
     let mut pair = Pair::new(&relay).await?;
     let mut flood = Vec::new();
-    for _ in 0..12 {
+    for _ in 0..4 {
         flood.push(raw(&relay).await?);
     }
     pair.check().await?;
-    // Connections beyond the cap wait in the backlog and are served as the stalled ones hit
-    // their deadline: a newcomer gets in within a few deadlines.
-    let (_, _) = member(&relay, &Person::new("carol"), &pair.room, false).await?;
+    // A connection beyond the cap is told so after its handshake, instead of waiting in the
+    // backlog until its deadline.
+    let mut carol = Conn::connect(relay.addr).await?;
+    let refused = carol.join(&Person::new("carol"), &pair.room, false, 0).await?;
+    assert!(matches!(refused, Err((ErrorCode::ServerFull, _))), "{refused:?}");
+    // The stalled ones hit their deadline and free their places: carol gets in.
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        assert!(tries <= 100, "carol never got in");
+        let mut carol = Conn::connect(relay.addr).await?;
+        match carol.join(&Person::new("carol"), &pair.room, false, 0).await? {
+            Ok(_) => break,
+            Err((ErrorCode::ServerFull, _)) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(other) => return Err(format!("{other:?}").into()),
+        }
+    }
     pair.check().await
 }
 
@@ -328,4 +342,306 @@ async fn random_items_after_a_join_never_panic_the_relay() -> TestResult {
     relay.stop().await?;
     assert_eq!(PANICS.load(std::sync::atomic::Ordering::SeqCst), 0, "a relay task panicked");
     Ok(())
+}
+
+#[tokio::test]
+async fn pongs_the_relay_did_not_ask_for_do_not_keep_a_connection_alive() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let relay = TestRelay::start(dir.path(), |c| {
+        c.ping_after = Duration::from_millis(300);
+        c.idle_timeout = Duration::from_millis(900);
+    })
+    .await?;
+    let room = TestRoom::new("pong");
+    let mut m = Conn::connect(relay.addr).await?;
+    m.join(&Person::new("mallory"), &room, true, 0).await?.map_err(|e| format!("{e:?}"))?;
+    // Mallory answers each of the relay's Pings with a Pong carrying a token the relay never
+    // used: only the right token shows she reads what the relay sends.
+    let started = Instant::now();
+    m.send(&[ClientMessage::Pong { token: u64::MAX }]).await?;
+    let end = loop {
+        assert!(started.elapsed() < Duration::from_secs(10), "mallory was never closed");
+        match m.recv().await? {
+            RelayMessage::Goodbye { code, .. } => break code,
+            RelayMessage::Ping { token } => {
+                m.send(&[ClientMessage::Pong { token: token.wrapping_add(1) }]).await?
+            }
+            _ => {}
+        }
+    };
+    assert_eq!(end, ErrorCode::IdleTimeout);
+    relay.stop().await
+}
+
+#[tokio::test]
+async fn who_has_its_own_rate_and_a_flood_of_it_only_slows_the_asker() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let relay = TestRelay::start(dir.path(), |c| {
+        c.who_burst = 3;
+        c.who_per_sec = 5;
+    })
+    .await?;
+    let mut pair = Pair::new(&relay).await?;
+    let mut m = Conn::connect_from(relay.addr, IpAddr::from([127, 0, 0, 2])).await?;
+    m.join(&Person::new("mallory"), &pair.room, false, 0).await?.map_err(|e| format!("{e:?}"))?;
+    // Ten `Who`s in one message: three are answered at once, the other seven one every
+    // 200 ms, so the last answer cannot come before 7 x 200 ms = 1.4 s.
+    let started = Instant::now();
+    m.send(&vec![ClientMessage::Who; 10]).await?;
+    for _ in 0..10 {
+        let answer = m.next_matching(|m| matches!(m, RelayMessage::Members { .. })).await?;
+        assert!(matches!(answer, RelayMessage::Members { more: false, .. }));
+    }
+    assert!(started.elapsed() >= Duration::from_millis(1300), "answered faster than the rate");
+    // Meanwhile the others were served as usual.
+    pair.check().await?;
+    // The asker's connection is still fine once it keeps to the rate.
+    m.send(&[ClientMessage::Ping { token: 7 }]).await?;
+    assert_eq!(
+        m.next_matching(|m| matches!(m, RelayMessage::Pong { .. })).await?,
+        RelayMessage::Pong { token: 7 }
+    );
+    relay.stop().await
+}
+
+#[tokio::test]
+async fn a_room_has_a_member_cap_with_room_kept_for_members_bound_in_it() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    // Ten members; the last 20 % (two places) only for identities bound in the room.
+    let relay = TestRelay::start(dir.path(), |c| {
+        c.max_room_members = 10;
+        c.headroom_percent = 20;
+    })
+    .await?;
+    let mut pair = Pair::new(&relay).await?;
+    // Dave binds his nickname, then leaves.
+    let dave = Person::new("dave");
+    drop(member(&relay, &dave, &pair.room, false).await?);
+    pair.check().await?;
+    // Strangers fill the room up to 8 members (alice and bob among them).
+    let people: Vec<Person> = (0..6).map(|i| Person::new(&format!("x{i}"))).collect();
+    let mut strangers = Vec::new();
+    for person in &people {
+        strangers.push(member(&relay, person, &pair.room, false).await?);
+    }
+    let mut late = Conn::connect(relay.addr).await?;
+    let refused = late.join(&Person::new("late"), &pair.room, false, 0).await?;
+    assert!(matches!(refused, Err((ErrorCode::RoomFull, _))), "{refused:?}");
+    // Dave still gets in: his identity holds a nickname here.
+    let (_dave, _) = member(&relay, &dave, &pair.room, false).await?;
+    // So does a member reconnecting: its new connection replaces the old one.
+    let (_x0, _) = member(&relay, &people[0], &pair.room, false).await?;
+    pair.check().await?;
+    relay.stop().await
+}
+
+#[tokio::test]
+async fn every_kind_of_failed_join_counts_against_the_address() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let relay = TestRelay::start(dir.path(), |c| {
+        c.ip_failures_slow = 100;
+        c.ip_failures_lockout = 4;
+    })
+    .await?;
+    let mut pair = Pair::new(&relay).await?;
+    let prober: IpAddr = [127, 0, 0, 2].into();
+    // Missing rooms and taken nicknames: four refusals of kinds other than a wrong password.
+    let missing = TestRoom::new("nowhere");
+    let cases: [(&TestRoom, Person, ErrorCode); 4] = [
+        (&missing, Person::new("p1"), ErrorCode::NoSuchRoom),
+        (&pair.room, Person::new("alice"), ErrorCode::NickTaken),
+        (&missing, Person::new("p3"), ErrorCode::NoSuchRoom),
+        (&pair.room, Person::new("bob"), ErrorCode::NickTaken),
+    ];
+    for (room, person, code) in cases {
+        let mut conn = Conn::connect_from(relay.addr, prober).await?;
+        let refused = conn.join(&person, room, false, 0).await?;
+        assert!(matches!(&refused, Err((c, _)) if *c == code), "{refused:?}");
+    }
+    // The address is now locked out, even for a join that would succeed.
+    let mut conn = Conn::connect_from(relay.addr, prober).await?;
+    let refused = conn.join(&Person::new("carol"), &pair.room, false, 0).await?;
+    assert!(matches!(refused, Err((ErrorCode::TooManyAttempts, _))), "{refused:?}");
+    // Other addresses are not.
+    let mut conn = Conn::connect_from(relay.addr, [127, 0, 0, 3].into()).await?;
+    assert!(conn.join(&Person::new("carol"), &pair.room, false, 0).await?.is_ok());
+    pair.check().await?;
+    relay.stop().await
+}
+
+#[tokio::test]
+async fn a_room_locked_by_wrong_passwords_still_admits_its_bound_members() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let relay = TestRelay::start(dir.path(), |c| {
+        c.room_failures_slow = 100;
+        c.room_failures_lockout = 6;
+        c.ip_failures_slow = 100;
+        c.ip_failures_lockout = 100;
+    })
+    .await?;
+    let mut pair = Pair::new(&relay).await?;
+    let bob = Person::new("bob2");
+    drop(member(&relay, &bob, &pair.room, false).await?);
+    // Six wrong passwords from three addresses lock the room.
+    let wrong = TestRoom { name: pair.room.name.clone(), keys: TestRoom::new("x").keys };
+    for i in 0..6u8 {
+        let mut conn = Conn::connect_from(relay.addr, [127, 0, 0, 10 + i % 3].into()).await?;
+        let refused = conn.join(&Person::new(&format!("guess{i}")), &wrong, false, 0).await?;
+        assert!(matches!(refused, Err((ErrorCode::WrongPassword, _))), "{refused:?}");
+    }
+    // A newcomer with the right password is refused while the lockout lasts, without its
+    // password being checked...
+    let mut conn = Conn::connect(relay.addr).await?;
+    let refused = conn.join(&Person::new("newcomer"), &pair.room, false, 0).await?;
+    assert!(matches!(refused, Err((ErrorCode::TooManyAttempts, _))), "{refused:?}");
+    let mut conn = Conn::connect(relay.addr).await?;
+    let refused = conn.join(&Person::new("guess9"), &wrong, false, 0).await?;
+    assert!(matches!(refused, Err((ErrorCode::TooManyAttempts, _))), "{refused:?}");
+    // ...but an identity bound in the room gets in.
+    let (mut b, _) = member(&relay, &bob, &pair.room, false).await?;
+    pair.check().await?;
+    assert_eq!(b.delivery().await?.0, pair.seq);
+    relay.stop().await
+}
+
+/// Sends `count` envelopes as `person` in one transport message; returns how many were
+/// acknowledged and the detail of the first refusal.
+async fn send_burst(
+    conn: &mut Conn,
+    person: &mut Person,
+    room: &TestRoom,
+    count: usize,
+) -> Res<(usize, String)> {
+    let batch: Vec<ClientMessage> =
+        (0..count).map(|_| ClientMessage::Send { envelope: person.seal(room, "burst").1 }).collect();
+    conn.send(&batch).await?;
+    let (mut acked, mut refused) = (0, String::new());
+    for _ in 0..count {
+        match conn.answer().await? {
+            RelayMessage::Ack { .. } => acked += 1,
+            RelayMessage::SendError { code: ErrorCode::RateLimited, detail, .. } if refused.is_empty() => {
+                refused = detail
+            }
+            RelayMessage::SendError { code: ErrorCode::RateLimited, .. } => {}
+            other => return Err(format!("unexpected {other:?}").into()),
+        }
+    }
+    Ok((acked, refused))
+}
+
+#[tokio::test]
+async fn fresh_identities_do_not_multiply_the_send_rate_of_an_address_or_a_room() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let relay = TestRelay::start(dir.path(), |c| {
+        c.rate_burst = 20;
+        c.rate_per_sec = 1;
+        c.ip_rate_burst = 30;
+        c.ip_rate_per_sec = 1;
+        c.room_rate_burst = 45;
+        c.room_rate_per_sec = 1;
+    })
+    .await?;
+    let room = TestRoom::new("busy");
+    let (_owner, _) = member(&relay, &Person::new("owner"), &room, true).await?;
+    // Three identities on one address: each may send 20, the address 30 in all.
+    let mut acked = 0;
+    let mut detail = String::new();
+    for i in 0..3 {
+        let mut person = Person::new(&format!("sybil{i}"));
+        let mut conn = Conn::connect_from(relay.addr, [127, 0, 0, 2].into()).await?;
+        conn.join(&person, &room, false, 0).await?.map_err(|e| format!("{e:?}"))?;
+        let (n, refused) = send_burst(&mut conn, &mut person, &room, 20).await?;
+        acked += n;
+        if detail.is_empty() {
+            detail = refused;
+        }
+    }
+    // The burst, plus at most a token or two refilled while the test ran.
+    assert!((30..=32).contains(&acked), "one address stored {acked} envelopes");
+    assert!(detail.contains("per address"), "{detail}");
+    // Another address gets what is left of the room's burst of 45, not its own 20.
+    let mut dave = Person::new("dave");
+    let mut conn = Conn::connect_from(relay.addr, [127, 0, 0, 3].into()).await?;
+    conn.join(&dave, &room, false, 0).await?.map_err(|e| format!("{e:?}"))?;
+    let (n, refused) = send_burst(&mut conn, &mut dave, &room, 20).await?;
+    assert!(acked + n <= 48, "the room stored {} envelopes", acked + n);
+    assert!(n < 20 && refused.contains("per room"), "{n}: {refused}");
+    relay.stop().await
+}
+
+#[tokio::test]
+async fn a_rooms_history_is_bounded_in_bytes_in_memory_and_on_disk() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    // 40 000 bytes hold 9 full-size envelopes of 4305 bytes.
+    let limits = |c: &mut chatroom_relay::Config| {
+        c.history_bytes = 40_000;
+        c.rate_burst = 1000;
+    };
+    let relay = TestRelay::start(dir.path(), limits).await?;
+    let room = TestRoom::new("bytes");
+    let mut alice = Person::new("alice");
+    let (mut a, _) = member(&relay, &alice, &room, true).await?;
+    let body = "b".repeat(chatroom_crypto::MAX_BODY_LEN);
+    for seq in 1..=20 {
+        let (_, envelope) = alice.seal(&room, &body);
+        assert_eq!(envelope.len(), MAX_ENVELOPE_LEN);
+        assert_eq!(a.publish_ok(envelope).await?, seq);
+    }
+    let (_, joined) = member(&relay, &Person::new("bob"), &room, false).await?;
+    assert_eq!(joined.history.iter().map(|h| h.0).collect::<Vec<_>>(), (12..=20).collect::<Vec<_>>());
+    drop(a);
+    relay.stop().await?;
+
+    // On disk: what memory let go is deleted with the next append (one envelope of lag).
+    let db = rusqlite::Connection::open(dir.path().join(chatroom_relay::DB_FILE))?;
+    let rows: i64 = db.query_row("SELECT count(*) FROM history", [], |r| r.get(0))?;
+    assert!(rows <= 10, "{rows} envelopes on disk");
+    drop(db);
+    // Loaded again, the room keeps to the same budget.
+    let relay = TestRelay::start(dir.path(), limits).await?;
+    let (_, joined) = member(&relay, &Person::new("carol"), &room, false).await?;
+    assert_eq!(joined.history.iter().map(|h| h.0).collect::<Vec<_>>(), (12..=20).collect::<Vec<_>>());
+    relay.stop().await
+}
+
+#[tokio::test]
+async fn idle_rooms_expire_but_rooms_with_members_do_not_and_the_relay_holds_a_bounded_number() -> TestResult
+{
+    let dir = tempfile::tempdir()?;
+    let relay = TestRelay::start(dir.path(), |c| {
+        c.room_expiry = Duration::from_secs(1);
+        c.max_rooms = 2;
+    })
+    .await?;
+    let (idle, busy) = (TestRoom::new("idle"), TestRoom::new("busy"));
+    drop(member(&relay, &Person::new("alice"), &idle, true).await?);
+    let (_stays, _) = member(&relay, &Person::new("bob"), &busy, true).await?;
+    // Two rooms stored: a third is refused.
+    let mut conn = Conn::connect(relay.addr).await?;
+    let refused = conn.join(&Person::new("carol"), &TestRoom::new("third"), true, 0).await?;
+    assert!(matches!(refused, Err((ErrorCode::ServerFull, _))), "{refused:?}");
+
+    // Probe with a wrong password (which does not count as use) from a fresh address each
+    // time, until the idle room is gone: at most 20 probes, 500 ms apart.
+    let wrong = |room: &TestRoom| TestRoom { name: room.name.clone(), keys: TestRoom::new("x").keys };
+    let mut gone = false;
+    for i in 0..20u8 {
+        let mut conn = Conn::connect_from(relay.addr, [127, 0, 2, i + 1].into()).await?;
+        match conn.join(&Person::new("probe"), &wrong(&idle), false, 0).await? {
+            Err((ErrorCode::NoSuchRoom, _)) => {
+                gone = true;
+                break;
+            }
+            Err((ErrorCode::WrongPassword, _)) => tokio::time::sleep(Duration::from_millis(500)).await,
+            other => return Err(format!("{other:?}").into()),
+        }
+    }
+    assert!(gone, "the idle room never expired");
+    // The room with a member is still there, and a room may be created in the freed place.
+    let mut conn = Conn::connect_from(relay.addr, [127, 0, 3, 1].into()).await?;
+    let refused = conn.join(&Person::new("probe"), &wrong(&busy), false, 0).await?;
+    assert!(matches!(refused, Err((ErrorCode::WrongPassword, _))), "{refused:?}");
+    let (_, joined) = member(&relay, &Person::new("dave"), &idle, true).await?;
+    assert!(joined.created, "the expired room's name is free again");
+    relay.stop().await
 }

@@ -1,6 +1,6 @@
 //! The real `chatroom-relay` binary: start-up output, the fingerprint subcommand, `kill -9`
-//! and restart, SIGTERM, a database of another schema version, and what reaches the disk and
-//! the logs.
+//! and restart, SIGTERM, a database of another schema version, a lost key, a mistyped data
+//! directory, and what reaches the disk and the logs.
 
 mod common;
 
@@ -193,6 +193,14 @@ fn the_fingerprint_subcommand_prints_the_same_key_every_time() -> TestResult {
 #[test]
 fn a_database_of_another_schema_version_is_refused_with_a_clear_message() -> TestResult {
     let dir = tempfile::tempdir()?;
+    // The key first: a database without its key is refused for that reason.
+    assert!(Command::new(BIN)
+        .arg("fingerprint")
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()?
+        .status
+        .success());
     let conn = rusqlite::Connection::open(dir.path().join(chatroom_relay::DB_FILE))?;
     conn.pragma_update(None, "application_id", chatroom_relay::APPLICATION_ID)?;
     conn.pragma_update(None, "user_version", chatroom_relay::SCHEMA_VERSION + 1)?;
@@ -205,8 +213,41 @@ fn a_database_of_another_schema_version_is_refused_with_a_clear_message() -> Tes
         .output()?;
     assert!(!out.status.success());
     let stderr = String::from_utf8(out.stderr)?;
-    assert!(stderr.contains("schema version 2") && stderr.contains("--data-dir"), "{stderr}");
+    let found = format!("schema version {}", chatroom_relay::SCHEMA_VERSION + 1);
+    assert!(stderr.contains(&found) && stderr.contains("--data-dir"), "{stderr}");
     assert!(!String::from_utf8(out.stdout)?.contains("listening on"));
+    Ok(())
+}
+
+#[test]
+fn a_lost_key_beside_its_database_is_refused_not_replaced() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let first = start(dir.path(), &dir.path().join("log"))?;
+    drop(first);
+    let key = dir.path().join(chatroom_relay::KEY_FILE);
+    fs::remove_file(&key)?;
+    for args in [&["--listen", "127.0.0.1:0"][..], &["fingerprint"][..]] {
+        let out =
+            Command::new(BIN).args(args).arg("--data-dir").arg(dir.path()).stdin(Stdio::null()).output()?;
+        assert!(!out.status.success(), "{args:?}");
+        let stderr = String::from_utf8(out.stderr)?;
+        assert!(stderr.contains(&format!("the relay key {} does not", key.display())), "{stderr}");
+        assert!(stderr.contains("Restore") && stderr.contains("mv "), "{stderr}");
+        assert!(String::from_utf8(out.stdout)?.is_empty(), "no fingerprint, no listening");
+        assert!(!key.exists(), "no new key was made");
+    }
+    Ok(())
+}
+
+#[test]
+fn the_fingerprint_subcommand_refuses_a_missing_data_directory() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let typo = dir.path().join("relya");
+    let out = Command::new(BIN).arg("fingerprint").arg("--data-dir").arg(&typo).output()?;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr)?;
+    assert!(stderr.contains("is not a directory") && stderr.contains("mkdir -p"), "{stderr}");
+    assert!(!typo.exists(), "nothing created");
     Ok(())
 }
 

@@ -517,7 +517,7 @@ async fn a_failed_store_is_answered_with_the_envelopes_counter_and_later_sends_s
 async fn a_member_that_never_reads_is_disconnected_while_the_others_keep_receiving() -> TestResult {
     let dir = tempfile::tempdir()?;
     let relay = TestRelay::start(dir.path(), |c| {
-        c.outbound_queue = 32;
+        c.outbound_queue_bytes = 65_536;
         c.rate_burst = 10_000;
     })
     .await?;

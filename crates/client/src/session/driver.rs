@@ -12,7 +12,7 @@ use chatroom_crypto::{
     seal, ClientMessage, Content, ContentKind, ErrorCode, Identity, JoinRequest, Nick, RelayMessage, RoomKeys,
 };
 use rand_core::{OsRng, RngCore};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::connection::{handshake, join, ConnWriter, Handshaken, JoinedInfo};
@@ -29,12 +29,22 @@ use crate::trust::RelayCheck;
 /// What a front end asks of the session.
 #[derive(Debug)]
 pub(crate) enum Request {
-    Send { id: u64, kind: ContentKind, body: String },
+    Send {
+        id: u64,
+        kind: ContentKind,
+        body: String,
+    },
     Who,
+    Whois(Nick),
     Kick(Nick),
     Ban(Nick),
     Unban(Nick),
-    Close { flush: Duration },
+    Close {
+        flush: Duration,
+    },
+    /// Answered `true` once the relay has answered everything sent before it (a Ping and its
+    /// Pong), `false` if not connected or the connection was lost first.
+    Sync(oneshot::Sender<bool>),
 }
 
 /// Everything one connection attempt needs.
@@ -158,8 +168,12 @@ pub(crate) struct Driver {
     view: RoomView,
     outbox: Outbox,
     bucket: Option<TokenBucket>,
+    /// The close deadline and how far each acknowledgement pushes it out.
     closing: Option<Instant>,
+    flush: Duration,
     ping_token: u64,
+    /// `Sync` requests waiting for the Pong of their Ping token.
+    syncs: Vec<(u64, oneshot::Sender<bool>)>,
     save_failed: bool,
 }
 
@@ -175,7 +189,8 @@ impl Driver {
         let relay_key = first.conn.relay_key;
         let state_path = config.data_dir.as_ref().map(|d| room_state_path(d, &relay_key, &config.room));
         let state = first.state.clone().unwrap_or_default();
-        let view = RoomView::new(identity.public(), &config.nick, config.room.clone(), state);
+        let mut view = RoomView::new(identity.public(), &config.nick, config.room.clone(), state);
+        view.set_kdf(keys.params());
         let bucket =
             config.limits.send_rate.map(|(burst, rate)| TokenBucket::new(burst, rate, Instant::now()));
         Ok(Self {
@@ -191,7 +206,9 @@ impl Driver {
             outbox: Outbox::default(),
             bucket,
             closing: None,
+            flush: Duration::ZERO,
             ping_token: 0,
+            syncs: Vec::new(),
             save_failed: false,
             config,
         })
@@ -229,6 +246,8 @@ impl Driver {
             return Err(SessionEnd::Failed(err));
         }
         self.outbox.disconnected();
+        // Pongs owed on the lost connection never come.
+        self.syncs.clear();
         let delay = self.backoff(attempt);
         self.emit(Event::State(ConnState::Reconnecting { delay, reason: err.to_string() }));
         Ok(Link::Waiting { until: Instant::now() + delay, attempt })
@@ -435,7 +454,19 @@ impl Driver {
         };
         let control = match request {
             Request::Close { flush } => {
+                self.flush = flush;
                 self.closing = Some(Instant::now() + flush);
+                return Ok(());
+            }
+            Request::Sync(done) => {
+                let Some(up) = up else {
+                    let _ = done.send(false);
+                    return Ok(());
+                };
+                self.ping_token = self.ping_token.wrapping_add(1);
+                self.syncs.push((self.ping_token, done));
+                up.writer.send(&[ClientMessage::Ping { token: self.ping_token }]).await?;
+                up.last_tx = Instant::now();
                 return Ok(());
             }
             Request::Send { id, kind, body } => {
@@ -472,6 +503,10 @@ impl Driver {
                     None => Ok(()),
                 };
             }
+            Request::Whois(nick) => {
+                self.emit(Event::Whois(self.view.whois(&nick)));
+                return Ok(());
+            }
             Request::Who => ClientMessage::Who,
             Request::Kick(nick) => ClientMessage::Kick { nick },
             Request::Ban(nick) => ClientMessage::Ban { nick },
@@ -487,19 +522,33 @@ impl Driver {
         Ok(())
     }
 
+    /// One delivery: its event, preceded by a warning when its nickname looks like another.
+    fn on_deliver(&mut self, seq: u64, history: bool, envelope: &[u8]) {
+        let Some(event) = self.view.on_deliver(&self.room_keys.message_key, seq, history, envelope) else {
+            return;
+        };
+        if let Event::Message(m) = &event {
+            if let Some(like) = self.view.look_alike(&m.nick) {
+                self.emit(Event::LookAlike { nick: m.nick.clone(), sender: m.sender, like });
+            }
+        }
+        self.emit(event);
+    }
+
     async fn on_messages(&mut self, messages: Vec<RelayMessage>, up: &mut Up) -> Result<(), SessionError> {
         let mut result = Ok(());
         for message in messages {
             match message {
-                RelayMessage::Deliver { seq, history, envelope } => {
-                    if let Some(event) =
-                        self.view.on_deliver(&self.room_keys.message_key, seq, history, &envelope)
-                    {
-                        self.emit(event);
-                    }
-                }
+                RelayMessage::Deliver { seq, history, envelope } => self.on_deliver(seq, history, &envelope),
                 RelayMessage::Ack { counter, seq } => match self.outbox.answer(counter) {
-                    AckMatch::Matched(sent) => self.emit(Event::Sent { id: sent.id, seq }),
+                    AckMatch::Matched(sent) => {
+                        self.view.on_own_ack(sent.counter, seq);
+                        // Closing waits as long as acknowledgements keep coming.
+                        if self.closing.is_some() {
+                            self.closing = Some(Instant::now() + self.flush);
+                        }
+                        self.emit(Event::Sent { id: sent.id, seq });
+                    }
                     AckMatch::Unexpected => self.emit(Event::Warning(format!(
                         "the relay acknowledged counter {counter}, which no message in flight has; ignored"
                     ))),
@@ -510,6 +559,10 @@ impl Driver {
                             if let Some(bucket) = &mut self.bucket {
                                 bucket.drain(Instant::now());
                             }
+                        }
+                        // A refusal is an answer too: closing goes on waiting for the rest.
+                        if self.closing.is_some() {
+                            self.closing = Some(Instant::now() + self.flush);
                         }
                         self.emit(Event::SendFailed { id: failed.id, code, detail });
                     }
@@ -536,7 +589,11 @@ impl Driver {
                     up.writer.send(&[ClientMessage::Pong { token }]).await?;
                     up.last_tx = Instant::now();
                 }
-                RelayMessage::Pong { .. } => {}
+                RelayMessage::Pong { token } => {
+                    if let Some(i) = self.syncs.iter().position(|(t, _)| *t == token) {
+                        let _ = self.syncs.swap_remove(i).1.send(true);
+                    }
+                }
                 RelayMessage::Goodbye { code, detail } => {
                     result = Err(SessionError::Refused { code, detail });
                     break;

@@ -96,13 +96,13 @@ pub enum Rejected {
         /// The highest counter accepted from that sender before.
         highest: u64,
     },
-    /// A correctly signed message claiming a nickname that was never seen with its key, from
-    /// a key already known in this room under another nickname.
-    NickNotBound {
-        /// The message as signed (the `nick` is the unconfirmed claim).
+    /// A correctly signed message under a nickname that is not pinned, while the room's pin
+    /// store is full: it cannot be pinned, so it is not shown as that member's.
+    Unpinned {
+        /// The message as signed.
         message: ChatMessage,
-        /// The nickname pinned to the signing key.
-        known_as: String,
+        /// The pin store's limit.
+        max: usize,
     },
     /// A correctly signed message whose claimed nickname is pinned to another identity.
     NickMismatch {
@@ -124,6 +124,19 @@ pub struct MemberInfo {
     pub owner: bool,
     /// This member is us.
     pub me: bool,
+}
+
+/// What is known of one nickname (`/whois`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Whois {
+    /// The nickname asked about.
+    pub nick: Nick,
+    /// The identity key its verified messages were pinned to.
+    pub pinned: Option<PublicIdentity>,
+    /// The identity key the relay's member list gives it (a claim).
+    pub listed: Option<PublicIdentity>,
+    /// A pinned nickname that looks like it.
+    pub look_alike: Option<String>,
 }
 
 /// Why a session ended.
@@ -177,6 +190,15 @@ pub enum Event {
         /// Last missed sequence number.
         to: u64,
     },
+    /// The relay's latest sequence number is below the last one this client processed: it
+    /// lost messages (a restored backup or a reset). Reported once per join; the cursor is
+    /// reset to the relay's and new messages are shown as usual.
+    SequenceWentBack {
+        /// The last sequence number this client had processed.
+        last_seen: u64,
+        /// The relay's latest sequence number.
+        relay_latest: u64,
+    },
     /// History replay is complete.
     HistoryEnd,
     /// A verified message.
@@ -194,7 +216,19 @@ pub enum Event {
         /// Their identity.
         identity: PublicIdentity,
     },
-    /// A nickname appeared with an identity key other than the one pinned for it.
+    /// A verified message from a nickname that looks like another pinned one (sent just
+    /// before that `Message`).
+    LookAlike {
+        /// The nickname of the message.
+        nick: Nick,
+        /// Its signer.
+        sender: PublicIdentity,
+        /// The pinned nickname it looks like.
+        like: String,
+    },
+    /// The answer to `SessionHandle::whois`.
+    Whois(Whois),
+    /// The relay announced a nickname with an identity key other than the one pinned for it.
     KeyChanged {
         /// The nickname.
         nick: Nick,

@@ -13,9 +13,10 @@ use crate::error::SessionError;
 /// How often progress is reported while deriving.
 pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 
-/// The room password and the keys derived from it.
+/// The room password and the keys derived from it. The password is wiped as soon as the keys
+/// are derived: a session is bound to one relay key (its pin), so nothing needs it after that.
 pub struct RoomKeyCache {
-    password: Zeroizing<Vec<u8>>,
+    password: Mutex<Option<Zeroizing<Vec<u8>>>>,
     room: RoomName,
     params: KdfParams,
     cached: Mutex<Option<([u8; 32], Arc<RoomKeys>)>>,
@@ -40,7 +41,7 @@ impl RoomKeyCache {
         params: KdfParams,
     ) -> Result<Self, SessionError> {
         Ok(Self {
-            password,
+            password: Mutex::new(Some(password)),
             room,
             params: params.validate()?,
             cached: Mutex::new(None),
@@ -51,6 +52,11 @@ impl RoomKeyCache {
     /// The parameters in use.
     pub fn params(&self) -> KdfParams {
         self.params
+    }
+
+    /// Whether the password is still held (it is wiped once keys are derived).
+    pub fn holds_password(&self) -> bool {
+        self.password.lock().unwrap_or_else(|e| e.into_inner()).is_some()
     }
 
     /// Whether keys were derived for some relay key.
@@ -77,9 +83,15 @@ impl RoomKeyCache {
         if let Some(keys) = self.cached(relay_key) {
             return Ok(keys);
         }
+        let Some(password) = self.password.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
+            return Err(SessionError::Kdf(KdfError::Argon2(
+                "the room password was wiped after the key was derived for another relay key; start \
+                 chatroom again to join through this relay"
+                    .into(),
+            )));
+        };
         callbacks.event(Event::KeyDerivation(KdfProgress::Started(self.params)));
         let started = Instant::now();
-        let password = self.password.clone();
         let (room, params, key) = (self.room.clone(), self.params, *relay_key);
         let mut job = tokio::task::spawn_blocking(move || derive_room_keys(&password, &key, &room, params));
         let mut ticker = tokio::time::interval(PROGRESS_INTERVAL);
@@ -97,6 +109,8 @@ impl RoomKeyCache {
         };
         callbacks.event(Event::KeyDerivation(KdfProgress::Done(started.elapsed())));
         *self.cached.lock().unwrap_or_else(|e| e.into_inner()) = Some((*relay_key, keys.clone()));
+        // Nothing needs the password any more: drop it, which overwrites it with zeros.
+        self.password.lock().unwrap_or_else(|e| e.into_inner()).take();
         Ok(keys)
     }
 }
@@ -144,6 +158,8 @@ mod tests {
         assert_eq!((started.load(Ordering::SeqCst), done.load(Ordering::SeqCst)), (1, 1));
         assert!(cache.cached(&[5; 32]).is_some());
         assert!(cache.cached(&[6; 32]).is_none(), "keys are bound to the relay key");
+        assert!(!cache.holds_password(), "the password is wiped once the keys are derived");
+        assert!(cache.get(&[6; 32], &*callbacks).await.is_err(), "and cannot be used again");
     }
 
     #[test]

@@ -20,10 +20,12 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 pub use connection::{handshake, join, ConnReader, ConnWriter, Handshaken, JoinedInfo, WRITE_TIMEOUT};
-pub use event::{Callbacks, ChatMessage, ConnState, Event, KdfProgress, MemberInfo, Rejected, SessionEnd};
+pub use event::{
+    Callbacks, ChatMessage, ConnState, Event, KdfProgress, MemberInfo, Rejected, SessionEnd, Whois,
+};
 pub use keys::{RoomKeyCache, PROGRESS_INTERVAL};
 pub use outbox::{AckMatch, Outbox, Outgoing, TokenBucket};
-pub use room::{RoomView, MAX_MEMBERS};
+pub use room::{RoomView, COUNTER_RESERVE, MAX_MEMBERS};
 
 use crate::error::SessionError;
 use crate::transport::{HostPort, Proxy};
@@ -178,6 +180,22 @@ impl SessionHandle {
         self.requests.send(Request::Who).await.map_err(|_| SendError::Closed)
     }
 
+    /// Asks what is known of `nick` (answered with `Event::Whois`).
+    pub async fn whois(&self, nick: Nick) -> Result<(), SendError> {
+        self.requests.send(Request::Whois(nick)).await.map_err(|_| SendError::Closed)
+    }
+
+    /// Waits until the relay has answered everything sent before (a Ping and its Pong), so
+    /// a refusal of a command sent just before has been reported. `false` if the session is
+    /// not connected or the connection was lost meanwhile.
+    pub async fn sync(&self) -> bool {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.requests.send(Request::Sync(tx)).await.is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+
     /// Owner only: disconnects a member.
     pub async fn kick(&self, nick: Nick) -> Result<(), SendError> {
         self.requests.send(Request::Kick(nick)).await.map_err(|_| SendError::Closed)
@@ -217,8 +235,9 @@ impl SessionHandle {
         }
     }
 
-    /// Closes the session after the relay acknowledged every queued message, or after
-    /// `flush` at most (reconnecting meanwhile if needed).
+    /// Closes the session after the relay acknowledged every queued message, or once `flush`
+    /// passes without an acknowledgement (reconnecting meanwhile if needed): a long queue
+    /// paced under the relay's rate limit is waited for as long as it makes progress.
     pub async fn close(mut self, flush: Duration) -> SessionEnd {
         let _ = self.requests.send(Request::Close { flush }).await;
         match self.task.take() {

@@ -2,12 +2,16 @@
 //! pins, the member list, and the counter for the next envelope. Fed relay messages by the
 //! driver (or a test), it returns the events to report.
 
-use chatroom_crypto::{open, Member, MessageKey, Nick, PresenceEvent, PublicIdentity, RoomName};
+use chatroom_crypto::{open, KdfParams, Member, MessageKey, Nick, PresenceEvent, PublicIdentity, RoomName};
 
 use super::connection::JoinedInfo;
-use super::event::{ChatMessage, Event, MemberInfo, Rejected};
+use super::event::{ChatMessage, Event, MemberInfo, Rejected, Whois};
 use crate::state::RoomState;
-use crate::trust::PinCheck;
+use crate::trust::{PinCheck, MAX_PINS};
+
+/// How far ahead of the counter used the state file's `last_counter` reserves: ten seconds of
+/// microseconds.
+pub const COUNTER_RESERVE: u64 = 10_000_000;
 
 /// Most members held while a `Members` list is assembled.
 pub const MAX_MEMBERS: usize = 100_000;
@@ -19,6 +23,8 @@ pub struct RoomView {
     room: RoomName,
     state: RoomState,
     dirty: bool,
+    /// The last counter used (the state holds a reservation above it).
+    last_used: u64,
     owner: Option<PublicIdentity>,
     members: Vec<Member>,
     partial: Vec<Member>,
@@ -28,7 +34,16 @@ impl RoomView {
     /// A view for `me` (using `my_nick`) in `room`, from persisted `state`.
     pub fn new(me: PublicIdentity, my_nick: &Nick, room: RoomName, mut state: RoomState) -> Self {
         let dirty = state.pins.check(my_nick, &me) == PinCheck::New;
-        Self { me, room, state, dirty, owner: None, members: Vec::new(), partial: Vec::new() }
+        let last_used = state.last_counter;
+        Self { me, room, state, dirty, last_used, owner: None, members: Vec::new(), partial: Vec::new() }
+    }
+
+    /// Records the key-derivation parameters the room was joined with.
+    pub fn set_kdf(&mut self, kdf: KdfParams) {
+        if self.state.kdf != Some(kdf) {
+            self.state.kdf = Some(kdf);
+            self.dirty = true;
+        }
     }
 
     /// The state to persist.
@@ -61,28 +76,55 @@ impl RoomView {
 
     /// The counter for the next envelope: above every counter used or seen from this
     /// identity, and at least the current time in microseconds.
+    ///
+    /// The state records a reservation `COUNTER_RESERVE` ahead of the counter used, so that
+    /// most sends need no write of the state file (which in a large room is megabytes, synced
+    /// to disk) while a restart still never reuses a counter.
     pub fn next_counter(&mut self, now_us: u64) -> u64 {
-        let seen = self.state.counters.get(&self.me).copied().unwrap_or(0);
-        let counter = now_us.max(self.state.last_counter.saturating_add(1)).max(seen.saturating_add(1));
-        self.state.last_counter = counter;
-        self.dirty = true;
+        let seen = self.state.highest(&self.me);
+        let counter = now_us.max(self.last_used.saturating_add(1)).max(seen.saturating_add(1));
+        self.last_used = counter;
+        if counter > self.state.last_counter {
+            self.state.last_counter = counter.saturating_add(COUNTER_RESERVE);
+            self.dirty = true;
+        }
         counter
     }
 
-    /// A join succeeded.
+    /// A join succeeded. A relay whose latest sequence number is below the cursor lost
+    /// messages (a restored backup, a reset): that is reported once and the cursor moves back
+    /// to the relay's, so what it stores next is fetched; messages are still told apart by
+    /// their signed counters, so nothing already shown is shown again.
     pub fn on_joined(&mut self, info: &JoinedInfo) -> Vec<Event> {
         self.owner = Some(info.owner);
         self.partial.clear();
         let last = self.state.last_seq;
+        if last > info.latest_seq {
+            self.state.last_seq = info.latest_seq;
+            self.dirty = true;
+            return vec![Event::SequenceWentBack { last_seen: last, relay_latest: info.latest_seq }];
+        }
         if last > 0 && info.oldest_seq > last.saturating_add(1) {
             return vec![Event::HistoryGap { from: last + 1, to: info.oldest_seq - 1 }];
         }
         Vec::new()
     }
 
-    /// A `Deliver`: a harmless duplicate (seq not above the last processed) is dropped
-    /// silently; anything that fails verification, replays a sender's counter, or claims a
-    /// nickname pinned to another identity is rejected.
+    /// The relay acknowledged our envelope `counter` as `seq`: it will not be shown when
+    /// history replays it, and the cursor moves past it (so a member who only sends still
+    /// learns of a history gap).
+    pub fn on_own_ack(&mut self, counter: u64, seq: u64) {
+        self.state.accept(self.me, counter);
+        self.state.last_seq = self.state.last_seq.max(seq);
+        self.dirty = true;
+    }
+
+    /// A `Deliver`. Messages are told apart by what is signed, the sender and its counter; the
+    /// relay's `seq` is only the cursor for the next join, advanced past envelopes that
+    /// verified. A counter already accepted is dropped silently when it comes from history or
+    /// below the cursor (a harmless duplicate) and rejected otherwise (the relay replays or
+    /// reorders); anything that fails verification, or claims a nickname pinned to another
+    /// identity, is rejected and changes nothing.
     pub fn on_deliver(
         &mut self,
         key: &MessageKey,
@@ -90,16 +132,14 @@ impl RoomView {
         history: bool,
         envelope: &[u8],
     ) -> Option<Event> {
-        if seq <= self.state.last_seq {
-            return None;
-        }
-        self.state.last_seq = seq;
-        self.dirty = true;
         let Ok(opened) = open(key, &self.room, envelope) else {
             return Some(Event::Rejected(Rejected::Unverified { seq }));
         };
-        let highest = self.state.counters.get(&opened.sender).copied().unwrap_or(0);
+        let highest = self.state.highest(&opened.sender);
         if opened.counter <= highest {
+            if history || seq <= self.state.last_seq {
+                return None;
+            }
             return Some(Event::Rejected(Rejected::Replayed {
                 seq,
                 sender: opened.sender,
@@ -107,7 +147,9 @@ impl RoomView {
                 highest,
             }));
         }
-        self.state.counters.insert(opened.sender, opened.counter);
+        self.state.accept(opened.sender, opened.counter);
+        self.state.last_seq = self.state.last_seq.max(seq);
+        self.dirty = true;
         let message = ChatMessage {
             seq,
             history,
@@ -119,35 +161,39 @@ impl RoomView {
             timestamp_ms: opened.content.timestamp_ms,
         };
         let pins = &mut self.state.pins;
-        match pins.get(&message.nick).copied() {
-            Some(pinned) if pinned == message.sender => Some(Event::Message(message)),
-            Some(pinned) => Some(Event::Rejected(Rejected::NickMismatch { message, pinned })),
-            None => match pins.nick_of(&message.sender) {
-                // A known key claiming a nickname nobody announced for it: not shown as that
-                // nickname until the relay's member list or presence binds the two.
-                Some(known_as) => {
-                    let known_as = known_as.to_owned();
-                    Some(Event::Rejected(Rejected::NickNotBound { message, known_as }))
-                }
-                None => {
-                    pins.check(&message.nick, &message.sender);
-                    Some(Event::Message(message))
-                }
-            },
+        match pins.check(&message.nick, &message.sender) {
+            PinCheck::Same | PinCheck::New => Some(Event::Message(message)),
+            PinCheck::Changed { pinned } => Some(Event::Rejected(Rejected::NickMismatch { message, pinned })),
+            PinCheck::Full => Some(Event::Rejected(Rejected::Unpinned { message, max: MAX_PINS })),
         }
     }
 
-    fn pin(&mut self, nick: &Nick, identity: &PublicIdentity, out: &mut Vec<Event>) {
-        match self.state.pins.check(nick, identity) {
-            PinCheck::Same => {}
-            PinCheck::New => self.dirty = true,
-            PinCheck::Changed { pinned } => {
-                out.push(Event::KeyChanged { nick: nick.clone(), pinned, seen: *identity })
-            }
+    /// A pinned nickname other than `nick` that looks like it (`AIice` and `alice`).
+    pub fn look_alike(&self, nick: &Nick) -> Option<String> {
+        self.state.pins.look_alike(nick).map(str::to_owned)
+    }
+
+    /// What is known of `nick`: the key its signed messages were pinned to, and the key the
+    /// relay lists it with (a claim).
+    pub fn whois(&self, nick: &Nick) -> Whois {
+        Whois {
+            nick: nick.clone(),
+            pinned: self.state.pins.get(nick).copied(),
+            listed: self.members.iter().find(|m| m.nick.same_as(nick)).map(|m| m.identity),
+            look_alike: self.look_alike(nick),
+        }
+    }
+
+    /// What the relay claims about `nick` and `identity`, compared with the pins (which it
+    /// never changes): a mismatch is reported.
+    fn compare(&self, nick: &Nick, identity: &PublicIdentity, out: &mut Vec<Event>) {
+        if let Some(PinCheck::Changed { pinned }) = self.state.pins.compare(nick, identity) {
+            out.push(Event::KeyChanged { nick: nick.clone(), pinned, seen: *identity });
         }
     }
 
     /// A `Members` item; the list is reported once the last item (`more == false`) arrives.
+    /// It is the relay's claim: it pins nothing.
     pub fn on_members(&mut self, more: bool, members: Vec<Member>) -> Vec<Event> {
         let room = MAX_MEMBERS.saturating_sub(self.partial.len());
         self.partial.extend(members.into_iter().take(room));
@@ -157,17 +203,17 @@ impl RoomView {
         let mut out = Vec::new();
         let list = std::mem::take(&mut self.partial);
         for m in &list {
-            self.pin(&m.nick, &m.identity, &mut out);
+            self.compare(&m.nick, &m.identity, &mut out);
         }
         self.members = list;
         out.push(Event::Members(self.members()));
         out
     }
 
-    /// A `Presence` item.
+    /// A `Presence` item: the relay's claim, which pins nothing.
     pub fn on_presence(&mut self, event: PresenceEvent, nick: Nick, identity: PublicIdentity) -> Vec<Event> {
         let mut out = Vec::new();
-        self.pin(&nick, &identity, &mut out);
+        self.compare(&nick, &identity, &mut out);
         match event {
             PresenceEvent::Joined => {
                 self.members.retain(|m| !m.nick.same_as(&nick));
@@ -294,16 +340,12 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        // A known key claiming a nickname never announced for it is not shown under it.
-        match f.view.on_deliver(&key, 4, false, &envelope(&f, &f.bob, "robert", 7, "it is me")) {
-            Some(Event::Rejected(Rejected::NickNotBound { known_as, .. })) => assert_eq!(known_as, "bob"),
-            other => panic!("{other:?}"),
-        }
-        f.view.on_presence(PresenceEvent::Joined, Nick::new("robert").unwrap(), f.bob.public());
+        // A known key signing under a free nickname pins that one too: the signature binds them.
         assert_eq!(
-            body_of(f.view.on_deliver(&key, 5, false, &envelope(&f, &f.bob, "robert", 8, "now bound"))),
-            "now bound"
+            body_of(f.view.on_deliver(&key, 4, false, &envelope(&f, &f.bob, "robert", 7, "it is me"))),
+            "it is me"
         );
+        assert_eq!(f.view.state().pins.get(&Nick::new("robert").unwrap()), Some(&f.bob.public()));
         // Our own nickname is pinned to our identity from the start.
         assert!(matches!(
             f.view.on_deliver(&key, 6, false, &envelope(&f, &mallory, "alice", 6, "x")),
@@ -314,15 +356,72 @@ mod tests {
     #[test]
     fn presence_with_a_changed_key_is_reported_loudly_and_pins_hold() {
         let mut f = fixture();
+        let key = f.key.clone();
         let bob = Nick::new("bob").unwrap();
-        let events = f.view.on_presence(PresenceEvent::Joined, bob.clone(), f.bob.public());
-        assert!(matches!(events.as_slice(), [Event::Presence { .. }]));
         let imposter = Identity::generate().public();
+        // Announced before any signed message: a claim, nothing pinned, nothing to compare.
+        let events = f.view.on_presence(PresenceEvent::Joined, bob.clone(), imposter);
+        assert!(matches!(events.as_slice(), [Event::Presence { .. }]));
+        assert_eq!(f.view.state().pins.get(&bob), None);
+        assert_eq!(body_of(f.view.on_deliver(&key, 1, false, &envelope(&f, &f.bob, "bob", 5, "hi"))), "hi");
         let events = f.view.on_presence(PresenceEvent::Joined, bob.clone(), imposter);
         assert!(
             matches!(&events[0], Event::KeyChanged { pinned, seen, .. } if *pinned == f.bob.public() && *seen == imposter)
         );
         assert_eq!(f.view.state().pins.get(&bob), Some(&f.bob.public()));
+        let events = f.view.on_presence(PresenceEvent::Joined, bob.clone(), f.bob.public());
+        assert!(matches!(events.as_slice(), [Event::Presence { .. }]));
+    }
+
+    #[test]
+    fn a_fake_member_list_pins_nothing_and_impersonation_is_still_caught() {
+        let mut f = fixture();
+        let key = f.key.clone();
+        let mallory = Identity::generate();
+        let fake: Vec<Member> = (0..MAX_MEMBERS)
+            .map(|i| {
+                let nick = if i == 0 { "bob".to_owned() } else { format!("m{i}") };
+                Member { nick: Nick::new(&nick).unwrap(), identity: mallory.public() }
+            })
+            .collect();
+        let events = f.view.on_members(false, fake);
+        assert!(matches!(events.as_slice(), [Event::Members(list)] if list.len() == MAX_MEMBERS));
+        assert_eq!(f.view.state().pins.len(), 1, "only our own nickname");
+        assert_eq!(body_of(f.view.on_deliver(&key, 1, false, &envelope(&f, &f.bob, "bob", 5, "hi"))), "hi");
+        assert!(matches!(
+            f.view.on_deliver(&key, 2, false, &envelope(&f, &mallory, "bob", 6, "send money")),
+            Some(Event::Rejected(Rejected::NickMismatch { .. }))
+        ));
+        let who = f.view.whois(&Nick::new("BOB").unwrap());
+        assert_eq!((who.pinned, who.listed), (Some(f.bob.public()), Some(mallory.public())));
+    }
+
+    #[test]
+    fn a_full_pin_store_fails_closed_and_look_alikes_are_named() {
+        let mut f = fixture();
+        let key = f.key.clone();
+        assert_eq!(body_of(f.view.on_deliver(&key, 1, false, &envelope(&f, &f.bob, "bob", 5, "hi"))), "hi");
+        let mallory = Identity::generate();
+        assert_eq!(
+            body_of(f.view.on_deliver(&key, 2, false, &envelope(&f, &mallory, "B0b", 5, "it is me"))),
+            "it is me"
+        );
+        assert_eq!(f.view.look_alike(&Nick::new("B0b").unwrap()).as_deref(), Some("bob"));
+        assert_eq!(f.view.look_alike(&Nick::new("carol").unwrap()), None);
+        for i in f.view.state().pins.len()..MAX_PINS {
+            let mut id = [0u8; 32];
+            id[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            f.view.state.pins.set(&Nick::new(&format!("n{i}")).unwrap(), PublicIdentity(id));
+        }
+        let carol = Identity::generate();
+        assert!(matches!(
+            f.view.on_deliver(&key, 3, false, &envelope(&f, &carol, "carol", 5, "hello")),
+            Some(Event::Rejected(Rejected::Unpinned { max: MAX_PINS, .. }))
+        ));
+        assert_eq!(
+            body_of(f.view.on_deliver(&key, 4, false, &envelope(&f, &f.bob, "bob", 6, "still"))),
+            "still"
+        );
     }
 
     #[test]
@@ -349,7 +448,18 @@ mod tests {
         let mut f = fixture();
         let key = f.key.clone();
         assert_eq!(f.view.next_counter(100), 100);
+        assert!(f.view.take_dirty());
         assert_eq!(f.view.next_counter(50), 101);
+        assert!(!f.view.take_dirty(), "within the reservation: nothing to write");
+        assert_eq!(f.view.state().last_counter, 100 + COUNTER_RESERVE);
+        // A restart from the saved state never reuses a counter.
+        let mut again = RoomView::new(
+            f.alice.public(),
+            &Nick::new("alice").unwrap(),
+            f.room.clone(),
+            f.view.state().clone(),
+        );
+        assert_eq!(again.next_counter(50), 101 + COUNTER_RESERVE);
         let mine = envelope(&f, &f.alice, "alice", 5000, "from another device");
         assert!(matches!(f.view.on_deliver(&key, 1, true, &mine), Some(Event::Message(m)) if m.from_me));
         assert_eq!(f.view.next_counter(200), 5001);
@@ -383,5 +493,80 @@ mod tests {
             oldest_seq: 10,
         });
         assert!(matches!(events.as_slice(), [Event::HistoryGap { from: 4, to: 9 }]));
+    }
+
+    fn joined(f: &Fixture, latest_seq: u64, oldest_seq: u64) -> JoinedInfo {
+        JoinedInfo { created: false, owner: f.bob.public(), latest_seq, oldest_seq }
+    }
+
+    #[test]
+    fn own_acknowledged_messages_are_not_shown_again_and_count_for_gaps() {
+        let mut f = fixture();
+        let key = f.key.clone();
+        f.view.on_own_ack(500, 1);
+        f.view.on_own_ack(501, 3);
+        assert_eq!(f.view.last_seq(), 3);
+        // History replayed by a relay that did not get our cursor: our own envelopes are silent.
+        for (seq, counter) in [(1, 500), (3, 501)] {
+            let mine = envelope(&f, &f.alice, "alice", counter, "mine");
+            assert!(f.view.on_deliver(&key, seq, true, &mine).is_none(), "seq {seq}");
+        }
+        // Bob's message between them still shows, although its seq is below the cursor.
+        assert_eq!(body_of(f.view.on_deliver(&key, 2, false, &envelope(&f, &f.bob, "bob", 7, "b1"))), "b1");
+        assert_eq!(f.view.last_seq(), 3);
+        let events = f.view.on_joined(&joined(&f, 20, 10));
+        assert!(matches!(events.as_slice(), [Event::HistoryGap { from: 4, to: 9 }]), "{events:?}");
+    }
+
+    #[test]
+    fn a_poisoned_delivery_moves_nothing_and_later_messages_show() {
+        let mut f = fixture();
+        let key = f.key.clone();
+        assert_eq!(body_of(f.view.on_deliver(&key, 1, false, &envelope(&f, &f.bob, "bob", 5, "one"))), "one");
+        assert!(matches!(
+            f.view.on_deliver(&key, u64::MAX - 1, false, &[0xff; 200]),
+            Some(Event::Rejected(Rejected::Unverified { .. }))
+        ));
+        assert_eq!(f.view.last_seq(), 1, "an unverified envelope does not move the cursor");
+        assert_eq!(body_of(f.view.on_deliver(&key, 2, false, &envelope(&f, &f.bob, "bob", 6, "two"))), "two");
+        // A genuine envelope under a made-up huge seq moves the cursor, but the next join
+        // notices the relay is behind it and resynchronises.
+        assert_eq!(
+            body_of(f.view.on_deliver(&key, u64::MAX - 1, false, &envelope(&f, &f.bob, "bob", 7, "three"))),
+            "three"
+        );
+        let events = f.view.on_joined(&joined(&f, 3, 1));
+        assert!(
+            matches!(events.as_slice(), [Event::SequenceWentBack { last_seen, relay_latest: 3 }] if *last_seen == u64::MAX - 1),
+            "{events:?}"
+        );
+        assert_eq!(f.view.last_seq(), 3);
+        assert_eq!(
+            body_of(f.view.on_deliver(&key, 4, false, &envelope(&f, &f.bob, "bob", 8, "four"))),
+            "four"
+        );
+    }
+
+    #[test]
+    fn a_relay_that_went_back_is_reported_once_and_new_messages_still_show() {
+        let mut f = fixture();
+        let key = f.key.clone();
+        for (seq, counter) in [(1, 10), (2, 11), (3, 12)] {
+            f.view.on_deliver(&key, seq, false, &envelope(&f, &f.bob, "bob", counter, "old"));
+        }
+        let events = f.view.on_joined(&joined(&f, 1, 1));
+        assert!(matches!(events.as_slice(), [Event::SequenceWentBack { last_seen: 3, relay_latest: 1 }]));
+        assert!(f.view.on_joined(&joined(&f, 1, 1)).is_empty(), "once");
+        // The restored relay reuses seq 2 and 3 for new messages: shown, by their counters.
+        assert_eq!(
+            body_of(f.view.on_deliver(&key, 2, false, &envelope(&f, &f.bob, "bob", 13, "new"))),
+            "new"
+        );
+        // A replay of an old counter in history is silent; live above the cursor it is loud.
+        assert!(f.view.on_deliver(&key, 3, true, &envelope(&f, &f.bob, "bob", 12, "old")).is_none());
+        assert!(matches!(
+            f.view.on_deliver(&key, 9, false, &envelope(&f, &f.bob, "bob", 12, "old")),
+            Some(Event::Rejected(Rejected::Replayed { .. }))
+        ));
     }
 }

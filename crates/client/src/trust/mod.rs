@@ -5,4 +5,4 @@ mod known_relays;
 mod pins;
 
 pub use known_relays::{check_relay, KnownRelays, RelayCheck, RelayPin, MAX_KNOWN_RELAYS_LEN};
-pub use pins::{PinCheck, PinStore, MAX_PINS};
+pub use pins::{skeleton, PinCheck, PinStore, MAX_PINS};

@@ -143,6 +143,8 @@ pub(crate) enum Action {
     },
     /// Ask for the member list.
     Who,
+    /// Ask what is known of a nickname.
+    Whois(Nick),
     /// Owner commands.
     Kick(Nick),
     /// Ban.
@@ -531,6 +533,7 @@ impl App {
                     let entry = self.own_message(ContentKind::Action, &text);
                     Action::Send { kind: ContentKind::Action, text, entry }
                 }
+                Command::Whois(nick) => Action::Whois(nick),
                 Command::Kick(nick) => Action::Kick(nick),
                 Command::Ban(nick) => Action::Ban(nick),
                 Command::Unban(nick) => Action::Unban(nick),
@@ -743,7 +746,7 @@ mod tests {
         });
         assert_eq!(app.members.len(), 2);
         assert!(
-            matches!(&app.entries().last().unwrap().body, Body::Notice { kind: NoticeKind::Presence, text } if text == "bob left")
+            matches!(&app.entries().last().unwrap().body, Body::Notice { kind: NoticeKind::Presence, text } if text == "relay says: bob left (key 02020202)")
         );
     }
 

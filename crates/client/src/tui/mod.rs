@@ -138,7 +138,13 @@ fn ask_create(screen: &mut Screen, start: &mut Start) -> Result<bool, AppError> 
         if !start.from_file {
             crate::chat::new_password(&mut start.input, Some(&start.password))?;
         }
-        crate::chat::warn_if_weak(&start.password, room, start.config.nick.as_str());
+        crate::chat::confirm_if_weak(
+            &mut start.input,
+            &start.password,
+            room,
+            start.config.nick.as_str(),
+            !start.from_file,
+        )?;
         Ok(true)
     })();
     screen.resume().map_err(|e| AppError::new(format!("cannot return to the full screen: {e}")))?;
@@ -256,13 +262,14 @@ async fn event_loop(
                     app.notice(NoticeKind::Error, "error: the session has ended; nothing was sent");
                 }
             },
-            Action::Who | Action::Kick(_) | Action::Ban(_) | Action::Unban(_) => {
+            Action::Who | Action::Whois(_) | Action::Kick(_) | Action::Ban(_) | Action::Unban(_) => {
                 let Some(h) = &handle else {
                     app.notice(NoticeKind::Error, "error: not joined; the command was not sent");
                     continue;
                 };
                 let sent = match action {
                     Action::Who => h.who().await,
+                    Action::Whois(nick) => h.whois(nick).await,
                     Action::Kick(nick) => h.kick(nick).await,
                     Action::Ban(nick) => h.ban(nick).await,
                     Action::Unban(nick) => h.unban(nick).await,

@@ -28,10 +28,20 @@ pub type Res<T> = Result<T, Box<dyn Error>>;
 pub const STEP: Duration = Duration::from_secs(5);
 
 /// The configuration tests start from: defaults, commits without fsync (a process crash is
-/// what the in-process tests simulate; `process.rs` runs the real default).
+/// what the in-process tests simulate; `process.rs` runs the real default), and no limit on
+/// the rate of new connections (these tests open many from 127.0.0.1 in quick succession;
+/// `hostile_load.rs` tests the rate on the real default) or on sends per address and room
+/// (`hostile.rs` tests those).
 pub fn test_config(dir: &Path) -> Config {
     let mut config = Config::new(dir);
     config.synchronous = Synchronous::Normal;
+    config.handshake_burst = 100_000;
+    config.handshakes_per_sec = 100_000;
+    // Likewise the send rates per address and per room: most tests send from one address.
+    config.ip_rate_burst = 100_000;
+    config.ip_rate_per_sec = 100_000;
+    config.room_rate_burst = 100_000;
+    config.room_rate_per_sec = 100_000;
     config.shutdown_grace = Duration::from_secs(2);
     config
 }
@@ -174,6 +184,14 @@ impl Conn {
     pub async fn connect_small_buffer(addr: SocketAddr) -> Res<Self> {
         let socket = TcpSocket::new_v4()?;
         socket.set_recv_buffer_size(4096)?;
+        Self::handshake(tokio::time::timeout(STEP, socket.connect(addr)).await??).await
+    }
+
+    /// `connect_small_buffer` from `source`.
+    pub async fn connect_small_from(addr: SocketAddr, source: IpAddr) -> Res<Self> {
+        let socket = TcpSocket::new_v4()?;
+        socket.set_recv_buffer_size(4096)?;
+        socket.bind(SocketAddr::new(source, 0))?;
         Self::handshake(tokio::time::timeout(STEP, socket.connect(addr)).await??).await
     }
 
