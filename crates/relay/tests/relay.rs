@@ -59,8 +59,12 @@ async fn members_join_and_every_envelope_reaches_every_other_member() -> TestRes
     assert_eq!(b.publish_ok(envelope).await?, 3);
     assert_eq!(a.delivery().await?.0, 3);
     assert_eq!(c.delivery().await?.0, 3);
-    // Nobody gets its own envelope live: the Ack stands for it.
-    assert_eq!(a.deliveries_within(Duration::from_millis(200)).await?, Vec::<u64>::new());
+    // Nobody gets its own envelope live: the Ack stands for it. The relay queues a live
+    // delivery to every member before it acknowledges the envelope to its sender, and queues
+    // the answer to a Ping behind whatever that connection already has queued: alice holds
+    // the Ack of her envelope, so a delivery of it to her would come before her Pong.
+    let before = a.until_pong(1).await?;
+    assert_eq!(delivered(&before), Vec::<u64>::new());
 
     c.send(&[ClientMessage::Who]).await?;
     match c.next_matching(|m| matches!(m, RelayMessage::Members { .. })).await? {
@@ -226,12 +230,31 @@ async fn a_join_during_a_stream_of_messages_sees_each_seq_exactly_once() -> Test
     let mut alice = Person::new("alice");
     let (mut a, _) = member(&relay, &alice, &room, true).await?;
     let total = 60u64;
-    let envelopes: Vec<Vec<u8>> = (0..total).map(|i| alice.seal(&room, &format!("{i}")).1).collect();
+    let mut envelopes: Vec<Vec<u8>> = (0..total).map(|i| alice.seal(&room, &format!("{i}")).1).collect();
+    // Bob joins once the first 30 are stored (his history), while the next 20 are on their
+    // way (each in history or live, never both), and before the last 10 (live).
+    let last = envelopes.split_off(50);
+    let middle = envelopes.split_off(30);
+    let (stored, bob_may_join) = tokio::sync::oneshot::channel::<()>();
+    let (bob_joined, bob_is_in) = tokio::sync::oneshot::channel::<()>();
     let sending = async {
+        let mut acked = Vec::new();
         for envelope in envelopes {
             a.send(&[ClientMessage::Send { envelope }]).await?;
         }
-        let mut acked = Vec::new();
+        while acked.len() < 30 {
+            if let RelayMessage::Ack { seq, .. } = a.answer().await? {
+                acked.push(seq);
+            }
+        }
+        let _ = stored.send(());
+        for envelope in middle {
+            a.send(&[ClientMessage::Send { envelope }]).await?;
+        }
+        bob_is_in.await?;
+        for envelope in last {
+            a.send(&[ClientMessage::Send { envelope }]).await?;
+        }
         while acked.len() < total as usize {
             if let RelayMessage::Ack { seq, .. } = a.answer().await? {
                 acked.push(seq);
@@ -240,15 +263,19 @@ async fn a_join_during_a_stream_of_messages_sees_each_seq_exactly_once() -> Test
         Res::Ok(acked)
     };
     let joining = async {
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        bob_may_join.await?;
         let bob = Person::new("bob");
         let mut b = Conn::connect(relay.addr).await?;
         let joined = b.join(&bob, &room, false, 0).await?.expect("join");
+        let _ = bob_joined.send(());
         let mut seen: Vec<u64> = joined.history.iter().map(|h| h.0).collect();
+        assert!(seen.len() >= 30, "the first 30 were stored before bob joined: {seen:?}");
         assert_eq!(joined.history_end, seen.last().copied().unwrap_or(0));
+        let from_history = seen.len();
         while seen.len() < total as usize {
             seen.push(b.delivery().await?.0);
         }
+        assert!(from_history <= 50, "the last 10 were sent after bob joined: {from_history} in history");
         Res::Ok(seen)
     };
     let (acked, seen) = tokio::join!(sending, joining);
@@ -283,11 +310,11 @@ async fn a_resent_envelope_gets_the_same_seq_and_is_delivered_once() -> TestResu
     assert_eq!(a.publish_ok(other).await?, 1);
     assert_eq!(b.delivery().await?.0, 1);
     assert_eq!(b.delivery().await?.0, 2);
-    assert_eq!(
-        b.deliveries_within(Duration::from_millis(200)).await?,
-        Vec::<u64>::new(),
-        "no second delivery"
-    );
+    // Alice holds the Acks of all three resends, and a delivery to bob is queued before the
+    // Ack to its sender; bob's Pong is queued after anything already queued for him, so a
+    // second delivery would come before it.
+    let before = b.until_pong(1).await?;
+    assert_eq!(delivered(&before), Vec::<u64>::new(), "no second delivery");
 
     // An older counter that was never stored is refused.
     alice.counter = 5;
@@ -359,7 +386,11 @@ async fn sending_too_fast_is_answered_with_rate_limited_and_the_connection_kept(
         a.publish(envelope).await?,
         RelayMessage::SendError { code: ErrorCode::RateLimited, .. }
     ));
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // The allowance refills by the clock: advance tokio's (the relay runs on this runtime)
+    // by more than the 1 s one token takes, rather than wait for it.
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_millis(1100)).await;
+    tokio::time::resume();
     let (_, envelope) = alice.seal(&room, "later");
     assert_eq!(a.publish_ok(envelope).await?, 4, "the connection survives and refills");
     relay.stop().await

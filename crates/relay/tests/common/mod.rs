@@ -385,20 +385,22 @@ impl Conn {
         }
     }
 
-    /// Sequence numbers of every delivery arriving within `wait` (other messages dropped).
-    pub async fn deliveries_within(&mut self, wait: Duration) -> Res<Vec<u64>> {
-        let until = tokio::time::Instant::now() + wait;
-        let mut seqs = Vec::new();
+    /// Sends a `Ping` and returns every message that arrived before its `Pong`, held ones
+    /// first; messages after the `Pong` stay held. A negative check ends on this barrier
+    /// rather than on a wait: the relay queues the `Pong` behind everything already queued to
+    /// this connection, so whatever it sent before it is in the returned list.
+    pub async fn until_pong(&mut self, token: u64) -> Res<Vec<RelayMessage>> {
+        self.send(&[ClientMessage::Ping { token }]).await?;
+        let mut before = Vec::new();
         loop {
-            for m in self.held.drain(..) {
-                if let RelayMessage::Deliver { seq, .. } = m {
-                    seqs.push(seq);
+            while let Some(m) = self.held.pop_front() {
+                if matches!(m, RelayMessage::Pong { token: t } if t == token) {
+                    return Ok(before);
                 }
+                before.push(m);
             }
-            match tokio::time::timeout_at(until, self.read_messages()).await {
-                Err(_) => return Ok(seqs),
-                Ok(messages) => self.held.extend(messages?),
-            }
+            let messages = self.read_messages().await?;
+            self.held.extend(messages);
         }
     }
 
@@ -429,21 +431,17 @@ impl Conn {
             _ => unreachable!(),
         }
     }
+}
 
-    /// Whether nothing arrives for `wait`.
-    pub async fn quiet_for(&mut self, wait: Duration) -> Res<bool> {
-        if !self.held.is_empty() {
-            return Ok(false);
-        }
-        match tokio::time::timeout(wait, self.read_messages()).await {
-            Err(_) => Ok(true),
-            Ok(Ok(messages)) => {
-                self.held.extend(messages);
-                Ok(false)
-            }
-            Ok(Err(e)) => Err(e),
-        }
-    }
+/// Sequence numbers of the live and history deliveries among `messages`.
+pub fn delivered(messages: &[RelayMessage]) -> Vec<u64> {
+    messages
+        .iter()
+        .filter_map(|m| match m {
+            RelayMessage::Deliver { seq, .. } => Some(*seq),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Connects, joins and returns the connection with the join result.
