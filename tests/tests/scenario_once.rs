@@ -37,9 +37,12 @@ fn copy_files(from: &Path, to: &Path) -> Result<(), Box<dyn Error + Send + Sync>
     for entry in fs::read_dir(to)? {
         fs::remove_file(entry?.path())?;
     }
+    // Regular files only: the database and the key, not the admin socket a killed relay leaves.
     for entry in fs::read_dir(from)? {
         let entry = entry?;
-        fs::copy(entry.path(), to.join(entry.file_name()))?;
+        if entry.file_type()?.is_file() {
+            fs::copy(entry.path(), to.join(entry.file_name()))?;
+        }
     }
     Ok(())
 }
