@@ -3,7 +3,6 @@
 #![forbid(unsafe_code)]
 
 mod app_error;
-mod assets;
 mod chat;
 mod cli;
 mod plain;
@@ -50,7 +49,7 @@ fn run(cli: Cli) -> Result<(), AppError> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Sub::GenerateAssets { dir }) = &cli.command {
-        return match assets::write(Cli::command(), dir) {
+        return match chatroom_cli_assets::write(Cli::command(), dir) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("chatroom: error: {e}");

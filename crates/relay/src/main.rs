@@ -2,7 +2,6 @@
 #![forbid(unsafe_code)]
 
 mod admin_cli;
-mod assets;
 mod config_file;
 mod onion;
 
@@ -515,7 +514,7 @@ fn main() -> ExitCode {
         Some(Command::Bans(command)) => admin_cli::bans(command),
         Some(Command::Owner(command)) => admin_cli::owner(command),
         Some(Command::Backup(command)) => admin_cli::backup(command),
-        Some(Command::GenerateAssets { dir }) => assets::write(Cli::command(), &dir),
+        Some(Command::GenerateAssets { dir }) => chatroom_cli_assets::write(Cli::command(), &dir),
         None => serve(cli.run),
     });
     match result {

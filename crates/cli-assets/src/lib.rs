@@ -1,5 +1,5 @@
-//! `generate-assets DIR` (hidden): man pages and shell completions from the command's own
-//! clap definition, for packages (`scripts/dist`).
+//! Man pages and shell completions from a binary's own clap definition, for packages
+//! (`scripts/dist`): both binaries' hidden `generate-assets DIR` call `write`.
 
 use std::path::Path;
 
@@ -7,7 +7,7 @@ use clap_complete::Shell;
 
 /// Writes `DIR/man/*.1` (one page per command and subcommand) and
 /// `DIR/completions/` for bash, zsh and fish.
-pub(crate) fn write(cmd: clap::Command, dir: &Path) -> Result<(), String> {
+pub fn write(cmd: clap::Command, dir: &Path) -> Result<(), String> {
     let fail = |what: &str, e: std::io::Error| format!("cannot write the {what} into {}: {e}", dir.display());
     let man = dir.join("man");
     let completions = dir.join("completions");
