@@ -6,12 +6,12 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use chatroom_client::session::{handshake, join, ConnReader, ConnWriter};
-use chatroom_client::trust::RelayPin;
 use chatroom_crypto::{
     derive_room_keys, open, seal, ClientMessage, Content, ContentKind, EnvelopeHeader, Identity, JoinRequest,
     JoinSecret, KdfParams, MessageKey, Nick, RelayMessage, RoomName,
 };
+use chatroom_session::session::{handshake, join, ConnReader, ConnWriter};
+use chatroom_session::trust::RelayPin;
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
@@ -73,7 +73,7 @@ fn pin(target: &ChatTarget) -> RelayPin {
     RelayPin { expected: target.fingerprint, expected_source: "--fingerprint".into(), known: None }
 }
 
-async fn connect(target: &ChatTarget) -> Result<chatroom_client::session::Handshaken, String> {
+async fn connect(target: &ChatTarget) -> Result<chatroom_session::session::Handshaken, String> {
     let stream = TcpStream::connect(&target.addr)
         .await
         .map_err(|e| format!("cannot connect to the relay at {}: {e}; is it running?", target.addr))?;

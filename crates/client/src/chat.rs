@@ -4,14 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chatroom_client::commands::{parse_line, Command, Input as Line, HELP};
-use chatroom_client::config::{read_password_file, Config};
-use chatroom_client::crypto::{load_or_create_identity, ContentKind, ErrorCode, Zeroizing};
-use chatroom_client::display::neutralize;
-use chatroom_client::invite::Invite;
-use chatroom_client::passphrase;
-use chatroom_client::session::{Limits, RoomKeyCache, Session, SessionConfig, SessionEnd, SessionHandle};
-use chatroom_client::trust::RelayPin;
+use crate::commands::{parse_line, Command, Input as Line, HELP};
+use crate::config::{read_password_file, Config};
+use crate::passphrase;
+use chatroom_session::crypto::{load_or_create_identity, ContentKind, ErrorCode, Zeroizing};
+use chatroom_session::display::neutralize;
+use chatroom_session::invite::Invite;
+use chatroom_session::session::{Limits, RoomKeyCache, Session, SessionConfig, SessionEnd, SessionHandle};
+use chatroom_session::trust::RelayPin;
 
 use crate::app_error::AppError;
 use crate::cli::{ChatArgs, Cli};
@@ -254,7 +254,7 @@ async fn talk(mut handle: SessionHandle, input: Input, ui: &PlainUi, invite: &st
                 FLUSH_ON_EXIT.as_secs()
             )))
         }
-        SessionEnd::Failed(e) => Err(AppError::new(neutralize(&e.to_string()))),
+        SessionEnd::Failed(e) => Err(AppError::new(neutralize(&crate::advice::session(&e)))),
         _ => Ok(()),
     }
 }

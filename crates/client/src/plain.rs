@@ -16,10 +16,10 @@ use std::sync::Mutex;
 
 use tokio::sync::Notify;
 
-use chatroom_client::crypto::{ContentKind, PresenceEvent, PublicIdentity};
-use chatroom_client::display::{key_tag, neutralize, neutralize_line};
-use chatroom_client::error::code_name;
-use chatroom_client::session::{
+use chatroom_session::crypto::{ContentKind, PresenceEvent, PublicIdentity};
+use chatroom_session::display::{key_tag, neutralize, neutralize_line};
+use chatroom_session::error::code_name;
+use chatroom_session::session::{
     Callbacks, ChatMessage, ConnState, Event, KdfProgress, MemberInfo, Rejected, Whois,
 };
 
@@ -311,7 +311,7 @@ impl Callbacks for PlainUi {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chatroom_client::crypto::Nick;
+    use chatroom_session::crypto::Nick;
 
     fn msg(kind: ContentKind, history: bool, body: &str) -> ChatMessage {
         ChatMessage {
@@ -356,7 +356,7 @@ mod tests {
     #[test]
     fn relay_text_in_events_is_neutralised() {
         let e = Event::CommandFailed {
-            code: chatroom_client::crypto::ErrorCode::NotOwner,
+            code: chatroom_session::crypto::ErrorCode::NotOwner,
             detail: "only\nthe owner\u{1b}]0;x\u{7}".into(),
         };
         let line = event_line(&e, "h:1").unwrap();

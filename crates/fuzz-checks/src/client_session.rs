@@ -1,5 +1,5 @@
 //! `client_session`: the client's handling of arbitrary relay messages, through the sans-IO
-//! room view the session driver feeds (`chatroom_client::session::RoomView`).
+//! room view the session driver feeds (`chatroom_session::session::RoomView`).
 //!
 //! The target is `alice` in room `lobby` with a fixed room key; `bob`, `carol` and `mallory`
 //! are other identities whose envelopes the target seals itself. Each message is built from
@@ -34,13 +34,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::OnceLock;
 
-use chatroom_client::session::{Event, JoinedInfo, Rejected, RoomView};
-use chatroom_client::state::RoomState;
 use chatroom_crypto::internal::split_master;
 use chatroom_crypto::{
     seal_with, Content, ContentKind, ErrorCode, Identity, Member, MessageKey, Nick, PresenceEvent,
     PublicIdentity, RelayMessage, RoomName, MAX_ENVELOPE_LEN, MIN_ENVELOPE_LEN,
 };
+use chatroom_session::session::{Event, JoinedInfo, Rejected, RoomView};
+use chatroom_session::state::RoomState;
 
 use crate::{mutate, nick_or, FixedRng, Input};
 

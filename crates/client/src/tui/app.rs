@@ -7,11 +7,11 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use chatroom_client::commands::{parse_line, Command, Input as Line, COMMAND_NAMES, HELP};
-use chatroom_client::config::Bell;
-use chatroom_client::crypto::{ContentKind, KdfParams, Nick, PresenceEvent, PublicIdentity, MAX_BODY_LEN};
-use chatroom_client::display::neutralize;
-use chatroom_client::session::{ConnState, Event, KdfProgress, MemberInfo};
+use crate::commands::{parse_line, Command, Input as Line, COMMAND_NAMES, HELP};
+use crate::config::Bell;
+use chatroom_session::crypto::{ContentKind, KdfParams, Nick, PresenceEvent, PublicIdentity, MAX_BODY_LEN};
+use chatroom_session::display::neutralize;
+use chatroom_session::session::{ConnState, Event, KdfProgress, MemberInfo};
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseEvent, MouseEventKind};
 
 use super::editor::LineEditor;
@@ -584,8 +584,8 @@ impl App {
                 self.conn = Conn::Reconnecting { since: Instant::now(), delay };
                 if self.lost_since.is_none() {
                     self.lost_since = Some(Instant::now());
-                    // The client retries on its own: advice to try later does not apply.
-                    let reason = reason.trim_end_matches(" Try again later.").trim_end_matches('.');
+                    // The reason says what happened, without advice: the client retries on its own.
+                    let reason = reason.trim_end_matches('.');
                     let text = format!(
                         "connection lost: {}. Reconnecting on its own; the status bar counts down.",
                         neutralize(reason.strip_prefix("connection lost: ").unwrap_or(reason))
@@ -756,7 +756,7 @@ impl App {
                 match event {
                     PresenceEvent::Joined => {
                         list.retain(|m| !m.nick.same_as(&nick));
-                        if list.len() < chatroom_client::session::MAX_MEMBERS {
+                        if list.len() < chatroom_session::session::MAX_MEMBERS {
                             let owner = self.owner == Some(identity);
                             list.push(MemberInfo { nick, identity, owner, me: false });
                         }
@@ -871,7 +871,7 @@ impl App {
 
     /// An already seen message shown again on start as recent context: dimmed as history,
     /// under a rule of its own, never a mention. A topic in it is the topic again.
-    fn context(&mut self, m: chatroom_client::session::ChatMessage) {
+    fn context(&mut self, m: chatroom_session::session::ChatMessage) {
         if m.kind == ContentKind::Topic {
             if Some(m.sender) == self.owner {
                 self.topic = Some(neutralize(&m.body)).filter(|t| !t.is_empty());
@@ -1278,7 +1278,7 @@ mod tests {
     }
 
     fn history(nick: &str, body: &str) -> Event {
-        Event::Message(chatroom_client::session::ChatMessage {
+        Event::Message(chatroom_session::session::ChatMessage {
             seq: 1,
             history: true,
             sender: PublicIdentity([2; 32]),

@@ -18,12 +18,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chatroom_client::config::{Bell, Config};
-use chatroom_client::crypto::{ErrorCode, Identity, RoomName, Zeroizing};
-use chatroom_client::display::neutralize;
-use chatroom_client::error::SessionError;
-use chatroom_client::passphrase;
-use chatroom_client::session::{Event, RoomKeyCache, SessionConfig, SessionEnd, SessionHandle};
+use crate::config::{Bell, Config};
+use crate::passphrase;
+use chatroom_session::crypto::{ErrorCode, Identity, RoomName, Zeroizing};
+use chatroom_session::display::neutralize;
+use chatroom_session::error::SessionError;
+use chatroom_session::session::{Event, RoomKeyCache, SessionConfig, SessionEnd, SessionHandle};
 use crossterm::event::Event as TermEvent;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
@@ -532,7 +532,7 @@ fn ended_report(end: Option<SessionEnd>, unsent: &[String]) -> Result<(), AppErr
                 app::count(unacknowledged, "message")
             )))
         }
-        Some(SessionEnd::Failed(e)) => Err(AppError::new(neutralize(&e.to_string()))),
+        Some(SessionEnd::Failed(e)) => Err(AppError::new(neutralize(&crate::advice::session(&e)))),
         Some(_) => Ok(()),
     }
 }

@@ -15,7 +15,7 @@ use unicode_width::UnicodeWidthStr;
 use super::app::{App, Body, Conn, Delivery, Entry, NoticeKind};
 use super::colors;
 use super::editor::MAX_INPUT;
-use chatroom_client::display::neutralize;
+use chatroom_session::display::neutralize;
 
 /// Width of the member list, when the terminal is wide enough to have one.
 const MEMBERS_WIDTH: u16 = 18;
@@ -491,8 +491,8 @@ pub(crate) fn render(frame: &mut Frame<'_>, app: &mut App) {
 mod tests {
     use super::*;
     use crate::tui::app::App;
-    use chatroom_client::crypto::{ContentKind, Nick, PublicIdentity};
-    use chatroom_client::session::{ChatMessage, ConnState, Event, MemberInfo, Rejected};
+    use chatroom_session::crypto::{ContentKind, Nick, PublicIdentity};
+    use chatroom_session::session::{ChatMessage, ConnState, Event, MemberInfo, Rejected};
     use ratatui::backend::TestBackend;
     use ratatui::style::Color;
     use ratatui::Terminal;
@@ -645,8 +645,8 @@ mod tests {
 
     #[test]
     fn key_derivation_progress_is_shown() -> TestResult {
-        use chatroom_client::crypto::KdfParams;
-        use chatroom_client::session::KdfProgress;
+        use chatroom_session::crypto::KdfParams;
+        use chatroom_session::session::KdfProgress;
         let mut app = app();
         app.on_event(Event::KeyDerivation(KdfProgress::Started(KdfParams::DEFAULT)));
         app.on_event(Event::KeyDerivation(KdfProgress::Running(std::time::Duration::from_millis(1234))));
@@ -883,7 +883,7 @@ mod tests {
     #[test]
     fn mentions_are_highlighted_and_the_unread_marker_goes_above_the_first_unseen() -> TestResult {
         let mut app = app();
-        app.set_alerts(&["Deploy".into()], chatroom_client::config::Bell::Unfocused);
+        app.set_alerts(&["Deploy".into()], crate::config::Bell::Unfocused);
         joined(&mut app);
         app.on_event(message("bob", "seen before"));
         app.focus(false);

@@ -7,9 +7,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use chatroom_client::crypto::{ContentKind, Identity};
-use chatroom_client::error::SessionError;
-use chatroom_client::session::{
+use chatroom_session::crypto::{ContentKind, Identity};
+use chatroom_session::error::SessionError;
+use chatroom_session::session::{
     Callbacks, Event, RoomKeyCache, Session, SessionConfig, SessionEnd, SessionHandle,
 };
 use tokio::sync::mpsc;
@@ -76,7 +76,7 @@ impl Link {
         self.handle = None;
         match end {
             SessionEnd::Failed(e) => {
-                let why = chatroom_client::display::neutralize(&e.to_string());
+                let why = chatroom_session::display::neutralize(&crate::advice::session(&e));
                 app.ended(Some(&why));
                 self.failure = Some(why);
             }
