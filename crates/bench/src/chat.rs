@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::error::BenchError;
 use crate::report::{Outcome, ServerWatch};
 use crate::workload::{
     connect_loops, due, gather_sends, gather_tallies, verify_payload, wait_for_deliveries, Mode, Sends,
@@ -73,12 +74,13 @@ fn pin(target: &ChatTarget) -> RelayPin {
     RelayPin { expected: target.fingerprint, expected_source: "--fingerprint".into(), known: None }
 }
 
-async fn connect(target: &ChatTarget) -> Result<chatroom_session::session::Handshaken, String> {
-    let stream = TcpStream::connect(&target.addr)
-        .await
-        .map_err(|e| format!("cannot connect to the relay at {}: {e}; is it running?", target.addr))?;
-    stream.set_nodelay(true).map_err(|e| format!("cannot set TCP_NODELAY: {e}"))?;
-    handshake(stream, &target.addr, &pin(target)).await.map_err(|e| format!("handshake failed: {e}"))
+async fn connect(target: &ChatTarget) -> Result<chatroom_session::session::Handshaken, BenchError> {
+    let stream = TcpStream::connect(&target.addr).await.map_err(BenchError::io(format!(
+        "cannot connect to the relay at {} (is it running?)",
+        target.addr
+    )))?;
+    stream.set_nodelay(true).map_err(BenchError::io("cannot set TCP_NODELAY"))?;
+    handshake(stream, &target.addr, &pin(target)).await.map_err(BenchError::session("handshake failed"))
 }
 
 /// Connects, joins, and reads up to `HistoryEnd`.
@@ -88,10 +90,11 @@ async fn join_member(
     room: &Room,
     nick: &str,
     create: bool,
-) -> Result<Joined, String> {
+) -> Result<Joined, BenchError> {
     let work = async {
         let mut conn = connect(target).await?;
-        let nick = Nick::new(nick).map_err(|e| format!("bad nickname {nick}: {e}"))?;
+        let nick = Nick::new(nick)
+            .map_err(|source| BenchError::Encode { what: format!("nickname {nick}"), source })?;
         let request = JoinRequest::new(
             identity,
             &conn.handshake_hash,
@@ -101,7 +104,7 @@ async fn join_member(
             create,
             0,
         );
-        let (_, mut items) = join(&mut conn, request).await.map_err(|e| format!("join refused: {e}"))?;
+        let (_, mut items) = join(&mut conn, request).await.map_err(BenchError::session("join refused"))?;
         loop {
             if items.iter().any(|m| matches!(m, RelayMessage::HistoryEnd { .. })) {
                 break;
@@ -109,19 +112,21 @@ async fn join_member(
             if let Some(RelayMessage::Goodbye { code, detail }) =
                 items.iter().find(|m| matches!(m, RelayMessage::Goodbye { .. }))
             {
-                return Err(format!("relay said goodbye during the join: {code:?}: {detail}"));
+                return Err(BenchError::Server(format!(
+                    "relay said goodbye during the join: {code:?}: {detail}"
+                )));
             }
-            items = conn.reader.recv().await.map_err(|e| format!("lost during the join: {e}"))?;
+            items = conn.reader.recv().await.map_err(BenchError::session("lost during the join"))?;
         }
         Ok(Joined { reader: conn.reader, writer: conn.writer })
     };
-    tokio::time::timeout(JOIN_TIMEOUT, work)
-        .await
-        .map_err(|_| format!("join did not complete within {} s", JOIN_TIMEOUT.as_secs()))?
+    tokio::time::timeout(JOIN_TIMEOUT, work).await.map_err(|_| {
+        BenchError::Server(format!("join did not complete within {} s", JOIN_TIMEOUT.as_secs()))
+    })?
 }
 
 /// Handshakes once to learn the relay key, then derives each room's keys off the runtime.
-async fn room_keys(target: &ChatTarget, names: Vec<RoomName>) -> Result<Vec<Room>, String> {
+async fn room_keys(target: &ChatTarget, names: Vec<RoomName>) -> Result<Vec<Room>, BenchError> {
     let relay_key = connect(target).await?.relay_key;
     let mut rooms = Vec::with_capacity(names.len());
     for name in names {
@@ -130,8 +135,7 @@ async fn room_keys(target: &ChatTarget, names: Vec<RoomName>) -> Result<Vec<Room
             derive_room_keys(b"chatroom-bench room password", &relay_key, &n, KdfParams::DEFAULT)
         })
         .await
-        .map_err(|e| format!("key derivation task failed: {e}"))?
-        .map_err(|e| format!("key derivation failed: {e}"))?;
+        .map_err(BenchError::task("key derivation"))??;
         rooms.push(Room {
             name,
             message_key: keys.message_key.clone(),
@@ -141,14 +145,15 @@ async fn room_keys(target: &ChatTarget, names: Vec<RoomName>) -> Result<Vec<Room
     Ok(rooms)
 }
 
-fn room_names(w: &Workload) -> Result<Vec<RoomName>, String> {
+fn room_names(w: &Workload) -> Result<Vec<RoomName>, BenchError> {
     let mut tag = [0u8; 4];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut tag);
     let tag = hex::encode(tag);
     (0..w.rooms)
         .map(|r| {
-            RoomName::new(&format!("bench-{}-{r}-{tag}", w.name.to_ascii_lowercase()))
-                .map_err(|e| format!("workload name {:?} makes a bad room name: {e}", w.name))
+            RoomName::new(&format!("bench-{}-{r}-{tag}", w.name.to_ascii_lowercase())).map_err(|source| {
+                BenchError::Encode { what: format!("the room name of workload {:?}", w.name), source }
+            })
         })
         .collect()
 }
@@ -262,10 +267,10 @@ async fn send(
     sender: Sender,
     rate: Option<f64>,
     start: tokio::time::Instant,
-) -> Result<(ConnWriter, u64, u64), String> {
+) -> Result<(ConnWriter, u64, u64), BenchError> {
     let Sender { identity, index: s, room, nick } = sender;
-    let Some(keys) = check.rooms.get(room) else { return Err("no such room".into()) };
-    let Some(slots) = check.sent.get(s) else { return Err("no such sender".into()) };
+    let Some(keys) = check.rooms.get(room) else { return Err(BenchError::Internal("no such room")) };
+    let Some(slots) = check.sent.get(s) else { return Err(BenchError::Internal("no such sender")) };
     let mut n = 0;
     let mut written = 0u64;
     let mut batch = Vec::with_capacity(SEND_BATCH);
@@ -287,12 +292,12 @@ async fn send(
             };
             let envelope =
                 seal(&keys.message_key, &identity, &keys.name, check.counter_base + k as u64, &content)
-                    .map_err(|e| format!("cannot seal: {e}"))?;
-            let slot = slots.get(k).ok_or("message index out of range")?;
+                    .map_err(|source| BenchError::Encode { what: "an envelope".into(), source })?;
+            let slot = slots.get(k).ok_or(BenchError::Internal("message index out of range"))?;
             let _ = slot.set(Sent { envelope: envelope.clone(), t_ns, room });
             batch.push(ClientMessage::Send { envelope });
         }
-        writer.send(&batch).await.map_err(|e| format!("sender {s}: {e}"))?;
+        writer.send(&batch).await.map_err(|e| BenchError::member(s)(BenchError::session("send")(e)))?;
         written += take as u64;
         n += take;
     }
@@ -300,7 +305,7 @@ async fn send(
 }
 
 /// Runs one workload against a chatroom relay.
-pub async fn run(target: &ChatTarget, w: &Workload) -> Result<Outcome, String> {
+pub async fn run(target: &ChatTarget, w: &Workload) -> Result<Outcome, BenchError> {
     w.validate()?;
     match w.mode {
         Mode::Connect => return connect_rate(target, w).await,
@@ -339,16 +344,17 @@ pub async fn run(target: &ChatTarget, w: &Workload) -> Result<Outcome, String> {
                 (target.clone(), check.clone(), identities[i].clone(), permits.clone());
             let room = w.room_of(i);
             joins.spawn(async move {
-                let _permit = permits.acquire_owned().await.map_err(|e| e.to_string())?;
-                let keys = check.rooms.get(room).ok_or("no such room")?;
+                let _permit =
+                    permits.acquire_owned().await.map_err(|_| BenchError::Internal("join permits closed"))?;
+                let keys = check.rooms.get(room).ok_or(BenchError::Internal("no such room"))?;
                 join_member(&target, &identity, keys, &format!("m{i}"), phase == 0)
                     .await
                     .map(|j| (i, j))
-                    .map_err(|e| format!("member {i}: {e}"))
+                    .map_err(BenchError::member(i))
             });
         }
         while let Some(joined) = joins.join_next().await {
-            let (i, j) = joined.map_err(|e| format!("join task failed: {e}"))??;
+            let (i, j) = joined.map_err(BenchError::task("join"))??;
             writers[i] = Some(j.writer);
             receivers.spawn(receive(j.reader, check.clone(), w.room_of(i), stop_rx.clone()));
         }
@@ -377,8 +383,9 @@ pub async fn run(target: &ChatTarget, w: &Workload) -> Result<Outcome, String> {
             let deadline = Instant::now() + w.timeout;
             let mut sends = JoinSet::new();
             for (s, writer) in writers.iter_mut().take(w.senders).enumerate() {
-                let writer = writer.take().ok_or("a sender has no connection")?;
-                let nick = Nick::new(&format!("m{s}")).map_err(|e| e.to_string())?;
+                let writer = writer.take().ok_or(BenchError::Internal("a sender has no connection"))?;
+                let nick = Nick::new(&format!("m{s}"))
+                    .map_err(|source| BenchError::Encode { what: format!("nickname m{s}"), source })?;
                 let sender = Sender { identity: identities[s].clone(), index: s, room: w.room_of(s), nick };
                 sends.spawn(send(writer, check.clone(), sender, w.rate, start));
             }
@@ -426,13 +433,13 @@ pub fn x25519_rate(for_time: Duration) -> f64 {
 }
 
 /// Handshake + join + leave, `concurrency` at a time, for `duration`: joins per second.
-async fn connect_rate(target: &ChatTarget, w: &Workload) -> Result<Outcome, String> {
+async fn connect_rate(target: &ChatTarget, w: &Workload) -> Result<Outcome, BenchError> {
     let x25519 = tokio::task::spawn_blocking(|| x25519_rate(Duration::from_millis(500)))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(BenchError::task("X25519 rate"))?;
     let rooms = Arc::new(room_keys(target, room_names(w)?).await?);
     let owner = Identity::generate();
-    let room0 = rooms.first().ok_or("no room")?;
+    let room0 = rooms.first().ok_or(BenchError::Internal("no room"))?;
     // The owner creates the room and stays, so every later join is to an existing room.
     let holder = join_member(target, &owner, room0, "owner", true).await?;
     let watch_server = ServerWatch::start(target.pid);
@@ -440,7 +447,7 @@ async fn connect_rate(target: &ChatTarget, w: &Workload) -> Result<Outcome, Stri
     let rate = connect_loops(w, move |k, j| {
         let (target, rooms) = (target.clone(), rooms.clone());
         async move {
-            let room = rooms.first().ok_or("no room")?;
+            let room = rooms.first().ok_or(BenchError::Internal("no room"))?;
             let mut joined =
                 join_member(&target, &Identity::generate(), room, &format!("c{k}x{j}"), false).await?;
             joined.writer.shutdown().await;

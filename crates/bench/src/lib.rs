@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod chat;
+pub mod error;
 pub mod plain;
 pub mod procfs;
 pub mod report;

@@ -8,6 +8,8 @@ mod chat;
 mod cli;
 mod commands;
 mod config;
+mod event_text;
+mod flow;
 mod passphrase;
 mod plain;
 mod prompt;

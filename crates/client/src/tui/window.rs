@@ -14,7 +14,8 @@ use chatroom_session::session::{
 };
 use tokio::sync::mpsc;
 
-use super::app::{Action, App, NoticeKind};
+use super::app::{Action, App};
+use super::entry::NoticeKind;
 
 /// Most windows (Alt+1 to Alt+9 reach them).
 pub(crate) const MAX_WINDOWS: usize = 9;
@@ -129,7 +130,7 @@ impl Link {
             }
             Action::Invite => match &self.handle {
                 Some(h) => {
-                    let url = crate::chat::invite_url(h.relay_fingerprint(), config, keys);
+                    let url = crate::flow::invite_url(h.relay_fingerprint(), config, keys);
                     let text = format!("invite: {url} (it holds no password: give that separately)");
                     app.notice(NoticeKind::Info, &text);
                 }
