@@ -311,15 +311,48 @@ pub async fn run(target: &ChatTarget, w: &Workload) -> Result<Outcome, BenchErro
         Mode::Connect => return connect_rate(target, w).await,
         Mode::Deliver | Mode::Idle => {}
     }
+    let (check, identities) = prepare(target, w).await?;
+    let mut watch_server = ServerWatch::start(target.pid);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let join_start = Instant::now();
+    let (mut writers, receivers) = join_all(target, w, &check, &identities, &stop_rx).await?;
+    let join_secs = join_start.elapsed().as_secs_f64();
+    let mut outcome = match w.mode {
+        Mode::Idle => {
+            // Let presence traffic settle before reading the relay's memory.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let mut o = Outcome { target: "chatroom".into(), workload: w.name.clone(), ..Outcome::default() };
+            if let (Some(before), Some(after)) = (watch_server.before(), watch_server.now()) {
+                o.kib_per_member =
+                    Some(after.rss_kib.saturating_sub(before.rss_kib) as f64 / w.members as f64);
+                o.peak_rss_kib = Some(after.peak_rss_kib);
+            }
+            let _ = stop_tx.send(true);
+            let mut receivers = receivers;
+            while receivers.join_next().await.is_some() {}
+            o
+        }
+        Mode::Deliver | Mode::Connect => {
+            let run = Delivery { check: &check, identities: &identities, stop: &stop_tx };
+            run.measure(w, &mut writers, receivers, &mut watch_server).await?
+        }
+    };
+    outcome.joined = w.members;
+    outcome.join_secs = join_secs;
+    drop(writers);
+    Ok(outcome)
+}
+
+/// The rooms' keys, the members' identities and what receivers check deliveries against.
+async fn prepare(target: &ChatTarget, w: &Workload) -> Result<(Arc<Check>, Vec<Arc<Identity>>), BenchError> {
     let rooms = room_keys(target, room_names(w)?).await?;
     let identities: Vec<Arc<Identity>> = (0..w.members).map(|_| Arc::new(Identity::generate())).collect();
     let senders: HashMap<[u8; 32], usize> =
         identities.iter().take(w.senders).enumerate().map(|(s, id)| (id.public().0, s)).collect();
     let counter_base =
         SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(1));
-    let shared = Arc::new(Shared::new());
     let check = Arc::new(Check {
-        shared: shared.clone(),
+        shared: Arc::new(Shared::new()),
         rooms,
         senders,
         sent: (0..w.senders).map(|_| (0..w.messages).map(|_| OnceLock::new()).collect()).collect(),
@@ -327,12 +360,19 @@ pub async fn run(target: &ChatTarget, w: &Workload) -> Result<Outcome, BenchErro
         bytes: w.bytes,
         messages: w.messages,
     });
-    let mut watch_server = ServerWatch::start(target.pid);
-    let (stop_tx, stop_rx) = watch::channel(false);
+    Ok((check, identities))
+}
 
-    // Join: the first member of each room creates it, then the rest join concurrently; each
-    // member's receiver starts as soon as it has joined, so presence traffic is drained.
-    let join_start = Instant::now();
+/// Joins every member: the first member of each room creates it, then the rest join
+/// concurrently; each member's receiver starts as soon as it has joined, so presence traffic
+/// is drained. Returns the members' writers and the receiver tasks.
+async fn join_all(
+    target: &ChatTarget,
+    w: &Workload,
+    check: &Arc<Check>,
+    identities: &[Arc<Identity>],
+    stop_rx: &watch::Receiver<bool>,
+) -> Result<(Vec<Option<ConnWriter>>, JoinSet<Tally>), BenchError> {
     let permits = Arc::new(Semaphore::new(w.concurrency));
     let mut joins = JoinSet::new();
     let mut writers: Vec<Option<ConnWriter>> = (0..w.members).map(|_| None).collect();
@@ -359,61 +399,60 @@ pub async fn run(target: &ChatTarget, w: &Workload) -> Result<Outcome, BenchErro
             receivers.spawn(receive(j.reader, check.clone(), w.room_of(i), stop_rx.clone()));
         }
     }
-    let join_secs = join_start.elapsed().as_secs_f64();
+    Ok((writers, receivers))
+}
 
-    let mut outcome = match w.mode {
-        Mode::Idle => {
-            // Let presence traffic settle before reading the relay's memory.
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let mut o = Outcome { target: "chatroom".into(), workload: w.name.clone(), ..Outcome::default() };
-            if let (Some(before), Some(after)) = (watch_server.before(), watch_server.now()) {
-                o.kib_per_member =
-                    Some(after.rss_kib.saturating_sub(before.rss_kib) as f64 / w.members as f64);
-                o.peak_rss_kib = Some(after.peak_rss_kib);
-            }
-            let _ = stop_tx.send(true);
-            while receivers.join_next().await.is_some() {}
-            o
+/// Deliver mode's measurement, once every member has joined.
+struct Delivery<'a> {
+    check: &'a Arc<Check>,
+    identities: &'a [Arc<Identity>],
+    stop: &'a watch::Sender<bool>,
+}
+
+impl Delivery<'_> {
+    /// Sends from every sender, waits for the deliveries and acks (bounded by the workload's
+    /// timeout and settle time), and tallies what arrived.
+    async fn measure(
+        &self,
+        w: &Workload,
+        writers: &mut [Option<ConnWriter>],
+        receivers: JoinSet<Tally>,
+        watch_server: &mut ServerWatch,
+    ) -> Result<Outcome, BenchError> {
+        let shared = &self.check.shared;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        watch_server.restart();
+        let shared_start = shared.now_ns();
+        let start = tokio::time::Instant::now();
+        let deadline = Instant::now() + w.timeout;
+        let mut sends = JoinSet::new();
+        for (s, writer) in writers.iter_mut().take(w.senders).enumerate() {
+            let writer = writer.take().ok_or(BenchError::Internal("a sender has no connection"))?;
+            let nick = Nick::new(&format!("m{s}"))
+                .map_err(|source| BenchError::Encode { what: format!("nickname m{s}"), source })?;
+            let sender = Sender { identity: self.identities[s].clone(), index: s, room: w.room_of(s), nick };
+            sends.spawn(send(writer, self.check.clone(), sender, w.rate, start));
         }
-        Mode::Deliver | Mode::Connect => {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            watch_server.restart();
-            let shared_start = shared.now_ns();
-            let start = tokio::time::Instant::now();
-            let deadline = Instant::now() + w.timeout;
-            let mut sends = JoinSet::new();
-            for (s, writer) in writers.iter_mut().take(w.senders).enumerate() {
-                let writer = writer.take().ok_or(BenchError::Internal("a sender has no connection"))?;
-                let nick = Nick::new(&format!("m{s}"))
-                    .map_err(|source| BenchError::Encode { what: format!("nickname m{s}"), source })?;
-                let sender = Sender { identity: identities[s].clone(), index: s, room: w.room_of(s), nick };
-                sends.spawn(send(writer, check.clone(), sender, w.rate, start));
-            }
-            let Sends { sent, last_write, errors, kept } = gather_sends(sends, shared_start).await;
-            wait_for_deliveries(&shared, w.expected_deliveries(), w.settle, deadline).await;
-            // Acks may trail the last delivery: wait for them the same way.
-            let acks_deadline = Instant::now() + w.settle;
-            while shared.acked.load(Ordering::Relaxed) < sent && Instant::now() < acks_deadline {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            let _ = stop_tx.send(true);
-            let mut tally = gather_tallies(receivers).await?;
-            tally.errors.extend(errors);
-            tally.errors.extend(open_sealed(&check));
-            // Times relative to the start of sending.
-            tally.last_ns = tally.last_ns.saturating_sub(shared_start);
-            let send_secs = last_write.saturating_sub(shared_start) as f64 / 1e9;
-            let mut o = Outcome::from_tally("chatroom", w, tally, sent, send_secs);
-            let units = o.delivered;
-            watch_server.finish(&mut o, units);
-            drop(kept);
-            o
+        let Sends { sent, last_write, errors, kept } = gather_sends(sends, shared_start).await;
+        wait_for_deliveries(shared, w.expected_deliveries(), w.settle, deadline).await;
+        // Acks may trail the last delivery: wait for them the same way.
+        let acks_deadline = Instant::now() + w.settle;
+        while shared.acked.load(Ordering::Relaxed) < sent && Instant::now() < acks_deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-    };
-    outcome.joined = w.members;
-    outcome.join_secs = join_secs;
-    drop(writers);
-    Ok(outcome)
+        let _ = self.stop.send(true);
+        let mut tally = gather_tallies(receivers).await?;
+        tally.errors.extend(errors);
+        tally.errors.extend(open_sealed(self.check));
+        // Times relative to the start of sending.
+        tally.last_ns = tally.last_ns.saturating_sub(shared_start);
+        let send_secs = last_write.saturating_sub(shared_start) as f64 / 1e9;
+        let mut o = Outcome::from_tally("chatroom", w, tally, sent, send_secs);
+        let units = o.delivered;
+        watch_server.finish(&mut o, units);
+        drop(kept);
+        Ok(o)
+    }
 }
 
 /// X25519 operations per second on one core of this machine.

@@ -278,6 +278,45 @@ async fn await_probes(write: &mut OwnedWriteHalf, ctx: &Ctx, others: usize) -> R
     Ok(())
 }
 
+/// Connects (and for IRC registers and joins) every member, starting each one's receiver as
+/// soon as it is in; on a raw server, until every member saw a probe line. Returns the
+/// members' writers and the receiver tasks.
+async fn join_all(
+    target: &PlainTarget,
+    w: &Workload,
+    ctx: &Arc<Ctx>,
+    stop_rx: &watch::Receiver<bool>,
+) -> Result<(Vec<Option<OwnedWriteHalf>>, JoinSet<Tally>), BenchError> {
+    // ncat --broker loses track of some connections accepted in a burst (they are never sent
+    // anything), so raw members connect one at a time.
+    // ngIRCd listens with a short accept backlog: beyond 16 registrations at once some
+    // connections wait out SYN retransmissions for many seconds.
+    let concurrency = if target.kind == Kind::Raw { 1 } else { w.concurrency.min(IRC_CONCURRENCY) };
+    let permits = Arc::new(Semaphore::new(concurrency));
+    let mut joins = JoinSet::new();
+    for i in 0..w.members {
+        let (target, permits) = (target.clone(), permits.clone());
+        let room = w.room_of(i);
+        joins.spawn(async move {
+            let _permit =
+                permits.acquire_owned().await.map_err(|_| BenchError::Internal("join permits closed"))?;
+            join_member(&target, i, room).await.map(|j| (i, j))
+        });
+    }
+    let mut writers: Vec<Option<OwnedWriteHalf>> = (0..w.members).map(|_| None).collect();
+    let mut receivers = JoinSet::new();
+    while let Some(joined) = joins.join_next().await {
+        let (i, (lines, write)) = joined.map_err(BenchError::task("join"))??;
+        writers[i] = Some(write);
+        receivers.spawn(receive(lines, ctx.clone(), stop_rx.clone()));
+    }
+    if target.kind == Kind::Raw {
+        let first = writers.first_mut().and_then(Option::as_mut).ok_or(BenchError::Internal("no member"))?;
+        await_probes(first, ctx, w.members - 1).await?;
+    }
+    Ok((writers, receivers))
+}
+
 /// Runs one workload against a plaintext server.
 pub async fn run(target: &PlainTarget, w: &Workload) -> Result<Outcome, BenchError> {
     w.validate()?;
@@ -304,33 +343,7 @@ pub async fn run(target: &PlainTarget, w: &Workload) -> Result<Outcome, BenchErr
     let mut watch_server = ServerWatch::start(target.pid);
     let (stop_tx, stop_rx) = watch::channel(false);
     let join_start = Instant::now();
-    // ncat --broker loses track of some connections accepted in a burst (they are never sent
-    // anything), so raw members connect one at a time.
-    // ngIRCd listens with a short accept backlog: beyond 16 registrations at once some
-    // connections wait out SYN retransmissions for many seconds.
-    let concurrency = if target.kind == Kind::Raw { 1 } else { w.concurrency.min(IRC_CONCURRENCY) };
-    let permits = Arc::new(Semaphore::new(concurrency));
-    let mut joins = JoinSet::new();
-    for i in 0..w.members {
-        let (target, permits) = (target.clone(), permits.clone());
-        let room = w.room_of(i);
-        joins.spawn(async move {
-            let _permit =
-                permits.acquire_owned().await.map_err(|_| BenchError::Internal("join permits closed"))?;
-            join_member(&target, i, room).await.map(|j| (i, j))
-        });
-    }
-    let mut writers: Vec<Option<OwnedWriteHalf>> = (0..w.members).map(|_| None).collect();
-    let mut receivers = JoinSet::new();
-    while let Some(joined) = joins.join_next().await {
-        let (i, (lines, write)) = joined.map_err(BenchError::task("join"))??;
-        writers[i] = Some(write);
-        receivers.spawn(receive(lines, ctx.clone(), stop_rx.clone()));
-    }
-    if target.kind == Kind::Raw {
-        let first = writers.first_mut().and_then(Option::as_mut).ok_or(BenchError::Internal("no member"))?;
-        await_probes(first, &ctx, w.members - 1).await?;
-    }
+    let (mut writers, mut receivers) = join_all(target, w, &ctx, &stop_rx).await?;
     let join_secs = join_start.elapsed().as_secs_f64();
 
     let mut outcome = if w.mode == Mode::Idle {
