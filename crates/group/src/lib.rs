@@ -6,6 +6,8 @@
 #![deny(missing_docs)]
 
 mod client;
+#[cfg(test)]
+mod deletion_tests;
 mod error;
 mod group_info;
 mod ids;
