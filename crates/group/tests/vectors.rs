@@ -50,7 +50,7 @@ fn computed() -> Result<Vec<(&'static str, String)>, Box<dyn Error>> {
         ("v2.room_code", quoted(keys.room_code().as_str())),
         ("v2.room_psk", hex::encode(keys.room_psk.as_bytes())),
         ("v2.group_info_key", hex::encode(keys.group_info_key.as_bytes())),
-        ("v2.psk_id", hex::encode(room_ref.psk_id().to_vec())),
+        ("v2.psk_id", hex::encode(&*room_ref.psk_id())),
         ("v2.group_id", hex::encode(room_ref.group_id())),
         ("v2.epoch_code", quoted(epoch_code(1, &[0xab; 32]).as_str())),
         ("v2.sealed_group_info", hex::encode(sealed)),
@@ -65,7 +65,9 @@ fn draft_vectors_match_the_code() -> TestResult {
     for (key, value) in &computed {
         match doc.get(*key) {
             Some(documented) if documented == value => {}
-            other => panic!("vector {key}: documented {other:?}, computed {value}\n\ncomputed block:\n{block}"),
+            other => {
+                panic!("vector {key}: documented {other:?}, computed {value}\n\ncomputed block:\n{block}")
+            }
         }
     }
     assert_eq!(doc.len(), computed.len(), "the draft documents vectors the test does not check");
