@@ -27,6 +27,9 @@ pub enum GroupError {
     /// The envelope's kind byte does not match the MLS content type.
     #[error("the message's kind does not match its MLS content")]
     KindMismatch,
+    /// A log entry's MLSMessage is larger than `MAX_MLS_LEN`; refused before parsing.
+    #[error("an MLS message of {0} bytes is larger than the 16384-byte limit")]
+    TooLarge(usize),
     /// No leaf of the group holds this identity.
     #[error("that identity is not a member of the group")]
     NotAMember,

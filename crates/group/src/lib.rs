@@ -23,4 +23,4 @@ pub use group_info::{
     OpenedGroupInfo, MAX_SEALED_GROUP_INFO, SEALED_GROUP_INFO_VERSION, SEALED_HEADER_LEN,
 };
 pub use ids::{RoomRef, CIPHER_SUITE};
-pub use room::{CommitSummary, Event, Kind, LogEntry, Room};
+pub use room::{CommitSummary, Event, Kind, LogEntry, Room, MAX_MLS_LEN};

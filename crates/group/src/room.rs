@@ -14,6 +14,10 @@ use crate::ids::{RoomRef, CIPHER_SUITE};
 use crate::rules::Expected;
 use crate::storage::BlobStorage;
 
+/// The largest MLSMessage `process` takes: 16 384 bytes, the draft's `MAX_MLS` (section 4.1),
+/// checked before parsing. Commits measured at 500 members are under 2 KB.
+pub const MAX_MLS_LEN: usize = 16_384;
+
 /// The envelope's clear `kind` byte (draft section 4.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -229,6 +233,9 @@ impl Room {
     /// Processes the next entry of the log, in sequence order. An error means the entry was
     /// refused and the group state is unchanged.
     pub fn process(&mut self, entry: LogEntry<'_>) -> Result<Event, GroupError> {
+        if entry.mls.len() > MAX_MLS_LEN {
+            return Err(GroupError::TooLarge(entry.mls.len()));
+        }
         let message = MlsMessage::from_bytes(entry.mls)?;
         let Some(epoch) = message.epoch() else {
             return Ok(Event::Skipped);

@@ -63,6 +63,9 @@ impl Room {
         let storage = BlobStorage::with_state(Zeroizing::new(mls.to_vec()));
         let (client, handles) = client::build(identity, &room, psk, storage);
         let group = client.load_group(&room.group_id())?;
+        if group.group_id() != room.group_id().as_slice() {
+            return Err(GroupError::State("it belongs to another room or relay"));
+        }
         // The copy in storage is only for loading; the blob is the caller's.
         drop(handles.storage.take());
         Ok(Room { room, me: identity.public(), group, handles, phase })

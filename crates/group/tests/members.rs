@@ -395,3 +395,41 @@ fn envelope_that_lies_about_kind_or_sender_is_refused_without_state_change() -> 
     assert_converged(&mut members);
     Ok(())
 }
+
+#[test]
+fn hostile_log_entries_are_refused_and_lose_nothing() -> TestResult {
+    let (mut relay, keys) = (Relay::default(), password(1));
+    let mut members = room_of(2, &mut relay, &keys)?;
+    let bob = members[1].id.public();
+    let too_large = vec![0u8; chatroom_group::MAX_MLS_LEN + 1];
+    let at_limit_garbage = vec![0xffu8; chatroom_group::MAX_MLS_LEN];
+    for (mls, kind) in
+        [(&too_large, Kind::Application), (&at_limit_garbage, Kind::Commit), (&vec![], Kind::Commit)]
+    {
+        let refused = members[0].room().process(LogEntry { sender: bob, kind, mls });
+        assert!(refused.is_err(), "{refused:?}");
+    }
+    assert!(matches!(
+        members[0].room().process(LogEntry { sender: bob, kind: Kind::Application, mls: &too_large }),
+        Err(GroupError::TooLarge(16_385))
+    ));
+    members[1].say(&mut relay, "still readable")?;
+    assert_eq!(Member::messages(&members[0].catch_up(&relay)), vec!["still readable".to_string()]);
+    Ok(())
+}
+
+#[test]
+fn saved_state_of_another_room_is_refused() -> TestResult {
+    let (mut relay, keys) = (Relay::default(), password(1));
+    let mut members = room_of(1, &mut relay, &keys)?;
+    let blob = members[0].room().export_state()?;
+    let other = RoomRef { room: RoomName::new("other")?, ..room_ref() };
+    let refused = Room::load_state(&members[0].id, other, &keys.room_psk, &blob);
+    assert!(matches!(refused, Err(GroupError::State(_))), "{refused:?}");
+    assert!(matches!(
+        Room::load_state(&members[0].id, room_ref(), &keys.room_psk, &blob[..10]),
+        Err(GroupError::State(_))
+    ));
+    assert!(Room::load_state(&members[0].id, room_ref(), &keys.room_psk, &blob).is_ok());
+    Ok(())
+}
