@@ -62,6 +62,9 @@ pub(crate) fn build(
     let rules = RoomRules { psk_id: room.psk_id(), expected: expected.clone() };
     let client = Client::builder()
         .identity_provider(BasicIdentityProvider)
+        // Every leaf declares the room extension, which MLS requires before a group context
+        // may carry it.
+        .extension_type(crate::settings::ROOM_EXTENSION)
         .crypto_provider(RustCryptoProvider::with_enabled_cipher_suites(vec![CIPHER_SUITE]))
         .mls_rules(rules)
         .psk_store(psks)

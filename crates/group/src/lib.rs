@@ -13,6 +13,7 @@ mod group_info;
 mod ids;
 mod room;
 mod rules;
+mod settings;
 mod state;
 mod storage;
 mod wire;
@@ -24,3 +25,4 @@ pub use group_info::{
 };
 pub use ids::{RoomRef, CIPHER_SUITE};
 pub use room::{CommitSummary, Event, Kind, LogEntry, Room, MAX_MLS_LEN};
+pub use settings::{RoomSettings, ROOM_EXTENSION};

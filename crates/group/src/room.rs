@@ -12,6 +12,7 @@ use crate::error::GroupError;
 use crate::group_info;
 use crate::ids::{RoomRef, CIPHER_SUITE};
 use crate::rules::Expected;
+use crate::settings::RoomSettings;
 use crate::storage::BlobStorage;
 
 /// The largest MLSMessage `process` takes: 16 384 bytes, the draft's `MAX_MLS` (section 4.1),
@@ -121,11 +122,12 @@ fn public_of(id: &mls_rs::identity::SigningIdentity) -> Result<PublicIdentity, G
 }
 
 impl Room {
-    /// The creator's group at epoch 0, with itself as the only member.
+    /// The creator's group at epoch 0, with itself as the only member and the owner; the
+    /// settings' other fields are the draft's defaults.
     pub fn create(identity: &Identity, room: RoomRef, psk: &RoomPsk) -> Result<Self, GroupError> {
         let (client, handles) = client::build(identity, &room, psk, BlobStorage::default());
-        let group =
-            client.create_group_with_id(room.group_id(), ExtensionList::new(), ExtensionList::new(), None)?;
+        let settings = RoomSettings::defaults(identity.public()).to_extensions();
+        let group = client.create_group_with_id(room.group_id(), settings, ExtensionList::new(), None)?;
         Ok(Self { room, me: identity.public(), group, handles, phase: Phase::Member })
     }
 
@@ -149,6 +151,10 @@ impl Room {
         }
         if message.cipher_suite() != Some(CIPHER_SUITE) {
             return Err(GroupError::WrongGroup("not ciphersuite 0x0003"));
+        }
+        let info = message.as_group_info().ok_or(GroupError::WrongGroup("not a GroupInfo"))?;
+        if RoomSettings::from_extensions(&info.group_context().extensions).is_none() {
+            return Err(GroupError::WrongGroup("no room settings extension"));
         }
         let (client, handles) = client::build(identity, &room, psk, BlobStorage::default());
         let me = identity.public();
@@ -176,6 +182,11 @@ impl Room {
     pub fn epoch_code(&self) -> Result<RoomCode, GroupError> {
         let authenticator = self.group.epoch_authenticator()?;
         Ok(epoch_code(self.epoch(), authenticator.as_bytes()))
+    }
+
+    /// The room's settings, from the group context (the owner among them).
+    pub fn settings(&self) -> Option<RoomSettings> {
+        RoomSettings::from_extensions(&self.group.context().extensions)
     }
 
     /// The members' identities, in leaf order.

@@ -10,6 +10,8 @@ use mls_rs::mls_rules::{CommitDirection, CommitOptions, CommitSource, Encryption
 use mls_rs::psk::ExternalPskId;
 use mls_rs::MlsRules;
 
+use crate::settings::RoomSettings;
+
 /// What the log entry being processed says about itself (its envelope), so that the rules can
 /// refuse a commit whose envelope does not claim one, or whose signer is someone else.
 #[derive(Debug, Clone, Copy, Default)]
@@ -33,6 +35,8 @@ pub(crate) enum RuleError {
     EntryWithOtherProposals,
     #[error("a leaf whose credential is not its signature key")]
     CredentialMismatch,
+    #[error("a removal of another member, or a settings change, by someone other than the owner")]
+    NotOwner,
     #[error("a re-initialisation proposal, which rooms never use")]
     Forbidden,
     #[error("the rules' state lock was poisoned")]
@@ -87,6 +91,28 @@ impl RoomRules {
     }
 }
 
+/// A member's commit may remove another member, or change the room's settings, only if the
+/// committer is the owner named in the group context.
+fn owner_only(
+    committer: &mls_rs::group::Member,
+    roster: &Roster,
+    context: &GroupContext,
+    p: &ProposalBundle,
+) -> Result<(), RuleError> {
+    let key = committer.signing_identity.signature_key.as_bytes();
+    let is_owner = RoomSettings::from_extensions(&context.extensions).is_some_and(|s| s.owner.0 == key);
+    let removes_other = p.remove_proposals().iter().any(|r| {
+        roster
+            .member_with_index(r.proposal.to_remove())
+            .map_or(true, |m| m.signing_identity.signature_key.as_bytes() != key)
+    });
+    let changes_settings = !p.group_context_ext_proposals().is_empty();
+    if (removes_other || changes_settings) && !is_owner {
+        return Err(RuleError::NotOwner);
+    }
+    Ok(())
+}
+
 impl MlsRules for RoomRules {
     type Error = RuleError;
 
@@ -95,7 +121,7 @@ impl MlsRules for RoomRules {
         direction: CommitDirection,
         source: CommitSource,
         roster: &Roster,
-        _context: &GroupContext,
+        context: &GroupContext,
         proposals: ProposalBundle,
     ) -> Result<ProposalBundle, RuleError> {
         if direction == CommitDirection::Send {
@@ -115,8 +141,9 @@ impl MlsRules for RoomRules {
         if committer.signature_key.as_bytes() != expected.sender {
             return Err(RuleError::CommitterMismatch);
         }
-        if let CommitSource::NewMember(id) = &source {
-            self.check_entry(id, roster, &proposals)?;
+        match &source {
+            CommitSource::NewMember(id) => self.check_entry(id, roster, &proposals)?,
+            CommitSource::ExistingMember(m) => owner_only(m, roster, context, &proposals)?,
         }
         Ok(proposals)
     }

@@ -433,3 +433,30 @@ fn saved_state_of_another_room_is_refused() -> TestResult {
     assert!(Room::load_state(&members[0].id, room_ref(), &keys.room_psk, &blob).is_ok());
     Ok(())
 }
+
+#[test]
+fn only_the_owner_removes_others() -> TestResult {
+    let (mut relay, keys) = (Relay::default(), password(1));
+    let mut members = room_of(3, &mut relay, &keys)?;
+    assert_eq!(members[2].room().settings().map(|s| s.owner), Some(members[0].id.public()));
+    let before = codes(&mut members);
+    // Bob (not the owner) removes carol: every member refuses it, nothing changes.
+    let carol = members[2].id.public();
+    let kick = members[1].room().remove(&carol)?;
+    relay.append(&members[1], Kind::Commit, kick);
+    for m in [0, 2] {
+        let events = members[m].catch_up(&relay);
+        assert!(matches!(events.as_slice(), [Err(GroupError::Mls(_))]), "{events:?}");
+    }
+    members[1].cursor = relay.log.len();
+    assert_eq!(codes(&mut members)[0], before[0]);
+    assert_eq!(codes(&mut members)[2], before[2]);
+    // The owner's removal of carol is accepted by all (bob's pending commit is dropped).
+    let kick = members[0].room().remove(&carol)?;
+    relay.append(&members[0], Kind::Commit, kick);
+    for m in &mut members[..2] {
+        assert_eq!(commit_of(&m.catch_up(&relay)).removed, vec![carol]);
+    }
+    assert_eq!(members[2].catch_up(&relay).pop().unwrap()?, Event::Removed);
+    Ok(())
+}
