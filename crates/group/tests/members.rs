@@ -460,3 +460,23 @@ fn only_the_owner_removes_others() -> TestResult {
     assert_eq!(members[2].catch_up(&relay).pop().unwrap()?, Event::Removed);
     Ok(())
 }
+
+#[test]
+fn an_entry_in_flight_survives_a_restart() -> TestResult {
+    let (mut relay, keys) = (Relay::default(), password(1));
+    let mut members = room_of(2, &mut relay, &keys)?;
+    let mut carol = Member::new(3);
+    carol.start_entry(&mut relay, &keys)?;
+    // Carol's client stops before the log confirms her entry, and restarts from its blob.
+    let blob = carol.room().export_state()?;
+    assert!(!carol.room().is_member());
+    carol.room = Some(Room::load_state(&carol.id, room_ref(), &keys.room_psk, &blob)?);
+    assert!(matches!(carol.room().seal_message(b"too early"), Err(GroupError::NotEntered)));
+    assert_eq!(carol.catch_up(&relay).pop().unwrap()?, Event::Entered);
+    members.iter_mut().for_each(|m| drop(m.catch_up(&relay)));
+    members.push(carol);
+    assert_converged(&mut members);
+    members[2].say(&mut relay, "in")?;
+    assert_eq!(Member::messages(&members[0].catch_up(&relay)), vec!["in".to_string()]);
+    Ok(())
+}
