@@ -222,7 +222,7 @@ async fn a_relay_with_another_key_is_refused_before_joining() -> TestResult {
 }
 
 #[tokio::test]
-async fn a_refused_join_is_returned_from_start_with_advice() -> TestResult {
+async fn a_refused_join_is_returned_from_start_typed_without_advice() -> TestResult {
     let relay = FakeRelay::new().await?;
     let cfg = config(&relay, RelayPin::default());
     let server = tokio::spawn(async move {
@@ -238,6 +238,8 @@ async fn a_refused_join_is_returned_from_start_with_advice() -> TestResult {
     let err = timeout(LIMIT, start(cfg)).await?.err().ok_or("start should fail")?;
     assert_eq!(err.refusal(), Some(ErrorCode::WrongPassword));
     assert!(!err.is_retryable());
+    // What happened only: what to do is the front end's to say (the binary's advice.rs).
+    assert_eq!(err.to_string(), "the relay refused the room password");
     server.await??;
     Ok(())
 }
