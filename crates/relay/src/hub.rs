@@ -5,8 +5,8 @@
 //! processes sharing rooms through a distributed log such as NATS JetStream) is another
 //! implementation of the same trait, not a change to the connection code.
 //!
-//! Only a `VerifiedJoin` (which only `SignedJoin::admit` and `SignedJoin::create_room` produce)
-//! can register a member, and only a registered member's handle can publish: a code path that
+//! Only a `VerifiedJoin` (which only `SignedJoin::admit`, the password check, produces) can
+//! register a member, and only a registered member's handle can publish: a code path that
 //! relays anything before the join checks passed does not compile.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -641,12 +641,17 @@ impl LocalRooms {
             ));
         }
         let nick = join.request().nick.canonical();
-        let (verified, verifier) = join.create_room();
-        let owner = *verified.identity();
+        let verifier = join.new_room_verifier();
+        let owner = join.request().identity;
+        // Fails if the room exists: storage reports that this join inserted it.
         self.store
             .create_room(name.as_str(), verifier.0, owner.0, &nick)
             .await
             .map_err(|e| Refusal::internal(&e))?;
+        // The founder, like anyone, is admitted by the stored verifier.
+        let verified = join
+            .admit(&verifier)
+            .map_err(|_| Refusal::new(ErrorCode::Internal, "the new room refused its founder; try again"))?;
         let state = RoomState {
             verifier,
             owner,
