@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::handler::Shared;
-use crate::hub::LocalRooms;
+use crate::rooms::RoomService;
 use crate::store::StoreHandle;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -216,9 +216,10 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for CountWrites<W> {
 }
 
 /// Reads the relay's state into the gauges.
-async fn refresh(hub: &LocalRooms, store: &StoreHandle) {
+async fn refresh<R: RoomService>(hub: &R, store: &StoreHandle) {
     let m = &*METRICS;
-    let (joined, loaded, queued) = hub.census();
+    let census = hub.census();
+    let (joined, loaded, queued) = (census.members, census.rooms, census.queued_bytes);
     let open = m.open.load(Ordering::Relaxed).max(0);
     m.connections.get_or_create(&StateLabel { state: "joined" }).set(joined as i64);
     m.connections.get_or_create(&StateLabel { state: "handshaking" }).set((open - joined as i64).max(0));
@@ -245,7 +246,7 @@ async fn refresh(hub: &LocalRooms, store: &StoreHandle) {
 }
 
 /// The metrics in the OpenMetrics text format.
-pub(crate) async fn render(hub: &LocalRooms, store: &StoreHandle) -> String {
+pub(crate) async fn render<R: RoomService>(hub: &R, store: &StoreHandle) -> String {
     refresh(hub, store).await;
     let mut out = String::new();
     if prometheus_client::encoding::text::encode(&mut out, &METRICS.registry).is_err() {
@@ -255,7 +256,7 @@ pub(crate) async fn render(hub: &LocalRooms, store: &StoreHandle) -> String {
 }
 
 /// One line of totals for the log.
-pub(crate) async fn log_stats(hub: &LocalRooms, store: &StoreHandle) {
+pub(crate) async fn log_stats<R: RoomService>(hub: &R, store: &StoreHandle) {
     refresh(hub, store).await;
     let m = &*METRICS;
     let state = |s| m.connections.get_or_create(&StateLabel { state: s }).get();
@@ -280,7 +281,7 @@ const MAX_REQUEST_HEAD: u64 = 8 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves `GET /metrics` (HTTP/1.x, one request per connection) until dropped.
-pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared<LocalRooms>>, store: StoreHandle) {
+pub(crate) async fn serve<R: RoomService>(listener: TcpListener, shared: Arc<Shared<R>>, store: StoreHandle) {
     let scrapes = Arc::new(tokio::sync::Semaphore::new(4));
     loop {
         let Ok(permit) = scrapes.clone().acquire_owned().await else { return };
@@ -296,9 +297,9 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared<LocalRooms>>
     }
 }
 
-async fn scrape<S: AsyncRead + AsyncWrite + Unpin>(
+async fn scrape<S: AsyncRead + AsyncWrite + Unpin, R: RoomService>(
     mut stream: S,
-    hub: &LocalRooms,
+    hub: &R,
     store: &StoreHandle,
 ) -> std::io::Result<()> {
     let mut head = Vec::new();

@@ -130,6 +130,9 @@ struct State {
     reason: Option<ErrorCode>,
     /// Items queued when the writer last took a batch.
     backlog: usize,
+    /// A joining member's queue: nothing is written before `start` (or a goodbye), so live
+    /// items pushed between the member's registration and `start` wait behind its join.
+    held: bool,
 }
 
 /// One connection's outbound queue.
@@ -173,6 +176,14 @@ impl Outbox {
             abort: Notify::new(),
             space: Notify::new(),
         }
+    }
+
+    /// A queue like `new`'s for a connection that is still joining: what is pushed waits
+    /// until `start` puts the join's items and replay ahead of it.
+    pub(crate) fn held(limit: usize, stall: Duration) -> Self {
+        let outbox = Self::new(limit, stall);
+        outbox.lock().held = true;
+        outbox
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -226,18 +237,20 @@ impl Outbox {
     }
 
     /// Starts a member's join: `first` (the `Joined` and `Members` items, which count
-    /// against the limit like any other) is queued, and `replay` goes out right after it,
-    /// before anything queued later. Nothing may be queued before this.
+    /// against the limit like any other) goes out first, then `replay`, then whatever was
+    /// queued before this call (live items pushed since the member registered) or after it.
     pub(crate) fn start(&self, first: Vec<Bytes>, replay: Box<dyn Replay>) -> Result<(), PushError> {
         let mut state = self.lock();
         if state.closed {
             return Err(PushError::Closed);
         }
-        for item in first {
-            state.push(item);
+        state.ahead = first.len();
+        for item in first.into_iter().rev() {
+            state.bytes += item.len();
+            state.queue.push_front(item);
         }
-        state.ahead = state.queue.len();
         state.replay = Some(replay);
+        state.held = false;
         drop(state);
         self.wake.notify_one();
         Ok(())
@@ -353,6 +366,9 @@ impl Outbox {
         let mut state = self.lock();
         if let Some(goodbye) = state.abort.take() {
             return Next::Abort(goodbye);
+        }
+        if state.held && !state.finishing {
+            return Next::Wait;
         }
         if state.ahead == 0 {
             if let Some(replay) = state.replay.take() {
@@ -976,6 +992,28 @@ mod tests {
             3,
             "pulled in pieces as the socket drained"
         );
+    }
+
+    #[tokio::test]
+    async fn a_joining_members_live_items_wait_behind_its_join_and_replay() {
+        let outbox = Arc::new(Outbox::held(MIN_QUEUE_BYTES, STALL));
+        // Delivered live between the member's registration and the start of its join.
+        outbox.push(deliveries(3..=3, 300).remove(0)).unwrap();
+        assert!(matches!(outbox.next(), Next::Wait), "a held queue writes nothing");
+        let replay = Counting { next: 1, total: 2, per_pull: 10, pulls: Arc::default() };
+        outbox.start(vec![encode(&RelayMessage::Ping { token: 1 })], Box::new(replay)).unwrap();
+        outbox.finish();
+        let messages: Vec<RelayMessage> = written(outbox).await.into_iter().flatten().collect();
+        assert_eq!(messages.first(), Some(&RelayMessage::Ping { token: 1 }));
+        let order: Vec<u64> = messages
+            .iter()
+            .filter_map(|m| match m {
+                RelayMessage::Deliver { seq, .. } => Some(*seq),
+                RelayMessage::HistoryEnd { .. } => Some(0),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(order, [1, 2, 0, 3]);
     }
 
     #[tokio::test(start_paused = true)]
