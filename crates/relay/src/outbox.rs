@@ -416,6 +416,42 @@ impl Outbox {
     }
 }
 
+#[cfg(any(test, feature = "conformance"))]
+impl Outbox {
+    /// Everything a writer would send now, as if the socket took it all: queued items,
+    /// replays pulled to their end, and a goodbye. For tests of what a member is sent.
+    pub(crate) fn drain(&self) -> Vec<Bytes> {
+        let mut items = Vec::new();
+        loop {
+            match self.next() {
+                Next::Abort(goodbye) => {
+                    items.push(goodbye);
+                    return items;
+                }
+                Next::Wait | Next::Done => return items,
+                Next::Write(batches, replay) => {
+                    items.extend(batches.into_iter().flatten());
+                    if let Some(replay) = replay {
+                        drain_replay(replay, &mut items);
+                    }
+                }
+                Next::Replay(replay) => drain_replay(replay, &mut items),
+            }
+        }
+    }
+}
+
+#[cfg(any(test, feature = "conformance"))]
+fn drain_replay(mut replay: Box<dyn Replay>, items: &mut Vec<Bytes>) {
+    loop {
+        match replay.pull(usize::MAX) {
+            Pulled::More(more) => items.extend(more),
+            Pulled::Done(last) => return items.extend(last),
+            Pulled::Lost => return,
+        }
+    }
+}
+
 impl State {
     /// Whether an item of `len` bytes may be queued: it fits under `limit`, or the queue is
     /// empty (an item is never larger than one transport message, the smallest limit).

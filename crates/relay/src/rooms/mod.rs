@@ -5,7 +5,8 @@
 //! one relay process over SQLite; a clustered relay (rooms shared through a distributed log)
 //! is another implementation, plugged in with `Relay::with_rooms`, not a change to the
 //! connection code. The protocol's room rules are written once, as the pure state machine
-//! `rules::RoomRules`, which every backend drives.
+//! `rules::RoomRules`, which every backend drives; `conformance` (feature `conformance`) is
+//! the test suite every backend must pass.
 //!
 //! # What a backend guarantees
 //!
@@ -29,6 +30,8 @@ use bytes::Bytes;
 use chatroom_crypto::{EnvelopeHeader, ErrorCode, Member, Nick, RoomName, SignedJoin};
 use tracing::error;
 
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 mod ids;
 mod local;
 pub mod rules;

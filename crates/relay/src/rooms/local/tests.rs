@@ -111,3 +111,14 @@ async fn loading_one_room_never_waits_for_another() {
     assert!(hub.loading.lock().unwrap().is_empty(), "no lock is kept once nobody uses it");
     store.close().await;
 }
+
+#[tokio::test]
+async fn local_rooms_pass_the_conformance_suite() {
+    crate::rooms::conformance::run(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db"), Synchronous::Normal).unwrap();
+        let rooms = LocalRooms::new(store.handle(), test_limits(), 0);
+        (rooms, (store, dir))
+    })
+    .await;
+}
