@@ -206,6 +206,11 @@ impl Conn {
         Self::handshake(tokio::time::timeout(STEP, socket.connect(addr)).await??).await
     }
 
+    /// Runs the handshake over a connection opened earlier.
+    pub async fn over(stream: TcpStream) -> Res<Self> {
+        Self::handshake(stream).await
+    }
+
     async fn handshake(stream: TcpStream) -> Res<Self> {
         stream.set_nodelay(true)?;
         let (mut rd, mut wr) = stream.into_split();
