@@ -175,6 +175,15 @@ enum Flow {
     Stop,
 }
 
+/// One item of a transport message, decoded.
+enum Decoded {
+    Request(ClientMessage),
+    /// A malformed `Send`, already answered with a `SendError`.
+    Answered,
+    /// Malformed beyond answering: the connection ends.
+    Stop,
+}
+
 /// A joined connection's request state, kept between its transport messages.
 struct Session {
     /// Answers owed, oldest first; grows to at most MAX_SENDS_IN_FLIGHT once the member
@@ -601,85 +610,111 @@ impl<H: RoomService> Handler<H> {
         identity: PublicIdentity,
         session: &mut Session,
     ) -> Flow {
-        let pending = &mut session.pending;
         if plaintext.is_empty() {
             outbox.finish_with(ErrorCode::Malformed, "empty message");
             return Flow::Stop;
         }
         for item in items(plaintext) {
-            let (ty, body) = match item {
-                Ok(item) => item,
-                Err(e) => {
-                    outbox.finish_with(ErrorCode::Malformed, &format!("malformed message: {e}"));
-                    return Flow::Stop;
-                }
+            let message = match self.decode(item, outbox, &mut session.pending).await {
+                Decoded::Request(message) => message,
+                Decoded::Answered => continue,
+                Decoded::Stop => return Flow::Stop,
             };
-            // Every answer to a `Send` names its counter; a body too short to hold one cannot
-            // be answered that way.
-            let counter = EnvelopeHeader::peek_counter(body);
-            if ty == SEND_ITEM && counter.is_none() {
-                let detail = format!("a Send of {} bytes is shorter than an envelope header", body.len());
-                outbox.finish_with(ErrorCode::Malformed, &detail);
+            if let Flow::Stop = self.request(message, outbox, member, identity, session).await {
                 return Flow::Stop;
             }
-            let message = match ClientMessage::decode(ty, body) {
-                Ok(message) => message,
-                Err(e) if ty == SEND_ITEM => {
-                    let code = if matches!(e, DecodeError::TooLong { .. }) {
-                        ErrorCode::EnvelopeTooLarge
-                    } else {
-                        ErrorCode::Malformed
-                    };
-                    let error =
-                        send_error(counter.unwrap_or_default(), code, format!("envelope refused: {e}"));
-                    pending.push_back(Box::pin(std::future::ready(error)));
-                    if !self.make_room(pending, outbox).await {
-                        return Flow::Stop;
-                    }
-                    continue;
-                }
-                Err(e) => {
-                    outbox.finish_with(ErrorCode::Malformed, &format!("malformed message: {e}"));
-                    return Flow::Stop;
-                }
-            };
-            // Anything but an unsolicited `Pong` shows the peer is there.
-            session.alive |= match &message {
-                ClientMessage::Pong { token } => session.ping == Some(*token),
-                _ => true,
-            };
-            if let ClientMessage::Send { envelope } = message {
-                pending.push_back(self.send(member, identity, &session.room, envelope));
-                if !self.make_room(pending, outbox).await {
-                    return Flow::Stop;
-                }
-                continue;
+        }
+        Flow::Continue
+    }
+
+    /// Decodes one item. A malformed `Send` that names a counter is answered with a
+    /// `SendError` in its turn; anything else malformed ends the connection.
+    async fn decode(
+        &self,
+        item: Result<(u8, &[u8]), DecodeError>,
+        outbox: &Outbox,
+        pending: &mut VecDeque<Answer>,
+    ) -> Decoded {
+        let (ty, body) = match item {
+            Ok(item) => item,
+            Err(e) => {
+                outbox.finish_with(ErrorCode::Malformed, &format!("malformed message: {e}"));
+                return Decoded::Stop;
             }
-            if !answer_all(pending, outbox).await {
+        };
+        // Every answer to a `Send` names its counter; a body too short to hold one cannot
+        // be answered that way.
+        let counter = EnvelopeHeader::peek_counter(body);
+        if ty == SEND_ITEM && counter.is_none() {
+            let detail = format!("a Send of {} bytes is shorter than an envelope header", body.len());
+            outbox.finish_with(ErrorCode::Malformed, &detail);
+            return Decoded::Stop;
+        }
+        match ClientMessage::decode(ty, body) {
+            Ok(message) => Decoded::Request(message),
+            Err(e) if ty == SEND_ITEM => {
+                let code = if matches!(e, DecodeError::TooLong { .. }) {
+                    ErrorCode::EnvelopeTooLarge
+                } else {
+                    ErrorCode::Malformed
+                };
+                let error = send_error(counter.unwrap_or_default(), code, format!("envelope refused: {e}"));
+                pending.push_back(Box::pin(std::future::ready(error)));
+                if self.make_room(pending, outbox).await {
+                    Decoded::Answered
+                } else {
+                    Decoded::Stop
+                }
+            }
+            Err(e) => {
+                outbox.finish_with(ErrorCode::Malformed, &format!("malformed message: {e}"));
+                Decoded::Stop
+            }
+        }
+    }
+
+    /// Carries out one decoded request.
+    async fn request(
+        &self,
+        message: ClientMessage,
+        outbox: &Arc<Outbox>,
+        member: &H::Membership,
+        identity: PublicIdentity,
+        session: &mut Session,
+    ) -> Flow {
+        // Anything but an unsolicited `Pong` shows the peer is there.
+        session.alive |= match &message {
+            ClientMessage::Pong { token } => session.ping == Some(*token),
+            _ => true,
+        };
+        let pending = &mut session.pending;
+        if let ClientMessage::Send { envelope } = message {
+            pending.push_back(self.send(member, identity, &session.room, envelope));
+            return if self.make_room(pending, outbox).await { Flow::Continue } else { Flow::Stop };
+        }
+        if !answer_all(pending, outbox).await {
+            return Flow::Stop;
+        }
+        let replies = match message {
+            ClientMessage::Send { .. } => Vec::new(),
+            ClientMessage::Who => self.who(member, &mut session.who).await,
+            ClientMessage::Kick { nick } => self.moderate(member, Moderation::Kick, nick).await,
+            ClientMessage::Ban { nick } => self.moderate(member, Moderation::Ban, nick).await,
+            ClientMessage::Unban { nick } => self.moderate(member, Moderation::Unban, nick).await,
+            ClientMessage::Ping { token } => vec![encode(&RelayMessage::Pong { token })],
+            ClientMessage::Pong { .. } => Vec::new(),
+            ClientMessage::Join(_) => {
+                outbox.finish_with(ErrorCode::UnexpectedMessage, "already joined: a connection joins once");
                 return Flow::Stop;
             }
-            let replies = match message {
-                ClientMessage::Send { .. } => Vec::new(),
-                ClientMessage::Who => self.who(member, &mut session.who).await,
-                ClientMessage::Kick { nick } => self.moderate(member, Moderation::Kick, nick).await,
-                ClientMessage::Ban { nick } => self.moderate(member, Moderation::Ban, nick).await,
-                ClientMessage::Unban { nick } => self.moderate(member, Moderation::Unban, nick).await,
-                ClientMessage::Ping { token } => vec![encode(&RelayMessage::Pong { token })],
-                ClientMessage::Pong { .. } => Vec::new(),
-                ClientMessage::Join(_) => {
-                    outbox
-                        .finish_with(ErrorCode::UnexpectedMessage, "already joined: a connection joins once");
-                    return Flow::Stop;
-                }
-                _ => {
-                    outbox.finish_with(ErrorCode::UnexpectedMessage, "message not understood");
-                    return Flow::Stop;
-                }
-            };
-            for item in replies {
-                if !reply(outbox, item).await {
-                    return Flow::Stop;
-                }
+            _ => {
+                outbox.finish_with(ErrorCode::UnexpectedMessage, "message not understood");
+                return Flow::Stop;
+            }
+        };
+        for item in replies {
+            if !reply(outbox, item).await {
+                return Flow::Stop;
             }
         }
         Flow::Continue
