@@ -15,10 +15,11 @@ use crate::abuse::{AbuseLimits, LocalLimits};
 use crate::config::Config;
 use crate::handler::{Handler, Shared};
 use crate::limits::{address_key, wide_key, AddressCount, AddressSlot, LogBudget, SendRate};
+use crate::metrics::Gauges;
 use crate::rooms::rules::RuleLimits;
 use crate::rooms::{ConnectionIds, HistoryLimit, LocalRooms, RoomAdmin, RoomLimits, RoomService};
 use crate::shutdown::Shutdown;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, StoreHandle};
 
 /// Connections beyond `max_connections` that are still served, only to be told
 /// `ServerFull` after their handshake; any further one is closed at once.
@@ -205,12 +206,17 @@ impl<R: RoomAdmin> Relay<R> {
 /// Starts the metrics endpoint (if given a listener) and the periodic statistics line.
 fn observe<R: RoomService>(
     shared: &Arc<Shared<R>>,
-    store: crate::store::StoreHandle,
+    store: StoreHandle,
     metrics: Option<TcpListener>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
     if let Some(listener) = metrics {
-        tasks.push(tokio::spawn(crate::metrics::serve(listener, shared.clone(), store.clone())));
+        let (shared, store) = (shared.clone(), store.clone());
+        let read = move || {
+            let (shared, store) = (shared.clone(), store.clone());
+            async move { gauges(&shared.hub, &store).await }
+        };
+        tasks.push(tokio::spawn(crate::metrics::serve(listener, read)));
     }
     let interval = shared.config.stats_interval;
     if !interval.is_zero() {
@@ -219,11 +225,34 @@ fn observe<R: RoomService>(
             let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
             loop {
                 tick.tick().await;
-                crate::metrics::log_stats(&shared.hub, &store).await;
+                crate::metrics::log_stats(&gauges(&shared.hub, &store).await);
             }
         }));
     }
     tasks
+}
+
+/// What the metrics' gauges show: the rooms' census, and what the database holds.
+async fn gauges<R: RoomService>(rooms: &R, store: &StoreHandle) -> Gauges {
+    let census = rooms.census();
+    let stored = store
+        .exec(|conn| {
+            conn.query_row(
+                "SELECT (SELECT count(*) FROM rooms), count(*), coalesce(sum(length(envelope)), 0) FROM history",
+                [],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)),
+            )
+        })
+        .await;
+    let stored = match stored {
+        Ok(Ok(stored)) => Some(stored),
+        Ok(Err(e)) => {
+            warn!(error = %e, "cannot count rooms and history for the metrics");
+            None
+        }
+        Err(_) => None,
+    };
+    Gauges { joined: census.members, rooms_loaded: census.rooms, queued_bytes: census.queued_bytes, stored }
 }
 
 /// Deletes rooms idle for `room_expiry`, checking a quarter of that often (at most hourly).
