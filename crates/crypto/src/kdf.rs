@@ -85,8 +85,19 @@ impl FromStr for KdfParams {
 /// the relay cannot choose it, and it differs per relay and per room, so no guess can be
 /// precomputed across rooms.
 pub fn room_salt(relay_key: &[u8; 32], room: &RoomName, params: KdfParams) -> [u8; 32] {
+    labelled_room_salt(b"chatroom/1 room salt", relay_key, room, params)
+}
+
+/// SHA-256 over `label | len(room) | room | relay_key | m | t | p`: the salt layout every
+/// protocol version shares, told apart by its label.
+pub(crate) fn labelled_room_salt(
+    label: &[u8],
+    relay_key: &[u8; 32],
+    room: &RoomName,
+    params: KdfParams,
+) -> [u8; 32] {
     let mut h = Sha256::new();
-    h.update(b"chatroom/1 room salt");
+    h.update(label);
     h.update([room.as_str().len() as u8]);
     h.update(room.as_str().as_bytes());
     h.update(relay_key);
@@ -229,7 +240,16 @@ pub(crate) fn derive_master(
     params: KdfParams,
 ) -> Result<Zeroizing<[u8; 32]>, KdfError> {
     let params = params.validate()?;
-    let salt = room_salt(relay_key, room, params);
+    argon2id_master(password, &room_salt(relay_key, room, params), params)
+}
+
+/// Argon2id (version 0x13, 32-byte output) of the password under `salt`, with validated
+/// parameters; shared by every protocol version.
+pub(crate) fn argon2id_master(
+    password: &[u8],
+    salt: &[u8; 32],
+    params: KdfParams,
+) -> Result<Zeroizing<[u8; 32]>, KdfError> {
     let argon_params = Params::new(params.m_kib, params.t, params.p, Some(32))
         .map_err(|e| KdfError::Argon2(e.to_string()))?;
     let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, argon_params.clone());
@@ -238,7 +258,7 @@ pub(crate) fn derive_master(
     // password-dependent blocks live in a buffer we zeroize on drop instead.
     let blocks = Zeroizing::new(vec![Block::default(); argon_params.block_count()]);
     argon
-        .hash_password_into_with_memory(password, &salt, master.as_mut(), blocks)
+        .hash_password_into_with_memory(password, salt, master.as_mut(), blocks)
         .map_err(|e| KdfError::Argon2(e.to_string()))?;
     Ok(master)
 }

@@ -4,13 +4,12 @@
 
 use std::fmt;
 
-use argon2::{Algorithm, Argon2, Block, Params, Version};
 use hkdf::Hkdf;
 use sha2::{Digest, Sha256};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::error::KdfError;
-use crate::kdf::{JoinSecret, JoinVerifier, KdfParams};
+use crate::kdf::{argon2id_master, labelled_room_salt, JoinSecret, JoinVerifier, KdfParams};
 use crate::names::RoomName;
 
 /// Everything a v2 member derives from the room password. `master` and the HKDF state are
@@ -104,15 +103,7 @@ impl fmt::Debug for RoomCode {
 
 /// The v2 room salt: as v1's with the label `chatroom/2 room salt`, so no v2 key equals a v1 one.
 pub fn room_salt_v2(relay_key: &[u8; 32], room: &RoomName, params: KdfParams) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(b"chatroom/2 room salt");
-    h.update([room.as_str().len() as u8]);
-    h.update(room.as_str().as_bytes());
-    h.update(relay_key);
-    h.update(params.m_kib.to_be_bytes());
-    h.update(params.t.to_be_bytes());
-    h.update(params.p.to_be_bytes());
-    h.finalize().into()
+    labelled_room_salt(b"chatroom/2 room salt", relay_key, room, params)
 }
 
 /// Argon2id (version 0x13, 32 bytes) of the password under the v2 salt, then the four outputs.
@@ -135,17 +126,7 @@ pub fn derive_master_v2(
     params: KdfParams,
 ) -> Result<Zeroizing<[u8; 32]>, KdfError> {
     let params = params.validate()?;
-    let salt = room_salt_v2(relay_key, room, params);
-    let argon_params = Params::new(params.m_kib, params.t, params.p, Some(32))
-        .map_err(|e| KdfError::Argon2(e.to_string()))?;
-    let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, argon_params.clone());
-    let mut master = Zeroizing::new([0u8; 32]);
-    // As in v1: Argon2's password-dependent blocks live in a buffer wiped on drop.
-    let blocks = Zeroizing::new(vec![Block::default(); argon_params.block_count()]);
-    argon
-        .hash_password_into_with_memory(password, &salt, master.as_mut(), blocks)
-        .map_err(|e| KdfError::Argon2(e.to_string()))?;
-    Ok(master)
+    argon2id_master(password, &room_salt_v2(relay_key, room, params), params)
 }
 
 /// HKDF-SHA256 with salt `"chatroom/2"` over the master; one `info` label per output.
