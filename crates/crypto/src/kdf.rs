@@ -201,6 +201,16 @@ impl RoomKeys {
 pub struct SafetyCode(String);
 
 impl SafetyCode {
+    /// Five groups of `u32(4 bytes) mod 100000`, zero-padded, from 20 bytes (every version's
+    /// codes: v1's safety code, v2's room and epoch codes).
+    pub(crate) fn from_code_bytes(code: &[u8; 20]) -> Self {
+        let groups: Vec<String> = code
+            .chunks_exact(4)
+            .map(|c| format!("{:05}", u32::from_be_bytes([c[0], c[1], c[2], c[3]]) % 100_000))
+            .collect();
+        Self(groups.join(" "))
+    }
+
     /// The code as displayed.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -273,14 +283,10 @@ pub fn split_master(master: &[u8; 32]) -> RoomKeys {
     let _ = hk.expand(b"chatroom/1 message key", &mut message_key);
     let _ = hk.expand(b"chatroom/1 join secret", &mut join_secret);
     let _ = hk.expand(b"chatroom/1 safety code", code.as_mut());
-    let groups: Vec<String> = code
-        .chunks_exact(4)
-        .map(|c| format!("{:05}", u32::from_be_bytes([c[0], c[1], c[2], c[3]]) % 100_000))
-        .collect();
     let keys = RoomKeys {
         message_key: MessageKey(message_key),
         join_secret: JoinSecret(join_secret),
-        safety_code: SafetyCode(groups.join(" ")),
+        safety_code: SafetyCode::from_code_bytes(&code),
     };
     // Clear intermediates
     message_key.zeroize();
