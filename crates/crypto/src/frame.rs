@@ -89,9 +89,13 @@ impl FrameDecoder {
             self.buf.extend_from_slice(now);
             bytes = later;
             match decode_frame(&self.buf, self.max) {
-                Ok(Some((payload, used))) => {
-                    frames.push(payload.to_vec());
-                    self.buf.drain(..used);
+                Ok(Some((_, used))) => {
+                    // Only the wanted bytes were added, so the buffer is this frame and nothing
+                    // more: hand it over whole, so the decoder holds no memory between frames.
+                    let mut frame = std::mem::take(&mut self.buf);
+                    frame.truncate(used);
+                    frame.drain(..FRAME_HEADER_LEN);
+                    frames.push(frame);
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -111,8 +115,9 @@ impl FrameDecoder {
         !self.buf.is_empty()
     }
 
-    /// Bytes currently buffered and the buffer's capacity, for the fuzz targets' memory bound.
-    pub(crate) fn buffered(&self) -> (usize, usize) {
+    /// Bytes currently buffered and the buffer's capacity: the fuzz targets' memory bound,
+    /// and zero capacity between frames.
+    pub fn buffered(&self) -> (usize, usize) {
         (self.buf.len(), self.buf.capacity())
     }
 }
@@ -186,6 +191,7 @@ mod tests {
                 i += 1;
             }
             prop_assert!(!d.is_mid_frame());
+            prop_assert_eq!(d.buffered(), (0, 0), "no memory held between frames");
             prop_assert_eq!(got, payloads);
         }
     }

@@ -7,4 +7,4 @@ mod bucket;
 mod reader;
 
 pub use bucket::{TokenBucket, MAX_WAIT};
-pub use reader::{FrameError, FrameReader, DEFAULT_READ_LEN};
+pub use reader::{FrameError, FrameReader, Readable, DEFAULT_READ_LEN};

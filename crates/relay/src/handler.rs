@@ -16,8 +16,9 @@ use bytes::Bytes;
 use chatroom_crypto::{
     encode_frame, items, ClientMessage, DecodeError, EnvelopeHeader, ErrorCode, JoinRequest, Nick,
     NoiseError, PublicIdentity, RelayMessage, Responder, RoomName, StaticKeypair, Transport,
-    TransportReceiver, HANDSHAKE1_LEN, HANDSHAKE3_LEN, MAX_FRAME_LEN,
+    TransportReceiver, FRAME_HEADER_LEN, HANDSHAKE1_LEN, HANDSHAKE3_LEN, MAX_FRAME_LEN,
 };
+use chatroom_net::{FrameError, FrameReader};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -28,7 +29,6 @@ use tracing::{debug, info, info_span, Instrument};
 
 use crate::abuse::{AbuseLimits, Lockout, SendScope};
 use crate::config::Config;
-use crate::frames::{FrameError, FrameReader};
 use crate::limits::{address_key, AddressCount, AddressSlot, LogBudget, SendRate, TokenBucket};
 use crate::outbox::{encode, write_loop, Offered, Outbox, PushError};
 use crate::rooms::rules::too_many_attempts;
@@ -108,11 +108,24 @@ fn send_error(counter: u64, code: ErrorCode, detail: String) -> Bytes {
 /// A frame whose length is outside the transport range: the Noise session exists, so the
 /// member is told why before the connection closes.
 fn bad_frame(outbox: &Outbox, e: FrameError) -> Ended {
-    if let FrameError::BadLength { len, min, max } = e {
+    if let FrameError::OutOfBounds { len, min, max } = e {
         let detail = format!("a transport frame of {len} bytes; they are {min} to {max} bytes");
         outbox.finish_with(ErrorCode::Malformed, &detail);
     }
     Ended::Frame(e)
+}
+
+/// The next frame within `min..=max`, counted in the metrics. Cancel-safe, as the reader is.
+async fn next_frame(
+    reader: &mut FrameReader<OwnedReadHalf>,
+    min: usize,
+    max: usize,
+) -> Result<Option<Bytes>, FrameError> {
+    let frame = reader.next_frame_within(min, max).await?;
+    if let Some(frame) = &frame {
+        crate::metrics::received(FRAME_HEADER_LEN + frame.len());
+    }
+    Ok(frame.map(Bytes::from))
 }
 
 /// State shared by every connection.
@@ -252,9 +265,9 @@ impl<H: RoomService> Handler<H> {
         tokio::select! {
             biased;
             _ = self.shutdown.recv() => Err(Ended::Shutdown),
-            frame = timeout_at(deadline, reader.next_frame(min, max)) => match frame {
+            frame = timeout_at(deadline, next_frame(reader, min, max)) => match frame {
                 Err(_) => Err(Ended::Deadline),
-                Ok(Ok(Some(frame))) => Ok(frame.freeze()),
+                Ok(Ok(Some(frame))) => Ok(frame),
                 Ok(Ok(None)) => Err(Ended::PeerClosed),
                 Ok(Err(e)) => Err(e.into()),
             },
@@ -264,7 +277,7 @@ impl<H: RoomService> Handler<H> {
     async fn serve(&mut self, stream: TcpStream, slot: AddressSlot) -> Result<(), Ended> {
         let _ = stream.set_nodelay(true);
         let (read_half, mut write_half) = stream.into_split();
-        let mut reader = FrameReader::new(read_half);
+        let mut reader = FrameReader::new(read_half, HANDSHAKE1_LEN);
         let deadline = Instant::now() + self.shared.config.handshake_timeout;
         // Boxed, like the join below: the state of the phases before the member's loop lives on
         // the heap only while they run, so an idle member's task stays small.
@@ -571,7 +584,7 @@ impl<H: RoomService> Handler<H> {
                         return Err(Ended::Closed(None));
                     }
                 }
-                frame = reader.next_frame(MIN_TRANSPORT_FRAME, MAX_FRAME_LEN),
+                frame = next_frame(reader, MIN_TRANSPORT_FRAME, MAX_FRAME_LEN),
                     if session.pending.len() < MAX_SENDS_IN_FLIGHT => {
                     let frame = match frame {
                         Ok(Some(frame)) => frame,

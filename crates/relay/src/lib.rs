@@ -10,7 +10,6 @@ pub mod abuse;
 pub mod admin;
 mod admin_socket;
 mod config;
-mod frames;
 mod handler;
 mod limits;
 mod metrics;

@@ -114,7 +114,7 @@ pub async fn handshake(stream: TcpStream, addr: &str, pin: &RelayPin) -> Result<
     let msg2 = match frames.next_frame_within(HANDSHAKE2_LEN, HANDSHAKE2_LEN).await {
         Ok(Some(msg2)) => msg2,
         Ok(None) => return Err(SessionError::Lost("the relay closed the connection".into())),
-        Err(e @ (FrameError::Malformed(_) | FrameError::TooShort { .. })) => {
+        Err(e @ (FrameError::Malformed(_) | FrameError::OutOfBounds { .. })) => {
             return Err(SessionError::Protocol(format!(
                 "the handshake reply is not {HANDSHAKE2_LEN} bytes (is this a chatroom relay?): {e}"
             )))
