@@ -10,11 +10,11 @@
 //! checked against the bounds in force when it is reached and a length outside them is refused
 //! from the header alone, before its body is buffered.
 
-use std::future::Future;
+use std::future::poll_fn;
+use std::io::ErrorKind;
+use std::task::{Context, Poll};
 
 use chatroom_crypto::{DecodeError, FrameDecoder, FRAME_HEADER_LEN};
-use std::io::ErrorKind;
-
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 
@@ -22,11 +22,11 @@ use tokio::net::TcpStream;
 pub const DEFAULT_READ_LEN: usize = 4096;
 
 /// A stream that can wait until it has bytes to read and then read them without waiting, so
-/// that waiting takes no buffer (tokio's `readable` and `try_read_buf`).
+/// that waiting takes no buffer (tokio's `poll_read_ready` and `try_read_buf`).
 pub trait Readable {
-    /// Resolves once the stream may be readable (or at its end, or failed); it may resolve
-    /// spuriously, and then `try_read_buf` says `WouldBlock`. Cancel-safe.
-    fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send + '_;
+    /// Ready once the stream may be readable (or at its end, or failed); it may be ready
+    /// spuriously, and then `try_read_buf` says `WouldBlock`. Waiting stores only the waker.
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>>;
 
     /// Reads what has arrived into `buf`'s spare capacity without waiting: `Ok(0)` at the end
     /// of the stream, `WouldBlock` if nothing has arrived.
@@ -34,8 +34,8 @@ pub trait Readable {
 }
 
 impl Readable for OwnedReadHalf {
-    fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send + '_ {
-        OwnedReadHalf::readable(self)
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.as_ref().poll_read_ready(cx)
     }
 
     fn try_read_buf(&self, buf: &mut Vec<u8>) -> std::io::Result<usize> {
@@ -44,8 +44,8 @@ impl Readable for OwnedReadHalf {
 }
 
 impl Readable for TcpStream {
-    fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send + '_ {
-        TcpStream::readable(self)
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        TcpStream::poll_read_ready(self, cx)
     }
 
     fn try_read_buf(&self, buf: &mut Vec<u8>) -> std::io::Result<usize> {
@@ -162,7 +162,9 @@ impl<R: Readable> FrameReader<R> {
     /// a new one; `None` at the end of the stream.
     async fn read_arrived(&mut self) -> std::io::Result<Option<Vec<u8>>> {
         loop {
-            self.inner.readable().await?;
+            // A poll function, not tokio's `readable()`: an idle connection's task then stores
+            // no waiter node for this wait, only the waker in the socket's registration.
+            poll_fn(|cx| self.inner.poll_read_ready(cx)).await?;
             let mut buf = Vec::with_capacity(self.read_len);
             match self.inner.try_read_buf(&mut buf) {
                 Ok(0) => return Ok(None),
@@ -222,8 +224,8 @@ impl<R: Readable> FrameReader<R> {
 #[cfg(test)]
 mod tests {
     use std::cell::Cell;
+    use std::future::Future;
     use std::sync::Mutex;
-    use std::task::Context;
 
     use super::*;
     use chatroom_crypto::encode_frame;
@@ -249,8 +251,8 @@ mod tests {
 
     /// Always readable, as a stream whose bytes have all arrived.
     impl Readable for Counting {
-        fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send + '_ {
-            std::future::ready(Ok(()))
+        fn poll_read_ready(&self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
         }
 
         fn try_read_buf(&self, buf: &mut Vec<u8>) -> std::io::Result<usize> {
@@ -276,8 +278,8 @@ mod tests {
     }
 
     impl Readable for Probe {
-        fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send + '_ {
-            self.inner.readable()
+        fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            self.inner.poll_read_ready(cx)
         }
 
         fn try_read_buf(&self, buf: &mut Vec<u8>) -> std::io::Result<usize> {
@@ -445,7 +447,7 @@ mod tests {
         let mut reader = FrameReader::new(b, 100);
         a.write_all(&[0, 40]).await?;
         a.write_all(&[5; 10]).await?;
-        reader.inner.inner.readable().await?;
+        reader.inner.inner.as_ref().readable().await?;
         {
             // Read as far as the bytes go, then dropped, as a `select!` does.
             let next = reader.next_frame_within(1, 100);
