@@ -28,9 +28,9 @@ use crate::config::Synchronous;
 
 /// `PRAGMA application_id` of a chatroom relay database ("chrm").
 pub const APPLICATION_ID: i32 = 0x6368_726d;
-/// `PRAGMA user_version` this relay reads and writes. Version 1 (without `rooms.active`) is
-/// upgraded in place when opened.
-pub const SCHEMA_VERSION: i32 = 2;
+/// `PRAGMA user_version` this relay reads and writes. Versions 1 (without `rooms.active`) and 2
+/// (`history` with a rowid) are upgraded in place when opened.
+pub const SCHEMA_VERSION: i32 = 3;
 /// Most operations committed in one transaction.
 const MAX_BATCH: usize = 256;
 
@@ -60,15 +60,36 @@ CREATE TABLE history (
     sender BLOB NOT NULL,
     counter INTEGER NOT NULL,
     envelope BLOB NOT NULL,
+    stored INTEGER NOT NULL,
     PRIMARY KEY (room, seq),
     UNIQUE (room, sender, counter)
-);
+) WITHOUT ROWID;
 CREATE TABLE senders (
     room TEXT NOT NULL,
     sender BLOB NOT NULL,
     max_counter INTEGER NOT NULL,
     PRIMARY KEY (room, sender)
 ) WITHOUT ROWID;
+";
+
+/// Version 2 to 3: `history` without its rowid (an insert updates two B-trees instead of
+/// three), with `stored`, the relay-wide order in which envelopes were stored, which the
+/// rowid gave before (the oldest go first when the relay is over `--max-stored-bytes`).
+const UPGRADE_2_TO_3: &str = "
+CREATE TABLE history_v3 (
+    room TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    sender BLOB NOT NULL,
+    counter INTEGER NOT NULL,
+    envelope BLOB NOT NULL,
+    stored INTEGER NOT NULL,
+    PRIMARY KEY (room, seq),
+    UNIQUE (room, sender, counter)
+) WITHOUT ROWID;
+INSERT INTO history_v3 (room, seq, sender, counter, envelope, stored)
+    SELECT room, seq, sender, counter, envelope, rowid FROM history;
+DROP TABLE history;
+ALTER TABLE history_v3 RENAME TO history;
 ";
 
 /// Storage failed.
@@ -279,7 +300,7 @@ pub(crate) fn open_connection(path: &Path, synchronous: Synchronous) -> Result<C
         if app_id != APPLICATION_ID {
             return Err(StoreError::NotOurs { path: path.to_owned(), found: app_id });
         }
-        if version != SCHEMA_VERSION && version != 1 {
+        if !(1..=SCHEMA_VERSION).contains(&version) {
             return Err(StoreError::SchemaVersion {
                 path: path.to_owned(),
                 found: version,
@@ -298,15 +319,8 @@ pub(crate) fn open_connection(path: &Path, synchronous: Synchronous) -> Result<C
         Synchronous::Normal => "NORMAL",
     };
     conn.pragma_update(None, "synchronous", sync).map_err(sqlite("setting synchronous"))?;
-    if version == 1 && !fresh {
-        // Version 2 records when each room was last used, so idle rooms can expire.
-        let tx = conn.transaction().map_err(busy_or(path, "upgrading the schema"))?;
-        tx.execute_batch(
-            "ALTER TABLE rooms ADD COLUMN active INTEGER NOT NULL DEFAULT 0; UPDATE rooms SET active = created;",
-        )
-        .map_err(sqlite("upgrading the schema"))?;
-        tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(sqlite("upgrading the schema"))?;
-        tx.commit().map_err(busy_or(path, "upgrading the schema"))?;
+    if version < SCHEMA_VERSION && !fresh {
+        upgrade(&mut conn, path, version)?;
     }
     if fresh {
         let tx = conn.transaction().map_err(busy_or(path, "creating the schema"))?;
@@ -316,6 +330,23 @@ pub(crate) fn open_connection(path: &Path, synchronous: Synchronous) -> Result<C
         tx.commit().map_err(busy_or(path, "creating the schema"))?;
     }
     Ok(conn)
+}
+
+/// Upgrades a database of schema `version` to `SCHEMA_VERSION` in one transaction.
+fn upgrade(conn: &mut Connection, path: &Path, version: i32) -> Result<(), StoreError> {
+    let tx = conn.transaction().map_err(busy_or(path, "upgrading the schema"))?;
+    if version < 2 {
+        // Version 2 records when each room was last used, so idle rooms can expire.
+        tx.execute_batch(
+            "ALTER TABLE rooms ADD COLUMN active INTEGER NOT NULL DEFAULT 0; UPDATE rooms SET active = created;",
+        )
+        .map_err(sqlite("upgrading the schema"))?;
+    }
+    if version < 3 {
+        tx.execute_batch(UPGRADE_2_TO_3).map_err(sqlite("upgrading the schema"))?;
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(sqlite("upgrading the schema"))?;
+    tx.commit().map_err(busy_or(path, "upgrading the schema"))
 }
 
 impl Store {
@@ -357,10 +388,19 @@ impl Store {
         let rooms: i64 = conn
             .query_row("SELECT count(*) FROM rooms", [], |r| r.get(0))
             .map_err(sqlite("counting rooms"))?;
-        let stored: i64 = conn
-            .query_row("SELECT coalesce(sum(length(envelope)), 0) FROM history", [], |r| r.get(0))
+        let (stored, last): (i64, i64) = conn
+            .query_row(
+                "SELECT coalesce(sum(length(envelope)), 0), coalesce(max(stored), 0) FROM history",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .map_err(sqlite("measuring the history"))?;
-        let budget = Budget { stored, max: i64::try_from(max_bytes).unwrap_or(i64::MAX), warned: None };
+        let budget = Budget {
+            stored,
+            max: i64::try_from(max_bytes).unwrap_or(i64::MAX),
+            warned: None,
+            order: last + 1,
+        };
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("relay-store".into())
@@ -514,27 +554,46 @@ pub(crate) struct Budget {
     max: i64,
     /// When the last warning about deleted envelopes was written.
     warned: Option<std::time::Instant>,
+    /// `history.stored` of the next envelope: the relay-wide order of storing.
+    order: i64,
 }
 
 impl Budget {
+    #[cfg(test)]
+    fn unlimited() -> Self {
+        Self { stored: 0, max: i64::MAX, warned: None, order: 1 }
+    }
+
     /// Deletes the oldest envelopes of the relay, whatever their room, until what the group
-    /// leaves on disk fits; returns that total. Oldest by rowid, which follows insertion order
-    /// (so `history` must keep its rowid).
+    /// leaves on disk fits; returns that total. Oldest by `stored`: each room's envelopes are
+    /// stored in seq order, so the relay's oldest is the oldest of the rooms' first ones.
     fn enforce(&mut self, tx: &rusqlite::Transaction<'_>, appends: &GroupAppends) -> Result<i64, StoreError> {
         let mut projected = self.stored + appends.added - appends.freed;
         let mut deleted = 0usize;
+        let mut progress = false;
         while projected > self.max {
-            let freed = tx
-                .prepare_cached(
-                    "DELETE FROM history WHERE rowid = (SELECT min(rowid) FROM history) RETURNING length(envelope)",
-                )
-                .and_then(|mut s| s.query_map([], |r| r.get::<_, i64>(0))?.collect::<Result<Vec<_>, _>>())
-                .map_err(sqlite("deleting the oldest history"))?;
-            if freed.is_empty() {
+            let Some((room, next)) = oldest_room(tx)? else { break };
+            // The room's envelopes go until the next room's first is older.
+            while projected > self.max {
+                let freed = tx
+                    .prepare_cached(
+                        "DELETE FROM history WHERE room = ?1 AND stored < ?2 AND seq = \
+                         (SELECT seq FROM history WHERE room = ?1 ORDER BY seq LIMIT 1) \
+                         RETURNING length(envelope)",
+                    )
+                    .and_then(|mut s| {
+                        s.query_map(params![room, next], |r| r.get::<_, i64>(0))?
+                            .collect::<Result<Vec<_>, _>>()
+                    })
+                    .map_err(sqlite("deleting the oldest history"))?;
+                let Some(&bytes) = freed.first() else { break };
+                deleted += 1;
+                projected -= bytes;
+                progress = true;
+            }
+            if !std::mem::take(&mut progress) {
                 break;
             }
-            deleted += freed.len();
-            projected -= freed.iter().sum::<i64>();
         }
         let quiet = self.warned.is_some_and(|at| at.elapsed() < std::time::Duration::from_secs(60));
         if deleted > 0 && !quiet {
@@ -547,6 +606,24 @@ impl Budget {
         }
         Ok(projected)
     }
+}
+
+/// The room holding the relay's oldest envelope, and when the next room's first one was
+/// stored (`i64::MAX` if no other room has history).
+fn oldest_room(tx: &rusqlite::Transaction<'_>) -> Result<Option<(String, i64)>, StoreError> {
+    let firsts = tx
+        .prepare_cached(
+            "SELECT name, first FROM (SELECT name, \
+             (SELECT stored FROM history WHERE room = name ORDER BY seq LIMIT 1) AS first FROM rooms) \
+             WHERE first IS NOT NULL ORDER BY first LIMIT 2",
+        )
+        .and_then(|mut s| {
+            s.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(sqlite("finding the oldest history"))?;
+    let next = firsts.get(1).map_or(i64::MAX, |(_, first)| *first);
+    Ok(firsts.into_iter().next().map(|(room, _)| (room, next)))
 }
 
 fn writer(mut conn: Connection, rx: Receiver<Op>, mut budget: Budget) {
@@ -602,7 +679,7 @@ fn run_batch(conn: &mut Connection, batch: Vec<Op>, budget: &mut Budget) {
     let committed = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Err(e) => Err(StoreError::Sqlite { context: "starting a transaction", message: e.to_string() }),
         Ok(tx) => {
-            let mut appends = GroupAppends::default();
+            let mut appends = GroupAppends { order: budget.order, ..GroupAppends::default() };
             let mut bookkeeping = Ok(());
             for op in batch {
                 match op {
@@ -638,6 +715,7 @@ fn run_batch(conn: &mut Connection, batch: Vec<Op>, budget: &mut Budget) {
             if committed.is_ok() {
                 budget.stored = left;
             }
+            budget.order = appends.order;
             committed
         }
     };
@@ -672,6 +750,8 @@ struct GroupAppends {
     /// Bytes of envelopes the group stored, and deleted (pruned histories, deleted rooms).
     added: i64,
     freed: i64,
+    /// `history.stored` of the group's next envelope.
+    order: i64,
 }
 
 struct RoomAppends {
@@ -736,9 +816,14 @@ impl GroupAppends {
     }
 }
 
-fn append(tx: &rusqlite::Transaction<'_>, room: &str, record: &StoredEnvelope) -> Result<(), StoreError> {
+fn append(
+    tx: &rusqlite::Transaction<'_>,
+    room: &str,
+    record: &StoredEnvelope,
+    order: i64,
+) -> Result<(), StoreError> {
     tx.prepare_cached(
-        "INSERT INTO history (room, seq, sender, counter, envelope) VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO history (room, seq, sender, counter, envelope, stored) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -746,7 +831,8 @@ fn append(tx: &rusqlite::Transaction<'_>, room: &str, record: &StoredEnvelope) -
             record.seq as i64,
             record.sender,
             record.counter as i64,
-            &record.envelope[..]
+            &record.envelope[..],
+            order
         ])
     })
     .map(drop)
@@ -826,7 +912,8 @@ fn apply(tx: &rusqlite::Transaction<'_>, write: Write, appends: &mut GroupAppend
                 .map_err(sqlite("updating a ban"))?;
         }
         Write::Append { room, record, keep, drop_before } => {
-            append(tx, &room, &record)?;
+            append(tx, &room, &record, appends.order)?;
+            appends.order += 1;
             appends.add(room, &record, keep, drop_before);
         }
     }
@@ -995,7 +1082,7 @@ mod tests {
         queue_append(&mut batch, "r", 5, 8, 3);
         queue_append(&mut batch, "r", 6, 7, 20); // counter reused by sender 7: refused
         queue_append(&mut batch, "s", 1, 7, 1);
-        run_batch(&mut conn, batch, &mut Budget { stored: 0, max: i64::MAX, warned: None });
+        run_batch(&mut conn, batch, &mut Budget::unlimited());
 
         let outcomes: Vec<bool> = results.into_iter().map(|mut rx| rx.try_recv().unwrap().is_ok()).collect();
         assert_eq!(outcomes, [true, true, true, true, true, false, true]);
@@ -1043,7 +1130,7 @@ mod tests {
             });
             results.push(rx);
         }
-        run_batch(&mut conn, batch, &mut Budget { stored: 0, max: i64::MAX, warned: None });
+        run_batch(&mut conn, batch, &mut Budget::unlimited());
         let outcomes: Vec<bool> = results.into_iter().map(|mut rx| rx.try_recv().unwrap().is_ok()).collect();
         assert_eq!(outcomes, [false, false, false], "the whole group failed");
         let stored: i64 = conn.query_row("SELECT count(*) FROM history", [], |r| r.get(0)).unwrap();
@@ -1061,7 +1148,7 @@ mod tests {
         conn.execute_batch("CREATE TABLE future (x)").unwrap();
         drop(conn);
         let err = Store::open(&path, Synchronous::Full).unwrap_err().to_string();
-        assert!(err.contains("schema version 7") && err.contains("supports only version 2"), "{err}");
+        assert!(err.contains("schema version 7") && err.contains("supports only version 3"), "{err}");
 
         let other = dir.path().join("other");
         let conn = Connection::open(&other).unwrap();
@@ -1076,7 +1163,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         let conn = Connection::open(&path).unwrap();
-        conn.execute_batch(&SCHEMA.replace(",\n    active INTEGER NOT NULL DEFAULT 0", "")).unwrap();
+        conn.execute_batch(&schema_v2().replace(",\n    active INTEGER NOT NULL DEFAULT 0", "")).unwrap();
         conn.pragma_update(None, "application_id", APPLICATION_ID).unwrap();
         conn.pragma_update(None, "user_version", 1).unwrap();
         conn.execute(
@@ -1108,6 +1195,79 @@ mod tests {
                 .unwrap();
             assert_eq!(n, 0, "{table} rows of the deleted room");
         }
+    }
+
+    /// The schema of version 2: `history` with its rowid and without `stored`.
+    fn schema_v2() -> String {
+        let v3 = "    stored INTEGER NOT NULL,\n    PRIMARY KEY (room, seq),\n    UNIQUE (room, sender, counter)\n) WITHOUT ROWID;";
+        let v2 = "    PRIMARY KEY (room, seq),\n    UNIQUE (room, sender, counter)\n);";
+        assert!(SCHEMA.contains(v3));
+        SCHEMA.replace(v3, v2)
+    }
+
+    /// A version-2 database with history in two rooms, stored alternately: after the upgrade
+    /// the table has no rowid, every envelope is there, and the relay-wide quota still deletes
+    /// the oldest first, in the order the rowid recorded, then appends continue after them.
+    #[tokio::test]
+    async fn a_version_2_database_is_upgraded_and_keeps_its_history_and_its_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(&schema_v2()).unwrap();
+        conn.pragma_update(None, "application_id", APPLICATION_ID).unwrap();
+        conn.pragma_update(None, "user_version", 2).unwrap();
+        for room in ["a", "b"] {
+            conn.execute(
+                "INSERT INTO rooms (name, verifier, owner, created, latest_seq, active) VALUES (?1, ?2, ?2, 1, 3, 1)",
+                params![room, [1u8; 32]],
+            )
+            .unwrap();
+        }
+        // b1, a1, b2, a2, b3, a3: ten bytes each.
+        for seq in 1..=3i64 {
+            for room in ["b", "a"] {
+                conn.execute(
+                    "INSERT INTO history (room, seq, sender, counter, envelope) VALUES (?1, ?2, ?3, ?2, ?4)",
+                    params![room, seq, [7u8; 32], vec![seq as u8; 10]],
+                )
+                .unwrap();
+            }
+        }
+        drop(conn);
+
+        let store = Store::open(&path, Synchronous::Normal).unwrap();
+        let h = store.handle();
+        for room in ["a", "b"] {
+            let loaded = h.load_room(room).await.unwrap().unwrap();
+            assert_eq!(loaded.history.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3], "{room}");
+            assert_eq!(loaded.history[2].envelope, vec![3u8; 10]);
+        }
+        store.close().await;
+        let conn = Connection::open(&path).unwrap();
+        let version: i32 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        let sql: String =
+            conn.query_row("SELECT sql FROM sqlite_master WHERE name = 'history'", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        assert!(sql.contains("WITHOUT ROWID"), "{sql}");
+        drop(conn);
+
+        // 60 bytes stored, 45 allowed: one more envelope in a makes room by deleting b1 and a1
+        // and b2, the three oldest, whatever their room.
+        let store = Store::open_with_quota(&path, Synchronous::Normal, 45).unwrap();
+        let h = store.handle();
+        let new = StoredEnvelope { seq: 4, sender: [7; 32], counter: 4, envelope: Bytes::from(vec![4; 10]) };
+        let (tx, rx) = oneshot::channel();
+        h.append("a", new, 10, 0, Box::new(move |r| drop(tx.send(r)))).unwrap();
+        rx.await.unwrap().unwrap();
+        let seqs = |room: &'static str| {
+            let h = h.clone();
+            async move {
+                h.load_room(room).await.unwrap().unwrap().history.iter().map(|e| e.seq).collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(seqs("a").await, [2, 3, 4]);
+        assert_eq!(seqs("b").await, [3]);
+        store.close().await;
     }
 
     #[test]
