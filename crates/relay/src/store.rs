@@ -41,6 +41,10 @@ pub const APPLICATION_ID: i32 = 0x6368_726d;
 pub const SCHEMA_VERSION: i32 = 3;
 /// Most operations committed in one transaction.
 const MAX_BATCH: usize = 256;
+/// A room's envelopes beyond its kept history are deleted once there are this many: one
+/// `DELETE` per 64 envelopes rather than one per commit. Only storage lags: a room loaded from
+/// disk is trimmed to its limits before anyone sees it.
+const PRUNE_SLACK: u64 = 64;
 /// The log is truncated by the writer when it grows past this (checkpoints never caught up).
 const WAL_MAX_BYTES: u64 = 64 << 20;
 /// The checkpoint thread runs once no commit came for this long...
@@ -922,25 +926,35 @@ impl GroupAppends {
                 .and_then(|mut s| s.execute(params![room, sender, counter as i64]))
                 .map_err(sqlite("storing an envelope"))?;
             }
-            let oldest_kept = appends
+            let last_dropped = appends
                 .latest_seq
                 .saturating_sub(appends.keep as u64)
                 .max(appends.drop_before.saturating_sub(1));
-            if oldest_kept > 0 {
-                let freed: i64 = tx
-                    .prepare_cached(
-                        "DELETE FROM history WHERE room = ?1 AND seq <= ?2 RETURNING length(envelope)",
-                    )
-                    .and_then(|mut s| {
-                        s.query_map(params![room, oldest_kept as i64], |r| r.get::<_, i64>(0))?
-                            .sum::<Result<i64, _>>()
-                    })
-                    .map_err(sqlite("pruning history"))?;
-                self.freed += freed;
-            }
+            self.freed += prune(tx, &room, last_dropped)?;
         }
         Ok(())
     }
+}
+
+/// Deletes the room's envelopes up to `last_dropped` once there are `PRUNE_SLACK` of them;
+/// returns the bytes freed.
+fn prune(tx: &rusqlite::Transaction<'_>, room: &str, last_dropped: u64) -> Result<i64, StoreError> {
+    if last_dropped == 0 {
+        return Ok(0);
+    }
+    let first: Option<i64> = tx
+        .prepare_cached("SELECT seq FROM history WHERE room = ?1 ORDER BY seq LIMIT 1")
+        .and_then(|mut s| s.query_row(params![room], |r| r.get(0)).optional())
+        .map_err(sqlite("pruning history"))?;
+    let Some(first) = first.map(|f| f.max(0) as u64) else { return Ok(0) };
+    if last_dropped < first || last_dropped - first + 1 < PRUNE_SLACK {
+        return Ok(0);
+    }
+    tx.prepare_cached("DELETE FROM history WHERE room = ?1 AND seq <= ?2 RETURNING length(envelope)")
+        .and_then(|mut s| {
+            s.query_map(params![room, last_dropped as i64], |r| r.get::<_, i64>(0))?.sum::<Result<i64, _>>()
+        })
+        .map_err(sqlite("pruning history"))
 }
 
 fn append(
@@ -1159,7 +1173,8 @@ mod tests {
         assert_eq!(room.verifier, [1; 32]);
         assert_eq!(room.owner, [2; 32]);
         assert_eq!(room.latest_seq, 5);
-        assert_eq!(room.history.iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 4, 5]);
+        // Fewer than PRUNE_SLACK envelopes beyond the kept three: none deleted yet.
+        assert_eq!(room.history.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
         assert_eq!(room.counters, [([7; 32], 50)]);
         assert_eq!(room.bans, [[3; 32]]);
         let mut nicks = room.nicks.clone();
@@ -1216,7 +1231,7 @@ mod tests {
         let mid = mid_load.await.unwrap().unwrap().unwrap();
         assert_eq!(mid.latest_seq, 4, "a load sees the appends queued before it");
         assert_eq!(mid.counters, [([7; 32], 40)]);
-        assert_eq!(mid.history.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3, 4]);
+        assert_eq!(mid.history.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3, 4]);
 
         let tx = conn.transaction().unwrap();
         let r = load(&tx, "r").unwrap().unwrap();
@@ -1224,7 +1239,7 @@ mod tests {
         let mut counters = r.counters.clone();
         counters.sort();
         assert_eq!(counters, [([7; 32], 40), ([8; 32], 3)]);
-        assert_eq!(r.history.iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 4, 5]);
+        assert_eq!(r.history.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
         let s = load(&tx, "s").unwrap().unwrap();
         assert_eq!((s.latest_seq, s.counters, s.history.len()), (1, vec![([7; 32], 1)], 1));
     }
@@ -1263,6 +1278,46 @@ mod tests {
         let stored: i64 = conn.query_row("SELECT count(*) FROM history", [], |r| r.get(0)).unwrap();
         let senders: i64 = conn.query_row("SELECT count(*) FROM senders", [], |r| r.get(0)).unwrap();
         assert_eq!((stored, senders), (0, 0), "and none of it was stored");
+    }
+
+    /// A room keeping 10 envelopes (or, later, fewer by bytes): after every commit, in groups
+    /// of 1 to 97 envelopes, at most PRUNE_SLACK - 1 envelopes it no longer keeps are still on
+    /// disk, and everything it keeps is there.
+    #[tokio::test]
+    async fn history_is_pruned_in_bulk_and_stays_within_its_limits_plus_the_slack() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let store = Store::open(&path, Synchronous::Normal).unwrap();
+        let h = store.handle();
+        h.create_room("r", [1; 32], [2; 32], "alice").await.unwrap();
+        let reader = Connection::open(&path).unwrap();
+        let (mut seq, mut deletes, mut previous) = (0u64, 0, 0);
+        for group in 1..=40u64 {
+            // The last ten groups keep by bytes: only envelopes from seq - 4 on.
+            let bytes_floor = |seq: u64| if group > 30 { seq.saturating_sub(4) } else { 0 };
+            let mut last = None;
+            for _ in 0..(group * 37 % 97 + 1) {
+                seq += 1;
+                let (tx, rx) = oneshot::channel();
+                h.append("r", envelope(seq, seq), 10, bytes_floor(seq), Box::new(move |r| drop(tx.send(r))))
+                    .unwrap();
+                last = Some(rx);
+            }
+            last.unwrap().await.unwrap().unwrap();
+            let (rows, first, newest): (u64, u64, u64) = reader
+                .query_row("SELECT count(*), min(seq), max(seq) FROM history WHERE room = 'r'", [], |r| {
+                    Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64))
+                })
+                .unwrap();
+            let kept_from = seq.saturating_sub(9).max(bytes_floor(seq)).max(1);
+            assert_eq!((newest, rows), (seq, seq - first + 1), "every envelope from the first on");
+            assert!(first <= kept_from, "group {group}: kept envelopes deleted ({first} > {kept_from})");
+            assert!(kept_from - first < PRUNE_SLACK, "group {group}: {} not pruned", kept_from - first);
+            deletes += u32::from(first != previous);
+            previous = first;
+        }
+        assert!(deletes < 40, "pruned in bulk, not every commit ({deletes} of 40)");
+        store.close().await;
     }
 
     #[test]
