@@ -772,15 +772,12 @@ fn writer(mut conn: Connection, rx: Receiver<Op>, mut budget: Budget, wal: Wal) 
             continue;
         }
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(op @ Op::Exec(_)) => {
-                    held = Some(op);
-                    break;
-                }
-                Ok(op) => batch.push(op),
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-            }
+        drain(&rx, &mut batch, &mut held);
+        if held.is_none() && batch.len() < MAX_BATCH {
+            // A burst of sends is read by several workers at once: after a yield the rest of
+            // it has usually arrived and joins this commit instead of starting another.
+            std::thread::yield_now();
+            drain(&rx, &mut batch, &mut held);
         }
         if let Some(at) = batch.iter().position(|op| matches!(op, Op::Stop)) {
             stop = true;
@@ -794,6 +791,21 @@ fn writer(mut conn: Connection, rx: Receiver<Op>, mut budget: Budget, wal: Wal) 
         warn!(error = %e, "final checkpoint failed; the log is replayed at the next start");
     }
     debug!("storage closed");
+}
+
+/// Moves what is queued into `batch`, up to `MAX_BATCH`; an `Exec` ends the group and is
+/// held for after it.
+fn drain(rx: &Receiver<Op>, batch: &mut Vec<Op>, held: &mut Option<Op>) {
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(op @ Op::Exec(_)) => {
+                *held = Some(op);
+                return;
+            }
+            Ok(op) => batch.push(op),
+            Err(TryRecvError::Empty | TryRecvError::Disconnected) => return,
+        }
+    }
 }
 
 enum Completion {
