@@ -17,7 +17,8 @@
 //! (`relay-checkpoint`) copies the log into the database while commits go on, once writes pause
 //! for `CHECKPOINT_IDLE` or at the latest `CHECKPOINT_EVERY` after a commit. The log restarts
 //! from its beginning once a checkpoint has caught up; if it never catches up (writes without
-//! a pause), the writer truncates it itself when it passes `WAL_MAX_BYTES`, so it stays bounded.
+//! a pause), the writer checkpoints and restarts it itself when it passes `WAL_MAX_BYTES`, so it
+//! stays bounded.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -45,7 +46,8 @@ const MAX_BATCH: usize = 256;
 /// `DELETE` per 64 envelopes rather than one per commit. Only storage lags: a room loaded from
 /// disk is trimmed to its limits before anyone sees it.
 const PRUNE_SLACK: u64 = 64;
-/// The log is truncated by the writer when it grows past this (checkpoints never caught up).
+/// The writer checkpoints the log itself and restarts it when it grows past this (the
+/// checkpoint thread never caught up), and SQLite cuts the file back to it when it restarts.
 const WAL_MAX_BYTES: u64 = 64 << 20;
 /// The checkpoint thread runs once no commit came for this long...
 const CHECKPOINT_IDLE: std::time::Duration = std::time::Duration::from_millis(20);
@@ -400,7 +402,7 @@ fn checkpointer(conn: Connection, nudged: Receiver<()>) {
             Ok(()) => failing = false,
             Err(e) if !failing => {
                 failing = true;
-                warn!(error = %e, "checkpoint failed; the log grows until the writer truncates it");
+                warn!(error = %e, "checkpoint failed; the log grows until the writer restarts it");
             }
             Err(_) => {}
         }
@@ -408,20 +410,22 @@ fn checkpointer(conn: Connection, nudged: Receiver<()>) {
 }
 
 impl Wal {
-    /// After a commit: wakes the checkpoint thread, and truncates the log here if it is past its
+    /// After a commit: wakes the checkpoint thread, and restarts the log here if it is past its
     /// bound (writes never paused long enough for a checkpoint to catch up).
     fn committed(&self, conn: &Connection) {
         let _ = self.nudge.try_send(());
         let size = std::fs::metadata(&self.path).map_or(0, |m| m.len());
         if size > self.max_bytes {
+            // RESTART: the next commit writes the log from its beginning again, over blocks
+            // the file already has (`journal_size_limit` then cuts the file to the bound).
             // Busy (1) while the checkpoint thread is in the middle of a checkpoint.
-            match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0)) {
+            match conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0)) {
                 Ok(0) => {}
                 Ok(_) => {
-                    debug!(size, "the log could not be truncated yet; trying again after the next commit")
+                    debug!(size, "the log could not be restarted yet; trying again after the next commit")
                 }
                 Err(e) => {
-                    warn!(error = %e, size, "truncating the log failed; trying again after the next commit")
+                    warn!(error = %e, size, "restarting the log failed; trying again after the next commit")
                 }
             }
         }
@@ -469,7 +473,7 @@ impl Store {
         Self::open_with_limits(path, synchronous, max_bytes, WAL_MAX_BYTES)
     }
 
-    /// `open_with_quota`, truncating the log when it passes `wal_max_bytes`.
+    /// `open_with_quota`, restarting the log when it passes `wal_max_bytes`.
     fn open_with_limits(
         path: &Path,
         synchronous: Synchronous,
@@ -504,9 +508,11 @@ impl Store {
         let lock = Flock::lock(create(&lock_path)?, FlockArg::LockExclusiveNonblock)
             .map_err(|_| StoreError::Locked { path: path.to_owned() })?;
         let conn = open_connection(path, synchronous)?;
-        // The writer may wait for the checkpoint thread (truncating the log), never for
+        // The writer may wait for the checkpoint thread (restarting the log), never for
         // anyone else: the lock file keeps other processes out.
         conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(sqlite("opening the database"))?;
+        conn.pragma_update(None, "journal_size_limit", i64::try_from(wal_max_bytes).unwrap_or(i64::MAX))
+            .map_err(sqlite("setting journal_size_limit"))?;
         let wal = start_checkpointer(path, synchronous, wal_max_bytes)?;
         let rooms: i64 = conn
             .query_row("SELECT count(*) FROM rooms", [], |r| r.get(0))
@@ -1501,7 +1507,7 @@ mod tests {
         last.unwrap().await.unwrap().unwrap();
         let largest = largest.load(std::sync::atomic::Ordering::Relaxed);
         assert!(largest > 0, "the log was measured");
-        // A group of 256 such envelopes writes about 1.3 MB of log here; the writer truncates
+        // A group of 256 such envelopes writes about 1.3 MB of log here; the writer restarts
         // the log after the group that crossed the bound, or after the next one if the
         // checkpoint thread was busy. Unbounded, the log would hold all 3000 (about 15 MB).
         assert!(largest < bound + (4 << 20), "the log reached {largest} bytes");
