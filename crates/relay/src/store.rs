@@ -50,9 +50,9 @@ const PRUNE_SLACK: u64 = 64;
 /// checkpoint thread never caught up), and SQLite cuts the file back to it when it restarts.
 const WAL_MAX_BYTES: u64 = 64 << 20;
 /// The checkpoint thread runs once no commit came for this long...
-const CHECKPOINT_IDLE: std::time::Duration = std::time::Duration::from_millis(20);
+const CHECKPOINT_IDLE: std::time::Duration = std::time::Duration::from_millis(100);
 /// ...or at the latest this long after the first commit it has not yet checkpointed.
-const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 const SCHEMA: &str = "
 CREATE TABLE rooms (
