@@ -369,6 +369,26 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Takes the lock that makes one process the database's only user: a second relay (or an
+/// offline admin command) on the same data directory fails at once instead of interleaving
+/// writes. A lock file of its own, since closing any descriptor of the database file would
+/// drop SQLite's locks on it. Held until the returned value is dropped.
+pub(crate) fn lock_database(path: &Path) -> Result<Flock<std::fs::File>, StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let lock_path = sibling(path, ".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(|e| StoreError::Io { path: lock_path.clone(), message: e.to_string() })?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| match errno {
+        nix::errno::Errno::EWOULDBLOCK => StoreError::Locked { path: path.to_owned() },
+        other => StoreError::Io { path: lock_path, message: other.desc().to_owned() },
+    })
+}
+
 /// Opens a second connection and starts the thread that checkpoints the log with it.
 fn start_checkpointer(path: &Path, synchronous: Synchronous, max_bytes: u64) -> Result<Wal, StoreError> {
     let conn = open_connection(path, synchronous)?;
@@ -501,12 +521,7 @@ impl Store {
                 .map_err(|e| StoreError::Io { path: path.to_owned(), message: e.to_string() })
         };
         create(path)?;
-        // One process owns the database: a second relay on the same data directory fails at
-        // once instead of interleaving writes. A lock file of its own, since closing any
-        // descriptor of the database file would drop SQLite's locks on it.
-        let lock_path = sibling(path, ".lock");
-        let lock = Flock::lock(create(&lock_path)?, FlockArg::LockExclusiveNonblock)
-            .map_err(|_| StoreError::Locked { path: path.to_owned() })?;
+        let lock = lock_database(path)?;
         let conn = open_connection(path, synchronous)?;
         // The writer may wait for the checkpoint thread (restarting the log), never for
         // anyone else: the lock file keeps other processes out.
@@ -1522,8 +1537,12 @@ mod tests {
     fn a_second_process_on_the_same_database_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
-        let _first = Store::open(&path, Synchronous::Full).unwrap();
+        let first = Store::open(&path, Synchronous::Full).unwrap();
         let err = Store::open(&path, Synchronous::Full).unwrap_err();
         assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+        // An offline admin command takes the same lock.
+        assert!(matches!(lock_database(&path), Err(StoreError::Locked { .. })));
+        drop(first);
+        assert!(lock_database(&path).is_ok(), "the lock goes with the store");
     }
 }
