@@ -1,8 +1,11 @@
 //! The join exchange. A member proves two things in its first transport message: that it holds
 //! its identity key, by signing the Noise handshake hash (so a captured join is useless on any
 //! other connection), and that it knows the room password, by showing the join secret derived
-//! from it. Only `SignedJoin::admit` or `SignedJoin::create_room` produce a `VerifiedJoin`, and
-//! the relay's room state accepts members only as `VerifiedJoin`s.
+//! from it. Only `SignedJoin::admit`, the constant-time check of the join secret against a
+//! stored verifier, produces a `VerifiedJoin`, and the relay's room state accepts members only
+//! as `VerifiedJoin`s. Creating a room is no exception: the founder is admitted against the
+//! verifier that storage reports it inserted (`SignedJoin::new_room_verifier`), so a backend
+//! that mistakes an existing room for a new one still checks the password of the room it has.
 
 use crate::codec::put_bytes8;
 use crate::error::JoinError;
@@ -96,10 +99,12 @@ impl SignedJoin {
         }
     }
 
-    /// Creates a new room: the verifier to store, and the founding member.
-    pub fn create_room(self) -> (VerifiedJoin, JoinVerifier) {
-        let verifier = self.request.join_secret.verifier();
-        (self.into_verified(), verifier)
+    /// The verifier to store for a room this join creates. It admits nobody by itself: the
+    /// founder becomes a member through `admit` against the verifier storage holds once it
+    /// reported inserting the new room, so a room that existed already asks for its own
+    /// password.
+    pub fn new_room_verifier(&self) -> JoinVerifier {
+        self.request.join_secret.verifier()
     }
 
     fn into_verified(self) -> VerifiedJoin {
@@ -189,10 +194,21 @@ mod tests {
     }
 
     #[test]
-    fn create_room_returns_the_secrets_verifier() {
+    fn a_new_rooms_verifier_admits_its_founder_and_an_existing_room_asks_its_own_password() {
         let keys = split_master(&[1; 32]);
         let (_, req) = request(&[5; 32], keys.join_secret.clone());
-        let (_, verifier) = req.verify(&[5; 32]).unwrap().create_room();
+        let signed = req.verify(&[5; 32]).unwrap();
+        let verifier = signed.new_room_verifier();
         assert!(verifier.matches(&keys.join_secret));
+        assert!(signed.admit(&verifier).is_ok(), "the founder is admitted by the verifier it stored");
+
+        // A join asking to create a room that exists already is checked against that room's
+        // verifier, like any other join.
+        let existing = split_master(&[2; 32]).join_secret.verifier();
+        let (id, req) = request(&[5; 32], keys.join_secret.clone());
+        let creating = JoinRequest::new(&id, &[5; 32], req.room, req.nick, keys.join_secret.clone(), true, 0);
+        let signed = creating.verify(&[5; 32]).unwrap();
+        assert!(signed.request().create);
+        assert_eq!(signed.admit(&existing).err(), Some(JoinError::WrongSecret));
     }
 }

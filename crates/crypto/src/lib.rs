@@ -14,6 +14,7 @@ mod handshake;
 mod identity;
 mod join;
 mod kdf;
+mod kdf_v2;
 mod keyfile;
 mod message;
 mod names;
@@ -35,6 +36,10 @@ pub use identity::{short_fingerprint, Identity, PublicIdentity};
 pub use join::{JoinRequest, SignedJoin, VerifiedJoin};
 pub use kdf::{
     derive_room_keys, room_salt, JoinSecret, JoinVerifier, KdfParams, MessageKey, RoomKeys, SafetyCode,
+};
+pub use kdf_v2::{
+    derive_master_v2, derive_room_secrets_v2, epoch_code, join_verifier_v2, room_salt_v2, split_master_v2,
+    GroupInfoKey, RoomCode, RoomPsk, RoomSecretsV2,
 };
 pub use keyfile::{load_or_create_identity, load_or_create_static, read_key_file, write_key_file, KeyKind};
 pub use message::{

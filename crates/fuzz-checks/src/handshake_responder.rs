@@ -185,8 +185,12 @@ pub fn relay_join(
             Err(_) => JoinOutcome::Refused(ErrorCode::WrongPassword),
         },
         None if create => {
-            let (joined, verifier) = signed.create_room();
-            JoinOutcome::Created(joined, verifier)
+            // Storage inserted the new room with this verifier; the founder passes its check.
+            let verifier = signed.new_room_verifier();
+            match signed.admit(&verifier) {
+                Ok(joined) => JoinOutcome::Created(joined, verifier),
+                Err(_) => JoinOutcome::Refused(ErrorCode::Internal),
+            }
         }
         None => JoinOutcome::Refused(ErrorCode::NoSuchRoom),
     }

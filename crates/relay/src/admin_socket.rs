@@ -12,7 +12,7 @@ use tracing::{info, warn};
 
 use crate::admin::{self, Reply, Request, MAX_REQUEST_LEN};
 use crate::handler::Shared;
-use crate::hub::LocalRooms;
+use crate::rooms::RoomAdmin;
 use crate::store::{StoreError, StoreHandle};
 
 /// Time a client gets to send its request.
@@ -38,7 +38,7 @@ pub(crate) fn bind(data_dir: &Path) -> std::io::Result<(UnixListener, PathBuf)> 
 }
 
 /// Serves admin requests until dropped.
-pub(crate) async fn serve(listener: UnixListener, shared: Arc<Shared<LocalRooms>>, store: StoreHandle) {
+pub(crate) async fn serve<R: RoomAdmin>(listener: UnixListener, shared: Arc<Shared<R>>, store: StoreHandle) {
     let limit = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
     loop {
         let Ok(permit) = limit.clone().acquire_owned().await else { return };
@@ -60,7 +60,7 @@ pub(crate) async fn serve(listener: UnixListener, shared: Arc<Shared<LocalRooms>
     }
 }
 
-async fn connection(stream: UnixStream, hub: &LocalRooms, store: &StoreHandle) -> std::io::Result<()> {
+async fn connection<R: RoomAdmin>(stream: UnixStream, hub: &R, store: &StoreHandle) -> std::io::Result<()> {
     let (rd, mut wr) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(rd.take(MAX_REQUEST_LEN));
@@ -95,7 +95,7 @@ fn room_name(name: &str) -> Option<RoomName> {
 }
 
 /// Runs one request on the storage thread and against the rooms in memory.
-pub(crate) async fn handle(request: Request, hub: &LocalRooms, store: &StoreHandle) -> Reply {
+pub(crate) async fn handle<R: RoomAdmin>(request: Request, hub: &R, store: &StoreHandle) -> Reply {
     match request {
         Request::RoomsList => match store.exec(|conn| admin::rooms(conn)).await {
             Ok(Ok(mut rooms)) => {
@@ -131,7 +131,7 @@ pub(crate) async fn handle(request: Request, hub: &LocalRooms, store: &StoreHand
         }
         Request::RoomsDelete { room } => {
             let Some(name) = room_name(&room) else { return admin::no_such_room(&room) };
-            match hub.operator_delete(&name).await {
+            match hub.delete_room(&name).await {
                 Ok(true) => Reply::Done(format!("deleted room {room}")),
                 Ok(false) => admin::no_such_room(&room),
                 Err(e) => storage(e),
@@ -143,7 +143,7 @@ pub(crate) async fn handle(request: Request, hub: &LocalRooms, store: &StoreHand
                 (None, _) => return admin::no_such_room(&room),
                 (_, Err(e)) => return Reply::Error(e),
             };
-            match hub.operator_set_owner(&name, owner).await {
+            match hub.set_owner(&name, owner).await {
                 Ok(true) => Reply::Done(format!("{} now owns room {room}", identity.trim())),
                 Ok(false) => admin::no_such_room(&room),
                 Err(e) => storage(e),
@@ -170,7 +170,7 @@ pub(crate) struct Running(Option<(tokio::task::JoinHandle<()>, PathBuf)>);
 
 /// Binds the admin socket and serves it; a relay whose socket cannot be bound still runs, and
 /// its operator is told that administration then needs it stopped.
-pub(crate) fn start(shared: &Arc<Shared<LocalRooms>>, store: StoreHandle) -> Running {
+pub(crate) fn start<R: RoomAdmin>(shared: &Arc<Shared<R>>, store: StoreHandle) -> Running {
     match bind(&shared.config.data_dir) {
         Ok((listener, path)) => {
             info!(socket = %path.display(), "admin socket ready");

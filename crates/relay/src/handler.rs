@@ -26,13 +26,15 @@ use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 use tracing::{debug, info, info_span, Instrument};
 
+use crate::abuse::{AbuseLimits, Lockout, SendScope};
 use crate::config::Config;
 use crate::frames::{FrameError, FrameReader};
-use crate::hub::{member_items, too_many_attempts, JoinPolicy, Moderation, Refusal, RoomService};
-use crate::limits::{
-    address_key, AddressCount, AddressSlot, FailureTracker, LogBudget, SendRate, TokenBucket, Verdict,
-};
+use crate::limits::{address_key, AddressCount, AddressSlot, LogBudget, SendRate, TokenBucket};
 use crate::outbox::{encode, write_loop, Offered, Outbox, PushError};
+use crate::rooms::rules::too_many_attempts;
+use crate::rooms::{
+    member_items, ConnectionId, JoinArgs, JoinPolicy, Link, Moderation, Refusal, RoomService,
+};
 use crate::shutdown::Shutdown;
 
 /// The smallest transport frame: an AEAD tag around at least one item header.
@@ -119,8 +121,8 @@ pub(crate) struct Shared<H> {
     pub(crate) hub: H,
     pub(crate) config: Config,
     pub(crate) static_key: StaticKeypair,
-    pub(crate) ip_failures: FailureTracker<IpAddr>,
-    pub(crate) room_failures: FailureTracker<String>,
+    /// Failed-join lockouts, room creations and send rates: what relays sharing rooms share.
+    pub(crate) limits: Box<dyn AbuseLimits>,
     pub(crate) unauthenticated: AddressCount,
     /// Connections per address (IPv6 per /64) and per IPv6 /48, joined or not.
     pub(crate) connections: AddressCount,
@@ -129,19 +131,12 @@ pub(crate) struct Shared<H> {
     pub(crate) handshake_rate: SendRate<IpAddr>,
     /// Places under `max_connections`; what is left decides whether strangers still get in.
     pub(crate) slots: Arc<tokio::sync::Semaphore>,
-    /// Rooms created per address within the failure window.
-    pub(crate) room_creations: FailureTracker<IpAddr>,
     /// Lines about refused joins: at most a few a minute, with a count of those left out.
     pub(crate) refusal_log: LogBudget,
     /// Lines about connections timed out or disconnected by the relay, likewise.
     pub(crate) ended_log: LogBudget,
     /// Lines about rate limits hit, within a budget like refusals.
     pub(crate) rate_log: LogBudget,
-    /// Envelopes per address and per room, over all identities.
-    pub(crate) send_rate_ip: SendRate<IpAddr>,
-    pub(crate) send_rate_room: SendRate<RoomName>,
-    /// Envelopes per identity (over all its connections).
-    pub(crate) send_rate: SendRate<PublicIdentity>,
 }
 
 /// Why a connection ended; logged, never returned to the listener.
@@ -180,6 +175,15 @@ enum Flow {
     Stop,
 }
 
+/// One item of a transport message, decoded.
+enum Decoded {
+    Request(ClientMessage),
+    /// A malformed `Send`, already answered with a `SendError`.
+    Answered,
+    /// Malformed beyond answering: the connection ends.
+    Stop,
+}
+
 /// A joined connection's request state, kept between its transport messages.
 struct Session {
     /// Answers owed, oldest first; grows to at most MAX_SENDS_IN_FLIGHT once the member
@@ -201,7 +205,7 @@ struct Session {
 pub(crate) struct Handler<H> {
     pub(crate) shared: Arc<Shared<H>>,
     pub(crate) peer: SocketAddr,
-    pub(crate) id: u64,
+    pub(crate) id: ConnectionId,
     pub(crate) shutdown: Shutdown,
     /// Accepted over the connection cap: the join is answered `ServerFull`.
     pub(crate) full: bool,
@@ -218,7 +222,7 @@ impl<H: RoomService> Handler<H> {
     pub(crate) fn run(self, stream: TcpStream, slot: AddressSlot) -> impl Future<Output = ()> + Send {
         // Instrumented by hand: `#[instrument]` on the async fn made the connection's task
         // 216 bytes larger (1 992 instead of 1 776) for its whole life.
-        let span = info_span!("conn", id = self.id, peer = %self.peer);
+        let span = info_span!("conn", id = %self.id, peer = %self.peer);
         self.logged(stream, slot).instrument(span)
     }
 
@@ -269,7 +273,8 @@ impl<H: RoomService> Handler<H> {
         let (sender, mut receiver) = transport.split();
 
         let config = &self.shared.config;
-        let outbox = Arc::new(Outbox::new(config.outbound_queue_bytes, config.write_stall));
+        // Held until the join starts it: see `rooms::Admission`.
+        let outbox = Arc::new(Outbox::held(config.outbound_queue_bytes, config.write_stall));
         let mut writer = tokio::spawn({
             let outbox = outbox.clone();
             async move { write_loop(&outbox, sender, crate::metrics::CountWrites(write_half)).await }
@@ -339,7 +344,7 @@ impl<H: RoomService> Handler<H> {
         if let Err(Ended::Disconnected(ErrorCode::SlowConsumer)) = result {
             crate::metrics::slow_consumer();
         }
-        self.shared.hub.leave(member);
+        self.shared.hub.leave(member).await;
         info!(room = %room, nick = %nick, reason = %left_reason(&result), "left");
         result
     }
@@ -411,13 +416,10 @@ impl<H: RoomService> Handler<H> {
         let reserved = config.max_connections * config.headroom_percent / 100;
         let policy = JoinPolicy { crowded: self.shared.slots.available_permits() < reserved, room_locked };
         let may_create = || self.may_create(ip, policy);
-        let member = match self
-            .shared
-            .hub
-            .join(signed, history_after, self.id, outbox.clone(), &may_create, policy)
-            .await
-        {
-            Ok(member) => member,
+        let link = Link::new(outbox.clone());
+        let args = JoinArgs { join: signed, history_after, connection: self.id, link, policy };
+        let member = match self.shared.hub.join(args, &may_create).await {
+            Ok(admission) => crate::rooms::start(outbox, admission),
             Err(refusal) => return Err(self.refuse_join(outbox, ip, Some(&room), refusal)),
         };
         drop(slot);
@@ -430,9 +432,8 @@ impl<H: RoomService> Handler<H> {
     async fn lockouts(&mut self, outbox: &Outbox, ip: IpAddr, room: &RoomName) -> Result<bool, Ended> {
         let shared = self.shared.clone();
         let config = &shared.config;
-        let ip_verdict = shared.ip_failures.check(&ip);
-        let room_verdict = shared.room_failures.check(&room.as_str().to_owned());
-        if ip_verdict == Verdict::Locked {
+        let (ip_verdict, room_verdict) = shared.limits.join_lockouts(ip, room);
+        if ip_verdict == Lockout::Locked {
             let minutes = config.failure_window.as_secs().div_ceil(60);
             let refusal = Refusal::new(
                 ErrorCode::TooManyAttempts,
@@ -440,7 +441,7 @@ impl<H: RoomService> Handler<H> {
             );
             return Err(self.refuse_join(outbox, ip, Some(room), refusal));
         }
-        if ip_verdict == Verdict::Slow || room_verdict == Verdict::Slow {
+        if ip_verdict == Lockout::Slow || room_verdict == Lockout::Slow {
             debug!("slowing a join after failed attempts");
             tokio::select! {
                 _ = self.shutdown.recv() => {
@@ -450,7 +451,7 @@ impl<H: RoomService> Handler<H> {
                 _ = tokio::time::sleep(config.failure_delay) => {}
             }
         }
-        Ok(room_verdict == Verdict::Locked)
+        Ok(room_verdict == Lockout::Locked)
     }
 
     /// Asked just before a join creates a room: not in a locked room's name, not when the
@@ -464,8 +465,7 @@ impl<H: RoomService> Handler<H> {
         if policy.crowded {
             return Err(Refusal::new(ErrorCode::ServerFull, "the relay is full; try again later"));
         }
-        let creations = &self.shared.room_creations;
-        if creations.check(&ip) == Verdict::Locked {
+        if !self.shared.limits.take_creation(ip) {
             info!("room creation refused: too many new rooms from this address");
             let minutes = config.failure_window.as_secs().div_ceil(60);
             return Err(Refusal::new(
@@ -473,7 +473,6 @@ impl<H: RoomService> Handler<H> {
                 format!("too many rooms created from your address; try again in {minutes} minutes"),
             ));
         }
-        creations.record_failure(&ip);
         Ok(())
     }
 
@@ -493,10 +492,8 @@ impl<H: RoomService> Handler<H> {
                 | ErrorCode::ShuttingDown
         );
         if counts {
-            shared.ip_failures.record_failure(&ip);
-        }
-        if let (ErrorCode::WrongPassword, Some(room)) = (refusal.code, room) {
-            shared.room_failures.record_failure(&room.as_str().to_owned());
+            let wrong_password_in = room.filter(|_| refusal.code == ErrorCode::WrongPassword);
+            shared.limits.join_failed(ip, wrong_password_in);
         }
         if let Some(unlogged) = shared.refusal_log.take() {
             let room = room.map_or("", RoomName::as_str);
@@ -613,85 +610,111 @@ impl<H: RoomService> Handler<H> {
         identity: PublicIdentity,
         session: &mut Session,
     ) -> Flow {
-        let pending = &mut session.pending;
         if plaintext.is_empty() {
             outbox.finish_with(ErrorCode::Malformed, "empty message");
             return Flow::Stop;
         }
         for item in items(plaintext) {
-            let (ty, body) = match item {
-                Ok(item) => item,
-                Err(e) => {
-                    outbox.finish_with(ErrorCode::Malformed, &format!("malformed message: {e}"));
-                    return Flow::Stop;
-                }
+            let message = match self.decode(item, outbox, &mut session.pending).await {
+                Decoded::Request(message) => message,
+                Decoded::Answered => continue,
+                Decoded::Stop => return Flow::Stop,
             };
-            // Every answer to a `Send` names its counter; a body too short to hold one cannot
-            // be answered that way.
-            let counter = EnvelopeHeader::peek_counter(body);
-            if ty == SEND_ITEM && counter.is_none() {
-                let detail = format!("a Send of {} bytes is shorter than an envelope header", body.len());
-                outbox.finish_with(ErrorCode::Malformed, &detail);
+            if let Flow::Stop = self.request(message, outbox, member, identity, session).await {
                 return Flow::Stop;
             }
-            let message = match ClientMessage::decode(ty, body) {
-                Ok(message) => message,
-                Err(e) if ty == SEND_ITEM => {
-                    let code = if matches!(e, DecodeError::TooLong { .. }) {
-                        ErrorCode::EnvelopeTooLarge
-                    } else {
-                        ErrorCode::Malformed
-                    };
-                    let error =
-                        send_error(counter.unwrap_or_default(), code, format!("envelope refused: {e}"));
-                    pending.push_back(Box::pin(std::future::ready(error)));
-                    if !self.make_room(pending, outbox).await {
-                        return Flow::Stop;
-                    }
-                    continue;
-                }
-                Err(e) => {
-                    outbox.finish_with(ErrorCode::Malformed, &format!("malformed message: {e}"));
-                    return Flow::Stop;
-                }
-            };
-            // Anything but an unsolicited `Pong` shows the peer is there.
-            session.alive |= match &message {
-                ClientMessage::Pong { token } => session.ping == Some(*token),
-                _ => true,
-            };
-            if let ClientMessage::Send { envelope } = message {
-                pending.push_back(self.send(member, identity, &session.room, envelope));
-                if !self.make_room(pending, outbox).await {
-                    return Flow::Stop;
-                }
-                continue;
+        }
+        Flow::Continue
+    }
+
+    /// Decodes one item. A malformed `Send` that names a counter is answered with a
+    /// `SendError` in its turn; anything else malformed ends the connection.
+    async fn decode(
+        &self,
+        item: Result<(u8, &[u8]), DecodeError>,
+        outbox: &Outbox,
+        pending: &mut VecDeque<Answer>,
+    ) -> Decoded {
+        let (ty, body) = match item {
+            Ok(item) => item,
+            Err(e) => {
+                outbox.finish_with(ErrorCode::Malformed, &format!("malformed message: {e}"));
+                return Decoded::Stop;
             }
-            if !answer_all(pending, outbox).await {
+        };
+        // Every answer to a `Send` names its counter; a body too short to hold one cannot
+        // be answered that way.
+        let counter = EnvelopeHeader::peek_counter(body);
+        if ty == SEND_ITEM && counter.is_none() {
+            let detail = format!("a Send of {} bytes is shorter than an envelope header", body.len());
+            outbox.finish_with(ErrorCode::Malformed, &detail);
+            return Decoded::Stop;
+        }
+        match ClientMessage::decode(ty, body) {
+            Ok(message) => Decoded::Request(message),
+            Err(e) if ty == SEND_ITEM => {
+                let code = if matches!(e, DecodeError::TooLong { .. }) {
+                    ErrorCode::EnvelopeTooLarge
+                } else {
+                    ErrorCode::Malformed
+                };
+                let error = send_error(counter.unwrap_or_default(), code, format!("envelope refused: {e}"));
+                pending.push_back(Box::pin(std::future::ready(error)));
+                if self.make_room(pending, outbox).await {
+                    Decoded::Answered
+                } else {
+                    Decoded::Stop
+                }
+            }
+            Err(e) => {
+                outbox.finish_with(ErrorCode::Malformed, &format!("malformed message: {e}"));
+                Decoded::Stop
+            }
+        }
+    }
+
+    /// Carries out one decoded request.
+    async fn request(
+        &self,
+        message: ClientMessage,
+        outbox: &Arc<Outbox>,
+        member: &H::Membership,
+        identity: PublicIdentity,
+        session: &mut Session,
+    ) -> Flow {
+        // Anything but an unsolicited `Pong` shows the peer is there.
+        session.alive |= match &message {
+            ClientMessage::Pong { token } => session.ping == Some(*token),
+            _ => true,
+        };
+        let pending = &mut session.pending;
+        if let ClientMessage::Send { envelope } = message {
+            pending.push_back(self.send(member, identity, &session.room, envelope));
+            return if self.make_room(pending, outbox).await { Flow::Continue } else { Flow::Stop };
+        }
+        if !answer_all(pending, outbox).await {
+            return Flow::Stop;
+        }
+        let replies = match message {
+            ClientMessage::Send { .. } => Vec::new(),
+            ClientMessage::Who => self.who(member, &mut session.who).await,
+            ClientMessage::Kick { nick } => self.moderate(member, Moderation::Kick, nick).await,
+            ClientMessage::Ban { nick } => self.moderate(member, Moderation::Ban, nick).await,
+            ClientMessage::Unban { nick } => self.moderate(member, Moderation::Unban, nick).await,
+            ClientMessage::Ping { token } => vec![encode(&RelayMessage::Pong { token })],
+            ClientMessage::Pong { .. } => Vec::new(),
+            ClientMessage::Join(_) => {
+                outbox.finish_with(ErrorCode::UnexpectedMessage, "already joined: a connection joins once");
                 return Flow::Stop;
             }
-            let replies = match message {
-                ClientMessage::Send { .. } => Vec::new(),
-                ClientMessage::Who => self.who(member, &mut session.who).await,
-                ClientMessage::Kick { nick } => self.moderate(member, Moderation::Kick, nick).await,
-                ClientMessage::Ban { nick } => self.moderate(member, Moderation::Ban, nick).await,
-                ClientMessage::Unban { nick } => self.moderate(member, Moderation::Unban, nick).await,
-                ClientMessage::Ping { token } => vec![encode(&RelayMessage::Pong { token })],
-                ClientMessage::Pong { .. } => Vec::new(),
-                ClientMessage::Join(_) => {
-                    outbox
-                        .finish_with(ErrorCode::UnexpectedMessage, "already joined: a connection joins once");
-                    return Flow::Stop;
-                }
-                _ => {
-                    outbox.finish_with(ErrorCode::UnexpectedMessage, "message not understood");
-                    return Flow::Stop;
-                }
-            };
-            for item in replies {
-                if !reply(outbox, item).await {
-                    return Flow::Stop;
-                }
+            _ => {
+                outbox.finish_with(ErrorCode::UnexpectedMessage, "message not understood");
+                return Flow::Stop;
+            }
+        };
+        for item in replies {
+            if !reply(outbox, item).await {
+                return Flow::Stop;
             }
         }
         Flow::Continue
@@ -705,7 +728,7 @@ impl<H: RoomService> Handler<H> {
             tokio::time::sleep(wait).await;
         }
         allowance.try_take();
-        member_items(self.shared.hub.members(member))
+        member_items(self.shared.hub.members(member).await)
     }
 
     /// Answers the oldest pending requests until fewer than `MAX_SENDS_IN_FLIGHT` remain.
@@ -753,15 +776,13 @@ impl<H: RoomService> Handler<H> {
     fn over_rate(&self, identity: PublicIdentity, room: &RoomName) -> Option<String> {
         let shared = &self.shared;
         let config = &shared.config;
-        let (scope, per_sec, burst) = if !shared.send_rate.try_take(&identity) {
-            ("member", config.rate_per_sec, config.rate_burst)
-        } else if !shared.send_rate_ip.try_take(&address_key(self.peer.ip())) {
-            ("address", config.ip_rate_per_sec, config.ip_rate_burst)
-        } else if !shared.send_rate_room.try_take(room) {
-            ("room", config.room_rate_per_sec, config.room_rate_burst)
-        } else {
-            return None;
+        let scope = shared.limits.take_send(&identity, self.peer.ip(), room)?;
+        let (per_sec, burst) = match scope {
+            SendScope::Member => (config.rate_per_sec, config.rate_burst),
+            SendScope::Address => (config.ip_rate_per_sec, config.ip_rate_burst),
+            SendScope::Room => (config.room_rate_per_sec, config.room_rate_burst),
         };
+        let scope = scope.as_str();
         if let Some(unlogged) = shared.rate_log.take() {
             info!(scope, unlogged, "rate limit hit");
         }

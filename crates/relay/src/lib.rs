@@ -6,15 +6,16 @@
 //! completes. `docs/RELAY.md` is the operator's guide.
 #![forbid(unsafe_code)]
 
+pub mod abuse;
 pub mod admin;
 mod admin_socket;
 mod config;
 mod frames;
 mod handler;
-mod hub;
 mod limits;
 mod metrics;
 mod outbox;
+pub mod rooms;
 mod server;
 mod shutdown;
 mod store;

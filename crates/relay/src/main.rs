@@ -3,6 +3,7 @@
 
 mod admin_cli;
 mod config_file;
+mod error;
 mod onion;
 
 use std::ffi::OsString;
@@ -16,6 +17,8 @@ use chatroom_relay::{check_key_not_lost, fingerprint, key_path, Config, Relay, S
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
+
+use crate::error::MainError;
 
 /// Relay for chatroom, the end-to-end encrypted group chat. The relay only ever sees
 /// ciphertext.
@@ -255,16 +258,12 @@ pub(crate) fn default_data_dir() -> Result<PathBuf, String> {
         .ok_or_else(|| "cannot determine a data directory (no home directory); pass --data-dir DIR".into())
 }
 
-fn config(args: &RunArgs) -> Result<Config, String> {
-    let data_dir = match &args.data_dir {
-        Some(dir) => dir.clone(),
-        None => default_data_dir()?,
-    };
-    let mut config = Config::new(data_dir);
-    if args.max_envelope > config.max_envelope_len {
+/// The flag values no relay can run with, each refused with the value to use instead.
+fn validate(args: &RunArgs, defaults: &Config) -> Result<(), String> {
+    if args.max_envelope > defaults.max_envelope_len {
         return Err(format!(
             "--max-envelope {} exceeds the protocol's maximum of {}; use a value up to {}",
-            args.max_envelope, config.max_envelope_len, config.max_envelope_len
+            args.max_envelope, defaults.max_envelope_len, defaults.max_envelope_len
         ));
     }
     if args.max_connections == 0
@@ -278,10 +277,10 @@ fn config(args: &RunArgs) -> Result<Config, String> {
                     --max-connections-per-48, --max-room-members and --who-per-sec must be at least 1"
             .into());
     }
-    if args.history_bytes < config.max_envelope_len {
+    if args.history_bytes < defaults.max_envelope_len {
         return Err(format!(
             "--history-bytes {} cannot hold one envelope; use at least {}",
-            args.history_bytes, config.max_envelope_len
+            args.history_bytes, defaults.max_envelope_len
         ));
     }
     if args.headroom_percent > 50 {
@@ -296,6 +295,23 @@ fn config(args: &RunArgs) -> Result<Config, String> {
             args.queue_bytes
         ));
     }
+    if let Some(addr) = args.metrics.filter(|a| !a.ip().is_loopback()) {
+        return Err(format!(
+            "--metrics {addr} is not a loopback address; the metrics show who is active when, so serve them \
+             on 127.0.0.1 (for example --metrics 127.0.0.1:9187) and let the scraper or a proxy with \
+             authentication reach them there"
+        ));
+    }
+    Ok(())
+}
+
+fn config(args: &RunArgs) -> Result<Config, String> {
+    let data_dir = match &args.data_dir {
+        Some(dir) => dir.clone(),
+        None => default_data_dir()?,
+    };
+    let mut config = Config::new(data_dir);
+    validate(args, &config)?;
     config.history = args.history;
     config.history_bytes = args.history_bytes;
     config.max_rooms = args.max_rooms;
@@ -332,13 +348,6 @@ fn config(args: &RunArgs) -> Result<Config, String> {
     config.failure_window = args.failure_window;
     config.failure_delay = args.failure_delay;
     config.stats_interval = args.stats_interval;
-    if let Some(addr) = args.metrics.filter(|a| !a.ip().is_loopback()) {
-        return Err(format!(
-            "--metrics {addr} is not a loopback address; the metrics show who is active when, so serve them \
-             on 127.0.0.1 (for example --metrics 127.0.0.1:9187) and let the scraper or a proxy with \
-             authentication reach them there"
-        ));
-    }
     config.synchronous = match args.synchronous {
         SyncArg::Full => Synchronous::Full,
         SyncArg::Normal => Synchronous::Normal,
@@ -378,33 +387,30 @@ async fn signal() {
     }
 }
 
-fn serve(args: RunArgs) -> Result<(), String> {
+fn serve(args: RunArgs) -> Result<(), MainError> {
     init_logging(args.verbose, args.log_format);
     let config = config(&args)?;
     let data_dir = config.data_dir.clone();
     let max_connections = config.max_connections;
-    let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let runtime = tokio::runtime::Runtime::new().map_err(MainError::Runtime)?;
     runtime.block_on(async {
-        let mut relay = Relay::open(config).map_err(|e| e.to_string())?;
+        let mut relay = Relay::open(config)?;
         let metrics = match args.metrics {
             Some(addr) => {
-                let listener = TcpListener::bind(addr).await.map_err(|e| {
-                    format!("cannot serve metrics on {addr}: {e}; choose another --metrics address")
-                })?;
-                let local =
-                    listener.local_addr().map_err(|e| format!("cannot read the metrics address: {e}"))?;
+                let listener =
+                    TcpListener::bind(addr).await.map_err(|source| MainError::Metrics { addr, source })?;
+                let local = listener
+                    .local_addr()
+                    .map_err(|source| MainError::LocalAddr { what: "metrics", source })?;
                 relay = relay.with_metrics(listener);
                 Some(local)
             }
             None => None,
         };
-        let listener = TcpListener::bind(args.listen).await.map_err(|e| {
-            format!(
-                "cannot listen on {}: {e}; choose another --listen address or stop what uses it",
-                args.listen
-            )
-        })?;
-        let local = listener.local_addr().map_err(|e| format!("cannot read the listening address: {e}"))?;
+        let addr = args.listen;
+        let listener = TcpListener::bind(addr).await.map_err(|source| MainError::Listen { addr, source })?;
+        let local =
+            listener.local_addr().map_err(|source| MainError::LocalAddr { what: "listening", source })?;
         let onion = match args.onion.onion {
             true => Some(publish_onion(&args.onion, &data_dir, local).await?),
             false => None,
@@ -437,7 +443,7 @@ fn serve(args: RunArgs) -> Result<(), String> {
         let _ = writeln!(out, "listening on {local}");
         let _ = out.flush();
         drop(out);
-        relay.run(listener, signal()).await.map_err(|e| e.to_string())
+        Ok(relay.run(listener, signal()).await?)
     })
 }
 
@@ -446,29 +452,28 @@ async fn publish_onion(
     args: &onion::OnionArgs,
     data_dir: &std::path::Path,
     local: SocketAddr,
-) -> Result<onion::OnionService, String> {
+) -> Result<onion::OnionService, MainError> {
     let (args, data_dir) = (args.clone(), data_dir.to_owned());
-    tokio::task::spawn_blocking(move || onion::publish(&args, &data_dir, local))
-        .await
-        .map_err(|e| format!("the onion service set-up failed: {e}"))?
+    let published = tokio::task::spawn_blocking(move || onion::publish(&args, &data_dir, local));
+    Ok(published.await.map_err(MainError::OnionTask)??)
 }
 
-fn print_fingerprint(data_dir: Option<PathBuf>) -> Result<(), String> {
+fn print_fingerprint(data_dir: Option<PathBuf>) -> Result<(), MainError> {
     let data_dir = match data_dir {
         Some(dir) => dir,
         None => default_data_dir()?,
     };
     // A typo in --data-dir must not quietly create a new key somewhere else.
     if !data_dir.is_dir() {
-        return Err(format!(
+        return Err(MainError::Usage(format!(
             "{} is not a directory, so there is no relay key to print. Check --data-dir; to create a \
              new relay there, run mkdir -p {} first",
             data_dir.display(),
             data_dir.display()
-        ));
+        )));
     }
-    check_key_not_lost(&Config::new(&data_dir)).map_err(|e| e.to_string())?;
-    let (key, _) = chatroom_crypto::load_or_create_static(&key_path(&data_dir)).map_err(|e| e.to_string())?;
+    check_key_not_lost(&Config::new(&data_dir))?;
+    let (key, _) = chatroom_crypto::load_or_create_static(&key_path(&data_dir))?;
     println!("{}", fingerprint(key.public()));
     Ok(())
 }
@@ -495,7 +500,7 @@ fn parse_cli(args: Vec<OsString>) -> Result<(Cli, config_file::Parsed), String> 
 }
 
 /// `check-config`: validates everything `serve` would and prints the effective configuration.
-fn check_config(args: &RunArgs, parsed: &config_file::Parsed) -> Result<(), String> {
+fn check_config(args: &RunArgs, parsed: &config_file::Parsed) -> Result<(), MainError> {
     let config = config(args)?;
     let mut out = std::io::stdout().lock();
     let from =
@@ -506,17 +511,24 @@ fn check_config(args: &RunArgs, parsed: &config_file::Parsed) -> Result<(), Stri
     Ok(())
 }
 
-fn main() -> ExitCode {
-    let result = parse_cli(std::env::args_os().collect()).and_then(|(cli, parsed)| match cli.command {
+/// Runs what the command line asks for.
+fn dispatch(cli: Cli, parsed: &config_file::Parsed) -> Result<(), MainError> {
+    match cli.command {
         Some(Command::Fingerprint { data_dir }) => print_fingerprint(data_dir),
-        Some(Command::CheckConfig(args)) => check_config(&args, &parsed),
-        Some(Command::Rooms(command)) => admin_cli::rooms(command),
-        Some(Command::Bans(command)) => admin_cli::bans(command),
-        Some(Command::Owner(command)) => admin_cli::owner(command),
-        Some(Command::Backup(command)) => admin_cli::backup(command),
-        Some(Command::GenerateAssets { dir }) => chatroom_cli_assets::write(Cli::command(), &dir),
+        Some(Command::CheckConfig(args)) => check_config(&args, parsed),
+        Some(Command::Rooms(command)) => Ok(admin_cli::rooms(command)?),
+        Some(Command::Bans(command)) => Ok(admin_cli::bans(command)?),
+        Some(Command::Owner(command)) => Ok(admin_cli::owner(command)?),
+        Some(Command::Backup(command)) => Ok(admin_cli::backup(command)?),
+        Some(Command::GenerateAssets { dir }) => Ok(chatroom_cli_assets::write(Cli::command(), &dir)?),
         None => serve(cli.run),
-    });
+    }
+}
+
+fn main() -> ExitCode {
+    let result = parse_cli(std::env::args_os().collect())
+        .map_err(MainError::Usage)
+        .and_then(|(cli, parsed)| dispatch(cli, &parsed));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

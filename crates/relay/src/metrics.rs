@@ -3,8 +3,11 @@
 //!
 //! Counters are bumped where things happen (one line at each place); gauges that describe
 //! state (connections joined, rooms loaded, queued bytes, stored rooms and history) are read
-//! from the relay when scraped. One relay runs per process, so the counters are global.
+//! when scraped, through the `Gauges` reader `server.rs` hands in. This module imports nothing
+//! else of the relay: every layer pushes into it, none is read by it. One relay runs per
+//! process, so the counters are global.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, LazyLock};
@@ -20,11 +23,18 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tracing::{info, warn};
+use tracing::info;
 
-use crate::handler::Shared;
-use crate::hub::LocalRooms;
-use crate::store::StoreHandle;
+/// The state the gauges describe, as the relay reads it at a scrape.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Gauges {
+    pub(crate) joined: usize,
+    pub(crate) rooms_loaded: usize,
+    pub(crate) queued_bytes: usize,
+    /// Rooms stored, envelopes in their history and those envelopes' bytes; `None` when
+    /// storage could not count them (the gauges keep their last values).
+    pub(crate) stored: Option<(i64, i64, i64)>,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CodeLabel {
@@ -215,38 +225,25 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for CountWrites<W> {
     }
 }
 
-/// Reads the relay's state into the gauges.
-async fn refresh(hub: &LocalRooms, store: &StoreHandle) {
+/// Sets the gauges.
+fn set(gauges: &Gauges) {
     let m = &*METRICS;
-    let (joined, loaded, queued) = hub.census();
+    let joined = gauges.joined as i64;
     let open = m.open.load(Ordering::Relaxed).max(0);
-    m.connections.get_or_create(&StateLabel { state: "joined" }).set(joined as i64);
-    m.connections.get_or_create(&StateLabel { state: "handshaking" }).set((open - joined as i64).max(0));
-    m.rooms_loaded.set(loaded as i64);
-    m.queued_bytes.set(queued as i64);
-    let stored = store
-        .exec(|conn| {
-            conn.query_row(
-                "SELECT (SELECT count(*) FROM rooms), count(*), coalesce(sum(length(envelope)), 0) FROM history",
-                [],
-                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)),
-            )
-        })
-        .await;
-    match stored {
-        Ok(Ok((rooms, envelopes, bytes))) => {
-            m.rooms.set(rooms);
-            m.history_envelopes.set(envelopes);
-            m.history_bytes.set(bytes);
-        }
-        Ok(Err(e)) => warn!(error = %e, "cannot count rooms and history for the metrics"),
-        Err(_) => {}
+    m.connections.get_or_create(&StateLabel { state: "joined" }).set(joined);
+    m.connections.get_or_create(&StateLabel { state: "handshaking" }).set((open - joined).max(0));
+    m.rooms_loaded.set(gauges.rooms_loaded as i64);
+    m.queued_bytes.set(gauges.queued_bytes as i64);
+    if let Some((rooms, envelopes, bytes)) = gauges.stored {
+        m.rooms.set(rooms);
+        m.history_envelopes.set(envelopes);
+        m.history_bytes.set(bytes);
     }
 }
 
 /// The metrics in the OpenMetrics text format.
-pub(crate) async fn render(hub: &LocalRooms, store: &StoreHandle) -> String {
-    refresh(hub, store).await;
+pub(crate) fn render(gauges: &Gauges) -> String {
+    set(gauges);
     let mut out = String::new();
     if prometheus_client::encoding::text::encode(&mut out, &METRICS.registry).is_err() {
         out.clear();
@@ -255,8 +252,8 @@ pub(crate) async fn render(hub: &LocalRooms, store: &StoreHandle) -> String {
 }
 
 /// One line of totals for the log.
-pub(crate) async fn log_stats(hub: &LocalRooms, store: &StoreHandle) {
-    refresh(hub, store).await;
+pub(crate) fn log_stats(gauges: &Gauges) {
+    set(gauges);
     let m = &*METRICS;
     let state = |s| m.connections.get_or_create(&StateLabel { state: s }).get();
     info!(
@@ -280,7 +277,12 @@ const MAX_REQUEST_HEAD: u64 = 8 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves `GET /metrics` (HTTP/1.x, one request per connection) until dropped.
-pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared<LocalRooms>>, store: StoreHandle) {
+pub(crate) async fn serve<F, Fut>(listener: TcpListener, read: F)
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Gauges> + Send,
+{
+    let read = Arc::new(read);
     let scrapes = Arc::new(tokio::sync::Semaphore::new(4));
     loop {
         let Ok(permit) = scrapes.clone().acquire_owned().await else { return };
@@ -288,19 +290,20 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared<LocalRooms>>
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        let (shared, store) = (shared.clone(), store.clone());
+        let read = read.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let _ = tokio::time::timeout(REQUEST_TIMEOUT * 2, scrape(stream, &shared.hub, &store)).await;
+            let _ = tokio::time::timeout(REQUEST_TIMEOUT * 2, scrape(stream, &*read)).await;
         });
     }
 }
 
-async fn scrape<S: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: S,
-    hub: &LocalRooms,
-    store: &StoreHandle,
-) -> std::io::Result<()> {
+async fn scrape<S, F, Fut>(mut stream: S, read: &F) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: Fn() -> Fut,
+    Fut: Future<Output = Gauges>,
+{
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -311,7 +314,7 @@ async fn scrape<S: AsyncRead + AsyncWrite + Unpin>(
         head.extend_from_slice(&buf[..n]);
     }
     let (status, kind, body) = if head.starts_with(b"GET /metrics ") || head.starts_with(b"GET /metrics?") {
-        ("200 OK", "application/openmetrics-text; version=1.0.0; charset=utf-8", render(hub, store).await)
+        ("200 OK", "application/openmetrics-text; version=1.0.0; charset=utf-8", render(&read().await))
     } else {
         ("404 Not Found", "text/plain; charset=utf-8", "only GET /metrics is served here\n".to_owned())
     };

@@ -130,6 +130,9 @@ struct State {
     reason: Option<ErrorCode>,
     /// Items queued when the writer last took a batch.
     backlog: usize,
+    /// A joining member's queue: nothing is written before `start` (or a goodbye), so live
+    /// items pushed between the member's registration and `start` wait behind its join.
+    held: bool,
 }
 
 /// One connection's outbound queue.
@@ -173,6 +176,14 @@ impl Outbox {
             abort: Notify::new(),
             space: Notify::new(),
         }
+    }
+
+    /// A queue like `new`'s for a connection that is still joining: what is pushed waits
+    /// until `start` puts the join's items and replay ahead of it.
+    pub(crate) fn held(limit: usize, stall: Duration) -> Self {
+        let outbox = Self::new(limit, stall);
+        outbox.lock().held = true;
+        outbox
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -226,18 +237,20 @@ impl Outbox {
     }
 
     /// Starts a member's join: `first` (the `Joined` and `Members` items, which count
-    /// against the limit like any other) is queued, and `replay` goes out right after it,
-    /// before anything queued later. Nothing may be queued before this.
+    /// against the limit like any other) goes out first, then `replay`, then whatever was
+    /// queued before this call (live items pushed since the member registered) or after it.
     pub(crate) fn start(&self, first: Vec<Bytes>, replay: Box<dyn Replay>) -> Result<(), PushError> {
         let mut state = self.lock();
         if state.closed {
             return Err(PushError::Closed);
         }
-        for item in first {
-            state.push(item);
+        state.ahead = first.len();
+        for item in first.into_iter().rev() {
+            state.bytes += item.len();
+            state.queue.push_front(item);
         }
-        state.ahead = state.queue.len();
         state.replay = Some(replay);
+        state.held = false;
         drop(state);
         self.wake.notify_one();
         Ok(())
@@ -354,6 +367,9 @@ impl Outbox {
         if let Some(goodbye) = state.abort.take() {
             return Next::Abort(goodbye);
         }
+        if state.held && !state.finishing {
+            return Next::Wait;
+        }
         if state.ahead == 0 {
             if let Some(replay) = state.replay.take() {
                 return Next::Replay(replay);
@@ -397,6 +413,42 @@ impl Outbox {
         drop(state);
         self.space.notify_waiters();
         Next::Write(batches, replay)
+    }
+}
+
+#[cfg(any(test, feature = "conformance"))]
+impl Outbox {
+    /// Everything a writer would send now, as if the socket took it all: queued items,
+    /// replays pulled to their end, and a goodbye. For tests of what a member is sent.
+    pub(crate) fn drain(&self) -> Vec<Bytes> {
+        let mut items = Vec::new();
+        loop {
+            match self.next() {
+                Next::Abort(goodbye) => {
+                    items.push(goodbye);
+                    return items;
+                }
+                Next::Wait | Next::Done => return items,
+                Next::Write(batches, replay) => {
+                    items.extend(batches.into_iter().flatten());
+                    if let Some(replay) = replay {
+                        drain_replay(replay, &mut items);
+                    }
+                }
+                Next::Replay(replay) => drain_replay(replay, &mut items),
+            }
+        }
+    }
+}
+
+#[cfg(any(test, feature = "conformance"))]
+fn drain_replay(mut replay: Box<dyn Replay>, items: &mut Vec<Bytes>) {
+    loop {
+        match replay.pull(usize::MAX) {
+            Pulled::More(more) => items.extend(more),
+            Pulled::Done(last) => return items.extend(last),
+            Pulled::Lost => return,
+        }
     }
 }
 
@@ -976,6 +1028,28 @@ mod tests {
             3,
             "pulled in pieces as the socket drained"
         );
+    }
+
+    #[tokio::test]
+    async fn a_joining_members_live_items_wait_behind_its_join_and_replay() {
+        let outbox = Arc::new(Outbox::held(MIN_QUEUE_BYTES, STALL));
+        // Delivered live between the member's registration and the start of its join.
+        outbox.push(deliveries(3..=3, 300).remove(0)).unwrap();
+        assert!(matches!(outbox.next(), Next::Wait), "a held queue writes nothing");
+        let replay = Counting { next: 1, total: 2, per_pull: 10, pulls: Arc::default() };
+        outbox.start(vec![encode(&RelayMessage::Ping { token: 1 })], Box::new(replay)).unwrap();
+        outbox.finish();
+        let messages: Vec<RelayMessage> = written(outbox).await.into_iter().flatten().collect();
+        assert_eq!(messages.first(), Some(&RelayMessage::Ping { token: 1 }));
+        let order: Vec<u64> = messages
+            .iter()
+            .filter_map(|m| match m {
+                RelayMessage::Deliver { seq, .. } => Some(*seq),
+                RelayMessage::HistoryEnd { .. } => Some(0),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(order, [1, 2, 0, 3]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -3,7 +3,6 @@
 //! per connection, and a broadcast that tells every handler to say goodbye.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,12 +11,15 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit, Semaphore};
 use tracing::{info, warn};
 
+use crate::abuse::{AbuseLimits, LocalLimits};
 use crate::config::Config;
 use crate::handler::{Handler, Shared};
-use crate::hub::{HistoryLimit, LocalRooms, RoomLimits, RoomService};
-use crate::limits::{address_key, wide_key, AddressCount, AddressSlot, FailureTracker, LogBudget, SendRate};
+use crate::limits::{address_key, wide_key, AddressCount, AddressSlot, LogBudget, SendRate};
+use crate::metrics::Gauges;
+use crate::rooms::rules::RuleLimits;
+use crate::rooms::{ConnectionIds, HistoryLimit, LocalRooms, RoomAdmin, RoomLimits, RoomService};
 use crate::shutdown::Shutdown;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, StoreHandle};
 
 /// Connections beyond `max_connections` that are still served, only to be told
 /// `ServerFull` after their handshake; any further one is closed at once.
@@ -61,14 +63,30 @@ pub fn check_key_not_lost(config: &Config) -> Result<(), RelayError> {
     Ok(())
 }
 
-/// An opened relay: its static key loaded (or created) and its database open.
+/// An opened relay: its static key loaded (or created), its database open, and its rooms
+/// (`LocalRooms` over that database, unless `with_rooms` put another backend in their place).
 #[derive(Debug)]
-pub struct Relay {
+pub struct Relay<R = LocalRooms> {
     config: Config,
     static_key: StaticKeypair,
     key_created: bool,
     store: Store,
     metrics: Option<TcpListener>,
+    rooms: R,
+    limits: Box<dyn AbuseLimits>,
+}
+
+/// The room limits `config` sets.
+fn room_limits(config: &Config) -> RoomLimits {
+    RoomLimits {
+        history: HistoryLimit { count: config.history, bytes: config.history_bytes },
+        rules: RuleLimits {
+            max_members: config.max_room_members,
+            headroom_percent: config.headroom_percent,
+            max_nicknames: config.max_room_nicknames,
+        },
+        max_rooms: config.max_rooms,
+    }
 }
 
 impl Relay {
@@ -80,7 +98,30 @@ impl Relay {
         let (static_key, key_created) = load_or_create_static(&config.key_path())?;
         let max_bytes = u64::try_from(config.max_stored_bytes).unwrap_or(u64::MAX);
         let store = Store::open_with_quota(&config.db_path(), config.synchronous, max_bytes)?;
-        Ok(Self { config, static_key, key_created, store, metrics: None })
+        let rooms = LocalRooms::new(store.handle(), room_limits(&config), store.rooms());
+        let limits = Box::new(LocalLimits::new(&config));
+        Ok(Self { config, static_key, key_created, store, metrics: None, rooms, limits })
+    }
+}
+
+impl<R> Relay<R> {
+    /// Serves rooms from another backend in place of `LocalRooms` (the database stays open
+    /// for the admin socket's backups and the metrics).
+    pub fn with_rooms<S: RoomAdmin>(self, rooms: S) -> Relay<S> {
+        self.map_rooms(|_| rooms)
+    }
+
+    /// Wraps or replaces the room backend with what `f` makes of it.
+    pub fn map_rooms<S: RoomAdmin>(self, f: impl FnOnce(R) -> S) -> Relay<S> {
+        let Relay { config, static_key, key_created, store, metrics, rooms, limits } = self;
+        Relay { config, static_key, key_created, store, metrics, rooms: f(rooms), limits }
+    }
+
+    /// Keeps the shared abuse limits (failed joins, room creations, send rates) in `limits`
+    /// instead of this process's memory.
+    pub fn with_limits(mut self, limits: impl AbuseLimits) -> Self {
+        self.limits = Box::new(limits);
+        self
     }
 
     /// The relay's static public key: members pin it.
@@ -103,47 +144,24 @@ impl Relay {
     pub fn key_created(&self) -> bool {
         self.key_created
     }
+}
 
+impl<R: RoomAdmin> Relay<R> {
     /// Serves connections from `listener` until `shutdown` completes, then says goodbye to
     /// every member, flushes the database and returns.
     pub async fn run(self, listener: TcpListener, shutdown: impl Future) -> Result<(), RelayError> {
-        let Relay { config, static_key, store, metrics, .. } = self;
-        let limits = RoomLimits {
-            history: HistoryLimit { count: config.history, bytes: config.history_bytes },
-            max_members: config.max_room_members,
-            headroom_percent: config.headroom_percent,
-            max_rooms: config.max_rooms,
-            max_nicknames: config.max_room_nicknames,
-        };
-        let hub = LocalRooms::new(store.handle(), limits, store.rooms());
+        let Relay { config, static_key, store, metrics, rooms, limits, .. } = self;
         let shared = Arc::new(Shared {
-            hub,
-            ip_failures: FailureTracker::new(
-                config.ip_failures_slow,
-                config.ip_failures_lockout,
-                config.failure_window,
-            ),
-            room_failures: FailureTracker::new(
-                config.room_failures_slow,
-                config.room_failures_lockout,
-                config.failure_window,
-            ),
+            hub: rooms,
+            limits,
             unauthenticated: AddressCount::new(config.max_unauthenticated_per_ip),
             connections: AddressCount::new(config.max_connections_per_ip),
             connections_wide: AddressCount::new(config.max_connections_per_48),
             handshake_rate: SendRate::new(config.handshake_burst, config.handshakes_per_sec),
             slots: Arc::new(Semaphore::new(config.max_connections)),
-            send_rate: SendRate::new(config.rate_burst, config.rate_per_sec),
             refusal_log: LogBudget::new(),
             rate_log: LogBudget::new(),
-            send_rate_ip: SendRate::new(config.ip_rate_burst, config.ip_rate_per_sec),
-            send_rate_room: SendRate::new(config.room_rate_burst, config.room_rate_per_sec),
             ended_log: LogBudget::new(),
-            room_creations: FailureTracker::new(
-                config.room_creations_per_ip,
-                config.room_creations_per_ip,
-                config.failure_window,
-            ),
             static_key,
             config,
         });
@@ -159,7 +177,7 @@ impl Relay {
             shared,
             notify_shutdown,
             done_tx,
-            next_id: AtomicU64::new(1),
+            ids: ConnectionIds::random(),
             warned_full: Throttle::default(),
             warned_unauthenticated: Throttle::default(),
             warned_rate: Throttle::default(),
@@ -186,14 +204,19 @@ impl Relay {
 }
 
 /// Starts the metrics endpoint (if given a listener) and the periodic statistics line.
-fn observe(
-    shared: &Arc<Shared<LocalRooms>>,
-    store: crate::store::StoreHandle,
+fn observe<R: RoomService>(
+    shared: &Arc<Shared<R>>,
+    store: StoreHandle,
     metrics: Option<TcpListener>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
     if let Some(listener) = metrics {
-        tasks.push(tokio::spawn(crate::metrics::serve(listener, shared.clone(), store.clone())));
+        let (shared, store) = (shared.clone(), store.clone());
+        let read = move || {
+            let (shared, store) = (shared.clone(), store.clone());
+            async move { gauges(&shared.hub, &store).await }
+        };
+        tasks.push(tokio::spawn(crate::metrics::serve(listener, read)));
     }
     let interval = shared.config.stats_interval;
     if !interval.is_zero() {
@@ -202,11 +225,34 @@ fn observe(
             let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
             loop {
                 tick.tick().await;
-                crate::metrics::log_stats(&shared.hub, &store).await;
+                crate::metrics::log_stats(&gauges(&shared.hub, &store).await);
             }
         }));
     }
     tasks
+}
+
+/// What the metrics' gauges show: the rooms' census, and what the database holds.
+async fn gauges<R: RoomService>(rooms: &R, store: &StoreHandle) -> Gauges {
+    let census = rooms.census();
+    let stored = store
+        .exec(|conn| {
+            conn.query_row(
+                "SELECT (SELECT count(*) FROM rooms), count(*), coalesce(sum(length(envelope)), 0) FROM history",
+                [],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)),
+            )
+        })
+        .await;
+    let stored = match stored {
+        Ok(Ok(stored)) => Some(stored),
+        Ok(Err(e)) => {
+            warn!(error = %e, "cannot count rooms and history for the metrics");
+            None
+        }
+        Err(_) => None,
+    };
+    Gauges { joined: census.members, rooms_loaded: census.rooms, queued_bytes: census.queued_bytes, stored }
 }
 
 /// Deletes rooms idle for `room_expiry`, checking a quarter of that often (at most hourly).
@@ -238,7 +284,7 @@ struct Listener<H> {
     overflow: Arc<Semaphore>,
     notify_shutdown: broadcast::Sender<()>,
     done_tx: mpsc::Sender<()>,
-    next_id: AtomicU64,
+    ids: ConnectionIds,
     warned_full: Throttle,
     warned_unauthenticated: Throttle,
     warned_rate: Throttle,
@@ -271,7 +317,7 @@ impl<H: RoomService> Listener<H> {
             let handler = Handler {
                 shared: self.shared.clone(),
                 peer,
-                id: self.next_id.fetch_add(1, Ordering::Relaxed),
+                id: self.ids.next(),
                 shutdown: Shutdown::new(self.notify_shutdown.subscribe()),
                 full,
                 _done: self.done_tx.clone(),

@@ -14,6 +14,7 @@ use chatroom_crypto::{
     seal, ClientMessage, Content, ContentKind, ErrorCode, Identity, Initiator, JoinRequest, Member, Nick,
     PresenceEvent, RelayMessage, RoomKeys, RoomName, StaticKeypair, TransportReceiver, TransportSender,
 };
+use chatroom_relay::rooms::RoomAdmin;
 use chatroom_relay::{Config, Relay, RelayError, Synchronous};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -57,9 +58,19 @@ pub struct TestRelay {
 
 impl TestRelay {
     pub async fn start(dir: &Path, tweak: impl FnOnce(&mut Config)) -> Res<Self> {
+        Self::start_with(dir, tweak, |relay| relay).await
+    }
+
+    /// `start`, with the opened relay made into another by `plug` (another room backend, other
+    /// abuse limits).
+    pub async fn start_with<R: RoomAdmin>(
+        dir: &Path,
+        tweak: impl FnOnce(&mut Config),
+        plug: impl FnOnce(Relay) -> Relay<R>,
+    ) -> Res<Self> {
         let mut config = test_config(dir);
         tweak(&mut config);
-        let relay = Relay::open(config)?;
+        let relay = plug(Relay::open(config)?);
         let key = *relay.public_key();
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -193,6 +204,11 @@ impl Conn {
         socket.set_recv_buffer_size(4096)?;
         socket.bind(SocketAddr::new(source, 0))?;
         Self::handshake(tokio::time::timeout(STEP, socket.connect(addr)).await??).await
+    }
+
+    /// Runs the handshake over a connection opened earlier.
+    pub async fn over(stream: TcpStream) -> Res<Self> {
+        Self::handshake(stream).await
     }
 
     async fn handshake(stream: TcpStream) -> Res<Self> {

@@ -3,6 +3,7 @@
 //! new owner takes effect at once for a loaded room.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::Ordering;
 
 use chatroom_crypto::{ErrorCode, PublicIdentity, RoomName};
@@ -10,37 +11,39 @@ use tracing::info;
 
 use super::LocalRooms;
 use crate::admin;
+use crate::rooms::RoomAdmin;
 use crate::store::StoreError;
 
 fn sql(context: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
     move |e| StoreError::Sqlite { context, message: e.to_string() }
 }
 
-impl LocalRooms {
-    /// Connected members per loaded room.
-    pub(crate) fn online(&self) -> HashMap<String, u64> {
+impl RoomAdmin for LocalRooms {
+    fn online(&self) -> HashMap<String, u64> {
         self.map()
             .iter()
             .map(|(name, room)| (name.as_str().to_owned(), room.lock().members.len() as u64))
             .collect()
     }
 
-    /// Joined members, loaded rooms, and bytes queued to members (for the metrics).
-    pub(crate) fn census(&self) -> (usize, usize, usize) {
-        let rooms: Vec<_> = self.map().values().cloned().collect();
-        let (mut members, mut queued) = (0, 0);
-        for room in &rooms {
-            let st = room.lock();
-            members += st.members.len();
-            queued += st.members.values().map(|m| m.outbox.queued_bytes()).sum::<usize>();
-        }
-        (members, rooms.len(), queued)
-    }
-
     /// Deletes a room: disconnects its members, forgets it, and erases its rows. Inside the
     /// room's loading lock, so a concurrent join cannot load it again before the rows are
     /// gone; the rows are erased after every append queued before the members were removed.
-    pub(crate) async fn operator_delete(&self, name: &RoomName) -> Result<bool, StoreError> {
+    fn delete_room(&self, name: &RoomName) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        self.operator_delete(name)
+    }
+
+    fn set_owner(
+        &self,
+        name: &RoomName,
+        owner: [u8; 32],
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        self.operator_set_owner(name, owner)
+    }
+}
+
+impl LocalRooms {
+    async fn operator_delete(&self, name: &RoomName) -> Result<bool, StoreError> {
         let deleted = self
             .loading(name, async {
                 let room = self.map().remove(name);
@@ -49,7 +52,7 @@ impl LocalRooms {
                     st.evicted = true;
                     let members = st.members.len();
                     for (_, member) in st.members.drain() {
-                        member.outbox.close(ErrorCode::NoSuchRoom, "the relay's operator deleted this room");
+                        member.link.close(ErrorCode::NoSuchRoom, "the relay's operator deleted this room");
                     }
                     info!(room = %name, members, "room deleted by the operator; its members were disconnected");
                 }
@@ -64,11 +67,7 @@ impl LocalRooms {
     }
 
     /// Makes `owner` the owner of a room; false if there is no such room.
-    pub(crate) async fn operator_set_owner(
-        &self,
-        name: &RoomName,
-        owner: [u8; 32],
-    ) -> Result<bool, StoreError> {
+    async fn operator_set_owner(&self, name: &RoomName, owner: [u8; 32]) -> Result<bool, StoreError> {
         let found = self
             .loading(name, async {
                 let room = name.as_str().to_owned();
@@ -78,7 +77,7 @@ impl LocalRooms {
                     .await?
                     .map_err(sql("setting a room's owner"))?;
                 if let Some(room) = self.map().get(name) {
-                    room.lock().owner = PublicIdentity(owner);
+                    room.lock().rules.set_owner(PublicIdentity(owner));
                 }
                 Ok::<bool, StoreError>(found)
             })

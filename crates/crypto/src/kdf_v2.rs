@@ -1,0 +1,241 @@
+//! Protocol v2 key derivation (docs/PROTOCOL-v2-draft.md section 2): the same Argon2id
+//! parameters and rules as v1, under `chatroom/2` labels, split by HKDF-SHA256 into four
+//! independent outputs. The password only decides who may enter; message keys come from MLS.
+
+use std::fmt;
+
+use argon2::{Algorithm, Argon2, Block, Params, Version};
+use hkdf::Hkdf;
+use sha2::{Digest, Sha256};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+
+use crate::error::KdfError;
+use crate::kdf::{JoinSecret, JoinVerifier, KdfParams};
+use crate::names::RoomName;
+
+/// Everything a v2 member derives from the room password. `master` and the HKDF state are
+/// wiped before this exists.
+#[derive(Zeroize, ZeroizeOnDrop)]
+pub struct RoomSecretsV2 {
+    /// Shown to the relay at join (admission, as in v1).
+    pub join_secret: JoinSecret,
+    /// The MLS external pre-shared key every entry commit must carry.
+    pub room_psk: RoomPsk,
+    /// Seals the room's GroupInfo stored at the relay.
+    pub group_info_key: GroupInfoKey,
+    #[zeroize(skip)]
+    room_code: RoomCode,
+}
+
+impl RoomSecretsV2 {
+    /// The code everyone holding the same password, relay key and parameters sees.
+    pub fn room_code(&self) -> &RoomCode {
+        &self.room_code
+    }
+}
+
+impl fmt::Debug for RoomSecretsV2 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RoomSecretsV2")
+    }
+}
+
+/// The 32-byte value of the room's MLS external pre-shared key.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct RoomPsk([u8; 32]);
+
+/// The 32-byte key that seals the room's GroupInfo (XChaCha20-Poly1305).
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct GroupInfoKey([u8; 32]);
+
+macro_rules! secret_bytes {
+    ($t:ident) => {
+        impl $t {
+            /// Wraps raw bytes (a state file, a test).
+            pub fn from_bytes(bytes: [u8; 32]) -> Self {
+                Self(bytes)
+            }
+            /// The raw bytes, for the MLS library or the AEAD.
+            pub fn as_bytes(&self) -> &[u8; 32] {
+                &self.0
+            }
+        }
+        impl fmt::Debug for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(stringify!($t))
+            }
+        }
+    };
+}
+secret_bytes!(RoomPsk);
+secret_bytes!(GroupInfoKey);
+
+/// A code people compare out of band: 25 decimal digits in five groups, formatted as the v1
+/// safety code. Used for the room code and the epoch code.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RoomCode(String);
+
+impl RoomCode {
+    /// Five groups of `u32(4 bytes) mod 100000`, zero-padded, from 20 bytes.
+    fn from_code_bytes(code: &[u8; 20]) -> Self {
+        let groups: Vec<String> = code
+            .chunks_exact(4)
+            .map(|c| format!("{:05}", u32::from_be_bytes([c[0], c[1], c[2], c[3]]) % 100_000))
+            .collect();
+        Self(groups.join(" "))
+    }
+
+    /// The code as displayed.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RoomCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl fmt::Debug for RoomCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RoomCode({})", self.0)
+    }
+}
+
+/// The v2 room salt: as v1's with the label `chatroom/2 room salt`, so no v2 key equals a v1 one.
+pub fn room_salt_v2(relay_key: &[u8; 32], room: &RoomName, params: KdfParams) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"chatroom/2 room salt");
+    h.update([room.as_str().len() as u8]);
+    h.update(room.as_str().as_bytes());
+    h.update(relay_key);
+    h.update(params.m_kib.to_be_bytes());
+    h.update(params.t.to_be_bytes());
+    h.update(params.p.to_be_bytes());
+    h.finalize().into()
+}
+
+/// Argon2id (version 0x13, 32 bytes) of the password under the v2 salt, then the four outputs.
+/// Deliberately slow: run it off the UI thread.
+pub fn derive_room_secrets_v2(
+    password: &[u8],
+    relay_key: &[u8; 32],
+    room: &RoomName,
+    params: KdfParams,
+) -> Result<RoomSecretsV2, KdfError> {
+    let master = derive_master_v2(password, relay_key, room, params)?;
+    Ok(split_master_v2(&master))
+}
+
+/// The Argon2id master of v2 (exposed for the test vectors).
+pub fn derive_master_v2(
+    password: &[u8],
+    relay_key: &[u8; 32],
+    room: &RoomName,
+    params: KdfParams,
+) -> Result<Zeroizing<[u8; 32]>, KdfError> {
+    let params = params.validate()?;
+    let salt = room_salt_v2(relay_key, room, params);
+    let argon_params = Params::new(params.m_kib, params.t, params.p, Some(32))
+        .map_err(|e| KdfError::Argon2(e.to_string()))?;
+    let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, argon_params.clone());
+    let mut master = Zeroizing::new([0u8; 32]);
+    // As in v1: Argon2's password-dependent blocks live in a buffer wiped on drop.
+    let blocks = Zeroizing::new(vec![Block::default(); argon_params.block_count()]);
+    argon
+        .hash_password_into_with_memory(password, &salt, master.as_mut(), blocks)
+        .map_err(|e| KdfError::Argon2(e.to_string()))?;
+    Ok(master)
+}
+
+/// HKDF-SHA256 with salt `"chatroom/2"` over the master; one `info` label per output.
+pub fn split_master_v2(master: &[u8; 32]) -> RoomSecretsV2 {
+    let hk = Hkdf::<Sha256>::new(Some(b"chatroom/2"), master);
+    let mut join = [0u8; 32];
+    let mut psk = [0u8; 32];
+    let mut gik = [0u8; 32];
+    let mut code = Zeroizing::new([0u8; 20]);
+    // The output lengths are far below HKDF's 255 * 32 byte limit, so expand cannot fail.
+    let _ = hk.expand(b"chatroom/2 join secret", &mut join);
+    let _ = hk.expand(b"chatroom/2 room code", code.as_mut());
+    let _ = hk.expand(b"chatroom/2 mls psk", &mut psk);
+    let _ = hk.expand(b"chatroom/2 group info key", &mut gik);
+    let secrets = RoomSecretsV2 {
+        join_secret: JoinSecret::from_bytes(join),
+        room_psk: RoomPsk(psk),
+        group_info_key: GroupInfoKey(gik),
+        room_code: RoomCode::from_code_bytes(&code),
+    };
+    // Clear intermediates
+    join.zeroize();
+    psk.zeroize();
+    gik.zeroize();
+    secrets
+}
+
+/// `SHA-256("chatroom/2 join verifier" || join_secret)`: what a v2 relay stores.
+pub fn join_verifier_v2(secret: &JoinSecret) -> JoinVerifier {
+    let mut h = Sha256::new();
+    h.update(b"chatroom/2 join verifier");
+    h.update(secret.as_bytes());
+    JoinVerifier(h.finalize().into())
+}
+
+/// The epoch code: `SHA-256("chatroom/2 epoch code" || u64(epoch) || epoch_authenticator)`,
+/// first 20 bytes, formatted as the room code. Equal codes at one epoch mean one group state.
+pub fn epoch_code(epoch: u64, epoch_authenticator: &[u8]) -> RoomCode {
+    let mut h = Sha256::new();
+    h.update(b"chatroom/2 epoch code");
+    h.update(epoch.to_be_bytes());
+    h.update(epoch_authenticator);
+    let digest: [u8; 32] = h.finalize().into();
+    let mut code = [0u8; 20];
+    code.copy_from_slice(&digest[..20]);
+    RoomCode::from_code_bytes(&code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outputs_are_independent_and_differ_from_v1() {
+        let v2 = split_master_v2(&[7; 32]);
+        let v1 = crate::kdf::split_master(&[7; 32]);
+        let outputs = [v2.join_secret.as_bytes(), v2.room_psk.as_bytes(), v2.group_info_key.as_bytes()];
+        assert_ne!(outputs[0], outputs[1]);
+        assert_ne!(outputs[1], outputs[2]);
+        assert_ne!(outputs[0], outputs[2]);
+        assert_ne!(v1.join_secret.as_bytes(), v2.join_secret.as_bytes());
+        assert_ne!(v1.safety_code().as_str(), v2.room_code().as_str());
+        assert_ne!(join_verifier_v2(&v2.join_secret), v2.join_secret.verifier());
+    }
+
+    #[test]
+    fn salt_differs_from_v1_and_binds_inputs() {
+        let room = RoomName::new("general").unwrap();
+        let p = KdfParams::DEFAULT;
+        assert_ne!(room_salt_v2(&[1; 32], &room, p), crate::kdf::room_salt(&[1; 32], &room, p));
+        assert_ne!(room_salt_v2(&[1; 32], &room, p), room_salt_v2(&[2; 32], &room, p));
+    }
+
+    #[test]
+    fn epoch_code_binds_epoch_and_authenticator() {
+        let a = epoch_code(1, &[9; 32]);
+        assert_ne!(a, epoch_code(2, &[9; 32]));
+        assert_ne!(a, epoch_code(1, &[8; 32]));
+        assert_eq!(a.as_str().len(), 29);
+    }
+
+    #[test]
+    fn weak_params_refused_and_secrets_hidden_in_debug() {
+        let room = RoomName::new("r").unwrap();
+        let weak = KdfParams { m_kib: 8, t: 1, p: 1 };
+        assert!(matches!(derive_room_secrets_v2(b"pw", &[0; 32], &room, weak), Err(KdfError::TooWeak(_))));
+        let s = split_master_v2(&[7; 32]);
+        assert_eq!(
+            format!("{s:?} {:?} {:?}", s.room_psk, s.group_info_key),
+            "RoomSecretsV2 RoomPsk GroupInfoKey"
+        );
+    }
+}

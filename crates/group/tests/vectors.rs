@@ -1,0 +1,75 @@
+//! The test vectors of docs/PROTOCOL-v2-draft.md (section 2 and 4.3), parsed out of the draft and
+//! checked against the code, so the draft and the implementation cannot drift apart. On a
+//! mismatch the test prints the block the code computes.
+
+use std::collections::BTreeMap;
+use std::error::Error;
+
+use chatroom_crypto::{derive_master_v2, epoch_code, join_verifier_v2, room_salt_v2, split_master_v2};
+use chatroom_crypto::{KdfParams, RoomName};
+use chatroom_group::{open_group_info, seal_group_info_with_nonce, RoomRef};
+
+type TestResult = Result<(), Box<dyn Error>>;
+
+const DRAFT: &str = include_str!("../../../docs/PROTOCOL-v2-draft.md");
+/// `noise.relay_public` of docs/PROTOCOL.md section 17.1, the v1 vectors' relay key.
+const RELAY_KEY: &str = "132c442be010fbd57e72603328aa76e71fccc1503aae219327d14d9c9993f472";
+
+fn documented() -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut inside = false;
+    for line in DRAFT.lines() {
+        let t = line.trim();
+        if t.starts_with("```") {
+            inside = t == "```vectors";
+            continue;
+        }
+        if let (true, Some((k, v))) = (inside, t.split_once(" = ")) {
+            let previous = out.insert(k.trim().to_owned(), v.trim().to_owned());
+            assert!(previous.is_none(), "vector {k} is documented twice");
+        }
+    }
+    out
+}
+
+fn computed() -> Result<Vec<(&'static str, String)>, Box<dyn Error>> {
+    let relay_key: [u8; 32] = hex::decode(RELAY_KEY)?.try_into().map_err(|_| "relay key length")?;
+    let room = RoomName::new("general")?;
+    let params = KdfParams::DEFAULT;
+    let master = derive_master_v2(b"correct horse battery staple", &relay_key, &room, params)?;
+    let keys = split_master_v2(&master);
+    let room_ref = RoomRef { room: room.clone(), relay_key, psk_generation: 0 };
+    let sealed = seal_group_info_with_nonce(&keys.group_info_key, &room_ref, 1, b"group info", &[0x24; 24])?;
+    assert_eq!(open_group_info(&keys.group_info_key, &room_ref, &sealed)?.group_info, b"group info");
+    let quoted = |s: &str| format!("\"{s}\"");
+    Ok(vec![
+        ("v2.salt", hex::encode(room_salt_v2(&relay_key, &room, params))),
+        ("v2.master", hex::encode(*master)),
+        ("v2.join_secret", hex::encode(keys.join_secret.as_bytes())),
+        ("v2.join_verifier", hex::encode(join_verifier_v2(&keys.join_secret).0)),
+        ("v2.room_code", quoted(keys.room_code().as_str())),
+        ("v2.room_psk", hex::encode(keys.room_psk.as_bytes())),
+        ("v2.group_info_key", hex::encode(keys.group_info_key.as_bytes())),
+        ("v2.psk_id", hex::encode(&*room_ref.psk_id())),
+        ("v2.group_id", hex::encode(room_ref.group_id())),
+        ("v2.epoch_code", quoted(epoch_code(1, &[0xab; 32]).as_str())),
+        ("v2.sealed_group_info", hex::encode(sealed)),
+    ])
+}
+
+#[test]
+fn draft_vectors_match_the_code() -> TestResult {
+    let doc = documented();
+    let computed = computed()?;
+    let block: String = computed.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
+    for (key, value) in &computed {
+        match doc.get(*key) {
+            Some(documented) if documented == value => {}
+            other => {
+                panic!("vector {key}: documented {other:?}, computed {value}\n\ncomputed block:\n{block}")
+            }
+        }
+    }
+    assert_eq!(doc.len(), computed.len(), "the draft documents vectors the test does not check");
+    Ok(())
+}
