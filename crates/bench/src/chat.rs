@@ -6,16 +6,17 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use chatroom_client::session::{handshake, join, ConnReader, ConnWriter};
-use chatroom_client::trust::RelayPin;
 use chatroom_crypto::{
     derive_room_keys, open, seal, ClientMessage, Content, ContentKind, EnvelopeHeader, Identity, JoinRequest,
     JoinSecret, KdfParams, MessageKey, Nick, RelayMessage, RoomName,
 };
+use chatroom_session::session::{handshake, join, ConnReader, ConnWriter};
+use chatroom_session::trust::RelayPin;
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::error::BenchError;
 use crate::report::{Outcome, ServerWatch};
 use crate::workload::{
     connect_loops, due, gather_sends, gather_tallies, verify_payload, wait_for_deliveries, Mode, Sends,
@@ -73,12 +74,13 @@ fn pin(target: &ChatTarget) -> RelayPin {
     RelayPin { expected: target.fingerprint, expected_source: "--fingerprint".into(), known: None }
 }
 
-async fn connect(target: &ChatTarget) -> Result<chatroom_client::session::Handshaken, String> {
-    let stream = TcpStream::connect(&target.addr)
-        .await
-        .map_err(|e| format!("cannot connect to the relay at {}: {e}; is it running?", target.addr))?;
-    stream.set_nodelay(true).map_err(|e| format!("cannot set TCP_NODELAY: {e}"))?;
-    handshake(stream, &target.addr, &pin(target)).await.map_err(|e| format!("handshake failed: {e}"))
+async fn connect(target: &ChatTarget) -> Result<chatroom_session::session::Handshaken, BenchError> {
+    let stream = TcpStream::connect(&target.addr).await.map_err(BenchError::io(format!(
+        "cannot connect to the relay at {} (is it running?)",
+        target.addr
+    )))?;
+    stream.set_nodelay(true).map_err(BenchError::io("cannot set TCP_NODELAY"))?;
+    handshake(stream, &target.addr, &pin(target)).await.map_err(BenchError::session("handshake failed"))
 }
 
 /// Connects, joins, and reads up to `HistoryEnd`.
@@ -88,10 +90,11 @@ async fn join_member(
     room: &Room,
     nick: &str,
     create: bool,
-) -> Result<Joined, String> {
+) -> Result<Joined, BenchError> {
     let work = async {
         let mut conn = connect(target).await?;
-        let nick = Nick::new(nick).map_err(|e| format!("bad nickname {nick}: {e}"))?;
+        let nick = Nick::new(nick)
+            .map_err(|source| BenchError::Encode { what: format!("nickname {nick}"), source })?;
         let request = JoinRequest::new(
             identity,
             &conn.handshake_hash,
@@ -101,7 +104,7 @@ async fn join_member(
             create,
             0,
         );
-        let (_, mut items) = join(&mut conn, request).await.map_err(|e| format!("join refused: {e}"))?;
+        let (_, mut items) = join(&mut conn, request).await.map_err(BenchError::session("join refused"))?;
         loop {
             if items.iter().any(|m| matches!(m, RelayMessage::HistoryEnd { .. })) {
                 break;
@@ -109,19 +112,21 @@ async fn join_member(
             if let Some(RelayMessage::Goodbye { code, detail }) =
                 items.iter().find(|m| matches!(m, RelayMessage::Goodbye { .. }))
             {
-                return Err(format!("relay said goodbye during the join: {code:?}: {detail}"));
+                return Err(BenchError::Server(format!(
+                    "relay said goodbye during the join: {code:?}: {detail}"
+                )));
             }
-            items = conn.reader.recv().await.map_err(|e| format!("lost during the join: {e}"))?;
+            items = conn.reader.recv().await.map_err(BenchError::session("lost during the join"))?;
         }
         Ok(Joined { reader: conn.reader, writer: conn.writer })
     };
-    tokio::time::timeout(JOIN_TIMEOUT, work)
-        .await
-        .map_err(|_| format!("join did not complete within {} s", JOIN_TIMEOUT.as_secs()))?
+    tokio::time::timeout(JOIN_TIMEOUT, work).await.map_err(|_| {
+        BenchError::Server(format!("join did not complete within {} s", JOIN_TIMEOUT.as_secs()))
+    })?
 }
 
 /// Handshakes once to learn the relay key, then derives each room's keys off the runtime.
-async fn room_keys(target: &ChatTarget, names: Vec<RoomName>) -> Result<Vec<Room>, String> {
+async fn room_keys(target: &ChatTarget, names: Vec<RoomName>) -> Result<Vec<Room>, BenchError> {
     let relay_key = connect(target).await?.relay_key;
     let mut rooms = Vec::with_capacity(names.len());
     for name in names {
@@ -130,8 +135,7 @@ async fn room_keys(target: &ChatTarget, names: Vec<RoomName>) -> Result<Vec<Room
             derive_room_keys(b"chatroom-bench room password", &relay_key, &n, KdfParams::DEFAULT)
         })
         .await
-        .map_err(|e| format!("key derivation task failed: {e}"))?
-        .map_err(|e| format!("key derivation failed: {e}"))?;
+        .map_err(BenchError::task("key derivation"))??;
         rooms.push(Room {
             name,
             message_key: keys.message_key.clone(),
@@ -141,14 +145,15 @@ async fn room_keys(target: &ChatTarget, names: Vec<RoomName>) -> Result<Vec<Room
     Ok(rooms)
 }
 
-fn room_names(w: &Workload) -> Result<Vec<RoomName>, String> {
+fn room_names(w: &Workload) -> Result<Vec<RoomName>, BenchError> {
     let mut tag = [0u8; 4];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut tag);
     let tag = hex::encode(tag);
     (0..w.rooms)
         .map(|r| {
-            RoomName::new(&format!("bench-{}-{r}-{tag}", w.name.to_ascii_lowercase()))
-                .map_err(|e| format!("workload name {:?} makes a bad room name: {e}", w.name))
+            RoomName::new(&format!("bench-{}-{r}-{tag}", w.name.to_ascii_lowercase())).map_err(|source| {
+                BenchError::Encode { what: format!("the room name of workload {:?}", w.name), source }
+            })
         })
         .collect()
 }
@@ -262,10 +267,10 @@ async fn send(
     sender: Sender,
     rate: Option<f64>,
     start: tokio::time::Instant,
-) -> Result<(ConnWriter, u64, u64), String> {
+) -> Result<(ConnWriter, u64, u64), BenchError> {
     let Sender { identity, index: s, room, nick } = sender;
-    let Some(keys) = check.rooms.get(room) else { return Err("no such room".into()) };
-    let Some(slots) = check.sent.get(s) else { return Err("no such sender".into()) };
+    let Some(keys) = check.rooms.get(room) else { return Err(BenchError::Internal("no such room")) };
+    let Some(slots) = check.sent.get(s) else { return Err(BenchError::Internal("no such sender")) };
     let mut n = 0;
     let mut written = 0u64;
     let mut batch = Vec::with_capacity(SEND_BATCH);
@@ -287,12 +292,12 @@ async fn send(
             };
             let envelope =
                 seal(&keys.message_key, &identity, &keys.name, check.counter_base + k as u64, &content)
-                    .map_err(|e| format!("cannot seal: {e}"))?;
-            let slot = slots.get(k).ok_or("message index out of range")?;
+                    .map_err(|source| BenchError::Encode { what: "an envelope".into(), source })?;
+            let slot = slots.get(k).ok_or(BenchError::Internal("message index out of range"))?;
             let _ = slot.set(Sent { envelope: envelope.clone(), t_ns, room });
             batch.push(ClientMessage::Send { envelope });
         }
-        writer.send(&batch).await.map_err(|e| format!("sender {s}: {e}"))?;
+        writer.send(&batch).await.map_err(|e| BenchError::member(s)(BenchError::session("send")(e)))?;
         written += take as u64;
         n += take;
     }
@@ -300,61 +305,18 @@ async fn send(
 }
 
 /// Runs one workload against a chatroom relay.
-pub async fn run(target: &ChatTarget, w: &Workload) -> Result<Outcome, String> {
+pub async fn run(target: &ChatTarget, w: &Workload) -> Result<Outcome, BenchError> {
     w.validate()?;
     match w.mode {
         Mode::Connect => return connect_rate(target, w).await,
         Mode::Deliver | Mode::Idle => {}
     }
-    let rooms = room_keys(target, room_names(w)?).await?;
-    let identities: Vec<Arc<Identity>> = (0..w.members).map(|_| Arc::new(Identity::generate())).collect();
-    let senders: HashMap<[u8; 32], usize> =
-        identities.iter().take(w.senders).enumerate().map(|(s, id)| (id.public().0, s)).collect();
-    let counter_base =
-        SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(1));
-    let shared = Arc::new(Shared::new());
-    let check = Arc::new(Check {
-        shared: shared.clone(),
-        rooms,
-        senders,
-        sent: (0..w.senders).map(|_| (0..w.messages).map(|_| OnceLock::new()).collect()).collect(),
-        counter_base,
-        bytes: w.bytes,
-        messages: w.messages,
-    });
+    let (check, identities) = prepare(target, w).await?;
     let mut watch_server = ServerWatch::start(target.pid);
     let (stop_tx, stop_rx) = watch::channel(false);
-
-    // Join: the first member of each room creates it, then the rest join concurrently; each
-    // member's receiver starts as soon as it has joined, so presence traffic is drained.
     let join_start = Instant::now();
-    let permits = Arc::new(Semaphore::new(w.concurrency));
-    let mut joins = JoinSet::new();
-    let mut writers: Vec<Option<ConnWriter>> = (0..w.members).map(|_| None).collect();
-    let mut receivers = JoinSet::new();
-    let order: Vec<usize> = (0..w.members).collect();
-    for (phase, members) in [&order[..w.rooms], &order[w.rooms..]].into_iter().enumerate() {
-        for &i in members {
-            let (target, check, identity, permits) =
-                (target.clone(), check.clone(), identities[i].clone(), permits.clone());
-            let room = w.room_of(i);
-            joins.spawn(async move {
-                let _permit = permits.acquire_owned().await.map_err(|e| e.to_string())?;
-                let keys = check.rooms.get(room).ok_or("no such room")?;
-                join_member(&target, &identity, keys, &format!("m{i}"), phase == 0)
-                    .await
-                    .map(|j| (i, j))
-                    .map_err(|e| format!("member {i}: {e}"))
-            });
-        }
-        while let Some(joined) = joins.join_next().await {
-            let (i, j) = joined.map_err(|e| format!("join task failed: {e}"))??;
-            writers[i] = Some(j.writer);
-            receivers.spawn(receive(j.reader, check.clone(), w.room_of(i), stop_rx.clone()));
-        }
-    }
+    let (mut writers, receivers) = join_all(target, w, &check, &identities, &stop_rx).await?;
     let join_secs = join_start.elapsed().as_secs_f64();
-
     let mut outcome = match w.mode {
         Mode::Idle => {
             // Let presence traffic settle before reading the relay's memory.
@@ -366,47 +328,131 @@ pub async fn run(target: &ChatTarget, w: &Workload) -> Result<Outcome, String> {
                 o.peak_rss_kib = Some(after.peak_rss_kib);
             }
             let _ = stop_tx.send(true);
+            let mut receivers = receivers;
             while receivers.join_next().await.is_some() {}
             o
         }
         Mode::Deliver | Mode::Connect => {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            watch_server.restart();
-            let shared_start = shared.now_ns();
-            let start = tokio::time::Instant::now();
-            let deadline = Instant::now() + w.timeout;
-            let mut sends = JoinSet::new();
-            for (s, writer) in writers.iter_mut().take(w.senders).enumerate() {
-                let writer = writer.take().ok_or("a sender has no connection")?;
-                let nick = Nick::new(&format!("m{s}")).map_err(|e| e.to_string())?;
-                let sender = Sender { identity: identities[s].clone(), index: s, room: w.room_of(s), nick };
-                sends.spawn(send(writer, check.clone(), sender, w.rate, start));
-            }
-            let Sends { sent, last_write, errors, kept } = gather_sends(sends, shared_start).await;
-            wait_for_deliveries(&shared, w.expected_deliveries(), w.settle, deadline).await;
-            // Acks may trail the last delivery: wait for them the same way.
-            let acks_deadline = Instant::now() + w.settle;
-            while shared.acked.load(Ordering::Relaxed) < sent && Instant::now() < acks_deadline {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            let _ = stop_tx.send(true);
-            let mut tally = gather_tallies(receivers).await?;
-            tally.errors.extend(errors);
-            tally.errors.extend(open_sealed(&check));
-            // Times relative to the start of sending.
-            tally.last_ns = tally.last_ns.saturating_sub(shared_start);
-            let send_secs = last_write.saturating_sub(shared_start) as f64 / 1e9;
-            let mut o = Outcome::from_tally("chatroom", w, tally, sent, send_secs);
-            let units = o.delivered;
-            watch_server.finish(&mut o, units);
-            drop(kept);
-            o
+            let run = Delivery { check: &check, identities: &identities, stop: &stop_tx };
+            run.measure(w, &mut writers, receivers, &mut watch_server).await?
         }
     };
     outcome.joined = w.members;
     outcome.join_secs = join_secs;
     drop(writers);
     Ok(outcome)
+}
+
+/// The rooms' keys, the members' identities and what receivers check deliveries against.
+async fn prepare(target: &ChatTarget, w: &Workload) -> Result<(Arc<Check>, Vec<Arc<Identity>>), BenchError> {
+    let rooms = room_keys(target, room_names(w)?).await?;
+    let identities: Vec<Arc<Identity>> = (0..w.members).map(|_| Arc::new(Identity::generate())).collect();
+    let senders: HashMap<[u8; 32], usize> =
+        identities.iter().take(w.senders).enumerate().map(|(s, id)| (id.public().0, s)).collect();
+    let counter_base =
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(1));
+    let check = Arc::new(Check {
+        shared: Arc::new(Shared::new()),
+        rooms,
+        senders,
+        sent: (0..w.senders).map(|_| (0..w.messages).map(|_| OnceLock::new()).collect()).collect(),
+        counter_base,
+        bytes: w.bytes,
+        messages: w.messages,
+    });
+    Ok((check, identities))
+}
+
+/// Joins every member: the first member of each room creates it, then the rest join
+/// concurrently; each member's receiver starts as soon as it has joined, so presence traffic
+/// is drained. Returns the members' writers and the receiver tasks.
+async fn join_all(
+    target: &ChatTarget,
+    w: &Workload,
+    check: &Arc<Check>,
+    identities: &[Arc<Identity>],
+    stop_rx: &watch::Receiver<bool>,
+) -> Result<(Vec<Option<ConnWriter>>, JoinSet<Tally>), BenchError> {
+    let permits = Arc::new(Semaphore::new(w.concurrency));
+    let mut joins = JoinSet::new();
+    let mut writers: Vec<Option<ConnWriter>> = (0..w.members).map(|_| None).collect();
+    let mut receivers = JoinSet::new();
+    let order: Vec<usize> = (0..w.members).collect();
+    for (phase, members) in [&order[..w.rooms], &order[w.rooms..]].into_iter().enumerate() {
+        for &i in members {
+            let (target, check, identity, permits) =
+                (target.clone(), check.clone(), identities[i].clone(), permits.clone());
+            let room = w.room_of(i);
+            joins.spawn(async move {
+                let _permit =
+                    permits.acquire_owned().await.map_err(|_| BenchError::Internal("join permits closed"))?;
+                let keys = check.rooms.get(room).ok_or(BenchError::Internal("no such room"))?;
+                join_member(&target, &identity, keys, &format!("m{i}"), phase == 0)
+                    .await
+                    .map(|j| (i, j))
+                    .map_err(BenchError::member(i))
+            });
+        }
+        while let Some(joined) = joins.join_next().await {
+            let (i, j) = joined.map_err(BenchError::task("join"))??;
+            writers[i] = Some(j.writer);
+            receivers.spawn(receive(j.reader, check.clone(), w.room_of(i), stop_rx.clone()));
+        }
+    }
+    Ok((writers, receivers))
+}
+
+/// Deliver mode's measurement, once every member has joined.
+struct Delivery<'a> {
+    check: &'a Arc<Check>,
+    identities: &'a [Arc<Identity>],
+    stop: &'a watch::Sender<bool>,
+}
+
+impl Delivery<'_> {
+    /// Sends from every sender, waits for the deliveries and acks (bounded by the workload's
+    /// timeout and settle time), and tallies what arrived.
+    async fn measure(
+        &self,
+        w: &Workload,
+        writers: &mut [Option<ConnWriter>],
+        receivers: JoinSet<Tally>,
+        watch_server: &mut ServerWatch,
+    ) -> Result<Outcome, BenchError> {
+        let shared = &self.check.shared;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        watch_server.restart();
+        let shared_start = shared.now_ns();
+        let start = tokio::time::Instant::now();
+        let deadline = Instant::now() + w.timeout;
+        let mut sends = JoinSet::new();
+        for (s, writer) in writers.iter_mut().take(w.senders).enumerate() {
+            let writer = writer.take().ok_or(BenchError::Internal("a sender has no connection"))?;
+            let nick = Nick::new(&format!("m{s}"))
+                .map_err(|source| BenchError::Encode { what: format!("nickname m{s}"), source })?;
+            let sender = Sender { identity: self.identities[s].clone(), index: s, room: w.room_of(s), nick };
+            sends.spawn(send(writer, self.check.clone(), sender, w.rate, start));
+        }
+        let Sends { sent, last_write, errors, kept } = gather_sends(sends, shared_start).await;
+        wait_for_deliveries(shared, w.expected_deliveries(), w.settle, deadline).await;
+        // Acks may trail the last delivery: wait for them the same way.
+        let acks_deadline = Instant::now() + w.settle;
+        while shared.acked.load(Ordering::Relaxed) < sent && Instant::now() < acks_deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = self.stop.send(true);
+        let mut tally = gather_tallies(receivers).await?;
+        tally.errors.extend(errors);
+        tally.errors.extend(open_sealed(self.check));
+        // Times relative to the start of sending.
+        tally.last_ns = tally.last_ns.saturating_sub(shared_start);
+        let send_secs = last_write.saturating_sub(shared_start) as f64 / 1e9;
+        let mut o = Outcome::from_tally("chatroom", w, tally, sent, send_secs);
+        let units = o.delivered;
+        watch_server.finish(&mut o, units);
+        drop(kept);
+        Ok(o)
+    }
 }
 
 /// X25519 operations per second on one core of this machine.
@@ -426,13 +472,13 @@ pub fn x25519_rate(for_time: Duration) -> f64 {
 }
 
 /// Handshake + join + leave, `concurrency` at a time, for `duration`: joins per second.
-async fn connect_rate(target: &ChatTarget, w: &Workload) -> Result<Outcome, String> {
+async fn connect_rate(target: &ChatTarget, w: &Workload) -> Result<Outcome, BenchError> {
     let x25519 = tokio::task::spawn_blocking(|| x25519_rate(Duration::from_millis(500)))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(BenchError::task("X25519 rate"))?;
     let rooms = Arc::new(room_keys(target, room_names(w)?).await?);
     let owner = Identity::generate();
-    let room0 = rooms.first().ok_or("no room")?;
+    let room0 = rooms.first().ok_or(BenchError::Internal("no room"))?;
     // The owner creates the room and stays, so every later join is to an existing room.
     let holder = join_member(target, &owner, room0, "owner", true).await?;
     let watch_server = ServerWatch::start(target.pid);
@@ -440,7 +486,7 @@ async fn connect_rate(target: &ChatTarget, w: &Workload) -> Result<Outcome, Stri
     let rate = connect_loops(w, move |k, j| {
         let (target, rooms) = (target.clone(), rooms.clone());
         async move {
-            let room = rooms.first().ok_or("no room")?;
+            let room = rooms.first().ok_or(BenchError::Internal("no room"))?;
             let mut joined =
                 join_member(&target, &Identity::generate(), room, &format!("c{k}x{j}"), false).await?;
             joined.writer.shutdown().await;

@@ -11,12 +11,13 @@
 //! chatroom envelopes are compared byte for byte with what the sender sealed, and the first
 //! delivery of each envelope is also opened (AEAD and signature) and its body checked.
 //!
-//! The chatroom side uses the client library's protocol core (`chatroom_client::session`'s
+//! The chatroom side uses the client library's protocol core (`chatroom_session::session`'s
 //! `handshake`, `join`, `ConnReader` and `ConnWriter`), so relay, client and load generator
 //! share one protocol implementation.
 #![forbid(unsafe_code)]
 
 pub mod chat;
+pub mod error;
 pub mod plain;
 pub mod procfs;
 pub mod report;

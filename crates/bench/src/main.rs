@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use chatroom_bench::chat::{self, ChatTarget};
+use chatroom_bench::error::BenchError;
 use chatroom_bench::plain::{self, Kind, PlainTarget};
 use chatroom_bench::{Mode, Outcome, Report, Workload};
 use clap::{Parser, ValueEnum};
@@ -90,11 +91,12 @@ enum ModeArg {
     Connect,
 }
 
-fn secs(v: f64, flag: &str) -> Result<Duration, String> {
-    Duration::try_from_secs_f64(v).map_err(|_| format!("{flag} must be a non-negative number of seconds"))
+fn secs(v: f64, flag: &str) -> Result<Duration, BenchError> {
+    Duration::try_from_secs_f64(v)
+        .map_err(|_| BenchError::Workload(format!("{flag} must be a non-negative number of seconds")))
 }
 
-fn run(cli: Cli) -> Result<Report, String> {
+fn run(cli: Cli) -> Result<Report, BenchError> {
     let workload = Workload {
         name: cli.name.clone(),
         mode: match cli.mode {
@@ -115,24 +117,29 @@ fn run(cli: Cli) -> Result<Report, String> {
     };
     workload.validate()?;
     if cli.relay.is_none() && cli.irc.is_none() && cli.raw.is_none() {
-        return Err("nothing to drive: give --relay, --irc and/or --raw HOST:PORT".into());
+        return Err(BenchError::Workload(
+            "nothing to drive: give --relay, --irc and/or --raw HOST:PORT".into(),
+        ));
     }
     for addr in [&cli.relay, &cli.irc, &cli.raw].into_iter().flatten() {
         let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or_default();
         if !matches!(host, "127.0.0.1" | "localhost" | "[::1]") {
-            return Err(format!("{addr}: the load generator drives loopback servers only (127.0.0.1)"));
+            return Err(BenchError::Workload(format!(
+                "{addr}: the load generator drives loopback servers only (127.0.0.1)"
+            )));
         }
     }
     let fingerprint = match &cli.fingerprint {
-        Some(hex_fp) => Some(
-            hex::decode(hex_fp)
-                .ok()
-                .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                .ok_or("--fingerprint must be 64 hex digits, as chatroom-relay prints it")?,
-        ),
+        Some(hex_fp) => {
+            Some(hex::decode(hex_fp).ok().and_then(|b| <[u8; 32]>::try_from(b).ok()).ok_or_else(|| {
+                BenchError::Workload(
+                    "--fingerprint must be 64 hex digits, as chatroom-relay prints it".into(),
+                )
+            })?)
+        }
         None => None,
     };
-    let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let runtime = tokio::runtime::Runtime::new().map_err(BenchError::io("cannot start the runtime"))?;
     let mut report = Report::default();
     runtime.block_on(async {
         if let Some(addr) = &cli.relay {
@@ -149,28 +156,33 @@ fn run(cli: Cli) -> Result<Report, String> {
                 report.outcomes.push(failed(label, &workload, result));
             }
         }
-        Ok::<_, String>(())
-    })?;
+    });
     if let Some(path) = &cli.json {
         use std::io::Write;
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
-            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+            .map_err(BenchError::io(format!("cannot open {}", path.display())))?;
         for o in &report.outcomes {
-            let line = serde_json::to_string(o).map_err(|e| e.to_string())?;
-            writeln!(file, "{line}").map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            let line = serde_json::to_string(o)
+                .map_err(|e| BenchError::io(format!("cannot encode {}", o.target))(e.into()))?;
+            writeln!(file, "{line}").map_err(BenchError::io(format!("cannot write {}", path.display())))?;
         }
     }
     Ok(report)
 }
 
 /// A target that failed still gets a row, with the error, so the other targets' figures stand.
-fn failed(label: &str, w: &Workload, result: Result<Outcome, String>) -> Outcome {
+fn failed(label: &str, w: &Workload, result: Result<Outcome, BenchError>) -> Outcome {
     result.unwrap_or_else(|e| {
         eprintln!("chatroom-bench: {label}: {e}");
-        Outcome { target: label.into(), workload: w.name.clone(), errors: vec![e], ..Outcome::default() }
+        Outcome {
+            target: label.into(),
+            workload: w.name.clone(),
+            errors: vec![e.to_string()],
+            ..Outcome::default()
+        }
     })
 }
 

@@ -11,6 +11,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::error::BenchError;
 use crate::report::{Outcome, ServerWatch};
 use crate::workload::{
     connect_loops, due, gather_sends, gather_tallies, payload, verify_payload, wait_for_deliveries, Mode,
@@ -105,33 +106,41 @@ fn channel(r: usize) -> String {
     format!("#bench{r}")
 }
 
-async fn open(addr: &str) -> Result<TcpStream, String> {
+async fn open(addr: &str) -> Result<TcpStream, BenchError> {
     let stream = TcpStream::connect(addr)
         .await
-        .map_err(|e| format!("cannot connect to {addr}: {e}; is the server running?"))?;
-    stream.set_nodelay(true).map_err(|e| format!("cannot set TCP_NODELAY: {e}"))?;
+        .map_err(BenchError::io(format!("cannot connect to {addr} (is the server running?)")))?;
+    stream.set_nodelay(true).map_err(BenchError::io("cannot set TCP_NODELAY"))?;
     Ok(stream)
 }
 
 /// Connects and, for IRC, registers and joins the member's channel.
-async fn join_member(target: &PlainTarget, i: usize, room: usize) -> Result<(Lines, OwnedWriteHalf), String> {
+async fn join_member(
+    target: &PlainTarget,
+    i: usize,
+    room: usize,
+) -> Result<(Lines, OwnedWriteHalf), BenchError> {
     let work = async {
         let (read, mut write) = open(&target.addr).await?.into_split();
         let mut lines = Lines::new(read);
         if target.kind == Kind::Irc {
-            let io = |e: std::io::Error| format!("IRC registration: {e}");
+            let io = |e: std::io::Error| BenchError::io("IRC registration")(e);
             write.write_all(format!("NICK b{i}\r\nUSER b{i} 0 * :bench\r\n").as_bytes()).await.map_err(io)?;
             let mut joined = false;
             loop {
                 let line = match lines.next().await.map_err(io)? {
                     Some(Line::Text(l)) => l,
                     Some(Line::Overlong) => continue,
-                    None => return Err("the IRC server closed the connection during registration".into()),
+                    None => {
+                        return Err(BenchError::Server(
+                            "the IRC server closed the connection during registration".into(),
+                        ))
+                    }
                 };
                 if let Some(token) = line.strip_prefix("PING ") {
                     write.write_all(format!("PONG {token}\r\n").as_bytes()).await.map_err(io)?;
                 } else if line.starts_with("ERROR") {
-                    return Err(format!("the IRC server refused: {line}"));
+                    return Err(BenchError::Server(format!("the IRC server refused: {line}")));
                 } else if line.split(' ').nth(1) == Some("001") {
                     write.write_all(format!("JOIN {}\r\n", channel(room)).as_bytes()).await.map_err(io)?;
                 } else if line.split(' ').nth(1) == Some("366") {
@@ -140,7 +149,7 @@ async fn join_member(target: &PlainTarget, i: usize, room: usize) -> Result<(Lin
                     line.split(' ').nth(1),
                     Some("433" | "403" | "405" | "471" | "473" | "474")
                 ) {
-                    return Err(format!("the IRC server refused: {line}"));
+                    return Err(BenchError::Server(format!("the IRC server refused: {line}")));
                 }
                 if joined {
                     break;
@@ -149,9 +158,9 @@ async fn join_member(target: &PlainTarget, i: usize, room: usize) -> Result<(Lin
         }
         Ok((lines, write))
     };
-    tokio::time::timeout(JOIN_TIMEOUT, work)
-        .await
-        .map_err(|_| format!("member {i} did not join within {} s", JOIN_TIMEOUT.as_secs()))?
+    tokio::time::timeout(JOIN_TIMEOUT, work).await.map_err(|_| {
+        BenchError::Server(format!("member {i} did not join within {} s", JOIN_TIMEOUT.as_secs()))
+    })?
 }
 
 struct Ctx {
@@ -228,7 +237,7 @@ async fn send(
     room: usize,
     rate: Option<f64>,
     start: tokio::time::Instant,
-) -> Result<(OwnedWriteHalf, u64, u64), String> {
+) -> Result<(OwnedWriteHalf, u64, u64), BenchError> {
     let mut out = Vec::new();
     let mut n = 0;
     while n < ctx.messages {
@@ -246,38 +255,79 @@ async fn send(
                 }
             }
         }
-        write.write_all(&out).await.map_err(|e| format!("sender {s}: {e}"))?;
+        write.write_all(&out).await.map_err(|e| BenchError::member(s)(BenchError::io("send")(e)))?;
         n += take;
     }
     Ok((write, n as u64, ctx.shared.now_ns()))
 }
 
 /// Raw servers have no join: member 0 sends probe lines until every other member saw one.
-async fn await_probes(write: &mut OwnedWriteHalf, ctx: &Ctx, others: usize) -> Result<(), String> {
+async fn await_probes(write: &mut OwnedWriteHalf, ctx: &Ctx, others: usize) -> Result<(), BenchError> {
     let deadline = Instant::now() + JOIN_TIMEOUT;
     while ctx.probes.load(Ordering::Relaxed) < others {
         if Instant::now() >= deadline {
-            return Err(format!(
+            return Err(BenchError::Server(format!(
                 "only {} of {others} members saw the probe line within {} s",
                 ctx.probes.load(Ordering::Relaxed),
                 JOIN_TIMEOUT.as_secs()
-            ));
+            )));
         }
-        write.write_all(b"probe\n").await.map_err(|e| format!("probe: {e}"))?;
+        write.write_all(b"probe\n").await.map_err(BenchError::io("probe"))?;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     Ok(())
 }
 
+/// Connects (and for IRC registers and joins) every member, starting each one's receiver as
+/// soon as it is in; on a raw server, until every member saw a probe line. Returns the
+/// members' writers and the receiver tasks.
+async fn join_all(
+    target: &PlainTarget,
+    w: &Workload,
+    ctx: &Arc<Ctx>,
+    stop_rx: &watch::Receiver<bool>,
+) -> Result<(Vec<Option<OwnedWriteHalf>>, JoinSet<Tally>), BenchError> {
+    // ncat --broker loses track of some connections accepted in a burst (they are never sent
+    // anything), so raw members connect one at a time.
+    // ngIRCd listens with a short accept backlog: beyond 16 registrations at once some
+    // connections wait out SYN retransmissions for many seconds.
+    let concurrency = if target.kind == Kind::Raw { 1 } else { w.concurrency.min(IRC_CONCURRENCY) };
+    let permits = Arc::new(Semaphore::new(concurrency));
+    let mut joins = JoinSet::new();
+    for i in 0..w.members {
+        let (target, permits) = (target.clone(), permits.clone());
+        let room = w.room_of(i);
+        joins.spawn(async move {
+            let _permit =
+                permits.acquire_owned().await.map_err(|_| BenchError::Internal("join permits closed"))?;
+            join_member(&target, i, room).await.map(|j| (i, j))
+        });
+    }
+    let mut writers: Vec<Option<OwnedWriteHalf>> = (0..w.members).map(|_| None).collect();
+    let mut receivers = JoinSet::new();
+    while let Some(joined) = joins.join_next().await {
+        let (i, (lines, write)) = joined.map_err(BenchError::task("join"))??;
+        writers[i] = Some(write);
+        receivers.spawn(receive(lines, ctx.clone(), stop_rx.clone()));
+    }
+    if target.kind == Kind::Raw {
+        let first = writers.first_mut().and_then(Option::as_mut).ok_or(BenchError::Internal("no member"))?;
+        await_probes(first, ctx, w.members - 1).await?;
+    }
+    Ok((writers, receivers))
+}
+
 /// Runs one workload against a plaintext server.
-pub async fn run(target: &PlainTarget, w: &Workload) -> Result<Outcome, String> {
+pub async fn run(target: &PlainTarget, w: &Workload) -> Result<Outcome, BenchError> {
     w.validate()?;
     if target.kind == Kind::Raw && w.rooms != 1 {
-        return Err("a raw broadcast server has one room only; use --rooms 1".into());
+        return Err(BenchError::Workload("a raw broadcast server has one room only; use --rooms 1".into()));
     }
     if w.mode == Mode::Connect {
         if target.kind == Kind::Raw {
-            return Err("a raw broadcast server has no handshake or join to measure; connect mode is for --relay and --irc".into());
+            return Err(BenchError::Workload(
+                "a raw broadcast server has no handshake or join to measure; connect mode is for --relay and --irc".into(),
+            ));
         }
         return connect_rate(target, w).await;
     }
@@ -293,32 +343,7 @@ pub async fn run(target: &PlainTarget, w: &Workload) -> Result<Outcome, String> 
     let mut watch_server = ServerWatch::start(target.pid);
     let (stop_tx, stop_rx) = watch::channel(false);
     let join_start = Instant::now();
-    // ncat --broker loses track of some connections accepted in a burst (they are never sent
-    // anything), so raw members connect one at a time.
-    // ngIRCd listens with a short accept backlog: beyond 16 registrations at once some
-    // connections wait out SYN retransmissions for many seconds.
-    let concurrency = if target.kind == Kind::Raw { 1 } else { w.concurrency.min(IRC_CONCURRENCY) };
-    let permits = Arc::new(Semaphore::new(concurrency));
-    let mut joins = JoinSet::new();
-    for i in 0..w.members {
-        let (target, permits) = (target.clone(), permits.clone());
-        let room = w.room_of(i);
-        joins.spawn(async move {
-            let _permit = permits.acquire_owned().await.map_err(|e| e.to_string())?;
-            join_member(&target, i, room).await.map(|j| (i, j))
-        });
-    }
-    let mut writers: Vec<Option<OwnedWriteHalf>> = (0..w.members).map(|_| None).collect();
-    let mut receivers = JoinSet::new();
-    while let Some(joined) = joins.join_next().await {
-        let (i, (lines, write)) = joined.map_err(|e| format!("join task failed: {e}"))??;
-        writers[i] = Some(write);
-        receivers.spawn(receive(lines, ctx.clone(), stop_rx.clone()));
-    }
-    if target.kind == Kind::Raw {
-        let first = writers.first_mut().and_then(Option::as_mut).ok_or("no member")?;
-        await_probes(first, &ctx, w.members - 1).await?;
-    }
+    let (mut writers, mut receivers) = join_all(target, w, &ctx, &stop_rx).await?;
     let join_secs = join_start.elapsed().as_secs_f64();
 
     let mut outcome = if w.mode == Mode::Idle {
@@ -340,7 +365,7 @@ pub async fn run(target: &PlainTarget, w: &Workload) -> Result<Outcome, String> 
         let deadline = Instant::now() + w.timeout;
         let mut sends = JoinSet::new();
         for (s, write) in writers.iter_mut().take(w.senders).enumerate() {
-            let write = write.take().ok_or("a sender has no connection")?;
+            let write = write.take().ok_or(BenchError::Internal("a sender has no connection"))?;
             sends.spawn(send(write, ctx.clone(), s, w.room_of(s), w.rate, start));
         }
         // Senders' connections stay open until every delivery is counted.
@@ -364,7 +389,7 @@ pub async fn run(target: &PlainTarget, w: &Workload) -> Result<Outcome, String> 
 }
 
 /// Connect (and for IRC register, join and quit), `concurrency` at a time, for `duration`.
-async fn connect_rate(target: &PlainTarget, w: &Workload) -> Result<Outcome, String> {
+async fn connect_rate(target: &PlainTarget, w: &Workload) -> Result<Outcome, BenchError> {
     let watch_server = ServerWatch::start(target.pid);
     let shared_target = target.clone();
     let rate = connect_loops(w, move |k, j| {

@@ -3,6 +3,8 @@
 
 use std::fs;
 
+use crate::error::BenchError;
+
 /// Linux reports `utime` and `stime` in `/proc/PID/stat` in units of `USER_HZ`, which is 100
 /// on every architecture Linux supports today (the kernel ABI fixes it for user space).
 const USER_HZ: f64 = 100.0;
@@ -33,29 +35,30 @@ fn cpu_clock_secs(pid: u32) -> Option<f64> {
 
 /// Reads the process's CPU time and `/proc/PID/status`; CPU time comes from `/proc/PID/stat`
 /// where the CPU-time clock is not available.
-pub fn sample(pid: u32) -> Result<Sample, String> {
+pub fn sample(pid: u32) -> Result<Sample, BenchError> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map_err(|e| format!("cannot read /proc/{pid}/stat: {e}; is process {pid} running?"))?;
+        .map_err(BenchError::io(format!("cannot read /proc/{pid}/stat (is process {pid} running?)")))?;
     // The command name (field 2) is in parentheses and may contain spaces: fields after it
     // start after the last ')'.
-    let after =
-        stat.rsplit_once(')').map(|(_, rest)| rest).ok_or_else(|| format!("/proc/{pid}/stat has no ')'"))?;
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| BenchError::Server(format!("/proc/{pid}/stat has no ')'")))?;
     let fields: Vec<&str> = after.split_whitespace().collect();
     // After the name: state is field 3, utime field 14, stime field 15 (1-based).
-    let tick = |i: usize| -> Result<f64, String> {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .map(|t| t as f64 / USER_HZ)
-            .ok_or_else(|| format!("/proc/{pid}/stat: field {} is not a number", i + 3))
-    };
+    let tick =
+        |i: usize| -> Result<f64, BenchError> {
+            fields.get(i).and_then(|f| f.parse::<u64>().ok()).map(|t| t as f64 / USER_HZ).ok_or_else(|| {
+                BenchError::Server(format!("/proc/{pid}/stat: field {} is not a number", i + 3))
+            })
+        };
     let ticks = tick(11)? + tick(12)?;
     let (cpu_secs, cpu_precise) = match cpu_clock_secs(pid) {
         Some(secs) => (secs, true),
         None => (ticks, false),
     };
     let status = fs::read_to_string(format!("/proc/{pid}/status"))
-        .map_err(|e| format!("cannot read /proc/{pid}/status: {e}"))?;
+        .map_err(BenchError::io(format!("cannot read /proc/{pid}/status")))?;
     let kib = |key: &str| -> u64 {
         status
             .lines()
@@ -112,6 +115,6 @@ mod tests {
     #[test]
     fn missing_process_is_an_error_that_names_it() {
         let e = sample(u32::MAX).unwrap_err();
-        assert!(e.contains("is process"), "{e}");
+        assert!(matches!(&e, BenchError::Io { what, .. } if what.contains("is process")), "{e}");
     }
 }

@@ -196,31 +196,7 @@ impl Report {
         }
         if let Some(chat) = self.outcomes.iter().find(|o| o.target == "chatroom") {
             for base in self.outcomes.iter().filter(|o| o.target != "chatroom" && o.joined > 0) {
-                let mut parts = Vec::new();
-                if chat.deliveries_per_sec > 0.0 && base.deliveries_per_sec > 0.0 {
-                    parts.push(format!(
-                        "deliveries/s x{:.2}",
-                        chat.deliveries_per_sec / base.deliveries_per_sec
-                    ));
-                }
-                if let (Some(c), Some(b)) = (chat.cpu_us_per_unit, base.cpu_us_per_unit) {
-                    if b > 0.0 {
-                        parts.push(format!("server CPU per unit x{:.2}", c / b));
-                    }
-                }
-                if let (Some(c), Some(b)) = (chat.kib_per_member, base.kib_per_member) {
-                    if b > 0.0 {
-                        parts.push(format!("memory per member x{:.2}", c / b));
-                    }
-                }
-                if let (Some(c), Some(b)) = (chat.joins_per_sec, base.joins_per_sec) {
-                    if b > 0.0 {
-                        parts.push(format!("joins/s x{:.2}", c / b));
-                    }
-                }
-                if chat.p99_ms > 0.0 && base.p99_ms > 0.0 {
-                    parts.push(format!("p99 {:.3} ms vs {:.3} ms", chat.p99_ms, base.p99_ms));
-                }
+                let parts = ratios(chat, base);
                 if !parts.is_empty() {
                     out.push_str(&format!(
                         "\n{} chatroom / {}: {}",
@@ -231,27 +207,7 @@ impl Report {
                 }
             }
             out.push('\n');
-            if let (Some(x), Some(j)) = (chat.x25519_per_sec, chat.joins_per_sec) {
-                let limit = x / 4.0;
-                out.push_str(&format!(
-                    "X25519: {} operations/s on one core; a relay handshake needs 4 (ephemeral key and 3 DH), so the limit is {} handshakes/s per core; measured {} joins/s ({:.0}% of one core's limit)",
-                    count(x),
-                    count(limit),
-                    count(j),
-                    100.0 * j / limit
-                ));
-                // The generator does the client half of every handshake on the same cores, so
-                // the relay's own CPU per join is the per-core figure to compare.
-                if let Some(us) = chat.cpu_us_per_unit.filter(|&us| us > 0.0) {
-                    let per_core = 1e6 / us;
-                    out.push_str(&format!(
-                        "; relay CPU {us:.0} us per join = {} joins per relay core-second ({:.0}% of the limit)",
-                        count(per_core),
-                        100.0 * per_core / limit
-                    ));
-                }
-                out.push('\n');
-            }
+            x25519_line(chat, &mut out);
         }
         for o in &self.outcomes {
             for e in o.errors.iter().take(3) {
@@ -259,6 +215,58 @@ impl Report {
             }
         }
         out
+    }
+}
+
+/// Chatroom's figures over one baseline's, where both measured them.
+fn ratios(chat: &Outcome, base: &Outcome) -> Vec<String> {
+    let mut parts = Vec::new();
+    if chat.deliveries_per_sec > 0.0 && base.deliveries_per_sec > 0.0 {
+        parts.push(format!("deliveries/s x{:.2}", chat.deliveries_per_sec / base.deliveries_per_sec));
+    }
+    if let (Some(c), Some(b)) = (chat.cpu_us_per_unit, base.cpu_us_per_unit) {
+        if b > 0.0 {
+            parts.push(format!("server CPU per unit x{:.2}", c / b));
+        }
+    }
+    if let (Some(c), Some(b)) = (chat.kib_per_member, base.kib_per_member) {
+        if b > 0.0 {
+            parts.push(format!("memory per member x{:.2}", c / b));
+        }
+    }
+    if let (Some(c), Some(b)) = (chat.joins_per_sec, base.joins_per_sec) {
+        if b > 0.0 {
+            parts.push(format!("joins/s x{:.2}", c / b));
+        }
+    }
+    if chat.p99_ms > 0.0 && base.p99_ms > 0.0 {
+        parts.push(format!("p99 {:.3} ms vs {:.3} ms", chat.p99_ms, base.p99_ms));
+    }
+    parts
+}
+
+/// The handshake limit X25519 sets on this machine, next to the joins measured.
+fn x25519_line(chat: &Outcome, out: &mut String) {
+    if let (Some(x), Some(j)) = (chat.x25519_per_sec, chat.joins_per_sec) {
+        let limit = x / 4.0;
+        out.push_str(&format!(
+            "X25519: {} operations/s on one core; a relay handshake needs 4 (ephemeral key and 3 DH), so the limit is {} handshakes/s per core; measured {} joins/s ({:.0}% of one core's limit)",
+            count(x),
+            count(limit),
+            count(j),
+            100.0 * j / limit
+        ));
+        // The generator does the client half of every handshake on the same cores, so
+        // the relay's own CPU per join is the per-core figure to compare.
+        if let Some(us) = chat.cpu_us_per_unit.filter(|&us| us > 0.0) {
+            let per_core = 1e6 / us;
+            out.push_str(&format!(
+                "; relay CPU {us:.0} us per join = {} joins per relay core-second ({:.0}% of the limit)",
+                count(per_core),
+                100.0 * per_core / limit
+            ));
+        }
+        out.push('\n');
     }
 }
 

@@ -4,6 +4,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::error::BenchError;
+
 /// What kind of run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -52,31 +54,40 @@ pub const MAX_LINE: usize = 8192;
 
 impl Workload {
     /// Checks the numbers before any connection is made.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), BenchError> {
         if self.members == 0 || self.rooms == 0 || self.rooms > self.members {
-            return Err("need at least one member and one room, and no more rooms than members".into());
+            return Err(BenchError::Workload(
+                "need at least one member and one room, and no more rooms than members".into(),
+            ));
         }
         if self.senders > self.members {
-            return Err(format!("--senders {} exceeds --members {}", self.senders, self.members));
+            return Err(BenchError::Workload(format!(
+                "--senders {} exceeds --members {}",
+                self.senders, self.members
+            )));
         }
         if self.concurrency == 0 {
-            return Err("--concurrency must be at least 1".into());
+            return Err(BenchError::Workload("--concurrency must be at least 1".into()));
         }
         if self.bytes > chatroom_crypto::MAX_BODY_LEN {
-            return Err(format!(
+            return Err(BenchError::Workload(format!(
                 "--bytes {} exceeds the largest message body, {}",
                 self.bytes,
                 chatroom_crypto::MAX_BODY_LEN
-            ));
+            )));
         }
         if let Some(rate) = self.rate {
             if !(rate > 0.0 && rate.is_finite()) {
-                return Err("--rate must be a positive number of messages per second".into());
+                return Err(BenchError::Workload(
+                    "--rate must be a positive number of messages per second".into(),
+                ));
             }
         }
         let per_receiver = (self.senders as u64).saturating_mul(self.messages as u64);
         if per_receiver.saturating_mul(self.members as u64) > MAX_TRACKED {
-            return Err("members x senders x messages is too large to track duplicates; lower one".into());
+            return Err(BenchError::Workload(
+                "members x senders x messages is too large to track duplicates; lower one".into(),
+            ));
         }
         Ok(())
     }
@@ -327,7 +338,7 @@ pub struct ConnectRate {
 pub async fn connect_loops<F, Fut>(w: &Workload, connect_once: F) -> ConnectRate
 where
     F: Fn(usize, u64) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = Result<(), String>> + Send,
+    Fut: std::future::Future<Output = Result<(), BenchError>> + Send,
 {
     let done = std::sync::Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -343,7 +354,7 @@ where
                     Ok(()) => {
                         done.fetch_add(1, Ordering::Relaxed);
                     }
-                    Err(e) => errors.push(e),
+                    Err(e) => errors.push(e.to_string()),
                 }
                 j += 1;
             }
@@ -377,28 +388,29 @@ pub struct Sends<W> {
 /// Waits for every sender task (each returns its connection, the messages it wrote and when
 /// its last write returned); `since` is the start of sending.
 pub async fn gather_sends<W: 'static>(
-    mut sends: tokio::task::JoinSet<Result<(W, u64, u64), String>>,
+    mut sends: tokio::task::JoinSet<Result<(W, u64, u64), BenchError>>,
     since: u64,
 ) -> Sends<W> {
     let mut gathered = Sends { sent: 0, last_write: since, errors: Vec::new(), kept: Vec::new() };
     while let Some(r) = sends.join_next().await {
-        match r.map_err(|e| e.to_string()).and_then(|r| r) {
+        match r.map_err(BenchError::task("sender")).and_then(|r| r) {
             Ok((writer, n, at)) => {
                 gathered.sent += n;
                 gathered.last_write = gathered.last_write.max(at);
                 gathered.kept.push(writer);
             }
-            Err(e) => gathered.errors.push(e),
+            // Kept as report rows: the other senders' figures stand.
+            Err(e) => gathered.errors.push(e.to_string()),
         }
     }
     gathered
 }
 
 /// Waits for every receiver task and adds up what they counted.
-pub async fn gather_tallies(mut receivers: tokio::task::JoinSet<Tally>) -> Result<Tally, String> {
+pub async fn gather_tallies(mut receivers: tokio::task::JoinSet<Tally>) -> Result<Tally, BenchError> {
     let mut tally = Tally::default();
     while let Some(t) = receivers.join_next().await {
-        tally.absorb(t.map_err(|e| format!("receiver task failed: {e}"))?);
+        tally.absorb(t.map_err(BenchError::task("receiver"))?);
     }
     Ok(tally)
 }

@@ -2,6 +2,10 @@
 
 use std::fmt;
 
+use chatroom_session::error::{FileError, SessionError};
+
+use crate::advice;
+
 /// A fatal error of the program.
 #[derive(Debug)]
 pub(crate) struct AppError(String);
@@ -28,10 +32,20 @@ macro_rules! from_display {
     )*};
 }
 
+impl From<SessionError> for AppError {
+    fn from(e: SessionError) -> Self {
+        AppError(advice::session(&e))
+    }
+}
+
+impl From<FileError> for AppError {
+    fn from(e: FileError) -> Self {
+        AppError(advice::file(&e))
+    }
+}
+
 from_display!(
-    chatroom_client::error::SessionError,
-    chatroom_client::error::FileError,
-    chatroom_client::error::AddressError,
-    chatroom_client::crypto::KeyFileError,
-    chatroom_client::crypto::KdfError
+    chatroom_session::error::AddressError,
+    chatroom_session::crypto::KeyFileError,
+    chatroom_session::crypto::KdfError
 );

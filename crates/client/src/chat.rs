@@ -2,84 +2,20 @@
 //! a missing room), then feed stdin lines to it until end of input or `/quit`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use chatroom_client::commands::{parse_line, Command, Input as Line, HELP};
-use chatroom_client::config::{read_password_file, Config};
-use chatroom_client::crypto::{load_or_create_identity, ContentKind, ErrorCode, Zeroizing};
-use chatroom_client::display::neutralize;
-use chatroom_client::invite::Invite;
-use chatroom_client::passphrase;
-use chatroom_client::session::{Limits, RoomKeyCache, Session, SessionConfig, SessionEnd, SessionHandle};
-use chatroom_client::trust::RelayPin;
+use crate::commands::{parse_line, Command, Input as Line, HELP};
+use crate::config::{read_password_file, Config};
+use chatroom_session::crypto::{load_or_create_identity, ContentKind, ErrorCode, Identity, Zeroizing};
+use chatroom_session::display::neutralize;
+use chatroom_session::session::{Limits, RoomKeyCache, Session, SessionConfig, SessionEnd, SessionHandle};
+use chatroom_session::trust::RelayPin;
 
 use crate::app_error::AppError;
 use crate::cli::{ChatArgs, Cli};
+use crate::flow::{confirm_if_weak, invite_url, new_password, FLUSH_ON_EXIT};
 use crate::plain::PlainUi;
-use crate::prompt::{same_secret, Input};
+use crate::prompt::Input;
 use crate::setup::{complete, resolve, Paths};
-
-/// How long end of input or `/quit` waits for the relay to acknowledge pending messages.
-pub(crate) const FLUSH_ON_EXIT: Duration = Duration::from_secs(10);
-
-/// Warns about a weak room password at creation and, when the password was typed (not read
-/// from a file by a script), asks whether to create the room with it anyway.
-pub(crate) fn confirm_if_weak(
-    input: &mut Input,
-    password: &str,
-    room: &str,
-    nick: &str,
-    typed: bool,
-) -> Result<(), AppError> {
-    let s = passphrase::strength(password, &[room, nick]);
-    if !s.is_weak() {
-        return Ok(());
-    }
-    eprintln!(
-        "-!- WARNING: this room password is weak: about 10^{} guesses (zxcvbn score {}/4), roughly {} \
-         for one attacker at 10^4 guesses per second. Anyone who obtains the relay's ciphertext can guess \
-         offline. Leave the password empty at the prompt for a generated one, or run: chatroom passphrase",
-        s.guesses_log10, s.score, s.crack_time
-    );
-    if typed && !input.confirm("Create the room with this weak password anyway? [y/N] ")? {
-        return Err(AppError::new(
-            "nothing was created; run chatroom again and leave the password empty for a generated one, or \
-             choose a stronger one",
-        ));
-    }
-    Ok(())
-}
-
-/// Asks for a new room password twice; an empty answer generates a strong passphrase instead
-/// (shown once, to give to the members out of band).
-pub(crate) fn new_password(input: &mut Input, first: Option<&str>) -> Result<Zeroizing<String>, AppError> {
-    let first = match first {
-        Some(p) => Zeroizing::new(p.to_owned()),
-        None => {
-            let typed = input.secret("New room password (leave empty for a generated one): ")?;
-            if typed.is_empty() {
-                let generated = passphrase::generate();
-                eprintln!(
-                    "-!- generated room password: {}\n-!- it is shown only now: give it to the members out of band, \
-                     never in the chat",
-                    generated.as_str()
-                );
-                return Ok(generated);
-            }
-            typed
-        }
-    };
-    if first.is_empty() {
-        return Err(AppError::new(
-            "the room password is empty; choose one (chatroom passphrase makes a strong one)",
-        ));
-    }
-    let again = input.secret("Repeat the room password: ")?;
-    if !same_secret(&first, &again) {
-        return Err(AppError::new("the two passwords differ; nothing was created. Run chatroom again"));
-    }
-    Ok(first)
-}
 
 /// Session limits, with the pacing given on the command line.
 fn limits(chat: &ChatArgs) -> Result<Limits, AppError> {
@@ -100,17 +36,20 @@ fn limits(chat: &ChatArgs) -> Result<Limits, AppError> {
     Ok(limits)
 }
 
-/// The room's invite URL (`/invite`), from the relay key this session verified.
-pub(crate) fn invite_url(fingerprint_hex: &str, config: &SessionConfig, keys: &RoomKeyCache) -> String {
-    let mut fingerprint = [0u8; 32];
-    if hex::decode_to_slice(fingerprint_hex, &mut fingerprint).is_err() {
-        return "unknown (the relay's fingerprint is not 64 hex digits)".into();
-    }
-    Invite { fingerprint, relay: config.relay.clone(), room: config.room.clone(), kdf: keys.params() }
-        .to_string()
+/// What a chat needs once the target, identity and password are settled.
+struct Prepared {
+    config: SessionConfig,
+    keys: Arc<RoomKeyCache>,
+    identity: Arc<Identity>,
+    password: Zeroizing<String>,
+    from_file: bool,
+    relay_label: String,
+    input: Input,
+    config_file: Config,
 }
 
-pub(crate) async fn run(cli: Cli, paths: Paths) -> Result<(), AppError> {
+/// Resolves the target, loads the identity, checks the relay and asks for the password.
+async fn prepare(cli: &Cli, paths: &Paths) -> Result<Prepared, AppError> {
     let mut input = Input::new();
     let config_file = Config::load(&paths.config)?;
     let chat = &cli.chat;
@@ -128,7 +67,7 @@ pub(crate) async fn run(cli: Cli, paths: Paths) -> Result<(), AppError> {
 
     // The relay before the password: a changed key is offered for acceptance, and a relay
     // that would be refused is refused before a password is typed.
-    crate::relay_check::accept_new_key(&target, &relay, &paths, &mut input)?;
+    crate::relay_check::accept_new_key(&target, &relay, paths, &mut input)?;
     let limits = limits(chat)?;
     let (expected, expected_source) = match target.fingerprint.clone() {
         Some((key, source)) => (Some(key), source),
@@ -152,60 +91,73 @@ pub(crate) async fn run(cli: Cli, paths: Paths) -> Result<(), AppError> {
     }
     let keys =
         Arc::new(RoomKeyCache::new(Zeroizing::new(password.as_bytes().to_vec()), room.clone(), target.kdf)?);
-    let mut config = SessionConfig {
-        relay: relay.clone(),
+    let relay_label = match &target.proxy {
+        Some(p) => format!("{relay} via {p}"),
+        None => relay.to_string(),
+    };
+    let config = SessionConfig {
+        relay,
         proxy: target.proxy.clone(),
-        room: room.clone(),
-        nick: nick.clone(),
+        room,
+        nick,
         create: chat.create,
         relay_pin,
         data_dir: Some(paths.data_dir.clone()),
         limits,
     };
-    let shown_relay = match &target.proxy {
-        Some(p) => format!("{relay} via {p}"),
-        None => relay.to_string(),
-    };
     let identity = Arc::new(identity);
+    Ok(Prepared { config, keys, identity, password, from_file, relay_label, input, config_file })
+}
+
+pub(crate) async fn run(cli: Cli, paths: Paths) -> Result<(), AppError> {
+    let mut p = prepare(&cli, &paths).await?;
+    let chat = &cli.chat;
     if crate::tui::wanted(chat.plain) {
-        config.limits.context_on_start = crate::tui::RECENT_CONTEXT;
+        p.config.limits.context_on_start = crate::tui::RECENT_CONTEXT;
         let start = crate::tui::Start {
-            config,
-            keys,
-            identity,
-            relay_label: shown_relay,
-            password,
-            from_file,
-            input,
-            highlight: config_file.highlight.clone(),
-            bell: config_file.bell,
+            config: p.config,
+            keys: p.keys,
+            identity: p.identity,
+            relay_label: p.relay_label,
+            password: p.password,
+            from_file: p.from_file,
+            input: p.input,
+            highlight: p.config_file.highlight.clone(),
+            bell: p.config_file.bell,
             config_path: paths.config.clone(),
-            config_file,
+            config_file: p.config_file,
         };
         return crate::tui::run(start).await;
     }
-    let ui = Arc::new(PlainUi::new(shown_relay, chat.plain, chat.no_history));
-    let handle = match Session::start(config.clone(), keys.clone(), identity.clone(), ui.clone()).await {
-        Ok(h) => h,
+    let ui = Arc::new(PlainUi::new(p.relay_label.clone(), chat.plain, chat.no_history));
+    let handle = start_plain(&mut p, &ui).await?;
+    drop(p.password);
+    let invite = invite_url(handle.relay_fingerprint(), &p.config, &p.keys);
+    talk(handle, p.input, &ui, &invite).await
+}
+
+/// Starts the line-mode session; a missing room is created after asking.
+async fn start_plain(p: &mut Prepared, ui: &Arc<PlainUi>) -> Result<SessionHandle, AppError> {
+    let (config, keys, identity) = (&mut p.config, &p.keys, &p.identity);
+    match Session::start(config.clone(), keys.clone(), identity.clone(), ui.clone()).await {
+        Ok(h) => Ok(h),
         Err(e) if e.refusal() == Some(ErrorCode::NoSuchRoom) && !config.create => {
-            ui.notice(&format!("room {room} does not exist on {relay}"));
-            if !input.confirm(&format!("Create room {room}? [y/N] "))? {
+            let (room, nick) = (config.room.clone(), config.nick.clone());
+            ui.notice(&format!("room {room} does not exist on {}", config.relay));
+            if !p.input.confirm(&format!("Create room {room}? [y/N] "))? {
                 return Err(AppError::new(
                     "nothing was created; check the room name, or answer y to create it",
                 ));
             }
-            if !from_file {
-                new_password(&mut input, Some(&password))?;
+            if !p.from_file {
+                new_password(&mut p.input, Some(&p.password))?;
             }
-            confirm_if_weak(&mut input, &password, room.as_str(), nick.as_str(), !from_file)?;
+            confirm_if_weak(&mut p.input, &p.password, room.as_str(), nick.as_str(), !p.from_file)?;
             config.create = true;
-            Session::start(config.clone(), keys.clone(), identity, ui.clone()).await?
+            Ok(Session::start(config.clone(), keys.clone(), identity.clone(), ui.clone()).await?)
         }
-        Err(e) => return Err(e.into()),
-    };
-    drop(password);
-    let invite = invite_url(handle.relay_fingerprint(), &config, &keys);
-    talk(handle, input, &ui, &invite).await
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Messages handed to the session and not yet answered, at most: beyond it line mode stops
@@ -254,7 +206,7 @@ async fn talk(mut handle: SessionHandle, input: Input, ui: &PlainUi, invite: &st
                 FLUSH_ON_EXIT.as_secs()
             )))
         }
-        SessionEnd::Failed(e) => Err(AppError::new(neutralize(&e.to_string()))),
+        SessionEnd::Failed(e) => Err(AppError::new(neutralize(&crate::advice::session(&e)))),
         _ => Ok(()),
     }
 }
@@ -271,8 +223,6 @@ enum Outcome {
     Quit,
 }
 
-/// Acts on one line of input. Commands for the relay are awaited: a refusal has been printed
-/// (and counted by the front end) by the time this returns.
 /// Hands a message to the session: queued, or failed with the reason shown.
 async fn queue(
     handle: &mut SessionHandle,
@@ -286,6 +236,8 @@ async fn queue(
     }
 }
 
+/// Acts on one line of input. Commands for the relay are awaited: a refusal has been printed
+/// (and counted by the front end) by the time this returns.
 async fn line_action(handle: &mut SessionHandle, line: &str, ui: &PlainUi, invite: &str) -> Outcome {
     let failed = |e: &dyn std::fmt::Display| {
         ui.notice(&format!("error: {e}"));

@@ -3,7 +3,7 @@
 use chatroom_crypto::{Nick, MAX_BODY_LEN};
 
 /// The help text shown by `/help` and after an unknown command.
-pub const HELP: &str = "\
+pub(crate) const HELP: &str = "\
 commands:
   /help          show this help
   /who           list the members of the room (as the relay reports them)
@@ -25,14 +25,14 @@ commands:
 any other line is sent as a message";
 
 /// The commands' names, for Tab completion (aliases left out).
-pub const COMMAND_NAMES: &[&str] = &[
+pub(crate) const COMMAND_NAMES: &[&str] = &[
     "/help", "/who", "/whois", "/me", "/kick", "/ban", "/unban", "/safety", "/invite", "/topic", "/ignore",
     "/clear", "/join", "/part", "/window", "/quit",
 ];
 
 /// A command typed by the user.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command {
+pub(crate) enum Command {
     /// `/help`
     Help,
     /// `/who`
@@ -69,7 +69,7 @@ pub enum Command {
 
 /// One line of input.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Input {
+pub(crate) enum Input {
     /// Nothing to do (an empty line).
     Empty,
     /// Text to send.
@@ -80,7 +80,7 @@ pub enum Input {
 
 /// A line that is neither valid text nor a valid command. Never sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum InputError {
+pub(crate) enum InputError {
     /// An unknown command.
     #[error(
         "unknown command /{0}, nothing was sent; /help lists the commands, //{0} sends the line as text"
@@ -110,7 +110,7 @@ fn body(text: &str) -> Result<String, InputError> {
 }
 
 /// Parses one line (without its line ending).
-pub fn parse_line(line: &str) -> Result<Input, InputError> {
+pub(crate) fn parse_line(line: &str) -> Result<Input, InputError> {
     let line = line.strip_suffix('\r').unwrap_or(line);
     if line.trim().is_empty() {
         return Ok(Input::Empty);
@@ -162,7 +162,7 @@ pub fn parse_line(line: &str) -> Result<Input, InputError> {
         "kick" => Ok(Input::Command(Command::Kick(nick_arg(arg, "/kick NICK")?))),
         "ban" => Ok(Input::Command(Command::Ban(nick_arg(arg, "/ban NICK")?))),
         "unban" => Ok(Input::Command(Command::Unban(nick_arg(arg, "/unban NICK")?))),
-        _ => Err(InputError::Unknown(crate::display::neutralize_short(name))),
+        _ => Err(InputError::Unknown(chatroom_session::display::neutralize_short(name))),
     }
 }
 

@@ -25,21 +25,21 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use crate::error::FileError;
+use chatroom_session::error::FileError;
 
 /// Largest config file read.
-pub const MAX_CONFIG_LEN: u64 = 1 << 20;
+pub(crate) const MAX_CONFIG_LEN: u64 = 1 << 20;
 /// Largest password file read.
-pub const MAX_PASSWORD_FILE_LEN: u64 = 4096;
+pub(crate) const MAX_PASSWORD_FILE_LEN: u64 = 4096;
 /// Most highlight words.
-pub const MAX_HIGHLIGHTS: usize = 64;
+pub(crate) const MAX_HIGHLIGHTS: usize = 64;
 /// Longest highlight word, in bytes.
-pub const MAX_HIGHLIGHT_LEN: usize = 64;
+pub(crate) const MAX_HIGHLIGHT_LEN: usize = 64;
 
 /// When a mention rings the terminal bell (and marks the window title).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Bell {
+pub(crate) enum Bell {
     /// Only while the terminal window does not have the focus (or cannot say).
     #[default]
     Unfocused,
@@ -52,38 +52,38 @@ pub enum Bell {
 /// The whole config file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Config {
+pub(crate) struct Config {
     /// Default proxy for every room.
-    pub proxy: Option<String>,
+    pub(crate) proxy: Option<String>,
     /// Words that mark a message as a mention, besides your nickname (case-insensitive).
     #[serde(default)]
-    pub highlight: Vec<String>,
+    pub(crate) highlight: Vec<String>,
     /// When a mention rings the terminal bell.
     #[serde(default)]
-    pub bell: Bell,
+    pub(crate) bell: Bell,
     /// Saved rooms by name.
     #[serde(default)]
-    pub rooms: BTreeMap<String, RoomEntry>,
+    pub(crate) rooms: BTreeMap<String, RoomEntry>,
 }
 
 /// One saved room.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RoomEntry {
+pub(crate) struct RoomEntry {
     /// `HOST:PORT` of the relay.
-    pub relay: String,
+    pub(crate) relay: String,
     /// Room name.
-    pub room: String,
+    pub(crate) room: String,
     /// Nickname.
-    pub nick: Option<String>,
+    pub(crate) nick: Option<String>,
     /// The relay's fingerprint (64 hex digits).
-    pub fingerprint: Option<String>,
+    pub(crate) fingerprint: Option<String>,
     /// `socks5h://HOST:PORT`.
-    pub proxy: Option<String>,
+    pub(crate) proxy: Option<String>,
     /// A 0600 file holding the room password.
-    pub password_file: Option<PathBuf>,
+    pub(crate) password_file: Option<PathBuf>,
     /// Argon2id parameters like `m65536t3p1`.
-    pub kdf: Option<String>,
+    pub(crate) kdf: Option<String>,
     /// Refused with advice: passwords never go into the config file.
     #[serde(default)]
     password: Option<toml::Value>,
@@ -106,7 +106,7 @@ fn key_line(text: &str, key: &str) -> Option<usize> {
 /// (accepted only to be refused with advice).
 fn parse_message(message: &str) -> String {
     let one_line: Vec<&str> = message.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-    crate::display::neutralize(&one_line.join(": ").replace(", `password`", ""))
+    chatroom_session::display::neutralize(&one_line.join(": ").replace(", `password`", ""))
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FileError + '_ {
@@ -115,7 +115,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FileError + '_ {
 
 impl Config {
     /// Parses config text; `path` is only for messages.
-    pub fn parse(text: &str, path: &Path) -> Result<Config, FileError> {
+    pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, FileError> {
         let config: Config = toml::from_str(text).map_err(|e| FileError::Syntax {
             path: path.display().to_string(),
             line: e.span().map_or(1, |s| line_of(text, s.start)),
@@ -144,7 +144,7 @@ impl Config {
                     why: format!(
                         "[rooms.{}] holds a password; config.toml never stores passwords: put it in a file \
                          with mode 0600 and name it with password_file = \"...\"",
-                        crate::display::neutralize_short(name)
+                        chatroom_session::display::neutralize_short(name)
                     ),
                 });
             }
@@ -153,7 +153,7 @@ impl Config {
     }
 
     /// Loads the config file; a missing file is an empty config.
-    pub fn load(path: &Path) -> Result<Config, FileError> {
+    pub(crate) fn load(path: &Path) -> Result<Config, FileError> {
         let file = match fs::File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
@@ -167,7 +167,7 @@ impl Config {
 
 /// `~` or `~/rest` in a path from the config file means the home directory; any other path
 /// (and `~` when there is no home directory) is kept as written.
-pub fn expand_home(path: PathBuf, home: Option<&Path>) -> PathBuf {
+pub(crate) fn expand_home(path: PathBuf, home: Option<&Path>) -> PathBuf {
     let Some(home) = home else { return path };
     match path.strip_prefix("~") {
         Ok(rest) => home.join(rest),
@@ -177,7 +177,7 @@ pub fn expand_home(path: PathBuf, home: Option<&Path>) -> PathBuf {
 
 /// Reads a room password from a file that only its owner may read (mode 0600 or stricter).
 /// One trailing newline is removed.
-pub fn read_password_file(path: &Path) -> Result<Zeroizing<String>, FileError> {
+pub(crate) fn read_password_file(path: &Path) -> Result<Zeroizing<String>, FileError> {
     let meta = fs::metadata(path).map_err(io(path))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
@@ -289,8 +289,9 @@ room = "family"
         let path = dir.path().join("pw");
         fs::write(&path, "correct horse\n")?;
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644))?;
-        let err = read_password_file(&path).unwrap_err().to_string();
-        assert!(err.contains("chmod 600"), "{err}");
+        let err = read_password_file(&path).unwrap_err();
+        assert!(matches!(err, FileError::Permissions { mode: 0o644, .. }), "{err}");
+        assert!(crate::advice::file(&err).contains("chmod 600"), "{err}");
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
         assert_eq!(read_password_file(&path)?.as_str(), "correct horse");
         fs::write(&path, "\n")?;

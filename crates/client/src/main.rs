@@ -1,10 +1,16 @@
 //! `chatroom`: parses arguments and wires the terminal to the protocol core in
-//! `chatroom_client`. Only this binary talks to the terminal.
+//! `chatroom_session`. Only this binary talks to the terminal.
 #![forbid(unsafe_code)]
 
+mod advice;
 mod app_error;
 mod chat;
 mod cli;
+mod commands;
+mod config;
+mod event_text;
+mod flow;
+mod passphrase;
 mod plain;
 mod prompt;
 mod relay_check;

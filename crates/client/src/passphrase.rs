@@ -8,21 +8,21 @@ use rand_core::{CryptoRngCore, OsRng};
 use zeroize::Zeroizing;
 
 /// The generator's alphabet (32 characters, so each is exactly 5 random bits).
-pub const ALPHABET: &[u8; 32] = b"abcdefghijkmnpqrstuvwxyz23456789";
+pub(crate) const ALPHABET: &[u8; 32] = b"abcdefghijkmnpqrstuvwxyz23456789";
 /// Groups in a generated passphrase.
-pub const GROUPS: usize = 4;
+pub(crate) const GROUPS: usize = 4;
 /// Characters per group.
-pub const GROUP_LEN: usize = 5;
+pub(crate) const GROUP_LEN: usize = 5;
 /// Bits of entropy of a generated passphrase.
-pub const BITS: usize = GROUPS * GROUP_LEN * 5;
+pub(crate) const BITS: usize = GROUPS * GROUP_LEN * 5;
 
 /// A fresh passphrase such as `k7m2p-xq9ra-4tnvb-ce8hw`.
-pub fn generate() -> Zeroizing<String> {
+pub(crate) fn generate() -> Zeroizing<String> {
     generate_with(&mut OsRng)
 }
 
 /// A passphrase from the given generator (tests).
-pub fn generate_with(rng: &mut impl CryptoRngCore) -> Zeroizing<String> {
+pub(crate) fn generate_with(rng: &mut impl CryptoRngCore) -> Zeroizing<String> {
     let mut bytes = Zeroizing::new([0u8; GROUPS * GROUP_LEN]);
     rng.fill_bytes(bytes.as_mut());
     let mut out = Zeroizing::new(String::with_capacity(GROUPS * (GROUP_LEN + 1)));
@@ -38,25 +38,25 @@ pub fn generate_with(rng: &mut impl CryptoRngCore) -> Zeroizing<String> {
 
 /// How guessable a passphrase is.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Strength {
+pub(crate) struct Strength {
     /// zxcvbn's score, 0 (trivial) to 4 (strong).
-    pub score: u8,
+    pub(crate) score: u8,
     /// log10 of the estimated number of guesses.
     pub guesses_log10: u32,
     /// A human estimate of offline cracking time with a slow hash at 10^4 guesses per second.
-    pub crack_time: String,
+    pub(crate) crack_time: String,
 }
 
 impl Strength {
     /// Whether to warn: fewer than about 10^12 guesses, hours to years for one machine
     /// against a room key derived with Argon2id, and far less for many.
-    pub fn is_weak(&self) -> bool {
+    pub(crate) fn is_weak(&self) -> bool {
         self.guesses_log10 < 12
     }
 }
 
 /// Estimates the strength of `passphrase`, taking the room name and nickname as known words.
-pub fn strength(passphrase: &str, context: &[&str]) -> Strength {
+pub(crate) fn strength(passphrase: &str, context: &[&str]) -> Strength {
     let estimate = zxcvbn::zxcvbn(passphrase, context);
     Strength {
         score: u8::from(estimate.score()),

@@ -3,9 +3,9 @@
 //! and when the password is to be typed, a handshake first proves the relay holds the pinned
 //! key, so nobody types a password for a relay that will be refused.
 
-use chatroom_client::session::{handshake, Limits};
-use chatroom_client::transport::{self, HostPort, Proxy};
-use chatroom_client::trust::{RelayCheck, RelayPin};
+use chatroom_session::session::{handshake, Limits};
+use chatroom_session::transport::{self, HostPort, Proxy};
+use chatroom_session::trust::{RelayCheck, RelayPin};
 
 use crate::app_error::AppError;
 use crate::prompt::Input;

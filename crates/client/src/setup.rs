@@ -2,12 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
-use chatroom_client::config::{Config, RoomEntry};
-use chatroom_client::crypto::{KdfParams, Nick, RoomName};
-use chatroom_client::display::neutralize_short;
-use chatroom_client::invite::{looks_like_invite, parse_fingerprint, Invite};
-use chatroom_client::transport::{HostPort, Proxy};
-use chatroom_client::trust::KnownRelays;
+use crate::config::{Config, RoomEntry};
+use chatroom_session::crypto::{KdfParams, Nick, RoomName};
+use chatroom_session::display::neutralize_short;
+use chatroom_session::invite::{looks_like_invite, parse_fingerprint, Invite};
+use chatroom_session::transport::{HostPort, Proxy};
+use chatroom_session::trust::KnownRelays;
 
 use crate::app_error::AppError;
 use crate::cli::{ChatArgs, Cli, TargetArgs};
@@ -87,7 +87,7 @@ fn entry_into(target: &mut Target, name: &str, entry: &RoomEntry, path: &Path) -
         |e: String| AppError::new(format!("[rooms.{}] in {}: {e}", neutralize_short(name), path.display()));
     target.relay = Some(
         HostPort::parse_relay(&entry.relay)
-            .map_err(|e: chatroom_client::error::AddressError| ctx(e.to_string()))?,
+            .map_err(|e: chatroom_session::error::AddressError| ctx(e.to_string()))?,
     );
     target.room = Some(RoomName::new(&entry.room).map_err(|e| ctx(e.to_string()))?);
     if let Some(nick) = &entry.nick {
@@ -99,11 +99,11 @@ fn entry_into(target: &mut Target, name: &str, entry: &RoomEntry, path: &Path) -
     }
     if let Some(proxy) = &entry.proxy {
         target.proxy =
-            Some(proxy.parse().map_err(|e: chatroom_client::error::AddressError| ctx(e.to_string()))?);
+            Some(proxy.parse().map_err(|e: chatroom_session::error::AddressError| ctx(e.to_string()))?);
     }
     target.password_file = entry.password_file.clone();
     if let Some(kdf) = &entry.kdf {
-        target.kdf = kdf.parse().map_err(|e: chatroom_client::crypto::KdfError| ctx(e.to_string()))?;
+        target.kdf = kdf.parse().map_err(|e: chatroom_session::crypto::KdfError| ctx(e.to_string()))?;
     }
     Ok(())
 }
@@ -112,7 +112,7 @@ fn entry_into(target: &mut Target, name: &str, entry: &RoomEntry, path: &Path) -
 pub(crate) fn resolve(args: &TargetArgs, config: &Config, config_path: &Path) -> Result<Target, AppError> {
     let mut target = Target::default();
     if let Some(proxy) = &config.proxy {
-        target.proxy = Some(proxy.parse().map_err(|e: chatroom_client::error::AddressError| {
+        target.proxy = Some(proxy.parse().map_err(|e: chatroom_session::error::AddressError| {
             AppError::new(format!("proxy in {}: {e}", config_path.display()))
         })?);
     }

@@ -1,10 +1,10 @@
 //! `chatroom id`, `passphrase`, `invite` and `relays`.
 
-use chatroom_client::config::Config;
-use chatroom_client::crypto::load_or_create_identity;
-use chatroom_client::invite::Invite;
-use chatroom_client::passphrase;
-use chatroom_client::state::{room_state_path, RoomState};
+use crate::config::Config;
+use crate::passphrase;
+use chatroom_session::crypto::load_or_create_identity;
+use chatroom_session::invite::Invite;
+use chatroom_session::state::{room_state_path, RoomState};
 
 use crate::app_error::AppError;
 use crate::cli::{RelaysCommand, TargetArgs};
@@ -69,13 +69,13 @@ pub(crate) fn relays(paths: &Paths, command: &RelaysCommand) -> Result<(), AppEr
             if removed == 0 {
                 return Err(AppError::new(format!(
                     "no pinned key for {} in {}; `chatroom relays list` shows the pinned relays",
-                    chatroom_client::display::neutralize_short(relay),
+                    chatroom_session::display::neutralize_short(relay),
                     known.path().display()
                 )));
             }
             eprintln!(
                 "-!- forgot {removed} pinned key(s) for {}",
-                chatroom_client::display::neutralize_short(relay)
+                chatroom_session::display::neutralize_short(relay)
             );
         }
     }

@@ -85,8 +85,19 @@ impl FromStr for KdfParams {
 /// the relay cannot choose it, and it differs per relay and per room, so no guess can be
 /// precomputed across rooms.
 pub fn room_salt(relay_key: &[u8; 32], room: &RoomName, params: KdfParams) -> [u8; 32] {
+    labelled_room_salt(b"chatroom/1 room salt", relay_key, room, params)
+}
+
+/// SHA-256 over `label | len(room) | room | relay_key | m | t | p`: the salt layout every
+/// protocol version shares, told apart by its label.
+pub(crate) fn labelled_room_salt(
+    label: &[u8],
+    relay_key: &[u8; 32],
+    room: &RoomName,
+    params: KdfParams,
+) -> [u8; 32] {
     let mut h = Sha256::new();
-    h.update(b"chatroom/1 room salt");
+    h.update(label);
     h.update([room.as_str().len() as u8]);
     h.update(room.as_str().as_bytes());
     h.update(relay_key);
@@ -190,6 +201,16 @@ impl RoomKeys {
 pub struct SafetyCode(String);
 
 impl SafetyCode {
+    /// Five groups of `u32(4 bytes) mod 100000`, zero-padded, from 20 bytes (every version's
+    /// codes: v1's safety code, v2's room and epoch codes).
+    pub(crate) fn from_code_bytes(code: &[u8; 20]) -> Self {
+        let groups: Vec<String> = code
+            .chunks_exact(4)
+            .map(|c| format!("{:05}", u32::from_be_bytes([c[0], c[1], c[2], c[3]]) % 100_000))
+            .collect();
+        Self(groups.join(" "))
+    }
+
     /// The code as displayed.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -229,7 +250,16 @@ pub(crate) fn derive_master(
     params: KdfParams,
 ) -> Result<Zeroizing<[u8; 32]>, KdfError> {
     let params = params.validate()?;
-    let salt = room_salt(relay_key, room, params);
+    argon2id_master(password, &room_salt(relay_key, room, params), params)
+}
+
+/// Argon2id (version 0x13, 32-byte output) of the password under `salt`, with validated
+/// parameters; shared by every protocol version.
+pub(crate) fn argon2id_master(
+    password: &[u8],
+    salt: &[u8; 32],
+    params: KdfParams,
+) -> Result<Zeroizing<[u8; 32]>, KdfError> {
     let argon_params = Params::new(params.m_kib, params.t, params.p, Some(32))
         .map_err(|e| KdfError::Argon2(e.to_string()))?;
     let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, argon_params.clone());
@@ -238,7 +268,7 @@ pub(crate) fn derive_master(
     // password-dependent blocks live in a buffer we zeroize on drop instead.
     let blocks = Zeroizing::new(vec![Block::default(); argon_params.block_count()]);
     argon
-        .hash_password_into_with_memory(password, &salt, master.as_mut(), blocks)
+        .hash_password_into_with_memory(password, salt, master.as_mut(), blocks)
         .map_err(|e| KdfError::Argon2(e.to_string()))?;
     Ok(master)
 }
@@ -253,14 +283,10 @@ pub fn split_master(master: &[u8; 32]) -> RoomKeys {
     let _ = hk.expand(b"chatroom/1 message key", &mut message_key);
     let _ = hk.expand(b"chatroom/1 join secret", &mut join_secret);
     let _ = hk.expand(b"chatroom/1 safety code", code.as_mut());
-    let groups: Vec<String> = code
-        .chunks_exact(4)
-        .map(|c| format!("{:05}", u32::from_be_bytes([c[0], c[1], c[2], c[3]]) % 100_000))
-        .collect();
     let keys = RoomKeys {
         message_key: MessageKey(message_key),
         join_secret: JoinSecret(join_secret),
-        safety_code: SafetyCode(groups.join(" ")),
+        safety_code: SafetyCode::from_code_bytes(&code),
     };
     // Clear intermediates
     message_key.zeroize();

@@ -4,13 +4,12 @@
 
 use std::fmt;
 
-use argon2::{Algorithm, Argon2, Block, Params, Version};
 use hkdf::Hkdf;
 use sha2::{Digest, Sha256};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::error::KdfError;
-use crate::kdf::{JoinSecret, JoinVerifier, KdfParams};
+use crate::kdf::{argon2id_master, labelled_room_salt, JoinSecret, JoinVerifier, KdfParams, SafetyCode};
 use crate::names::RoomName;
 
 /// Everything a v2 member derives from the room password. `master` and the HKDF state are
@@ -24,12 +23,12 @@ pub struct RoomSecretsV2 {
     /// Seals the room's GroupInfo stored at the relay.
     pub group_info_key: GroupInfoKey,
     #[zeroize(skip)]
-    room_code: RoomCode,
+    room_code: SafetyCode,
 }
 
 impl RoomSecretsV2 {
     /// The code everyone holding the same password, relay key and parameters sees.
-    pub fn room_code(&self) -> &RoomCode {
+    pub fn room_code(&self) -> &SafetyCode {
         &self.room_code
     }
 }
@@ -70,49 +69,9 @@ macro_rules! secret_bytes {
 secret_bytes!(RoomPsk);
 secret_bytes!(GroupInfoKey);
 
-/// A code people compare out of band: 25 decimal digits in five groups, formatted as the v1
-/// safety code. Used for the room code and the epoch code.
-#[derive(Clone, PartialEq, Eq)]
-pub struct RoomCode(String);
-
-impl RoomCode {
-    /// Five groups of `u32(4 bytes) mod 100000`, zero-padded, from 20 bytes.
-    fn from_code_bytes(code: &[u8; 20]) -> Self {
-        let groups: Vec<String> = code
-            .chunks_exact(4)
-            .map(|c| format!("{:05}", u32::from_be_bytes([c[0], c[1], c[2], c[3]]) % 100_000))
-            .collect();
-        Self(groups.join(" "))
-    }
-
-    /// The code as displayed.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for RoomCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-impl fmt::Debug for RoomCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "RoomCode({})", self.0)
-    }
-}
-
 /// The v2 room salt: as v1's with the label `chatroom/2 room salt`, so no v2 key equals a v1 one.
 pub fn room_salt_v2(relay_key: &[u8; 32], room: &RoomName, params: KdfParams) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(b"chatroom/2 room salt");
-    h.update([room.as_str().len() as u8]);
-    h.update(room.as_str().as_bytes());
-    h.update(relay_key);
-    h.update(params.m_kib.to_be_bytes());
-    h.update(params.t.to_be_bytes());
-    h.update(params.p.to_be_bytes());
-    h.finalize().into()
+    labelled_room_salt(b"chatroom/2 room salt", relay_key, room, params)
 }
 
 /// Argon2id (version 0x13, 32 bytes) of the password under the v2 salt, then the four outputs.
@@ -135,17 +94,7 @@ pub fn derive_master_v2(
     params: KdfParams,
 ) -> Result<Zeroizing<[u8; 32]>, KdfError> {
     let params = params.validate()?;
-    let salt = room_salt_v2(relay_key, room, params);
-    let argon_params = Params::new(params.m_kib, params.t, params.p, Some(32))
-        .map_err(|e| KdfError::Argon2(e.to_string()))?;
-    let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, argon_params.clone());
-    let mut master = Zeroizing::new([0u8; 32]);
-    // As in v1: Argon2's password-dependent blocks live in a buffer wiped on drop.
-    let blocks = Zeroizing::new(vec![Block::default(); argon_params.block_count()]);
-    argon
-        .hash_password_into_with_memory(password, &salt, master.as_mut(), blocks)
-        .map_err(|e| KdfError::Argon2(e.to_string()))?;
-    Ok(master)
+    argon2id_master(password, &room_salt_v2(relay_key, room, params), params)
 }
 
 /// HKDF-SHA256 with salt `"chatroom/2"` over the master; one `info` label per output.
@@ -164,7 +113,7 @@ pub fn split_master_v2(master: &[u8; 32]) -> RoomSecretsV2 {
         join_secret: JoinSecret::from_bytes(join),
         room_psk: RoomPsk(psk),
         group_info_key: GroupInfoKey(gik),
-        room_code: RoomCode::from_code_bytes(&code),
+        room_code: SafetyCode::from_code_bytes(&code),
     };
     // Clear intermediates
     join.zeroize();
@@ -183,7 +132,7 @@ pub fn join_verifier_v2(secret: &JoinSecret) -> JoinVerifier {
 
 /// The epoch code: `SHA-256("chatroom/2 epoch code" || u64(epoch) || epoch_authenticator)`,
 /// first 20 bytes, formatted as the room code. Equal codes at one epoch mean one group state.
-pub fn epoch_code(epoch: u64, epoch_authenticator: &[u8]) -> RoomCode {
+pub fn epoch_code(epoch: u64, epoch_authenticator: &[u8]) -> SafetyCode {
     let mut h = Sha256::new();
     h.update(b"chatroom/2 epoch code");
     h.update(epoch.to_be_bytes());
@@ -191,7 +140,7 @@ pub fn epoch_code(epoch: u64, epoch_authenticator: &[u8]) -> RoomCode {
     let digest: [u8; 32] = h.finalize().into();
     let mut code = [0u8; 20];
     code.copy_from_slice(&digest[..20]);
-    RoomCode::from_code_bytes(&code)
+    SafetyCode::from_code_bytes(&code)
 }
 
 #[cfg(test)]

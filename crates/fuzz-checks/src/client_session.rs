@@ -1,5 +1,5 @@
 //! `client_session`: the client's handling of arbitrary relay messages, through the sans-IO
-//! room view the session driver feeds (`chatroom_client::session::RoomView`).
+//! room view the session driver feeds (`chatroom_session::session::RoomView`).
 //!
 //! The target is `alice` in room `lobby` with a fixed room key; `bob`, `carol` and `mallory`
 //! are other identities whose envelopes the target seals itself. Each message is built from
@@ -34,13 +34,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::OnceLock;
 
-use chatroom_client::session::{Event, JoinedInfo, Rejected, RoomView};
-use chatroom_client::state::RoomState;
 use chatroom_crypto::internal::split_master;
 use chatroom_crypto::{
     seal_with, Content, ContentKind, ErrorCode, Identity, Member, MessageKey, Nick, PresenceEvent,
     PublicIdentity, RelayMessage, RoomName, MAX_ENVELOPE_LEN, MIN_ENVELOPE_LEN,
 };
+use chatroom_session::session::{Event, JoinedInfo, Rejected, RoomView};
+use chatroom_session::state::RoomState;
 
 use crate::{mutate, nick_or, FixedRng, Input};
 
@@ -132,6 +132,45 @@ struct Run {
 }
 
 impl Run {
+    /// Seals an envelope as the input says (for this room and key, or another), records it,
+    /// and delivers it, possibly altered.
+    fn seal(&mut self, f: &Fixture, input: &mut Input<'_>) {
+        let sender = usize::from(input.u8() % 4);
+        let counter = u64::from(input.u16());
+        let timestamp_ms = u64::from(input.u8());
+        let kind = if input.u8() % 2 == 0 { ContentKind::Text } else { ContentKind::Action };
+        let nick = nick_or(input.bytes8(), NAMES[sender]);
+        let body = String::from_utf8_lossy(input.bytes8()).into_owned();
+        let mut rng = FixedRng::new([input.u8(); 32]);
+        let scope = input.u8() % 4;
+        let seq = u64::from(input.u16());
+        let history = input.u8() % 2 == 1;
+        let edits = input.edits();
+        let resize = input.u8();
+        let content = Content { timestamp_ms, kind, nick, body };
+        let (key, room) = match scope {
+            1 => (&f.key, &f.other_room),
+            2 => (&f.other_key, &f.room),
+            _ => (&f.key, &f.room),
+        };
+        let Ok(envelope) = seal_with(key, &f.people[sender], room, counter, &content, &mut rng) else {
+            return;
+        };
+        if scope != 1 && scope != 2 {
+            let sealed = Sealed { sender: f.people[sender].public(), counter, content };
+            self.genuine.insert(envelope.clone(), sealed);
+        }
+        self.history.push(envelope.clone());
+        self.deliver(f, seq, history, mutate(&envelope, &edits, resize));
+    }
+
+    /// Round-trips `msg` through the wire encoding and applies what comes back.
+    fn apply_all(&mut self, f: &Fixture, msg: RelayMessage) {
+        for msg in round_trip(msg) {
+            self.apply(f, msg);
+        }
+    }
+
     fn deliver(&mut self, f: &Fixture, seq: u64, history: bool, envelope: Vec<u8>) {
         let msg = RelayMessage::Deliver { seq, history, envelope };
         let decoded = round_trip(msg);
@@ -269,6 +308,64 @@ fn round_trip(msg: RelayMessage) -> Vec<RelayMessage> {
     }
 }
 
+/// A member list from the input.
+fn members(input: &mut Input<'_>, f: &Fixture) -> RelayMessage {
+    let more = input.u8() % 2 == 1;
+    let count = input.u8() % 5;
+    let members = (0..count)
+        .map(|i| {
+            let nick = nick_or(input.bytes8(), NAMES[usize::from(i % 4)]);
+            Member { nick, identity: who(input, f) }
+        })
+        .collect();
+    RelayMessage::Members { more, members }
+}
+
+/// A presence event from the input.
+fn presence(input: &mut Input<'_>, f: &Fixture) -> RelayMessage {
+    let event = match input.u8() % 5 {
+        0 => PresenceEvent::Joined,
+        1 => PresenceEvent::Left,
+        2 => PresenceEvent::Kicked,
+        3 => PresenceEvent::Banned,
+        _ => PresenceEvent::Unbanned,
+    };
+    let nick: Nick = nick_or(input.bytes8(), "bob");
+    let identity = who(input, f);
+    RelayMessage::Presence { event, nick, identity }
+}
+
+/// A `Joined` from the input.
+fn joined(input: &mut Input<'_>, f: &Fixture) -> RelayMessage {
+    let owner = who(input, f);
+    let latest_seq = u64::from(input.u16());
+    let oldest_seq = u64::from(input.u16());
+    RelayMessage::Joined { created: false, owner, latest_seq, oldest_seq }
+}
+
+/// One of the messages the driver handles without the view, or an error, from the input.
+fn other(input: &mut Input<'_>) -> RelayMessage {
+    let which = input.u8() % 7;
+    let a = input.u64();
+    let b = u64::from(input.u16());
+    // Details are cut to 512 bytes on the wire; replacement characters can make
+    // 255 input bytes longer than that.
+    let mut detail = String::from_utf8_lossy(input.bytes8()).into_owned();
+    while detail.len() > MAX_DETAIL {
+        detail.pop();
+    }
+    let code = ErrorCode::from_u16(b as u16);
+    match which {
+        0 => RelayMessage::Ack { counter: a, seq: b },
+        1 => RelayMessage::HistoryEnd { latest_seq: a },
+        2 => RelayMessage::Error { code, detail },
+        3 => RelayMessage::Goodbye { code, detail },
+        4 => RelayMessage::Ping { token: a },
+        5 => RelayMessage::SendError { counter: a, code, detail },
+        _ => RelayMessage::Pong { token: a },
+    }
+}
+
 /// Runs the input (see the module documentation).
 pub fn check(data: &[u8]) {
     tally(data);
@@ -293,36 +390,7 @@ pub fn tally(data: &[u8]) -> Tally {
             break;
         }
         match input.u8() % OPS {
-            SEAL => {
-                let sender = usize::from(input.u8() % 4);
-                let counter = u64::from(input.u16());
-                let timestamp_ms = u64::from(input.u8());
-                let kind = if input.u8() % 2 == 0 { ContentKind::Text } else { ContentKind::Action };
-                let nick = nick_or(input.bytes8(), NAMES[sender]);
-                let body = String::from_utf8_lossy(input.bytes8()).into_owned();
-                let mut rng = FixedRng::new([input.u8(); 32]);
-                let scope = input.u8() % 4;
-                let seq = u64::from(input.u16());
-                let history = input.u8() % 2 == 1;
-                let edits = input.edits();
-                let resize = input.u8();
-                let content = Content { timestamp_ms, kind, nick, body };
-                let (key, room) = match scope {
-                    1 => (&f.key, &f.other_room),
-                    2 => (&f.other_key, &f.room),
-                    _ => (&f.key, &f.room),
-                };
-                let Ok(envelope) = seal_with(key, &f.people[sender], room, counter, &content, &mut rng)
-                else {
-                    continue;
-                };
-                if scope != 1 && scope != 2 {
-                    let sealed = Sealed { sender: f.people[sender].public(), counter, content };
-                    run.genuine.insert(envelope.clone(), sealed);
-                }
-                run.history.push(envelope.clone());
-                run.deliver(f, seq, history, mutate(&envelope, &edits, resize));
-            }
+            SEAL => run.seal(f, &mut input),
             RAW => {
                 let seq = u64::from(input.u16());
                 let history = input.u8() % 2 == 1;
@@ -337,66 +405,10 @@ pub fn tally(data: &[u8]) -> Tally {
                     run.deliver(f, seq, history, envelope);
                 }
             }
-            MEMBERS => {
-                let more = input.u8() % 2 == 1;
-                let count = input.u8() % 5;
-                let members = (0..count)
-                    .map(|i| {
-                        let nick = nick_or(input.bytes8(), NAMES[usize::from(i % 4)]);
-                        Member { nick, identity: who(&mut input, f) }
-                    })
-                    .collect();
-                for msg in round_trip(RelayMessage::Members { more, members }) {
-                    run.apply(f, msg);
-                }
-            }
-            PRESENCE => {
-                let event = match input.u8() % 5 {
-                    0 => PresenceEvent::Joined,
-                    1 => PresenceEvent::Left,
-                    2 => PresenceEvent::Kicked,
-                    3 => PresenceEvent::Banned,
-                    _ => PresenceEvent::Unbanned,
-                };
-                let nick: Nick = nick_or(input.bytes8(), "bob");
-                let identity = who(&mut input, f);
-                for msg in round_trip(RelayMessage::Presence { event, nick, identity }) {
-                    run.apply(f, msg);
-                }
-            }
-            JOINED => {
-                let owner = who(&mut input, f);
-                let latest_seq = u64::from(input.u16());
-                let oldest_seq = u64::from(input.u16());
-                let msg = RelayMessage::Joined { created: false, owner, latest_seq, oldest_seq };
-                for msg in round_trip(msg) {
-                    run.apply(f, msg);
-                }
-            }
-            _ => {
-                let which = input.u8() % 7;
-                let a = input.u64();
-                let b = u64::from(input.u16());
-                // Details are cut to 512 bytes on the wire; replacement characters can make
-                // 255 input bytes longer than that.
-                let mut detail = String::from_utf8_lossy(input.bytes8()).into_owned();
-                while detail.len() > MAX_DETAIL {
-                    detail.pop();
-                }
-                let code = ErrorCode::from_u16(b as u16);
-                let msg = match which {
-                    0 => RelayMessage::Ack { counter: a, seq: b },
-                    1 => RelayMessage::HistoryEnd { latest_seq: a },
-                    2 => RelayMessage::Error { code, detail },
-                    3 => RelayMessage::Goodbye { code, detail },
-                    4 => RelayMessage::Ping { token: a },
-                    5 => RelayMessage::SendError { counter: a, code, detail },
-                    _ => RelayMessage::Pong { token: a },
-                };
-                for msg in round_trip(msg) {
-                    run.apply(f, msg);
-                }
-            }
+            MEMBERS => run.apply_all(f, members(&mut input, f)),
+            PRESENCE => run.apply_all(f, presence(&mut input, f)),
+            JOINED => run.apply_all(f, joined(&mut input, f)),
+            _ => run.apply_all(f, other(&mut input)),
         }
     }
     run.tally

@@ -299,19 +299,7 @@ fn join(input: &mut Input<'_>) {
     let untouched = wire == stream;
 
     // The relay reads frames in chunks, decrypts the first, and runs the join.
-    let mut decoder = FrameDecoder::new(MAX_FRAME_LEN);
-    let mut frames = Vec::new();
-    let mut rest = &wire[..];
-    let mut index = 0;
-    while !rest.is_empty() {
-        let n = next_chunk(rest, &cuts, index, decoder.wanted());
-        match decoder.push(&rest[..n]) {
-            Ok(got) => frames.extend(got),
-            Err(_) => break,
-        }
-        rest = &rest[n..];
-        index += 1;
-    }
+    let frames = read_frames(&wire, &cuts);
     if untouched {
         assert_eq!(frames.len(), 1, "an untouched stream must yield its one frame");
     }
@@ -330,21 +318,7 @@ fn join(input: &mut Input<'_>) {
 
     let rooms = [(room_or(EXISTING_ROOM.as_bytes(), EXISTING_ROOM), room_secret().verifier())];
     let outcome = relay_join(&opened, &hh, &rooms);
-    let admitted = match &outcome {
-        JoinOutcome::Admitted(joined) => {
-            let request = decoded_join(&opened);
-            assert!(request.join_secret == room_secret(), "admitted without the room's join secret");
-            Some(joined)
-        }
-        JoinOutcome::Created(joined, verifier) => {
-            let request = decoded_join(&opened);
-            assert!(request.create, "created a room without being asked");
-            assert!(*joined.room() != rooms[0].0, "created a room that exists");
-            assert!(*verifier == request.join_secret.verifier(), "stored a verifier of another secret");
-            Some(joined)
-        }
-        JoinOutcome::Refused(_) => None,
-    };
+    let admitted = checked_admission(&outcome, &opened, &rooms[0].0);
     if let Some(joined) = admitted {
         assert_eq!(signed_hh, hh, "admitted a join signed for another session");
         assert_eq!(*joined.identity(), signer.public(), "admitted under an identity that did not sign");
@@ -357,6 +331,48 @@ fn join(input: &mut Input<'_>) {
         && if room == rooms[0].0 { spec.secret() == room_secret() } else { create };
     if valid {
         assert!(admitted.is_some(), "refused a valid join: {outcome:?}");
+    }
+}
+
+/// The frames a relay reading `wire` in chunks cut at `cuts` gets, up to the first error.
+fn read_frames(wire: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
+    let mut decoder = FrameDecoder::new(MAX_FRAME_LEN);
+    let mut frames = Vec::new();
+    let mut rest = wire;
+    let mut index = 0;
+    while !rest.is_empty() {
+        let n = next_chunk(rest, cuts, index, decoder.wanted());
+        match decoder.push(&rest[..n]) {
+            Ok(got) => frames.extend(got),
+            Err(_) => break,
+        }
+        rest = &rest[n..];
+        index += 1;
+    }
+    frames
+}
+
+/// The join an outcome admitted, after checking that admission to `existing` needed its
+/// secret and that a creation was asked for, of a new room, with the request's verifier.
+fn checked_admission<'a>(
+    outcome: &'a JoinOutcome,
+    opened: &[u8],
+    existing: &RoomName,
+) -> Option<&'a VerifiedJoin> {
+    match outcome {
+        JoinOutcome::Admitted(joined) => {
+            let request = decoded_join(opened);
+            assert!(request.join_secret == room_secret(), "admitted without the room's join secret");
+            Some(joined)
+        }
+        JoinOutcome::Created(joined, verifier) => {
+            let request = decoded_join(opened);
+            assert!(request.create, "created a room without being asked");
+            assert!(joined.room() != existing, "created a room that exists");
+            assert!(*verifier == request.join_secret.verifier(), "stored a verifier of another secret");
+            Some(joined)
+        }
+        JoinOutcome::Refused(_) => None,
     }
 }
 

@@ -291,48 +291,75 @@ pub fn tally(data: &[u8]) -> Tally {
         .unwrap_or_else(|_| panic!("the session did not finish within {SESSION_LIMIT:?}: the relay hangs"))
 }
 
+/// Member `i` joins room `ROOM_OF[i]`: three members in one room, one in the other.
+const ROOM_OF: [usize; 4] = [0, 0, 0, 1];
+
+/// Everything one session holds: rooms, members, their connections, and what was sent.
+struct World {
+    rooms: [RoomName; 2],
+    keys: [RoomKeys; 2],
+    people: Vec<Person>,
+    /// The identities joined in each room.
+    members: [HashSet<PublicIdentity>; 2],
+    conns: Vec<Conn>,
+    /// Envelopes sent on connections of each room.
+    sent: [HashSet<Vec<u8>>; 2],
+    counters: [u64; 4],
+}
+
 async fn session(addr: SocketAddr, data: &[u8]) -> Tally {
-    let n = NEXT_ROOM.fetch_add(1, Ordering::Relaxed);
-    let pid = std::process::id();
-    let rooms = [format!("fz{pid}-{n}"), format!("fy{pid}-{n}")]
-        .map(|r| RoomName::new(&r).unwrap_or_else(|e| panic!("{r} is not a valid room name: {e:?}")));
-    let keys = [split_master(&[7; 32]), split_master(&[8; 32])];
-    let people: Vec<Person> = NAMES
-        .iter()
-        .zip(21u8..)
-        .map(|(name, seed)| Person {
-            identity: Identity::from_seed(&[seed; 32]),
-            nick: nick_or(name.as_bytes(), "x"),
-        })
-        .collect();
-    let room_of = [0usize, 0, 0, 1];
-    let members: [HashSet<PublicIdentity>; 2] =
-        [0, 1].map(|r| (0..4).filter(|&i| room_of[i] == r).map(|i| people[i].identity.public()).collect());
-
-    let mut conns = Vec::new();
-    for (i, person) in people.iter().enumerate() {
-        let room = room_of[i];
-        let mut conn = Conn::open(addr, room).await;
-        let create = i == 0 || i == 3;
-        let join = join_request(&conn, person, &rooms[room], &keys[room], create);
-        conn.send(&[join]).await;
-        let joined = conn.read_until(STEP, |m| matches!(m, RelayMessage::HistoryEnd { .. })).await;
-        assert!(joined, "a valid join of {} was not admitted: {:?}", person.nick, conn.received);
-        conn.received.clear();
-        conns.push(conn);
-    }
-
-    // Envelopes sent on connections of each room; whether a room saw unparsed plaintext.
-    let mut sent: [HashSet<Vec<u8>>; 2] = Default::default();
-    let mut counters = [0u64; 4];
+    let mut world = World::join(addr).await;
     let mut input = Input::new(data);
     for _ in 0..MAX_OPS {
         if input.rest_len() == 0 {
             break;
         }
+        world.step(&mut input).await;
+    }
+    world.drain().await;
+    world.tally()
+}
+
+impl World {
+    /// Two fresh rooms on the relay, every member joined (and checked to be admitted).
+    async fn join(addr: SocketAddr) -> World {
+        let n = NEXT_ROOM.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let rooms = [format!("fz{pid}-{n}"), format!("fy{pid}-{n}")]
+            .map(|r| RoomName::new(&r).unwrap_or_else(|e| panic!("{r} is not a valid room name: {e:?}")));
+        let keys = [split_master(&[7; 32]), split_master(&[8; 32])];
+        let people: Vec<Person> = NAMES
+            .iter()
+            .zip(21u8..)
+            .map(|(name, seed)| Person {
+                identity: Identity::from_seed(&[seed; 32]),
+                nick: nick_or(name.as_bytes(), "x"),
+            })
+            .collect();
+        let members: [HashSet<PublicIdentity>; 2] = [0, 1]
+            .map(|r| (0..4).filter(|&i| ROOM_OF[i] == r).map(|i| people[i].identity.public()).collect());
+        let mut conns = Vec::new();
+        for (i, person) in people.iter().enumerate() {
+            let room = ROOM_OF[i];
+            let mut conn = Conn::open(addr, room).await;
+            let create = i == 0 || i == 3;
+            let join = join_request(&conn, person, &rooms[room], &keys[room], create);
+            conn.send(&[join]).await;
+            let joined = conn.read_until(STEP, |m| matches!(m, RelayMessage::HistoryEnd { .. })).await;
+            assert!(joined, "a valid join of {} was not admitted: {:?}", person.nick, conn.received);
+            conn.received.clear();
+            conns.push(conn);
+        }
+        World { rooms, keys, people, members, conns, sent: Default::default(), counters: [0; 4] }
+    }
+
+    /// One operation of the input, on the connection of the member it names.
+    async fn step(&mut self, input: &mut Input<'_>) {
         let op = input.u8();
         let i = usize::from(op % 4);
-        let room = room_of[i];
+        let room = ROOM_OF[i];
+        let (people, rooms, keys, conns, sent, counters) =
+            (&self.people, &self.rooms, &self.keys, &mut self.conns, &mut self.sent, &mut self.counters);
         match (op / 4) % 5 {
             SEND => {
                 counters[i] = counters[i].max(u64::from(input.u16())) + 1;
@@ -347,7 +374,7 @@ async fn session(addr: SocketAddr, data: &[u8]) -> Tally {
                 let Ok(envelope) =
                     seal_with(key, &people[i].identity, &rooms[room], counters[i], &content, &mut rng)
                 else {
-                    continue;
+                    return;
                 };
                 sent[room].insert(envelope.clone());
                 conns[i].send(&[ClientMessage::Send { envelope }]).await;
@@ -390,21 +417,33 @@ async fn session(addr: SocketAddr, data: &[u8]) -> Tally {
         }
     }
 
-    // Drain: a ping on every connection, answered after everything sent before it.
-    const TOKEN: u64 = 0x5eed_f00d;
-    for _ in 0..2 {
-        for conn in &mut conns {
-            conn.send(&[ClientMessage::Ping { token: TOKEN }]).await;
-        }
-        for conn in &mut conns {
-            if conn.alive {
-                conn.read_until(WAIT, |m| matches!(m, RelayMessage::Pong { token: TOKEN })).await;
+    /// A ping on every connection, answered after everything sent before it, twice.
+    async fn drain(&mut self) {
+        const TOKEN: u64 = 0x5eed_f00d;
+        for _ in 0..2 {
+            for conn in &mut self.conns {
+                conn.send(&[ClientMessage::Ping { token: TOKEN }]).await;
+            }
+            for conn in &mut self.conns {
+                if conn.alive {
+                    conn.read_until(WAIT, |m| matches!(m, RelayMessage::Pong { token: TOKEN })).await;
+                }
             }
         }
     }
 
-    let mut tally = Tally::default();
-    for (i, conn) in conns.iter().enumerate() {
+    /// Counts what every member received, checking that nothing crossed rooms and that
+    /// `Deliver` and `Ack` sequence numbers rise.
+    fn tally(&self) -> Tally {
+        let mut tally = Tally::default();
+        for (i, conn) in self.conns.iter().enumerate() {
+            self.check_received(i, conn, &mut tally);
+        }
+        tally
+    }
+
+    fn check_received(&self, i: usize, conn: &Conn, tally: &mut Tally) {
+        let (sent, members) = (&self.sent, &self.members);
         let (room, other) = (conn.room, 1 - conn.room);
         let mut last_deliver = 0u64;
         let mut last_ack = 0u64;
@@ -448,7 +487,6 @@ async fn session(addr: SocketAddr, data: &[u8]) -> Tally {
             }
         }
     }
-    tally
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! A member's view of the room's MLS group: create, enter by external commit, and process the
 //! room's log in relay order, where the first valid commit of each epoch wins.
 
-use chatroom_crypto::{epoch_code, GroupInfoKey, Identity, PublicIdentity, RoomCode, RoomPsk};
+use chatroom_crypto::{epoch_code, GroupInfoKey, Identity, PublicIdentity, RoomPsk, SafetyCode};
 use mls_rs::group::{CommitEffect, ReceivedMessage};
 use mls_rs::{ExtensionList, Group, MlsMessage};
 use sha2::{Digest, Sha256};
@@ -179,7 +179,7 @@ impl Room {
     }
 
     /// The epoch code people compare with `/safety` (draft section 2).
-    pub fn epoch_code(&self) -> Result<RoomCode, GroupError> {
+    pub fn epoch_code(&self) -> Result<SafetyCode, GroupError> {
         let authenticator = self.group.epoch_authenticator()?;
         Ok(epoch_code(self.epoch(), authenticator.as_bytes()))
     }

@@ -49,55 +49,32 @@ pub(crate) fn address_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// A token bucket: `burst` tokens, refilled at `per_sec` tokens per second.
+/// A token bucket: `burst` tokens, refilled at `per_sec` tokens per second. The bucket is
+/// `chatroom_net`'s; this gives it Tokio's clock, which tests pause and advance.
 #[derive(Debug)]
-pub(crate) struct TokenBucket {
-    tokens: f64,
-    burst: f64,
-    per_sec: f64,
-    last: Instant,
-}
+pub(crate) struct TokenBucket(chatroom_net::TokenBucket);
 
 impl TokenBucket {
     pub(crate) fn new(burst: u32, per_sec: u32) -> Self {
-        let burst = f64::from(burst.max(1));
-        Self { tokens: burst, burst, per_sec: f64::from(per_sec), last: Instant::now() }
-    }
-
-    fn refill(&mut self) {
-        let now = Instant::now();
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.per_sec).min(self.burst);
+        Self(chatroom_net::TokenBucket::new(burst, f64::from(per_sec), Instant::now().into_std()))
     }
 
     fn is_full(&mut self) -> bool {
-        self.refill();
-        self.tokens >= self.burst
+        self.0.is_full(Instant::now().into_std())
+    }
+
+    fn last_used(&self) -> Instant {
+        Instant::from_std(self.0.last_refill())
     }
 
     /// How long until a token is available (zero if one is now).
     pub(crate) fn until_next(&mut self) -> Duration {
-        self.refill();
-        if self.tokens >= 1.0 {
-            return Duration::ZERO;
-        }
-        if self.per_sec <= 0.0 {
-            // Never refilled: the longest wait a deadline computed from it can take.
-            return Duration::from_secs(3600);
-        }
-        Duration::from_secs_f64((1.0 - self.tokens) / self.per_sec)
+        self.0.until_next(Instant::now().into_std())
     }
 
     /// Takes one token if there is one.
     pub(crate) fn try_take(&mut self) -> bool {
-        self.refill();
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        self.0.try_take(Instant::now().into_std())
     }
 }
 
@@ -132,7 +109,7 @@ impl<K: Eq + Hash + Clone> SendRate<K> {
             buckets.retain(|_, b| !b.is_full());
             if buckets.len() >= self.capacity {
                 // The least recently used: the keys least likely to be in the middle of a burst.
-                evict_oldest(&mut buckets, |_| true, |b| b.last);
+                evict_oldest(&mut buckets, |_| true, |b| b.last_used());
             }
         }
         buckets.entry(key.clone()).or_insert_with(|| TokenBucket::new(self.burst, self.per_sec)).try_take()

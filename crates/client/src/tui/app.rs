@@ -7,15 +7,16 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use chatroom_client::commands::{parse_line, Command, Input as Line, COMMAND_NAMES, HELP};
-use chatroom_client::config::Bell;
-use chatroom_client::crypto::{ContentKind, KdfParams, Nick, PresenceEvent, PublicIdentity, MAX_BODY_LEN};
-use chatroom_client::display::neutralize;
-use chatroom_client::session::{ConnState, Event, KdfProgress, MemberInfo};
+use crate::commands::{parse_line, Command, Input as Line, COMMAND_NAMES, HELP};
+use crate::config::Bell;
+use chatroom_session::crypto::{ContentKind, KdfParams, Nick, PresenceEvent, PublicIdentity, MAX_BODY_LEN};
+use chatroom_session::display::neutralize;
+use chatroom_session::session::{ConnState, Event, KdfProgress, MemberInfo};
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseEvent, MouseEventKind};
 
 use super::editor::LineEditor;
-use crate::plain::event_line;
+use super::entry::{Body, Delivery, Entry, NoticeKind};
+use crate::event_text::event_line;
 
 /// Most entries kept in the scrollback.
 pub(crate) const MAX_SCROLLBACK: usize = 5000;
@@ -72,72 +73,6 @@ pub(crate) enum Conn {
     Offline,
     /// Leaving: waiting for the relay to acknowledge what was sent.
     Leaving,
-}
-
-/// Whether an own message reached the relay.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Delivery {
-    /// Stored by the relay (or not ours).
-    Delivered,
-    /// Queued or in flight.
-    Pending,
-    /// Refused by the relay.
-    Failed,
-}
-
-/// What kind of notice: decides its style.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum NoticeKind {
-    /// Ordinary information.
-    Info,
-    /// Someone joined, left, was kicked or banned.
-    Presence,
-    /// Something failed.
-    Error,
-    /// A security warning: changed identity key, failed verification, replay, impersonation.
-    Alert,
-}
-
-/// One entry of the scrollback. All text is already neutralised.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Body {
-    /// A member's message or action.
-    Message {
-        /// Sender's nickname.
-        nick: String,
-        /// Text.
-        text: String,
-        /// A `/me` action.
-        action: bool,
-        /// Replayed from history.
-        history: bool,
-        /// Sent by us.
-        mine: bool,
-        /// For our own messages: whether the relay stored it.
-        delivery: Delivery,
-        /// Names us or a highlight word.
-        mention: bool,
-        /// The signer's identity key, which chooses the nickname's colour (`None`: not known).
-        key: Option<PublicIdentity>,
-    },
-    /// A line from the program itself.
-    Notice {
-        /// Its kind.
-        kind: NoticeKind,
-        /// Its text.
-        text: String,
-    },
-    /// A horizontal rule with a label (start and end of history).
-    Divider(String),
-}
-
-/// A scrollback entry: a time and a body.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Entry {
-    /// Formatted time (the sender's clock for messages).
-    pub(crate) time: String,
-    /// The content.
-    pub(crate) body: Body,
 }
 
 /// What the event loop must do after a key or a typed line.
@@ -308,7 +243,7 @@ fn wall_clock_ms() -> u64 {
 
 /// Local `HH:MM`.
 pub(crate) fn local_clock(timestamp_ms: u64) -> String {
-    let full = crate::plain::clock(timestamp_ms);
+    let full = crate::event_text::clock(timestamp_ms);
     full.get(..5).unwrap_or(&full).to_owned()
 }
 
@@ -382,7 +317,7 @@ impl App {
         let entry = Entry { time, body };
         if self.scroll > 0 {
             // Keep the rows on screen where they are.
-            self.scroll += super::render::entry_rows(&entry, self.pane_width).len();
+            self.scroll += super::rows::entry_rows(&entry, self.pane_width).len();
             self.unseen += 1;
         }
         if self.entries.len() >= MAX_SCROLLBACK {
@@ -584,8 +519,8 @@ impl App {
                 self.conn = Conn::Reconnecting { since: Instant::now(), delay };
                 if self.lost_since.is_none() {
                     self.lost_since = Some(Instant::now());
-                    // The client retries on its own: advice to try later does not apply.
-                    let reason = reason.trim_end_matches(" Try again later.").trim_end_matches('.');
+                    // The reason says what happened, without advice: the client retries on its own.
+                    let reason = reason.trim_end_matches('.');
                     let text = format!(
                         "connection lost: {}. Reconnecting on its own; the status bar counts down.",
                         neutralize(reason.strip_prefix("connection lost: ").unwrap_or(reason))
@@ -652,90 +587,12 @@ impl App {
         let line = event_line(&event, &self.relay);
         match event {
             Event::State(state) => self.on_state(state),
-            Event::KeyDerivation(progress) => {
-                match progress {
-                    KdfProgress::Started(params) => {
-                        self.conn = Conn::Deriving { params, elapsed: Duration::ZERO }
-                    }
-                    KdfProgress::Running(elapsed) => {
-                        if let Conn::Deriving { elapsed: e, .. } = &mut self.conn {
-                            *e = elapsed;
-                        }
-                    }
-                    KdfProgress::Done(_) => self.conn = Conn::Joining,
-                }
-                if let Some(line) = line {
-                    self.notice(NoticeKind::Info, &line);
-                }
-            }
+            Event::KeyDerivation(progress) => self.on_key_derivation(progress, line),
             Event::Joined { safety_code, relay_fingerprint, rejoin, owner, created, owner_is_me } => {
-                self.owner = Some(owner);
-                self.owner_is_me = owner_is_me;
-                self.safety_code = Some(neutralize(&safety_code));
-                self.relay_fingerprint = Some(neutralize(&relay_fingerprint));
-                self.history_seen = 0;
-                if rejoin {
-                    // Reported once the missed messages are in (`back_online`).
-                    self.caught_up = Some(0);
-                } else if created {
-                    self.joined_notices("created the room; you are its owner (@ in the member list)");
-                } else if owner_is_me {
-                    self.joined_notices("joined the room; you are its owner (@ in the member list)");
-                } else {
-                    self.owner_to_name = Some(owner);
-                }
+                self.on_joined(&safety_code, &relay_fingerprint, owner, owner_is_me, (rejoin, created))
             }
-            Event::HistoryEnd => {
-                self.name_owner();
-                if let Some(n) = self.caught_up.take() {
-                    self.back_online(n);
-                } else if self.history_seen > 0 {
-                    let time = self.now();
-                    self.push(Body::Divider("end of history; now live".into()), time);
-                }
-            }
-            Event::Message(m) => {
-                if let Some(n) = &mut self.caught_up {
-                    *n += 1;
-                } else if m.history && self.history_seen == 0 {
-                    let time = self.now();
-                    self.push(Body::Divider("history".into()), time);
-                }
-                if m.history {
-                    self.history_seen += 1;
-                }
-                if m.kind == ContentKind::Topic {
-                    let text = crate::plain::topic_line(&m, self.owner);
-                    if Some(m.sender) == self.owner {
-                        self.topic = Some(neutralize(&m.body)).filter(|t| !t.is_empty());
-                        self.notice(NoticeKind::Info, &text);
-                    } else {
-                        self.notice(NoticeKind::Error, text.strip_prefix("WARNING: ").unwrap_or(&text));
-                    }
-                    return;
-                }
-                if self.ignored.contains(&m.nick.as_str().to_lowercase()) {
-                    return;
-                }
-                let time = (self.clock)(m.timestamp_ms);
-                let mention = !m.from_me && self.mentions(&m.body);
-                if !m.history {
-                    self.arrived(mention);
-                }
-                self.push(
-                    Body::Message {
-                        nick: neutralize(m.nick.as_str()),
-                        text: neutralize(&m.body),
-                        action: m.kind == ContentKind::Action,
-                        history: m.history,
-                        mine: m.from_me,
-                        delivery: Delivery::Delivered,
-                        mention,
-                        key: Some(m.sender),
-                    },
-                    time,
-                );
-            }
+            Event::HistoryEnd => self.on_history_end(),
+            Event::Message(m) => self.on_message(m),
             Event::Context(m) => self.context(m),
             Event::Rejected(_) | Event::KeyChanged { .. } => {
                 if let Some(line) = line {
@@ -751,26 +608,7 @@ impl App {
                     }
                 }
             }
-            Event::Presence { event, nick, identity } => {
-                let mut list = std::mem::take(&mut self.members);
-                match event {
-                    PresenceEvent::Joined => {
-                        list.retain(|m| !m.nick.same_as(&nick));
-                        if list.len() < chatroom_client::session::MAX_MEMBERS {
-                            let owner = self.owner == Some(identity);
-                            list.push(MemberInfo { nick, identity, owner, me: false });
-                        }
-                    }
-                    PresenceEvent::Left | PresenceEvent::Kicked | PresenceEvent::Banned => {
-                        list.retain(|m| !m.nick.same_as(&nick));
-                    }
-                    _ => {}
-                }
-                self.set_members(list);
-                if let Some(line) = line {
-                    self.notice(NoticeKind::Presence, &line);
-                }
-            }
+            Event::Presence { event, nick, identity } => self.on_presence(event, nick, identity, line),
             Event::Sent { id, .. } => self.set_delivery(id, Delivery::Delivered),
             Event::SendFailed { id, .. } => {
                 self.set_delivery(id, Delivery::Failed);
@@ -793,6 +631,127 @@ impl App {
                     self.notice(NoticeKind::Info, &line);
                 }
             }
+        }
+    }
+
+    fn on_key_derivation(&mut self, progress: KdfProgress, line: Option<String>) {
+        match progress {
+            KdfProgress::Started(params) => self.conn = Conn::Deriving { params, elapsed: Duration::ZERO },
+            KdfProgress::Running(elapsed) => {
+                if let Conn::Deriving { elapsed: e, .. } = &mut self.conn {
+                    *e = elapsed;
+                }
+            }
+            KdfProgress::Done(_) => self.conn = Conn::Joining,
+        }
+        if let Some(line) = line {
+            self.notice(NoticeKind::Info, &line);
+        }
+    }
+
+    /// `rejoin` and `created` as the `Joined` event has them.
+    fn on_joined(
+        &mut self,
+        safety_code: &str,
+        relay_fingerprint: &str,
+        owner: PublicIdentity,
+        owner_is_me: bool,
+        (rejoin, created): (bool, bool),
+    ) {
+        self.owner = Some(owner);
+        self.owner_is_me = owner_is_me;
+        self.safety_code = Some(neutralize(safety_code));
+        self.relay_fingerprint = Some(neutralize(relay_fingerprint));
+        self.history_seen = 0;
+        if rejoin {
+            // Reported once the missed messages are in (`back_online`).
+            self.caught_up = Some(0);
+        } else if created {
+            self.joined_notices("created the room; you are its owner (@ in the member list)");
+        } else if owner_is_me {
+            self.joined_notices("joined the room; you are its owner (@ in the member list)");
+        } else {
+            self.owner_to_name = Some(owner);
+        }
+    }
+
+    fn on_history_end(&mut self) {
+        self.name_owner();
+        if let Some(n) = self.caught_up.take() {
+            self.back_online(n);
+        } else if self.history_seen > 0 {
+            let time = self.now();
+            self.push(Body::Divider("end of history; now live".into()), time);
+        }
+    }
+
+    fn on_message(&mut self, m: chatroom_session::session::ChatMessage) {
+        if let Some(n) = &mut self.caught_up {
+            *n += 1;
+        } else if m.history && self.history_seen == 0 {
+            let time = self.now();
+            self.push(Body::Divider("history".into()), time);
+        }
+        if m.history {
+            self.history_seen += 1;
+        }
+        if m.kind == ContentKind::Topic {
+            let text = crate::event_text::topic_line(&m, self.owner);
+            if Some(m.sender) == self.owner {
+                self.topic = Some(neutralize(&m.body)).filter(|t| !t.is_empty());
+                self.notice(NoticeKind::Info, &text);
+            } else {
+                self.notice(NoticeKind::Error, text.strip_prefix("WARNING: ").unwrap_or(&text));
+            }
+            return;
+        }
+        if self.ignored.contains(&m.nick.as_str().to_lowercase()) {
+            return;
+        }
+        let time = (self.clock)(m.timestamp_ms);
+        let mention = !m.from_me && self.mentions(&m.body);
+        if !m.history {
+            self.arrived(mention);
+        }
+        self.push(
+            Body::Message {
+                nick: neutralize(m.nick.as_str()),
+                text: neutralize(&m.body),
+                action: m.kind == ContentKind::Action,
+                history: m.history,
+                mine: m.from_me,
+                delivery: Delivery::Delivered,
+                mention,
+                key: Some(m.sender),
+            },
+            time,
+        );
+    }
+
+    fn on_presence(
+        &mut self,
+        event: PresenceEvent,
+        nick: Nick,
+        identity: PublicIdentity,
+        line: Option<String>,
+    ) {
+        let mut list = std::mem::take(&mut self.members);
+        match event {
+            PresenceEvent::Joined => {
+                list.retain(|m| !m.nick.same_as(&nick));
+                if list.len() < chatroom_session::session::MAX_MEMBERS {
+                    let owner = self.owner == Some(identity);
+                    list.push(MemberInfo { nick, identity, owner, me: false });
+                }
+            }
+            PresenceEvent::Left | PresenceEvent::Kicked | PresenceEvent::Banned => {
+                list.retain(|m| !m.nick.same_as(&nick));
+            }
+            _ => {}
+        }
+        self.set_members(list);
+        if let Some(line) = line {
+            self.notice(NoticeKind::Presence, &line);
         }
     }
 
@@ -871,7 +830,7 @@ impl App {
 
     /// An already seen message shown again on start as recent context: dimmed as history,
     /// under a rule of its own, never a mention. A topic in it is the topic again.
-    fn context(&mut self, m: chatroom_client::session::ChatMessage) {
+    fn context(&mut self, m: chatroom_session::session::ChatMessage) {
         if m.kind == ContentKind::Topic {
             if Some(m.sender) == self.owner {
                 self.topic = Some(neutralize(&m.body)).filter(|t| !t.is_empty());
@@ -1278,7 +1237,7 @@ mod tests {
     }
 
     fn history(nick: &str, body: &str) -> Event {
-        Event::Message(chatroom_client::session::ChatMessage {
+        Event::Message(chatroom_session::session::ChatMessage {
             seq: 1,
             history: true,
             sender: PublicIdentity([2; 32]),

@@ -3,8 +3,8 @@
 //! colour on every screen and every run, and an impostor's look-alike nickname another one.
 //! Red is kept for warnings, so no nickname is red.
 
-use chatroom_client::crypto::PublicIdentity;
-use chatroom_client::display::key_colour;
+use chatroom_session::crypto::PublicIdentity;
+use chatroom_session::display::key_colour;
 use ratatui::style::{Color, Modifier, Style};
 
 /// The colours nicknames are drawn in.

@@ -5,7 +5,7 @@ use unicode_segmentation::UnicodeSegmentation;
 
 /// Most bytes of message the input line holds: what one message carries. A `/me ` or `//`
 /// prefix does not count, as it is not sent; typing beyond is refused at once.
-pub(crate) const MAX_INPUT: usize = chatroom_client::crypto::MAX_BODY_LEN;
+pub(crate) const MAX_INPUT: usize = chatroom_session::crypto::MAX_BODY_LEN;
 
 /// Most lines kept in the history of sent lines.
 pub(crate) const MAX_HISTORY: usize = 500;

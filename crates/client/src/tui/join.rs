@@ -6,10 +6,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use chatroom_client::config::{read_password_file, Config};
-use chatroom_client::crypto::{RoomName, Zeroizing};
-use chatroom_client::session::{RoomKeyCache, SessionConfig};
-use chatroom_client::trust::RelayPin;
+use crate::config::{read_password_file, Config};
+use chatroom_session::crypto::{RoomName, Zeroizing};
+use chatroom_session::session::{RoomKeyCache, SessionConfig};
+use chatroom_session::trust::RelayPin;
 
 use crate::app_error::AppError;
 use crate::cli::TargetArgs;

@@ -8,8 +8,10 @@ mod app;
 mod bench;
 mod colors;
 mod editor;
+mod entry;
 mod join;
 mod render;
+mod rows;
 mod terminal;
 mod window;
 
@@ -18,21 +20,22 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chatroom_client::config::{Bell, Config};
-use chatroom_client::crypto::{ErrorCode, Identity, RoomName, Zeroizing};
-use chatroom_client::display::neutralize;
-use chatroom_client::error::SessionError;
-use chatroom_client::passphrase;
-use chatroom_client::session::{Event, RoomKeyCache, SessionConfig, SessionEnd, SessionHandle};
+use crate::config::{Bell, Config};
+use crate::passphrase;
+use chatroom_session::crypto::{ErrorCode, Identity, RoomName, Zeroizing};
+use chatroom_session::display::neutralize;
+use chatroom_session::error::SessionError;
+use chatroom_session::session::{Event, RoomKeyCache, SessionConfig, SessionEnd, SessionHandle};
 use crossterm::event::Event as TermEvent;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
-use self::app::{Action, App, Conn, NoticeKind};
+use self::app::{Action, App, Conn};
+use self::entry::NoticeKind;
 use self::terminal::{Screen, TermRead};
 use self::window::{activity, link_event, start_session, Link, LinkEvent, Window, MAX_WINDOWS};
 use crate::app_error::AppError;
-use crate::chat::FLUSH_ON_EXIT;
+use crate::flow::FLUSH_ON_EXIT;
 use crate::prompt::Input;
 
 /// Already seen messages shown again on start, before the unseen ones, so a conversation
@@ -127,9 +130,9 @@ fn ask_create(screen: &mut Screen, start: &mut Start) -> Result<bool, AppError> 
             return Ok(false);
         }
         if !start.from_file {
-            crate::chat::new_password(&mut start.input, Some(&start.password))?;
+            crate::flow::new_password(&mut start.input, Some(&start.password))?;
         }
-        crate::chat::confirm_if_weak(
+        crate::flow::confirm_if_weak(
             &mut start.input,
             &start.password,
             room,
@@ -296,14 +299,7 @@ async fn event_loop(
     // SIGINT is left alone: in raw mode Ctrl-C is a key, and at the "Create room?" question
     // (asked outside the full screen) Ctrl-C must still end the program at once.
     let (tx, mut events) = mpsc::unbounded_channel::<(u64, Event)>();
-    let mut windows = Windows { list: Vec::new(), shown: 0, next_id: 0, events: tx };
-    let mut app = App::new(&start.relay_label, start.config.room.as_str(), start.config.nick.as_str());
-    app.set_alerts(&start.highlight, start.bell);
-    if start.config.create {
-        weak_password_notice(&mut app, &start);
-    }
-    windows.open(app, start.config.clone(), start.keys.clone(), &start.identity);
-    windows.show(0);
+    let mut windows = first_window(&start, tx);
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut tty_check = tokio::time::interval(TTY_CHECK);
@@ -354,30 +350,57 @@ async fn event_loop(
             _ = sigterm.recv() => Action::Terminate,
             _ = sighup.recv() => Action::Hangup,
         };
-        for w in &mut windows.list {
-            if w.app.take_ring() {
-                terminal::ring(&format!("* {} - chatroom", w.app.room));
-            }
-        }
-        match action {
-            Action::Quit | Action::Terminate | Action::Hangup => break action,
-            Action::Redraw => {
-                let _ = screen.terminal.clear();
-            }
-            Action::Window(i) => windows.show(i),
-            Action::Join(target) => join(&mut windows, &target, screen, &mut start),
-            Action::Part => {
-                if !part(&mut windows) {
-                    break Action::Quit;
-                }
-            }
-            action => {
-                let w = windows.shown();
-                w.link.act(action, &mut w.app, &w.config, &w.keys).await;
-            }
+        if let Some(exit) = act(&mut windows, action, screen, &mut start).await {
+            break exit;
         }
     };
     finish(windows, exit, screen, keys, events).await
+}
+
+/// The first room's window, shown.
+fn first_window(start: &Start, events: mpsc::UnboundedSender<(u64, Event)>) -> Windows {
+    let mut windows = Windows { list: Vec::new(), shown: 0, next_id: 0, events };
+    let mut app = App::new(&start.relay_label, start.config.room.as_str(), start.config.nick.as_str());
+    app.set_alerts(&start.highlight, start.bell);
+    if start.config.create {
+        weak_password_notice(&mut app, start);
+    }
+    windows.open(app, start.config.clone(), start.keys.clone(), &start.identity);
+    windows.show(0);
+    windows
+}
+
+/// Rings for windows that asked to, then carries out one action of the loop; `Some` ends the
+/// loop with that action.
+async fn act(
+    windows: &mut Windows,
+    action: Action,
+    screen: &mut Screen,
+    start: &mut Start,
+) -> Option<Action> {
+    for w in &mut windows.list {
+        if w.app.take_ring() {
+            terminal::ring(&format!("* {} - chatroom", w.app.room));
+        }
+    }
+    match action {
+        Action::Quit | Action::Terminate | Action::Hangup => return Some(action),
+        Action::Redraw => {
+            let _ = screen.terminal.clear();
+        }
+        Action::Window(i) => windows.show(i),
+        Action::Join(target) => join(windows, &target, screen, start),
+        Action::Part => {
+            if !part(windows) {
+                return Some(Action::Quit);
+            }
+        }
+        action => {
+            let w = windows.shown();
+            w.link.act(action, &mut w.app, &w.config, &w.keys).await;
+        }
+    }
+    None
 }
 
 /// Applies a session event to the window it belongs to (none, after `/part`).
@@ -532,7 +555,7 @@ fn ended_report(end: Option<SessionEnd>, unsent: &[String]) -> Result<(), AppErr
                 app::count(unacknowledged, "message")
             )))
         }
-        Some(SessionEnd::Failed(e)) => Err(AppError::new(neutralize(&e.to_string()))),
+        Some(SessionEnd::Failed(e)) => Err(AppError::new(neutralize(&crate::advice::session(&e)))),
         Some(_) => Ok(()),
     }
 }

@@ -7,14 +7,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use chatroom_client::crypto::{ContentKind, Identity};
-use chatroom_client::error::SessionError;
-use chatroom_client::session::{
+use chatroom_session::crypto::{ContentKind, Identity};
+use chatroom_session::error::SessionError;
+use chatroom_session::session::{
     Callbacks, Event, RoomKeyCache, Session, SessionConfig, SessionEnd, SessionHandle,
 };
 use tokio::sync::mpsc;
 
-use super::app::{Action, App, NoticeKind};
+use super::app::{Action, App};
+use super::entry::NoticeKind;
 
 /// Most windows (Alt+1 to Alt+9 reach them).
 pub(crate) const MAX_WINDOWS: usize = 9;
@@ -76,7 +77,7 @@ impl Link {
         self.handle = None;
         match end {
             SessionEnd::Failed(e) => {
-                let why = chatroom_client::display::neutralize(&e.to_string());
+                let why = chatroom_session::display::neutralize(&crate::advice::session(&e));
                 app.ended(Some(&why));
                 self.failure = Some(why);
             }
@@ -129,7 +130,7 @@ impl Link {
             }
             Action::Invite => match &self.handle {
                 Some(h) => {
-                    let url = crate::chat::invite_url(h.relay_fingerprint(), config, keys);
+                    let url = crate::flow::invite_url(h.relay_fingerprint(), config, keys);
                     let text = format!("invite: {url} (it holds no password: give that separately)");
                     app.notice(NoticeKind::Info, &text);
                 }

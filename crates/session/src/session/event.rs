@@ -39,7 +39,8 @@ pub enum ConnState {
     Reconnecting {
         /// Time until the next attempt.
         delay: Duration,
-        /// Why the connection was lost (may hold relay text: neutralise it).
+        /// Why the connection was lost: what happened, without advice, as the session retries
+        /// on its own (may hold relay text: neutralise it).
         reason: String,
     },
 }

@@ -19,12 +19,13 @@ use chatroom_crypto::{ContentKind, Identity, Nick, RoomName, MAX_BODY_LEN};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+pub use chatroom_net::TokenBucket;
 pub use connection::{handshake, join, ConnReader, ConnWriter, Handshaken, JoinedInfo, WRITE_TIMEOUT};
 pub use event::{
     Callbacks, ChatMessage, ConnState, Event, KdfProgress, MemberInfo, Rejected, SessionEnd, Whois,
 };
 pub use keys::{RoomKeyCache, PROGRESS_INTERVAL};
-pub use outbox::{AckMatch, Outbox, Outgoing, TokenBucket};
+pub use outbox::{AckMatch, Outbox, Outgoing};
 pub use room::{RoomView, COUNTER_RESERVE, MAX_MEMBERS};
 
 use crate::error::SessionError;

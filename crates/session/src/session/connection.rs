@@ -5,10 +5,11 @@
 use std::time::Duration;
 
 use chatroom_crypto::{
-    check_frame_header, ClientMessage, Initiator, JoinRequest, PublicIdentity, RelayMessage, StaticKeypair,
-    TransportReceiver, TransportSender, FRAME_HEADER_LEN, HANDSHAKE2_LEN, MAX_FRAME_LEN, MAX_PLAINTEXT_LEN,
+    ClientMessage, Initiator, JoinRequest, PublicIdentity, RelayMessage, StaticKeypair, TransportReceiver,
+    TransportSender, FRAME_HEADER_LEN, HANDSHAKE2_LEN, MAX_FRAME_LEN, MAX_PLAINTEXT_LEN,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use chatroom_net::{FrameError, FrameReader};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
@@ -21,7 +22,7 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The receiving half of an established connection.
 #[derive(Debug)]
 pub struct ConnReader {
-    read: OwnedReadHalf,
+    frames: FrameReader<OwnedReadHalf>,
     receiver: TransportReceiver,
 }
 
@@ -69,21 +70,22 @@ fn lost(e: std::io::Error) -> SessionError {
     }
 }
 
-/// Reads one frame, checking its declared length before reading the body.
-async fn read_frame(read: &mut OwnedReadHalf, exact: Option<usize>) -> Result<Vec<u8>, SessionError> {
-    let mut header = [0u8; FRAME_HEADER_LEN];
-    read.read_exact(&mut header).await.map_err(lost)?;
-    let len = check_frame_header(header, MAX_FRAME_LEN).map_err(|e| SessionError::Protocol(e.to_string()))?;
-    if let Some(expected) = exact {
-        if len != expected {
-            return Err(SessionError::Protocol(format!(
-                "handshake reply is {len} bytes; expected {expected} (is this a chatroom relay?)"
-            )));
-        }
+/// A frame that could not be read, as the session reports it.
+fn frame_error(e: FrameError) -> SessionError {
+    match e {
+        FrameError::Io(e) => lost(e),
+        FrameError::Truncated => SessionError::Lost("the relay closed the connection mid-frame".into()),
+        other => SessionError::Protocol(other.to_string()),
     }
-    let mut body = vec![0u8; len];
-    read.read_exact(&mut body).await.map_err(lost)?;
-    Ok(body)
+}
+
+/// The next frame; the end of the stream is a lost connection.
+async fn read_frame(frames: &mut FrameReader<OwnedReadHalf>) -> Result<Vec<u8>, SessionError> {
+    frames
+        .next_frame()
+        .await
+        .map_err(frame_error)?
+        .ok_or_else(|| SessionError::Lost("the relay closed the connection".into()))
 }
 
 async fn write_all(write: &mut OwnedWriteHalf, bytes: &[u8]) -> Result<(), SessionError> {
@@ -98,7 +100,9 @@ async fn write_all(write: &mut OwnedWriteHalf, bytes: &[u8]) -> Result<(), Sessi
 /// Runs the Noise XX handshake as initiator with a fresh static key. The relay's key is
 /// checked against `pin` (and recorded on first use) before message 3 is sent.
 pub async fn handshake(stream: TcpStream, addr: &str, pin: &RelayPin) -> Result<Handshaken, SessionError> {
-    let (mut read, mut write) = stream.into_split();
+    let (read, mut write) = stream.into_split();
+    // Nothing longer than the handshake reply until the handshake is over.
+    let mut frames = FrameReader::new(read, HANDSHAKE2_LEN);
     let local = StaticKeypair::generate();
     let noise = |e: chatroom_crypto::NoiseError| SessionError::Protocol(e.to_string());
     // -> e
@@ -107,7 +111,17 @@ pub async fn handshake(stream: TcpStream, addr: &str, pin: &RelayPin) -> Result<
     chatroom_crypto::encode_frame(&msg1, &mut out).map_err(|e| SessionError::Protocol(e.to_string()))?;
     write_all(&mut write, &out).await?;
     // <- e, ee, s, es
-    let msg2 = read_frame(&mut read, Some(HANDSHAKE2_LEN)).await?;
+    let msg2 = match frames.next_frame_within(HANDSHAKE2_LEN, HANDSHAKE2_LEN).await {
+        Ok(Some(msg2)) => msg2,
+        Ok(None) => return Err(SessionError::Lost("the relay closed the connection".into())),
+        Err(e @ (FrameError::Malformed(_) | FrameError::TooShort { .. })) => {
+            return Err(SessionError::Protocol(format!(
+                "the handshake reply is not {HANDSHAKE2_LEN} bytes (is this a chatroom relay?): {e}"
+            )))
+        }
+        Err(e) => return Err(frame_error(e)),
+    };
+    frames.set_max_frame_len(MAX_FRAME_LEN);
     let ready = awaiting.read_reply(&msg2).map_err(noise)?;
     let relay_key = *ready.relay_key();
     let check = check_relay(pin, addr, &relay_key)?;
@@ -119,7 +133,7 @@ pub async fn handshake(stream: TcpStream, addr: &str, pin: &RelayPin) -> Result<
     let handshake_hash = *transport.handshake_hash();
     let (sender, receiver) = transport.split();
     Ok(Handshaken {
-        reader: ConnReader { read, receiver },
+        reader: ConnReader { frames, receiver },
         writer: ConnWriter { write, sender, buf: Vec::new() },
         relay_key,
         handshake_hash,
@@ -131,7 +145,7 @@ impl ConnReader {
     /// Reads the next transport message and decodes its items. Any decryption or decoding
     /// failure ends the connection.
     pub async fn recv(&mut self) -> Result<Vec<RelayMessage>, SessionError> {
-        let frame = read_frame(&mut self.read, None).await?;
+        let frame = read_frame(&mut self.frames).await?;
         let plaintext = self.receiver.open(&frame).map_err(|e| SessionError::Protocol(e.to_string()))?;
         RelayMessage::decode_all(&plaintext)
             .map_err(|e| SessionError::Protocol(format!("malformed message from the relay: {e}")))

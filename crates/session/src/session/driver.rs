@@ -18,13 +18,14 @@ use tokio::task::JoinHandle;
 use super::connection::{handshake, join, ConnWriter, Handshaken, JoinedInfo};
 use super::event::{Callbacks, ConnState, Event, SessionEnd};
 use super::keys::RoomKeyCache;
-use super::outbox::{AckMatch, Outbox, Outgoing, TokenBucket};
+use super::outbox::{AckMatch, Outbox, Outgoing};
 use super::room::RoomView;
 use super::SessionConfig;
 use crate::error::SessionError;
 use crate::state::{room_state_path, RoomState};
 use crate::transport;
 use crate::trust::RelayCheck;
+use chatroom_net::TokenBucket;
 
 /// What a front end asks of the session.
 #[derive(Debug)]
@@ -195,8 +196,10 @@ impl Driver {
         let mut view = RoomView::new(identity.public(), &config.nick, config.room.clone(), state);
         view.set_kdf(keys.params());
         view.set_context_after(first.history_after);
-        let bucket =
-            config.limits.send_rate.map(|(burst, rate)| TokenBucket::new(burst, rate, Instant::now()));
+        let bucket = config
+            .limits
+            .send_rate
+            .map(|(burst, rate)| TokenBucket::new(burst, rate.max(0.001), Instant::now()));
         Ok(Self {
             keys,
             identity,
@@ -278,7 +281,7 @@ impl Driver {
                 wake = wake.min(up.last_rx + self.config.limits.dead_after);
                 if self.outbox.next_unsent().is_some() {
                     if let Some(bucket) = &mut self.bucket {
-                        wake = wake.min(now + bucket.wait(now));
+                        wake = wake.min(now + bucket.until_next(now));
                     }
                 }
             }

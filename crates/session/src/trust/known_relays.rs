@@ -170,7 +170,7 @@ mod tests {
         assert_eq!(check_relay(&pin, "H:1", &[1; 32])?, RelayCheck::Pinned);
         let err = check_relay(&pin, "h:1", &[2; 32]).unwrap_err().to_string();
         assert!(err.contains(&hex::encode([1u8; 32])) && err.contains(&hex::encode([2u8; 32])), "{err}");
-        assert!(err.contains("chatroom relays forget h:1"), "{err}");
+        assert!(err.contains("RELAY KEY MISMATCH for h:1"), "{err}");
         assert_eq!(check_relay(&pin, "h:2", &[2; 32])?, RelayCheck::FirstUse);
         assert_eq!(known.forget("h")?, 2);
         assert_eq!(check_relay(&pin, "h:1", &[2; 32])?, RelayCheck::FirstUse);

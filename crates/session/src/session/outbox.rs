@@ -5,7 +5,6 @@
 //! twice.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
 
 /// A sealed envelope.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,63 +82,6 @@ impl Outbox {
     }
 }
 
-/// A token bucket that keeps the client below the relay's rate limit, so a pasted burst
-/// of lines is paced rather than refused.
-#[derive(Debug, Clone)]
-pub struct TokenBucket {
-    burst: f64,
-    per_sec: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl TokenBucket {
-    /// A full bucket.
-    pub fn new(burst: u32, per_sec: f64, now: Instant) -> Self {
-        let burst = f64::from(burst.max(1));
-        Self { burst, per_sec: per_sec.max(0.001), tokens: burst, last: now }
-    }
-
-    /// Refills to full.
-    pub fn reset(&mut self, now: Instant) {
-        self.tokens = self.burst;
-        self.last = now;
-    }
-
-    fn refill(&mut self, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.per_sec).min(self.burst);
-        self.last = now;
-    }
-
-    /// Takes a token if one is available.
-    pub fn try_take(&mut self, now: Instant) -> bool {
-        self.refill(now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-
-    /// Empties the bucket (the relay said we were too fast).
-    pub fn drain(&mut self, now: Instant) {
-        self.refill(now);
-        self.tokens = 0.0;
-    }
-
-    /// Time until a token is available.
-    pub fn wait(&mut self, now: Instant) -> Duration {
-        self.refill(now);
-        if self.tokens >= 1.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64((1.0 - self.tokens) / self.per_sec)
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,19 +146,5 @@ mod tests {
             let expected: Vec<u64> = (0..10).filter(|i| !order.contains(i)).collect();
             prop_assert_eq!(resent, expected);
         }
-    }
-
-    #[test]
-    fn bucket_paces_after_a_burst() {
-        let t0 = Instant::now();
-        let mut bucket = TokenBucket::new(3, 5.0, t0);
-        assert!((0..3).all(|_| bucket.try_take(t0)));
-        assert!(!bucket.try_take(t0));
-        assert_eq!(bucket.wait(t0), Duration::from_millis(200));
-        assert!(bucket.try_take(t0 + Duration::from_millis(200)));
-        bucket.drain(t0 + Duration::from_millis(200));
-        assert_eq!(bucket.wait(t0 + Duration::from_millis(200)), Duration::from_millis(200));
-        bucket.reset(t0 + Duration::from_millis(200));
-        assert!((0..3).all(|_| bucket.try_take(t0 + Duration::from_millis(200))));
     }
 }

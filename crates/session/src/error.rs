@@ -1,5 +1,6 @@
-//! Errors of the client library. Each names what went wrong and what to do next; anything
-//! that came from the relay is neutralised before it is shown.
+//! Errors of the protocol core. Each says what went wrong, typed so that a front end can word
+//! what to do next (the `chatroom` binary's `advice.rs`: advice names its flags and commands, so
+//! it lives there); anything that came from the relay is neutralised before it is shown.
 
 use chatroom_crypto::{ErrorCode, KdfError};
 use thiserror::Error;
@@ -29,7 +30,7 @@ pub enum FileError {
         source: std::io::Error,
     },
     /// The file's content does not parse.
-    #[error("{path}, line {line}: {why}; fix or remove that line")]
+    #[error("{path}, line {line}: {why}")]
     Syntax {
         /// The file.
         path: String,
@@ -39,10 +40,7 @@ pub enum FileError {
         why: String,
     },
     /// A state file that cannot be used as it is: cut short or too large.
-    #[error(
-        "{path}: {why}. Move it aside (`mv {path} {path}.damaged`) to start afresh in this room; its \
-         member pins and counters are then forgotten, so compare fingerprints (/whois) again"
-    )]
+    #[error("{path}: {why}")]
     Damaged {
         /// The file.
         path: String,
@@ -50,7 +48,7 @@ pub enum FileError {
         why: String,
     },
     /// A secret file other users may read.
-    #[error("{path} has mode {mode:03o}, so other users may read it; run `chmod 600 {path}`")]
+    #[error("{path} has mode {mode:03o}, so other users may read it")]
     Permissions {
         /// The file.
         path: String,
@@ -64,7 +62,7 @@ pub enum FileError {
 #[non_exhaustive]
 pub enum SessionError {
     /// The TCP connection failed.
-    #[error("cannot connect to {addr}: {source}; check the address and that the relay is running")]
+    #[error("cannot connect to {addr}: {source}")]
     Connect {
         /// The relay.
         addr: String,
@@ -72,9 +70,7 @@ pub enum SessionError {
         source: std::io::Error,
     },
     /// The SOCKS5 proxy failed or refused.
-    #[error(
-        "proxy {proxy} could not connect to {addr}: {detail}; check that the proxy is running and can reach the relay"
-    )]
+    #[error("proxy {proxy} could not connect to {addr}: {detail}")]
     Proxy {
         /// The proxy URL.
         proxy: String,
@@ -84,7 +80,7 @@ pub enum SessionError {
         detail: String,
     },
     /// A step took too long.
-    #[error("timed out after {secs} s {what} {addr}; check the address and your network")]
+    #[error("timed out after {secs} s {what} {addr}")]
     Timeout {
         /// The step.
         what: &'static str,
@@ -96,8 +92,7 @@ pub enum SessionError {
     /// The relay's key is not the pinned one.
     #[error(
         "RELAY KEY MISMATCH for {addr}: the relay presented key {actual}, but {pin_source} says {expected}. \
-         Someone may be intercepting the connection. If the relay's operator confirms that its key changed, \
-         run `chatroom relays forget {addr}` and connect again (with a new invite if you used one)"
+         Someone may be intercepting the connection"
     )]
     RelayKeyMismatch {
         /// The relay.
@@ -109,8 +104,8 @@ pub enum SessionError {
         /// Where the pin came from ("the invite", "known_relays").
         pin_source: String,
     },
-    /// The relay refused the join or closed the session. Shown as what the code means and what
-    /// to do; the relay's own text only for codes without a meaning of ours.
+    /// The relay refused the join or closed the session. Shown as what the code means; the
+    /// relay's own text only for codes without a meaning of ours.
     #[error("{}", refusal_text(*code, detail))]
     Refused {
         /// The relay's reason.
@@ -119,7 +114,7 @@ pub enum SessionError {
         detail: String,
     },
     /// The relay broke the protocol.
-    #[error("the relay broke the protocol: {0}; try again later or report it to the relay's operator")]
+    #[error("the relay broke the protocol: {0}")]
     Protocol(String),
     /// The connection dropped.
     #[error("connection lost: {0}")]
@@ -221,35 +216,11 @@ fn meaning(code: ErrorCode) -> Option<&'static str> {
     })
 }
 
-/// What a user should do after a refusal (capitalised: it follows a sentence).
-pub fn advice(code: ErrorCode) -> &'static str {
-    match code {
-        ErrorCode::NoSuchRoom => "Check the room name, or add --create to create the room.",
-        ErrorCode::WrongPassword => {
-            "Check the password (or the invite) with the other members and try again."
-        }
-        ErrorCode::NickTaken => "Choose another nickname with --nick.",
-        ErrorCode::NickBound => {
-            "Join with the nickname this identity already has here, or give another member its own --profile NAME."
-        }
-        ErrorCode::Banned => "Ask the owner to /unban you.",
-        ErrorCode::TooManyAttempts => "Wait a few minutes before trying again.",
-        ErrorCode::AlreadyConnected => {
-            "To run two members on one machine, give the second its own --profile NAME."
-        }
-        ErrorCode::Kicked => "You may join again.",
-        ErrorCode::BadSignature | ErrorCode::UnsupportedVersion | ErrorCode::Malformed => {
-            "Update the client or ask the relay's operator to update the relay."
-        }
-        _ => "Try again later.",
-    }
-}
-
-/// A refusal as shown: what it means, then what to do.
+/// A refusal as shown: what it means, or the relay's own (neutralised) text and code.
 fn refusal_text(code: ErrorCode, detail: &str) -> String {
     match meaning(code) {
-        Some(meaning) => format!("{meaning}. {}", advice(code)),
-        None => format!("the relay refused: {} ({}). {}", neutralize(detail), code_name(code), advice(code)),
+        Some(meaning) => meaning.to_owned(),
+        None => format!("the relay refused: {} ({})", neutralize(detail), code_name(code)),
     }
 }
 
@@ -258,18 +229,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn refusals_neutralise_relay_text_and_give_advice() {
+    fn refusals_neutralise_relay_text() {
         let e = SessionError::Refused { code: ErrorCode::WrongPassword, detail: "no\n\u{1b}[2Jway".into() };
         let shown = e.to_string();
         assert!(!shown.contains('\n') && !shown.contains('\u{1b}'), "{shown}");
-        assert_eq!(
-            shown,
-            "the relay refused the room password. Check the password (or the invite) with the other members and \
-             try again."
-        );
+        assert_eq!(shown, "the relay refused the room password");
         let other = SessionError::Refused { code: ErrorCode::Internal, detail: "disk\u{1b}[2J full".into() };
-        assert_eq!(other.to_string(), "the relay refused: disk^[[2J full (Internal). Try again later.");
+        assert_eq!(other.to_string(), "the relay refused: disk^[[2J full (Internal)");
         assert!(!e.is_retryable());
         assert!(SessionError::Refused { code: ErrorCode::ShuttingDown, detail: String::new() }.is_retryable());
+    }
+
+    #[test]
+    fn sources_are_kept() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let e = SessionError::Connect { addr: "h:1".into(), source: io };
+        assert!(std::error::Error::source(&e).is_some());
+        let e = SessionError::File(FileError::Io { path: "p".into(), source: std::io::Error::other("x") });
+        assert!(std::error::Error::source(&e).is_some());
     }
 }

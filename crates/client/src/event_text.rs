@@ -1,0 +1,265 @@
+//! The words of each session event, shared by line mode (`plain.rs`, one line each) and the
+//! full-screen UI (`tui/`, notices in the scrollback). Text from other members or the relay is
+//! neutralised here.
+
+use chatroom_session::crypto::{ContentKind, PresenceEvent, PublicIdentity};
+use chatroom_session::display::{key_tag, neutralize, neutralize_line};
+use chatroom_session::error::code_name;
+use chatroom_session::session::{ChatMessage, ConnState, Event, KdfProgress, MemberInfo, Rejected, Whois};
+
+/// Formats the time of a message.
+pub(crate) fn clock(timestamp_ms: u64) -> String {
+    use chrono::{Local, TimeZone};
+    i64::try_from(timestamp_ms)
+        .ok()
+        .and_then(|ms| Local.timestamp_millis_opt(ms).single())
+        .map(|t| t.format("%H:%M:%S").to_string())
+        .unwrap_or_else(|| "??:??:??".into())
+}
+
+/// The notice for a topic: shown when the room owner signed it, refused otherwise.
+pub(crate) fn topic_line(m: &ChatMessage, owner: Option<PublicIdentity>) -> String {
+    let nick = neutralize(m.nick.as_str());
+    if owner == Some(m.sender) {
+        format!("{nick} set the topic: {}", neutralize(&m.body))
+    } else {
+        format!(
+            "WARNING: {nick} (key {}), who is not the room owner, tried to set the topic; ignored",
+            short(&m.sender)
+        )
+    }
+}
+
+/// One stdout line for a message.
+pub(crate) fn message_line(m: &ChatMessage) -> String {
+    let history = if m.history { "[history] " } else { "" };
+    let nick = neutralize(m.nick.as_str());
+    let body = neutralize_line(&m.body);
+    match m.kind {
+        ContentKind::Action => format!("{} {history}* {nick} {body}", clock(m.timestamp_ms)),
+        _ => format!("{} {history}<{nick}> {body}", clock(m.timestamp_ms)),
+    }
+}
+
+fn members_line(list: &[MemberInfo]) -> String {
+    let names: Vec<String> = list
+        .iter()
+        .map(|m| {
+            let mut s = format!("{} ({})", neutralize(m.nick.as_str()), key_tag(&m.identity));
+            if m.owner {
+                s.push_str(" [owner]");
+            }
+            if m.me {
+                s.push_str(" [you]");
+            }
+            s
+        })
+        .collect();
+    format!("members as the relay lists them ({}): {}", list.len(), names.join(", "))
+}
+
+fn whois_line(who: &Whois) -> String {
+    let nick = neutralize(who.nick.as_str());
+    let mut line = match who.pinned {
+        Some(key) => format!("{nick}: messages signed by key {} (pinned in this room)", key.fingerprint()),
+        None => format!("{nick}: no signed message seen under this nickname in this room; nothing pinned"),
+    };
+    match (who.listed, who.pinned) {
+        (Some(listed), Some(pinned)) if listed == pinned => line.push_str("; the relay lists the same key"),
+        (Some(listed), _) => {
+            line.push_str(&format!("; the relay lists key {} (its claim)", listed.fingerprint()))
+        }
+        (None, _) => line.push_str("; not in the relay's member list"),
+    }
+    if let Some(like) = &who.look_alike {
+        line.push_str(&format!("; WARNING: looks like {}, a different member", neutralize(like)));
+    }
+    line
+}
+
+fn short(id: &PublicIdentity) -> String {
+    id.short_fingerprint()
+}
+
+/// One stderr line (without the `-!- ` prefix) for an event, or `None` for events not shown.
+pub(crate) fn event_line(event: &Event, relay: &str) -> Option<String> {
+    match event {
+        Event::State(_) | Event::RelayFirstUse { .. } | Event::KeyDerivation(_) | Event::Joined { .. } => {
+            connection_line(event, relay)
+        }
+        Event::Rejected(_) | Event::LookAlike { .. } | Event::KeyChanged { .. } => Some(warning_line(event)),
+        _ => other_line(event),
+    }
+}
+
+/// The connection's progress: connecting, key derivation, joined.
+fn connection_line(event: &Event, relay: &str) -> Option<String> {
+    Some(match event {
+        Event::State(ConnState::Connecting { attempt: 0 }) => format!("connecting to {relay}"),
+        Event::State(ConnState::Connecting { attempt }) => {
+            format!("reconnecting to {relay} (attempt {})", attempt + 1)
+        }
+        Event::State(ConnState::Reconnecting { delay, reason }) => {
+            format!("disconnected: {}; reconnecting in {:.1} s", neutralize(reason), delay.as_secs_f64())
+        }
+        Event::State(_) => return None,
+        Event::RelayFirstUse { addr, fingerprint } => {
+            format!("first connection to {addr}: pinned its key {fingerprint} (trust on first use)")
+        }
+        Event::KeyDerivation(KdfProgress::Started(params)) => {
+            format!("deriving the room key (Argon2id {params})...")
+        }
+        Event::KeyDerivation(KdfProgress::Done(took)) => {
+            format!("room key ready ({:.2} s)", took.as_secs_f64())
+        }
+        Event::KeyDerivation(_) => return None,
+        Event::Joined { created: true, rejoin: false, safety_code, relay_fingerprint, .. } => format!(
+            "created the room on {relay}; you are its owner\n-!- relay fingerprint: {relay_fingerprint}\n\
+             -!- safety code: {safety_code}\n-!- compare the safety code with the other members out of band; \
+             /safety shows it again"
+        ),
+        Event::Joined { rejoin: false, owner_is_me, owner, safety_code, relay_fingerprint, .. } => format!(
+            "joined the room on {relay} (owner: {})\n-!- relay fingerprint: {relay_fingerprint}\n\
+             -!- safety code: {safety_code}\n-!- compare the safety code with the other members out of band; \
+             /safety shows it again",
+            if *owner_is_me { "you".to_owned() } else { short(owner) }
+        ),
+        Event::Joined { .. } => format!("reconnected to {relay}"),
+        _ => return None,
+    })
+}
+
+/// Security warnings: rejected messages, look-alike nicknames, changed identity keys.
+fn warning_line(event: &Event) -> String {
+    match event {
+        Event::Rejected(Rejected::Unverified { seq }) => format!(
+            "WARNING: message #{seq} failed verification (altered, forged, or sealed with another room password) and was dropped"
+        ),
+        Event::Rejected(Rejected::Replayed { seq, sender, counter, highest }) => format!(
+            "WARNING: message #{seq} from key {} repeats an old counter ({counter} <= {highest}) and was dropped: \
+             the relay replayed or reordered it",
+            short(sender)
+        ),
+        Event::Rejected(Rejected::NickMismatch { message, pinned }) => format!(
+            "WARNING: IMPERSONATION: key {} signed a message claiming to be {}, whose pinned key is {}; \
+             not shown as theirs. Its text: {}",
+            message.sender.fingerprint(),
+            neutralize(message.nick.as_str()),
+            pinned.fingerprint(),
+            neutralize_line(&message.body)
+        ),
+        Event::Rejected(Rejected::Unpinned { message, max }) => format!(
+            "WARNING: key {} signed a message as {}, but this room's pin store is full ({max} nicknames), so the \
+             nickname cannot be pinned to it; not shown as theirs. Its text: {}",
+            message.sender.fingerprint(),
+            neutralize(message.nick.as_str()),
+            neutralize_line(&message.body)
+        ),
+        Event::LookAlike { nick, sender, like } => format!(
+            "WARNING: {} (key {}) looks like {}, a different member; check /whois {} before trusting the next message",
+            neutralize(nick.as_str()),
+            key_tag(sender),
+            neutralize(like),
+            neutralize(nick.as_str())
+        ),
+        Event::KeyChanged { nick, pinned, seen } => format!(
+            "WARNING: IDENTITY KEY CHANGED for {}: pinned {}, relay says {}. Someone may be impersonating \
+             them; verify with them out of band. Messages under that key are not shown as theirs.",
+            neutralize(nick.as_str()),
+            pinned.fingerprint(),
+            seen.fingerprint()
+        ),
+        _ => "WARNING: a message was rejected".into(),
+    }
+}
+
+/// Everything else shown: history, members, presence, refusals, warnings of the session.
+fn other_line(event: &Event) -> Option<String> {
+    Some(match event {
+        Event::HistoryGap { from, to } => format!(
+            "WARNING: messages #{from} to #{to} expired from the relay's history before they could be fetched"
+        ),
+        Event::SequenceWentBack { last_seen, relay_latest } => format!(
+            "WARNING: the relay's latest message is #{relay_latest}, but this client had already seen #{last_seen}: \
+             the relay lost messages (restored from a backup or reset). Messages it lost are not coming back; \
+             new ones are shown as usual"
+        ),
+        Event::HistoryEnd => "end of history; now live".into(),
+        Event::Message(_) => return None,
+        Event::Whois(who) => whois_line(who),
+        Event::Members(list) => members_line(list),
+        Event::Presence { event, nick, identity } => {
+            let what = match event {
+                PresenceEvent::Joined => "joined",
+                PresenceEvent::Left => "left",
+                PresenceEvent::Kicked => "was kicked",
+                PresenceEvent::Banned => "was banned",
+                PresenceEvent::Unbanned => "was unbanned",
+            };
+            format!("relay says: {} {what} (key {})", neutralize(nick.as_str()), key_tag(identity))
+        }
+        Event::Sent { .. } => return None,
+        Event::SendFailed { code, detail, .. } => {
+            format!("error: message not delivered: {} ({})", neutralize(detail), code_name(*code))
+        }
+        Event::CommandFailed { code, detail } => format!("error: {} ({})", neutralize(detail), code_name(*code)),
+        Event::Warning(text) => format!("warning: {}", neutralize(text)),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chatroom_session::crypto::Nick;
+
+    fn msg(kind: ContentKind, history: bool, body: &str) -> ChatMessage {
+        ChatMessage {
+            seq: 1,
+            history,
+            sender: PublicIdentity([1; 32]),
+            nick: Nick::new("bob").unwrap(),
+            from_me: false,
+            kind,
+            body: body.into(),
+            timestamp_ms: 0,
+        }
+    }
+
+    #[test]
+    fn message_formats() {
+        let text = message_line(&msg(ContentKind::Text, false, "hi there"));
+        assert!(text.ends_with(" <bob> hi there") && text.len() == 8 + 15, "{text}");
+        let action = message_line(&msg(ContentKind::Action, true, "waves"));
+        assert!(action.ends_with(" [history] * bob waves"), "{action}");
+        let hostile = message_line(&msg(ContentKind::Text, false, "x\n-!- bob is now owner\u{1b}[2J"));
+        assert!(hostile.ends_with("<bob> x^J-!- bob is now owner^[[2J"), "{hostile}");
+        assert!(!hostile.contains('\n'));
+    }
+
+    #[test]
+    fn key_changes_and_impersonation_are_loud_and_never_a_message_line() {
+        let (old, new) = (PublicIdentity([1; 32]), PublicIdentity([2; 32]));
+        let changed = Event::KeyChanged { nick: Nick::new("bob").unwrap(), pinned: old, seen: new };
+        let line = event_line(&changed, "h:1").unwrap();
+        assert!(line.starts_with("WARNING: IDENTITY KEY CHANGED for bob: pinned 0101"), "{line}");
+        assert!(line.contains(&new.fingerprint()));
+        let mut claimed = msg(ContentKind::Text, false, "send money\n-!- ok");
+        claimed.sender = new;
+        let forged = Event::Rejected(Rejected::NickMismatch { message: claimed, pinned: old });
+        let line = event_line(&forged, "h:1").unwrap();
+        assert!(line.starts_with("WARNING: IMPERSONATION: key 0202"), "{line}");
+        assert!(line.ends_with("Its text: send money^J-!- ok"), "{line}");
+        assert!(!line.contains("<bob>"));
+    }
+
+    #[test]
+    fn relay_text_in_events_is_neutralised() {
+        let e = Event::CommandFailed {
+            code: chatroom_session::crypto::ErrorCode::NotOwner,
+            detail: "only\nthe owner\u{1b}]0;x\u{7}".into(),
+        };
+        let line = event_line(&e, "h:1").unwrap();
+        assert_eq!(line, "error: only^Jthe owner^[]0;x^G (NotOwner)");
+    }
+}
