@@ -15,7 +15,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Synchronous, DB_FILE};
-use crate::store::{open_connection, StoreError};
+use crate::store::{lock_database, open_connection, StoreError};
 
 /// File name of the admin socket inside the data directory.
 pub const ADMIN_SOCKET: &str = "admin.sock";
@@ -265,6 +265,8 @@ pub fn offline(data_dir: &Path, request: &Request) -> Result<Reply, StoreError> 
                 .into(),
         });
     }
+    // A running relay holds this lock: its admin socket is the way to it.
+    let _lock = lock_database(&path)?;
     let mut conn = open_connection(&path, Synchronous::Full)?;
     let sql = |e: rusqlite::Error| Reply::Error(format!("database error: {e}"));
     let reply = match request {

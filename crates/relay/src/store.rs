@@ -11,15 +11,24 @@
 //! loss. With `NORMAL` the log is fsynced at checkpoints only: a commit survives a crash of
 //! the process (`kill -9`, a panic, the OOM killer), while a power loss or kernel crash may
 //! roll back the most recent commits without corrupting the database.
+//!
+//! Checkpoints stay off the commit path: SQLite's automatic checkpoint (which ran inside the
+//! commit that crossed 1000 pages) is off, and a second connection on its own thread
+//! (`relay-checkpoint`) copies the log into the database while commits go on, once writes pause
+//! for `CHECKPOINT_IDLE` or at the latest `CHECKPOINT_EVERY` after a commit. The log restarts
+//! from its beginning once a checkpoint has caught up; if it never catches up (writes without
+//! a pause), the writer checkpoints and restarts it itself when it passes `WAL_MAX_BYTES`, so it
+//! stays bounded.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError};
 use std::sync::{Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
+use nix::fcntl::{Flock, FlockArg};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tokio::sync::oneshot;
 use tracing::{debug, error, warn};
@@ -28,11 +37,22 @@ use crate::config::Synchronous;
 
 /// `PRAGMA application_id` of a chatroom relay database ("chrm").
 pub const APPLICATION_ID: i32 = 0x6368_726d;
-/// `PRAGMA user_version` this relay reads and writes. Version 1 (without `rooms.active`) is
-/// upgraded in place when opened.
-pub const SCHEMA_VERSION: i32 = 2;
+/// `PRAGMA user_version` this relay reads and writes. Versions 1 (without `rooms.active`) and 2
+/// (`history` with a rowid) are upgraded in place when opened.
+pub const SCHEMA_VERSION: i32 = 3;
 /// Most operations committed in one transaction.
 const MAX_BATCH: usize = 256;
+/// A room's envelopes beyond its kept history are deleted once there are this many: one
+/// `DELETE` per 64 envelopes rather than one per commit. Only storage lags: a room loaded from
+/// disk is trimmed to its limits before anyone sees it.
+const PRUNE_SLACK: u64 = 64;
+/// The writer checkpoints the log itself and restarts it when it grows past this (the
+/// checkpoint thread never caught up), and SQLite cuts the file back to it when it restarts.
+const WAL_MAX_BYTES: u64 = 64 << 20;
+/// The checkpoint thread runs once no commit came for this long...
+const CHECKPOINT_IDLE: std::time::Duration = std::time::Duration::from_millis(100);
+/// ...or at the latest this long after the first commit it has not yet checkpointed.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 const SCHEMA: &str = "
 CREATE TABLE rooms (
@@ -60,15 +80,36 @@ CREATE TABLE history (
     sender BLOB NOT NULL,
     counter INTEGER NOT NULL,
     envelope BLOB NOT NULL,
+    stored INTEGER NOT NULL,
     PRIMARY KEY (room, seq),
     UNIQUE (room, sender, counter)
-);
+) WITHOUT ROWID;
 CREATE TABLE senders (
     room TEXT NOT NULL,
     sender BLOB NOT NULL,
     max_counter INTEGER NOT NULL,
     PRIMARY KEY (room, sender)
 ) WITHOUT ROWID;
+";
+
+/// Version 2 to 3: `history` without its rowid (an insert updates two B-trees instead of
+/// three), with `stored`, the relay-wide order in which envelopes were stored, which the
+/// rowid gave before (the oldest go first when the relay is over `--max-stored-bytes`).
+const UPGRADE_2_TO_3: &str = "
+CREATE TABLE history_v3 (
+    room TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    sender BLOB NOT NULL,
+    counter INTEGER NOT NULL,
+    envelope BLOB NOT NULL,
+    stored INTEGER NOT NULL,
+    PRIMARY KEY (room, seq),
+    UNIQUE (room, sender, counter)
+) WITHOUT ROWID;
+INSERT INTO history_v3 (room, seq, sender, counter, envelope, stored)
+    SELECT room, seq, sender, counter, envelope, rowid FROM history;
+DROP TABLE history;
+ALTER TABLE history_v3 RENAME TO history;
 ";
 
 /// Storage failed.
@@ -233,6 +274,17 @@ pub(crate) struct Store {
     handle: StoreHandle,
     thread: Mutex<Option<JoinHandle<()>>>,
     rooms: usize,
+    /// Held until the store is closed: one process owns the database.
+    lock: Mutex<Option<Flock<std::fs::File>>>,
+}
+
+/// The log's bound and the thread that checkpoints it, as the writer sees them.
+struct Wal {
+    path: PathBuf,
+    max_bytes: u64,
+    /// Tells the checkpoint thread a commit happened; dropped to stop it.
+    nudge: SyncSender<()>,
+    checkpointer: JoinHandle<()>,
 }
 
 /// A cheap handle that queues operations to the writer thread.
@@ -259,12 +311,9 @@ fn busy_or<'a>(path: &'a Path, context: &'static str) -> impl FnOnce(rusqlite::E
 /// Opens (creating if needed) the database at `path` and checks its schema version.
 pub(crate) fn open_connection(path: &Path, synchronous: Synchronous) -> Result<Connection, StoreError> {
     let mut conn = Connection::open(path).map_err(sqlite("opening the database"))?;
-    // Never wait for a lock: the only other user can be another process, which is an error.
+    // Never wait for a lock here: `Store` holds the lock file, so a lock held now belongs to
+    // another program, which is an error.
     conn.busy_timeout(std::time::Duration::ZERO).map_err(sqlite("opening the database"))?;
-    // One process owns the database: a second relay on the same data directory fails at once
-    // instead of interleaving writes.
-    conn.pragma_update_and_check(None, "locking_mode", "EXCLUSIVE", |r| r.get::<_, String>(0))
-        .map_err(sqlite("setting the locking mode"))?;
     let app_id: i32 = conn
         .pragma_query_value(None, "application_id", |r| r.get(0))
         .map_err(busy_or(path, "reading the application id"))?;
@@ -279,7 +328,7 @@ pub(crate) fn open_connection(path: &Path, synchronous: Synchronous) -> Result<C
         if app_id != APPLICATION_ID {
             return Err(StoreError::NotOurs { path: path.to_owned(), found: app_id });
         }
-        if version != SCHEMA_VERSION && version != 1 {
+        if !(1..=SCHEMA_VERSION).contains(&version) {
             return Err(StoreError::SchemaVersion {
                 path: path.to_owned(),
                 found: version,
@@ -298,15 +347,10 @@ pub(crate) fn open_connection(path: &Path, synchronous: Synchronous) -> Result<C
         Synchronous::Normal => "NORMAL",
     };
     conn.pragma_update(None, "synchronous", sync).map_err(sqlite("setting synchronous"))?;
-    if version == 1 && !fresh {
-        // Version 2 records when each room was last used, so idle rooms can expire.
-        let tx = conn.transaction().map_err(busy_or(path, "upgrading the schema"))?;
-        tx.execute_batch(
-            "ALTER TABLE rooms ADD COLUMN active INTEGER NOT NULL DEFAULT 0; UPDATE rooms SET active = created;",
-        )
-        .map_err(sqlite("upgrading the schema"))?;
-        tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(sqlite("upgrading the schema"))?;
-        tx.commit().map_err(busy_or(path, "upgrading the schema"))?;
+    // Checkpoints run on their own thread (see the module's documentation), never in a commit.
+    conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(sqlite("setting wal_autocheckpoint"))?;
+    if version < SCHEMA_VERSION && !fresh {
+        upgrade(&mut conn, path, version)?;
     }
     if fresh {
         let tx = conn.transaction().map_err(busy_or(path, "creating the schema"))?;
@@ -316,6 +360,119 @@ pub(crate) fn open_connection(path: &Path, synchronous: Synchronous) -> Result<C
         tx.commit().map_err(busy_or(path, "creating the schema"))?;
     }
     Ok(conn)
+}
+
+/// `path` with `suffix` appended to its file name (`relay.sqlite3-wal`, `relay.sqlite3.lock`).
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Takes the lock that makes one process the database's only user: a second relay (or an
+/// offline admin command) on the same data directory fails at once instead of interleaving
+/// writes. A lock file of its own, since closing any descriptor of the database file would
+/// drop SQLite's locks on it. Held until the returned value is dropped.
+pub(crate) fn lock_database(path: &Path) -> Result<Flock<std::fs::File>, StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let lock_path = sibling(path, ".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(|e| StoreError::Io { path: lock_path.clone(), message: e.to_string() })?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| match errno {
+        nix::errno::Errno::EWOULDBLOCK => StoreError::Locked { path: path.to_owned() },
+        other => StoreError::Io { path: lock_path, message: other.desc().to_owned() },
+    })
+}
+
+/// Opens a second connection and starts the thread that checkpoints the log with it.
+fn start_checkpointer(path: &Path, synchronous: Synchronous, max_bytes: u64) -> Result<Wal, StoreError> {
+    let conn = open_connection(path, synchronous)?;
+    let (nudge, nudged) = mpsc::sync_channel(1);
+    let checkpointer = std::thread::Builder::new()
+        .name("relay-checkpoint".into())
+        .spawn(move || checkpointer(conn, nudged))
+        .map_err(|e| StoreError::Sqlite {
+            context: "starting the checkpoint thread",
+            message: e.to_string(),
+        })?;
+    Ok(Wal { path: sibling(path, "-wal"), max_bytes, nudge, checkpointer })
+}
+
+/// Copies the log into the database once commits pause for `CHECKPOINT_IDLE`, or at the latest
+/// `CHECKPOINT_EVERY` after the first commit since the last checkpoint. A passive checkpoint
+/// never holds up the writer. Ends when the writer drops its end of `nudged`.
+fn checkpointer(conn: Connection, nudged: Receiver<()>) {
+    let mut failing = false;
+    while nudged.recv().is_ok() {
+        let first = std::time::Instant::now();
+        loop {
+            let left = CHECKPOINT_EVERY.saturating_sub(first.elapsed());
+            match nudged.recv_timeout(CHECKPOINT_IDLE.min(left)) {
+                Ok(()) if !left.is_zero() => {}
+                Ok(()) | Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            Ok(()) => failing = false,
+            Err(e) if !failing => {
+                failing = true;
+                warn!(error = %e, "checkpoint failed; the log grows until the writer restarts it");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+impl Wal {
+    /// After a commit: wakes the checkpoint thread, and restarts the log here if it is past its
+    /// bound (writes never paused long enough for a checkpoint to catch up).
+    fn committed(&self, conn: &Connection) {
+        let _ = self.nudge.try_send(());
+        let size = std::fs::metadata(&self.path).map_or(0, |m| m.len());
+        if size > self.max_bytes {
+            // RESTART: the next commit writes the log from its beginning again, over blocks
+            // the file already has (`journal_size_limit` then cuts the file to the bound).
+            // Busy (1) while the checkpoint thread is in the middle of a checkpoint.
+            match conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0)) {
+                Ok(0) => {}
+                Ok(_) => {
+                    debug!(size, "the log could not be restarted yet; trying again after the next commit")
+                }
+                Err(e) => {
+                    warn!(error = %e, size, "restarting the log failed; trying again after the next commit")
+                }
+            }
+        }
+    }
+
+    /// Stops the checkpoint thread.
+    fn stop(self) {
+        drop(self.nudge);
+        let _ = self.checkpointer.join();
+    }
+}
+
+/// Upgrades a database of schema `version` to `SCHEMA_VERSION` in one transaction.
+fn upgrade(conn: &mut Connection, path: &Path, version: i32) -> Result<(), StoreError> {
+    let tx = conn.transaction().map_err(busy_or(path, "upgrading the schema"))?;
+    if version < 2 {
+        // Version 2 records when each room was last used, so idle rooms can expire.
+        tx.execute_batch(
+            "ALTER TABLE rooms ADD COLUMN active INTEGER NOT NULL DEFAULT 0; UPDATE rooms SET active = created;",
+        )
+        .map_err(sqlite("upgrading the schema"))?;
+    }
+    if version < 3 {
+        tx.execute_batch(UPGRADE_2_TO_3).map_err(sqlite("upgrading the schema"))?;
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(sqlite("upgrading the schema"))?;
+    tx.commit().map_err(busy_or(path, "upgrading the schema"))
 }
 
 impl Store {
@@ -333,6 +490,16 @@ impl Store {
         synchronous: Synchronous,
         max_bytes: u64,
     ) -> Result<Self, StoreError> {
+        Self::open_with_limits(path, synchronous, max_bytes, WAL_MAX_BYTES)
+    }
+
+    /// `open_with_quota`, restarting the log when it passes `wal_max_bytes`.
+    fn open_with_limits(
+        path: &Path,
+        synchronous: Synchronous,
+        max_bytes: u64,
+        wal_max_bytes: u64,
+    ) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             use std::os::unix::fs::DirBuilderExt;
             std::fs::DirBuilder::new()
@@ -342,8 +509,8 @@ impl Store {
                 .map_err(|e| StoreError::Io { path: dir.to_owned(), message: e.to_string() })?;
         }
         // The database holds room verifiers and history: readable by the relay's user only.
-        // SQLite gives its -wal file the database file's permissions.
-        {
+        // SQLite gives its -wal and -shm files the database file's permissions.
+        let create = |path: &Path| {
             use std::os::unix::fs::OpenOptionsExt;
             std::fs::OpenOptions::new()
                 .create(true)
@@ -351,26 +518,48 @@ impl Store {
                 .write(true)
                 .mode(0o600)
                 .open(path)
-                .map_err(|e| StoreError::Io { path: path.to_owned(), message: e.to_string() })?;
-        }
+                .map_err(|e| StoreError::Io { path: path.to_owned(), message: e.to_string() })
+        };
+        create(path)?;
+        let lock = lock_database(path)?;
         let conn = open_connection(path, synchronous)?;
+        // The writer may wait for the checkpoint thread (restarting the log), never for
+        // anyone else: the lock file keeps other processes out.
+        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(sqlite("opening the database"))?;
+        conn.pragma_update(None, "journal_size_limit", i64::try_from(wal_max_bytes).unwrap_or(i64::MAX))
+            .map_err(sqlite("setting journal_size_limit"))?;
+        let wal = start_checkpointer(path, synchronous, wal_max_bytes)?;
         let rooms: i64 = conn
             .query_row("SELECT count(*) FROM rooms", [], |r| r.get(0))
             .map_err(sqlite("counting rooms"))?;
-        let stored: i64 = conn
-            .query_row("SELECT coalesce(sum(length(envelope)), 0) FROM history", [], |r| r.get(0))
+        let (stored, last): (i64, i64) = conn
+            .query_row(
+                "SELECT coalesce(sum(length(envelope)), 0), coalesce(max(stored), 0) FROM history",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .map_err(sqlite("measuring the history"))?;
-        let budget = Budget { stored, max: i64::try_from(max_bytes).unwrap_or(i64::MAX), warned: None };
+        let budget = Budget {
+            stored,
+            max: i64::try_from(max_bytes).unwrap_or(i64::MAX),
+            warned: None,
+            order: last + 1,
+        };
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("relay-store".into())
-            .spawn(move || writer(conn, rx, budget))
+            .spawn(move || writer(conn, rx, budget, wal))
             .map_err(|e| StoreError::Sqlite {
                 context: "starting the storage thread",
                 message: e.to_string(),
             })?;
         let rooms = usize::try_from(rooms).unwrap_or(0);
-        Ok(Self { handle: StoreHandle { tx }, thread: Mutex::new(Some(thread)), rooms })
+        Ok(Self {
+            handle: StoreHandle { tx },
+            thread: Mutex::new(Some(thread)),
+            rooms,
+            lock: Mutex::new(Some(lock)),
+        })
     }
 
     /// Rooms in the database when it was opened.
@@ -390,6 +579,7 @@ impl Store {
         if let Some(thread) = thread {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
+        drop(self.lock.lock().unwrap_or_else(PoisonError::into_inner).take());
     }
 }
 
@@ -514,27 +704,46 @@ pub(crate) struct Budget {
     max: i64,
     /// When the last warning about deleted envelopes was written.
     warned: Option<std::time::Instant>,
+    /// `history.stored` of the next envelope: the relay-wide order of storing.
+    order: i64,
 }
 
 impl Budget {
+    #[cfg(test)]
+    fn unlimited() -> Self {
+        Self { stored: 0, max: i64::MAX, warned: None, order: 1 }
+    }
+
     /// Deletes the oldest envelopes of the relay, whatever their room, until what the group
-    /// leaves on disk fits; returns that total. Oldest by rowid, which follows insertion order
-    /// (so `history` must keep its rowid).
+    /// leaves on disk fits; returns that total. Oldest by `stored`: each room's envelopes are
+    /// stored in seq order, so the relay's oldest is the oldest of the rooms' first ones.
     fn enforce(&mut self, tx: &rusqlite::Transaction<'_>, appends: &GroupAppends) -> Result<i64, StoreError> {
         let mut projected = self.stored + appends.added - appends.freed;
         let mut deleted = 0usize;
+        let mut progress = false;
         while projected > self.max {
-            let freed = tx
-                .prepare_cached(
-                    "DELETE FROM history WHERE rowid = (SELECT min(rowid) FROM history) RETURNING length(envelope)",
-                )
-                .and_then(|mut s| s.query_map([], |r| r.get::<_, i64>(0))?.collect::<Result<Vec<_>, _>>())
-                .map_err(sqlite("deleting the oldest history"))?;
-            if freed.is_empty() {
+            let Some((room, next)) = oldest_room(tx)? else { break };
+            // The room's envelopes go until the next room's first is older.
+            while projected > self.max {
+                let freed = tx
+                    .prepare_cached(
+                        "DELETE FROM history WHERE room = ?1 AND stored < ?2 AND seq = \
+                         (SELECT seq FROM history WHERE room = ?1 ORDER BY seq LIMIT 1) \
+                         RETURNING length(envelope)",
+                    )
+                    .and_then(|mut s| {
+                        s.query_map(params![room, next], |r| r.get::<_, i64>(0))?
+                            .collect::<Result<Vec<_>, _>>()
+                    })
+                    .map_err(sqlite("deleting the oldest history"))?;
+                let Some(&bytes) = freed.first() else { break };
+                deleted += 1;
+                projected -= bytes;
+                progress = true;
+            }
+            if !std::mem::take(&mut progress) {
                 break;
             }
-            deleted += freed.len();
-            projected -= freed.iter().sum::<i64>();
         }
         let quiet = self.warned.is_some_and(|at| at.elapsed() < std::time::Duration::from_secs(60));
         if deleted > 0 && !quiet {
@@ -549,7 +758,25 @@ impl Budget {
     }
 }
 
-fn writer(mut conn: Connection, rx: Receiver<Op>, mut budget: Budget) {
+/// The room holding the relay's oldest envelope, and when the next room's first one was
+/// stored (`i64::MAX` if no other room has history).
+fn oldest_room(tx: &rusqlite::Transaction<'_>) -> Result<Option<(String, i64)>, StoreError> {
+    let firsts = tx
+        .prepare_cached(
+            "SELECT name, first FROM (SELECT name, \
+             (SELECT stored FROM history WHERE room = name ORDER BY seq LIMIT 1) AS first FROM rooms) \
+             WHERE first IS NOT NULL ORDER BY first LIMIT 2",
+        )
+        .and_then(|mut s| {
+            s.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(sqlite("finding the oldest history"))?;
+    let next = firsts.get(1).map_or(i64::MAX, |(_, first)| *first);
+    Ok(firsts.into_iter().next().map(|(room, _)| (room, next)))
+}
+
+fn writer(mut conn: Connection, rx: Receiver<Op>, mut budget: Budget, wal: Wal) {
     let mut stop = false;
     // An `Exec` ends the commit group it would have joined and runs after it.
     let mut held = None;
@@ -566,26 +793,40 @@ fn writer(mut conn: Connection, rx: Receiver<Op>, mut budget: Budget) {
             continue;
         }
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(op @ Op::Exec(_)) => {
-                    held = Some(op);
-                    break;
-                }
-                Ok(op) => batch.push(op),
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-            }
+        drain(&rx, &mut batch, &mut held);
+        if held.is_none() && batch.len() < MAX_BATCH {
+            // A burst of sends is read by several workers at once: after a yield the rest of
+            // it has usually arrived and joins this commit instead of starting another.
+            std::thread::yield_now();
+            drain(&rx, &mut batch, &mut held);
         }
         if let Some(at) = batch.iter().position(|op| matches!(op, Op::Stop)) {
             stop = true;
             batch.truncate(at);
         }
         run_batch(&mut conn, batch, &mut budget);
+        wal.committed(&conn);
     }
+    wal.stop();
     if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
         warn!(error = %e, "final checkpoint failed; the log is replayed at the next start");
     }
     debug!("storage closed");
+}
+
+/// Moves what is queued into `batch`, up to `MAX_BATCH`; an `Exec` ends the group and is
+/// held for after it.
+fn drain(rx: &Receiver<Op>, batch: &mut Vec<Op>, held: &mut Option<Op>) {
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(op @ Op::Exec(_)) => {
+                *held = Some(op);
+                return;
+            }
+            Ok(op) => batch.push(op),
+            Err(TryRecvError::Empty | TryRecvError::Disconnected) => return,
+        }
+    }
 }
 
 enum Completion {
@@ -602,7 +843,7 @@ fn run_batch(conn: &mut Connection, batch: Vec<Op>, budget: &mut Budget) {
     let committed = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Err(e) => Err(StoreError::Sqlite { context: "starting a transaction", message: e.to_string() }),
         Ok(tx) => {
-            let mut appends = GroupAppends::default();
+            let mut appends = GroupAppends { order: budget.order, ..GroupAppends::default() };
             let mut bookkeeping = Ok(());
             for op in batch {
                 match op {
@@ -638,6 +879,7 @@ fn run_batch(conn: &mut Connection, batch: Vec<Op>, budget: &mut Budget) {
             if committed.is_ok() {
                 budget.stored = left;
             }
+            budget.order = appends.order;
             committed
         }
     };
@@ -672,6 +914,8 @@ struct GroupAppends {
     /// Bytes of envelopes the group stored, and deleted (pruned histories, deleted rooms).
     added: i64,
     freed: i64,
+    /// `history.stored` of the group's next envelope.
+    order: i64,
 }
 
 struct RoomAppends {
@@ -715,30 +959,45 @@ impl GroupAppends {
                 .and_then(|mut s| s.execute(params![room, sender, counter as i64]))
                 .map_err(sqlite("storing an envelope"))?;
             }
-            let oldest_kept = appends
+            let last_dropped = appends
                 .latest_seq
                 .saturating_sub(appends.keep as u64)
                 .max(appends.drop_before.saturating_sub(1));
-            if oldest_kept > 0 {
-                let freed: i64 = tx
-                    .prepare_cached(
-                        "DELETE FROM history WHERE room = ?1 AND seq <= ?2 RETURNING length(envelope)",
-                    )
-                    .and_then(|mut s| {
-                        s.query_map(params![room, oldest_kept as i64], |r| r.get::<_, i64>(0))?
-                            .sum::<Result<i64, _>>()
-                    })
-                    .map_err(sqlite("pruning history"))?;
-                self.freed += freed;
-            }
+            self.freed += prune(tx, &room, last_dropped)?;
         }
         Ok(())
     }
 }
 
-fn append(tx: &rusqlite::Transaction<'_>, room: &str, record: &StoredEnvelope) -> Result<(), StoreError> {
+/// Deletes the room's envelopes up to `last_dropped` once there are `PRUNE_SLACK` of them;
+/// returns the bytes freed.
+fn prune(tx: &rusqlite::Transaction<'_>, room: &str, last_dropped: u64) -> Result<i64, StoreError> {
+    if last_dropped == 0 {
+        return Ok(0);
+    }
+    let first: Option<i64> = tx
+        .prepare_cached("SELECT seq FROM history WHERE room = ?1 ORDER BY seq LIMIT 1")
+        .and_then(|mut s| s.query_row(params![room], |r| r.get(0)).optional())
+        .map_err(sqlite("pruning history"))?;
+    let Some(first) = first.map(|f| f.max(0) as u64) else { return Ok(0) };
+    if last_dropped < first || last_dropped - first + 1 < PRUNE_SLACK {
+        return Ok(0);
+    }
+    tx.prepare_cached("DELETE FROM history WHERE room = ?1 AND seq <= ?2 RETURNING length(envelope)")
+        .and_then(|mut s| {
+            s.query_map(params![room, last_dropped as i64], |r| r.get::<_, i64>(0))?.sum::<Result<i64, _>>()
+        })
+        .map_err(sqlite("pruning history"))
+}
+
+fn append(
+    tx: &rusqlite::Transaction<'_>,
+    room: &str,
+    record: &StoredEnvelope,
+    order: i64,
+) -> Result<(), StoreError> {
     tx.prepare_cached(
-        "INSERT INTO history (room, seq, sender, counter, envelope) VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO history (room, seq, sender, counter, envelope, stored) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -746,7 +1005,8 @@ fn append(tx: &rusqlite::Transaction<'_>, room: &str, record: &StoredEnvelope) -
             record.seq as i64,
             record.sender,
             record.counter as i64,
-            &record.envelope[..]
+            &record.envelope[..],
+            order
         ])
     })
     .map(drop)
@@ -826,7 +1086,8 @@ fn apply(tx: &rusqlite::Transaction<'_>, write: Write, appends: &mut GroupAppend
                 .map_err(sqlite("updating a ban"))?;
         }
         Write::Append { room, record, keep, drop_before } => {
-            append(tx, &room, &record)?;
+            append(tx, &room, &record, appends.order)?;
+            appends.order += 1;
             appends.add(room, &record, keep, drop_before);
         }
     }
@@ -945,7 +1206,8 @@ mod tests {
         assert_eq!(room.verifier, [1; 32]);
         assert_eq!(room.owner, [2; 32]);
         assert_eq!(room.latest_seq, 5);
-        assert_eq!(room.history.iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 4, 5]);
+        // Fewer than PRUNE_SLACK envelopes beyond the kept three: none deleted yet.
+        assert_eq!(room.history.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
         assert_eq!(room.counters, [([7; 32], 50)]);
         assert_eq!(room.bans, [[3; 32]]);
         let mut nicks = room.nicks.clone();
@@ -995,14 +1257,14 @@ mod tests {
         queue_append(&mut batch, "r", 5, 8, 3);
         queue_append(&mut batch, "r", 6, 7, 20); // counter reused by sender 7: refused
         queue_append(&mut batch, "s", 1, 7, 1);
-        run_batch(&mut conn, batch, &mut Budget { stored: 0, max: i64::MAX, warned: None });
+        run_batch(&mut conn, batch, &mut Budget::unlimited());
 
         let outcomes: Vec<bool> = results.into_iter().map(|mut rx| rx.try_recv().unwrap().is_ok()).collect();
         assert_eq!(outcomes, [true, true, true, true, true, false, true]);
         let mid = mid_load.await.unwrap().unwrap().unwrap();
         assert_eq!(mid.latest_seq, 4, "a load sees the appends queued before it");
         assert_eq!(mid.counters, [([7; 32], 40)]);
-        assert_eq!(mid.history.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3, 4]);
+        assert_eq!(mid.history.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3, 4]);
 
         let tx = conn.transaction().unwrap();
         let r = load(&tx, "r").unwrap().unwrap();
@@ -1010,7 +1272,7 @@ mod tests {
         let mut counters = r.counters.clone();
         counters.sort();
         assert_eq!(counters, [([7; 32], 40), ([8; 32], 3)]);
-        assert_eq!(r.history.iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 4, 5]);
+        assert_eq!(r.history.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
         let s = load(&tx, "s").unwrap().unwrap();
         assert_eq!((s.latest_seq, s.counters, s.history.len()), (1, vec![([7; 32], 1)], 1));
     }
@@ -1043,12 +1305,52 @@ mod tests {
             });
             results.push(rx);
         }
-        run_batch(&mut conn, batch, &mut Budget { stored: 0, max: i64::MAX, warned: None });
+        run_batch(&mut conn, batch, &mut Budget::unlimited());
         let outcomes: Vec<bool> = results.into_iter().map(|mut rx| rx.try_recv().unwrap().is_ok()).collect();
         assert_eq!(outcomes, [false, false, false], "the whole group failed");
         let stored: i64 = conn.query_row("SELECT count(*) FROM history", [], |r| r.get(0)).unwrap();
         let senders: i64 = conn.query_row("SELECT count(*) FROM senders", [], |r| r.get(0)).unwrap();
         assert_eq!((stored, senders), (0, 0), "and none of it was stored");
+    }
+
+    /// A room keeping 10 envelopes (or, later, fewer by bytes): after every commit, in groups
+    /// of 1 to 97 envelopes, at most PRUNE_SLACK - 1 envelopes it no longer keeps are still on
+    /// disk, and everything it keeps is there.
+    #[tokio::test]
+    async fn history_is_pruned_in_bulk_and_stays_within_its_limits_plus_the_slack() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let store = Store::open(&path, Synchronous::Normal).unwrap();
+        let h = store.handle();
+        h.create_room("r", [1; 32], [2; 32], "alice").await.unwrap();
+        let reader = Connection::open(&path).unwrap();
+        let (mut seq, mut deletes, mut previous) = (0u64, 0, 0);
+        for group in 1..=40u64 {
+            // The last ten groups keep by bytes: only envelopes from seq - 4 on.
+            let bytes_floor = |seq: u64| if group > 30 { seq.saturating_sub(4) } else { 0 };
+            let mut last = None;
+            for _ in 0..(group * 37 % 97 + 1) {
+                seq += 1;
+                let (tx, rx) = oneshot::channel();
+                h.append("r", envelope(seq, seq), 10, bytes_floor(seq), Box::new(move |r| drop(tx.send(r))))
+                    .unwrap();
+                last = Some(rx);
+            }
+            last.unwrap().await.unwrap().unwrap();
+            let (rows, first, newest): (u64, u64, u64) = reader
+                .query_row("SELECT count(*), min(seq), max(seq) FROM history WHERE room = 'r'", [], |r| {
+                    Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64))
+                })
+                .unwrap();
+            let kept_from = seq.saturating_sub(9).max(bytes_floor(seq)).max(1);
+            assert_eq!((newest, rows), (seq, seq - first + 1), "every envelope from the first on");
+            assert!(first <= kept_from, "group {group}: kept envelopes deleted ({first} > {kept_from})");
+            assert!(kept_from - first < PRUNE_SLACK, "group {group}: {} not pruned", kept_from - first);
+            deletes += u32::from(first != previous);
+            previous = first;
+        }
+        assert!(deletes < 40, "pruned in bulk, not every commit ({deletes} of 40)");
+        store.close().await;
     }
 
     #[test]
@@ -1061,7 +1363,7 @@ mod tests {
         conn.execute_batch("CREATE TABLE future (x)").unwrap();
         drop(conn);
         let err = Store::open(&path, Synchronous::Full).unwrap_err().to_string();
-        assert!(err.contains("schema version 7") && err.contains("supports only version 2"), "{err}");
+        assert!(err.contains("schema version 7") && err.contains("supports only version 3"), "{err}");
 
         let other = dir.path().join("other");
         let conn = Connection::open(&other).unwrap();
@@ -1076,7 +1378,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         let conn = Connection::open(&path).unwrap();
-        conn.execute_batch(&SCHEMA.replace(",\n    active INTEGER NOT NULL DEFAULT 0", "")).unwrap();
+        conn.execute_batch(&schema_v2().replace(",\n    active INTEGER NOT NULL DEFAULT 0", "")).unwrap();
         conn.pragma_update(None, "application_id", APPLICATION_ID).unwrap();
         conn.pragma_update(None, "user_version", 1).unwrap();
         conn.execute(
@@ -1110,12 +1412,137 @@ mod tests {
         }
     }
 
+    /// The schema of version 2: `history` with its rowid and without `stored`.
+    fn schema_v2() -> String {
+        let v3 = "    stored INTEGER NOT NULL,\n    PRIMARY KEY (room, seq),\n    UNIQUE (room, sender, counter)\n) WITHOUT ROWID;";
+        let v2 = "    PRIMARY KEY (room, seq),\n    UNIQUE (room, sender, counter)\n);";
+        assert!(SCHEMA.contains(v3));
+        SCHEMA.replace(v3, v2)
+    }
+
+    /// A version-2 database with history in two rooms, stored alternately: after the upgrade
+    /// the table has no rowid, every envelope is there, and the relay-wide quota still deletes
+    /// the oldest first, in the order the rowid recorded, then appends continue after them.
+    #[tokio::test]
+    async fn a_version_2_database_is_upgraded_and_keeps_its_history_and_its_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(&schema_v2()).unwrap();
+        conn.pragma_update(None, "application_id", APPLICATION_ID).unwrap();
+        conn.pragma_update(None, "user_version", 2).unwrap();
+        for room in ["a", "b"] {
+            conn.execute(
+                "INSERT INTO rooms (name, verifier, owner, created, latest_seq, active) VALUES (?1, ?2, ?2, 1, 3, 1)",
+                params![room, [1u8; 32]],
+            )
+            .unwrap();
+        }
+        // b1, a1, b2, a2, b3, a3: ten bytes each.
+        for seq in 1..=3i64 {
+            for room in ["b", "a"] {
+                conn.execute(
+                    "INSERT INTO history (room, seq, sender, counter, envelope) VALUES (?1, ?2, ?3, ?2, ?4)",
+                    params![room, seq, [7u8; 32], vec![seq as u8; 10]],
+                )
+                .unwrap();
+            }
+        }
+        drop(conn);
+
+        let store = Store::open(&path, Synchronous::Normal).unwrap();
+        let h = store.handle();
+        for room in ["a", "b"] {
+            let loaded = h.load_room(room).await.unwrap().unwrap();
+            assert_eq!(loaded.history.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3], "{room}");
+            assert_eq!(loaded.history[2].envelope, vec![3u8; 10]);
+        }
+        store.close().await;
+        let conn = Connection::open(&path).unwrap();
+        let version: i32 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        let sql: String =
+            conn.query_row("SELECT sql FROM sqlite_master WHERE name = 'history'", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        assert!(sql.contains("WITHOUT ROWID"), "{sql}");
+        drop(conn);
+
+        // 60 bytes stored, 45 allowed: one more envelope in a makes room by deleting b1 and a1
+        // and b2, the three oldest, whatever their room.
+        let store = Store::open_with_quota(&path, Synchronous::Normal, 45).unwrap();
+        let h = store.handle();
+        let new = StoredEnvelope { seq: 4, sender: [7; 32], counter: 4, envelope: Bytes::from(vec![4; 10]) };
+        let (tx, rx) = oneshot::channel();
+        h.append("a", new, 10, 0, Box::new(move |r| drop(tx.send(r)))).unwrap();
+        rx.await.unwrap().unwrap();
+        let seqs = |room: &'static str| {
+            let h = h.clone();
+            async move {
+                h.load_room(room).await.unwrap().unwrap().history.iter().map(|e| e.seq).collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(seqs("a").await, [2, 3, 4]);
+        assert_eq!(seqs("b").await, [3]);
+        store.close().await;
+    }
+
+    /// 3000 envelopes of 1000 bytes queued at once, so commits follow each other without a
+    /// pause: the log, measured after every commit, never passes its bound by more than about
+    /// one commit group, though far more than that was written through it.
+    #[tokio::test]
+    async fn the_log_stays_bounded_under_sustained_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let bound = 256 << 10;
+        let store = Store::open_with_limits(&path, Synchronous::Normal, u64::MAX, bound).unwrap();
+        let h = store.handle();
+        h.create_room("r", [1; 32], [2; 32], "alice").await.unwrap();
+        let wal = sibling(&path, "-wal");
+        let largest = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut last = None;
+        for seq in 1..=3000u64 {
+            let (tx, rx) = oneshot::channel();
+            let (wal, largest) = (wal.clone(), largest.clone());
+            let record =
+                StoredEnvelope { seq, sender: [7; 32], counter: seq, envelope: Bytes::from(vec![1; 1000]) };
+            h.append(
+                "r",
+                record,
+                100_000,
+                0,
+                Box::new(move |r| {
+                    // Runs on the writer thread right after the commit.
+                    let size = std::fs::metadata(&wal).map_or(0, |m| m.len());
+                    largest.fetch_max(size, std::sync::atomic::Ordering::Relaxed);
+                    let _ = tx.send(r);
+                }),
+            )
+            .unwrap();
+            last = Some(rx);
+        }
+        last.unwrap().await.unwrap().unwrap();
+        let largest = largest.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(largest > 0, "the log was measured");
+        // A group of 256 such envelopes writes about 1.3 MB of log here; the writer restarts
+        // the log after the group that crossed the bound, or after the next one if the
+        // checkpoint thread was busy. Unbounded, the log would hold all 3000 (about 15 MB).
+        assert!(largest < bound + (4 << 20), "the log reached {largest} bytes");
+        let stored =
+            h.exec(|c| c.query_row("SELECT count(*) FROM history", [], |r| r.get::<_, i64>(0))).await;
+        assert_eq!(stored.unwrap().unwrap(), 3000, "3 MB went through the log");
+        store.close().await;
+        assert_eq!(std::fs::metadata(&wal).map_or(0, |m| m.len()), 0, "closed with an empty log");
+    }
+
     #[test]
     fn a_second_process_on_the_same_database_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
-        let _first = Store::open(&path, Synchronous::Full).unwrap();
+        let first = Store::open(&path, Synchronous::Full).unwrap();
         let err = Store::open(&path, Synchronous::Full).unwrap_err();
         assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+        // An offline admin command takes the same lock.
+        assert!(matches!(lock_database(&path), Err(StoreError::Locked { .. })));
+        drop(first);
+        assert!(lock_database(&path).is_ok(), "the lock goes with the store");
     }
 }

@@ -1,5 +1,5 @@
-//! The session state machine against a minimal in-test responder built from chatroom-crypto:
-//! real sockets on 127.0.0.1, the real Noise handshake and envelopes, and a scripted relay side.
+//! The session state machine against the shared fake relay (`chatroom-fake-relay`), scripted
+//! frame by frame: real sockets on 127.0.0.1, the real Noise handshake and envelopes.
 
 // Test helpers outside #[test] functions may panic on impossible setup failures.
 #![allow(clippy::unwrap_used)]
@@ -8,9 +8,10 @@ use std::error::Error;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chatroom_fake_relay::{FakeConn, FakeRelay};
 use chatroom_session::crypto::{
-    seal, ClientMessage, Content, ContentKind, ErrorCode, Identity, JoinRequest, KdfParams, Member, Nick,
-    RelayMessage, Responder, RoomName, StaticKeypair, Transport, Zeroizing, HANDSHAKE1_LEN, HANDSHAKE3_LEN,
+    seal, ClientMessage, Content, ContentKind, ErrorCode, Identity, KdfParams, Nick, RelayMessage, RoomName,
+    StaticKeypair, Zeroizing,
 };
 use chatroom_session::error::SessionError;
 use chatroom_session::session::{
@@ -18,101 +19,20 @@ use chatroom_session::session::{
 };
 use chatroom_session::transport::HostPort;
 use chatroom_session::trust::{KnownRelays, RelayPin};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
-type TestResult = Result<(), Box<dyn Error>>;
+type TestResult = Result<(), Box<dyn Error + Send + Sync>>;
 
 const LIMIT: Duration = Duration::from_secs(15);
 
-/// The relay side of one connection.
-struct FakeConn {
-    stream: TcpStream,
-    transport: Transport,
+fn host_port(relay: &FakeRelay) -> HostPort {
+    let a = relay.addr();
+    HostPort { host: a.ip().to_string(), port: a.port() }
 }
 
-impl FakeConn {
-    async fn read_frame(&mut self) -> std::io::Result<Vec<u8>> {
-        let mut header = [0u8; 2];
-        self.stream.read_exact(&mut header).await?;
-        let mut body = vec![0u8; usize::from(u16::from_be_bytes(header))];
-        self.stream.read_exact(&mut body).await?;
-        Ok(body)
-    }
-
-    async fn recv(&mut self) -> Result<Vec<ClientMessage>, Box<dyn Error>> {
-        let frame = self.read_frame().await?;
-        Ok(ClientMessage::decode_all(&self.transport.open(&frame)?)?)
-    }
-
-    async fn send(&mut self, messages: &[RelayMessage]) -> TestResult {
-        let mut plain = Vec::new();
-        for m in messages {
-            m.encode(&mut plain);
-        }
-        let mut out = Vec::new();
-        self.transport.seal_frame(&plain, &mut out)?;
-        self.stream.write_all(&out).await?;
-        Ok(())
-    }
-}
-
-struct FakeRelay {
-    listener: TcpListener,
-    key: StaticKeypair,
-}
-
-impl FakeRelay {
-    async fn new() -> Result<Self, Box<dyn Error>> {
-        Ok(Self { listener: TcpListener::bind("127.0.0.1:0").await?, key: StaticKeypair::generate() })
-    }
-
-    fn addr(&self) -> HostPort {
-        let a = self.listener.local_addr().expect("bound");
-        HostPort { host: a.ip().to_string(), port: a.port() }
-    }
-
-    /// Accepts a connection and runs the responder side of the handshake.
-    async fn accept(&self) -> Result<FakeConn, Box<dyn Error>> {
-        let (mut stream, _) = self.listener.accept().await?;
-        let frame = |len: usize| vec![0u8; 2 + len];
-        let mut m1 = frame(HANDSHAKE1_LEN);
-        stream.read_exact(&mut m1).await?;
-        let (resp, m2) = Responder::new(&self.key)?.read_hello(&m1[2..])?;
-        let mut out = Vec::new();
-        chatroom_session::crypto::encode_frame(&m2, &mut out)?;
-        stream.write_all(&out).await?;
-        let mut m3 = frame(HANDSHAKE3_LEN);
-        stream.read_exact(&mut m3).await?;
-        let transport = resp.read_finish(&m3[2..])?;
-        Ok(FakeConn { stream, transport })
-    }
-
-    /// Accepts, reads the join, and admits it with an empty history.
-    async fn admit(&self, owner: &Identity) -> Result<(FakeConn, JoinRequest), Box<dyn Error>> {
-        let mut conn = self.accept().await?;
-        let join = match conn.recv().await?.remove(0) {
-            ClientMessage::Join(j) => j,
-            other => return Err(format!("expected Join, got {other:?}").into()),
-        };
-        let hh = *conn.transport.handshake_hash();
-        let signed = join.clone().verify(&hh)?;
-        conn.send(&[
-            RelayMessage::Joined { created: false, owner: owner.public(), latest_seq: 0, oldest_seq: 0 },
-            RelayMessage::Members {
-                more: false,
-                members: vec![Member {
-                    nick: signed.request().nick.clone(),
-                    identity: signed.request().identity,
-                }],
-            },
-            RelayMessage::HistoryEnd { latest_seq: 0 },
-        ])
-        .await?;
-        Ok((conn, join))
-    }
+async fn fake_relay() -> Result<FakeRelay, Box<dyn Error + Send + Sync>> {
+    FakeRelay::bind(StaticKeypair::generate()).await
 }
 
 struct Client {
@@ -123,7 +43,7 @@ struct Client {
 
 fn config(relay: &FakeRelay, pin: RelayPin) -> SessionConfig {
     SessionConfig {
-        relay: relay.addr(),
+        relay: host_port(relay),
         proxy: None,
         room: RoomName::new("general").unwrap(),
         nick: Nick::new("alice").unwrap(),
@@ -161,7 +81,7 @@ async fn start(cfg: SessionConfig) -> Result<Client, SessionError> {
 async fn next_matching<T>(
     events: &mut mpsc::UnboundedReceiver<Event>,
     mut f: impl FnMut(&Event) -> Option<T>,
-) -> Result<T, Box<dyn Error>> {
+) -> Result<T, Box<dyn Error + Send + Sync>> {
     loop {
         let e = timeout(LIMIT, events.recv()).await?.ok_or("session ended")?;
         if let Some(t) = f(&e) {
@@ -180,7 +100,7 @@ fn sends(messages: Vec<ClientMessage>) -> Vec<Vec<u8>> {
         .collect()
 }
 
-async fn read_sends(conn: &mut FakeConn, n: usize) -> Result<Vec<Vec<u8>>, Box<dyn Error>> {
+async fn read_sends(conn: &mut FakeConn, n: usize) -> Result<Vec<Vec<u8>>, Box<dyn Error + Send + Sync>> {
     let mut got = Vec::new();
     while got.len() < n {
         got.extend(sends(timeout(LIMIT, conn.recv()).await??));
@@ -190,7 +110,7 @@ async fn read_sends(conn: &mut FakeConn, n: usize) -> Result<Vec<Vec<u8>>, Box<d
 
 #[tokio::test]
 async fn a_relay_with_another_key_is_refused_before_joining() -> TestResult {
-    let relay = FakeRelay::new().await?;
+    let relay = fake_relay().await?;
     let dir = tempfile::tempdir()?;
     let known = KnownRelays::new(dir.path().join("known_relays"));
     let pin = RelayPin {
@@ -223,7 +143,7 @@ async fn a_relay_with_another_key_is_refused_before_joining() -> TestResult {
 
 #[tokio::test]
 async fn a_refused_join_is_returned_from_start_typed_without_advice() -> TestResult {
-    let relay = FakeRelay::new().await?;
+    let relay = fake_relay().await?;
     let cfg = config(&relay, RelayPin::default());
     let server = tokio::spawn(async move {
         let mut conn = relay.accept().await.map_err(|e| e.to_string())?;
@@ -246,7 +166,7 @@ async fn a_refused_join_is_returned_from_start_typed_without_advice() -> TestRes
 
 #[tokio::test]
 async fn acks_match_in_order_and_a_reconnect_resends_the_same_bytes_once() -> TestResult {
-    let relay = FakeRelay::new().await?;
+    let relay = fake_relay().await?;
     let owner = Identity::generate();
     let cfg = config(&relay, RelayPin::default());
     let (client, admitted) = tokio::join!(start(cfg), relay.admit(&owner));
@@ -287,9 +207,9 @@ async fn acks_match_in_order_and_a_reconnect_resends_the_same_bytes_once() -> Te
 
 #[tokio::test]
 async fn duplicates_are_dropped_replays_rejected_and_errors_matched_to_sends() -> TestResult {
-    let relay = FakeRelay::new().await?;
+    let relay = fake_relay().await?;
     let owner = Identity::generate();
-    let relay_key = *relay.key.public();
+    let relay_key = *relay.public_key();
     let cfg = config(&relay, RelayPin::default());
     let (client, admitted) = tokio::join!(start(cfg), relay.admit(&owner));
     let (mut client, (mut conn, _)) = (client?, admitted?);
@@ -350,7 +270,7 @@ async fn duplicates_are_dropped_replays_rejected_and_errors_matched_to_sends() -
 
 #[tokio::test]
 async fn a_send_the_relay_failed_to_store_is_reported_and_later_acks_still_match() -> TestResult {
-    let relay = FakeRelay::new().await?;
+    let relay = fake_relay().await?;
     let owner = Identity::generate();
     let cfg = config(&relay, RelayPin::default());
     let (client, admitted) = tokio::join!(start(cfg), relay.admit(&owner));
@@ -398,7 +318,7 @@ async fn a_send_the_relay_failed_to_store_is_reported_and_later_acks_still_match
 
 #[tokio::test]
 async fn an_idle_connection_is_pinged_and_a_silent_one_replaced() -> TestResult {
-    let relay = FakeRelay::new().await?;
+    let relay = fake_relay().await?;
     let owner = Identity::generate();
     let mut cfg = config(&relay, RelayPin::default());
     cfg.limits.ping_after = Duration::from_millis(100);
@@ -426,7 +346,7 @@ async fn an_idle_connection_is_pinged_and_a_silent_one_replaced() -> TestResult 
 
 #[tokio::test]
 async fn a_first_join_lost_while_deriving_the_key_is_tried_once_more() -> TestResult {
-    let relay = FakeRelay::new().await?;
+    let relay = fake_relay().await?;
     let owner = Identity::generate();
     let cfg = config(&relay, RelayPin::default());
     let server = async {
