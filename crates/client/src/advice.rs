@@ -39,7 +39,9 @@ pub(crate) fn session(e: &SessionError) -> String {
              and connect again (with a new invite if you used one)"
         ),
         SessionError::Refused { code, .. } => format!("{e}. {}", refusal(*code)),
-        SessionError::Protocol(_) => format!("{e}; try again later or report it to the relay's operator"),
+        SessionError::Protocol(_) | SessionError::Malformed { .. } => {
+            format!("{e}; try again later or report it to the relay's operator")
+        }
         SessionError::File(f) => file(f),
         _ => e.to_string(),
     }

@@ -116,9 +116,21 @@ pub enum SessionError {
     /// The relay broke the protocol.
     #[error("the relay broke the protocol: {0}")]
     Protocol(String),
+    /// The relay's bytes failed a check of the protocol (Noise, framing, item decoding); the
+    /// failing check is kept as the source.
+    #[error("the relay broke the protocol: {context}{source}")]
+    Malformed {
+        /// What was being read, as a prefix of the message ("" when the source says it all).
+        context: String,
+        /// The check that failed.
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
     /// The connection dropped.
     #[error("connection lost: {0}")]
     Lost(String),
+    /// The connection failed with an I/O error.
+    #[error("connection lost: {0}")]
+    Io(#[source] std::io::Error),
     /// Key derivation failed.
     #[error("cannot derive the room key: {0}")]
     Kdf(#[from] KdfError),
@@ -128,6 +140,14 @@ pub enum SessionError {
 }
 
 impl SessionError {
+    /// The relay's bytes failed `source`, a check of the protocol, while reading `context`.
+    pub fn malformed(
+        context: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        SessionError::Malformed { context: context.into(), source: Box::new(source) }
+    }
+
     /// Whether reconnecting later may help (as opposed to a refusal that will repeat).
     pub fn is_retryable(&self) -> bool {
         match self {
@@ -135,7 +155,9 @@ impl SessionError {
             | SessionError::Proxy { .. }
             | SessionError::Timeout { .. }
             | SessionError::Lost(_)
-            | SessionError::Protocol(_) => true,
+            | SessionError::Io(_)
+            | SessionError::Protocol(_)
+            | SessionError::Malformed { .. } => true,
             SessionError::Refused { code, .. } => matches!(
                 code,
                 ErrorCode::ServerFull
@@ -247,5 +269,21 @@ mod tests {
         assert!(std::error::Error::source(&e).is_some());
         let e = SessionError::File(FileError::Io { path: "p".into(), source: std::io::Error::other("x") });
         assert!(std::error::Error::source(&e).is_some());
+        let e = SessionError::Io(std::io::Error::other("reset"));
+        assert!(std::error::Error::source(&e).is_some());
+        // A failed protocol check keeps the typed check, and the message reads as before.
+        let e = SessionError::malformed(
+            "malformed message from the relay: ",
+            chatroom_net::FrameError::Truncated,
+        );
+        let source = std::error::Error::source(&e).expect("kept");
+        assert!(source.downcast_ref::<chatroom_net::FrameError>().is_some(), "{source:?}");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "the relay broke the protocol: malformed message from the relay: {}",
+                chatroom_net::FrameError::Truncated
+            )
+        );
     }
 }

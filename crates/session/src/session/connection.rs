@@ -66,7 +66,7 @@ fn lost(e: std::io::Error) -> SessionError {
     if e.kind() == std::io::ErrorKind::UnexpectedEof {
         SessionError::Lost("the relay closed the connection".into())
     } else {
-        SessionError::Lost(e.to_string())
+        SessionError::Io(e)
     }
 }
 
@@ -75,7 +75,7 @@ fn frame_error(e: FrameError) -> SessionError {
     match e {
         FrameError::Io(e) => lost(e),
         FrameError::Truncated => SessionError::Lost("the relay closed the connection mid-frame".into()),
-        other => SessionError::Protocol(other.to_string()),
+        other => SessionError::malformed("", other),
     }
 }
 
@@ -104,20 +104,21 @@ pub async fn handshake(stream: TcpStream, addr: &str, pin: &RelayPin) -> Result<
     // Nothing longer than the handshake reply until the handshake is over.
     let mut frames = FrameReader::new(read, HANDSHAKE2_LEN);
     let local = StaticKeypair::generate();
-    let noise = |e: chatroom_crypto::NoiseError| SessionError::Protocol(e.to_string());
+    let noise = |e: chatroom_crypto::NoiseError| SessionError::malformed("", e);
     // -> e
     let (awaiting, msg1) = Initiator::start(&local).map_err(noise)?;
     let mut out = Vec::with_capacity(FRAME_HEADER_LEN + msg1.len());
-    chatroom_crypto::encode_frame(&msg1, &mut out).map_err(|e| SessionError::Protocol(e.to_string()))?;
+    chatroom_crypto::encode_frame(&msg1, &mut out).map_err(|e| SessionError::malformed("", e))?;
     write_all(&mut write, &out).await?;
     // <- e, ee, s, es
     let msg2 = match frames.next_frame_within(HANDSHAKE2_LEN, HANDSHAKE2_LEN).await {
         Ok(Some(msg2)) => msg2,
         Ok(None) => return Err(SessionError::Lost("the relay closed the connection".into())),
         Err(e @ (FrameError::Malformed(_) | FrameError::OutOfBounds { .. })) => {
-            return Err(SessionError::Protocol(format!(
-                "the handshake reply is not {HANDSHAKE2_LEN} bytes (is this a chatroom relay?): {e}"
-            )))
+            return Err(SessionError::malformed(
+                format!("the handshake reply is not {HANDSHAKE2_LEN} bytes (is this a chatroom relay?): "),
+                e,
+            ))
         }
         Err(e) => return Err(frame_error(e)),
     };
@@ -128,7 +129,7 @@ pub async fn handshake(stream: TcpStream, addr: &str, pin: &RelayPin) -> Result<
     // -> s, se
     let (transport, msg3) = ready.finish().map_err(noise)?;
     out.clear();
-    chatroom_crypto::encode_frame(&msg3, &mut out).map_err(|e| SessionError::Protocol(e.to_string()))?;
+    chatroom_crypto::encode_frame(&msg3, &mut out).map_err(|e| SessionError::malformed("", e))?;
     write_all(&mut write, &out).await?;
     let handshake_hash = *transport.handshake_hash();
     let (sender, receiver) = transport.split();
@@ -146,9 +147,9 @@ impl ConnReader {
     /// failure ends the connection.
     pub async fn recv(&mut self) -> Result<Vec<RelayMessage>, SessionError> {
         let frame = read_frame(&mut self.frames).await?;
-        let plaintext = self.receiver.open(&frame).map_err(|e| SessionError::Protocol(e.to_string()))?;
+        let plaintext = self.receiver.open(&frame).map_err(|e| SessionError::malformed("", e))?;
         RelayMessage::decode_all(&plaintext)
-            .map_err(|e| SessionError::Protocol(format!("malformed message from the relay: {e}")))
+            .map_err(|e| SessionError::malformed("malformed message from the relay: ", e))
     }
 }
 
@@ -164,15 +165,13 @@ impl ConnWriter {
             if !plaintext.is_empty() && plaintext.len() + item.len() > MAX_PLAINTEXT_LEN {
                 self.sender
                     .seal_frame(&plaintext, &mut self.buf)
-                    .map_err(|e| SessionError::Protocol(e.to_string()))?;
+                    .map_err(|e| SessionError::malformed("", e))?;
                 plaintext.clear();
             }
             plaintext.extend_from_slice(&item);
         }
         if !plaintext.is_empty() {
-            self.sender
-                .seal_frame(&plaintext, &mut self.buf)
-                .map_err(|e| SessionError::Protocol(e.to_string()))?;
+            self.sender.seal_frame(&plaintext, &mut self.buf).map_err(|e| SessionError::malformed("", e))?;
         }
         if self.buf.is_empty() {
             return Ok(());
