@@ -18,6 +18,7 @@ use chatroom_fuzz_checks::envelope_open::{self, known_specs, Spec};
 use chatroom_fuzz_checks::handshake_responder::{self as responder, relay_static, JoinSpec};
 use chatroom_fuzz_checks::relay_session as rs;
 use chatroom_fuzz_checks::{frame_decode, handshake_initiator as initiator, message_decode, Writer, TARGETS};
+use chatroom_fuzz_checks::{group_content_kind as gck, group_fixture, group_info_open as gio};
 
 type Result<T> = std::result::Result<T, Box<dyn Error>>;
 
@@ -370,6 +371,75 @@ fn main() -> Result<()> {
     x.u8(op(2, rs::SEND)).u16(9).bytes8(b"and here");
     s.put(t, "hostile", &x.out)?;
 
+    group_seeds(&mut s)?;
+
     eprintln!("wrote {} seeds under {}", s.count, s.root.display());
+    Ok(())
+}
+
+/// Seeds of the v2 targets. Fixture messages are named by index (reproducible); raw copies of
+/// them differ per run (MLS randomness) and are refused by a later run's fixture, which still
+/// exercises the parsers.
+fn group_seeds(s: &mut Seeds) -> Result<()> {
+    let known = &group_fixture::fixture().known;
+    let t = "group_content_kind";
+    for (i, k) in known.iter().enumerate() {
+        s.put(t, &format!("known-{i}"), &w().u8(gck::KNOWN).u8(i as u8).edits(&[]).u8(0).out)?;
+        s.put(t, &format!("raw-{i}"), &w().u8(gck::RAW).raw(&k.mls).out)?;
+    }
+    s.put(t, "known-0-cut", &w().u8(gck::KNOWN).u8(0).edits(&[(3, 1)]).u8(41).out)?;
+    s.put(t, "raw-short", &w().u8(gck::RAW).raw(&[0, 1, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 1, 3]).out)?;
+
+    let t = "group_info_open";
+    s.put(t, "known", &w().u8(gio::RAW).raw(gio::known()).out)?;
+    let mut flipped = gio::known().to_vec();
+    flipped[12] ^= 1;
+    s.put(t, "known-epoch-relabelled", &w().u8(gio::RAW).raw(&flipped).out)?;
+    s.put(t, "raw-short", &w().u8(gio::RAW).raw(&[2; 52]).out)?;
+    let seal = |epoch: u64, body: &[u8], edits: &[(u16, u8)], resize: u8| {
+        w().u8(gio::SEAL).u64(epoch).raw(&[0x24; 24]).bytes16(body).edits(edits).u8(resize).out.clone()
+    };
+    s.put(t, "seal", &seal(1, b"group info", &[], 0))?;
+    s.put(t, "seal-altered-header", &seal(7, b"group info", &[(1, 1)], 0))?;
+    s.put(t, "seal-altered-tag", &seal(7, b"group info", &[(60, 0x80)], 0))?;
+    s.put(t, "seal-truncated", &seal(u64::MAX, &known[4].mls, &[], 3))?;
+    s.put(t, "seal-extended", &seal(2, &[0; 300], &[], 8))?;
+
+    let t = "group_process";
+    let real = |x: &mut Writer, index: u8, sender: u8, kind: u8| {
+        x.u8(1).u8(sender).u8(kind).u8(index).edits(&[]).u8(0);
+    };
+    let mut x = w();
+    for i in 0..4 {
+        real(&mut x, i, 0, 0);
+    }
+    s.put(t, "each-known-message", &x.out)?;
+    let mut x = w();
+    real(&mut x, 2, 0, 0);
+    real(&mut x, 0, 0, 0);
+    real(&mut x, 1, 0, 0);
+    s.put(t, "entry-wins-then-stale", &x.out)?;
+    let mut x = w();
+    real(&mut x, 3, 0, 0); // the wrong password's entry
+    real(&mut x, 1, 0, 2); // bob's commit called an application message
+    real(&mut x, 0, 0, 1); // bob's message called a commit
+    real(&mut x, 1, 3, 0); // bob's commit under carol's envelope
+    real(&mut x, 0, 0, 0);
+    real(&mut x, 0, 3, 0); // bob's message again, under carol's envelope
+    real(&mut x, 1, 0, 0);
+    s.put(t, "lying-envelopes", &x.out)?;
+    let mut x = w();
+    x.u8(1).u8(0).u8(0).u8(0).edits(&[(60, 1)]).u8(0);
+    x.u8(1).u8(0).u8(0).u8(1).edits(&[(20, 4)]).u8(0);
+    x.u8(1).u8(0).u8(0).u8(2).edits(&[]).u8(9);
+    x.u8(1).u8(0).u8(0).u8(2).edits(&[]).u8(4);
+    real(&mut x, 2, 0, 0);
+    s.put(t, "altered", &x.out)?;
+    let mut x = w();
+    x.u8(0).u8(2).u8(1).bytes16(&known[1].mls);
+    x.u8(0).u8(1).u8(2).bytes16(&known[4].mls);
+    x.u8(0).u8(2).u8(2).bytes16(&[0, 1, 0, 2, 32]);
+    x.u8(0).u8(3).u8(1).bytes16(&[0, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 3, 3]);
+    s.put(t, "raw", &x.out)?;
     Ok(())
 }

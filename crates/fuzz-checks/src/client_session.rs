@@ -138,7 +138,7 @@ impl Run {
         let sender = usize::from(input.u8() % 4);
         let counter = u64::from(input.u16());
         let timestamp_ms = u64::from(input.u8());
-        let kind = if input.u8() % 2 == 0 { ContentKind::Text } else { ContentKind::Action };
+        let kind = if input.u8().is_multiple_of(2) { ContentKind::Text } else { ContentKind::Action };
         let nick = nick_or(input.bytes8(), NAMES[sender]);
         let body = String::from_utf8_lossy(input.bytes8()).into_owned();
         let mut rng = FixedRng::new([input.u8(); 32]);

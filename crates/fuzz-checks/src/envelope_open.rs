@@ -194,7 +194,7 @@ fn expect_opens_as(fixture: &Fixture, envelope: &[u8], spec: &Spec) {
 pub fn check(data: &[u8]) {
     let fixture = fixture();
     let mut input = Input::new(data);
-    if input.u8() % 2 == 0 {
+    if input.u8().is_multiple_of(2) {
         let envelope = input.rest();
         let _ = EnvelopeHeader::parse(envelope);
         if let Ok(opened) = open(&fixture.key, &fixture.room, envelope) {

@@ -14,6 +14,10 @@
 pub mod client_session;
 pub mod envelope_open;
 pub mod frame_decode;
+pub mod group_content_kind;
+pub mod group_fixture;
+pub mod group_info_open;
+pub mod group_process;
 pub mod handshake_initiator;
 pub mod handshake_responder;
 pub mod message_decode;
@@ -33,6 +37,9 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("handshake_initiator", handshake_initiator::check),
     ("client_session", client_session::check),
     ("relay_session", relay_session::check),
+    ("group_content_kind", group_content_kind::check),
+    ("group_info_open", group_info_open::check),
+    ("group_process", group_process::check),
 ];
 
 /// A cursor over fuzz input that never fails: reads past the end yield zeros or empty slices.

@@ -120,3 +120,32 @@ fn relay_session_seeds_reach_the_room() -> TestResult {
     assert!(hostile.acked >= 1 && hostile.delivered >= 1, "{hostile:?}");
     Ok(())
 }
+
+#[test]
+fn group_content_kind_corpus() -> TestResult {
+    replay("group_content_kind")
+}
+
+#[test]
+fn group_info_open_corpus() -> TestResult {
+    replay("group_info_open")
+}
+
+#[test]
+fn group_process_corpus() -> TestResult {
+    replay("group_process")
+}
+
+/// The group_process seeds show a message, merge a commit, refuse and skip entries.
+#[test]
+fn group_process_seeds_reach_every_outcome() -> TestResult {
+    use chatroom_fuzz_checks::group_process::{tally, Tally};
+    let dir = fuzz_dir().join("seeds/group_process");
+    let t = |name: &str| -> Result<Tally, Box<dyn Error>> { Ok(tally(&fs::read(dir.join(name))?)) };
+    // Bob's message, bob's update wins epoch 1, carol's entry and the wrong password's come late.
+    assert_eq!(t("each-known-message")?, Tally { shown: 1, merged: 1, skipped: 2, ..Tally::default() });
+    assert_eq!(t("entry-wins-then-stale")?, Tally { merged: 1, skipped: 2, ..Tally::default() });
+    // Every lie is refused and spoils nothing: the genuine message and commit still go through.
+    assert_eq!(t("lying-envelopes")?, Tally { shown: 1, merged: 1, refused: 5, ..Tally::default() });
+    Ok(())
+}

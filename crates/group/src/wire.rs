@@ -45,8 +45,9 @@ impl<'a> Reader<'a> {
 }
 
 /// The content type of a Public- or PrivateMessage as a `Kind`, or `None` for anything else
-/// (GroupInfo, Welcome, KeyPackage, a truncated message, an unknown type).
-pub(crate) fn content_kind(mls: &[u8]) -> Option<Kind> {
+/// (GroupInfo, Welcome, KeyPackage, a truncated message, an unknown type). It reads a prefix
+/// only: bytes after the content type never change the answer.
+pub fn content_kind(mls: &[u8]) -> Option<Kind> {
     let mut r = Reader(mls);
     let _version = r.u16()?;
     let wire_format = r.u16()?;

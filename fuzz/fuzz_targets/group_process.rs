@@ -1,0 +1,4 @@
+//! `group_process`: see `chatroom_fuzz_checks::group_process` for the input format and the invariants checked.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| chatroom_fuzz_checks::group_process::check(data));
