@@ -9,6 +9,11 @@
 //! -> s, se
 //! ```
 //! Every handshake message has one valid length, checked before any Diffie-Hellman work.
+//!
+//! Protocol version 2 (docs/PROTOCOL-v2-draft.md section 1) uses prologue `chatroom/2` and
+//! puts the version byte `0x02` in clear as message 1's payload (33 bytes). The relay picks the
+//! prologue from message 1's length, so it speaks both versions on one port, and the prologue
+//! binds the choice: a peer that reads the byte differently fails at message 2.
 
 use std::fmt;
 use std::sync::Arc;
@@ -26,8 +31,12 @@ use crate::message::MAX_PLAINTEXT_LEN;
 pub const NOISE_PARAMS: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
 /// Bound into the handshake hash, so a peer speaking anything else fails the handshake.
 pub const PROLOGUE: &[u8] = b"chatroom/1";
+/// Bound into a version-2 handshake.
+pub const PROLOGUE_V2: &[u8] = b"chatroom/2";
 /// `-> e`
 pub const HANDSHAKE1_LEN: usize = 32;
+/// `-> e` with the clear payload `0x02` (protocol version 2).
+pub const HANDSHAKE1_V2_LEN: usize = 33;
 /// `<- e, ee, s, es`: ephemeral, encrypted static with tag, empty payload tag.
 pub const HANDSHAKE2_LEN: usize = 32 + 32 + 16 + 16;
 /// `-> s, se`: encrypted static with tag, empty payload tag.
@@ -71,8 +80,8 @@ impl fmt::Debug for StaticKeypair {
     }
 }
 
-fn build(local: &StaticKeypair, initiator: bool) -> Result<HandshakeState, NoiseError> {
-    build_with_ephemeral(local, initiator, None)
+fn build(local: &StaticKeypair, initiator: bool, version: u8) -> Result<HandshakeState, NoiseError> {
+    build_versioned(local, initiator, None, version)
 }
 
 fn build_with_ephemeral(
@@ -80,12 +89,22 @@ fn build_with_ephemeral(
     initiator: bool,
     fixed_ephemeral: Option<&[u8; 32]>,
 ) -> Result<HandshakeState, NoiseError> {
+    build_versioned(local, initiator, fixed_ephemeral, 1)
+}
+
+fn build_versioned(
+    local: &StaticKeypair,
+    initiator: bool,
+    fixed_ephemeral: Option<&[u8; 32]>,
+    version: u8,
+) -> Result<HandshakeState, NoiseError> {
+    let prologue = if version == 2 { PROLOGUE_V2 } else { PROLOGUE };
     // NOISE_PARAMS is a constant that snow supports; failure here would be a build bug, but we
     // still report it as a handshake failure rather than panic.
     let params = NOISE_PARAMS.parse().map_err(|_| NoiseError::Handshake)?;
     let builder = snow::Builder::with_resolver(params, resolver())
         .local_private_key(local.private.as_ref())
-        .and_then(|b| b.prologue(PROLOGUE))
+        .and_then(|b| b.prologue(prologue))
         .map_err(|_| NoiseError::Handshake)?;
     let builder = match fixed_ephemeral {
         Some(e) => builder.fixed_ephemeral_key_for_testing_only(e),
@@ -105,9 +124,13 @@ pub(crate) fn resolver() -> snow::resolvers::BoxedCryptoResolver {
 }
 
 fn write(state: &mut HandshakeState, len: usize) -> Result<Vec<u8>, NoiseError> {
+    write_payload(state, &[], len)
+}
+
+fn write_payload(state: &mut HandshakeState, payload: &[u8], len: usize) -> Result<Vec<u8>, NoiseError> {
     // snow wants room for a payload tag even where the pattern has none yet.
     let mut out = vec![0u8; len + TAG_LEN];
-    let n = state.write_message(&[], &mut out).map_err(|_| NoiseError::Handshake)?;
+    let n = state.write_message(payload, &mut out).map_err(|_| NoiseError::Handshake)?;
     if n != len {
         return Err(NoiseError::Handshake);
     }
@@ -137,6 +160,10 @@ fn remote_static(state: &HandshakeState) -> Result<[u8; 32], NoiseError> {
 }
 
 fn into_transport(state: HandshakeState) -> Result<Transport, NoiseError> {
+    into_versioned_transport(state, 1)
+}
+
+fn into_versioned_transport(state: HandshakeState, version: u8) -> Result<Transport, NoiseError> {
     let handshake_hash: [u8; 32] =
         state.get_handshake_hash().try_into().map_err(|_| NoiseError::Handshake)?;
     let remote_static = remote_static(&state)?;
@@ -146,6 +173,7 @@ fn into_transport(state: HandshakeState) -> Result<Transport, NoiseError> {
         receiver: TransportReceiver { state, nonce: 0 },
         handshake_hash,
         remote_static,
+        version,
     })
 }
 
@@ -201,10 +229,18 @@ pub struct Initiator;
 impl Initiator {
     /// Starts a handshake: returns the state and message 1 (`-> e`).
     pub fn start(local: &StaticKeypair) -> Result<(InitiatorAwaitingReply, Vec<u8>), NoiseError> {
-        let mut state = build(local, true)?;
+        let mut state = build(local, true, 1)?;
         // -> e
         let msg1 = write(&mut state, HANDSHAKE1_LEN)?;
-        Ok((InitiatorAwaitingReply { state, local_private: local.private.clone() }, msg1))
+        Ok((InitiatorAwaitingReply { state, local_private: local.private.clone(), version: 1 }, msg1))
+    }
+
+    /// Starts a version-2 handshake: prologue `chatroom/2`, message 1 `-> e` with the clear
+    /// payload `0x02` (33 bytes).
+    pub fn start_v2(local: &StaticKeypair) -> Result<(InitiatorAwaitingReply, Vec<u8>), NoiseError> {
+        let mut state = build(local, true, 2)?;
+        let msg1 = write_payload(&mut state, &[2], HANDSHAKE1_V2_LEN)?;
+        Ok((InitiatorAwaitingReply { state, local_private: local.private.clone(), version: 2 }, msg1))
     }
 }
 
@@ -213,6 +249,7 @@ pub struct InitiatorAwaitingReply {
     state: HandshakeState,
     // Kept to test the relay's key for contributory behaviour (snow does not).
     local_private: Zeroizing<[u8; 32]>,
+    version: u8,
 }
 
 impl InitiatorAwaitingReply {
@@ -226,7 +263,7 @@ impl InitiatorAwaitingReply {
         if !is_contributory(&self.local_private, &relay_key) {
             return Err(NoiseError::Handshake);
         }
-        Ok(InitiatorReadyToFinish { state: self.state, relay_key })
+        Ok(InitiatorReadyToFinish { state: self.state, relay_key, version: self.version })
     }
 }
 
@@ -235,6 +272,7 @@ impl InitiatorAwaitingReply {
 pub struct InitiatorReadyToFinish {
     state: HandshakeState,
     relay_key: [u8; 32],
+    version: u8,
 }
 
 impl InitiatorReadyToFinish {
@@ -247,34 +285,46 @@ impl InitiatorReadyToFinish {
     pub fn finish(mut self) -> Result<(Transport, Vec<u8>), NoiseError> {
         // -> s, se
         let msg3 = write(&mut self.state, HANDSHAKE3_LEN)?;
-        Ok((into_transport(self.state)?, msg3))
+        Ok((into_versioned_transport(self.state, self.version)?, msg3))
     }
 }
 
 /// The relay side, before message 1.
 pub struct Responder {
-    state: HandshakeState,
+    local: StaticKeypair,
 }
 
 impl Responder {
     /// A responder with the relay's static key.
     pub fn new(local: &StaticKeypair) -> Result<Self, NoiseError> {
-        Ok(Self { state: build(local, false)? })
+        Ok(Self { local: StaticKeypair::from_private(local.private()) })
     }
 
-    /// Reads message 1 (`-> e`) and writes message 2 (`<- e, ee, s, es`).
-    pub fn read_hello(mut self, msg1: &[u8]) -> Result<(ResponderAwaitingFinish, Vec<u8>), NoiseError> {
+    /// Reads message 1 (`-> e`, 32 bytes for version 1; 33 with the payload `0x02` for
+    /// version 2) and writes message 2 (`<- e, ee, s, es`) under that version's prologue.
+    pub fn read_hello(self, msg1: &[u8]) -> Result<(ResponderAwaitingFinish, Vec<u8>), NoiseError> {
+        let version = if msg1.len() == HANDSHAKE1_V2_LEN { 2 } else { 1 };
+        let mut state = build(&self.local, false, version)?;
         // -> e
-        read(&mut self.state, msg1, 1, HANDSHAKE1_LEN)?;
+        if version == 2 {
+            let mut payload = [0u8; 1];
+            match state.read_message(msg1, &mut payload) {
+                Ok(1) if payload == [2] => {}
+                _ => return Err(NoiseError::Handshake),
+            }
+        } else {
+            read(&mut state, msg1, 1, HANDSHAKE1_LEN)?;
+        }
         // <- e, ee, s, es
-        let msg2 = write(&mut self.state, HANDSHAKE2_LEN)?;
-        Ok((ResponderAwaitingFinish { state: self.state }, msg2))
+        let msg2 = write(&mut state, HANDSHAKE2_LEN)?;
+        Ok((ResponderAwaitingFinish { state, version }, msg2))
     }
 }
 
 /// The relay side, waiting for message 3.
 pub struct ResponderAwaitingFinish {
     state: HandshakeState,
+    version: u8,
 }
 
 impl ResponderAwaitingFinish {
@@ -282,7 +332,7 @@ impl ResponderAwaitingFinish {
     pub fn read_finish(mut self, msg3: &[u8]) -> Result<Transport, NoiseError> {
         // -> s, se
         read(&mut self.state, msg3, 3, HANDSHAKE3_LEN)?;
-        into_transport(self.state)
+        into_versioned_transport(self.state, self.version)
     }
 }
 
@@ -311,9 +361,15 @@ pub struct Transport {
     receiver: TransportReceiver,
     handshake_hash: [u8; 32],
     remote_static: [u8; 32],
+    version: u8,
 }
 
 impl Transport {
+    /// The protocol version the handshake was made for (1 or 2), bound by its prologue.
+    pub fn protocol_version(&self) -> u8 {
+        self.version
+    }
+
     /// The handshake hash `h`: unique to this session, and what a join signature covers.
     pub fn handshake_hash(&self) -> &[u8; 32] {
         &self.handshake_hash
@@ -477,6 +533,29 @@ pub(crate) mod tests {
         );
         let (init, _) = Initiator::start(&StaticKeypair::generate()).unwrap();
         assert!(matches!(init.read_reply(&[0; 95]), Err(NoiseError::HandshakeLength { step: 2, .. })));
+    }
+
+    #[test]
+    fn version_2_is_chosen_by_message_one_and_bound_by_the_prologue() {
+        let relay = StaticKeypair::generate();
+        let (init, m1) = Initiator::start_v2(&StaticKeypair::generate()).unwrap();
+        assert_eq!((m1.len(), m1[32]), (HANDSHAKE1_V2_LEN, 2), "the version byte is in clear");
+        let (resp, m2) = Responder::new(&relay).unwrap().read_hello(&m1).unwrap();
+        let (ct, m3) = init.read_reply(&m2).unwrap().finish().unwrap();
+        let rt = resp.read_finish(&m3).unwrap();
+        assert_eq!((ct.protocol_version(), rt.protocol_version()), (2, 2));
+        assert_eq!(ct.handshake_hash(), rt.handshake_hash());
+        let (_, v1, _) = pair();
+        assert_eq!(v1.protocol_version(), 1, "version 1 on the same responder");
+
+        // Another version byte is refused; a relay that answers a v2 hello as v1 (dropping
+        // the byte) fails the initiator at message 2, because the prologues differ.
+        let mut other = m1.clone();
+        other[32] = 3;
+        assert_eq!(Responder::new(&relay).unwrap().read_hello(&other).err(), Some(NoiseError::Handshake));
+        let (init, m1) = Initiator::start_v2(&StaticKeypair::generate()).unwrap();
+        let (_, m2_v1) = Responder::new(&relay).unwrap().read_hello(&m1[..32]).unwrap();
+        assert_eq!(init.read_reply(&m2_v1).err(), Some(NoiseError::Handshake));
     }
 
     #[test]

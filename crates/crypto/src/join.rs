@@ -16,6 +16,9 @@ use crate::names::{Nick, RoomName};
 /// A request to join (or create) a room, as carried by `ClientMessage::Join`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JoinRequest {
+    /// The protocol version the join is for (1 or 2); it must be the connection's, which the
+    /// handshake's prologue bound. It chooses the join verifier's label.
+    pub version: u8,
     /// Create the room if it does not exist.
     pub create: bool,
     /// Which room.
@@ -63,7 +66,14 @@ impl JoinRequest {
     ) -> Self {
         let public = identity.public();
         let signature = identity.sign(&signed_bytes(handshake_hash, create, &room, &nick, &public));
-        Self { create, room, nick, identity: public, join_secret, signature, history_after }
+        Self { version: 1, create, room, nick, identity: public, join_secret, signature, history_after }
+    }
+
+    /// The same request for protocol version 2 (the signature covers the handshake hash,
+    /// which the version-2 prologue already binds).
+    pub fn for_version_2(mut self) -> Self {
+        self.version = 2;
+        self
     }
 
     /// Checks the identity signature against this session's handshake hash.
@@ -92,7 +102,7 @@ impl SignedJoin {
     /// Admits the member to an existing room if the join secret matches its verifier
     /// (compared in constant time).
     pub fn admit(self, verifier: &JoinVerifier) -> Result<VerifiedJoin, JoinError> {
-        if verifier.matches(&self.request.join_secret) {
+        if verifier.ct_equals(&self.new_room_verifier()) {
             Ok(self.into_verified())
         } else {
             Err(JoinError::WrongSecret)
@@ -104,7 +114,10 @@ impl SignedJoin {
     /// reported inserting the new room, so a room that existed already asks for its own
     /// password.
     pub fn new_room_verifier(&self) -> JoinVerifier {
-        self.request.join_secret.verifier()
+        match self.request.version {
+            2 => crate::kdf_v2::join_verifier_v2(&self.request.join_secret),
+            _ => self.request.join_secret.verifier(),
+        }
     }
 
     fn into_verified(self) -> VerifiedJoin {

@@ -150,7 +150,12 @@ impl fmt::Debug for JoinSecret {
 pub struct JoinVerifier(pub [u8; 32]);
 
 impl JoinVerifier {
-    /// Constant-time comparison with the verifier of a presented secret.
+    /// Constant-time comparison with another verifier (that of a presented secret).
+    pub(crate) fn ct_equals(&self, other: &JoinVerifier) -> bool {
+        bool::from(self.0.ct_eq(&other.0))
+    }
+
+    /// Whether `secret` is this (version-1) verifier's join secret, compared in constant time.
     pub fn matches(&self, secret: &JoinSecret) -> bool {
         bool::from(self.0.ct_eq(&secret.verifier().0))
     }

@@ -8,6 +8,7 @@
 
 mod codec;
 mod envelope;
+mod envelope_v2;
 mod error;
 mod frame;
 mod handshake;
@@ -23,14 +24,18 @@ pub use envelope::{
     open, seal, seal_with, Content, ContentKind, EnvelopeHeader, Opened, ENVELOPE_VERSION, HEADER_LEN,
     MAX_BODY_LEN, MAX_ENVELOPE_LEN, MIN_ENVELOPE_LEN, PAD_BLOCK,
 };
+pub use envelope_v2::{
+    sign_v2, verify_v2, SignedMls, ENVELOPE_V2_HEADER_LEN, ENVELOPE_V2_VERSION, MAX_ENVELOPE_V2_LEN,
+    MAX_MLS_LEN, MIN_ENVELOPE_V2_LEN,
+};
 pub use error::{DecodeError, Error, JoinError, KdfError, KeyFileError, NoiseError, OpenError};
 pub use frame::{
     check_frame_header, decode_frame, encode_frame, FrameDecoder, FRAME_HEADER_LEN, MAX_FRAME_LEN,
 };
 pub use handshake::{
     Initiator, InitiatorAwaitingReply, InitiatorReadyToFinish, Responder, ResponderAwaitingFinish,
-    StaticKeypair, Transport, TransportReceiver, TransportSender, HANDSHAKE1_LEN, HANDSHAKE2_LEN,
-    HANDSHAKE3_LEN, NOISE_PARAMS, PROLOGUE,
+    StaticKeypair, Transport, TransportReceiver, TransportSender, HANDSHAKE1_LEN, HANDSHAKE1_V2_LEN,
+    HANDSHAKE2_LEN, HANDSHAKE3_LEN, NOISE_PARAMS, PROLOGUE, PROLOGUE_V2,
 };
 pub use identity::{short_fingerprint, Identity, PublicIdentity};
 pub use join::{JoinRequest, SignedJoin, VerifiedJoin};
@@ -43,8 +48,9 @@ pub use kdf_v2::{
 };
 pub use keyfile::{load_or_create_identity, load_or_create_static, read_key_file, write_key_file, KeyKind};
 pub use message::{
-    encode_deliver, items, ClientMessage, ErrorCode, Member, PresenceEvent, RelayMessage, ITEM_HEADER_LEN,
-    MAX_DETAIL_LEN, MAX_MEMBERS_PER_ITEM, MAX_PLAINTEXT_LEN, PROTOCOL_VERSION,
+    encode_deliver, items, ClientMessage, ErrorCode, GroupInfoPart, Member, PresenceEvent, RelayMessage,
+    ITEM_HEADER_LEN, MAX_DETAIL_LEN, MAX_GROUP_INFO_CHUNK, MAX_MEMBERS_PER_ITEM, MAX_PLAINTEXT_LEN,
+    PROTOCOL_VERSION, PROTOCOL_VERSION_2,
 };
 pub use names::{Nick, RoomName, MAX_NICK_LEN, MAX_ROOM_LEN};
 

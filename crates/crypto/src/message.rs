@@ -4,6 +4,7 @@
 
 use crate::codec::{check_max, put_bytes16, put_bytes8, put_u16, put_u64, put_u8, Reader};
 use crate::envelope::{MAX_ENVELOPE_LEN, MIN_ENVELOPE_LEN};
+use crate::envelope_v2::{MAX_ENVELOPE_V2_LEN, MIN_ENVELOPE_V2_LEN};
 use crate::error::DecodeError;
 use crate::identity::PublicIdentity;
 use crate::join::JoinRequest;
@@ -20,6 +21,10 @@ pub const MAX_MEMBERS_PER_ITEM: usize = 1000;
 pub const MAX_DETAIL_LEN: usize = 512;
 /// The protocol version a `Join` announces.
 pub const PROTOCOL_VERSION: u8 = 1;
+/// Protocol version 2 (MLS; docs/PROTOCOL-v2-draft.md).
+pub const PROTOCOL_VERSION_2: u8 = 2;
+/// Largest chunk of a sealed GroupInfo in one `PutGroupInfo` or `GroupInfo` item.
+pub const MAX_GROUP_INFO_CHUNK: usize = 60_000;
 
 /// Messages a client sends to the relay.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +64,45 @@ pub enum ClientMessage {
         /// The relay's token.
         token: u64,
     },
+    /// 0x0a (version 2): one part of the room's sealed GroupInfo, uploaded by a member.
+    PutGroupInfo(GroupInfoPart),
+    /// 0x0b (version 2): ask for the room's sealed GroupInfo.
+    GetGroupInfo,
+}
+
+/// One part of a sealed GroupInfo in transit (`PutGroupInfo`, `GroupInfo`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupInfoPart {
+    /// The room `seq` the GroupInfo follows (the winning commit's, or 0 at creation).
+    pub after_seq: u64,
+    /// This part's index, below `parts`.
+    pub part: u8,
+    /// How many parts the object has, 1 to 255.
+    pub parts: u8,
+    /// 1 to `MAX_GROUP_INFO_CHUNK` bytes of the sealed object.
+    pub chunk: Vec<u8>,
+}
+
+impl GroupInfoPart {
+    fn encode(&self, o: &mut Vec<u8>) {
+        put_u64(o, self.after_seq);
+        put_u8(o, self.part);
+        put_u8(o, self.parts);
+        put_bytes16(o, &self.chunk);
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let after_seq = r.u64()?;
+        let (part, parts) = (r.u8()?, r.u8()?);
+        if parts == 0 || part >= parts {
+            return Err(DecodeError::UndefinedValue { what: "group info part", value: part.into() });
+        }
+        let chunk = r.bytes16("group info chunk", MAX_GROUP_INFO_CHUNK)?;
+        if chunk.is_empty() {
+            return Err(DecodeError::TooShort { what: "group info chunk", len: 0, min: 1 });
+        }
+        Ok(Self { after_seq, part, parts, chunk: chunk.to_vec() })
+    }
 }
 
 /// Presence events.
@@ -172,6 +216,15 @@ pub enum RelayMessage {
         /// Human-readable detail.
         detail: String,
     },
+    /// 0x8c (version 2): one part of the room's sealed GroupInfo, answering `GetGroupInfo`;
+    /// parts are sent in order.
+    GroupInfo(GroupInfoPart),
+    /// 0x8d (version 2): the room's stored GroupInfo follows `after_seq` (0: none stored);
+    /// sent after `Joined`, to the room when it changes, and to answer a complete upload.
+    GroupInfoStored {
+        /// The stored GroupInfo's `after_seq`.
+        after_seq: u64,
+    },
 }
 
 macro_rules! error_codes {
@@ -242,6 +295,12 @@ error_codes! {
     NickBound = 23,
     /// The room owner cannot be banned.
     OwnerProtected = 24,
+    /// A GroupInfo upload is larger than the relay keeps, or its parts came out of order.
+    GroupInfoTooLarge = 25,
+    /// A GroupInfo upload follows an older `seq` than the stored one, or a `seq` not yet assigned.
+    StaleGroupInfo = 26,
+    /// The room has no GroupInfo stored yet.
+    NoGroupInfo = 27,
     /// The relay has too many connections.
     ServerFull = 30,
     /// The relay is shutting down.
@@ -266,6 +325,8 @@ const T_BAN: u8 = 0x06;
 const T_UNBAN: u8 = 0x07;
 const T_CPING: u8 = 0x08;
 const T_CPONG: u8 = 0x09;
+const T_PUT_GROUP_INFO: u8 = 0x0a;
+const T_GET_GROUP_INFO: u8 = 0x0b;
 const T_JOINED: u8 = 0x81;
 const T_DELIVER: u8 = 0x82;
 const T_ACK: u8 = 0x83;
@@ -277,6 +338,8 @@ const T_RPING: u8 = 0x88;
 const T_RPONG: u8 = 0x89;
 const T_GOODBYE: u8 = 0x8a;
 const T_SEND_ERROR: u8 = 0x8b;
+const T_GROUP_INFO: u8 = 0x8c;
+const T_GROUP_INFO_STORED: u8 = 0x8d;
 
 /// Writes one item, filling in the length after the body is written.
 fn item(out: &mut Vec<u8>, ty: u8, body: impl FnOnce(&mut Vec<u8>)) {
@@ -330,10 +393,19 @@ fn room(r: &mut Reader<'_>) -> Result<RoomName, DecodeError> {
     RoomName::new(std::str::from_utf8(bytes).map_err(|_| DecodeError::NotUtf8("room name"))?)
 }
 
+/// The shortest envelope of either version (a v2 one with one byte of MLS).
+const MIN_ANY_ENVELOPE_LEN: usize =
+    if MIN_ENVELOPE_V2_LEN < MIN_ENVELOPE_LEN { MIN_ENVELOPE_V2_LEN } else { MIN_ENVELOPE_LEN };
+/// The longest envelope of either version (a v2 one with `MAX_MLS_LEN` bytes of MLS).
+const MAX_ANY_ENVELOPE_LEN: usize =
+    if MAX_ENVELOPE_V2_LEN > MAX_ENVELOPE_LEN { MAX_ENVELOPE_V2_LEN } else { MAX_ENVELOPE_LEN };
+
+/// An envelope's bytes, within the bounds of either version: the connection's version is
+/// checked by `EnvelopeHeader::parse` (v1) or `parse_v2` where the envelope is used.
 fn envelope_bytes(bytes: &[u8]) -> Result<Vec<u8>, DecodeError> {
-    check_max("envelope", bytes.len(), MAX_ENVELOPE_LEN)?;
-    if bytes.len() < MIN_ENVELOPE_LEN {
-        return Err(DecodeError::TooShort { what: "envelope", len: bytes.len(), min: MIN_ENVELOPE_LEN });
+    check_max("envelope", bytes.len(), MAX_ANY_ENVELOPE_LEN)?;
+    if bytes.len() < MIN_ANY_ENVELOPE_LEN {
+        return Err(DecodeError::TooShort { what: "envelope", len: bytes.len(), min: MIN_ANY_ENVELOPE_LEN });
     }
     Ok(bytes.to_vec())
 }
@@ -351,7 +423,7 @@ impl ClientMessage {
     pub fn encode(&self, out: &mut Vec<u8>) {
         match self {
             ClientMessage::Join(j) => item(out, T_JOIN, |o| {
-                put_u8(o, PROTOCOL_VERSION);
+                put_u8(o, j.version);
                 put_u8(o, u8::from(j.create));
                 put_bytes8(o, j.room.as_str().as_bytes());
                 put_bytes8(o, j.nick.as_str().as_bytes());
@@ -367,6 +439,8 @@ impl ClientMessage {
             ClientMessage::Unban { nick } => item(out, T_UNBAN, |o| put_bytes8(o, nick.as_str().as_bytes())),
             ClientMessage::Ping { token } => item(out, T_CPING, |o| put_u64(o, *token)),
             ClientMessage::Pong { token } => item(out, T_CPONG, |o| put_u64(o, *token)),
+            ClientMessage::PutGroupInfo(p) => item(out, T_PUT_GROUP_INFO, |o| p.encode(o)),
+            ClientMessage::GetGroupInfo => item(out, T_GET_GROUP_INFO, |_| {}),
         }
     }
 
@@ -376,7 +450,7 @@ impl ClientMessage {
         let msg = match ty {
             T_JOIN => {
                 let version = r.u8()?;
-                if version != PROTOCOL_VERSION {
+                if version != PROTOCOL_VERSION && version != PROTOCOL_VERSION_2 {
                     return Err(DecodeError::UnsupportedVersion(version));
                 }
                 let create = match r.u8()? {
@@ -387,6 +461,7 @@ impl ClientMessage {
                     }
                 };
                 ClientMessage::Join(JoinRequest {
+                    version,
                     create,
                     room: room(&mut r)?,
                     nick: nick(&mut r)?,
@@ -403,6 +478,8 @@ impl ClientMessage {
             T_UNBAN => ClientMessage::Unban { nick: nick(&mut r)? },
             T_CPING => ClientMessage::Ping { token: r.u64()? },
             T_CPONG => ClientMessage::Pong { token: r.u64()? },
+            T_PUT_GROUP_INFO => ClientMessage::PutGroupInfo(GroupInfoPart::decode(&mut r)?),
+            T_GET_GROUP_INFO => ClientMessage::GetGroupInfo,
             other => return Err(DecodeError::UnknownMessageType(other)),
         };
         r.finish()?;
@@ -470,6 +547,10 @@ impl RelayMessage {
                 put_u16(o, code.to_u16());
                 put_bytes16(o, detail(d).as_bytes());
             }),
+            RelayMessage::GroupInfo(p) => item(out, T_GROUP_INFO, |o| p.encode(o)),
+            RelayMessage::GroupInfoStored { after_seq } => {
+                item(out, T_GROUP_INFO_STORED, |o| put_u64(o, *after_seq))
+            }
         }
     }
 
@@ -550,6 +631,8 @@ impl RelayMessage {
                 code: ErrorCode::from_u16(r.u16()?),
                 detail: r.str16("send error detail", MAX_DETAIL_LEN)?.to_owned(),
             },
+            T_GROUP_INFO => RelayMessage::GroupInfo(GroupInfoPart::decode(&mut r)?),
+            T_GROUP_INFO_STORED => RelayMessage::GroupInfoStored { after_seq: r.u64()? },
             other => return Err(DecodeError::UnknownMessageType(other)),
         };
         r.finish()?;
@@ -725,5 +808,59 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn group_info_items_round_trip_and_bad_parts_are_refused() {
+        let part = GroupInfoPart { after_seq: 9, part: 1, parts: 2, chunk: vec![7; MAX_GROUP_INFO_CHUNK] };
+        let mut out = Vec::new();
+        ClientMessage::PutGroupInfo(part.clone()).encode(&mut out);
+        ClientMessage::GetGroupInfo.encode(&mut out);
+        assert_eq!(
+            ClientMessage::decode_all(&out).unwrap(),
+            vec![ClientMessage::PutGroupInfo(part.clone()), ClientMessage::GetGroupInfo]
+        );
+        let mut out = Vec::new();
+        RelayMessage::GroupInfo(part.clone()).encode(&mut out);
+        RelayMessage::GroupInfoStored { after_seq: 3 }.encode(&mut out);
+        assert_eq!(
+            RelayMessage::decode_all(&out).unwrap(),
+            vec![RelayMessage::GroupInfo(part.clone()), RelayMessage::GroupInfoStored { after_seq: 3 }]
+        );
+        for bad in [
+            GroupInfoPart { part: 2, ..part.clone() },
+            GroupInfoPart { part: 0, parts: 0, ..part.clone() },
+            GroupInfoPart { chunk: Vec::new(), ..part.clone() },
+            GroupInfoPart { chunk: vec![0; MAX_GROUP_INFO_CHUNK + 1], ..part.clone() },
+        ] {
+            let mut out = Vec::new();
+            ClientMessage::PutGroupInfo(bad.clone()).encode(&mut out);
+            assert!(ClientMessage::decode_all(&out).is_err(), "{:?}", (bad.part, bad.parts, bad.chunk.len()));
+        }
+    }
+
+    #[test]
+    fn a_join_carries_its_version_and_the_version_picks_the_verifier() {
+        let keys = split_master(&[4; 32]);
+        let id = Identity::from_seed(&[1; 32]);
+        let v2 = JoinRequest::new(
+            &id,
+            &[5; 32],
+            RoomName::new("general").unwrap(),
+            Nick::new("alice").unwrap(),
+            keys.join_secret.clone(),
+            true,
+            0,
+        )
+        .for_version_2();
+        let mut out = Vec::new();
+        ClientMessage::Join(v2.clone()).encode(&mut out);
+        assert_eq!(out[ITEM_HEADER_LEN], PROTOCOL_VERSION_2);
+        assert_eq!(ClientMessage::decode_all(&out).unwrap(), vec![ClientMessage::Join(v2.clone())]);
+        let signed = v2.verify(&[5; 32]).unwrap();
+        let verifier = signed.new_room_verifier();
+        assert_eq!(verifier.0, crate::kdf_v2::join_verifier_v2(&keys.join_secret).0);
+        assert!(!verifier.matches(&keys.join_secret), "not the version-1 verifier");
+        assert!(signed.admit(&verifier).is_ok());
     }
 }

@@ -16,8 +16,8 @@
 use chatroom_crypto::internal::split_master;
 use chatroom_crypto::{
     ClientMessage, ErrorCode, FrameDecoder, Identity, Initiator, JoinRequest, JoinSecret, JoinVerifier,
-    NoiseError, Responder, RoomName, StaticKeypair, Transport, VerifiedJoin, HANDSHAKE1_LEN, HANDSHAKE2_LEN,
-    HANDSHAKE3_LEN, MAX_FRAME_LEN,
+    NoiseError, Responder, RoomName, StaticKeypair, Transport, VerifiedJoin, HANDSHAKE1_LEN,
+    HANDSHAKE1_V2_LEN, HANDSHAKE2_LEN, HANDSHAKE3_LEN, MAX_FRAME_LEN,
 };
 
 use crate::{mutate, next_chunk, nick_or, room_or, Input, Writer};
@@ -214,7 +214,8 @@ fn raw(input: &mut Input<'_>) {
     };
     match responder.read_hello(msg1) {
         Ok((awaiting, msg2)) => {
-            assert_eq!(msg1.len(), HANDSHAKE1_LEN, "accepted message 1 of a wrong length");
+            let v2 = msg1.len() == HANDSHAKE1_V2_LEN && msg1.last() == Some(&2);
+            assert!(msg1.len() == HANDSHAKE1_LEN || v2, "accepted message 1 of a wrong length");
             assert_eq!(msg2.len(), HANDSHAKE2_LEN, "wrote message 2 of a wrong length");
             let finished = awaiting.read_finish(msg3);
             assert!(finished.is_err(), "accepted a message 3 written without message 2");
@@ -224,6 +225,10 @@ fn raw(input: &mut Input<'_>) {
                     "message 3 of a wrong length must be refused by its length"
                 );
             }
+        }
+        // 33 bytes are version 2's `-> e` and version byte: refused only for another byte.
+        Err(e) if msg1.len() == HANDSHAKE1_V2_LEN => {
+            assert!(msg1.last() != Some(&2) && e == NoiseError::Handshake, "refused a v2 message 1: {e}")
         }
         Err(e) => assert!(
             msg1.len() != HANDSHAKE1_LEN && matches!(e, NoiseError::HandshakeLength { step: 1, .. }),

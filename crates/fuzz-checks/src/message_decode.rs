@@ -2,15 +2,16 @@
 //!
 //! Input: `mode(u8) | rest`. Even modes decode `rest` as raw bytes with both
 //! `ClientMessage::decode_all` and `RelayMessage::decode_all` (and `items`,
-//! `EnvelopeHeader::parse`): no panic, and whatever decodes re-encodes to exactly the same
+//! `EnvelopeHeader::parse` and `parse_v2`): no panic, and whatever decodes re-encodes to exactly the same
 //! bytes (one encoding per message). Odd modes build messages from `rest` with `arbitrary`,
 //! encode them as one plaintext and require `decode_all(encode(x)) == x`.
 
 use arbitrary::{Result, Unstructured};
 use chatroom_crypto::{
-    items, ClientMessage, EnvelopeHeader, ErrorCode, JoinRequest, JoinSecret, Member, Nick, PresenceEvent,
-    PublicIdentity, RelayMessage, RoomName, MAX_DETAIL_LEN, MAX_ENVELOPE_LEN, MAX_MEMBERS_PER_ITEM,
-    MAX_NICK_LEN, MAX_ROOM_LEN, MIN_ENVELOPE_LEN,
+    items, ClientMessage, EnvelopeHeader, ErrorCode, GroupInfoPart, JoinRequest, JoinSecret, Member, Nick,
+    PresenceEvent, PublicIdentity, RelayMessage, RoomName, MAX_DETAIL_LEN, MAX_ENVELOPE_LEN,
+    MAX_ENVELOPE_V2_LEN, MAX_GROUP_INFO_CHUNK, MAX_MEMBERS_PER_ITEM, MAX_NICK_LEN, MAX_ROOM_LEN,
+    MIN_ENVELOPE_LEN, MIN_ENVELOPE_V2_LEN, PROTOCOL_VERSION, PROTOCOL_VERSION_2,
 };
 
 /// Mode byte for raw decoding.
@@ -41,6 +42,7 @@ fn raw(bytes: &[u8]) {
     }
     assert!(covered <= bytes.len(), "items cover more bytes than given");
     let _ = EnvelopeHeader::parse(bytes);
+    let _ = EnvelopeHeader::parse_v2(bytes);
 
     if let Ok(msgs) = ClientMessage::decode_all(bytes) {
         assert!(!msgs.is_empty(), "decode_all succeeded with no message");
@@ -146,15 +148,29 @@ fn arb_room(u: &mut Unstructured<'_>) -> Result<RoomName> {
 }
 
 fn arb_envelope(u: &mut Unstructured<'_>) -> Result<Vec<u8>> {
-    let len = u.int_in_range(MIN_ENVELOPE_LEN..=MAX_ENVELOPE_LEN)?;
+    // Either version's envelope: v2's bounds hold v1's.
+    let len = u.int_in_range(
+        MIN_ENVELOPE_V2_LEN.min(MIN_ENVELOPE_LEN)..=MAX_ENVELOPE_V2_LEN.max(MAX_ENVELOPE_LEN),
+    )?;
     let mut envelope = u.bytes(len.min(u.len()))?.to_vec();
     envelope.resize(len, 0);
     Ok(envelope)
 }
 
+fn arb_part(u: &mut Unstructured<'_>) -> Result<GroupInfoPart> {
+    let parts = u.int_in_range(1..=255)?;
+    let len = u.int_in_range(1..=MAX_GROUP_INFO_CHUNK)?;
+    let mut chunk = u.bytes(len.min(u.len()))?.to_vec();
+    chunk.resize(len, 0);
+    Ok(GroupInfoPart { after_seq: u.arbitrary()?, part: u.int_in_range(0..=parts - 1)?, parts, chunk })
+}
+
 fn arb_client(u: &mut Unstructured<'_>) -> Result<ClientMessage> {
-    Ok(match u.int_in_range(0..=7)? {
+    Ok(match u.int_in_range(0..=9)? {
+        8 => ClientMessage::PutGroupInfo(arb_part(u)?),
+        9 => ClientMessage::GetGroupInfo,
         0 => ClientMessage::Join(JoinRequest {
+            version: *u.choose(&[PROTOCOL_VERSION, PROTOCOL_VERSION_2])?,
             create: u.arbitrary()?,
             room: arb_room(u)?,
             nick: arb_nick(u)?,
@@ -174,7 +190,9 @@ fn arb_client(u: &mut Unstructured<'_>) -> Result<ClientMessage> {
 }
 
 fn arb_relay(u: &mut Unstructured<'_>) -> Result<RelayMessage> {
-    Ok(match u.int_in_range(0..=10)? {
+    Ok(match u.int_in_range(0..=12)? {
+        11 => RelayMessage::GroupInfo(arb_part(u)?),
+        12 => RelayMessage::GroupInfoStored { after_seq: u.arbitrary()? },
         0 => RelayMessage::Joined {
             created: u.arbitrary()?,
             owner: PublicIdentity(u.arbitrary()?),

@@ -94,7 +94,9 @@ fn client_session_seeds_reach_every_outcome() -> TestResult {
     let dir = fuzz_dir().join("seeds/client_session");
     let t = |name: &str| -> Result<Tally, Box<dyn Error>> { Ok(tally(&fs::read(dir.join(name))?)) };
     assert_eq!(t("history-and-live")?, Tally { shown: 4, ..Tally::default() });
-    assert_eq!(t("forgeries")?, Tally { shown: 1, unverified: 5, dropped: 2, ..Tally::default() });
+    // A `Deliver` item takes an envelope of either protocol version's bounds, so the short
+    // forged envelope reaches the view and fails verification there instead of failing to decode.
+    assert_eq!(t("forgeries")?, Tally { shown: 1, unverified: 6, dropped: 1, ..Tally::default() });
     // Pins come from signed messages only: a presence or member list claiming a nickname
     // pins nothing, so only the signed impostor is rejected.
     assert_eq!(t("impostors")?, Tally { shown: 3, nick_rejected: 1, ..Tally::default() });

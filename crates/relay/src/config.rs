@@ -94,6 +94,9 @@ pub struct Config {
     pub room_rate_per_sec: u32,
     /// Largest envelope accepted, in bytes (default and maximum: the protocol's 4305).
     pub max_envelope_len: usize,
+    /// Largest sealed GroupInfo a protocol version 2 room stores, in bytes (default 524 288:
+    /// about 1 800 members' ratchet tree). A larger upload is refused with `GroupInfoTooLarge`.
+    pub max_group_info_bytes: usize,
     /// Failed joins from one IP address within `failure_window` after which each further
     /// join from it is delayed by `failure_delay` (default 3).
     pub ip_failures_slow: u32,
@@ -155,6 +158,7 @@ impl Config {
             room_rate_burst: 200,
             room_rate_per_sec: 50,
             max_envelope_len: MAX_ENVELOPE_LEN,
+            max_group_info_bytes: 512 * 1024,
             ip_failures_slow: 3,
             ip_failures_lockout: 10,
             room_failures_slow: 20,

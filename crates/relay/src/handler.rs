@@ -16,7 +16,8 @@ use bytes::Bytes;
 use chatroom_crypto::{
     encode_frame, items, ClientMessage, DecodeError, EnvelopeHeader, ErrorCode, JoinRequest, Nick,
     NoiseError, PublicIdentity, RelayMessage, Responder, RoomName, StaticKeypair, Transport,
-    TransportReceiver, FRAME_HEADER_LEN, HANDSHAKE1_LEN, HANDSHAKE3_LEN, MAX_FRAME_LEN,
+    TransportReceiver, FRAME_HEADER_LEN, HANDSHAKE1_LEN, HANDSHAKE1_V2_LEN, HANDSHAKE3_LEN,
+    MAX_ENVELOPE_V2_LEN, MAX_FRAME_LEN,
 };
 use chatroom_net::{FrameError, FrameReader};
 use tokio::io::AsyncWriteExt;
@@ -181,6 +182,8 @@ struct Joined<M> {
     identity: PublicIdentity,
     room: RoomName,
     nick: Nick,
+    /// The protocol version of the connection (1 or 2): which envelopes it sends.
+    version: u8,
 }
 
 enum Flow {
@@ -208,9 +211,13 @@ struct Session {
     ping: Option<u64>,
     /// The room joined: sends are also limited per room.
     room: RoomName,
+    /// The connection's protocol version (1 or 2).
+    version: u8,
     /// Whether the last transport message showed the peer alive: a request, or the `Pong`
     /// that answers the relay's own `Ping`. An unsolicited `Pong` does not.
     alive: bool,
+    /// A GroupInfo upload in progress (version 2), at most `max_group_info_bytes`.
+    upload: crate::group_info::Upload,
 }
 
 /// Per-connection handler.
@@ -277,12 +284,13 @@ impl<H: RoomService> Handler<H> {
     async fn serve(&mut self, stream: TcpStream, slot: AddressSlot) -> Result<(), Ended> {
         let _ = stream.set_nodelay(true);
         let (read_half, mut write_half) = stream.into_split();
-        let mut reader = FrameReader::new(read_half, HANDSHAKE1_LEN);
+        let mut reader = FrameReader::new(read_half, HANDSHAKE1_V2_LEN);
         let deadline = Instant::now() + self.shared.config.handshake_timeout;
         // Boxed, like the join below: the state of the phases before the member's loop lives on
         // the heap only while they run, so an idle member's task stays small.
         let transport = Box::pin(self.handshake(deadline, &mut reader, &mut write_half)).await?;
         let handshake_hash = *transport.handshake_hash();
+        let version = transport.protocol_version();
         let (sender, mut receiver) = transport.split();
 
         let config = &self.shared.config;
@@ -293,7 +301,15 @@ impl<H: RoomService> Handler<H> {
             async move { write_loop(&outbox, sender, crate::metrics::CountWrites(write_half)).await }
         });
         let result = self
-            .session(&mut reader, &mut receiver, &outbox, &mut writer, deadline, handshake_hash, slot)
+            .session(
+                &mut reader,
+                &mut receiver,
+                &outbox,
+                &mut writer,
+                deadline,
+                (handshake_hash, version),
+                slot,
+            )
             .await;
         outbox.finish();
         if !writer.is_finished() && timeout(WRITER_GRACE, &mut writer).await.is_err() {
@@ -318,8 +334,9 @@ impl<H: RoomService> Handler<H> {
         reader: &mut FrameReader<OwnedReadHalf>,
         write_half: &mut OwnedWriteHalf,
     ) -> Result<Transport, Ended> {
-        // -> e (exactly 32 bytes, checked from the frame header before reading the body)
-        let msg1 = self.read_before(deadline, reader, HANDSHAKE1_LEN, HANDSHAKE1_LEN).await?;
+        // -> e (exactly 32 bytes, or 33 with version 2's version byte, checked from the frame
+        // header before reading the body)
+        let msg1 = self.read_before(deadline, reader, HANDSHAKE1_LEN, HANDSHAKE1_V2_LEN).await?;
         let (responder, msg2) = Responder::new(&self.shared.static_key)?.read_hello(&msg1)?;
         // <- e, ee, s, es
         let mut frame = Vec::with_capacity(msg2.len() + 2);
@@ -338,13 +355,13 @@ impl<H: RoomService> Handler<H> {
         outbox: &Arc<Outbox>,
         writer: &mut JoinHandle<()>,
         deadline: Instant,
-        handshake_hash: [u8; 32],
+        handshake: ([u8; 32], u8),
         slot: AddressSlot,
     ) -> Result<(), Ended> {
         // Boxed: see `serve`.
-        let join = Box::pin(self.join(reader, receiver, outbox, deadline, handshake_hash, slot));
+        let join = Box::pin(self.join(reader, receiver, outbox, deadline, handshake, slot));
         let joined = join.await?;
-        let Joined { member, identity, room, nick } = &joined;
+        let Joined { member, identity, room, nick, .. } = &joined;
         info!(room = %room, nick = %nick, identity = %identity.short_fingerprint(), "joined");
         crate::metrics::joined();
         let result = match self.member_loop(reader, receiver, outbox, writer, &joined).await {
@@ -369,7 +386,7 @@ impl<H: RoomService> Handler<H> {
         receiver: &mut TransportReceiver,
         outbox: &Arc<Outbox>,
         deadline: Instant,
-        handshake_hash: [u8; 32],
+        (handshake_hash, version): ([u8; 32], u8),
         slot: AddressSlot,
     ) -> Result<Joined<H::Membership>, Ended> {
         let shared = self.shared.clone();
@@ -393,7 +410,7 @@ impl<H: RoomService> Handler<H> {
         };
         let ip = address_key(self.peer.ip());
         // The frame and its plaintext are freed here, not kept for the member's lifetime.
-        let request = match self.join_request(&receiver.open(&first)?) {
+        let request = match self.join_request(&receiver.open(&first)?, version) {
             Ok(request) => request,
             Err(refusal) => return Err(self.refuse_join(outbox, ip, None, refusal)),
         };
@@ -436,7 +453,7 @@ impl<H: RoomService> Handler<H> {
             Err(refusal) => return Err(self.refuse_join(outbox, ip, Some(&room), refusal)),
         };
         drop(slot);
-        Ok(Joined { member, identity, room, nick })
+        Ok(Joined { member, identity, room, nick, version })
     }
 
     /// The failed-join lockouts, checked before the signature is verified: refuses a locked
@@ -515,11 +532,19 @@ impl<H: RoomService> Handler<H> {
         refuse(outbox, refusal)
     }
 
-    /// The first transport message must be exactly one `Join`.
-    fn join_request(&self, plaintext: &[u8]) -> Result<JoinRequest, Refusal> {
+    /// The first transport message must be exactly one `Join`, of the handshake's version.
+    fn join_request(&self, plaintext: &[u8], version: u8) -> Result<JoinRequest, Refusal> {
         match ClientMessage::decode_all(plaintext) {
             Ok(mut messages) if messages.len() == 1 => match messages.pop() {
-                Some(ClientMessage::Join(request)) => Ok(request),
+                Some(ClientMessage::Join(request)) if request.version == version => Ok(request),
+                Some(ClientMessage::Join(request)) => Err(Refusal::new(
+                    ErrorCode::UnsupportedVersion,
+                    format!(
+                        "the join is for protocol version {} but the handshake was for version {version}; \
+                         use a client that speaks one version",
+                        request.version
+                    ),
+                )),
                 _ => Err(Refusal::new(
                     ErrorCode::UnexpectedMessage,
                     "the first message must be a join request",
@@ -531,7 +556,7 @@ impl<H: RoomService> Handler<H> {
             )),
             Err(DecodeError::UnsupportedVersion(v)) => Err(Refusal::new(
                 ErrorCode::UnsupportedVersion,
-                format!("protocol version {v} is not supported; this relay speaks version 1"),
+                format!("protocol version {v} is not supported; this relay speaks versions 1 and 2"),
             )),
             Err(e) => Err(Refusal::new(ErrorCode::Malformed, format!("malformed join request: {e}"))),
         }
@@ -556,6 +581,8 @@ impl<H: RoomService> Handler<H> {
             ping: None,
             alive: false,
             room: joined.room.clone(),
+            version: joined.version,
+            upload: crate::group_info::Upload::default(),
         };
         loop {
             let pinged = session.ping.is_some();
@@ -702,7 +729,7 @@ impl<H: RoomService> Handler<H> {
         };
         let pending = &mut session.pending;
         if let ClientMessage::Send { envelope } = message {
-            pending.push_back(self.send(member, identity, &session.room, envelope));
+            pending.push_back(self.send(member, identity, (&session.room, session.version), envelope));
             return if self.make_room(pending, outbox).await { Flow::Continue } else { Flow::Stop };
         }
         if !answer_all(pending, outbox).await {
@@ -714,6 +741,17 @@ impl<H: RoomService> Handler<H> {
             ClientMessage::Kick { nick } => self.moderate(member, Moderation::Kick, nick).await,
             ClientMessage::Ban { nick } => self.moderate(member, Moderation::Ban, nick).await,
             ClientMessage::Unban { nick } => self.moderate(member, Moderation::Unban, nick).await,
+            ClientMessage::PutGroupInfo(part) if session.version == 2 => {
+                self.put_group_info(member, &mut session.upload, part).await
+            }
+            ClientMessage::GetGroupInfo if session.version == 2 => {
+                match self.shared.hub.group_info(member).await {
+                    Ok((after_seq, sealed)) => crate::group_info::items(after_seq, &sealed),
+                    Err(refusal) => {
+                        vec![encode(&RelayMessage::Error { code: refusal.code, detail: refusal.detail })]
+                    }
+                }
+            }
             ClientMessage::Ping { token } => vec![encode(&RelayMessage::Pong { token })],
             ClientMessage::Pong { .. } => Vec::new(),
             ClientMessage::Join(_) => {
@@ -768,13 +806,34 @@ impl<H: RoomService> Handler<H> {
         }
     }
 
+    /// Adds a part to the connection's GroupInfo upload and stores the object once complete.
+    async fn put_group_info(
+        &self,
+        member: &H::Membership,
+        upload: &mut crate::group_info::Upload,
+        part: chatroom_crypto::GroupInfoPart,
+    ) -> Vec<Bytes> {
+        let stored = match upload.push(part, self.shared.config.max_group_info_bytes) {
+            Ok(None) => return Vec::new(),
+            Ok(Some((after_seq, sealed))) => {
+                self.shared.hub.put_group_info(member, after_seq, Bytes::from(sealed)).await
+            }
+            Err(refusal) => Err(refusal),
+        };
+        let answer = match stored {
+            Ok(after_seq) => RelayMessage::GroupInfoStored { after_seq },
+            Err(refusal) => RelayMessage::Error { code: refusal.code, detail: refusal.detail },
+        };
+        vec![encode(&answer)]
+    }
+
     /// Checks and submits one envelope, answered by one `Ack` or `SendError` naming its counter,
     /// only once the envelope is durable.
     fn send(
         &self,
         member: &H::Membership,
         identity: PublicIdentity,
-        room: &RoomName,
+        room: (&RoomName, u8),
         envelope: Vec<u8>,
     ) -> Answer {
         match self.check_and_publish(member, identity, room, envelope) {
@@ -806,14 +865,20 @@ impl<H: RoomService> Handler<H> {
         &self,
         member: &H::Membership,
         identity: PublicIdentity,
-        room: &RoomName,
+        (room, version): (&RoomName, u8),
         envelope: Vec<u8>,
     ) -> Result<Answer, RelayMessage> {
         let config = &self.shared.config;
         // A decoded `Send` holds a whole envelope header, so there is a counter to name.
         let counter = EnvelopeHeader::peek_counter(&envelope).unwrap_or_default();
         let error = |code, detail: String| Err(RelayMessage::SendError { counter, code, detail });
-        let header = match EnvelopeHeader::parse(&envelope) {
+        // A v2 envelope is opaque MLS behind its header (docs/PROTOCOL-v2-draft.md 4.1); its
+        // own length bounds replace `max_envelope_len`, which is about v1's text messages.
+        let (parsed, limit) = match version {
+            2 => (EnvelopeHeader::parse_v2(&envelope), MAX_ENVELOPE_V2_LEN),
+            _ => (EnvelopeHeader::parse(&envelope), config.max_envelope_len),
+        };
+        let header = match parsed {
             Ok(header) => header,
             Err(e @ DecodeError::TooLong { .. }) => {
                 return error(ErrorCode::EnvelopeTooLarge, format!("{e}; message not delivered"))
@@ -822,13 +887,12 @@ impl<H: RoomService> Handler<H> {
                 return error(ErrorCode::Malformed, format!("malformed envelope: {e}; message not delivered"))
             }
         };
-        if envelope.len() > config.max_envelope_len {
+        if envelope.len() > limit {
             return error(
                 ErrorCode::EnvelopeTooLarge,
                 format!(
-                    "envelope of {} bytes exceeds this relay's limit of {} bytes; message not delivered",
+                    "envelope of {} bytes exceeds this relay's limit of {limit} bytes; message not delivered",
                     envelope.len(),
-                    config.max_envelope_len
                 ),
             );
         }

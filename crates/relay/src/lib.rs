@@ -10,6 +10,7 @@ pub mod abuse;
 pub mod admin;
 mod admin_socket;
 mod config;
+mod group_info;
 mod handler;
 mod limits;
 mod metrics;

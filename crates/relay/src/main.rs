@@ -189,6 +189,9 @@ struct RunArgs {
     /// Largest envelope accepted, in bytes (at most the protocol's maximum).
     #[arg(long, value_name = "BYTES", default_value_t = defaults().max_envelope_len)]
     max_envelope: usize,
+    /// Largest sealed group information a protocol version 2 room stores, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = defaults().max_group_info_bytes)]
+    max_group_info_bytes: usize,
     /// Failed joins from one address before its joins are slowed.
     #[arg(long, value_name = "N", default_value_t = defaults().ip_failures_slow)]
     ip_failures_slow: u32,
@@ -340,6 +343,7 @@ fn config(args: &RunArgs) -> Result<Config, String> {
     config.room_rate_burst = args.room_rate_burst;
     config.room_rate_per_sec = args.room_rate_per_sec;
     config.max_envelope_len = args.max_envelope;
+    config.max_group_info_bytes = args.max_group_info_bytes;
     config.ip_failures_slow = args.ip_failures_slow;
     config.ip_failures_lockout = args.ip_failures_lockout;
     config.room_failures_slow = args.room_failures_slow;

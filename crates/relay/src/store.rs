@@ -37,9 +37,9 @@ use crate::config::Synchronous;
 
 /// `PRAGMA application_id` of a chatroom relay database ("chrm").
 pub const APPLICATION_ID: i32 = 0x6368_726d;
-/// `PRAGMA user_version` this relay reads and writes. Versions 1 (without `rooms.active`) and 2
-/// (`history` with a rowid) are upgraded in place when opened.
-pub const SCHEMA_VERSION: i32 = 3;
+/// `PRAGMA user_version` this relay reads and writes. Versions 1 (without `rooms.active`), 2
+/// (`history` with a rowid) and 3 (without `group_info`) are upgraded in place when opened.
+pub const SCHEMA_VERSION: i32 = 4;
 /// Most operations committed in one transaction.
 const MAX_BATCH: usize = 256;
 /// A room's envelopes beyond its kept history are deleted once there are this many: one
@@ -90,6 +90,21 @@ CREATE TABLE senders (
     max_counter INTEGER NOT NULL,
     PRIMARY KEY (room, sender)
 ) WITHOUT ROWID;
+CREATE TABLE group_info (
+    room TEXT PRIMARY KEY NOT NULL,
+    after_seq INTEGER NOT NULL,
+    sealed BLOB NOT NULL
+);
+";
+
+/// Version 3 to 4: the sealed MLS GroupInfo of protocol version 2 rooms (one per room, with
+/// a rowid: the objects are large).
+const UPGRADE_3_TO_4: &str = "
+CREATE TABLE group_info (
+    room TEXT PRIMARY KEY NOT NULL,
+    after_seq INTEGER NOT NULL,
+    sealed BLOB NOT NULL
+);
 ";
 
 /// Version 2 to 3: `history` without its rowid (an insert updates two B-trees instead of
@@ -471,6 +486,9 @@ fn upgrade(conn: &mut Connection, path: &Path, version: i32) -> Result<(), Store
     if version < 3 {
         tx.execute_batch(UPGRADE_2_TO_3).map_err(sqlite("upgrading the schema"))?;
     }
+    if version < 4 {
+        tx.execute_batch(UPGRADE_3_TO_4).map_err(sqlite("upgrading the schema"))?;
+    }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(sqlite("upgrading the schema"))?;
     tx.commit().map_err(busy_or(path, "upgrading the schema"))
 }
@@ -687,6 +705,46 @@ impl StoreHandle {
         }));
         self.tx.send(op).map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)
+    }
+
+    /// Replaces the room's sealed GroupInfo if `after_seq` is at least the stored one's and at
+    /// most the room's latest stored `seq`; returns whether it did. Runs after every envelope
+    /// queued before it, so a commit a client saw delivered is already counted.
+    pub(crate) async fn put_group_info(
+        &self,
+        room: &str,
+        after_seq: u64,
+        sealed: Vec<u8>,
+    ) -> Result<bool, StoreError> {
+        let room = room.to_owned();
+        let after = i64::try_from(after_seq).unwrap_or(i64::MAX);
+        self.exec(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO group_info (room, after_seq, sealed) \
+                 SELECT ?1, ?2, ?3 WHERE ?2 <= (SELECT latest_seq FROM rooms WHERE name = ?1) \
+                 ON CONFLICT (room) DO UPDATE SET after_seq = excluded.after_seq, sealed = excluded.sealed \
+                 WHERE excluded.after_seq >= group_info.after_seq",
+            )
+            .and_then(|mut s| s.execute(params![room, after, sealed]))
+            .map(|changed| changed == 1)
+            .map_err(sqlite("storing a group info"))
+        })
+        .await?
+    }
+
+    /// The room's sealed GroupInfo and its `after_seq`, if one is stored.
+    pub(crate) async fn group_info(&self, room: &str) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        let room = room.to_owned();
+        self.exec(move |conn| {
+            conn.prepare_cached("SELECT after_seq, sealed FROM group_info WHERE room = ?1")
+                .and_then(|mut s| {
+                    s.query_row(params![room], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))
+                        .optional()
+                })
+                .map(|row| row.map(|(seq, sealed)| (u64::try_from(seq).unwrap_or(0), sealed)))
+                .map_err(sqlite("reading a group info"))
+        })
+        .await?
     }
 
     /// Waits until everything queued before this call is committed.
@@ -1061,7 +1119,7 @@ fn apply(tx: &rusqlite::Transaction<'_>, write: Write, appends: &mut GroupAppend
                 .and_then(|mut s| s.query_map(params![room], |r| r.get::<_, i64>(0))?.sum::<Result<i64, _>>())
                 .map_err(sqlite("deleting a room"))?;
             appends.freed += freed;
-            for table in ["senders", "nicknames", "bans"] {
+            for table in ["senders", "nicknames", "bans", "group_info"] {
                 tx.prepare_cached(&format!("DELETE FROM {table} WHERE room = ?1"))
                     .and_then(|mut s| s.execute(params![room]))
                     .map_err(sqlite("deleting a room"))?;
@@ -1363,7 +1421,7 @@ mod tests {
         conn.execute_batch("CREATE TABLE future (x)").unwrap();
         drop(conn);
         let err = Store::open(&path, Synchronous::Full).unwrap_err().to_string();
-        assert!(err.contains("schema version 7") && err.contains("supports only version 3"), "{err}");
+        assert!(err.contains("schema version 7") && err.contains("supports only version 4"), "{err}");
 
         let other = dir.path().join("other");
         let conn = Connection::open(&other).unwrap();
@@ -1412,12 +1470,14 @@ mod tests {
         }
     }
 
-    /// The schema of version 2: `history` with its rowid and without `stored`.
+    /// The schema of version 2: `history` with its rowid and without `stored`, and no
+    /// `group_info`.
     fn schema_v2() -> String {
         let v3 = "    stored INTEGER NOT NULL,\n    PRIMARY KEY (room, seq),\n    UNIQUE (room, sender, counter)\n) WITHOUT ROWID;";
         let v2 = "    PRIMARY KEY (room, seq),\n    UNIQUE (room, sender, counter)\n);";
-        assert!(SCHEMA.contains(v3));
-        SCHEMA.replace(v3, v2)
+        let v4 = UPGRADE_3_TO_4.trim_start();
+        assert!(SCHEMA.contains(v3) && SCHEMA.contains(v4));
+        SCHEMA.replace(v3, v2).replace(v4, "")
     }
 
     /// A version-2 database with history in two rooms, stored alternately: after the upgrade

@@ -152,7 +152,7 @@ async fn bad_messages_after_the_handshake_are_refused() -> TestResult {
             ones,
             ErrorCode::EnvelopeTooLarge,
             format!(
-                "envelope refused: envelope is {} bytes, more than the maximum of {MAX_ENVELOPE_LEN}",
+                "envelope is {} bytes, more than the maximum of {MAX_ENVELOPE_LEN}; message not delivered",
                 MAX_ENVELOPE_LEN + 1
             )
         )

@@ -126,6 +126,29 @@ pub trait RoomService: Send + Sync + 'static {
         envelope: Bytes,
     ) -> impl Future<Output = Result<u64, Refusal>> + Send + 'static;
 
+    /// Stores the room's sealed MLS GroupInfo (protocol version 2), opaque, if `after_seq` is
+    /// at least the stored one's and at most the room's latest stored `seq`; refused with
+    /// `StaleGroupInfo` otherwise. Returns the stored `after_seq`. A backend without the
+    /// slot refuses every upload.
+    fn put_group_info(
+        &self,
+        member: &Self::Membership,
+        after_seq: u64,
+        sealed: Bytes,
+    ) -> impl Future<Output = Result<u64, Refusal>> + Send {
+        let _ = (member, after_seq, sealed);
+        std::future::ready(Err(no_group_info_slot()))
+    }
+
+    /// The room's stored GroupInfo and its `after_seq`; `NoGroupInfo` if none is stored.
+    fn group_info(
+        &self,
+        member: &Self::Membership,
+    ) -> impl Future<Output = Result<(u64, Bytes), Refusal>> + Send {
+        let _ = member;
+        std::future::ready(Err(no_group_info_slot()))
+    }
+
     /// The connected members of the member's room, sorted by nickname.
     fn members(&self, member: &Self::Membership) -> impl Future<Output = Vec<Member>> + Send;
 
@@ -156,6 +179,13 @@ pub struct Census {
     pub members: usize,
     pub rooms: usize,
     pub queued_bytes: usize,
+}
+
+fn no_group_info_slot() -> Refusal {
+    Refusal::new(
+        ErrorCode::UnexpectedMessage,
+        "this relay's room storage keeps no group information; use a relay with local rooms for protocol version 2",
+    )
 }
 
 /// What the operator does to rooms through the admin socket (`chatroom-relay rooms ...`).

@@ -160,6 +160,8 @@ pub struct Conn {
     pub handshake_hash: [u8; 32],
     pub relay_key: [u8; 32],
     held: VecDeque<RelayMessage>,
+    /// The protocol version of the handshake, which the join announces too.
+    pub version: u8,
 }
 
 pub async fn tcp_from(addr: SocketAddr, source: IpAddr) -> Res<TcpStream> {
@@ -211,10 +213,20 @@ impl Conn {
         Self::handshake(stream).await
     }
 
+    /// A protocol version 2 connection (prologue `chatroom/2`).
+    pub async fn connect_v2(addr: SocketAddr) -> Res<Self> {
+        Self::handshake_version(tcp_from(addr, [127, 0, 0, 1].into()).await?, 2).await
+    }
+
     async fn handshake(stream: TcpStream) -> Res<Self> {
+        Self::handshake_version(stream, 1).await
+    }
+
+    async fn handshake_version(stream: TcpStream, version: u8) -> Res<Self> {
         stream.set_nodelay(true)?;
         let (mut rd, mut wr) = stream.into_split();
-        let (init, msg1) = Initiator::start(&StaticKeypair::generate())?;
+        let keys = StaticKeypair::generate();
+        let (init, msg1) = if version == 2 { Initiator::start_v2(&keys)? } else { Initiator::start(&keys)? };
         wr.write_all(&frame(&msg1)).await?;
         let msg2 = tokio::time::timeout(STEP, read_frame(&mut rd)).await??;
         let ready = init.read_reply(&msg2)?;
@@ -223,7 +235,7 @@ impl Conn {
         wr.write_all(&frame(&msg3)).await?;
         let handshake_hash = *transport.handshake_hash();
         let (tx, rx) = transport.split();
-        Ok(Self { rd, wr, tx, rx, handshake_hash, relay_key, held: VecDeque::new() })
+        Ok(Self { rd, wr, tx, rx, handshake_hash, relay_key, held: VecDeque::new(), version })
     }
 
     /// Sends one transport message holding `plaintext`.
@@ -265,6 +277,7 @@ impl Conn {
             create,
             history_after,
         );
+        let request = if self.version == 2 { request.for_version_2() } else { request };
         self.send(&[ClientMessage::Join(request)]).await
     }
 

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use chatroom_crypto::{EnvelopeHeader, Member, Nick, PresenceEvent, RoomName};
+use chatroom_crypto::{EnvelopeHeader, ErrorCode, Member, Nick, PresenceEvent, RoomName};
 use tokio::time::Instant;
 use tracing::{error, info};
 
@@ -200,6 +200,41 @@ impl RoomService for LocalRooms {
         publish::answer(submitted)
     }
 
+    fn put_group_info(
+        &self,
+        member: &LocalMember,
+        after_seq: u64,
+        sealed: Bytes,
+    ) -> impl Future<Output = Result<u64, Refusal>> + Send {
+        let (store, room) = (self.store.clone(), member.room.name.clone());
+        async move {
+            match store.put_group_info(room.as_str(), after_seq, sealed.to_vec()).await {
+                Ok(true) => Ok(after_seq),
+                Ok(false) => Err(Refusal::new(
+                    ErrorCode::StaleGroupInfo,
+                    format!(
+                        "the group information after seq {after_seq} is older than the stored one, or follows \
+                         a seq the room has not reached; read the room's log and upload the current one"
+                    ),
+                )),
+                Err(e) => Err(Refusal::internal(&e)),
+            }
+        }
+    }
+
+    fn group_info(&self, member: &LocalMember) -> impl Future<Output = Result<(u64, Bytes), Refusal>> + Send {
+        let (store, room) = (self.store.clone(), member.room.name.clone());
+        async move {
+            match store.group_info(room.as_str()).await {
+                Ok(Some((after_seq, sealed))) => Ok((after_seq, Bytes::from(sealed))),
+                Ok(None) => Err(Refusal::new(
+                    ErrorCode::NoGroupInfo,
+                    "the room has no group information yet; ask its creator to connect again",
+                )),
+                Err(e) => Err(Refusal::internal(&e)),
+            }
+        }
+    }
     async fn members(&self, member: &LocalMember) -> Vec<Member> {
         member.room.lock().member_list()
     }
