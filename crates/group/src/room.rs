@@ -17,7 +17,7 @@ use crate::storage::BlobStorage;
 
 /// The largest MLSMessage `process` takes: 16 384 bytes, the draft's `MAX_MLS` (section 4.1),
 /// checked before parsing. Commits measured at 500 members are under 2 KB.
-pub const MAX_MLS_LEN: usize = 16_384;
+pub const MAX_MLS_LEN: usize = chatroom_crypto::MAX_MLS_LEN;
 
 /// The envelope's clear `kind` byte (draft section 4.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,4 +1,4 @@
-//! The test vectors of docs/PROTOCOL-v2-draft.md (section 2 and 4.3), parsed out of the draft and
+//! The test vectors of docs/PROTOCOL-v2-draft.md (sections 2, 4.1, 4.2 and 4.3), parsed out of the draft and
 //! checked against the code, so the draft and the implementation cannot drift apart. On a
 //! mismatch the test prints the block the code computes.
 
@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::error::Error;
 
 use chatroom_crypto::{derive_master_v2, epoch_code, join_verifier_v2, room_salt_v2, split_master_v2};
-use chatroom_crypto::{KdfParams, RoomName};
+use chatroom_crypto::{
+    sign_v2, verify_v2, ClientMessage, GroupInfoPart, Identity, KdfParams, RelayMessage, RoomName,
+};
 use chatroom_group::{open_group_info, seal_group_info_with_nonce, RoomRef};
 
 type TestResult = Result<(), Box<dyn Error>>;
@@ -41,6 +43,12 @@ fn computed() -> Result<Vec<(&'static str, String)>, Box<dyn Error>> {
     let room_ref = RoomRef { room: room.clone(), relay_key, psk_generation: 0 };
     let sealed = seal_group_info_with_nonce(&keys.group_info_key, &room_ref, 1, b"group info", &[0x24; 24])?;
     assert_eq!(open_group_info(&keys.group_info_key, &room_ref, &sealed)?.group_info, b"group info");
+    let envelope = sign_v2(&Identity::from_seed(&[0x01; 32]), &room, 1, 2, b"mls message")?;
+    assert_eq!(verify_v2(&room, &envelope)?.mls, b"mls message");
+    let part = GroupInfoPart { after_seq: 1, part: 0, parts: 1, chunk: b"group info".to_vec() };
+    let (mut put, mut stored) = (Vec::new(), Vec::new());
+    ClientMessage::PutGroupInfo(part).encode(&mut put);
+    RelayMessage::GroupInfoStored { after_seq: 1 }.encode(&mut stored);
     let quoted = |s: &str| format!("\"{s}\"");
     Ok(vec![
         ("v2.salt", hex::encode(room_salt_v2(&relay_key, &room, params))),
@@ -54,6 +62,9 @@ fn computed() -> Result<Vec<(&'static str, String)>, Box<dyn Error>> {
         ("v2.group_id", hex::encode(room_ref.group_id())),
         ("v2.epoch_code", quoted(epoch_code(1, &[0xab; 32]).as_str())),
         ("v2.sealed_group_info", hex::encode(sealed)),
+        ("v2.envelope", hex::encode(envelope)),
+        ("v2.item.put_group_info", hex::encode(put)),
+        ("v2.item.group_info_stored", hex::encode(stored)),
     ])
 }
 

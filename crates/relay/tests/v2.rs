@@ -208,11 +208,19 @@ async fn the_group_info_slot_keeps_the_newest_object_within_its_limits() -> Test
     let commit = sign_v2(&alice.identity, &room.name, 1, 1, b"a commit")?;
     assert_eq!(a.publish_ok(commit).await?, 1);
     assert_eq!(upload(&mut a, 1, b"epoch 1").await?, RelayMessage::GroupInfoStored { after_seq: 1 });
+    // The other members are told; the uploader only by its answer.
+    let notice = b.next_matching(|m| matches!(m, RelayMessage::GroupInfoStored { .. })).await?;
+    assert_eq!(notice, RelayMessage::GroupInfoStored { after_seq: 1 });
     assert!(matches!(
         upload(&mut a, 0, b"epoch 0").await?,
         RelayMessage::Error { code: ErrorCode::StaleGroupInfo, .. }
     ));
     assert_eq!(fetch(&mut b).await?, Ok((1, b"epoch 1".to_vec())));
+    // No other notice: not the refused upload, not its own to the uploader.
+    let notices =
+        |m: Vec<RelayMessage>| m.iter().filter(|m| matches!(m, RelayMessage::GroupInfoStored { .. })).count();
+    assert_eq!(notices(a.until_pong(2).await?), 0);
+    assert_eq!(notices(b.until_pong(3).await?), 0);
 
     // Over the limit, or a part out of order: refused, and the stored object stays.
     match upload(&mut a, 1, &[1; 150_001]).await? {

@@ -43,6 +43,11 @@ impl Item {
         Self(encode(&RelayMessage::Presence { event, nick: nick.clone(), identity }))
     }
 
+    /// A `GroupInfoStored` notice (protocol version 2).
+    pub fn group_info_stored(after_seq: u64) -> Self {
+        Self(encode(&RelayMessage::GroupInfoStored { after_seq }))
+    }
+
     /// Its encoded length.
     pub fn len(&self) -> usize {
         self.0.len()

@@ -29,7 +29,7 @@ pub use room::HistoryLimit;
 use room::Room;
 
 use super::rules::RuleLimits;
-use super::{Admission, Census, ConnectionId, CreateGate, JoinArgs, Moderation, Refusal, RoomService};
+use super::{Admission, Census, ConnectionId, CreateGate, Item, JoinArgs, Moderation, Refusal, RoomService};
 use crate::store::StoreHandle;
 
 /// Least time between two records of a room's use (see `LocalRooms::touch`).
@@ -206,10 +206,14 @@ impl RoomService for LocalRooms {
         after_seq: u64,
         sealed: Bytes,
     ) -> impl Future<Output = Result<u64, Refusal>> + Send {
-        let (store, room) = (self.store.clone(), member.room.name.clone());
+        let (store, room, uploader) = (self.store.clone(), member.room.clone(), member.identity);
         async move {
-            match store.put_group_info(room.as_str(), after_seq, sealed.to_vec()).await {
-                Ok(true) => Ok(after_seq),
+            match store.put_group_info(room.name.as_str(), after_seq, sealed.to_vec()).await {
+                Ok(true) => {
+                    // The others learn it from the room; the uploader from its answer.
+                    room.lock().broadcast(&Item::group_info_stored(after_seq), Some(&uploader));
+                    Ok(after_seq)
+                }
                 Ok(false) => Err(Refusal::new(
                     ErrorCode::StaleGroupInfo,
                     format!(
