@@ -68,6 +68,11 @@ pub enum ClientMessage {
     PutGroupInfo(GroupInfoPart),
     /// 0x0b (version 2): ask for the room's sealed GroupInfo.
     GetGroupInfo,
+    /// 0x0c (version 2, owner only): the room's new join verifier, after a password rotation.
+    SetVerifier {
+        /// `SHA-256("chatroom/2 join verifier" || join_secret)` of the new password.
+        verifier: [u8; 32],
+    },
 }
 
 /// One part of a sealed GroupInfo in transit (`PutGroupInfo`, `GroupInfo`).
@@ -327,6 +332,7 @@ const T_CPING: u8 = 0x08;
 const T_CPONG: u8 = 0x09;
 const T_PUT_GROUP_INFO: u8 = 0x0a;
 const T_GET_GROUP_INFO: u8 = 0x0b;
+const T_SET_VERIFIER: u8 = 0x0c;
 const T_JOINED: u8 = 0x81;
 const T_DELIVER: u8 = 0x82;
 const T_ACK: u8 = 0x83;
@@ -441,6 +447,9 @@ impl ClientMessage {
             ClientMessage::Pong { token } => item(out, T_CPONG, |o| put_u64(o, *token)),
             ClientMessage::PutGroupInfo(p) => item(out, T_PUT_GROUP_INFO, |o| p.encode(o)),
             ClientMessage::GetGroupInfo => item(out, T_GET_GROUP_INFO, |_| {}),
+            ClientMessage::SetVerifier { verifier } => {
+                item(out, T_SET_VERIFIER, |o| o.extend_from_slice(verifier))
+            }
         }
     }
 
@@ -480,6 +489,7 @@ impl ClientMessage {
             T_CPONG => ClientMessage::Pong { token: r.u64()? },
             T_PUT_GROUP_INFO => ClientMessage::PutGroupInfo(GroupInfoPart::decode(&mut r)?),
             T_GET_GROUP_INFO => ClientMessage::GetGroupInfo,
+            T_SET_VERIFIER => ClientMessage::SetVerifier { verifier: r.array()? },
             other => return Err(DecodeError::UnknownMessageType(other)),
         };
         r.finish()?;
@@ -816,9 +826,14 @@ mod tests {
         let mut out = Vec::new();
         ClientMessage::PutGroupInfo(part.clone()).encode(&mut out);
         ClientMessage::GetGroupInfo.encode(&mut out);
+        ClientMessage::SetVerifier { verifier: [3; 32] }.encode(&mut out);
         assert_eq!(
             ClientMessage::decode_all(&out).unwrap(),
-            vec![ClientMessage::PutGroupInfo(part.clone()), ClientMessage::GetGroupInfo]
+            vec![
+                ClientMessage::PutGroupInfo(part.clone()),
+                ClientMessage::GetGroupInfo,
+                ClientMessage::SetVerifier { verifier: [3; 32] }
+            ]
         );
         let mut out = Vec::new();
         RelayMessage::GroupInfo(part.clone()).encode(&mut out);

@@ -166,9 +166,10 @@ fn arb_part(u: &mut Unstructured<'_>) -> Result<GroupInfoPart> {
 }
 
 fn arb_client(u: &mut Unstructured<'_>) -> Result<ClientMessage> {
-    Ok(match u.int_in_range(0..=9)? {
+    Ok(match u.int_in_range(0..=10)? {
         8 => ClientMessage::PutGroupInfo(arb_part(u)?),
         9 => ClientMessage::GetGroupInfo,
+        10 => ClientMessage::SetVerifier { verifier: u.arbitrary()? },
         0 => ClientMessage::Join(JoinRequest {
             version: *u.choose(&[PROTOCOL_VERSION, PROTOCOL_VERSION_2])?,
             create: u.arbitrary()?,

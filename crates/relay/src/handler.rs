@@ -752,6 +752,14 @@ impl<H: RoomService> Handler<H> {
                     }
                 }
             }
+            ClientMessage::SetVerifier { verifier } if session.version == 2 => {
+                match self.shared.hub.set_verifier(member, verifier).await {
+                    Ok(()) => Vec::new(),
+                    Err(refusal) => {
+                        vec![encode(&RelayMessage::Error { code: refusal.code, detail: refusal.detail })]
+                    }
+                }
+            }
             ClientMessage::Ping { token } => vec![encode(&RelayMessage::Pong { token })],
             ClientMessage::Pong { .. } => Vec::new(),
             ClientMessage::Join(_) => {

@@ -732,6 +732,18 @@ impl StoreHandle {
         .await?
     }
 
+    /// Replaces the room's join verifier.
+    pub(crate) async fn set_verifier(&self, room: &str, verifier: [u8; 32]) -> Result<(), StoreError> {
+        let room = room.to_owned();
+        self.exec(move |conn| {
+            conn.prepare_cached("UPDATE rooms SET verifier = ?2 WHERE name = ?1")
+                .and_then(|mut s| s.execute(params![room, verifier]))
+                .map(drop)
+                .map_err(sqlite("replacing a room's verifier"))
+        })
+        .await?
+    }
+
     /// The room's sealed GroupInfo and its `after_seq`, if one is stored.
     pub(crate) async fn group_info(&self, room: &str) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
         let room = room.to_owned();

@@ -7,8 +7,8 @@
 mod common;
 
 use chatroom_crypto::{
-    open, sign_v2, verify_v2, ClientMessage, ErrorCode, GroupInfoPart, RelayMessage, MAX_ENVELOPE_LEN,
-    MAX_GROUP_INFO_CHUNK, MAX_MLS_LEN, MIN_ENVELOPE_V2_LEN,
+    join_verifier_v2, open, sign_v2, verify_v2, ClientMessage, ErrorCode, GroupInfoPart, RelayMessage,
+    MAX_ENVELOPE_LEN, MAX_GROUP_INFO_CHUNK, MAX_MLS_LEN, MIN_ENVELOPE_V2_LEN,
 };
 use common::*;
 
@@ -246,5 +246,38 @@ async fn the_group_info_slot_keeps_the_newest_object_within_its_limits() -> Test
     let (mut c, _) = member(&relay, &Person::new("carol"), &TestRoom::new("classic"), true).await?;
     c.send(&[ClientMessage::GetGroupInfo]).await?;
     assert_eq!(c.goodbye().await?.0, ErrorCode::UnexpectedMessage);
+    relay.stop().await
+}
+
+/// The owner's password rotation at the relay: `SetVerifier` replaces the join verifier for
+/// every later join (kept across a restart); members already in stay; nobody else may.
+#[tokio::test]
+async fn the_owner_replaces_the_join_verifier() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let relay = TestRelay::start(dir.path(), |_| {}).await?;
+    let (old, new) = (TestRoom::new("mls"), TestRoom::new("mls"));
+    let (alice, bob) = (Person::new("alice"), Person::new("bob"));
+    let (mut a, _) = v2_member(&relay, &alice, &old, true).await?;
+    let (mut b, _) = v2_member(&relay, &bob, &old, false).await?;
+
+    let verifier = join_verifier_v2(&new.keys.join_secret).0;
+    b.send(&[ClientMessage::SetVerifier { verifier }]).await?;
+    assert_eq!(b.error().await?.0, ErrorCode::NotOwner);
+    a.send(&[ClientMessage::SetVerifier { verifier }]).await?;
+    let answers = a.until_pong(1).await?;
+    assert!(!answers.iter().any(|m| matches!(m, RelayMessage::Error { .. })), "{answers:?}");
+
+    let mut late = Conn::connect_v2(relay.addr).await?;
+    let (code, _) =
+        late.join(&Person::new("carol"), &old, false, 0).await?.err().ok_or("old password admitted")?;
+    assert_eq!(code, ErrorCode::WrongPassword);
+    let (_c, _) = v2_member(&relay, &Person::new("carol"), &new, false).await?;
+    let commit = sign_v2(&bob.identity, &old.name, 1, 1, b"bob is still in")?;
+    assert_eq!(b.publish_ok(commit).await?, 1);
+
+    drop((a, b));
+    relay.stop().await?;
+    let relay = TestRelay::start(dir.path(), |_| {}).await?;
+    let (_d, _) = v2_member(&relay, &Person::new("dave"), &new, false).await?;
     relay.stop().await
 }

@@ -149,6 +149,17 @@ pub trait RoomService: Send + Sync + 'static {
         std::future::ready(Err(no_group_info_slot()))
     }
 
+    /// Replaces the room's join verifier (owner only, `NotOwner` otherwise), durably, before
+    /// the next join is checked against it.
+    fn set_verifier(
+        &self,
+        member: &Self::Membership,
+        verifier: [u8; 32],
+    ) -> impl Future<Output = Result<(), Refusal>> + Send {
+        let _ = (member, verifier);
+        std::future::ready(Err(no_group_info_slot()))
+    }
+
     /// The connected members of the member's room, sorted by nickname.
     fn members(&self, member: &Self::Membership) -> impl Future<Output = Vec<Member>> + Send;
 
@@ -184,7 +195,7 @@ pub struct Census {
 fn no_group_info_slot() -> Refusal {
     Refusal::new(
         ErrorCode::UnexpectedMessage,
-        "this relay's room storage keeps no group information; use a relay with local rooms for protocol version 2",
+        "this relay's room storage does not support protocol version 2's room operations; use a relay with local rooms",
     )
 }
 

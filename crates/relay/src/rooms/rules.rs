@@ -167,6 +167,19 @@ impl RoomRules {
         self.owner
     }
 
+    /// Replaces the password verifier (the owner's password rotation, protocol version 2);
+    /// members already joined stay.
+    pub fn set_verifier(&mut self, by: &PublicIdentity, verifier: JoinVerifier) -> Result<(), Refusal> {
+        if *by != self.owner {
+            return Err(Refusal::new(
+                ErrorCode::NotOwner,
+                "only the room owner may change the room's password",
+            ));
+        }
+        self.verifier = verifier;
+        Ok(())
+    }
+
     /// Hands the room to another owner (the operator's decision).
     pub fn set_owner(&mut self, owner: PublicIdentity) {
         self.owner = owner;

@@ -239,6 +239,25 @@ impl RoomService for LocalRooms {
             }
         }
     }
+    fn set_verifier(
+        &self,
+        member: &LocalMember,
+        verifier: [u8; 32],
+    ) -> impl Future<Output = Result<(), Refusal>> + Send {
+        let (store, room, by) = (self.store.clone(), member.room.clone(), member.identity);
+        async move {
+            // Checked first, stored, then applied: a failed write changes nothing.
+            if room.lock().rules.owner() != by {
+                return Err(Refusal::new(
+                    ErrorCode::NotOwner,
+                    "only the room owner may change the room's password",
+                ));
+            }
+            store.set_verifier(room.name.as_str(), verifier).await.map_err(|e| Refusal::internal(&e))?;
+            room.lock().rules.set_verifier(&by, chatroom_crypto::JoinVerifier(verifier))
+        }
+    }
+
     async fn members(&self, member: &LocalMember) -> Vec<Member> {
         member.room.lock().member_list()
     }
