@@ -261,6 +261,34 @@ pub(crate) fn default_data_dir() -> Result<PathBuf, String> {
         .ok_or_else(|| "cannot determine a data directory (no home directory); pass --data-dir DIR".into())
 }
 
+/// Bytes of a sealed GroupInfo per member of a version 2 room, with the ratchet tree
+/// (about 290 measured at 500 members: PROTOCOL-v2-draft.md section 4.2).
+const GROUP_INFO_BYTES_PER_MEMBER: usize = 290;
+/// The largest sealed GroupInfo clients open (chatroom_group::MAX_SEALED_GROUP_INFO).
+const MAX_GROUP_INFO_BYTES: usize = 8 * 1024 * 1024;
+
+/// A version 2 room's GroupInfo must fit the relay's limit at the room's member limit, or
+/// nobody could enter a full room; and no client opens one above 8 MiB.
+fn group_info_covers_members(args: &RunArgs) -> Result<(), String> {
+    if args.max_group_info_bytes > MAX_GROUP_INFO_BYTES {
+        return Err(format!(
+            "--max-group-info-bytes {} exceeds what clients open; use a value up to {MAX_GROUP_INFO_BYTES}",
+            args.max_group_info_bytes
+        ));
+    }
+    let needed = args.max_room_members.saturating_mul(GROUP_INFO_BYTES_PER_MEMBER);
+    if args.max_group_info_bytes < needed {
+        return Err(format!(
+            "--max-group-info-bytes {} holds the group information of about {} members, fewer than \
+             --max-room-members {}; raise it to at least {needed} or lower --max-room-members",
+            args.max_group_info_bytes,
+            args.max_group_info_bytes / GROUP_INFO_BYTES_PER_MEMBER,
+            args.max_room_members
+        ));
+    }
+    Ok(())
+}
+
 /// The flag values no relay can run with, each refused with the value to use instead.
 fn validate(args: &RunArgs, defaults: &Config) -> Result<(), String> {
     if args.max_envelope > defaults.max_envelope_len {
@@ -280,12 +308,15 @@ fn validate(args: &RunArgs, defaults: &Config) -> Result<(), String> {
                     --max-connections-per-48, --max-room-members and --who-per-sec must be at least 1"
             .into());
     }
-    if args.history_bytes < defaults.max_envelope_len {
+    // Version 2 envelopes (MLS) reach 16 490 bytes, whatever --max-envelope says.
+    let largest = defaults.max_envelope_len.max(chatroom_crypto::MAX_ENVELOPE_V2_LEN);
+    if args.history_bytes < largest {
         return Err(format!(
-            "--history-bytes {} cannot hold one envelope; use at least {}",
-            args.history_bytes, defaults.max_envelope_len
+            "--history-bytes {} cannot hold one envelope; use at least {largest}",
+            args.history_bytes
         ));
     }
+    group_info_covers_members(args)?;
     if args.headroom_percent > 50 {
         return Err(format!(
             "--headroom-percent {} would keep most of the relay from newcomers; use at most 50",

@@ -261,6 +261,23 @@ fn bad_flags_are_refused_with_the_fix() -> TestResult {
     assert!(!out.status.success());
     let stderr = String::from_utf8(out.stderr)?;
     assert!(stderr.contains("use a value up to"), "{stderr}");
+    // A version 2 room's group information must fit at the room's member limit.
+    let out = Command::new(BIN)
+        .args([
+            "--max-group-info-bytes",
+            "100000",
+            "--max-room-members",
+            "1000",
+            "--data-dir",
+            "/nonexistent",
+        ])
+        .output()?;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr)?;
+    assert!(stderr.contains("raise it to at least 290000 or lower --max-room-members"), "{stderr}");
+    let out = Command::new(BIN).args(["--history-bytes", "16000", "--data-dir", "/nonexistent"]).output()?;
+    let stderr = String::from_utf8(out.stderr)?;
+    assert!(stderr.contains("use at least 16490"), "{stderr}");
     Ok(())
 }
 
