@@ -121,8 +121,8 @@ impl SignedJoin {
     }
 
     fn into_verified(self) -> VerifiedJoin {
-        let JoinRequest { room, nick, identity, .. } = self.request;
-        VerifiedJoin { room, nick, identity }
+        let JoinRequest { room, nick, identity, version, .. } = self.request;
+        VerifiedJoin { room, nick, identity, version }
     }
 }
 
@@ -132,9 +132,15 @@ pub struct VerifiedJoin {
     room: RoomName,
     nick: Nick,
     identity: PublicIdentity,
+    version: u8,
 }
 
 impl VerifiedJoin {
+    /// The protocol version the member joined with (1 or 2).
+    pub fn version(&self) -> u8 {
+        self.version
+    }
+
     /// The room joined.
     pub fn room(&self) -> &RoomName {
         &self.room

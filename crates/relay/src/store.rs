@@ -204,6 +204,8 @@ pub(crate) struct RoomRecord {
     pub(crate) bans: Vec<[u8; 32]>,
     pub(crate) history: Vec<StoredEnvelope>,
     pub(crate) counters: Vec<([u8; 32], u64)>,
+    /// The stored GroupInfo's `after_seq` (protocol version 2), if one is stored.
+    pub(crate) group_info_seq: Option<u64>,
 }
 
 impl fmt::Debug for RoomRecord {
@@ -1184,17 +1186,22 @@ pub(crate) fn now_secs() -> i64 {
 fn load(tx: &rusqlite::Transaction<'_>, room: &str) -> Result<Option<RoomRecord>, StoreError> {
     let ctx = "loading a room";
     let row = tx
-        .prepare_cached("SELECT verifier, owner, latest_seq FROM rooms WHERE name = ?1")
+        .prepare_cached(
+            "SELECT verifier, owner, latest_seq, (SELECT after_seq FROM group_info WHERE room = ?1) \
+             FROM rooms WHERE name = ?1",
+        )
         .and_then(|mut s| {
             s.query_row(params![room], |r| {
-                Ok((r.get::<_, [u8; 32]>(0)?, r.get::<_, [u8; 32]>(1)?, r.get::<_, i64>(2)?))
+                let seqs = (r.get::<_, i64>(2)?, r.get::<_, Option<i64>>(3)?);
+                Ok((r.get::<_, [u8; 32]>(0)?, r.get::<_, [u8; 32]>(1)?, seqs))
             })
             .optional()
         })
         .map_err(sqlite(ctx))?;
-    let Some((verifier, owner, latest_seq)) = row else {
+    let Some((verifier, owner, (latest_seq, group_info_seq))) = row else {
         return Ok(None);
     };
+    let group_info_seq = group_info_seq.map(|seq| u64::try_from(seq).unwrap_or(0));
     let nicks = tx
         .prepare_cached("SELECT nick, identity FROM nicknames WHERE room = ?1")
         .and_then(|mut s| {
@@ -1229,7 +1236,16 @@ fn load(tx: &rusqlite::Transaction<'_>, room: &str) -> Result<Option<RoomRecord>
                 .collect::<Result<Vec<_>, _>>()
         })
         .map_err(sqlite(ctx))?;
-    Ok(Some(RoomRecord { verifier, owner, latest_seq: latest_seq as u64, nicks, bans, history, counters }))
+    Ok(Some(RoomRecord {
+        verifier,
+        owner,
+        latest_seq: latest_seq as u64,
+        nicks,
+        bans,
+        history,
+        counters,
+        group_info_seq,
+    }))
 }
 
 #[cfg(test)]

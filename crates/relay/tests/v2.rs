@@ -191,13 +191,15 @@ async fn the_group_info_slot_keeps_the_newest_object_within_its_limits() -> Test
     let relay = TestRelay::start(dir.path(), limit).await?;
     let room = TestRoom::new("mls");
     let (alice, bob) = (Person::new("alice"), Person::new("bob"));
-    let (mut a, _) = v2_member(&relay, &alice, &room, true).await?;
+    let (mut a, joined) = v2_member(&relay, &alice, &room, true).await?;
+    assert_eq!(joined.group_info_seq, Some(0), "a v2 join is told none is stored");
     assert_eq!(fetch(&mut a).await?, Err(ErrorCode::NoGroupInfo));
 
     // Three parts, stored whole.
     let first: Vec<u8> = (0..130_000u32).map(|i| i as u8).collect();
     assert_eq!(upload(&mut a, 0, &first).await?, RelayMessage::GroupInfoStored { after_seq: 0 });
-    let (mut b, _) = v2_member(&relay, &bob, &room, false).await?;
+    let (mut b, joined) = v2_member(&relay, &bob, &room, false).await?;
+    assert_eq!(joined.group_info_seq, Some(0));
     assert_eq!(fetch(&mut b).await?, Ok((0, first.clone())));
 
     // Ahead of the log, or older than the stored one: stale.
@@ -211,6 +213,8 @@ async fn the_group_info_slot_keeps_the_newest_object_within_its_limits() -> Test
     // The other members are told; the uploader only by its answer.
     let notice = b.next_matching(|m| matches!(m, RelayMessage::GroupInfoStored { .. })).await?;
     assert_eq!(notice, RelayMessage::GroupInfoStored { after_seq: 1 });
+    let (_c, joined) = v2_member(&relay, &Person::new("carol"), &room, false).await?;
+    assert_eq!(joined.group_info_seq, Some(1), "a later join is told the new one");
     assert!(matches!(
         upload(&mut a, 0, b"epoch 0").await?,
         RelayMessage::Error { code: ErrorCode::StaleGroupInfo, .. }
@@ -239,11 +243,15 @@ async fn the_group_info_slot_keeps_the_newest_object_within_its_limits() -> Test
     drop((a, b));
     relay.stop().await?;
     let relay = TestRelay::start(dir.path(), limit).await?;
-    let (mut b, _) = v2_member(&relay, &bob, &room, false).await?;
+    let (mut b, joined) = v2_member(&relay, &bob, &room, false).await?;
+    assert_eq!(joined.group_info_seq, Some(1), "loaded from storage");
     assert_eq!(fetch(&mut b).await?, Ok((1, b"epoch 1".to_vec())));
+    let (_a, joined) = v2_member(&relay, &alice, &room, false).await?;
+    assert_eq!(joined.group_info_seq, Some(1), "from the room in memory");
 
     // A version 1 connection cannot use the slot.
-    let (mut c, _) = member(&relay, &Person::new("carol"), &TestRoom::new("classic"), true).await?;
+    let (mut c, joined) = member(&relay, &Person::new("carol"), &TestRoom::new("classic"), true).await?;
+    assert_eq!(joined.group_info_seq, None, "a v1 join is not told");
     c.send(&[ClientMessage::GetGroupInfo]).await?;
     assert_eq!(c.goodbye().await?.0, ErrorCode::UnexpectedMessage);
     relay.stop().await

@@ -139,6 +139,9 @@ pub struct JoinedInfo {
     /// The highest stored `seq`, and the oldest retained (0: none).
     pub latest_seq: u64,
     pub oldest_seq: u64,
+    /// For a version 2 join: the stored GroupInfo's `after_seq` (0: none), sent as
+    /// `GroupInfoStored` right after `Joined`.
+    pub group_info_seq: Option<u64>,
 }
 
 /// A successful join: the member's handle and what to send it, in this order: `Joined`, the
@@ -168,7 +171,8 @@ pub(crate) fn member_items(list: Vec<Member>) -> Vec<Bytes> {
         .collect()
 }
 
-/// Starts a joined member's outbox: `Joined` and `Members` first, then the replay ending
+/// Starts a joined member's outbox: `Joined` (and for version 2 `GroupInfoStored`) and
+/// `Members` first, then the replay ending
 /// with `HistoryEnd`, then whatever was pushed since the member registered.
 pub(crate) fn start<M>(outbox: &Outbox, admission: Admission<M>) -> M {
     let Admission { member, joined, members, history } = admission;
@@ -178,6 +182,9 @@ pub(crate) fn start<M>(outbox: &Outbox, admission: Admission<M>) -> M {
         latest_seq: joined.latest_seq,
         oldest_seq: joined.oldest_seq,
     })];
+    if let Some(after_seq) = joined.group_info_seq {
+        first.push(encode(&RelayMessage::GroupInfoStored { after_seq }));
+    }
     first.extend(member_items(members));
     let replay =
         Replayed { history, end: Some(encode(&RelayMessage::HistoryEnd { latest_seq: joined.latest_seq })) };

@@ -149,6 +149,8 @@ pub struct Joined {
     pub members: Vec<Member>,
     pub history: Vec<(u64, Vec<u8>)>,
     pub history_end: u64,
+    /// `GroupInfoStored` right after `Joined` (version 2 only).
+    pub group_info_seq: Option<u64>,
 }
 
 /// One client connection after the Noise handshake.
@@ -305,10 +307,14 @@ impl Conn {
             members: Vec::new(),
             history: Vec::new(),
             history_end: 0,
+            group_info_seq: None,
         };
         loop {
             match self.recv().await? {
                 RelayMessage::Members { members, .. } => joined.members.extend(members),
+                RelayMessage::GroupInfoStored { after_seq } if joined.members.is_empty() => {
+                    joined.group_info_seq = Some(after_seq)
+                }
                 RelayMessage::Deliver { seq, history: true, envelope } => {
                     joined.history.push((seq, envelope))
                 }

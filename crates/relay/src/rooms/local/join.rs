@@ -89,6 +89,7 @@ impl LocalRooms {
     ) -> Admission<LocalMember> {
         let identity = *verified.identity();
         let nick = verified.nick().clone();
+        let version = verified.version();
         // A replacement is announced too: the others' lists then carry the nickname as this
         // connection spells it.
         st.presence(PresenceEvent::Joined, &nick, identity, Some(&identity));
@@ -101,6 +102,7 @@ impl LocalRooms {
             owner: st.rules.owner(),
             latest_seq: st.rules.stored_seq(),
             oldest_seq: st.history.front().map_or(0, |e| e.seq),
+            group_info_seq: (version == 2).then(|| st.group_info_seq.unwrap_or(0)),
         };
         Admission {
             member: LocalMember { room: room.clone(), identity, nick, connection },

@@ -211,7 +211,10 @@ impl RoomService for LocalRooms {
             match store.put_group_info(room.name.as_str(), after_seq, sealed.to_vec()).await {
                 Ok(true) => {
                     // The others learn it from the room; the uploader from its answer.
-                    room.lock().broadcast(&Item::group_info_stored(after_seq), Some(&uploader));
+                    let mut st = room.lock();
+                    // Uploads may finish out of order; storage kept the newest.
+                    st.group_info_seq = Some(st.group_info_seq.map_or(after_seq, |s| s.max(after_seq)));
+                    st.broadcast(&Item::group_info_stored(after_seq), Some(&uploader));
                     Ok(after_seq)
                 }
                 Ok(false) => Err(Refusal::new(

@@ -71,6 +71,8 @@ pub(super) struct RoomState {
     pub(super) evicted: bool,
     /// When the room's use was last recorded in storage.
     pub(super) touched: Option<Instant>,
+    /// The stored GroupInfo's `after_seq` (protocol version 2), if one is stored.
+    pub(super) group_info_seq: Option<u64>,
 }
 
 pub(super) struct Room {
@@ -99,6 +101,7 @@ impl Room {
             joining: 0,
             evicted: false,
             touched,
+            group_info_seq: None,
         };
         Arc::new(Self { name, state: Mutex::new(state), committed: watch::channel(stored).0 })
     }
@@ -131,6 +134,7 @@ impl Room {
             let mut st = room.lock();
             st.history = record.history.iter().map(Retained::from_stored).collect();
             st.retained_bytes = record.history.iter().map(|e| e.envelope.len()).sum();
+            st.group_info_seq = record.group_info_seq;
             st.trim(keep);
         }
         room
