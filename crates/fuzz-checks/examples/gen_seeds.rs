@@ -370,6 +370,18 @@ fn main() -> Result<()> {
     x.u8(op(1, rs::WIRE)).bytes8(&[0, 4, 1, 2, 3, 4]);
     x.u8(op(2, rs::SEND)).u16(9).bytes8(b"and here");
     s.put(t, "hostile", &x.out)?;
+    // dave's version 2 room: uploads (token = after_seq | parts - 1 << 8 | part << 16),
+    // fetches, an envelope, the verifier; bob's v1 connection asking for the GroupInfo.
+    let mut x = w();
+    x.u8(op(3, rs::CONTROL)).u8(7).u64(0).bytes8(b"sealed group info");
+    x.u8(op(3, rs::CONTROL)).u8(8).u64(0).bytes8(b"");
+    x.u8(op(3, rs::SEND)).u16(1).bytes8(b"commit");
+    x.u8(op(3, rs::CONTROL)).u8(7).u64(1 | 1 << 8).bytes8(b"first half ");
+    x.u8(op(3, rs::CONTROL)).u8(7).u64(1 | 1 << 8 | 1 << 16).bytes8(b"second half");
+    x.u8(op(3, rs::CONTROL)).u8(8).u64(0).bytes8(b"");
+    x.u8(op(3, rs::CONTROL)).u8(9).u64(5).bytes8(b"");
+    x.u8(op(1, rs::CONTROL)).u8(8).u64(0).bytes8(b"");
+    s.put(t, "group-info", &x.out)?;
 
     group_seeds(&mut s)?;
 

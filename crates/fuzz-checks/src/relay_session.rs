@@ -4,22 +4,26 @@
 //! on failures, creations and send rates raised so that a long campaign never trips them).
 //! For each input the target opens four connections, does the real Noise handshake and join
 //! on each: `alice` creates a fresh room, `bob` and `carol` join it, `dave` creates a second
-//! fresh room. Then it runs the input's operations, sends a `Ping` on every connection and
+//! fresh room over protocol version 2 (the `chatroom/2` handshake and join). Then it runs the input's operations, sends a `Ping` on every connection and
 //! reads everything up to the `Pong`, the connection's close, or [`WAIT`].
 //!
 //! Input: up to [`MAX_OPS`] operations `op(u8) | fields`; `op % 4` picks the connection,
 //! `(op / 4) % 5` the kind:
-//! - 0 `SEND`: `counter(u16) body(bytes8)`: an envelope sealed by that member for its room;
+//! - 0 `SEND`: `counter(u16) body(bytes8)`: an envelope sealed by that member for its room
+//!   (for `dave`, a version 2 envelope carrying the body as its MLS bytes);
 //! - 1 `ENVELOPE`: `bytes16`: a `Send` of arbitrary envelope bytes;
 //! - 2 `CONTROL`: `which(u8) token(u64) nick(bytes8)`: `Who`, `Ping`, `Pong`, `Kick`,
-//!   `Ban`, `Unban` or a second `Join`;
+//!   `Ban`, `Unban`, a second `Join`, or version 2's `PutGroupInfo` (a part built from the
+//!   token and the nick bytes), `GetGroupInfo`, `SetVerifier`;
 //! - 3 `PLAINTEXT`: `bytes16`: arbitrary plaintext, encrypted and framed correctly;
 //! - 4 `WIRE`: `bytes8`: arbitrary bytes on the socket, under the encryption.
 //!
 //! Invariants: nothing in the relay panics; every valid handshake and join is admitted; a
 //! member never receives an envelope, a member list entry or a presence event of the other
 //! room; `Deliver` sequence numbers strictly increase on each connection, and so do `Ack`
-//! sequence numbers; everything a connection receives decrypts and decodes.
+//! sequence numbers; everything a connection receives decrypts and decodes; only the version
+//! 2 connection receives `GroupInfo` and `GroupInfoStored`, and a `GroupInfo` holds only bytes
+//! uploaded in its room.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -29,8 +33,8 @@ use std::time::Duration;
 
 use chatroom_crypto::internal::split_master;
 use chatroom_crypto::{
-    seal_with, ClientMessage, Content, ContentKind, Identity, Initiator, JoinRequest, Nick, PublicIdentity,
-    RelayMessage, RoomKeys, RoomName, StaticKeypair, Transport,
+    seal_with, sign_v2, ClientMessage, Content, ContentKind, GroupInfoPart, Identity, Initiator, JoinRequest,
+    Nick, PublicIdentity, RelayMessage, RoomKeys, RoomName, StaticKeypair, Transport,
 };
 use chatroom_relay::{Config, Relay, Synchronous};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -161,6 +165,8 @@ struct Conn {
     room: usize,
     alive: bool,
     received: Vec<RelayMessage>,
+    /// The protocol version of its handshake and join.
+    version: u8,
 }
 
 async fn read_frame(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
@@ -178,13 +184,15 @@ fn framed(payload: &[u8]) -> Vec<u8> {
 }
 
 impl Conn {
-    async fn open(addr: SocketAddr, room: usize) -> Self {
+    async fn open(addr: SocketAddr, room: usize, version: u8) -> Self {
         let mut stream = timeout(STEP, TcpStream::connect(addr))
             .await
             .unwrap_or_else(|_| panic!("connecting to the relay timed out"))
             .unwrap_or_else(|e| panic!("cannot connect to the relay: {e}"));
         let _ = stream.set_nodelay(true);
-        let (init, msg1) = Initiator::start(&StaticKeypair::generate()).unwrap_or_else(|e| panic!("{e}"));
+        let keys = StaticKeypair::generate();
+        let started = if version == 2 { Initiator::start_v2(&keys) } else { Initiator::start(&keys) };
+        let (init, msg1) = started.unwrap_or_else(|e| panic!("{e}"));
         stream.write_all(&framed(&msg1)).await.unwrap_or_else(|e| panic!("{e}"));
         let msg2 = timeout(STEP, read_frame(&mut stream))
             .await
@@ -196,7 +204,7 @@ impl Conn {
             .unwrap_or_else(|e| panic!("the relay's handshake reply is invalid: {e}"));
         stream.write_all(&framed(&msg3)).await.unwrap_or_else(|e| panic!("{e}"));
         let hash = *transport.handshake_hash();
-        Self { stream, transport, hash, room, alive: true, received: Vec::new() }
+        Self { stream, transport, hash, room, alive: true, received: Vec::new(), version }
     }
 
     async fn send_plaintext(&mut self, plaintext: &[u8]) {
@@ -253,7 +261,7 @@ fn join_request(
     keys: &RoomKeys,
     create: bool,
 ) -> ClientMessage {
-    ClientMessage::Join(JoinRequest::new(
+    let request = JoinRequest::new(
         &person.identity,
         &conn.hash,
         room.clone(),
@@ -261,7 +269,8 @@ fn join_request(
         keys.join_secret.clone(),
         create,
         0,
-    ))
+    );
+    ClientMessage::Join(if conn.version == 2 { request.for_version_2() } else { request })
 }
 
 /// What the members received after the joins, over all connections.
@@ -275,6 +284,8 @@ pub struct Tally {
     pub errors: usize,
     /// `Presence` items.
     pub presence: usize,
+    /// `GroupInfo` and `GroupInfoStored` items.
+    pub group_info: usize,
 }
 
 /// Runs the input (see the module documentation).
@@ -293,6 +304,8 @@ pub fn tally(data: &[u8]) -> Tally {
 
 /// Member `i` joins room `ROOM_OF[i]`: three members in one room, one in the other.
 const ROOM_OF: [usize; 4] = [0, 0, 0, 1];
+/// The protocol version of each member's connection: the second room is a version 2 room.
+const VERSION_OF: [u8; 4] = [1, 1, 1, 2];
 
 /// Everything one session holds: rooms, members, their connections, and what was sent.
 struct World {
@@ -304,6 +317,8 @@ struct World {
     conns: Vec<Conn>,
     /// Envelopes sent on connections of each room.
     sent: [HashSet<Vec<u8>>; 2],
+    /// GroupInfo chunks uploaded on connections of each room.
+    uploaded: [HashSet<Vec<u8>>; 2],
     counters: [u64; 4],
 }
 
@@ -341,7 +356,7 @@ impl World {
         let mut conns = Vec::new();
         for (i, person) in people.iter().enumerate() {
             let room = ROOM_OF[i];
-            let mut conn = Conn::open(addr, room).await;
+            let mut conn = Conn::open(addr, room, VERSION_OF[i]).await;
             let create = i == 0 || i == 3;
             let join = join_request(&conn, person, &rooms[room], &keys[room], create);
             conn.send(&[join]).await;
@@ -350,7 +365,8 @@ impl World {
             conn.received.clear();
             conns.push(conn);
         }
-        World { rooms, keys, people, members, conns, sent: Default::default(), counters: [0; 4] }
+        let (sent, uploaded) = Default::default();
+        World { rooms, keys, people, members, conns, sent, uploaded, counters: [0; 4] }
     }
 
     /// One operation of the input, on the connection of the member it names.
@@ -360,6 +376,7 @@ impl World {
         let room = ROOM_OF[i];
         let (people, rooms, keys, conns, sent, counters) =
             (&self.people, &self.rooms, &self.keys, &mut self.conns, &mut self.sent, &mut self.counters);
+        let uploaded = &mut self.uploaded;
         match (op / 4) % 5 {
             SEND => {
                 counters[i] = counters[i].max(u64::from(input.u16())) + 1;
@@ -371,9 +388,20 @@ impl World {
                 };
                 let mut rng = FixedRng::new([op; 32]);
                 let key = &keys[room].message_key;
-                let Ok(envelope) =
+                let sealed = if VERSION_OF[i] == 2 {
+                    let mls = content.body.as_bytes();
+                    let kind = 1 + (mls.len() % 3) as u8;
+                    sign_v2(
+                        &people[i].identity,
+                        &rooms[room],
+                        counters[i],
+                        kind,
+                        if mls.is_empty() { b"m" } else { mls },
+                    )
+                } else {
                     seal_with(key, &people[i].identity, &rooms[room], counters[i], &content, &mut rng)
-                else {
+                };
+                let Ok(envelope) = sealed else {
                     return;
                 };
                 sent[room].insert(envelope.clone());
@@ -385,9 +413,10 @@ impl World {
                 conns[i].send(&[ClientMessage::Send { envelope }]).await;
             }
             CONTROL => {
-                let which = input.u8() % 7;
+                let which = input.u8() % 10;
                 let token = input.u64();
-                let nick = nick_or(input.bytes8(), NAMES[usize::from(which % 4)]);
+                let raw = input.bytes8();
+                let nick = nick_or(raw, NAMES[usize::from(which % 4)]);
                 let msg = match which {
                     0 => ClientMessage::Who,
                     1 => ClientMessage::Ping { token },
@@ -395,7 +424,21 @@ impl World {
                     3 => ClientMessage::Kick { nick },
                     4 => ClientMessage::Ban { nick },
                     5 => ClientMessage::Unban { nick },
-                    _ => join_request(&conns[i], &people[i], &rooms[room], &keys[room], false),
+                    6 => join_request(&conns[i], &people[i], &rooms[room], &keys[room], false),
+                    7 => {
+                        let parts = 1 + (token >> 8) as u8 % 2;
+                        let chunk = if raw.is_empty() { vec![token as u8] } else { raw.to_vec() };
+                        uploaded[room].insert(chunk.clone());
+                        let part = GroupInfoPart {
+                            after_seq: token % 4,
+                            part: (token >> 16) as u8 % parts,
+                            parts,
+                            chunk,
+                        };
+                        ClientMessage::PutGroupInfo(part)
+                    }
+                    8 => ClientMessage::GetGroupInfo,
+                    _ => ClientMessage::SetVerifier { verifier: [token as u8; 32] },
                 };
                 conns[i].send(&[msg]).await;
             }
@@ -483,6 +526,17 @@ impl World {
                     assert!(members[room].contains(identity), "{} saw presence from another room", NAMES[i]);
                 }
                 RelayMessage::Error { .. } | RelayMessage::SendError { .. } => tally.errors += 1,
+                RelayMessage::GroupInfo(part) => {
+                    assert_eq!(conn.version, 2, "{} got a GroupInfo on a version 1 connection", NAMES[i]);
+                    // Objects here fit one item: an uploaded chunk, or two joined (parts 0 and 1).
+                    let whole = self.uploaded[room].iter().any(|c| part.chunk.starts_with(c));
+                    assert!(whole, "{} got GroupInfo bytes nobody in its room uploaded", NAMES[i]);
+                    tally.group_info += 1;
+                }
+                RelayMessage::GroupInfoStored { .. } => {
+                    assert_eq!(conn.version, 2, "{} got GroupInfoStored on a version 1 connection", NAMES[i]);
+                    tally.group_info += 1;
+                }
                 _ => {}
             }
         }

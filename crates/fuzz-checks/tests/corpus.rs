@@ -120,6 +120,10 @@ fn relay_session_seeds_reach_the_room() -> TestResult {
     let hostile = tally(&fs::read(dir.join("hostile"))?);
     eprintln!("chat: {chat:?}; hostile: {hostile:?}");
     assert!(hostile.acked >= 1 && hostile.delivered >= 1, "{hostile:?}");
+    // dave's version 2 room: both uploads stored (GroupInfoStored) and both fetches answered
+    // (one GroupInfo item each), the v2 envelope acknowledged, the verifier replaced.
+    let group = tally(&fs::read(dir.join("group-info"))?);
+    assert_eq!((group.group_info, group.acked, group.errors), (4, 1, 0), "{group:?}");
     Ok(())
 }
 
