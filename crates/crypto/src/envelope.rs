@@ -95,6 +95,17 @@ impl Content {
         Ok(out)
     }
 
+    /// The content's padded encoding (v1 section 8), which protocol version 2 carries as MLS
+    /// application data.
+    pub fn to_padded_bytes(&self) -> Result<Zeroizing<Vec<u8>>, DecodeError> {
+        self.encode()
+    }
+
+    /// Decodes `to_padded_bytes`'s output, refusing non-zero padding.
+    pub fn from_padded_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        Self::decode(bytes)
+    }
+
     fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(bytes);
         let timestamp_ms = r.u64()?;

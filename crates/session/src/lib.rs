@@ -12,5 +12,6 @@ pub mod session;
 pub mod state;
 pub mod transport;
 pub mod trust;
+pub mod v2;
 
 pub use chatroom_crypto as crypto;

@@ -1,0 +1,313 @@
+//! Protocol version 2's room core, sans-IO: a member's MLS room (`chatroom_group::Room`) fed
+//! the room's log in `seq` order, with v2 envelopes signed and checked around it, the log
+//! cursor, and the state file (mode 0600, written atomically with fsync). The caller moves
+//! bytes to and from the relay (docs/PROTOCOL-v2-draft.md sections 4 to 7).
+
+use std::path::Path;
+
+use chatroom_crypto::{
+    sign_v2, verify_v2, Content, Identity, PublicIdentity, RoomName, RoomSecretsV2, SafetyCode,
+};
+use chatroom_group::{CommitSummary, Event, GroupError, Kind, LogEntry, Room, RoomRef};
+use zeroize::Zeroizing;
+
+use crate::state::write_private;
+
+/// Why a v2 operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum V2Error {
+    /// The MLS layer refused (wrong password at entry, a forged or late message, ...).
+    #[error(transparent)]
+    Group(#[from] GroupError),
+    /// An envelope failed its signature or structure check.
+    #[error("an envelope failed verification")]
+    Envelope,
+    /// Content that does not encode or decode (too long, bad padding).
+    #[error("malformed message content: {0}")]
+    Content(#[from] chatroom_crypto::DecodeError),
+    /// The state file could not be written or read.
+    #[error("the room state file: {0}")]
+    File(String),
+}
+
+/// What one log entry meant to this member.
+#[derive(Debug, PartialEq, Eq)]
+pub enum V2Event {
+    /// A message from a member, checked by MLS and by its envelope.
+    Message {
+        /// The sender's identity.
+        sender: PublicIdentity,
+        /// What was said.
+        content: Content,
+        /// Its relay sequence number.
+        seq: u64,
+    },
+    /// A commit won its epoch.
+    Commit(CommitSummary),
+    /// This member's entry won: it reads everything from here on.
+    Entered,
+    /// Another commit won the epoch this member tried to enter: enter again.
+    EntryLost,
+    /// This member was removed.
+    Removed,
+    /// This member's own message missed its epoch: send the content again.
+    Resend,
+    /// Nothing to show (an old entry, one's own message, another epoch).
+    Skipped,
+}
+
+/// A member's v2 room: the MLS group, its keys, the log cursor and the sending counter.
+pub struct V2Room {
+    name: RoomName,
+    identity: Identity,
+    keys: RoomSecretsV2,
+    room: Room,
+    /// The highest `seq` processed.
+    cursor: u64,
+    counter: u64,
+}
+
+impl std::fmt::Debug for V2Room {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("V2Room")
+            .field("room", &self.name)
+            .field("cursor", &self.cursor)
+            .finish_non_exhaustive()
+    }
+}
+
+fn room_ref(name: &RoomName, relay_key: &[u8; 32]) -> RoomRef {
+    RoomRef { room: name.clone(), relay_key: *relay_key, psk_generation: 0 }
+}
+
+impl V2Room {
+    /// Creates the room's group; returns the sealed GroupInfo to put with `after_seq` 0.
+    pub fn create(
+        identity: Identity,
+        name: RoomName,
+        relay_key: &[u8; 32],
+        keys: RoomSecretsV2,
+    ) -> Result<(Self, Vec<u8>), V2Error> {
+        let room = Room::create(&identity, room_ref(&name, relay_key), &keys.room_psk)?;
+        let sealed = room.sealed_group_info(&keys.group_info_key)?;
+        Ok((Self { name, identity, keys, room, cursor: 0, counter: 0 }, sealed))
+    }
+
+    /// Enters from the sealed GroupInfo stored after `group_info_seq`: returns the room (not
+    /// a member until its commit wins) and the entry commit's envelope to send. The log must
+    /// then be fed from `group_info_seq + 1`.
+    pub fn enter(
+        identity: Identity,
+        name: RoomName,
+        relay_key: &[u8; 32],
+        keys: RoomSecretsV2,
+        (group_info_seq, sealed): (u64, &[u8]),
+    ) -> Result<(Self, Vec<u8>), V2Error> {
+        let refd = room_ref(&name, relay_key);
+        let (room, commit) = Room::enter(&identity, refd, &keys.room_psk, &keys.group_info_key, sealed)?;
+        let mut me = Self { name, identity, keys, room, cursor: group_info_seq, counter: 0 };
+        let envelope = me.wrap(Kind::Commit, &commit)?;
+        Ok((me, envelope))
+    }
+
+    fn wrap(&mut self, kind: Kind, mls: &[u8]) -> Result<Vec<u8>, V2Error> {
+        self.counter += 1;
+        Ok(sign_v2(&self.identity, &self.name, self.counter, kind as u8, mls)?)
+    }
+
+    /// Seals `content` for the current epoch as an envelope to send.
+    pub fn send(&mut self, content: &Content) -> Result<Vec<u8>, V2Error> {
+        let plaintext = content.to_padded_bytes()?;
+        let mls = self.room.seal_message(&plaintext)?;
+        self.wrap(Kind::Application, &mls)
+    }
+
+    /// An update commit (healing) as an envelope, pending until the log decides.
+    pub fn update(&mut self) -> Result<Vec<u8>, V2Error> {
+        let mls = self.room.update()?;
+        self.wrap(Kind::Commit, &mls)
+    }
+
+    /// The current GroupInfo, sealed for the relay (put it with `after_seq` = the `seq` of
+    /// the commit that started this epoch).
+    pub fn sealed_group_info(&self) -> Result<Vec<u8>, V2Error> {
+        Ok(self.room.sealed_group_info(&self.keys.group_info_key)?)
+    }
+
+    /// Processes the log entry `seq`. Entries at or below the cursor are skipped (a replay
+    /// after reconnecting); a refused one moves the cursor too, since it can never be read.
+    pub fn on_deliver(&mut self, seq: u64, envelope: &[u8]) -> Result<V2Event, V2Error> {
+        if seq <= self.cursor {
+            return Ok(V2Event::Skipped);
+        }
+        self.cursor = seq;
+        let signed = verify_v2(&self.name, envelope).map_err(|_| V2Error::Envelope)?;
+        let kind = match signed.kind {
+            1 => Kind::Commit,
+            2 => Kind::Application,
+            _ => Kind::Proposal,
+        };
+        let event = self.room.process(LogEntry { sender: signed.sender, kind, mls: &signed.mls })?;
+        Ok(match event {
+            Event::Message { sender, plaintext } => {
+                V2Event::Message { sender, content: Content::from_padded_bytes(&plaintext)?, seq }
+            }
+            Event::Commit(summary) => V2Event::Commit(summary),
+            Event::Entered => V2Event::Entered,
+            Event::EntryLost => V2Event::EntryLost,
+            Event::Removed => V2Event::Removed,
+            Event::Resend => V2Event::Resend,
+            _ => V2Event::Skipped,
+        })
+    }
+
+    /// The highest `seq` processed (what a reconnect asks history after).
+    pub fn cursor(&self) -> u64 {
+        self.cursor
+    }
+
+    /// Whether this member's entry is confirmed (and it was not removed).
+    pub fn is_member(&self) -> bool {
+        self.room.is_member()
+    }
+
+    /// What `/safety` shows: the room code, the epoch and its code.
+    pub fn safety(&self) -> Result<(SafetyCode, u64, SafetyCode), V2Error> {
+        Ok((self.keys.room_code().clone(), self.room.epoch(), self.room.epoch_code()?))
+    }
+
+    /// Writes the state (cursor, counter, MLS state of the current epoch only) to `path`,
+    /// mode 0600, atomically, synced.
+    pub fn save(&mut self, path: &Path) -> Result<(), V2Error> {
+        let mls = self.room.export_state()?;
+        let mut out = Zeroizing::new(Vec::with_capacity(17 + mls.len()));
+        out.push(STATE_VERSION);
+        out.extend_from_slice(&self.cursor.to_be_bytes());
+        out.extend_from_slice(&self.counter.to_be_bytes());
+        out.extend_from_slice(&mls);
+        write_private(path, &out).map_err(|e| V2Error::File(e.to_string()))
+    }
+
+    /// Reads a state `save` wrote, for the same identity, room, relay and password.
+    pub fn load(
+        identity: Identity,
+        name: RoomName,
+        relay_key: &[u8; 32],
+        keys: RoomSecretsV2,
+        path: &Path,
+    ) -> Result<Self, V2Error> {
+        let bytes = Zeroizing::new(
+            std::fs::read(path).map_err(|e| V2Error::File(format!("{}: {e}", path.display())))?,
+        );
+        let (header, mls) = bytes.split_at_checked(17).ok_or(V2Error::File("too short".into()))?;
+        if header[0] != STATE_VERSION {
+            return Err(V2Error::File("an unknown version".into()));
+        }
+        let u64_at = |i: usize| header.get(i..i + 8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
+        let (cursor, counter) = (u64_at(1).unwrap_or(0), u64_at(9).unwrap_or(0));
+        let room = Room::load_state(&identity, room_ref(&name, relay_key), &keys.room_psk, mls)?;
+        Ok(Self { name, identity, keys, room, cursor, counter })
+    }
+}
+
+/// `version: u8 = 1 | cursor: u64 | counter: u64 | chatroom_group state`.
+const STATE_VERSION: u8 = 1;
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use chatroom_crypto::{split_master_v2, ContentKind, Nick};
+
+    use super::*;
+
+    const RELAY: [u8; 32] = [9; 32];
+
+    fn general() -> RoomName {
+        RoomName::new("general").unwrap()
+    }
+
+    fn text(nick: &str, body: &str) -> Content {
+        Content {
+            timestamp_ms: 1,
+            kind: ContentKind::Text,
+            nick: Nick::new(nick).unwrap(),
+            body: body.into(),
+        }
+    }
+
+    /// The relay's log: envelopes in `seq` order (index + 1).
+    fn feed(room: &mut V2Room, log: &[Vec<u8>]) -> Vec<Result<V2Event, V2Error>> {
+        let from = usize::try_from(room.cursor()).unwrap();
+        log.iter().enumerate().skip(from).map(|(i, env)| room.on_deliver(i as u64 + 1, env)).collect()
+    }
+
+    #[test]
+    fn members_enter_talk_agree_on_the_epoch_code_and_resume_from_the_state_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (alice_id, bob_id) = (Identity::from_seed(&[1; 32]), Identity::from_seed(&[2; 32]));
+        let (mut alice, info) =
+            V2Room::create(alice_id, general(), &RELAY, split_master_v2(&[7; 32])).unwrap();
+        let mut log = Vec::new();
+        let (mut bob, entry) =
+            V2Room::enter(bob_id, general(), &RELAY, split_master_v2(&[7; 32]), (0, &info)).unwrap();
+        log.push(entry);
+        assert!(matches!(feed(&mut alice, &log)[..], [Ok(V2Event::Commit(_))]));
+        assert!(matches!(feed(&mut bob, &log)[..], [Ok(V2Event::Entered)]));
+        assert_eq!(alice.safety().unwrap(), bob.safety().unwrap(), "one group state, one epoch code");
+
+        log.push(alice.send(&text("alice", "hello bob")).unwrap());
+        let events = feed(&mut bob, &log);
+        match &events[..] {
+            [Ok(V2Event::Message { sender, content, seq: 2 })] => {
+                assert_eq!((*sender, content.body.as_str()), (alice.identity.public(), "hello bob"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(feed(&mut alice, &log)[..], [Ok(V2Event::Skipped)]), "its own message");
+
+        // Bob's state survives a restart: 0600, and he reads on from his cursor.
+        let path = dir.path().join("rooms").join("general.v2");
+        bob.save(&path).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        drop(bob);
+        let mut bob =
+            V2Room::load(Identity::from_seed(&[2; 32]), general(), &RELAY, split_master_v2(&[7; 32]), &path)
+                .unwrap();
+        assert_eq!(bob.cursor(), 2);
+        assert_eq!(bob.on_deliver(2, &log[1]).unwrap(), V2Event::Skipped, "already processed");
+        log.push(alice.send(&text("alice", "still there?")).unwrap());
+        assert!(matches!(&feed(&mut bob, &log)[..], [Ok(V2Event::Message { seq: 3, .. })]));
+    }
+
+    #[test]
+    fn a_wrong_password_cannot_enter_and_forged_envelopes_are_refused() {
+        let (_alice, info) =
+            V2Room::create(Identity::from_seed(&[1; 32]), general(), &RELAY, split_master_v2(&[7; 32]))
+                .unwrap();
+        let eve = V2Room::enter(
+            Identity::from_seed(&[5; 32]),
+            general(),
+            &RELAY,
+            split_master_v2(&[8; 32]),
+            (0, &info),
+        );
+        assert!(matches!(eve, Err(V2Error::Group(GroupError::GroupInfoKey))), "{eve:?}");
+
+        let (mut alice, info) =
+            V2Room::create(Identity::from_seed(&[1; 32]), general(), &RELAY, split_master_v2(&[7; 32]))
+                .unwrap();
+        let (_bob, mut entry) = V2Room::enter(
+            Identity::from_seed(&[2; 32]),
+            general(),
+            &RELAY,
+            split_master_v2(&[7; 32]),
+            (0, &info),
+        )
+        .unwrap();
+        let last = entry.len() - 1;
+        entry[last] ^= 1;
+        assert!(matches!(alice.on_deliver(1, &entry), Err(V2Error::Envelope)));
+        assert_eq!((alice.cursor(), alice.room.members().len()), (1, 1), "refused, and passed");
+    }
+}
