@@ -38,20 +38,45 @@ thread_local! {
     /// on it: a connection owns a write buffer only while the socket does not take a batch at
     /// once, so an idle member holds none, and a busy one that keeps up allocates none.
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
-    /// Outboxes whose writer is owed a wake-up at the end of the current `batched` call on
-    /// this thread; `None` outside of one.
-    static DEFERRED: RefCell<Option<Vec<Arc<Outbox>>>> = const { RefCell::new(None) };
+    /// Outboxes whose writer, and tasks awaiting acknowledgements, are owed a wake-up at the
+    /// end of the current `batched` call on this thread; `None` outside of one.
+    static DEFERRED: RefCell<Option<Deferred>> = const { RefCell::new(None) };
 }
 
-/// Wakes the writers held back by `batched`, also if its closure panics.
+/// What `batched` holds back.
+#[derive(Default)]
+struct Deferred {
+    outboxes: Vec<Arc<Outbox>>,
+    wakers: Vec<Waker>,
+}
+
+/// Wakes the writers and tasks held back by `batched`, also if its closure panics.
 struct WakeDeferred;
 
 impl Drop for WakeDeferred {
     fn drop(&mut self) {
-        let outboxes = DEFERRED.with(|d| d.borrow_mut().take()).unwrap_or_default();
-        for outbox in outboxes {
+        let deferred = DEFERRED.with(|d| d.borrow_mut().take()).unwrap_or_default();
+        for outbox in deferred.outboxes {
             outbox.wake.notify_one();
         }
+        for waker in deferred.wakers {
+            waker.wake();
+        }
+    }
+}
+
+/// Wakes `waker` when the current `batched` call on this thread returns, or at once outside
+/// of one: a task awaiting several acknowledgements of one commit group is woken once.
+pub(crate) fn wake_batched(waker: Waker) {
+    let waker = DEFERRED.with(|d| match d.borrow_mut().as_mut() {
+        Some(deferred) => {
+            deferred.wakers.push(waker);
+            None
+        }
+        None => Some(waker),
+    });
+    if let Some(waker) = waker {
+        waker.wake();
     }
 }
 
@@ -65,7 +90,7 @@ pub(crate) fn batched<R>(f: impl FnOnce() -> R) -> R {
         if d.is_some() {
             return true;
         }
-        *d = Some(Vec::new());
+        *d = Some(Deferred::default());
         false
     });
     if outer {
@@ -286,8 +311,8 @@ impl Outbox {
         drop(state);
         if was_empty {
             DEFERRED.with(|d| {
-                if let Some(list) = d.borrow_mut().as_mut() {
-                    list.push(self.clone());
+                if let Some(deferred) = d.borrow_mut().as_mut() {
+                    deferred.outboxes.push(self.clone());
                 }
             });
         }

@@ -1,14 +1,16 @@
 //! The path of one envelope through `LocalRooms`: numbered by the rules under the room lock,
 //! queued to the storage thread in that order, and on commit retained and fanned out (on
-//! the storage thread, inside its delivery batch), or rolled back.
+//! the storage thread, inside its delivery batch), or rolled back; the sender's connection
+//! learns the outcome through its `Acks`.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use chatroom_crypto::{EnvelopeHeader, ErrorCode};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::acks::Durable;
 use super::room::{HistoryLimit, Retained, Room};
 use super::{LocalMember, LocalRooms};
 use crate::rooms::rules::{Committed, Submitted, Ticket};
@@ -20,8 +22,8 @@ const RESEND_WAIT: Duration = Duration::from_secs(10);
 
 /// What became of a published envelope, before it is durable.
 pub(super) enum Submission {
-    /// Queued for storage under this `seq`; the receiver fires once the write completed.
-    New(u64, oneshot::Receiver<Result<(), StoreError>>),
+    /// Queued for storage under this `seq`; resolves once the write completed.
+    New(u64, Durable),
     /// An idempotent resend of an envelope already stored.
     Stored(u64),
     /// A resend of an envelope still being stored: wait for it, until the deadline.
@@ -56,14 +58,15 @@ impl LocalRooms {
         drop(envelope);
         let record =
             StoredEnvelope { seq: ticket.seq, sender: sender.0, counter, envelope: retained.item.envelope() };
-        let (tx, rx) = oneshot::channel();
+        let acks = member.acks.clone();
+        let place = acks.next();
         let room_ref = room.clone();
         let keep = self.limits.history;
         // What the byte budget already let go of in memory goes from disk too.
         let drop_before = st.history.front().map_or(0, |e| e.seq);
         let done = Box::new(move |result: Result<(), StoreError>| {
             committed(&room_ref, &result, &ticket, retained, &live, keep);
-            let _ = tx.send(result);
+            acks.complete(place, result);
         });
         // Queued under the room lock, so storage commits (and delivers) in seq order.
         self.store
@@ -71,7 +74,8 @@ impl LocalRooms {
             .map_err(|e| Refusal::internal(&e))?;
         st.rules.queued(&ticket);
         st.inflight += 1;
-        Ok(Submission::New(ticket.seq, rx))
+        member.acks.submitted(place);
+        Ok(Submission::New(ticket.seq, member.acks.durable(place)))
     }
 }
 
@@ -103,10 +107,9 @@ fn committed(
 /// The answer to a submission, once the envelope is durable.
 pub(super) async fn answer(submitted: Result<Submission, Refusal>) -> Result<u64, Refusal> {
     match submitted? {
-        Submission::New(seq, done) => match done.await {
-            Ok(Ok(())) => Ok(seq),
-            Ok(Err(e)) => Err(Refusal::internal(&e)),
-            Err(_) => Err(Refusal::internal(&StoreError::Closed)),
+        Submission::New(seq, durable) => match durable.await {
+            Ok(()) => Ok(seq),
+            Err(e) => Err(Refusal::internal(&e)),
         },
         Submission::Stored(seq) => Ok(seq),
         Submission::Pending(seq, mut committed, deadline) => {
