@@ -140,7 +140,7 @@ impl LocalRooms {
     fn evict_if_idle(&self, room: &Arc<Room>) {
         let mut rooms = self.map();
         let mut st = room.lock();
-        if st.members.is_empty() && st.inflight == 0 && st.joining == 0 && !st.evicted {
+        if st.members.is_empty() && st.inflight.is_empty() && st.joining == 0 && !st.evicted {
             st.evicted = true;
             if rooms.get(&room.name).is_some_and(|r| Arc::ptr_eq(r, room)) {
                 rooms.remove(&room.name);
