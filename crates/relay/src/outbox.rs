@@ -41,6 +41,9 @@ thread_local! {
     /// Outboxes whose writer, and tasks awaiting acknowledgements, are owed a wake-up at the
     /// end of the current `batched` call on this thread; `None` outside of one.
     static DEFERRED: RefCell<Option<Deferred>> = const { RefCell::new(None) };
+    /// The buffer `encode` writes into; it keeps the size of the largest item encoded on this
+    /// thread (at most one transport message).
+    static ENCODED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// What `batched` holds back.
@@ -174,11 +177,23 @@ pub(crate) struct Outbox {
     space: Notify,
 }
 
-/// Encodes one relay message as an item.
+/// Encodes one relay message as an item: into this thread's scratch buffer, then copied out
+/// at its exact size, so an item (an `Ack` among them, one per `Send`) costs one allocation,
+/// not the buffer's growth steps and the shared header a `Bytes` of a part-filled `Vec` needs.
 pub(crate) fn encode(msg: &RelayMessage) -> Bytes {
-    let mut out = Vec::new();
-    msg.encode(&mut out);
-    Bytes::from(out)
+    ENCODED.with(|scratch| match scratch.try_borrow_mut() {
+        Ok(mut out) => {
+            out.clear();
+            msg.encode(&mut out);
+            Bytes::copy_from_slice(&out)
+        }
+        // Not reached (encoding calls nothing that encodes); never panic over a buffer.
+        Err(_) => {
+            let mut out = Vec::new();
+            msg.encode(&mut out);
+            Bytes::from(out)
+        }
+    })
 }
 
 /// Encodes a goodbye item.
