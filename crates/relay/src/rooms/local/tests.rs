@@ -230,3 +230,43 @@ async fn sends_are_answered_after_their_commit_and_a_failed_group_refuses_them_a
     hub.leave(&b).await;
     store.close().await;
 }
+
+/// Deliveries run on the runtime's workers, a task per room: over many commit groups, on two
+/// workers, every envelope reaches the other member once, in `seq` order, and each `Send` is
+/// answered with its own `seq` only after the member was sent it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_on_the_workers_keep_seq_order_across_commit_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("db"), Synchronous::Normal).unwrap();
+    let hub = Arc::new(LocalRooms::new(store.handle(), test_limits(), 0));
+    let keys = split_master(&[1; 32]);
+    let (alice, bob) = (Identity::generate(), Identity::generate());
+    let a = hub.join(args(signed(&alice, "alice", &keys.join_secret, true), 1), &|| Ok(())).await.unwrap();
+    let a = crate::rooms::start(&Arc::new(Outbox::held(1 << 20, Duration::from_secs(30))), a);
+    let bob_outbox = Arc::new(Outbox::held(1 << 20, Duration::from_secs(30)));
+    let mut bob_args = args(signed(&bob, "bob", &keys.join_secret, false), 2);
+    bob_args.link = Link::new(bob_outbox.clone());
+    let b = crate::rooms::start(&bob_outbox, hub.join(bob_args, &|| Ok(())).await.unwrap());
+    let _ = bob_outbox.drain();
+
+    let mut seen = Vec::new();
+    let mut counter = 0;
+    for _ in 0..20 {
+        let sends: Vec<_> = (0..25)
+            .map(|_| {
+                counter += 1;
+                let (header, sealed) = envelope(&alice, counter);
+                tokio::spawn(hub.publish(&a, header, sealed))
+            })
+            .collect();
+        for send in sends {
+            let seq = tokio::time::timeout(Duration::from_secs(30), send).await.unwrap().unwrap().unwrap();
+            seen.extend(delivered(&bob_outbox));
+            assert!(seen.contains(&seq), "the Ack for {seq} came before its delivery");
+        }
+    }
+    assert_eq!(seen, (1..=500).collect::<Vec<u64>>(), "each once, in seq order");
+    hub.leave(&a).await;
+    hub.leave(&b).await;
+    store.close().await;
+}
