@@ -105,7 +105,7 @@ impl LocalRooms {
             group_info_seq: (version == 2).then(|| st.group_info_seq.unwrap_or(0)),
         };
         Admission {
-            member: LocalMember { room: room.clone(), identity, nick, connection },
+            member: LocalMember { room: room.clone(), identity, nick, connection, acks: Arc::default() },
             joined,
             members: st.member_list(),
             history: Box::new(st.replay(room, history_after)),
