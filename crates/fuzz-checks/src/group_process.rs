@@ -63,26 +63,29 @@ struct Op {
     kind: u8,
     mls: Vec<u8>,
     known: Option<usize>,
+    /// The fixture message it was made from, altered or not.
+    source: Option<usize>,
 }
 
 fn read_op(f: &Fixture, input: &mut Input<'_>) -> Op {
     let (op, sender, kind) = (input.u8(), input.u8(), input.u8());
     if op % 2 == 0 {
-        return Op { sender, kind, mls: input.bytes16().to_vec(), known: None };
+        return Op { sender, kind, mls: input.bytes16().to_vec(), known: None, source: None };
     }
     let index = usize::from(input.u8()) % f.known.len();
     let edits = input.edits();
     let mls = mutate(&f.known[index].mls, &edits, input.u8());
     let untouched = mls == f.known[index].mls;
-    Op { sender, kind, mls, known: untouched.then_some(index) }
+    Op { sender, kind, mls, known: untouched.then_some(index), source: Some(index) }
 }
 
-/// `used[i]`: fixture message `i` (or bytes equal to it, which libFuzzer learns) was fed
-/// before; decrypting it, even under a lying envelope that is then refused, may have used its
-/// one-time key, so its expected outcome no longer holds.
+/// `used[i]`: fixture message `i`, altered or not (or bytes equal to it, which libFuzzer
+/// learns), was fed before. Processing it, even a copy under a lying envelope or an altered
+/// copy that is then refused, may have used its one-time key in mls-rs (the campaign found an
+/// altered copy that does), so its expected outcome no longer holds.
 fn step(f: &Fixture, room: &mut Room, input: &mut Input<'_>, (tally, used): (&mut Tally, &mut [bool])) {
     let op = read_op(f, input);
-    let first_use = match f.known.iter().position(|k| k.mls == op.mls) {
+    let first_use = match op.source.or_else(|| f.known.iter().position(|k| k.mls == op.mls)) {
         Some(i) => !std::mem::replace(&mut used[i], true),
         None => true,
     };
