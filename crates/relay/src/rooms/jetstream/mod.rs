@@ -1,0 +1,8 @@
+//! Rooms shared by many relay nodes through a NATS JetStream cluster (docs/adr/0002).
+//!
+//! `setup` connects, checks the server's version, and creates or checks the stream every room's
+//! log lives in and the key-value buckets of room state, presence and join lockouts, reading
+//! each configuration back: an older server ignores what it does not know instead of refusing
+//! it, so nothing is trusted that was not read back.
+
+pub mod setup;
