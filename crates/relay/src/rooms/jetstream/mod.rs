@@ -4,7 +4,9 @@
 //! log lives in and the key-value buckets of room state, presence and join lockouts, reading
 //! each configuration back: an older server ignores what it does not know instead of refusing
 //! it, so nothing is trusted that was not read back. `log` appends to a room's log with one
-//! gap-free room sequence across nodes, and answers a resend with the original.
+//! gap-free room sequence across nodes, and answers a resend with the original. `fanout` gives
+//! a node a room's stored messages in room order from the stream's RePublish, backfilling gaps.
 
+pub mod fanout;
 pub mod log;
 pub mod setup;
