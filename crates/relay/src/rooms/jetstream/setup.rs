@@ -16,8 +16,12 @@ pub const LOG_SUBJECTS: &str = "chat.>";
 pub const FAN_SUBJECTS: &str = "fan.>";
 /// How long a resent `Nats-Msg-Id` is recognised as a duplicate by the server.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
-/// Room state (creation, owner, bans, nickname bindings), one key each, compare-and-set.
+/// Rooms: verifier, owner and creation time, one key per room, created with compare-and-set.
 pub const ROOMS_BUCKET: &str = "chat_rooms";
+/// Nickname bindings of each room, both ways, written in atomic batches.
+pub const NICKS_BUCKET: &str = "chat_nicks";
+/// Bans of each room, one key per banned identity.
+pub const BANS_BUCKET: &str = "chat_bans";
 /// Presence: one key per member connection, kept alive by a per-key TTL.
 pub const PRESENCE_BUCKET: &str = "chat_presence";
 /// Join-failure lockouts shared by every node, expiring by per-key TTL.
@@ -34,8 +38,8 @@ pub enum SetupError {
     )]
     Connect { urls: String, detail: String },
     #[error(
-        "nats-server {version} is too old: the relay cluster needs {}.{} or newer; \
-         upgrade every NATS node (docs/CLUSTER.md)",
+        "nats-server {version} is too old: the relay cluster needs nats-server {}.{}.0 or newer; \
+         upgrade every NATS node with the NATS project's release binary (docs/CLUSTER.md)",
         MIN_SERVER_VERSION.0, MIN_SERVER_VERSION.1
     )]
     OldServer { version: String },
@@ -73,14 +77,18 @@ pub async fn connect(urls: &str) -> Result<Client, SetupError> {
     Ok(client)
 }
 
-/// Accepts `MAJOR.MINOR.PATCH[-suffix]` at or above [`MIN_SERVER_VERSION`].
+/// Accepts `MAJOR.MINOR.PATCH[-suffix]` at or above [`MIN_SERVER_VERSION`]; a pre-release of
+/// the minimum itself (`2.12.0-rc.1`) predates its fixes and is refused.
 pub fn check_version(version: &str) -> Result<(), SetupError> {
     let unreadable = || SetupError::UnreadableVersion { version: version.to_owned() };
-    let core = version.trim_start_matches('v').split(['-', '+']).next().unwrap_or_default();
+    let bare = version.trim_start_matches('v');
+    let core = bare.split(['-', '+']).next().unwrap_or_default();
     let parts =
         core.split('.').map(str::parse::<u64>).collect::<Result<Vec<_>, _>>().map_err(|_| unreadable())?;
-    let [major, minor, _patch] = parts[..] else { return Err(unreadable()) };
-    if (major, minor) < MIN_SERVER_VERSION {
+    let [major, minor, patch] = parts[..] else { return Err(unreadable()) };
+    let minimum = (MIN_SERVER_VERSION.0, MIN_SERVER_VERSION.1, 0);
+    let pre_release_of_minimum = (major, minor, patch) == minimum && bare.contains('-');
+    if (major, minor) < MIN_SERVER_VERSION || pre_release_of_minimum {
         return Err(SetupError::OldServer { version: version.to_owned() });
     }
     Ok(())
@@ -129,9 +137,16 @@ pub async fn ensure_stream(js: &jetstream::Context, replicas: usize) -> Result<s
     Ok(found.config.clone())
 }
 
-/// Creates the three buckets, or finds them, and checks what the server stored.
+/// Creates the buckets, or finds them, and checks what the server stored.
 pub async fn ensure_buckets(js: &jetstream::Context, replicas: usize) -> Result<(), SetupError> {
-    for (bucket, ttl_keys) in [(ROOMS_BUCKET, false), (PRESENCE_BUCKET, true), (LOCKOUTS_BUCKET, true)] {
+    let buckets = [
+        (ROOMS_BUCKET, false),
+        (NICKS_BUCKET, false),
+        (BANS_BUCKET, false),
+        (PRESENCE_BUCKET, true),
+        (LOCKOUTS_BUCKET, true),
+    ];
+    for (bucket, ttl_keys) in buckets {
         let config = kv::Config {
             bucket: bucket.to_owned(),
             history: 1,
@@ -196,17 +211,17 @@ mod tests {
 
     #[test]
     fn versions_from_2_12_on_are_accepted() {
-        for ok in ["2.12.0", "2.12.1", "2.15.1", "v2.15.1", "2.13.0-beta.1", "3.0.0"] {
+        for ok in ["2.12.0", "2.12.1", "2.12.1-rc.1", "2.15.1", "v2.15.1", "2.13.0-beta.1", "3.0.0"] {
             assert!(check_version(ok).is_ok(), "{ok}");
         }
     }
 
     #[test]
     fn older_or_unreadable_versions_are_refused_with_what_to_do() {
-        for old in ["2.9.10", "2.11.9", "1.99.0"] {
+        for old in ["2.9.10", "2.11.9", "1.99.0", "2.12.0-rc.1"] {
             let text = check_version(old).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(
-                text.contains(old) && text.contains("2.12 or newer") && text.contains("upgrade"),
+                text.contains(old) && text.contains("2.12.0 or newer") && text.contains("release binary"),
                 "{text}"
             );
         }
