@@ -6,9 +6,11 @@
 //! it, so nothing is trusted that was not read back. `log` appends to a room's log with one
 //! gap-free room sequence across nodes, and answers a resend with the original. `fanout` gives
 //! a node a room's stored messages in room order from the stream's RePublish, backfilling gaps.
-//! `state` keeps room records (created by exactly one node) and bans in the key-value buckets.
+//! `state` keeps room records (created by exactly one node) and bans in the key-value buckets,
+//! `lockouts` the join-failure counts every node adds to.
 
 pub mod fanout;
+pub mod lockouts;
 pub mod log;
 pub mod setup;
 pub mod state;

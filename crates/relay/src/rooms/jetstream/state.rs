@@ -38,8 +38,14 @@ pub struct StateError {
     detail: String,
 }
 
+impl StateError {
+    pub(crate) fn new(action: &'static str, detail: &dyn std::fmt::Display) -> Self {
+        Self { action, detail: detail.to_string() }
+    }
+}
+
 fn state_error(action: &'static str) -> impl Fn(&dyn std::fmt::Display) -> StateError {
-    move |e| StateError { action, detail: e.to_string() }
+    move |e| StateError::new(action, e)
 }
 
 /// The rooms and bans buckets.
