@@ -18,6 +18,7 @@ mod kdf_v2;
 mod keyfile;
 mod message;
 mod names;
+mod noise_cipher;
 mod noise_dh;
 
 pub use envelope::{

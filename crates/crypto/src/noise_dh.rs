@@ -14,6 +14,8 @@ use subtle::ConstantTimeEq;
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
+use crate::noise_cipher::ChaChaPolyKey;
+
 const KEY_LEN: usize = 32;
 
 /// A private key and the public key it is known to give.
@@ -23,7 +25,8 @@ struct KnownKey {
     public: [u8; KEY_LEN],
 }
 
-/// Wraps `inner`, replacing its Curve25519 with [`KnownKeyDh`] for the given key pair.
+/// Wraps `inner`, replacing its Curve25519 with [`KnownKeyDh`] for the given key pair and its
+/// ChaCha20-Poly1305 with ring's behind [`ChaChaPolyKey`], which keeps only the key.
 pub(crate) struct KnownKeyResolver {
     inner: BoxedCryptoResolver,
     known: KnownKey,
@@ -53,7 +56,10 @@ impl CryptoResolver for KnownKeyResolver {
     }
 
     fn resolve_cipher(&self, choice: &CipherChoice) -> Option<Box<dyn Cipher>> {
-        self.inner.resolve_cipher(choice)
+        match choice {
+            CipherChoice::ChaChaPoly => Some(Box::<ChaChaPolyKey>::default()),
+            _ => self.inner.resolve_cipher(choice),
+        }
     }
 }
 
