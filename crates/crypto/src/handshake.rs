@@ -98,10 +98,10 @@ fn build_with_ephemeral(
         .map_err(|_| NoiseError::Handshake)
 }
 
-/// ring for ChaCha20-Poly1305 (and the ephemeral keys' randomness), snow's default RustCrypto
-/// resolver for X25519 and BLAKE2s, which ring does not offer. Every transport seal and open
-/// goes through the cipher: ring seals a 150-byte frame in about an eighth of the time
-/// (docs/BENCHMARKS.md, "Crypto micro-benchmarks").
+/// What `KnownKeyResolver` wraps: ring for the ephemeral keys' randomness, snow's default
+/// RustCrypto resolver for BLAKE2s, which ring does not offer. X25519 and ChaCha20-Poly1305
+/// come from the wrapper (`noise_dh`, `noise_cipher`: ring's AEAD, which seals a 150-byte
+/// frame in about an eighth of RustCrypto's time, docs/BENCHMARKS.md).
 pub(crate) fn resolver() -> snow::resolvers::BoxedCryptoResolver {
     use snow::resolvers::{DefaultResolver, FallbackResolver, RingResolver};
     Box::new(FallbackResolver::new(Box::new(RingResolver), Box::new(DefaultResolver)))
