@@ -90,6 +90,21 @@ async fn next_answer(pending: &mut VecDeque<Answer>) -> Option<Bytes> {
     Some(answer)
 }
 
+/// The oldest pending answer if it is ready now, without waiting.
+async fn ready_answer(pending: &mut VecDeque<Answer>) -> Option<Bytes> {
+    std::future::poll_fn(|cx| {
+        let ready = match pending.front_mut().map(|answer| answer.as_mut().poll(cx)) {
+            Some(std::task::Poll::Ready(answer)) => Some(answer),
+            _ => None,
+        };
+        if ready.is_some() {
+            pending.pop_front();
+        }
+        std::task::Poll::Ready(ready)
+    })
+    .await
+}
+
 /// Queues every pending answer, oldest first.
 async fn answer_all(pending: &mut VecDeque<Answer>, outbox: &Outbox) -> bool {
     while let Some(answer) = next_answer(pending).await {
@@ -582,8 +597,14 @@ impl<H: RoomService> Handler<H> {
                     }
                 }
                 Some(answer) = next_answer(&mut session.pending) => {
-                    if !reply(outbox, answer).await {
-                        return Err(Ended::Closed(None));
+                    // The rest of its commit group is ready with it: queued now, rather than
+                    // one turn of this loop each.
+                    let mut answer = Some(answer);
+                    while let Some(item) = answer {
+                        if !reply(outbox, item).await {
+                            return Err(Ended::Closed(None));
+                        }
+                        answer = ready_answer(&mut session.pending).await;
                     }
                 }
                 frame = next_frame(reader, MIN_TRANSPORT_FRAME, MAX_FRAME_LEN),

@@ -38,20 +38,48 @@ thread_local! {
     /// on it: a connection owns a write buffer only while the socket does not take a batch at
     /// once, so an idle member holds none, and a busy one that keeps up allocates none.
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
-    /// Outboxes whose writer is owed a wake-up at the end of the current `batched` call on
-    /// this thread; `None` outside of one.
-    static DEFERRED: RefCell<Option<Vec<Arc<Outbox>>>> = const { RefCell::new(None) };
+    /// Outboxes whose writer, and tasks awaiting acknowledgements, are owed a wake-up at the
+    /// end of the current `batched` call on this thread; `None` outside of one.
+    static DEFERRED: RefCell<Option<Deferred>> = const { RefCell::new(None) };
+    /// The buffer `encode` writes into; it keeps the size of the largest item encoded on this
+    /// thread (at most one transport message).
+    static ENCODED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Wakes the writers held back by `batched`, also if its closure panics.
+/// What `batched` holds back.
+#[derive(Default)]
+struct Deferred {
+    outboxes: Vec<Arc<Outbox>>,
+    wakers: Vec<Waker>,
+}
+
+/// Wakes the writers and tasks held back by `batched`, also if its closure panics.
 struct WakeDeferred;
 
 impl Drop for WakeDeferred {
     fn drop(&mut self) {
-        let outboxes = DEFERRED.with(|d| d.borrow_mut().take()).unwrap_or_default();
-        for outbox in outboxes {
+        let deferred = DEFERRED.with(|d| d.borrow_mut().take()).unwrap_or_default();
+        for outbox in deferred.outboxes {
             outbox.wake.notify_one();
         }
+        for waker in deferred.wakers {
+            waker.wake();
+        }
+    }
+}
+
+/// Wakes `waker` when the current `batched` call on this thread returns, or at once outside
+/// of one: a task awaiting several acknowledgements of one commit group is woken once.
+pub(crate) fn wake_batched(waker: Waker) {
+    let waker = DEFERRED.with(|d| match d.borrow_mut().as_mut() {
+        Some(deferred) => {
+            deferred.wakers.push(waker);
+            None
+        }
+        None => Some(waker),
+    });
+    if let Some(waker) = waker {
+        waker.wake();
     }
 }
 
@@ -65,7 +93,7 @@ pub(crate) fn batched<R>(f: impl FnOnce() -> R) -> R {
         if d.is_some() {
             return true;
         }
-        *d = Some(Vec::new());
+        *d = Some(Deferred::default());
         false
     });
     if outer {
@@ -149,11 +177,23 @@ pub(crate) struct Outbox {
     space: Notify,
 }
 
-/// Encodes one relay message as an item.
+/// Encodes one relay message as an item: into this thread's scratch buffer, then copied out
+/// at its exact size, so an item (an `Ack` among them, one per `Send`) costs one allocation,
+/// not the buffer's growth steps and the shared header a `Bytes` of a part-filled `Vec` needs.
 pub(crate) fn encode(msg: &RelayMessage) -> Bytes {
-    let mut out = Vec::new();
-    msg.encode(&mut out);
-    Bytes::from(out)
+    ENCODED.with(|scratch| match scratch.try_borrow_mut() {
+        Ok(mut out) => {
+            out.clear();
+            msg.encode(&mut out);
+            Bytes::copy_from_slice(&out)
+        }
+        // Not reached (encoding calls nothing that encodes); never panic over a buffer.
+        Err(_) => {
+            let mut out = Vec::new();
+            msg.encode(&mut out);
+            Bytes::from(out)
+        }
+    })
 }
 
 /// Encodes a goodbye item.
@@ -286,8 +326,8 @@ impl Outbox {
         drop(state);
         if was_empty {
             DEFERRED.with(|d| {
-                if let Some(list) = d.borrow_mut().as_mut() {
-                    list.push(self.clone());
+                if let Some(deferred) = d.borrow_mut().as_mut() {
+                    deferred.outboxes.push(self.clone());
                 }
             });
         }

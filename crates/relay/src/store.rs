@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
@@ -200,8 +200,38 @@ impl fmt::Debug for RoomRecord {
     }
 }
 
-/// Runs on the storage thread after the transaction holding the append committed (or failed).
-pub(crate) type AppendDone = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+/// Where a room's appends are reported, on the storage thread: `appended` once per append,
+/// in queue order, once the transaction holding it committed (or failed); then `group_done`
+/// once per commit group that held any of the room's appends. The room keeps what it needs
+/// to finish an append (its place in the queue says which one completed), so queuing one
+/// costs no allocation of its own.
+pub(crate) trait AppendSink: Send + Sync {
+    /// The room's name, as stored.
+    fn name(&self) -> &str;
+    /// The room's next append completed.
+    fn appended(&self, result: Result<(), StoreError>);
+    /// Every append of the commit group completed.
+    fn group_done(self: Arc<Self>);
+}
+
+/// An append's room, reported to even if the append is dropped unrun (the storage thread
+/// stopped): then with `StoreError::Closed`.
+struct Appending(Option<Arc<dyn AppendSink>>);
+
+impl Appending {
+    fn take(mut self) -> Option<Arc<dyn AppendSink>> {
+        self.0.take()
+    }
+}
+
+impl Drop for Appending {
+    fn drop(&mut self) {
+        if let Some(sink) = self.0.take() {
+            sink.appended(Err(StoreError::Closed));
+            sink.group_done();
+        }
+    }
+}
 
 enum Write {
     CreateRoom {
@@ -230,17 +260,6 @@ enum Write {
         identity: [u8; 32],
         banned: bool,
     },
-    Append {
-        room: String,
-        record: StoredEnvelope,
-        keep: usize,
-        drop_before: u64,
-    },
-}
-
-enum Done {
-    Reply(oneshot::Sender<Result<(), StoreError>>),
-    Callback(AppendDone),
 }
 
 /// Work run on the storage thread between two commit groups (administration, backups).
@@ -260,7 +279,14 @@ enum Op {
     },
     Write {
         write: Write,
-        done: Done,
+        done: oneshot::Sender<Result<(), StoreError>>,
+    },
+    /// An envelope, keeping the last `keep` of its room and none before `drop_before`.
+    Append {
+        room: Appending,
+        record: StoredEnvelope,
+        keep: usize,
+        drop_before: u64,
     },
     Flush {
         reply: oneshot::Sender<()>,
@@ -587,7 +613,7 @@ impl StoreHandle {
     fn write(&self, write: Write) -> oneshot::Receiver<Result<(), StoreError>> {
         let (reply, rx) = oneshot::channel();
         // A send error drops `reply`, which the caller sees as `Closed`.
-        let _ = self.tx.send(Op::Write { write, done: Done::Reply(reply) });
+        let _ = self.tx.send(Op::Write { write, done: reply });
         rx
     }
 
@@ -656,23 +682,24 @@ impl StoreHandle {
         Self::wait(self.write(Write::SetBan { room: room.to_owned(), identity, banned })).await
     }
 
-    /// Queues an envelope without waiting; `done` runs on the storage thread, in queue order,
-    /// once the transaction holding it committed. Keeps the last `keep` envelopes of the room,
-    /// none before `drop_before` (what the room's byte budget let go).
+    /// Queues an envelope without waiting; `room` hears of it on the storage thread, in queue
+    /// order, once the transaction holding it committed. Keeps the last `keep` envelopes of
+    /// the room, none before `drop_before` (what the room's byte budget let go).
     pub(crate) fn append(
         &self,
-        room: &str,
+        room: Arc<dyn AppendSink>,
         record: StoredEnvelope,
         keep: usize,
         drop_before: u64,
-        done: AppendDone,
     ) -> Result<(), StoreError> {
-        self.tx
-            .send(Op::Write {
-                write: Write::Append { room: room.to_owned(), record, keep, drop_before },
-                done: Done::Callback(done),
-            })
-            .map_err(|_| StoreError::Closed)
+        let op = Op::Append { room: Appending(Some(room)), record, keep, drop_before };
+        self.tx.send(op).map_err(|mpsc::SendError(op)| {
+            // Not queued: the caller is answered by the error, not by the room.
+            if let Op::Append { room, .. } = op {
+                drop(room.take());
+            }
+            StoreError::Closed
+        })
     }
 
     /// Runs `f` on the storage thread after everything queued before it is committed, outside
@@ -832,7 +859,8 @@ fn drain(rx: &Receiver<Op>, batch: &mut Vec<Op>, held: &mut Option<Op>) {
 enum Completion {
     Load(oneshot::Sender<Result<Option<RoomRecord>, StoreError>>, Result<Option<RoomRecord>, StoreError>),
     Idle(oneshot::Sender<Result<Vec<String>, StoreError>>, Result<Vec<String>, StoreError>),
-    Write(Done, Result<(), StoreError>),
+    Write(oneshot::Sender<Result<(), StoreError>>, Result<(), StoreError>),
+    Append(Appending, Result<(), StoreError>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -860,6 +888,16 @@ fn run_batch(conn: &mut Connection, batch: Vec<Op>, budget: &mut Budget) {
                     Op::Write { write, done } => {
                         let applied = in_transaction(&tx).and_then(|()| apply(&tx, write, &mut appends));
                         completions.push(Completion::Write(done, applied))
+                    }
+                    Op::Append { room, record, keep, drop_before } => {
+                        let applied = in_transaction(&tx).and_then(|()| {
+                            let name = room.0.as_ref().map_or("", |r| r.name());
+                            append(&tx, name, &record, appends.order)?;
+                            appends.order += 1;
+                            appends.add(name, &record, keep, drop_before);
+                            Ok(())
+                        });
+                        completions.push(Completion::Append(room, applied))
                     }
                     Op::Flush { reply } => completions.push(Completion::Flush(reply)),
                     Op::Stop | Op::Exec(_) => {}
@@ -926,13 +964,13 @@ struct RoomAppends {
 }
 
 impl GroupAppends {
-    fn add(&mut self, room: String, record: &StoredEnvelope, keep: usize, drop_before: u64) {
-        let entry = self.rooms.entry(room).or_insert_with(|| RoomAppends {
-            latest_seq: 0,
-            keep,
-            drop_before,
-            max_counters: HashMap::new(),
-        });
+    fn add(&mut self, room: &str, record: &StoredEnvelope, keep: usize, drop_before: u64) {
+        if !self.rooms.contains_key(room) {
+            // Once per room and group: the name is copied here, not per envelope.
+            let fresh = RoomAppends { latest_seq: 0, keep, drop_before, max_counters: HashMap::new() };
+            self.rooms.insert(room.to_owned(), fresh);
+        }
+        let Some(entry) = self.rooms.get_mut(room) else { return };
         entry.latest_seq = entry.latest_seq.max(record.seq);
         entry.keep = keep;
         entry.drop_before = entry.drop_before.max(drop_before);
@@ -1014,6 +1052,8 @@ fn append(
 }
 
 fn complete(committed: Result<(), StoreError>, completions: Vec<Completion>) {
+    // The rooms whose appends the group held, each told once when all are reported.
+    let mut rooms: Vec<Arc<dyn AppendSink>> = Vec::new();
     for completion in completions {
         match completion {
             Completion::Load(reply, result) => {
@@ -1022,19 +1062,24 @@ fn complete(committed: Result<(), StoreError>, completions: Vec<Completion>) {
             Completion::Idle(reply, result) => {
                 let _ = reply.send(committed.clone().and(result));
             }
-            Completion::Write(done, result) => {
-                let result = committed.clone().and(result);
-                match done {
-                    Done::Reply(reply) => {
-                        let _ = reply.send(result);
+            Completion::Write(reply, result) => {
+                let _ = reply.send(committed.clone().and(result));
+            }
+            Completion::Append(room, result) => {
+                if let Some(room) = room.take() {
+                    room.appended(committed.clone().and(result));
+                    if !rooms.iter().any(|r| Arc::ptr_eq(r, &room)) {
+                        rooms.push(room);
                     }
-                    Done::Callback(callback) => callback(result),
                 }
             }
             Completion::Flush(reply) => {
                 let _ = reply.send(());
             }
         }
+    }
+    for room in rooms {
+        room.group_done();
     }
 }
 
@@ -1084,11 +1129,6 @@ fn apply(tx: &rusqlite::Transaction<'_>, write: Write, appends: &mut GroupAppend
             tx.prepare_cached(sql)
                 .and_then(|mut s| s.execute(params![room, identity]))
                 .map_err(sqlite("updating a ban"))?;
-        }
-        Write::Append { room, record, keep, drop_before } => {
-            append(tx, &room, &record, appends.order)?;
-            appends.order += 1;
-            appends.add(room, &record, keep, drop_before);
         }
     }
     Ok(())
@@ -1170,17 +1210,43 @@ mod tests {
         StoredEnvelope { seq, sender: [7; 32], counter, envelope: Bytes::from(vec![seq as u8; 10]) }
     }
 
+    type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+    /// A room that hands its one append's outcome to `done`.
+    struct Sink {
+        name: String,
+        done: Mutex<Option<Done>>,
+    }
+
+    impl AppendSink for Sink {
+        fn name(&self) -> &str {
+            &self.name
+        }
+        fn appended(&self, result: Result<(), StoreError>) {
+            if let Some(done) = self.done.lock().unwrap().take() {
+                done(result);
+            }
+        }
+        fn group_done(self: Arc<Self>) {}
+    }
+
+    fn sink(name: &str, done: impl FnOnce(Result<(), StoreError>) + Send + 'static) -> Arc<dyn AppendSink> {
+        Arc::new(Sink { name: name.into(), done: Mutex::new(Some(Box::new(done))) })
+    }
+
+    fn queued(
+        name: &str,
+        record: StoredEnvelope,
+        keep: usize,
+    ) -> (Op, oneshot::Receiver<Result<(), StoreError>>) {
+        let (tx, rx) = oneshot::channel();
+        let room = Appending(Some(sink(name, move |r| drop(tx.send(r)))));
+        (Op::Append { room, record, keep, drop_before: 0 }, rx)
+    }
+
     async fn append(store: &StoreHandle, e: StoredEnvelope, keep: usize) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
-        store.append(
-            "r",
-            e,
-            keep,
-            0,
-            Box::new(move |r| {
-                let _ = tx.send(r);
-            }),
-        )?;
+        store.append(sink("r", move |r| drop(tx.send(r))), e, keep, 0)?;
         rx.await.unwrap_or(Err(StoreError::Closed))
     }
 
@@ -1233,20 +1299,14 @@ mod tests {
                 nick: "alice".into(),
                 created: 0,
             };
-            batch.push(Op::Write { write, done: Done::Reply(reply) });
+            batch.push(Op::Write { write, done: reply });
         }
         let mut results = Vec::new();
         let mut queue_append = |batch: &mut Vec<Op>, room: &str, seq: u64, sender: u8, counter: u64| {
-            let (tx, rx) = oneshot::channel();
             let record =
                 StoredEnvelope { seq, sender: [sender; 32], counter, envelope: Bytes::from_static(b"e") };
-            let done: AppendDone = Box::new(move |r| {
-                let _ = tx.send(r);
-            });
-            batch.push(Op::Write {
-                write: Write::Append { room: room.into(), record, keep: 3, drop_before: 0 },
-                done: Done::Callback(done),
-            });
+            let (op, rx) = queued(room, record, 3);
+            batch.push(op);
             results.push(rx);
         };
         for seq in 1..=4 {
@@ -1293,16 +1353,10 @@ mod tests {
         let mut batch = Vec::new();
         let mut results = Vec::new();
         for seq in 1..=3 {
-            let (tx, rx) = oneshot::channel();
             let record =
                 StoredEnvelope { seq, sender: [7; 32], counter: seq, envelope: Bytes::from_static(b"e") };
-            let done: AppendDone = Box::new(move |r| {
-                let _ = tx.send(r);
-            });
-            batch.push(Op::Write {
-                write: Write::Append { room: "r".into(), record, keep: 10, drop_before: 0 },
-                done: Done::Callback(done),
-            });
+            let (op, rx) = queued("r", record, 10);
+            batch.push(op);
             results.push(rx);
         }
         run_batch(&mut conn, batch, &mut Budget::unlimited());
@@ -1311,6 +1365,33 @@ mod tests {
         let stored: i64 = conn.query_row("SELECT count(*) FROM history", [], |r| r.get(0)).unwrap();
         let senders: i64 = conn.query_row("SELECT count(*) FROM senders", [], |r| r.get(0)).unwrap();
         assert_eq!((stored, senders), (0, 0), "and none of it was stored");
+    }
+
+    /// An append queued behind the writer's stop is never run: its room still hears of it,
+    /// as a failure, so nobody waits for it for ever.
+    #[tokio::test]
+    async fn an_append_the_storage_thread_never_ran_is_reported_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db"), Synchronous::Normal).unwrap();
+        let h = store.handle();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (held, holding) = oneshot::channel();
+        let writer = h.clone();
+        tokio::spawn(async move {
+            writer
+                .exec(move |_| {
+                    let _ = held.send(());
+                    let _ = released.recv();
+                })
+                .await
+        });
+        holding.await.unwrap();
+        h.tx.send(Op::Stop).unwrap();
+        let (tx, rx) = oneshot::channel();
+        h.append(sink("r", move |r| drop(tx.send(r))), envelope(1, 1), 10, 0).unwrap();
+        drop(release);
+        assert!(matches!(rx.await.unwrap(), Err(StoreError::Closed)));
+        store.close().await;
     }
 
     /// A room keeping 10 envelopes (or, later, fewer by bytes): after every commit, in groups
@@ -1332,7 +1413,7 @@ mod tests {
             for _ in 0..(group * 37 % 97 + 1) {
                 seq += 1;
                 let (tx, rx) = oneshot::channel();
-                h.append("r", envelope(seq, seq), 10, bytes_floor(seq), Box::new(move |r| drop(tx.send(r))))
+                h.append(sink("r", move |r| drop(tx.send(r))), envelope(seq, seq), 10, bytes_floor(seq))
                     .unwrap();
                 last = Some(rx);
             }
@@ -1472,7 +1553,7 @@ mod tests {
         let h = store.handle();
         let new = StoredEnvelope { seq: 4, sender: [7; 32], counter: 4, envelope: Bytes::from(vec![4; 10]) };
         let (tx, rx) = oneshot::channel();
-        h.append("a", new, 10, 0, Box::new(move |r| drop(tx.send(r)))).unwrap();
+        h.append(sink("a", move |r| drop(tx.send(r))), new, 10, 0).unwrap();
         rx.await.unwrap().unwrap();
         let seqs = |room: &'static str| {
             let h = h.clone();
@@ -1504,19 +1585,13 @@ mod tests {
             let (wal, largest) = (wal.clone(), largest.clone());
             let record =
                 StoredEnvelope { seq, sender: [7; 32], counter: seq, envelope: Bytes::from(vec![1; 1000]) };
-            h.append(
-                "r",
-                record,
-                100_000,
-                0,
-                Box::new(move |r| {
-                    // Runs on the writer thread right after the commit.
-                    let size = std::fs::metadata(&wal).map_or(0, |m| m.len());
-                    largest.fetch_max(size, std::sync::atomic::Ordering::Relaxed);
-                    let _ = tx.send(r);
-                }),
-            )
-            .unwrap();
+            let room = sink("r", move |r| {
+                // Runs on the writer thread right after the commit.
+                let size = std::fs::metadata(&wal).map_or(0, |m| m.len());
+                largest.fetch_max(size, std::sync::atomic::Ordering::Relaxed);
+                let _ = tx.send(r);
+            });
+            h.append(room, record, 100_000, 0).unwrap();
             last = Some(rx);
         }
         last.unwrap().await.unwrap().unwrap();

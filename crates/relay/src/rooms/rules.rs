@@ -115,6 +115,9 @@ pub struct RoomRules {
     counters: HashMap<PublicIdentity, u64>,
     /// Envelopes numbered but not stored yet: (sender, counter) -> seq.
     pending: HashMap<(PublicIdentity, u64), u64>,
+    /// Per sender whose failed envelope could not give its counter back because a later one
+    /// of theirs was pending: the counter to go back to if that later one fails too.
+    rolled_back: HashMap<PublicIdentity, Option<u64>>,
     /// Canonical nickname -> identity.
     nicks: HashMap<String, PublicIdentity>,
     bans: HashSet<PublicIdentity>,
@@ -157,6 +160,7 @@ impl RoomRules {
             stored_seq: room.latest_seq,
             counters: room.counters,
             pending: HashMap::new(),
+            rolled_back: HashMap::new(),
             nicks: room.nicks,
             bans: room.bans,
         }
@@ -319,18 +323,26 @@ impl RoomRules {
         self.pending.insert((ticket.sender, ticket.counter), ticket.seq);
     }
 
-    /// Storage finished the write of `ticket`. On failure the sender's highest counter goes
-    /// back to what it was (unless a later envelope already moved it), so the client may
-    /// resend the same envelope; its `seq` is not reused, as later envelopes may hold higher
-    /// ones already.
+    /// Storage finished the write of `ticket` (called in storage order). On failure the
+    /// sender's highest counter goes back to what it was, so the client may resend the same
+    /// envelope; when a later envelope of the sender's is still pending, the counter goes back
+    /// only if that one fails too (a failed commit group gives back every counter it held),
+    /// and stays where a stored one moved it. A `seq` is never reused, as later envelopes may
+    /// hold higher ones already.
     pub fn committed(&mut self, ticket: &Ticket, stored: bool) -> Committed {
         self.pending.remove(&(ticket.sender, ticket.counter));
+        // The sender's earlier failures, pending on this envelope's outcome.
+        let earlier = self.rolled_back.remove(&ticket.sender);
         if !stored {
+            // `None` (no counter at all) is the lowest.
+            let back = earlier.map_or(ticket.previous, |e| e.min(ticket.previous));
             if self.counters.get(&ticket.sender) == Some(&ticket.counter) {
-                match ticket.previous {
+                match back {
                     Some(c) => self.counters.insert(ticket.sender, c),
                     None => self.counters.remove(&ticket.sender),
                 };
+            } else {
+                self.rolled_back.insert(ticket.sender, back);
             }
             return Committed::RolledBack;
         }
@@ -580,6 +592,42 @@ mod tests {
         assert_eq!(rules.committed(&retry, false), Committed::RolledBack);
         assert_eq!(rules.publish(a, 10, || None).unwrap(), Submitted::Pending(4), "the later one is pending");
         assert_eq!(code(rules.publish(a, 9, || None)), ErrorCode::BadEnvelope, "the counter stays at 10");
+    }
+
+    /// A commit group holding three envelopes of one sender fails: completed in storage
+    /// order, every counter is given back, not just the last one's.
+    #[test]
+    fn a_failed_group_gives_back_every_counter_it_held_and_a_stored_one_keeps_its_counter() {
+        let (owner, alice) = (Identity::generate(), Identity::generate());
+        let a = alice.public();
+        let mut rules = room(&owner);
+        let first = ticket(rules.publish(a, 1, || None).unwrap());
+        rules.queued(&first);
+        rules.committed(&first, true);
+        let group: Vec<Ticket> = (2..=4)
+            .map(|c| {
+                let t = ticket(rules.publish(a, c, || None).unwrap());
+                rules.queued(&t);
+                t
+            })
+            .collect();
+        for t in &group {
+            assert_eq!(rules.committed(t, false), Committed::RolledBack);
+        }
+        assert_eq!(ticket(rules.publish(a, 2, || None).unwrap()).previous, Some(1), "2 is new again");
+        assert_eq!(code(rules.publish(a, 1, || None)), ErrorCode::BadEnvelope, "1 stays stored");
+
+        // A failure followed by a stored envelope: the counter stays where the stored one put it.
+        let failed = ticket(rules.publish(a, 2, || None).unwrap());
+        rules.queued(&failed);
+        let stored = ticket(rules.publish(a, 3, || None).unwrap());
+        rules.queued(&stored);
+        rules.committed(&failed, false);
+        rules.committed(&stored, true);
+        let next = ticket(rules.publish(a, 4, || None).unwrap());
+        assert_eq!(next.previous, Some(3));
+        assert_eq!(code(rules.publish(a, 2, || None)), ErrorCode::BadEnvelope, "2 is below a stored 3");
+        assert!(rules.rolled_back.is_empty(), "nothing is kept once the sender's envelopes completed");
     }
 
     #[test]

@@ -103,7 +103,7 @@ impl LocalRooms {
             oldest_seq: st.history.front().map_or(0, |e| e.seq),
         };
         Admission {
-            member: LocalMember { room: room.clone(), identity, nick, connection },
+            member: LocalMember { room: room.clone(), identity, nick, connection, acks: Arc::default() },
             joined,
             members: st.member_list(),
             history: Box::new(st.replay(room, history_after)),

@@ -3,8 +3,9 @@
 //! (which run on the storage thread) report back to the rules and fan deliveries out.
 //!
 //! Files: `room.rs` (a loaded room, its history and replay), `join.rs` (loading, joining,
-//! creating), `publish.rs` (numbering, storing, delivering), `moderate.rs` (kick, ban,
-//! unban), `operator.rs` (what the admin socket does to loaded rooms).
+//! creating), `publish.rs` (numbering, storing, delivering), `acks.rs` (a connection's
+//! acknowledgements), `moderate.rs` (kick, ban, unban), `operator.rs` (what the admin socket
+//! does to loaded rooms).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -17,6 +18,7 @@ use chatroom_crypto::{EnvelopeHeader, Member, Nick, PresenceEvent, RoomName};
 use tokio::time::Instant;
 use tracing::{error, info};
 
+mod acks;
 mod join;
 mod moderate;
 mod operator;
@@ -54,6 +56,8 @@ pub struct LocalMember {
     identity: chatroom_crypto::PublicIdentity,
     nick: Nick,
     connection: ConnectionId,
+    /// The outcomes of this connection's envelopes, as their writes complete.
+    acks: Arc<acks::Acks>,
 }
 
 impl std::fmt::Debug for LocalMember {
@@ -136,7 +140,7 @@ impl LocalRooms {
     fn evict_if_idle(&self, room: &Arc<Room>) {
         let mut rooms = self.map();
         let mut st = room.lock();
-        if st.members.is_empty() && st.inflight == 0 && st.joining == 0 && !st.evicted {
+        if st.members.is_empty() && st.inflight.is_empty() && st.joining == 0 && !st.evicted {
             st.evicted = true;
             if rooms.get(&room.name).is_some_and(|r| Arc::ptr_eq(r, room)) {
                 rooms.remove(&room.name);

@@ -3,15 +3,17 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use chatroom_crypto::{JoinVerifier, Member, Nick, PresenceEvent, PublicIdentity, RoomName};
+use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::publish::InFlight;
 use crate::rooms::rules::{Restored, RoomRules, RuleLimits};
 use crate::rooms::{ConnectionId, History, Item, Link, Pulled};
-use crate::store::{RoomRecord, StoredEnvelope};
+use crate::store::{RoomRecord, StoreError, StoredEnvelope};
 
 /// How much history a room keeps: envelopes, and bytes of them.
 #[derive(Debug, Clone, Copy)]
@@ -64,9 +66,9 @@ pub(super) struct RoomState {
     /// on past it.
     pub(super) trimmed: u64,
     pub(super) members: HashMap<PublicIdentity, Connected>,
-    /// Appends not yet completed, and joins between their checks and registration: a room
-    /// with either is never evicted from memory.
-    pub(super) inflight: usize,
+    /// Appends not yet completed, in storage order, and joins between their checks and
+    /// registration: a room with either is never evicted from memory.
+    pub(super) inflight: VecDeque<InFlight>,
     pub(super) joining: usize,
     pub(super) evicted: bool,
     /// When the room's use was last recorded in storage.
@@ -78,6 +80,18 @@ pub(super) struct Room {
     state: Mutex<RoomState>,
     /// The highest `seq` stored, for resends waiting on their first copy.
     pub(super) committed: watch::Sender<u64>,
+    /// Outcomes of appends the storage thread reported, not yet delivered.
+    outcomes: Mutex<Outcomes>,
+    /// Where deliveries run: the runtime the room's appends were submitted on.
+    pub(super) runtime: OnceLock<Handle>,
+}
+
+/// What the storage thread reported of a room's appends, in storage order.
+#[derive(Debug, Default)]
+pub(super) struct Outcomes {
+    pub(super) results: Vec<Result<(), StoreError>>,
+    /// A task is delivering them.
+    pub(super) scheduled: bool,
 }
 
 impl fmt::Debug for Room {
@@ -95,16 +109,26 @@ impl Room {
             retained_bytes: 0,
             trimmed: 0,
             members: HashMap::new(),
-            inflight: 0,
+            inflight: VecDeque::new(),
             joining: 0,
             evicted: false,
             touched,
         };
-        Arc::new(Self { name, state: Mutex::new(state), committed: watch::channel(stored).0 })
+        Arc::new(Self {
+            name,
+            state: Mutex::new(state),
+            committed: watch::channel(stored).0,
+            outcomes: Mutex::default(),
+            runtime: OnceLock::new(),
+        })
     }
 
     pub(super) fn lock(&self) -> MutexGuard<'_, RoomState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(super) fn outcomes(&self) -> MutexGuard<'_, Outcomes> {
+        self.outcomes.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(super) fn from_record(
