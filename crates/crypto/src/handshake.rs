@@ -26,6 +26,7 @@ use zeroize::Zeroizing;
 use crate::error::NoiseError;
 use crate::frame::FRAME_HEADER_LEN;
 use crate::message::MAX_PLAINTEXT_LEN;
+use crate::noise_dh::KnownKeyResolver;
 
 /// The Noise protocol name.
 pub const NOISE_PARAMS: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
@@ -102,7 +103,9 @@ fn build_versioned(
     // NOISE_PARAMS is a constant that snow supports; failure here would be a build bug, but we
     // still report it as a handshake failure rather than panic.
     let params = NOISE_PARAMS.parse().map_err(|_| NoiseError::Handshake)?;
-    let builder = snow::Builder::with_resolver(params, resolver())
+    // The key pair's public half is known: the resolver keeps snow from deriving it again.
+    let resolver = KnownKeyResolver::new(resolver(), &local.private, &local.public);
+    let builder = snow::Builder::with_resolver(params, Box::new(resolver))
         .local_private_key(local.private.as_ref())
         .and_then(|b| b.prologue(prologue))
         .map_err(|_| NoiseError::Handshake)?;
@@ -114,10 +117,10 @@ fn build_versioned(
         .map_err(|_| NoiseError::Handshake)
 }
 
-/// ring for ChaCha20-Poly1305 (and the ephemeral keys' randomness), snow's default RustCrypto
-/// resolver for X25519 and BLAKE2s, which ring does not offer. Every transport seal and open
-/// goes through the cipher: ring seals a 150-byte frame in about an eighth of the time
-/// (docs/BENCHMARKS.md, "Crypto micro-benchmarks").
+/// What `KnownKeyResolver` wraps: ring for the ephemeral keys' randomness, snow's default
+/// RustCrypto resolver for BLAKE2s, which ring does not offer. X25519 and ChaCha20-Poly1305
+/// come from the wrapper (`noise_dh`, `noise_cipher`: ring's AEAD, which seals a 150-byte
+/// frame in about an eighth of RustCrypto's time, docs/BENCHMARKS.md).
 pub(crate) fn resolver() -> snow::resolvers::BoxedCryptoResolver {
     use snow::resolvers::{DefaultResolver, FallbackResolver, RingResolver};
     Box::new(FallbackResolver::new(Box::new(RingResolver), Box::new(DefaultResolver)))
@@ -603,6 +606,44 @@ pub(crate) mod tests {
         is_send::<TransportSender>();
         is_send::<TransportReceiver>();
         is_send::<ResponderAwaitingFinish>();
+    }
+
+    /// The relay's responder, whose resolver takes the key pair's cached public half, against
+    /// an initiator built by plain snow with its default resolver: both ends agree, the relay's
+    /// key seen by snow is the one x25519-dalek derives from the private key, and transport
+    /// messages pass both ways.
+    #[test]
+    fn the_known_key_resolver_interoperates_with_plain_snow() {
+        let relay = StaticKeypair::generate();
+        let derived = PublicKey::from(&StaticSecret::from(*relay.private())).to_bytes();
+        let client = StaticKeypair::generate();
+        let mut plain = snow::Builder::new(NOISE_PARAMS.parse().unwrap())
+            .local_private_key(client.private())
+            .unwrap()
+            .prologue(PROLOGUE)
+            .unwrap()
+            .build_initiator()
+            .unwrap();
+        let mut m1 = [0u8; 64];
+        let n1 = plain.write_message(&[], &mut m1).unwrap();
+        let (resp, m2) = Responder::new(&relay).unwrap().read_hello(&m1[..n1]).unwrap();
+        plain.read_message(&m2, &mut []).unwrap();
+        assert_eq!(plain.get_remote_static(), Some(&derived[..]));
+        let mut m3 = [0u8; 128];
+        let n3 = plain.write_message(&[], &mut m3).unwrap();
+        let mut relay_end = resp.read_finish(&m3[..n3]).unwrap();
+        assert_eq!(relay_end.remote_static(), client.public());
+        assert_eq!(relay_end.handshake_hash(), plain.get_handshake_hash());
+
+        let mut plain = plain.into_transport_mode().unwrap();
+        let mut frame = Vec::new();
+        relay_end.seal_frame(b"to the client", &mut frame).unwrap();
+        let mut text = [0u8; 128];
+        let n = plain.read_message(&frame[FRAME_HEADER_LEN..], &mut text).unwrap();
+        assert_eq!(&text[..n], b"to the client");
+        let mut sealed = [0u8; 128];
+        let n = plain.write_message(b"to the relay", &mut sealed).unwrap();
+        assert_eq!(relay_end.open(&sealed[..n]).unwrap(), b"to the relay");
     }
 
     #[test]

@@ -19,6 +19,8 @@ mod kdf_v2;
 mod keyfile;
 mod message;
 mod names;
+mod noise_cipher;
+mod noise_dh;
 
 pub use envelope::{
     open, seal, seal_with, Content, ContentKind, EnvelopeHeader, Opened, ENVELOPE_VERSION, HEADER_LEN,

@@ -15,6 +15,7 @@ use std::io::ErrorKind;
 use std::task::{Context, Poll};
 
 use chatroom_crypto::{DecodeError, FrameDecoder, FRAME_HEADER_LEN};
+use tokio::io::Interest;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 
@@ -39,7 +40,7 @@ impl Readable for OwnedReadHalf {
     }
 
     fn try_read_buf(&self, buf: &mut Vec<u8>) -> std::io::Result<usize> {
-        OwnedReadHalf::try_read_buf(self, buf)
+        read_draining(self.as_ref(), buf)
     }
 }
 
@@ -49,7 +50,29 @@ impl Readable for TcpStream {
     }
 
     fn try_read_buf(&self, buf: &mut Vec<u8>) -> std::io::Result<usize> {
-        TcpStream::try_read_buf(self, buf)
+        read_draining(self, buf)
+    }
+}
+
+/// `try_read_buf` that also clears the socket's read readiness when the read was short, as
+/// tokio's own `poll_read` does: a short read emptied the receive queue, so the next wait
+/// sleeps until more arrives instead of costing a `recv` that says `EAGAIN` (one per frame
+/// otherwise). tokio clears only if no readiness event came in since the read began, so bytes
+/// that arrive meanwhile still wake the wait.
+fn read_draining(stream: &TcpStream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    let offered = buf.capacity() - buf.len();
+    let mut taken = 0;
+    let read = stream.try_io(Interest::READABLE, || {
+        taken = stream.try_read_buf(buf)?;
+        if taken > 0 && taken < offered {
+            // `try_io` clears the readiness it saw on `WouldBlock`; the bytes are kept.
+            return Err(ErrorKind::WouldBlock.into());
+        }
+        Ok(taken)
+    });
+    match read {
+        Err(e) if e.kind() == ErrorKind::WouldBlock && taken > 0 => Ok(taken),
+        other => other,
     }
 }
 
@@ -269,10 +292,12 @@ mod tests {
         Counting { data, at: Cell::new(0), chunk, reads: Cell::new(0) }
     }
 
-    /// A real socket that records the spare capacity of every read that took bytes.
+    /// A real socket, read as `OwnedReadHalf` is, that records the spare capacity of every read
+    /// that took bytes and counts the reads that found nothing.
     struct Probe {
         inner: OwnedReadHalf,
         reads: Mutex<Vec<usize>>,
+        stale: Mutex<usize>,
         /// Kept open: dropping it would shut the direction down.
         _write: tokio::net::tcp::OwnedWriteHalf,
     }
@@ -284,9 +309,11 @@ mod tests {
 
         fn try_read_buf(&self, buf: &mut Vec<u8>) -> std::io::Result<usize> {
             let offered = buf.capacity() - buf.len();
-            let read = self.inner.try_read_buf(buf);
-            if read.is_ok() {
-                self.reads.lock().unwrap().push(offered);
+            let read = Readable::try_read_buf(&self.inner, buf);
+            match &read {
+                Ok(_) => self.reads.lock().unwrap().push(offered),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => *self.stale.lock().unwrap() += 1,
+                Err(_) => {}
             }
             read
         }
@@ -304,7 +331,10 @@ mod tests {
         let client = TcpStream::connect(listener.local_addr()?).await?;
         let (server, _) = listener.accept().await?;
         let (read, write) = server.into_split();
-        Ok((client, Probe { inner: read, reads: Mutex::new(Vec::new()), _write: write }))
+        Ok((
+            client,
+            Probe { inner: read, reads: Mutex::new(Vec::new()), stale: Mutex::new(0), _write: write },
+        ))
     }
 
     #[tokio::test]
@@ -426,6 +456,32 @@ mod tests {
             );
             assert_eq!((reader.buf.capacity(), reader.decoder.buffered()), (0, (0, 0)), "nothing kept");
         }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_drained_socket_is_waited_on_without_a_read_that_finds_nothing() -> TestResult {
+        let (mut peer, probe) = tcp_pair().await?;
+        let mut reader = FrameReader::new(probe, 1000);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        for round in 0..3u8 {
+            peer.write_all(&framed(&[&[round; 300]])).await?;
+            assert_eq!(reader.next_frame_within(1, 1000).await?, Some(vec![round; 300]));
+            {
+                // The read took all there was: the wait for the next frame sleeps at once.
+                let next = reader.next_frame_within(1, 1000);
+                tokio::pin!(next);
+                assert!(next.as_mut().poll(&mut cx).is_pending());
+            }
+            assert_eq!(*reader.inner.stale.lock().unwrap(), 0, "round {round}: a read found nothing");
+            assert_eq!(reader.inner.take_reads(), [DEFAULT_READ_LEN], "round {round}");
+        }
+        // Bytes that arrive after the readiness was cleared still wake the wait.
+        let next = tokio::spawn(async move { reader.next_frame_within(1, 1000).await });
+        tokio::task::yield_now().await;
+        peer.write_all(&framed(&[b"late"])).await?;
+        let late = tokio::time::timeout(std::time::Duration::from_secs(30), next).await???;
+        assert_eq!(late.as_deref(), Some(&b"late"[..]));
         Ok(())
     }
 

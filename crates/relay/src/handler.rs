@@ -250,6 +250,8 @@ pub(crate) struct Handler<H> {
     pub(crate) _permit: OwnedSemaphorePermit,
     /// The connection's place under the per-address caps.
     pub(crate) _slots: (AddressSlot, Option<AddressSlot>),
+    /// Counts the connection open in the metrics until the handler ends.
+    pub(crate) _open: crate::metrics::OpenConnection,
 }
 
 impl<H: RoomService> Handler<H> {

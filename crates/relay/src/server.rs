@@ -315,6 +315,7 @@ impl<H: RoomService> Listener<H> {
             let Some(admitted) = self.admit(peer.ip()) else { continue };
             let (slots, slot, permit, full) = admitted;
             let handler = Handler {
+                _open: crate::metrics::connection(),
                 shared: self.shared.clone(),
                 peer,
                 id: self.ids.next(),
@@ -324,12 +325,10 @@ impl<H: RoomService> Listener<H> {
                 _permit: permit,
                 _slots: slots,
             };
-            let open = crate::metrics::connection();
-            let served = handler.run(socket, slot);
-            tokio::spawn(async move {
-                served.await;
-                drop(open);
-            });
+            // Spawned as it is: an `async` block awaiting it would hold it twice over (its
+            // capture and the awaited copy, rust-lang/rust#62958), doubling every idle
+            // member's task.
+            tokio::spawn(handler.run(socket, slot));
         }
     }
 

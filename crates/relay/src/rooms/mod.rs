@@ -33,6 +33,7 @@ use tracing::error;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 mod ids;
+pub mod jetstream;
 mod local;
 pub mod rules;
 mod wire;

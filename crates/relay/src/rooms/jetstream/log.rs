@@ -1,0 +1,150 @@
+//! Appending to a room's log: one gap-free room sequence over the shared stream.
+//!
+//! Each envelope is published to `chat.<room id>` with `Chat-Seq` (the room sequence, the last
+//! one + 1), `Nats-Expected-Last-Subject-Sequence` (the stream sequence of the room's last
+//! message, so two nodes cannot both store a `Chat-Seq`) and `Nats-Msg-Id` (so a resend of a
+//! stored envelope is answered with the original). A refusal (10071 wrong last sequence, or
+//! 10164 while an earlier publish on the room is still in process on an R3 leader) or a lost
+//! ack reloads the room's last message from the stream leader and publishes again with the
+//! same `Nats-Msg-Id`: if the first attempt was stored, the server answers it as a duplicate
+//! (on R1 only once the expected sequence is current, which the reload makes it), else the
+//! envelope is stored under the next room sequence.
+
+use std::time::Duration;
+
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+use async_nats::jetstream::stream::{LastRawMessageErrorKind, Stream};
+use async_nats::jetstream::{self, ErrorCode};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use tokio::time::Instant;
+
+/// The header carrying a message's room sequence.
+pub const CHAT_SEQ: &str = "Chat-Seq";
+/// How long one append keeps retrying through refusals and a leader election (measured at
+/// 4-8 s, docs/adr/0002) before giving up.
+pub const APPEND_DEADLINE: Duration = Duration::from_secs(30);
+/// The pause before reading again after the stream did not answer.
+const UNAVAILABLE_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Where a room's log ends: its last message's room and stream sequences (both 0 when empty).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tip {
+    pub chat_seq: u64,
+    pub stream_seq: u64,
+}
+
+/// What an append did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Stored now at this tip.
+    Stored(Tip),
+    /// Already stored (same `Nats-Msg-Id`): the original's sequences.
+    Duplicate(Tip),
+}
+
+/// Why an append did not happen; the envelope may be sent again with the same id.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error("the room's log did not accept the message within {APPEND_DEADLINE:?}: {0}")]
+    Unavailable(String),
+    #[error("the stored message at stream sequence {0} has no valid {CHAT_SEQ} header")]
+    Corrupt(u64),
+}
+
+/// One room's log in the shared stream.
+#[derive(Debug, Clone)]
+pub struct RoomLog {
+    js: jetstream::Context,
+    stream: Stream,
+    subject: String,
+}
+
+impl RoomLog {
+    /// The log on `subject` (`chat.<room id>`) of `stream`.
+    pub fn new(js: jetstream::Context, stream: Stream, subject: String) -> Self {
+        Self { js, stream, subject }
+    }
+
+    /// Appends `payload` after `tip` (the caller's last known tip; reloaded when stale).
+    pub async fn append(&self, mut tip: Tip, msg_id: &str, payload: Bytes) -> Result<Appended, AppendError> {
+        let deadline = Instant::now() + APPEND_DEADLINE;
+        let mut last_problem = String::new();
+        while Instant::now() < deadline {
+            match self.publish(tip, msg_id, payload.clone()).await {
+                Ok(ack) if ack.duplicate => return Ok(Appended::Duplicate(self.tip_at(ack.sequence).await?)),
+                Ok(ack) => {
+                    return Ok(Appended::Stored(Tip { chat_seq: tip.chat_seq + 1, stream_seq: ack.sequence }))
+                }
+                Err(e) => {
+                    if !retryable(&e) {
+                        return Err(AppendError::Unavailable(e.to_string()));
+                    }
+                    last_problem = e.to_string();
+                }
+            }
+            match self.tip().await {
+                Ok(reloaded) => tip = reloaded,
+                Err(AppendError::Unavailable(problem)) => {
+                    last_problem = problem;
+                    tokio::time::sleep(UNAVAILABLE_BACKOFF).await;
+                }
+                Err(corrupt) => return Err(corrupt),
+            }
+        }
+        Err(AppendError::Unavailable(last_problem))
+    }
+
+    async fn publish(
+        &self,
+        tip: Tip,
+        msg_id: &str,
+        payload: Bytes,
+    ) -> Result<jetstream::publish::PublishAck, PublishError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(CHAT_SEQ, (tip.chat_seq + 1).to_string().as_str());
+        headers.insert("Nats-Expected-Last-Subject-Sequence", tip.stream_seq.to_string().as_str());
+        headers.insert("Nats-Msg-Id", msg_id);
+        self.js.publish_with_headers(self.subject.clone(), headers, payload).await?.await
+    }
+
+    /// The room's last message, read from the stream leader (a direct get may lag behind it).
+    pub async fn tip(&self) -> Result<Tip, AppendError> {
+        match self.stream.get_last_raw_message_by_subject(&self.subject).await {
+            Ok(message) => Ok(Tip {
+                chat_seq: chat_seq(&message.headers, message.sequence)?,
+                stream_seq: message.sequence,
+            }),
+            Err(e) if matches!(e.kind(), LastRawMessageErrorKind::NoMessageFound) => Ok(Tip::default()),
+            Err(e) => Err(AppendError::Unavailable(e.to_string())),
+        }
+    }
+
+    async fn tip_at(&self, stream_seq: u64) -> Result<Tip, AppendError> {
+        let message = self
+            .stream
+            .get_raw_message(stream_seq)
+            .await
+            .map_err(|e| AppendError::Unavailable(e.to_string()))?;
+        Ok(Tip { chat_seq: chat_seq(&message.headers, stream_seq)?, stream_seq })
+    }
+}
+
+fn chat_seq(headers: &HeaderMap, stream_seq: u64) -> Result<u64, AppendError> {
+    headers
+        .get(CHAT_SEQ)
+        .and_then(|v| v.as_str().parse().ok())
+        .filter(|&seq| seq > 0)
+        .ok_or(AppendError::Corrupt(stream_seq))
+}
+
+/// Refusals that mean "reload and try again", and a lost ack (the message may be stored).
+fn retryable(e: &PublishError) -> bool {
+    match e.kind() {
+        PublishErrorKind::WrongLastSequence | PublishErrorKind::TimedOut => true,
+        PublishErrorKind::Other => std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<jetstream::Error>())
+            .is_some_and(|j| j.error_code() == ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT),
+        _ => false,
+    }
+}

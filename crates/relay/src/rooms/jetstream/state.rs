@@ -1,0 +1,156 @@
+//! Room records and bans in the key-value buckets, shared by every node.
+//!
+//! A room is created with a key-value `create` (a compare-and-set on "no value yet"): of two
+//! nodes creating one room at once, one stores its record and the other reads the winner's,
+//! so its founder joins the existing room with that room's password. Reads after a refused
+//! create go to the bucket stream's leader, which holds the winner's record once it was
+//! acknowledged (a direct get could be answered by a follower that has not seen it yet).
+
+use async_nats::jetstream::kv::{CreateErrorKind, Store};
+use async_nats::jetstream::stream::{LastRawMessageErrorKind, Stream};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, ErrorCode};
+use bytes::Bytes;
+
+use super::setup::{BANS_BUCKET, ROOMS_BUCKET};
+
+/// A room name as one subject token and key: the lowercase hex of its bytes (injective, no
+/// `.` or wildcard, no case question; room names are at most 64 bytes, so at most 128 chars).
+pub fn room_token(name: &str) -> String {
+    name.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What a creation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    /// This call stored the record.
+    Now,
+    /// The room existed: its record.
+    Existing(Bytes),
+}
+
+/// The buckets could not be read or written.
+#[derive(Debug, thiserror::Error)]
+#[error("the room state in NATS could not be {action}: {detail}")]
+pub struct StateError {
+    action: &'static str,
+    detail: String,
+}
+
+impl StateError {
+    pub(crate) fn new(action: &'static str, detail: &dyn std::fmt::Display) -> Self {
+        Self { action, detail: detail.to_string() }
+    }
+}
+
+fn state_error(action: &'static str) -> impl Fn(&dyn std::fmt::Display) -> StateError {
+    move |e| StateError::new(action, e)
+}
+
+/// The rooms and bans buckets.
+#[derive(Debug, Clone)]
+pub struct RoomState {
+    rooms: Store,
+    rooms_stream: Stream,
+    bans: Store,
+}
+
+impl RoomState {
+    /// Opens the buckets `setup::ensure_buckets` made.
+    pub async fn open(js: &jetstream::Context) -> Result<Self, StateError> {
+        let open = state_error("opened");
+        let rooms = js.get_key_value(ROOMS_BUCKET).await.map_err(|e| open(&e))?;
+        let rooms_stream = js.get_stream(format!("KV_{ROOMS_BUCKET}")).await.map_err(|e| open(&e))?;
+        let bans = js.get_key_value(BANS_BUCKET).await.map_err(|e| open(&e))?;
+        Ok(Self { rooms, rooms_stream, bans })
+    }
+
+    /// Creates room `name` with `record` unless it exists; then returns the existing record.
+    pub async fn create_room(&self, name: &str, record: Bytes) -> Result<Created, StateError> {
+        let token = room_token(name);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.rooms.create(&token, record.clone()).await {
+                Ok(_) => return Ok(Created::Now),
+                Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
+                    let existing = self.room(name).await?;
+                    let missing =
+                        || StateError { action: "read", detail: format!("room {token} has no record") };
+                    return existing.map(Created::Existing).ok_or_else(missing);
+                }
+                // Another node's create of the key is still in process on the leader (10164):
+                // ask again, and the answer is either ours or theirs.
+                Err(e) if attempts < IN_PROCESS_RETRIES && in_process_refusal(&e) => {
+                    tokio::time::sleep(IN_PROCESS_BACKOFF).await;
+                }
+                Err(e) => return Err(state_error("written")(&e)),
+            }
+        }
+    }
+
+    /// Room `name`'s record, from the bucket's leader; `None` when there is no such room.
+    pub async fn room(&self, name: &str) -> Result<Option<Bytes>, StateError> {
+        let subject = format!("$KV.{ROOMS_BUCKET}.{}", room_token(name));
+        match self.rooms_stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(message) if message.payload.is_empty() => Ok(None), // a delete or purge marker
+            Ok(message) => Ok(Some(message.payload)),
+            Err(e) if matches!(e.kind(), LastRawMessageErrorKind::NoMessageFound) => Ok(None),
+            Err(e) => Err(state_error("read")(&e)),
+        }
+    }
+
+    /// Bans `identity` (64 hex characters) from room `name`, with `record` (who, when).
+    pub async fn ban(&self, name: &str, identity: &str, record: Bytes) -> Result<(), StateError> {
+        self.bans.put(ban_key(name, identity), record).await.map(drop).map_err(|e| state_error("written")(&e))
+    }
+
+    /// Lifts a ban; lifting one that does not exist is not an error.
+    pub async fn unban(&self, name: &str, identity: &str) -> Result<(), StateError> {
+        self.bans.delete(ban_key(name, identity)).await.map_err(|e| state_error("written")(&e))
+    }
+
+    /// Whether `identity` is banned from room `name`.
+    pub async fn is_banned(&self, name: &str, identity: &str) -> Result<bool, StateError> {
+        let entry = self.bans.get(ban_key(name, identity)).await.map_err(|e| state_error("read")(&e))?;
+        Ok(entry.is_some())
+    }
+}
+
+/// How often a create refused while another is in process is asked again, and the pause.
+const IN_PROCESS_RETRIES: u32 = 50;
+const IN_PROCESS_BACKOFF: Duration = Duration::from_millis(20);
+
+/// Whether `e` or an error it wraps is the server's 10164: a compare-and-set refused because an
+/// earlier one on the same subject is still in process on a replicated stream's leader.
+fn in_process_refusal(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(error) = next {
+        if error
+            .downcast_ref::<jetstream::Error>()
+            .is_some_and(|j| j.error_code() == ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT)
+        {
+            return true;
+        }
+        next = error.source();
+    }
+    false
+}
+
+fn ban_key(name: &str, identity: &str) -> String {
+    format!("{}.{identity}", room_token(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::room_token;
+
+    #[test]
+    fn room_tokens_are_hex_one_token_and_keep_names_apart() {
+        assert_eq!(room_token("A.b-_9"), "412e622d5f39");
+        assert_ne!(room_token("Room"), room_token("room"), "names are compared exactly");
+        assert_eq!(room_token(&"z".repeat(64)).len(), 128);
+        assert!(room_token("a.b").bytes().all(|b| b.is_ascii_hexdigit()), "no `.` splits the subject");
+    }
+}

@@ -1,0 +1,95 @@
+//! A room's feed from the stream's RePublish against a real nats-server: messages stored before
+//! the feed started are backfilled in order, later ones arrive live, nothing twice, and on the
+//! 3-node cluster a feed on one node follows two writers on the others.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use bytes::Bytes;
+use chatroom_nats_harness::{NatsCluster, NatsServer};
+use chatroom_relay::rooms::jetstream::fanout::{Delivered, RoomFeed};
+use chatroom_relay::rooms::jetstream::log::{Appended, RoomLog, Tip};
+use chatroom_relay::rooms::jetstream::setup::{connect, ensure_stream, STREAM};
+
+type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// The next delivery, or an error after a generous bound (the machine running tests is shared).
+async fn next(feed: &mut RoomFeed) -> Result<Delivered, Box<dyn std::error::Error + Send + Sync>> {
+    Ok(tokio::time::timeout(Duration::from_secs(20), feed.next()).await??)
+}
+
+async fn append(log: &RoomLog, id: &str) -> Result<Tip, Box<dyn std::error::Error + Send + Sync>> {
+    let tip = log.tip().await?;
+    match log.append(tip, id, Bytes::from(id.to_owned())).await? {
+        Appended::Stored(tip) => Ok(tip),
+        Appended::Duplicate(_) => Err(format!("{id} was a duplicate").into()),
+    }
+}
+
+#[tokio::test]
+async fn a_feed_backfills_what_came_before_it_and_then_follows_live_without_repeats() -> TestResult {
+    let server = NatsServer::single()?;
+    let client = connect(&server.url()).await?;
+    let js = jetstream::new(client.clone());
+    ensure_stream(&js, 1).await?;
+    let stream = js.get_stream(STREAM).await?;
+    let log = RoomLog::new(js.clone(), stream.clone(), "chat.room".into());
+    let mut ids = Vec::new();
+    for i in 1..=3 {
+        ids.push(format!("early-{i}"));
+        append(&log, &format!("early-{i}")).await?;
+    }
+    let mut from_start = RoomFeed::subscribe(&client, stream.clone(), "room", Tip::default()).await?;
+    let after_two =
+        log.tip().await.map(|t| Tip { chat_seq: t.chat_seq - 1, stream_seq: t.stream_seq - 1 })?;
+    let mut from_third = RoomFeed::subscribe(&client, stream.clone(), "room", after_two).await?;
+    for i in 1..=2 {
+        ids.push(format!("live-{i}"));
+        append(&log, &format!("live-{i}")).await?;
+    }
+    for (n, id) in ids.iter().enumerate() {
+        let got = next(&mut from_start).await?;
+        assert_eq!((got.tip.chat_seq, got.payload.as_ref()), (n as u64 + 1, id.as_bytes()));
+    }
+    for (n, id) in ids.iter().enumerate().skip(2) {
+        let got = next(&mut from_third).await?;
+        assert_eq!((got.tip.chat_seq, got.payload.as_ref()), (n as u64 + 1, id.as_bytes()));
+    }
+    // Nothing after the last: the next append is the next delivery, not a repeat.
+    append(&log, "last").await?;
+    assert_eq!(next(&mut from_start).await?.tip.chat_seq, 6);
+    assert_eq!(next(&mut from_third).await?.tip.chat_seq, 6);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_cluster_a_feed_on_one_node_follows_two_writers_on_the_others_in_order() -> TestResult {
+    let cluster = NatsCluster::start()?;
+    let urls: Vec<String> = cluster.nodes().iter().map(|n| n.url()).collect();
+    let reader = connect(&urls[0]).await?;
+    let js = jetstream::new(reader.clone());
+    ensure_stream(&js, 3).await?;
+    let mut feed =
+        RoomFeed::subscribe(&reader, js.get_stream(STREAM).await?, "shared", Tip::default()).await?;
+    let mut writers = Vec::new();
+    for (w, url) in urls[1..].iter().enumerate() {
+        let js = jetstream::new(connect(url).await?);
+        let log = RoomLog::new(js.clone(), js.get_stream(STREAM).await?, "chat.shared".into());
+        writers.push(tokio::spawn(async move {
+            for i in 0..20 {
+                append(&log, &format!("w{w}-{i}")).await?;
+            }
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+        }));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for expected in 1..=40 {
+        let got = next(&mut feed).await?;
+        assert_eq!(got.tip.chat_seq, expected);
+        assert!(seen.insert(got.payload), "delivered twice");
+    }
+    for writer in writers {
+        writer.await??;
+    }
+    Ok(())
+}
