@@ -2,17 +2,64 @@
 //! the connection's side: assembling one upload from its parts, and splitting the stored object
 //! into `GroupInfo` items. The bytes are opaque: the relay checks sizes and order only.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use chatroom_crypto::{ErrorCode, GroupInfoPart, RelayMessage, MAX_GROUP_INFO_CHUNK};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::outbox::encode;
 use crate::rooms::Refusal;
 
+/// How many largest GroupInfo objects' worth of uploads all connections together may hold
+/// in memory: one upload per connection, times thousands of connections, would otherwise
+/// reach gigabytes.
+pub(crate) const UPLOAD_BUDGET_OBJECTS: usize = 16;
+
+/// The bytes of GroupInfo uploads in progress on all connections, bounded relay-wide; a part
+/// that does not fit is refused at once (the client uploads again later), never waited for.
+#[derive(Debug, Clone)]
+pub(crate) struct UploadBudget(Arc<Semaphore>);
+
+impl UploadBudget {
+    /// Room for `UPLOAD_BUDGET_OBJECTS` uploads of `max_group_info_bytes` each.
+    pub(crate) fn new(max_group_info_bytes: usize) -> Self {
+        let bytes = max_group_info_bytes.saturating_mul(UPLOAD_BUDGET_OBJECTS).min(Semaphore::MAX_PERMITS);
+        Self(Arc::new(Semaphore::new(bytes)))
+    }
+
+    fn take(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
+        let bytes = u32::try_from(bytes).ok()?;
+        self.0.clone().try_acquire_many_owned(bytes).ok()
+    }
+}
+
+/// A completed upload: the room's sealed GroupInfo and the budget it holds until stored.
+pub(crate) struct Complete {
+    pub(crate) after_seq: u64,
+    pub(crate) sealed: Vec<u8>,
+    /// Released when the completed upload is dropped, after it was stored.
+    pub(crate) held: OwnedSemaphorePermit,
+}
+
 /// One upload in progress on a connection: parts must come in order, 0 to `parts - 1`, all
-/// with the same `after_seq` and `parts`; the total is bounded by the relay's limit.
+/// with the same `after_seq` and `parts`; the total is bounded by the relay's limit, and the
+/// bytes held by the relay-wide `UploadBudget`.
 #[derive(Debug, Default)]
 pub(crate) struct Upload {
-    current: Option<(u64, u8, u8, Vec<u8>)>,
+    current: Option<InProgress>,
+}
+
+/// The parts received so far of one upload.
+#[derive(Debug)]
+struct InProgress {
+    after_seq: u64,
+    parts: u8,
+    /// The part expected next.
+    next: u8,
+    bytes: Vec<u8>,
+    /// The budget the bytes hold; `None` before the first part.
+    held: Option<OwnedSemaphorePermit>,
 }
 
 impl Upload {
@@ -22,11 +69,12 @@ impl Upload {
         &mut self,
         part: GroupInfoPart,
         max_bytes: usize,
-    ) -> Result<Option<(u64, Vec<u8>)>, Refusal> {
+        budget: &UploadBudget,
+    ) -> Result<Option<Complete>, Refusal> {
         let GroupInfoPart { after_seq, part, parts, chunk } = part;
         let mut upload = match self.current.take() {
-            None if part == 0 => (after_seq, parts, 0, Vec::new()),
-            Some(up) if (up.0, up.1, up.2) == (after_seq, parts, part) => up,
+            None if part == 0 => InProgress { after_seq, parts, next: 0, bytes: Vec::new(), held: None },
+            Some(up) if (up.after_seq, up.parts, up.next) == (after_seq, parts, part) => up,
             _ => {
                 return Err(Refusal::new(
                     ErrorCode::GroupInfoTooLarge,
@@ -36,16 +84,34 @@ impl Upload {
                 ))
             }
         };
-        if upload.3.len() + chunk.len() > max_bytes {
+        if upload.bytes.len() + chunk.len() > max_bytes {
             return Err(Refusal::new(
                 ErrorCode::GroupInfoTooLarge,
                 format!("the group information is larger than this relay's limit of {max_bytes} bytes"),
             ));
         }
-        upload.3.extend_from_slice(&chunk);
-        upload.2 += 1;
-        if upload.2 == parts {
-            return Ok(Some((after_seq, upload.3)));
+        let Some(permit) = budget.take(chunk.len()) else {
+            return Err(Refusal::new(
+                ErrorCode::RateLimited,
+                "the relay is taking in too much group information at once; upload it again from part 0 in a few seconds",
+            ));
+        };
+        match &mut upload.held {
+            Some(held) => held.merge(permit),
+            held => *held = Some(permit),
+        }
+        upload.bytes.extend_from_slice(&chunk);
+        upload.next += 1;
+        if upload.next == parts {
+            let InProgress { bytes: sealed, held, .. } = upload;
+            // Every accepted part took a permit, and a complete upload has at least one part.
+            return match held {
+                Some(held) => Ok(Some(Complete { after_seq, sealed, held })),
+                None => Err(Refusal::new(
+                    ErrorCode::Internal,
+                    "the relay lost track of this upload; upload it again",
+                )),
+            };
         }
         self.current = Some(upload);
         Ok(None)
@@ -76,30 +142,55 @@ mod tests {
         GroupInfoPart { after_seq, part, parts, chunk: vec![part; len] }
     }
 
+    /// The upload's outcome without the budget it holds.
+    fn done(r: Result<Option<Complete>, Refusal>) -> Option<(u64, Vec<u8>)> {
+        r.unwrap().map(|c| (c.after_seq, c.sealed))
+    }
+
     #[test]
     fn parts_assemble_in_order_within_the_limit() {
-        let mut up = Upload::default();
-        assert_eq!(up.push(part(4, 0, 2, 10), 30).unwrap(), None);
-        let (seq, bytes) = up.push(part(4, 1, 2, 20), 30).unwrap().unwrap();
+        let (mut up, budget) = (Upload::default(), UploadBudget::new(30));
+        assert_eq!(done(up.push(part(4, 0, 2, 10), 30, &budget)), None);
+        let (seq, bytes) = done(up.push(part(4, 1, 2, 20), 30, &budget)).unwrap();
         assert_eq!((seq, bytes.len(), bytes[0], bytes[29]), (4, 30, 0, 1));
         // A new upload starts afresh.
-        assert_eq!(up.push(part(5, 0, 1, 1), 30).unwrap(), Some((5, vec![0])));
+        assert_eq!(done(up.push(part(5, 0, 1, 1), 30, &budget)), Some((5, vec![0])));
     }
 
     #[test]
     fn out_of_order_or_oversized_parts_are_refused_and_drop_the_upload() {
-        let mut up = Upload::default();
+        let (mut up, budget) = (Upload::default(), UploadBudget::new(30));
         let code = |r: Result<_, Refusal>| r.err().map(|e| e.code);
-        assert_eq!(code(up.push(part(4, 1, 2, 1), 30)), Some(ErrorCode::GroupInfoTooLarge), "starts mid-way");
-        assert_eq!(up.push(part(4, 0, 3, 10), 30).unwrap(), None);
-        assert_eq!(code(up.push(part(5, 1, 3, 10), 30)), Some(ErrorCode::GroupInfoTooLarge), "another seq");
-        assert_eq!(
-            code(up.push(part(4, 1, 3, 10), 30)),
-            Some(ErrorCode::GroupInfoTooLarge),
-            "upload dropped"
-        );
-        assert_eq!(up.push(part(4, 0, 2, 30), 30).unwrap(), None);
-        assert_eq!(code(up.push(part(4, 1, 2, 1), 30)), Some(ErrorCode::GroupInfoTooLarge), "one byte over");
+        let too_large = Some(ErrorCode::GroupInfoTooLarge);
+        assert_eq!(code(up.push(part(4, 1, 2, 1), 30, &budget)), too_large, "starts mid-way");
+        assert_eq!(done(up.push(part(4, 0, 3, 10), 30, &budget)), None);
+        assert_eq!(code(up.push(part(5, 1, 3, 10), 30, &budget)), too_large, "another seq");
+        assert_eq!(code(up.push(part(4, 1, 3, 10), 30, &budget)), too_large, "upload dropped");
+        assert_eq!(done(up.push(part(4, 0, 2, 30), 30, &budget)), None);
+        assert_eq!(code(up.push(part(4, 1, 2, 1), 30, &budget)), too_large, "one byte over");
+        // Refused uploads gave their bytes back: the whole budget is free again.
+        assert_eq!(budget.0.available_permits(), 30 * UPLOAD_BUDGET_OBJECTS);
+    }
+
+    #[test]
+    fn uploads_on_all_connections_together_stay_within_the_budget() {
+        let budget = UploadBudget::new(30);
+        // Every connection holds a half-finished upload of the largest size.
+        let mut held: Vec<Upload> = (0..UPLOAD_BUDGET_OBJECTS).map(|_| Upload::default()).collect();
+        for up in &mut held {
+            assert_eq!(done(up.push(part(1, 0, 2, 29), 30, &budget)), None);
+        }
+        let mut late = Upload::default();
+        let refused = late.push(part(1, 0, 1, 30), 30, &budget).err().map(|e| e.code);
+        assert_eq!(refused, Some(ErrorCode::RateLimited), "no room left relay-wide");
+        // A connection that ends gives its bytes back; a completed upload holds its bytes
+        // until it was stored (dropped).
+        held.pop();
+        let complete = late.push(part(1, 0, 1, 29), 30, &budget).unwrap().unwrap();
+        let mut next = Upload::default();
+        assert!(next.push(part(1, 0, 1, 17), 30, &budget).is_err(), "the completed upload still holds");
+        drop(complete);
+        assert_eq!(done(next.push(part(1, 0, 1, 17), 30, &budget)), Some((1, vec![0; 17])));
     }
 
     #[test]

@@ -160,6 +160,8 @@ pub(crate) struct Shared<H> {
     pub(crate) handshake_rate: SendRate<IpAddr>,
     /// Places under `max_connections`; what is left decides whether strangers still get in.
     pub(crate) slots: Arc<tokio::sync::Semaphore>,
+    /// GroupInfo uploads in progress on all connections together, in bytes (version 2).
+    pub(crate) uploads: crate::group_info::UploadBudget,
     /// Lines about refused joins: at most a few a minute, with a count of those left out.
     pub(crate) refusal_log: LogBudget,
     /// Lines about connections timed out or disconnected by the relay, likewise.
@@ -844,10 +846,11 @@ impl<H: RoomService> Handler<H> {
         upload: &mut crate::group_info::Upload,
         part: chatroom_crypto::GroupInfoPart,
     ) -> Vec<Bytes> {
-        let stored = match upload.push(part, self.shared.config.max_group_info_bytes) {
+        let shared = &self.shared;
+        let stored = match upload.push(part, shared.config.max_group_info_bytes, &shared.uploads) {
             Ok(None) => return Vec::new(),
-            Ok(Some((after_seq, sealed))) => {
-                self.shared.hub.put_group_info(member, after_seq, Bytes::from(sealed)).await
+            Ok(Some(crate::group_info::Complete { after_seq, sealed, held: _held })) => {
+                shared.hub.put_group_info(member, after_seq, Bytes::from(sealed)).await
             }
             Err(refusal) => Err(refusal),
         };

@@ -159,6 +159,7 @@ impl<R: RoomAdmin> Relay<R> {
             connections_wide: AddressCount::new(config.max_connections_per_48),
             handshake_rate: SendRate::new(config.handshake_burst, config.handshakes_per_sec),
             slots: Arc::new(Semaphore::new(config.max_connections)),
+            uploads: crate::group_info::UploadBudget::new(config.max_group_info_bytes),
             refusal_log: LogBudget::new(),
             rate_log: LogBudget::new(),
             ended_log: LogBudget::new(),
