@@ -5,8 +5,8 @@
 use async_nats::jetstream::{self, kv, stream};
 use chatroom_nats_harness::{NatsCluster, NatsServer};
 use chatroom_relay::rooms::jetstream::setup::{
-    connect, ensure_buckets, ensure_stream, stream_config, SetupError, BANS_BUCKET, FAN_SUBJECTS,
-    LOCKOUTS_BUCKET, NICKS_BUCKET, PRESENCE_BUCKET, ROOMS_BUCKET, STREAM,
+    connect, ensure_buckets, ensure_stream, stream_config, SetupError, BUCKETS, FAN_SUBJECTS,
+    PRESENCE_BUCKET, STREAM,
 };
 
 type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
@@ -29,14 +29,7 @@ async fn a_single_node_gets_the_stream_and_buckets_once_and_accepts_them_again()
         ensure_buckets(&js, 1).await?;
     }
     assert_eq!(js.get_stream(STREAM).await?.info().await?.state.messages, 0);
-    let buckets = [
-        (ROOMS_BUCKET, false),
-        (NICKS_BUCKET, false),
-        (BANS_BUCKET, false),
-        (PRESENCE_BUCKET, true),
-        (LOCKOUTS_BUCKET, true),
-    ];
-    for (bucket, ttl) in buckets {
+    for (bucket, ttl) in BUCKETS {
         let config = bucket_stream(&js, bucket).await?;
         assert_eq!(config.allow_message_ttl, ttl, "{bucket}");
         assert_eq!(config.subject_delete_marker_ttl.is_some(), ttl, "{bucket}");
@@ -92,7 +85,7 @@ async fn the_cluster_keeps_every_message_and_key_in_three_replicas() -> TestResu
     let info = js.get_stream(STREAM).await?.info().await?.cluster.clone().ok_or("no cluster info")?;
     assert!(info.leader.is_some(), "{info:?}");
     assert_eq!(info.replicas.len(), 2, "two followers beside the leader: {info:?}");
-    for bucket in [ROOMS_BUCKET, NICKS_BUCKET, BANS_BUCKET, PRESENCE_BUCKET, LOCKOUTS_BUCKET] {
+    for (bucket, _) in BUCKETS {
         assert_eq!(bucket_stream(&js, bucket).await?.num_replicas, 3, "{bucket}");
     }
     Ok(())

@@ -59,7 +59,9 @@ impl Lockouts {
             match acked {
                 Ok(_) => return Ok(count + 1),
                 Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => last_refusal = e.to_string(),
-                Err(e) if contended(&e) => {
+                // A bucket created a moment ago may not be routed from this node yet: on a
+                // cluster its first publishes can find no stream for a few hundred ms.
+                Err(e) if contended(&e) || e.kind() == PublishErrorKind::StreamNotFound => {
                     last_refusal = e.to_string();
                     tokio::time::sleep(CONTENDED_BACKOFF).await;
                 }

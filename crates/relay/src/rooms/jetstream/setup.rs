@@ -26,6 +26,14 @@ pub const BANS_BUCKET: &str = "chat_bans";
 pub const PRESENCE_BUCKET: &str = "chat_presence";
 /// Join-failure lockouts shared by every node, expiring by per-key TTL.
 pub const LOCKOUTS_BUCKET: &str = "chat_lockouts";
+/// Every bucket, and whether its keys carry a TTL.
+pub const BUCKETS: [(&str, bool); 5] = [
+    (ROOMS_BUCKET, false),
+    (NICKS_BUCKET, false),
+    (BANS_BUCKET, false),
+    (PRESENCE_BUCKET, true),
+    (LOCKOUTS_BUCKET, true),
+];
 /// How long the server keeps the marker it writes when a key's TTL runs out, which tells
 /// every node of the expiry without polling.
 pub const EXPIRY_MARKER_TTL: Duration = Duration::from_secs(60);
@@ -139,14 +147,7 @@ pub async fn ensure_stream(js: &jetstream::Context, replicas: usize) -> Result<s
 
 /// Creates the buckets, or finds them, and checks what the server stored.
 pub async fn ensure_buckets(js: &jetstream::Context, replicas: usize) -> Result<(), SetupError> {
-    let buckets = [
-        (ROOMS_BUCKET, false),
-        (NICKS_BUCKET, false),
-        (BANS_BUCKET, false),
-        (PRESENCE_BUCKET, true),
-        (LOCKOUTS_BUCKET, true),
-    ];
-    for (bucket, ttl_keys) in buckets {
+    for (bucket, ttl_keys) in BUCKETS {
         let config = kv::Config {
             bucket: bucket.to_owned(),
             history: 1,
