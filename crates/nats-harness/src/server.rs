@@ -227,7 +227,8 @@ impl Drop for NatsServer {
     }
 }
 
-/// A 3-node JetStream cluster on 127.0.0.11-13, ready once every node knows one meta leader.
+/// A 3-node JetStream cluster on 127.0.0.11-13, ready once every node knows one meta leader
+/// and that leader sees the other nodes as current peers.
 #[derive(Debug)]
 pub struct NatsCluster {
     nodes: Vec<NatsServer>,
@@ -330,7 +331,18 @@ impl NatsCluster {
         if !leaders.all(|l| l.as_deref() == Some(first.as_str())) {
             return None;
         }
-        self.index_of(&first).filter(|&i| self.nodes[i].child.is_some())
+        self.index_of(&first).filter(|&i| self.nodes[i].child.is_some() && self.peers_current(i))
+    }
+
+    /// Whether the leader sees every other running node as a current, online peer: before
+    /// that, placing a stream or bucket on three replicas fails with "no suitable peers".
+    fn peers_current(&self, leader: usize) -> bool {
+        let Ok(jsz) = self.nodes[leader].monitor("/jsz") else { return false };
+        let Some(replicas) = jsz["meta_cluster"]["replicas"].as_array() else { return false };
+        let others = self.nodes.iter().enumerate().filter(|(i, n)| *i != leader && n.child.is_some());
+        others.map(|(_, n)| n).all(|n| {
+            replicas.iter().any(|r| r["name"] == n.name() && r["current"] == true && r["offline"] != true)
+        })
     }
 
     fn node_mut(&mut self, i: usize) -> Result<&mut NatsServer, crate::Error> {
