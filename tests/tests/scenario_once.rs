@@ -134,6 +134,10 @@ fn a_relay_restored_from_an_old_database_is_reported_and_later_messages_show() -
         alice.line(&format!("lost {i}"))?;
     }
     bob.stdout.expect("<alice> lost 4")?;
+    // Alice leaves once the relay has answered all four (a clean exit waits for that): a
+    // message still unanswered would be sent again to the restored relay, refilling seq 2..5.
+    alice.close_stdin();
+    assert!(alice.wait()?.success(), "{:?}", alice.stderr.all());
 
     // The database is restored from the backup: seq 2..5 are gone and will be reused.
     relay.kill();
@@ -141,7 +145,9 @@ fn a_relay_restored_from_an_old_database_is_reported_and_later_messages_show() -
     let _relay = Relay::start_on(relay_dir.path(), &addr)?;
     let warning = bob.stderr.expect("the relay lost messages")?;
     assert!(warning.contains("WARNING") && warning.contains("#1") && warning.contains("#5"), "{warning}");
+    let mut alice = alice_home.member(&invite, "alice", SECRET, false, &[])?;
     alice.stderr.expect("the relay lost messages")?;
+    alice.stderr.expect("now live")?;
     for i in 1..=3 {
         alice.line(&format!("after {i}"))?;
     }

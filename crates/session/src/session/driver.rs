@@ -497,6 +497,7 @@ impl Driver {
                 {
                     Ok(envelope) => self.outbox.push(Outgoing { id, counter, envelope }),
                     Err(e) => {
+                        self.view.on_own_refused(counter);
                         self.emit(Event::SendFailed {
                             id,
                             code: ErrorCode::EnvelopeTooLarge,
@@ -562,6 +563,7 @@ impl Driver {
                 },
                 RelayMessage::SendError { counter, code, detail } => match self.outbox.answer(counter) {
                     AckMatch::Matched(failed) => {
+                        self.view.on_own_refused(failed.counter);
                         if code == ErrorCode::RateLimited {
                             if let Some(bucket) = &mut self.bucket {
                                 bucket.drain(Instant::now());

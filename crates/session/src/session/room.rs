@@ -2,6 +2,8 @@
 //! pins, the member list, and the counter for the next envelope. Fed relay messages by the
 //! driver (or a test), it returns the events to report.
 
+use std::collections::BTreeSet;
+
 use chatroom_crypto::{
     open, KdfParams, Member, MessageKey, Nick, Opened, PresenceEvent, PublicIdentity, RoomName,
 };
@@ -27,6 +29,10 @@ pub struct RoomView {
     dirty: bool,
     /// The last counter used (the state holds a reservation above it).
     last_used: u64,
+    /// Our counters handed out and not yet answered by the relay (at most the outbox's size).
+    /// Such an envelope arriving in history was stored before its `Ack` reached us: it is the
+    /// answer, not a message to show.
+    awaiting: BTreeSet<u64>,
     owner: Option<PublicIdentity>,
     members: Vec<Member>,
     partial: Vec<Member>,
@@ -46,6 +52,7 @@ impl RoomView {
             state,
             dirty,
             last_used,
+            awaiting: BTreeSet::new(),
             owner: None,
             members: Vec::new(),
             partial: Vec::new(),
@@ -132,6 +139,7 @@ impl RoomView {
         let seen = self.state.highest(&self.me);
         let counter = now_us.max(self.last_used.saturating_add(1)).max(seen.saturating_add(1));
         self.last_used = counter;
+        self.awaiting.insert(counter);
         if counter > self.state.last_counter {
             self.state.last_counter = counter.saturating_add(COUNTER_RESERVE);
             self.dirty = true;
@@ -162,9 +170,15 @@ impl RoomView {
     /// history replays it, and the cursor moves past it (so a member who only sends still
     /// learns of a history gap).
     pub fn on_own_ack(&mut self, counter: u64, seq: u64) {
+        self.awaiting.remove(&counter);
         self.state.accept(self.me, counter);
         self.state.last_seq = self.state.last_seq.max(seq);
         self.dirty = true;
+    }
+
+    /// The relay refused our envelope `counter` (or it was never sent): no answer will come.
+    pub fn on_own_refused(&mut self, counter: u64) {
+        self.awaiting.remove(&counter);
     }
 
     /// A `Deliver`. Messages are told apart by what is signed, the sender and its counter; the
@@ -183,6 +197,14 @@ impl RoomView {
         let Ok(opened) = open(key, &self.room, envelope) else {
             return Some(Event::Rejected(Rejected::Unverified { seq }));
         };
+        if opened.sender == self.me && self.awaiting.remove(&opened.counter) {
+            // Stored before the connection dropped, so its `Ack` never came: the resend will
+            // be answered with this same seq; the message itself is not news to its sender.
+            self.state.accept(self.me, opened.counter);
+            self.state.last_seq = self.state.last_seq.max(seq);
+            self.dirty = true;
+            return None;
+        }
         let highest = self.state.highest(&opened.sender);
         if opened.counter <= highest {
             if history {
@@ -567,6 +589,29 @@ mod tests {
             }
             proptest::prop_assert!(f.view.state().counters.is_empty());
         }
+    }
+
+    #[test]
+    fn an_own_envelope_stored_before_its_ack_arrived_is_the_answer_not_a_message() {
+        let mut f = fixture();
+        let key = f.key.clone();
+        let counter = f.view.next_counter(1_000);
+        let refused = f.view.next_counter(1_001);
+        f.view.on_own_refused(refused);
+        let stored = envelope(&f, &f.alice, "alice", counter, "sent, unanswered");
+        // The connection dropped before the Ack: history brings the envelope back first.
+        assert!(f.view.on_deliver(&key, 4, true, &stored).is_none());
+        assert_eq!(f.view.state().last_seq, 4, "the cursor moves past it");
+        assert_eq!(f.view.state().highest(&f.alice.public()), counter);
+        // The resend is answered with the same seq afterwards.
+        f.view.on_own_ack(counter, 4);
+        // A refused counter, or one from another device, is not an answer: it is shown.
+        let other = envelope(&f, &f.alice, "alice", refused, "refused here, stored by another device");
+        assert!(matches!(f.view.on_deliver(&key, 5, true, &other), Some(Event::Message(m)) if m.from_me));
+        // Someone else's envelope with one of our awaited counters is shown as theirs.
+        let awaited = f.view.next_counter(2_000);
+        let bobs = envelope(&f, &f.bob, "bob", awaited, "same counter, other sender");
+        assert!(matches!(f.view.on_deliver(&key, 6, false, &bobs), Some(Event::Message(m)) if !m.from_me));
     }
 
     #[test]
