@@ -216,6 +216,17 @@ impl Relay {
 
     /// Starts a relay listening on `listen` with extra command-line options.
     pub fn start_with(data_dir: &Path, listen: &str, extra: &[&str]) -> Result<Self, BoxError> {
+        Self::start_within(data_dir, listen, extra, WAIT)
+    }
+
+    /// `start_with`, waiting up to `limit` for it to listen (a relay on a NATS cluster may wait
+    /// for the cluster first); a relay that does not start in time is reported with its stderr.
+    pub fn start_within(
+        data_dir: &Path,
+        listen: &str,
+        extra: &[&str],
+        limit: Duration,
+    ) -> Result<Self, BoxError> {
         let mut child = Command::new(bin("chatroom-relay"))
             .args(["--listen", listen, "--data-dir"])
             .arg(data_dir)
@@ -225,9 +236,20 @@ impl Relay {
             .stderr(Stdio::piped())
             .spawn()?;
         let mut stdout = Lines::spawn("relay stdout".into(), child.stdout.take().expect("piped"));
-        let stderr = Lines::spawn("relay stderr".into(), child.stderr.take().expect("piped"));
-        let fingerprint = stdout.expect("fingerprint ")?.trim_start_matches("fingerprint ").trim().to_owned();
-        let addr = stdout.expect("listening on ")?.trim_start_matches("listening on ").trim().parse()?;
+        let mut stderr = Lines::spawn("relay stderr".into(), child.stderr.take().expect("piped"));
+        let started = stdout.expect_within("fingerprint ", limit).and_then(|fingerprint| {
+            let address = stdout.expect("listening on ")?;
+            Ok((fingerprint, address))
+        });
+        let (fingerprint, address) = match started {
+            Ok(lines) => lines,
+            Err(e) => {
+                stderr.drain(Duration::from_millis(100));
+                return Err(format!("{e}\nrelay stderr:\n{}", stderr.all().join("\n")).into());
+            }
+        };
+        let fingerprint = fingerprint.trim_start_matches("fingerprint ").trim().to_owned();
+        let addr = address.trim_start_matches("listening on ").trim().parse()?;
         Ok(Self { child, addr, fingerprint, stdout, stderr })
     }
 

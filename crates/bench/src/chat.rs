@@ -28,15 +28,40 @@ const SEND_BATCH: usize = 8;
 /// Time allowed for one member's connect, handshake, join and history.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// A chatroom relay to drive.
+/// A chatroom relay to drive: one process, or the nodes of a relay cluster.
 #[derive(Debug, Clone)]
 pub struct ChatTarget {
-    /// `HOST:PORT`.
-    pub addr: String,
-    /// The relay's pid, for CPU and memory readings.
-    pub pid: Option<u32>,
-    /// The relay's expected key; `None` accepts whatever key it presents.
+    /// `HOST:PORT` of each relay node; member `i` connects to `addrs[i % addrs.len()]`.
+    pub addrs: Vec<String>,
+    /// The relay processes' pids, for CPU and memory readings (summed).
+    pub pids: Vec<u32>,
+    /// Pids of processes the relay relies on (the nats-server nodes of a cluster): their CPU
+    /// time is reported apart from the relay's.
+    pub backend_pids: Vec<u32>,
+    /// The relay's expected key; `None` accepts the key the first address presents, and then
+    /// pins every other connection to that one (all nodes of a cluster share one key).
     pub fingerprint: Option<[u8; 32]>,
+}
+
+impl ChatTarget {
+    /// One relay process at `addr`.
+    pub fn single(addr: &str, pid: Option<u32>) -> Self {
+        Self {
+            addrs: vec![addr.to_owned()],
+            pids: pid.into_iter().collect(),
+            backend_pids: Vec::new(),
+            fingerprint: None,
+        }
+    }
+
+    /// The address member `i` connects to: members are spread round robin over the nodes.
+    pub fn addr_of(&self, i: usize) -> Result<&str, BenchError> {
+        let n = self.addrs.len();
+        if n == 0 {
+            return Err(BenchError::Workload("no relay address given".into()));
+        }
+        Ok(&self.addrs[i % n])
+    }
 }
 
 /// One room's keys as the members hold them.
@@ -74,25 +99,30 @@ fn pin(target: &ChatTarget) -> RelayPin {
     RelayPin { expected: target.fingerprint, expected_source: "--fingerprint".into(), known: None }
 }
 
-async fn connect(target: &ChatTarget) -> Result<chatroom_session::session::Handshaken, BenchError> {
-    let stream = TcpStream::connect(&target.addr).await.map_err(BenchError::io(format!(
-        "cannot connect to the relay at {} (is it running?)",
-        target.addr
-    )))?;
+async fn connect(
+    target: &ChatTarget,
+    addr: &str,
+) -> Result<chatroom_session::session::Handshaken, BenchError> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(BenchError::io(format!("cannot connect to the relay at {addr} (is it running?)")))?;
     stream.set_nodelay(true).map_err(BenchError::io("cannot set TCP_NODELAY"))?;
-    handshake(stream, &target.addr, &pin(target)).await.map_err(BenchError::session("handshake failed"))
+    handshake(stream, addr, &pin(target))
+        .await
+        .map_err(BenchError::session(format!("handshake with {addr} failed")))
 }
 
 /// Connects, joins, and reads up to `HistoryEnd`.
 async fn join_member(
     target: &ChatTarget,
+    addr: &str,
     identity: &Identity,
     room: &Room,
     nick: &str,
     create: bool,
 ) -> Result<Joined, BenchError> {
     let work = async {
-        let mut conn = connect(target).await?;
+        let mut conn = connect(target, addr).await?;
         let nick = Nick::new(nick)
             .map_err(|source| BenchError::Encode { what: format!("nickname {nick}"), source })?;
         let request = JoinRequest::new(
@@ -126,8 +156,10 @@ async fn join_member(
 }
 
 /// Handshakes once to learn the relay key, then derives each room's keys off the runtime.
-async fn room_keys(target: &ChatTarget, names: Vec<RoomName>) -> Result<Vec<Room>, BenchError> {
-    let relay_key = connect(target).await?.relay_key;
+/// Returns the target pinned to that key, so every node must present the same one.
+async fn room_keys(target: &ChatTarget, names: Vec<RoomName>) -> Result<(ChatTarget, Vec<Room>), BenchError> {
+    let relay_key = connect(target, target.addr_of(0)?).await?.relay_key;
+    let pinned = ChatTarget { fingerprint: Some(relay_key), ..target.clone() };
     let mut rooms = Vec::with_capacity(names.len());
     for name in names {
         let n = name.clone();
@@ -142,7 +174,7 @@ async fn room_keys(target: &ChatTarget, names: Vec<RoomName>) -> Result<Vec<Room
             join_secret: keys.join_secret.clone(),
         });
     }
-    Ok(rooms)
+    Ok((pinned, rooms))
 }
 
 fn room_names(w: &Workload) -> Result<Vec<RoomName>, BenchError> {
@@ -311,8 +343,10 @@ pub async fn run(target: &ChatTarget, w: &Workload) -> Result<Outcome, BenchErro
         Mode::Connect => return connect_rate(target, w).await,
         Mode::Deliver | Mode::Idle => {}
     }
-    let (check, identities) = prepare(target, w).await?;
-    let mut watch_server = ServerWatch::start(target.pid);
+    let (target, check, identities) = prepare(target, w).await?;
+    let target = &target;
+    let mut watch_server = ServerWatch::start(&target.pids);
+    let mut watch_backend = ServerWatch::start(&target.backend_pids);
     let (stop_tx, stop_rx) = watch::channel(false);
     let join_start = Instant::now();
     let (mut writers, receivers) = join_all(target, w, &check, &identities, &stop_rx).await?;
@@ -334,7 +368,7 @@ pub async fn run(target: &ChatTarget, w: &Workload) -> Result<Outcome, BenchErro
         }
         Mode::Deliver | Mode::Connect => {
             let run = Delivery { check: &check, identities: &identities, stop: &stop_tx };
-            run.measure(w, &mut writers, receivers, &mut watch_server).await?
+            run.measure(w, &mut writers, receivers, [&mut watch_server, &mut watch_backend]).await?
         }
     };
     outcome.joined = w.members;
@@ -344,8 +378,11 @@ pub async fn run(target: &ChatTarget, w: &Workload) -> Result<Outcome, BenchErro
 }
 
 /// The rooms' keys, the members' identities and what receivers check deliveries against.
-async fn prepare(target: &ChatTarget, w: &Workload) -> Result<(Arc<Check>, Vec<Arc<Identity>>), BenchError> {
-    let rooms = room_keys(target, room_names(w)?).await?;
+async fn prepare(
+    target: &ChatTarget,
+    w: &Workload,
+) -> Result<(ChatTarget, Arc<Check>, Vec<Arc<Identity>>), BenchError> {
+    let (target, rooms) = room_keys(target, room_names(w)?).await?;
     let identities: Vec<Arc<Identity>> = (0..w.members).map(|_| Arc::new(Identity::generate())).collect();
     let senders: HashMap<[u8; 32], usize> =
         identities.iter().take(w.senders).enumerate().map(|(s, id)| (id.public().0, s)).collect();
@@ -360,7 +397,7 @@ async fn prepare(target: &ChatTarget, w: &Workload) -> Result<(Arc<Check>, Vec<A
         bytes: w.bytes,
         messages: w.messages,
     });
-    Ok((check, identities))
+    Ok((target, check, identities))
 }
 
 /// Joins every member: the first member of each room creates it, then the rest join
@@ -387,7 +424,7 @@ async fn join_all(
                 let _permit =
                     permits.acquire_owned().await.map_err(|_| BenchError::Internal("join permits closed"))?;
                 let keys = check.rooms.get(room).ok_or(BenchError::Internal("no such room"))?;
-                join_member(&target, &identity, keys, &format!("m{i}"), phase == 0)
+                join_member(&target, target.addr_of(i)?, &identity, keys, &format!("m{i}"), phase == 0)
                     .await
                     .map(|j| (i, j))
                     .map_err(BenchError::member(i))
@@ -417,11 +454,12 @@ impl Delivery<'_> {
         w: &Workload,
         writers: &mut [Option<ConnWriter>],
         receivers: JoinSet<Tally>,
-        watch_server: &mut ServerWatch,
+        [watch_server, watch_backend]: [&mut ServerWatch; 2],
     ) -> Result<Outcome, BenchError> {
         let shared = &self.check.shared;
         tokio::time::sleep(Duration::from_millis(200)).await;
         watch_server.restart();
+        watch_backend.restart();
         let shared_start = shared.now_ns();
         let start = tokio::time::Instant::now();
         let deadline = Instant::now() + w.timeout;
@@ -450,6 +488,7 @@ impl Delivery<'_> {
         let mut o = Outcome::from_tally("chatroom", w, tally, sent, send_secs);
         let units = o.delivered;
         watch_server.finish(&mut o, units);
+        watch_backend.finish_backend(&mut o, units);
         drop(kept);
         Ok(o)
     }
@@ -476,19 +515,22 @@ async fn connect_rate(target: &ChatTarget, w: &Workload) -> Result<Outcome, Benc
     let x25519 = tokio::task::spawn_blocking(|| x25519_rate(Duration::from_millis(500)))
         .await
         .map_err(BenchError::task("X25519 rate"))?;
-    let rooms = Arc::new(room_keys(target, room_names(w)?).await?);
+    let (target, rooms) = room_keys(target, room_names(w)?).await?;
+    let rooms = Arc::new(rooms);
     let owner = Identity::generate();
     let room0 = rooms.first().ok_or(BenchError::Internal("no room"))?;
     // The owner creates the room and stays, so every later join is to an existing room.
-    let holder = join_member(target, &owner, room0, "owner", true).await?;
-    let watch_server = ServerWatch::start(target.pid);
-    let target = target.clone();
+    let holder = join_member(&target, target.addr_of(0)?, &owner, room0, "owner", true).await?;
+    let watch_server = ServerWatch::start(&target.pids);
+    let watch_backend = ServerWatch::start(&target.backend_pids);
     let rate = connect_loops(w, move |k, j| {
         let (target, rooms) = (target.clone(), rooms.clone());
         async move {
             let room = rooms.first().ok_or(BenchError::Internal("no room"))?;
+            // Each loop keeps to one node; loops are spread round robin like members.
+            let addr = target.addr_of(k)?;
             let mut joined =
-                join_member(&target, &Identity::generate(), room, &format!("c{k}x{j}"), false).await?;
+                join_member(&target, addr, &Identity::generate(), room, &format!("c{k}x{j}"), false).await?;
             joined.writer.shutdown().await;
             Ok(())
         }
@@ -505,6 +547,7 @@ async fn connect_rate(target: &ChatTarget, w: &Workload) -> Result<Outcome, Benc
         ..Outcome::default()
     };
     watch_server.finish(&mut o, rate.done);
+    watch_backend.finish_backend(&mut o, rate.done);
     drop(holder);
     Ok(o)
 }

@@ -23,7 +23,7 @@ pub enum BenchError {
     #[error("{what}: {source}")]
     Session {
         /// What was being done.
-        what: &'static str,
+        what: String,
         /// The cause.
         source: SessionError,
     },
@@ -70,7 +70,8 @@ impl BenchError {
     }
 
     /// A protocol-core failure while doing `what`.
-    pub fn session(what: &'static str) -> impl FnOnce(SessionError) -> BenchError {
+    pub fn session(what: impl Into<String>) -> impl FnOnce(SessionError) -> BenchError {
+        let what = what.into();
         move |source| BenchError::Session { what, source }
     }
 

@@ -14,10 +14,16 @@
 //! The chatroom side uses the client library's protocol core (`chatroom_session::session`'s
 //! `handshake`, `join`, `ConnReader` and `ConnWriter`), so relay, client and load generator
 //! share one protocol implementation.
+//!
+//! Two floors of the paced workload, with nothing of the relay in the way: `fanout` serves
+//! the plaintext broadcast protocol with TCP_NODELAY and nothing else, and `commits` times
+//! SQLite commits like the relay's on this disk.
 #![forbid(unsafe_code)]
 
 pub mod chat;
+pub mod commits;
 pub mod error;
+pub mod fanout;
 pub mod plain;
 pub mod procfs;
 pub mod report;

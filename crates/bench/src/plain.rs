@@ -340,7 +340,7 @@ pub async fn run(target: &PlainTarget, w: &Workload) -> Result<Outcome, BenchErr
         messages: w.messages,
         probes: AtomicUsize::new(0),
     });
-    let mut watch_server = ServerWatch::start(target.pid);
+    let mut watch_server = ServerWatch::start(target.pid.as_slice());
     let (stop_tx, stop_rx) = watch::channel(false);
     let join_start = Instant::now();
     let (mut writers, mut receivers) = join_all(target, w, &ctx, &stop_rx).await?;
@@ -390,7 +390,7 @@ pub async fn run(target: &PlainTarget, w: &Workload) -> Result<Outcome, BenchErr
 
 /// Connect (and for IRC register, join and quit), `concurrency` at a time, for `duration`.
 async fn connect_rate(target: &PlainTarget, w: &Workload) -> Result<Outcome, BenchError> {
-    let watch_server = ServerWatch::start(target.pid);
+    let watch_server = ServerWatch::start(target.pid.as_slice());
     let shared_target = target.clone();
     let rate = connect_loops(w, move |k, j| {
         let target = shared_target.clone();

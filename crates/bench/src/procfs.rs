@@ -69,6 +69,20 @@ pub fn sample(pid: u32) -> Result<Sample, BenchError> {
     Ok(Sample { cpu_secs, cpu_precise, rss_kib: kib("VmRSS:"), peak_rss_kib: kib("VmHWM:") })
 }
 
+/// The sum of [`sample`] over `pids` (CPU time, resident and peak memory); precise only when
+/// every reading is. `None` when `pids` is empty or any process cannot be read.
+pub fn sample_all(pids: &[u32]) -> Option<Sample> {
+    let mut total = Sample { cpu_precise: true, ..Sample::default() };
+    for &pid in pids {
+        let s = sample(pid).ok()?;
+        total.cpu_secs += s.cpu_secs;
+        total.cpu_precise &= s.cpu_precise;
+        total.rss_kib += s.rss_kib;
+        total.peak_rss_kib += s.peak_rss_kib;
+    }
+    (!pids.is_empty()).then_some(total)
+}
+
 /// Resets the peak resident set size (`VmHWM`) to the current one, so that a peak measured
 /// afterwards belongs to one workload. Needs permission to write `/proc/PID/clear_refs`
 /// (the process's owner or root); returns whether it worked.
@@ -110,6 +124,17 @@ mod tests {
         }
         let moved = moved.expect("CPU time never moved");
         assert!(moved < 0.005, "two back-to-back readings differ by {moved} s");
+    }
+
+    #[test]
+    fn several_processes_are_summed() {
+        let me = std::process::id();
+        let one = sample(me).unwrap();
+        let two = sample_all(&[me, me]).unwrap();
+        assert!(two.rss_kib > one.rss_kib, "counted twice: {one:?} {two:?}");
+        assert!(two.cpu_secs >= 2.0 * one.cpu_secs, "{one:?} {two:?}");
+        assert_eq!(sample_all(&[]), None);
+        assert_eq!(sample_all(&[me, u32::MAX]), None, "one unreadable process spoils the sum");
     }
 
     #[test]

@@ -46,6 +46,11 @@ pub struct Outcome {
     pub server_cpu_secs: Option<f64>,
     /// Server CPU microseconds per intact delivery (deliver mode) or per join (connect mode).
     pub cpu_us_per_unit: Option<f64>,
+    /// CPU seconds of the processes the server relies on (e.g. the nats-server nodes behind
+    /// relay nodes), over the same phase, when their pids were given.
+    pub backend_cpu_secs: Option<f64>,
+    /// `backend_cpu_secs` per unit, in microseconds.
+    pub backend_cpu_us_per_unit: Option<f64>,
     /// Server peak resident memory during the run, KiB.
     pub peak_rss_kib: Option<u64>,
     /// Server resident memory growth per joined member, KiB (idle mode).
@@ -65,26 +70,26 @@ pub struct Report {
     pub outcomes: Vec<Outcome>,
 }
 
-/// Server readings around the measured phase.
-#[derive(Debug, Clone, Copy)]
+/// Readings of a server's processes around the measured phase: one process, or several whose
+/// CPU time and memory are summed (the nodes of a relay cluster).
+#[derive(Debug, Clone)]
 pub struct ServerWatch {
-    pid: Option<u32>,
+    pids: Vec<u32>,
     before: Option<Sample>,
 }
 
 impl ServerWatch {
-    /// Starts watching `pid` (if given): resets its peak memory and reads its CPU time.
-    pub fn start(pid: Option<u32>) -> Self {
-        let before = pid.and_then(|p| {
+    /// Starts watching `pids` (if any): resets their peak memory and reads their CPU time.
+    pub fn start(pids: &[u32]) -> Self {
+        for &p in pids {
             procfs::reset_peak(p);
-            procfs::sample(p).ok()
-        });
-        Self { pid, before }
+        }
+        Self { pids: pids.to_vec(), before: procfs::sample_all(pids) }
     }
 
     /// Re-reads the starting point (e.g. after the join phase, to measure only sending).
     pub fn restart(&mut self) {
-        self.before = self.pid.and_then(|p| procfs::sample(p).ok());
+        self.before = procfs::sample_all(&self.pids);
     }
 
     /// The starting reading.
@@ -92,25 +97,41 @@ impl ServerWatch {
         self.before
     }
 
-    /// Reads the process now.
+    /// Reads the processes now.
     pub fn now(&self) -> Option<Sample> {
-        self.pid.and_then(|p| procfs::sample(p).ok())
+        procfs::sample_all(&self.pids)
+    }
+
+    /// CPU seconds since the start; `None` without a reading or when the two readings come
+    /// from different sources (clock and ticks do not subtract).
+    fn cpu_since(&self, after: Option<Sample>) -> Option<f64> {
+        let (before, after) = (self.before?, after?);
+        (before.cpu_precise == after.cpu_precise).then(|| (after.cpu_secs - before.cpu_secs).max(0.0))
     }
 
     /// CPU seconds since the start, and the peak RSS.
     pub fn finish(&self, outcome: &mut Outcome, units: u64) {
-        if let (Some(before), Some(after)) = (self.before, self.now()) {
-            // Two readings from different sources (clock and ticks) do not subtract.
-            if before.cpu_precise == after.cpu_precise {
-                let cpu = (after.cpu_secs - before.cpu_secs).max(0.0);
-                outcome.server_cpu_secs = Some(cpu);
-                if units > 0 {
-                    outcome.cpu_us_per_unit = Some(cpu * 1e6 / units as f64);
-                }
-            }
-            outcome.peak_rss_kib = Some(after.peak_rss_kib);
+        let after = self.now();
+        if let Some(cpu) = self.cpu_since(after) {
+            outcome.server_cpu_secs = Some(cpu);
+            outcome.cpu_us_per_unit = per_unit(cpu, units);
+        }
+        if self.before.is_some() {
+            outcome.peak_rss_kib = after.map(|a| a.peak_rss_kib);
         }
     }
+
+    /// CPU seconds since the start, as the backend's share of the outcome.
+    pub fn finish_backend(&self, outcome: &mut Outcome, units: u64) {
+        if let Some(cpu) = self.cpu_since(self.now()) {
+            outcome.backend_cpu_secs = Some(cpu);
+            outcome.backend_cpu_us_per_unit = per_unit(cpu, units);
+        }
+    }
+}
+
+fn per_unit(cpu_secs: f64, units: u64) -> Option<f64> {
+    (units > 0).then(|| cpu_secs * 1e6 / units as f64)
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -208,6 +229,14 @@ impl Report {
             }
             out.push('\n');
             x25519_line(chat, &mut out);
+        }
+        for o in &self.outcomes {
+            if let Some(us) = o.backend_cpu_us_per_unit {
+                out.push_str(&format!(
+                    "{} {}: backend processes' CPU µs/unit {us:.3}\n",
+                    o.workload, o.target
+                ));
+            }
         }
         for o in &self.outcomes {
             for e in o.errors.iter().take(3) {

@@ -98,7 +98,7 @@ fn workload(mode: Mode) -> Workload {
 fn run_on_fresh_relay(w: &Workload) -> Result<chatroom_bench::Outcome, Box<dyn Error>> {
     let dir = tempfile::tempdir()?;
     let relay = start_relay(dir.path())?;
-    let target = ChatTarget { addr: relay.addr.clone(), pid: Some(relay.child.id()), fingerprint: None };
+    let target = ChatTarget::single(&relay.addr, Some(relay.child.id()));
     let rt = tokio::runtime::Runtime::new()?;
     let o =
         rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), chat::run(&target, w)).await })??;
@@ -141,7 +141,7 @@ fn smoke_rate_limited_relay_shows_up_as_errors_and_loss() -> TestResult {
         }
     }
     let relay = Relay { child, addr };
-    let target = ChatTarget { addr: relay.addr.clone(), pid: None, fingerprint: None };
+    let target = ChatTarget::single(&relay.addr, None);
     let mut w = workload(Mode::Deliver);
     w.settle = Duration::from_secs(1);
     let rt = tokio::runtime::Runtime::new()?;
@@ -174,5 +174,62 @@ fn smoke_connect_mode_counts_completed_joins() -> TestResult {
     assert!(o.join_secs >= w.duration.as_secs_f64(), "loops run for the whole duration: {o:?}");
     assert!(o.x25519_per_sec.is_some_and(|x| x > 0.0), "{o:?}");
     assert!(o.server_cpu_secs.is_some(), "reads the relay's /proc");
+    Ok(())
+}
+
+/// The rooms a relay's database holds, read while it runs (WAL: committed rows are visible).
+fn rooms_in(dir: &std::path::Path) -> Result<i64, Box<dyn Error>> {
+    let db = rusqlite::Connection::open_with_flags(
+        dir.join("relay.sqlite3"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )?;
+    Ok(db.query_row("SELECT count(*) FROM rooms", [], |r| r.get(0))?)
+}
+
+#[test]
+fn smoke_members_are_spread_over_relay_addresses() -> TestResult {
+    // Two relays sharing one key, two rooms, members round robin over the addresses: member i
+    // joins room i mod 2 through relay i mod 2, so each relay holds exactly one room, and every
+    // delivery stays on its relay. Without the spreading one relay would hold both rooms.
+    let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let a = start_relay(dir_a.path())?;
+    std::fs::copy(dir_a.path().join("relay.key"), dir_b.path().join("relay.key"))?;
+    let b = start_relay(dir_b.path())?;
+    let target = ChatTarget {
+        addrs: vec![a.addr.clone(), b.addr.clone()],
+        pids: vec![a.child.id(), b.child.id()],
+        backend_pids: vec![std::process::id()],
+        fingerprint: None,
+    };
+    let w = Workload { members: 6, rooms: 2, ..workload(Mode::Deliver) };
+    let rt = tokio::runtime::Runtime::new()?;
+    let o =
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), chat::run(&target, &w)).await })??;
+    assert!(o.errors.is_empty(), "{:?}", o.errors);
+    assert_eq!((o.delivered, o.lost, o.duplicated, o.corrupted), (2 * 50 * 2, 0, 0, 0), "{o:?}");
+    assert_eq!((rooms_in(dir_a.path())?, rooms_in(dir_b.path())?), (1, 1), "one room per relay");
+    assert!(o.server_cpu_secs.is_some() && o.backend_cpu_secs.is_some(), "{o:?}");
+    Ok(())
+}
+
+#[test]
+fn smoke_a_relay_address_with_another_key_is_refused() -> TestResult {
+    // Every address must present the key the first one presented (one fingerprint pins a
+    // cluster): a relay with its own key fails its members' handshakes, naming the address.
+    let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let a = start_relay(dir_a.path())?;
+    let b = start_relay(dir_b.path())?;
+    let target = ChatTarget {
+        addrs: vec![a.addr.clone(), b.addr.clone()],
+        pids: Vec::new(),
+        backend_pids: Vec::new(),
+        fingerprint: None,
+    };
+    let w = Workload { members: 4, rooms: 2, ..workload(Mode::Deliver) };
+    let rt = tokio::runtime::Runtime::new()?;
+    let got =
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), chat::run(&target, &w)).await })?;
+    let e = got.expect_err("a relay with another key must be refused").to_string();
+    assert!(e.contains(&format!("handshake with {} failed", b.addr)), "{e}");
     Ok(())
 }

@@ -10,9 +10,11 @@
 mod binary;
 mod http;
 mod server;
+mod tls;
 
 pub use binary::{server_binary, server_binary_from, ENV, INSTALL_COMMAND, VERSION};
 pub use server::{NatsCluster, NatsServer};
+pub use tls::TestPki;
 
 /// What went wrong starting or checking a nats-server; the text says what to do.
 pub type Error = Box<dyn std::error::Error + Send + Sync>;

@@ -21,6 +21,13 @@ const CLUSTER_FIRST_HOST: u8 = 11;
 const CLUSTER_SIZE: usize = 3;
 /// The single node's address.
 const SINGLE_HOST: u8 = 10;
+/// Fresh ports tried for a single node whose ports another process took first.
+const START_ATTEMPTS: usize = 3;
+
+/// `base` and the node's client port: names tell apart the servers of tests running at once.
+fn unique_name(base: &str, ports: Ports) -> String {
+    format!("{base}-{}", ports.client.port())
+}
 
 /// One nats-server process with JetStream, its configuration and store kept across restarts.
 #[derive(Debug)]
@@ -58,12 +65,30 @@ impl Ports {
 impl NatsServer {
     /// A single node (no cluster) on 127.0.0.10, ready for JetStream requests.
     pub fn single() -> Result<Self, crate::Error> {
-        let dir = tempfile::Builder::new().prefix("chatroom-nats-").tempdir()?;
-        let ports = Ports::free_on(SINGLE_HOST)?;
-        let mut server = Self::configure("single", dir.path(), ports, None)?;
-        server._own_dir = Some(dir);
-        server.start()?;
-        Ok(server)
+        Self::single_with("")
+    }
+
+    /// [`NatsServer::single`] with `extra` appended to its configuration (a `tls` or
+    /// `authorization` block).
+    pub fn single_with(extra: &str) -> Result<Self, crate::Error> {
+        // Ports are picked free and released before the server binds them, so a test running
+        // at the same time may take one first: the server then exits, and a few fresh ports
+        // are tried.
+        let mut last = None;
+        for _ in 0..START_ATTEMPTS {
+            let dir = tempfile::Builder::new().prefix("chatroom-nats-").tempdir()?;
+            let ports = Ports::free_on(SINGLE_HOST)?;
+            let mut server = Self::configure(&unique_name("single", ports), dir.path(), ports, None)?;
+            let mut config = fs::read_to_string(&server.config)?;
+            config.push_str(extra);
+            fs::write(&server.config, config)?;
+            server._own_dir = Some(dir);
+            match server.start() {
+                Ok(()) => return Ok(server),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| "nats-server did not start".into()))
     }
 
     /// Writes a node's configuration; `cluster` gives the cluster's name and every route.
@@ -182,8 +207,12 @@ impl NatsServer {
         Ok(jsz["meta_cluster"]["leader"].as_str().filter(|l| !l.is_empty()).map(str::to_owned))
     }
 
+    /// Healthy, and it is this process that answers on both ports (not another test's server
+    /// that took a port first).
     fn healthy(&self) -> Result<bool, crate::Error> {
-        Ok(matches!(get_json(self.monitor, "/healthz"), Ok((200, body)) if body["status"] == "ok"))
+        let ok = matches!(get_json(self.monitor, "/healthz"), Ok((200, body)) if body["status"] == "ok");
+        let ours = |v: Result<Value, crate::Error>| v.is_ok_and(|v| v["server_name"] == self.name.as_str());
+        Ok(ok && ours(self.monitor("/varz")) && ours(self.info()))
     }
 
     /// Polls `ready` until it holds, the process exits (error with its log) or time runs out.
@@ -246,7 +275,7 @@ impl NatsCluster {
         let mut nodes = Vec::with_capacity(CLUSTER_SIZE);
         for (i, node_ports) in ports.iter().enumerate() {
             nodes.push(NatsServer::configure(
-                &format!("n{}", i + 1),
+                &unique_name(&format!("n{}", i + 1), *node_ports),
                 dir.path(),
                 *node_ports,
                 Some(("chatroom-test", &routes)),

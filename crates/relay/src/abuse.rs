@@ -8,7 +8,9 @@
 //! protect the process itself.
 
 use std::fmt;
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::time::Duration;
 
 use chatroom_crypto::{PublicIdentity, RoomName};
@@ -59,6 +61,18 @@ impl SendScope {
 /// The shared abuse limits. Every method is a cheap lookup, called before the work it
 /// protects; addresses are passed as they are (implementations group IPv6 per /64).
 pub trait AbuseLimits: Send + Sync + fmt::Debug + 'static {
+    /// Brings the failed-join state of the address and the room up to date just before
+    /// `join_lockouts` reads it: limits shared by several relays read the others' counts here.
+    /// The default (counts kept in this process) has nothing to read.
+    fn refresh_lockouts<'a>(
+        &'a self,
+        ip: IpAddr,
+        room: &'a RoomName,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        let _ = (ip, room);
+        Box::pin(std::future::ready(()))
+    }
+
     /// The failed-join state of the address and of the room.
     fn join_lockouts(&self, ip: IpAddr, room: &RoomName) -> (Lockout, Lockout);
 

@@ -80,19 +80,21 @@ pub struct RoomInfo {
     pub name: String,
     /// The owner's public identity (hex).
     pub owner: String,
-    /// Creation time, seconds since the Unix epoch.
-    pub created: i64,
+    /// Creation time, seconds since the Unix epoch (`None` on a cluster node: the cluster keeps
+    /// only a room record's last write).
+    pub created: Option<i64>,
     /// Highest sequence number handed out.
     pub latest_seq: u64,
     /// Envelopes kept for history replay.
     pub history: u64,
-    /// Their total size in bytes.
-    pub history_bytes: u64,
+    /// Their total size in bytes (`None` on a cluster node: the stream counts a room's
+    /// messages, not their bytes).
+    pub history_bytes: Option<u64>,
     /// Nicknames bound in the room.
     pub nicknames: u64,
     /// Banned identities.
     pub bans: u64,
-    /// Connected members (`None` when the relay is stopped).
+    /// Connected members (`None` when the relay is stopped; on a cluster node, through any node).
     pub online: Option<u64>,
     /// Bound nicknames and their identities (`rooms show` only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -117,7 +119,7 @@ pub struct BanInfo {
     pub nicknames: Vec<String>,
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -148,10 +150,10 @@ fn room_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RoomInfo> {
     Ok(RoomInfo {
         name: r.get(0)?,
         owner: hex(&r.get::<_, Vec<u8>>(1)?),
-        created: r.get(2)?,
+        created: Some(r.get(2)?),
         latest_seq: r.get::<_, i64>(3)? as u64,
         history: r.get::<_, i64>(4)? as u64,
-        history_bytes: r.get::<_, i64>(5)? as u64,
+        history_bytes: Some(r.get::<_, i64>(5)? as u64),
         nicknames: r.get::<_, i64>(6)? as u64,
         bans: r.get::<_, i64>(7)? as u64,
         online: None,

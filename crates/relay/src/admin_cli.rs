@@ -201,8 +201,13 @@ fn columns(rows: &[Vec<String>]) -> String {
     out
 }
 
+/// A count or `-` where it is not known (stopped relay; a field a cluster does not keep).
+fn known(value: Option<impl ToString>) -> String {
+    value.map_or("-".into(), |n| n.to_string())
+}
+
 fn online(room: &RoomInfo) -> String {
-    room.online.map_or("-".into(), |n| n.to_string())
+    known(room.online)
 }
 
 fn rooms_table(rooms: &[RoomInfo]) -> String {
@@ -216,10 +221,10 @@ fn rooms_table(rooms: &[RoomInfo]) -> String {
             online(r),
             r.latest_seq.to_string(),
             r.history.to_string(),
-            r.history_bytes.to_string(),
+            known(r.history_bytes),
             r.nicknames.to_string(),
             r.bans.to_string(),
-            date(r.created),
+            known(r.created.map(date)),
             r.owner.clone(),
         ]);
     }
@@ -230,10 +235,10 @@ fn room_detail(r: &RoomInfo) -> String {
     let mut out = columns(&[
         vec!["room".into(), r.name.clone()],
         vec!["owner".into(), r.owner.clone()],
-        vec!["created".into(), date(r.created)],
+        vec!["created".into(), known(r.created.map(date))],
         vec!["online".into(), online(r)],
         vec!["latest seq".into(), r.latest_seq.to_string()],
-        vec!["history".into(), format!("{} envelopes, {} bytes", r.history, r.history_bytes)],
+        vec!["history".into(), format!("{} envelopes, {} bytes", r.history, known(r.history_bytes))],
         vec!["bans".into(), r.bans.to_string()],
     ]);
     let mut rows = vec![vec!["NICK".to_owned(), "IDENTITY".to_owned()]];

@@ -94,41 +94,20 @@ fn room_name(name: &str) -> Option<RoomName> {
     RoomName::new(name).ok()
 }
 
-/// Runs one request on the storage thread and against the rooms in memory.
+/// Runs one request against the rooms (reads and changes) or the storage thread (backup).
 pub(crate) async fn handle<R: RoomAdmin>(request: Request, hub: &R, store: &StoreHandle) -> Reply {
     match request {
-        Request::RoomsList => match store.exec(|conn| admin::rooms(conn)).await {
-            Ok(Ok(mut rooms)) => {
-                let online = hub.online();
-                for room in &mut rooms {
-                    room.online = Some(online.get(&room.name).copied().unwrap_or(0));
-                }
-                Reply::Rooms(rooms)
-            }
-            Ok(Err(e)) => Reply::Error(format!("database error: {e}")),
+        Request::RoomsList => hub.list_rooms().await.map_or_else(storage, Reply::Rooms),
+        Request::RoomsShow { room } => match hub.room_info(&room).await {
+            Ok(Some(info)) => Reply::Room(info),
+            Ok(None) => admin::no_such_room(&room),
             Err(e) => storage(e),
         },
-        Request::RoomsShow { room } => {
-            let name = room.clone();
-            match store.exec(move |conn| admin::room(conn, &name)).await {
-                Ok(Ok(Some(mut info))) => {
-                    info.online = Some(hub.online().get(&room).copied().unwrap_or(0));
-                    Reply::Room(info)
-                }
-                Ok(Ok(None)) => admin::no_such_room(&room),
-                Ok(Err(e)) => Reply::Error(format!("database error: {e}")),
-                Err(e) => storage(e),
-            }
-        }
-        Request::BansList { room } => {
-            let name = room.clone();
-            match store.exec(move |conn| admin::bans(conn, &name)).await {
-                Ok(Ok(Some(bans))) => Reply::Bans(bans),
-                Ok(Ok(None)) => admin::no_such_room(&room),
-                Ok(Err(e)) => Reply::Error(format!("database error: {e}")),
-                Err(e) => storage(e),
-            }
-        }
+        Request::BansList { room } => match hub.list_bans(&room).await {
+            Ok(Some(bans)) => Reply::Bans(bans),
+            Ok(None) => admin::no_such_room(&room),
+            Err(e) => storage(e),
+        },
         Request::RoomsDelete { room } => {
             let Some(name) = room_name(&room) else { return admin::no_such_room(&room) };
             match hub.delete_room(&name).await {
@@ -150,6 +129,9 @@ pub(crate) async fn handle<R: RoomAdmin>(request: Request, hub: &R, store: &Stor
             }
         }
         Request::Backup { file } => {
+            if let Some(refusal) = hub.backup_refusal() {
+                return Reply::Error(refusal);
+            }
             let target = file.clone();
             let started = std::time::Instant::now();
             match store.exec(move |conn| admin::backup(conn, &target)).await {

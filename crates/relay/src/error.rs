@@ -27,6 +27,9 @@ pub(crate) enum MainError {
     Metrics { addr: SocketAddr, source: std::io::Error },
     #[error("cannot read the {what} address: {source}")]
     LocalAddr { what: &'static str, source: std::io::Error },
+    /// The NATS cluster cannot serve rooms (unreachable, too old, configured otherwise).
+    #[error(transparent)]
+    Cluster(#[from] chatroom_relay::rooms::jetstream::setup::SetupError),
     #[error("the onion service set-up failed: {0}")]
     OnionTask(#[source] tokio::task::JoinError),
 }

@@ -254,20 +254,34 @@ pub(crate) struct Handler<H> {
     pub(crate) _slots: (AddressSlot, Option<AddressSlot>),
     /// Counts the connection open in the metrics until the handler ends.
     pub(crate) _open: crate::metrics::OpenConnection,
+    /// The connection's place among its address's unauthenticated connections, given back
+    /// when its join is decided. A field rather than an argument: an argument of an `async fn`
+    /// stays in every future it is passed down through, for the connection's whole life.
+    pub(crate) unauthenticated: Option<AddressSlot>,
 }
 
 impl<H: RoomService> Handler<H> {
     /// Serves one connection; errors are logged here, never returned.
-    pub(crate) fn run(self, stream: TcpStream, slot: AddressSlot) -> impl Future<Output = ()> + Send {
-        // Instrumented by hand: `#[instrument]` on the async fn made the connection's task
-        // 216 bytes larger (1 992 instead of 1 776) for its whole life.
+    ///
+    /// The future is what an idle member's task holds, so it is kept small. Instrumented by
+    /// hand: `#[instrument]` on an async fn made it 216 bytes larger. An `async` block rather
+    /// than an `async fn`: an async fn keeps its arguments twice (as arguments and as locals,
+    /// rust-lang/rust#62958), here the 192-byte handler. The stream is split before, so
+    /// no copy of it is held either.
+    pub(crate) fn run(mut self, stream: TcpStream) -> impl Future<Output = ()> + Send {
         let span = info_span!("conn", id = %self.id, peer = %self.peer);
-        self.logged(stream, slot).instrument(span)
+        let _ = stream.set_nodelay(true);
+        let (read_half, write_half) = stream.into_split();
+        async move {
+            debug!("accepted");
+            let result = self.serve(read_half, write_half).await;
+            self.ended(result);
+        }
+        .instrument(span)
     }
 
-    async fn logged(mut self, stream: TcpStream, slot: AddressSlot) {
-        debug!("accepted");
-        let result = self.serve(stream, slot).await;
+    /// Counts and logs how the connection ended.
+    fn ended(&self, result: Result<(), Ended>) {
         record(&result);
         match result {
             Ok(()) | Err(Ended::PeerClosed) => debug!("connection closed"),
@@ -300,36 +314,28 @@ impl<H: RoomService> Handler<H> {
         }
     }
 
-    async fn serve(&mut self, stream: TcpStream, slot: AddressSlot) -> Result<(), Ended> {
-        let _ = stream.set_nodelay(true);
-        let (read_half, mut write_half) = stream.into_split();
+    async fn serve(&mut self, read_half: OwnedReadHalf, mut write_half: OwnedWriteHalf) -> Result<(), Ended> {
         let mut reader = FrameReader::new(read_half, HANDSHAKE1_V2_LEN);
         let deadline = Instant::now() + self.shared.config.handshake_timeout;
-        // Boxed, like the join below: the state of the phases before the member's loop lives on
-        // the heap only while they run, so an idle member's task stays small.
-        let transport = Box::pin(self.handshake(deadline, &mut reader, &mut write_half)).await?;
-        let handshake_hash = *transport.handshake_hash();
-        let version = transport.protocol_version();
-        let (sender, mut receiver) = transport.split();
+        // In a block: a local that was borrowed keeps its place in the future until its scope
+        // ends, and the transport (104 bytes) is gone once split.
+        let (sender, mut receiver, handshake) = {
+            // Boxed, like the join below: the state of the phases before the member's loop lives
+            // on the heap only while they run, so an idle member's task stays small.
+            let transport = Box::pin(self.handshake(deadline, &mut reader, &mut write_half)).await?;
+            let handshake = (*transport.handshake_hash(), transport.protocol_version());
+            let (sender, receiver) = transport.split();
+            (sender, receiver, handshake)
+        };
 
         let config = &self.shared.config;
         // Held until the join starts it: see `rooms::Admission`.
         let outbox = Arc::new(Outbox::held(config.outbound_queue_bytes, config.write_stall));
-        let mut writer = tokio::spawn({
-            let outbox = outbox.clone();
-            async move { write_loop(&outbox, sender, crate::metrics::CountWrites(write_half)).await }
-        });
-        let result = self
-            .session(
-                &mut reader,
-                &mut receiver,
-                &outbox,
-                &mut writer,
-                deadline,
-                (handshake_hash, version),
-                slot,
-            )
-            .await;
+        // Spawned as it is, like the handler (see `Listener::run`).
+        let mut writer =
+            tokio::spawn(write_loop(outbox.clone(), sender, crate::metrics::CountWrites(write_half)));
+        let result =
+            self.session(&mut reader, &mut receiver, &outbox, &mut writer, deadline, handshake).await;
         outbox.finish();
         if !writer.is_finished() && timeout(WRITER_GRACE, &mut writer).await.is_err() {
             writer.abort();
@@ -375,10 +381,9 @@ impl<H: RoomService> Handler<H> {
         writer: &mut JoinHandle<()>,
         deadline: Instant,
         handshake: ([u8; 32], u8),
-        slot: AddressSlot,
     ) -> Result<(), Ended> {
         // Boxed: see `serve`.
-        let join = Box::pin(self.join(reader, receiver, outbox, deadline, handshake, slot));
+        let join = Box::pin(self.join(reader, receiver, outbox, deadline, handshake));
         let joined = join.await?;
         let Joined { member, identity, room, nick, .. } = &joined;
         info!(room = %room, nick = %nick, identity = %identity.short_fingerprint(), "joined");
@@ -406,8 +411,9 @@ impl<H: RoomService> Handler<H> {
         outbox: &Arc<Outbox>,
         deadline: Instant,
         (handshake_hash, version): ([u8; 32], u8),
-        slot: AddressSlot,
     ) -> Result<Joined<H::Membership>, Ended> {
+        // Given back when this returns, whatever the join's outcome.
+        let slot = self.unauthenticated.take();
         let shared = self.shared.clone();
         let config = &shared.config;
         let first = match self.read_before(deadline, reader, MIN_TRANSPORT_FRAME, MAX_FRAME_LEN).await {
@@ -481,6 +487,7 @@ impl<H: RoomService> Handler<H> {
     async fn lockouts(&mut self, outbox: &Outbox, ip: IpAddr, room: &RoomName) -> Result<bool, Ended> {
         let shared = self.shared.clone();
         let config = &shared.config;
+        shared.limits.refresh_lockouts(ip, room).await;
         let (ip_verdict, room_verdict) = shared.limits.join_lockouts(ip, room);
         if ip_verdict == Lockout::Locked {
             let minutes = config.failure_window.as_secs().div_ceil(60);

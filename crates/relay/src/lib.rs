@@ -21,5 +21,5 @@ mod shutdown;
 mod store;
 
 pub use config::{key_path, Config, Synchronous, DB_FILE, KEY_FILE};
-pub use server::{check_key_not_lost, fingerprint, run, Relay, RelayError};
+pub use server::{check_key_not_lost, fingerprint, room_limits, run, Relay, RelayError};
 pub use store::{StoreError, APPLICATION_ID, SCHEMA_VERSION};

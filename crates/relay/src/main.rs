@@ -13,7 +13,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use chatroom_relay::{check_key_not_lost, fingerprint, key_path, Config, Relay, Synchronous};
+use chatroom_relay::rooms::jetstream::abuse::SharedLimits;
+use chatroom_relay::rooms::jetstream::{setup, ClusterConfig, JetStreamRooms};
+use chatroom_relay::rooms::RoomAdmin;
+use chatroom_relay::{check_key_not_lost, fingerprint, key_path, room_limits, Config, Relay, Synchronous};
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
@@ -227,6 +230,26 @@ struct RunArgs {
     synchronous: SyncArg,
     #[command(flatten)]
     onion: onion::OnionArgs,
+    /// Run as one node of a relay cluster: rooms live on the NATS JetStream cluster at these
+    /// servers (comma-separated nats:// URLs, nats-server 2.12 or newer), shared with every
+    /// relay node using it, instead of in this relay's database (docs/CLUSTER.md).
+    #[arg(long, value_name = "URL[,URL...]", env = "CHATROOM_RELAY_NATS")]
+    nats: Option<String>,
+    /// PEM file of the certificate authority that signed the NATS servers' certificates: the
+    /// node then speaks to NATS over TLS only and accepts no server this authority did not sign.
+    #[arg(long, value_name = "FILE", requires = "nats")]
+    nats_ca: Option<PathBuf>,
+    /// This node's client certificate (PEM), for NATS servers that verify their clients
+    /// (`verify: true` in their `tls` block). Needs --nats-key.
+    #[arg(long, value_name = "FILE", requires_all = ["nats", "nats_key"])]
+    nats_cert: Option<PathBuf>,
+    /// The private key (PEM) of --nats-cert; keep it readable by the relay's user only.
+    #[arg(long, value_name = "FILE", requires = "nats_cert")]
+    nats_key: Option<PathBuf>,
+    /// Copies the NATS cluster keeps of every message and key: 3 (or 5) on a cluster of that
+    /// many nodes, 1 on a single NATS server. Every relay node must use the same.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=5))]
+    nats_replicas: u8,
     /// More log output (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -429,57 +452,83 @@ fn serve(args: RunArgs) -> Result<(), MainError> {
     let max_connections = config.max_connections;
     let runtime = tokio::runtime::Runtime::new().map_err(MainError::Runtime)?;
     runtime.block_on(async {
-        let mut relay = Relay::open(config)?;
-        let metrics = match args.metrics {
-            Some(addr) => {
-                let listener =
-                    TcpListener::bind(addr).await.map_err(|source| MainError::Metrics { addr, source })?;
-                let local = listener
-                    .local_addr()
-                    .map_err(|source| MainError::LocalAddr { what: "metrics", source })?;
-                relay = relay.with_metrics(listener);
-                Some(local)
+        let relay = Relay::open(config.clone())?;
+        let Some(urls) = &args.nats else {
+            return start(relay, &args, &data_dir, max_connections).await;
+        };
+        let tls = setup::NatsTls {
+            ca: args.nats_ca.clone(),
+            client: args.nats_cert.clone().zip(args.nats_key.clone()),
+        };
+        let (client, versions) = setup::connect_watched(urls, &tls).await?;
+        let cluster = ClusterConfig { replicas: args.nats_replicas.into(), limits: room_limits(&config) };
+        let rooms = JetStreamRooms::open(client.clone(), cluster).await?;
+        let limits = SharedLimits::open(&async_nats::jetstream::new(client), &config).await?;
+        tracing::info!(nats = %setup::shown_urls(urls), tls = tls.ca.is_some(), "serving rooms from the NATS cluster");
+        tokio::select! {
+            served = start(relay.with_rooms(rooms).with_limits(limits), &args, &data_dir, max_connections) => served,
+            old = versions.old_server() => {
+                tracing::error!(error = %old, "stopping: a NATS server this node reconnected to is too old");
+                Err(old.into())
             }
-            None => None,
-        };
-        let addr = args.listen;
-        let listener = TcpListener::bind(addr).await.map_err(|source| MainError::Listen { addr, source })?;
-        let local =
-            listener.local_addr().map_err(|source| MainError::LocalAddr { what: "listening", source })?;
-        let onion = match args.onion.onion {
-            true => Some(publish_onion(&args.onion, &data_dir, local).await?),
-            false => None,
-        };
-        let fp = relay.fingerprint();
-        let mut out = std::io::stdout().lock();
-        if relay.key_created() {
-            let _ = writeln!(out, "created a new relay key in {}", key_path(&data_dir).display());
         }
-        let host = if local.ip().is_unspecified() {
-            format!("PUBLIC-ADDRESS:{}", local.port())
-        } else {
-            local.to_string()
-        };
-        let _ = writeln!(out, "fingerprint {fp}");
-        let _ = writeln!(out, "invite prefix chatroom://{fp}@{host}/ (append the room name)");
-        if let Some(service) = onion {
-            if service.key_created {
-                let path = data_dir.join(onion::ONION_KEY_FILE);
-                let _ = writeln!(out, "created a new onion service key in {}", path.display());
-            }
-            let (address, port) = (&service.address, service.port);
-            let _ = writeln!(out, "onion address {address}:{port}");
-            let _ = writeln!(out, "invite prefix chatroom://{fp}@{address}:{port}/ (append the room name)");
-            service.forward(local, max_connections, tokio::runtime::Handle::current())?;
-        }
-        if let Some(metrics) = metrics {
-            let _ = writeln!(out, "metrics on http://{metrics}/metrics");
-        }
-        let _ = writeln!(out, "listening on {local}");
-        let _ = out.flush();
-        drop(out);
-        Ok(relay.run(listener, signal()).await?)
     })
+}
+
+/// Listens, prints the relay's fingerprint and invite prefix, and serves until a signal.
+async fn start<R: RoomAdmin>(
+    mut relay: Relay<R>,
+    args: &RunArgs,
+    data_dir: &std::path::Path,
+    max_connections: usize,
+) -> Result<(), MainError> {
+    let metrics = match args.metrics {
+        Some(addr) => {
+            let listener =
+                TcpListener::bind(addr).await.map_err(|source| MainError::Metrics { addr, source })?;
+            let local =
+                listener.local_addr().map_err(|source| MainError::LocalAddr { what: "metrics", source })?;
+            relay = relay.with_metrics(listener);
+            Some(local)
+        }
+        None => None,
+    };
+    let addr = args.listen;
+    let listener = TcpListener::bind(addr).await.map_err(|source| MainError::Listen { addr, source })?;
+    let local = listener.local_addr().map_err(|source| MainError::LocalAddr { what: "listening", source })?;
+    let onion = match args.onion.onion {
+        true => Some(publish_onion(&args.onion, data_dir, local).await?),
+        false => None,
+    };
+    let fp = relay.fingerprint();
+    let mut out = std::io::stdout().lock();
+    if relay.key_created() {
+        let _ = writeln!(out, "created a new relay key in {}", key_path(data_dir).display());
+    }
+    let host = if local.ip().is_unspecified() {
+        format!("PUBLIC-ADDRESS:{}", local.port())
+    } else {
+        local.to_string()
+    };
+    let _ = writeln!(out, "fingerprint {fp}");
+    let _ = writeln!(out, "invite prefix chatroom://{fp}@{host}/ (append the room name)");
+    if let Some(service) = onion {
+        if service.key_created {
+            let path = data_dir.join(onion::ONION_KEY_FILE);
+            let _ = writeln!(out, "created a new onion service key in {}", path.display());
+        }
+        let (address, port) = (&service.address, service.port);
+        let _ = writeln!(out, "onion address {address}:{port}");
+        let _ = writeln!(out, "invite prefix chatroom://{fp}@{address}:{port}/ (append the room name)");
+        service.forward(local, max_connections, tokio::runtime::Handle::current())?;
+    }
+    if let Some(metrics) = metrics {
+        let _ = writeln!(out, "metrics on http://{metrics}/metrics");
+    }
+    let _ = writeln!(out, "listening on {local}");
+    let _ = out.flush();
+    drop(out);
+    Ok(relay.run(listener, signal()).await?)
 }
 
 /// Publishes the onion service (blocking control-port work off the runtime's threads).

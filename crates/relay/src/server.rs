@@ -77,7 +77,7 @@ pub struct Relay<R = LocalRooms> {
 }
 
 /// The room limits `config` sets.
-fn room_limits(config: &Config) -> RoomLimits {
+pub fn room_limits(config: &Config) -> RoomLimits {
     RoomLimits {
         history: HistoryLimit { count: config.history, bytes: config.history_bytes },
         rules: RuleLimits {
@@ -325,11 +325,12 @@ impl<H: RoomService> Listener<H> {
                 _done: self.done_tx.clone(),
                 _permit: permit,
                 _slots: slots,
+                unauthenticated: Some(slot),
             };
             // Spawned as it is: an `async` block awaiting it would hold it twice over (its
             // capture and the awaited copy, rust-lang/rust#62958), doubling every idle
             // member's task.
-            tokio::spawn(handler.run(socket, slot));
+            tokio::spawn(handler.run(socket));
         }
     }
 

@@ -14,6 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use chatroom_crypto::{EnvelopeHeader, Member, Nick, PresenceEvent, PublicIdentity, RelayMessage, RoomName};
 use chatroom_relay::abuse::{AbuseLimits, LocalLimits, Lockout, SendScope};
+use chatroom_relay::admin::{BanInfo, RoomInfo};
 use chatroom_relay::rooms::{
     Admission, Census, CreateGate, JoinArgs, LocalRooms, Moderation, Refusal, RoomAdmin, RoomService,
 };
@@ -86,6 +87,18 @@ impl RoomService for Observed {
 impl RoomAdmin for Observed {
     fn online(&self) -> HashMap<String, u64> {
         self.inner.online()
+    }
+
+    fn list_rooms(&self) -> impl Future<Output = Result<Vec<RoomInfo>, StoreError>> + Send {
+        self.inner.list_rooms()
+    }
+
+    fn room_info(&self, name: &str) -> impl Future<Output = Result<Option<RoomInfo>, StoreError>> + Send {
+        self.inner.room_info(name)
+    }
+
+    fn list_bans(&self, name: &str) -> impl Future<Output = Result<Option<Vec<BanInfo>>, StoreError>> + Send {
+        self.inner.list_bans(name)
     }
 
     fn delete_room(&self, name: &RoomName) -> impl Future<Output = Result<bool, StoreError>> + Send {

@@ -31,7 +31,7 @@ async fn a_feed_backfills_what_came_before_it_and_then_follows_live_without_repe
     let server = NatsServer::single()?;
     let client = connect(&server.url()).await?;
     let js = jetstream::new(client.clone());
-    ensure_stream(&js, 1).await?;
+    ensure_stream(&js, 1, 1000).await?;
     let stream = js.get_stream(STREAM).await?;
     let log = RoomLog::new(js.clone(), stream.clone(), "chat.room".into());
     let mut ids = Vec::new();
@@ -68,7 +68,7 @@ async fn on_the_cluster_a_feed_on_one_node_follows_two_writers_on_the_others_in_
     let urls: Vec<String> = cluster.nodes().iter().map(|n| n.url()).collect();
     let reader = connect(&urls[0]).await?;
     let js = jetstream::new(reader.clone());
-    ensure_stream(&js, 3).await?;
+    ensure_stream(&js, 3, 1000).await?;
     let mut feed =
         RoomFeed::subscribe(&reader, js.get_stream(STREAM).await?, "shared", Tip::default()).await?;
     let mut writers = Vec::new();

@@ -22,7 +22,7 @@ async fn room_log(
     room: &str,
 ) -> Result<RoomLog, Box<dyn std::error::Error + Send + Sync>> {
     let js = jetstream::new(connect(url).await?);
-    ensure_stream(&js, replicas).await?;
+    ensure_stream(&js, replicas, 1000).await?;
     let stream = js.get_stream(STREAM).await?;
     Ok(RoomLog::new(js, stream, format!("chat.{room}")))
 }
@@ -102,4 +102,33 @@ async fn on_three_replicas_writers_on_two_nodes_share_one_sequence_and_resends_a
     let (n1, n2) = (cluster.nodes()[0].url(), cluster.nodes()[1].url());
     two_writers_share_one_sequence([&n1, &n2], 3).await?;
     a_resend_returns_the_original(&cluster.urls(), 3).await
+}
+
+/// An append through the NATS server that led the stream, killed with SIGKILL: the client
+/// moves to another server, where a publish first finds nobody answering for the stream (no
+/// leader yet, or its interest not routed there yet). The append waits through that and the
+/// election instead of failing at once, and stores the message next in the room's sequence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_waits_through_the_killing_of_the_stream_leader_it_was_connected_to() -> TestResult {
+    let mut cluster = NatsCluster::start()?;
+    let setup = room_log(&cluster.urls(), 3, "failover").await?;
+    let Appended::Stored(first) = setup.append(Tip::default(), "m1", Bytes::from_static(b"one")).await?
+    else {
+        return Err("the first message was not stored".into());
+    };
+    let js = jetstream::new(connect(&cluster.urls()).await?);
+    let leader = js.get_stream(STREAM).await?.info().await?.cluster.as_ref().and_then(|c| c.leader.clone());
+    let leader = leader.and_then(|name| cluster.index_of(&name)).ok_or("the stream has no leader")?;
+    // A client of the leader alone (it learns the other servers from the leader's INFO).
+    let log = room_log(&cluster.nodes()[leader].url(), 3, "failover").await?;
+    cluster.kill(leader)?;
+    let appended = log.append(first, "m2", Bytes::from_static(b"two")).await?;
+    let Appended::Stored(second) = appended else {
+        return Err(format!("the append after the kill: {appended:?}").into());
+    };
+    assert_eq!(second.chat_seq, 2);
+    // Sent again through the new leader: the original, nothing stored twice.
+    assert_eq!(log.append(first, "m2", Bytes::from_static(b"two")).await?, Appended::Duplicate(second));
+    assert_eq!(log.tip().await?, second);
+    Ok(())
 }

@@ -23,12 +23,14 @@ async fn a_single_node_gets_the_stream_and_buckets_once_and_accepts_them_again()
     let server = NatsServer::single()?;
     let js = jetstream::new(connect(&server.url()).await?);
     for _ in 0..2 {
-        let config = ensure_stream(&js, 1).await?;
+        let config = ensure_stream(&js, 1, 1000).await?;
         assert_eq!(config.republish.map(|r| r.destination).as_deref(), Some(FAN_SUBJECTS));
         assert!(config.allow_atomic_publish && config.allow_direct);
         ensure_buckets(&js, 1).await?;
     }
     assert_eq!(js.get_stream(STREAM).await?.info().await?.state.messages, 0);
+    let err = ensure_stream(&js, 1, 10).await.err().ok_or("a node with another history was accepted")?;
+    assert!(matches!(err, SetupError::Mismatch { field, .. } if field.contains("history")), "{err}");
     for (bucket, ttl) in BUCKETS {
         let config = bucket_stream(&js, bucket).await?;
         assert_eq!(config.allow_message_ttl, ttl, "{bucket}");
@@ -42,10 +44,10 @@ async fn a_stream_or_bucket_made_otherwise_is_refused_naming_the_setting() -> Te
     let server = NatsServer::single()?;
     let js = jetstream::new(connect(&server.url()).await?);
     // As the relay would make it, but without the RePublish the fan-out depends on.
-    let mut without_fan_out = stream_config(1);
+    let mut without_fan_out = stream_config(1, 1000);
     without_fan_out.republish = None;
     js.create_stream(without_fan_out).await?;
-    let err = ensure_stream(&js, 1).await.err().ok_or("a stream without republish was accepted")?;
+    let err = ensure_stream(&js, 1, 1000).await.err().ok_or("a stream without republish was accepted")?;
     assert!(matches!(err, SetupError::Mismatch { field: "republish", .. }), "{err}");
     assert!(
         err.to_string().contains("the stream CHAT") && err.to_string().contains("fix or remove"),
@@ -63,7 +65,7 @@ async fn a_stream_or_bucket_made_otherwise_is_refused_naming_the_setting() -> Te
 async fn more_replicas_than_nodes_and_no_server_are_refused_with_what_to_check() -> TestResult {
     let server = NatsServer::single()?;
     let js = jetstream::new(connect(&server.url()).await?);
-    let err = ensure_stream(&js, 3).await.err().ok_or("three replicas on one node were accepted")?;
+    let err = ensure_stream(&js, 3, 1000).await.err().ok_or("three replicas on one node were accepted")?;
     assert!(
         matches!(err, SetupError::JetStream { .. }) && err.to_string().contains("as many nodes as replicas"),
         "{err}"
@@ -80,7 +82,7 @@ async fn more_replicas_than_nodes_and_no_server_are_refused_with_what_to_check()
 async fn the_cluster_keeps_every_message_and_key_in_three_replicas() -> TestResult {
     let cluster = NatsCluster::start()?;
     let js = jetstream::new(connect(&cluster.urls()).await?);
-    assert_eq!(ensure_stream(&js, 3).await?.num_replicas, 3);
+    assert_eq!(ensure_stream(&js, 3, 1000).await?.num_replicas, 3);
     ensure_buckets(&js, 3).await?;
     let info = js.get_stream(STREAM).await?.info().await?.cluster.clone().ok_or("no cluster info")?;
     assert!(info.leader.is_some(), "{info:?}");

@@ -74,7 +74,7 @@ async fn rooms_bans_and_owner_commands_work_on_a_running_relay_and_a_stopped_one
     assert_eq!(lobby.name, "lobby");
     assert_eq!(lobby.owner, hex(&alice.identity.public().0));
     assert_eq!(lobby.online, Some(2), "alice and bob; carol was banned");
-    assert_eq!((lobby.latest_seq, lobby.history, lobby.history_bytes), (3, 3, bytes));
+    assert_eq!((lobby.latest_seq, lobby.history, lobby.history_bytes), (3, 3, Some(bytes)));
     assert_eq!((lobby.nicknames, lobby.bans), (3, 1));
     let table = ok(&["rooms", "list"], dir.path()).await?;
     let mut lines = table.lines();

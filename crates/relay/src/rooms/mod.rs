@@ -33,6 +33,7 @@ use tracing::error;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 mod ids;
+#[cfg(feature = "cluster")]
 pub mod jetstream;
 mod local;
 pub mod rules;
@@ -44,6 +45,7 @@ pub use local::{HistoryLimit, LocalMember, LocalRooms, RoomLimits};
 pub use wire::{deliver_batch, Admission, History, Item, JoinedInfo, Link, NoHistory, Pulled};
 pub(crate) use wire::{member_items, start};
 
+use crate::admin::{BanInfo, RoomInfo};
 use crate::store::StoreError;
 
 /// A refused request: the code and a detail that tells the member what to do.
@@ -204,6 +206,21 @@ fn no_group_info_slot() -> Refusal {
 pub trait RoomAdmin: RoomService {
     /// Connected members per room.
     fn online(&self) -> HashMap<String, u64>;
+
+    /// Every room the backend stores, by name, with its counts and who is online.
+    fn list_rooms(&self) -> impl Future<Output = Result<Vec<RoomInfo>, StoreError>> + Send;
+
+    /// One room with its nicknames; `None` if there is no such room.
+    fn room_info(&self, name: &str) -> impl Future<Output = Result<Option<RoomInfo>, StoreError>> + Send;
+
+    /// The banned identities of a room; `None` if there is no such room.
+    fn list_bans(&self, name: &str) -> impl Future<Output = Result<Option<Vec<BanInfo>>, StoreError>> + Send;
+
+    /// Why `backup` (a copy of the node's SQLite database) does not back up this backend's
+    /// rooms, and what to back up instead; `None` where the database holds them.
+    fn backup_refusal(&self) -> Option<String> {
+        None
+    }
 
     /// Deletes a room and everything stored about it, disconnecting its members; false if
     /// there is no such room.

@@ -292,6 +292,31 @@ impl RoomRules {
         Ok(())
     }
 
+    /// A binding shared storage holds (made through another relay node): later joins are
+    /// checked against it. A nickname already bound here keeps its binding.
+    pub fn learn_binding(&mut self, binding: Binding) {
+        self.nicks.entry(binding.nick).or_insert(binding.identity);
+    }
+
+    /// A ban or unban shared storage holds (made through another relay node).
+    pub fn learn_ban(&mut self, identity: PublicIdentity, banned: bool) {
+        if banned {
+            self.bans.insert(identity);
+        } else {
+            self.bans.remove(&identity);
+        }
+    }
+
+    /// An envelope stored under `seq` by another relay node (or before this one loaded the
+    /// room): the room has reached `seq`, and a counter of the sender's at or below `counter`
+    /// is a resend from now on.
+    pub fn observed(&mut self, seq: u64, sender: PublicIdentity, counter: u64) {
+        self.latest_seq = self.latest_seq.max(seq);
+        self.stored_seq = self.stored_seq.max(seq);
+        let highest = self.counters.entry(sender).or_insert(counter);
+        *highest = (*highest).max(counter);
+    }
+
     /// Storage could not record a binding `join` reserved: the nickname is free again.
     pub fn binding_failed(&mut self, binding: &Binding) {
         if self.nicks.get(&binding.nick) == Some(&binding.identity) {
@@ -373,7 +398,7 @@ impl RoomRules {
     }
 
     /// The identity bound to `nick`.
-    fn bound(&self, nick: &Nick) -> Result<PublicIdentity, Refusal> {
+    pub fn bound(&self, nick: &Nick) -> Result<PublicIdentity, Refusal> {
         self.nicks.get(&nick.canonical()).copied().ok_or_else(|| {
             Refusal::new(ErrorCode::NoSuchMember, format!("nobody uses the nickname {nick} in this room"))
         })
@@ -641,6 +666,37 @@ mod tests {
         assert_eq!(next.previous, Some(3));
         assert_eq!(code(rules.publish(a, 2, || None)), ErrorCode::BadEnvelope, "2 is below a stored 3");
         assert!(rules.rolled_back.is_empty(), "nothing is kept once the sender's envelopes completed");
+    }
+
+    #[test]
+    fn what_other_nodes_stored_is_learned_and_checked_like_local_state() {
+        let (owner, alice, bob) = (Identity::generate(), Identity::generate(), Identity::generate());
+        let mut rules = room(&owner);
+        rules.learn_binding(Binding { nick: "alice".into(), identity: alice.public() });
+        rules.learn_binding(Binding { nick: "alice".into(), identity: bob.public() });
+        assert_eq!(
+            code(rules.join(signed(&bob, "alice", 1), JoinPolicy::default(), FREE)),
+            ErrorCode::NickTaken,
+            "the first binding learned stays"
+        );
+        rules.learn_ban(alice.public(), true);
+        assert_eq!(
+            code(rules.join(signed(&alice, "alice", 1), JoinPolicy::default(), FREE)),
+            ErrorCode::Banned
+        );
+        rules.learn_ban(alice.public(), false);
+        assert!(rules.join(signed(&alice, "alice", 1), JoinPolicy::default(), FREE).is_ok());
+
+        let a = alice.public();
+        rules.observed(4, a, 10);
+        rules.observed(3, a, 7);
+        assert_eq!(rules.stored_seq(), 4, "never back");
+        assert_eq!(
+            code(rules.publish(a, 9, || None)),
+            ErrorCode::BadEnvelope,
+            "the highest counter stays 10"
+        );
+        assert_eq!(ticket(rules.publish(a, 11, || None).unwrap()).seq, 5);
     }
 
     #[test]

@@ -328,7 +328,11 @@ impl Conn {
     }
 
     async fn read_messages(&mut self) -> Res<Vec<RelayMessage>> {
-        let frame = tokio::time::timeout(STEP, read_frame(&mut self.rd)).await??;
+        self.read_messages_within(STEP).await
+    }
+
+    async fn read_messages_within(&mut self, wait: Duration) -> Res<Vec<RelayMessage>> {
+        let frame = tokio::time::timeout(wait, read_frame(&mut self.rd)).await??;
         let plaintext = self.rx.open(&frame)?;
         Ok(RelayMessage::decode_all(&plaintext)?)
     }
@@ -374,6 +378,20 @@ impl Conn {
     /// The next answer to a `Send`: `Ack` or `SendError`.
     pub async fn answer(&mut self) -> Res<RelayMessage> {
         self.next_matching(|m| matches!(m, RelayMessage::Ack { .. } | RelayMessage::SendError { .. })).await
+    }
+
+    /// The next answer to a `Send`, waiting at most `wait` for each message: for a send the
+    /// relay may hold longer than `STEP` (while the cluster elects a leader).
+    pub async fn answer_within(&mut self, wait: Duration) -> Res<RelayMessage> {
+        let is_answer =
+            |m: &RelayMessage| matches!(m, RelayMessage::Ack { .. } | RelayMessage::SendError { .. });
+        loop {
+            if let Some(i) = self.held.iter().position(is_answer) {
+                return Ok(self.held.remove(i).expect("index"));
+            }
+            let messages = self.read_messages_within(wait).await?;
+            self.held.extend(messages);
+        }
     }
 
     /// The next `SendError`: (counter, code, detail).

@@ -66,6 +66,24 @@ impl RoomFeed {
         Ok(Self { subscription, stream, subject: format!("chat.{room_id}"), last: after, held: None })
     }
 
+    /// Delivers from after `after` instead, holding nothing: for a caller that subscribed,
+    /// flushed, and then read where the room's log ends, so what was stored between the two
+    /// is neither missed nor repeated.
+    pub fn start_after(&mut self, after: Tip) {
+        self.last = after;
+        self.held = None;
+    }
+
+    /// The stream the feed backfills from.
+    pub fn stream(&self) -> &Stream {
+        &self.stream
+    }
+
+    /// The last message delivered (or where the feed started).
+    pub fn last(&self) -> Tip {
+        self.last
+    }
+
     /// The room's next message after the last delivered one.
     pub async fn next(&mut self) -> Result<Delivered, FeedError> {
         loop {

@@ -14,7 +14,7 @@ use async_nats::jetstream::{self, ErrorCode};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 
-use super::setup::LOCKOUTS_BUCKET;
+use super::setup::{until_answered, SetupError, LOCKOUTS_BUCKET};
 use super::state::StateError;
 
 /// How often a count refused by a concurrent one is read and written again.
@@ -31,11 +31,13 @@ pub struct Lockouts {
 
 impl Lockouts {
     /// Opens the bucket `setup::ensure_buckets` made.
-    pub async fn open(js: &jetstream::Context) -> Result<Self, StateError> {
-        let stream = js
-            .get_stream(format!("KV_{LOCKOUTS_BUCKET}"))
-            .await
-            .map_err(|e| StateError::new("opened", &e))?;
+    pub async fn open(js: &jetstream::Context) -> Result<Self, SetupError> {
+        let stream = until_answered(|| async {
+            js.get_stream(format!("KV_{LOCKOUTS_BUCKET}"))
+                .await
+                .map_err(|e| SetupError::jetstream("the lockouts bucket", &e))
+        })
+        .await?;
         Ok(Self { js: js.clone(), stream })
     }
 

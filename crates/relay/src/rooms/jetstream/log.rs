@@ -8,7 +8,10 @@
 //! ack reloads the room's last message from the stream leader and publishes again with the
 //! same `Nats-Msg-Id`: if the first attempt was stored, the server answers it as a duplicate
 //! (on R1 only once the expected sequence is current, which the reload makes it), else the
-//! envelope is stored under the next room sequence.
+//! envelope is stored under the next room sequence. While the stream has no leader, or the
+//! node's NATS client moves to another server, a publish finds no responder or a broken
+//! connection: the append waits a moment and tries again, up to its deadline, so a leader
+//! election pauses sends instead of refusing them.
 
 use std::time::Duration;
 
@@ -24,6 +27,12 @@ pub const CHAT_SEQ: &str = "Chat-Seq";
 /// How long one append keeps retrying through refusals and a leader election (measured at
 /// 4-8 s, docs/adr/0002) before giving up.
 pub const APPEND_DEADLINE: Duration = Duration::from_secs(30);
+/// How long one attempt waits for the publish's ack or the tip's answer before the append
+/// tries again (same `Nats-Msg-Id`): a publish sent to a leader that just died is answered by
+/// nobody, and the next attempt reaches the new leader once elected. An ack normally takes
+/// one consensus round trip (milliseconds); the client's default wait is 5 s, which rounded a
+/// leader election (4-9 s) up to 10 or 15 s of pause.
+pub const ATTEMPT_WAIT: Duration = Duration::from_secs(2);
 /// The pause before reading again after the stream did not answer.
 const UNAVAILABLE_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -48,6 +57,8 @@ pub enum Appended {
 pub enum AppendError {
     #[error("the room's log did not accept the message within {APPEND_DEADLINE:?}: {0}")]
     Unavailable(String),
+    #[error("the stream refused the message: {0}")]
+    Refused(String),
     #[error("the stored message at stream sequence {0} has no valid {CHAT_SEQ} header")]
     Corrupt(u64),
 }
@@ -62,7 +73,8 @@ pub struct RoomLog {
 
 impl RoomLog {
     /// The log on `subject` (`chat.<room id>`) of `stream`.
-    pub fn new(js: jetstream::Context, stream: Stream, subject: String) -> Self {
+    pub fn new(mut js: jetstream::Context, stream: Stream, subject: String) -> Self {
+        js.set_timeout(ATTEMPT_WAIT);
         Self { js, stream, subject }
     }
 
@@ -76,14 +88,21 @@ impl RoomLog {
                 Ok(ack) => {
                     return Ok(Appended::Stored(Tip { chat_seq: tip.chat_seq + 1, stream_seq: ack.sequence }))
                 }
-                Err(e) => {
-                    if !retryable(&e) {
-                        return Err(AppendError::Unavailable(e.to_string()));
+                Err(e) => match retry(&e) {
+                    Retry::No => return Err(AppendError::Refused(e.to_string())),
+                    Retry::Reload => last_problem = e.to_string(),
+                    Retry::AfterBackoff => {
+                        last_problem = e.to_string();
+                        tokio::time::sleep(UNAVAILABLE_BACKOFF).await;
                     }
-                    last_problem = e.to_string();
-                }
+                },
             }
-            match self.tip().await {
+            let reloaded = tokio::time::timeout(ATTEMPT_WAIT, self.tip()).await;
+            match reloaded.unwrap_or_else(|_| {
+                Err(AppendError::Unavailable(format!(
+                    "the room's last message was not read within {ATTEMPT_WAIT:?}"
+                )))
+            }) {
                 Ok(reloaded) => tip = reloaded,
                 Err(AppendError::Unavailable(problem)) => {
                     last_problem = problem;
@@ -130,7 +149,7 @@ impl RoomLog {
     }
 }
 
-fn chat_seq(headers: &HeaderMap, stream_seq: u64) -> Result<u64, AppendError> {
+pub(super) fn chat_seq(headers: &HeaderMap, stream_seq: u64) -> Result<u64, AppendError> {
     headers
         .get(CHAT_SEQ)
         .and_then(|v| v.as_str().parse().ok())
@@ -138,13 +157,50 @@ fn chat_seq(headers: &HeaderMap, stream_seq: u64) -> Result<u64, AppendError> {
         .ok_or(AppendError::Corrupt(stream_seq))
 }
 
-/// Refusals that mean "reload and try again", and a lost ack (the message may be stored).
-fn retryable(e: &PublishError) -> bool {
+/// What a failed publish calls for. Sending again is always safe: the same `Nats-Msg-Id`
+/// makes a stored copy answer as a duplicate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// A refusal for good (a payload over the server's maximum, say).
+    No,
+    /// The tip moved, or the ack was lost (the message may be stored): reload and send again.
+    Reload,
+    /// Nobody answered for the stream (no leader yet, or interest not yet routed to the server
+    /// the client reconnected to) or the connection broke: wait, reload and send again.
+    AfterBackoff,
+}
+
+fn retry(e: &PublishError) -> Retry {
     match e.kind() {
-        PublishErrorKind::WrongLastSequence | PublishErrorKind::TimedOut => true,
-        PublishErrorKind::Other => std::error::Error::source(e)
-            .and_then(|s| s.downcast_ref::<jetstream::Error>())
-            .is_some_and(|j| j.error_code() == ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT),
-        _ => false,
+        PublishErrorKind::WrongLastSequence | PublishErrorKind::TimedOut => Retry::Reload,
+        PublishErrorKind::StreamNotFound | PublishErrorKind::BrokenPipe => Retry::AfterBackoff,
+        PublishErrorKind::Other => {
+            let wrong_last = std::error::Error::source(e)
+                .and_then(|s| s.downcast_ref::<jetstream::Error>())
+                .is_some_and(|j| j.error_code() == ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT);
+            if wrong_last {
+                Retry::Reload
+            } else {
+                Retry::No
+            }
+        }
+        _ => Retry::No,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_publish_is_retried_unless_the_refusal_is_for_good() {
+        let kind = |kind| retry(&PublishError::new(kind));
+        assert_eq!(kind(PublishErrorKind::WrongLastSequence), Retry::Reload);
+        assert_eq!(kind(PublishErrorKind::TimedOut), Retry::Reload, "the ack was lost: maybe stored");
+        // No responder: no leader yet, or the stream's interest not routed to this server yet.
+        assert_eq!(kind(PublishErrorKind::StreamNotFound), Retry::AfterBackoff);
+        assert_eq!(kind(PublishErrorKind::BrokenPipe), Retry::AfterBackoff);
+        assert_eq!(kind(PublishErrorKind::MaxPayloadExceeded), Retry::No);
+        assert_eq!(kind(PublishErrorKind::Other), Retry::No);
     }
 }

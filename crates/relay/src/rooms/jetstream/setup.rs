@@ -1,9 +1,18 @@
 //! Connecting to the cluster and creating or checking the stream and buckets.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
+use async_nats::jetstream::context::{
+    CreateKeyValueError, CreateKeyValueErrorKind, CreateStreamError, CreateStreamErrorKind, GetStreamError,
+    GetStreamErrorKind, PublishErrorKind, RequestError, RequestErrorKind,
+};
+use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::{self, kv, stream};
 use async_nats::Client;
+use bytes::Bytes;
+use percent_encoding::percent_decode_str;
+use zeroize::Zeroizing;
 
 /// The oldest nats-server accepted: clustered compare-and-set lost updates on followers before
 /// 2.11/2.12, and atomic batches and per-message TTLs are 2.12 features.
@@ -38,13 +47,26 @@ pub const BUCKETS: [(&str, bool); 5] = [
 /// every node of the expiry without polling.
 pub const EXPIRY_MARKER_TTL: Duration = Duration::from_secs(60);
 
+/// Messages one subscription (a room's feed or control subject) buffers before the client
+/// drops more: bounded memory per room held; a feed finds what was dropped as a gap and reads
+/// it from the stream.
+pub const SUBSCRIPTION_CAPACITY: usize = 1024;
+
 /// Why the cluster cannot be used; each says what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
     #[error(
-        "cannot connect to NATS at {urls}: {detail}; check the --nats addresses and that the servers run"
+        "cannot connect to NATS at {urls}: {detail}; check the --nats addresses and that the servers run \
+         (with TLS: --nats-ca, and --nats-cert/--nats-key if they verify clients)"
     )]
     Connect { urls: String, detail: String },
+    #[error("cannot read {path} (given with {flag}): {detail}; check the path and its permissions")]
+    TlsFile { flag: &'static str, path: String, detail: String },
+    #[error(
+        "the --nats addresses carry different users or passwords; give every address the same one, \
+         or give it in one address only"
+    )]
+    Credentials,
     #[error(
         "nats-server {version} is too old: the relay cluster needs nats-server {}.{}.0 or newer; \
          upgrade every NATS node with the NATS project's release binary (docs/CLUSTER.md)",
@@ -64,25 +86,247 @@ pub enum SetupError {
     Mismatch { what: String, field: &'static str, found: String, wanted: String },
     #[error("JetStream refused to create or read {what}: {detail}; check that JetStream is enabled on every NATS node and that the cluster has at least as many nodes as replicas")]
     JetStream { what: String, detail: String },
+    #[error(
+        "the NATS cluster did not answer about {what} ({detail}), also after asking again for {:?}; \
+         check that most NATS nodes run and reach each other (docs/CLUSTER.md)",
+        SETUP_WITHIN
+    )]
+    Unanswered { what: String, detail: String },
+}
+
+impl SetupError {
+    /// The error of a JetStream request about `what`: [`SetupError::Unanswered`] when the
+    /// cluster may answer if asked again (see [`unanswered`]), else a refusal.
+    pub fn jetstream(what: &str, e: &(dyn std::error::Error + 'static)) -> Self {
+        let (what, detail) = (what.to_owned(), e.to_string());
+        if unanswered(e) {
+            Self::Unanswered { what, detail }
+        } else {
+            Self::JetStream { what, detail }
+        }
+    }
+}
+
+/// How long a node starting on the cluster keeps asking while its setup requests go unanswered
+/// or are answered "temporarily unavailable" (a leader election, a replicated stream's Raft
+/// group still forming, a majority of nodes not yet back): relay and NATS nodes may start in
+/// any order within this bound.
+pub const SETUP_WITHIN: Duration = Duration::from_secs(90);
+/// The pause before asking again.
+const SETUP_RETRY_PAUSE: Duration = Duration::from_millis(500);
+/// JetStream's answers that a cluster gives while it elects or forms a group.
+const TEMPORARY_CODES: [ErrorCode; 5] = [
+    ErrorCode::CLUSTER_NOT_ACTIVE,
+    ErrorCode::CLUSTER_NOT_ASSIGNED,
+    ErrorCode::CLUSTER_NOT_AVAILABLE,
+    ErrorCode::CLUSTER_NOT_LEADER,
+    ErrorCode::STREAM_OFFLINE,
+];
+
+/// Whether `e` or an error it wraps says the cluster may answer if asked again: a request
+/// that timed out, or a "temporarily unavailable" answer. No responders (JetStream off) and
+/// every other refusal are final.
+pub fn unanswered(e: &(dyn std::error::Error + 'static)) -> bool {
+    let temporary = |e: &jetstream::Error| TEMPORARY_CODES.contains(&e.error_code());
+    let mut next = Some(e);
+    while let Some(e) = next {
+        let found = if let Some(e) = e.downcast_ref::<RequestError>() {
+            e.kind() == RequestErrorKind::TimedOut
+        } else if let Some(e) = e.downcast_ref::<CreateStreamError>() {
+            match e.kind() {
+                CreateStreamErrorKind::TimedOut => true,
+                CreateStreamErrorKind::JetStream(e) => temporary(&e),
+                _ => false,
+            }
+        } else if let Some(e) = e.downcast_ref::<GetStreamError>() {
+            matches!(e.kind(), GetStreamErrorKind::JetStream(e) if temporary(&e))
+        } else if let Some(e) = e.downcast_ref::<CreateKeyValueError>() {
+            e.kind() == CreateKeyValueErrorKind::TimedOut
+        } else if let Some(e) = e.downcast_ref::<jetstream::Error>() {
+            temporary(e)
+        } else {
+            false
+        };
+        if found {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
+/// Runs `attempt` until it succeeds, fails for another reason than [`SetupError::Unanswered`],
+/// or [`SETUP_WITHIN`] has passed (the attempt in progress then ends there too).
+pub async fn until_answered<T, F, Fut>(mut attempt: F) -> Result<T, SetupError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, SetupError>>,
+{
+    let deadline = tokio::time::Instant::now() + SETUP_WITHIN;
+    let mut last = None;
+    loop {
+        match tokio::time::timeout_at(deadline, attempt()).await {
+            Ok(Err(SetupError::Unanswered { what, detail })) => {
+                tracing::warn!(%what, %detail, "the NATS cluster did not answer; asking again");
+                last = Some(SetupError::Unanswered { what, detail });
+            }
+            Ok(done) => return done,
+            Err(_) => break,
+        }
+        if tokio::time::Instant::now() + SETUP_RETRY_PAUSE >= deadline {
+            break;
+        }
+        tokio::time::sleep(SETUP_RETRY_PAUSE).await;
+    }
+    let what = "the relay's streams and buckets".to_owned();
+    Err(last.unwrap_or(SetupError::Unanswered { what, detail: "no answer".to_owned() }))
+}
+
+/// How a node's connection to NATS is secured beyond the addresses (which may carry a user
+/// and password: `nats://user:password@host:4222`).
+#[derive(Debug, Clone, Default)]
+pub struct NatsTls {
+    /// PEM certificates of the authority that signed the servers' certificates; when set, the
+    /// connection must be TLS and the server verified against these only.
+    pub ca: Option<PathBuf>,
+    /// This node's client certificate and key (PEM), for servers that verify their clients.
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
+impl NatsTls {
+    /// Checks that every file given can be read, naming the flag of one that cannot.
+    fn check_files(&self) -> Result<(), SetupError> {
+        let files =
+            self.ca.iter().map(|ca| ("--nats-ca", ca)).chain(
+                self.client.iter().flat_map(|(cert, key)| [("--nats-cert", cert), ("--nats-key", key)]),
+            );
+        for (flag, path) in files {
+            std::fs::File::open(path).map_err(|e| SetupError::TlsFile {
+                flag,
+                path: path.display().to_string(),
+                detail: e.to_string(),
+            })?;
+        }
+        Ok(())
+    }
+
+    fn apply(&self, mut options: async_nats::ConnectOptions) -> async_nats::ConnectOptions {
+        if let Some(ca) = &self.ca {
+            options = options.require_tls(true).add_root_certificates(ca.clone());
+        }
+        if let Some((cert, key)) = &self.client {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+        options
+    }
+}
+
+/// `urls` as they may be shown and logged: a password in one is replaced by `***`.
+pub fn shown_urls(urls: &str) -> String {
+    let shown = urls.split(',').map(|url| {
+        let url = url.trim();
+        let authority_start = url.find("://").map_or(0, |i| i + 3);
+        let authority_end = url[authority_start..].find('/').map_or(url.len(), |i| authority_start + i);
+        match url[authority_start..authority_end].rfind('@') {
+            Some(at) => {
+                let userinfo = &url[authority_start..authority_start + at];
+                let user = userinfo.split(':').next().unwrap_or_default();
+                let hidden = if userinfo.contains(':') { format!("{user}:***") } else { "***".to_owned() };
+                format!("{}{hidden}{}", &url[..authority_start], &url[authority_start + at..])
+            }
+            None => url.to_owned(),
+        }
+    });
+    shown.collect::<Vec<_>>().join(",")
+}
+
+/// A user and password, or a token alone.
+type Credentials = (Zeroizing<String>, Option<Zeroizing<String>>);
+
+/// The user and password (`nats://user:password@host`) or token (`nats://token@host`) the
+/// addresses carry, percent-decoded: async-nats takes them from its options only. Addresses
+/// without any share the others'; two different ones are refused.
+fn credentials(addrs: &[async_nats::ServerAddr]) -> Result<Option<Credentials>, SetupError> {
+    let decode = |text: &str| Zeroizing::new(percent_decode_str(text).decode_utf8_lossy().into_owned());
+    let mut found: Option<Credentials> = None;
+    for addr in addrs {
+        let Some(user) = addr.username() else { continue };
+        let these = (decode(user), addr.password().map(decode));
+        match &found {
+            Some(seen) if *seen != these => return Err(SetupError::Credentials),
+            _ => found = Some(these),
+        }
+    }
+    Ok(found)
 }
 
 /// Connects to the cluster (`urls`: comma-separated `nats://` addresses) and checks its version.
 pub async fn connect(urls: &str) -> Result<Client, SetupError> {
+    connect_watched(urls, &NatsTls::default()).await.map(|(client, _)| client)
+}
+
+/// [`connect`] with `tls`, and a watch of the servers the client reconnects to later.
+pub async fn connect_watched(urls: &str, tls: &NatsTls) -> Result<(Client, VersionWatch), SetupError> {
+    tls.check_files()?;
     let connect_error =
-        |e: &dyn std::fmt::Display| SetupError::Connect { urls: urls.to_owned(), detail: e.to_string() };
+        |e: &dyn std::fmt::Display| SetupError::Connect { urls: shown_urls(urls), detail: e.to_string() };
     let addrs = urls
         .split(',')
         .map(|url| url.trim().parse::<async_nats::ServerAddr>())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| connect_error(&e))?;
-    let client = async_nats::ConnectOptions::new()
+    let mut options = tls.apply(async_nats::ConnectOptions::new());
+    match credentials(&addrs)? {
+        Some((user, Some(password))) => {
+            options = options.user_and_password(user.to_string(), password.to_string())
+        }
+        Some((token, None)) => options = options.token(token.to_string()),
+        None => {}
+    }
+    let (connected, reconnects) = tokio::sync::mpsc::unbounded_channel();
+    let client = options
         .max_reconnects(None)
+        .subscription_capacity(SUBSCRIPTION_CAPACITY)
         .connection_timeout(Duration::from_secs(5))
+        .event_callback(move |event| {
+            let connected = connected.clone();
+            async move {
+                if matches!(event, async_nats::Event::Connected) {
+                    let _ = connected.send(());
+                }
+            }
+        })
         .connect(addrs)
         .await
         .map_err(|e| connect_error(&e))?;
     check_version(&client.server_info().version)?;
-    Ok(client)
+    Ok((client.clone(), VersionWatch { client, reconnects }))
+}
+
+/// Checks the version of every server the client connects to after the first.
+#[derive(Debug)]
+pub struct VersionWatch {
+    client: Client,
+    reconnects: tokio::sync::mpsc::UnboundedReceiver<()>,
+}
+
+impl VersionWatch {
+    /// Returns once the client is connected to a server older than [`MIN_SERVER_VERSION`] (a
+    /// node of a cluster upgraded only in part): the relay must stop rather than rely on what
+    /// that server lacks. Pending for as long as every server is new enough.
+    pub async fn old_server(mut self) -> SetupError {
+        while self.reconnects.recv().await.is_some() {
+            // The connection's task records the new server's INFO just after announcing the
+            // connection; a flush is answered by that task, so the INFO is current after it.
+            if self.client.flush().await.is_err() {
+                continue;
+            }
+            if let Err(e) = check_version(&self.client.server_info().version) {
+                return e;
+            }
+        }
+        std::future::pending().await
+    }
 }
 
 /// Accepts `MAJOR.MINOR.PATCH[-suffix]` at or above [`MIN_SERVER_VERSION`]; a pre-release of
@@ -102,14 +346,16 @@ pub fn check_version(version: &str) -> Result<(), SetupError> {
     Ok(())
 }
 
-/// The log stream's configuration for `replicas` copies of every message.
-pub fn stream_config(replicas: usize) -> stream::Config {
+/// The log stream's configuration for `replicas` copies of every message, keeping the last
+/// `history` messages of each room (every node must be started with the same `history`).
+pub fn stream_config(replicas: usize, history: usize) -> stream::Config {
     stream::Config {
         name: STREAM.to_owned(),
         subjects: vec![LOG_SUBJECTS.to_owned()],
         storage: stream::StorageType::File,
         num_replicas: replicas,
         duplicate_window: DUPLICATE_WINDOW,
+        max_messages_per_subject: i64::try_from(history.max(1)).unwrap_or(i64::MAX),
         allow_direct: true,
         allow_atomic_publish: true,
         republish: Some(stream::Republish {
@@ -121,18 +367,30 @@ pub fn stream_config(replicas: usize) -> stream::Config {
     }
 }
 
+/// How long one setup request may take before it is asked again (within [`SETUP_WITHIN`]):
+/// creating a replicated stream or bucket forms a Raft group on the cluster, which can take
+/// longer than the client's default of 5 s on loaded servers.
+pub const SETUP_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `js` with the setup requests' longer timeout.
+fn setup_context(js: &jetstream::Context) -> jetstream::Context {
+    let mut js = js.clone();
+    js.set_timeout(SETUP_REQUEST_TIMEOUT);
+    js
+}
+
 /// Creates the log stream, or finds it, and checks the configuration the server stored.
-pub async fn ensure_stream(js: &jetstream::Context, replicas: usize) -> Result<stream::Config, SetupError> {
-    let wanted = stream_config(replicas);
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    replicas: usize,
+    history: usize,
+) -> Result<stream::Config, SetupError> {
+    let js = &setup_context(js);
+    let wanted = stream_config(replicas, history);
     let what = format!("the stream {STREAM}");
-    let mut stream = js
-        .get_or_create_stream(wanted.clone())
-        .await
-        .map_err(|e| SetupError::JetStream { what: what.clone(), detail: e.to_string() })?;
-    let found = stream
-        .info()
-        .await
-        .map_err(|e| SetupError::JetStream { what: what.clone(), detail: e.to_string() })?;
+    let mut stream =
+        js.get_or_create_stream(wanted.clone()).await.map_err(|e| SetupError::jetstream(&what, &e))?;
+    let found = stream.info().await.map_err(|e| SetupError::jetstream(&what, &e))?;
     check_stream(&what, &wanted, &found.config)?;
     if found.config.duplicate_window < DUPLICATE_WINDOW {
         return Err(SetupError::Mismatch {
@@ -147,6 +405,7 @@ pub async fn ensure_stream(js: &jetstream::Context, replicas: usize) -> Result<s
 
 /// Creates the buckets, or finds them, and checks what the server stored.
 pub async fn ensure_buckets(js: &jetstream::Context, replicas: usize) -> Result<(), SetupError> {
+    let js = &setup_context(js);
     for (bucket, ttl_keys) in BUCKETS {
         let config = kv::Config {
             bucket: bucket.to_owned(),
@@ -157,8 +416,7 @@ pub async fn ensure_buckets(js: &jetstream::Context, replicas: usize) -> Result<
             ..Default::default()
         };
         let what = format!("the key-value bucket {bucket}");
-        let api =
-            |e: &dyn std::fmt::Display| SetupError::JetStream { what: what.clone(), detail: e.to_string() };
+        let api = |e: &(dyn std::error::Error + 'static)| SetupError::jetstream(&what, e);
         let store = match js.get_key_value(bucket).await {
             Ok(store) => store,
             Err(_) => js.create_key_value(config).await.map_err(|e| api(&e))?,
@@ -175,12 +433,54 @@ pub async fn ensure_buckets(js: &jetstream::Context, replicas: usize) -> Result<
     Ok(())
 }
 
+/// How long a node waits at start for the stream and buckets to answer its publishes.
+pub const ROUTED_WITHIN: Duration = Duration::from_secs(30);
+
+/// Waits until the log stream and every bucket answer publishes sent through this node: on a
+/// cluster a stream created a moment ago may not be routed from every server yet, and a write
+/// to it then finds no stream. Each probe expects an impossible last sequence on a subject no
+/// room uses, so the stream answers with a refusal and stores nothing.
+pub async fn wait_routed(js: &jetstream::Context) -> Result<(), SetupError> {
+    let subjects = std::iter::once("chat.probe".to_owned())
+        .chain(BUCKETS.iter().map(|(bucket, _)| format!("$KV.{bucket}.probe")));
+    let deadline = tokio::time::Instant::now() + ROUTED_WITHIN;
+    for subject in subjects {
+        loop {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Expected-Last-Subject-Sequence", u64::MAX.to_string().as_str());
+            let answer = match js.publish_with_headers(subject.clone(), headers, Bytes::new()).await {
+                Ok(ack) => ack.await.map(drop),
+                Err(e) => Err(e),
+            };
+            match answer {
+                Err(e)
+                    if matches!(e.kind(), PublishErrorKind::StreamNotFound | PublishErrorKind::TimedOut) => {}
+                // A refusal (or, impossibly, an acceptance) comes from the stream: it is routed.
+                _ => break,
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(SetupError::Unanswered {
+                    what: subject,
+                    detail: format!("no stream answered it within {ROUTED_WITHIN:?}"),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
+}
+
 /// Compares the settings the relay relies on, naming the first that differs.
 fn check_stream(what: &str, wanted: &stream::Config, found: &stream::Config) -> Result<(), SetupError> {
-    let fields: [(&'static str, String, String); 8] = [
+    let fields: [(&'static str, String, String); 9] = [
         ("subjects", format!("{:?}", wanted.subjects), format!("{:?}", found.subjects)),
         ("storage", format!("{:?}", wanted.storage), format!("{:?}", found.storage)),
         ("num_replicas", wanted.num_replicas.to_string(), found.num_replicas.to_string()),
+        (
+            "max_msgs_per_subject (the relay's history option)",
+            wanted.max_messages_per_subject.to_string(),
+            found.max_messages_per_subject.to_string(),
+        ),
         ("allow_direct", wanted.allow_direct.to_string(), found.allow_direct.to_string()),
         ("allow_atomic", wanted.allow_atomic_publish.to_string(), found.allow_atomic_publish.to_string()),
         ("republish", republish_text(wanted), republish_text(found)),
@@ -209,6 +509,62 @@ fn republish_text(config: &stream::Config) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn api_error(err_code: u64) -> jetstream::Error {
+        let json = format!(r#"{{"code":503,"err_code":{err_code},"description":"test"}}"#);
+        serde_json::from_str(&json).expect("an API error")
+    }
+
+    #[test]
+    fn timeouts_and_temporary_answers_are_asked_again_and_refusals_are_final() {
+        let timed_out = RequestError::new(RequestErrorKind::TimedOut);
+        assert!(unanswered(&timed_out));
+        assert!(!unanswered(&RequestError::new(RequestErrorKind::NoResponders)), "JetStream is off");
+        assert!(unanswered(&CreateStreamError::new(CreateStreamErrorKind::TimedOut)));
+        let unavailable = CreateStreamErrorKind::JetStream(api_error(10008));
+        assert!(unanswered(&CreateStreamError::new(unavailable)));
+        let name_in_use = CreateStreamErrorKind::JetStream(api_error(10058));
+        assert!(!unanswered(&CreateStreamError::new(name_in_use)));
+        assert!(!unanswered(&CreateStreamError::new(CreateStreamErrorKind::JetStreamUnavailable)));
+        // Found through the errors it wraps.
+        let get = GetStreamError::with_source(GetStreamErrorKind::Request, timed_out);
+        let bucket = async_nats::jetstream::context::KeyValueError::with_source(
+            async_nats::jetstream::context::KeyValueErrorKind::GetBucket,
+            get,
+        );
+        assert!(unanswered(&bucket));
+        assert!(matches!(SetupError::jetstream("x", &bucket), SetupError::Unanswered { .. }));
+        let refused = CreateStreamError::new(CreateStreamErrorKind::JetStream(api_error(10058)));
+        assert!(matches!(SetupError::jetstream("x", &refused), SetupError::JetStream { .. }));
+    }
+
+    #[test]
+    fn credentials_come_from_the_addresses_decoded_and_must_agree() {
+        let parse = |urls: &[&str]| -> Vec<async_nats::ServerAddr> {
+            urls.iter().map(|u| u.parse().expect("an address")).collect()
+        };
+        let found = credentials(&parse(&["nats://relay:p%40ss%3Aw@h:1", "nats://h2:1"])).expect("agree");
+        let (user, password) = found.expect("a user");
+        assert_eq!((user.as_str(), password.as_deref().map(String::as_str)), ("relay", Some("p@ss:w")));
+        let token = credentials(&parse(&["nats://s3cr3t-token@h:1"])).expect("one").expect("a token");
+        assert_eq!((token.0.as_str(), token.1.is_none()), ("s3cr3t-token", true));
+        assert!(credentials(&parse(&["nats://h:1"])).expect("none").is_none());
+        let differ = credentials(&parse(&["nats://a:x@h:1", "nats://a:y@h2:1"]));
+        assert!(matches!(differ, Err(SetupError::Credentials)));
+    }
+
+    #[test]
+    fn passwords_in_urls_are_never_shown() {
+        let urls = "nats://relay:s3cret@10.0.0.1:4222, nats://10.0.0.2:4222,tls://token@h:1/x";
+        let shown = shown_urls(urls);
+        assert_eq!(shown, "nats://relay:***@10.0.0.1:4222,nats://10.0.0.2:4222,tls://***@h:1/x");
+        assert!(!shown.contains("s3cret") && !shown.contains("token"));
+        assert_eq!(
+            shown_urls("nats://p@ss:word@h:1"),
+            "nats://p@ss:***@h:1",
+            "the last @ ends the user part"
+        );
+    }
 
     #[test]
     fn versions_from_2_12_on_are_accepted() {

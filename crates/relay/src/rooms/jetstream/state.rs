@@ -13,7 +13,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, ErrorCode};
 use bytes::Bytes;
 
-use super::setup::{BANS_BUCKET, ROOMS_BUCKET};
+use super::setup::{SetupError, BANS_BUCKET, ROOMS_BUCKET};
 
 /// A room name as one subject token and key: the lowercase hex of its bytes (injective, no
 /// `.` or wildcard, no case question; room names are at most 64 bytes, so at most 128 chars).
@@ -58,8 +58,8 @@ pub struct RoomState {
 
 impl RoomState {
     /// Opens the buckets `setup::ensure_buckets` made.
-    pub async fn open(js: &jetstream::Context) -> Result<Self, StateError> {
-        let open = state_error("opened");
+    pub async fn open(js: &jetstream::Context) -> Result<Self, SetupError> {
+        let open = |e: &(dyn std::error::Error + 'static)| SetupError::jetstream("the room buckets", e);
         let rooms = js.get_key_value(ROOMS_BUCKET).await.map_err(|e| open(&e))?;
         let rooms_stream = js.get_stream(format!("KV_{ROOMS_BUCKET}")).await.map_err(|e| open(&e))?;
         let bans = js.get_key_value(BANS_BUCKET).await.map_err(|e| open(&e))?;
@@ -119,12 +119,12 @@ impl RoomState {
 }
 
 /// How often a create refused while another is in process is asked again, and the pause.
-const IN_PROCESS_RETRIES: u32 = 50;
-const IN_PROCESS_BACKOFF: Duration = Duration::from_millis(20);
+pub(crate) const IN_PROCESS_RETRIES: u32 = 50;
+pub(crate) const IN_PROCESS_BACKOFF: Duration = Duration::from_millis(20);
 
 /// Whether `e` or an error it wraps is the server's 10164: a compare-and-set refused because an
 /// earlier one on the same subject is still in process on a replicated stream's leader.
-fn in_process_refusal(e: &(dyn std::error::Error + 'static)) -> bool {
+pub(crate) fn in_process_refusal(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut next = Some(e);
     while let Some(error) = next {
         if error
@@ -138,7 +138,7 @@ fn in_process_refusal(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-fn ban_key(name: &str, identity: &str) -> String {
+pub(crate) fn ban_key(name: &str, identity: &str) -> String {
     format!("{}.{identity}", room_token(name))
 }
 

@@ -10,7 +10,7 @@ use chatroom_crypto::{ErrorCode, PublicIdentity, RoomName};
 use tracing::info;
 
 use super::LocalRooms;
-use crate::admin;
+use crate::admin::{self, BanInfo, RoomInfo};
 use crate::rooms::RoomAdmin;
 use crate::store::StoreError;
 
@@ -24,6 +24,30 @@ impl RoomAdmin for LocalRooms {
             .iter()
             .map(|(name, room)| (name.as_str().to_owned(), room.lock().members.len() as u64))
             .collect()
+    }
+
+    async fn list_rooms(&self) -> Result<Vec<RoomInfo>, StoreError> {
+        let mut rooms = self.store.exec(|conn| admin::rooms(conn)).await?.map_err(sql("listing rooms"))?;
+        let online = self.online();
+        for room in &mut rooms {
+            room.online = Some(online.get(&room.name).copied().unwrap_or(0));
+        }
+        Ok(rooms)
+    }
+
+    async fn room_info(&self, name: &str) -> Result<Option<RoomInfo>, StoreError> {
+        let room = name.to_owned();
+        let found =
+            self.store.exec(move |conn| admin::room(conn, &room)).await?.map_err(sql("reading a room"))?;
+        Ok(found.map(|mut info| {
+            info.online = Some(self.online().get(name).copied().unwrap_or(0));
+            info
+        }))
+    }
+
+    async fn list_bans(&self, name: &str) -> Result<Option<Vec<BanInfo>>, StoreError> {
+        let room = name.to_owned();
+        self.store.exec(move |conn| admin::bans(conn, &room)).await?.map_err(sql("listing bans"))
     }
 
     /// Deletes a room: disconnects its members, forgets it, and erases its rows. Inside the

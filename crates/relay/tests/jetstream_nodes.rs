@@ -1,0 +1,177 @@
+//! Two relay nodes serving rooms from one real 3-node NATS cluster, each node on its own NATS
+//! server, members on both reached through real connections: one gap-free sequence for the
+//! room whichever node a member sends through, the member list spans nodes, and a kick or ban
+//! through one node closes the member on the other and holds there; a node follows a room's
+//! feed only while the room has a member on it; sends queued behind one the silent cluster
+//! never answered are refused with it.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use chatroom_crypto::RelayMessage;
+use chatroom_crypto::{ClientMessage, ErrorCode, PresenceEvent};
+use chatroom_nats_harness::{NatsCluster, NatsServer};
+use chatroom_relay::rooms::jetstream::log::APPEND_DEADLINE;
+use chatroom_relay::rooms::jetstream::setup::connect;
+use chatroom_relay::rooms::jetstream::state::room_token;
+use chatroom_relay::rooms::jetstream::{ClusterConfig, JetStreamRooms};
+use chatroom_relay::rooms::rules::RuleLimits;
+use chatroom_relay::rooms::{HistoryLimit, RoomLimits};
+use chatroom_relay::Config;
+use common::{member, Conn, Person, Res, TestRelay, TestResult, TestRoom};
+
+const CONFIG: ClusterConfig = ClusterConfig {
+    replicas: 3,
+    limits: RoomLimits {
+        history: HistoryLimit { count: 100, bytes: 1 << 20 },
+        rules: RuleLimits { max_members: 100, headroom_percent: 10, max_nicknames: 100 },
+        max_rooms: 100,
+    },
+};
+
+/// A relay in `dir` whose rooms are on the cluster through the NATS server at `url`.
+async fn node(dir: &Path, url: &str) -> Res<TestRelay> {
+    let rooms = JetStreamRooms::open(connect(url).await?, CONFIG).await?;
+    TestRelay::start_with(dir, |_| {}, move |relay| relay.with_rooms(rooms)).await
+}
+
+/// Whether any client of the NATS server `server` subscribes to `subject` (its monitoring).
+fn subscribed(server: &NatsServer, subject: &str) -> Res<bool> {
+    let connz = server.monitor("/connz?subs=1").map_err(|e| e.to_string())?;
+    let connections = connz["connections"].as_array().cloned().unwrap_or_default();
+    Ok(connections.iter().any(|c| {
+        c["subscriptions_list"]
+            .as_array()
+            .is_some_and(|subs| subs.iter().any(|s| s.as_str() == Some(subject)))
+    }))
+}
+
+/// Reads presence notices until `event`, returning the nickname it names.
+async fn until_presence(conn: &mut Conn, event: PresenceEvent) -> Res<String> {
+    loop {
+        let (seen, nick) = conn.presence().await?;
+        if seen == event {
+            return Ok(nick);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_on_two_nodes_share_one_sequence_and_moderation_reaches_across() -> TestResult {
+    // The relay's errors (why the cluster was unavailable, say) are shown if the test fails.
+    let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("error").try_init();
+    let cluster = NatsCluster::start().map_err(|e| e.to_string())?;
+    let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let a = node(dir_a.path(), &cluster.nodes()[0].url()).await?;
+    // Every node serves with one relay key, so members pin one fingerprint.
+    std::fs::copy(Config::new(dir_a.path()).key_path(), Config::new(dir_b.path()).key_path())?;
+    let b = node(dir_b.path(), &cluster.nodes()[1].url()).await?;
+    assert_eq!(a.key, b.key);
+
+    let room = TestRoom::new("spanning");
+    let (mut owner, mut alice, bob) = (Person::new("owner"), Person::new("alice"), Person::new("bob"));
+    let (mut o, _) = member(&a, &owner, &room, true).await?;
+    let (mut al, joined) = member(&b, &alice, &room, false).await?;
+    let listed: Vec<String> = joined.members.iter().map(|m| m.nick.to_string()).collect();
+    assert_eq!(listed, ["alice", "owner"], "the list names the member on the other node");
+    assert_eq!(until_presence(&mut o, PresenceEvent::Joined).await?, "alice", "a join on B is told on A");
+
+    let mut seqs = Vec::new();
+    for i in 0..10 {
+        let (_, envelope) = owner.seal(&room, &format!("from A {i}"));
+        seqs.push(o.publish_ok(envelope.clone()).await?);
+        assert_eq!(al.delivery().await?, (*seqs.last().ok_or("sent")?, envelope));
+        let (_, envelope) = alice.seal(&room, &format!("from B {i}"));
+        seqs.push(al.publish_ok(envelope.clone()).await?);
+        assert_eq!(o.delivery().await?, (*seqs.last().ok_or("sent")?, envelope));
+    }
+    assert_eq!(seqs, (1..=20).collect::<Vec<u64>>(), "one gap-free sequence across both nodes");
+
+    // A member joining through B after all that replays the whole room in order.
+    let (mut bo, joined) = member(&b, &bob, &room, false).await?;
+    let replayed: Vec<u64> = joined.history.iter().map(|(seq, _)| *seq).collect();
+    assert_eq!(replayed, (1..=20).collect::<Vec<u64>>());
+    assert_eq!(joined.history_end, 20);
+
+    o.send(&[ClientMessage::Kick { nick: bob.nick.clone() }]).await?;
+    assert_eq!(bo.goodbye().await?.0, ErrorCode::Kicked, "a kick through A closes the member on B");
+    assert_eq!(until_presence(&mut al, PresenceEvent::Kicked).await?, "bob");
+    let (bo, _) = member(&b, &bob, &room, false).await?;
+    o.send(&[ClientMessage::Ban { nick: alice.nick.clone() }]).await?;
+    assert_eq!(al.goodbye().await?.0, ErrorCode::Banned, "a ban through A closes the member on B");
+    let mut again = Conn::connect(b.addr).await?;
+    let refused = again.join(&alice, &room, false, 0).await?.err().ok_or("a banned member joined B")?;
+    assert_eq!(refused.0, ErrorCode::Banned, "the ban holds on B");
+
+    // B follows the room's feed while it has a member there, and stops once it has none.
+    let server_b = &cluster.nodes()[1];
+    let fan = format!("fan.{}", room_token(room.name.as_str()));
+    assert!(subscribed(server_b, &fan)?, "B subscribes to {fan} while bob is on B");
+    drop(bo);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while subscribed(server_b, &fan)? {
+        assert!(std::time::Instant::now() < deadline, "B still follows the room without a member there");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    b.stop().await?;
+    a.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_list_names_every_member_on_every_node() -> TestResult {
+    let cluster = NatsCluster::start().map_err(|e| e.to_string())?;
+    let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let a = node(dir_a.path(), &cluster.nodes()[0].url()).await?;
+    let b = node(dir_b.path(), &cluster.nodes()[2].url()).await?;
+    let room = TestRoom::new("crowd");
+    let people: Vec<Person> = (0..40).map(|i| Person::new(&format!("m{i:02}"))).collect();
+    let mut connections = Vec::new();
+    for (i, person) in people.iter().enumerate() {
+        let relay = if i % 2 == 0 { &a } else { &b };
+        let (conn, joined) = member(relay, person, &room, i == 0).await?;
+        // Each joiner's list: everyone who joined before it, through either node, and itself.
+        let mut listed: Vec<String> = joined.members.iter().map(|m| m.nick.to_string()).collect();
+        listed.sort();
+        let expected: Vec<String> = people[..=i].iter().map(|p| p.nick.to_string()).collect();
+        assert_eq!(listed, expected, "the list {} got", person.nick);
+        connections.push(conn);
+    }
+    drop(connections);
+    b.stop().await?;
+    a.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_queued_behind_one_the_silent_cluster_never_answered_are_refused_with_it() -> TestResult {
+    let mut cluster = NatsCluster::start().map_err(|e| e.to_string())?;
+    let dir = tempfile::tempdir()?;
+    let relay = node(dir.path(), &cluster.nodes()[0].url()).await?;
+    let room = TestRoom::new("silent");
+    let mut owner = Person::new("owner");
+    let (mut o, _) = member(&relay, &owner, &room, true).await?;
+    o.publish_ok(owner.seal(&room, "stored").1).await?;
+
+    // No majority left: the stream can store nothing, and its one node says nothing.
+    cluster.kill(1).map_err(|e| e.to_string())?;
+    cluster.kill(2).map_err(|e| e.to_string())?;
+    let sends: Vec<ClientMessage> = (0..3)
+        .map(|i| ClientMessage::Send { envelope: owner.seal(&room, &format!("queued {i}")).1 })
+        .collect();
+    o.send(&sends).await?;
+    let first = o.answer_within(APPEND_DEADLINE + Duration::from_secs(15)).await?;
+    assert!(
+        matches!(first, RelayMessage::SendError { code: ErrorCode::Internal, .. }),
+        "the first send is refused once the append deadline passes: {first:?}"
+    );
+    // The two queued behind it are refused with it, not one deadline each: before the Pong
+    // of a Ping sent only now.
+    let before = o.until_pong(1).await?;
+    let refused = before
+        .iter()
+        .filter(|m| matches!(m, RelayMessage::SendError { code: ErrorCode::Internal, .. }))
+        .count();
+    assert_eq!(refused, 2, "{before:?}");
+    Ok(())
+}
