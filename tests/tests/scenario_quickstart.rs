@@ -34,6 +34,15 @@ fn cargo(home: &Path, args: &[&str]) -> Result<Command, Box<dyn Error + Send + S
     let rustup_home =
         std::env::var_os("RUSTUP_HOME").map_or_else(|| real_home.join(".rustup"), PathBuf::from);
     let mut cmd = Command::new("cargo");
+    // As from a user's shell: without what `cargo test` sets for this test (CARGO_MANIFEST_DIR,
+    // CARGO_PKG_NAME, OUT_DIR...). Build scripts that watch those (ring's) would otherwise
+    // see a change, and the next build from a shell (scripts/dist) would rebuild them.
+    for (name, _) in std::env::vars_os() {
+        let name_text = name.to_string_lossy();
+        if (name_text.starts_with("CARGO_") && name_text != "CARGO_HOME") || name_text == "OUT_DIR" {
+            cmd.env_remove(&name);
+        }
+    }
     cmd.args(args)
         .current_dir(workspace())
         .env("HOME", home)

@@ -43,6 +43,14 @@ pub(crate) fn session(e: &SessionError) -> String {
             format!("{e}; try again later or report it to the relay's operator")
         }
         SessionError::File(f) => file(f),
+        SessionError::GroupKeyMismatch => {
+            format!("{e}; check the password, and the relay's fingerprint, with the other members")
+        }
+        SessionError::EntryFailed => format!("{e}; try again"),
+        SessionError::RemovedFromGroup => format!(
+            "{e}. Run chatroom again to re-enter with the password (every member will see it), or ask the \
+             owner why"
+        ),
         _ => e.to_string(),
     }
 }

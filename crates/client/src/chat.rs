@@ -7,7 +7,9 @@ use crate::commands::{parse_line, Command, Input as Line, HELP};
 use crate::config::{read_password_file, Config};
 use chatroom_session::crypto::{load_or_create_identity, ContentKind, ErrorCode, Identity, Zeroizing};
 use chatroom_session::display::neutralize;
-use chatroom_session::session::{Limits, RoomKeyCache, Session, SessionConfig, SessionEnd, SessionHandle};
+use chatroom_session::session::{
+    Limits, RoomKeyCache, SendError, Session, SessionConfig, SessionEnd, SessionHandle,
+};
 use chatroom_session::trust::RelayPin;
 
 use crate::app_error::AppError;
@@ -37,15 +39,17 @@ fn limits(chat: &ChatArgs) -> Result<Limits, AppError> {
 }
 
 /// What a chat needs once the target, identity and password are settled.
-struct Prepared {
-    config: SessionConfig,
-    keys: Arc<RoomKeyCache>,
-    identity: Arc<Identity>,
-    password: Zeroizing<String>,
-    from_file: bool,
-    relay_label: String,
-    input: Input,
-    config_file: Config,
+pub(crate) struct Prepared {
+    pub(crate) config: SessionConfig,
+    pub(crate) keys: Arc<RoomKeyCache>,
+    pub(crate) identity: Arc<Identity>,
+    pub(crate) password: Zeroizing<String>,
+    pub(crate) from_file: bool,
+    pub(crate) relay_label: String,
+    pub(crate) input: Input,
+    pub(crate) config_file: Config,
+    /// The room's protocol version (1 or 2).
+    protocol: u8,
 }
 
 /// Resolves the target, loads the identity, checks the relay and asks for the password.
@@ -106,12 +110,16 @@ async fn prepare(cli: &Cli, paths: &Paths) -> Result<Prepared, AppError> {
         limits,
     };
     let identity = Arc::new(identity);
-    Ok(Prepared { config, keys, identity, password, from_file, relay_label, input, config_file })
+    let protocol = target.protocol.unwrap_or(1);
+    Ok(Prepared { config, keys, identity, password, from_file, relay_label, input, config_file, protocol })
 }
 
 pub(crate) async fn run(cli: Cli, paths: Paths) -> Result<(), AppError> {
     let mut p = prepare(&cli, &paths).await?;
     let chat = &cli.chat;
+    if p.protocol == 2 {
+        return crate::chat_v2::run(p, chat).await;
+    }
     if crate::tui::wanted(chat.plain) {
         p.config.limits.context_on_start = crate::tui::RECENT_CONTEXT;
         let start = crate::tui::Start {
@@ -164,7 +172,59 @@ async fn start_plain(p: &mut Prepared, ui: &Arc<PlainUi>) -> Result<SessionHandl
 /// reading input until the relay catches up, so any amount of piped input is delivered.
 const WINDOW: u64 = 1000;
 
-async fn talk(mut handle: SessionHandle, input: Input, ui: &PlainUi, invite: &str) -> Result<(), AppError> {
+/// What line mode needs of a session, whichever the protocol version.
+pub(crate) trait ChatHandle {
+    /// Queues a message.
+    async fn send(&mut self, kind: ContentKind, body: &str) -> Result<u64, SendError>;
+    /// Sends a command to the relay (or answers it locally).
+    async fn command(&mut self, command: Command) -> Result<(), SendError>;
+    /// Waits until the relay answered everything sent before.
+    async fn sync(&self) -> bool;
+    /// The lines `/safety` prints.
+    async fn safety(&self) -> Vec<String>;
+    /// Waits until the session ends on its own.
+    async fn ended(&mut self) -> SessionEnd;
+    /// Closes the session after flushing.
+    async fn close(self, flush: std::time::Duration) -> SessionEnd;
+}
+
+impl ChatHandle for SessionHandle {
+    async fn send(&mut self, kind: ContentKind, body: &str) -> Result<u64, SendError> {
+        SessionHandle::send(self, kind, body).await
+    }
+    async fn command(&mut self, command: Command) -> Result<(), SendError> {
+        match command {
+            Command::Whois(nick) => self.whois(nick).await,
+            Command::Who => self.who().await,
+            Command::Kick(nick) => self.kick(nick).await,
+            Command::Ban(nick) => self.ban(nick).await,
+            Command::Unban(nick) => self.unban(nick).await,
+            _ => Ok(()),
+        }
+    }
+    async fn sync(&self) -> bool {
+        SessionHandle::sync(self).await
+    }
+    async fn safety(&self) -> Vec<String> {
+        vec![
+            format!("safety code: {}", self.safety_code()),
+            format!("relay fingerprint: {}", self.relay_fingerprint()),
+        ]
+    }
+    async fn ended(&mut self) -> SessionEnd {
+        SessionHandle::ended(self).await
+    }
+    async fn close(self, flush: std::time::Duration) -> SessionEnd {
+        SessionHandle::close(self, flush).await
+    }
+}
+
+pub(crate) async fn talk<H: ChatHandle>(
+    mut handle: H,
+    input: Input,
+    ui: &PlainUi,
+    invite: &str,
+) -> Result<(), AppError> {
     let mut lines = input.into_lines();
     let mut queued: u64 = 0;
     let mut failed = 0usize;
@@ -224,8 +284,8 @@ enum Outcome {
 }
 
 /// Hands a message to the session: queued, or failed with the reason shown.
-async fn queue(
-    handle: &mut SessionHandle,
+async fn queue<H: ChatHandle>(
+    handle: &mut H,
     kind: ContentKind,
     text: &str,
     failed: &impl Fn(&dyn std::fmt::Display) -> Outcome,
@@ -238,7 +298,7 @@ async fn queue(
 
 /// Acts on one line of input. Commands for the relay are awaited: a refusal has been printed
 /// (and counted by the front end) by the time this returns.
-async fn line_action(handle: &mut SessionHandle, line: &str, ui: &PlainUi, invite: &str) -> Outcome {
+async fn line_action<H: ChatHandle>(handle: &mut H, line: &str, ui: &PlainUi, invite: &str) -> Outcome {
     let failed = |e: &dyn std::fmt::Display| {
         ui.notice(&format!("error: {e}"));
         Outcome::Failed
@@ -257,8 +317,9 @@ async fn line_action(handle: &mut SessionHandle, line: &str, ui: &PlainUi, invit
             return Outcome::Done;
         }
         Command::Safety => {
-            ui.notice(&format!("safety code: {}", handle.safety_code()));
-            ui.notice(&format!("relay fingerprint: {}", handle.relay_fingerprint()));
+            for line in handle.safety().await {
+                ui.notice(&line);
+            }
             return Outcome::Done;
         }
         Command::Invite => {
@@ -278,11 +339,11 @@ async fn line_action(handle: &mut SessionHandle, line: &str, ui: &PlainUi, invit
         Command::Quit => return Outcome::Quit,
         Command::Me(text) => return queue(handle, ContentKind::Action, &text, &failed).await,
         Command::Topic(text) => return queue(handle, ContentKind::Topic, &text, &failed).await,
-        Command::Whois(nick) => handle.whois(nick).await,
-        Command::Who => handle.who().await,
-        Command::Kick(nick) => handle.kick(nick).await,
-        Command::Ban(nick) => handle.ban(nick).await,
-        Command::Unban(nick) => handle.unban(nick).await,
+        command @ (Command::Whois(_)
+        | Command::Who
+        | Command::Kick(_)
+        | Command::Ban(_)
+        | Command::Unban(_)) => handle.command(command).await,
     };
     if let Err(e) = sent {
         return failed(&e);

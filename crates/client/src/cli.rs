@@ -44,6 +44,10 @@ pub(crate) struct TargetArgs {
     /// Argon2id parameters of the room key (at least the default m65536t3p1)
     #[arg(long, value_name = "m65536t3p1")]
     pub(crate) kdf: Option<String>,
+    /// Protocol version of the room: 1, or 2 (MLS: forward secrecy, removal that holds; line
+    /// mode only) [default: 1]
+    #[arg(long, value_name = "1|2", value_parser = clap::value_parser!(u8).range(1..=2))]
+    pub(crate) protocol: Option<u8>,
 }
 
 /// Options for chatting.
@@ -78,6 +82,15 @@ pub(crate) struct ChatArgs {
     /// 20; raise it only as far as the relay's --rate-burst]
     #[arg(long, value_name = "N")]
     pub(crate) send_burst: Option<u32>,
+    /// Protocol 2: renew your keys in the room's group (an MLS update commit) after this many
+    /// of your messages [default: 100, or `heal_messages` in config.toml; the room's own
+    /// setting caps it]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) heal_messages: Option<u32>,
+    /// Protocol 2: ... or after this many hours [default: 24, or `heal_hours` in config.toml;
+    /// the room's own setting caps it]
+    #[arg(long, value_name = "H", value_parser = clap::value_parser!(u32).range(1..=8760))]
+    pub(crate) heal_hours: Option<u32>,
 }
 
 /// Subcommands.

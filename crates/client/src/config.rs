@@ -5,6 +5,8 @@
 //! proxy = "socks5h://127.0.0.1:9050"   # optional default for every room
 //! highlight = ["deploy", "alice-team"] # optional: words that mark a message as a mention
 //! bell = "unfocused"                   # optional: "unfocused" (default), "always" or "never"
+//! heal_messages = 100                  # optional, protocol 2: update commit after N own messages
+//! heal_hours = 24                      # optional, protocol 2: ... or after H hours
 //!
 //! [rooms.work]
 //! relay = "chat.example.org:7777"
@@ -14,6 +16,7 @@
 //! proxy = "socks5h://127.0.0.1:9050"   # optional
 //! password_file = "~/.config/chatroom/work.pass"   # optional, mode 0600; ~ is the home directory
 //! kdf = "m65536t3p1"                   # optional
+//! protocol = 2                         # optional: 1 (default) or 2 (MLS)
 //! ```
 
 use std::collections::BTreeMap;
@@ -61,6 +64,10 @@ pub(crate) struct Config {
     /// When a mention rings the terminal bell.
     #[serde(default)]
     pub(crate) bell: Bell,
+    /// Protocol 2: an update commit after this many own messages (1 or more; default 100).
+    pub(crate) heal_messages: Option<u32>,
+    /// Protocol 2: ... or after this many hours (1 to 8760; default 24).
+    pub(crate) heal_hours: Option<u32>,
     /// Saved rooms by name.
     #[serde(default)]
     pub(crate) rooms: BTreeMap<String, RoomEntry>,
@@ -84,6 +91,8 @@ pub(crate) struct RoomEntry {
     pub(crate) password_file: Option<PathBuf>,
     /// Argon2id parameters like `m65536t3p1`.
     pub(crate) kdf: Option<String>,
+    /// Protocol version of the room: 1 (default) or 2.
+    pub(crate) protocol: Option<u8>,
     /// Refused with advice: passwords never go into the config file.
     #[serde(default)]
     password: Option<toml::Value>,
@@ -129,6 +138,16 @@ impl Config {
                 why: format!(
                     "highlight takes at most {MAX_HIGHLIGHTS} words of 1 to {MAX_HIGHLIGHT_LEN} bytes each"
                 ),
+            });
+        }
+        let bad_heal =
+            (config.heal_messages == Some(0), config.heal_hours.is_some_and(|h| !(1..=8760).contains(&h)));
+        if bad_heal.0 || bad_heal.1 {
+            let key = if bad_heal.0 { "heal_messages" } else { "heal_hours" };
+            return Err(FileError::Syntax {
+                path: path.display().to_string(),
+                line: key_line(text, key).unwrap_or(1),
+                why: "heal_messages takes 1 or more messages, heal_hours 1 to 8760 hours".into(),
             });
         }
         let mut config = config;
@@ -273,6 +292,11 @@ room = "family"
         let err = Config::parse("\nhighlight = [\"\"]\n", Path::new("c.toml")).unwrap_err().to_string();
         assert!(err.starts_with("c.toml, line 2: highlight takes at most"), "{err}");
         assert!(Config::parse("bell = \"loud\"\n", Path::new("c.toml")).is_err());
+        let c = Config::parse("heal_messages = 5\nheal_hours = 2\n", Path::new("c.toml"))?;
+        assert_eq!((c.heal_messages, c.heal_hours), (Some(5), Some(2)));
+        for bad in ["heal_messages = 0\n", "heal_hours = 0\n", "heal_hours = 8761\n"] {
+            assert!(Config::parse(bad, Path::new("c.toml")).is_err(), "{bad}");
+        }
         Ok(())
     }
 

@@ -5,7 +5,9 @@
 use chatroom_session::crypto::{ContentKind, PresenceEvent, PublicIdentity};
 use chatroom_session::display::{key_tag, neutralize, neutralize_line};
 use chatroom_session::error::code_name;
-use chatroom_session::session::{ChatMessage, ConnState, Event, KdfProgress, MemberInfo, Rejected, Whois};
+use chatroom_session::session::{
+    ChatMessage, ConnState, Event, GroupEvent, KdfProgress, MemberInfo, Rejected, Whois,
+};
 
 /// Formats the time of a message.
 pub(crate) fn clock(timestamp_ms: u64) -> String {
@@ -38,6 +40,90 @@ pub(crate) fn message_line(m: &ChatMessage) -> String {
     match m.kind {
         ContentKind::Action => format!("{} {history}* {nick} {body}", clock(m.timestamp_ms)),
         _ => format!("{} {history}<{nick}> {body}", clock(m.timestamp_ms)),
+    }
+}
+
+/// A message line with the sender's key tag beside the nickname: `<alice 1a2b3c4d> text`.
+pub(crate) fn tagged_message_line(m: &ChatMessage) -> String {
+    let history = if m.history { "[history] " } else { "" };
+    let nick = neutralize(m.nick.as_str());
+    let body = neutralize_line(&m.body);
+    let tag = key_tag(&m.sender);
+    match m.kind {
+        ContentKind::Action => format!("{} {history}* {nick} ({tag}) {body}", clock(m.timestamp_ms)),
+        _ => format!("{} {history}<{nick} {tag}> {body}", clock(m.timestamp_ms)),
+    }
+}
+
+/// Protocol 2's first join: the room code is shown, but the code to compare is the epoch code
+/// (`/safety`), since only it shows that members share one group. `None` for other events.
+pub(crate) fn v2_joined_line(event: &Event, relay: &str) -> Option<String> {
+    let Event::Joined { created, rejoin: false, owner_is_me, owner, safety_code, relay_fingerprint } = event
+    else {
+        return None;
+    };
+    let what = if *created {
+        format!("created the room on {relay}; you are its owner")
+    } else {
+        format!(
+            "joined the room on {relay} (owner: {})",
+            if *owner_is_me { "you".to_owned() } else { short(owner) }
+        )
+    };
+    Some(format!(
+        "{what}\n-!- relay fingerprint: {relay_fingerprint}\n-!- room code: {safety_code} (equal for everyone \
+         with this password)\n-!- once you are in the room's group, /safety shows the epoch code: compare that \
+         one with the other members out of band"
+    ))
+}
+
+/// What the room's MLS group did (protocol 2); identities as key tags, which MLS authenticates.
+fn group_line(g: &GroupEvent) -> String {
+    match g {
+        GroupEvent::Entered { epoch } => format!(
+            "you entered the room's group (epoch {epoch}): you read what is sent from now on; /safety shows \
+             the epoch code to compare with the other members"
+        ),
+        GroupEvent::EntryRetry { attempt } => {
+            // The newer group state comes from a member who is online: say so, since with none
+            // online this waits until one comes.
+            format!(
+                "the group changed while you entered; entering again (attempt {attempt}) once a member \
+                 who is online publishes the group's new state"
+            )
+        }
+        // An entry that replaced the committer's own earlier leaf: the same member back with
+        // a new state (it lost its state or fell behind the relay's history).
+        GroupEvent::Commit { epoch, committer, entry: true, own: false, removed }
+            if removed.contains(committer) =>
+        {
+            format!(
+                "member {} entered the group again (epoch {epoch}), replacing its earlier place; it reads what \
+                 is sent from now on",
+                key_tag(committer)
+            )
+        }
+        GroupEvent::Commit { epoch, committer, entry: true, own: false, .. } => {
+            format!("member {} entered the group (epoch {epoch})", key_tag(committer))
+        }
+        GroupEvent::Commit { epoch, removed, .. } if !removed.is_empty() => {
+            let tags: Vec<String> = removed.iter().map(key_tag).collect();
+            format!(
+                "removed from the group: {} (epoch {epoch}); they read nothing sent from now on",
+                tags.join(", ")
+            )
+        }
+        GroupEvent::Commit { epoch, committer, .. } => {
+            format!("the group's keys changed (epoch {epoch}, by {})", key_tag(committer))
+        }
+        GroupEvent::Refused { seq, reason } => {
+            format!("warning: entry #{seq} of the room's log was refused and skipped: {}", neutralize(reason))
+        }
+        GroupEvent::FellBehind { last, oldest } => format!(
+            "messages after #{last} and before #{oldest} were not retained by the relay and cannot be read; \
+             entering the group again"
+        ),
+        _ => "the room's group changed".into(),
     }
 }
 
@@ -204,6 +290,7 @@ fn other_line(event: &Event) -> Option<String> {
         }
         Event::CommandFailed { code, detail } => format!("error: {} ({})", neutralize(detail), code_name(*code)),
         Event::Warning(text) => format!("warning: {}", neutralize(text)),
+        Event::Group(g) => group_line(g),
         _ => return None,
     })
 }
@@ -211,6 +298,49 @@ fn other_line(event: &Event) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn group_events_name_members_by_the_key_mls_authenticated() {
+        let bob = PublicIdentity([0xb0; 32]);
+        let entry = GroupEvent::Commit { epoch: 3, committer: bob, entry: true, removed: vec![], own: false };
+        assert_eq!(group_line(&entry), "member b0b0b0b0 entered the group (epoch 3)");
+        let again =
+            GroupEvent::Commit { epoch: 5, committer: bob, entry: true, removed: vec![bob], own: false };
+        assert_eq!(
+            group_line(&again),
+            "member b0b0b0b0 entered the group again (epoch 5), replacing its earlier place; it reads what is \
+             sent from now on"
+        );
+        let removal = GroupEvent::Commit {
+            epoch: 4,
+            committer: PublicIdentity([1; 32]),
+            entry: false,
+            removed: vec![bob],
+            own: true,
+        };
+        assert_eq!(
+            group_line(&removal),
+            "removed from the group: b0b0b0b0 (epoch 4); they read nothing sent from now on"
+        );
+        let retry = group_line(&GroupEvent::EntryRetry { attempt: 2 });
+        assert!(retry.contains("(attempt 2) once a member who is online publishes"), "{retry}");
+        let refused = GroupEvent::Refused { seq: 9, reason: "forged\u{1b}[2J".into() };
+        assert!(!group_line(&refused).contains('\u{1b}'), "relay-controlled text is neutralised");
+        let joined = Event::Joined {
+            created: false,
+            owner: bob,
+            owner_is_me: false,
+            safety_code: "1 2 3".into(),
+            relay_fingerprint: "ff".into(),
+            rejoin: false,
+        };
+        let line = v2_joined_line(&joined, "r:1").unwrap();
+        assert!(
+            line.contains("room code: 1 2 3 (equal for everyone")
+                && line.contains("/safety shows the epoch code")
+        );
+        assert!(!line.contains("safety code"), "{line}");
+    }
     use chatroom_session::crypto::Nick;
 
     fn msg(kind: ContentKind, history: bool, body: &str) -> ChatMessage {

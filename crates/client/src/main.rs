@@ -5,6 +5,7 @@
 mod advice;
 mod app_error;
 mod chat;
+mod chat_v2;
 mod cli;
 mod commands;
 mod config;

@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 use chatroom_session::crypto::{ContentKind, PublicIdentity};
 use chatroom_session::session::{Callbacks, Event, KdfProgress};
 
-use crate::event_text::{event_line, message_line, topic_line};
+use crate::event_text::{event_line, message_line, tagged_message_line, topic_line};
 
 /// The line-mode front end's event sink. It also counts, for the exit status and for pacing
 /// the input, the messages the relay answered and the refusals it reported.
@@ -35,6 +35,9 @@ pub(crate) struct PlainUi {
     progress: Notify,
     /// The room owner, once joined: only their topic is shown as the topic.
     owner: Mutex<Option<PublicIdentity>>,
+    /// Protocol 2: each message shows its MLS-authenticated sender's key tag, and the first
+    /// join points to the epoch code.
+    v2: bool,
 }
 
 impl PlainUi {
@@ -48,7 +51,15 @@ impl PlainUi {
             failures: AtomicUsize::new(0),
             progress: Notify::new(),
             owner: Mutex::new(None),
+            v2: false,
         }
+    }
+
+    /// Shows each message's sender key tag beside the nickname (protocol 2, where the key is
+    /// what MLS authenticates and nicknames are not pinned).
+    pub(crate) fn for_protocol_2(mut self) -> Self {
+        self.v2 = true;
+        self
     }
 
     /// Messages the relay has answered so far.
@@ -110,7 +121,8 @@ impl Callbacks for PlainUi {
             }
             let _guard = self.out.lock().unwrap_or_else(|e| e.into_inner());
             let mut out = io::stdout().lock();
-            let _ = writeln!(out, "{}", message_line(m));
+            let line = if self.v2 { tagged_message_line(m) } else { message_line(m) };
+            let _ = writeln!(out, "{line}");
             let _ = out.flush();
             return;
         }
@@ -127,6 +139,12 @@ impl Callbacks for PlainUi {
             if let Event::KeyDerivation(KdfProgress::Done(_)) = &event {
                 let _guard = self.out.lock().unwrap_or_else(|e| e.into_inner());
                 let _ = write!(io::stderr().lock(), "\r\x1b[K");
+            }
+        }
+        if self.v2 {
+            if let Some(line) = crate::event_text::v2_joined_line(&event, &self.relay) {
+                self.notice(&line);
+                return;
             }
         }
         if let Some(line) = event_line(&event, &self.relay) {

@@ -80,6 +80,8 @@ pub(crate) struct Target {
     pub(crate) proxy: Option<Proxy>,
     pub(crate) password_file: Option<PathBuf>,
     pub(crate) kdf: KdfParams,
+    /// Protocol version: 1 or 2.
+    pub(crate) protocol: Option<u8>,
 }
 
 fn entry_into(target: &mut Target, name: &str, entry: &RoomEntry, path: &Path) -> Result<(), AppError> {
@@ -102,6 +104,12 @@ fn entry_into(target: &mut Target, name: &str, entry: &RoomEntry, path: &Path) -
             Some(proxy.parse().map_err(|e: chatroom_session::error::AddressError| ctx(e.to_string()))?);
     }
     target.password_file = entry.password_file.clone();
+    if let Some(v) = entry.protocol {
+        if !(1..=2).contains(&v) {
+            return Err(ctx(format!("protocol = {v}: the versions are 1 and 2")));
+        }
+        target.protocol = Some(v);
+    }
     if let Some(kdf) = &entry.kdf {
         target.kdf = kdf.parse().map_err(|e: chatroom_session::crypto::KdfError| ctx(e.to_string()))?;
     }
@@ -152,6 +160,9 @@ pub(crate) fn resolve(args: &TargetArgs, config: &Config, config_path: &Path) ->
     if let Some(kdf) = &args.kdf {
         target.kdf = kdf.parse()?;
     }
+    if args.protocol.is_some() {
+        target.protocol = args.protocol;
+    }
     Ok(target)
 }
 
@@ -191,4 +202,26 @@ pub(crate) fn complete(target: &mut Target, chat: &ChatArgs, input: &mut Input) 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(protocol: &str) -> Config {
+        let text = format!("[rooms.v2]\nrelay = \"127.0.0.1:1\"\nroom = \"r\"\n{protocol}\n");
+        Config::parse(&text, Path::new("config.toml")).unwrap()
+    }
+
+    #[test]
+    fn the_protocol_comes_from_the_saved_room_or_the_flag() {
+        let saved = TargetArgs { target: Some("v2".into()), ..TargetArgs::default() };
+        let path = Path::new("config.toml");
+        assert_eq!(resolve(&saved, &config("protocol = 2"), path).unwrap().protocol, Some(2));
+        assert_eq!(resolve(&saved, &config(""), path).unwrap().protocol, None);
+        let flagged = TargetArgs { protocol: Some(1), ..saved.clone() };
+        assert_eq!(resolve(&flagged, &config("protocol = 2"), path).unwrap().protocol, Some(1));
+        let err = resolve(&saved, &config("protocol = 3"), path).err().unwrap().to_string();
+        assert!(err.contains("protocol = 3: the versions are 1 and 2"), "{err}");
+    }
 }

@@ -13,8 +13,8 @@ use crate::kdf::{argon2id_master, labelled_room_salt, JoinSecret, JoinVerifier, 
 use crate::names::RoomName;
 
 /// Everything a v2 member derives from the room password. `master` and the HKDF state are
-/// wiped before this exists.
-#[derive(Zeroize, ZeroizeOnDrop)]
+/// wiped before this exists. Cloned only to enter again (each `V2Room` owns one copy).
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct RoomSecretsV2 {
     /// Shown to the relay at join (admission, as in v1).
     pub join_secret: JoinSecret,

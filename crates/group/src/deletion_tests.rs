@@ -123,7 +123,12 @@ fn content_kind_reads_every_message_type_and_never_panics_on_a_prefix() -> TestR
     assert_eq!(content_kind(&update), Some(Kind::Commit));
     assert_eq!(content_kind(&entry), Some(Kind::Commit));
     assert_eq!(content_kind(&info), None);
+    use crate::wire::message_epoch;
+    let epoch = all[0].1.epoch();
+    assert_eq!([&app, &update, &entry].map(|m| message_epoch(m)), [Some(epoch); 3]);
+    assert_eq!(message_epoch(&info), None);
     for m in [&app, &update, &entry] {
+        assert!((0..m.len()).filter_map(|n| message_epoch(&m[..n])).all(|e| e == epoch));
         // Every strict prefix that stops before the content type reads as nothing.
         let found = (0..m.len()).filter(|&n| content_kind(&m[..n]).is_some()).min().unwrap();
         assert!((0..found).all(|n| content_kind(&m[..n]).is_none()));

@@ -26,4 +26,4 @@ pub use group_info::{
 pub use ids::{RoomRef, CIPHER_SUITE};
 pub use room::{CommitSummary, Event, Kind, LogEntry, Room, MAX_MLS_LEN};
 pub use settings::{RoomSettings, ROOM_EXTENSION};
-pub use wire::content_kind;
+pub use wire::{content_kind, message_epoch};

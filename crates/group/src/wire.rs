@@ -1,6 +1,8 @@
 //! The clear header of an MLSMessage (RFC 9420 section 6): its content type, which mls-rs does
 //! not expose. A PrivateMessage carries `content_type` in clear and binds it as associated data,
-//! so the envelope's kind byte can be checked against it before anything is decrypted.
+//! so the envelope's kind byte can be checked against it before anything is decrypted. The
+//! epoch, also in clear, lets a copy of the relay's log be read for which epoch each commit was
+//! built on (two commits of one epoch: the second lost).
 
 use crate::room::Kind;
 
@@ -42,6 +44,21 @@ impl<'a> Reader<'a> {
         };
         self.take(len).map(|_| ())
     }
+}
+
+/// The epoch a Public- or PrivateMessage was built in, from its clear header, or `None` for
+/// anything else (as `content_kind`). Unauthenticated: a claim of the sender, checked by MLS
+/// when the message is processed.
+pub fn message_epoch(mls: &[u8]) -> Option<u64> {
+    let mut r = Reader(mls);
+    let _version = r.u16()?;
+    let wire_format = r.u16()?;
+    if wire_format != PUBLIC_MESSAGE && wire_format != PRIVATE_MESSAGE {
+        return None;
+    }
+    r.skip_vector()?; // group_id
+    let epoch = r.take(8)?;
+    Some(u64::from_be_bytes(epoch.try_into().ok()?))
 }
 
 /// The content type of a Public- or PrivateMessage as a `Kind`, or `None` for anything else

@@ -137,6 +137,17 @@ pub enum SessionError {
     /// A local file could not be used.
     #[error(transparent)]
     File(#[from] FileError),
+    /// Protocol v2: the room's sealed GroupInfo does not open with this password's key (the
+    /// relay admitted the join secret, so the relay or the room's key material is wrong).
+    #[error("the room's key material does not match this password")]
+    GroupKeyMismatch,
+    /// Protocol v2: every attempt to enter lost to another commit.
+    #[error("could not enter: the room changes faster than we can join")]
+    EntryFailed,
+    /// Protocol v2: the owner's removal commit won; this client's group state reads nothing
+    /// sent from then on.
+    #[error("the room's owner removed you from the room's group; nothing sent from now on can be read by this client")]
+    RemovedFromGroup,
 }
 
 impl SessionError {

@@ -13,5 +13,6 @@ pub mod state;
 pub mod transport;
 pub mod trust;
 pub mod v2;
+pub mod v2_session;
 
 pub use chatroom_crypto as crypto;

@@ -65,6 +65,10 @@ pub struct V2Room {
     /// The highest `seq` processed.
     cursor: u64,
     counter: u64,
+    /// Healing: messages sent since this member's last winning commit, and when that was
+    /// (Unix seconds; 0 if unknown, which makes the next update due at once).
+    sent_since_commit: u32,
+    committed_at: u64,
 }
 
 impl std::fmt::Debug for V2Room {
@@ -90,7 +94,9 @@ impl V2Room {
     ) -> Result<(Self, Vec<u8>), V2Error> {
         let room = Room::create(&identity, room_ref(&name, relay_key), &keys.room_psk)?;
         let sealed = room.sealed_group_info(&keys.group_info_key)?;
-        Ok((Self { name, identity, keys, room, cursor: 0, counter: 0 }, sealed))
+        let me =
+            Self { name, identity, keys, room, cursor: 0, counter: 0, sent_since_commit: 0, committed_at: 0 };
+        Ok((me, sealed))
     }
 
     /// Enters from the sealed GroupInfo stored after `group_info_seq`: returns the room (not
@@ -101,11 +107,34 @@ impl V2Room {
         name: RoomName,
         relay_key: &[u8; 32],
         keys: RoomSecretsV2,
+        stored: (u64, &[u8]),
+    ) -> Result<(Self, Vec<u8>), V2Error> {
+        Self::enter_after_counter(identity, name, relay_key, keys, stored, 0)
+    }
+
+    /// As `enter`, with every envelope's counter above `counter_floor`: an identity that enters
+    /// again (removed, or its state lost) must not reuse a counter the relay still retains,
+    /// which it would acknowledge and drop as a resend.
+    pub fn enter_after_counter(
+        identity: Identity,
+        name: RoomName,
+        relay_key: &[u8; 32],
+        keys: RoomSecretsV2,
         (group_info_seq, sealed): (u64, &[u8]),
+        counter_floor: u64,
     ) -> Result<(Self, Vec<u8>), V2Error> {
         let refd = room_ref(&name, relay_key);
         let (room, commit) = Room::enter(&identity, refd, &keys.room_psk, &keys.group_info_key, sealed)?;
-        let mut me = Self { name, identity, keys, room, cursor: group_info_seq, counter: 0 };
+        let mut me = Self {
+            name,
+            identity,
+            keys,
+            room,
+            cursor: group_info_seq,
+            counter: counter_floor,
+            sent_since_commit: 0,
+            committed_at: 0,
+        };
         let envelope = me.wrap(Kind::Commit, &commit)?;
         Ok((me, envelope))
     }
@@ -119,7 +148,50 @@ impl V2Room {
     pub fn send(&mut self, content: &Content) -> Result<Vec<u8>, V2Error> {
         let plaintext = content.to_padded_bytes()?;
         let mls = self.room.seal_message(&plaintext)?;
+        self.sent_since_commit = self.sent_since_commit.saturating_add(1);
         self.wrap(Kind::Application, &mls)
+    }
+
+    /// Whether this member should send an update commit (draft section 9): it has sent
+    /// `messages` messages, or `seconds` passed, since its last winning commit (its creation,
+    /// entry, update or removal). `now` is in Unix seconds; both limits count from 1.
+    pub fn heal_due(&self, now: u64, messages: u32, seconds: u64) -> bool {
+        self.sent_since_commit >= messages.max(1) || now.saturating_sub(self.committed_at) >= seconds.max(1)
+    }
+
+    /// This member's own commit won (or it created the group) at `now`, Unix seconds: its
+    /// leaf is fresh, and the healing counts start over.
+    pub fn mark_committed(&mut self, now: u64) {
+        self.sent_since_commit = 0;
+        self.committed_at = now;
+    }
+
+    /// The room's healing settings from the group context: (`heal_messages`, `heal_seconds`).
+    pub fn heal_settings(&self) -> Option<(u32, u32)> {
+        self.room.settings().map(|s| (s.heal_messages, s.heal_seconds))
+    }
+
+    /// Makes every later envelope's counter exceed `floor` (the driver passes the time in
+    /// microseconds, as v1 does, so a counter never repeats across lost state).
+    pub fn raise_counter(&mut self, floor: u64) {
+        self.counter = self.counter.max(floor);
+    }
+
+    /// A commit removing every leaf of `who` (the owner's kick or ban) as an envelope,
+    /// pending until the log decides.
+    pub fn remove(&mut self, who: &PublicIdentity) -> Result<Vec<u8>, V2Error> {
+        let mls = self.room.remove(who)?;
+        self.wrap(Kind::Commit, &mls)
+    }
+
+    /// The group's members (MLS leaves), in leaf order.
+    pub fn members(&self) -> Vec<PublicIdentity> {
+        self.room.members()
+    }
+
+    /// The room's owner, from the group context the members agreed on.
+    pub fn owner(&self) -> Option<PublicIdentity> {
+        self.room.settings().map(|s| s.owner)
     }
 
     /// An update commit (healing) as an envelope, pending until the log decides.
@@ -180,10 +252,12 @@ impl V2Room {
     /// mode 0600, atomically, synced.
     pub fn save(&mut self, path: &Path) -> Result<(), V2Error> {
         let mls = self.room.export_state()?;
-        let mut out = Zeroizing::new(Vec::with_capacity(17 + mls.len()));
+        let mut out = Zeroizing::new(Vec::with_capacity(HEADER_LEN + mls.len()));
         out.push(STATE_VERSION);
         out.extend_from_slice(&self.cursor.to_be_bytes());
         out.extend_from_slice(&self.counter.to_be_bytes());
+        out.extend_from_slice(&self.sent_since_commit.to_be_bytes());
+        out.extend_from_slice(&self.committed_at.to_be_bytes());
         out.extend_from_slice(&mls);
         write_private(path, &out).map_err(|e| V2Error::File(e.to_string()))
     }
@@ -199,19 +273,27 @@ impl V2Room {
         let bytes = Zeroizing::new(
             std::fs::read(path).map_err(|e| V2Error::File(format!("{}: {e}", path.display())))?,
         );
-        let (header, mls) = bytes.split_at_checked(17).ok_or(V2Error::File("too short".into()))?;
-        if header[0] != STATE_VERSION {
-            return Err(V2Error::File("an unknown version".into()));
-        }
+        // Version 1 had no healing fields: its next update is due at once.
+        let header_len = match bytes.first() {
+            Some(&STATE_VERSION) => HEADER_LEN,
+            Some(1) => 17,
+            _ => return Err(V2Error::File("an unknown version".into())),
+        };
+        let (header, mls) = bytes.split_at_checked(header_len).ok_or(V2Error::File("too short".into()))?;
         let u64_at = |i: usize| header.get(i..i + 8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
         let (cursor, counter) = (u64_at(1).unwrap_or(0), u64_at(9).unwrap_or(0));
+        let sent_since_commit =
+            header.get(17..21).and_then(|b| b.try_into().ok()).map_or(0, u32::from_be_bytes);
+        let committed_at = u64_at(21).unwrap_or(0);
         let room = Room::load_state(&identity, room_ref(&name, relay_key), &keys.room_psk, mls)?;
-        Ok(Self { name, identity, keys, room, cursor, counter })
+        Ok(Self { name, identity, keys, room, cursor, counter, sent_since_commit, committed_at })
     }
 }
 
-/// `version: u8 = 1 | cursor: u64 | counter: u64 | chatroom_group state`.
-const STATE_VERSION: u8 = 1;
+/// `version: u8 = 2 | cursor: u64 | counter: u64 | sent_since_commit: u32 | committed_at: u64 |
+/// chatroom_group state` (version 1 lacked the two healing fields).
+const STATE_VERSION: u8 = 2;
+const HEADER_LEN: usize = 1 + 8 + 8 + 4 + 8;
 
 #[cfg(test)]
 mod tests {
@@ -278,6 +360,115 @@ mod tests {
         assert_eq!(bob.on_deliver(2, &log[1]).unwrap(), V2Event::Skipped, "already processed");
         log.push(alice.send(&text("alice", "still there?")).unwrap());
         assert!(matches!(&feed(&mut bob, &log)[..], [Ok(V2Event::Message { seq: 3, .. })]));
+    }
+
+    #[test]
+    fn healing_is_due_by_count_or_time_survives_the_state_file_and_a_copy_stops_at_the_update() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut alice, info) =
+            V2Room::create(Identity::from_seed(&[1; 32]), general(), &RELAY, split_master_v2(&[7; 32]))
+                .unwrap();
+        alice.mark_committed(1_000);
+        let (mut bob, entry) = V2Room::enter(
+            Identity::from_seed(&[2; 32]),
+            general(),
+            &RELAY,
+            split_master_v2(&[7; 32]),
+            (0, &info),
+        )
+        .unwrap();
+        let mut log = vec![entry];
+        feed(&mut alice, &log);
+        feed(&mut bob, &log);
+        assert!(!alice.heal_due(1_000 + 59, 2, 60));
+        assert!(alice.heal_due(1_000 + 60, 2, 60), "by time");
+        log.push(alice.send(&text("alice", "one")).unwrap());
+        assert!(!alice.heal_due(1_000, 2, 60));
+        log.push(alice.send(&text("alice", "two")).unwrap());
+        assert!(alice.heal_due(1_000, 2, 60), "by count");
+
+        // The counts survive a restart; the copy is alice's whole state at epoch 1.
+        let path = dir.path().join("alice.v2");
+        alice.save(&path).unwrap();
+        let load = || {
+            V2Room::load(Identity::from_seed(&[1; 32]), general(), &RELAY, split_master_v2(&[7; 32]), &path)
+        };
+        let mut copy = load().unwrap();
+        assert!(copy.heal_due(1_000, 2, 60) && !copy.heal_due(1_000, 3, 60));
+
+        log.push(bob.send(&text("bob", "before")).unwrap());
+        log.push(alice.update().unwrap());
+        log.push(bob.send(&text("bob", "late")).unwrap());
+        let events = feed(&mut alice, &log);
+        assert!(matches!(&events[3], Ok(V2Event::Commit(c)) if c.own), "{events:?}");
+        alice.mark_committed(2_000);
+        assert!(!alice.heal_due(2_000, 2, 60));
+        assert!(matches!(
+            &feed(&mut bob, &log)[..],
+            [_, _, Ok(V2Event::Skipped), Ok(V2Event::Commit(_)), Ok(V2Event::Resend)]
+        ));
+        log.push(bob.send(&text("bob", "after")).unwrap());
+        assert!(matches!(&feed(&mut alice, &log)[..], [Ok(V2Event::Message { .. })]));
+
+        // The copy reads what was sealed before alice's update won, also "late" (sealed in
+        // the old epoch, which members discard and bob sends again), and nothing sealed after.
+        let bodies: Vec<String> = feed(&mut copy, &log)
+            .into_iter()
+            .filter_map(|e| match e {
+                Ok(V2Event::Message { content, .. }) => Some(content.body),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(bodies, vec!["before".to_string(), "late".to_string()]);
+    }
+
+    #[test]
+    fn a_copy_of_a_members_state_follows_other_members_commits_and_stops_only_at_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut alice, info) =
+            V2Room::create(Identity::from_seed(&[1; 32]), general(), &RELAY, split_master_v2(&[7; 32]))
+                .unwrap();
+        let (mut bob, entry) = V2Room::enter(
+            Identity::from_seed(&[2; 32]),
+            general(),
+            &RELAY,
+            split_master_v2(&[7; 32]),
+            (0, &info),
+        )
+        .unwrap();
+        let mut log = vec![entry];
+        feed(&mut alice, &log);
+        feed(&mut bob, &log);
+        let path = dir.path().join("alice.v2");
+        alice.save(&path).unwrap();
+        let mut copy =
+            V2Room::load(Identity::from_seed(&[1; 32]), general(), &RELAY, split_master_v2(&[7; 32]), &path)
+                .unwrap();
+        let read = |copy: &mut V2Room, log: &[Vec<u8>]| -> Vec<String> {
+            feed(copy, log)
+                .into_iter()
+                .filter_map(|e| match e {
+                    Ok(V2Event::Message { content, .. }) => Some(content.body),
+                    _ => None,
+                })
+                .collect()
+        };
+
+        // Bob's update heals bob, not alice: her old leaf still opens the new epoch.
+        log.push(bob.update().unwrap());
+        feed(&mut alice, &log);
+        feed(&mut bob, &log);
+        log.push(bob.send(&text("bob", "epoch two")).unwrap());
+        assert_eq!(read(&mut copy, &log), vec!["epoch two".to_string()]);
+        assert_eq!(copy.safety().unwrap(), alice.safety().unwrap(), "the copy follows");
+
+        // Alice's own update is what shuts the copy out.
+        log.push(alice.update().unwrap());
+        feed(&mut alice, &log);
+        feed(&mut bob, &log);
+        log.push(bob.send(&text("bob", "epoch three")).unwrap());
+        assert!(read(&mut copy, &log).is_empty());
+        assert_eq!(copy.safety().unwrap().1, 2);
     }
 
     #[test]

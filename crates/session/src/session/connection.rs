@@ -100,13 +100,29 @@ async fn write_all(write: &mut OwnedWriteHalf, bytes: &[u8]) -> Result<(), Sessi
 /// Runs the Noise XX handshake as initiator with a fresh static key. The relay's key is
 /// checked against `pin` (and recorded on first use) before message 3 is sent.
 pub async fn handshake(stream: TcpStream, addr: &str, pin: &RelayPin) -> Result<Handshaken, SessionError> {
+    handshake_version(stream, addr, pin, 1).await
+}
+
+/// As `handshake`, for protocol version 2: prologue `chatroom/2`, the version byte in clear in
+/// message 1 (docs/PROTOCOL-v2-draft.md, the introduction).
+pub async fn handshake_v2(stream: TcpStream, addr: &str, pin: &RelayPin) -> Result<Handshaken, SessionError> {
+    handshake_version(stream, addr, pin, 2).await
+}
+
+async fn handshake_version(
+    stream: TcpStream,
+    addr: &str,
+    pin: &RelayPin,
+    version: u8,
+) -> Result<Handshaken, SessionError> {
     let (read, mut write) = stream.into_split();
     // Nothing longer than the handshake reply until the handshake is over.
     let mut frames = FrameReader::new(read, HANDSHAKE2_LEN);
     let local = StaticKeypair::generate();
     let noise = |e: chatroom_crypto::NoiseError| SessionError::malformed("", e);
     // -> e
-    let (awaiting, msg1) = Initiator::start(&local).map_err(noise)?;
+    let started = if version == 2 { Initiator::start_v2(&local) } else { Initiator::start(&local) };
+    let (awaiting, msg1) = started.map_err(noise)?;
     let mut out = Vec::with_capacity(FRAME_HEADER_LEN + msg1.len());
     chatroom_crypto::encode_frame(&msg1, &mut out).map_err(|e| SessionError::malformed("", e))?;
     write_all(&mut write, &out).await?;
@@ -220,6 +236,8 @@ pub(crate) fn kind(m: &RelayMessage) -> &'static str {
         RelayMessage::Ping { .. } => "Ping",
         RelayMessage::Pong { .. } => "Pong",
         RelayMessage::Goodbye { .. } => "Goodbye",
+        RelayMessage::GroupInfo(_) => "GroupInfo",
+        RelayMessage::GroupInfoStored { .. } => "GroupInfoStored",
         _ => "an unknown message",
     }
 }

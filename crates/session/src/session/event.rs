@@ -267,4 +267,51 @@ pub enum Event {
     },
     /// Something odd but not fatal (e.g. a state file could not be written).
     Warning(String),
+    /// Protocol v2: what the room's MLS group did (MLS-authenticated, unlike presence).
+    Group(GroupEvent),
+}
+
+/// What the room's MLS group did (protocol v2), in log order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GroupEvent {
+    /// This client entered the group: it reads what is sent from now on.
+    Entered {
+        /// The epoch it entered at.
+        epoch: u64,
+    },
+    /// This client's entry lost to another commit of the same epoch; it tries again.
+    EntryRetry {
+        /// The attempt about to start (2 to 5).
+        attempt: u32,
+    },
+    /// A commit won its epoch.
+    Commit {
+        /// The new epoch.
+        epoch: u64,
+        /// Who committed (for an entry: the newcomer), as MLS authenticated it.
+        committer: PublicIdentity,
+        /// It was an entry by external commit (a new member, or one re-entering).
+        entry: bool,
+        /// Identities it removed from the group.
+        removed: Vec<PublicIdentity>,
+        /// It was this client's own commit.
+        own: bool,
+    },
+    /// An entry of the log failed verification or the room's rules and was skipped (a
+    /// forged, late or refused commit, or an entry with the wrong password's key).
+    Refused {
+        /// Its sequence number.
+        seq: u64,
+        /// Why, in words.
+        reason: String,
+    },
+    /// This member fell behind the relay's retained history; it enters the group again and
+    /// cannot read what was sent meanwhile.
+    FellBehind {
+        /// The last sequence number it processed.
+        last: u64,
+        /// The oldest the relay retains.
+        oldest: u64,
+    },
 }

@@ -83,36 +83,55 @@ impl RoomKeyCache {
         if let Some(keys) = self.cached(relay_key) {
             return Ok(keys);
         }
-        let Some(password) = self.password.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
-            return Err(SessionError::Kdf(KdfError::Argon2(
-                "the room password was wiped after the key was derived for another relay key; start \
-                 chatroom again to join through this relay"
-                    .into(),
-            )));
-        };
-        callbacks.event(Event::KeyDerivation(KdfProgress::Started(self.params)));
-        let started = Instant::now();
+        let password = held_password(&self.password)?;
         let (room, params, key) = (self.room.clone(), self.params, *relay_key);
-        let mut job = tokio::task::spawn_blocking(move || derive_room_keys(&password, &key, &room, params));
-        let mut ticker = tokio::time::interval(PROGRESS_INTERVAL);
-        ticker.tick().await;
-        let keys = loop {
-            tokio::select! {
-                done = &mut job => {
-                    let keys = done.map_err(|e| KdfError::Argon2(e.to_string()))??;
-                    break Arc::new(keys);
-                }
-                _ = ticker.tick() => {
-                    callbacks.event(Event::KeyDerivation(KdfProgress::Running(started.elapsed())));
-                }
-            }
-        };
-        callbacks.event(Event::KeyDerivation(KdfProgress::Done(started.elapsed())));
+        let keys = Arc::new(
+            derive_with_progress(params, callbacks, move || derive_room_keys(&password, &key, &room, params))
+                .await?,
+        );
         *self.cached.lock().unwrap_or_else(|e| e.into_inner()) = Some((*relay_key, keys.clone()));
         // Nothing needs the password any more: drop it, which overwrites it with zeros.
         self.password.lock().unwrap_or_else(|e| e.into_inner()).take();
         Ok(keys)
     }
+}
+
+/// The password still held, or the error saying it was wiped once keys were derived for another
+/// relay key.
+pub(crate) fn held_password(
+    password: &Mutex<Option<Zeroizing<Vec<u8>>>>,
+) -> Result<Zeroizing<Vec<u8>>, SessionError> {
+    password.lock().unwrap_or_else(|e| e.into_inner()).clone().ok_or_else(|| {
+        SessionError::Kdf(KdfError::Argon2(
+            "the room password was wiped after the keys were derived for another relay key; start \
+             chatroom again to join through this relay"
+                .into(),
+        ))
+    })
+}
+
+/// Runs `derive` (Argon2id and what follows it) on a blocking thread, never on the runtime,
+/// reporting its start, progress every `PROGRESS_INTERVAL` and end to `callbacks`.
+pub(crate) async fn derive_with_progress<T: Send + 'static>(
+    params: KdfParams,
+    callbacks: &dyn Callbacks,
+    derive: impl FnOnce() -> Result<T, KdfError> + Send + 'static,
+) -> Result<T, SessionError> {
+    callbacks.event(Event::KeyDerivation(KdfProgress::Started(params)));
+    let started = Instant::now();
+    let mut job = tokio::task::spawn_blocking(derive);
+    let mut ticker = tokio::time::interval(PROGRESS_INTERVAL);
+    ticker.tick().await;
+    let derived = loop {
+        tokio::select! {
+            done = &mut job => break done.map_err(|e| KdfError::Argon2(e.to_string()))??,
+            _ = ticker.tick() => {
+                callbacks.event(Event::KeyDerivation(KdfProgress::Running(started.elapsed())));
+            }
+        }
+    };
+    callbacks.event(Event::KeyDerivation(KdfProgress::Done(started.elapsed())));
+    Ok(derived)
 }
 
 #[cfg(test)]

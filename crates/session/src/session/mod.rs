@@ -20,10 +20,14 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 pub use chatroom_net::TokenBucket;
-pub use connection::{handshake, join, ConnReader, ConnWriter, Handshaken, JoinedInfo, WRITE_TIMEOUT};
-pub use event::{
-    Callbacks, ChatMessage, ConnState, Event, KdfProgress, MemberInfo, Rejected, SessionEnd, Whois,
+pub use connection::{
+    handshake, handshake_v2, join, ConnReader, ConnWriter, Handshaken, JoinedInfo, WRITE_TIMEOUT,
 };
+pub use event::{
+    Callbacks, ChatMessage, ConnState, Event, GroupEvent, KdfProgress, MemberInfo, Rejected, SessionEnd,
+    Whois,
+};
+pub(crate) use keys::{derive_with_progress, held_password};
 pub use keys::{RoomKeyCache, PROGRESS_INTERVAL};
 pub use outbox::{AckMatch, Outbox, Outgoing};
 pub use room::{RoomView, COUNTER_RESERVE, MAX_MEMBERS};

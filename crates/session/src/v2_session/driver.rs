@@ -1,0 +1,628 @@
+//! The v2 session task: one loop that owns the connection, the room core and the outbox, and
+//! reacts to requests, relay items and timers (keep-alive, dead connection, reconnect backoff,
+//! the GroupInfo fallback, the close deadline).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chatroom_crypto::{ClientMessage, ContentKind, Identity, JoinRequest, Member, Nick, RelayMessage};
+use rand_core::{OsRng, RngCore};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::keys::V2Keys;
+use super::log::{Action, Core};
+use super::{V2Limits, V2Safety};
+use crate::error::SessionError;
+use crate::session::{
+    handshake_v2, join, AckMatch, Callbacks, ConnState, ConnWriter, Event, Handshaken, JoinedInfo,
+    MemberInfo, Outbox, Outgoing, SessionConfig, SessionEnd, TokenBucket, MAX_MEMBERS,
+};
+use crate::state::room_state_path;
+use crate::transport;
+use crate::trust::RelayCheck;
+
+/// What a front end asks of the session.
+#[derive(Debug)]
+pub(super) enum Request {
+    Send { id: u64, kind: ContentKind, body: String },
+    Who,
+    Kick(Nick),
+    Ban(Nick),
+    Unban(Nick),
+    Safety(oneshot::Sender<Option<V2Safety>>),
+    Sync(oneshot::Sender<bool>),
+    Close { flush: Duration },
+}
+
+/// Where a connection starts reading the log.
+pub(super) enum Resume {
+    /// The session's first connection: load the room's state, read after its cursor.
+    First(V2Limits),
+    /// A reconnection: read after this `seq`.
+    After(u64),
+}
+
+/// A joined connection.
+pub(super) struct Established {
+    conn: Handshaken,
+    info: JoinedInfo,
+    leftover: Vec<RelayMessage>,
+    /// The room core, built on the first connection.
+    core: Option<Core>,
+}
+
+impl Established {
+    /// The relay's static key, checked against the pins.
+    pub(super) fn relay_key(&self) -> &[u8; 32] {
+        &self.conn.relay_key
+    }
+}
+
+/// Connects, handshakes under `chatroom/2` (checking the relay pin), derives the secrets if
+/// needed, and joins with the v2 join secret, asking history after `history_after`.
+pub(super) async fn establish(
+    cfg: &SessionConfig,
+    keys: &V2Keys,
+    identity: &Identity,
+    callbacks: &dyn Callbacks,
+    resume: Resume,
+    create: bool,
+    attempt: u32,
+) -> Result<Established, SessionError> {
+    callbacks.event(Event::State(ConnState::Connecting { attempt }));
+    let stream = transport::connect(&cfg.relay, cfg.proxy.as_ref(), cfg.limits.connect_timeout).await?;
+    callbacks.event(Event::State(ConnState::Joining));
+    let addr = cfg.relay.to_string();
+    let limit = cfg.limits.handshake_timeout;
+    let timed_out =
+        |what: &'static str| SessionError::Timeout { what, addr: addr.clone(), secs: limit.as_secs() };
+    let mut conn = tokio::time::timeout(limit, handshake_v2(stream, &addr, &cfg.relay_pin))
+        .await
+        .map_err(|_| timed_out("in the handshake with"))??;
+    if conn.check == RelayCheck::FirstUse {
+        callbacks
+            .event(Event::RelayFirstUse { addr: addr.clone(), fingerprint: hex::encode(conn.relay_key) });
+    }
+    let secrets = keys.get(&conn.relay_key, callbacks).await?;
+    // The first connection loads the room's state (its cursor is what history follows).
+    let (after, core) = match resume {
+        Resume::After(after) => (after, None),
+        Resume::First(limits) => {
+            let path = state_path(cfg, &conn.relay_key);
+            let (core, warning) = Core::new(
+                identity,
+                cfg.room.clone(),
+                cfg.nick.clone(),
+                conn.relay_key,
+                secrets.clone(),
+                limits,
+                path,
+            );
+            if let Some(w) = warning {
+                callbacks.event(Event::Warning(w));
+            }
+            (core.history_after(), Some(core))
+        }
+    };
+    let request = JoinRequest::new(
+        identity,
+        &conn.handshake_hash,
+        cfg.room.clone(),
+        cfg.nick.clone(),
+        secrets.join_secret.clone(),
+        create,
+        after,
+    )
+    .for_version_2();
+    let (info, leftover) = tokio::time::timeout(limit, join(&mut conn, request))
+        .await
+        .map_err(|_| timed_out("joining the room on"))??;
+    Ok(Established { conn, info, leftover, core })
+}
+
+/// The v2 state file of a room: next to the v1 one, with `.v2` appended.
+pub(super) fn state_path(cfg: &SessionConfig, relay_key: &[u8; 32]) -> Option<std::path::PathBuf> {
+    let dir = cfg.data_dir.as_ref()?;
+    let mut path = room_state_path(dir, relay_key, &cfg.room).into_os_string();
+    path.push(".v2");
+    Some(path.into())
+}
+
+type Incoming = Result<Vec<RelayMessage>, SessionError>;
+type Connecting =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Established, SessionError>> + Send>>;
+
+struct Up {
+    writer: ConnWriter,
+    incoming: mpsc::Receiver<Incoming>,
+    reader: JoinHandle<()>,
+    last_rx: Instant,
+    last_tx: Instant,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+enum Link {
+    Up(Up),
+    Waiting { until: Instant, attempt: u32 },
+    Connecting { fut: Connecting, attempt: u32 },
+}
+
+enum Wake {
+    Request(Option<Request>),
+    Incoming(Option<Incoming>),
+    Connected(Result<Box<Established>, SessionError>),
+    Timer,
+}
+
+async fn link_event(link: &mut Link) -> Wake {
+    match link {
+        Link::Up(up) => Wake::Incoming(up.incoming.recv().await),
+        Link::Connecting { fut, .. } => Wake::Connected(fut.as_mut().await.map(Box::new)),
+        Link::Waiting { .. } => std::future::pending().await,
+    }
+}
+
+/// The session task's state.
+pub(super) struct Driver {
+    config: Arc<SessionConfig>,
+    keys: Arc<V2Keys>,
+    identity: Arc<Identity>,
+    callbacks: Arc<dyn Callbacks>,
+    requests: mpsc::Receiver<Request>,
+    requests_open: bool,
+    relay_key: [u8; 32],
+    core: Core,
+    outbox: Outbox,
+    closing: Option<Instant>,
+    flush: Duration,
+    ping_token: u64,
+    syncs: Vec<(u64, oneshot::Sender<bool>)>,
+    /// When to publish the GroupInfo if it is still stale.
+    info_due: Option<Instant>,
+    partial_members: Vec<Member>,
+    owner: Option<chatroom_crypto::PublicIdentity>,
+    /// The longest random wait before publishing a stale GroupInfo.
+    grace: Duration,
+    /// Pacing under the relay's rate limit (`Limits::send_rate`), carried across reconnects.
+    bucket: Option<TokenBucket>,
+}
+
+impl Driver {
+    pub(super) fn new(
+        config: Arc<SessionConfig>,
+        grace: Duration,
+        keys: Arc<V2Keys>,
+        identity: Arc<Identity>,
+        callbacks: Arc<dyn Callbacks>,
+        requests: mpsc::Receiver<Request>,
+        first: &mut Established,
+    ) -> Result<Self, SessionError> {
+        let relay_key = first.conn.relay_key;
+        let core = first
+            .core
+            .take()
+            .ok_or(SessionError::Protocol("no room state on the first connection".into()))?;
+        let bucket = config
+            .limits
+            .send_rate
+            .map(|(burst, rate)| TokenBucket::new(burst, rate.max(0.001), Instant::now()));
+        Ok(Self {
+            bucket,
+            grace,
+            config,
+            keys,
+            identity,
+            callbacks,
+            requests,
+            requests_open: true,
+            relay_key,
+            core,
+            outbox: Outbox::default(),
+            closing: None,
+            flush: Duration::ZERO,
+            ping_token: 0,
+            syncs: Vec::new(),
+            info_due: None,
+            partial_members: Vec::new(),
+            owner: None,
+        })
+    }
+
+    fn emit(&self, event: Event) {
+        self.callbacks.event(event);
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let limits = &self.config.limits;
+        let base = limits.backoff_initial.saturating_mul(1u32 << attempt.min(16)).min(limits.backoff_max);
+        let half = base / 2;
+        half + half.mul_f64(f64::from(OsRng.next_u32()) / f64::from(u32::MAX))
+    }
+
+    fn after_loss(&mut self, err: SessionError, attempt: u32) -> Result<Link, SessionEnd> {
+        if !err.is_retryable() {
+            return Err(SessionEnd::Failed(err));
+        }
+        self.outbox.disconnected();
+        self.syncs.clear();
+        let delay = self.backoff(attempt);
+        self.emit(Event::State(ConnState::Reconnecting { delay, reason: err.to_string() }));
+        Ok(Link::Waiting { until: Instant::now() + delay, attempt })
+    }
+
+    fn attempt(&self, attempt: u32) -> Connecting {
+        let (config, keys, identity, callbacks) =
+            (self.config.clone(), self.keys.clone(), self.identity.clone(), self.callbacks.clone());
+        let after = self.core.history_after();
+        Box::pin(async move {
+            establish(&config, &keys, &identity, &*callbacks, Resume::After(after), false, attempt).await
+        })
+    }
+
+    fn next_wake(&mut self, link: &Link) -> Instant {
+        let mut wake = Instant::now() + Duration::from_secs(3600);
+        match link {
+            Link::Up(up) => {
+                wake = wake.min(up.last_tx + self.config.limits.ping_after);
+                wake = wake.min(up.last_rx + self.config.limits.dead_after);
+                if self.outbox.next_unsent().is_some() {
+                    if let Some(bucket) = &mut self.bucket {
+                        let now = Instant::now();
+                        wake = wake.min(now + bucket.until_next(now));
+                    }
+                }
+            }
+            Link::Waiting { until, .. } => wake = wake.min(*until),
+            Link::Connecting { .. } => {}
+        }
+        for at in [self.closing, self.info_due].into_iter().flatten() {
+            wake = wake.min(at);
+        }
+        wake
+    }
+
+    fn save(&mut self) {
+        if let Some(warning) = self.core.save() {
+            self.emit(Event::Warning(warning));
+        }
+    }
+
+    pub(super) async fn run(mut self, first: Established) -> SessionEnd {
+        let mut link = match self.connected(first, false).await {
+            Ok(up) => Link::Up(up),
+            Err(e) => match self.after_loss(e, 0) {
+                Ok(l) => l,
+                Err(end) => return end,
+            },
+        };
+        loop {
+            if let Some(deadline) = self.closing {
+                // Messages typed before the entry won wait in the core, not yet in the outbox.
+                let pending = self.outbox.len() + self.core.unsent();
+                if pending == 0 || Instant::now() >= deadline {
+                    if let Link::Up(up) = &mut link {
+                        up.writer.shutdown().await;
+                    }
+                    self.save();
+                    return SessionEnd::Closed { unacknowledged: pending };
+                }
+            }
+            let wake_at = self.next_wake(&link);
+            let connecting_attempt = match &link {
+                Link::Connecting { attempt, .. } => *attempt,
+                _ => 0,
+            };
+            let wake = tokio::select! {
+                r = self.requests.recv(), if self.requests_open => Wake::Request(r),
+                w = link_event(&mut link) => w,
+                _ = tokio::time::sleep_until(wake_at.into()) => Wake::Timer,
+            };
+            let mut failure: Option<(SessionError, u32)> = None;
+            match wake {
+                Wake::Request(None) => {
+                    self.requests_open = false;
+                    self.closing.get_or_insert_with(Instant::now);
+                }
+                Wake::Request(Some(request)) => {
+                    if let Err(e) = self.on_request(request, &mut link).await {
+                        failure = Some((e, 0));
+                    }
+                }
+                Wake::Incoming(Some(Ok(messages))) => {
+                    if let Link::Up(up) = &mut link {
+                        up.last_rx = Instant::now();
+                        if let Err(e) = self.on_messages(messages, up).await {
+                            failure = Some((e, 0));
+                        }
+                    }
+                }
+                Wake::Incoming(Some(Err(e))) => failure = Some((e, 0)),
+                Wake::Incoming(None) => failure = Some((SessionError::Lost("reader stopped".into()), 0)),
+                Wake::Connected(Ok(est)) => match self.connected(*est, true).await {
+                    Ok(up) => link = Link::Up(up),
+                    Err(e) => failure = Some((e, connecting_attempt.saturating_add(1))),
+                },
+                Wake::Connected(Err(e)) => failure = Some((e, connecting_attempt.saturating_add(1))),
+                Wake::Timer => {}
+            }
+            if failure.is_none() {
+                failure = self.on_timers(&mut link).await.err().map(|e| (e, 0));
+            }
+            if let Some((err, attempt)) = failure {
+                self.save();
+                link = match self.after_loss(err, attempt) {
+                    Ok(l) => l,
+                    Err(end) => return end,
+                };
+            }
+            if let Link::Waiting { until, attempt } = link {
+                if Instant::now() >= until {
+                    link = Link::Connecting { fut: self.attempt(attempt), attempt };
+                }
+            }
+        }
+    }
+
+    async fn on_timers(&mut self, link: &mut Link) -> Result<(), SessionError> {
+        let Link::Up(up) = link else { return Ok(()) };
+        let now = Instant::now();
+        let limits = &self.config.limits;
+        if now.saturating_duration_since(up.last_rx) >= limits.dead_after {
+            return Err(SessionError::Lost(format!(
+                "no traffic from the relay for {} s",
+                limits.dead_after.as_secs()
+            )));
+        }
+        if now.saturating_duration_since(up.last_tx) >= limits.ping_after {
+            self.ping_token = self.ping_token.wrapping_add(1);
+            up.writer.send(&[ClientMessage::Ping { token: self.ping_token }]).await?;
+            up.last_tx = now;
+        }
+        if self.info_due.is_some_and(|due| now >= due) {
+            self.info_due = None;
+            self.core.refresh_group_info();
+        }
+        // The time trigger of healing, checked at every wake (the keep-alive bounds the gap).
+        self.core.maybe_heal(super::log::now_secs());
+        self.pump(up).await
+    }
+
+    /// Sends what the core asked for (relay items, then the outbox) and reports its events.
+    async fn pump(&mut self, up: &mut Up) -> Result<(), SessionError> {
+        let mut items = Vec::new();
+        for action in std::mem::take(&mut self.core.out) {
+            match action {
+                Action::Emit(event) => self.emit(event),
+                Action::Relay(m) => items.push(m),
+                Action::Envelope { id, counter, envelope } => {
+                    self.outbox.push(Outgoing { id, counter, envelope })
+                }
+            }
+        }
+        let now = Instant::now();
+        while let Some(next) = self.outbox.next_unsent() {
+            if let Some(bucket) = &mut self.bucket {
+                if !bucket.try_take(now) {
+                    break;
+                }
+            }
+            items.push(ClientMessage::Send { envelope: next.envelope.clone() });
+            self.outbox.mark_sent();
+        }
+        if !items.is_empty() {
+            up.writer.send(&items).await?;
+            up.last_tx = Instant::now();
+        }
+        if self.core.group_info_stale() && self.info_due.is_none() {
+            let grace = self.grace;
+            let jitter = grace.mul_f64(f64::from(OsRng.next_u32()) / f64::from(u32::MAX));
+            self.info_due = Some(Instant::now() + jitter);
+        }
+        self.save();
+        Ok(())
+    }
+
+    async fn connected(&mut self, est: Established, rejoin: bool) -> Result<Up, SessionError> {
+        if est.conn.relay_key != self.relay_key {
+            return Err(SessionError::RelayKeyMismatch {
+                addr: self.config.relay.to_string(),
+                expected: hex::encode(self.relay_key),
+                actual: hex::encode(est.conn.relay_key),
+                pin_source: "this session".into(),
+            });
+        }
+        let Established { conn, info, leftover, .. } = est;
+        let Handshaken { mut reader, writer, .. } = conn;
+        let (tx, incoming) = mpsc::channel::<Incoming>(8);
+        let reader = tokio::spawn(async move {
+            loop {
+                let next = reader.recv().await;
+                let stop = next.is_err();
+                if tx.send(next).await.is_err() || stop {
+                    break;
+                }
+            }
+        });
+        let now = Instant::now();
+        let mut up = Up { writer, incoming, reader, last_rx: now, last_tx: now };
+        self.owner = Some(info.owner);
+        let room_code = self.keys.get(&self.relay_key, &*self.callbacks).await?.room_code().to_string();
+        self.emit(Event::Joined {
+            created: info.created,
+            owner: info.owner,
+            owner_is_me: info.owner == self.identity.public(),
+            safety_code: room_code,
+            relay_fingerprint: hex::encode(self.relay_key),
+            rejoin,
+        });
+        self.emit(Event::State(ConnState::CatchingUp));
+        self.outbox.disconnected();
+        self.core.on_joined(info.created, info.oldest_seq)?;
+        self.on_messages(leftover, &mut up).await?;
+        Ok(up)
+    }
+
+    async fn on_request(&mut self, request: Request, link: &mut Link) -> Result<(), SessionError> {
+        let up = match link {
+            Link::Up(up) => Some(up),
+            _ => None,
+        };
+        let control = match request {
+            Request::Close { flush } => {
+                self.flush = flush;
+                self.closing = Some(Instant::now() + flush);
+                return Ok(());
+            }
+            Request::Safety(reply) => {
+                let _ = reply.send(self.core.safety());
+                return Ok(());
+            }
+            Request::Sync(done) => {
+                let Some(up) = up else {
+                    let _ = done.send(false);
+                    return Ok(());
+                };
+                self.ping_token = self.ping_token.wrapping_add(1);
+                self.syncs.push((self.ping_token, done));
+                up.writer.send(&[ClientMessage::Ping { token: self.ping_token }]).await?;
+                up.last_tx = Instant::now();
+                return Ok(());
+            }
+            Request::Send { id, kind, body } => {
+                // Messages typed before the entry won count too: they wait in the core.
+                let queued = self.outbox.len() + self.core.unsent();
+                if queued >= self.config.limits.max_queued {
+                    self.emit(Event::SendFailed {
+                        id,
+                        code: chatroom_crypto::ErrorCode::Other(0),
+                        detail: format!("{queued} messages already wait for the relay; not sent"),
+                    });
+                    return Ok(());
+                }
+                self.core.send(id, kind, body);
+                return match up {
+                    Some(up) => self.pump(up).await,
+                    None => Ok(()),
+                };
+            }
+            Request::Who => ClientMessage::Who,
+            Request::Kick(nick) => ClientMessage::Kick { nick },
+            Request::Ban(nick) => ClientMessage::Ban { nick },
+            Request::Unban(nick) => ClientMessage::Unban { nick },
+        };
+        match up {
+            Some(up) => {
+                up.writer.send(&[control]).await?;
+                up.last_tx = Instant::now();
+            }
+            None => self.emit(Event::Warning("not connected to the relay; the command was not sent".into())),
+        }
+        Ok(())
+    }
+
+    fn members(&self, list: &[Member]) -> Vec<MemberInfo> {
+        let me = self.identity.public();
+        list.iter()
+            .map(|m| MemberInfo {
+                nick: m.nick.clone(),
+                identity: m.identity,
+                owner: Some(m.identity) == self.owner,
+                me: m.identity == me,
+            })
+            .collect()
+    }
+
+    async fn on_messages(&mut self, messages: Vec<RelayMessage>, up: &mut Up) -> Result<(), SessionError> {
+        let mut result = Ok(());
+        for message in messages {
+            let step = self.on_message(message, up).await;
+            if let Err(e) = step {
+                result = Err(e);
+                break;
+            }
+        }
+        let pumped = self.pump(up).await;
+        result.and(pumped)
+    }
+
+    async fn on_message(&mut self, message: RelayMessage, up: &mut Up) -> Result<(), SessionError> {
+        match message {
+            RelayMessage::Deliver { seq, history, envelope } => {
+                self.core.on_deliver(seq, history, envelope)?
+            }
+            RelayMessage::Ack { counter, seq } => match self.outbox.answer(counter) {
+                AckMatch::Matched(sent) => {
+                    if sent.id != 0 {
+                        self.emit(Event::Sent { id: sent.id, seq });
+                    }
+                    self.core.on_ack(seq, sent.envelope);
+                    // Deliveries before `seq` may still be on their way: a Ping's Pong marks
+                    // the point after which the own envelope takes its place.
+                    self.ping_token = self.ping_token.wrapping_add(1);
+                    up.writer.send(&[ClientMessage::Ping { token: self.ping_token }]).await?;
+                    up.last_tx = Instant::now();
+                }
+                AckMatch::Unexpected => {}
+            },
+            RelayMessage::SendError { counter, code, detail } => {
+                if code == chatroom_crypto::ErrorCode::RateLimited {
+                    if let Some(bucket) = &mut self.bucket {
+                        bucket.drain(Instant::now());
+                    }
+                }
+                if let AckMatch::Matched(failed) = self.outbox.answer(counter) {
+                    if failed.id != 0 {
+                        self.emit(Event::SendFailed { id: failed.id, code, detail });
+                    } else {
+                        self.emit(Event::Warning(format!("the relay refused a group change: {detail}")));
+                        self.core.on_own_refused()?;
+                    }
+                }
+            }
+            RelayMessage::GroupInfoStored { after_seq } => self.core.on_group_info_stored(after_seq),
+            RelayMessage::GroupInfo(part) => self.core.on_group_info(part)?,
+            RelayMessage::Members { more, members } => {
+                let room = MAX_MEMBERS.saturating_sub(self.partial_members.len());
+                self.partial_members.extend(members.into_iter().take(room));
+                if !more {
+                    let list = std::mem::take(&mut self.partial_members);
+                    self.emit(Event::Members(self.members(&list)));
+                }
+            }
+            RelayMessage::Presence { event, nick, identity } => {
+                use chatroom_crypto::PresenceEvent;
+                if matches!(event, PresenceEvent::Kicked | PresenceEvent::Banned) {
+                    self.core.on_moderated(identity);
+                }
+                self.emit(Event::Presence { event, nick, identity });
+            }
+            RelayMessage::HistoryEnd { .. } => {
+                self.emit(Event::HistoryEnd);
+                self.emit(Event::State(ConnState::Live));
+            }
+            RelayMessage::Error { code, detail } => self.core.on_error(code, detail),
+            RelayMessage::Ping { token } => {
+                up.writer.send(&[ClientMessage::Pong { token }]).await?;
+                up.last_tx = Instant::now();
+            }
+            RelayMessage::Pong { token } => {
+                self.core.settle_own(u64::MAX)?;
+                if let Some(i) = self.syncs.iter().position(|(t, _)| *t == token) {
+                    let _ = self.syncs.swap_remove(i).1.send(true);
+                }
+            }
+            RelayMessage::Goodbye { code, detail } => return Err(SessionError::Refused { code, detail }),
+            RelayMessage::Joined { .. } => {
+                return Err(SessionError::Protocol("a second Joined on one connection".into()))
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,204 @@
+//! Protocol version 2's network driver: `V2Room` (the sans-IO MLS room core) between a relay
+//! connection and a front end. It connects with the `chatroom/2` prologue, joins with the v2
+//! join secret, creates the room's group or enters it by external commit from the sealed
+//! GroupInfo, processes the room's log in `seq` order from the saved cursor, publishes the
+//! GroupInfo after each epoch change, and turns the owner's kick or ban into an MLS removal
+//! (docs/PROTOCOL-v2-draft.md sections 5 to 8). The connection, the pinning, the outbox and
+//! the events are the v1 session's.
+
+mod driver;
+mod keys;
+mod log;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chatroom_crypto::{ContentKind, Identity, KdfParams, Nick, SafetyCode, Zeroizing, MAX_BODY_LEN};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::error::SessionError;
+use crate::session::{Callbacks, SendError, SessionConfig, SessionEnd};
+use driver::Request;
+pub use keys::V2Keys;
+
+/// Messages a member sends before it renews its keys with an update commit.
+pub const DEFAULT_HEAL_MESSAGES: u32 = 100;
+/// Time after which a member renews its keys with an update commit (one day).
+pub const DEFAULT_HEAL_AFTER: Duration = Duration::from_secs(86_400);
+
+/// Limits of the v2 driver, with the draft's defaults.
+#[derive(Debug, Clone)]
+pub struct V2Limits {
+    /// Entry attempts (each lost to another commit of its epoch) before giving up (draft: 5).
+    pub entry_attempts: u32,
+    /// A member that sees the stored GroupInfo older than the epoch it is in waits a random
+    /// delay up to this long, then puts it itself if it is still stale (draft: 10 s).
+    pub group_info_grace: Duration,
+    /// Most bytes of log entries held while entering (those after the stored GroupInfo,
+    /// needed once the entry is decided); beyond it the entry fails.
+    pub max_entry_buffer: usize,
+    /// Largest sealed GroupInfo assembled from the relay's parts (draft section 11: 8 MiB).
+    pub max_group_info: usize,
+    /// Healing: an update commit after this many of this member's messages since its last
+    /// winning commit (draft section 9: 100); lowered to the room's setting, never raised.
+    pub heal_messages: u32,
+    /// ... or after this long (draft: 24 h, plus up to 10 % at random); likewise capped.
+    pub heal_after: Duration,
+}
+
+impl Default for V2Limits {
+    fn default() -> Self {
+        Self {
+            entry_attempts: 5,
+            group_info_grace: Duration::from_secs(10),
+            max_entry_buffer: 16 << 20,
+            max_group_info: chatroom_group::MAX_SEALED_GROUP_INFO,
+            heal_messages: DEFAULT_HEAL_MESSAGES,
+            heal_after: DEFAULT_HEAL_AFTER,
+        }
+    }
+}
+
+/// What `/safety` shows in a v2 room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct V2Safety {
+    /// Equal for everyone with the same password, relay and parameters.
+    pub room_code: SafetyCode,
+    /// The group's current epoch.
+    pub epoch: u64,
+    /// Derived from MLS's epoch authenticator: equal for members sharing one group state.
+    pub epoch_code: SafetyCode,
+}
+
+/// Starts v2 sessions.
+#[derive(Debug)]
+pub struct V2Session;
+
+impl V2Session {
+    /// Connects, derives the room's v2 secrets, joins, and starts the session task, which
+    /// creates or enters the group. Errors of this first join are returned (a wrong password
+    /// is `Refused { WrongPassword }`); later failures are reconnected or end the session.
+    pub async fn start(
+        config: SessionConfig,
+        limits: V2Limits,
+        password: Zeroizing<Vec<u8>>,
+        params: KdfParams,
+        identity: Arc<Identity>,
+        callbacks: Arc<dyn Callbacks>,
+    ) -> Result<V2Handle, SessionError> {
+        let keys = Arc::new(V2Keys::new(password, config.room.clone(), params)?);
+        let config = Arc::new(config);
+        let grace = limits.group_info_grace;
+        let mut first = driver::establish(
+            &config,
+            &keys,
+            &identity,
+            &*callbacks,
+            driver::Resume::First(limits),
+            config.create,
+            0,
+        )
+        .await?;
+        let relay_fingerprint = hex::encode(first.relay_key());
+        let (tx, rx) = mpsc::channel(256);
+        let driver = driver::Driver::new(config, grace, keys, identity, callbacks, rx, &mut first)?;
+        let task = tokio::spawn(driver.run(first));
+        Ok(V2Handle { requests: tx, task: Some(task), next_id: 1, relay_fingerprint })
+    }
+}
+
+/// Talks to a running v2 session.
+#[derive(Debug)]
+pub struct V2Handle {
+    requests: mpsc::Sender<Request>,
+    task: Option<JoinHandle<SessionEnd>>,
+    next_id: u64,
+    relay_fingerprint: String,
+}
+
+impl V2Handle {
+    /// Queues a message (sent once this client is a member); returns its id, reported again
+    /// in `Event::Sent` or `Event::SendFailed`.
+    pub async fn send(&mut self, kind: ContentKind, body: &str) -> Result<u64, SendError> {
+        if body.len() > MAX_BODY_LEN {
+            return Err(SendError::TooLong(body.len()));
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.request(Request::Send { id, kind, body: body.to_owned() }).await?;
+        Ok(id)
+    }
+
+    async fn request(&self, r: Request) -> Result<(), SendError> {
+        self.requests.send(r).await.map_err(|_| SendError::Closed)
+    }
+
+    /// Asks the relay for the member list (`Event::Members`, the relay's claim).
+    pub async fn who(&self) -> Result<(), SendError> {
+        self.request(Request::Who).await
+    }
+
+    /// The relay's fingerprint (64 hex digits), as pinned.
+    pub fn relay_fingerprint(&self) -> &str {
+        &self.relay_fingerprint
+    }
+
+    /// Owner only: disconnects a member at the relay and removes it from the group.
+    pub async fn kick(&self, nick: Nick) -> Result<(), SendError> {
+        self.request(Request::Kick(nick)).await
+    }
+
+    /// Owner only: bans a member at the relay and removes it from the group.
+    pub async fn ban(&self, nick: Nick) -> Result<(), SendError> {
+        self.request(Request::Ban(nick)).await
+    }
+
+    /// Owner only: lifts a ban.
+    pub async fn unban(&self, nick: Nick) -> Result<(), SendError> {
+        self.request(Request::Unban(nick)).await
+    }
+
+    /// The room code, the epoch and its code; `None` until this client is a member.
+    pub async fn safety(&self) -> Option<V2Safety> {
+        let (tx, rx) = oneshot::channel();
+        self.request(Request::Safety(tx)).await.ok()?;
+        rx.await.ok().flatten()
+    }
+
+    /// Waits until the relay answered everything sent before and this client processed the
+    /// log up to there (a Ping and its Pong). `false` if not connected.
+    pub async fn sync(&self) -> bool {
+        let (tx, rx) = oneshot::channel();
+        if self.request(Request::Sync(tx)).await.is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+
+    /// Waits until the session ends on its own (a fatal refusal, a removal). Cancel-safe.
+    pub async fn ended(&mut self) -> SessionEnd {
+        match self.task.as_mut() {
+            Some(task) => {
+                let end = task.await.unwrap_or_else(|e| {
+                    SessionEnd::Failed(SessionError::Lost(format!("session task failed: {e}")))
+                });
+                self.task = None;
+                end
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Closes the session once the relay acknowledged every queued envelope, or after
+    /// `flush` without an acknowledgement.
+    pub async fn close(mut self, flush: Duration) -> SessionEnd {
+        let _ = self.requests.send(Request::Close { flush }).await;
+        match self.task.take() {
+            Some(task) => task.await.unwrap_or_else(|e| {
+                SessionEnd::Failed(SessionError::Lost(format!("session task failed: {e}")))
+            }),
+            None => SessionEnd::Closed { unacknowledged: 0 },
+        }
+    }
+}
