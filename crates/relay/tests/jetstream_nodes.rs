@@ -33,8 +33,13 @@ const CONFIG: ClusterConfig = ClusterConfig {
 
 /// A relay in `dir` whose rooms are on the cluster through the NATS server at `url`.
 async fn node(dir: &Path, url: &str) -> Res<TestRelay> {
+    node_with(dir, url, |_| {}).await
+}
+
+/// `node`, with its configuration changed by `tweak`.
+async fn node_with(dir: &Path, url: &str, tweak: impl FnOnce(&mut Config)) -> Res<TestRelay> {
     let rooms = JetStreamRooms::open(connect(url).await?, CONFIG).await?;
-    TestRelay::start_with(dir, |_| {}, move |relay| relay.with_rooms(rooms)).await
+    TestRelay::start_with(dir, tweak, move |relay| relay.with_rooms(rooms)).await
 }
 
 /// Whether any client of the NATS server `server` subscribes to `subject` (its monitoring).
@@ -115,6 +120,72 @@ async fn members_on_two_nodes_share_one_sequence_and_moderation_reaches_across()
         assert!(std::time::Instant::now() < deadline, "B still follows the room without a member there");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    b.stop().await?;
+    a.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_never_reads_is_disconnected_by_its_node_while_the_cluster_keeps_delivering(
+) -> TestResult {
+    let cluster = NatsCluster::start().map_err(|e| e.to_string())?;
+    let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    // Alice sends as fast as the cluster stores.
+    let a = node_with(dir_a.path(), &cluster.nodes()[0].url(), |c| c.rate_burst = 10_000).await?;
+    let b = node_with(dir_b.path(), &cluster.nodes()[1].url(), |c| {
+        c.outbound_queue_bytes = 65_536;
+    })
+    .await?;
+    let room = TestRoom::new("slow-across");
+    let (mut alice, bob, carol) = (Person::new("alice"), Person::new("bob"), Person::new("carol"));
+    let (mut al, _) = member(&a, &alice, &room, true).await?;
+    let (mut bo, _) = member(&b, &bob, &room, false).await?;
+    // Carol joins through B, then never reads again.
+    let mut c = Conn::connect_small_buffer(b.addr).await?;
+    c.join(&carol, &room, false, 0).await?.map_err(|e| format!("carol's join was refused: {e:?}"))?;
+    assert_eq!(until_presence(&mut al, PresenceEvent::Joined).await?, "bob");
+    assert_eq!(until_presence(&mut al, PresenceEvent::Joined).await?, "carol");
+
+    // Alice's messages come to B through the room's feed; carol's socket buffers fill, then
+    // her queue on B, then B closes her, and the cluster tells A.
+    let body = "x".repeat(4000);
+    let mut sent = 0u64;
+    let mut carol_left = false;
+    while !carol_left {
+        assert!(sent < 4000, "carol was never disconnected");
+        let batch: Vec<ClientMessage> =
+            (0..10).map(|_| ClientMessage::Send { envelope: alice.seal(&room, &body).1 }).collect();
+        al.send(&batch).await?;
+        for _ in 0..10 {
+            sent += 1;
+            loop {
+                match al.recv().await? {
+                    RelayMessage::Ack { seq, .. } => {
+                        assert_eq!(seq, sent);
+                        break;
+                    }
+                    RelayMessage::Presence { event: PresenceEvent::Left, nick, .. } => {
+                        assert_eq!(nick.as_str(), "carol");
+                        carol_left = true;
+                    }
+                    other => return Err(format!("alice got {other:?}").into()),
+                }
+            }
+        }
+        for i in sent - 9..=sent {
+            assert_eq!(bo.delivery().await?.0, i, "bob, on carol's node, keeps receiving everything");
+        }
+    }
+    assert_eq!(until_presence(&mut bo, PresenceEvent::Left).await?, "carol");
+    let (_, envelope) = alice.seal(&room, "after carol");
+    let total = al.publish_ok(envelope).await?;
+    assert_eq!(total, sent + 1);
+    assert_eq!(bo.delivery().await?.0, total);
+    // Carol finds her connection closed, joins again through A and catches up from history.
+    c.closed().await?;
+    let (_, joined) = member(&a, &carol, &room, false).await?;
+    let replayed: Vec<u64> = joined.history.iter().map(|(seq, _)| *seq).collect();
+    let oldest = total + 1 - replayed.len() as u64;
+    assert_eq!(replayed, (oldest..=total).collect::<Vec<u64>>(), "the retained history, in order");
     b.stop().await?;
     a.stop().await
 }
