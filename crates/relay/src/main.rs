@@ -246,6 +246,11 @@ struct RunArgs {
     /// The private key (PEM) of --nats-cert; keep it readable by the relay's user only.
     #[arg(long, value_name = "FILE", requires = "nats_cert")]
     nats_key: Option<PathBuf>,
+    /// File holding this node's NATS user nkey seed (`SU...`), for NATS servers that list their
+    /// users by nkey (`authorization { users = [{ nkey: U... }] }`). Must be readable by the
+    /// relay's user only (chmod 600).
+    #[arg(long, value_name = "FILE", requires = "nats")]
+    nats_nkey: Option<PathBuf>,
     /// Copies the NATS cluster keeps of every message and key: 3 (or 5) on a cluster of that
     /// many nodes, 1 on a single NATS server. Every relay node must use the same.
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=5))]
@@ -456,15 +461,16 @@ fn serve(args: RunArgs) -> Result<(), MainError> {
         let Some(urls) = &args.nats else {
             return start(relay, &args, &data_dir, max_connections).await;
         };
-        let tls = setup::NatsTls {
+        let access = setup::NatsAccess {
             ca: args.nats_ca.clone(),
             client: args.nats_cert.clone().zip(args.nats_key.clone()),
+            nkey: args.nats_nkey.clone(),
         };
-        let (client, versions) = setup::connect_watched(urls, &tls).await?;
+        let (client, versions) = setup::connect_watched(urls, &access).await?;
         let cluster = ClusterConfig { replicas: args.nats_replicas.into(), limits: room_limits(&config) };
         let rooms = JetStreamRooms::open(client.clone(), cluster).await?;
         let limits = SharedLimits::open(&async_nats::jetstream::new(client), &config).await?;
-        tracing::info!(nats = %setup::shown_urls(urls), tls = tls.ca.is_some(), "serving rooms from the NATS cluster");
+        tracing::info!(nats = %setup::shown_urls(urls), tls = access.ca.is_some(), nkey = access.nkey.is_some(), "serving rooms from the NATS cluster");
         tokio::select! {
             served = start(relay.with_rooms(rooms).with_limits(limits), &args, &data_dir, max_connections) => served,
             old = versions.old_server() => {

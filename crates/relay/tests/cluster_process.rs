@@ -549,3 +549,57 @@ async fn a_node_logs_in_to_nats_with_the_password_in_its_url_and_never_shows_it(
     assert!(relay.lines.seen.iter().all(|l| !l.contains("tr0ub4dor")), "{:?}", relay.lines.seen);
     Ok(())
 }
+
+/// Writes `text` to a new file `path` with permission bits `mode`.
+fn private_file(path: &Path, text: &str, mode: u32) -> Res<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path)?;
+    file.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_logs_in_to_nats_as_an_nkey_user_from_a_private_seed_file() -> TestResult {
+    let user = nkeys::KeyPair::new_user();
+    let seed = user.seed()?;
+    let users = format!("authorization {{\n  users = [ {{ nkey: \"{}\" }} ]\n}}\n", user.public_key());
+    let server = NatsServer::single_with(&users).map_err(cluster_error)?;
+    let url = server.url();
+    let keys = tempfile::tempdir()?;
+    let [good, loose, other, garbage] =
+        ["user.nk", "loose.nk", "other.nk", "garbage.nk"].map(|name| keys.path().join(name));
+    private_file(&good, &format!("{seed}\n"), 0o600)?;
+    private_file(&loose, &seed, 0o644)?;
+    private_file(&other, &nkeys::KeyPair::new_user().seed()?, 0o600)?;
+    private_file(&garbage, "not a seed", 0o600)?;
+
+    let attempt = |extra: Vec<std::ffi::OsString>| {
+        let (url, dir) = (url.clone(), tempfile::tempdir());
+        tokio::task::spawn_blocking(move || {
+            let extra: Vec<&std::ffi::OsStr> = extra.iter().map(|a| a.as_os_str()).collect();
+            let dir = dir.map_err(|e| e.to_string())?;
+            refused_with(&url, dir.path(), &extra).map_err(|e| e.to_string())
+        })
+    };
+    let with = |file: &Path| vec!["--nats-nkey".into(), file.as_os_str().to_owned()];
+    // No nkey, or another user's: the server refuses the login.
+    for extra in [vec![], with(&other)] {
+        let stderr = attempt(extra).await??;
+        assert!(stderr.contains("cannot connect to NATS at") && stderr.contains("--nats-nkey"), "{stderr}");
+    }
+    // A seed file others may read, or one without a seed: refused before connecting.
+    let stderr = attempt(with(&loose)).await??;
+    assert!(stderr.contains("others may read it") && stderr.contains("chmod 600"), "{stderr}");
+    let stderr = attempt(with(&garbage)).await??;
+    assert!(stderr.contains("does not hold one NATS user seed"), "{stderr}");
+    assert!(!stderr.contains("not a seed"), "the file's content is not shown: {stderr}");
+
+    let dir = tempfile::tempdir()?;
+    let extra = ["--nats-replicas".as_ref(), "1".as_ref(), "--nats-nkey".as_ref(), good.as_os_str()];
+    let (child, lines) = spawn_node(dir.path(), &url, &extra)?;
+    let relay = listening(child, lines)?;
+    carries_a_message(&relay).await?;
+    assert!(relay.lines.seen.iter().all(|l| !l.contains(seed.as_str())), "{:?}", relay.lines.seen);
+    Ok(())
+}

@@ -1,6 +1,6 @@
 //! Connecting to the cluster and creating or checking the stream and buckets.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_nats::jetstream::context::{
@@ -57,11 +57,14 @@ pub const SUBSCRIPTION_CAPACITY: usize = 1024;
 pub enum SetupError {
     #[error(
         "cannot connect to NATS at {urls}: {detail}; check the --nats addresses and that the servers run \
-         (with TLS: --nats-ca, and --nats-cert/--nats-key if they verify clients)"
+         (with TLS: --nats-ca, and --nats-cert/--nats-key if they verify clients; \
+         with nkey users: --nats-nkey)"
     )]
     Connect { urls: String, detail: String },
     #[error("cannot read {path} (given with {flag}): {detail}; check the path and its permissions")]
-    TlsFile { flag: &'static str, path: String, detail: String },
+    UnreadableFile { flag: &'static str, path: String, detail: String },
+    #[error("the nkey seed file {path} (given with --nats-nkey) cannot be used: {why}")]
+    NkeyFile { path: String, why: String },
     #[error(
         "the --nats addresses carry different users or passwords; give every address the same one, \
          or give it in one address only"
@@ -182,26 +185,31 @@ where
     Err(last.unwrap_or(SetupError::Unanswered { what, detail: "no answer".to_owned() }))
 }
 
-/// How a node's connection to NATS is secured beyond the addresses (which may carry a user
-/// and password: `nats://user:password@host:4222`).
+/// How a node proves itself to NATS and checks the servers, beyond the addresses (which may
+/// carry a user and password: `nats://user:password@host:4222`).
 #[derive(Debug, Clone, Default)]
-pub struct NatsTls {
+pub struct NatsAccess {
     /// PEM certificates of the authority that signed the servers' certificates; when set, the
     /// connection must be TLS and the server verified against these only.
     pub ca: Option<PathBuf>,
     /// This node's client certificate and key (PEM), for servers that verify their clients.
     pub client: Option<(PathBuf, PathBuf)>,
+    /// A file holding this node's NATS user nkey seed (`SU...`), for servers that list users
+    /// by nkey; readable by its owner only.
+    pub nkey: Option<PathBuf>,
 }
 
-impl NatsTls {
+impl NatsAccess {
     /// Checks that every file given can be read, naming the flag of one that cannot.
     fn check_files(&self) -> Result<(), SetupError> {
-        let files =
-            self.ca.iter().map(|ca| ("--nats-ca", ca)).chain(
-                self.client.iter().flat_map(|(cert, key)| [("--nats-cert", cert), ("--nats-key", key)]),
-            );
+        let files = self
+            .ca
+            .iter()
+            .map(|ca| ("--nats-ca", ca))
+            .chain(self.client.iter().flat_map(|(cert, key)| [("--nats-cert", cert), ("--nats-key", key)]))
+            .chain(self.nkey.iter().map(|seed| ("--nats-nkey", seed)));
         for (flag, path) in files {
-            std::fs::File::open(path).map_err(|e| SetupError::TlsFile {
+            std::fs::File::open(path).map_err(|e| SetupError::UnreadableFile {
                 flag,
                 path: path.display().to_string(),
                 detail: e.to_string(),
@@ -210,15 +218,52 @@ impl NatsTls {
         Ok(())
     }
 
-    fn apply(&self, mut options: async_nats::ConnectOptions) -> async_nats::ConnectOptions {
+    fn apply(
+        &self,
+        mut options: async_nats::ConnectOptions,
+    ) -> Result<async_nats::ConnectOptions, SetupError> {
         if let Some(ca) = &self.ca {
             options = options.require_tls(true).add_root_certificates(ca.clone());
         }
         if let Some((cert, key)) = &self.client {
             options = options.add_client_certificate(cert.clone(), key.clone());
         }
-        options
+        if let Some(path) = &self.nkey {
+            options = options.nkey(read_nkey_seed(path)?.to_string());
+        }
+        Ok(options)
     }
+}
+
+/// The user nkey seed in `path`: refused if others may read the file (as OpenSSH refuses such
+/// a key) or if it is not one seed.
+fn read_nkey_seed(path: &Path) -> Result<Zeroizing<String>, SetupError> {
+    let bad = |why: String| SetupError::NkeyFile { path: path.display().to_string(), why };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(bad(format!(
+                "others may read it (mode {:o}); run chmod 600 {}",
+                mode & 0o777,
+                path.display()
+            )));
+        }
+    }
+    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?);
+    let seed = text.trim();
+    // A user seed: 'S', 'U', then base32 (nkeys checks the rest when it signs).
+    let well_formed = seed.len() == 58
+        && seed.starts_with("SU")
+        && seed.bytes().all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b));
+    if !well_formed {
+        return Err(bad(
+            "it does not hold one NATS user seed (58 characters starting with SU, as `nsc` or `nk -gen user` write)"
+                .to_owned(),
+        ));
+    }
+    Ok(Zeroizing::new(seed.to_owned()))
 }
 
 /// `urls` as they may be shown and logged: a password in one is replaced by `***`.
@@ -262,12 +307,12 @@ fn credentials(addrs: &[async_nats::ServerAddr]) -> Result<Option<Credentials>, 
 
 /// Connects to the cluster (`urls`: comma-separated `nats://` addresses) and checks its version.
 pub async fn connect(urls: &str) -> Result<Client, SetupError> {
-    connect_watched(urls, &NatsTls::default()).await.map(|(client, _)| client)
+    connect_watched(urls, &NatsAccess::default()).await.map(|(client, _)| client)
 }
 
 /// [`connect`] with `tls`, and a watch of the servers the client reconnects to later.
-pub async fn connect_watched(urls: &str, tls: &NatsTls) -> Result<(Client, VersionWatch), SetupError> {
-    tls.check_files()?;
+pub async fn connect_watched(urls: &str, access: &NatsAccess) -> Result<(Client, VersionWatch), SetupError> {
+    access.check_files()?;
     let connect_error =
         |e: &dyn std::fmt::Display| SetupError::Connect { urls: shown_urls(urls), detail: e.to_string() };
     let addrs = urls
@@ -275,7 +320,7 @@ pub async fn connect_watched(urls: &str, tls: &NatsTls) -> Result<(Client, Versi
         .map(|url| url.trim().parse::<async_nats::ServerAddr>())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| connect_error(&e))?;
-    let mut options = tls.apply(async_nats::ConnectOptions::new());
+    let mut options = access.apply(async_nats::ConnectOptions::new())?;
     match credentials(&addrs)? {
         Some((user, Some(password))) => {
             options = options.user_and_password(user.to_string(), password.to_string())
