@@ -17,7 +17,7 @@ use super::listing;
 use super::presence::{identity_hex, parse_identity};
 use super::rooms::Node;
 use super::setup::{BANS_BUCKET, NICKS_BUCKET};
-use super::state::{in_process_refusal, StateError, IN_PROCESS_BACKOFF, IN_PROCESS_RETRIES};
+use super::state::{passing_refusal, StateError, IN_PROCESS_BACKOFF, IN_PROCESS_RETRIES};
 use crate::rooms::rules::Binding;
 
 /// Most bindings or bans one room's load reads: far above any configured nickname cap.
@@ -167,7 +167,7 @@ impl Node {
             match self.nicks.create(key, value.clone()).await {
                 Ok(revision) => return Ok(Some(revision)),
                 Err(e) if e.kind() == CreateErrorKind::AlreadyExists => return Ok(None),
-                Err(e) if attempts < IN_PROCESS_RETRIES && in_process_refusal(&e) => {
+                Err(e) if attempts < IN_PROCESS_RETRIES && passing_refusal(&e) => {
                     tokio::time::sleep(IN_PROCESS_BACKOFF).await;
                 }
                 Err(e) => return Err(BindError::Storage(StateError::new("written", &e))),

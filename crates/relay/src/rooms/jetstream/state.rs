@@ -6,8 +6,11 @@
 //! create go to the bucket stream's leader, which holds the winner's record once it was
 //! acknowledged (a direct get could be answered by a follower that has not seen it yet).
 
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::kv::{CreateErrorKind, Store};
-use async_nats::jetstream::stream::{LastRawMessageErrorKind, Stream};
+use async_nats::jetstream::stream::{DirectGetError, DirectGetErrorKind, LastRawMessageErrorKind, Stream};
+use async_nats::StatusCode;
+use std::future::Future;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, ErrorCode};
@@ -82,7 +85,7 @@ impl RoomState {
                 }
                 // Another node's create of the key is still in process on the leader (10164):
                 // ask again, and the answer is either ours or theirs.
-                Err(e) if attempts < IN_PROCESS_RETRIES && in_process_refusal(&e) => {
+                Err(e) if attempts < IN_PROCESS_RETRIES && passing_refusal(&e) => {
                     tokio::time::sleep(IN_PROCESS_BACKOFF).await;
                 }
                 Err(e) => return Err(state_error("written")(&e)),
@@ -93,7 +96,7 @@ impl RoomState {
     /// Room `name`'s record, from the bucket's leader; `None` when there is no such room.
     pub async fn room(&self, name: &str) -> Result<Option<Bytes>, StateError> {
         let subject = format!("$KV.{ROOMS_BUCKET}.{}", room_token(name));
-        match self.rooms_stream.get_last_raw_message_by_subject(&subject).await {
+        match asked_again(|| self.rooms_stream.get_last_raw_message_by_subject(&subject)).await {
             Ok(message) if message.payload.is_empty() => Ok(None), // a delete or purge marker
             Ok(message) => Ok(Some(message.payload)),
             Err(e) if matches!(e.kind(), LastRawMessageErrorKind::NoMessageFound) => Ok(None),
@@ -103,24 +106,78 @@ impl RoomState {
 
     /// Bans `identity` (64 hex characters) from room `name`, with `record` (who, when).
     pub async fn ban(&self, name: &str, identity: &str, record: Bytes) -> Result<(), StateError> {
-        self.bans.put(ban_key(name, identity), record).await.map(drop).map_err(|e| state_error("written")(&e))
+        let key = ban_key(name, identity);
+        asked_again(|| self.bans.put(&key, record.clone()))
+            .await
+            .map(drop)
+            .map_err(|e| state_error("written")(&e))
     }
 
     /// Lifts a ban; lifting one that does not exist is not an error.
     pub async fn unban(&self, name: &str, identity: &str) -> Result<(), StateError> {
-        self.bans.delete(ban_key(name, identity)).await.map_err(|e| state_error("written")(&e))
+        let key = ban_key(name, identity);
+        asked_again(|| self.bans.delete(&key)).await.map_err(|e| state_error("written")(&e))
     }
 
     /// Whether `identity` is banned from room `name`.
     pub async fn is_banned(&self, name: &str, identity: &str) -> Result<bool, StateError> {
-        let entry = self.bans.get(ban_key(name, identity)).await.map_err(|e| state_error("read")(&e))?;
+        let key = ban_key(name, identity);
+        let entry = asked_again(|| self.bans.get(&key)).await.map_err(|e| state_error("read")(&e))?;
         Ok(entry.is_some())
     }
 }
 
-/// How often a create refused while another is in process is asked again, and the pause.
-pub(crate) const IN_PROCESS_RETRIES: u32 = 50;
+/// How often a request refused for a passing reason ([`passing_refusal`]) is asked again, and
+/// the pause: 2 s in all, past the few hundred ms a new bucket takes to be routed.
+pub(crate) const IN_PROCESS_RETRIES: u32 = 100;
 pub(crate) const IN_PROCESS_BACKOFF: Duration = Duration::from_millis(20);
+
+/// Whether `e` or an error it wraps is refused only for the moment: another node's
+/// compare-and-set in process ([`in_process_refusal`]), or no server answering for a bucket yet
+/// ([`not_routed_yet`]).
+pub(crate) fn passing_refusal(e: &(dyn std::error::Error + 'static)) -> bool {
+    in_process_refusal(e) || not_routed_yet(e)
+}
+
+/// Whether `e` or an error it wraps says that no server answered for a bucket's stream: a bucket
+/// made a moment ago (a cluster just set up) whose interest has not reached this node's server
+/// yet. A direct get then fails with 503 "no responders", a publish with "stream not found".
+pub(crate) fn not_routed_yet(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(error) = next {
+        let no_responders = error.downcast_ref::<DirectGetError>().is_some_and(|d| {
+            matches!(d.kind(), DirectGetErrorKind::ErrorResponse(status, _) if status == StatusCode::NO_RESPONDERS)
+        });
+        let no_stream = error
+            .downcast_ref::<PublishError>()
+            .is_some_and(|p| p.kind() == PublishErrorKind::StreamNotFound);
+        if no_responders || no_stream {
+            return true;
+        }
+        next = error.source();
+    }
+    false
+}
+
+/// `request` until it succeeds, fails for good, or was refused for a passing reason
+/// [`IN_PROCESS_RETRIES`] times.
+pub(crate) async fn asked_again<T, E, F, Fut>(mut request: F) -> Result<T, E>
+where
+    E: std::error::Error + 'static,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match request().await {
+            Err(e) if attempts < IN_PROCESS_RETRIES && passing_refusal(&e) => {
+                tokio::time::sleep(IN_PROCESS_BACKOFF).await;
+            }
+            done => return done,
+        }
+    }
+}
 
 /// Whether `e` or an error it wraps is the server's 10164: a compare-and-set refused because an
 /// earlier one on the same subject is still in process on a replicated stream's leader.
@@ -144,7 +201,29 @@ pub(crate) fn ban_key(name: &str, identity: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::room_token;
+    use super::*;
+    use async_nats::jetstream::kv::{CreateError, EntryError, EntryErrorKind};
+
+    #[test]
+    fn a_bucket_not_routed_yet_is_asked_again_and_other_refusals_are_not() {
+        let status =
+            |code: StatusCode| DirectGetError::new(DirectGetErrorKind::ErrorResponse(code, "x".into()));
+        let wrapped = |e: DirectGetError| {
+            CreateError::with_source(
+                CreateErrorKind::Other,
+                EntryError::with_source(EntryErrorKind::Other, e),
+            )
+        };
+        assert!(
+            not_routed_yet(&wrapped(status(StatusCode::NO_RESPONDERS))),
+            "a create whose read found no one"
+        );
+        assert!(not_routed_yet(&PublishError::new(PublishErrorKind::StreamNotFound)));
+        assert!(passing_refusal(&status(StatusCode::NO_RESPONDERS)));
+        assert!(!not_routed_yet(&wrapped(status(StatusCode::NOT_FOUND))));
+        assert!(!not_routed_yet(&wrapped(DirectGetError::new(DirectGetErrorKind::TimedOut))));
+        assert!(!passing_refusal(&PublishError::new(PublishErrorKind::WrongLastSequence)));
+    }
 
     #[test]
     fn room_tokens_are_hex_one_token_and_keep_names_apart() {
