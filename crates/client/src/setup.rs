@@ -6,7 +6,7 @@ use crate::config::{Config, RoomEntry};
 use chatroom_session::crypto::{KdfParams, Nick, RoomName};
 use chatroom_session::display::neutralize_short;
 use chatroom_session::invite::{looks_like_invite, parse_fingerprint, Invite};
-use chatroom_session::transport::{HostPort, Proxy};
+use chatroom_session::transport::{Proxy, RelayAddrs};
 use chatroom_session::trust::KnownRelays;
 
 use crate::app_error::AppError;
@@ -72,7 +72,7 @@ impl Paths {
 /// Everything about the room except the password.
 #[derive(Debug, Default)]
 pub(crate) struct Target {
-    pub(crate) relay: Option<HostPort>,
+    pub(crate) relay: Option<RelayAddrs>,
     pub(crate) room: Option<RoomName>,
     pub(crate) nick: Option<Nick>,
     /// The pinned relay key and where it came from.
@@ -88,7 +88,7 @@ fn entry_into(target: &mut Target, name: &str, entry: &RoomEntry, path: &Path) -
     let ctx =
         |e: String| AppError::new(format!("[rooms.{}] in {}: {e}", neutralize_short(name), path.display()));
     target.relay = Some(
-        HostPort::parse_relay(&entry.relay)
+        RelayAddrs::parse_relays(&entry.relay)
             .map_err(|e: chatroom_session::error::AddressError| ctx(e.to_string()))?,
     );
     target.room = Some(RoomName::new(&entry.room).map_err(|e| ctx(e.to_string()))?);
@@ -149,7 +149,7 @@ pub(crate) fn resolve(args: &TargetArgs, config: &Config, config_path: &Path) ->
         }
     }
     if let Some(relay) = &args.relay {
-        target.relay = Some(HostPort::parse_relay(relay)?);
+        target.relay = Some(RelayAddrs::parse_relays(relay)?);
     }
     if let Some(room) = &args.room {
         target.room = Some(RoomName::new(room).map_err(|e| AppError::new(format!("--room: {e}")))?);
@@ -179,7 +179,7 @@ pub(crate) fn complete(target: &mut Target, chat: &ChatArgs, input: &mut Input) 
     }
     while target.relay.is_none() {
         let answer = input.ask("Relay address (HOST or HOST:PORT): ")?;
-        match HostPort::parse_relay(&answer) {
+        match RelayAddrs::parse_relays(&answer) {
             Ok(relay) => target.relay = Some(relay),
             Err(e) if input.is_tty() => eprintln!("-!- {e}"),
             Err(e) => return Err(e.into()),

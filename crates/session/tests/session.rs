@@ -43,7 +43,7 @@ struct Client {
 
 fn config(relay: &FakeRelay, pin: RelayPin) -> SessionConfig {
     SessionConfig {
-        relay: host_port(relay),
+        relay: host_port(relay).into(),
         proxy: None,
         room: RoomName::new("general").unwrap(),
         nick: Nick::new("alice").unwrap(),
