@@ -1,7 +1,8 @@
 //! A relay cluster end to end: two real `chatroom-relay` processes with `--nats`, each on its
 //! own server of a real 3-node NATS cluster and sharing one relay key, and real `chatroom
 //! --plain` members on different nodes. Messages cross nodes; a ban and a room's password
-//! lockout made through one node hold on the other.
+//! lockout made through one node hold on the other; a member whose node is killed moves to the
+//! other node its invite lists.
 
 use std::error::Error;
 use std::time::{Duration, Instant};

@@ -58,7 +58,9 @@ pub(crate) async fn check_before_password(
             Ok(()) => return Ok(()),
             Err(e) => match addrs.get(i + 1) {
                 // Another node of the relay serves the same rooms under the same key.
-                Some(next) if e.is_retryable() => eprintln!("-!- {e}; trying the next address, {next}"),
+                Some(next) if e.is_retryable() => {
+                    eprintln!("-!- warning: {e}; trying the next address, {next}")
+                }
                 _ => return Err(e.into()),
             },
         }
