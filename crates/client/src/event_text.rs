@@ -312,6 +312,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn connection_notices_name_the_address_used() {
+        let connecting = |addr: &str, relay: &str| {
+            event_line(&Event::State(ConnState::Connecting { attempt: 0, addr: addr.into() }), relay).unwrap()
+        };
+        assert_eq!(connecting("h:1", "h:1"), "connecting to h:1", "one address: as before");
+        assert_eq!(connecting("b:2", "a:1,b:2"), "connecting to b:2");
+        assert_eq!(connecting("b:2", "a:1,b:2 via socks5h://p:9"), "connecting to b:2 via socks5h://p:9");
+    }
+
+    #[test]
     fn group_events_name_members_by_the_key_mls_authenticated() {
         let bob = PublicIdentity([0xb0; 32]);
         let entry = GroupEvent::Commit { epoch: 3, committer: bob, entry: true, removed: vec![], own: false };

@@ -224,4 +224,24 @@ mod tests {
         let err = resolve(&saved, &config("protocol = 3"), path).err().unwrap().to_string();
         assert!(err.contains("protocol = 3: the versions are 1 and 2"), "{err}");
     }
+
+    #[test]
+    fn relay_addresses_come_as_a_list_from_the_flag_the_config_and_invites() {
+        let path = Path::new("config.toml");
+        let text = "[rooms.c]\nrelay = \"n1.example,n2.example:7000\"\nroom = \"r\"\n";
+        let saved = Config::parse(text, path).unwrap();
+        let args = TargetArgs { target: Some("c".into()), ..TargetArgs::default() };
+        let relay = resolve(&args, &saved, path).unwrap().relay.unwrap();
+        assert_eq!(relay.to_string(), "n1.example:7878,n2.example:7000", "the default port for each");
+        let flag = TargetArgs { relay: Some("a:1,[::1]:2".into()), ..args.clone() };
+        assert_eq!(resolve(&flag, &saved, path).unwrap().relay.unwrap().len(), 2);
+        let twice = TargetArgs { relay: Some("a:1,A:1".into()), ..args };
+        let err = resolve(&twice, &saved, path).err().unwrap().to_string();
+        assert!(err.contains("listed twice"), "{err}");
+        let fp = "00".repeat(32);
+        let invite =
+            TargetArgs { target: Some(format!("chatroom://{fp}@a:1,b:2/r")), ..TargetArgs::default() };
+        let relay = resolve(&invite, &Config::default(), path).unwrap().relay.unwrap();
+        assert_eq!(relay.to_string(), "a:1,b:2");
+    }
 }
