@@ -1,7 +1,8 @@
 //! A relay cluster end to end: two real `chatroom-relay` processes with `--nats`, each on its
 //! own server of a real 3-node NATS cluster and sharing one relay key, and real `chatroom
 //! --plain` members on different nodes. Messages cross nodes; a ban and a room's password
-//! lockout made through one node hold on the other.
+//! lockout made through one node hold on the other; a member whose node is killed moves to the
+//! other node its invite lists.
 
 use std::error::Error;
 use std::time::{Duration, Instant};
@@ -104,5 +105,58 @@ fn members_on_two_relay_nodes_talk_and_a_ban_and_a_lockout_through_one_hold_on_t
     assert!(err.contains("too many failed attempts to join"), "the lockout holds on B: {err}");
     alice.close_stdin();
     assert!(alice.wait()?.success());
+    Ok(())
+}
+
+#[test]
+fn a_member_whose_relay_node_dies_reconnects_to_the_other_node_its_invite_lists() -> TestResult {
+    let cluster = NatsCluster::start()?;
+    let urls: Vec<String> = cluster.nodes().iter().map(|n| n.url()).collect();
+    let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let mut a = node(dir_a.path(), &urls[0])?;
+    std::fs::copy(dir_a.path().join("relay.key"), dir_b.path().join("relay.key"))?;
+    let b = node(dir_b.path(), &urls[1])?;
+    assert_eq!(a.fingerprint, b.fingerprint);
+    // One invite naming both nodes, in two orders: each member starts on the first it lists.
+    let (fp, on_a, on_b) = (a.fingerprint.clone(), a.address(), b.address());
+    let a_first = format!("chatroom://{fp}@{on_a},{on_b}/failover");
+    let b_first = format!("chatroom://{fp}@{on_b},{on_a}/failover");
+
+    let (alice_home, bob_home) = (Home::new()?, Home::new()?);
+    let mut alice = alice_home.member(&a_first, "alice", SECRET, true, &[])?;
+    alice.stderr.expect(&format!("connecting to {on_a}"))?;
+    alice.stderr.expect("now live")?;
+    let mut bob = bob_home.member(&b_first, "bob", SECRET, false, &[])?;
+    bob.stderr.expect(&format!("connecting to {on_b}"))?;
+    bob.stderr.expect("now live")?;
+    alice.line("before the failure")?;
+    bob.stdout.expect("<alice> before the failure")?;
+
+    // Node A dies; alice's client moves to node B by itself.
+    a.kill();
+    alice.stderr.expect(&format!("reconnected to {on_b}"))?;
+    alice.line("from alice after the failure")?;
+    bob.stdout.expect("<alice> from alice after the failure")?;
+    bob.line("from bob after the failure")?;
+    alice.stdout.expect("<bob> from bob after the failure")?;
+
+    alice.close_stdin();
+    assert!(alice.wait()?.success());
+    bob.close_stdin();
+    assert!(bob.wait()?.success());
+    alice.stdout.drain(Duration::from_secs(1));
+    bob.stdout.drain(Duration::from_secs(1));
+    assert_eq!(alice.stdout.count_ending_with("<bob> from bob after the failure"), 1, "shown once");
+    for text in ["before the failure", "from alice after the failure"] {
+        assert_eq!(bob.stdout.count_ending_with(&format!("<alice> {text}")), 1, "{text}: shown once");
+    }
+    // Each address alice used is pinned to the invite's fingerprint.
+    let known = std::fs::read_to_string(alice_home.data_dir().join("known_relays"))?;
+    for addr in [&on_a, &on_b] {
+        assert!(
+            known.lines().any(|l| l.contains(addr.as_str()) && l.contains(fp.as_str())),
+            "{addr}: {known}"
+        );
+    }
     Ok(())
 }

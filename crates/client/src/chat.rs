@@ -71,7 +71,9 @@ async fn prepare(cli: &Cli, paths: &Paths) -> Result<Prepared, AppError> {
 
     // The relay before the password: a changed key is offered for acceptance, and a relay
     // that would be refused is refused before a password is typed.
-    crate::relay_check::accept_new_key(&target, &relay, paths, &mut input)?;
+    for addr in relay.as_slice() {
+        crate::relay_check::accept_new_key(&target, addr, paths, &mut input)?;
+    }
     let limits = limits(chat)?;
     let (expected, expected_source) = match target.fingerprint.clone() {
         Some((key, source)) => (Some(key), source),

@@ -32,8 +32,9 @@ pub(crate) struct TargetArgs {
     /// An invite URL (chatroom://FINGERPRINT@HOST:PORT/ROOM) or the name of a saved room
     #[arg(value_name = "INVITE|NAME")]
     pub(crate) target: Option<String>,
-    /// The relay's address (port 7878 when none is given)
-    #[arg(long, value_name = "HOST[:PORT]")]
+    /// The relay's address (port 7878 when none is given); the nodes of a relay cluster,
+    /// which share one key, as a comma-separated list (at most 8), tried in turn
+    #[arg(long, value_name = "HOST[:PORT][,HOST2[:PORT2]...]")]
     pub(crate) relay: Option<String>,
     /// The room's name
     #[arg(long)]

@@ -9,7 +9,7 @@
 //! heal_hours = 24                      # optional, protocol 2: ... or after H hours
 //!
 //! [rooms.work]
-//! relay = "chat.example.org:7777"
+//! relay = "chat.example.org:7777"      # or the nodes of a cluster: "n1.example:7777,n2.example:7777"
 //! room = "general"
 //! nick = "alice"
 //! fingerprint = "<64 hex digits>"      # optional: pins the relay
@@ -77,7 +77,7 @@ pub(crate) struct Config {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RoomEntry {
-    /// `HOST:PORT` of the relay.
+    /// `HOST:PORT` of the relay, or several (a relay cluster's nodes), separated by commas.
     pub(crate) relay: String,
     /// Room name.
     pub(crate) room: String,

@@ -58,7 +58,8 @@ pub(crate) fn tagged_message_line(m: &ChatMessage) -> String {
 /// Protocol 2's first join: the room code is shown, but the code to compare is the epoch code
 /// (`/safety`), since only it shows that members share one group. `None` for other events.
 pub(crate) fn v2_joined_line(event: &Event, relay: &str) -> Option<String> {
-    let Event::Joined { created, rejoin: false, owner_is_me, owner, safety_code, relay_fingerprint } = event
+    let Event::Joined { created, rejoin: false, owner_is_me, owner, safety_code, relay_fingerprint, .. } =
+        event
     else {
         return None;
     };
@@ -178,12 +179,23 @@ pub(crate) fn event_line(event: &Event, relay: &str) -> Option<String> {
     }
 }
 
+/// The relay label `relay` (`HOST:PORT[,HOST2:PORT2...][ via PROXY]`) for one address of it,
+/// `addr`, the one a connection used: `addr[ via PROXY]`, the label itself for a single address.
+pub(crate) fn at(relay: &str, addr: &str) -> String {
+    match relay.split_once(" via ") {
+        Some((_, proxy)) => format!("{} via {proxy}", neutralize(addr)),
+        None => neutralize(addr),
+    }
+}
+
 /// The connection's progress: connecting, key derivation, joined.
 fn connection_line(event: &Event, relay: &str) -> Option<String> {
     Some(match event {
-        Event::State(ConnState::Connecting { attempt: 0 }) => format!("connecting to {relay}"),
-        Event::State(ConnState::Connecting { attempt }) => {
-            format!("reconnecting to {relay} (attempt {})", attempt + 1)
+        Event::State(ConnState::Connecting { attempt: 0, addr }) => {
+            format!("connecting to {}", at(relay, addr))
+        }
+        Event::State(ConnState::Connecting { attempt, addr }) => {
+            format!("reconnecting to {} (attempt {})", at(relay, addr), attempt + 1)
         }
         Event::State(ConnState::Reconnecting { delay, reason }) => {
             format!("disconnected: {}; reconnecting in {:.1} s", neutralize(reason), delay.as_secs_f64())
@@ -210,7 +222,7 @@ fn connection_line(event: &Event, relay: &str) -> Option<String> {
              /safety shows it again",
             if *owner_is_me { "you".to_owned() } else { short(owner) }
         ),
-        Event::Joined { .. } => format!("reconnected to {relay}"),
+        Event::Joined { addr, .. } => format!("reconnected to {}", at(relay, addr)),
         _ => return None,
     })
 }
@@ -300,6 +312,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn connection_notices_name_the_address_used() {
+        let connecting = |addr: &str, relay: &str| {
+            event_line(&Event::State(ConnState::Connecting { attempt: 0, addr: addr.into() }), relay).unwrap()
+        };
+        assert_eq!(connecting("h:1", "h:1"), "connecting to h:1", "one address: as before");
+        assert_eq!(connecting("b:2", "a:1,b:2"), "connecting to b:2");
+        assert_eq!(connecting("b:2", "a:1,b:2 via socks5h://p:9"), "connecting to b:2 via socks5h://p:9");
+    }
+
+    #[test]
     fn group_events_name_members_by_the_key_mls_authenticated() {
         let bob = PublicIdentity([0xb0; 32]);
         let entry = GroupEvent::Commit { epoch: 3, committer: bob, entry: true, removed: vec![], own: false };
@@ -333,6 +355,7 @@ mod tests {
             safety_code: "1 2 3".into(),
             relay_fingerprint: "ff".into(),
             rejoin: false,
+            addr: "r:1".into(),
         };
         let line = v2_joined_line(&joined, "r:1").unwrap();
         assert!(

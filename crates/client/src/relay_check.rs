@@ -3,8 +3,9 @@
 //! and when the password is to be typed, a handshake first proves the relay holds the pinned
 //! key, so nobody types a password for a relay that will be refused.
 
+use chatroom_session::error::SessionError;
 use chatroom_session::session::{handshake, Limits};
-use chatroom_session::transport::{self, HostPort, Proxy};
+use chatroom_session::transport::{self, HostPort, Proxy, RelayAddrs};
 use chatroom_session::trust::{RelayCheck, RelayPin};
 
 use crate::app_error::AppError;
@@ -43,22 +44,44 @@ pub(crate) fn accept_new_key(
 }
 
 /// Connects and completes the handshake with the relay's key checked against `pin`, then
-/// closes: a relay that would be refused is refused before any password is typed.
+/// closes: a relay that would be refused is refused before any password is typed. Of several
+/// addresses (the nodes of a relay cluster), the first that can be reached is checked.
 pub(crate) async fn check_before_password(
-    relay: &HostPort,
+    relay: &RelayAddrs,
     proxy: Option<&Proxy>,
     pin: &RelayPin,
     limits: &Limits,
 ) -> Result<(), AppError> {
+    let addrs = relay.as_slice();
+    for (i, addr) in addrs.iter().enumerate() {
+        match check_address(addr, proxy, pin, limits).await {
+            Ok(()) => return Ok(()),
+            Err(e) => match addrs.get(i + 1) {
+                // Another node of the relay serves the same rooms under the same key.
+                Some(next) if e.is_retryable() => {
+                    eprintln!("-!- warning: {e}; trying the next address, {next}")
+                }
+                _ => return Err(e.into()),
+            },
+        }
+    }
+    Ok(())
+}
+
+async fn check_address(
+    relay: &HostPort,
+    proxy: Option<&Proxy>,
+    pin: &RelayPin,
+    limits: &Limits,
+) -> Result<(), SessionError> {
     let addr = relay.to_string();
     let stream = transport::connect(relay, proxy, limits.connect_timeout).await?;
     let checked = tokio::time::timeout(limits.handshake_timeout, handshake(stream, &addr, pin))
         .await
-        .map_err(|_| {
-            AppError::new(format!(
-                "timed out after {} s in the handshake with {addr}; check the address and your network",
-                limits.handshake_timeout.as_secs()
-            ))
+        .map_err(|_| SessionError::Timeout {
+            what: "in the handshake with",
+            addr: addr.clone(),
+            secs: limits.handshake_timeout.as_secs(),
         })??;
     if checked.check == RelayCheck::FirstUse {
         eprintln!(

@@ -6,7 +6,7 @@ use crate::config::{Config, RoomEntry};
 use chatroom_session::crypto::{KdfParams, Nick, RoomName};
 use chatroom_session::display::neutralize_short;
 use chatroom_session::invite::{looks_like_invite, parse_fingerprint, Invite};
-use chatroom_session::transport::{HostPort, Proxy};
+use chatroom_session::transport::{Proxy, RelayAddrs};
 use chatroom_session::trust::KnownRelays;
 
 use crate::app_error::AppError;
@@ -72,7 +72,7 @@ impl Paths {
 /// Everything about the room except the password.
 #[derive(Debug, Default)]
 pub(crate) struct Target {
-    pub(crate) relay: Option<HostPort>,
+    pub(crate) relay: Option<RelayAddrs>,
     pub(crate) room: Option<RoomName>,
     pub(crate) nick: Option<Nick>,
     /// The pinned relay key and where it came from.
@@ -88,7 +88,7 @@ fn entry_into(target: &mut Target, name: &str, entry: &RoomEntry, path: &Path) -
     let ctx =
         |e: String| AppError::new(format!("[rooms.{}] in {}: {e}", neutralize_short(name), path.display()));
     target.relay = Some(
-        HostPort::parse_relay(&entry.relay)
+        RelayAddrs::parse_relays(&entry.relay)
             .map_err(|e: chatroom_session::error::AddressError| ctx(e.to_string()))?,
     );
     target.room = Some(RoomName::new(&entry.room).map_err(|e| ctx(e.to_string()))?);
@@ -149,7 +149,7 @@ pub(crate) fn resolve(args: &TargetArgs, config: &Config, config_path: &Path) ->
         }
     }
     if let Some(relay) = &args.relay {
-        target.relay = Some(HostPort::parse_relay(relay)?);
+        target.relay = Some(RelayAddrs::parse_relays(relay)?);
     }
     if let Some(room) = &args.room {
         target.room = Some(RoomName::new(room).map_err(|e| AppError::new(format!("--room: {e}")))?);
@@ -179,7 +179,7 @@ pub(crate) fn complete(target: &mut Target, chat: &ChatArgs, input: &mut Input) 
     }
     while target.relay.is_none() {
         let answer = input.ask("Relay address (HOST or HOST:PORT): ")?;
-        match HostPort::parse_relay(&answer) {
+        match RelayAddrs::parse_relays(&answer) {
             Ok(relay) => target.relay = Some(relay),
             Err(e) if input.is_tty() => eprintln!("-!- {e}"),
             Err(e) => return Err(e.into()),
@@ -223,5 +223,25 @@ mod tests {
         assert_eq!(resolve(&flagged, &config("protocol = 2"), path).unwrap().protocol, Some(1));
         let err = resolve(&saved, &config("protocol = 3"), path).err().unwrap().to_string();
         assert!(err.contains("protocol = 3: the versions are 1 and 2"), "{err}");
+    }
+
+    #[test]
+    fn relay_addresses_come_as_a_list_from_the_flag_the_config_and_invites() {
+        let path = Path::new("config.toml");
+        let text = "[rooms.c]\nrelay = \"n1.example,n2.example:7000\"\nroom = \"r\"\n";
+        let saved = Config::parse(text, path).unwrap();
+        let args = TargetArgs { target: Some("c".into()), ..TargetArgs::default() };
+        let relay = resolve(&args, &saved, path).unwrap().relay.unwrap();
+        assert_eq!(relay.to_string(), "n1.example:7878,n2.example:7000", "the default port for each");
+        let flag = TargetArgs { relay: Some("a:1,[::1]:2".into()), ..args.clone() };
+        assert_eq!(resolve(&flag, &saved, path).unwrap().relay.unwrap().len(), 2);
+        let twice = TargetArgs { relay: Some("a:1,A:1".into()), ..args };
+        let err = resolve(&twice, &saved, path).err().unwrap().to_string();
+        assert!(err.contains("listed twice"), "{err}");
+        let fp = "00".repeat(32);
+        let invite =
+            TargetArgs { target: Some(format!("chatroom://{fp}@a:1,b:2/r")), ..TargetArgs::default() };
+        let relay = resolve(&invite, &Config::default(), path).unwrap().relay.unwrap();
+        assert_eq!(relay.to_string(), "a:1,b:2");
     }
 }

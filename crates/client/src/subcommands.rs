@@ -38,7 +38,7 @@ pub(crate) fn invite(paths: &Paths, args: &TargetArgs) -> Result<(), AppError> {
         target.room.ok_or_else(|| AppError::new("which room? give a saved room name or --room ROOM"))?;
     let fingerprint = match target.fingerprint {
         Some((key, _)) => key,
-        None => paths.known_relays().lookup(&relay.to_string())?.ok_or_else(|| {
+        None => paths.known_relays().lookup(&relay.first().to_string())?.ok_or_else(|| {
             AppError::new(format!(
                 "the key of relay {relay} is not known yet: connect to it once, or give --fingerprint HEX \
                  (the relay prints its fingerprint when it starts)"

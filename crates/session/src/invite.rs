@@ -1,6 +1,8 @@
-//! Invite URLs: `chatroom://FINGERPRINT@HOST:PORT/ROOM[?kdf=m65536t3p1]`.
+//! Invite URLs: `chatroom://FINGERPRINT@HOST:PORT[,HOST2:PORT2...]/ROOM[?kdf=m65536t3p1]`.
 //!
-//! The fingerprint is the relay's 64-hex-digit static key, so an invite pins the relay. An
+//! The fingerprint is the relay's 64-hex-digit static key, so an invite pins the relay. Several
+//! addresses (at most `MAX_RELAY_ADDRS`, none twice) are the nodes of one relay cluster, all
+//! holding that one key. An
 //! invite never carries the room password. Parsing is strict: anything beyond this grammar
 //! (user names, passwords, percent escapes, fragments, other query keys) is refused.
 
@@ -11,7 +13,7 @@ use chatroom_crypto::{KdfParams, RoomName};
 
 use crate::display::neutralize_short;
 use crate::error::AddressError;
-use crate::transport::HostPort;
+use crate::transport::RelayAddrs;
 
 /// The URL scheme.
 pub const SCHEME: &str = "chatroom://";
@@ -23,8 +25,8 @@ pub const MAX_INVITE_LEN: usize = 512;
 pub struct Invite {
     /// The relay's static public key.
     pub fingerprint: [u8; 32],
-    /// The relay's address.
-    pub relay: HostPort,
+    /// The relay's addresses (one, or the nodes of a relay cluster).
+    pub relay: RelayAddrs,
     /// The room.
     pub room: RoomName,
     /// The room's key-derivation parameters (validated).
@@ -65,7 +67,7 @@ impl FromStr for Invite {
         let fingerprint = parse_fingerprint(fingerprint)?;
         let (authority, rest) =
             rest.split_once('/').ok_or_else(|| bad("the room name is missing after /"))?;
-        let relay: HostPort = authority.parse()?;
+        let relay: RelayAddrs = authority.parse()?;
         let (room, query) = match rest.split_once('?') {
             Some((room, query)) => (room, Some(query)),
             None => (rest, None),
@@ -115,6 +117,34 @@ mod tests {
         assert_eq!(inv.to_string(), s);
         let upper = format!("chatroom://{}@127.0.0.1:1/r", FP.to_uppercase());
         assert_eq!(upper.parse::<Invite>().unwrap().fingerprint[1], 0x11);
+    }
+
+    #[test]
+    fn invites_list_the_nodes_of_a_cluster() {
+        let s = format!("chatroom://{FP}@n1.example:7777,[::1]:7778,10.0.0.3:7779/general?kdf=m65536t3p1");
+        let inv: Invite = s.parse().unwrap();
+        let addrs: Vec<String> = inv.relay.as_slice().iter().map(ToString::to_string).collect();
+        assert_eq!(addrs, ["n1.example:7777", "[::1]:7778", "10.0.0.3:7779"]);
+        assert_eq!(inv.to_string(), s, "the list round-trips in its order");
+        let eight = (1..=8).map(|p| format!("h:{p}")).collect::<Vec<_>>().join(",");
+        let inv: Invite = format!("chatroom://{FP}@{eight}/r").parse().unwrap();
+        assert_eq!(inv.relay.len(), 8);
+        assert_eq!(inv.to_string().parse::<Invite>().unwrap(), inv);
+        let refused = [
+            (format!("chatroom://{FP}@{eight},h:9/r"), "at most 8"),
+            (format!("chatroom://{FP}@h:1,H:1/r"), "twice"),
+            (format!("chatroom://{FP}@h:1,/r"), "between commas"),
+            (format!("chatroom://{FP}@h:1,h/r"), "HOST:PORT"),
+            (format!("chatroom://{FP}@h:1,{}:2/r", "a".repeat(300)), "too long"),
+        ];
+        for (case, why) in refused {
+            let err = case.parse::<Invite>().unwrap_err();
+            assert!(err.why.contains(why), "{case}: {err}");
+        }
+        // Eight long names fit the list but not the invite's limit.
+        let long = (1..=8).map(|p| format!("{}.example:{p}", "n".repeat(60))).collect::<Vec<_>>().join(",");
+        let err = format!("chatroom://{FP}@{long}/r").parse::<Invite>().unwrap_err();
+        assert!(err.why.contains("too long"), "{err}");
     }
 
     #[test]

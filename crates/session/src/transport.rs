@@ -105,6 +105,145 @@ impl HostPort {
     }
 }
 
+/// Most addresses one relay service may be given (an invite, `--relay`, a config entry).
+pub const MAX_RELAY_ADDRS: usize = 8;
+
+/// The addresses of one relay service: the nodes of a relay cluster, which share one relay
+/// key, or a single relay's one address. Never empty, at most `MAX_RELAY_ADDRS`, no address
+/// twice. Written `HOST:PORT,HOST2:PORT2`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RelayAddrs(Vec<HostPort>);
+
+impl RelayAddrs {
+    /// Parses a comma-separated list, each address with `one`: `HostPort::from_str` (strict
+    /// `HOST:PORT`, as invites have it) or `HostPort::parse_relay` (the port may be left out).
+    /// One address alone is parsed, and refused, exactly as `one` does.
+    pub fn parse_with(
+        s: &str,
+        one: impl Fn(&str) -> Result<HostPort, AddressError>,
+    ) -> Result<Self, AddressError> {
+        if !s.contains(',') {
+            return Ok(RelayAddrs(vec![one(s)?]));
+        }
+        let bad = |why: &'static str| AddressError { input: crate::display::neutralize_short(s), why };
+        let parts: Vec<&str> = s.split(',').collect();
+        if parts.len() > MAX_RELAY_ADDRS {
+            return Err(bad("a relay is given at most 8 addresses, separated by commas"));
+        }
+        let mut addrs: Vec<HostPort> = Vec::with_capacity(parts.len());
+        for part in parts {
+            if part.is_empty() {
+                return Err(bad("an address is missing between commas (HOST:PORT,HOST2:PORT2)"));
+            }
+            let addr = one(part)?;
+            if addrs.contains(&addr) {
+                return Err(bad("the same address is listed twice"));
+            }
+            addrs.push(addr);
+        }
+        Ok(RelayAddrs(addrs))
+    }
+
+    /// Parses addresses as typed by a user (`--relay`, the config file): each `HOST:PORT`,
+    /// `[IPV6]:PORT` or a host alone (the default port), separated by commas.
+    pub fn parse_relays(s: &str) -> Result<Self, AddressError> {
+        Self::parse_with(s, HostPort::parse_relay)
+    }
+
+    /// The first address, where a session starts.
+    pub fn first(&self) -> &HostPort {
+        &self.0[0]
+    }
+
+    /// The address at `index`, counted round the list.
+    pub fn get(&self, index: usize) -> &HostPort {
+        &self.0[index % self.0.len()]
+    }
+
+    /// All addresses, in the order given.
+    pub fn as_slice(&self) -> &[HostPort] {
+        &self.0
+    }
+
+    /// How many addresses (at least 1).
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Always false: a list holds at least one address.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+impl From<HostPort> for RelayAddrs {
+    fn from(addr: HostPort) -> Self {
+        RelayAddrs(vec![addr])
+    }
+}
+
+impl FromStr for RelayAddrs {
+    type Err = AddressError;
+
+    /// Parses `HOST:PORT[,HOST2:PORT2...]`, each address strictly (with its port).
+    fn from_str(s: &str) -> Result<Self, AddressError> {
+        Self::parse_with(s, str::parse)
+    }
+}
+
+impl fmt::Display for RelayAddrs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, addr) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{addr}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Which address of a `RelayAddrs` the next connection attempt uses, and when to wait.
+///
+/// Sans-IO: a session starts at the first address; a failed attempt or a lost connection
+/// moves to the next address, round the list, so the round after a loss starts with the
+/// address after the one that last worked and ends with it. The session's backoff is paid
+/// once per full round, not per address: a dead node of a cluster costs one quick failed
+/// connect, and a single address backs off after each failure exactly as before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rotation {
+    len: usize,
+    current: usize,
+}
+
+impl Rotation {
+    /// Starts at the first of `len` addresses (`len` 0 is taken as 1).
+    pub fn new(len: usize) -> Self {
+        Rotation { len: len.max(1), current: 0 }
+    }
+
+    /// Starts at address `index` of `len` (the one that last worked).
+    pub fn starting_at(len: usize, index: usize) -> Self {
+        let len = len.max(1);
+        Rotation { len, current: index % len }
+    }
+
+    /// The index of the address to use now.
+    pub fn current(&self) -> usize {
+        self.current
+    }
+
+    /// The address in use failed (`failures`: failed attempts since the last working
+    /// connection, 0 for the loss of a working one): moves to the next address and says how
+    /// to wait before trying it: `Some(round)` to apply the backoff for `round` (a full
+    /// round has just ended), `None` to try at once.
+    pub fn failed(&mut self, failures: u32) -> Option<u32> {
+        self.current = (self.current + 1) % self.len;
+        let len = u32::try_from(self.len).unwrap_or(u32::MAX);
+        failures.is_multiple_of(len).then_some(failures / len)
+    }
+}
+
 /// A SOCKS5 proxy given as `socks5h://HOST:PORT` (or `socks5://`, treated the same way:
 /// with a proxy set, the client never resolves the relay's name itself).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,6 +324,60 @@ pub async fn connect(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relay_address_lists() {
+        let one = RelayAddrs::parse_relays("Example.org").unwrap();
+        assert_eq!(one.as_slice(), [HostPort { host: "example.org".into(), port: DEFAULT_PORT }]);
+        assert_eq!(one.to_string(), "example.org:7878");
+        let two = RelayAddrs::parse_relays("a.example:1,[::1]:2").unwrap();
+        assert_eq!(two.len(), 2);
+        assert_eq!(two.to_string(), "a.example:1,[::1]:2");
+        assert_eq!(two.to_string().parse::<RelayAddrs>().unwrap(), two, "the written form parses back");
+        assert_eq!(two.get(3), two.get(1));
+        let eight = (1..=8).map(|p| format!("h:{p}")).collect::<Vec<_>>().join(",");
+        assert_eq!(eight.parse::<RelayAddrs>().unwrap().len(), MAX_RELAY_ADDRS);
+        // One address alone is refused exactly as before, with the same words.
+        let alone = "h:0".parse::<RelayAddrs>().unwrap_err();
+        assert_eq!(alone, "h:0".parse::<HostPort>().unwrap_err());
+        let cases = [
+            (format!("{eight},h:9"), "at most 8"),
+            ("h:1,H:1".to_owned(), "listed twice"),
+            ("h:1,".to_owned(), "missing between commas"),
+            (",h:1".to_owned(), "missing between commas"),
+            ("h:1,,h:2".to_owned(), "missing between commas"),
+            ("h:1,h".to_owned(), "HOST:PORT"),
+            ("h:1,h:99999".to_owned(), "port"),
+        ];
+        for (input, why) in cases {
+            let err = input.parse::<RelayAddrs>().unwrap_err();
+            assert!(err.why.contains(why), "{input}: {err}");
+        }
+        assert!(RelayAddrs::parse_relays("h,h:7878").is_err(), "the default port makes them equal");
+    }
+
+    #[test]
+    fn rotation_pays_the_backoff_once_per_round() {
+        // One address: every failure is a full round, backed off as before (0, 1, 2, ...).
+        let mut one = Rotation::new(1);
+        assert_eq!((0..4).map(|f| one.failed(f)).collect::<Vec<_>>(), [Some(0), Some(1), Some(2), Some(3)]);
+        assert_eq!(one.current(), 0);
+        // Three addresses, working on the second: the loss moves to the third after the
+        // first backoff; the other two are tried at once; then the next round backs off.
+        let mut three = Rotation::starting_at(3, 1);
+        assert_eq!(three.current(), 1);
+        let mut seen = Vec::new();
+        for failures in 0..7 {
+            let wait = three.failed(failures);
+            seen.push((three.current(), wait));
+        }
+        assert_eq!(
+            seen,
+            [(2, Some(0)), (0, None), (1, None), (2, Some(1)), (0, None), (1, None), (2, Some(2))]
+        );
+        assert_eq!(Rotation::starting_at(2, 5).current(), 1);
+        assert_eq!(Rotation::new(0).failed(0), Some(0), "no address is taken as one");
+    }
 
     #[test]
     fn host_port_forms() {

@@ -43,7 +43,7 @@ struct Client {
 
 fn config(relay: &FakeRelay, pin: RelayPin) -> SessionConfig {
     SessionConfig {
-        relay: host_port(relay),
+        relay: host_port(relay).into(),
         proxy: None,
         room: RoomName::new("general").unwrap(),
         nick: Nick::new("alice").unwrap(),
@@ -366,5 +366,59 @@ async fn a_first_join_lost_while_deriving_the_key_is_tried_once_more() -> TestRe
         .filter(|e| matches!(e, Event::KeyDerivation(chatroom_session::session::KdfProgress::Started(_))))
         .count();
     assert_eq!(derivations, 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_relay_given_several_addresses_skips_a_dead_one_and_moves_on_when_its_node_goes() -> TestResult {
+    // Two nodes of one relay (one key) and an address where nothing listens.
+    let key = StaticKeypair::generate();
+    let node1 = FakeRelay::bind(StaticKeypair::from_private(key.private())).await?;
+    let node2 = FakeRelay::bind(StaticKeypair::from_private(key.private())).await?;
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.local_addr()?
+    };
+    let list = format!("{dead},{},{}", node1.addr(), node2.addr());
+    let dir = tempfile::tempdir()?;
+    let known = KnownRelays::new(dir.path().join("known_relays"));
+    let pin = RelayPin {
+        expected: Some(*key.public()),
+        expected_source: "the invite".into(),
+        known: Some(known.clone()),
+    };
+    let cfg = SessionConfig { relay: list.parse()?, ..config(&node1, pin) };
+    let owner = Identity::generate();
+    let (client, admitted) = tokio::join!(start(cfg), node1.admit(&owner));
+    let (mut client, (conn1, _)) = (client?, admitted?);
+    let mut tried = Vec::new();
+    let mut warned = Vec::new();
+    while let Ok(Some(e)) = timeout(Duration::from_millis(1), client.events.recv()).await {
+        match e {
+            Event::State(chatroom_session::session::ConnState::Connecting { addr, .. }) => tried.push(addr),
+            Event::Warning(w) => warned.push(w),
+            _ => {}
+        }
+    }
+    assert_eq!(tried, [dead.to_string(), node1.addr().to_string()], "the dead address first, then the next");
+    assert!(
+        warned.iter().any(|w| w.contains(&format!("trying the next address, {}", node1.addr()))),
+        "{warned:?}"
+    );
+
+    // Node 1 goes away: the session moves on to node 2 by itself.
+    drop(conn1);
+    drop(node1);
+    let (_conn2, join) = timeout(LIMIT, node2.admit(&owner)).await??;
+    assert_eq!(join.room.as_str(), "general");
+    let reached = next_matching(&mut client.events, |e| match e {
+        Event::Joined { rejoin: true, addr, .. } => Some(addr.clone()),
+        _ => None,
+    })
+    .await?;
+    assert_eq!(reached, node2.addr().to_string());
+    // Each address reached is pinned to the invite's key; the dead one is not.
+    let pinned: Vec<String> = known.list()?.into_iter().map(|(addr, _)| addr).collect();
+    assert!(pinned.contains(&node2.addr().to_string()) && !pinned.contains(&dead.to_string()), "{pinned:?}");
     Ok(())
 }

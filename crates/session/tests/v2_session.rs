@@ -92,7 +92,7 @@ fn paced_config(
     send_rate: Option<(u32, f64)>,
 ) -> SessionConfig {
     SessionConfig {
-        relay: HostPort { host: relay.addr.ip().to_string(), port: relay.addr.port() },
+        relay: HostPort { host: relay.addr.ip().to_string(), port: relay.addr.port() }.into(),
         proxy: None,
         room: RoomName::new("general").unwrap(),
         nick: Nick::new(nick).unwrap(),

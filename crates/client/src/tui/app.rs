@@ -503,12 +503,12 @@ impl App {
     /// shown in the status bar only.
     fn on_state(&mut self, state: ConnState) {
         match state {
-            ConnState::Connecting { attempt } => {
+            ConnState::Connecting { attempt, addr } => {
                 // Attempts count from 0 after each loss; the status bar counts retries from 1.
                 let retry = if self.offline() { attempt.saturating_add(1) } else { 0 };
                 self.conn = Conn::Connecting { attempt: retry };
                 if retry == 0 {
-                    let text = format!("connecting to {}", self.relay);
+                    let text = format!("connecting to {}", crate::event_text::at(&self.relay, &addr));
                     self.notice(NoticeKind::Info, &text);
                 }
             }
@@ -588,7 +588,7 @@ impl App {
         match event {
             Event::State(state) => self.on_state(state),
             Event::KeyDerivation(progress) => self.on_key_derivation(progress, line),
-            Event::Joined { safety_code, relay_fingerprint, rejoin, owner, created, owner_is_me } => {
+            Event::Joined { safety_code, relay_fingerprint, rejoin, owner, created, owner_is_me, .. } => {
                 self.on_joined(&safety_code, &relay_fingerprint, owner, owner_is_me, (rejoin, created))
             }
             Event::HistoryEnd => self.on_history_end(),
@@ -1111,6 +1111,7 @@ mod tests {
             safety_code: "04821 99310 12345 67890 11111".into(),
             relay_fingerprint: "ab".repeat(32),
             rejoin: false,
+            addr: "127.0.0.1:7777".into(),
         });
         type_line(&mut app, "/safety");
         let texts: Vec<String> = app
@@ -1149,6 +1150,7 @@ mod tests {
             safety_code: "1".into(),
             relay_fingerprint: "ab".into(),
             rejoin: false,
+            addr: "127.0.0.1:7777".into(),
         });
         let mut me = member("alice", 1);
         me.me = true;
@@ -1187,6 +1189,7 @@ mod tests {
             safety_code: "1".into(),
             relay_fingerprint: "ab".into(),
             rejoin: false,
+            addr: "127.0.0.1:7777".into(),
         });
         assert!(notices(&app).is_empty(), "waits for the member list");
         let mut bob = member("bob", 2);
@@ -1206,6 +1209,7 @@ mod tests {
             safety_code: "1".into(),
             relay_fingerprint: "ab".into(),
             rejoin: false,
+            addr: "127.0.0.1:7777".into(),
         });
         app.on_event(Event::Members(vec![member("alice", 1)]));
         let said = notices(&app);
@@ -1255,7 +1259,7 @@ mod tests {
                 delay: Duration::from_secs(2),
                 reason: "cannot connect to 127.0.0.1:7777: Connection refused; check the address.".into(),
             }));
-            app.on_event(Event::State(ConnState::Connecting { attempt }));
+            app.on_event(Event::State(ConnState::Connecting { attempt, addr: "127.0.0.1:7777".into() }));
         }
     }
 
@@ -1273,6 +1277,7 @@ mod tests {
             safety_code: "1".into(),
             relay_fingerprint: "ab".into(),
             rejoin: true,
+            addr: "127.0.0.1:7777".into(),
         });
         app.on_event(Event::State(ConnState::CatchingUp));
         app.on_event(history("bob", "one"));
@@ -1405,6 +1410,7 @@ mod tests {
             safety_code: "1".into(),
             relay_fingerprint: "ab".into(),
             rejoin: false,
+            addr: "127.0.0.1:7777".into(),
         });
         let action = type_line(&mut app, "/topic ship it");
         assert!(

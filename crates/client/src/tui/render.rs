@@ -393,6 +393,7 @@ mod tests {
             safety_code: "04821 99310 12345 67890 11111".into(),
             relay_fingerprint: "ab12cd34ef567890".repeat(4),
             rejoin: true,
+            addr: "127.0.0.1:7777".into(),
         });
         app.on_event(Event::HistoryEnd);
         app.on_event(Event::State(ConnState::Live));

@@ -23,7 +23,7 @@ use super::room::RoomView;
 use super::SessionConfig;
 use crate::error::SessionError;
 use crate::state::{room_state_path, RoomState};
-use crate::transport;
+use crate::transport::{self, Rotation};
 use crate::trust::RelayCheck;
 use chatroom_net::TokenBucket;
 
@@ -58,6 +58,8 @@ pub(crate) struct Attempt {
     pub(crate) history_after: Option<u64>,
     pub(crate) create: bool,
     pub(crate) attempt: u32,
+    /// The index in `config.relay` of the address to connect to.
+    pub(crate) addr: usize,
 }
 
 /// A joined connection.
@@ -70,15 +72,18 @@ pub(crate) struct Established {
     /// History was asked for after this sequence number (below the last seen, on start, for
     /// recent context).
     pub(crate) history_after: u64,
+    /// The index in `config.relay` of the address this connection reached.
+    pub(crate) addr: usize,
 }
 
 /// Connects, handshakes (checking the relay pin), derives the room key if needed, and joins.
 pub(crate) async fn establish(a: Attempt) -> Result<Established, SessionError> {
     let cfg = &a.config;
-    a.callbacks.event(Event::State(ConnState::Connecting { attempt: a.attempt }));
-    let stream = transport::connect(&cfg.relay, cfg.proxy.as_ref(), cfg.limits.connect_timeout).await?;
+    let relay = cfg.relay.get(a.addr);
+    let addr = relay.to_string();
+    a.callbacks.event(Event::State(ConnState::Connecting { attempt: a.attempt, addr: addr.clone() }));
+    let stream = transport::connect(relay, cfg.proxy.as_ref(), cfg.limits.connect_timeout).await?;
     a.callbacks.event(Event::State(ConnState::Joining));
-    let addr = cfg.relay.to_string();
     let limit = cfg.limits.handshake_timeout;
     let timed_out =
         |what: &'static str| SessionError::Timeout { what, addr: addr.clone(), secs: limit.as_secs() };
@@ -113,7 +118,7 @@ pub(crate) async fn establish(a: Attempt) -> Result<Established, SessionError> {
     let (info, leftover) = tokio::time::timeout(limit, join(&mut conn, request))
         .await
         .map_err(|_| timed_out("joining the room on"))??;
-    Ok(Established { conn, info, leftover, room_keys, state, history_after })
+    Ok(Established { conn, info, leftover, room_keys, state, history_after, addr: a.addr })
 }
 
 type Connecting = Pin<Box<dyn Future<Output = Result<Established, SessionError>> + Send>>;
@@ -179,6 +184,8 @@ pub(crate) struct Driver {
     /// `Sync` requests waiting for the Pong of their Ping token.
     syncs: Vec<(u64, oneshot::Sender<bool>)>,
     save_failed: bool,
+    /// Which relay address the next attempt uses.
+    rotation: Rotation,
 }
 
 impl Driver {
@@ -217,6 +224,7 @@ impl Driver {
             ping_token: 0,
             syncs: Vec::new(),
             save_failed: false,
+            rotation: Rotation::starting_at(config.relay.len(), first.addr),
             config,
         })
     }
@@ -255,7 +263,8 @@ impl Driver {
         self.outbox.disconnected();
         // Pongs owed on the lost connection never come.
         self.syncs.clear();
-        let delay = self.backoff(attempt);
+        // The backoff is paid once per round of the relay's addresses.
+        let delay = self.rotation.failed(attempt).map_or(Duration::ZERO, |round| self.backoff(round));
         self.emit(Event::State(ConnState::Reconnecting { delay, reason: err.to_string() }));
         Ok(Link::Waiting { until: Instant::now() + delay, attempt })
     }
@@ -269,6 +278,7 @@ impl Driver {
             history_after: Some(self.view.last_seq()),
             create: false,
             attempt,
+            addr: self.rotation.current(),
         }))
     }
 
@@ -414,13 +424,13 @@ impl Driver {
     async fn connected(&mut self, est: Established, rejoin: bool) -> Result<Up, SessionError> {
         if est.conn.relay_key != self.relay_key {
             return Err(SessionError::RelayKeyMismatch {
-                addr: self.config.relay.to_string(),
+                addr: self.config.relay.get(est.addr).to_string(),
                 expected: hex::encode(self.relay_key),
                 actual: hex::encode(est.conn.relay_key),
                 pin_source: "this session".into(),
             });
         }
-        let Established { conn, info, leftover, .. } = est;
+        let Established { conn, info, leftover, addr: est_addr, .. } = est;
         let Handshaken { mut reader, writer, .. } = conn;
         let (tx, incoming) = mpsc::channel::<Incoming>(8);
         let reader = tokio::spawn(async move {
@@ -441,6 +451,7 @@ impl Driver {
             safety_code: self.room_keys.safety_code().to_string(),
             relay_fingerprint: hex::encode(self.relay_key),
             rejoin,
+            addr: self.config.relay.get(est_addr).to_string(),
         });
         for event in self.view.on_joined(&info) {
             self.emit(event);

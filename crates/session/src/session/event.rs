@@ -28,6 +28,8 @@ pub enum ConnState {
     Connecting {
         /// 0 for the first attempt, then 1, 2, ... while reconnecting.
         attempt: u32,
+        /// The relay address tried (`HOST:PORT`), one of the session's.
+        addr: String,
     },
     /// Noise handshake and join in progress.
     Joining,
@@ -182,6 +184,8 @@ pub enum Event {
         relay_fingerprint: String,
         /// This is a reconnect.
         rejoin: bool,
+        /// The relay address this connection reached (`HOST:PORT`), one of the session's.
+        addr: String,
     },
     /// Messages between the last seen and the oldest retained were dropped by the relay's
     /// retention before this client could fetch them.

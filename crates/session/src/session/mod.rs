@@ -33,7 +33,7 @@ pub use outbox::{AckMatch, Outbox, Outgoing};
 pub use room::{RoomView, COUNTER_RESERVE, MAX_MEMBERS};
 
 use crate::error::SessionError;
-use crate::transport::{HostPort, Proxy};
+use crate::transport::{Proxy, RelayAddrs};
 use crate::trust::RelayPin;
 use driver::Request;
 
@@ -82,8 +82,8 @@ impl Default for Limits {
 /// Where and who to be.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
-    /// The relay.
-    pub relay: HostPort,
+    /// The relay's addresses (one, or the nodes of a relay cluster, which share one key).
+    pub relay: RelayAddrs,
     /// A SOCKS5 proxy, if any.
     pub proxy: Option<Proxy>,
     /// The room.
@@ -130,7 +130,7 @@ impl Session {
         callbacks: Arc<dyn Callbacks>,
     ) -> Result<SessionHandle, SessionError> {
         let config = Arc::new(config);
-        let attempt = |n: u32| {
+        let attempt = |n: u32, addr: usize| {
             driver::establish(driver::Attempt {
                 config: config.clone(),
                 keys: keys.clone(),
@@ -139,16 +139,31 @@ impl Session {
                 history_after: None,
                 create: config.create,
                 attempt: n,
+                addr,
             })
         };
-        let derived_before = keys.has_any();
-        let first = match attempt(0).await {
-            Ok(first) => first,
-            // Deriving the key between handshake and join (first contact with a relay) can
-            // outlast the relay's join deadline with costly parameters; the key is cached
-            // now, so one more attempt joins at once.
-            Err(e) if e.is_retryable() && !derived_before && keys.has_any() => attempt(1).await?,
-            Err(e) => return Err(e),
+        let mut addr = 0;
+        let first = loop {
+            let derived_before = keys.has_any();
+            match attempt(0, addr).await {
+                Ok(first) => break first,
+                // Deriving the key between handshake and join (first contact with a relay)
+                // can outlast the relay's join deadline with costly parameters; the key is
+                // cached now, so one more attempt joins at once.
+                Err(e) if e.is_retryable() && !derived_before && keys.has_any() => {
+                    break attempt(1, addr).await?
+                }
+                // A node of a relay cluster that cannot be reached: the next address serves
+                // the same rooms.
+                Err(e) if e.is_retryable() && addr + 1 < config.relay.len() => {
+                    addr += 1;
+                    callbacks.event(Event::Warning(format!(
+                        "{e}; trying the next address, {}",
+                        config.relay.get(addr)
+                    )));
+                }
+                Err(e) => return Err(e),
+            }
         };
         let safety_code = first.room_keys.safety_code().to_string();
         let relay_fingerprint = hex::encode(first.conn.relay_key);

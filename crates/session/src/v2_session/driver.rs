@@ -19,7 +19,7 @@ use crate::session::{
     MemberInfo, Outbox, Outgoing, SessionConfig, SessionEnd, TokenBucket, MAX_MEMBERS,
 };
 use crate::state::room_state_path;
-use crate::transport;
+use crate::transport::{self, Rotation};
 use crate::trust::RelayCheck;
 
 /// What a front end asks of the session.
@@ -50,6 +50,8 @@ pub(super) struct Established {
     leftover: Vec<RelayMessage>,
     /// The room core, built on the first connection.
     core: Option<Core>,
+    /// The index in `config.relay` of the address this connection reached.
+    addr: usize,
 }
 
 impl Established {
@@ -68,12 +70,13 @@ pub(super) async fn establish(
     callbacks: &dyn Callbacks,
     resume: Resume,
     create: bool,
-    attempt: u32,
+    (attempt, addr_index): (u32, usize),
 ) -> Result<Established, SessionError> {
-    callbacks.event(Event::State(ConnState::Connecting { attempt }));
-    let stream = transport::connect(&cfg.relay, cfg.proxy.as_ref(), cfg.limits.connect_timeout).await?;
+    let relay = cfg.relay.get(addr_index);
+    let addr = relay.to_string();
+    callbacks.event(Event::State(ConnState::Connecting { attempt, addr: addr.clone() }));
+    let stream = transport::connect(relay, cfg.proxy.as_ref(), cfg.limits.connect_timeout).await?;
     callbacks.event(Event::State(ConnState::Joining));
-    let addr = cfg.relay.to_string();
     let limit = cfg.limits.handshake_timeout;
     let timed_out =
         |what: &'static str| SessionError::Timeout { what, addr: addr.clone(), secs: limit.as_secs() };
@@ -118,7 +121,7 @@ pub(super) async fn establish(
     let (info, leftover) = tokio::time::timeout(limit, join(&mut conn, request))
         .await
         .map_err(|_| timed_out("joining the room on"))??;
-    Ok(Established { conn, info, leftover, core })
+    Ok(Established { conn, info, leftover, core, addr: addr_index })
 }
 
 /// The v2 state file of a room: next to the v1 one, with `.v2` appended.
@@ -187,6 +190,8 @@ pub(super) struct Driver {
     info_due: Option<Instant>,
     partial_members: Vec<Member>,
     owner: Option<chatroom_crypto::PublicIdentity>,
+    /// Which relay address the next attempt uses.
+    rotation: Rotation,
     /// The longest random wait before publishing a stale GroupInfo.
     grace: Duration,
     /// Pacing under the relay's rate limit (`Limits::send_rate`), carried across reconnects.
@@ -215,7 +220,6 @@ impl Driver {
         Ok(Self {
             bucket,
             grace,
-            config,
             keys,
             identity,
             callbacks,
@@ -231,6 +235,8 @@ impl Driver {
             info_due: None,
             partial_members: Vec::new(),
             owner: None,
+            rotation: Rotation::starting_at(config.relay.len(), first.addr),
+            config,
         })
     }
 
@@ -251,7 +257,8 @@ impl Driver {
         }
         self.outbox.disconnected();
         self.syncs.clear();
-        let delay = self.backoff(attempt);
+        // The backoff is paid once per round of the relay's addresses.
+        let delay = self.rotation.failed(attempt).map_or(Duration::ZERO, |round| self.backoff(round));
         self.emit(Event::State(ConnState::Reconnecting { delay, reason: err.to_string() }));
         Ok(Link::Waiting { until: Instant::now() + delay, attempt })
     }
@@ -260,8 +267,10 @@ impl Driver {
         let (config, keys, identity, callbacks) =
             (self.config.clone(), self.keys.clone(), self.identity.clone(), self.callbacks.clone());
         let after = self.core.history_after();
+        let addr = self.rotation.current();
         Box::pin(async move {
-            establish(&config, &keys, &identity, &*callbacks, Resume::After(after), false, attempt).await
+            establish(&config, &keys, &identity, &*callbacks, Resume::After(after), false, (attempt, addr))
+                .await
         })
     }
 
@@ -431,13 +440,13 @@ impl Driver {
     async fn connected(&mut self, est: Established, rejoin: bool) -> Result<Up, SessionError> {
         if est.conn.relay_key != self.relay_key {
             return Err(SessionError::RelayKeyMismatch {
-                addr: self.config.relay.to_string(),
+                addr: self.config.relay.get(est.addr).to_string(),
                 expected: hex::encode(self.relay_key),
                 actual: hex::encode(est.conn.relay_key),
                 pin_source: "this session".into(),
             });
         }
-        let Established { conn, info, leftover, .. } = est;
+        let Established { conn, info, leftover, addr: est_addr, .. } = est;
         let Handshaken { mut reader, writer, .. } = conn;
         let (tx, incoming) = mpsc::channel::<Incoming>(8);
         let reader = tokio::spawn(async move {
@@ -460,6 +469,7 @@ impl Driver {
             safety_code: room_code,
             relay_fingerprint: hex::encode(self.relay_key),
             rejoin,
+            addr: self.config.relay.get(est_addr).to_string(),
         });
         self.emit(Event::State(ConnState::CatchingUp));
         self.outbox.disconnected();

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::error::SessionError;
-use crate::session::{Callbacks, SendError, SessionConfig, SessionEnd};
+use crate::session::{Callbacks, Event, SendError, SessionConfig, SessionEnd};
 use driver::Request;
 pub use keys::V2Keys;
 
@@ -90,16 +90,25 @@ impl V2Session {
         let keys = Arc::new(V2Keys::new(password, config.room.clone(), params)?);
         let config = Arc::new(config);
         let grace = limits.group_info_grace;
-        let mut first = driver::establish(
-            &config,
-            &keys,
-            &identity,
-            &*callbacks,
-            driver::Resume::First(limits),
-            config.create,
-            0,
-        )
-        .await?;
+        let mut addr = 0;
+        let mut first = loop {
+            let resume = driver::Resume::First(limits.clone());
+            match driver::establish(&config, &keys, &identity, &*callbacks, resume, config.create, (0, addr))
+                .await
+            {
+                Ok(first) => break first,
+                // A node of a relay cluster that cannot be reached: the next address serves
+                // the same rooms.
+                Err(e) if e.is_retryable() && addr + 1 < config.relay.len() => {
+                    addr += 1;
+                    callbacks.event(Event::Warning(format!(
+                        "{e}; trying the next address, {}",
+                        config.relay.get(addr)
+                    )));
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let relay_fingerprint = hex::encode(first.relay_key());
         let (tx, rx) = mpsc::channel(256);
         let driver = driver::Driver::new(config, grace, keys, identity, callbacks, rx, &mut first)?;
