@@ -197,6 +197,10 @@ fn connection_line(event: &Event, relay: &str) -> Option<String> {
         Event::State(ConnState::Connecting { attempt, addr }) => {
             format!("reconnecting to {} (attempt {})", at(relay, addr), attempt + 1)
         }
+        // Within a round of a relay's several addresses the next one is tried at once.
+        Event::State(ConnState::Reconnecting { delay, reason }) if delay.is_zero() => {
+            format!("disconnected: {}; trying the relay's next address", neutralize(reason))
+        }
         Event::State(ConnState::Reconnecting { delay, reason }) => {
             format!("disconnected: {}; reconnecting in {:.1} s", neutralize(reason), delay.as_secs_f64())
         }
@@ -310,6 +314,7 @@ fn other_line(event: &Event) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn connection_notices_name_the_address_used() {
@@ -319,6 +324,15 @@ mod tests {
         assert_eq!(connecting("h:1", "h:1"), "connecting to h:1", "one address: as before");
         assert_eq!(connecting("b:2", "a:1,b:2"), "connecting to b:2");
         assert_eq!(connecting("b:2", "a:1,b:2 via socks5h://p:9"), "connecting to b:2 via socks5h://p:9");
+        let lost = |delay: Duration| {
+            let state = ConnState::Reconnecting { delay, reason: "connection refused".into() };
+            event_line(&Event::State(state), "a:1,b:2").unwrap()
+        };
+        assert_eq!(
+            lost(Duration::from_millis(1500)),
+            "disconnected: connection refused; reconnecting in 1.5 s"
+        );
+        assert_eq!(lost(Duration::ZERO), "disconnected: connection refused; trying the relay's next address");
     }
 
     #[test]
