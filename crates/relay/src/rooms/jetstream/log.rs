@@ -11,7 +11,9 @@
 //! envelope is stored under the next room sequence. While the stream has no leader, or the
 //! node's NATS client moves to another server, a publish finds no responder or a broken
 //! connection: the append waits a moment and tries again, up to its deadline, so a leader
-//! election pauses sends instead of refusing them.
+//! election pauses sends instead of refusing them. An attempt refused because an earlier one
+//! with the same id is still being proposed (10158, a leader that lost its quorum holds it)
+//! waits for that one's outcome the same way.
 
 use std::time::Duration;
 
@@ -175,13 +177,15 @@ fn retry(e: &PublishError) -> Retry {
         PublishErrorKind::WrongLastSequence | PublishErrorKind::TimedOut => Retry::Reload,
         PublishErrorKind::StreamNotFound | PublishErrorKind::BrokenPipe => Retry::AfterBackoff,
         PublishErrorKind::Other => {
-            let wrong_last = std::error::Error::source(e)
+            let code = std::error::Error::source(e)
                 .and_then(|s| s.downcast_ref::<jetstream::Error>())
-                .is_some_and(|j| j.error_code() == ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT);
-            if wrong_last {
-                Retry::Reload
-            } else {
-                Retry::No
+                .map(jetstream::Error::error_code);
+            match code {
+                Some(ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT) => Retry::Reload,
+                // 10158: an earlier attempt with this Nats-Msg-Id is still being proposed (a
+                // leader without quorum holds it): its outcome decides, so ask again later.
+                Some(ErrorCode::STREAM_DUPLICATE_MESSAGE_CONFLICT) => Retry::AfterBackoff,
+                _ => Retry::No,
             }
         }
         _ => Retry::No,
@@ -202,5 +206,13 @@ mod tests {
         assert_eq!(kind(PublishErrorKind::BrokenPipe), Retry::AfterBackoff);
         assert_eq!(kind(PublishErrorKind::MaxPayloadExceeded), Retry::No);
         assert_eq!(kind(PublishErrorKind::Other), Retry::No);
+        let server = |code: u64| {
+            let answer = format!(r#"{{"code":409,"err_code":{code},"description":"refused"}}"#);
+            let error: jetstream::Error = serde_json::from_str(&answer).expect("a JetStream error answer");
+            retry(&PublishError::with_source(PublishErrorKind::Other, error))
+        };
+        assert_eq!(server(10164), Retry::Reload, "an earlier compare-and-set in process");
+        assert_eq!(server(10158), Retry::AfterBackoff, "the same message id still being proposed");
+        assert_eq!(server(10999), Retry::No);
     }
 }
