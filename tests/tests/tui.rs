@@ -583,8 +583,19 @@ fn a_mention_while_away_rings_the_bell_and_marks_what_is_unread() -> TestResult 
     tmux.wait_for(&["<bob> before you left"])?;
     tmux.run(&["new-window", "-t", "chat:1"])?;
     tmux.run(&["send-keys", "-t", "chat:0", "-H", "1b", "5b", "4f"])?;
+    // Barrier: the terminal's input reaches the client in order, so text typed after the focus
+    // report shows on the input line once the report was read; then the line is cleared.
+    tmux.run(&["send-keys", "-t", "chat:0", "-l", "focus-read"])?;
+    let deadline = Instant::now() + SCREEN_WAIT;
+    while !tmux.run(&["capture-pane", "-p", "-t", "chat:0"])?.contains("focus-read") {
+        if Instant::now() >= deadline {
+            return Err("the text typed after the focus report never showed".into());
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    tmux.run(&["send-keys", "-t", "chat:0", "C-u"])?;
     bob.line("nothing for you")?;
-    // Barrier: the marker above this message shows the focus report was read.
+    // The marker above this message shows the focus report took effect.
     let deadline = Instant::now() + SCREEN_WAIT;
     loop {
         let screen = tmux.run(&["capture-pane", "-p", "-t", "chat:0"])?;
