@@ -1,5 +1,9 @@
 //! The chatroom target: members are real protocol sessions built from the client library's
 //! connection core (`handshake`, `join`, `ConnReader`, `ConnWriter`), many on one runtime.
+//!
+//! Protocol version 2 runs the same workloads: each sender seals its messages as MLS
+//! application messages of a group of its own (the relay's work does not depend on whose
+//! group it is) inside signed v2 envelopes, so the relay carries what a v2 room carries.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -7,10 +11,12 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chatroom_crypto::{
-    derive_room_keys, open, seal, ClientMessage, Content, ContentKind, EnvelopeHeader, Identity, JoinRequest,
-    JoinSecret, KdfParams, MessageKey, Nick, RelayMessage, RoomName,
+    derive_room_keys, derive_room_secrets_v2, open, seal, sign_v2, verify_v2, ClientMessage, Content,
+    ContentKind, EnvelopeHeader, Identity, JoinRequest, JoinSecret, KdfParams, MessageKey, Nick,
+    RelayMessage, RoomName, RoomPsk,
 };
-use chatroom_session::session::{handshake, join, ConnReader, ConnWriter};
+use chatroom_group::{content_kind, Kind, RoomRef};
+use chatroom_session::session::{handshake, handshake_v2, join, ConnReader, ConnWriter};
 use chatroom_session::trust::RelayPin;
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Semaphore};
@@ -41,6 +47,12 @@ pub struct ChatTarget {
     /// The relay's expected key; `None` accepts the key the first address presents, and then
     /// pins every other connection to that one (all nodes of a cluster share one key).
     pub fingerprint: Option<[u8; 32]>,
+    /// The protocol version members speak: 1 or 2.
+    pub protocol: u8,
+    /// Senders seal every message before the timed phase and only write during it, so the
+    /// generator's sealing (an MLS message costs several times a v1 envelope) does not thin the
+    /// stream the relay sees. Latency is still taken from the write.
+    pub preseal: bool,
 }
 
 impl ChatTarget {
@@ -51,6 +63,8 @@ impl ChatTarget {
             pids: pid.into_iter().collect(),
             backend_pids: Vec::new(),
             fingerprint: None,
+            protocol: 1,
+            preseal: false,
         }
     }
 
@@ -67,14 +81,25 @@ impl ChatTarget {
 /// One room's keys as the members hold them.
 struct Room {
     name: RoomName,
-    message_key: MessageKey,
+    sealing: Sealing,
     join_secret: JoinSecret,
+}
+
+/// How a room's messages are sealed.
+enum Sealing {
+    /// Version 1: under the password's message key.
+    V1(MessageKey),
+    /// Version 2: MLS, each sender in a group of its own keyed by the password's PSK.
+    V2 { psk: RoomPsk, relay_key: [u8; 32] },
 }
 
 /// What a sender sealed, for receivers to compare with.
 struct Sent {
     envelope: Vec<u8>,
+    /// When it was written (ns since the origin).
     t_ns: u64,
+    /// The time its payload carries: `t_ns`, or 0 when sealed ahead of the run.
+    sealed_t_ns: u64,
     /// The sender's room (index into `Check::rooms`).
     room: usize,
 }
@@ -88,6 +113,8 @@ struct Check {
     counter_base: u64,
     bytes: usize,
     messages: usize,
+    protocol: u8,
+    preseal: bool,
 }
 
 struct Joined {
@@ -107,9 +134,11 @@ async fn connect(
         .await
         .map_err(BenchError::io(format!("cannot connect to the relay at {addr} (is it running?)")))?;
     stream.set_nodelay(true).map_err(BenchError::io("cannot set TCP_NODELAY"))?;
-    handshake(stream, addr, &pin(target))
-        .await
-        .map_err(BenchError::session(format!("handshake with {addr} failed")))
+    let handshaken = match target.protocol {
+        2 => handshake_v2(stream, addr, &pin(target)).await,
+        _ => handshake(stream, addr, &pin(target)).await,
+    };
+    handshaken.map_err(BenchError::session(format!("handshake with {addr} failed")))
 }
 
 /// Connects, joins, and reads up to `HistoryEnd`.
@@ -134,6 +163,7 @@ async fn join_member(
             create,
             0,
         );
+        let request = if target.protocol == 2 { request.for_version_2() } else { request };
         let (_, mut items) = join(&mut conn, request).await.map_err(BenchError::session("join refused"))?;
         loop {
             if items.iter().any(|m| matches!(m, RelayMessage::HistoryEnd { .. })) {
@@ -162,19 +192,26 @@ async fn room_keys(target: &ChatTarget, names: Vec<RoomName>) -> Result<(ChatTar
     let pinned = ChatTarget { fingerprint: Some(relay_key), ..target.clone() };
     let mut rooms = Vec::with_capacity(names.len());
     for name in names {
-        let n = name.clone();
-        let keys = tokio::task::spawn_blocking(move || {
-            derive_room_keys(b"chatroom-bench room password", &relay_key, &n, KdfParams::DEFAULT)
-        })
-        .await
-        .map_err(BenchError::task("key derivation"))??;
-        rooms.push(Room {
-            name,
-            message_key: keys.message_key.clone(),
-            join_secret: keys.join_secret.clone(),
-        });
+        let (n, protocol) = (name.clone(), target.protocol);
+        let room = tokio::task::spawn_blocking(move || derive(protocol, &relay_key, n))
+            .await
+            .map_err(BenchError::task("key derivation"))??;
+        rooms.push(room);
     }
     Ok((pinned, rooms))
+}
+
+/// A room's keys from the bench's password, for protocol `protocol`.
+fn derive(protocol: u8, relay_key: &[u8; 32], name: RoomName) -> Result<Room, BenchError> {
+    const PASSWORD: &[u8] = b"chatroom-bench room password";
+    Ok(if protocol == 2 {
+        let keys = derive_room_secrets_v2(PASSWORD, relay_key, &name, KdfParams::DEFAULT)?;
+        let sealing = Sealing::V2 { psk: keys.room_psk.clone(), relay_key: *relay_key };
+        Room { name, sealing, join_secret: keys.join_secret.clone() }
+    } else {
+        let keys = derive_room_keys(PASSWORD, relay_key, &name, KdfParams::DEFAULT)?;
+        Room { name, sealing: Sealing::V1(keys.message_key.clone()), join_secret: keys.join_secret.clone() }
+    })
 }
 
 fn room_names(w: &Workload) -> Result<Vec<RoomName>, BenchError> {
@@ -239,7 +276,12 @@ async fn receive(
 }
 
 fn deliver(check: &Check, room: usize, envelope: &[u8], now: u64, tally: &mut Tally) {
-    let Ok(header) = EnvelopeHeader::parse(envelope) else {
+    let parsed = if check.protocol == 2 {
+        EnvelopeHeader::parse_v2(envelope)
+    } else {
+        EnvelopeHeader::parse(envelope)
+    };
+    let Ok(header) = parsed else {
         tally.corrupted += 1;
         return;
     };
@@ -263,17 +305,22 @@ fn deliver(check: &Check, room: usize, envelope: &[u8], now: u64, tally: &mut Ta
 /// the timed phase: a delivery already counts only when byte-identical to one of these, so
 /// this proves that what the relay carried were real, openable envelopes without putting one
 /// Ed25519 verification per message on the generator's share of the cores during the run.
+/// A v2 envelope's signature is checked and its MLS message must be an application message
+/// (only its sender's group could decrypt it).
 fn open_sealed(check: &Check) -> Vec<String> {
     let mut errors = Vec::new();
     for (s, slots) in check.sent.iter().enumerate() {
         for (n, sent) in slots.iter().enumerate().filter_map(|(n, slot)| Some((n, slot.get()?))) {
-            let opened = check
-                .rooms
-                .get(sent.room)
-                .and_then(|keys| open(&keys.message_key, &keys.name, &sent.envelope).ok());
-            let ok = opened
-                .and_then(|o| verify_payload(&o.content.body, check.bytes, check.sent.len(), check.messages))
-                == Some((s, n, sent.t_ns));
+            let ok = check.rooms.get(sent.room).is_some_and(|keys| match &keys.sealing {
+                Sealing::V1(key) => {
+                    let opened = open(key, &keys.name, &sent.envelope).ok();
+                    opened.and_then(|o| {
+                        verify_payload(&o.content.body, check.bytes, check.sent.len(), check.messages)
+                    }) == Some((s, n, sent.sealed_t_ns))
+                }
+                Sealing::V2 { .. } => verify_v2(&keys.name, &sent.envelope)
+                    .is_ok_and(|m| content_kind(&m.mls) == Some(Kind::Application)),
+            });
             if !ok && errors.len() < 5 {
                 errors.push(format!(
                     "sender {s} message {n}: the sealed envelope does not open to its payload"
@@ -291,6 +338,38 @@ struct Sender {
     index: usize,
     room: usize,
     nick: Nick,
+    /// Its messages, sealed ahead of the run (`ChatTarget::preseal`).
+    presealed: Option<Vec<Vec<u8>>>,
+}
+
+impl Sender {
+    /// Message `k`, its payload carrying `t_ns`.
+    fn seal(
+        &self,
+        sealer: &mut Sealer<'_>,
+        check: &Check,
+        k: usize,
+        t_ns: u64,
+    ) -> Result<Vec<u8>, BenchError> {
+        let keys = check.rooms.get(self.room).ok_or(BenchError::Internal("no such room"))?;
+        let content = Content {
+            timestamp_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+            kind: ContentKind::Text,
+            nick: self.nick.clone(),
+            body: crate::workload::payload(self.index, k, t_ns, check.bytes),
+        };
+        sealer.seal(&self.identity, &keys.name, check.counter_base + k as u64, &content)
+    }
+
+    /// Seals every message now, with 0 as the time in their payloads.
+    fn preseal(&mut self, check: &Check) -> Result<(), BenchError> {
+        let keys = check.rooms.get(self.room).ok_or(BenchError::Internal("no such room"))?;
+        let mut sealer = Sealer::new(keys, &self.identity)?;
+        let sealed =
+            (0..check.messages).map(|k| self.seal(&mut sealer, check, k, 0)).collect::<Result<_, _>>()?;
+        self.presealed = Some(sealed);
+        Ok(())
+    }
 }
 
 async fn send(
@@ -300,9 +379,11 @@ async fn send(
     rate: Option<f64>,
     start: tokio::time::Instant,
 ) -> Result<(ConnWriter, u64, u64), BenchError> {
-    let Sender { identity, index: s, room, nick } = sender;
+    let (s, room) = (sender.index, sender.room);
     let Some(keys) = check.rooms.get(room) else { return Err(BenchError::Internal("no such room")) };
     let Some(slots) = check.sent.get(s) else { return Err(BenchError::Internal("no such sender")) };
+    let mut presealed = sender.presealed.as_ref().map(|all| all.iter());
+    let mut sealer = if presealed.is_none() { Some(Sealer::new(keys, &sender.identity)?) } else { None };
     let mut n = 0;
     let mut written = 0u64;
     let mut batch = Vec::with_capacity(SEND_BATCH);
@@ -314,19 +395,15 @@ async fn send(
         batch.clear();
         for k in n..n + take {
             let t_ns = check.shared.now_ns();
-            let content = Content {
-                timestamp_ms: SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64),
-                kind: ContentKind::Text,
-                nick: nick.clone(),
-                body: crate::workload::payload(s, k, t_ns, check.bytes),
+            let (envelope, sealed_t_ns) = match (presealed.as_mut(), sealer.as_mut()) {
+                (Some(all), _) => {
+                    (all.next().ok_or(BenchError::Internal("too few sealed messages"))?.clone(), 0)
+                }
+                (None, Some(sealer)) => (sender.seal(sealer, &check, k, t_ns)?, t_ns),
+                (None, None) => return Err(BenchError::Internal("a sender with no way to seal")),
             };
-            let envelope =
-                seal(&keys.message_key, &identity, &keys.name, check.counter_base + k as u64, &content)
-                    .map_err(|source| BenchError::Encode { what: "an envelope".into(), source })?;
             let slot = slots.get(k).ok_or(BenchError::Internal("message index out of range"))?;
-            let _ = slot.set(Sent { envelope: envelope.clone(), t_ns, room });
+            let _ = slot.set(Sent { envelope: envelope.clone(), t_ns, sealed_t_ns, room });
             batch.push(ClientMessage::Send { envelope });
         }
         writer.send(&batch).await.map_err(|e| BenchError::member(s)(BenchError::session("send")(e)))?;
@@ -334,6 +411,46 @@ async fn send(
         n += take;
     }
     Ok((writer, written, check.shared.now_ns()))
+}
+
+/// A sender's way of sealing: the room's v1 key, or its own MLS group.
+enum Sealer<'a> {
+    V1(&'a MessageKey),
+    V2(Box<chatroom_group::Room>),
+}
+
+impl<'a> Sealer<'a> {
+    fn new(room: &'a Room, identity: &Identity) -> Result<Self, BenchError> {
+        Ok(match &room.sealing {
+            Sealing::V1(key) => Self::V1(key),
+            Sealing::V2 { psk, relay_key } => {
+                let group = RoomRef { room: room.name.clone(), relay_key: *relay_key, psk_generation: 0 };
+                let group = chatroom_group::Room::create(identity, group, psk)
+                    .map_err(|e| BenchError::Server(format!("cannot create the sender's MLS group: {e}")))?;
+                Self::V2(Box::new(group))
+            }
+        })
+    }
+
+    fn seal(
+        &mut self,
+        identity: &Identity,
+        room: &RoomName,
+        counter: u64,
+        content: &Content,
+    ) -> Result<Vec<u8>, BenchError> {
+        let encode = |source| BenchError::Encode { what: "an envelope".into(), source };
+        match self {
+            Self::V1(key) => seal(key, identity, room, counter, content).map_err(encode),
+            Self::V2(group) => {
+                let plaintext = content.to_padded_bytes().map_err(encode)?;
+                let mls = group
+                    .seal_message(&plaintext)
+                    .map_err(|e| BenchError::Server(format!("cannot seal an MLS message: {e}")))?;
+                sign_v2(identity, room, counter, Kind::Application as u8, &mls).map_err(encode)
+            }
+        }
+    }
 }
 
 /// Runs one workload against a chatroom relay.
@@ -396,6 +513,8 @@ async fn prepare(
         counter_base,
         bytes: w.bytes,
         messages: w.messages,
+        protocol: target.protocol,
+        preseal: target.preseal,
     });
     Ok((target, check, identities))
 }
@@ -447,6 +566,27 @@ struct Delivery<'a> {
 }
 
 impl Delivery<'_> {
+    /// The senders and their connections, their messages sealed if the run seals ahead.
+    fn senders(
+        &self,
+        w: &Workload,
+        writers: &mut [Option<ConnWriter>],
+    ) -> Result<Vec<(ConnWriter, Sender)>, BenchError> {
+        let mut senders = Vec::with_capacity(w.senders);
+        for (s, writer) in writers.iter_mut().take(w.senders).enumerate() {
+            let writer = writer.take().ok_or(BenchError::Internal("a sender has no connection"))?;
+            let nick = Nick::new(&format!("m{s}"))
+                .map_err(|source| BenchError::Encode { what: format!("nickname m{s}"), source })?;
+            let identity = self.identities[s].clone();
+            let mut sender = Sender { identity, index: s, room: w.room_of(s), nick, presealed: None };
+            if self.check.preseal {
+                sender.preseal(self.check)?;
+            }
+            senders.push((writer, sender));
+        }
+        Ok(senders)
+    }
+
     /// Sends from every sender, waits for the deliveries and acks (bounded by the workload's
     /// timeout and settle time), and tallies what arrived.
     async fn measure(
@@ -457,6 +597,7 @@ impl Delivery<'_> {
         [watch_server, watch_backend]: [&mut ServerWatch; 2],
     ) -> Result<Outcome, BenchError> {
         let shared = &self.check.shared;
+        let senders = self.senders(w, writers)?;
         tokio::time::sleep(Duration::from_millis(200)).await;
         watch_server.restart();
         watch_backend.restart();
@@ -464,11 +605,7 @@ impl Delivery<'_> {
         let start = tokio::time::Instant::now();
         let deadline = Instant::now() + w.timeout;
         let mut sends = JoinSet::new();
-        for (s, writer) in writers.iter_mut().take(w.senders).enumerate() {
-            let writer = writer.take().ok_or(BenchError::Internal("a sender has no connection"))?;
-            let nick = Nick::new(&format!("m{s}"))
-                .map_err(|source| BenchError::Encode { what: format!("nickname m{s}"), source })?;
-            let sender = Sender { identity: self.identities[s].clone(), index: s, room: w.room_of(s), nick };
+        for (writer, sender) in senders {
             sends.spawn(send(writer, self.check.clone(), sender, w.rate, start));
         }
         let Sends { sent, last_write, errors, kept } = gather_sends(sends, shared_start).await;

@@ -18,12 +18,15 @@
 //! Two floors of the paced workload, with nothing of the relay in the way: `fanout` serves
 //! the plaintext broadcast protocol with TCP_NODELAY and nothing else, and `commits` times
 //! SQLite commits like the relay's on this disk.
+//!
+//! `mls_costs` measures what protocol version 2's MLS layer costs a client, beside version 1.
 #![forbid(unsafe_code)]
 
 pub mod chat;
 pub mod commits;
 pub mod error;
 pub mod fanout;
+pub mod mls_costs;
 pub mod plain;
 pub mod procfs;
 pub mod report;

@@ -36,6 +36,14 @@ struct Cli {
     /// presents is accepted, and every other address must present the same one.
     #[arg(long, value_name = "HEX")]
     fingerprint: Option<String>,
+    /// The protocol version the relay's members speak: 1, or 2 (MLS application messages in
+    /// signed envelopes, what a v2 room carries).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+    protocol: u8,
+    /// Seal every chatroom message before the timed phase (latency still runs from the write),
+    /// so the generator's sealing does not pace the relay; compares protocol versions fairly.
+    #[arg(long)]
+    preseal: bool,
     /// An IRC server (HOST:PORT), e.g. ngIRCd with bench/ngircd.conf.
     #[arg(long, value_name = "HOST:PORT")]
     irc: Option<String>,
@@ -221,6 +229,8 @@ fn run(cli: Cli) -> Result<Report, BenchError> {
                 pids: cli.relay_pid.clone(),
                 backend_pids: cli.backend_pid.clone(),
                 fingerprint,
+                protocol: cli.protocol,
+                preseal: cli.preseal,
             };
             let result = chat::run(&target, &workload).await;
             report.outcomes.push(failed("chatroom", &workload, result));

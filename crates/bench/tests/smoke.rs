@@ -121,6 +121,41 @@ fn smoke_every_message_arrives_once_intact() -> TestResult {
 }
 
 #[test]
+fn smoke_v2_every_message_arrives_once_intact_as_a_signed_mls_envelope() -> TestResult {
+    // The same workload in protocol version 2: v2 handshake and join, MLS application messages
+    // in signed envelopes; every delivery byte-identical, every envelope's signature checked.
+    let dir = tempfile::tempdir()?;
+    let relay = start_relay(dir.path())?;
+    // Sealed ahead of the run: the payloads carry time 0 and latency runs from the write.
+    let target =
+        ChatTarget { protocol: 2, preseal: true, ..ChatTarget::single(&relay.addr, Some(relay.child.id())) };
+    let w = workload(Mode::Deliver);
+    let rt = tokio::runtime::Runtime::new()?;
+    let o =
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), chat::run(&target, &w)).await })??;
+    assert!(o.errors.is_empty(), "{:?}", o.errors);
+    assert_eq!((o.delivered, o.lost, o.duplicated, o.corrupted), (2 * 50 * 4, 0, 0, 0), "{o:?}");
+    assert_eq!(o.acked, 100, "every message acknowledged: {o:?}");
+    assert!(o.p50_ms > 0.0 && o.p99_ms <= o.max_ms, "{o:?}");
+    Ok(())
+}
+
+#[test]
+fn smoke_v1_sealed_ahead_opens_to_payloads_that_carry_time_zero() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let relay = start_relay(dir.path())?;
+    let target = ChatTarget { preseal: true, ..ChatTarget::single(&relay.addr, None) };
+    let w = workload(Mode::Deliver);
+    let rt = tokio::runtime::Runtime::new()?;
+    let o =
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), chat::run(&target, &w)).await })??;
+    assert!(o.errors.is_empty(), "every sealed envelope opens to its payload: {:?}", o.errors);
+    assert_eq!((o.delivered, o.lost, o.duplicated, o.corrupted), (2 * 50 * 4, 0, 0, 0), "{o:?}");
+    assert!(o.p50_ms > 0.0, "{o:?}");
+    Ok(())
+}
+
+#[test]
 fn smoke_rate_limited_relay_shows_up_as_errors_and_loss() -> TestResult {
     // Against the default rate limit (burst 20, 5/s) a fast sender loses messages: the tool
     // must report them as lost and name the relay's error, not count them as delivered.
@@ -200,6 +235,8 @@ fn smoke_members_are_spread_over_relay_addresses() -> TestResult {
         pids: vec![a.child.id(), b.child.id()],
         backend_pids: vec![std::process::id()],
         fingerprint: None,
+        protocol: 1,
+        preseal: false,
     };
     let w = Workload { members: 6, rooms: 2, ..workload(Mode::Deliver) };
     let rt = tokio::runtime::Runtime::new()?;
@@ -224,6 +261,8 @@ fn smoke_a_relay_address_with_another_key_is_refused() -> TestResult {
         pids: Vec::new(),
         backend_pids: Vec::new(),
         fingerprint: None,
+        protocol: 1,
+        preseal: false,
     };
     let w = Workload { members: 4, rooms: 2, ..workload(Mode::Deliver) };
     let rt = tokio::runtime::Runtime::new()?;

@@ -232,7 +232,7 @@ fn meaning(code: ErrorCode) -> Option<&'static str> {
         ErrorCode::WrongPassword => "the relay refused the room password",
         ErrorCode::NickTaken => "that nickname belongs to another identity in this room",
         ErrorCode::Banned => "the room owner banned this identity",
-        ErrorCode::TooManyAttempts => "too many failed attempts to join from here",
+        ErrorCode::TooManyAttempts => "too many failed attempts to join (or rooms created) from this address",
         ErrorCode::AlreadyConnected => {
             "this identity joined the room from another chatroom, which replaced this one"
         }
