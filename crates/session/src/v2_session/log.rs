@@ -126,6 +126,9 @@ impl Core {
                 }
             }
         });
+        // A saved state holds the current password generation's outputs (after a rotation,
+        // not the password's the user gave).
+        let secrets = room.as_ref().map_or(secrets, |r| r.secrets().clone());
         let phase = if room.is_some() { Phase::Member } else { Phase::Waiting { min_seq: None } };
         let core = Self {
             identity,
@@ -495,6 +498,12 @@ impl Core {
                     }
                 }
                 return Ok(());
+            }
+            Ok(V2Event::Rotated { generation, by }) => {
+                if let Some(room) = self.room.as_ref() {
+                    self.secrets = room.secrets().clone();
+                }
+                self.emit(Event::Group(GroupEvent::PasswordRotated { generation, by, own: false }));
             }
             Ok(V2Event::Skipped) => {}
             Err(e) if self.phase == Phase::Member => {
