@@ -5,18 +5,20 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chatroom_crypto::{ClientMessage, ContentKind, Identity, JoinRequest, Member, Nick, RelayMessage};
+use chatroom_crypto::{
+    ClientMessage, ContentKind, Identity, JoinRequest, Member, Nick, RelayMessage, RoomSecretsV2,
+};
 use rand_core::{OsRng, RngCore};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::keys::V2Keys;
 use super::log::{Action, Core};
-use super::{V2Limits, V2Safety};
+use super::{RotateError, V2Limits, V2Safety};
 use crate::error::SessionError;
 use crate::session::{
-    handshake_v2, join, AckMatch, Callbacks, ConnState, ConnWriter, Event, Handshaken, JoinedInfo,
-    MemberInfo, Outbox, Outgoing, SessionConfig, SessionEnd, TokenBucket, MAX_MEMBERS,
+    handshake_v2, join, AckMatch, Callbacks, ConnState, ConnWriter, Event, GroupEvent, Handshaken,
+    JoinedInfo, MemberInfo, Outbox, Outgoing, SessionConfig, SessionEnd, TokenBucket, MAX_MEMBERS,
 };
 use crate::state::room_state_path;
 use crate::transport::{self, Rotation};
@@ -25,14 +27,25 @@ use crate::trust::RelayCheck;
 /// What a front end asks of the session.
 #[derive(Debug)]
 pub(super) enum Request {
-    Send { id: u64, kind: ContentKind, body: String },
+    Send {
+        id: u64,
+        kind: ContentKind,
+        body: String,
+    },
     Who,
     Kick(Nick),
     Ban(Nick),
     Unban(Nick),
     Safety(oneshot::Sender<Option<V2Safety>>),
     Sync(oneshot::Sender<bool>),
-    Close { flush: Duration },
+    Close {
+        flush: Duration,
+    },
+    /// The owner's password rotation, with the new password's outputs.
+    Rotate {
+        secrets: Box<RoomSecretsV2>,
+        reply: oneshot::Sender<Result<u32, RotateError>>,
+    },
 }
 
 /// Where a connection starts reading the log.
@@ -105,8 +118,14 @@ pub(super) async fn establish(
             if let Some(w) = warning {
                 callbacks.event(Event::Warning(w));
             }
+            // A saved state after a rotation holds the current outputs: they join.
+            keys.replace(&conn.relay_key, core.secrets().clone());
             (core.history_after(), Some(core))
         }
+    };
+    let secrets = match &core {
+        Some(core) => core.secrets().clone(),
+        None => secrets,
     };
     let request = JoinRequest::new(
         identity,
@@ -196,6 +215,8 @@ pub(super) struct Driver {
     grace: Duration,
     /// Pacing under the relay's rate limit (`Limits::send_rate`), carried across reconnects.
     bucket: Option<TokenBucket>,
+    /// The answer to a password rotation, given once its three items are sent.
+    rotating: Option<oneshot::Sender<Result<u32, RotateError>>>,
 }
 
 impl Driver {
@@ -236,6 +257,7 @@ impl Driver {
             partial_members: Vec::new(),
             owner: None,
             rotation: Rotation::starting_at(config.relay.len(), first.addr),
+            rotating: None,
             config,
         })
     }
@@ -407,6 +429,12 @@ impl Driver {
         let mut items = Vec::new();
         for action in std::mem::take(&mut self.core.out) {
             match action {
+                Action::Emit(Event::Group(GroupEvent::PasswordRotated { generation, by, own: true })) => {
+                    if let Some(reply) = self.rotating.take() {
+                        let _ = reply.send(Ok(generation));
+                    }
+                    self.emit(Event::Group(GroupEvent::PasswordRotated { generation, by, own: true }));
+                }
                 Action::Emit(event) => self.emit(event),
                 Action::Relay(m) => items.push(m),
                 Action::Envelope { id, counter, envelope } => {
@@ -427,6 +455,9 @@ impl Driver {
         if !items.is_empty() {
             up.writer.send(&items).await?;
             up.last_tx = Instant::now();
+        }
+        if let Some(secrets) = self.core.take_changed_secrets() {
+            self.keys.replace(&self.relay_key, secrets);
         }
         if self.core.group_info_stale() && self.info_due.is_none() {
             let grace = self.grace;
@@ -521,6 +552,26 @@ impl Driver {
                     None => Ok(()),
                 };
             }
+            Request::Rotate { secrets, reply } => {
+                let Some(up) = up else {
+                    let _ = reply.send(Err(RotateError::Refused(
+                        "not connected to the relay; try again once the session is back".into(),
+                    )));
+                    return Ok(());
+                };
+                if self.owner != Some(self.identity.public()) {
+                    let _ = reply.send(Err(RotateError::NotOwner));
+                    return Ok(());
+                }
+                match self.core.rotate(*secrets) {
+                    Ok(_) => self.rotating = Some(reply),
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        return Ok(());
+                    }
+                }
+                return self.pump(up).await;
+            }
             Request::Who => ClientMessage::Who,
             Request::Kick(nick) => ClientMessage::Kick { nick },
             Request::Ban(nick) => ClientMessage::Ban { nick },
@@ -591,7 +642,7 @@ impl Driver {
                         self.emit(Event::SendFailed { id: failed.id, code, detail });
                     } else {
                         self.emit(Event::Warning(format!("the relay refused a group change: {detail}")));
-                        self.core.on_own_refused()?;
+                        self.core.on_own_refused(counter)?;
                     }
                 }
             }
