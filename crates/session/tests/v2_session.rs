@@ -521,3 +521,44 @@ async fn after_the_owner_rotates_the_password_members_talk_on_and_only_the_new_o
     assert!(codes.iter().all(|c| c.is_some() && *c == codes[0]), "{codes:?}");
     relay.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_away_during_a_rotation_joins_with_the_new_password_and_reads_on_without_entering_again(
+) -> TestResult {
+    const NEW: &[u8] = b"a new password for the room";
+    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?];
+    let relay = relay(dirs[0].path()).await?;
+    let mut alice = start(&relay, ("alice", 1), dirs[1].path(), true, PASSWORD).await?;
+    alice.entered().await?;
+    let mut bob = start(&relay, ("bob", 2), dirs[2].path(), false, PASSWORD).await?;
+    bob.entered().await?;
+    alice.epoch(1).await?;
+    bob.handle.close(LIMIT).await;
+
+    assert_eq!(alice.handle.rotate_password(Zeroizing::new(NEW.to_vec())).await?, 1);
+    alice.say("while bob was away").await?;
+    assert!(alice.handle.sync().await);
+
+    // His saved state holds the old password's join secret, which the relay now refuses; the
+    // new password he was given joins, and the log brings him the rotation.
+    let mut bob = start(&relay, ("bob", 2), dirs[2].path(), false, NEW).await?;
+    let rotated = bob
+        .until(|e| match e {
+            Event::Group(GroupEvent::PasswordRotated { generation, own: false, .. }) => Some(*generation),
+            _ => None,
+        })
+        .await?;
+    assert_eq!(rotated, 1);
+    assert_eq!(bob.message().await?.body, "while bob was away");
+    bob.say("back").await?;
+    assert_eq!(alice.message().await?.body, "back");
+    assert_eq!(bob.handle.safety().await.ok_or("bob is no member")?.epoch, 1, "no re-entry");
+    assert_eq!(alice.handle.safety().await, bob.handle.safety().await);
+
+    // Started again with the old password, his state (now the new generation's) still joins.
+    bob.handle.close(LIMIT).await;
+    let bob = start(&relay, ("bob", 2), dirs[2].path(), false, PASSWORD).await?;
+    assert!(bob.handle.sync().await);
+    assert_eq!(bob.handle.safety().await.ok_or("bob is no member")?.epoch, 1);
+    relay.stop().await
+}

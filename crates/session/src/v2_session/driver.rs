@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chatroom_crypto::{
-    ClientMessage, ContentKind, Identity, JoinRequest, Member, Nick, RelayMessage, RoomSecretsV2,
+    ClientMessage, ContentKind, ErrorCode, Identity, JoinRequest, JoinSecret, Member, Nick, RelayMessage,
+    RoomSecretsV2,
 };
 use rand_core::{OsRng, RngCore};
 use tokio::sync::{mpsc, oneshot};
@@ -74,8 +75,60 @@ impl Established {
     }
 }
 
+/// Connects and handshakes under `chatroom/2`, checking the relay pin.
+async fn handshaken(
+    cfg: &SessionConfig,
+    callbacks: &dyn Callbacks,
+    (attempt, addr_index): (u32, usize),
+) -> Result<Handshaken, SessionError> {
+    let relay = cfg.relay.get(addr_index);
+    let addr = relay.to_string();
+    callbacks.event(Event::State(ConnState::Connecting { attempt, addr: addr.clone() }));
+    let stream = transport::connect(relay, cfg.proxy.as_ref(), cfg.limits.connect_timeout).await?;
+    callbacks.event(Event::State(ConnState::Joining));
+    let limit = cfg.limits.handshake_timeout;
+    let conn =
+        tokio::time::timeout(limit, handshake_v2(stream, &addr, &cfg.relay_pin)).await.map_err(|_| {
+            SessionError::Timeout { what: "in the handshake with", addr: addr.clone(), secs: limit.as_secs() }
+        })??;
+    if conn.check == RelayCheck::FirstUse {
+        callbacks.event(Event::RelayFirstUse { addr, fingerprint: hex::encode(conn.relay_key) });
+    }
+    Ok(conn)
+}
+
+/// Joins the room on a handshaken connection with `join_secret`.
+async fn join_with(
+    cfg: &SessionConfig,
+    identity: &Identity,
+    conn: &mut Handshaken,
+    join_secret: JoinSecret,
+    (create, after, addr_index): (bool, u64, usize),
+) -> Result<(JoinedInfo, Vec<RelayMessage>), SessionError> {
+    let request = JoinRequest::new(
+        identity,
+        &conn.handshake_hash,
+        cfg.room.clone(),
+        cfg.nick.clone(),
+        join_secret,
+        create,
+        after,
+    )
+    .for_version_2();
+    let limit = cfg.limits.handshake_timeout;
+    tokio::time::timeout(limit, join(conn, request)).await.map_err(|_| SessionError::Timeout {
+        what: "joining the room on",
+        addr: cfg.relay.get(addr_index).to_string(),
+        secs: limit.as_secs(),
+    })?
+}
+
 /// Connects, handshakes under `chatroom/2` (checking the relay pin), derives the secrets if
-/// needed, and joins with the v2 join secret, asking history after `history_after`.
+/// needed, and joins with the v2 join secret, asking history after `history_after`. On the
+/// first connection a saved state's secrets join first (after a rotation they are the current
+/// ones, whatever password was given); if the relay refuses them and the password's differ, the
+/// password is newer (a rotation this member missed while offline) and joins instead: the log
+/// then brings the rotation.
 pub(super) async fn establish(
     cfg: &SessionConfig,
     keys: &V2Keys,
@@ -85,21 +138,7 @@ pub(super) async fn establish(
     create: bool,
     (attempt, addr_index): (u32, usize),
 ) -> Result<Established, SessionError> {
-    let relay = cfg.relay.get(addr_index);
-    let addr = relay.to_string();
-    callbacks.event(Event::State(ConnState::Connecting { attempt, addr: addr.clone() }));
-    let stream = transport::connect(relay, cfg.proxy.as_ref(), cfg.limits.connect_timeout).await?;
-    callbacks.event(Event::State(ConnState::Joining));
-    let limit = cfg.limits.handshake_timeout;
-    let timed_out =
-        |what: &'static str| SessionError::Timeout { what, addr: addr.clone(), secs: limit.as_secs() };
-    let mut conn = tokio::time::timeout(limit, handshake_v2(stream, &addr, &cfg.relay_pin))
-        .await
-        .map_err(|_| timed_out("in the handshake with"))??;
-    if conn.check == RelayCheck::FirstUse {
-        callbacks
-            .event(Event::RelayFirstUse { addr: addr.clone(), fingerprint: hex::encode(conn.relay_key) });
-    }
+    let mut conn = handshaken(cfg, callbacks, (attempt, addr_index)).await?;
     let secrets = keys.get(&conn.relay_key, callbacks).await?;
     // The first connection loads the room's state (its cursor is what history follows).
     let (after, core) = match resume {
@@ -118,29 +157,36 @@ pub(super) async fn establish(
             if let Some(w) = warning {
                 callbacks.event(Event::Warning(w));
             }
-            // A saved state after a rotation holds the current outputs: they join.
-            keys.replace(&conn.relay_key, core.secrets().clone());
             (core.history_after(), Some(core))
         }
     };
-    let secrets = match &core {
-        Some(core) => core.secrets().clone(),
-        None => secrets,
-    };
-    let request = JoinRequest::new(
-        identity,
-        &conn.handshake_hash,
-        cfg.room.clone(),
-        cfg.nick.clone(),
-        secrets.join_secret.clone(),
-        create,
-        after,
-    )
-    .for_version_2();
-    let (info, leftover) = tokio::time::timeout(limit, join(&mut conn, request))
-        .await
-        .map_err(|_| timed_out("joining the room on"))??;
-    Ok(Established { conn, info, leftover, core, addr: addr_index })
+    let saved = core.as_ref().map(|c| c.secrets().clone()).filter(|s| *s != secrets);
+    let how = (create, after, addr_index);
+    let first = saved.as_ref().unwrap_or(&secrets).join_secret.clone();
+    match join_with(cfg, identity, &mut conn, first, how).await {
+        Ok((info, leftover)) => {
+            if let Some(saved) = saved {
+                keys.replace(&conn.relay_key, saved);
+            }
+            Ok(Established { conn, info, leftover, core, addr: addr_index })
+        }
+        Err(e) if saved.is_some() && e.refusal() == Some(ErrorCode::WrongPassword) => {
+            let relay_key = conn.relay_key;
+            let mut conn = handshaken(cfg, callbacks, (attempt, addr_index)).await?;
+            if conn.relay_key != relay_key {
+                return Err(SessionError::Protocol("the relay's key changed between two connections".into()));
+            }
+            let (info, leftover) =
+                join_with(cfg, identity, &mut conn, secrets.join_secret.clone(), how).await?;
+            callbacks.event(Event::Warning(
+                "the room's password changed while this client was away; it joined with the password given and \
+                 reads the change from the room's log"
+                    .into(),
+            ));
+            Ok(Established { conn, info, leftover, core, addr: addr_index })
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The v2 state file of a room: next to the v1 one, with `.v2` appended.
