@@ -611,3 +611,62 @@ fn a_member_offline_beyond_the_retained_history_enters_again_by_itself() -> Test
     assert!(codes.iter().all(|c| *c == codes[0]), "{codes:?}");
     Ok(())
 }
+
+#[test]
+fn after_the_owner_rotates_the_password_members_talk_on_and_only_the_new_one_enters() -> TestResult {
+    const NEW: &str = "otter lantern quarry velvet thimble";
+    let relay_dir = tempfile::tempdir()?;
+    let relay = Relay::start(relay_dir.path())?;
+    let homes: Vec<Home> = (0..4).map(|_| Home::new()).collect::<Result<_, _>>()?;
+    let (mut alice, mut bob) = two_members(&relay, &homes, "lodge")?;
+    let invite = relay.invite("lodge");
+
+    // Only the owner rotates; bob's attempt changes nothing.
+    let bobs = homes[1].password_file("new.pass", NEW)?;
+    bob.line(&format!("/rotate-password {}", bobs.display()))?;
+    bob.stderr.expect("only the room's owner can rotate its password; nothing was done")?;
+
+    let file = homes[0].password_file("new.pass", NEW)?;
+    alice.line(&format!("/rotate-password {}", file.display()))?;
+    alice.stderr.expect("the room's password is now the one in")?;
+    alice.stderr.expect("tell the members who may enter later the new password out of band")?;
+    bob.stderr.expect("rotated the room's password (generation 1)")?;
+
+    // Bob, already inside, keeps sending and receiving.
+    bob.line("bob after the rotation")?;
+    alice.stdout.expect("bob after the rotation")?;
+    alice.line("alice after the rotation")?;
+    bob.stdout.expect("alice after the rotation")?;
+
+    // A newcomer with the old password is refused by the relay.
+    let old = homes[2].password_file("old.pass", PASSWORD)?;
+    let (status, _, err) = homes[2].run(&[
+        &invite,
+        "--plain",
+        "--protocol",
+        "2",
+        "--nick",
+        "eve",
+        "--password-file",
+        old.to_str().ok_or("path")?,
+    ])?;
+    assert!(!status.success());
+    assert!(err.contains("the room refused the password: check it and try again"), "{err}");
+
+    // A newcomer with the new one enters and reads what is sent after.
+    let mut carol = homes[3].member(&invite, "carol", NEW, false, &["--protocol", "2"])?;
+    carol.stderr.expect(ENTERED)?;
+    alice.stderr.expect("entered the group (epoch 2)")?;
+    bob.stderr.expect("entered the group (epoch 2)")?;
+    alice.line("welcome carol")?;
+    carol.stdout.expect("welcome carol")?;
+    bob.line("hello from bob")?;
+    carol.stdout.expect("hello from bob")?;
+    alice.stdout.expect("hello from bob")?;
+    assert!(
+        !carol.stdout.all().iter().any(|l| l.contains("after the rotation")),
+        "read before entering: {:?}",
+        carol.stdout.all()
+    );
+    Ok(())
+}

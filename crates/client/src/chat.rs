@@ -184,6 +184,12 @@ pub(crate) trait ChatHandle {
     async fn sync(&self) -> bool;
     /// The lines `/safety` prints.
     async fn safety(&self) -> Vec<String>;
+    /// Owner only, protocol 2: rotates the room's password to the one in `file`; the lines
+    /// to print, or why nothing was done.
+    async fn rotate_password_from(&mut self, file: &std::path::Path) -> Result<Vec<String>, String> {
+        let _ = file;
+        Err("/rotate-password is for protocol 2 rooms (chatroom --protocol 2); nothing was done".into())
+    }
     /// Waits until the session ends on its own.
     async fn ended(&mut self) -> SessionEnd;
     /// Closes the session after flushing.
@@ -339,6 +345,17 @@ async fn line_action<H: ChatHandle>(handle: &mut H, line: &str, ui: &PlainUi, in
             );
         }
         Command::Quit => return Outcome::Quit,
+        Command::RotatePassword(file) => {
+            return match handle.rotate_password_from(&file).await {
+                Ok(lines) => {
+                    for line in lines {
+                        ui.notice(&line);
+                    }
+                    Outcome::Done
+                }
+                Err(e) => failed(&e),
+            };
+        }
         Command::Me(text) => return queue(handle, ContentKind::Action, &text, &failed).await,
         Command::Topic(text) => return queue(handle, ContentKind::Topic, &text, &failed).await,
         command @ (Command::Whois(_)

@@ -8,13 +8,13 @@ use std::time::Duration;
 use chatroom_session::crypto::{ContentKind, ErrorCode, Zeroizing};
 use chatroom_session::error::SessionError;
 use chatroom_session::session::{SendError, SessionEnd};
-use chatroom_session::v2_session::{V2Handle, V2Limits, V2Session};
+use chatroom_session::v2_session::{RotateError, V2Handle, V2Limits, V2Session};
 
 use crate::app_error::AppError;
 use crate::chat::{talk, ChatHandle, Prepared};
 use crate::cli::ChatArgs;
 use crate::commands::Command;
-use crate::config::Config;
+use crate::config::{read_password_file, Config};
 use crate::flow::{confirm_if_weak, invite_url, new_password};
 use crate::plain::PlainUi;
 
@@ -49,6 +49,47 @@ impl ChatHandle for V2Handle {
         };
         lines.push(format!("relay fingerprint: {}", self.relay_fingerprint()));
         lines
+    }
+    async fn rotate_password_from(&mut self, file: &std::path::Path) -> Result<Vec<String>, String> {
+        let password = read_password_file(file).map_err(|e| {
+            format!("{e}; the password was not changed (write the new one on the first line of the file, mode 0600)")
+        })?;
+        let mut lines = Vec::new();
+        let strength = crate::passphrase::strength(&password, &[]);
+        if strength.is_weak() {
+            lines.push(format!(
+                "warning: the new password is weak (about 10^{} guesses): whoever obtains the relay's data can \
+                 guess it offline; `chatroom passphrase` makes a strong one, and /rotate-password can change it again",
+                strength.guesses_log10
+            ));
+        }
+        let shown = chatroom_session::display::neutralize(&file.display().to_string());
+        match V2Handle::rotate_password(self, Zeroizing::new(password.as_bytes().to_vec())).await {
+            Ok(generation) => {
+                // A Ping after the new verifier and GroupInfo, answered: the relay applied them.
+                if !V2Handle::sync(self).await {
+                    lines.push(
+                        "warning: the connection to the relay was lost right after the change; once connected \
+                         again, check that the old password no longer enters"
+                            .into(),
+                    );
+                }
+                lines.push(format!(
+                    "the room's password is now the one in {shown} (generation {generation}); the old one no longer \
+                     enters"
+                ));
+                lines.push(
+                    "tell the members who may enter later the new password out of band (never in this room); \
+                     members inside stay without it, and your saved room state holds it too"
+                        .into(),
+                );
+                Ok(lines)
+            }
+            Err(RotateError::NotOwner) => {
+                Err("only the room's owner can rotate its password; nothing was done".into())
+            }
+            Err(e) => Err(format!("{e}; the password was not changed")),
+        }
     }
     async fn ended(&mut self) -> SessionEnd {
         V2Handle::ended(self).await

@@ -15,6 +15,9 @@ commands:
   /safety        show the room safety code to compare with the other members
   /invite        show the room's invite URL (it holds no password)
   /topic TEXT    set the room's topic (room owner only); /topic alone shows it
+  /rotate-password FILE
+                 change the room's password to the one in FILE, mode 0600 (protocol 2, room
+                 owner only): members inside stay, newcomers need the new password
   /ignore NICK   hide NICK's messages until you leave (again: show them)
   /clear         clear the conversation on screen
   /join ROOM     join another room in a new window (an invite URL or a saved room)
@@ -26,8 +29,23 @@ any other line is sent as a message";
 
 /// The commands' names, for Tab completion (aliases left out).
 pub(crate) const COMMAND_NAMES: &[&str] = &[
-    "/help", "/who", "/whois", "/me", "/kick", "/ban", "/unban", "/safety", "/invite", "/topic", "/ignore",
-    "/clear", "/join", "/part", "/window", "/quit",
+    "/help",
+    "/who",
+    "/whois",
+    "/me",
+    "/kick",
+    "/ban",
+    "/unban",
+    "/safety",
+    "/invite",
+    "/topic",
+    "/ignore",
+    "/clear",
+    "/join",
+    "/part",
+    "/window",
+    "/quit",
+    "/rotate-password",
 ];
 
 /// A command typed by the user.
@@ -65,6 +83,8 @@ pub(crate) enum Command {
     Window(usize),
     /// `/quit`
     Quit,
+    /// `/rotate-password FILE`: the file holding the new password (protocol 2, owner only).
+    RotatePassword(std::path::PathBuf),
 }
 
 /// One line of input.
@@ -151,6 +171,13 @@ pub(crate) fn parse_line(line: &str) -> Result<Input, InputError> {
             _ => Err(InputError::Usage("/window N")),
         },
         "ignore" => Ok(Input::Command(Command::Ignore(nick_arg(arg, "/ignore NICK")?))),
+        // The new password comes from a file: in line mode standard input carries the chat.
+        "rotate-password" => match arg.trim() {
+            "" => Err(InputError::Usage(
+                "/rotate-password FILE (write the new password on the first line of FILE, mode 0600)",
+            )),
+            file => Ok(Input::Command(Command::RotatePassword(file.into()))),
+        },
         "quit" | "exit" => no_arg(Command::Quit, "/quit"),
         "me" => {
             if arg.trim().is_empty() {
@@ -201,6 +228,11 @@ mod tests {
         assert_eq!(parse_line("/part"), Ok(Input::Command(Command::Part)));
         assert_eq!(parse_line("/ignore bob"), Ok(Input::Command(Command::Ignore(nick("bob")))));
         assert_eq!(parse_line("/ignore"), Err(InputError::Usage("/ignore NICK")));
+        assert_eq!(
+            parse_line("/rotate-password  /tmp/new pass "),
+            Ok(Input::Command(Command::RotatePassword("/tmp/new pass".into())))
+        );
+        assert!(matches!(parse_line("/rotate-password"), Err(InputError::Usage(_))));
     }
 
     #[test]

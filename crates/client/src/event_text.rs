@@ -124,6 +124,13 @@ fn group_line(g: &GroupEvent) -> String {
             "messages after #{last} and before #{oldest} were not retained by the relay and cannot be read; \
              entering the group again"
         ),
+        GroupEvent::PasswordRotated { generation, own: true, .. } => format!(
+            "you rotated the room's password (generation {generation}): members inside keep talking without              it; tell the other members the new password out of band, newcomers need it to enter"
+        ),
+        GroupEvent::PasswordRotated { generation, by, .. } => format!(
+            "the owner {} rotated the room's password (generation {generation}): you stay in the room without              it; entering anew (from another device, or after losing this state) needs the new password",
+            key_tag(by)
+        ),
         _ => "the room's group changed".into(),
     }
 }

@@ -22,16 +22,67 @@ pub struct RoomSecretsV2 {
     pub room_psk: RoomPsk,
     /// Seals the room's GroupInfo stored at the relay.
     pub group_info_key: GroupInfoKey,
+    /// The 20 bytes the room code is formatted from.
+    code_bytes: [u8; 20],
     #[zeroize(skip)]
     room_code: SafetyCode,
 }
+
+/// Length of `RoomSecretsV2::to_bytes`: join secret (32), room code bytes (20), MLS pre-shared
+/// key (32), GroupInfo key (32).
+pub const ROOM_SECRETS_V2_LEN: usize = 32 + 20 + 32 + 32;
 
 impl RoomSecretsV2 {
     /// The code everyone holding the same password, relay key and parameters sees.
     pub fn room_code(&self) -> &SafetyCode {
         &self.room_code
     }
+
+    /// `join_secret | code_bytes | room_psk | group_info_key`: how a password rotation carries
+    /// the new outputs to members, and how a member's state file keeps them.
+    pub fn to_bytes(&self) -> Zeroizing<[u8; ROOM_SECRETS_V2_LEN]> {
+        let mut out = Zeroizing::new([0u8; ROOM_SECRETS_V2_LEN]);
+        out[..32].copy_from_slice(self.join_secret.as_bytes());
+        out[32..52].copy_from_slice(&self.code_bytes);
+        out[52..84].copy_from_slice(self.room_psk.as_bytes());
+        out[84..].copy_from_slice(self.group_info_key.as_bytes());
+        out
+    }
+
+    /// The inverse of `to_bytes`.
+    pub fn from_bytes(bytes: &[u8; ROOM_SECRETS_V2_LEN]) -> Self {
+        let mut join = [0u8; 32];
+        let mut code = [0u8; 20];
+        let mut psk = [0u8; 32];
+        let mut gik = [0u8; 32];
+        join.copy_from_slice(&bytes[..32]);
+        code.copy_from_slice(&bytes[32..52]);
+        psk.copy_from_slice(&bytes[52..84]);
+        gik.copy_from_slice(&bytes[84..]);
+        let secrets = Self {
+            join_secret: JoinSecret::from_bytes(join),
+            code_bytes: code,
+            room_psk: RoomPsk(psk),
+            group_info_key: GroupInfoKey(gik),
+            room_code: SafetyCode::from_code_bytes(&code),
+        };
+        // Clear intermediates
+        join.zeroize();
+        code.zeroize();
+        psk.zeroize();
+        gik.zeroize();
+        secrets
+    }
 }
+
+impl PartialEq for RoomSecretsV2 {
+    /// In constant time.
+    fn eq(&self, other: &Self) -> bool {
+        use subtle::ConstantTimeEq;
+        bool::from(self.to_bytes().as_slice().ct_eq(other.to_bytes().as_slice()))
+    }
+}
+impl Eq for RoomSecretsV2 {}
 
 impl fmt::Debug for RoomSecretsV2 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -111,6 +162,7 @@ pub fn split_master_v2(master: &[u8; 32]) -> RoomSecretsV2 {
     let _ = hk.expand(b"chatroom/2 group info key", &mut gik);
     let secrets = RoomSecretsV2 {
         join_secret: JoinSecret::from_bytes(join),
+        code_bytes: *code,
         room_psk: RoomPsk(psk),
         group_info_key: GroupInfoKey(gik),
         room_code: SafetyCode::from_code_bytes(&code),
@@ -158,6 +210,15 @@ mod tests {
         assert_ne!(v1.join_secret.as_bytes(), v2.join_secret.as_bytes());
         assert_ne!(v1.safety_code().as_str(), v2.room_code().as_str());
         assert_ne!(join_verifier_v2(&v2.join_secret), v2.join_secret.verifier());
+    }
+
+    #[test]
+    fn secrets_round_trip_through_bytes_and_compare() {
+        let s = split_master_v2(&[7; 32]);
+        let back = RoomSecretsV2::from_bytes(&s.to_bytes());
+        assert!(back == s);
+        assert_eq!(back.room_code(), s.room_code());
+        assert!(split_master_v2(&[8; 32]) != s);
     }
 
     #[test]

@@ -46,7 +46,7 @@ pub use kdf::{
 };
 pub use kdf_v2::{
     derive_master_v2, derive_room_secrets_v2, epoch_code, join_verifier_v2, room_salt_v2, split_master_v2,
-    GroupInfoKey, RoomPsk, RoomSecretsV2,
+    GroupInfoKey, RoomPsk, RoomSecretsV2, ROOM_SECRETS_V2_LEN,
 };
 pub use keyfile::{load_or_create_identity, load_or_create_static, read_key_file, write_key_file, KeyKind};
 pub use message::{

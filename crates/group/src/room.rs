@@ -141,10 +141,10 @@ impl Room {
         key: &GroupInfoKey,
         sealed: &[u8],
     ) -> Result<(Self, Vec<u8>), GroupError> {
+        // The generation in the seal's header is bound by its AEAD: the room's current password
+        // is whichever one opens it, and the entry carries that generation's PSK id.
         let opened = group_info::open(key, &room, sealed)?;
-        if opened.psk_generation != room.psk_generation {
-            return Err(GroupError::WrongGroup("sealed under another password generation"));
-        }
+        let room = RoomRef { psk_generation: opened.psk_generation, ..room };
         let message = MlsMessage::from_bytes(&opened.group_info)?;
         if message.epoch() != Some(opened.epoch) || message.group_id() != Some(room.group_id().as_slice()) {
             return Err(GroupError::WrongGroup("group id or epoch differ from the seal's"));
@@ -166,6 +166,32 @@ impl Room {
         let commit = commit.to_bytes()?;
         let phase = Phase::Entering { epoch: opened.epoch, commit: Sha256::digest(&commit).into() };
         Ok((Self { room, me, group, handles, phase }, commit))
+    }
+
+    /// The password generation whose PSK entries must carry (draft section 8, rotation).
+    pub fn psk_generation(&self) -> u32 {
+        self.room.psk_generation
+    }
+
+    /// A password rotation: from now on entries must carry `psk` under `psk_generation`'s
+    /// PSK id, and the GroupInfo is sealed with that generation. The previous PSK is dropped
+    /// from the group's store. The group state (epoch, pending commit, phase) is unchanged.
+    pub fn rotate_psk(
+        &mut self,
+        identity: &Identity,
+        psk_generation: u32,
+        psk: &RoomPsk,
+    ) -> Result<(), GroupError> {
+        if identity.public() != self.me {
+            return Err(GroupError::State("a rotation for another identity"));
+        }
+        let phase = self.phase;
+        let blob = self.export_state()?;
+        let room = RoomRef { psk_generation, ..self.room.clone() };
+        let mut rotated = Room::load_state(identity, room, psk, &blob)?;
+        rotated.phase = phase;
+        *self = rotated;
+        Ok(())
     }
 
     /// The current epoch (while entering: the epoch after the entry commit).

@@ -66,6 +66,11 @@ impl Room {
         if group.group_id() != room.group_id().as_slice() {
             return Err(GroupError::State("it belongs to another room or relay"));
         }
+        // The state's own leaf must be this identity's: another identity's state (a shared
+        // data directory) would otherwise hand over its secrets.
+        if group.current_member_signing_identity()?.signature_key.as_bytes() != identity.public().0 {
+            return Err(GroupError::State("it belongs to another identity"));
+        }
         // The copy in storage is only for loading; the blob is the caller's.
         drop(handles.storage.take());
         Ok(Room { room, me: identity.public(), group, handles, phase })

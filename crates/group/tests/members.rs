@@ -480,3 +480,44 @@ fn an_entry_in_flight_survives_a_restart() -> TestResult {
     assert_eq!(Member::messages(&members[0].catch_up(&relay)), vec!["in".to_string()]);
     Ok(())
 }
+
+#[test]
+fn after_a_psk_rotation_entries_need_the_new_generations_key_and_psk() -> TestResult {
+    let (mut relay, old) = (Relay::default(), password(1));
+    let mut members = room_of(2, &mut relay, &old)?;
+    let new = password(2);
+    for m in &mut members {
+        let id = Identity::from_seed(&m.id.seed());
+        m.room().rotate_psk(&id, 1, &new.room_psk)?;
+        assert_eq!(m.room().psk_generation(), 1);
+    }
+    relay.put_group_info(members[0].room().sealed_group_info(&new.group_info_key)?);
+
+    // The old password's key no longer opens the GroupInfo.
+    let refused = Member::new(66).start_entry(&mut relay, &old);
+    assert!(matches!(refused, Err(GroupError::GroupInfoKey)), "{refused:?}");
+
+    // The new key with the old PSK: built (generation 1 from the seal), refused by members.
+    let before = codes(&mut members);
+    Member::new(67).start_entry_with(&mut relay, &old.room_psk, &new.group_info_key)?;
+    for m in &mut members {
+        assert!(matches!(m.catch_up(&relay).as_slice(), [Err(GroupError::Mls(_))]));
+    }
+    assert_eq!(codes(&mut members), before);
+    // (A member publishes the GroupInfo again after the refused entry, as the epoch is unchanged.)
+    relay.put_group_info(members[0].room().sealed_group_info(&new.group_info_key)?);
+
+    // The new password enters, and everyone talks on.
+    let mut carol = Member::new(3);
+    carol.start_entry(&mut relay, &new)?;
+    assert_eq!(carol.catch_up(&relay).pop().unwrap()?, Event::Entered);
+    assert_eq!(carol.room().psk_generation(), 1);
+    for m in &mut members {
+        assert!(matches!(m.catch_up(&relay).last(), Some(Ok(Event::Commit(c))) if c.entry));
+    }
+    members[1].say(&mut relay, "after the rotation")?;
+    assert_eq!(Member::messages(&carol.catch_up(&relay)), vec!["after the rotation".to_string()]);
+    members.push(carol);
+    assert_converged(&mut members);
+    Ok(())
+}

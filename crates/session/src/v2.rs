@@ -7,6 +7,7 @@ use std::path::Path;
 
 use chatroom_crypto::{
     sign_v2, verify_v2, Content, Identity, PublicIdentity, RoomName, RoomSecretsV2, SafetyCode,
+    ROOM_SECRETS_V2_LEN,
 };
 use chatroom_group::{CommitSummary, Event, GroupError, Kind, LogEntry, Room, RoomRef};
 use zeroize::Zeroizing;
@@ -28,6 +29,9 @@ pub enum V2Error {
     /// The state file could not be written or read.
     #[error("the room state file: {0}")]
     File(String),
+    /// A password rotation refused: not from the room's owner, or malformed.
+    #[error("a password rotation refused: {0}")]
+    Rotation(&'static str),
 }
 
 /// What one log entry meant to this member.
@@ -52,6 +56,14 @@ pub enum V2Event {
     Removed,
     /// This member's own message missed its epoch: send the content again.
     Resend,
+    /// The owner rotated the room's password: entries now need the new one, whose outputs
+    /// this member now holds (the old ones are gone).
+    Rotated {
+        /// The new password generation.
+        generation: u32,
+        /// The owner's identity.
+        by: PublicIdentity,
+    },
     /// Nothing to show (an old entry, one's own message, another epoch).
     Skipped,
 }
@@ -80,8 +92,45 @@ impl std::fmt::Debug for V2Room {
     }
 }
 
-fn room_ref(name: &RoomName, relay_key: &[u8; 32]) -> RoomRef {
-    RoomRef { room: name.clone(), relay_key: *relay_key, psk_generation: 0 }
+fn room_ref(name: &RoomName, relay_key: &[u8; 32], psk_generation: u32) -> RoomRef {
+    RoomRef { room: name.clone(), relay_key: *relay_key, psk_generation }
+}
+
+/// The content kind of a password rotation (draft section 8): byte 8 of the application data,
+/// where the v1 content encoding keeps its kind.
+pub const ROTATE_KIND: u8 = 4;
+/// A rotation's application data: timestamp (8), kind (1), generation (4), the new password's
+/// outputs, zero padding to three 64-byte blocks.
+pub const ROTATE_LEN: usize = 192;
+const ROTATE_USED: usize = 8 + 1 + 4 + ROOM_SECRETS_V2_LEN;
+
+/// `timestamp_ms: u64 | kind: u8 = 4 | psk_generation: u32 | join_secret: 32 | code_bytes: 20 |
+/// room_psk: 32 | group_info_key: 32 | zeros` (192 bytes in all).
+fn encode_rotation(timestamp_ms: u64, generation: u32, secrets: &RoomSecretsV2) -> Zeroizing<Vec<u8>> {
+    let mut out = Zeroizing::new(Vec::with_capacity(ROTATE_LEN));
+    out.extend_from_slice(&timestamp_ms.to_be_bytes());
+    out.push(ROTATE_KIND);
+    out.extend_from_slice(&generation.to_be_bytes());
+    out.extend_from_slice(secrets.to_bytes().as_slice());
+    out.resize(ROTATE_LEN, 0);
+    out
+}
+
+/// The inverse of `encode_rotation`; exactly `ROTATE_LEN` bytes with zero padding.
+fn decode_rotation(bytes: &[u8]) -> Result<(u32, RoomSecretsV2), V2Error> {
+    if bytes.len() != ROTATE_LEN {
+        return Err(V2Error::Rotation("not 192 bytes"));
+    }
+    let (used, padding) = bytes.split_at(ROTATE_USED);
+    if padding.iter().any(|&b| b != 0) {
+        return Err(V2Error::Rotation("non-zero padding"));
+    }
+    let generation = used.get(9..13).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes);
+    let secrets: Option<&[u8; ROOM_SECRETS_V2_LEN]> = used.get(13..).and_then(|b| b.try_into().ok());
+    match (generation, secrets) {
+        (Some(generation), Some(secrets)) => Ok((generation, RoomSecretsV2::from_bytes(secrets))),
+        _ => Err(V2Error::Rotation("malformed")),
+    }
 }
 
 impl V2Room {
@@ -92,7 +141,7 @@ impl V2Room {
         relay_key: &[u8; 32],
         keys: RoomSecretsV2,
     ) -> Result<(Self, Vec<u8>), V2Error> {
-        let room = Room::create(&identity, room_ref(&name, relay_key), &keys.room_psk)?;
+        let room = Room::create(&identity, room_ref(&name, relay_key, 0), &keys.room_psk)?;
         let sealed = room.sealed_group_info(&keys.group_info_key)?;
         let me =
             Self { name, identity, keys, room, cursor: 0, counter: 0, sent_since_commit: 0, committed_at: 0 };
@@ -123,7 +172,8 @@ impl V2Room {
         (group_info_seq, sealed): (u64, &[u8]),
         counter_floor: u64,
     ) -> Result<(Self, Vec<u8>), V2Error> {
-        let refd = room_ref(&name, relay_key);
+        // The generation comes from the sealed GroupInfo's header (`Room::enter`).
+        let refd = room_ref(&name, relay_key, 0);
         let (room, commit) = Room::enter(&identity, refd, &keys.room_psk, &keys.group_info_key, sealed)?;
         let mut me = Self {
             name,
@@ -184,6 +234,61 @@ impl V2Room {
         self.wrap(Kind::Commit, &mls)
     }
 
+    /// The owner's password rotation (draft section 8): from now on this member holds `new`
+    /// (the next password generation's outputs) and seals the GroupInfo under it. Returns the
+    /// envelope of kind `rotate` that carries `new` to the members, inside MLS; send it before
+    /// the new join verifier and the GroupInfo `sealed_group_info` now returns.
+    pub fn rotate(&mut self, new: RoomSecretsV2, timestamp_ms: u64) -> Result<Vec<u8>, V2Error> {
+        if self.owner() != Some(self.identity.public()) {
+            return Err(V2Error::Rotation("only the room's owner rotates its password"));
+        }
+        let generation =
+            self.room.psk_generation().checked_add(1).ok_or(V2Error::Rotation("no generation left"))?;
+        let payload = encode_rotation(timestamp_ms, generation, &new);
+        let mls = self.room.seal_message(&payload)?;
+        self.room.rotate_psk(&self.identity, generation, &new.room_psk)?;
+        self.keys = new;
+        self.wrap(Kind::Application, &mls)
+    }
+
+    /// The current generation's rotation message again, sealed in the current epoch (the
+    /// first copy missed its epoch and nobody can read it). Owner only, as `rotate`.
+    pub fn rotation_message(&mut self, timestamp_ms: u64) -> Result<Vec<u8>, V2Error> {
+        if self.owner() != Some(self.identity.public()) {
+            return Err(V2Error::Rotation("only the room's owner rotates its password"));
+        }
+        let payload = encode_rotation(timestamp_ms, self.room.psk_generation(), &self.keys);
+        let mls = self.room.seal_message(&payload)?;
+        self.wrap(Kind::Application, &mls)
+    }
+
+    /// The password generation this member holds (0 until the first rotation).
+    pub fn psk_generation(&self) -> u32 {
+        self.room.psk_generation()
+    }
+
+    /// The current password's outputs: the join secret the relay checks on reconnection, and
+    /// what a new entry needs.
+    pub fn secrets(&self) -> &RoomSecretsV2 {
+        &self.keys
+    }
+
+    /// A rotation message from `sender`: applied only if `sender` is the owner named in the
+    /// group context and the generation is newer than this member's; an older or equal one
+    /// is a resent copy. Refused, it changes nothing.
+    fn on_rotation(&mut self, sender: PublicIdentity, plaintext: &[u8]) -> Result<V2Event, V2Error> {
+        if self.owner() != Some(sender) {
+            return Err(V2Error::Rotation("not from the room's owner"));
+        }
+        let (generation, secrets) = decode_rotation(plaintext)?;
+        if generation <= self.room.psk_generation() {
+            return Ok(V2Event::Skipped);
+        }
+        self.room.rotate_psk(&self.identity, generation, &secrets.room_psk)?;
+        self.keys = secrets;
+        Ok(V2Event::Rotated { generation, by: sender })
+    }
+
     /// The group's members (MLS leaves), in leaf order.
     pub fn members(&self) -> Vec<PublicIdentity> {
         self.room.members()
@@ -221,6 +326,9 @@ impl V2Room {
         };
         let event = self.room.process(LogEntry { sender: signed.sender, kind, mls: &signed.mls })?;
         Ok(match event {
+            Event::Message { sender, plaintext } if plaintext.get(8) == Some(&ROTATE_KIND) => {
+                self.on_rotation(sender, &plaintext)?
+            }
             Event::Message { sender, plaintext } => {
                 V2Event::Message { sender, content: Content::from_padded_bytes(&plaintext)?, seq }
             }
@@ -258,11 +366,16 @@ impl V2Room {
         out.extend_from_slice(&self.counter.to_be_bytes());
         out.extend_from_slice(&self.sent_since_commit.to_be_bytes());
         out.extend_from_slice(&self.committed_at.to_be_bytes());
+        out.extend_from_slice(&self.room.psk_generation().to_be_bytes());
+        out.extend_from_slice(self.keys.to_bytes().as_slice());
         out.extend_from_slice(&mls);
         write_private(path, &out).map_err(|e| V2Error::File(e.to_string()))
     }
 
-    /// Reads a state `save` wrote, for the same identity, room, relay and password.
+    /// Reads a state `save` wrote, for the same identity, room and relay. `keys` (from the
+    /// password the user gave) are used only for a state written before rotations existed;
+    /// a newer state holds the current generation's outputs, which win (after a rotation a
+    /// member needs no password).
     pub fn load(
         identity: Identity,
         name: RoomName,
@@ -273,9 +386,11 @@ impl V2Room {
         let bytes = Zeroizing::new(
             std::fs::read(path).map_err(|e| V2Error::File(format!("{}: {e}", path.display())))?,
         );
-        // Version 1 had no healing fields: its next update is due at once.
+        // Version 1 had no healing fields: its next update is due at once. Versions 1 and 2
+        // had no rotation: generation 0, the password's outputs.
         let header_len = match bytes.first() {
             Some(&STATE_VERSION) => HEADER_LEN,
+            Some(2) => 29,
             Some(1) => 17,
             _ => return Err(V2Error::File("an unknown version".into())),
         };
@@ -285,15 +400,26 @@ impl V2Room {
         let sent_since_commit =
             header.get(17..21).and_then(|b| b.try_into().ok()).map_or(0, u32::from_be_bytes);
         let committed_at = u64_at(21).unwrap_or(0);
-        let room = Room::load_state(&identity, room_ref(&name, relay_key), &keys.room_psk, mls)?;
+        let (generation, keys) = match header.get(33..33 + ROOM_SECRETS_V2_LEN) {
+            Some(saved) => {
+                let generation =
+                    header.get(29..33).and_then(|b| b.try_into().ok()).map_or(0, u32::from_be_bytes);
+                let saved: Option<&[u8; ROOM_SECRETS_V2_LEN]> = saved.try_into().ok();
+                (generation, saved.map_or(keys, RoomSecretsV2::from_bytes))
+            }
+            None => (0, keys),
+        };
+        let room = Room::load_state(&identity, room_ref(&name, relay_key, generation), &keys.room_psk, mls)?;
         Ok(Self { name, identity, keys, room, cursor, counter, sent_since_commit, committed_at })
     }
 }
 
-/// `version: u8 = 2 | cursor: u64 | counter: u64 | sent_since_commit: u32 | committed_at: u64 |
-/// chatroom_group state` (version 1 lacked the two healing fields).
-const STATE_VERSION: u8 = 2;
-const HEADER_LEN: usize = 1 + 8 + 8 + 4 + 8;
+/// `version: u8 = 3 | cursor: u64 | counter: u64 | sent_since_commit: u32 | committed_at: u64 |
+/// psk_generation: u32 | join_secret: 32 | code_bytes: 20 | room_psk: 32 | group_info_key: 32 |
+/// chatroom_group state` (version 1 lacked the healing fields, version 2 the generation and
+/// the password's outputs).
+const STATE_VERSION: u8 = 3;
+const HEADER_LEN: usize = 1 + 8 + 8 + 4 + 8 + 4 + ROOM_SECRETS_V2_LEN;
 
 #[cfg(test)]
 mod tests {
@@ -500,5 +626,144 @@ mod tests {
         entry[last] ^= 1;
         assert!(matches!(alice.on_deliver(1, &entry), Err(V2Error::Envelope)));
         assert_eq!((alice.cursor(), alice.room.members().len()), (1, 1), "refused, and passed");
+    }
+
+    /// Alice (owner) and bob, both members of epoch 1, with the log so far.
+    fn alice_and_bob(password: u8) -> (V2Room, V2Room, Vec<Vec<u8>>) {
+        let (mut alice, info) = V2Room::create(
+            Identity::from_seed(&[1; 32]),
+            general(),
+            &RELAY,
+            split_master_v2(&[password; 32]),
+        )
+        .unwrap();
+        let (mut bob, entry) = V2Room::enter(
+            Identity::from_seed(&[2; 32]),
+            general(),
+            &RELAY,
+            split_master_v2(&[password; 32]),
+            (0, &info),
+        )
+        .unwrap();
+        let log = vec![entry];
+        feed(&mut alice, &log);
+        feed(&mut bob, &log);
+        (alice, bob, log)
+    }
+
+    #[test]
+    fn after_the_owners_rotation_only_the_new_password_enters_and_members_talk_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut alice, mut bob, mut log) = alice_and_bob(7);
+        let new = split_master_v2(&[8; 32]);
+        log.push(alice.rotate(new.clone(), 5).unwrap());
+        assert_eq!(alice.psk_generation(), 1);
+        assert!(*alice.secrets() == new);
+        let events = feed(&mut bob, &log);
+        let owner = alice.identity.public();
+        assert!(
+            matches!(&events[..], [Ok(V2Event::Rotated { generation: 1, by })] if *by == owner),
+            "{events:?}"
+        );
+        assert!(*bob.secrets() == new && bob.psk_generation() == 1);
+        assert_eq!(alice.safety().unwrap(), bob.safety().unwrap(), "the new room code, one epoch");
+        assert_eq!(alice.safety().unwrap().0, *new.room_code());
+
+        // The GroupInfo is now sealed under the new key and generation.
+        let info = alice.sealed_group_info().unwrap();
+        let after = log.len() as u64;
+        let old = V2Room::enter(
+            Identity::from_seed(&[3; 32]),
+            general(),
+            &RELAY,
+            split_master_v2(&[7; 32]),
+            (after, &info),
+        );
+        assert!(matches!(old, Err(V2Error::Group(GroupError::GroupInfoKey))), "{old:?}");
+        let (mut carol, entry) =
+            V2Room::enter(Identity::from_seed(&[3; 32]), general(), &RELAY, new.clone(), (after, &info))
+                .unwrap();
+        assert_eq!(carol.psk_generation(), 1, "from the seal's header");
+        log.push(entry);
+        assert!(matches!(feed(&mut carol, &log)[..], [Ok(V2Event::Entered)]));
+        assert!(matches!(&feed(&mut alice, &log)[..], [_, Ok(V2Event::Commit(c))] if c.entry));
+        assert!(matches!(&feed(&mut bob, &log)[..], [Ok(V2Event::Commit(c))] if c.entry));
+
+        // Everyone talks on; bob's state keeps the new generation and outputs across a
+        // restart, whatever password the restart was given.
+        log.push(bob.send(&text("bob", "after the rotation")).unwrap());
+        assert!(matches!(&feed(&mut carol, &log)[..], [Ok(V2Event::Message { .. })]));
+        let path = dir.path().join("bob.v2");
+        bob.save(&path).unwrap();
+        let mut bob =
+            V2Room::load(Identity::from_seed(&[2; 32]), general(), &RELAY, split_master_v2(&[7; 32]), &path)
+                .unwrap();
+        assert_eq!(bob.psk_generation(), 1);
+        assert!(*bob.secrets() == new);
+        log.push(alice.send(&text("alice", "still here")).unwrap());
+        log.push(carol.send(&text("carol", "me too")).unwrap());
+        let read = feed(&mut bob, &log);
+        assert!(
+            matches!(
+                &read[..],
+                [Ok(V2Event::Skipped), Ok(V2Event::Message { .. }), Ok(V2Event::Message { .. })]
+            ),
+            "{read:?}"
+        );
+
+        // A resent copy of the rotation changes nothing.
+        log.push(alice.rotation_message(6).unwrap());
+        assert!(matches!(feed(&mut bob, &log)[..], [Ok(V2Event::Skipped)]));
+    }
+
+    #[test]
+    fn a_rotation_from_anyone_but_the_owner_is_refused_and_changes_nothing() {
+        let (mut alice, mut bob, mut log) = alice_and_bob(7);
+        let refused = bob.rotate(split_master_v2(&[9; 32]), 5);
+        assert!(matches!(refused, Err(V2Error::Rotation(_))), "{refused:?}");
+        assert_eq!(bob.psk_generation(), 0);
+
+        // Bob seals a well-formed rotation by hand; alice refuses it.
+        let forged = encode_rotation(5, 1, &split_master_v2(&[9; 32]));
+        let mls = bob.room.seal_message(&forged).unwrap();
+        log.push(bob.wrap(Kind::Application, &mls).unwrap());
+        assert!(matches!(feed(&mut alice, &log)[..], [Err(V2Error::Rotation(_))]));
+        assert_eq!(alice.psk_generation(), 0);
+        assert!(*alice.secrets() == split_master_v2(&[7; 32]));
+
+        // A malformed one from the owner is refused too.
+        let mut short = encode_rotation(5, 1, &split_master_v2(&[9; 32]));
+        short.truncate(ROTATE_LEN - 64);
+        let mls = alice.room.seal_message(&short).unwrap();
+        log.push(alice.wrap(Kind::Application, &mls).unwrap());
+        assert!(matches!(feed(&mut bob, &log)[..], [Ok(V2Event::Skipped), Err(V2Error::Rotation(_))]));
+        assert_eq!(bob.psk_generation(), 0);
+
+        // The old password still enters.
+        let info = alice.sealed_group_info().unwrap();
+        let entered = V2Room::enter(
+            Identity::from_seed(&[3; 32]),
+            general(),
+            &RELAY,
+            split_master_v2(&[7; 32]),
+            (log.len() as u64, &info),
+        );
+        assert!(entered.is_ok());
+    }
+
+    #[test]
+    fn a_rotation_layout_is_exact() {
+        let secrets = split_master_v2(&[9; 32]);
+        let bytes = encode_rotation(0x0102, 7, &secrets);
+        assert_eq!(bytes.len(), ROTATE_LEN);
+        assert_eq!(&bytes[..13], &[0, 0, 0, 0, 0, 0, 1, 2, 4, 0, 0, 0, 7]);
+        assert_eq!(&bytes[13..45], secrets.join_secret.as_bytes());
+        assert_eq!(&bytes[65..97], secrets.room_psk.as_bytes());
+        assert_eq!(&bytes[97..129], secrets.group_info_key.as_bytes());
+        let (generation, back) = decode_rotation(&bytes).unwrap();
+        assert!(generation == 7 && back == secrets);
+        let mut padded = bytes.clone();
+        padded[ROTATE_LEN - 1] = 1;
+        assert!(decode_rotation(&padded).is_err());
     }
 }

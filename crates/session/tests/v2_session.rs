@@ -3,7 +3,8 @@
 //! retries when two newcomers collide), messages authenticated by MLS, one epoch code for
 //! everyone, catch-up from the saved cursor after a restart, the owner's kick as an MLS
 //! removal, a wrong password refused, and healing: a member's update commit after its
-//! configured number of messages, which leaves a stolen copy of its state unable to read on.
+//! configured number of messages, which leaves a stolen copy of its state unable to read on;
+//! the owner's password rotation, after which only the new password enters.
 
 #![allow(clippy::unwrap_used)]
 
@@ -20,7 +21,7 @@ use chatroom_session::error::SessionError;
 use chatroom_session::session::{ChatMessage, Event, GroupEvent, Limits, SessionConfig, SessionEnd};
 use chatroom_session::transport::HostPort;
 use chatroom_session::trust::RelayPin;
-use chatroom_session::v2_session::{V2Handle, V2Limits, V2Session};
+use chatroom_session::v2_session::{RotateError, V2Handle, V2Limits, V2Session};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::timeout;
@@ -454,5 +455,110 @@ async fn a_members_update_after_its_message_limit_leaves_a_copy_of_its_state_una
     }
     assert_eq!(read, vec!["before".to_string()]);
     assert_eq!(thief.handle.safety().await.map(|s| s.epoch), Some(1), "stuck at the copied epoch");
+    relay.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_owner_rotates_the_password_members_talk_on_and_only_the_new_one_enters() -> TestResult {
+    const NEW: &[u8] = b"a new password for the room";
+    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?];
+    let relay = relay(dirs[0].path()).await?;
+    let mut alice = start(&relay, ("alice", 1), dirs[1].path(), true, PASSWORD).await?;
+    alice.entered().await?;
+    let mut bob = start(&relay, ("bob", 2), dirs[2].path(), false, PASSWORD).await?;
+    bob.entered().await?;
+    alice.epoch(1).await?;
+
+    // Only the owner rotates.
+    let refused = bob.handle.rotate_password(Zeroizing::new(NEW.to_vec())).await;
+    assert!(matches!(refused, Err(RotateError::NotOwner)), "{refused:?}");
+
+    assert_eq!(alice.handle.rotate_password(Zeroizing::new(NEW.to_vec())).await?, 1);
+    let (alice_me, bob_me) = (alice.me, bob.me);
+    let rotated = |own: bool, by: PublicIdentity| {
+        move |e: &Event| match e {
+            Event::Group(GroupEvent::PasswordRotated { generation, by: who, own: o }) => {
+                Some((*generation, *who == by, *o == own))
+            }
+            _ => None,
+        }
+    };
+    assert_eq!(alice.until(rotated(true, alice_me)).await?, (1, true, true));
+    assert_eq!(bob.until(rotated(false, alice_me)).await?, (1, true, true));
+    // The relay has the new verifier and the new GroupInfo (a Ping after them, answered).
+    assert!(alice.handle.sync().await);
+
+    // Bob, inside, talks on.
+    bob.say("after the rotation").await?;
+    assert_eq!(alice.message().await?.body, "after the rotation");
+    alice.say("still here").await?;
+    assert_eq!(bob.message().await?.body, "still here");
+
+    // The old password no longer joins; the new one enters and reads what is sent after.
+    let old = start(&relay, ("eve", 5), dirs[3].path(), false, PASSWORD).await;
+    match old {
+        Err(e) => assert_eq!(e.refusal(), Some(ErrorCode::WrongPassword), "{e}"),
+        Ok(_) => panic!("the old password got in"),
+    }
+    let mut carol = start(&relay, ("carol", 3), dirs[3].path(), false, NEW).await?;
+    carol.entered().await?;
+    for member in [&mut alice, &mut bob] {
+        member.epoch(2).await?;
+    }
+    alice.say("welcome carol").await?;
+    assert_eq!(carol.message().await?.body, "welcome carol");
+
+    // Bob restarts with the only password he knows, the old one: his saved state holds the
+    // new one's outputs, so he joins the relay and reads on without entering again.
+    bob.handle.close(LIMIT).await;
+    alice.say("while bob was away").await?;
+    let mut bob = start(&relay, ("bob", 2), dirs[2].path(), false, PASSWORD).await?;
+    assert_eq!(bob.message().await?.body, "while bob was away");
+    assert_eq!(carol.message().await?.body, "while bob was away");
+    bob.say("back").await?;
+    assert_eq!(carol.message().await?.sender, bob_me);
+    let codes = [alice.handle.safety().await, bob.handle.safety().await, carol.handle.safety().await];
+    assert!(codes.iter().all(|c| c.is_some() && *c == codes[0]), "{codes:?}");
+    relay.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_away_during_a_rotation_joins_with_the_new_password_and_reads_on_without_entering_again(
+) -> TestResult {
+    const NEW: &[u8] = b"a new password for the room";
+    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?];
+    let relay = relay(dirs[0].path()).await?;
+    let mut alice = start(&relay, ("alice", 1), dirs[1].path(), true, PASSWORD).await?;
+    alice.entered().await?;
+    let mut bob = start(&relay, ("bob", 2), dirs[2].path(), false, PASSWORD).await?;
+    bob.entered().await?;
+    alice.epoch(1).await?;
+    bob.handle.close(LIMIT).await;
+
+    assert_eq!(alice.handle.rotate_password(Zeroizing::new(NEW.to_vec())).await?, 1);
+    alice.say("while bob was away").await?;
+    assert!(alice.handle.sync().await);
+
+    // His saved state holds the old password's join secret, which the relay now refuses; the
+    // new password he was given joins, and the log brings him the rotation.
+    let mut bob = start(&relay, ("bob", 2), dirs[2].path(), false, NEW).await?;
+    let rotated = bob
+        .until(|e| match e {
+            Event::Group(GroupEvent::PasswordRotated { generation, own: false, .. }) => Some(*generation),
+            _ => None,
+        })
+        .await?;
+    assert_eq!(rotated, 1);
+    assert_eq!(bob.message().await?.body, "while bob was away");
+    bob.say("back").await?;
+    assert_eq!(alice.message().await?.body, "back");
+    assert_eq!(bob.handle.safety().await.ok_or("bob is no member")?.epoch, 1, "no re-entry");
+    assert_eq!(alice.handle.safety().await, bob.handle.safety().await);
+
+    // Started again with the old password, his state (now the new generation's) still joins.
+    bob.handle.close(LIMIT).await;
+    let bob = start(&relay, ("bob", 2), dirs[2].path(), false, PASSWORD).await?;
+    assert!(bob.handle.sync().await);
+    assert_eq!(bob.handle.safety().await.ok_or("bob is no member")?.epoch, 1);
     relay.stop().await
 }

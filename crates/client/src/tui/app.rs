@@ -820,6 +820,14 @@ impl App {
                 Command::Kick(nick) => Action::Kick(nick),
                 Command::Ban(nick) => Action::Ban(nick),
                 Command::Unban(nick) => Action::Unban(nick),
+                Command::RotatePassword(_) => {
+                    self.notice(
+                        NoticeKind::Error,
+                        "/rotate-password is for protocol 2 rooms, in line mode (chatroom --protocol 2); nothing \
+                         was done",
+                    );
+                    Action::None
+                }
             },
             Err(e) => {
                 self.notice(NoticeKind::Error, &format!("error: {e}"));

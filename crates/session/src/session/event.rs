@@ -318,4 +318,14 @@ pub enum GroupEvent {
         /// The oldest the relay retains.
         oldest: u64,
     },
+    /// The owner rotated the room's password: entering now needs the new one. Members inside
+    /// hold its outputs and need nothing.
+    PasswordRotated {
+        /// The new password generation (1 after the first rotation).
+        generation: u32,
+        /// The owner, as MLS authenticated it.
+        by: PublicIdentity,
+        /// It was this client's own rotation.
+        own: bool,
+    },
 }

@@ -5,18 +5,21 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chatroom_crypto::{ClientMessage, ContentKind, Identity, JoinRequest, Member, Nick, RelayMessage};
+use chatroom_crypto::{
+    ClientMessage, ContentKind, ErrorCode, Identity, JoinRequest, JoinSecret, Member, Nick, RelayMessage,
+    RoomSecretsV2,
+};
 use rand_core::{OsRng, RngCore};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::keys::V2Keys;
 use super::log::{Action, Core};
-use super::{V2Limits, V2Safety};
+use super::{RotateError, V2Limits, V2Safety};
 use crate::error::SessionError;
 use crate::session::{
-    handshake_v2, join, AckMatch, Callbacks, ConnState, ConnWriter, Event, Handshaken, JoinedInfo,
-    MemberInfo, Outbox, Outgoing, SessionConfig, SessionEnd, TokenBucket, MAX_MEMBERS,
+    handshake_v2, join, AckMatch, Callbacks, ConnState, ConnWriter, Event, GroupEvent, Handshaken,
+    JoinedInfo, MemberInfo, Outbox, Outgoing, SessionConfig, SessionEnd, TokenBucket, MAX_MEMBERS,
 };
 use crate::state::room_state_path;
 use crate::transport::{self, Rotation};
@@ -25,14 +28,25 @@ use crate::trust::RelayCheck;
 /// What a front end asks of the session.
 #[derive(Debug)]
 pub(super) enum Request {
-    Send { id: u64, kind: ContentKind, body: String },
+    Send {
+        id: u64,
+        kind: ContentKind,
+        body: String,
+    },
     Who,
     Kick(Nick),
     Ban(Nick),
     Unban(Nick),
     Safety(oneshot::Sender<Option<V2Safety>>),
     Sync(oneshot::Sender<bool>),
-    Close { flush: Duration },
+    Close {
+        flush: Duration,
+    },
+    /// The owner's password rotation, with the new password's outputs.
+    Rotate {
+        secrets: Box<RoomSecretsV2>,
+        reply: oneshot::Sender<Result<u32, RotateError>>,
+    },
 }
 
 /// Where a connection starts reading the log.
@@ -61,8 +75,60 @@ impl Established {
     }
 }
 
+/// Connects and handshakes under `chatroom/2`, checking the relay pin.
+async fn handshaken(
+    cfg: &SessionConfig,
+    callbacks: &dyn Callbacks,
+    (attempt, addr_index): (u32, usize),
+) -> Result<Handshaken, SessionError> {
+    let relay = cfg.relay.get(addr_index);
+    let addr = relay.to_string();
+    callbacks.event(Event::State(ConnState::Connecting { attempt, addr: addr.clone() }));
+    let stream = transport::connect(relay, cfg.proxy.as_ref(), cfg.limits.connect_timeout).await?;
+    callbacks.event(Event::State(ConnState::Joining));
+    let limit = cfg.limits.handshake_timeout;
+    let conn =
+        tokio::time::timeout(limit, handshake_v2(stream, &addr, &cfg.relay_pin)).await.map_err(|_| {
+            SessionError::Timeout { what: "in the handshake with", addr: addr.clone(), secs: limit.as_secs() }
+        })??;
+    if conn.check == RelayCheck::FirstUse {
+        callbacks.event(Event::RelayFirstUse { addr, fingerprint: hex::encode(conn.relay_key) });
+    }
+    Ok(conn)
+}
+
+/// Joins the room on a handshaken connection with `join_secret`.
+async fn join_with(
+    cfg: &SessionConfig,
+    identity: &Identity,
+    conn: &mut Handshaken,
+    join_secret: JoinSecret,
+    (create, after, addr_index): (bool, u64, usize),
+) -> Result<(JoinedInfo, Vec<RelayMessage>), SessionError> {
+    let request = JoinRequest::new(
+        identity,
+        &conn.handshake_hash,
+        cfg.room.clone(),
+        cfg.nick.clone(),
+        join_secret,
+        create,
+        after,
+    )
+    .for_version_2();
+    let limit = cfg.limits.handshake_timeout;
+    tokio::time::timeout(limit, join(conn, request)).await.map_err(|_| SessionError::Timeout {
+        what: "joining the room on",
+        addr: cfg.relay.get(addr_index).to_string(),
+        secs: limit.as_secs(),
+    })?
+}
+
 /// Connects, handshakes under `chatroom/2` (checking the relay pin), derives the secrets if
-/// needed, and joins with the v2 join secret, asking history after `history_after`.
+/// needed, and joins with the v2 join secret, asking history after `history_after`. On the
+/// first connection a saved state's secrets join first (after a rotation they are the current
+/// ones, whatever password was given); if the relay refuses them and the password's differ, the
+/// password is newer (a rotation this member missed while offline) and joins instead: the log
+/// then brings the rotation.
 pub(super) async fn establish(
     cfg: &SessionConfig,
     keys: &V2Keys,
@@ -72,21 +138,7 @@ pub(super) async fn establish(
     create: bool,
     (attempt, addr_index): (u32, usize),
 ) -> Result<Established, SessionError> {
-    let relay = cfg.relay.get(addr_index);
-    let addr = relay.to_string();
-    callbacks.event(Event::State(ConnState::Connecting { attempt, addr: addr.clone() }));
-    let stream = transport::connect(relay, cfg.proxy.as_ref(), cfg.limits.connect_timeout).await?;
-    callbacks.event(Event::State(ConnState::Joining));
-    let limit = cfg.limits.handshake_timeout;
-    let timed_out =
-        |what: &'static str| SessionError::Timeout { what, addr: addr.clone(), secs: limit.as_secs() };
-    let mut conn = tokio::time::timeout(limit, handshake_v2(stream, &addr, &cfg.relay_pin))
-        .await
-        .map_err(|_| timed_out("in the handshake with"))??;
-    if conn.check == RelayCheck::FirstUse {
-        callbacks
-            .event(Event::RelayFirstUse { addr: addr.clone(), fingerprint: hex::encode(conn.relay_key) });
-    }
+    let mut conn = handshaken(cfg, callbacks, (attempt, addr_index)).await?;
     let secrets = keys.get(&conn.relay_key, callbacks).await?;
     // The first connection loads the room's state (its cursor is what history follows).
     let (after, core) = match resume {
@@ -108,20 +160,33 @@ pub(super) async fn establish(
             (core.history_after(), Some(core))
         }
     };
-    let request = JoinRequest::new(
-        identity,
-        &conn.handshake_hash,
-        cfg.room.clone(),
-        cfg.nick.clone(),
-        secrets.join_secret.clone(),
-        create,
-        after,
-    )
-    .for_version_2();
-    let (info, leftover) = tokio::time::timeout(limit, join(&mut conn, request))
-        .await
-        .map_err(|_| timed_out("joining the room on"))??;
-    Ok(Established { conn, info, leftover, core, addr: addr_index })
+    let saved = core.as_ref().map(|c| c.secrets().clone()).filter(|s| *s != secrets);
+    let how = (create, after, addr_index);
+    let first = saved.as_ref().unwrap_or(&secrets).join_secret.clone();
+    match join_with(cfg, identity, &mut conn, first, how).await {
+        Ok((info, leftover)) => {
+            if let Some(saved) = saved {
+                keys.replace(&conn.relay_key, saved);
+            }
+            Ok(Established { conn, info, leftover, core, addr: addr_index })
+        }
+        Err(e) if saved.is_some() && e.refusal() == Some(ErrorCode::WrongPassword) => {
+            let relay_key = conn.relay_key;
+            let mut conn = handshaken(cfg, callbacks, (attempt, addr_index)).await?;
+            if conn.relay_key != relay_key {
+                return Err(SessionError::Protocol("the relay's key changed between two connections".into()));
+            }
+            let (info, leftover) =
+                join_with(cfg, identity, &mut conn, secrets.join_secret.clone(), how).await?;
+            callbacks.event(Event::Warning(
+                "the room's password changed while this client was away; it joined with the password given and \
+                 reads the change from the room's log"
+                    .into(),
+            ));
+            Ok(Established { conn, info, leftover, core, addr: addr_index })
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The v2 state file of a room: next to the v1 one, with `.v2` appended.
@@ -196,6 +261,8 @@ pub(super) struct Driver {
     grace: Duration,
     /// Pacing under the relay's rate limit (`Limits::send_rate`), carried across reconnects.
     bucket: Option<TokenBucket>,
+    /// The answer to a password rotation, given once its three items are sent.
+    rotating: Option<oneshot::Sender<Result<u32, RotateError>>>,
 }
 
 impl Driver {
@@ -236,6 +303,7 @@ impl Driver {
             partial_members: Vec::new(),
             owner: None,
             rotation: Rotation::starting_at(config.relay.len(), first.addr),
+            rotating: None,
             config,
         })
     }
@@ -407,6 +475,12 @@ impl Driver {
         let mut items = Vec::new();
         for action in std::mem::take(&mut self.core.out) {
             match action {
+                Action::Emit(Event::Group(GroupEvent::PasswordRotated { generation, by, own: true })) => {
+                    if let Some(reply) = self.rotating.take() {
+                        let _ = reply.send(Ok(generation));
+                    }
+                    self.emit(Event::Group(GroupEvent::PasswordRotated { generation, by, own: true }));
+                }
                 Action::Emit(event) => self.emit(event),
                 Action::Relay(m) => items.push(m),
                 Action::Envelope { id, counter, envelope } => {
@@ -427,6 +501,9 @@ impl Driver {
         if !items.is_empty() {
             up.writer.send(&items).await?;
             up.last_tx = Instant::now();
+        }
+        if let Some(secrets) = self.core.take_changed_secrets() {
+            self.keys.replace(&self.relay_key, secrets);
         }
         if self.core.group_info_stale() && self.info_due.is_none() {
             let grace = self.grace;
@@ -521,6 +598,26 @@ impl Driver {
                     None => Ok(()),
                 };
             }
+            Request::Rotate { secrets, reply } => {
+                let Some(up) = up else {
+                    let _ = reply.send(Err(RotateError::Refused(
+                        "not connected to the relay; try again once the session is back".into(),
+                    )));
+                    return Ok(());
+                };
+                if self.owner != Some(self.identity.public()) {
+                    let _ = reply.send(Err(RotateError::NotOwner));
+                    return Ok(());
+                }
+                match self.core.rotate(*secrets) {
+                    Ok(_) => self.rotating = Some(reply),
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        return Ok(());
+                    }
+                }
+                return self.pump(up).await;
+            }
             Request::Who => ClientMessage::Who,
             Request::Kick(nick) => ClientMessage::Kick { nick },
             Request::Ban(nick) => ClientMessage::Ban { nick },
@@ -591,7 +688,7 @@ impl Driver {
                         self.emit(Event::SendFailed { id: failed.id, code, detail });
                     } else {
                         self.emit(Event::Warning(format!("the relay refused a group change: {detail}")));
-                        self.core.on_own_refused()?;
+                        self.core.on_own_refused(counter)?;
                     }
                 }
             }

@@ -43,6 +43,13 @@ impl V2Keys {
         guard.as_ref().filter(|(k, _)| k == relay_key).map(|(_, s)| s.clone())
     }
 
+    /// After a password rotation, or a state file holding a rotated generation: the current
+    /// outputs, which the next join presents. The password, if still held, is dropped.
+    pub(super) fn replace(&self, relay_key: &[u8; 32], secrets: RoomSecretsV2) {
+        *self.cached.lock().unwrap_or_else(|e| e.into_inner()) = Some((*relay_key, secrets));
+        self.password.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
     /// The secrets for `relay_key`, deriving them (Argon2id) off the runtime if needed.
     pub async fn get(
         &self,

@@ -8,13 +8,13 @@ use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 
 use chatroom_crypto::{
-    ClientMessage, Content, ContentKind, ErrorCode, GroupInfoPart, Identity, Nick, PublicIdentity, RoomName,
-    RoomSecretsV2, MAX_GROUP_INFO_CHUNK,
+    join_verifier_v2, ClientMessage, Content, ContentKind, ErrorCode, GroupInfoPart, Identity, Nick,
+    PublicIdentity, RoomName, RoomSecretsV2, MAX_GROUP_INFO_CHUNK,
 };
 use chatroom_group::GroupError;
 use rand_core::RngCore;
 
-use super::{V2Limits, V2Safety};
+use super::{RotateError, V2Limits, V2Safety};
 use crate::error::SessionError;
 use crate::session::{ChatMessage, Event, GroupEvent};
 use crate::v2::{V2Error, V2Event, V2Room};
@@ -80,8 +80,19 @@ pub(super) struct Core {
     updating: bool,
     /// Random part of the time trigger, 0 to 10 % of it, so members do not update together.
     heal_jitter: f64,
+    /// The owner's password rotation until its `rotate` message is read back in its epoch.
+    rotation: Option<PendingRotation>,
+    /// The password's outputs changed (a rotation): the connection's join secret must follow.
+    secrets_changed: bool,
     dirty: bool,
     pub(super) out: Vec<Action>,
+}
+
+/// The owner's `rotate` message in flight (draft section 8), until read back in its epoch.
+#[derive(Debug, Clone, Copy)]
+struct PendingRotation {
+    /// The counter of its latest copy.
+    counter: u64,
 }
 
 fn counter_of(envelope: &[u8]) -> Option<u64> {
@@ -126,6 +137,9 @@ impl Core {
                 }
             }
         });
+        // A saved state holds the current password generation's outputs (after a rotation,
+        // not the password's the user gave).
+        let secrets = room.as_ref().map_or(secrets, |r| r.secrets().clone());
         let phase = if room.is_some() { Phase::Member } else { Phase::Waiting { min_seq: None } };
         let core = Self {
             identity,
@@ -150,6 +164,8 @@ impl Core {
             committing: false,
             updating: false,
             heal_jitter: f64::from(rand_core::OsRng.next_u32()) / f64::from(u32::MAX) / 10.0,
+            rotation: None,
+            secrets_changed: false,
             dirty: false,
             out: Vec::new(),
         };
@@ -391,7 +407,12 @@ impl Core {
 
     /// The relay refused one of our own commits (an entry or a removal): it never enters the
     /// log, so an entry starts over and the next removal may be tried.
-    pub(super) fn on_own_refused(&mut self) -> Result<(), SessionError> {
+    pub(super) fn on_own_refused(&mut self, counter: u64) -> Result<(), SessionError> {
+        if self.rotation.is_some_and(|r| r.counter == counter) {
+            // The members must get the new password's outputs: the rotation is sent again.
+            self.reseal_rotation();
+            return Ok(());
+        }
         match self.phase {
             Phase::Entering => {
                 self.attempts += 1;
@@ -419,6 +440,87 @@ impl Core {
     /// The relay stored one of our envelopes as `seq`: it takes its place in the log.
     pub(super) fn on_ack(&mut self, seq: u64, envelope: Vec<u8>) {
         self.own.insert(seq, envelope);
+    }
+
+    /// The `rotate` message is in the log at `seq`, in its epoch: every member holds the new
+    /// outputs from there on. Now the new join verifier, then the GroupInfo sealed under the
+    /// new key, stored after the message (so a member's fallback publication of the epoch's
+    /// old-key GroupInfo is refused as stale).
+    fn announce_rotation(&mut self, seq: u64) {
+        let verifier = join_verifier_v2(&self.secrets.join_secret);
+        self.out.push(Action::Relay(ClientMessage::SetVerifier { verifier: verifier.0 }));
+        let Some(room) = self.room.as_ref() else { return };
+        let generation = room.psk_generation();
+        match room.sealed_group_info() {
+            Ok(sealed) => self.put_group_info(seq, &sealed),
+            Err(e) => self.emit(Event::Warning(format!(
+                "cannot seal the room's GroupInfo under the new password: {e}"
+            ))),
+        }
+        let me = self.me();
+        self.emit(Event::Group(GroupEvent::PasswordRotated { generation, by: me, own: true }));
+    }
+
+    /// The owner's password rotation (draft section 8): the `rotate` message now; the new
+    /// verifier and GroupInfo once it is read back from the log in its epoch (sealed again on
+    /// the next epoch if it missed its own). Returns the new generation.
+    pub(super) fn rotate(&mut self, new: RoomSecretsV2) -> Result<u32, RotateError> {
+        if !self.is_member() {
+            return Err(RotateError::Refused("this client is not a member of the room's group yet".into()));
+        }
+        if self.rotation.is_some() {
+            return Err(RotateError::Refused("a password rotation is still in progress".into()));
+        }
+        let me = self.me();
+        let Some(room) = self.room.as_mut() else {
+            return Err(RotateError::Refused("this client is not a member of the room's group yet".into()));
+        };
+        if room.owner() != Some(me) {
+            return Err(RotateError::NotOwner);
+        }
+        let now = now_micros();
+        room.raise_counter(now);
+        let envelope = room.rotate(new, now / 1000).map_err(|e| RotateError::Refused(e.to_string()))?;
+        let generation = room.psk_generation();
+        self.secrets = room.secrets().clone();
+        self.secrets_changed = true;
+        self.dirty = true;
+        let counter = counter_of(&envelope).unwrap_or(0);
+        self.rotation = Some(PendingRotation { counter });
+        self.out.push(Action::Envelope { id: 0, counter, envelope });
+        Ok(generation)
+    }
+
+    /// The current generation's `rotate` message again (its last copy missed its epoch or
+    /// was refused by the relay).
+    fn reseal_rotation(&mut self) {
+        let (Some(rotation), Some(room)) = (self.rotation.as_mut(), self.room.as_mut()) else { return };
+        let now = now_micros();
+        room.raise_counter(now);
+        match room.rotation_message(now / 1000) {
+            Ok(envelope) => {
+                let counter = counter_of(&envelope).unwrap_or(0);
+                rotation.counter = counter;
+                self.out.push(Action::Envelope { id: 0, counter, envelope });
+            }
+            Err(e) => {
+                self.rotation = None;
+                self.out.push(Action::Emit(Event::Warning(format!(
+                    "cannot send the password rotation to the members again ({e}); members who have not \
+                     received it cannot enter anew without the new password"
+                ))));
+            }
+        }
+    }
+
+    /// The password's outputs if they changed since the last call (a rotation).
+    pub(super) fn take_changed_secrets(&mut self) -> Option<RoomSecretsV2> {
+        std::mem::take(&mut self.secrets_changed).then(|| self.secrets.clone())
+    }
+
+    /// The current password generation's outputs.
+    pub(super) fn secrets(&self) -> &RoomSecretsV2 {
+        &self.secrets
     }
 
     /// Own envelopes up to `before` (exclusive) are processed now, as nothing earlier can
@@ -488,6 +590,12 @@ impl Core {
                 self.save();
                 return Err(SessionError::RemovedFromGroup);
             }
+            Ok(V2Event::Resend)
+                if own_counter.is_some() && own_counter == self.rotation.map(|r| r.counter) =>
+            {
+                self.reseal_rotation();
+                return Ok(());
+            }
             Ok(V2Event::Resend) => {
                 if let Some(at) = own_counter.and_then(|c| self.unconfirmed.iter().position(|u| u.0 == c)) {
                     if let Some((_, id, content)) = self.unconfirmed.remove(at) {
@@ -495,6 +603,13 @@ impl Core {
                     }
                 }
                 return Ok(());
+            }
+            Ok(V2Event::Rotated { generation, by }) => {
+                if let Some(room) = self.room.as_ref() {
+                    self.secrets = room.secrets().clone();
+                    self.secrets_changed = true;
+                }
+                self.emit(Event::Group(GroupEvent::PasswordRotated { generation, by, own: false }));
             }
             Ok(V2Event::Skipped) => {}
             Err(e) if self.phase == Phase::Member => {
@@ -504,6 +619,11 @@ impl Core {
         }
         if let Some(c) = own_counter {
             self.unconfirmed.retain(|u| u.0 != c);
+            // Read back in its epoch: every member has it.
+            if self.rotation.is_some_and(|r| r.counter == c) {
+                self.rotation = None;
+                self.announce_rotation(seq);
+            }
         }
         Ok(())
     }
@@ -546,6 +666,7 @@ impl Core {
         for (_, id, content) in doomed {
             self.seal(id, content.kind, content.body);
         }
+        self.reseal_rotation();
     }
 
     /// The healing thresholds: the client's, lowered to the room's (never raised above them).
@@ -925,6 +1046,64 @@ mod tests {
     }
 
     #[test]
+    fn a_rotation_sends_its_message_then_once_read_back_the_verifier_and_the_new_group_info() {
+        let (mut alice, mut bob) = alice_and_bob(V2Limits::default().heal_messages, 1);
+        let new = split_master_v2(&[8; 32]);
+        assert!(matches!(bob.rotate(new.clone()), Err(RotateError::NotOwner)));
+        assert_eq!(alice.rotate(new.clone()).unwrap(), 1);
+        let first = take(&mut alice);
+        assert!(matches!(&first[..], [Action::Envelope { id: 0, .. }]), "the message only: {first:?}");
+        let message = envelope(&first);
+        assert!(alice.take_changed_secrets().is_some_and(|s| s == new));
+
+        // Bob's message and update reach the log first: the rotation missed epoch 1 and is
+        // sealed again on epoch 2; the verifier and the GroupInfo wait for the copy members read.
+        bob.send(1, ContentKind::Text, "hi".into());
+        let bobs = envelopes(&take(&mut bob));
+        alice.on_deliver(2, false, bobs[0].clone()).unwrap();
+        alice.on_deliver(3, false, bobs[1].clone()).unwrap();
+        let again = envelope(&take(&mut alice));
+        alice.on_ack(4, message.clone());
+        alice.on_ack(5, again.clone());
+        alice.settle_own(u64::MAX).unwrap();
+        let announced = take(&mut alice);
+        match &announced[..] {
+            [Action::Relay(ClientMessage::SetVerifier { verifier }), Action::Relay(ClientMessage::PutGroupInfo(p)), Action::Emit(Event::Group(GroupEvent::PasswordRotated { generation: 1, own: true, .. }))] =>
+            {
+                assert_eq!(*verifier, join_verifier_v2(&new.join_secret).0);
+                assert_eq!(p.after_seq, 5, "stored after the rotation message members read");
+                let opened = chatroom_group::open_group_info(
+                    &new.group_info_key,
+                    &chatroom_group::RoomRef {
+                        room: RoomName::new("general").unwrap(),
+                        relay_key: RELAY,
+                        psk_generation: 1,
+                    },
+                    &p.chunk,
+                )
+                .unwrap();
+                assert_eq!(opened.psk_generation, 1);
+            }
+            other => panic!("{other:?}"),
+        }
+
+        bob.on_ack(2, bobs[0].clone());
+        bob.on_ack(3, bobs[1].clone());
+        bob.on_deliver(4, false, message).unwrap();
+        bob.on_deliver(5, false, again).unwrap();
+        let events = group_events(&take(&mut bob));
+        assert!(
+            matches!(
+                &events[..],
+                [GroupEvent::Commit { .. }, GroupEvent::PasswordRotated { generation: 1, own: false, .. }]
+            ),
+            "{events:?}"
+        );
+        assert!(bob.take_changed_secrets().is_some_and(|s| s == new));
+        assert!(*bob.secrets() == new);
+    }
+
+    #[test]
     fn an_entry_the_relay_refuses_starts_over() {
         let mut alice = core(1);
         alice.on_joined(true, 0).unwrap();
@@ -933,7 +1112,7 @@ mod tests {
         bob.on_joined(false, 0).unwrap();
         bob.on_group_info(info0).unwrap();
         take(&mut bob);
-        bob.on_own_refused().unwrap();
+        bob.on_own_refused(0).unwrap();
         assert!(asks_group_info(&take(&mut bob)), "asks for the GroupInfo again");
     }
 

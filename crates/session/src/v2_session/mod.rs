@@ -13,7 +13,10 @@ mod log;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chatroom_crypto::{ContentKind, Identity, KdfParams, Nick, SafetyCode, Zeroizing, MAX_BODY_LEN};
+use chatroom_crypto::{
+    derive_room_secrets_v2, ContentKind, Identity, KdfParams, Nick, RoomName, SafetyCode, Zeroizing,
+    MAX_BODY_LEN,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -71,6 +74,24 @@ pub struct V2Safety {
     pub epoch_code: SafetyCode,
 }
 
+/// Why a password rotation was not made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RotateError {
+    /// Only the room's owner rotates its password.
+    #[error("only the room's owner can rotate its password")]
+    NotOwner,
+    /// The new password cannot be used (empty, or the key derivation failed).
+    #[error("the new password cannot be used: {0}")]
+    Password(String),
+    /// Not now: not a member yet, not connected, or a rotation still in progress.
+    #[error("{0}")]
+    Refused(String),
+    /// The session has ended.
+    #[error("the session has ended")]
+    Closed,
+}
+
 /// Starts v2 sessions.
 #[derive(Debug)]
 pub struct V2Session;
@@ -110,10 +131,20 @@ impl V2Session {
             }
         };
         let relay_fingerprint = hex::encode(first.relay_key());
+        let relay_key = *first.relay_key();
+        let room = config.room.clone();
         let (tx, rx) = mpsc::channel(256);
         let driver = driver::Driver::new(config, grace, keys, identity, callbacks, rx, &mut first)?;
         let task = tokio::spawn(driver.run(first));
-        Ok(V2Handle { requests: tx, task: Some(task), next_id: 1, relay_fingerprint })
+        Ok(V2Handle {
+            requests: tx,
+            task: Some(task),
+            next_id: 1,
+            relay_fingerprint,
+            relay_key,
+            room,
+            params,
+        })
     }
 }
 
@@ -124,6 +155,10 @@ pub struct V2Handle {
     task: Option<JoinHandle<SessionEnd>>,
     next_id: u64,
     relay_fingerprint: String,
+    /// What a new password's derivation needs (draft section 2).
+    relay_key: [u8; 32],
+    room: RoomName,
+    params: KdfParams,
 }
 
 impl V2Handle {
@@ -166,6 +201,28 @@ impl V2Handle {
     /// Owner only: lifts a ban.
     pub async fn unban(&self, nick: Nick) -> Result<(), SendError> {
         self.request(Request::Unban(nick)).await
+    }
+
+    /// Owner only: rotates the room's password (draft section 8). Derives the new password's
+    /// outputs (Argon2id, off the runtime), sends them to the members inside the group, then,
+    /// once the relay stored that message, the new join verifier and the GroupInfo sealed
+    /// under the new key. Returns the new password generation once all three are sent.
+    /// Members inside keep talking; entering (and the relay's join) then needs the new password.
+    pub async fn rotate_password(&self, password: Zeroizing<Vec<u8>>) -> Result<u32, RotateError> {
+        if password.is_empty() {
+            return Err(RotateError::Password("it is empty".into()));
+        }
+        let (relay_key, room, params) = (self.relay_key, self.room.clone(), self.params);
+        let secrets =
+            tokio::task::spawn_blocking(move || derive_room_secrets_v2(&password, &relay_key, &room, params))
+                .await
+                .map_err(|e| RotateError::Password(format!("the key derivation stopped: {e}")))?
+                .map_err(|e| RotateError::Password(e.to_string()))?;
+        let (tx, rx) = oneshot::channel();
+        self.request(Request::Rotate { secrets: Box::new(secrets), reply: tx })
+            .await
+            .map_err(|_| RotateError::Closed)?;
+        rx.await.map_err(|_| RotateError::Closed)?
     }
 
     /// The room code, the epoch and its code; `None` until this client is a member.
