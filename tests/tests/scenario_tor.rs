@@ -2,7 +2,8 @@
 //! (`tests/tor/private-tor-net`, from Debian's `tor`) publishes the relay, bound to 127.0.0.1
 //! as docs/RELAY.md tells operators, as an onion service. A member on clearnet chats with
 //! (a) `chatroom --proxy socks5h://127.0.0.1:SOCKSPORT` and (b) `torsocks chatroom`, both
-//! joining by the `.onion` address, which only Tor can reach. The network is started once
+//! joining by the `.onion` address, which only Tor can reach, and (c) a protocol 2 (MLS) room
+//! entered through the onion address and the proxy. The network is started once
 //! for both; a guard stops every tor daemon even when the test fails, and the daemons also
 //! exit on their own when the test process dies (`__OwningControllerProcess`).
 //!
@@ -151,6 +152,10 @@ fn members_join_by_onion_address_through_socks_and_under_torsocks() -> TestResul
         client.close_stdin();
         assert!(client.wait()?.success(), "{:?}", client.stderr.all());
     }
+    // (c) Protocol 2 (MLS) over the same onion service: an entry by external commit through
+    // Tor, then messages both ways.
+    v2_through_the_onion(&relay, &homes, (&via_onion, &proxy), step)?;
+
     // Everything the relay saw came from loopback: the onion service's tor, or alice.
     let joins: Vec<&String> = relay.stderr.all().iter().filter(|l| l.contains("joined")).collect();
     assert!(joins.iter().all(|l| l.contains("peer=127.0.0.1:")), "{joins:?}");
@@ -158,6 +163,35 @@ fn members_join_by_onion_address_through_socks_and_under_torsocks() -> TestResul
     onion_flag(&net, &proxy, step)?;
     drop(net);
     assert!(started.elapsed() < TOR_BUDGET, "the Tor test took {:?}", started.elapsed());
+    Ok(())
+}
+
+/// Alice creates a v2 room on clearnet; bob enters it through the onion address and the SOCKS
+/// proxy; each prints what the other says.
+fn v2_through_the_onion(
+    relay: &Relay,
+    homes: &[Home],
+    (via_onion, proxy): (&str, &str),
+    step: impl Fn() -> Duration,
+) -> TestResult {
+    let v2 = ["--protocol", "2"];
+    let clearnet = relay.invite("onion2");
+    let via_onion = via_onion.replace("/onion", "/onion2");
+    let mut alice = homes[0].member(&clearnet, "alice", PASSWORD, true, &v2)?;
+    alice.stderr.expect("you entered the room's group")?;
+    let mut bob =
+        homes[1].member(&via_onion, "bob", PASSWORD, false, &["--protocol", "2", "--proxy", proxy])?;
+    bob.stderr.expect_within("you entered the room's group", step())?;
+    alice.stderr.expect_within("entered the group (epoch 1)", step())?;
+    let (a, b) = (random_hex(6), random_hex(6));
+    alice.line(&format!("v2 from clearnet {a}"))?;
+    bob.stdout.expect_within(&format!("v2 from clearnet {a}"), step())?;
+    bob.line(&format!("v2 through tor {b}"))?;
+    alice.stdout.expect_within(&format!("v2 through tor {b}"), step())?;
+    for client in [&mut bob, &mut alice] {
+        client.close_stdin();
+        assert!(client.wait()?.success(), "{:?}", client.stderr.all());
+    }
     Ok(())
 }
 
