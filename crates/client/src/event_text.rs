@@ -125,10 +125,10 @@ fn group_line(g: &GroupEvent) -> String {
              entering the group again"
         ),
         GroupEvent::PasswordRotated { generation, own: true, .. } => format!(
-            "you rotated the room's password (generation {generation}): members inside keep talking without              it; tell the other members the new password out of band, newcomers need it to enter"
+            "you rotated the room's password (generation {generation}): members inside keep talking without it; tell the other members the new password out of band, newcomers need it to enter"
         ),
         GroupEvent::PasswordRotated { generation, by, .. } => format!(
-            "the owner {} rotated the room's password (generation {generation}): you stay in the room without              it; entering anew (from another device, or after losing this state) needs the new password",
+            "the owner {} rotated the room's password (generation {generation}): you stay in the room without it; entering anew (from another device, or after losing this state) needs the new password",
             key_tag(by)
         ),
         _ => "the room's group changed".into(),
@@ -340,6 +340,21 @@ mod tests {
             "disconnected: connection refused; reconnecting in 1.5 s"
         );
         assert_eq!(lost(Duration::ZERO), "disconnected: connection refused; trying the relay's next address");
+    }
+
+    #[test]
+    fn a_rotation_says_who_did_it_and_what_the_password_is_needed_for_in_one_plain_line() {
+        let owner = PublicIdentity([0xa1; 32]);
+        let theirs = group_line(&GroupEvent::PasswordRotated { generation: 2, by: owner, own: false });
+        assert!(
+            theirs.starts_with("the owner a1a1a1a1 rotated the room's password (generation 2)"),
+            "{theirs}"
+        );
+        let mine = group_line(&GroupEvent::PasswordRotated { generation: 1, by: owner, own: true });
+        assert!(mine.contains("tell the other members the new password out of band"), "{mine}");
+        for line in [theirs, mine] {
+            assert!(!line.contains("  ") && !line.contains('\n'), "one line, single spaces: {line:?}");
+        }
     }
 
     #[test]
