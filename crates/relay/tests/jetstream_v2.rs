@@ -9,12 +9,13 @@ use std::path::Path;
 
 use chatroom_crypto::{join_verifier_v2, sign_v2, ClientMessage, ErrorCode, RelayMessage};
 use chatroom_nats_harness::NatsCluster;
-use chatroom_relay::rooms::jetstream::setup::connect;
+use chatroom_relay::rooms::jetstream::setup::{connect, ROOMS_BUCKET};
+use chatroom_relay::rooms::jetstream::state::room_token;
 use chatroom_relay::rooms::jetstream::{ClusterConfig, JetStreamRooms};
 use chatroom_relay::rooms::rules::RuleLimits;
 use chatroom_relay::rooms::{HistoryLimit, RoomLimits};
 use chatroom_relay::Config;
-use common::{fetch, upload, Conn, Joined, Person, Res, TestRelay, TestResult, TestRoom};
+use common::{fetch, member, upload, Conn, Joined, Person, Res, TestRelay, TestResult, TestRoom};
 
 const CONFIG: ClusterConfig = ClusterConfig {
     replicas: 3,
@@ -97,5 +98,30 @@ async fn the_group_info_slot_and_password_rotation_hold_across_two_nodes() -> Te
     let after = sign_v2(&bob.identity, &room.name, 2, 2, b"bob is still in")?;
     assert_eq!(bo.publish_ok(after).await?, 2);
     b.stop().await?;
+    a.stop().await
+}
+
+/// A node that missed a deletion's notice (the record purged behind its back) learns it at the
+/// next join: the join is refused as for any missing room, and its members there are closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_finds_a_room_deleted_without_the_node_hearing_of_it() -> TestResult {
+    let server = chatroom_nats_harness::NatsServer::single().map_err(|e| e.to_string())?;
+    let dir = tempfile::tempdir()?;
+    let rooms =
+        JetStreamRooms::open(connect(&server.url()).await?, ClusterConfig { replicas: 1, ..CONFIG }).await?;
+    let a = TestRelay::start_with(dir.path(), |_| {}, move |relay| relay.with_rooms(rooms)).await?;
+    let room = TestRoom::new("gone");
+    let (mut al, _) = member(&a, &Person::new("alice"), &room, true).await?;
+
+    let js = async_nats::jetstream::new(connect(&server.url()).await?);
+    let subject = format!("$KV.{ROOMS_BUCKET}.{}", room_token(room.name.as_str()));
+    js.get_stream(format!("KV_{ROOMS_BUCKET}")).await?.purge().filter(subject).await?;
+
+    let mut late = Conn::connect(a.addr).await?;
+    let refused =
+        late.join(&Person::new("bob"), &room, false, 0).await?.err().ok_or("joined a deleted room")?;
+    assert_eq!(refused.0, ErrorCode::NoSuchRoom, "{}", refused.1);
+    let (code, detail) = al.goodbye().await?;
+    assert_eq!(code, ErrorCode::NoSuchRoom, "{detail}");
     a.stop().await
 }

@@ -181,7 +181,7 @@ impl Node {
         let shared = self.shared_view(room, &identity, &canonical).await?;
         let Some((verifier, owner)) = shared.record else {
             // Deleted through a node whose notice did not reach this one.
-            self.deleted_here(room, "the room was deleted");
+            self.deleted_here(room, "the room was deleted on the relay; create it again or join another");
             return Ok(Err(args));
         };
         let (verified, binding, rest) = {
