@@ -15,7 +15,7 @@ use chatroom_relay::rooms::jetstream::{ClusterConfig, JetStreamRooms};
 use chatroom_relay::rooms::rules::RuleLimits;
 use chatroom_relay::rooms::{HistoryLimit, RoomLimits};
 use chatroom_relay::Config;
-use common::{fetch, member, upload, Conn, Joined, Person, Res, TestRelay, TestResult, TestRoom};
+use common::{fetch, member, put, upload, Conn, Joined, Person, Res, TestRelay, TestResult, TestRoom};
 
 const CONFIG: ClusterConfig = ClusterConfig {
     replicas: 3,
@@ -123,5 +123,63 @@ async fn a_join_finds_a_room_deleted_without_the_node_hearing_of_it() -> TestRes
     assert_eq!(refused.0, ErrorCode::NoSuchRoom, "{}", refused.1);
     let (code, detail) = al.goodbye().await?;
     assert_eq!(code, ErrorCode::NoSuchRoom, "{detail}");
+    a.stop().await
+}
+
+/// Puts racing through two nodes: each is stored or refused as stale (never lost to the race
+/// without an answer that says so), and the slot ends with the newest one put.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_puts_through_two_nodes_keep_the_newest() -> TestResult {
+    let cluster = NatsCluster::start().map_err(|e| e.to_string())?;
+    let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let a = node(dir_a.path(), &cluster.nodes()[0].url()).await?;
+    std::fs::copy(Config::new(dir_a.path()).key_path(), Config::new(dir_b.path()).key_path())?;
+    let b = node(dir_b.path(), &cluster.nodes()[1].url()).await?;
+    let room = TestRoom::new("mls-race");
+    let people: Vec<Person> = ["p0", "p1", "p2", "p3"].into_iter().map(Person::new).collect();
+    let mut conns = Vec::new();
+    for (i, person) in people.iter().enumerate() {
+        let relay = if i % 2 == 0 { &a } else { &b };
+        conns.push(v2_member(relay, person, &room, i == 0).await?.0);
+    }
+    for counter in 1..=8 {
+        let envelope = sign_v2(&people[0].identity, &room.name, counter, 2, b"m")?;
+        conns[0].publish_ok(envelope).await?;
+    }
+    // Each connection puts after_seq i, i+4 (i = 1..4), all four at once.
+    let puts = conns.iter_mut().enumerate().map(|(i, conn)| async move {
+        let mut answers = Vec::new();
+        for after_seq in [i as u64 + 1, i as u64 + 5] {
+            // The answer, not another put's notice: each after_seq is put by one connection.
+            for item in put(after_seq, format!("after {after_seq}").as_bytes()) {
+                conn.send(&[item]).await?;
+            }
+            let answer = conn
+                .next_matching(|m| match m {
+                    RelayMessage::GroupInfoStored { after_seq: at } => *at == after_seq,
+                    RelayMessage::Error { .. } => true,
+                    _ => false,
+                })
+                .await?;
+            answers.push((after_seq, answer));
+        }
+        Res::Ok(answers)
+    });
+    let mut stored = Vec::new();
+    for answers in futures_util::future::join_all(puts).await {
+        for (after_seq, answer) in answers? {
+            match answer {
+                RelayMessage::GroupInfoStored { after_seq } => stored.push(after_seq),
+                RelayMessage::Error { code: ErrorCode::StaleGroupInfo, .. } => {}
+                other => return Err(format!("put after {after_seq}: unexpected {other:?}").into()),
+            }
+        }
+    }
+    assert!(!stored.is_empty());
+    let newest = stored.iter().copied().max().ok_or("none stored")?;
+    assert_eq!(newest, 8, "the newest put always wins: nothing is newer than it");
+    let read = fetch(&mut conns[1]).await?;
+    assert_eq!(read, Ok((8, b"after 8".to_vec())));
+    b.stop().await?;
     a.stop().await
 }
