@@ -2,7 +2,8 @@
 //! own server of a real 3-node NATS cluster and sharing one relay key, and real `chatroom
 //! --plain` members on different nodes. Messages cross nodes; a ban and a room's password
 //! lockout made through one node hold on the other; a member whose node is killed moves to the
-//! other node its invite lists.
+//! other node its invite lists; a protocol version 2 (MLS) room created through one node is
+//! entered through the other.
 
 use std::error::Error;
 use std::time::{Duration, Instant};
@@ -158,5 +159,34 @@ fn a_member_whose_relay_node_dies_reconnects_to_the_other_node_its_invite_lists(
             "{addr}: {known}"
         );
     }
+    Ok(())
+}
+
+/// Protocol version 2 across nodes: alice creates an MLS room through A, bob enters it
+/// through B (the GroupInfo alice stored through A, read through B), and messages flow both
+/// ways, through a key change by the entry's commit.
+#[test]
+fn a_version_2_room_created_through_one_node_is_entered_and_used_through_the_other() -> TestResult {
+    let cluster = NatsCluster::start()?;
+    let urls: Vec<String> = cluster.nodes().iter().map(|n| n.url()).collect();
+    let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let a = node(dir_a.path(), &urls[0])?;
+    std::fs::copy(dir_a.path().join("relay.key"), dir_b.path().join("relay.key"))?;
+    let b = node(dir_b.path(), &urls[1])?;
+
+    let (alice_home, bob_home) = (Home::new()?, Home::new()?);
+    let v2 = ["--protocol", "2"];
+    let mut alice = alice_home.member(&a.invite("mls"), "alice", SECRET, true, &v2)?;
+    alice.stderr.expect("you entered the room's group")?;
+    let mut bob = bob_home.member(&b.invite("mls"), "bob", SECRET, false, &v2)?;
+    bob.stderr.expect("you entered the room's group")?;
+    alice.stderr.expect("entered the group (epoch 1)")?;
+    alice.line("hello over A")?;
+    bob.stdout.expect("hello over A")?;
+    bob.line("hello over B")?;
+    alice.stdout.expect("hello over B")?;
+    alice.close_stdin();
+    bob.close_stdin();
+    assert!(alice.wait()?.success() && bob.wait()?.success());
     Ok(())
 }

@@ -467,6 +467,7 @@ fn serve(args: RunArgs) -> Result<(), MainError> {
             nkey: args.nats_nkey.clone(),
         };
         let (client, versions) = setup::connect_watched(urls, &access).await?;
+        setup::check_max_payload(client.server_info().max_payload, config.max_group_info_bytes)?;
         let cluster = ClusterConfig { replicas: args.nats_replicas.into(), limits: room_limits(&config) };
         let rooms = JetStreamRooms::open(client.clone(), cluster).await?;
         let limits = SharedLimits::open(&async_nats::jetstream::new(client), &config).await?;

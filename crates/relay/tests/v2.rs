@@ -7,8 +7,8 @@
 mod common;
 
 use chatroom_crypto::{
-    join_verifier_v2, open, sign_v2, verify_v2, ClientMessage, ErrorCode, GroupInfoPart, RelayMessage,
-    MAX_ENVELOPE_LEN, MAX_GROUP_INFO_CHUNK, MAX_MLS_LEN, MIN_ENVELOPE_V2_LEN,
+    join_verifier_v2, open, sign_v2, verify_v2, ClientMessage, ErrorCode, RelayMessage, MAX_ENVELOPE_LEN,
+    MAX_MLS_LEN, MIN_ENVELOPE_V2_LEN,
 };
 use common::*;
 
@@ -133,52 +133,6 @@ async fn joins_of_another_version_or_password_are_refused() -> TestResult {
     let env = sign_v2(&alice.identity, &room.name, 1, 2, b"mls")?;
     assert!(open(&room.keys.message_key, &room.name, &env).is_err());
     relay.stop().await
-}
-
-fn put(after_seq: u64, object: &[u8]) -> Vec<ClientMessage> {
-    let chunks: Vec<&[u8]> = object.chunks(MAX_GROUP_INFO_CHUNK).collect();
-    let parts = chunks.len() as u8;
-    chunks
-        .into_iter()
-        .enumerate()
-        .map(|(i, chunk)| {
-            ClientMessage::PutGroupInfo(GroupInfoPart {
-                after_seq,
-                part: i as u8,
-                parts,
-                chunk: chunk.to_vec(),
-            })
-        })
-        .collect()
-}
-
-/// Sends the parts one item per transport message and returns the relay's answer.
-async fn upload(conn: &mut Conn, after_seq: u64, object: &[u8]) -> Res<RelayMessage> {
-    for item in put(after_seq, object) {
-        conn.send(&[item]).await?;
-    }
-    conn.next_matching(|m| matches!(m, RelayMessage::GroupInfoStored { .. } | RelayMessage::Error { .. }))
-        .await
-}
-
-async fn fetch(conn: &mut Conn) -> Res<Result<(u64, Vec<u8>), ErrorCode>> {
-    conn.send(&[ClientMessage::GetGroupInfo]).await?;
-    let mut object = Vec::new();
-    loop {
-        match conn
-            .next_matching(|m| matches!(m, RelayMessage::GroupInfo(_) | RelayMessage::Error { .. }))
-            .await?
-        {
-            RelayMessage::GroupInfo(p) => {
-                object.extend_from_slice(&p.chunk);
-                if p.part + 1 == p.parts {
-                    return Ok(Ok((p.after_seq, object)));
-                }
-            }
-            RelayMessage::Error { code, .. } => return Ok(Err(code)),
-            other => return Err(format!("unexpected {other:?}").into()),
-        }
-    }
 }
 
 /// The room's GroupInfo slot: members upload it in parts, anyone admitted fetches it, the

@@ -20,8 +20,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use chatroom_crypto::internal::split_master;
 use chatroom_crypto::{
-    seal, Content, ContentKind, EnvelopeHeader, ErrorCode, Identity, JoinRequest, Nick, PresenceEvent,
-    PublicIdentity, RelayMessage, RoomName,
+    join_verifier_v2, seal, Content, ContentKind, EnvelopeHeader, ErrorCode, Identity, JoinRequest, Nick,
+    PresenceEvent, PublicIdentity, RelayMessage, RoomName,
 };
 
 use super::{ConnectionId, JoinArgs, JoinPolicy, Link, Moderation, Refusal, RoomService};
@@ -55,6 +55,8 @@ where
     history_after_reconnect(&fresh().await.0).await;
     members_and_leave(&fresh().await.0).await;
     expiry(&fresh().await.0).await;
+    group_info_slot(&fresh().await.0).await;
+    verifier_rotation(&fresh().await.0).await;
 }
 
 /// One connection's view: what the backend sent it.
@@ -138,6 +140,8 @@ fn room_name(n: &str) -> RoomName {
 /// How a test join is made.
 #[derive(Debug, Clone, Copy)]
 struct How {
+    /// The protocol version of the join (1 or 2).
+    version: u8,
     password: u8,
     create: bool,
     history_after: u64,
@@ -145,12 +149,15 @@ struct How {
 }
 
 const JOIN: How = How {
+    version: 1,
     password: 1,
     create: false,
     history_after: 0,
     policy: JoinPolicy { crowded: false, room_locked: false },
 };
 const CREATE: How = How { create: true, ..JOIN };
+const JOIN_V2: How = How { version: 2, ..JOIN };
+const CREATE_V2: How = How { create: true, ..JOIN_V2 };
 
 fn connection() -> ConnectionId {
     static NEXT: AtomicU64 = AtomicU64::new(1);
@@ -175,6 +182,7 @@ async fn join_as<R: RoomService>(
         how.create,
         how.history_after,
     );
+    let request = if how.version == 2 { request.for_version_2() } else { request };
     let join = request.verify(&hh).expect("a test join verifies");
     let outbox = Arc::new(Outbox::held(1 << 20, Duration::from_secs(30)));
     let args = JoinArgs {
@@ -461,4 +469,107 @@ pub async fn expiry<R: RoomService>(rooms: &R) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(refused(rooms, &alice, "alice", "r9", JOIN).await, ErrorCode::NoSuchRoom);
+}
+
+/// The `after_seq`s of the `GroupInfoStored` items among `messages`.
+fn group_info_notices(messages: &[RelayMessage]) -> Vec<u64> {
+    messages
+        .iter()
+        .filter_map(|m| match m {
+            RelayMessage::GroupInfoStored { after_seq } => Some(*after_seq),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The GroupInfo slot (protocol version 2): empty at first; a put is stored only if its
+/// `after_seq` is at least the stored one's and at most the room's latest `seq`; the other
+/// members are told, the uploader is not; a version 2 join is told the stored `after_seq`
+/// right after `Joined`, a version 1 join is not; the slot goes with its room.
+pub async fn group_info_slot<R: RoomService>(rooms: &R) {
+    let (mut alice, bob) = (Person::new("alice"), Person::new("bob"));
+    let (a, ac) = join(rooms, &alice, "r10", CREATE_V2).await.expect("created");
+    let got = ac.received();
+    assert_eq!(group_info_notices(&got), [0], "a version 2 join is told none is stored: {got:?}");
+    assert_eq!(code(rooms.group_info(&a).await), Some(ErrorCode::NoGroupInfo));
+    let ahead = rooms.put_group_info(&a, 1, Bytes::from_static(b"ahead")).await;
+    assert_eq!(code(ahead), Some(ErrorCode::StaleGroupInfo), "after a seq the room has not reached");
+    assert_eq!(rooms.put_group_info(&a, 0, Bytes::from_static(b"epoch 0")).await.ok(), Some(0));
+    let (b, bc) = join(rooms, &bob, "r10", JOIN_V2).await.expect("bob joins");
+    assert_eq!(group_info_notices(&bc.received()), [0]);
+    assert_eq!(rooms.group_info(&b).await.ok(), Some((0, Bytes::from_static(b"epoch 0"))));
+
+    let (header, envelope) = alice.envelope("r10", 1);
+    assert_eq!(rooms.publish(&a, header, envelope).await.expect("stored"), 1);
+    let _ = (ac.received(), bc.received());
+    assert_eq!(rooms.put_group_info(&a, 1, Bytes::from_static(b"epoch 1")).await.ok(), Some(1));
+    assert_eq!(group_info_notices(&ac.received()), Vec::<u64>::new(), "the uploader learns from its answer");
+    // Another node's notice may take a moment.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut told = Vec::new();
+    while told.is_empty() && tokio::time::Instant::now() < deadline {
+        told = group_info_notices(&bc.received());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(told, [1], "the other members are told");
+    let older = rooms.put_group_info(&b, 0, Bytes::from_static(b"epoch 0 again")).await;
+    assert_eq!(code(older), Some(ErrorCode::StaleGroupInfo), "older than the stored one");
+    let same = rooms.put_group_info(&b, 1, Bytes::from_static(b"epoch 1, b")).await;
+    assert_eq!(same.ok(), Some(1), "as new as the stored one");
+    assert_eq!(rooms.group_info(&a).await.ok(), Some((1, Bytes::from_static(b"epoch 1, b"))));
+    let (c, cc) = join(rooms, &Person::new("carol"), "r10", JOIN_V2).await.expect("carol joins");
+    assert_eq!(group_info_notices(&cc.received()), [1], "a later join is told the stored one");
+    let (d, dc) = join(rooms, &Person::new("dave"), "r12", CREATE).await.expect("a version 1 room");
+    assert_eq!(group_info_notices(&dc.received()), Vec::<u64>::new(), "a version 1 join is not told");
+    for m in [a, b, c, d] {
+        rooms.leave(&m).await;
+    }
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut expired = 0;
+    while expired < 2 {
+        expired += rooms.expire(Duration::ZERO).await;
+        assert!(tokio::time::Instant::now() < deadline, "idle rooms are expired within 10 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (a, ac) = join(rooms, &alice, "r10", CREATE_V2).await.expect("created again");
+    assert_eq!(group_info_notices(&ac.received()), [0], "the slot went with the room");
+    assert_eq!(code(rooms.group_info(&a).await), Some(ErrorCode::NoGroupInfo));
+    rooms.leave(&a).await;
+}
+
+/// The owner's password rotation (protocol version 2): only the owner may replace the join
+/// verifier; later joins need the new password; members already in stay.
+pub async fn verifier_rotation<R: RoomService>(rooms: &R) {
+    let (alice, mut bob) = (Person::new("alice"), Person::new("bob"));
+    let (a, _ac) = join(rooms, &alice, "r11", CREATE_V2).await.expect("created");
+    let (b, _bc) = join(rooms, &bob, "r11", JOIN_V2).await.expect("bob joins");
+    let new = join_verifier_v2(&split_master(&[2; 32]).join_secret).0;
+    let refused = rooms.set_verifier(&b, new).await;
+    assert_eq!(refused.err().map(|r| r.code), Some(ErrorCode::NotOwner));
+    let carol = Person::new("carol");
+    let (c, _cc) = join(rooms, &carol, "r11", JOIN_V2).await.expect("the old password still admits");
+    rooms.leave(&c).await;
+
+    rooms.set_verifier(&a, new).await.expect("the owner replaces it");
+    assert_eq!(refused_v2(rooms, &carol, "r11", 1).await, ErrorCode::WrongPassword, "the old password");
+    let (c, _cc) = join(rooms, &carol, "r11", How { password: 2, ..JOIN_V2 }).await.expect("the new one");
+    let (header, envelope) = bob.envelope("r11", 1);
+    assert_eq!(rooms.publish(&b, header, envelope).await.expect("bob is still in"), 1);
+    for m in [a, b, c] {
+        rooms.leave(&m).await;
+    }
+}
+
+fn code<T>(result: Result<T, Refusal>) -> Option<ErrorCode> {
+    result.err().map(|r| r.code)
+}
+
+async fn refused_v2<R: RoomService>(rooms: &R, person: &Person, room: &str, password: u8) -> ErrorCode {
+    match join(rooms, person, room, How { password, ..JOIN_V2 }).await {
+        Ok(_) => {
+            panic!("{} joined {room} with password {password}, but should have been refused", person.nick)
+        }
+        Err(refusal) => refusal.code,
+    }
 }

@@ -522,3 +522,51 @@ pub async fn until_closed(stream: &mut TcpStream) -> Res<Vec<u8>> {
         }
     }
 }
+
+/// The `PutGroupInfo` items of an upload of `object` after `after_seq`.
+pub fn put(after_seq: u64, object: &[u8]) -> Vec<ClientMessage> {
+    let chunks: Vec<&[u8]> = object.chunks(chatroom_crypto::MAX_GROUP_INFO_CHUNK).collect();
+    let parts = chunks.len() as u8;
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, chunk)| {
+            ClientMessage::PutGroupInfo(chatroom_crypto::GroupInfoPart {
+                after_seq,
+                part: i as u8,
+                parts,
+                chunk: chunk.to_vec(),
+            })
+        })
+        .collect()
+}
+
+/// Uploads `object` after `after_seq`, one part per transport message; returns the relay's answer.
+pub async fn upload(conn: &mut Conn, after_seq: u64, object: &[u8]) -> Res<RelayMessage> {
+    for item in put(after_seq, object) {
+        conn.send(&[item]).await?;
+    }
+    conn.next_matching(|m| matches!(m, RelayMessage::GroupInfoStored { .. } | RelayMessage::Error { .. }))
+        .await
+}
+
+/// The room's GroupInfo (`GetGroupInfo`), or the code it was refused with.
+pub async fn fetch(conn: &mut Conn) -> Res<Result<(u64, Vec<u8>), ErrorCode>> {
+    conn.send(&[ClientMessage::GetGroupInfo]).await?;
+    let mut object = Vec::new();
+    loop {
+        match conn
+            .next_matching(|m| matches!(m, RelayMessage::GroupInfo(_) | RelayMessage::Error { .. }))
+            .await?
+        {
+            RelayMessage::GroupInfo(p) => {
+                object.extend_from_slice(&p.chunk);
+                if p.part + 1 == p.parts {
+                    return Ok(Ok((p.after_seq, object)));
+                }
+            }
+            RelayMessage::Error { code, .. } => return Ok(Err(code)),
+            other => return Err(format!("unexpected {other:?}").into()),
+        }
+    }
+}

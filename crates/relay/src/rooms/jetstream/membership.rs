@@ -1,8 +1,8 @@
 //! Loading rooms on a node, joining, creating and leaving them.
 //!
-//! A join reads what the other nodes may have stored since the room was loaded here (a ban of
-//! the joiner, the holders of its nickname and of its identity, who is present) and tells the
-//! rules before they check it; a new nickname binding is then made with a key-value `create`,
+//! A join reads what the other nodes may have stored since the room was loaded here (the
+//! room's record with its verifier and owner, a ban of the joiner, the holders of its nickname
+//! and of its identity, who is present) and tells the rules before they check it; a new nickname binding is then made with a key-value `create`,
 //! which settles a race between two nodes. Creation is one key-value `create` of the room's
 //! record: of two founders on two nodes one creates the room, the other joins it.
 
@@ -43,6 +43,8 @@ pub(super) fn parse_record(bytes: &[u8]) -> Option<(JoinVerifier, PublicIdentity
 
 /// What the cluster holds about a joiner, read before the rules check it.
 struct Shared {
+    /// The room's verifier and owner; `None` when the room was deleted.
+    record: Option<(JoinVerifier, PublicIdentity)>,
     banned: bool,
     nick_holder: Option<PublicIdentity>,
     identity_nick: Option<String>,
@@ -123,6 +125,7 @@ impl Node {
                 *highest = (*highest).max(sent.counter);
             }
         }
+        let group_info_seq = self.group_info_seq(&token).await.map_err(|e| fail(&e))?;
         let restored = Restored {
             latest_seq: tip.chat_seq,
             counters,
@@ -131,7 +134,8 @@ impl Node {
         };
         let rules = RoomRules::restored(verifier, owner, restored, self.limits.rules);
         feed.start_after(tip);
-        let (room, jobs) = NodeRoom::new(name.clone(), token, rules, tip, history, self.limits.history);
+        let (room, jobs) =
+            NodeRoom::new(name.clone(), token, rules, tip, history, self.limits.history, group_info_seq);
         let weak = Arc::downgrade(&room);
         room.keep(tokio::spawn(follow(weak.clone(), self.client.clone(), feed)).abort_handle());
         room.keep(
@@ -145,18 +149,25 @@ impl Node {
     /// What the cluster holds about the joiner (see `Shared`).
     async fn shared_view(
         &self,
-        token: &str,
+        room: &NodeRoom,
         identity: &PublicIdentity,
         canonical: &str,
     ) -> Result<Shared, Refusal> {
         let fail = |e: &dyn std::fmt::Display| unavailable("reading a room's state", e);
-        let (banned, nick_holder, identity_nick, present) = tokio::join!(
+        let token = room.token.as_str();
+        let (record, banned, nick_holder, identity_nick, present) = tokio::join!(
+            self.state.room(room.name.as_str()),
             self.is_banned(token, identity),
             self.nick_holder(token, canonical),
             self.identity_nick(token, identity),
             self.present(token),
         );
+        let record = match record.map_err(|e| fail(&e))? {
+            Some(bytes) => Some(parse_record(&bytes).ok_or_else(|| fail(&"a room record is malformed"))?),
+            None => None,
+        };
         Ok(Shared {
+            record,
             banned: banned.map_err(|e| fail(&e))?,
             nick_holder: nick_holder.map_err(|e| fail(&e))?,
             identity_nick: identity_nick.map_err(|e| fail(&e))?,
@@ -167,12 +178,20 @@ impl Node {
     async fn join_existing(self: &Arc<Self>, room: &Arc<NodeRoom>, args: JoinArgs) -> Attempt {
         let identity = args.join.request().identity;
         let canonical = args.join.request().nick.canonical();
-        let shared = self.shared_view(&room.token, &identity, &canonical).await?;
+        let shared = self.shared_view(room, &identity, &canonical).await?;
+        let Some((verifier, owner)) = shared.record else {
+            // Deleted through a node whose notice did not reach this one.
+            self.deleted_here(room, "the room was deleted on the relay; create it again or join another");
+            return Ok(Err(args));
+        };
         let (verified, binding, rest) = {
             let mut held = room.lock();
             if held.evicted {
                 return Ok(Err(args));
             }
+            // The owner's password rotation or the operator's new owner, through any node.
+            held.rules.set_owner(owner);
+            held.rules.set_verifier(&owner, verifier)?;
             held.rules.learn_ban(identity, shared.banned);
             if let Some(holder) = shared.nick_holder {
                 held.rules.learn_binding(Binding { nick: canonical.clone(), identity: holder });
@@ -348,6 +367,7 @@ fn register(
 ) -> Admission<ClusterMember> {
     let identity = *verified.identity();
     let nick = verified.nick().clone();
+    let verified_version = verified.version();
     held.presence(PresenceEvent::Joined, &nick, identity);
     let entry = Connected { connection, nick: nick.clone(), link };
     if let Some(old) = held.members.insert(identity, entry) {
@@ -361,7 +381,7 @@ fn register(
         owner: held.rules.owner(),
         latest_seq: held.delivered.chat_seq,
         oldest_seq: held.history.front().map_or(0, |e| e.seq),
-        group_info_seq: None,
+        group_info_seq: (verified_version == 2).then(|| held.group_info_seq.unwrap_or(0)),
     };
     Admission {
         member: ClusterMember { room: room.clone(), identity, nick, connection },

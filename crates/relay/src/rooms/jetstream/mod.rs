@@ -14,11 +14,13 @@
 //! `JetStreamRooms` (`rooms`) is the `RoomService` built on them: `room` (a room as one node
 //! holds it), `membership` (load, join, create, leave), `history` (the retained history read at
 //! load), `nicks` (bindings), `presence` (presence keys and the control subject), `moderate`
-//! (kick, ban, unban), `operator` (expiry and the admin socket's changes), `inventory` (its
+//! (kick, ban, unban), `group_slot` (protocol version 2's GroupInfo slot and password
+//! rotation), `operator` (expiry and the admin socket's changes), `inventory` (its
 //! reads), `listing`.
 
 pub mod abuse;
 pub mod fanout;
+mod group_slot;
 mod history;
 mod inventory;
 mod listing;

@@ -3,7 +3,7 @@
 //! A room's last use is the newest of: its record's creation, the `used.<room id>` key a node
 //! writes when a member leaves (at most once a minute per node and room), and its log's last
 //! message. Expiry deletes a room idle that long with nobody present on any node; deleting
-//! purges the room's log, bindings, bans and presence, then its record, last (a pass that
+//! purges the room's log, bindings, bans, presence and GroupInfo, then its record, last (a pass that
 //! fails midway leaves a record to find again).
 
 use std::sync::Arc;
@@ -21,7 +21,7 @@ use super::membership::{parse_record, record};
 use super::presence::{identity_hex, Control};
 use super::room::NodeRoom;
 use super::rooms::{cluster_error, Node};
-use super::setup::{BANS_BUCKET, NICKS_BUCKET, PRESENCE_BUCKET, ROOMS_BUCKET};
+use super::setup::{BANS_BUCKET, GROUP_INFO_BUCKET, NICKS_BUCKET, PRESENCE_BUCKET, ROOMS_BUCKET};
 use super::state::room_token;
 use crate::store::StoreError;
 
@@ -29,6 +29,8 @@ use crate::store::StoreError;
 const TOUCH_EVERY: Duration = Duration::from_secs(60);
 /// Most idle rooms one expiry pass deletes; the next pass takes the rest.
 const EXPIRE_BATCH: usize = 256;
+/// Compare-and-set attempts of one `owner set` before it gives up.
+const OWNER_ATTEMPTS: u32 = 16;
 /// Most rooms one expiry pass looks at.
 const EXPIRE_SCAN: usize = 1 << 20;
 
@@ -141,6 +143,7 @@ impl Node {
             (&self.nicks_stream, format!("$KV.{NICKS_BUCKET}.{token}.>")),
             (&self.bans_stream, format!("$KV.{BANS_BUCKET}.{token}.>")),
             (&self.presence_stream, format!("$KV.{PRESENCE_BUCKET}.{token}.>")),
+            (&self.group_info_stream, format!("$KV.{GROUP_INFO_BUCKET}.{token}")),
             (&self.rooms_stream, format!("$KV.{ROOMS_BUCKET}.used.{token}")),
             (&self.rooms_stream, format!("$KV.{ROOMS_BUCKET}.{token}")),
         ];
@@ -173,13 +176,32 @@ impl Node {
 
     pub(super) async fn set_owner(&self, name: &RoomName, owner: [u8; 32]) -> Result<bool, StoreError> {
         let token = room_token(name.as_str());
-        let found = self.state.room(name.as_str()).await.map_err(|e| cluster_error("reading a room")(&e))?;
-        let Some((verifier, _)) = found.as_deref().and_then(parse_record) else { return Ok(false) };
         let owner = PublicIdentity(owner);
-        self.rooms_kv
-            .put(&token, record(&verifier, &owner))
-            .await
-            .map_err(|e| cluster_error("setting a room's owner")(&e))?;
+        // A compare-and-set, so that a password the owner replaced meanwhile is kept.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let found = self
+                .state
+                .room_entry(name.as_str())
+                .await
+                .map_err(|e| cluster_error("reading a room")(&e))?;
+            let Some((bytes, revision)) = found else { return Ok(false) };
+            let Some((verifier, _)) = parse_record(&bytes) else { return Ok(false) };
+            let replaced = self
+                .state
+                .replace_room(name.as_str(), record(&verifier, &owner), revision)
+                .await
+                .map_err(|e| cluster_error("setting a room's owner")(&e))?;
+            if replaced {
+                break;
+            }
+            if attempts >= OWNER_ATTEMPTS {
+                return Err(cluster_error("setting a room's owner")(
+                    &"the room's record kept changing under other writers; try again",
+                ));
+            }
+        }
         if let Some(room) = self.map().get(name).cloned() {
             room.lock().rules.set_owner(owner);
         }

@@ -4,10 +4,11 @@
 //! nickname, connection and node, written with a TTL (`PRESENCE_TTL`) that the member's node
 //! renews every `PRESENCE_REFRESH`: the members of a node that died disappear within the TTL.
 //! A member list is the room's keys. Control: `ctl.<room id>` (core NATS, subscribed by every
-//! node holding the room) carries joins, leaves, kicks, bans, unbans, a new owner and a
-//! deletion, so that each node tells its members and closes the one concerned. The bans and
-//! bindings themselves are in the buckets, read again at every join: a control message lost
-//! in flight delays a notice, never lets a banned identity in.
+//! node holding the room) carries joins, leaves, kicks, bans, unbans, a new owner, a stored
+//! GroupInfo and a deletion, so that each node tells its members and closes the one concerned.
+//! The bans, bindings and the room's record (verifier, owner) themselves are in the buckets,
+//! read again at every join: a control message lost in flight delays a notice, never lets a
+//! banned identity or an old password in.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -56,7 +57,8 @@ impl PresenceValue {
     }
 }
 
-/// What one node tells the others holding a room.
+/// What one node tells the others holding a room (`GroupInfo`: a protocol version 2 GroupInfo
+/// was stored after `after_seq`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub(super) enum Control {
@@ -66,6 +68,7 @@ pub(super) enum Control {
     Banned { identity: String, nick: String },
     Unbanned { identity: String, nick: String },
     Owner { owner: String },
+    GroupInfo { after_seq: u64 },
     Deleted,
 }
 
@@ -219,6 +222,7 @@ impl Node {
                     room.lock().rules.set_owner(owner);
                 }
             }
+            Control::GroupInfo { after_seq } => Node::group_info_stored_elsewhere(room, after_seq),
             Control::Deleted => self.deleted_here(room, "the relay's operator deleted this room"),
         }
     }

@@ -71,6 +71,9 @@ pub(super) struct Held {
     pub(super) delivered: Tip,
     /// When this node last recorded the room's use.
     pub(super) touched: Option<Instant>,
+    /// The `after_seq` of the room's stored GroupInfo (protocol version 2), as read at load
+    /// and told since by this node's puts and the others'.
+    pub(super) group_info_seq: Option<u64>,
 }
 
 /// An append for the room's writer.
@@ -115,6 +118,7 @@ impl NodeRoom {
         tip: Tip,
         history: Vec<Retained>,
         limit: HistoryLimit,
+        group_info_seq: Option<u64>,
     ) -> (Arc<Self>, mpsc::UnboundedReceiver<Job>) {
         let (writer, jobs) = mpsc::unbounded_channel();
         let mut held = Held {
@@ -128,6 +132,7 @@ impl NodeRoom {
             evicted: false,
             delivered: tip,
             touched: None,
+            group_info_seq,
         };
         for retained in history {
             held.retain(retained, limit);

@@ -27,8 +27,8 @@ use tracing::error;
 
 use super::room::{Job, NodeRoom};
 use super::setup::{
-    ensure_buckets, ensure_stream, until_answered, wait_routed, SetupError, BANS_BUCKET, NICKS_BUCKET,
-    PRESENCE_BUCKET, ROOMS_BUCKET, STREAM,
+    ensure_buckets, ensure_stream, until_answered, wait_routed, SetupError, BANS_BUCKET, GROUP_INFO_BUCKET,
+    NICKS_BUCKET, PRESENCE_BUCKET, ROOMS_BUCKET, STREAM,
 };
 use super::state::RoomState;
 use crate::admin::{BanInfo, RoomInfo};
@@ -86,6 +86,8 @@ pub(super) struct Node {
     pub(super) bans_stream: Stream,
     pub(super) presence: Store,
     pub(super) presence_stream: Stream,
+    pub(super) group_info: Store,
+    pub(super) group_info_stream: Stream,
     pub(super) limits: RoomLimits,
     rooms: Mutex<HashMap<RoomName, Arc<NodeRoom>>>,
     /// Serialises loading and creating each room on this node.
@@ -160,6 +162,8 @@ impl JetStreamRooms {
             bans_stream: Box::pin(stream(format!("KV_{BANS_BUCKET}"))).await?,
             presence: Box::pin(bucket(PRESENCE_BUCKET)).await?,
             presence_stream: Box::pin(stream(format!("KV_{PRESENCE_BUCKET}"))).await?,
+            group_info: Box::pin(bucket(GROUP_INFO_BUCKET)).await?,
+            group_info_stream: Box::pin(stream(format!("KV_{GROUP_INFO_BUCKET}"))).await?,
             limits: config.limits,
             rooms: Mutex::new(HashMap::new()),
             loading: Mutex::new(HashMap::new()),
@@ -286,6 +290,30 @@ impl RoomService for JetStreamRooms {
                 }),
             }
         }
+    }
+
+    fn put_group_info(
+        &self,
+        member: &ClusterMember,
+        after_seq: u64,
+        sealed: Bytes,
+    ) -> impl Future<Output = Result<u64, Refusal>> + Send {
+        Box::pin(self.node.put_group_info(member, after_seq, sealed))
+    }
+
+    fn group_info(
+        &self,
+        member: &ClusterMember,
+    ) -> impl Future<Output = Result<(u64, Bytes), Refusal>> + Send {
+        Box::pin(self.node.group_info(member))
+    }
+
+    fn set_verifier(
+        &self,
+        member: &ClusterMember,
+        verifier: [u8; 32],
+    ) -> impl Future<Output = Result<(), Refusal>> + Send {
+        Box::pin(self.node.set_verifier(member, verifier))
     }
 
     fn members(&self, member: &ClusterMember) -> impl Future<Output = Vec<Member>> + Send {

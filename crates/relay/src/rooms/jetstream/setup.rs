@@ -35,14 +35,30 @@ pub const BANS_BUCKET: &str = "chat_bans";
 pub const PRESENCE_BUCKET: &str = "chat_presence";
 /// Join-failure lockouts shared by every node, expiring by per-key TTL.
 pub const LOCKOUTS_BUCKET: &str = "chat_lockouts";
+/// Each room's sealed MLS GroupInfo (protocol version 2): one key per room, the stored
+/// object's `after_seq` (8 bytes, big-endian) then the object, replaced by compare-and-set.
+pub const GROUP_INFO_BUCKET: &str = "chat_group_info";
+/// The largest sealed GroupInfo any relay accepts (what clients open:
+/// `chatroom_group::MAX_SEALED_GROUP_INFO`); a node's `--max-group-info-bytes` is at most this.
+pub const MAX_GROUP_INFO_BYTES: usize = 8 * 1024 * 1024;
+/// The group info bucket's largest value: `after_seq` and the largest object. The same for
+/// every node, whatever its own `--max-group-info-bytes`.
+pub const GROUP_INFO_VALUE_BYTES: usize = 8 + MAX_GROUP_INFO_BYTES;
 /// Every bucket, and whether its keys carry a TTL.
-pub const BUCKETS: [(&str, bool); 5] = [
+pub const BUCKETS: [(&str, bool); 6] = [
     (ROOMS_BUCKET, false),
     (NICKS_BUCKET, false),
     (BANS_BUCKET, false),
     (PRESENCE_BUCKET, true),
     (LOCKOUTS_BUCKET, true),
+    (GROUP_INFO_BUCKET, false),
 ];
+
+/// The largest value a bucket takes, where it has a limit of its own (the server's
+/// `max_payload` bounds every message).
+fn max_value_size(bucket: &str) -> Option<i32> {
+    (bucket == GROUP_INFO_BUCKET).then(|| i32::try_from(GROUP_INFO_VALUE_BYTES).unwrap_or(i32::MAX))
+}
 /// How long the server keeps the marker it writes when a key's TTL runs out, which tells
 /// every node of the expiry without polling.
 pub const EXPIRY_MARKER_TTL: Duration = Duration::from_secs(60);
@@ -87,6 +103,12 @@ pub enum SetupError {
          it was made by something else or by another relay version: fix or remove it (docs/CLUSTER.md)"
     )]
     Mismatch { what: String, field: &'static str, found: String, wanted: String },
+    #[error(
+        "--max-group-info-bytes {max_group_info_bytes} does not fit the NATS server's max_payload of \
+         {max_payload} bytes (a room's GroupInfo is stored as one message); raise max_payload to at \
+         least {needed} on every NATS node, or lower --max-group-info-bytes"
+    )]
+    Payload { max_group_info_bytes: usize, max_payload: usize, needed: usize },
     #[error("JetStream refused to create or read {what}: {detail}; check that JetStream is enabled on every NATS node and that the cluster has at least as many nodes as replicas")]
     JetStream { what: String, detail: String },
     #[error(
@@ -458,6 +480,7 @@ pub async fn ensure_buckets(js: &jetstream::Context, replicas: usize) -> Result<
             storage: stream::StorageType::File,
             num_replicas: replicas,
             limit_markers: ttl_keys.then_some(EXPIRY_MARKER_TTL),
+            max_value_size: max_value_size(bucket).unwrap_or_default(),
             ..Default::default()
         };
         let what = format!("the key-value bucket {bucket}");
@@ -474,6 +497,29 @@ pub async fn ensure_buckets(js: &jetstream::Context, replicas: usize) -> Result<
         wanted.allow_message_ttl = ttl_keys;
         wanted.subject_delete_marker_ttl = ttl_keys.then_some(EXPIRY_MARKER_TTL);
         check_stream(&what, &wanted, &found)?;
+        if let Some(limit) = max_value_size(bucket) {
+            if found.max_message_size != limit {
+                return Err(SetupError::Mismatch {
+                    what,
+                    field: "max_msg_size",
+                    found: found.max_message_size.to_string(),
+                    wanted: limit.to_string(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What a GroupInfo's message carries beyond the object: its `after_seq` and the headers.
+const GROUP_INFO_OVERHEAD: usize = 8 + 1024;
+
+/// Checks that a GroupInfo of `max_group_info_bytes` (this node's `--max-group-info-bytes`)
+/// fits one message of a server whose `max_payload` is `max_payload`.
+pub fn check_max_payload(max_payload: usize, max_group_info_bytes: usize) -> Result<(), SetupError> {
+    let needed = max_group_info_bytes.saturating_add(GROUP_INFO_OVERHEAD);
+    if needed > max_payload {
+        return Err(SetupError::Payload { max_group_info_bytes, max_payload, needed });
     }
     Ok(())
 }
@@ -609,6 +655,18 @@ mod tests {
             "nats://p@ss:***@h:1",
             "the last @ ends the user part"
         );
+    }
+
+    #[test]
+    fn a_group_info_limit_beyond_the_servers_max_payload_is_refused_with_what_to_do() {
+        assert!(check_max_payload(1024 * 1024, 512 * 1024).is_ok(), "the defaults fit");
+        let text =
+            check_max_payload(1024 * 1024, 1024 * 1024).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            text.contains("--max-group-info-bytes 1048576") && text.contains("max_payload of 1048576"),
+            "{text}"
+        );
+        assert!(text.contains("at least 1049608") && text.contains("lower --max-group-info-bytes"), "{text}");
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! acknowledged (a direct get could be answered by a follower that has not seen it yet).
 
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
-use async_nats::jetstream::kv::{CreateErrorKind, Store};
+use async_nats::jetstream::kv::{CreateErrorKind, Store, UpdateErrorKind};
 use async_nats::jetstream::stream::{DirectGetError, DirectGetErrorKind, LastRawMessageErrorKind, Stream};
 use async_nats::StatusCode;
 use std::future::Future;
@@ -101,6 +101,29 @@ impl RoomState {
             Ok(message) => Ok(Some(message.payload)),
             Err(e) if matches!(e.kind(), LastRawMessageErrorKind::NoMessageFound) => Ok(None),
             Err(e) => Err(state_error("read")(&e)),
+        }
+    }
+
+    /// Room `name`'s record and its revision (for a compare-and-set), from the bucket's
+    /// leader; `None` when there is no such room.
+    pub async fn room_entry(&self, name: &str) -> Result<Option<(Bytes, u64)>, StateError> {
+        let subject = format!("$KV.{ROOMS_BUCKET}.{}", room_token(name));
+        match asked_again(|| self.rooms_stream.get_last_raw_message_by_subject(&subject)).await {
+            Ok(message) if message.payload.is_empty() => Ok(None),
+            Ok(message) => Ok(Some((message.payload, message.sequence))),
+            Err(e) if matches!(e.kind(), LastRawMessageErrorKind::NoMessageFound) => Ok(None),
+            Err(e) => Err(state_error("read")(&e)),
+        }
+    }
+
+    /// Replaces room `name`'s record if it is still at `revision`; false when another write
+    /// came first (read it again and decide again).
+    pub async fn replace_room(&self, name: &str, record: Bytes, revision: u64) -> Result<bool, StateError> {
+        let token = room_token(name);
+        match asked_again(|| self.rooms.update(&token, record.clone(), revision)).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(false),
+            Err(e) => Err(state_error("written")(&e)),
         }
     }
 
