@@ -1,7 +1,8 @@
 //! Scenario 8, README's quickstart executed literally: `cargo run --release --bin
 //! chatroom-relay` (defaults: 127.0.0.1:7878 and the platform data directory), then
 //! `cargo run --release --bin chatroom` twice, answering its prompts on stdin (relay address,
-//! room, nickname, password; the first run creates the room). Step 3, `./scripts/test`, is the
+//! room, nickname, password; the first run creates the room), and the same with `--protocol 2`
+//! (README: a room with forward secrecy). Step 3, `./scripts/test`, is the
 //! command CI runs around this test.
 //!
 //! Each process gets a fresh `HOME`, so the default data and config directories are new and
@@ -106,7 +107,11 @@ impl Drop for Proc {
 #[test]
 fn the_readme_quickstart_works_as_written() -> TestResult {
     let readme = std::fs::read_to_string(workspace().join("README.md"))?;
-    for step in ["cargo run --release --bin chatroom-relay", "cargo run --release --bin chatroom\n"] {
+    for step in [
+        "cargo run --release --bin chatroom-relay",
+        "cargo run --release --bin chatroom\n",
+        "-- --protocol 2",
+    ] {
         assert!(readme.contains(step), "README's quickstart no longer says {step:?}: update this test");
     }
     if TcpListener::bind("127.0.0.1:7878").is_err() {
@@ -157,5 +162,23 @@ fn the_readme_quickstart_works_as_written() -> TestResult {
     bob.finish()?;
     alice.finish()?;
     assert!(alice_home.path().join(".local/share/chatroom/identity.key").exists(), "default data directory");
+
+    // The same with `--protocol 2`, as README's quickstart says: a room with forward secrecy.
+    let v2 = ["run", "--release", "--bin", "chatroom", "--", "--protocol", "2"];
+    let mut alice = Proc::start("alice v2", cargo(alice_home.path(), &v2)?)?;
+    alice.answer(&["127.0.0.1:7878", "lobby2", "alice", &password])?;
+    alice.stderr.expect_within("room lobby2 does not exist", STEP)?;
+    alice.answer(&["y", &password])?;
+    alice.stderr.expect_within("you entered the room's group", STEP)?;
+    let mut bob = Proc::start("bob v2", cargo(bob_home.path(), &v2)?)?;
+    bob.answer(&["127.0.0.1:7878", "lobby2", "bob", &password])?;
+    bob.stderr.expect_within("you entered the room's group", STEP)?;
+    alice.stderr.expect_within("entered the group (epoch 1)", STEP)?;
+    alice.answer(&["forward secret hello"])?;
+    bob.stdout.expect_within("forward secret hello", STEP)?;
+    bob.answer(&["hi again"])?;
+    alice.stdout.expect_within("hi again", STEP)?;
+    bob.finish()?;
+    alice.finish()?;
     Ok(())
 }
