@@ -21,7 +21,7 @@ const CLUSTER_FIRST_HOST: u8 = 11;
 const CLUSTER_SIZE: usize = 3;
 /// The single node's address.
 const SINGLE_HOST: u8 = 10;
-/// Fresh ports tried for a single node whose ports another process took first.
+/// Fresh ports tried for a single node, or a cluster, whose ports another process took first.
 const START_ATTEMPTS: usize = 3;
 
 /// `base` and the node's client port: names tell apart the servers of tests running at once.
@@ -265,8 +265,22 @@ pub struct NatsCluster {
 }
 
 impl NatsCluster {
-    /// Starts the three nodes and waits until they have elected a JetStream meta leader.
+    /// Starts the three nodes and waits until they have elected a JetStream meta leader. As for
+    /// a single node, a port another test took between its pick and the bind fails a node at
+    /// start: the whole cluster is then started again on fresh ports, a few times.
     pub fn start() -> Result<Self, crate::Error> {
+        let mut last = None;
+        for _ in 0..START_ATTEMPTS {
+            match Self::start_on_fresh_ports() {
+                Ok(cluster) => return Ok(cluster),
+                Err(e) if e.to_string().contains("address already in use") => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| "the nats-server cluster did not start".into()))
+    }
+
+    fn start_on_fresh_ports() -> Result<Self, crate::Error> {
         let dir = tempfile::Builder::new().prefix("chatroom-nats-cluster-").tempdir()?;
         let ports = (0..CLUSTER_SIZE)
             .map(|i| Ports::free_on(CLUSTER_FIRST_HOST + i as u8))

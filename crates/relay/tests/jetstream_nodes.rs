@@ -14,22 +14,9 @@ use chatroom_crypto::RelayMessage;
 use chatroom_crypto::{ClientMessage, ErrorCode, PresenceEvent};
 use chatroom_nats_harness::{NatsCluster, NatsServer};
 use chatroom_relay::rooms::jetstream::log::APPEND_DEADLINE;
-use chatroom_relay::rooms::jetstream::setup::connect;
 use chatroom_relay::rooms::jetstream::state::room_token;
-use chatroom_relay::rooms::jetstream::{ClusterConfig, JetStreamRooms};
-use chatroom_relay::rooms::rules::RuleLimits;
-use chatroom_relay::rooms::{HistoryLimit, RoomLimits};
 use chatroom_relay::Config;
 use common::{member, Conn, Person, Res, TestRelay, TestResult, TestRoom};
-
-const CONFIG: ClusterConfig = ClusterConfig {
-    replicas: 3,
-    limits: RoomLimits {
-        history: HistoryLimit { count: 100, bytes: 1 << 20 },
-        rules: RuleLimits { max_members: 100, headroom_percent: 10, max_nicknames: 100 },
-        max_rooms: 100,
-    },
-};
 
 /// A relay in `dir` whose rooms are on the cluster through the NATS server at `url`.
 async fn node(dir: &Path, url: &str) -> Res<TestRelay> {
@@ -38,8 +25,7 @@ async fn node(dir: &Path, url: &str) -> Res<TestRelay> {
 
 /// `node`, with its configuration changed by `tweak`.
 async fn node_with(dir: &Path, url: &str, tweak: impl FnOnce(&mut Config)) -> Res<TestRelay> {
-    let rooms = JetStreamRooms::open(connect(url).await?, CONFIG).await?;
-    TestRelay::start_with(dir, tweak, move |relay| relay.with_rooms(rooms)).await
+    common::cluster_node(dir, url, |_| {}, tweak).await
 }
 
 /// Whether any client of the NATS server `server` subscribes to `subject` (its monitoring).

@@ -11,25 +11,12 @@ use chatroom_crypto::{join_verifier_v2, sign_v2, ClientMessage, ErrorCode, Relay
 use chatroom_nats_harness::NatsCluster;
 use chatroom_relay::rooms::jetstream::setup::{connect, ROOMS_BUCKET};
 use chatroom_relay::rooms::jetstream::state::room_token;
-use chatroom_relay::rooms::jetstream::{ClusterConfig, JetStreamRooms};
-use chatroom_relay::rooms::rules::RuleLimits;
-use chatroom_relay::rooms::{HistoryLimit, RoomLimits};
 use chatroom_relay::Config;
 use common::{fetch, member, put, upload, Conn, Joined, Person, Res, TestRelay, TestResult, TestRoom};
 
-const CONFIG: ClusterConfig = ClusterConfig {
-    replicas: 3,
-    limits: RoomLimits {
-        history: HistoryLimit { count: 100, bytes: 1 << 20 },
-        rules: RuleLimits { max_members: 100, headroom_percent: 10, max_nicknames: 100 },
-        max_rooms: 100,
-    },
-};
-
 /// A relay in `dir` whose rooms are on the cluster through the NATS server at `url`.
 async fn node(dir: &Path, url: &str) -> Res<TestRelay> {
-    let rooms = JetStreamRooms::open(connect(url).await?, CONFIG).await?;
-    TestRelay::start_with(dir, |_| {}, move |relay| relay.with_rooms(rooms)).await
+    common::cluster_node(dir, url, |_| {}, |_| {}).await
 }
 
 async fn v2_member(relay: &TestRelay, person: &Person, room: &TestRoom, create: bool) -> Res<(Conn, Joined)> {
@@ -107,9 +94,7 @@ async fn the_group_info_slot_and_password_rotation_hold_across_two_nodes() -> Te
 async fn a_join_finds_a_room_deleted_without_the_node_hearing_of_it() -> TestResult {
     let server = chatroom_nats_harness::NatsServer::single().map_err(|e| e.to_string())?;
     let dir = tempfile::tempdir()?;
-    let rooms =
-        JetStreamRooms::open(connect(&server.url()).await?, ClusterConfig { replicas: 1, ..CONFIG }).await?;
-    let a = TestRelay::start_with(dir.path(), |_| {}, move |relay| relay.with_rooms(rooms)).await?;
+    let a = common::cluster_node(dir.path(), &server.url(), |c| c.replicas = 1, |_| {}).await?;
     let room = TestRoom::new("gone");
     let (mut al, _) = member(&a, &Person::new("alice"), &room, true).await?;
 

@@ -570,3 +570,33 @@ pub async fn fetch(conn: &mut Conn) -> Res<Result<(u64, Vec<u8>), ErrorCode>> {
         }
     }
 }
+
+/// What the two-node cluster tests run their relay nodes with: three replicas, rooms of 100.
+pub const CLUSTER_CONFIG: chatroom_relay::rooms::jetstream::ClusterConfig =
+    chatroom_relay::rooms::jetstream::ClusterConfig {
+        replicas: 3,
+        limits: chatroom_relay::rooms::RoomLimits {
+            history: chatroom_relay::rooms::HistoryLimit { count: 100, bytes: 1 << 20 },
+            rules: chatroom_relay::rooms::rules::RuleLimits {
+                max_members: 100,
+                headroom_percent: 10,
+                max_nicknames: 100,
+            },
+            max_rooms: 100,
+        },
+    };
+
+/// A relay in `dir` whose rooms are on the cluster through the NATS server at `url`
+/// (`CLUSTER_CONFIG` as `cluster` changes it), its configuration changed by `tweak`.
+pub async fn cluster_node(
+    dir: &Path,
+    url: &str,
+    cluster: impl FnOnce(&mut chatroom_relay::rooms::jetstream::ClusterConfig),
+    tweak: impl FnOnce(&mut Config),
+) -> Res<TestRelay> {
+    let mut config = CLUSTER_CONFIG;
+    cluster(&mut config);
+    let client = chatroom_relay::rooms::jetstream::setup::connect(url).await?;
+    let rooms = chatroom_relay::rooms::jetstream::JetStreamRooms::open(client, config).await?;
+    TestRelay::start_with(dir, tweak, move |relay| relay.with_rooms(rooms)).await
+}
