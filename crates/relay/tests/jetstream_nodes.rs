@@ -3,7 +3,8 @@
 //! room whichever node a member sends through, the member list spans nodes, and a kick or ban
 //! through one node closes the member on the other and holds there; a node follows a room's
 //! feed only while the room has a member on it; sends queued behind one the silent cluster
-//! never answered are refused with it.
+//! never answered are refused with it; an `Ack` reaches its sender after every delivery of a
+//! lower `seq`, though the other node's envelopes come through the cluster's feed.
 
 mod common;
 
@@ -47,6 +48,31 @@ async fn until_presence(conn: &mut Conn, event: PresenceEvent) -> Res<String> {
             return Ok(nick);
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_comes_after_every_delivery_of_a_lower_seq_sent_through_the_other_node() -> TestResult {
+    let cluster = NatsCluster::start().map_err(|e| e.to_string())?;
+    let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let fast = |c: &mut Config| {
+        c.rate_burst = 10_000;
+        c.rate_per_sec = 10_000;
+    };
+    let a = node_with(dir_a.path(), &cluster.nodes()[0].url(), fast).await?;
+    std::fs::copy(Config::new(dir_a.path()).key_path(), Config::new(dir_b.path()).key_path())?;
+    let b = node_with(dir_b.path(), &cluster.nodes()[1].url(), fast).await?;
+    let room = TestRoom::new("ordered");
+    let (mut alice, mut bob) = (Person::new("alice"), Person::new("bob"));
+    let (mut al, _) = member(&a, &alice, &room, true).await?;
+    let (mut bo, _) = member(&b, &bob, &room, false).await?;
+    for round in 0..3 {
+        let seen = common::interleaved((&mut alice, &mut al), (&mut bob, &mut bo), &room, 40).await?;
+        assert_eq!(common::ack_after_lower_deliveries(&seen), None, "round {round}");
+        for _ in 0..40 {
+            bo.answer_within(APPEND_DEADLINE).await?;
+        }
+    }
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -600,3 +600,52 @@ pub async fn cluster_node(
     let rooms = chatroom_relay::rooms::jetstream::JetStreamRooms::open(client, config).await?;
     TestRelay::start_with(dir, tweak, move |relay| relay.with_rooms(rooms)).await
 }
+
+/// Alice and bob each send `per_sender` envelopes at once in `room`, through the connections
+/// given; returns what alice's connection received, in order, once she has every answer and
+/// every one of bob's envelopes.
+pub async fn interleaved(
+    (alice, alice_conn): (&mut Person, &mut Conn),
+    (bob, bob_conn): (&mut Person, &mut Conn),
+    room: &TestRoom,
+    per_sender: usize,
+) -> Res<Vec<RelayMessage>> {
+    let mut mine = Vec::new();
+    let mut theirs = Vec::new();
+    for i in 0..per_sender {
+        mine.push(ClientMessage::Send { envelope: alice.seal(room, &format!("alice {i}")).1 });
+        theirs.push(ClientMessage::Send { envelope: bob.seal(room, &format!("bob {i}")).1 });
+    }
+    // Interleaved in small bursts, so the two streams meet in the relay.
+    for (a, b) in mine.chunks(4).zip(theirs.chunks(4)) {
+        alice_conn.send(a).await?;
+        bob_conn.send(b).await?;
+    }
+    let (mut acks, mut deliveries, mut seen) = (0, 0, Vec::new());
+    while acks < per_sender || deliveries < per_sender {
+        let m = alice_conn.recv().await?;
+        match &m {
+            RelayMessage::Ack { .. } => acks += 1,
+            RelayMessage::Deliver { .. } => deliveries += 1,
+            RelayMessage::SendError { .. } => return Err(format!("a send was refused: {m:?}").into()),
+            _ => {}
+        }
+        seen.push(m);
+    }
+    Ok(seen)
+}
+
+/// The relay's promise on one connection (PROTOCOL-v2-draft.md section 13, own envelopes):
+/// an `Ack` for `seq` M comes after every `Deliver` with a lower `seq`. Returns the first
+/// violation, if any, as (the Ack's seq, the late delivery's seq).
+pub fn ack_after_lower_deliveries(seen: &[RelayMessage]) -> Option<(u64, u64)> {
+    let mut highest_ack = 0;
+    for m in seen {
+        match m {
+            RelayMessage::Ack { seq, .. } => highest_ack = highest_ack.max(*seq),
+            RelayMessage::Deliver { seq, .. } if *seq < highest_ack => return Some((highest_ack, *seq)),
+            _ => {}
+        }
+    }
+    None
+}
