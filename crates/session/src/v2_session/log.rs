@@ -611,7 +611,7 @@ impl Core {
                 }
                 self.emit(Event::Group(GroupEvent::PasswordRotated { generation, by, own: false }));
             }
-            Ok(V2Event::Skipped) => {}
+            Ok(V2Event::Skipped | V2Event::SharedHistory { .. } | V2Event::HistoryShared { .. }) => {}
             Err(e) if self.phase == Phase::Member => {
                 self.emit(Event::Group(GroupEvent::Refused { seq, reason: e.to_string() }));
             }
