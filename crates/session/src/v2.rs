@@ -11,7 +11,7 @@ use chatroom_crypto::{
     ROOM_SECRETS_V2_LEN,
 };
 use chatroom_group::{CommitSummary, Event, GroupError, Kind, LogEntry, Room, RoomRef, RoomSettings};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::state::write_private;
 use crate::v2_history::{
@@ -128,6 +128,18 @@ pub struct V2Room {
     /// Own messages sealed and not yet read back, by counter.
     unread_own: VecDeque<(u64, Content)>,
     share: Option<ShareWindow>,
+}
+
+/// The plaintext kept for newcomers is wiped when the room goes.
+impl Drop for V2Room {
+    fn drop(&mut self) {
+        for m in &mut self.history {
+            m.content.body.zeroize();
+        }
+        for (_, content) in &mut self.unread_own {
+            content.body.zeroize();
+        }
+    }
 }
 
 impl std::fmt::Debug for V2Room {
@@ -297,7 +309,9 @@ impl V2Room {
     fn keep(&mut self, messages: impl IntoIterator<Item = SharedMessage>) {
         let cap = self.history_cap();
         if cap == 0 {
-            self.history.clear();
+            for mut gone in self.history.drain(..) {
+                gone.content.body.zeroize();
+            }
             return;
         }
         self.history.extend(messages);
@@ -306,7 +320,9 @@ impl V2Room {
             self.history.dedup_by_key(|m| m.seq);
         }
         let excess = self.history.len().saturating_sub(cap);
-        self.history.drain(..excess);
+        for mut gone in self.history.drain(..excess) {
+            gone.content.body.zeroize();
+        }
     }
 
     /// The messages kept for newcomers, oldest first (for tests and `/history` views).
