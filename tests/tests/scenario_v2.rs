@@ -670,3 +670,51 @@ fn after_the_owner_rotates_the_password_members_talk_on_and_only_the_new_one_ent
     );
     Ok(())
 }
+
+#[test]
+fn a_newcomer_is_shown_the_last_messages_as_shared_by_a_member_only_where_the_room_says_so() -> TestResult {
+    let relay_dir = tempfile::tempdir()?;
+    let relay = Relay::start(relay_dir.path())?;
+    let homes: Vec<Home> = (0..4).map(|_| Home::new()).collect::<Result<_, _>>()?;
+
+    // Alice creates the room sharing 3 messages and says 4 things; bob enters.
+    let invite = relay.invite("hearth");
+    let mut alice =
+        homes[0].member(&invite, "alice", PASSWORD, true, &["--protocol", "2", "--history-share", "3"])?;
+    alice.stderr.expect(ENTERED)?;
+    for i in 1..=4 {
+        alice.line(&format!("note {i}"))?;
+    }
+    // The relay answers /who after the messages sent before it on the connection: all four
+    // are in the log before bob enters.
+    alice.line("/who")?;
+    alice.stderr.expect("members as the relay lists them")?;
+    let mut bob = member(&homes[1], &invite, "bob", false)?;
+    bob.stderr.expect(ENTERED)?;
+    bob.stderr.expect("shared 3 message(s) sent before you entered")?;
+    bob.stdout.expect("note 4")?;
+    let shared: Vec<String> = bob.stdout.all().iter().filter(|l| l.contains("[shared by")).cloned().collect();
+    assert_eq!(shared.len(), 3, "{shared:?}");
+    for (line, i) in shared.iter().zip(2..=4) {
+        assert!(line.contains("[shared by alice ") && line.ends_with(&format!("<alice> note {i}")), "{line}");
+    }
+    alice.line("welcome bob")?;
+    bob.stdout.expect("welcome bob")?;
+    assert!(!bob.stdout.all().iter().any(|l| l.contains("note 1")), "{:?}", bob.stdout.all());
+
+    // A room created without it shows a newcomer nothing from before.
+    let invite = relay.invite("cellar");
+    let mut alice = homes[2].member(&invite, "alice", PASSWORD, true, &["--protocol", "2"])?;
+    alice.stderr.expect(ENTERED)?;
+    alice.line("before carol")?;
+    alice.line("/who")?;
+    alice.stderr.expect("members as the relay lists them")?;
+    let mut carol = member(&homes[3], &invite, "carol", false)?;
+    carol.stderr.expect(ENTERED)?;
+    alice.stderr.expect("entered the group (epoch 1)")?;
+    alice.line("welcome carol")?;
+    carol.stdout.expect("welcome carol")?;
+    assert!(!carol.stdout.all().iter().any(|l| l.contains("before carol") || l.contains("[shared by")));
+    assert!(!carol.stderr.all().iter().any(|l| l.contains("shared")), "{:?}", carol.stderr.all());
+    Ok(())
+}

@@ -133,7 +133,8 @@ fn limits(chat: &ChatArgs, file: &Config) -> V2Limits {
         Some(hours) => Duration::from_secs(u64::from(hours) * 3600),
         None => defaults.heal_after,
     };
-    V2Limits { heal_messages: messages.max(1), heal_after, ..defaults }
+    let create_history_share = chat.history_share.unwrap_or(0);
+    V2Limits { heal_messages: messages.max(1), heal_after, create_history_share, ..defaults }
 }
 
 /// Starts the v2 session; a missing room is created after asking, as in v1.

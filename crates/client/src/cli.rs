@@ -92,6 +92,11 @@ pub(crate) struct ChatArgs {
     /// the room's own setting caps it]
     #[arg(long, value_name = "H", value_parser = clap::value_parser!(u32).range(1..=8760))]
     pub(crate) heal_hours: Option<u32>,
+    /// Protocol 2, when creating the room: each newcomer is shown the last N messages (0 to
+    /// 100) by a member who is online, as that member's claim [default: 0, off]. Anyone with
+    /// the password then reads the last N messages as soon as one member is online
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(0..=100))]
+    pub(crate) history_share: Option<u16>,
 }
 
 /// Subcommands.

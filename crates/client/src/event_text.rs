@@ -55,6 +55,38 @@ pub(crate) fn tagged_message_line(m: &ChatMessage) -> String {
     }
 }
 
+/// History a member shared with this newcomer (protocol 2): a notice, then one line per
+/// message, each marked as the sharer's claim: `12:00:01 [shared by alice 1a2b3c4d] <bob> hi`.
+pub(crate) fn shared_history_lines(
+    by: &PublicIdentity,
+    by_nick: Option<&chatroom_session::crypto::Nick>,
+    messages: &[ChatMessage],
+) -> (String, Vec<String>) {
+    let sharer = match by_nick {
+        Some(nick) => format!("{} {}", neutralize(nick.as_str()), key_tag(by)),
+        None => key_tag(by),
+    };
+    let notice = format!(
+        "{sharer} shared {} message(s) sent before you entered: who wrote them is {sharer}'s claim, not \
+         signed by their senders",
+        messages.len()
+    );
+    let lines = messages
+        .iter()
+        .map(|m| {
+            let nick = neutralize(m.nick.as_str());
+            let body = neutralize_line(&m.body);
+            match m.kind {
+                ContentKind::Action => {
+                    format!("{} [shared by {sharer}] * {nick} {body}", clock(m.timestamp_ms))
+                }
+                _ => format!("{} [shared by {sharer}] <{nick}> {body}", clock(m.timestamp_ms)),
+            }
+        })
+        .collect();
+    (notice, lines)
+}
+
 /// Protocol 2's first join: the room code is shown, but the code to compare is the epoch code
 /// (`/safety`), since only it shows that members share one group. `None` for other events.
 pub(crate) fn v2_joined_line(event: &Event, relay: &str) -> Option<String> {
@@ -399,6 +431,32 @@ mod tests {
                 && line.contains("/safety shows the epoch code")
         );
         assert!(!line.contains("safety code"), "{line}");
+    }
+
+    #[test]
+    fn shared_history_is_marked_as_the_sharers_claim_and_neutralised() {
+        let alice = PublicIdentity([0xa1; 32]);
+        let message = |nick: &str, kind, body: &str| ChatMessage {
+            seq: 4,
+            history: true,
+            sender: PublicIdentity([0xb0; 32]),
+            nick: chatroom_session::crypto::Nick::new(nick).unwrap(),
+            from_me: false,
+            kind,
+            body: body.into(),
+            timestamp_ms: 0,
+        };
+        let nick = chatroom_session::crypto::Nick::new("alice").unwrap();
+        let messages =
+            [message("bob", ContentKind::Text, "hi\u{1b}[2J"), message("bob", ContentKind::Action, "waves")];
+        let (notice, lines) = shared_history_lines(&alice, Some(&nick), &messages);
+        assert!(notice.starts_with("alice a1a1a1a1 shared 2 message(s) sent before you entered"), "{notice}");
+        assert!(notice.contains("not signed by their senders"), "{notice}");
+        assert!(lines[0].contains(" [shared by alice a1a1a1a1] <bob> hi"), "{}", lines[0]);
+        assert!(!lines[0].contains('\u{1b}'), "{}", lines[0]);
+        assert!(lines[1].ends_with(" [shared by alice a1a1a1a1] * bob waves"), "{}", lines[1]);
+        let (notice, _) = shared_history_lines(&alice, None, &messages);
+        assert!(notice.starts_with("a1a1a1a1 shared 2"), "{notice}");
     }
     use chatroom_session::crypto::Nick;
 

@@ -17,9 +17,9 @@ use std::sync::Mutex;
 use tokio::sync::Notify;
 
 use chatroom_session::crypto::{ContentKind, PublicIdentity};
-use chatroom_session::session::{Callbacks, Event, KdfProgress};
+use chatroom_session::session::{Callbacks, Event, GroupEvent, KdfProgress};
 
-use crate::event_text::{event_line, message_line, tagged_message_line, topic_line};
+use crate::event_text::{event_line, message_line, shared_history_lines, tagged_message_line, topic_line};
 
 /// The line-mode front end's event sink. It also counts, for the exit status and for pacing
 /// the input, the messages the relay answered and the refusals it reported.
@@ -123,6 +123,20 @@ impl Callbacks for PlainUi {
             let mut out = io::stdout().lock();
             let line = if self.v2 { tagged_message_line(m) } else { message_line(m) };
             let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+            return;
+        }
+        if let Event::Group(GroupEvent::SharedHistory { by, by_nick, messages }) = &event {
+            let (notice, lines) = shared_history_lines(by, by_nick.as_ref(), messages);
+            self.notice(&notice);
+            if self.no_history {
+                return;
+            }
+            let _guard = self.out.lock().unwrap_or_else(|e| e.into_inner());
+            let mut out = io::stdout().lock();
+            for line in lines {
+                let _ = writeln!(out, "{line}");
+            }
             let _ = out.flush();
             return;
         }

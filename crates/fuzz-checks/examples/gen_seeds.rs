@@ -384,6 +384,7 @@ fn main() -> Result<()> {
     s.put(t, "group-info", &x.out)?;
 
     group_seeds(&mut s)?;
+    history_seeds(&mut s)?;
 
     eprintln!("wrote {} seeds under {}", s.count, s.root.display());
     Ok(())
@@ -453,5 +454,39 @@ fn group_seeds(s: &mut Seeds) -> Result<()> {
     x.u8(0).u8(2).u8(2).bytes16(&[0, 1, 0, 2, 32]);
     x.u8(0).u8(3).u8(1).bytes16(&[0, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 3, 3]);
     s.put(t, "raw", &x.out)?;
+    Ok(())
+}
+
+/// Seeds of `history_share_decode`: real shares (one envelope, and the first of several), and
+/// each cut, extended and with a bad count. Reproducible.
+fn history_seeds(s: &mut Seeds) -> Result<()> {
+    use chatroom_crypto::{Content, ContentKind, PublicIdentity};
+    use chatroom_session::v2_history::{encode_share, SharedMessage};
+    let t = "history_share_decode";
+    let message = |seq: u64, kind, nick: &str, body: String| -> Result<SharedMessage> {
+        let content = Content { timestamp_ms: 1_700_000_000_000 + seq, kind, nick: Nick::new(nick)?, body };
+        Ok(SharedMessage { sender: PublicIdentity([seq as u8; 32]), seq, content })
+    };
+    let three = [
+        message(3, ContentKind::Text, "alice", "hello".into())?,
+        message(4, ContentKind::Action, "bob", "waves".into())?,
+        message(7, ContentKind::Text, "carol", "h\u{e9}llo \u{1b}[2J".into())?,
+    ];
+    let one = encode_share(1_700_000_000_000, 9, &three)?.remove(0);
+    s.put(t, "three", &one)?;
+    s.put(t, "three-cut", &one[..one.len() - 64])?;
+    let mut extended = one.to_vec();
+    extended.extend_from_slice(&[0; 64]);
+    s.put(t, "three-extended", &extended)?;
+    let mut no_count = one.to_vec();
+    no_count[19] = 0;
+    s.put(t, "three-count-0", &no_count)?;
+    let long: Vec<SharedMessage> = (1..=5)
+        .map(|seq| message(seq, ContentKind::Text, "alice", "x".repeat(4096)))
+        .collect::<Result<_>>()?;
+    let parts = encode_share(1, 6, &long)?;
+    s.put(t, "long-part-0", &parts[0])?;
+    s.put(t, "long-part-last", &parts[parts.len() - 1])?;
+    s.put(t, "raw-short", &[0, 0, 0, 0, 0, 0, 0, 0, 5])?;
     Ok(())
 }

@@ -20,6 +20,7 @@ pub mod group_info_open;
 pub mod group_process;
 pub mod handshake_initiator;
 pub mod handshake_responder;
+pub mod history_share_decode;
 pub mod message_decode;
 pub mod relay_session;
 
@@ -40,6 +41,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("group_content_kind", group_content_kind::check),
     ("group_info_open", group_info_open::check),
     ("group_process", group_process::check),
+    ("history_share_decode", history_share_decode::check),
 ];
 
 /// A cursor over fuzz input that never fails: reads past the end yield zeros or empty slices.

@@ -142,6 +142,11 @@ fn group_process_corpus() -> TestResult {
     replay("group_process")
 }
 
+#[test]
+fn history_share_decode_corpus() -> TestResult {
+    replay("history_share_decode")
+}
+
 /// The group_process seeds show a message, merge a commit, refuse and skip entries.
 #[test]
 fn group_process_seeds_reach_every_outcome() -> TestResult {

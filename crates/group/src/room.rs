@@ -125,8 +125,19 @@ impl Room {
     /// The creator's group at epoch 0, with itself as the only member and the owner; the
     /// settings' other fields are the draft's defaults.
     pub fn create(identity: &Identity, room: RoomRef, psk: &RoomPsk) -> Result<Self, GroupError> {
+        Self::create_with(identity, room, psk, RoomSettings::defaults(identity.public()))
+    }
+
+    /// As `create`, with the creator's choice of settings (its `history_share`, say); the
+    /// owner is always the creator.
+    pub fn create_with(
+        identity: &Identity,
+        room: RoomRef,
+        psk: &RoomPsk,
+        settings: RoomSettings,
+    ) -> Result<Self, GroupError> {
         let (client, handles) = client::build(identity, &room, psk, BlobStorage::default());
-        let settings = RoomSettings::defaults(identity.public()).to_extensions();
+        let settings = RoomSettings { owner: identity.public(), ..settings }.to_extensions();
         let group = client.create_group_with_id(room.group_id(), settings, ExtensionList::new(), None)?;
         Ok(Self { room, me: identity.public(), group, handles, phase: Phase::Member })
     }

@@ -13,6 +13,7 @@ pub mod state;
 pub mod transport;
 pub mod trust;
 pub mod v2;
+pub mod v2_history;
 pub mod v2_session;
 
 pub use chatroom_crypto as crypto;

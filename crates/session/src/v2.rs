@@ -3,16 +3,20 @@
 //! cursor, and the state file (mode 0600, written atomically with fsync). The caller moves
 //! bytes to and from the relay (docs/PROTOCOL-v2-draft.md sections 4 to 7).
 
+use std::collections::VecDeque;
 use std::path::Path;
 
 use chatroom_crypto::{
-    sign_v2, verify_v2, Content, Identity, PublicIdentity, RoomName, RoomSecretsV2, SafetyCode,
+    sign_v2, verify_v2, Content, ContentKind, Identity, PublicIdentity, RoomName, RoomSecretsV2, SafetyCode,
     ROOM_SECRETS_V2_LEN,
 };
-use chatroom_group::{CommitSummary, Event, GroupError, Kind, LogEntry, Room, RoomRef};
-use zeroize::Zeroizing;
+use chatroom_group::{CommitSummary, Event, GroupError, Kind, LogEntry, Room, RoomRef, RoomSettings};
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::state::write_private;
+use crate::v2_history::{
+    decode_share, encode_share, ShareDecodeError, SharedMessage, HISTORY_KIND, MAX_HISTORY_SHARE,
+};
 
 /// Why a v2 operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +36,9 @@ pub enum V2Error {
     /// A password rotation refused: not from the room's owner, or malformed.
     #[error("a password rotation refused: {0}")]
     Rotation(&'static str),
+    /// A history share (content kind 5) that does not decode.
+    #[error(transparent)]
+    Share(#[from] ShareDecodeError),
 }
 
 /// What one log entry meant to this member.
@@ -64,9 +71,43 @@ pub enum V2Event {
         /// The owner's identity.
         by: PublicIdentity,
     },
+    /// The history another member shared with this newcomer (draft section 10): one
+    /// envelope's worth, oldest first, only messages sequenced before this member's entry.
+    /// Authorship is `by`'s claim, not the original senders' signatures.
+    SharedHistory {
+        /// The member who shared them (MLS authenticated).
+        by: PublicIdentity,
+        /// The messages, each with its original sender and `seq` as `by` claims.
+        messages: Vec<SharedMessage>,
+    },
+    /// A member shared history with the newcomer of this epoch: this member (not the
+    /// newcomer) ignores it and sends no share of its own.
+    HistoryShared {
+        /// The member who shared.
+        by: PublicIdentity,
+    },
     /// Nothing to show (an old entry, one's own message, another epoch).
     Skipped,
 }
+
+/// The epoch an entry started, during which one member shares history with the newcomer.
+#[derive(Debug, Clone, Copy)]
+struct ShareWindow {
+    epoch: u64,
+    /// The `seq` of the entry commit.
+    entry_seq: u64,
+    newcomer: PublicIdentity,
+    /// The first sharer in log order, its share's parts and the next part expected.
+    sharer: Option<PublicIdentity>,
+    parts: u8,
+    next_part: u8,
+    /// This member sealed a share for this entry already: the counter of its first envelope,
+    /// which, read back first, makes this member the sharer.
+    sealed_own: Option<u64>,
+}
+
+/// Own messages sealed and not yet read back from the log, kept to record them at their `seq`.
+const MAX_UNREAD_OWN: usize = 256;
 
 /// A member's v2 room: the MLS group, its keys, the log cursor and the sending counter.
 pub struct V2Room {
@@ -81,6 +122,24 @@ pub struct V2Room {
     /// (Unix seconds; 0 if unknown, which makes the next update due at once).
     sent_since_commit: u32,
     committed_at: u64,
+    /// History for newcomers: the last messages read (at most the room's `history_share`,
+    /// capped at `MAX_HISTORY_SHARE`), oldest first. In memory only, never in the state file.
+    history: Vec<SharedMessage>,
+    /// Own messages sealed and not yet read back, by counter.
+    unread_own: VecDeque<(u64, Content)>,
+    share: Option<ShareWindow>,
+}
+
+/// The plaintext kept for newcomers is wiped when the room goes.
+impl Drop for V2Room {
+    fn drop(&mut self) {
+        for m in &mut self.history {
+            m.content.body.zeroize();
+        }
+        for (_, content) in &mut self.unread_own {
+            content.body.zeroize();
+        }
+    }
 }
 
 impl std::fmt::Debug for V2Room {
@@ -141,10 +200,33 @@ impl V2Room {
         relay_key: &[u8; 32],
         keys: RoomSecretsV2,
     ) -> Result<(Self, Vec<u8>), V2Error> {
-        let room = Room::create(&identity, room_ref(&name, relay_key, 0), &keys.room_psk)?;
+        Self::create_with_history_share(identity, name, relay_key, keys, 0)
+    }
+
+    /// As `create`, with the room setting `history_share` (draft section 10; 0 is off).
+    pub fn create_with_history_share(
+        identity: Identity,
+        name: RoomName,
+        relay_key: &[u8; 32],
+        keys: RoomSecretsV2,
+        history_share: u16,
+    ) -> Result<(Self, Vec<u8>), V2Error> {
+        let settings = RoomSettings { history_share, ..RoomSettings::defaults(identity.public()) };
+        let room = Room::create_with(&identity, room_ref(&name, relay_key, 0), &keys.room_psk, settings)?;
         let sealed = room.sealed_group_info(&keys.group_info_key)?;
-        let me =
-            Self { name, identity, keys, room, cursor: 0, counter: 0, sent_since_commit: 0, committed_at: 0 };
+        let me = Self {
+            name,
+            identity,
+            keys,
+            room,
+            cursor: 0,
+            counter: 0,
+            sent_since_commit: 0,
+            committed_at: 0,
+            history: Vec::new(),
+            unread_own: VecDeque::new(),
+            share: None,
+        };
         Ok((me, sealed))
     }
 
@@ -184,6 +266,9 @@ impl V2Room {
             counter: counter_floor,
             sent_since_commit: 0,
             committed_at: 0,
+            history: Vec::new(),
+            unread_own: VecDeque::new(),
+            share: None,
         };
         let envelope = me.wrap(Kind::Commit, &commit)?;
         Ok((me, envelope))
@@ -199,7 +284,118 @@ impl V2Room {
         let plaintext = content.to_padded_bytes()?;
         let mls = self.room.seal_message(&plaintext)?;
         self.sent_since_commit = self.sent_since_commit.saturating_add(1);
-        self.wrap(Kind::Application, &mls)
+        let envelope = self.wrap(Kind::Application, &mls)?;
+        if self.history_cap() > 0 {
+            if self.unread_own.len() >= MAX_UNREAD_OWN {
+                self.unread_own.pop_front();
+            }
+            self.unread_own.push_back((self.counter, content.clone()));
+        }
+        Ok(envelope)
+    }
+
+    /// The room's `history_share` setting from the group context (0 = off).
+    pub fn history_share(&self) -> u16 {
+        self.room.settings().map_or(0, |s| s.history_share)
+    }
+
+    /// How many messages this member keeps for newcomers: the room's setting, at most
+    /// `MAX_HISTORY_SHARE`.
+    fn history_cap(&self) -> usize {
+        usize::from(self.history_share()).min(MAX_HISTORY_SHARE)
+    }
+
+    /// Keeps `messages` (read or shared) among the last ones for newcomers, in `seq` order.
+    fn keep(&mut self, messages: impl IntoIterator<Item = SharedMessage>) {
+        let cap = self.history_cap();
+        if cap == 0 {
+            for mut gone in self.history.drain(..) {
+                gone.content.body.zeroize();
+            }
+            return;
+        }
+        self.history.extend(messages);
+        if !self.history.is_sorted_by(|a, b| a.seq < b.seq) {
+            self.history.sort_by_key(|m| m.seq);
+            self.history.dedup_by_key(|m| m.seq);
+        }
+        let excess = self.history.len().saturating_sub(cap);
+        for mut gone in self.history.drain(..excess) {
+            gone.content.body.zeroize();
+        }
+    }
+
+    /// The messages kept for newcomers, oldest first (for tests and `/history` views).
+    pub fn kept_history(&self) -> &[SharedMessage] {
+        &self.history
+    }
+
+    /// Whether this member may still share history with the newcomer of the current epoch:
+    /// sharing is on, an entry by someone else started this epoch, nobody's share has been
+    /// read yet, this member has not sealed one, and it holds messages from before the entry.
+    pub fn share_wanted(&self) -> bool {
+        let me = self.identity.public();
+        self.share.is_some_and(|w| {
+            w.epoch == self.room.epoch()
+                && w.sharer.is_none()
+                && w.sealed_own.is_none()
+                && w.newcomer != me
+                && self.history.iter().any(|m| m.seq < w.entry_seq)
+        }) && self.room.is_member()
+    }
+
+    /// This member's history share for the newcomer of the current epoch (draft section 10):
+    /// the envelopes of kind 5, or none if `share_wanted` is false. Sealed once per entry.
+    pub fn share_history(&mut self, timestamp_ms: u64) -> Result<Vec<Vec<u8>>, V2Error> {
+        if !self.share_wanted() {
+            return Ok(Vec::new());
+        }
+        let Some(entry_seq) = self.share.map(|w| w.entry_seq) else { return Ok(Vec::new()) };
+        let before: Vec<SharedMessage> = self.history.iter().filter(|m| m.seq < entry_seq).cloned().collect();
+        let parts = encode_share(timestamp_ms, entry_seq, &before)?;
+        let mut envelopes = Vec::with_capacity(parts.len());
+        for part in parts {
+            let mls = self.room.seal_message(&part)?;
+            envelopes.push(self.wrap(Kind::Application, &mls)?);
+        }
+        let first = self.counter.saturating_sub(envelopes.len() as u64).saturating_add(1);
+        if let Some(window) = self.share.as_mut() {
+            window.sealed_own = Some(first);
+        }
+        Ok(envelopes)
+    }
+
+    /// A history share from `sender` in the current epoch: only the first share (by log
+    /// order) after an entry counts, its parts in order, the rest are ignored. The newcomer
+    /// gets the messages from before its entry; other members learn that someone shared.
+    fn on_share(&mut self, sender: PublicIdentity, plaintext: &[u8]) -> Result<V2Event, V2Error> {
+        let epoch = self.room.epoch();
+        let me = self.identity.public();
+        let Some(window) = self.share.as_mut().filter(|w| w.epoch == epoch && w.newcomer != sender) else {
+            return Ok(V2Event::Skipped);
+        };
+        let part = decode_share(plaintext)?;
+        if part.entry_seq != window.entry_seq {
+            return Ok(V2Event::Skipped);
+        }
+        match window.sharer {
+            None if part.part == 0 => {
+                window.sharer = Some(sender);
+                window.parts = part.parts;
+                window.next_part = 1;
+            }
+            Some(first) if first == sender && part.part == window.next_part && part.parts == window.parts => {
+                window.next_part = window.next_part.saturating_add(1);
+            }
+            _ => return Ok(V2Event::Skipped),
+        }
+        if window.newcomer != me {
+            return Ok(if part.part == 0 { V2Event::HistoryShared { by: sender } } else { V2Event::Skipped });
+        }
+        let entry_seq = window.entry_seq;
+        let messages: Vec<SharedMessage> = part.messages.into_iter().filter(|m| m.seq < entry_seq).collect();
+        self.keep(messages.iter().cloned());
+        Ok(V2Event::SharedHistory { by: sender, messages })
     }
 
     /// Whether this member should send an update commit (draft section 9): it has sent
@@ -324,20 +520,72 @@ impl V2Room {
             2 => Kind::Application,
             _ => Kind::Proposal,
         };
+        let own =
+            (signed.sender == self.identity.public() && kind == Kind::Application).then_some(signed.counter);
         let event = self.room.process(LogEntry { sender: signed.sender, kind, mls: &signed.mls })?;
         Ok(match event {
             Event::Message { sender, plaintext } if plaintext.get(8) == Some(&ROTATE_KIND) => {
                 self.on_rotation(sender, &plaintext)?
             }
-            Event::Message { sender, plaintext } => {
-                V2Event::Message { sender, content: Content::from_padded_bytes(&plaintext)?, seq }
+            Event::Message { sender, plaintext } if plaintext.get(8) == Some(&HISTORY_KIND) => {
+                self.on_share(sender, &plaintext)?
             }
-            Event::Commit(summary) => V2Event::Commit(summary),
-            Event::Entered => V2Event::Entered,
+            Event::Message { sender, plaintext } => {
+                let content = Content::from_padded_bytes(&plaintext)?;
+                if matches!(content.kind, ContentKind::Text | ContentKind::Action) {
+                    self.keep([SharedMessage { sender, seq, content: content.clone() }]);
+                }
+                V2Event::Message { sender, content, seq }
+            }
+            Event::Commit(summary) => {
+                self.share = summary.entry.then_some(ShareWindow {
+                    epoch: summary.epoch,
+                    entry_seq: seq,
+                    newcomer: summary.committer,
+                    sharer: None,
+                    parts: 0,
+                    next_part: 0,
+                    sealed_own: None,
+                });
+                V2Event::Commit(summary)
+            }
+            Event::Entered => {
+                self.share = Some(ShareWindow {
+                    epoch: self.room.epoch(),
+                    entry_seq: seq,
+                    newcomer: self.identity.public(),
+                    sharer: None,
+                    parts: 0,
+                    next_part: 0,
+                    sealed_own: None,
+                });
+                V2Event::Entered
+            }
             Event::EntryLost => V2Event::EntryLost,
             Event::Removed => V2Event::Removed,
-            Event::Resend => V2Event::Resend,
-            _ => V2Event::Skipped,
+            Event::Resend => {
+                self.unread_own.retain(|(counter, _)| Some(*counter) != own);
+                V2Event::Resend
+            }
+            Event::Skipped => {
+                // One's own share read back first in its epoch: this member is the sharer.
+                let epoch = self.room.epoch();
+                let me = self.identity.public();
+                if let Some(w) = self.share.as_mut().filter(|w| w.epoch == epoch && w.sharer.is_none()) {
+                    if own.is_some() && w.sealed_own == own {
+                        w.sharer = Some(me);
+                    }
+                }
+                // One's own message read back in its epoch: kept at its seq.
+                let found = own.and_then(|c| self.unread_own.iter().position(|(counter, _)| *counter == c));
+                if let Some((_, content)) = found.and_then(|i| self.unread_own.remove(i)) {
+                    if matches!(content.kind, ContentKind::Text | ContentKind::Action) {
+                        let sender = self.identity.public();
+                        self.keep([SharedMessage { sender, seq, content }]);
+                    }
+                }
+                V2Event::Skipped
+            }
         })
     }
 
@@ -410,7 +658,19 @@ impl V2Room {
             None => (0, keys),
         };
         let room = Room::load_state(&identity, room_ref(&name, relay_key, generation), &keys.room_psk, mls)?;
-        Ok(Self { name, identity, keys, room, cursor, counter, sent_since_commit, committed_at })
+        Ok(Self {
+            name,
+            identity,
+            keys,
+            room,
+            cursor,
+            counter,
+            sent_since_commit,
+            committed_at,
+            history: Vec::new(),
+            unread_own: VecDeque::new(),
+            share: None,
+        })
     }
 }
 
@@ -425,9 +685,10 @@ const HEADER_LEN: usize = 1 + 8 + 8 + 4 + 8 + 4 + ROOM_SECRETS_V2_LEN;
 mod tests {
     use std::os::unix::fs::PermissionsExt;
 
-    use chatroom_crypto::{split_master_v2, ContentKind, Nick};
+    use chatroom_crypto::{split_master_v2, Nick};
 
     use super::*;
+    use crate::v2_history::encode_share;
 
     const RELAY: [u8; 32] = [9; 32];
 
@@ -749,6 +1010,172 @@ mod tests {
             (log.len() as u64, &info),
         );
         assert!(entered.is_ok());
+    }
+
+    fn bodies_of(messages: &[SharedMessage]) -> Vec<(u64, PublicIdentity, &str)> {
+        messages.iter().map(|m| (m.seq, m.sender, m.content.body.as_str())).collect()
+    }
+
+    /// Alice (owner, `history_share` = `share`) and bob, then alice says a1, a2, bob b1,
+    /// alice a3 (seqs 2 to 5), and carol enters at seq 6 (all three fed).
+    fn carol_enters(share: u16) -> (V2Room, V2Room, V2Room, Vec<Vec<u8>>) {
+        let keys = || split_master_v2(&[7; 32]);
+        let (mut alice, info) = V2Room::create_with_history_share(
+            Identity::from_seed(&[1; 32]),
+            general(),
+            &RELAY,
+            keys(),
+            share,
+        )
+        .unwrap();
+        let (mut bob, entry) =
+            V2Room::enter(Identity::from_seed(&[2; 32]), general(), &RELAY, keys(), (0, &info)).unwrap();
+        let mut log = vec![entry];
+        feed(&mut alice, &log);
+        feed(&mut bob, &log);
+        assert_eq!(bob.history_share(), share, "from the group context");
+        log.push(alice.send(&text("alice", "a1")).unwrap());
+        log.push(alice.send(&text("alice", "a2")).unwrap());
+        feed(&mut alice, &log);
+        feed(&mut bob, &log);
+        log.push(bob.send(&text("bob", "b1")).unwrap());
+        log.push(alice.send(&text("alice", "a3")).unwrap());
+        feed(&mut alice, &log);
+        feed(&mut bob, &log);
+        let info = alice.sealed_group_info().unwrap();
+        let (mut carol, entry) = V2Room::enter(
+            Identity::from_seed(&[3; 32]),
+            general(),
+            &RELAY,
+            keys(),
+            (log.len() as u64, &info),
+        )
+        .unwrap();
+        log.push(entry);
+        assert!(matches!(feed(&mut carol, &log)[..], [Ok(V2Event::Entered)]));
+        assert!(matches!(&feed(&mut alice, &log)[..], [Ok(V2Event::Commit(c))] if c.entry));
+        assert!(matches!(&feed(&mut bob, &log)[..], [Ok(V2Event::Commit(c))] if c.entry));
+        (alice, bob, carol, log)
+    }
+
+    #[test]
+    fn a_newcomer_gets_the_last_n_messages_from_the_first_share_and_members_ignore_it() {
+        let (mut alice, mut bob, mut carol, mut log) = carol_enters(3);
+        let (a, b) = (alice.identity.public(), bob.identity.public());
+        assert_eq!(
+            bodies_of(alice.kept_history()),
+            vec![(3, a, "a2"), (4, b, "b1"), (5, a, "a3")],
+            "her own messages too"
+        );
+        assert!(alice.share_wanted() && bob.share_wanted() && !carol.share_wanted());
+        assert!(carol.share_history(1).unwrap().is_empty(), "the newcomer has nothing to share");
+
+        let share = alice.share_history(9).unwrap();
+        assert_eq!(share.len(), 1);
+        assert!(!alice.share_wanted() && alice.share_history(9).unwrap().is_empty(), "once");
+        log.extend(share);
+        // Bob seals one too (he did not see alice's yet): it comes second and is ignored.
+        let late = bob.share_history(10).unwrap();
+        assert_eq!(late.len(), 1);
+        log.extend(late);
+
+        let events = feed(&mut carol, &log);
+        match &events[..] {
+            [Ok(V2Event::SharedHistory { by, messages }), Ok(V2Event::Skipped)] => {
+                assert_eq!(*by, a);
+                assert_eq!(bodies_of(messages), vec![(3, a, "a2"), (4, b, "b1"), (5, a, "a3")]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(carol.kept_history().len(), 3, "carol can share them onward");
+        assert!(
+            matches!(&feed(&mut bob, &log)[..], [Ok(V2Event::HistoryShared { by }), Ok(V2Event::Skipped)] if *by == a)
+        );
+        assert!(matches!(&feed(&mut alice, &log)[..], [Ok(V2Event::Skipped), Ok(V2Event::Skipped)]));
+
+        // After the next commit, a share is late and ignored.
+        log.push(bob.update().unwrap());
+        for room in [&mut alice, &mut bob, &mut carol] {
+            assert!(matches!(&feed(room, &log)[..], [Ok(V2Event::Commit(_))]));
+        }
+        assert!(!alice.share_wanted() && alice.share_history(11).unwrap().is_empty());
+        let parts = encode_share(11, 6, alice.kept_history()).unwrap();
+        let mls = alice.room.seal_message(&parts[0]).unwrap();
+        log.push(alice.wrap(Kind::Application, &mls).unwrap());
+        assert!(matches!(&feed(&mut carol, &log)[..], [Ok(V2Event::Skipped)]));
+    }
+
+    #[test]
+    fn a_share_never_shows_messages_from_the_newcomers_entry_on_nor_for_another_entry() {
+        let (_alice, mut bob, mut carol, mut log) = carol_enters(5);
+        let (a, b) = (PublicIdentity([1; 32]), bob.identity.public());
+        let shared = |seq: u64| SharedMessage { sender: a, seq, content: text("alice", &format!("m{seq}")) };
+        // A share for another entry's seq is ignored; then bob's, claiming messages at and
+        // after carol's entry (seq 6), shows only those before it.
+        for (entry_seq, seqs) in [(5, vec![2]), (6, vec![2, 6, 7])] {
+            let messages: Vec<_> = seqs.into_iter().map(shared).collect();
+            let parts = encode_share(1, entry_seq, &messages).unwrap();
+            let mls = bob.room.seal_message(&parts[0]).unwrap();
+            log.push(bob.wrap(Kind::Application, &mls).unwrap());
+        }
+        let events = feed(&mut carol, &log);
+        match &events[..] {
+            [Ok(V2Event::Skipped), Ok(V2Event::SharedHistory { by, messages })] => {
+                assert_eq!(*by, b);
+                assert_eq!(bodies_of(messages), vec![(2, a, "m2")]);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Malformed share bytes are refused.
+        let mut bad = encode_share(1, 6, &[shared(3)]).unwrap().remove(0);
+        bad[19] = 0;
+        let mls = bob.room.seal_message(&bad).unwrap();
+        log.push(bob.wrap(Kind::Application, &mls).unwrap());
+        assert!(matches!(&feed(&mut carol, &log)[..], [Err(V2Error::Share(_))]));
+    }
+
+    #[test]
+    fn with_sharing_off_nothing_is_kept_nor_sent() {
+        let (mut alice, mut bob, _carol, _log) = carol_enters(0);
+        assert!(alice.kept_history().is_empty() && alice.unread_own.is_empty());
+        assert!(!alice.share_wanted() && !bob.share_wanted());
+        assert!(alice.share_history(1).unwrap().is_empty() && bob.share_history(1).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_long_share_splits_into_envelopes_that_fit_and_arrive_in_order() {
+        let (mut alice, _bob, mut carol, mut log) = carol_enters(100);
+        let long = "y".repeat(chatroom_crypto::MAX_BODY_LEN);
+        for _ in 0..6 {
+            log.push(alice.send(&text("alice", &long)).unwrap());
+        }
+        feed(&mut alice, &log);
+        feed(&mut carol, &log);
+        // A second entry (dave), for which alice shares 10 messages, 6 of them long.
+        let info = alice.sealed_group_info().unwrap();
+        let (mut dave, entry) = V2Room::enter(
+            Identity::from_seed(&[4; 32]),
+            general(),
+            &RELAY,
+            split_master_v2(&[7; 32]),
+            (log.len() as u64, &info),
+        )
+        .unwrap();
+        log.push(entry);
+        feed(&mut alice, &log);
+        feed(&mut dave, &log);
+        let share = alice.share_history(1).unwrap();
+        assert!(share.len() >= 2, "{}", share.len());
+        log.extend(share);
+        let got: Vec<SharedMessage> = feed(&mut dave, &log)
+            .into_iter()
+            .flat_map(|e| match e {
+                Ok(V2Event::SharedHistory { messages, .. }) => messages,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(got.len(), 10);
+        assert_eq!(got, alice.kept_history().iter().filter(|m| m.seq < 13).cloned().collect::<Vec<_>>());
     }
 
     #[test]

@@ -562,3 +562,68 @@ async fn a_member_away_during_a_rotation_joins_with_the_new_password_and_reads_o
     assert_eq!(bob.handle.safety().await.ok_or("bob is no member")?.epoch, 1);
     relay.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newcomer_is_shown_the_last_messages_once_when_the_room_shares_history() -> TestResult {
+    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?];
+    let relay = relay(dirs[0].path()).await?;
+    // No random wait: both members share at once, so the second share, if any were shown,
+    // would come before their later messages.
+    let limits = V2Limits {
+        group_info_grace: Duration::from_millis(200),
+        share_delay: Duration::ZERO,
+        create_history_share: 3,
+        ..V2Limits::default()
+    };
+    let mut alice =
+        start_limited(config(&relay, "alice", dirs[1].path(), true), 1, PASSWORD, limits.clone()).await?;
+    alice.entered().await?;
+    let mut bob =
+        start_limited(config(&relay, "bob", dirs[2].path(), false), 2, PASSWORD, limits.clone()).await?;
+    bob.entered().await?;
+    alice.epoch(1).await?;
+    for body in ["one", "two", "three", "four"] {
+        alice.say(body).await?;
+        assert_eq!(bob.message().await?.body, body);
+    }
+    bob.say("five").await?;
+    assert_eq!(alice.message().await?.body, "five");
+
+    let mut carol =
+        start_limited(config(&relay, "carol", dirs[3].path(), false), 3, PASSWORD, limits).await?;
+    carol.entered().await?;
+    let (by, by_nick, messages) = carol
+        .until(|e| match e {
+            Event::Group(GroupEvent::SharedHistory { by, by_nick, messages }) => {
+                Some((*by, by_nick.clone(), messages.clone()))
+            }
+            _ => None,
+        })
+        .await?;
+    assert!(by == alice.me || by == bob.me, "shared by a member");
+    assert_eq!(
+        by_nick.map(|n| n.as_str().to_owned()),
+        Some(if by == alice.me { "alice" } else { "bob" }.into())
+    );
+    let got: Vec<(PublicIdentity, &str, bool)> =
+        messages.iter().map(|m| (m.sender, m.body.as_str(), m.history)).collect();
+    assert_eq!(got, vec![(alice.me, "three", true), (alice.me, "four", true), (bob.me, "five", true)]);
+    assert!(messages.windows(2).all(|w| w[0].seq < w[1].seq), "oldest first, with their seqs");
+
+    // Once: what the members say next reaches carol with no second share before it.
+    alice.say("after a").await?;
+    bob.say("after b").await?;
+    let (mut read, mut again) = (0, 0);
+    carol
+        .until(|e| {
+            match e {
+                Event::Group(GroupEvent::SharedHistory { .. }) => again += 1,
+                Event::Message(_) => read += 1,
+                _ => {}
+            }
+            (read == 2).then_some(())
+        })
+        .await?;
+    assert_eq!(again, 0, "a second share was shown");
+    relay.stop().await
+}

@@ -328,4 +328,15 @@ pub enum GroupEvent {
         /// It was this client's own rotation.
         own: bool,
     },
+    /// History a member shared with this client as a newcomer (draft section 10): messages
+    /// sent before it entered, oldest first, each shown once. Their senders, nicknames and
+    /// text are `by`'s claim, not signed by their senders: show them as shared by `by`.
+    SharedHistory {
+        /// The member who shared them, as MLS authenticated it.
+        by: PublicIdentity,
+        /// `by`'s nickname, if it is among the shared messages' senders.
+        by_nick: Option<Nick>,
+        /// The messages as `by` claims them (`history` is true).
+        messages: Vec<ChatMessage>,
+    },
 }

@@ -259,6 +259,10 @@ pub(super) struct Driver {
     rotation: Rotation,
     /// The longest random wait before publishing a stale GroupInfo.
     grace: Duration,
+    /// The longest random wait before sharing history with a newcomer, and when this
+    /// member's share is due.
+    share_delay: Duration,
+    share_due: Option<Instant>,
     /// Pacing under the relay's rate limit (`Limits::send_rate`), carried across reconnects.
     bucket: Option<TokenBucket>,
     /// The answer to a password rotation, given once its three items are sent.
@@ -268,7 +272,7 @@ pub(super) struct Driver {
 impl Driver {
     pub(super) fn new(
         config: Arc<SessionConfig>,
-        grace: Duration,
+        (grace, share_delay): (Duration, Duration),
         keys: Arc<V2Keys>,
         identity: Arc<Identity>,
         callbacks: Arc<dyn Callbacks>,
@@ -287,6 +291,8 @@ impl Driver {
         Ok(Self {
             bucket,
             grace,
+            share_delay,
+            share_due: None,
             keys,
             identity,
             callbacks,
@@ -358,7 +364,7 @@ impl Driver {
             Link::Waiting { until, .. } => wake = wake.min(*until),
             Link::Connecting { .. } => {}
         }
-        for at in [self.closing, self.info_due].into_iter().flatten() {
+        for at in [self.closing, self.info_due, self.share_due].into_iter().flatten() {
             wake = wake.min(at);
         }
         wake
@@ -465,6 +471,10 @@ impl Driver {
             self.info_due = None;
             self.core.refresh_group_info();
         }
+        if self.share_due.is_some_and(|due| now >= due) {
+            self.share_due = None;
+            self.core.share_history();
+        }
         // The time trigger of healing, checked at every wake (the keep-alive bounds the gap).
         self.core.maybe_heal(super::log::now_secs());
         self.pump(up).await
@@ -509,6 +519,13 @@ impl Driver {
             let grace = self.grace;
             let jitter = grace.mul_f64(f64::from(OsRng.next_u32()) / f64::from(u32::MAX));
             self.info_due = Some(Instant::now() + jitter);
+        }
+        // History for a newcomer: each member waits at random; a share read first cancels.
+        if !self.core.share_wanted() {
+            self.share_due = None;
+        } else if self.share_due.is_none() {
+            let jitter = self.share_delay.mul_f64(f64::from(OsRng.next_u32()) / f64::from(u32::MAX));
+            self.share_due = Some(Instant::now() + jitter);
         }
         self.save();
         Ok(())

@@ -18,6 +18,7 @@ use super::{RotateError, V2Limits, V2Safety};
 use crate::error::SessionError;
 use crate::session::{ChatMessage, Event, GroupEvent};
 use crate::v2::{V2Error, V2Event, V2Room};
+use crate::v2_history::{SharedMessage, MAX_HISTORY_SHARE};
 
 /// Something the driver must do.
 #[derive(Debug)]
@@ -241,9 +242,14 @@ impl Core {
     }
 
     fn create(&mut self) -> Result<(), SessionError> {
-        let (mut room, sealed) =
-            V2Room::create(self.copy_identity(), self.name.clone(), &self.relay_key, self.secrets.clone())
-                .map_err(|e| SessionError::Protocol(format!("cannot create the room's group: {e}")))?;
+        let (mut room, sealed) = V2Room::create_with_history_share(
+            self.copy_identity(),
+            self.name.clone(),
+            &self.relay_key,
+            self.secrets.clone(),
+            self.limits.create_history_share.min(MAX_HISTORY_SHARE as u16),
+        )
+        .map_err(|e| SessionError::Protocol(format!("cannot create the room's group: {e}")))?;
         room.raise_counter(now_micros());
         room.mark_committed(now_secs());
         self.room = Some(room);
@@ -611,7 +617,8 @@ impl Core {
                 }
                 self.emit(Event::Group(GroupEvent::PasswordRotated { generation, by, own: false }));
             }
-            Ok(V2Event::Skipped) => {}
+            Ok(V2Event::SharedHistory { by, messages }) => self.shared_history(by, messages),
+            Ok(V2Event::Skipped | V2Event::HistoryShared { .. }) => {}
             Err(e) if self.phase == Phase::Member => {
                 self.emit(Event::Group(GroupEvent::Refused { seq, reason: e.to_string() }));
             }
@@ -751,6 +758,52 @@ impl Core {
         } else {
             self.waiting.push_back((id, kind, body));
         }
+    }
+
+    /// Whether this member should share history with the current epoch's newcomer (once its
+    /// random wait is over): the room core's rule, while a member.
+    pub(super) fn share_wanted(&self) -> bool {
+        self.phase == Phase::Member && self.room.as_ref().is_some_and(V2Room::share_wanted)
+    }
+
+    /// Seals this member's history share for the current epoch's newcomer, once; its
+    /// envelopes are never sealed again in a later epoch.
+    pub(super) fn share_history(&mut self) {
+        let Some(room) = self.room.as_mut() else { return };
+        let now = now_micros();
+        room.raise_counter(now);
+        match room.share_history(now / 1000) {
+            Ok(envelopes) => {
+                for envelope in envelopes {
+                    let counter = counter_of(&envelope).unwrap_or(0);
+                    self.out.push(Action::Envelope { id: 0, counter, envelope });
+                }
+                self.dirty = true;
+            }
+            Err(e) => {
+                self.emit(Event::Warning(format!("cannot share the room's history with the newcomer: {e}")))
+            }
+        }
+    }
+
+    /// Shows history shared with this newcomer as `by`'s claim.
+    fn shared_history(&mut self, by: PublicIdentity, messages: Vec<SharedMessage>) {
+        let me = self.me();
+        let by_nick = messages.iter().rev().find(|m| m.sender == by).map(|m| m.content.nick.clone());
+        let messages = messages
+            .into_iter()
+            .map(|m| ChatMessage {
+                seq: m.seq,
+                history: true,
+                sender: m.sender,
+                from_me: m.sender == me,
+                nick: m.content.nick,
+                kind: m.content.kind,
+                body: m.content.body,
+                timestamp_ms: m.content.timestamp_ms,
+            })
+            .collect();
+        self.emit(Event::Group(GroupEvent::SharedHistory { by, by_nick, messages }));
     }
 
     fn seal(&mut self, id: u64, kind: ContentKind, body: String) {

@@ -48,6 +48,13 @@ pub struct V2Limits {
     pub heal_messages: u32,
     /// ... or after this long (draft: 24 h, plus up to 10 % at random); likewise capped.
     pub heal_after: Duration,
+    /// History for newcomers: after a newcomer's entry, a member waits a random delay up to
+    /// this long before it shares, unless another member's share is read first (draft
+    /// section 10: 5 s).
+    pub share_delay: Duration,
+    /// The room setting `history_share` given to a room this client creates (0 = off, at most
+    /// 100 kept and shared); ignored when entering an existing room.
+    pub create_history_share: u16,
 }
 
 impl Default for V2Limits {
@@ -59,6 +66,8 @@ impl Default for V2Limits {
             max_group_info: chatroom_group::MAX_SEALED_GROUP_INFO,
             heal_messages: DEFAULT_HEAL_MESSAGES,
             heal_after: DEFAULT_HEAL_AFTER,
+            share_delay: Duration::from_secs(5),
+            create_history_share: 0,
         }
     }
 }
@@ -110,7 +119,7 @@ impl V2Session {
     ) -> Result<V2Handle, SessionError> {
         let keys = Arc::new(V2Keys::new(password, config.room.clone(), params)?);
         let config = Arc::new(config);
-        let grace = limits.group_info_grace;
+        let grace = (limits.group_info_grace, limits.share_delay);
         let mut addr = 0;
         let mut first = loop {
             let resume = driver::Resume::First(limits.clone());
