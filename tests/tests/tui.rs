@@ -875,9 +875,20 @@ fn full_screen_ui_speaks_protocol_2() -> TestResult {
     let bob_code = bob_code.split("epoch 1 code: ").nth(1).ok_or("no code")?.trim().to_owned();
     assert!(screen.contains(&format!("epoch 1 code: {bob_code}")), "the same epoch code:\n{screen}");
 
-    // /who lists the members; /quit leaves cleanly.
+    // /who lists the members.
     tmux.type_line("/who")?;
     tmux.wait_for(&["members as the relay lists them (2)"])?;
+
+    // The owner rotates the password from the full screen; bob is told and stays.
+    let new_pw = alice_home.password_file("pw2", "another correct horse battery staple")?;
+    tmux.type_line(&format!("/rotate-password {}", new_pw.to_str().ok_or("path")?))?;
+    // The new password's Argon2id derivation runs first, slow in a debug build on a busy machine.
+    tmux.wait_for_within(&["(generation 1); the old one no longer enters"], Duration::from_secs(90))?;
+    bob.stderr.expect_within("rotated the room's password (generation 1)", Duration::from_secs(90))?;
+    bob.line("still here")?;
+    tmux.wait_for(&[&format!("<bob {bob_tag}> still here")])?;
+
+    // /quit leaves cleanly.
     tmux.type_line("/quit")?;
     tmux.wait_for_shell("exit=0")?;
     bob.close_stdin();
