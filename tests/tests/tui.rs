@@ -809,3 +809,89 @@ fn a_restart_shows_recent_context_before_the_unseen_messages() -> TestResult {
     assert!(order.windows(2).all(|w| w[0] < w[1]), "context, then the unseen:\n{screen}");
     Ok(())
 }
+
+#[test]
+fn full_screen_ui_speaks_protocol_2() -> TestResult {
+    let relay_dir = tempfile::tempdir()?;
+    let relay = Relay::start(relay_dir.path())?;
+    let (alice_home, bob_home) = (Home::new()?, Home::new()?);
+    let alice_pw = alice_home.password_file("pw", "correct horse battery staple")?;
+    let bob_pw = bob_home.password_file("pw", "correct horse battery staple")?;
+
+    let tmux = Tmux::start()?;
+    tmux.wait_for(&[PROMPT])?;
+    // Wide enough that no notice wraps.
+    tmux.run(&["resize-window", "-t", "chat", "-x", "220", "-y", "40"])?;
+    let command = format!(
+        "{chatroom} --protocol 2 --relay {relay} --room lobby --nick alice --create --password-file {pw} \
+         --data-dir {data} --config {config}; echo \"exit=$?\"",
+        chatroom = quoted(&bin("chatroom"))?,
+        relay = relay.address(),
+        pw = quoted(&alice_pw)?,
+        data = quoted(&alice_home.data_dir())?,
+        config = quoted(&alice_home.config())?,
+    );
+    tmux.type_line(&command)?;
+
+    // Alice created the room and its group, in the full screen (no fallback to line mode).
+    let screen = tmux.wait_for(&["| connected", "you entered the room's group (epoch", "room code: "])?;
+    assert_eq!(tmux.flag("alternate_on")?, "1", "full screen on the alternate screen");
+    assert!(!screen.contains("line mode instead"), "{screen}");
+    assert!(!screen.contains("| safety "), "protocol 1's safety code is not in the status bar:\n{screen}");
+
+    // Bob enters in line mode: alice's screen shows the epoch change with his key tag.
+    let mut bob = bob_home.spawn(
+        "bob",
+        &[
+            &relay.invite("lobby"),
+            "--protocol",
+            "2",
+            "--nick",
+            "bob",
+            "--password-file",
+            bob_pw.to_str().ok_or("path")?,
+        ],
+    )?;
+    bob.stderr.expect("you entered the room's group")?;
+    let (status, out, _) = bob_home.run(&["id"])?;
+    assert!(status.success());
+    let bob_tag: String = out.trim().replace(' ', "").chars().take(8).collect();
+    tmux.wait_for(&[&format!("member {bob_tag} entered the group (epoch 1)")])?;
+
+    // Messages both ways; bob's carry his key tag on alice's screen.
+    bob.line("hello from bob")?;
+    bob.line("/me waves")?;
+    tmux.wait_for(&[&format!("<bob {bob_tag}> hello from bob"), "* bob "])?;
+    tmux.type_line("hi bob")?;
+    bob.stdout.expect("> hi bob")?;
+    tmux.type_line("/me waves back")?;
+    bob.stdout.expect("* alice (")?;
+
+    // /safety shows the epoch code, the same as bob's.
+    tmux.type_line("/safety")?;
+    let screen = tmux.wait_for(&["epoch 1 code: ", "room code: "])?;
+    bob.line("/safety")?;
+    let bob_code = bob.stderr.expect("epoch 1 code: ")?;
+    let bob_code = bob_code.split("epoch 1 code: ").nth(1).ok_or("no code")?.trim().to_owned();
+    assert!(screen.contains(&format!("epoch 1 code: {bob_code}")), "the same epoch code:\n{screen}");
+
+    // /who lists the members.
+    tmux.type_line("/who")?;
+    tmux.wait_for(&["members as the relay lists them (2)"])?;
+
+    // The owner rotates the password from the full screen; bob is told and stays.
+    let new_pw = alice_home.password_file("pw2", "another correct horse battery staple")?;
+    tmux.type_line(&format!("/rotate-password {}", new_pw.to_str().ok_or("path")?))?;
+    // The new password's Argon2id derivation runs first, slow in a debug build on a busy machine.
+    tmux.wait_for_within(&["(generation 1); the old one no longer enters"], Duration::from_secs(90))?;
+    bob.stderr.expect_within("rotated the room's password (generation 1)", Duration::from_secs(90))?;
+    bob.line("still here")?;
+    tmux.wait_for(&[&format!("<bob {bob_tag}> still here")])?;
+
+    // /quit leaves cleanly.
+    tmux.type_line("/quit")?;
+    tmux.wait_for_shell("exit=0")?;
+    bob.close_stdin();
+    assert!(bob.wait()?.success());
+    Ok(())
+}

@@ -119,13 +119,20 @@ async fn prepare(cli: &Cli, paths: &Paths) -> Result<Prepared, AppError> {
 pub(crate) async fn run(cli: Cli, paths: Paths) -> Result<(), AppError> {
     let mut p = prepare(&cli, &paths).await?;
     let chat = &cli.chat;
-    if p.protocol == 2 {
-        return crate::chat_v2::run(p, chat).await;
-    }
     if crate::tui::wanted(chat.plain) {
         p.config.limits.context_on_start = crate::tui::RECENT_CONTEXT;
+        let v2_limits = crate::chat_v2::limits(chat, &p.config_file);
+        let protocol = match p.protocol {
+            2 => crate::tui::Protocol::V2 {
+                limits: v2_limits.clone(),
+                password: Arc::new(Zeroizing::new(p.password.as_bytes().to_vec())),
+            },
+            _ => crate::tui::Protocol::V1,
+        };
         let start = crate::tui::Start {
             config: p.config,
+            protocol,
+            v2_limits,
             keys: p.keys,
             identity: p.identity,
             relay_label: p.relay_label,
@@ -138,6 +145,9 @@ pub(crate) async fn run(cli: Cli, paths: Paths) -> Result<(), AppError> {
             config_file: p.config_file,
         };
         return crate::tui::run(start).await;
+    }
+    if p.protocol == 2 {
+        return crate::chat_v2::run(p, chat).await;
     }
     let ui = Arc::new(PlainUi::new(p.relay_label.clone(), chat.plain, chat.no_history));
     let handle = start_plain(&mut p, &ui).await?;

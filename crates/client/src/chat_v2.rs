@@ -111,9 +111,6 @@ fn start_error(e: SessionError) -> AppError {
 
 pub(crate) async fn run(mut p: Prepared, chat: &ChatArgs) -> Result<(), AppError> {
     let ui = Arc::new(PlainUi::new(p.relay_label.clone(), chat.plain, chat.no_history).for_protocol_2());
-    if crate::tui::wanted(chat.plain) {
-        ui.notice("the full-screen UI does not speak protocol 2 yet: line mode instead");
-    }
     let limits = limits(chat, &p.config_file);
     let handle = start(&mut p, &ui, limits).await?;
     drop(p.password);
@@ -126,7 +123,7 @@ pub(crate) async fn run(mut p: Prepared, chat: &ChatArgs) -> Result<(), AppError
 
 /// The driver's limits: healing as the flags say, else the config file, else the defaults
 /// (both already checked: at least 1 message, 1 to 8760 hours).
-fn limits(chat: &ChatArgs, file: &Config) -> V2Limits {
+pub(crate) fn limits(chat: &ChatArgs, file: &Config) -> V2Limits {
     let defaults = V2Limits::default();
     let messages = chat.heal_messages.or(file.heal_messages).unwrap_or(defaults.heal_messages);
     let heal_after = match chat.heal_hours.or(file.heal_hours) {

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use crate::commands::{parse_line, Command, Input as Line, COMMAND_NAMES, HELP};
 use crate::config::Bell;
 use chatroom_session::crypto::{ContentKind, KdfParams, Nick, PresenceEvent, PublicIdentity, MAX_BODY_LEN};
-use chatroom_session::display::neutralize;
-use chatroom_session::session::{ConnState, Event, KdfProgress, MemberInfo};
+use chatroom_session::display::{key_tag, neutralize};
+use chatroom_session::session::{ConnState, Event, GroupEvent, KdfProgress, MemberInfo};
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseEvent, MouseEventKind};
 
 use super::editor::LineEditor;
@@ -97,6 +97,10 @@ pub(crate) enum Action {
     Whois(Nick),
     /// Show the invite URL.
     Invite,
+    /// Show the codes to compare (protocol 2 asks the session for the epoch code).
+    Safety,
+    /// Protocol 2, owner only: rotate the room's password to the one in the file.
+    RotatePassword(std::path::PathBuf),
     /// Join another room in a new window.
     Join(String),
     /// Leave this window's room.
@@ -230,6 +234,9 @@ pub(crate) struct App {
     pub(crate) windows: String,
     /// Nicknames whose messages are hidden (lower case), until the client ends.
     ignored: std::collections::HashSet<String>,
+    /// The room speaks protocol 2: messages show the sender's key tag, `/safety` asks the
+    /// session for the epoch code.
+    v2: bool,
     clock: Clock,
     now_ms: fn() -> u64,
 }
@@ -286,6 +293,7 @@ impl App {
             ring: false,
             owner_to_name: None,
             paste: None,
+            v2: false,
             ignored: std::collections::HashSet::new(),
             topic: None,
             owner_is_me: false,
@@ -399,6 +407,11 @@ impl App {
     /// Whether something on screen changes with time alone (spinner, countdown).
     pub(crate) fn animating(&self) -> bool {
         matches!(self.conn, Conn::Deriving { .. } | Conn::Reconnecting { .. } | Conn::Leaving)
+    }
+
+    /// Marks the room as a protocol 2 room.
+    pub(crate) fn set_protocol_2(&mut self) {
+        self.v2 = true;
     }
 
     /// Sets the highlight words (besides our nickname) and when a mention rings the bell.
@@ -535,10 +548,13 @@ impl App {
     /// The notices of a first join: who owns the room, the safety code, where help is.
     fn joined_notices(&mut self, owner: &str) {
         self.notice(NoticeKind::Info, owner);
-        self.notice(
-            NoticeKind::Info,
-            "compare the safety code (status bar, /safety) with the other members out of band",
-        );
+        // Protocol 2 said which code to compare (the epoch code, `/safety`) with the room code.
+        if !self.v2 {
+            self.notice(
+                NoticeKind::Info,
+                "compare the safety code (status bar, /safety) with the other members out of band",
+            );
+        }
         self.notice(NoticeKind::Info, "type /help for commands and keys");
     }
 
@@ -584,8 +600,28 @@ impl App {
 
     /// Applies a session event.
     pub(crate) fn on_event(&mut self, event: Event) {
+        if self.v2 {
+            if let Some(line) = crate::event_text::v2_joined_line(&event, &self.relay) {
+                // The room code and the hint that the epoch code is the one to compare.
+                let text = line.lines().skip(1).map(|l| l.trim_start_matches("-!- ")).collect::<Vec<_>>();
+                self.notice(NoticeKind::Info, &text.join("\n"));
+            }
+        }
         let line = event_line(&event, &self.relay);
         match event {
+            Event::Group(GroupEvent::SharedHistory { by, by_nick, messages }) => {
+                let (notice, lines) =
+                    crate::event_text::shared_history_lines(&by, by_nick.as_ref(), &messages);
+                self.notice(NoticeKind::Info, &notice);
+                for line in lines {
+                    self.notice(NoticeKind::Info, &line);
+                }
+            }
+            Event::Group(GroupEvent::Refused { .. }) => {
+                if let Some(line) = line {
+                    self.alert(line.strip_prefix("warning: ").unwrap_or(&line));
+                }
+            }
             Event::State(state) => self.on_state(state),
             Event::KeyDerivation(progress) => self.on_key_derivation(progress, line),
             Event::Joined { safety_code, relay_fingerprint, rejoin, owner, created, owner_is_me, .. } => {
@@ -660,7 +696,8 @@ impl App {
     ) {
         self.owner = Some(owner);
         self.owner_is_me = owner_is_me;
-        self.safety_code = Some(neutralize(safety_code));
+        // Protocol 2's room code shows no fork: the status bar keeps to protocol 1's code.
+        self.safety_code = (!self.v2).then(|| neutralize(safety_code));
         self.relay_fingerprint = Some(neutralize(relay_fingerprint));
         self.history_seen = 0;
         if rejoin {
@@ -713,9 +750,14 @@ impl App {
         if !m.history {
             self.arrived(mention);
         }
+        // Protocol 2: the key tag MLS authenticated, beside the nickname (which is not pinned).
+        let nick = match self.v2 {
+            true => format!("{} {}", neutralize(m.nick.as_str()), key_tag(&m.sender)),
+            false => neutralize(m.nick.as_str()),
+        };
         self.push(
             Body::Message {
-                nick: neutralize(m.nick.as_str()),
+                nick,
                 text: neutralize(&m.body),
                 action: m.kind == ContentKind::Action,
                 history: m.history,
@@ -773,6 +815,7 @@ impl App {
                     self.help();
                     Action::None
                 }
+                Command::Safety if self.v2 => Action::Safety,
                 Command::Safety => {
                     match (&self.safety_code, &self.relay_fingerprint) {
                         (Some(code), Some(fp)) => {
@@ -792,6 +835,11 @@ impl App {
                 Command::Me(text) => {
                     let entry = self.own_message(ContentKind::Action, &text);
                     Action::Send { kind: ContentKind::Action, text, entry }
+                }
+                // Protocol 2 answers with the member list, each member with its key tag.
+                Command::Whois(nick) if self.v2 => {
+                    self.who_asked = true;
+                    Action::Whois(nick)
                 }
                 Command::Whois(nick) => Action::Whois(nick),
                 Command::Invite => Action::Invite,
@@ -820,11 +868,11 @@ impl App {
                 Command::Kick(nick) => Action::Kick(nick),
                 Command::Ban(nick) => Action::Ban(nick),
                 Command::Unban(nick) => Action::Unban(nick),
+                Command::RotatePassword(file) if self.v2 => Action::RotatePassword(file),
                 Command::RotatePassword(_) => {
                     self.notice(
                         NoticeKind::Error,
-                        "/rotate-password is for protocol 2 rooms, in line mode (chatroom --protocol 2); nothing \
-                         was done",
+                        "/rotate-password is for protocol 2 rooms (chatroom --protocol 2); nothing was done",
                     );
                     Action::None
                 }
@@ -1132,6 +1180,41 @@ mod tests {
         assert!(texts[0].starts_with("not joined yet"), "{texts:?}");
         assert!(texts.contains(&"safety code: 04821 99310 12345 67890 11111".to_owned()), "{texts:?}");
         assert!(texts.contains(&format!("relay fingerprint: {}", "ab".repeat(32))), "{texts:?}");
+    }
+
+    #[test]
+    fn a_protocol_2_room_tags_senders_and_asks_the_session_for_the_codes() {
+        let mut app = app();
+        app.set_protocol_2();
+        app.on_event(Event::Message(chatroom_session::session::ChatMessage {
+            seq: 1,
+            history: false,
+            sender: PublicIdentity([0xb0; 32]),
+            nick: Nick::new("bob").unwrap(),
+            from_me: false,
+            kind: ContentKind::Text,
+            body: "hi".into(),
+            timestamp_ms: 0,
+        }));
+        assert!(
+            matches!(&app.entries().last().unwrap().body, Body::Message { nick, .. } if nick == "bob b0b0b0b0"),
+            "the key tag beside the nickname"
+        );
+        assert_eq!(type_line(&mut app, "/safety"), Action::Safety);
+        assert_eq!(type_line(&mut app, "/rotate-password /tmp/pw"), Action::RotatePassword("/tmp/pw".into()));
+        app.on_event(Event::Group(GroupEvent::Commit {
+            epoch: 1,
+            committer: PublicIdentity([0xb0; 32]),
+            entry: true,
+            removed: vec![],
+            own: false,
+        }));
+        assert!(matches!(
+            &app.entries().last().unwrap().body,
+            Body::Notice { kind: NoticeKind::Info, text } if text == "member b0b0b0b0 entered the group (epoch 1)"
+        ));
+        let mut v1 = self::app();
+        assert_eq!(type_line(&mut v1, "/rotate-password /tmp/pw"), Action::None);
     }
 
     #[test]

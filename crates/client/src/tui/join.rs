@@ -9,6 +9,9 @@ use std::sync::Arc;
 use crate::config::{read_password_file, Config};
 use chatroom_session::crypto::{RoomName, Zeroizing};
 use chatroom_session::session::{RoomKeyCache, SessionConfig};
+use chatroom_session::v2_session::V2Limits;
+
+use super::window::Protocol;
 use chatroom_session::trust::RelayPin;
 
 use crate::app_error::AppError;
@@ -23,14 +26,17 @@ pub(crate) struct Joining {
     pub(crate) keys: Arc<RoomKeyCache>,
     /// The relay as shown.
     pub(crate) relay_label: String,
+    /// Its protocol version (the saved room's `protocol`, else 1).
+    pub(crate) protocol: Protocol,
 }
 
 /// Resolves `target` (an invite or a saved room's name) against the config file; `base` is
 /// the first room's configuration; `ask` asks for the password of a room without a password
-/// file.
+/// file; `v2_limits` are those of a protocol 2 room.
 pub(crate) fn prepare(
     target: &str,
     base: &SessionConfig,
+    v2_limits: &V2Limits,
     config_file: &Config,
     config_path: &Path,
     ask: impl FnOnce(&RoomName) -> Result<Zeroizing<String>, AppError>,
@@ -51,6 +57,13 @@ pub(crate) fn prepare(
     }
     let keys =
         Arc::new(RoomKeyCache::new(Zeroizing::new(password.as_bytes().to_vec()), room.clone(), target.kdf)?);
+    let protocol = match target.protocol {
+        Some(2) => Protocol::V2 {
+            limits: v2_limits.clone(),
+            password: Arc::new(Zeroizing::new(password.as_bytes().to_vec())),
+        },
+        _ => Protocol::V1,
+    };
     let (expected, expected_source) = match target.fingerprint {
         Some((key, source)) => (Some(key), source),
         None => (None, String::new()),
@@ -70,5 +83,5 @@ pub(crate) fn prepare(
         data_dir: base.data_dir.clone(),
         limits: base.limits.clone(),
     };
-    Ok(Joining { config, keys, relay_label })
+    Ok(Joining { config, keys, relay_label, protocol })
 }

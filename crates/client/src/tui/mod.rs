@@ -1,7 +1,8 @@
 //! The full-screen terminal UI, used when stdin and stdout are terminals and `--plain` is not
 //! given. It runs the same protocol core as the line mode: session events go to the `App`
-//! state, keys become actions on the `SessionHandle`, and the screen is redrawn after each
-//! batch of events.
+//! state, keys become actions on the session's handle (protocol 1's `SessionHandle` or
+//! protocol 2's `V2Handle`, one `window::Handle`), and the screen is redrawn after each batch
+//! of events.
 
 mod app;
 #[cfg(test)]
@@ -25,7 +26,7 @@ use crate::passphrase;
 use chatroom_session::crypto::{ErrorCode, Identity, RoomName, Zeroizing};
 use chatroom_session::display::neutralize;
 use chatroom_session::error::SessionError;
-use chatroom_session::session::{Event, RoomKeyCache, SessionConfig, SessionEnd, SessionHandle};
+use chatroom_session::session::{Event, RoomKeyCache, SessionConfig, SessionEnd};
 use crossterm::event::Event as TermEvent;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
@@ -33,7 +34,8 @@ use tokio::sync::mpsc;
 use self::app::{Action, App, Conn};
 use self::entry::NoticeKind;
 use self::terminal::{Screen, TermRead};
-use self::window::{activity, link_event, start_session, Link, LinkEvent, Window, MAX_WINDOWS};
+pub(crate) use self::window::Protocol;
+use self::window::{activity, link_event, start_session, Handle, Link, LinkEvent, Window, MAX_WINDOWS};
 use crate::app_error::AppError;
 use crate::flow::FLUSH_ON_EXIT;
 use crate::prompt::Input;
@@ -62,6 +64,10 @@ pub(crate) fn wanted(plain: bool) -> bool {
 pub(crate) struct Start {
     /// The session's configuration.
     pub(crate) config: SessionConfig,
+    /// The room's protocol version.
+    pub(crate) protocol: Protocol,
+    /// The limits of protocol 2 rooms joined with `/join`.
+    pub(crate) v2_limits: chatroom_session::v2_session::V2Limits,
     /// The room password's key cache.
     pub(crate) keys: Arc<RoomKeyCache>,
     /// Our identity.
@@ -177,13 +183,17 @@ impl Windows {
         mut app: App,
         config: SessionConfig,
         keys: Arc<RoomKeyCache>,
+        protocol: Protocol,
         identity: &Arc<Identity>,
     ) {
         let id = self.next_id;
         self.next_id += 1;
-        let link = Link::new(start_session(&config, &keys, identity, &self.events, id));
+        let link = Link::new(start_session(&config, &keys, &protocol, identity, &self.events, id));
+        if matches!(protocol, Protocol::V2 { .. }) {
+            app.set_protocol_2();
+        }
         app.set_active(false);
-        self.list.push(Window { id, app, link, config, keys });
+        self.list.push(Window { id, app, link, config, keys, protocol });
     }
 
     /// Shows window `i`, if there is one.
@@ -209,7 +219,7 @@ impl Windows {
 async fn started(
     windows: &mut Windows,
     i: usize,
-    result: Result<SessionHandle, SessionError>,
+    result: Result<Handle, SessionError>,
     screen: &mut Screen,
     start: &mut Start,
 ) -> Result<(), AppError> {
@@ -232,7 +242,14 @@ async fn started(
             }
             start.config.create = true;
             w.config.create = true;
-            w.link = Link::new(start_session(&w.config, &w.keys, &start.identity, &windows.events, w.id));
+            w.link = Link::new(start_session(
+                &w.config,
+                &w.keys,
+                &w.protocol,
+                &start.identity,
+                &windows.events,
+                w.id,
+            ));
         }
         // The first connection of the first room failed: leave and print why.
         Err(e) if i == 0 && only => return Err(e.into()),
@@ -251,9 +268,10 @@ fn join(windows: &mut Windows, target: &str, screen: &mut Screen, start: &mut St
     }
     let base = windows.list[0].config.clone();
     let input = &mut start.input;
-    let prepared = join::prepare(target, &base, &start.config_file, &start.config_path, |room| {
-        ask_password(screen, input, room)
-    });
+    let prepared =
+        join::prepare(target, &base, &start.v2_limits, &start.config_file, &start.config_path, |room| {
+            ask_password(screen, input, room)
+        });
     let joining = match prepared {
         Ok(j) => j,
         Err(e) => {
@@ -269,7 +287,7 @@ fn join(windows: &mut Windows, target: &str, screen: &mut Screen, start: &mut St
     }
     let mut app = App::new(&joining.relay_label, joining.config.room.as_str(), joining.config.nick.as_str());
     app.set_alerts(&start.highlight, start.bell);
-    windows.open(app, joining.config, joining.keys, &start.identity);
+    windows.open(app, joining.config, joining.keys, joining.protocol, &start.identity);
     windows.show(windows.list.len() - 1);
 }
 
@@ -365,7 +383,7 @@ fn first_window(start: &Start, events: mpsc::UnboundedSender<(u64, Event)>) -> W
     if start.config.create {
         weak_password_notice(&mut app, start);
     }
-    windows.open(app, start.config.clone(), start.keys.clone(), &start.identity);
+    windows.open(app, start.config.clone(), start.keys.clone(), start.protocol.clone(), &start.identity);
     windows.show(0);
     windows
 }
@@ -506,7 +524,7 @@ async fn leave(
     mut events: mpsc::UnboundedReceiver<(u64, Event)>,
     id: u64,
     app: &mut App,
-    handle: SessionHandle,
+    handle: Handle,
 ) -> Result<(), AppError> {
     let flush = if app.offline() { Duration::ZERO } else { FLUSH_ON_EXIT };
     app.conn = Conn::Leaving;

@@ -7,12 +7,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use chatroom_session::crypto::{ContentKind, Identity};
+use chatroom_session::crypto::{ContentKind, Identity, Zeroizing};
 use chatroom_session::error::SessionError;
 use chatroom_session::session::{
-    Callbacks, Event, RoomKeyCache, Session, SessionConfig, SessionEnd, SessionHandle,
+    Callbacks, Event, RoomKeyCache, SendError, Session, SessionConfig, SessionEnd, SessionHandle,
 };
+use chatroom_session::v2_session::{V2Handle, V2Limits, V2Session};
 use tokio::sync::mpsc;
+
+use crate::chat::ChatHandle;
+use crate::commands::Command;
 
 use super::app::{Action, App};
 use super::entry::NoticeKind;
@@ -21,12 +25,96 @@ use super::entry::NoticeKind;
 pub(crate) const MAX_WINDOWS: usize = 9;
 
 /// A session being started.
-pub(crate) type Starting = Pin<Box<dyn Future<Output = Result<SessionHandle, SessionError>> + Send>>;
+pub(crate) type Starting = Pin<Box<dyn Future<Output = Result<Handle, SessionError>> + Send>>;
+
+/// A room's protocol version, with what a protocol 2 session needs to start.
+#[derive(Clone)]
+pub(crate) enum Protocol {
+    /// Protocol 1: the room key cache is all it needs.
+    V1,
+    /// Protocol 2 (MLS): the driver's limits and the room password, from which the session
+    /// derives the room's v2 secrets.
+    V2 {
+        /// The driver's limits.
+        limits: V2Limits,
+        /// The room password.
+        password: Arc<Zeroizing<Vec<u8>>>,
+    },
+}
+
+/// A window's running session, whichever the protocol version: the UI's counterpart of line
+/// mode's `ChatHandle`, so the window logic exists once.
+pub(crate) enum Handle {
+    /// Protocol 1.
+    V1(SessionHandle),
+    /// Protocol 2.
+    V2(V2Handle),
+}
+
+impl Handle {
+    /// Queues a message; its id comes back in `Event::Sent` or `Event::SendFailed`.
+    pub(crate) async fn send(&mut self, kind: ContentKind, body: &str) -> Result<u64, SendError> {
+        match self {
+            Self::V1(h) => h.send(kind, body).await,
+            Self::V2(h) => h.send(kind, body).await,
+        }
+    }
+
+    /// The relay's fingerprint, as pinned.
+    pub(crate) fn relay_fingerprint(&self) -> &str {
+        match self {
+            Self::V1(h) => h.relay_fingerprint(),
+            Self::V2(h) => h.relay_fingerprint(),
+        }
+    }
+
+    /// Sends `/who`, `/whois`, `/kick`, `/ban` or `/unban` to the relay.
+    async fn command(&mut self, command: Command) -> Result<(), SendError> {
+        match self {
+            Self::V1(h) => ChatHandle::command(h, command).await,
+            Self::V2(h) => ChatHandle::command(h, command).await,
+        }
+    }
+
+    /// The lines `/safety` shows: the safety code (protocol 1), or the room code and the
+    /// epoch code (protocol 2); then the relay's fingerprint.
+    async fn safety(&self) -> Vec<String> {
+        match self {
+            Self::V1(h) => ChatHandle::safety(h).await,
+            Self::V2(h) => ChatHandle::safety(h).await,
+        }
+    }
+
+    /// `/rotate-password FILE`: the lines to show, or why nothing was done.
+    async fn rotate_password_from(&mut self, file: &std::path::Path) -> Result<Vec<String>, String> {
+        match self {
+            Self::V1(h) => ChatHandle::rotate_password_from(h, file).await,
+            Self::V2(h) => ChatHandle::rotate_password_from(h, file).await,
+        }
+    }
+
+    /// Waits until the session ends on its own. Cancel-safe.
+    pub(crate) async fn ended(&mut self) -> SessionEnd {
+        match self {
+            Self::V1(h) => h.ended().await,
+            Self::V2(h) => h.ended().await,
+        }
+    }
+
+    /// Closes the session after flushing.
+    pub(crate) async fn close(self, flush: std::time::Duration) -> SessionEnd {
+        match self {
+            Self::V1(h) => h.close(flush).await,
+            Self::V2(h) => h.close(flush).await,
+        }
+    }
+}
 
 /// Starts the session of a room; its events reach the event loop tagged with `id`.
 pub(crate) fn start_session(
     config: &SessionConfig,
     keys: &Arc<RoomKeyCache>,
+    protocol: &Protocol,
     identity: &Arc<Identity>,
     events: &mpsc::UnboundedSender<(u64, Event)>,
     id: u64,
@@ -37,7 +125,20 @@ pub(crate) fn start_session(
     let callbacks: Arc<dyn Callbacks> = Arc::new(move |event: Event| {
         let _ = tx.send((id, event));
     });
-    Box::pin(Session::start(config.clone(), keys.clone(), identity.clone(), callbacks))
+    let (config, identity) = (config.clone(), identity.clone());
+    match protocol {
+        Protocol::V1 => {
+            let keys = keys.clone();
+            Box::pin(async move { Session::start(config, keys, identity, callbacks).await.map(Handle::V1) })
+        }
+        Protocol::V2 { limits, password } => {
+            let (limits, params) = (limits.clone(), keys.params());
+            let password = Zeroizing::new(password.to_vec());
+            Box::pin(async move {
+                V2Session::start(config, limits, password, params, identity, callbacks).await.map(Handle::V2)
+            })
+        }
+    }
 }
 
 /// One room: its UI state, its session, and what it was started with.
@@ -52,6 +153,8 @@ pub(crate) struct Window {
     pub(crate) config: SessionConfig,
     /// Its room key cache.
     pub(crate) keys: Arc<RoomKeyCache>,
+    /// Its protocol version.
+    pub(crate) protocol: Protocol,
 }
 
 /// The session side of a window: starting, running, or ended.
@@ -59,7 +162,7 @@ pub(crate) struct Link {
     /// The first join, while it runs.
     pub(crate) pending_start: Option<Starting>,
     /// The running session.
-    pub(crate) handle: Option<SessionHandle>,
+    pub(crate) handle: Option<Handle>,
     /// Lines typed before the first join: sent once the session runs.
     pub(crate) queued: Vec<(ContentKind, String, u64)>,
     /// Why the session ended for good, to print after leaving.
@@ -105,7 +208,7 @@ impl Link {
     }
 
     /// The first join succeeded: send what was typed meanwhile.
-    pub(crate) async fn joined(&mut self, handle: SessionHandle, app: &mut App) {
+    pub(crate) async fn joined(&mut self, handle: Handle, app: &mut App) {
         self.handle = Some(handle);
         for message in std::mem::take(&mut self.queued) {
             self.send(app, message).await;
@@ -131,28 +234,46 @@ impl Link {
             Action::Invite => match &self.handle {
                 Some(h) => {
                     let url = crate::flow::invite_url(h.relay_fingerprint(), config, keys);
-                    let text = format!("invite: {url} (it holds no password: give that separately)");
+                    let v2 =
+                        if matches!(h, Handle::V2(_)) { "; protocol 2: join with --protocol 2" } else { "" };
+                    let text = format!("invite: {url} (it holds no password: give that separately{v2})");
                     app.notice(NoticeKind::Info, &text);
                 }
                 None => app.notice(NoticeKind::Error, "not joined yet; the invite is shown once joined"),
             },
             Action::Who | Action::Whois(_) | Action::Kick(_) | Action::Ban(_) | Action::Unban(_) => {
-                let Some(h) = &self.handle else {
+                let Some(h) = &mut self.handle else {
                     app.notice(NoticeKind::Error, "error: not joined; the command was not sent");
                     return;
                 };
-                let sent = match action {
-                    Action::Who => h.who().await,
-                    Action::Whois(nick) => h.whois(nick).await,
-                    Action::Kick(nick) => h.kick(nick).await,
-                    Action::Ban(nick) => h.ban(nick).await,
-                    Action::Unban(nick) => h.unban(nick).await,
-                    _ => Ok(()),
+                let command = match action {
+                    Action::Whois(nick) => Command::Whois(nick),
+                    Action::Kick(nick) => Command::Kick(nick),
+                    Action::Ban(nick) => Command::Ban(nick),
+                    Action::Unban(nick) => Command::Unban(nick),
+                    _ => Command::Who,
                 };
-                if let Err(e) = sent {
+                if let Err(e) = h.command(command).await {
                     app.notice(NoticeKind::Error, &format!("error: {e}"));
                 }
             }
+            Action::Safety => match &self.handle {
+                Some(h) => {
+                    let lines = h.safety().await;
+                    app.notice(NoticeKind::Info, &lines.join("\n"));
+                }
+                None => app.notice(NoticeKind::Info, "not joined yet; the codes are shown once joined"),
+            },
+            Action::RotatePassword(file) => match &mut self.handle {
+                Some(h) => match h.rotate_password_from(&file).await {
+                    Ok(lines) => app.notice(NoticeKind::Info, &lines.join("\n")),
+                    Err(e) => app.notice(NoticeKind::Error, &format!("error: {e}")),
+                },
+                None => app.notice(
+                    NoticeKind::Error,
+                    "error: not joined; the password was not changed (try again once joined)",
+                ),
+            },
             _ => {}
         }
     }
@@ -161,7 +282,7 @@ impl Link {
 /// Something happened to one window's session.
 pub(crate) enum LinkEvent {
     /// The first join of window `.0` finished.
-    Started(usize, Result<SessionHandle, SessionError>),
+    Started(usize, Result<Handle, SessionError>),
     /// The session of window `.0` ended on its own.
     Ended(usize, SessionEnd),
 }
