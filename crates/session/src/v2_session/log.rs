@@ -16,7 +16,8 @@ use rand_core::RngCore;
 
 use super::{RotateError, V2Limits, V2Safety};
 use crate::error::SessionError;
-use crate::session::{ChatMessage, Event, GroupEvent};
+use crate::session::{ChatMessage, Event, GroupEvent, Rejected};
+use crate::trust::MAX_PINS;
 use crate::v2::{V2Error, V2Event, V2Room};
 use crate::v2_history::{SharedMessage, MAX_HISTORY_SHARE};
 
@@ -175,6 +176,20 @@ impl Core {
 
     fn me(&self) -> PublicIdentity {
         self.identity.public()
+    }
+
+    /// A delivered message as the client shows it, under its MLS-authenticated sender.
+    fn chat_message(&self, seq: u64, history: bool, sender: PublicIdentity, content: Content) -> ChatMessage {
+        ChatMessage {
+            seq,
+            history,
+            sender,
+            from_me: sender == self.me(),
+            nick: content.nick,
+            kind: content.kind,
+            body: content.body,
+            timestamp_ms: content.timestamp_ms,
+        }
     }
 
     fn copy_identity(&self) -> Identity {
@@ -570,16 +585,20 @@ impl Core {
         self.dirty = true;
         match event {
             Ok(V2Event::Message { sender, content, seq }) => {
-                self.emit(Event::Message(ChatMessage {
-                    seq,
-                    history,
-                    sender,
-                    from_me: sender == self.me(),
-                    nick: content.nick,
-                    kind: content.kind,
-                    body: content.body,
-                    timestamp_ms: content.timestamp_ms,
-                }));
+                // As v1: a nickname that looks like another pinned one is flagged first.
+                if let Some(like) = self.room.as_ref().and_then(|r| r.look_alike(&content.nick)) {
+                    self.emit(Event::LookAlike { nick: content.nick.clone(), sender, like });
+                }
+                let message = self.chat_message(seq, history, sender, content);
+                self.emit(Event::Message(message));
+            }
+            Ok(V2Event::NickMismatch { sender, content, seq, pinned }) => {
+                let message = self.chat_message(seq, history, sender, content);
+                self.emit(Event::Rejected(Rejected::NickMismatch { message, pinned }));
+            }
+            Ok(V2Event::Unpinned { sender, content, seq }) => {
+                let message = self.chat_message(seq, history, sender, content);
+                self.emit(Event::Rejected(Rejected::Unpinned { message, max: MAX_PINS }));
             }
             Ok(V2Event::Commit(summary)) => self.on_commit(seq, summary),
             Ok(V2Event::Entered) => {
