@@ -16,7 +16,7 @@ use rand_core::RngCore;
 
 use super::{RotateError, V2Limits, V2Safety};
 use crate::error::SessionError;
-use crate::session::{ChatMessage, Event, GroupEvent, Rejected};
+use crate::session::{ChatMessage, Event, GroupEvent, Rejected, Whois};
 use crate::trust::MAX_PINS;
 use crate::v2::{V2Error, V2Event, V2Room};
 use crate::v2_history::{SharedMessage, MAX_HISTORY_SHARE};
@@ -215,6 +215,26 @@ impl Core {
         match (&self.room, self.phase) {
             (Some(room), Phase::Member | Phase::Entering) => room.cursor(),
             _ => 0,
+        }
+    }
+
+    /// What `/whois` shows: the key `nick`'s messages were pinned to (MLS authenticated), and
+    /// a pinned look-alike. The relay's list is not kept in protocol 2.
+    pub(super) fn whois(&self, nick: Nick) -> Whois {
+        let room = self.room.as_ref();
+        Whois {
+            pinned: room.and_then(|r| r.pinned(&nick)),
+            listed: None,
+            look_alike: room.and_then(|r| r.look_alike(&nick)),
+            nick,
+        }
+    }
+
+    /// What the relay claims about `nick` and `identity` (presence, member list), compared
+    /// with the pins, which it never changes: a mismatch is reported as in v1.
+    pub(super) fn check_claim(&mut self, nick: &Nick, identity: &PublicIdentity) {
+        if let Some(pinned) = self.room.as_ref().and_then(|r| r.claim_mismatch(nick, identity)) {
+            self.emit(Event::KeyChanged { nick: nick.clone(), pinned, seen: *identity });
         }
     }
 
