@@ -1055,6 +1055,38 @@ mod tests {
     }
 
     #[test]
+    fn a_message_pins_its_nickname_and_relay_claims_are_compared_never_pinned() {
+        let (mut alice, mut bob) = alice_and_bob(100, 100);
+        let (m2, carol) = (Nick::new("m2").unwrap(), Nick::new("carol").unwrap());
+        let stranger = PublicIdentity([5; 32]);
+
+        // A presence claim before any message pins nothing and warns of nothing.
+        alice.check_claim(&m2, &stranger);
+        assert!(take(&mut alice).is_empty());
+        assert_eq!(alice.whois(m2.clone()).pinned, None);
+
+        bob.send(1, ContentKind::Text, "hi".into());
+        let hi = envelope(&take(&mut bob));
+        alice.on_deliver(2, false, hi).unwrap();
+        assert_eq!(texts(&take(&mut alice)), vec!["hi".to_owned()]);
+        assert_eq!(alice.whois(m2.clone()).pinned, Some(bob.me()));
+
+        // The relay lists bob's nickname with another key: v1's warning; the pin holds.
+        alice.check_claim(&m2, &stranger);
+        let actions = take(&mut alice);
+        assert!(
+            matches!(&actions[..], [Action::Emit(Event::KeyChanged { pinned, seen, .. })]
+                if *pinned == bob.me() && *seen == stranger),
+            "{actions:?}"
+        );
+        alice.check_claim(&carol, &stranger);
+        assert!(take(&mut alice).is_empty());
+        assert_eq!(alice.whois(m2.clone()).pinned, Some(bob.me()));
+        assert_eq!(alice.whois(carol).pinned, None, "a claim pins nothing");
+        assert_eq!(alice.whois(Nick::new("M2").unwrap()).pinned, Some(bob.me()));
+    }
+
+    #[test]
     fn an_update_follows_the_message_limit_and_one_that_lost_is_built_again_on_the_new_epoch() {
         let (mut alice, mut bob) = alice_and_bob(2, 1);
 
