@@ -28,8 +28,8 @@ impl ChatHandle for V2Handle {
             Command::Kick(nick) => self.kick(nick).await,
             Command::Ban(nick) => self.ban(nick).await,
             Command::Unban(nick) => self.unban(nick).await,
-            // Nicknames are not pinned in protocol 2: messages carry the sender's key tag.
-            Command::Whois(_) => self.who().await,
+            // Nicknames are pinned to the MLS-authenticated sender, as in v1.
+            Command::Whois(nick) => self.whois(nick).await,
             _ => Ok(()),
         }
     }

@@ -7,13 +7,14 @@ use std::collections::VecDeque;
 use std::path::Path;
 
 use chatroom_crypto::{
-    sign_v2, verify_v2, Content, ContentKind, Identity, PublicIdentity, RoomName, RoomSecretsV2, SafetyCode,
-    ROOM_SECRETS_V2_LEN,
+    sign_v2, verify_v2, Content, ContentKind, Identity, Nick, PublicIdentity, RoomName, RoomSecretsV2,
+    SafetyCode, MAX_NICK_LEN, ROOM_SECRETS_V2_LEN,
 };
 use chatroom_group::{CommitSummary, Event, GroupError, Kind, LogEntry, Room, RoomRef, RoomSettings};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::state::write_private;
+use crate::trust::{PinCheck, PinStore, MAX_PINS};
 use crate::v2_history::{
     decode_share, encode_share, ShareDecodeError, SharedMessage, HISTORY_KIND, MAX_HISTORY_SHARE,
 };
@@ -47,6 +48,28 @@ pub enum V2Event {
     /// A message from a member, checked by MLS and by its envelope.
     Message {
         /// The sender's identity.
+        sender: PublicIdentity,
+        /// What was said.
+        content: Content,
+        /// Its relay sequence number.
+        seq: u64,
+    },
+    /// A message whose claimed nickname is pinned to another key (v1's impersonation
+    /// warning): it is shown under its real sender's key, never as the pinned member's.
+    NickMismatch {
+        /// The sender's identity (MLS authenticated).
+        sender: PublicIdentity,
+        /// What was said, with the nickname it claims.
+        content: Content,
+        /// Its relay sequence number.
+        seq: u64,
+        /// The key the nickname is pinned to.
+        pinned: PublicIdentity,
+    },
+    /// A message under a nickname not pinned while the pin store is full (`MAX_PINS`):
+    /// never shown as a member's.
+    Unpinned {
+        /// The sender's identity (MLS authenticated).
         sender: PublicIdentity,
         /// What was said.
         content: Content,
@@ -128,6 +151,9 @@ pub struct V2Room {
     /// Own messages sealed and not yet read back, by counter.
     unread_own: VecDeque<(u64, Content)>,
     share: Option<ShareWindow>,
+    /// Nickname pins, as v1 keeps them: made only from the MLS-authenticated sender of a
+    /// message, never from what the relay claims. Kept in the state file.
+    pins: PinStore,
 }
 
 /// The plaintext kept for newcomers is wiped when the room goes.
@@ -226,6 +252,7 @@ impl V2Room {
             history: Vec::new(),
             unread_own: VecDeque::new(),
             share: None,
+            pins: PinStore::default(),
         };
         Ok((me, sealed))
     }
@@ -269,6 +296,7 @@ impl V2Room {
             history: Vec::new(),
             unread_own: VecDeque::new(),
             share: None,
+            pins: PinStore::default(),
         };
         let envelope = me.wrap(Kind::Commit, &commit)?;
         Ok((me, envelope))
@@ -532,10 +560,16 @@ impl V2Room {
             }
             Event::Message { sender, plaintext } => {
                 let content = Content::from_padded_bytes(&plaintext)?;
-                if matches!(content.kind, ContentKind::Text | ContentKind::Action) {
-                    self.keep([SharedMessage { sender, seq, content: content.clone() }]);
+                match self.pins.check(&content.nick, &sender) {
+                    PinCheck::New | PinCheck::Same => {
+                        if matches!(content.kind, ContentKind::Text | ContentKind::Action) {
+                            self.keep([SharedMessage { sender, seq, content: content.clone() }]);
+                        }
+                        V2Event::Message { sender, content, seq }
+                    }
+                    PinCheck::Changed { pinned } => V2Event::NickMismatch { sender, content, seq, pinned },
+                    PinCheck::Full => V2Event::Unpinned { sender, content, seq },
                 }
-                V2Event::Message { sender, content, seq }
             }
             Event::Commit(summary) => {
                 self.share = summary.entry.then_some(ShareWindow {
@@ -589,6 +623,25 @@ impl V2Room {
         })
     }
 
+    /// The key `nick` is pinned to (what `/whois` shows).
+    pub fn pinned(&self, nick: &Nick) -> Option<PublicIdentity> {
+        self.pins.get(nick).copied()
+    }
+
+    /// A pinned nickname other than `nick` that looks like it (`AIice` and `alice`).
+    pub fn look_alike(&self, nick: &Nick) -> Option<String> {
+        self.pins.look_alike(nick).map(str::to_owned)
+    }
+
+    /// What the relay claims (a presence or member list entry) compared with the pins, which
+    /// it never creates or changes: `Some(pinned)` when `nick` is pinned to another key.
+    pub fn claim_mismatch(&self, nick: &Nick, identity: &PublicIdentity) -> Option<PublicIdentity> {
+        match self.pins.compare(nick, identity) {
+            Some(PinCheck::Changed { pinned }) => Some(pinned),
+            _ => None,
+        }
+    }
+
     /// The highest `seq` processed (what a reconnect asks history after).
     pub fn cursor(&self) -> u64 {
         self.cursor
@@ -616,6 +669,7 @@ impl V2Room {
         out.extend_from_slice(&self.committed_at.to_be_bytes());
         out.extend_from_slice(&self.room.psk_generation().to_be_bytes());
         out.extend_from_slice(self.keys.to_bytes().as_slice());
+        encode_pins(&self.pins, &mut out);
         out.extend_from_slice(&mls);
         write_private(path, &out).map_err(|e| V2Error::File(e.to_string()))
     }
@@ -637,12 +691,17 @@ impl V2Room {
         // Version 1 had no healing fields: its next update is due at once. Versions 1 and 2
         // had no rotation: generation 0, the password's outputs.
         let header_len = match bytes.first() {
-            Some(&STATE_VERSION) => HEADER_LEN,
+            Some(&STATE_VERSION) | Some(3) => HEADER_LEN,
             Some(2) => 29,
             Some(1) => 17,
             _ => return Err(V2Error::File("an unknown version".into())),
         };
-        let (header, mls) = bytes.split_at_checked(header_len).ok_or(V2Error::File("too short".into()))?;
+        let (header, rest) = bytes.split_at_checked(header_len).ok_or(V2Error::File("too short".into()))?;
+        // Versions 1 to 3 had no pins.
+        let (pins, mls) = match bytes.first() {
+            Some(&STATE_VERSION) => decode_pins(rest)?,
+            _ => (PinStore::default(), rest),
+        };
         let u64_at = |i: usize| header.get(i..i + 8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
         let (cursor, counter) = (u64_at(1).unwrap_or(0), u64_at(9).unwrap_or(0));
         let sent_since_commit =
@@ -670,15 +729,57 @@ impl V2Room {
             history: Vec::new(),
             unread_own: VecDeque::new(),
             share: None,
+            pins,
         })
     }
 }
 
-/// `version: u8 = 3 | cursor: u64 | counter: u64 | sent_since_commit: u32 | committed_at: u64 |
+/// `count: u32 | (nick_len: u8 | nick | identity: 32) * count`, at most `MAX_PINS` pins of
+/// at most `MAX_NICK_LEN` bytes each (so at most 6.6 MB).
+fn encode_pins(pins: &PinStore, out: &mut Vec<u8>) {
+    let count = pins.len().min(MAX_PINS);
+    out.extend_from_slice(&u32::try_from(count).unwrap_or(0).to_be_bytes());
+    for (nick, id) in pins.iter().take(count) {
+        // A canonical nickname is at most MAX_NICK_LEN (32) bytes.
+        out.push(u8::try_from(nick.len()).unwrap_or(0));
+        out.extend_from_slice(nick.as_bytes());
+        out.extend_from_slice(&id.0);
+    }
+}
+
+/// The inverse of `encode_pins`: the pins and the bytes after them.
+fn decode_pins(bytes: &[u8]) -> Result<(PinStore, &[u8]), V2Error> {
+    let bad = |why: &str| V2Error::File(format!("the pins: {why}"));
+    let (count, mut rest) = bytes.split_at_checked(4).ok_or_else(|| bad("cut short"))?;
+    let count = count.try_into().map(u32::from_be_bytes).map_err(|_| bad("cut short"))?;
+    let count = usize::try_from(count).map_err(|_| bad("too many"))?;
+    if count > MAX_PINS {
+        return Err(bad("too many"));
+    }
+    let mut pins = PinStore::default();
+    for _ in 0..count {
+        let (&len, after) = rest.split_first().ok_or_else(|| bad("cut short"))?;
+        if usize::from(len) > MAX_NICK_LEN {
+            return Err(bad("a nickname too long"));
+        }
+        let (nick, after) = after.split_at_checked(usize::from(len)).ok_or_else(|| bad("cut short"))?;
+        let (id, after) = after.split_at_checked(32).ok_or_else(|| bad("cut short"))?;
+        let nick = std::str::from_utf8(nick)
+            .ok()
+            .and_then(|n| Nick::new(n).ok())
+            .ok_or_else(|| bad("a bad nickname"))?;
+        let id: [u8; 32] = id.try_into().map_err(|_| bad("cut short"))?;
+        pins.set(&nick, PublicIdentity(id));
+        rest = after;
+    }
+    Ok((pins, rest))
+}
+
+/// `version: u8 = 4 | cursor: u64 | counter: u64 | sent_since_commit: u32 | committed_at: u64 |
 /// psk_generation: u32 | join_secret: 32 | code_bytes: 20 | room_psk: 32 | group_info_key: 32 |
-/// chatroom_group state` (version 1 lacked the healing fields, version 2 the generation and
-/// the password's outputs).
-const STATE_VERSION: u8 = 3;
+/// pins (see `encode_pins`) | chatroom_group state` (version 1 lacked the healing fields,
+/// version 2 the generation and the password's outputs, version 3 the pins).
+const STATE_VERSION: u8 = 4;
 const HEADER_LEN: usize = 1 + 8 + 8 + 4 + 8 + 4 + ROOM_SECRETS_V2_LEN;
 
 #[cfg(test)]
@@ -747,6 +848,118 @@ mod tests {
         assert_eq!(bob.on_deliver(2, &log[1]).unwrap(), V2Event::Skipped, "already processed");
         log.push(alice.send(&text("alice", "still there?")).unwrap());
         assert!(matches!(&feed(&mut bob, &log)[..], [Ok(V2Event::Message { seq: 3, .. })]));
+    }
+
+    /// Alice's room with bob and mallory entered, and the log so far.
+    fn three() -> (V2Room, V2Room, V2Room, Vec<Vec<u8>>) {
+        let keys = || split_master_v2(&[7; 32]);
+        let (mut alice, info) =
+            V2Room::create(Identity::from_seed(&[1; 32]), general(), &RELAY, keys()).unwrap();
+        let (mut bob, entry) =
+            V2Room::enter(Identity::from_seed(&[2; 32]), general(), &RELAY, keys(), (0, &info)).unwrap();
+        let mut log = vec![entry];
+        feed(&mut alice, &log);
+        feed(&mut bob, &log);
+        let info = alice.sealed_group_info().unwrap();
+        let (mut mallory, entry) =
+            V2Room::enter(Identity::from_seed(&[3; 32]), general(), &RELAY, keys(), (1, &info)).unwrap();
+        log.push(entry);
+        for room in [&mut alice, &mut bob, &mut mallory] {
+            assert!(feed(room, &log).iter().all(Result::is_ok));
+        }
+        assert!(mallory.is_member());
+        (alice, bob, mallory, log)
+    }
+
+    #[test]
+    fn nicknames_are_pinned_to_the_mls_sender_and_a_second_key_is_reported_under_its_own() {
+        let (mut alice, mut bob, mut mallory, mut log) = three();
+        let nick = Nick::new("bob").unwrap();
+        assert_eq!(alice.pinned(&nick), None);
+
+        // A relay's claim (presence, member list) is compared, never pinned.
+        let mallory_id = mallory.identity.public();
+        assert_eq!(alice.claim_mismatch(&nick, &mallory_id), None);
+        assert_eq!(alice.pinned(&nick), None, "a claim pins nothing");
+
+        // First sight pins bob's nickname to the key MLS authenticated.
+        log.push(bob.send(&text("bob", "hi")).unwrap());
+        assert!(matches!(&feed(&mut alice, &log)[..], [Ok(V2Event::Message { .. })]));
+        assert_eq!(alice.pinned(&nick), Some(bob.identity.public()));
+        assert_eq!(alice.claim_mismatch(&nick, &mallory_id), Some(bob.identity.public()));
+
+        // Mallory calls herself "BOB": reported under her own key, the pin is kept.
+        log.push(mallory.send(&text("BOB", "send me the password")).unwrap());
+        match &feed(&mut alice, &log)[..] {
+            [Ok(V2Event::NickMismatch { sender, content, pinned, .. })] => {
+                assert_eq!(*sender, mallory_id, "under her real key");
+                assert_eq!(*pinned, bob.identity.public());
+                assert_eq!(content.body, "send me the password");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(alice.pinned(&nick), Some(bob.identity.public()));
+        assert!(alice.history.iter().all(|m| m.sender != mallory_id), "not kept for newcomers");
+
+        // A look-alike nickname is pinned to its own key and flagged.
+        log.push(mallory.send(&text("B0b", "it's me")).unwrap());
+        assert!(
+            matches!(&feed(&mut alice, &log)[..], [Ok(V2Event::Message { sender, .. })] if *sender == mallory_id)
+        );
+        assert_eq!(alice.look_alike(&Nick::new("B0b").unwrap()).as_deref(), Some("bob"));
+        assert_eq!(alice.look_alike(&Nick::new("carol").unwrap()), None);
+    }
+
+    #[test]
+    fn pins_survive_the_state_file_and_an_older_state_loads_without_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut alice, mut bob, mut mallory, mut log) = three();
+        log.push(bob.send(&text("bob", "hi")).unwrap());
+        feed(&mut alice, &log);
+        let path = dir.path().join("alice.v2");
+        alice.save(&path).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let load = || {
+            V2Room::load(Identity::from_seed(&[1; 32]), general(), &RELAY, split_master_v2(&[7; 32]), &path)
+        };
+        let mut alice = load().unwrap();
+        let nick = Nick::new("bob").unwrap();
+        assert_eq!(alice.pinned(&nick), Some(bob.identity.public()));
+        log.push(mallory.send(&text("bob", "trust me")).unwrap());
+        assert!(matches!(&feed(&mut alice, &log)[..], [Ok(V2Event::NickMismatch { .. })]));
+
+        // A version 3 file (no pins) still loads, with no pins.
+        alice.save(&path).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let (pins, rest) = decode_pins(&bytes[HEADER_LEN..]).unwrap();
+        assert_eq!(pins.len(), 1);
+        let pins_len = bytes.len() - HEADER_LEN - rest.len();
+        bytes.drain(HEADER_LEN..HEADER_LEN + pins_len);
+        bytes[0] = 3;
+        std::fs::write(&path, &bytes).unwrap();
+        let old = load().unwrap();
+        assert_eq!(old.pinned(&nick), None);
+        assert_eq!(old.cursor(), alice.cursor());
+    }
+
+    #[test]
+    fn pins_in_the_state_file_are_bounded() {
+        let mut out = Vec::new();
+        let mut pins = PinStore::default();
+        pins.set(&Nick::new("bob").unwrap(), PublicIdentity([4; 32]));
+        encode_pins(&pins, &mut out);
+        out.extend_from_slice(b"mls");
+        let (back, rest) = decode_pins(&out).unwrap();
+        assert_eq!((back, rest), (pins, &b"mls"[..]));
+        for cut in 0..out.len() - 3 {
+            assert!(decode_pins(&out[..cut]).is_err(), "cut at {cut}");
+        }
+        let too_many = u32::try_from(MAX_PINS + 1).unwrap().to_be_bytes();
+        assert!(decode_pins(&too_many).is_err());
+        let mut long = 1u32.to_be_bytes().to_vec();
+        long.push(33);
+        long.extend_from_slice(&[b'a'; 33 + 32]);
+        assert!(decode_pins(&long).is_err());
     }
 
     #[test]

@@ -34,6 +34,7 @@ pub(super) enum Request {
         body: String,
     },
     Who,
+    Whois(Nick),
     Kick(Nick),
     Ban(Nick),
     Unban(Nick),
@@ -587,6 +588,11 @@ impl Driver {
                 let _ = reply.send(self.core.safety());
                 return Ok(());
             }
+            Request::Whois(nick) => {
+                let who = self.core.whois(nick);
+                self.emit(Event::Whois(who));
+                return Ok(());
+            }
             Request::Sync(done) => {
                 let Some(up) = up else {
                     let _ = done.send(false);
@@ -716,6 +722,10 @@ impl Driver {
                 self.partial_members.extend(members.into_iter().take(room));
                 if !more {
                     let list = std::mem::take(&mut self.partial_members);
+                    // The relay's claim: compared with the pins, never pinned.
+                    for m in &list {
+                        self.core.check_claim(&m.nick, &m.identity);
+                    }
                     self.emit(Event::Members(self.members(&list)));
                 }
             }
@@ -724,6 +734,8 @@ impl Driver {
                 if matches!(event, PresenceEvent::Kicked | PresenceEvent::Banned) {
                     self.core.on_moderated(identity);
                 }
+                // The relay's claim: compared with the pins, never pinned.
+                self.core.check_claim(&nick, &identity);
                 self.emit(Event::Presence { event, nick, identity });
             }
             RelayMessage::HistoryEnd { .. } => {

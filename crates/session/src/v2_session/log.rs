@@ -16,7 +16,8 @@ use rand_core::RngCore;
 
 use super::{RotateError, V2Limits, V2Safety};
 use crate::error::SessionError;
-use crate::session::{ChatMessage, Event, GroupEvent};
+use crate::session::{ChatMessage, Event, GroupEvent, Rejected, Whois};
+use crate::trust::MAX_PINS;
 use crate::v2::{V2Error, V2Event, V2Room};
 use crate::v2_history::{SharedMessage, MAX_HISTORY_SHARE};
 
@@ -177,6 +178,20 @@ impl Core {
         self.identity.public()
     }
 
+    /// A delivered message as the client shows it, under its MLS-authenticated sender.
+    fn chat_message(&self, seq: u64, history: bool, sender: PublicIdentity, content: Content) -> ChatMessage {
+        ChatMessage {
+            seq,
+            history,
+            sender,
+            from_me: sender == self.me(),
+            nick: content.nick,
+            kind: content.kind,
+            body: content.body,
+            timestamp_ms: content.timestamp_ms,
+        }
+    }
+
     fn copy_identity(&self) -> Identity {
         Identity::from_seed(&self.identity.seed())
     }
@@ -200,6 +215,26 @@ impl Core {
         match (&self.room, self.phase) {
             (Some(room), Phase::Member | Phase::Entering) => room.cursor(),
             _ => 0,
+        }
+    }
+
+    /// What `/whois` shows: the key `nick`'s messages were pinned to (MLS authenticated), and
+    /// a pinned look-alike. The relay's list is not kept in protocol 2.
+    pub(super) fn whois(&self, nick: Nick) -> Whois {
+        let room = self.room.as_ref();
+        Whois {
+            pinned: room.and_then(|r| r.pinned(&nick)),
+            listed: None,
+            look_alike: room.and_then(|r| r.look_alike(&nick)),
+            nick,
+        }
+    }
+
+    /// What the relay claims about `nick` and `identity` (presence, member list), compared
+    /// with the pins, which it never changes: a mismatch is reported as in v1.
+    pub(super) fn check_claim(&mut self, nick: &Nick, identity: &PublicIdentity) {
+        if let Some(pinned) = self.room.as_ref().and_then(|r| r.claim_mismatch(nick, identity)) {
+            self.emit(Event::KeyChanged { nick: nick.clone(), pinned, seen: *identity });
         }
     }
 
@@ -570,16 +605,20 @@ impl Core {
         self.dirty = true;
         match event {
             Ok(V2Event::Message { sender, content, seq }) => {
-                self.emit(Event::Message(ChatMessage {
-                    seq,
-                    history,
-                    sender,
-                    from_me: sender == self.me(),
-                    nick: content.nick,
-                    kind: content.kind,
-                    body: content.body,
-                    timestamp_ms: content.timestamp_ms,
-                }));
+                // As v1: a nickname that looks like another pinned one is flagged first.
+                if let Some(like) = self.room.as_ref().and_then(|r| r.look_alike(&content.nick)) {
+                    self.emit(Event::LookAlike { nick: content.nick.clone(), sender, like });
+                }
+                let message = self.chat_message(seq, history, sender, content);
+                self.emit(Event::Message(message));
+            }
+            Ok(V2Event::NickMismatch { sender, content, seq, pinned }) => {
+                let message = self.chat_message(seq, history, sender, content);
+                self.emit(Event::Rejected(Rejected::NickMismatch { message, pinned }));
+            }
+            Ok(V2Event::Unpinned { sender, content, seq }) => {
+                let message = self.chat_message(seq, history, sender, content);
+                self.emit(Event::Rejected(Rejected::Unpinned { message, max: MAX_PINS }));
             }
             Ok(V2Event::Commit(summary)) => self.on_commit(seq, summary),
             Ok(V2Event::Entered) => {
@@ -1013,6 +1052,38 @@ mod tests {
         take(&mut alice);
         take(&mut bob);
         (alice, bob)
+    }
+
+    #[test]
+    fn a_message_pins_its_nickname_and_relay_claims_are_compared_never_pinned() {
+        let (mut alice, mut bob) = alice_and_bob(100, 100);
+        let (m2, carol) = (Nick::new("m2").unwrap(), Nick::new("carol").unwrap());
+        let stranger = PublicIdentity([5; 32]);
+
+        // A presence claim before any message pins nothing and warns of nothing.
+        alice.check_claim(&m2, &stranger);
+        assert!(take(&mut alice).is_empty());
+        assert_eq!(alice.whois(m2.clone()).pinned, None);
+
+        bob.send(1, ContentKind::Text, "hi".into());
+        let hi = envelope(&take(&mut bob));
+        alice.on_deliver(2, false, hi).unwrap();
+        assert_eq!(texts(&take(&mut alice)), vec!["hi".to_owned()]);
+        assert_eq!(alice.whois(m2.clone()).pinned, Some(bob.me()));
+
+        // The relay lists bob's nickname with another key: v1's warning; the pin holds.
+        alice.check_claim(&m2, &stranger);
+        let actions = take(&mut alice);
+        assert!(
+            matches!(&actions[..], [Action::Emit(Event::KeyChanged { pinned, seen, .. })]
+                if *pinned == bob.me() && *seen == stranger),
+            "{actions:?}"
+        );
+        alice.check_claim(&carol, &stranger);
+        assert!(take(&mut alice).is_empty());
+        assert_eq!(alice.whois(m2.clone()).pinned, Some(bob.me()));
+        assert_eq!(alice.whois(carol).pinned, None, "a claim pins nothing");
+        assert_eq!(alice.whois(Nick::new("M2").unwrap()).pinned, Some(bob.me()));
     }
 
     #[test]

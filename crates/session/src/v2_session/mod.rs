@@ -192,6 +192,12 @@ impl V2Handle {
         self.request(Request::Who).await
     }
 
+    /// What is pinned for `nick` (`Event::Whois`): the key its MLS-authenticated messages
+    /// were pinned to, as in v1.
+    pub async fn whois(&self, nick: Nick) -> Result<(), SendError> {
+        self.request(Request::Whois(nick)).await
+    }
+
     /// The relay's fingerprint (64 hex digits), as pinned.
     pub fn relay_fingerprint(&self) -> &str {
         &self.relay_fingerprint
