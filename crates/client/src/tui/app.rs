@@ -836,11 +836,7 @@ impl App {
                     let entry = self.own_message(ContentKind::Action, &text);
                     Action::Send { kind: ContentKind::Action, text, entry }
                 }
-                // Protocol 2 answers with the member list, each member with its key tag.
-                Command::Whois(nick) if self.v2 => {
-                    self.who_asked = true;
-                    Action::Whois(nick)
-                }
+                // Both protocols answer with the nickname's pin (`Event::Whois`).
                 Command::Whois(nick) => Action::Whois(nick),
                 Command::Invite => Action::Invite,
                 Command::Join(target) => Action::Join(target),
