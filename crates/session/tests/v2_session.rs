@@ -507,6 +507,8 @@ async fn after_the_owner_rotates_the_password_members_talk_on_and_only_the_new_o
     }
     alice.say("welcome carol").await?;
     assert_eq!(carol.message().await?.body, "welcome carol");
+    // Bob has read it too before he stops, so his saved cursor is past it.
+    assert_eq!(bob.message().await?.body, "welcome carol");
 
     // Bob restarts with the only password he knows, the old one: his saved state holds the
     // new one's outputs, so he joins the relay and reads on without entering again.
