@@ -129,6 +129,13 @@ struct ShareWindow {
     sealed_own: Option<u64>,
 }
 
+impl ShareWindow {
+    /// The window of `newcomer`'s entry at `entry_seq`, which started `epoch`.
+    fn open(epoch: u64, entry_seq: u64, newcomer: PublicIdentity) -> Self {
+        Self { epoch, entry_seq, newcomer, sharer: None, parts: 0, next_part: 0, sealed_own: None }
+    }
+}
+
 /// Own messages sealed and not yet read back from the log, kept to record them at their `seq`.
 const MAX_UNREAD_OWN: usize = 256;
 
@@ -558,41 +565,13 @@ impl V2Room {
             Event::Message { sender, plaintext } if plaintext.get(8) == Some(&HISTORY_KIND) => {
                 self.on_share(sender, &plaintext)?
             }
-            Event::Message { sender, plaintext } => {
-                let content = Content::from_padded_bytes(&plaintext)?;
-                match self.pins.check(&content.nick, &sender) {
-                    PinCheck::New | PinCheck::Same => {
-                        if matches!(content.kind, ContentKind::Text | ContentKind::Action) {
-                            self.keep([SharedMessage { sender, seq, content: content.clone() }]);
-                        }
-                        V2Event::Message { sender, content, seq }
-                    }
-                    PinCheck::Changed { pinned } => V2Event::NickMismatch { sender, content, seq, pinned },
-                    PinCheck::Full => V2Event::Unpinned { sender, content, seq },
-                }
-            }
+            Event::Message { sender, plaintext } => self.on_message(sender, seq, &plaintext)?,
             Event::Commit(summary) => {
-                self.share = summary.entry.then_some(ShareWindow {
-                    epoch: summary.epoch,
-                    entry_seq: seq,
-                    newcomer: summary.committer,
-                    sharer: None,
-                    parts: 0,
-                    next_part: 0,
-                    sealed_own: None,
-                });
+                self.share = summary.entry.then(|| ShareWindow::open(summary.epoch, seq, summary.committer));
                 V2Event::Commit(summary)
             }
             Event::Entered => {
-                self.share = Some(ShareWindow {
-                    epoch: self.room.epoch(),
-                    entry_seq: seq,
-                    newcomer: self.identity.public(),
-                    sharer: None,
-                    parts: 0,
-                    next_part: 0,
-                    sealed_own: None,
-                });
+                self.share = Some(ShareWindow::open(self.room.epoch(), seq, self.identity.public()));
                 V2Event::Entered
             }
             Event::EntryLost => V2Event::EntryLost,
@@ -602,25 +581,45 @@ impl V2Room {
                 V2Event::Resend
             }
             Event::Skipped => {
-                // One's own share read back first in its epoch: this member is the sharer.
-                let epoch = self.room.epoch();
-                let me = self.identity.public();
-                if let Some(w) = self.share.as_mut().filter(|w| w.epoch == epoch && w.sharer.is_none()) {
-                    if own.is_some() && w.sealed_own == own {
-                        w.sharer = Some(me);
-                    }
-                }
-                // One's own message read back in its epoch: kept at its seq.
-                let found = own.and_then(|c| self.unread_own.iter().position(|(counter, _)| *counter == c));
-                if let Some((_, content)) = found.and_then(|i| self.unread_own.remove(i)) {
-                    if matches!(content.kind, ContentKind::Text | ContentKind::Action) {
-                        let sender = self.identity.public();
-                        self.keep([SharedMessage { sender, seq, content }]);
-                    }
-                }
+                self.on_own_read_back(seq, own);
                 V2Event::Skipped
             }
         })
+    }
+
+    /// A chat message (text, action, topic): its nickname checked against the pins, and kept
+    /// for newcomers when it is text or an action under its pinned key.
+    fn on_message(&mut self, sender: PublicIdentity, seq: u64, plaintext: &[u8]) -> Result<V2Event, V2Error> {
+        let content = Content::from_padded_bytes(plaintext)?;
+        Ok(match self.pins.check(&content.nick, &sender) {
+            PinCheck::New | PinCheck::Same => {
+                if matches!(content.kind, ContentKind::Text | ContentKind::Action) {
+                    self.keep([SharedMessage { sender, seq, content: content.clone() }]);
+                }
+                V2Event::Message { sender, content, seq }
+            }
+            PinCheck::Changed { pinned } => V2Event::NickMismatch { sender, content, seq, pinned },
+            PinCheck::Full => V2Event::Unpinned { sender, content, seq },
+        })
+    }
+
+    /// An entry the group skipped; if it is one of this member's own application messages
+    /// (counter `own`) read back in its epoch: its share makes it the sharer, and its chat
+    /// message is kept at `seq`.
+    fn on_own_read_back(&mut self, seq: u64, own: Option<u64>) {
+        let epoch = self.room.epoch();
+        let me = self.identity.public();
+        if let Some(w) = self.share.as_mut().filter(|w| w.epoch == epoch && w.sharer.is_none()) {
+            if own.is_some() && w.sealed_own == own {
+                w.sharer = Some(me);
+            }
+        }
+        let found = own.and_then(|c| self.unread_own.iter().position(|(counter, _)| *counter == c));
+        if let Some((_, content)) = found.and_then(|i| self.unread_own.remove(i)) {
+            if matches!(content.kind, ContentKind::Text | ContentKind::Action) {
+                self.keep([SharedMessage { sender: me, seq, content }]);
+            }
+        }
     }
 
     /// The key `nick` is pinned to (what `/whois` shows).

@@ -604,43 +604,8 @@ impl Driver {
                 up.last_tx = Instant::now();
                 return Ok(());
             }
-            Request::Send { id, kind, body } => {
-                // Messages typed before the entry won count too: they wait in the core.
-                let queued = self.outbox.len() + self.core.unsent();
-                if queued >= self.config.limits.max_queued {
-                    self.emit(Event::SendFailed {
-                        id,
-                        code: chatroom_crypto::ErrorCode::Other(0),
-                        detail: format!("{queued} messages already wait for the relay; not sent"),
-                    });
-                    return Ok(());
-                }
-                self.core.send(id, kind, body);
-                return match up {
-                    Some(up) => self.pump(up).await,
-                    None => Ok(()),
-                };
-            }
-            Request::Rotate { secrets, reply } => {
-                let Some(up) = up else {
-                    let _ = reply.send(Err(RotateError::Refused(
-                        "not connected to the relay; try again once the session is back".into(),
-                    )));
-                    return Ok(());
-                };
-                if self.owner != Some(self.identity.public()) {
-                    let _ = reply.send(Err(RotateError::NotOwner));
-                    return Ok(());
-                }
-                match self.core.rotate(*secrets) {
-                    Ok(_) => self.rotating = Some(reply),
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
-                        return Ok(());
-                    }
-                }
-                return self.pump(up).await;
-            }
+            Request::Send { id, kind, body } => return self.on_send(up, id, kind, body).await,
+            Request::Rotate { secrets, reply } => return self.on_rotate(up, *secrets, reply).await,
             Request::Who => ClientMessage::Who,
             Request::Kick(nick) => ClientMessage::Kick { nick },
             Request::Ban(nick) => ClientMessage::Ban { nick },
@@ -654,6 +619,59 @@ impl Driver {
             None => self.emit(Event::Warning("not connected to the relay; the command was not sent".into())),
         }
         Ok(())
+    }
+
+    /// A chat message to seal and send, unless too many already wait for the relay.
+    async fn on_send(
+        &mut self,
+        up: Option<&mut Up>,
+        id: u64,
+        kind: ContentKind,
+        body: String,
+    ) -> Result<(), SessionError> {
+        // Messages typed before the entry won count too: they wait in the core.
+        let queued = self.outbox.len() + self.core.unsent();
+        if queued >= self.config.limits.max_queued {
+            self.emit(Event::SendFailed {
+                id,
+                code: chatroom_crypto::ErrorCode::Other(0),
+                detail: format!("{queued} messages already wait for the relay; not sent"),
+            });
+            return Ok(());
+        }
+        self.core.send(id, kind, body);
+        match up {
+            Some(up) => self.pump(up).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The owner's password rotation: refused offline or to anyone else; answered on `reply`
+    /// once the relay took the new verifier and GroupInfo.
+    async fn on_rotate(
+        &mut self,
+        up: Option<&mut Up>,
+        secrets: RoomSecretsV2,
+        reply: oneshot::Sender<Result<u32, RotateError>>,
+    ) -> Result<(), SessionError> {
+        let Some(up) = up else {
+            let _ = reply.send(Err(RotateError::Refused(
+                "not connected to the relay; try again once the session is back".into(),
+            )));
+            return Ok(());
+        };
+        if self.owner != Some(self.identity.public()) {
+            let _ = reply.send(Err(RotateError::NotOwner));
+            return Ok(());
+        }
+        match self.core.rotate(secrets) {
+            Ok(_) => self.rotating = Some(reply),
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return Ok(());
+            }
+        }
+        self.pump(up).await
     }
 
     fn members(&self, list: &[Member]) -> Vec<MemberInfo> {

@@ -589,14 +589,7 @@ impl Core {
 
     fn process(&mut self, seq: u64, history: bool, envelope: Vec<u8>) -> Result<(), SessionError> {
         if self.phase != Phase::Member {
-            let after_stored = self.stored_info_seq.is_none_or(|s| seq > s);
-            if after_stored || self.phase == Phase::Entering {
-                self.buffered_bytes += envelope.len();
-                if self.buffered_bytes > self.limits.max_entry_buffer {
-                    return Err(SessionError::EntryFailed);
-                }
-                self.buffer.push((seq, history, envelope.clone()));
-            }
+            self.buffer_while_entering(seq, history, &envelope)?;
         }
         let Some(room) = self.room.as_mut() else { return Ok(()) };
         let own_counter =
@@ -604,32 +597,13 @@ impl Core {
         let event = room.on_deliver(seq, &envelope);
         self.dirty = true;
         match event {
-            Ok(V2Event::Message { sender, content, seq }) => {
-                // As v1: a nickname that looks like another pinned one is flagged first.
-                if let Some(like) = self.room.as_ref().and_then(|r| r.look_alike(&content.nick)) {
-                    self.emit(Event::LookAlike { nick: content.nick.clone(), sender, like });
-                }
-                let message = self.chat_message(seq, history, sender, content);
-                self.emit(Event::Message(message));
-            }
-            Ok(V2Event::NickMismatch { sender, content, seq, pinned }) => {
-                let message = self.chat_message(seq, history, sender, content);
-                self.emit(Event::Rejected(Rejected::NickMismatch { message, pinned }));
-            }
-            Ok(V2Event::Unpinned { sender, content, seq }) => {
-                let message = self.chat_message(seq, history, sender, content);
-                self.emit(Event::Rejected(Rejected::Unpinned { message, max: MAX_PINS }));
+            Ok(
+                event @ (V2Event::Message { .. } | V2Event::NickMismatch { .. } | V2Event::Unpinned { .. }),
+            ) => {
+                self.on_chat(history, event);
             }
             Ok(V2Event::Commit(summary)) => self.on_commit(seq, summary),
-            Ok(V2Event::Entered) => {
-                if let Some(room) = self.room.as_mut() {
-                    room.mark_committed(now_secs());
-                }
-                self.become_member(seq);
-                if let Some(Ok(sealed)) = self.room.as_ref().map(|r| r.sealed_group_info()) {
-                    self.put_group_info(seq, &sealed);
-                }
-            }
+            Ok(V2Event::Entered) => self.on_entered(seq),
             Ok(V2Event::EntryLost) => return self.lost_entry(seq),
             Ok(V2Event::Removed) => {
                 self.save();
@@ -672,6 +646,59 @@ impl Core {
             }
         }
         Ok(())
+    }
+
+    /// Before this client is a member, the log after the stored GroupInfo (all of it while
+    /// its entry is in flight) is kept to read again once it is in, within the entry buffer.
+    fn buffer_while_entering(
+        &mut self,
+        seq: u64,
+        history: bool,
+        envelope: &[u8],
+    ) -> Result<(), SessionError> {
+        let after_stored = self.stored_info_seq.is_none_or(|s| seq > s);
+        if after_stored || self.phase == Phase::Entering {
+            self.buffered_bytes += envelope.len();
+            if self.buffered_bytes > self.limits.max_entry_buffer {
+                return Err(SessionError::EntryFailed);
+            }
+            self.buffer.push((seq, history, envelope.to_vec()));
+        }
+        Ok(())
+    }
+
+    /// A chat message, shown as v1 shows it: a look-alike nickname flagged first, a nickname
+    /// under another key than its pin (or past a full pin store) rejected as such.
+    fn on_chat(&mut self, history: bool, event: V2Event) {
+        match event {
+            V2Event::Message { sender, content, seq } => {
+                if let Some(like) = self.room.as_ref().and_then(|r| r.look_alike(&content.nick)) {
+                    self.emit(Event::LookAlike { nick: content.nick.clone(), sender, like });
+                }
+                let message = self.chat_message(seq, history, sender, content);
+                self.emit(Event::Message(message));
+            }
+            V2Event::NickMismatch { sender, content, seq, pinned } => {
+                let message = self.chat_message(seq, history, sender, content);
+                self.emit(Event::Rejected(Rejected::NickMismatch { message, pinned }));
+            }
+            V2Event::Unpinned { sender, content, seq } => {
+                let message = self.chat_message(seq, history, sender, content);
+                self.emit(Event::Rejected(Rejected::Unpinned { message, max: MAX_PINS }));
+            }
+            _ => {}
+        }
+    }
+
+    /// This client's entry won at `seq`: it is a member, and publishes the epoch's GroupInfo.
+    fn on_entered(&mut self, seq: u64) {
+        if let Some(room) = self.room.as_mut() {
+            room.mark_committed(now_secs());
+        }
+        self.become_member(seq);
+        if let Some(Ok(sealed)) = self.room.as_ref().map(|r| r.sealed_group_info()) {
+            self.put_group_info(seq, &sealed);
+        }
     }
 
     fn on_commit(&mut self, seq: u64, s: chatroom_group::CommitSummary) {
