@@ -113,9 +113,16 @@ pub(crate) fn v2_joined_line(event: &Event, relay: &str) -> Option<String> {
 /// What the room's MLS group did (protocol 2); identities as key tags, which MLS authenticates.
 fn group_line(g: &GroupEvent) -> String {
     match g {
-        GroupEvent::Entered { epoch } => format!(
-            "you entered the room's group (epoch {epoch}): you read what is sent from now on; /safety shows \
-             the epoch code to compare with the other members"
+        GroupEvent::Entered { epoch, history_share } => format!(
+            "you entered the room's group (epoch {epoch}): you read what is sent from now on{}; /safety \
+             shows the epoch code to compare with the other members",
+            match history_share {
+                0 => String::new(),
+                n => format!(
+                    ". This room shares history: a member who is online shows each newcomer the last {n} \
+                     message(s), yours included"
+                ),
+            }
         ),
         GroupEvent::EntryRetry { attempt } => {
             // The newer group state comes from a member who is online: say so, since with none

@@ -167,7 +167,7 @@ impl Client {
 
     async fn entered(&mut self) -> Result<u64, Box<dyn Error + Send + Sync>> {
         self.until(|e| match e {
-            Event::Group(GroupEvent::Entered { epoch }) => Some(*epoch),
+            Event::Group(GroupEvent::Entered { epoch, .. }) => Some(*epoch),
             _ => None,
         })
         .await

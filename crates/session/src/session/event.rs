@@ -283,6 +283,9 @@ pub enum GroupEvent {
     Entered {
         /// The epoch it entered at.
         epoch: u64,
+        /// The room's `history_share` setting, fixed when it was created: how many of the
+        /// last messages an online member shows each newcomer (0: none).
+        history_share: u16,
     },
     /// This client's entry lost to another commit of the same epoch; it tries again.
     EntryRetry {

@@ -105,6 +105,15 @@ fn sender_of(envelope: &[u8]) -> Option<[u8; 32]> {
     envelope.get(1..33).and_then(|b| b.try_into().ok())
 }
 
+/// A room's history-sharing setting in words.
+fn share_words(n: u16) -> String {
+    match n {
+        0 => "no earlier messages".to_owned(),
+        1 => "its last message".to_owned(),
+        n => format!("its last {n} messages"),
+    }
+}
+
 /// The time in Unix seconds (the healing clock, kept in the state file).
 pub(super) fn now_secs() -> u64 {
     now_micros() / 1_000_000
@@ -306,9 +315,24 @@ impl Core {
         self.buffered_bytes = 0;
         self.dirty = true;
         let epoch = self.room.as_ref().and_then(|r| r.safety().ok()).map_or(0, |s| s.1);
-        self.emit(Event::Group(GroupEvent::Entered { epoch }));
+        let history_share = self.room.as_ref().map_or(0, V2Room::history_share);
+        self.emit(Event::Group(GroupEvent::Entered { epoch, history_share }));
+        self.note_ignored_history_share(history_share);
         while let Some((id, kind, body)) = self.waiting.pop_front() {
             self.seal(id, kind, body);
+        }
+    }
+
+    /// A history-sharing setting asked for a room that already existed did nothing: say so,
+    /// once, since only the room's creator sets it.
+    fn note_ignored_history_share(&mut self, room_setting: u16) {
+        let asked = std::mem::take(&mut self.limits.create_history_share);
+        if asked != 0 && asked != room_setting {
+            self.emit(Event::Warning(format!(
+                "the room already existed, so your history-sharing setting ({asked}) was not applied: \
+                 only its creator sets it, and this room shows newcomers {}",
+                share_words(room_setting)
+            )));
         }
     }
 
@@ -984,7 +1008,7 @@ mod tests {
         bob.on_ack(1, entry_b.clone());
         bob.settle_own(u64::MAX).unwrap();
         let actions = take(&mut bob);
-        assert_eq!(group_events(&actions), vec![GroupEvent::Entered { epoch: 1 }]);
+        assert_eq!(group_events(&actions), vec![GroupEvent::Entered { epoch: 1, history_share: 0 }]);
         let info1 = put(&actions);
         assert_eq!(info1.after_seq, 1);
 
@@ -1001,7 +1025,7 @@ mod tests {
         let entry_c2 = envelope(&take(&mut carol));
         carol.on_ack(3, entry_c2.clone());
         carol.settle_own(u64::MAX).unwrap();
-        assert_eq!(group_events(&take(&mut carol)), vec![GroupEvent::Entered { epoch: 2 }]);
+        assert_eq!(group_events(&take(&mut carol)), vec![GroupEvent::Entered { epoch: 2, history_share: 0 }]);
 
         // The members process the same log: carol's first entry is skipped, her second merged.
         for member in [&mut alice, &mut bob] {
@@ -1047,7 +1071,7 @@ mod tests {
         let entry = envelope(&take(&mut carol));
         carol.on_ack(2, entry.clone());
         carol.settle_own(u64::MAX).unwrap();
-        assert_eq!(group_events(&take(&mut carol)), vec![GroupEvent::Entered { epoch: 2 }]);
+        assert_eq!(group_events(&take(&mut carol)), vec![GroupEvent::Entered { epoch: 2, history_share: 0 }]);
         alice.on_deliver(2, false, entry).unwrap();
         assert_eq!(alice.safety(), carol.safety());
     }
@@ -1060,6 +1084,45 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    fn warnings(actions: &[Action]) -> Vec<String> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Emit(Event::Warning(w)) => Some(w.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_rooms_history_setting_is_told_on_entry_and_a_setting_asked_too_late_is_said_once() {
+        let mut alice = core(1);
+        alice.limits.create_history_share = 20;
+        alice.on_joined(true, 0).unwrap();
+        let actions = take(&mut alice);
+        assert_eq!(group_events(&actions), vec![GroupEvent::Entered { epoch: 0, history_share: 20 }]);
+        assert_eq!(warnings(&actions), Vec::<String>::new(), "the creator's setting was applied");
+        let info0 = put(&actions);
+
+        // Bob asks for another setting: the room keeps alice's, and bob is told so once.
+        let mut bob = core(2);
+        bob.limits.create_history_share = 5;
+        bob.on_joined(false, 0).unwrap();
+        bob.on_group_info(info0).unwrap();
+        let entry = envelope(&take(&mut bob));
+        bob.on_ack(1, entry);
+        bob.settle_own(u64::MAX).unwrap();
+        let actions = take(&mut bob);
+        assert_eq!(group_events(&actions), vec![GroupEvent::Entered { epoch: 1, history_share: 20 }]);
+        let said = warnings(&actions);
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(
+            said[0].contains("(5) was not applied") && said[0].contains("its last 20 messages"),
+            "{said:?}"
+        );
+        assert_eq!(bob.limits.create_history_share, 0, "said once, not at every entry");
     }
 
     /// Alice's room at epoch 1, after bob's entry (seq 1), each with its `heal_messages`.
