@@ -39,12 +39,21 @@ fn whois_shows_the_pinned_key_and_a_second_identity_cannot_take_the_nickname() -
 
     // Nothing pinned before bob speaks; his first message pins his key.
     alice.line("/whois bob")?;
-    alice.stderr.expect("bob: no signed message seen under this nickname in this room; nothing pinned")?;
+    let line = alice
+        .stderr
+        .expect("bob: no signed message seen under this nickname in this room; nothing pinned")?;
+    // The relay's list, which told alice of bob's arrival, is shown as its claim.
+    assert!(
+        line.contains("; the relay lists key") && line.ends_with("(its claim)"),
+        "{line} {:?}",
+        alice.stderr.all()
+    );
     bob.line("hello from bob")?;
     alice.stdout.expect("hello from bob")?;
     alice.line("/whois BOB")?;
     let line = alice.stderr.expect("(pinned in this room)")?;
     assert!(line.replace(' ', "").contains(&tag(&homes[1])?), "{line}");
+    assert!(line.contains("the relay lists the same key"), "{line}");
 
     // Mallory, another identity, calls herself bob: the relay refuses the nickname.
     let mut mallory = member(&homes[2], &invite, "bob", false)?;

@@ -255,6 +255,8 @@ pub(super) struct Driver {
     /// When to publish the GroupInfo if it is still stale.
     info_due: Option<Instant>,
     partial_members: Vec<Member>,
+    /// The relay's member list as last told (its claim, for `/whois`; never pinned).
+    listed: Vec<Member>,
     owner: Option<chatroom_crypto::PublicIdentity>,
     /// Which relay address the next attempt uses.
     rotation: Rotation,
@@ -308,6 +310,7 @@ impl Driver {
             syncs: Vec::new(),
             info_due: None,
             partial_members: Vec::new(),
+            listed: Vec::new(),
             owner: None,
             rotation: Rotation::starting_at(config.relay.len(), first.addr),
             rotating: None,
@@ -589,7 +592,8 @@ impl Driver {
                 return Ok(());
             }
             Request::Whois(nick) => {
-                let who = self.core.whois(nick);
+                let mut who = self.core.whois(nick);
+                who.listed = self.listed.iter().find(|m| m.nick.same_as(&who.nick)).map(|m| m.identity);
                 self.emit(Event::Whois(who));
                 return Ok(());
             }
@@ -674,6 +678,28 @@ impl Driver {
         self.pump(up).await
     }
 
+    /// Follows the relay's list through its presence notices, as the v1 room view does.
+    fn on_presence_listed(
+        &mut self,
+        event: chatroom_crypto::PresenceEvent,
+        nick: &Nick,
+        identity: chatroom_crypto::PublicIdentity,
+    ) {
+        use chatroom_crypto::PresenceEvent;
+        match event {
+            PresenceEvent::Joined => {
+                self.listed.retain(|m| !m.nick.same_as(nick));
+                if self.listed.len() < MAX_MEMBERS {
+                    self.listed.push(Member { nick: nick.clone(), identity });
+                }
+            }
+            PresenceEvent::Left | PresenceEvent::Kicked | PresenceEvent::Banned => {
+                self.listed.retain(|m| !m.nick.same_as(nick));
+            }
+            PresenceEvent::Unbanned => {}
+        }
+    }
+
     fn members(&self, list: &[Member]) -> Vec<MemberInfo> {
         let me = self.identity.public();
         list.iter()
@@ -745,6 +771,7 @@ impl Driver {
                         self.core.check_claim(&m.nick, &m.identity);
                     }
                     self.emit(Event::Members(self.members(&list)));
+                    self.listed = list;
                 }
             }
             RelayMessage::Presence { event, nick, identity } => {
@@ -754,6 +781,7 @@ impl Driver {
                 }
                 // The relay's claim: compared with the pins, never pinned.
                 self.core.check_claim(&nick, &identity);
+                self.on_presence_listed(event, &nick, identity);
                 self.emit(Event::Presence { event, nick, identity });
             }
             RelayMessage::HistoryEnd { .. } => {

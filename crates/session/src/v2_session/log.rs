@@ -228,7 +228,7 @@ impl Core {
     }
 
     /// What `/whois` shows: the key `nick`'s messages were pinned to (MLS authenticated), and
-    /// a pinned look-alike. The relay's list is not kept in protocol 2.
+    /// a pinned look-alike. The relay's list is the driver's (`listed`).
     pub(super) fn whois(&self, nick: Nick) -> Whois {
         let room = self.room.as_ref();
         Whois {
