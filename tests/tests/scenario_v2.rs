@@ -1,5 +1,5 @@
 //! Protocol 2 (MLS) with the real binaries: `chatroom --protocol 2` clients and a
-//! `chatroom-relay` process on 127.0.0.1. The proofs of docs/PROTOCOL-v2-draft.md's issue list:
+//! `chatroom-relay` process on 127.0.0.1. The proofs of version 2's promises (docs/PROTOCOL.md part II):
 //! a wrong password cannot enter, and neither can whoever holds the relay's database and the
 //! join secret without the password's MLS pre-shared key (5); the password plus a copy of the
 //! relay's database plus a fresh client decrypt no message of an earlier epoch (1); a member the

@@ -16,7 +16,7 @@ type Res<T> = Result<T, Box<dyn Error + Send + Sync>>;
 const PASSWORD: &str = "correct horse battery staple";
 const ENTERED: &str = "you entered the room's group";
 const ROOM: &str = "lies2";
-/// The clear kind byte of an application message (draft section 4.1).
+/// The clear kind byte of an application message (docs/PROTOCOL.md section 22.1).
 const APPLICATION: u8 = 2;
 
 fn member(home: &Home, invite: &str, nick: &str, create: bool) -> Res<Client> {

@@ -1,4 +1,4 @@
-//! Protocol version 2's envelope (docs/PROTOCOL-v2-draft.md section 4.1): one MLSMessage,
+//! Protocol version 2's envelope (docs/PROTOCOL.md section 22.1): one MLSMessage,
 //! signed by its sender's Ed25519 identity, with the clear header the relay checks.
 //!
 //! ```text

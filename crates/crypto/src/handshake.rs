@@ -10,7 +10,7 @@
 //! ```
 //! Every handshake message has one valid length, checked before any Diffie-Hellman work.
 //!
-//! Protocol version 2 (docs/PROTOCOL-v2-draft.md section 1) uses prologue `chatroom/2` and
+//! Protocol version 2 (docs/PROTOCOL.md section 19) uses prologue `chatroom/2` and
 //! puts the version byte `0x02` in clear as message 1's payload (33 bytes). The relay picks the
 //! prologue from message 1's length, so it speaks both versions on one port, and the prologue
 //! binds the choice: a peer that reads the byte differently fails at message 2.
@@ -83,14 +83,6 @@ impl fmt::Debug for StaticKeypair {
 
 fn build(local: &StaticKeypair, initiator: bool, version: u8) -> Result<HandshakeState, NoiseError> {
     build_versioned(local, initiator, None, version)
-}
-
-fn build_with_ephemeral(
-    local: &StaticKeypair,
-    initiator: bool,
-    fixed_ephemeral: Option<&[u8; 32]>,
-) -> Result<HandshakeState, NoiseError> {
-    build_versioned(local, initiator, fixed_ephemeral, 1)
 }
 
 fn build_versioned(
@@ -180,18 +172,31 @@ fn into_versioned_transport(state: HandshakeState, version: u8) -> Result<Transp
     })
 }
 
-/// A complete handshake with fixed ephemeral keys, for the protocol's test vectors: both
-/// states after message 3, and messages 1, 2 and 3.
+/// A complete handshake of protocol `version` (1 or 2) with fixed ephemeral keys, for the
+/// protocol's test vectors: both states after message 3, and messages 1, 2 and 3.
 fn fixed_handshake(
+    version: u8,
     initiator: &StaticKeypair,
     initiator_ephemeral: &[u8; 32],
     responder: &StaticKeypair,
     responder_ephemeral: &[u8; 32],
 ) -> Result<(HandshakeState, HandshakeState, [Vec<u8>; 3]), NoiseError> {
-    let mut i = build_with_ephemeral(initiator, true, Some(initiator_ephemeral))?;
-    let mut r = build_with_ephemeral(responder, false, Some(responder_ephemeral))?;
-    let m1 = write(&mut i, HANDSHAKE1_LEN)?;
-    read(&mut r, &m1, 1, HANDSHAKE1_LEN)?;
+    let mut i = build_versioned(initiator, true, Some(initiator_ephemeral), version)?;
+    let mut r = build_versioned(responder, false, Some(responder_ephemeral), version)?;
+    // -> e (version 2: with the clear payload 0x02)
+    let m1 = if version == 2 {
+        let m1 = write_payload(&mut i, &[2], HANDSHAKE1_V2_LEN)?;
+        let mut payload = [0u8; 1];
+        match r.read_message(&m1, &mut payload) {
+            Ok(1) if payload == [2] => {}
+            _ => return Err(NoiseError::Handshake),
+        }
+        m1
+    } else {
+        let m1 = write(&mut i, HANDSHAKE1_LEN)?;
+        read(&mut r, &m1, 1, HANDSHAKE1_LEN)?;
+        m1
+    };
     let m2 = write(&mut r, HANDSHAKE2_LEN)?;
     read(&mut i, &m2, 2, HANDSHAKE2_LEN)?;
     let m3 = write(&mut i, HANDSHAKE3_LEN)?;
@@ -204,13 +209,14 @@ fn fixed_handshake(
 
 /// The fixed-key handshake's messages 1, 2 and 3 and its handshake hash.
 pub(crate) fn vector_transcript(
+    version: u8,
     initiator: &StaticKeypair,
     initiator_ephemeral: &[u8; 32],
     responder: &StaticKeypair,
     responder_ephemeral: &[u8; 32],
 ) -> Result<[Vec<u8>; 4], NoiseError> {
     let (i, _, [m1, m2, m3]) =
-        fixed_handshake(initiator, initiator_ephemeral, responder, responder_ephemeral)?;
+        fixed_handshake(version, initiator, initiator_ephemeral, responder, responder_ephemeral)?;
     Ok([m1, m2, m3, i.get_handshake_hash().to_vec()])
 }
 
@@ -221,7 +227,7 @@ pub(crate) fn vector_transports(
     responder: &StaticKeypair,
     responder_ephemeral: &[u8; 32],
 ) -> Result<(Transport, Transport), NoiseError> {
-    let (i, r, _) = fixed_handshake(initiator, initiator_ephemeral, responder, responder_ephemeral)?;
+    let (i, r, _) = fixed_handshake(1, initiator, initiator_ephemeral, responder, responder_ephemeral)?;
     Ok((into_transport(i)?, into_transport(r)?))
 }
 

@@ -1,4 +1,4 @@
-//! Protocol v2 key derivation (docs/PROTOCOL-v2-draft.md section 2): the same Argon2id
+//! Protocol v2 key derivation (docs/PROTOCOL.md section 20): the same Argon2id
 //! parameters and rules as v1, under `chatroom/2` labels, split by HKDF-SHA256 into four
 //! independent outputs. The password only decides who may enter; message keys come from MLS.
 

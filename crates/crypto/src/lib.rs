@@ -111,7 +111,18 @@ pub mod internal {
         responder: &StaticKeypair,
         responder_ephemeral: &[u8; 32],
     ) -> Result<[Vec<u8>; 4], NoiseError> {
-        crate::handshake::vector_transcript(initiator, initiator_ephemeral, responder, responder_ephemeral)
+        crate::handshake::vector_transcript(1, initiator, initiator_ephemeral, responder, responder_ephemeral)
+    }
+
+    /// `noise_transcript` for protocol version 2: prologue `chatroom/2`, message 1 carrying
+    /// the clear payload `0x02` (33 bytes).
+    pub fn noise_transcript_v2(
+        initiator: &StaticKeypair,
+        initiator_ephemeral: &[u8; 32],
+        responder: &StaticKeypair,
+        responder_ephemeral: &[u8; 32],
+    ) -> Result<[Vec<u8>; 4], NoiseError> {
+        crate::handshake::vector_transcript(2, initiator, initiator_ephemeral, responder, responder_ephemeral)
     }
 
     /// The fixed-key handshake of `noise_transcript`, both ends in transport mode:

@@ -21,7 +21,7 @@ pub const MAX_MEMBERS_PER_ITEM: usize = 1000;
 pub const MAX_DETAIL_LEN: usize = 512;
 /// The protocol version a `Join` announces.
 pub const PROTOCOL_VERSION: u8 = 1;
-/// Protocol version 2 (MLS; docs/PROTOCOL-v2-draft.md).
+/// Protocol version 2 (MLS; docs/PROTOCOL.md part II).
 pub const PROTOCOL_VERSION_2: u8 = 2;
 /// Largest chunk of a sealed GroupInfo in one `PutGroupInfo` or `GroupInfo` item.
 pub const MAX_GROUP_INFO_CHUNK: usize = 60_000;

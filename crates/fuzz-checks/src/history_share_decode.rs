@@ -1,6 +1,6 @@
 //! `history_share_decode`: the application data of a v2 history share (content kind 5,
 //! `chatroom_session::v2_history::decode_share`), which a newcomer's client decodes from
-//! another member's MLS message (docs/PROTOCOL-v2-draft.md section 10).
+//! another member's MLS message (docs/PROTOCOL.md section 28).
 //!
 //! Input: the raw application data.
 //! - No panic, and nothing decodes from more than 12 288 bytes or a length that is not a

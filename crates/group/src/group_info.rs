@@ -1,4 +1,4 @@
-//! The sealed GroupInfo the relay stores (draft section 4.3): XChaCha20-Poly1305 under the
+//! The sealed GroupInfo the relay stores (docs/PROTOCOL.md section 22.3): XChaCha20-Poly1305 under the
 //! password's GroupInfo key, with the room, the relay key, the PSK generation and the epoch in
 //! the associated data, so the relay can neither read it nor move it to another room or epoch.
 

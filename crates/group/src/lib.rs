@@ -1,4 +1,4 @@
-//! The sans-IO MLS layer of chatroom protocol v2 (docs/PROTOCOL-v2-draft.md): a member's room
+//! The sans-IO MLS layer of chatroom protocol v2 (docs/PROTOCOL.md, part II): a member's room
 //! group over AWS's mls-rs, the GroupInfo sealed for the relay, entry by external commit with
 //! the password's pre-shared key, and the room log's ordering rule. No sockets, no tokio: the
 //! caller feeds log entries in sequence order and sends what this crate returns.
@@ -16,6 +16,8 @@ mod rules;
 mod settings;
 mod state;
 mod storage;
+#[cfg(test)]
+mod test_vectors;
 mod wire;
 
 pub use error::GroupError;

@@ -15,11 +15,11 @@ use crate::rules::Expected;
 use crate::settings::RoomSettings;
 use crate::storage::BlobStorage;
 
-/// The largest MLSMessage `process` takes: 16 384 bytes, the draft's `MAX_MLS` (section 4.1),
+/// The largest MLSMessage `process` takes: 16 384 bytes, `MAX_MLS` (docs/PROTOCOL.md section 22.1),
 /// checked before parsing. Commits measured at 500 members are under 2 KB.
 pub const MAX_MLS_LEN: usize = chatroom_crypto::MAX_MLS_LEN;
 
-/// The envelope's clear `kind` byte (draft section 4.1).
+/// The envelope's clear `kind` byte (docs/PROTOCOL.md section 22.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     /// An MLS commit (entry, removal, update).
@@ -123,7 +123,7 @@ fn public_of(id: &mls_rs::identity::SigningIdentity) -> Result<PublicIdentity, G
 
 impl Room {
     /// The creator's group at epoch 0, with itself as the only member and the owner; the
-    /// settings' other fields are the draft's defaults.
+    /// settings' other fields are the protocol's defaults.
     pub fn create(identity: &Identity, room: RoomRef, psk: &RoomPsk) -> Result<Self, GroupError> {
         Self::create_with(identity, room, psk, RoomSettings::defaults(identity.public()))
     }
@@ -179,7 +179,7 @@ impl Room {
         Ok((Self { room, me, group, handles, phase }, commit))
     }
 
-    /// The password generation whose PSK entries must carry (draft section 8, rotation).
+    /// The password generation whose PSK entries must carry (docs/PROTOCOL.md section 26, rotation).
     pub fn psk_generation(&self) -> u32 {
         self.room.psk_generation
     }
@@ -215,7 +215,7 @@ impl Room {
         self.phase == Phase::Member
     }
 
-    /// The epoch code people compare with `/safety` (draft section 2).
+    /// The epoch code people compare with `/safety` (docs/PROTOCOL.md section 20).
     pub fn epoch_code(&self) -> Result<SafetyCode, GroupError> {
         let authenticator = self.group.epoch_authenticator()?;
         Ok(epoch_code(self.epoch(), authenticator.as_bytes()))

@@ -1,11 +1,13 @@
-//! The room's settings in the MLS group context: the `chatroom_room` extension (draft section 3),
-//! `owner: 32 | history_share: u16 | heal_messages: u32 | heal_seconds: u32`, set by the creator.
+//! The room's settings in the MLS group context: the `chatroom_room` extension
+//! (docs/PROTOCOL.md section 20), `owner: 32 | history_share: u16 | heal_messages: u32 |
+//! heal_seconds: u32`, set by the creator.
 
 use chatroom_crypto::PublicIdentity;
 use mls_rs::extension::ExtensionType;
 use mls_rs::{Extension, ExtensionList};
 
-/// The extension's type, from MLS's private-use range (draft: **OPEN** number).
+/// The extension's type, from MLS's private-use range (RFC 9420 section 17.3); fixed by the
+/// protocol.
 pub const ROOM_EXTENSION: ExtensionType = ExtensionType::new(0xF0C1);
 const LEN: usize = 32 + 2 + 4 + 4;
 
@@ -23,7 +25,7 @@ pub struct RoomSettings {
 }
 
 impl RoomSettings {
-    /// The defaults of the draft, with `owner` as the owner.
+    /// The protocol's defaults (docs/PROTOCOL.md section 21), with `owner` as the owner.
     pub fn defaults(owner: PublicIdentity) -> Self {
         Self { owner, history_share: 0, heal_messages: 100, heal_seconds: 86_400 }
     }
@@ -71,5 +73,22 @@ mod tests {
         short.set(Extension::new(ROOM_EXTENSION, vec![0; LEN - 1]));
         assert_eq!(RoomSettings::from_extensions(&short), None);
         assert_eq!(RoomSettings::from_extensions(&ExtensionList::new()), None);
+    }
+
+    /// The `v2.extension.` vectors of docs/PROTOCOL.md (the other names are checked by
+    /// `crates/crypto/tests/vectors.rs` and `crates/group/tests/vectors.rs`).
+    #[test]
+    fn protocol_md_extension_vectors_match_the_code() {
+        let doc = crate::test_vectors::documented("v2.extension.");
+        let owner = chatroom_crypto::Identity::from_seed(&[0x11; 32]).public();
+        let s = RoomSettings { owner, history_share: 50, heal_messages: 100, heal_seconds: 86_400 };
+        let list = s.to_extensions();
+        let data = &list.get(ROOM_EXTENSION).expect("the extension is set").extension_data;
+        let computed = [
+            ("v2.extension.type", format!("{:04x}", ROOM_EXTENSION.raw_value())),
+            ("v2.extension.room", hex::encode(data)),
+        ];
+        crate::test_vectors::check(&doc, &computed);
+        assert_eq!(RoomSettings::from_extensions(&list), Some(s));
     }
 }

@@ -19,7 +19,7 @@ type TestResult = Result<(), Box<dyn Error>>;
 struct Relay {
     log: Vec<(PublicIdentity, Kind, Vec<u8>)>,
     group_info: Vec<u8>,
-    /// The log length when the GroupInfo was put (the draft's `after_seq`).
+    /// The log length when the GroupInfo was put (the protocol's `after_seq`).
     group_info_seq: usize,
 }
 

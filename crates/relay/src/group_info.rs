@@ -1,4 +1,4 @@
-//! The room's sealed GroupInfo slot of protocol version 2 (docs/PROTOCOL-v2-draft.md 4.2), on
+//! The room's sealed GroupInfo slot of protocol version 2 (docs/PROTOCOL.md section 22.2), on
 //! the connection's side: assembling one upload from its parts, and splitting the stored object
 //! into `GroupInfo` items. The bytes are opaque: the relay checks sizes and order only.
 

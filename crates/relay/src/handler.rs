@@ -913,7 +913,7 @@ impl<H: RoomService> Handler<H> {
         // A decoded `Send` holds a whole envelope header, so there is a counter to name.
         let counter = EnvelopeHeader::peek_counter(&envelope).unwrap_or_default();
         let error = |code, detail: String| Err(RelayMessage::SendError { counter, code, detail });
-        // A v2 envelope is opaque MLS behind its header (docs/PROTOCOL-v2-draft.md 4.1); its
+        // A v2 envelope is opaque MLS behind its header (docs/PROTOCOL.md section 22.1); its
         // own length bounds replace `max_envelope_len`, which is about v1's text messages.
         let (parsed, limit) = match version {
             2 => (EnvelopeHeader::parse_v2(&envelope), MAX_ENVELOPE_V2_LEN),

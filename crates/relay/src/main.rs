@@ -290,7 +290,7 @@ pub(crate) fn default_data_dir() -> Result<PathBuf, String> {
 }
 
 /// Bytes of a sealed GroupInfo per member of a version 2 room, with the ratchet tree
-/// (about 290 measured at 500 members: PROTOCOL-v2-draft.md section 4.2).
+/// (about 290 measured at 500 members: docs/PROTOCOL.md section 22.2).
 const GROUP_INFO_BYTES_PER_MEMBER: usize = 290;
 /// The largest sealed GroupInfo clients open (chatroom_group::MAX_SEALED_GROUP_INFO).
 const MAX_GROUP_INFO_BYTES: usize = 8 * 1024 * 1024;

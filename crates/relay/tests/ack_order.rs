@@ -1,7 +1,7 @@
 //! A connection's answers and deliveries in one order: the `Ack` of an envelope stored as
 //! `seq` M reaches its sender after every delivery of a lower `seq` to the same connection, so
 //! a client that places its own envelope at M by the `Ack` has already read everything before
-//! it (docs/PROTOCOL-v2-draft.md section 13). Two members send at once, many rounds.
+//! it (docs/PROTOCOL.md section 31). Two members send at once, many rounds.
 
 mod common;
 

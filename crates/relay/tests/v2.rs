@@ -1,4 +1,4 @@
-//! Protocol version 2 at the relay (docs/PROTOCOL-v2-draft.md): the `chatroom/2` handshake
+//! Protocol version 2 at the relay (docs/PROTOCOL.md part II): the `chatroom/2` handshake
 //! beside version 1 on the same port, joins bound to the handshake's version, and v2
 //! envelopes (opaque MLS) checked by their header, stored, numbered and delivered byte for
 //! byte, and the room's sealed GroupInfo slot. Real relay, real SQLite, real sockets on

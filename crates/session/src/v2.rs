@@ -1,7 +1,7 @@
 //! Protocol version 2's room core, sans-IO: a member's MLS room (`chatroom_group::Room`) fed
 //! the room's log in `seq` order, with v2 envelopes signed and checked around it, the log
 //! cursor, and the state file (mode 0600, written atomically with fsync). The caller moves
-//! bytes to and from the relay (docs/PROTOCOL-v2-draft.md sections 4 to 7).
+//! bytes to and from the relay (docs/PROTOCOL.md sections 22 to 25).
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -94,7 +94,7 @@ pub enum V2Event {
         /// The owner's identity.
         by: PublicIdentity,
     },
-    /// The history another member shared with this newcomer (draft section 10): one
+    /// The history another member shared with this newcomer (docs/PROTOCOL.md section 28): one
     /// envelope's worth, oldest first, only messages sequenced before this member's entry.
     /// Authorship is `by`'s claim, not the original senders' signatures.
     SharedHistory {
@@ -188,7 +188,7 @@ fn room_ref(name: &RoomName, relay_key: &[u8; 32], psk_generation: u32) -> RoomR
     RoomRef { room: name.clone(), relay_key: *relay_key, psk_generation }
 }
 
-/// The content kind of a password rotation (draft section 8): byte 8 of the application data,
+/// The content kind of a password rotation (docs/PROTOCOL.md section 26): byte 8 of the application data,
 /// where the v1 content encoding keeps its kind.
 pub const ROTATE_KIND: u8 = 4;
 /// A rotation's application data: timestamp (8), kind (1), generation (4), the new password's
@@ -236,7 +236,7 @@ impl V2Room {
         Self::create_with_history_share(identity, name, relay_key, keys, 0)
     }
 
-    /// As `create`, with the room setting `history_share` (draft section 10; 0 is off).
+    /// As `create`, with the room setting `history_share` (docs/PROTOCOL.md section 28; 0 is off).
     pub fn create_with_history_share(
         identity: Identity,
         name: RoomName,
@@ -379,7 +379,7 @@ impl V2Room {
         }) && self.room.is_member()
     }
 
-    /// This member's history share for the newcomer of the current epoch (draft section 10):
+    /// This member's history share for the newcomer of the current epoch (docs/PROTOCOL.md section 28):
     /// the envelopes of kind 5, or none if `share_wanted` is false. Sealed once per entry.
     pub fn share_history(&mut self, timestamp_ms: u64) -> Result<Vec<Vec<u8>>, V2Error> {
         if !self.share_wanted() {
@@ -433,7 +433,7 @@ impl V2Room {
         Ok(V2Event::SharedHistory { by: sender, messages })
     }
 
-    /// Whether this member should send an update commit (draft section 9): it has sent
+    /// Whether this member should send an update commit (docs/PROTOCOL.md section 27): it has sent
     /// `messages` messages, or `seconds` passed, since its last winning commit (its creation,
     /// entry, update or removal). `now` is in Unix seconds; both limits count from 1.
     pub fn heal_due(&self, now: u64, messages: u32, seconds: u64) -> bool {
@@ -465,7 +465,7 @@ impl V2Room {
         self.wrap(Kind::Commit, &mls)
     }
 
-    /// The owner's password rotation (draft section 8): from now on this member holds `new`
+    /// The owner's password rotation (docs/PROTOCOL.md section 26): from now on this member holds `new`
     /// (the next password generation's outputs) and seals the GroupInfo under it. Returns the
     /// envelope of kind `rotate` that carries `new` to the members, inside MLS; send it before
     /// the new join verifier and the GroupInfo `sealed_group_info` now returns.
@@ -1404,5 +1404,78 @@ mod tests {
         let mut padded = bytes.clone();
         padded[ROTATE_LEN - 1] = 1;
         assert!(decode_rotation(&padded).is_err());
+    }
+
+    /// Every documented `name = value` of docs/PROTOCOL.md whose name starts with a prefix.
+    fn documented(prefixes: &[&str]) -> std::collections::BTreeMap<String, String> {
+        let mut out = std::collections::BTreeMap::new();
+        let mut inside = false;
+        for line in include_str!("../../../docs/PROTOCOL.md").lines() {
+            let t = line.trim();
+            if t.starts_with("```") {
+                inside = t == "```vectors";
+                continue;
+            }
+            if let (true, Some((k, v))) = (inside, t.split_once(" = ")) {
+                if prefixes.iter().any(|p| k.trim().starts_with(p)) {
+                    out.insert(k.trim().to_owned(), v.trim().to_owned());
+                }
+            }
+        }
+        out
+    }
+
+    /// The `v2.rotate.` and `v2.history.` vectors of docs/PROTOCOL.md (section 17.10): the
+    /// kind-4 and kind-5 application data. Other names are checked by the crypto and group
+    /// crates' `vectors` tests.
+    #[test]
+    fn protocol_md_rotation_and_history_vectors_match_the_code() {
+        use crate::v2_history::{decode_share, SharedMessage};
+        let relay = chatroom_crypto::StaticKeypair::from_private(&[0x42; 32]);
+        let secrets = chatroom_crypto::derive_room_secrets_v2(
+            b"correct horse battery staple",
+            relay.public(),
+            &general(),
+            chatroom_crypto::KdfParams::DEFAULT,
+        )
+        .unwrap();
+        let rotation = encode_rotation(1_700_000_000_000, 1, &secrets);
+        let (generation, decoded) = decode_rotation(&rotation).unwrap();
+        assert_eq!((generation, decoded.to_bytes()), (1, secrets.to_bytes()));
+
+        let (alice, bob) = (Identity::from_seed(&[0x11; 32]), Identity::from_seed(&[0x22; 32]));
+        let said = |ts, kind, nick, body: &str| Content {
+            timestamp_ms: ts,
+            kind,
+            nick: Nick::new(nick).unwrap(),
+            body: body.into(),
+        };
+        let messages = [
+            SharedMessage {
+                sender: alice.public(),
+                seq: 7,
+                content: said(1_700_000_000_000, ContentKind::Text, "alice", "hello, room"),
+            },
+            SharedMessage {
+                sender: bob.public(),
+                seq: 9,
+                content: said(1_700_000_000_001, ContentKind::Action, "Bob", "waves"),
+            },
+        ];
+        let share = encode_share(1_700_000_000_003, 10, &messages).unwrap();
+        assert_eq!(share.len(), 1, "two short messages fit one envelope");
+        let part = decode_share(&share[0]).unwrap();
+        assert_eq!((part.entry_seq, part.part, part.parts, &part.messages[..]), (10, 0, 1, &messages[..]));
+
+        let computed = [
+            ("v2.rotate.data", hex::encode(rotation.as_slice())),
+            ("v2.history.data", hex::encode(share[0].as_slice())),
+        ];
+        let block: String = computed.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
+        let doc = documented(&["v2.rotate.", "v2.history."]);
+        for (key, value) in &computed {
+            assert_eq!(doc.get(*key), Some(value), "vector {key}; computed block:\n{block}");
+        }
+        assert_eq!(doc.len(), computed.len(), "docs/PROTOCOL.md documents vectors not computed:\n{block}");
     }
 }

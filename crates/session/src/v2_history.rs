@@ -1,4 +1,4 @@
-//! History for newcomers (docs/PROTOCOL-v2-draft.md section 10): the application data of a
+//! History for newcomers (docs/PROTOCOL.md section 28): the application data of a
 //! `HistoryShare` (content kind 5), byte by byte, and its split into envelopes.
 //!
 //! ```text

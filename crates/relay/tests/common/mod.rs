@@ -635,7 +635,7 @@ pub async fn interleaved(
     Ok(seen)
 }
 
-/// The relay's promise on one connection (PROTOCOL-v2-draft.md section 13, own envelopes):
+/// The relay's promise on one connection (docs/PROTOCOL.md section 31, own envelopes):
 /// an `Ack` for `seq` M comes after every `Deliver` with a lower `seq`. Returns the first
 /// violation, if any, as (the Ack's seq, the late delivery's seq).
 pub fn ack_after_lower_deliveries(seen: &[RelayMessage]) -> Option<(u64, u64)> {

@@ -104,7 +104,7 @@ pub async fn handshake(stream: TcpStream, addr: &str, pin: &RelayPin) -> Result<
 }
 
 /// As `handshake`, for protocol version 2: prologue `chatroom/2`, the version byte in clear in
-/// message 1 (docs/PROTOCOL-v2-draft.md, the introduction).
+/// message 1 (docs/PROTOCOL.md section 19.1).
 pub async fn handshake_v2(stream: TcpStream, addr: &str, pin: &RelayPin) -> Result<Handshaken, SessionError> {
     handshake_version(stream, addr, pin, 2).await
 }

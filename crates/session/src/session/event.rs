@@ -331,7 +331,7 @@ pub enum GroupEvent {
         /// It was this client's own rotation.
         own: bool,
     },
-    /// History a member shared with this client as a newcomer (draft section 10): messages
+    /// History a member shared with this client as a newcomer (docs/PROTOCOL.md section 28): messages
     /// sent before it entered, oldest first, each shown once. Their senders, nicknames and
     /// text are `by`'s claim, not signed by their senders: show them as shared by `by`.
     SharedHistory {

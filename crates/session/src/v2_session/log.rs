@@ -90,7 +90,7 @@ pub(super) struct Core {
     pub(super) out: Vec<Action>,
 }
 
-/// The owner's `rotate` message in flight (draft section 8), until read back in its epoch.
+/// The owner's `rotate` message in flight (docs/PROTOCOL.md section 26), until read back in its epoch.
 #[derive(Debug, Clone, Copy)]
 struct PendingRotation {
     /// The counter of its latest copy.
@@ -526,7 +526,7 @@ impl Core {
         self.emit(Event::Group(GroupEvent::PasswordRotated { generation, by: me, own: true }));
     }
 
-    /// The owner's password rotation (draft section 8): the `rotate` message now; the new
+    /// The owner's password rotation (docs/PROTOCOL.md section 26): the `rotate` message now; the new
     /// verifier and GroupInfo once it is read back from the log in its epoch (sealed again on
     /// the next epoch if it missed its own). Returns the new generation.
     pub(super) fn rotate(&mut self, new: RoomSecretsV2) -> Result<u32, RotateError> {
@@ -777,7 +777,7 @@ impl Core {
         (messages, seconds.saturating_add(jitter))
     }
 
-    /// Sends an update commit (healing, draft section 9) if one is due at `now` (Unix
+    /// Sends an update commit (healing, docs/PROTOCOL.md section 27) if one is due at `now` (Unix
     /// seconds) and no other own commit is in flight; removals go first.
     pub(super) fn maybe_heal(&mut self, now: u64) {
         if self.committing || !self.is_member() || !self.removing.is_empty() {

@@ -3,7 +3,7 @@
 //! join secret, creates the room's group or enters it by external commit from the sealed
 //! GroupInfo, processes the room's log in `seq` order from the saved cursor, publishes the
 //! GroupInfo after each epoch change, and turns the owner's kick or ban into an MLS removal
-//! (docs/PROTOCOL-v2-draft.md sections 5 to 8). The connection, the pinning, the outbox and
+//! (docs/PROTOCOL.md sections 23 to 26). The connection, the pinning, the outbox and
 //! the events are the v1 session's.
 
 mod driver;
@@ -30,27 +30,27 @@ pub const DEFAULT_HEAL_MESSAGES: u32 = 100;
 /// Time after which a member renews its keys with an update commit (one day).
 pub const DEFAULT_HEAL_AFTER: Duration = Duration::from_secs(86_400);
 
-/// Limits of the v2 driver, with the draft's defaults.
+/// Limits of the v2 driver, with the protocol's defaults (docs/PROTOCOL.md part II).
 #[derive(Debug, Clone)]
 pub struct V2Limits {
-    /// Entry attempts (each lost to another commit of its epoch) before giving up (draft: 5).
+    /// Entry attempts (each lost to another commit of its epoch) before giving up (section 23: 5).
     pub entry_attempts: u32,
     /// A member that sees the stored GroupInfo older than the epoch it is in waits a random
-    /// delay up to this long, then puts it itself if it is still stale (draft: 10 s).
+    /// delay up to this long, then puts it itself if it is still stale (section 23: 10 s).
     pub group_info_grace: Duration,
     /// Most bytes of log entries held while entering (those after the stored GroupInfo,
     /// needed once the entry is decided); beyond it the entry fails.
     pub max_entry_buffer: usize,
-    /// Largest sealed GroupInfo assembled from the relay's parts (draft section 11: 8 MiB).
+    /// Largest sealed GroupInfo assembled from the relay's parts (docs/PROTOCOL.md section 29: 8 MiB).
     pub max_group_info: usize,
     /// Healing: an update commit after this many of this member's messages since its last
-    /// winning commit (draft section 9: 100); lowered to the room's setting, never raised.
+    /// winning commit (docs/PROTOCOL.md section 27: 100); lowered to the room's setting, never raised.
     pub heal_messages: u32,
-    /// ... or after this long (draft: 24 h, plus up to 10 % at random); likewise capped.
+    /// ... or after this long (section 27: 24 h, plus up to 10 % at random); likewise capped.
     pub heal_after: Duration,
     /// History for newcomers: after a newcomer's entry, a member waits a random delay up to
-    /// this long before it shares, unless another member's share is read first (draft
-    /// section 10: 5 s).
+    /// this long before it shares, unless another member's share is read first (docs/PROTOCOL.md
+    /// section 28: 5 s).
     pub share_delay: Duration,
     /// The room setting `history_share` given to a room this client creates (0 = off, at most
     /// 100 kept and shared); ignored when entering an existing room.
@@ -164,7 +164,7 @@ pub struct V2Handle {
     task: Option<JoinHandle<SessionEnd>>,
     next_id: u64,
     relay_fingerprint: String,
-    /// What a new password's derivation needs (draft section 2).
+    /// What a new password's derivation needs (docs/PROTOCOL.md section 20).
     relay_key: [u8; 32],
     room: RoomName,
     params: KdfParams,
@@ -218,7 +218,7 @@ impl V2Handle {
         self.request(Request::Unban(nick)).await
     }
 
-    /// Owner only: rotates the room's password (draft section 8). Derives the new password's
+    /// Owner only: rotates the room's password (docs/PROTOCOL.md section 26). Derives the new password's
     /// outputs (Argon2id, off the runtime), sends them to the members inside the group, then,
     /// once the relay stored that message, the new join verifier and the GroupInfo sealed
     /// under the new key. Returns the new password generation once all three are sent.
