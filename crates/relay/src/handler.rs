@@ -270,7 +270,6 @@ impl<H: RoomService> Handler<H> {
     /// no copy of it is held either.
     pub(crate) fn run(mut self, stream: TcpStream) -> impl Future<Output = ()> + Send {
         let span = info_span!("conn", id = %self.id, peer = %self.peer);
-        let _ = stream.set_nodelay(true);
         let (read_half, write_half) = stream.into_split();
         async move {
             debug!("accepted");

@@ -172,6 +172,7 @@ impl<R: RoomAdmin> Relay<R> {
         let sweeper = tokio::spawn(sweep(shared.clone()));
         let (notify_shutdown, _) = broadcast::channel(1);
         let (done_tx, mut done_rx) = mpsc::channel(1);
+        let nodelay = Nodelay::for_listener(&listener);
         let mut server = Listener {
             listener,
             overflow: Arc::new(Semaphore::new(SERVER_FULL_SLOTS)),
@@ -182,6 +183,7 @@ impl<R: RoomAdmin> Relay<R> {
             warned_full: Throttle::default(),
             warned_unauthenticated: Throttle::default(),
             warned_rate: Throttle::default(),
+            nodelay,
         };
         tokio::select! {
             _ = server.run() => {}
@@ -289,6 +291,7 @@ struct Listener<H> {
     warned_full: Throttle,
     warned_unauthenticated: Throttle,
     warned_rate: Throttle,
+    nodelay: Nodelay,
 }
 
 /// Lets a repeated warning through at most once a minute, so a flood cannot flood the log.
@@ -308,6 +311,29 @@ impl Throttle {
     }
 }
 
+/// `TCP_NODELAY` on accepted sockets. Set on the listener, Linux copies it to every socket the
+/// listener accepts, which saves a `setsockopt` per connection; whether it did is read once,
+/// from the first accepted socket, and where it did not, each socket gets it set.
+#[derive(Debug)]
+struct Nodelay {
+    /// `None` until the first accepted socket shows whether it came with the option.
+    inherited: Option<bool>,
+}
+
+impl Nodelay {
+    fn for_listener(listener: &TcpListener) -> Self {
+        let set = socket2::SockRef::from(listener).set_tcp_nodelay(true).is_ok();
+        Nodelay { inherited: if set { None } else { Some(false) } }
+    }
+
+    fn set(&mut self, socket: &TcpStream) {
+        let inherited = *self.inherited.get_or_insert_with(|| socket.nodelay().unwrap_or(false));
+        if !inherited {
+            let _ = socket.set_nodelay(true);
+        }
+    }
+}
+
 impl<H: RoomService> Listener<H> {
     async fn run(&mut self) {
         loop {
@@ -315,6 +341,7 @@ impl<H: RoomService> Listener<H> {
             // Every check here is a lookup: a connection refused costs no key agreement.
             let Some(admitted) = self.admit(peer.ip()) else { continue };
             let (slots, slot, permit, full) = admitted;
+            self.nodelay.set(&socket);
             let handler = Handler {
                 _open: crate::metrics::connection(),
                 shared: self.shared.clone(),
@@ -393,5 +420,43 @@ impl<H: RoomService> Listener<H> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn accepted(listener: &TcpListener, nodelay: &mut Nodelay) -> (TcpStream, TcpStream) {
+        let addr = listener.local_addr().unwrap();
+        let client = TcpStream::connect(addr).await.unwrap();
+        let (socket, _) = listener.accept().await.unwrap();
+        nodelay.set(&socket);
+        (client, socket)
+    }
+
+    #[tokio::test]
+    async fn every_accepted_socket_has_nodelay() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut nodelay = Nodelay::for_listener(&listener);
+        let (_c1, first) = accepted(&listener, &mut nodelay).await;
+        let (_c2, second) = accepted(&listener, &mut nodelay).await;
+        assert!(first.nodelay().unwrap());
+        assert!(second.nodelay().unwrap());
+        // Linux copies the listener's option: no setsockopt per connection.
+        if cfg!(target_os = "linux") {
+            assert_eq!(nodelay.inherited, Some(true));
+        }
+    }
+
+    #[tokio::test]
+    async fn sockets_get_nodelay_where_the_listener_does_not_pass_it_on() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut nodelay = Nodelay { inherited: None };
+        let (_c1, first) = accepted(&listener, &mut nodelay).await;
+        let (_c2, second) = accepted(&listener, &mut nodelay).await;
+        assert_eq!(nodelay.inherited, Some(false));
+        assert!(first.nodelay().unwrap());
+        assert!(second.nodelay().unwrap());
     }
 }
