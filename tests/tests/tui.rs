@@ -810,6 +810,7 @@ fn a_restart_shows_recent_context_before_the_unseen_messages() -> TestResult {
     Ok(())
 }
 
+/// Protocol 2 is the full screen's default: alice gives no `--protocol`.
 #[test]
 fn full_screen_ui_speaks_protocol_2() -> TestResult {
     let relay_dir = tempfile::tempdir()?;
@@ -823,7 +824,7 @@ fn full_screen_ui_speaks_protocol_2() -> TestResult {
     // Wide enough that no notice wraps.
     tmux.run(&["resize-window", "-t", "chat", "-x", "220", "-y", "40"])?;
     let command = format!(
-        "{chatroom} --protocol 2 --relay {relay} --room lobby --nick alice --create --password-file {pw} \
+        "{chatroom} --relay {relay} --room lobby --nick alice --create --password-file {pw} \
          --data-dir {data} --config {config}; echo \"exit=$?\"",
         chatroom = quoted(&bin("chatroom"))?,
         relay = relay.address(),

@@ -16,7 +16,7 @@
 //! proxy = "socks5h://127.0.0.1:9050"   # optional
 //! password_file = "~/.config/chatroom/work.pass"   # optional, mode 0600; ~ is the home directory
 //! kdf = "m65536t3p1"                   # optional
-//! protocol = 2                         # optional: 1 (default) or 2 (MLS)
+//! protocol = 1                         # optional: 2 (MLS, the default) or 1
 //! ```
 
 use std::collections::BTreeMap;
