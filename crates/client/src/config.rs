@@ -91,7 +91,7 @@ pub(crate) struct RoomEntry {
     pub(crate) password_file: Option<PathBuf>,
     /// Argon2id parameters like `m65536t3p1`.
     pub(crate) kdf: Option<String>,
-    /// Protocol version of the room: 1 (default) or 2.
+    /// Protocol version of the room: 1 or 2 (what decides without it: `crate::version`).
     pub(crate) protocol: Option<u8>,
     /// Refused with advice: passwords never go into the config file.
     #[serde(default)]
