@@ -285,12 +285,34 @@ impl Drop for Relay {
 #[derive(Debug)]
 pub struct Home {
     dir: tempfile::TempDir,
+    /// Arguments added to every chat run (not to `id`, `passphrase` or `relays`).
+    chat_args: &'static [&'static str],
 }
 
+/// Subcommands that take no chat arguments.
+const PLAIN_SUBCOMMANDS: [&str; 4] = ["id", "passphrase", "relays", "generate-assets"];
+
 impl Home {
-    /// A fresh, empty home.
+    /// A fresh, empty home; its member joins with the client's default protocol (2).
     pub fn new() -> Result<Self, BoxError> {
-        Ok(Self { dir: tempfile::tempdir()? })
+        Ok(Self { dir: tempfile::tempdir()?, chat_args: &[] })
+    }
+
+    /// A fresh, empty home whose member joins protocol 1 rooms: every chat run (and
+    /// `chatroom invite`) gets `--protocol 1`, for the tests of protocol 1 itself.
+    pub fn protocol_1() -> Result<Self, BoxError> {
+        Ok(Self { dir: tempfile::tempdir()?, chat_args: &["--protocol", "1"] })
+    }
+
+    /// `args` with this home's chat arguments, unless they choose a version themselves or
+    /// run a subcommand without chat arguments.
+    fn with_chat_args<'a>(&self, args: &[&'a str]) -> Vec<&'a str> {
+        let mut all = args.to_vec();
+        let plain = args.first().is_some_and(|a| PLAIN_SUBCOMMANDS.contains(a));
+        if !plain && !args.iter().any(|a| a.starts_with("--protocol")) {
+            all.extend_from_slice(self.chat_args);
+        }
+        all
     }
 
     /// The data directory.
@@ -314,7 +336,7 @@ impl Home {
     /// Runs `chatroom ARGS` to completion (no stdin) and returns (status, stdout, stderr).
     pub fn run(&self, args: &[&str]) -> Result<(ExitStatus, String, String), BoxError> {
         let out = Command::new(bin("chatroom"))
-            .args(args)
+            .args(self.with_chat_args(args))
             .arg("--data-dir")
             .arg(self.data_dir())
             .arg("--config")
@@ -368,7 +390,7 @@ impl Home {
     fn spawn_command(&self, name: &str, mut cmd: Command, args: &[&str]) -> Result<Client, BoxError> {
         let mut child = cmd
             .arg("--plain")
-            .args(args)
+            .args(self.with_chat_args(args))
             .arg("--data-dir")
             .arg(self.data_dir())
             .arg("--config")

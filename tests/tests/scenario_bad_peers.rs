@@ -111,7 +111,7 @@ fn hostile_connections_are_closed_members_keep_chatting_and_memory_stays_bounded
         ],
     )?;
     let invite = relay.invite("calm");
-    let (alice_home, bob_home) = (Home::new()?, Home::new()?);
+    let (alice_home, bob_home) = (Home::protocol_1()?, Home::protocol_1()?);
     let mut alice = alice_home.member(&invite, "alice", PASSWORD, true, &[])?;
     alice.stderr.expect("now live")?;
     let mut bob = bob_home.member(&invite, "bob", PASSWORD, false, &[])?;

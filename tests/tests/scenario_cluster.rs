@@ -58,7 +58,7 @@ fn members_on_two_relay_nodes_talk_and_a_ban_and_a_lockout_through_one_hold_on_t
     let b = node(dir_b.path(), &urls[1])?;
     assert_eq!(a.fingerprint, b.fingerprint);
 
-    let (alice_home, bob_home, carol_home) = (Home::new()?, Home::new()?, Home::new()?);
+    let (alice_home, bob_home, carol_home) = (Home::protocol_1()?, Home::protocol_1()?, Home::protocol_1()?);
     let mut alice = alice_home.member(&a.invite("cluster"), "alice", SECRET, true, &[])?;
     alice.stderr.expect("now live")?;
     let mut bob = bob_home.member(&b.invite("cluster"), "bob", SECRET, false, &[])?;
@@ -80,7 +80,7 @@ fn members_on_two_relay_nodes_talk_and_a_ban_and_a_lockout_through_one_hold_on_t
 
     // Three wrong passwords through A...
     for n in 0..3 {
-        let home = Home::new()?;
+        let home = Home::protocol_1()?;
         let pw = home.password_file("wrong.pass", "not the password")?;
         let nick = format!("guess{n}");
         let (status, _, err) = home.run(&[
@@ -90,7 +90,7 @@ fn members_on_two_relay_nodes_talk_and_a_ban_and_a_lockout_through_one_hold_on_t
             "--password-file",
             pw.to_str().ok_or("path")?,
         ])?;
-        assert!(!status.success() && err.contains("the relay refused the room password"), "{err}");
+        assert!(!status.success() && err.contains("the relay refused the password of room cluster"), "{err}");
     }
     counted(&urls[2], "cluster", 3)?;
     // ... lock the room on B too, even for the right password.
@@ -123,7 +123,7 @@ fn a_member_whose_relay_node_dies_reconnects_to_the_other_node_its_invite_lists(
     let a_first = format!("chatroom://{fp}@{on_a},{on_b}/failover");
     let b_first = format!("chatroom://{fp}@{on_b},{on_a}/failover");
 
-    let (alice_home, bob_home) = (Home::new()?, Home::new()?);
+    let (alice_home, bob_home) = (Home::protocol_1()?, Home::protocol_1()?);
     let mut alice = alice_home.member(&a_first, "alice", SECRET, true, &[])?;
     alice.stderr.expect(&format!("connecting to {on_a}"))?;
     alice.stderr.expect("now live")?;

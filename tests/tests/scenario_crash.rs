@@ -39,7 +39,7 @@ fn kill_9_while_sending_loses_and_doubles_nothing_acknowledged() -> TestResult {
     let mut relay = Relay::start(relay_dir.path())?;
     let addr = relay.address();
     let invite = relay.invite("crash");
-    let homes: Vec<Home> = (0..3).map(|_| Home::new()).collect::<Result<_, _>>()?;
+    let homes: Vec<Home> = (0..3).map(|_| Home::protocol_1()).collect::<Result<_, _>>()?;
     let mut alice = homes[0].member(&invite, "alice", PASSWORD, true, &[])?;
     alice.stderr.expect("now live")?;
     let mut bob = homes[1].member(&invite, "bob", PASSWORD, false, &[])?;
@@ -112,7 +112,7 @@ fn a_message_the_relay_fails_to_store_is_reported_and_the_next_one_still_acknowl
     drop(db);
     let relay = Relay::start(relay_dir.path())?;
     let invite = relay.invite("disk");
-    let homes: Vec<Home> = (0..2).map(|_| Home::new()).collect::<Result<_, _>>()?;
+    let homes: Vec<Home> = (0..2).map(|_| Home::protocol_1()).collect::<Result<_, _>>()?;
     let mut alice = homes[0].member(&invite, "alice", PASSWORD, true, &[])?;
     alice.stderr.expect("now live")?;
     let mut bob = homes[1].member(&invite, "bob", PASSWORD, false, &[])?;

@@ -42,7 +42,7 @@ fn the_room_password_is_not_in_memory_once_the_key_is_derived() -> TestResult {
     let relay = Relay::start(relay_dir.path())?;
     let invite = relay.invite("secret");
     let password = format!("canary {}", random_hex(16));
-    let (alice_home, bob_home) = (Home::new()?, Home::new()?);
+    let (alice_home, bob_home) = (Home::protocol_1()?, Home::protocol_1()?);
     let mut alice = alice_home.member(&invite, "alice", &password, true, &[])?;
     alice.stderr.expect("now live")?;
     let mut bob = bob_home.member(&invite, "bob", &password, false, &[])?;
@@ -62,7 +62,7 @@ fn an_invite_from_saved_room_state_carries_non_default_kdf_parameters() -> TestR
     let relay = Relay::start(relay_dir.path())?;
     let addr = relay.address();
     let password = "correct horse battery staple";
-    let (alice_home, bob_home) = (Home::new()?, Home::new()?);
+    let (alice_home, bob_home) = (Home::protocol_1()?, Home::protocol_1()?);
     let pw = alice_home.password_file("pw", password)?;
     let pw = pw.to_str().ok_or("path")?;
     let create = ["--relay", &addr, "--room", "costly", "--nick", "alice", "--password-file", pw];
@@ -77,7 +77,7 @@ fn an_invite_from_saved_room_state_carries_non_default_kdf_parameters() -> TestR
     let (status, invite, err) = alice_home.run(&["invite", "--relay", &addr, "--room", "costly"])?;
     assert!(status.success(), "{err}");
     let invite = invite.trim();
-    assert_eq!(invite, format!("chatroom://{}@{addr}/costly?kdf=m131072t3p1", relay.fingerprint));
+    assert_eq!(invite, format!("chatroom://{}@{addr}/costly?kdf=m131072t3p1&v=1", relay.fingerprint));
 
     let mut bob = bob_home.member(invite, "bob", password, false, &[])?;
     bob.stderr.expect("now live")?;
@@ -86,7 +86,7 @@ fn an_invite_from_saved_room_state_carries_non_default_kdf_parameters() -> TestR
     // A default room's invite names the default too.
     let (status, invite, _) = bob_home.run(&["invite", "--relay", &addr, "--room", "other"])?;
     assert!(status.success());
-    assert!(invite.trim().ends_with("/other?kdf=m65536t3p1"), "{invite}");
+    assert!(invite.trim().ends_with("/other?kdf=m65536t3p1&v=1"), "{invite}");
     Ok(())
 }
 
@@ -95,7 +95,7 @@ fn a_new_relay_key_in_an_invite_is_offered_and_the_relay_is_checked_before_the_p
     let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
     let mut first = Relay::start(dir_a.path())?;
     let addr = first.address();
-    let home = Home::new()?;
+    let home = Home::protocol_1()?;
     let mut alice = home.member(&first.invite("r"), "alice", "correct horse battery staple", true, &[])?;
     alice.stderr.expect("now live")?;
     alice.close_stdin();
@@ -140,7 +140,7 @@ fn a_weak_password_at_creation_asks_first_and_an_empty_one_is_generated() -> Tes
     let relay_dir = tempfile::tempdir()?;
     let relay = Relay::start(relay_dir.path())?;
     let addr = relay.address();
-    let home = Home::new()?;
+    let home = Home::protocol_1()?;
     let args = ["--relay", addr.as_str(), "--room", "weak", "--nick", "alice", "--create"];
 
     // Weak, declined: nothing is created.
@@ -162,7 +162,7 @@ fn a_weak_password_at_creation_asks_first_and_an_empty_one_is_generated() -> Tes
     alice.stderr.expect("created the room")?;
     assert!(!alice.stderr.all().iter().any(|l| l.contains("weak")), "{:?}", alice.stderr.all());
     alice.line("hello")?;
-    let bob_home = Home::new()?;
+    let bob_home = Home::protocol_1()?;
     let mut bob = bob_home.member(&relay.invite("weak"), "bob", &generated, false, &[])?;
     bob.stdout.expect("[history] <alice> hello")?;
     Ok(())

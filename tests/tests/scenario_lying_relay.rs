@@ -26,7 +26,7 @@ struct Room {
 fn room_with(lie: Lie) -> Result<Room, Box<dyn Error + Send + Sync>> {
     let liar = LyingRelay::start(StaticKeypair::generate(), lie)?;
     let invite = liar.invite("lies");
-    let homes: Vec<Home> = (0..3).map(|_| Home::new()).collect::<Result<_, _>>()?;
+    let homes: Vec<Home> = (0..3).map(|_| Home::protocol_1()).collect::<Result<_, _>>()?;
     let mut alice = homes[0].member(&invite, "alice", PASSWORD, true, &[])?;
     alice.stderr.expect("now live")?;
     let mut bob = homes[1].member(&invite, "bob", PASSWORD, false, &[])?;
@@ -165,7 +165,7 @@ fn a_relay_answering_with_another_static_key_is_refused_before_joining() -> Test
     let liar = LyingRelay::start(StaticKeypair::generate(), Lie::Honest)?;
     let pinned_fp: String = pinned.public().iter().map(|b| format!("{b:02x}")).collect();
     let invite = format!("chatroom://{pinned_fp}@{}/lies", liar.addr);
-    let home = Home::new()?;
+    let home = Home::protocol_1()?;
     let mut alice = home.member(&invite, "alice", PASSWORD, true, &[])?;
     let status = alice.wait()?;
     assert!(!status.success());

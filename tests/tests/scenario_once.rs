@@ -53,7 +53,7 @@ fn own_messages_are_never_shown_twice_across_relay_and_client_restarts() -> Test
     let mut relay = Relay::start(relay_dir.path())?;
     let addr = relay.address();
     let invite = relay.invite("once");
-    let (alice_home, bob_home) = (Home::new()?, Home::new()?);
+    let (alice_home, bob_home) = (Home::protocol_1()?, Home::protocol_1()?);
     let mut alice = member(&alice_home, &invite, "alice", true)?;
     let mut bob = member(&bob_home, &invite, "bob", false)?;
     alice.line("A1")?;
@@ -91,7 +91,7 @@ fn a_member_who_only_sends_is_told_of_a_history_gap() -> TestResult {
     let relay_dir = tempfile::tempdir()?;
     let relay = Relay::start_with(relay_dir.path(), "127.0.0.1:0", &["--history", "3"])?;
     let invite = relay.invite("gap");
-    let (alice_home, bob_home) = (Home::new()?, Home::new()?);
+    let (alice_home, bob_home) = (Home::protocol_1()?, Home::protocol_1()?);
     let mut alice = member(&alice_home, &invite, "alice", true)?;
     alice.line("only this")?;
     alice.close_stdin();
@@ -118,7 +118,7 @@ fn a_relay_restored_from_an_old_database_is_reported_and_later_messages_show() -
     let mut relay = Relay::start(relay_dir.path())?;
     let addr = relay.address();
     let invite = relay.invite("rollback");
-    let (alice_home, bob_home) = (Home::new()?, Home::new()?);
+    let (alice_home, bob_home) = (Home::protocol_1()?, Home::protocol_1()?);
     let mut alice = member(&alice_home, &invite, "alice", true)?;
     let mut bob = member(&bob_home, &invite, "bob", false)?;
     alice.line("before backup")?;

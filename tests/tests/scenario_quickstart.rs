@@ -1,8 +1,8 @@
 //! Scenario 8, README's quickstart executed literally: `cargo run --release --bin
 //! chatroom-relay` (defaults: 127.0.0.1:7878 and the platform data directory), then
 //! `cargo run --release --bin chatroom` twice, answering its prompts on stdin (relay address,
-//! room, nickname, password; the first run creates the room), and the same with `--protocol 2`
-//! (README: a room with forward secrecy). Step 3, `./scripts/test`, is the
+//! room, nickname, password; the first run creates the room, a protocol 2 room by default),
+//! and the same with `--protocol 1` (README: how a protocol 1 room is joined). Step 3, `./scripts/test`, is the
 //! command CI runs around this test.
 //!
 //! Each process gets a fresh `HOME`, so the default data and config directories are new and
@@ -110,7 +110,7 @@ fn the_readme_quickstart_works_as_written() -> TestResult {
     for step in [
         "cargo run --release --bin chatroom-relay",
         "cargo run --release --bin chatroom\n",
-        "-- --protocol 2",
+        "-- --protocol 1",
     ] {
         assert!(readme.contains(step), "README's quickstart no longer says {step:?}: update this test");
     }
@@ -135,49 +135,50 @@ fn the_readme_quickstart_works_as_written() -> TestResult {
         "default data directory"
     );
 
-    // 2. A member creates a room by answering the prompts.
+    // 2. A member creates a room by answering the prompts: a protocol 2 room, the default.
     let password = format!("quickstart {}", random_hex(8));
     let mut alice =
         Proc::start("alice", cargo(alice_home.path(), &["run", "--release", "--bin", "chatroom"])?)?;
     alice.answer(&["127.0.0.1:7878", "lobby", "alice", &password])?;
     alice.stderr.expect_within("room lobby does not exist", BUILD_AND_START)?;
     alice.answer(&["y", &password])?;
-    alice.stderr.expect_within("created the room", STEP)?;
+    alice.stderr.expect_within("you entered the room's group", STEP)?;
     let fp = fingerprint.trim_start_matches("fingerprint ").trim();
     assert!(
         alice.stderr.all().iter().any(|l| l.contains(&format!("pinned its key {fp}"))),
         "{:?}",
         alice.stderr.all()
     );
-    alice.stderr.expect_within("now live", STEP)?;
-    alice.answer(&["hello from the quickstart"])?;
 
-    // ... and another joins it the same way and reads what was said.
+    // ... and another joins it the same way; they talk once both are in the group.
     let mut bob = Proc::start("bob", cargo(bob_home.path(), &["run", "--release", "--bin", "chatroom"])?)?;
     bob.answer(&["127.0.0.1:7878", "lobby", "bob", &password])?;
-    bob.stdout.expect_within("<alice> hello from the quickstart", BUILD_AND_START)?;
-    bob.stderr.expect_within("now live", STEP)?;
+    bob.stderr.expect_within("you entered the room's group", BUILD_AND_START)?;
+    alice.stderr.expect_within("entered the group (epoch 1)", STEP)?;
+    alice.answer(&["forward secret hello"])?;
+    bob.stdout.expect_within("forward secret hello", STEP)?;
     bob.answer(&["hi alice"])?;
-    alice.stdout.expect_within("<bob> hi alice", STEP)?;
+    alice.stdout.expect_within("hi alice", STEP)?;
     bob.finish()?;
     alice.finish()?;
     assert!(alice_home.path().join(".local/share/chatroom/identity.key").exists(), "default data directory");
 
-    // The same with `--protocol 2`, as README's quickstart says: a room with forward secrecy.
-    let v2 = ["run", "--release", "--bin", "chatroom", "--", "--protocol", "2"];
-    let mut alice = Proc::start("alice v2", cargo(alice_home.path(), &v2)?)?;
-    alice.answer(&["127.0.0.1:7878", "lobby2", "alice", &password])?;
-    alice.stderr.expect_within("room lobby2 does not exist", STEP)?;
+    // The same with `--protocol 1`, as README's quickstart says for a protocol 1 room; a
+    // newcomer reads the history there.
+    let v1 = ["run", "--release", "--bin", "chatroom", "--", "--protocol", "1"];
+    let mut alice = Proc::start("alice v1", cargo(alice_home.path(), &v1)?)?;
+    alice.answer(&["127.0.0.1:7878", "lobby1", "alice", &password])?;
+    alice.stderr.expect_within("room lobby1 does not exist", STEP)?;
     alice.answer(&["y", &password])?;
-    alice.stderr.expect_within("you entered the room's group", STEP)?;
-    let mut bob = Proc::start("bob v2", cargo(bob_home.path(), &v2)?)?;
-    bob.answer(&["127.0.0.1:7878", "lobby2", "bob", &password])?;
-    bob.stderr.expect_within("you entered the room's group", STEP)?;
-    alice.stderr.expect_within("entered the group (epoch 1)", STEP)?;
-    alice.answer(&["forward secret hello"])?;
-    bob.stdout.expect_within("forward secret hello", STEP)?;
+    alice.stderr.expect_within("created the room", STEP)?;
+    alice.stderr.expect_within("now live", STEP)?;
+    alice.answer(&["hello from the quickstart"])?;
+    let mut bob = Proc::start("bob v1", cargo(bob_home.path(), &v1)?)?;
+    bob.answer(&["127.0.0.1:7878", "lobby1", "bob", &password])?;
+    bob.stdout.expect_within("<alice> hello from the quickstart", STEP)?;
+    bob.stderr.expect_within("now live", STEP)?;
     bob.answer(&["hi again"])?;
-    alice.stdout.expect_within("hi again", STEP)?;
+    alice.stdout.expect_within("<bob> hi again", STEP)?;
     bob.finish()?;
     alice.finish()?;
     Ok(())

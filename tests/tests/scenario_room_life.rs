@@ -26,7 +26,7 @@ fn is_subsequence(sub: &[String], full: &[String]) -> bool {
 fn messages_reach_exactly_their_room_once_in_relay_order_and_late_joiners_get_history() -> TestResult {
     let relay_dir = tempfile::tempdir()?;
     let relay = Relay::start(relay_dir.path())?;
-    let homes: Vec<Home> = (0..5).map(|_| Home::new()).collect::<Result<_, _>>()?;
+    let homes: Vec<Home> = (0..5).map(|_| Home::protocol_1()).collect::<Result<_, _>>()?;
     let life = relay.invite("life");
     let other = relay.invite("other");
 

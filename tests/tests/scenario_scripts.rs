@@ -2,6 +2,8 @@
 //! in order and exactly once, paced under the relay's rate limit; commands are awaited and a
 //! refusal gives a non-zero exit status; a one-shot sender prints no history; output cannot
 //! be padded into a forged line, and a look-alike nickname is flagged.
+//! Its members join protocol 1 rooms (`Home::protocol_1`): the history and output checks are
+//! protocol 1's.
 
 use std::error::Error;
 use std::time::{Duration, Instant};
@@ -19,7 +21,7 @@ fn member(
     create: bool,
     extra: &[&str],
 ) -> Result<(Home, Client), Box<dyn Error + Send + Sync>> {
-    let home = Home::new()?;
+    let home = Home::protocol_1()?;
     let mut client = home.member(invite, nick, SECRET, create, extra)?;
     client.stderr.expect("now live")?;
     Ok((home, client))
@@ -34,7 +36,7 @@ fn pipe(
     lines: &[String],
     limit: Duration,
 ) -> Result<(Home, Client, bool, Duration), Box<dyn Error + Send + Sync>> {
-    let home = Home::new()?;
+    let home = Home::protocol_1()?;
     let mut client = home.member(invite, nick, SECRET, false, extra)?;
     for line in lines {
         client.line(line)?;

@@ -38,7 +38,7 @@ fn a_state_file_with_100000_senders_loads_and_is_written_back_bounded() -> TestR
     let relay_dir = tempfile::tempdir()?;
     let relay = Relay::start(relay_dir.path())?;
     let invite = relay.invite("crowded");
-    let (alice_home, bob_home) = (Home::new()?, Home::new()?);
+    let (alice_home, bob_home) = (Home::protocol_1()?, Home::protocol_1()?);
     let path = state_path(&bob_home, &relay, "crowded");
     fs::create_dir_all(path.parent().ok_or("no parent")?)?;
     // Bob's own pin joins them: 99,998 + bob leaves room for alice's.
@@ -69,7 +69,7 @@ fn a_state_file_with_100000_senders_loads_and_is_written_back_bounded() -> TestR
     assert_eq!(text.lines().last(), Some("end"));
 
     // The pin store is now full: a newcomer's message is not shown as theirs (fail closed).
-    let carol_home = Home::new()?;
+    let carol_home = Home::protocol_1()?;
     let mut carol = carol_home.member(&invite, "carol", SECRET, false, &[])?;
     carol.stderr.expect("now live")?;
     let mut bob = bob_home.member(&invite, "bob", SECRET, false, &[])?;
@@ -92,7 +92,7 @@ fn a_state_file_cut_short_is_refused_with_the_fix() -> TestResult {
     let relay_dir = tempfile::tempdir()?;
     let relay = Relay::start(relay_dir.path())?;
     let invite = relay.invite("cut");
-    let home = Home::new()?;
+    let home = Home::protocol_1()?;
     let mut alice = home.member(&invite, "alice", SECRET, true, &[])?;
     alice.line("hello")?;
     alice.close_stdin();

@@ -19,7 +19,7 @@ fn a_flipped_byte_breaks_the_connection_cleanly_and_nothing_altered_is_shown() -
     let tap = Wiretap::start(relay.addr)?;
     let direct = relay.invite("tamper");
     let tapped = format!("chatroom://{}@{}/tamper", relay.fingerprint, tap.address());
-    let (alice_home, bob_home) = (Home::new()?, Home::new()?);
+    let (alice_home, bob_home) = (Home::protocol_1()?, Home::protocol_1()?);
 
     let mut alice = alice_home.member(&direct, "alice", PASSWORD, true, &[])?;
     alice.stderr.expect("now live")?;
@@ -63,7 +63,7 @@ fn a_flipped_byte_towards_the_relay_is_refused_and_the_message_resent_intact() -
     let tap = Wiretap::start(relay.addr)?;
     let direct = relay.invite("tamper");
     let tapped = format!("chatroom://{}@{}/tamper", relay.fingerprint, tap.address());
-    let (alice_home, bob_home) = (Home::new()?, Home::new()?);
+    let (alice_home, bob_home) = (Home::protocol_1()?, Home::protocol_1()?);
 
     let mut alice = alice_home.member(&direct, "alice", PASSWORD, true, &[])?;
     alice.stderr.expect("now live")?;

@@ -112,7 +112,7 @@ fn members_join_by_onion_address_through_socks_and_under_torsocks() -> TestResul
 
     let clearnet = relay.invite("onion");
     let via_onion = format!("chatroom://{}@{onion}:{ONION_PORT}/onion", relay.fingerprint);
-    let homes: Vec<Home> = (0..3).map(|_| Home::new()).collect::<Result<_, _>>()?;
+    let homes: Vec<Home> = (0..3).map(|_| Home::protocol_1()).collect::<Result<_, _>>()?;
 
     let mut alice = homes[0].member(&clearnet, "alice", PASSWORD, true, &[])?;
     alice.stderr.expect("now live")?;

@@ -133,7 +133,10 @@ fn neither_a_wrong_password_nor_the_relay_with_the_join_secret_can_enter() -> Te
         wrong.to_str().ok_or("path")?,
     ])?;
     assert!(!status.success());
-    assert!(err.contains("the room refused the password: check it and try again"), "{err}");
+    assert!(
+        err.contains("the relay refused the password of room vault for protocol 2 (as --protocol says)"),
+        "{err}"
+    );
     assert!(!err.contains(ENTERED), "{err}");
 
     // The relay's side: its database (the sealed GroupInfo, the log) opens with nothing it has,
@@ -651,7 +654,8 @@ fn after_the_owner_rotates_the_password_members_talk_on_and_only_the_new_one_ent
         old.to_str().ok_or("path")?,
     ])?;
     assert!(!status.success());
-    assert!(err.contains("the room refused the password: check it and try again"), "{err}");
+    assert!(err.contains("the relay refused the password of room"), "{err}");
+    assert!(err.contains("Check the password with the other members"), "{err}");
 
     // A newcomer with the new one enters and reads what is sent after.
     let mut carol = homes[3].member(&invite, "carol", NEW, false, &["--protocol", "2"])?;

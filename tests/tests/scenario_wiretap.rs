@@ -26,7 +26,7 @@ fn a_canary_and_the_password_never_appear_on_the_wire_on_disk_or_in_logs() -> Te
     let canary = format!("canary-{}", random_hex(16));
     // Both members reach the relay only through the tap.
     let invite = format!("chatroom://{}@{}/{room}", relay.fingerprint, tap.address());
-    let (alice_home, bob_home) = (Home::new()?, Home::new()?);
+    let (alice_home, bob_home) = (Home::protocol_1()?, Home::protocol_1()?);
 
     let mut alice = alice_home.member(&invite, "alice", &password, true, &[])?;
     alice.stderr.expect("now live")?;
@@ -42,7 +42,7 @@ fn a_canary_and_the_password_never_appear_on_the_wire_on_disk_or_in_logs() -> Te
         assert!(client.wait()?.success(), "{:?}", client.stderr.all());
     }
     // A late joiner reads the canary from the relay's stored history, still through the tap.
-    let carol_home = Home::new()?;
+    let carol_home = Home::protocol_1()?;
     let mut carol = carol_home.member(&invite, "carol", &password, false, &[])?;
     carol.stdout.expect(&format!("[history] <alice> {canary}"))?;
     carol.close_stdin();

@@ -126,7 +126,7 @@ fn quoted(path: &Path) -> Result<String, BoxError> {
 fn full_screen_ui_joins_chats_and_restores_the_terminal() -> TestResult {
     let relay_dir = tempfile::tempdir()?;
     let relay = Relay::start(relay_dir.path())?;
-    let (alice_home, bob_home) = (Home::new()?, Home::new()?);
+    let (alice_home, bob_home) = (Home::protocol_1()?, Home::protocol_1()?);
     let alice_pw = alice_home.password_file("pw", "correct horse battery staple")?;
     let bob_pw = bob_home.password_file("pw", "correct horse battery staple")?;
     let modes = tempfile::tempdir()?;
@@ -136,7 +136,7 @@ fn full_screen_ui_joins_chats_and_restores_the_terminal() -> TestResult {
     tmux.wait_for(&[PROMPT])?;
     // Record the terminal modes before and after, to compare them.
     let command = format!(
-        "stty -g > {before}; {chatroom} --relay {relay} --room lobby --nick alice --create --password-file {pw} \
+        "stty -g > {before}; {chatroom} --protocol 1 --relay {relay} --room lobby --nick alice --create --password-file {pw} \
          --data-dir {data} --config {config}; echo \"exit=$?\"; stty -g > {after}",
         before = quoted(&before)?,
         chatroom = quoted(&bin("chatroom"))?,
@@ -208,7 +208,7 @@ fn full_screen_ui_joins_chats_and_restores_the_terminal() -> TestResult {
     tmux.run(&["resize-window", "-t", "chat", "-x", "200", "-y", "30"])?;
     tmux.type_line("/invite")?;
     // The invite carries the room's key-derivation parameters (the defaults here).
-    tmux.wait_for(&[&format!("invite: {}?kdf=m65536t3p1 (it holds no password", relay.invite("lobby"))])?;
+    tmux.wait_for(&[&format!("invite: {}?kdf=m65536t3p1&v=1 (it holds no password", relay.invite("lobby"))])?;
 
     // /quit leaves cleanly and gives the terminal back exactly as it was.
     tmux.type_line("/quit")?;
@@ -311,7 +311,7 @@ impl Drop for KillOnDrop {
 fn a_closed_terminal_ends_the_client_and_keeps_its_room_state() -> TestResult {
     let relay_dir = tempfile::tempdir()?;
     let relay = Relay::start(relay_dir.path())?;
-    let (alice_home, bob_home) = (Home::new()?, Home::new()?);
+    let (alice_home, bob_home) = (Home::protocol_1()?, Home::protocol_1()?);
     let alice_pw = alice_home.password_file("pw", "correct horse battery staple")?;
     let bob_pw = bob_home.password_file("pw", "correct horse battery staple")?;
 
@@ -319,7 +319,7 @@ fn a_closed_terminal_ends_the_client_and_keeps_its_room_state() -> TestResult {
     tmux.wait_for(&[PROMPT])?;
     // `exec`: the pane's process is the client itself, as under an SSH session's shell.
     let command = format!(
-        "exec {chatroom} --relay {relay} --room lobby --nick alice --create --password-file {pw} \
+        "exec {chatroom} --protocol 1 --relay {relay} --room lobby --nick alice --create --password-file {pw} \
          --data-dir {data} --config {config}",
         chatroom = quoted(&bin("chatroom"))?,
         relay = relay.address(),
@@ -449,12 +449,12 @@ fn a_relay_outage_is_two_notices_and_quit_while_offline_asks_once() -> TestResul
     let relay_dir = tempfile::tempdir()?;
     let mut relay = Relay::start(relay_dir.path())?;
     let addr = relay.address();
-    let home = Home::new()?;
+    let home = Home::protocol_1()?;
     let pw = home.password_file("pw", "correct horse battery staple")?;
     let tmux = Tmux::start()?;
     tmux.wait_for(&[PROMPT])?;
     let command = format!(
-        "{chatroom} --relay {addr} --room lobby --nick alice --create --password-file {pw} --data-dir {data} \
+        "{chatroom} --protocol 1 --relay {addr} --room lobby --nick alice --create --password-file {pw} --data-dir {data} \
          --config {config}; echo \"exit=$?\"",
         chatroom = quoted(&bin("chatroom"))?,
         pw = quoted(&pw)?,
@@ -496,13 +496,13 @@ fn a_relay_outage_is_two_notices_and_quit_while_offline_asks_once() -> TestResul
 fn pastes_are_absorbed_at_once_and_several_lines_are_confirmed() -> TestResult {
     let relay_dir = tempfile::tempdir()?;
     let relay = Relay::start(relay_dir.path())?;
-    let (alice_home, bob_home) = (Home::new()?, Home::new()?);
+    let (alice_home, bob_home) = (Home::protocol_1()?, Home::protocol_1()?);
     let alice_pw = alice_home.password_file("pw", "correct horse battery staple")?;
     let bob_pw = bob_home.password_file("pw", "correct horse battery staple")?;
     let tmux = Tmux::start()?;
     tmux.wait_for(&[PROMPT])?;
     let command = format!(
-        "{chatroom} --relay {relay} --room lobby --nick alice --create --password-file {pw} --data-dir {data} \
+        "{chatroom} --protocol 1 --relay {relay} --room lobby --nick alice --create --password-file {pw} --data-dir {data} \
          --config {config}; echo \"exit=$?\"",
         chatroom = quoted(&bin("chatroom"))?,
         relay = relay.address(),
@@ -553,7 +553,7 @@ fn pastes_are_absorbed_at_once_and_several_lines_are_confirmed() -> TestResult {
 fn a_mention_while_away_rings_the_bell_and_marks_what_is_unread() -> TestResult {
     let relay_dir = tempfile::tempdir()?;
     let relay = Relay::start(relay_dir.path())?;
-    let (alice_home, bob_home) = (Home::new()?, Home::new()?);
+    let (alice_home, bob_home) = (Home::protocol_1()?, Home::protocol_1()?);
     let alice_pw = alice_home.password_file("pw", "correct horse battery staple")?;
     let bob_pw = bob_home.password_file("pw", "correct horse battery staple")?;
     let tmux = Tmux::start()?;
@@ -561,7 +561,7 @@ fn a_mention_while_away_rings_the_bell_and_marks_what_is_unread() -> TestResult 
     tmux.run(&["set-option", "-g", "focus-events", "on"])?;
     tmux.wait_for(&[PROMPT])?;
     let command = format!(
-        "{chatroom} --relay {relay} --room lobby --nick alice --create --password-file {pw} --data-dir {data} \
+        "{chatroom} --protocol 1 --relay {relay} --room lobby --nick alice --create --password-file {pw} --data-dir {data} \
          --config {config}",
         chatroom = quoted(&bin("chatroom"))?,
         relay = relay.address(),
@@ -633,13 +633,13 @@ fn a_mention_while_away_rings_the_bell_and_marks_what_is_unread() -> TestResult 
 fn the_owners_topic_reaches_a_late_joiner_and_no_one_else_can_set_it() -> TestResult {
     let relay_dir = tempfile::tempdir()?;
     let relay = Relay::start(relay_dir.path())?;
-    let (alice_home, bob_home) = (Home::new()?, Home::new()?);
+    let (alice_home, bob_home) = (Home::protocol_1()?, Home::protocol_1()?);
     let alice_pw = alice_home.password_file("pw", "correct horse battery staple")?;
     let bob_pw = bob_home.password_file("pw", "correct horse battery staple")?;
     let tmux = Tmux::start()?;
     tmux.wait_for(&[PROMPT])?;
     let command = format!(
-        "{chatroom} --relay {relay} --room lobby --nick alice --create --password-file {pw} --data-dir {data} \
+        "{chatroom} --protocol 1 --relay {relay} --room lobby --nick alice --create --password-file {pw} --data-dir {data} \
          --config {config}",
         chatroom = quoted(&bin("chatroom"))?,
         relay = relay.address(),
@@ -675,14 +675,14 @@ fn two_rooms_on_two_relays_in_windows_switched_with_alt_keys() -> TestResult {
     let relay_a = Relay::start(dir_a.path())?;
     // Another loopback address: another host as far as the client can tell.
     let relay_b = Relay::start_on(dir_b.path(), "127.0.0.2:0")?;
-    let (alice_home, bob_home) = (Home::new()?, Home::new()?);
+    let (alice_home, bob_home) = (Home::protocol_1()?, Home::protocol_1()?);
     let alice_pw = alice_home.password_file("pw", "correct horse battery staple")?;
     let ops_pw = alice_home.password_file("ops-pw", "staple battery horse correct")?;
     let bob_pw = bob_home.password_file("pw", "staple battery horse correct")?;
     fs::write(
         alice_home.config(),
         format!(
-            "[rooms.ops]\nrelay = \"{}\"\nroom = \"ops\"\nfingerprint = \"{}\"\npassword_file = \"{}\"\n",
+            "[rooms.ops]\nrelay = \"{}\"\nroom = \"ops\"\nfingerprint = \"{}\"\npassword_file = \"{}\"\nprotocol = 1\n",
             relay_b.address(),
             relay_b.fingerprint,
             ops_pw.to_str().ok_or("path")?
@@ -707,7 +707,7 @@ fn two_rooms_on_two_relays_in_windows_switched_with_alt_keys() -> TestResult {
     let tmux = Tmux::start()?;
     tmux.wait_for(&[PROMPT])?;
     let command = format!(
-        "{chatroom} --relay {relay} --room lobby --nick alice --create --password-file {pw} --data-dir {data} \
+        "{chatroom} --protocol 1 --relay {relay} --room lobby --nick alice --create --password-file {pw} --data-dir {data} \
          --config {config}; echo \"exit=$?\"",
         chatroom = quoted(&bin("chatroom"))?,
         relay = relay_a.address(),
@@ -757,14 +757,14 @@ fn two_rooms_on_two_relays_in_windows_switched_with_alt_keys() -> TestResult {
 fn a_restart_shows_recent_context_before_the_unseen_messages() -> TestResult {
     let relay_dir = tempfile::tempdir()?;
     let relay = Relay::start(relay_dir.path())?;
-    let (alice_home, bob_home) = (Home::new()?, Home::new()?);
+    let (alice_home, bob_home) = (Home::protocol_1()?, Home::protocol_1()?);
     let alice_pw = alice_home.password_file("pw", "correct horse battery staple")?;
     let bob_pw = bob_home.password_file("pw", "correct horse battery staple")?;
     let tmux = Tmux::start()?;
     tmux.wait_for(&[PROMPT])?;
     let command = |create: &str| -> Result<String, BoxError> {
         Ok(format!(
-            "{chatroom} --relay {relay} --room lobby --nick alice {create} --password-file {pw} --data-dir {data} \
+            "{chatroom} --protocol 1 --relay {relay} --room lobby --nick alice {create} --password-file {pw} --data-dir {data} \
              --config {config}; echo \"exit=$?\"",
             chatroom = quoted(&bin("chatroom"))?,
             relay = relay.address(),
@@ -810,6 +810,7 @@ fn a_restart_shows_recent_context_before_the_unseen_messages() -> TestResult {
     Ok(())
 }
 
+/// Protocol 2 is the full screen's default: alice gives no `--protocol`.
 #[test]
 fn full_screen_ui_speaks_protocol_2() -> TestResult {
     let relay_dir = tempfile::tempdir()?;
@@ -823,7 +824,7 @@ fn full_screen_ui_speaks_protocol_2() -> TestResult {
     // Wide enough that no notice wraps.
     tmux.run(&["resize-window", "-t", "chat", "-x", "220", "-y", "40"])?;
     let command = format!(
-        "{chatroom} --protocol 2 --relay {relay} --room lobby --nick alice --create --password-file {pw} \
+        "{chatroom} --relay {relay} --room lobby --nick alice --create --password-file {pw} \
          --data-dir {data} --config {config}; echo \"exit=$?\"",
         chatroom = quoted(&bin("chatroom"))?,
         relay = relay.address(),

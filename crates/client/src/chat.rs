@@ -18,6 +18,9 @@ use crate::flow::{confirm_if_weak, invite_url, new_password, FLUSH_ON_EXIT};
 use crate::plain::PlainUi;
 use crate::prompt::Input;
 use crate::setup::{complete, resolve, Paths};
+use crate::version::Chosen;
+use chatroom_session::crypto::RoomName;
+use chatroom_session::error::SessionError;
 
 /// Session limits, with the pacing given on the command line.
 fn limits(chat: &ChatArgs) -> Result<Limits, AppError> {
@@ -48,8 +51,8 @@ pub(crate) struct Prepared {
     pub(crate) relay_label: String,
     pub(crate) input: Input,
     pub(crate) config_file: Config,
-    /// The room's protocol version (1 or 2).
-    protocol: u8,
+    /// The room's protocol version (1 or 2) and why.
+    pub(crate) chosen: Chosen,
 }
 
 /// Resolves the target, loads the identity, checks the relay and asks for the password.
@@ -74,6 +77,8 @@ async fn prepare(cli: &Cli, paths: &Paths) -> Result<Prepared, AppError> {
     for addr in relay.as_slice() {
         crate::relay_check::accept_new_key(&target, addr, paths, &mut input)?;
     }
+    // After the pin is settled: the client's state for the room is found under the relay's key.
+    let chosen = crate::version::choose(&target, paths);
     let limits = limits(chat)?;
     let (expected, expected_source) = match target.fingerprint.clone() {
         Some((key, source)) => (Some(key), source),
@@ -112,8 +117,7 @@ async fn prepare(cli: &Cli, paths: &Paths) -> Result<Prepared, AppError> {
         limits,
     };
     let identity = Arc::new(identity);
-    let protocol = target.protocol.unwrap_or(1);
-    Ok(Prepared { config, keys, identity, password, from_file, relay_label, input, config_file, protocol })
+    Ok(Prepared { config, keys, identity, password, from_file, relay_label, input, config_file, chosen })
 }
 
 pub(crate) async fn run(cli: Cli, paths: Paths) -> Result<(), AppError> {
@@ -122,7 +126,7 @@ pub(crate) async fn run(cli: Cli, paths: Paths) -> Result<(), AppError> {
     if crate::tui::wanted(chat.plain) {
         p.config.limits.context_on_start = crate::tui::RECENT_CONTEXT;
         let v2_limits = crate::chat_v2::limits(chat, &p.config_file);
-        let protocol = match p.protocol {
+        let protocol = match p.chosen.version {
             2 => crate::tui::Protocol::V2 {
                 limits: v2_limits.clone(),
                 password: Arc::new(Zeroizing::new(p.password.as_bytes().to_vec())),
@@ -132,6 +136,7 @@ pub(crate) async fn run(cli: Cli, paths: Paths) -> Result<(), AppError> {
         let start = crate::tui::Start {
             config: p.config,
             protocol,
+            chosen: p.chosen,
             v2_limits,
             keys: p.keys,
             identity: p.identity,
@@ -146,13 +151,13 @@ pub(crate) async fn run(cli: Cli, paths: Paths) -> Result<(), AppError> {
         };
         return crate::tui::run(start).await;
     }
-    if p.protocol == 2 {
+    if p.chosen.version == 2 {
         return crate::chat_v2::run(p, chat).await;
     }
     let ui = Arc::new(PlainUi::new(p.relay_label.clone(), chat.plain, chat.no_history));
     let handle = start_plain(&mut p, &ui).await?;
     drop(p.password);
-    let invite = invite_url(handle.relay_fingerprint(), &p.config, &p.keys);
+    let invite = invite_url(handle.relay_fingerprint(), &p.config, &p.keys, 1);
     talk(handle, p.input, &ui, &invite).await
 }
 
@@ -174,9 +179,19 @@ async fn start_plain(p: &mut Prepared, ui: &Arc<PlainUi>) -> Result<SessionHandl
             }
             confirm_if_weak(&mut p.input, &p.password, room.as_str(), nick.as_str(), !p.from_file)?;
             config.create = true;
-            Ok(Session::start(config.clone(), keys.clone(), identity.clone(), ui.clone()).await?)
+            let started = Session::start(config.clone(), keys.clone(), identity.clone(), ui.clone()).await;
+            started.map_err(|e| start_error(e, p.chosen, &p.config.room))
         }
-        Err(e) => Err(e.into()),
+        Err(e) => Err(start_error(e, p.chosen, &p.config.room)),
+    }
+}
+
+/// A failed start, worded for the user: a refusal that may mean a room of the other protocol
+/// version says so.
+pub(crate) fn start_error(e: SessionError, chosen: Chosen, room: &RoomName) -> AppError {
+    match crate::version::refused(&e, chosen, room) {
+        Some(text) => AppError::new(text),
+        None => e.into(),
     }
 }
 

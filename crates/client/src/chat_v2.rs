@@ -100,12 +100,10 @@ impl ChatHandle for V2Handle {
 }
 
 /// What a failed v2 start means, in words that say what to do.
-fn start_error(e: SessionError) -> AppError {
-    match e.refusal() {
-        Some(ErrorCode::WrongPassword) => {
-            AppError::new("the room refused the password: check it and try again")
-        }
-        _ => AppError::new(chatroom_session::display::neutralize(&crate::advice::session(&e))),
+fn start_error(e: SessionError, p: &Prepared) -> AppError {
+    match crate::version::refused(&e, p.chosen, &p.config.room) {
+        Some(text) => AppError::new(text),
+        None => AppError::new(chatroom_session::display::neutralize(&crate::advice::session(&e))),
     }
 }
 
@@ -114,10 +112,7 @@ pub(crate) async fn run(mut p: Prepared, chat: &ChatArgs) -> Result<(), AppError
     let limits = limits(chat, &p.config_file);
     let handle = start(&mut p, &ui, limits).await?;
     drop(p.password);
-    let invite = format!(
-        "{} (protocol 2: join with --protocol 2)",
-        invite_url(handle.relay_fingerprint(), &p.config, &p.keys)
-    );
+    let invite = invite_url(handle.relay_fingerprint(), &p.config, &p.keys, 2);
     talk(handle, p.input, &ui, &invite).await
 }
 
@@ -162,8 +157,8 @@ async fn start(p: &mut Prepared, ui: &Arc<PlainUi>, limits: V2Limits) -> Result<
             }
             confirm_if_weak(&mut p.input, &p.password, room.as_str(), nick.as_str(), !p.from_file)?;
             p.config.create = true;
-            attempt(p).await.map_err(start_error)
+            attempt(p).await.map_err(|e| start_error(e, p))
         }
-        Err(e) => Err(start_error(e)),
+        Err(e) => Err(start_error(e, p)),
     }
 }

@@ -45,8 +45,9 @@ pub(crate) struct TargetArgs {
     /// Argon2id parameters of the room key (at least the default m65536t3p1)
     #[arg(long, value_name = "m65536t3p1")]
     pub(crate) kdf: Option<String>,
-    /// Protocol version of the room: 1, or 2 (MLS: forward secrecy, removal that holds; line
-    /// mode only) [default: 1]
+    /// Protocol version of the room: 2 (MLS: forward secrecy, removal that holds), or 1 (a
+    /// key derived from the password) [default: the saved room's `protocol`, the invite's, or
+    /// this client's state for the room; else 2]
     #[arg(long, value_name = "1|2", value_parser = clap::value_parser!(u8).range(1..=2))]
     pub(crate) protocol: Option<u8>,
 }

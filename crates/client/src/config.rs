@@ -16,7 +16,7 @@
 //! proxy = "socks5h://127.0.0.1:9050"   # optional
 //! password_file = "~/.config/chatroom/work.pass"   # optional, mode 0600; ~ is the home directory
 //! kdf = "m65536t3p1"                   # optional
-//! protocol = 2                         # optional: 1 (default) or 2 (MLS)
+//! protocol = 1                         # optional: 2 (MLS, the default) or 1
 //! ```
 
 use std::collections::BTreeMap;
@@ -91,7 +91,7 @@ pub(crate) struct RoomEntry {
     pub(crate) password_file: Option<PathBuf>,
     /// Argon2id parameters like `m65536t3p1`.
     pub(crate) kdf: Option<String>,
-    /// Protocol version of the room: 1 (default) or 2.
+    /// Protocol version of the room: 1 or 2 (what decides without it: `crate::version`).
     pub(crate) protocol: Option<u8>,
     /// Refused with advice: passwords never go into the config file.
     #[serde(default)]

@@ -74,11 +74,16 @@ pub(crate) fn new_password(input: &mut Input, first: Option<&str>) -> Result<Zer
 }
 
 /// The room's invite URL (`/invite`), from the relay key this session verified.
-pub(crate) fn invite_url(fingerprint_hex: &str, config: &SessionConfig, keys: &RoomKeyCache) -> String {
+pub(crate) fn invite_url(
+    fingerprint_hex: &str,
+    config: &SessionConfig,
+    keys: &RoomKeyCache,
+    version: u8,
+) -> String {
     let mut fingerprint = [0u8; 32];
     if hex::decode_to_slice(fingerprint_hex, &mut fingerprint).is_err() {
         return "unknown (the relay's fingerprint is not 64 hex digits)".into();
     }
-    Invite { fingerprint, relay: config.relay.clone(), room: config.room.clone(), kdf: keys.params() }
-        .to_string()
+    let (relay, room) = (config.relay.clone(), config.room.clone());
+    Invite { fingerprint, relay, room, kdf: keys.params(), version: Some(version) }.to_string()
 }

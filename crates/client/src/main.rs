@@ -18,6 +18,7 @@ mod relay_check;
 mod setup;
 mod subcommands;
 mod tui;
+mod version;
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -12,6 +12,7 @@ use chatroom_session::trust::KnownRelays;
 use crate::app_error::AppError;
 use crate::cli::{ChatArgs, Cli, TargetArgs};
 use crate::prompt::Input;
+use crate::version::{Chosen, Source};
 
 /// The files the program uses.
 pub(crate) struct Paths {
@@ -80,8 +81,10 @@ pub(crate) struct Target {
     pub(crate) proxy: Option<Proxy>,
     pub(crate) password_file: Option<PathBuf>,
     pub(crate) kdf: KdfParams,
-    /// Protocol version: 1 or 2.
-    pub(crate) protocol: Option<u8>,
+    /// Protocol version (1 or 2) as the flag, the saved room or the invite says.
+    pub(crate) protocol: Option<Chosen>,
+    /// The target is an invite without `v=`, which names no protocol version.
+    pub(crate) old_invite: bool,
 }
 
 fn entry_into(target: &mut Target, name: &str, entry: &RoomEntry, path: &Path) -> Result<(), AppError> {
@@ -108,7 +111,7 @@ fn entry_into(target: &mut Target, name: &str, entry: &RoomEntry, path: &Path) -
         if !(1..=2).contains(&v) {
             return Err(ctx(format!("protocol = {v}: the versions are 1 and 2")));
         }
-        target.protocol = Some(v);
+        target.protocol = Some(Chosen { version: v, source: Source::SavedRoom });
     }
     if let Some(kdf) = &entry.kdf {
         target.kdf = kdf.parse().map_err(|e: chatroom_session::crypto::KdfError| ctx(e.to_string()))?;
@@ -132,6 +135,8 @@ pub(crate) fn resolve(args: &TargetArgs, config: &Config, config_path: &Path) ->
             target.room = Some(invite.room);
             target.fingerprint = Some((invite.fingerprint, "the invite".into()));
             target.kdf = invite.kdf;
+            target.protocol = invite.version.map(|version| Chosen { version, source: Source::Invite });
+            target.old_invite = invite.version.is_none();
         }
         Some(name) => {
             let entry = config.rooms.get(name).ok_or_else(|| {
@@ -160,8 +165,8 @@ pub(crate) fn resolve(args: &TargetArgs, config: &Config, config_path: &Path) ->
     if let Some(kdf) = &args.kdf {
         target.kdf = kdf.parse()?;
     }
-    if args.protocol.is_some() {
-        target.protocol = args.protocol;
+    if let Some(version) = args.protocol {
+        target.protocol = Some(Chosen { version, source: Source::Flag });
     }
     Ok(target)
 }
@@ -217,12 +222,30 @@ mod tests {
     fn the_protocol_comes_from_the_saved_room_or_the_flag() {
         let saved = TargetArgs { target: Some("v2".into()), ..TargetArgs::default() };
         let path = Path::new("config.toml");
-        assert_eq!(resolve(&saved, &config("protocol = 2"), path).unwrap().protocol, Some(2));
-        assert_eq!(resolve(&saved, &config(""), path).unwrap().protocol, None);
+        let version = |t: Target| t.protocol.map(|c| (c.version, c.source));
+        assert_eq!(
+            version(resolve(&saved, &config("protocol = 2"), path).unwrap()),
+            Some((2, Source::SavedRoom))
+        );
+        assert_eq!(version(resolve(&saved, &config(""), path).unwrap()), None);
         let flagged = TargetArgs { protocol: Some(1), ..saved.clone() };
-        assert_eq!(resolve(&flagged, &config("protocol = 2"), path).unwrap().protocol, Some(1));
+        assert_eq!(
+            version(resolve(&flagged, &config("protocol = 2"), path).unwrap()),
+            Some((1, Source::Flag))
+        );
         let err = resolve(&saved, &config("protocol = 3"), path).err().unwrap().to_string();
         assert!(err.contains("protocol = 3: the versions are 1 and 2"), "{err}");
+        let invite = |tail: &str| {
+            let url = format!("chatroom://{}@a:1/r?kdf=m65536t3p1{tail}", "00".repeat(32));
+            resolve(&TargetArgs { target: Some(url), ..TargetArgs::default() }, &Config::default(), path)
+                .unwrap()
+        };
+        let v2 = invite("&v=2");
+        assert!(!v2.old_invite);
+        assert_eq!(version(v2), Some((2, Source::Invite)));
+        assert_eq!(version(invite("&v=1")), Some((1, Source::Invite)));
+        let old = invite("");
+        assert!(old.old_invite && old.protocol.is_none(), "an invite without v= names no version");
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub(crate) fn passphrase() {
 pub(crate) fn invite(paths: &Paths, args: &TargetArgs) -> Result<(), AppError> {
     let config = Config::load(&paths.config)?;
     let target = resolve(args, &config, &paths.config)?;
+    let version = crate::version::choose(&target, paths).version;
     let relay = target
         .relay
         .ok_or_else(|| AppError::new("which relay? give a saved room name or --relay HOST:PORT"))?;
@@ -52,7 +53,7 @@ pub(crate) fn invite(paths: &Paths, args: &TargetArgs) -> Result<(), AppError> {
         (None, Some(saved)) => saved,
         _ => target.kdf,
     };
-    println!("{}", Invite { fingerprint, relay, room, kdf });
+    println!("{}", Invite { fingerprint, relay, room, kdf, version: Some(version) });
     Ok(())
 }
 

@@ -1,4 +1,7 @@
-//! Invite URLs: `chatroom://FINGERPRINT@HOST:PORT[,HOST2:PORT2...]/ROOM[?kdf=m65536t3p1]`.
+//! Invite URLs: `chatroom://FINGERPRINT@HOST:PORT[,HOST2:PORT2...]/ROOM[?kdf=m65536t3p1][&v=2]`.
+//!
+//! `v` is the room's protocol version (1 or 2). Invites written before it existed, and those
+//! built from a relay's invite prefix, lack it: `version: None`, which names no version.
 //!
 //! The fingerprint is the relay's 64-hex-digit static key, so an invite pins the relay. Several
 //! addresses (at most `MAX_RELAY_ADDRS`, none twice) are the nodes of one relay cluster, all
@@ -31,6 +34,9 @@ pub struct Invite {
     pub room: RoomName,
     /// The room's key-derivation parameters (validated).
     pub kdf: KdfParams,
+    /// The room's protocol version (1 or 2); `None` for an invite that does not say (one
+    /// written before invites carried it, or built from a relay's invite prefix).
+    pub version: Option<u8>,
 }
 
 /// Parses a 64-hex-digit fingerprint (either case).
@@ -74,25 +80,50 @@ impl FromStr for Invite {
         };
         let room = RoomName::new(room)
             .map_err(|_| bad("the room name uses characters outside A-Z a-z 0-9 . _ -"))?;
-        let kdf = match query {
-            None => KdfParams::DEFAULT,
-            Some(q) => {
-                let value =
-                    q.strip_prefix("kdf=").ok_or_else(|| bad("the only query parameter is kdf=..."))?;
-                value.parse().map_err(|_| {
-                    bad("kdf= must be Argon2id parameters like m65536t3p1, at least m65536t3p1 and at most m1048576t16p8")
-                })?
-            }
+        let (kdf, version) = match query {
+            None => (KdfParams::DEFAULT, None),
+            Some(q) => parse_query(q).map_err(bad)?,
         };
-        Ok(Invite { fingerprint, relay, room, kdf })
+        Ok(Invite { fingerprint, relay, room, kdf, version })
     }
+}
+
+/// The query: `kdf=...` and `v=1|2`, each at most once, in either order.
+fn parse_query(query: &str) -> Result<(KdfParams, Option<u8>), &'static str> {
+    let (mut kdf, mut version) = (None, None);
+    for param in query.split('&') {
+        if let Some(value) = param.strip_prefix("kdf=") {
+            let parsed = value.parse().map_err(|_| {
+                "kdf= must be Argon2id parameters like m65536t3p1, at least m65536t3p1 and at most m1048576t16p8"
+            })?;
+            if kdf.replace(parsed).is_some() {
+                return Err("kdf= is given twice");
+            }
+        } else if let Some(value) = param.strip_prefix("v=") {
+            let parsed = match value {
+                "1" => 1,
+                "2" => 2,
+                _ => return Err("v= is the room's protocol version, 1 or 2"),
+            };
+            if version.replace(parsed).is_some() {
+                return Err("v= is given twice");
+            }
+        } else {
+            return Err("the only query parameters are kdf=... and v=...");
+        }
+    }
+    Ok((kdf.unwrap_or(KdfParams::DEFAULT), version))
 }
 
 impl fmt::Display for Invite {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The parameters are always written, default or not: a member who joins with other
         // parameters than the room's derives another key and is told "wrong room password".
-        write!(f, "{SCHEME}{}@{}/{}?kdf={}", hex::encode(self.fingerprint), self.relay, self.room, self.kdf)
+        write!(f, "{SCHEME}{}@{}/{}?kdf={}", hex::encode(self.fingerprint), self.relay, self.room, self.kdf)?;
+        match self.version {
+            Some(v) => write!(f, "&v={v}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -117,6 +148,24 @@ mod tests {
         assert_eq!(inv.to_string(), s);
         let upper = format!("chatroom://{}@127.0.0.1:1/r", FP.to_uppercase());
         assert_eq!(upper.parse::<Invite>().unwrap().fingerprint[1], 0x11);
+    }
+
+    #[test]
+    fn invites_carry_the_protocol_version_and_old_ones_say_none() {
+        let old = format!("chatroom://{FP}@h:1/general?kdf=m65536t3p1");
+        let inv: Invite = old.parse().unwrap();
+        assert_eq!(inv.version, None, "an invite written before the field names no version");
+        assert_eq!(inv.to_string(), old, "and is written back without one");
+        for v in [1, 2] {
+            let s = format!("chatroom://{FP}@h:1/general?kdf=m131072t4p1&v={v}");
+            let inv: Invite = s.parse().unwrap();
+            assert_eq!((inv.version, inv.kdf.m_kib), (Some(v), 131_072));
+            assert_eq!(inv.to_string(), s);
+        }
+        let inv: Invite = format!("chatroom://{FP}@h:1/general?v=2&kdf=m131072t4p1").parse().unwrap();
+        assert_eq!((inv.version, inv.kdf.m_kib), (Some(2), 131_072), "either order");
+        let inv: Invite = format!("chatroom://{FP}@h:1/general?v=1").parse().unwrap();
+        assert_eq!((inv.version, inv.kdf), (Some(1), KdfParams::DEFAULT));
     }
 
     #[test]
@@ -168,6 +217,13 @@ mod tests {
             format!("chatroom://{FP}@h:1/r?kdf=m99999999t99p99"),
             format!("chatroom://{FP}@h:1/r?password=x"),
             format!("chatroom://{FP}@h:1/r?kdf=m65536t3p1&x=1"),
+            format!("chatroom://{FP}@h:1/r?v=3"),
+            format!("chatroom://{FP}@h:1/r?v=02"),
+            format!("chatroom://{FP}@h:1/r?v="),
+            format!("chatroom://{FP}@h:1/r?v=2&v=2"),
+            format!("chatroom://{FP}@h:1/r?kdf=m65536t3p1&kdf=m65536t3p1"),
+            format!("chatroom://{FP}@h:1/r?kdf=m65536t3p1&"),
+            format!("chatroom://{FP}@h:1/r?&v=2"),
             format!("chatroom://{FP}@h\u{1b}[2J:1/r"),
             format!("chatroom://{FP}@h:1/r\n-!- forged"),
             format!("chatroom://{FP}@h:1/{}", "a".repeat(600)),

@@ -67,6 +67,14 @@ pub fn room_state_path(data_dir: &Path, relay_key: &[u8; 32], room: &RoomName) -
     data_dir.join("rooms").join(format!("{}-{}", hex::encode(&relay_key[..8]), room))
 }
 
+/// The protocol 2 state file of `room` on the relay with `relay_key`: the v1 one's path with
+/// `.v2` appended.
+pub fn v2_room_state_path(data_dir: &Path, relay_key: &[u8; 32], room: &RoomName) -> PathBuf {
+    let mut path = room_state_path(data_dir, relay_key, room).into_os_string();
+    path.push(".v2");
+    path.into()
+}
+
 /// Writes `contents` to `path` with mode 0600 through a temporary file and a rename,
 /// creating the directory with mode 0700 if needed.
 pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), FileError> {

@@ -17,6 +17,7 @@ use chatroom_session::trust::RelayPin;
 use crate::app_error::AppError;
 use crate::cli::TargetArgs;
 use crate::setup::resolve;
+use crate::version::Chosen;
 
 /// A room to join, ready to start.
 pub(crate) struct Joining {
@@ -26,8 +27,10 @@ pub(crate) struct Joining {
     pub(crate) keys: Arc<RoomKeyCache>,
     /// The relay as shown.
     pub(crate) relay_label: String,
-    /// Its protocol version (the saved room's `protocol`, else 1).
+    /// Its protocol version (as `crate::version` chooses it).
     pub(crate) protocol: Protocol,
+    /// That version and why.
+    pub(crate) chosen: Chosen,
 }
 
 /// Resolves `target` (an invite or a saved room's name) against the config file; `base` is
@@ -43,6 +46,7 @@ pub(crate) fn prepare(
 ) -> Result<Joining, AppError> {
     let args = TargetArgs { target: Some(target.to_owned()), ..TargetArgs::default() };
     let target = resolve(&args, config_file, config_path)?;
+    let chosen = crate::version::choose_in(&target, base.data_dir.as_deref(), base.relay_pin.known.as_ref());
     let (Some(relay), Some(room)) = (target.relay, target.room) else {
         return Err(AppError::new(
             "/join needs an invite URL or the name of a saved room with relay and room",
@@ -57,8 +61,8 @@ pub(crate) fn prepare(
     }
     let keys =
         Arc::new(RoomKeyCache::new(Zeroizing::new(password.as_bytes().to_vec()), room.clone(), target.kdf)?);
-    let protocol = match target.protocol {
-        Some(2) => Protocol::V2 {
+    let protocol = match chosen.version {
+        2 => Protocol::V2 {
             limits: v2_limits.clone(),
             password: Arc::new(Zeroizing::new(password.as_bytes().to_vec())),
         },
@@ -83,5 +87,5 @@ pub(crate) fn prepare(
         data_dir: base.data_dir.clone(),
         limits: base.limits.clone(),
     };
-    Ok(Joining { config, keys, relay_label, protocol })
+    Ok(Joining { config, keys, relay_label, protocol, chosen })
 }

@@ -66,6 +66,8 @@ pub(crate) struct Start {
     pub(crate) config: SessionConfig,
     /// The room's protocol version.
     pub(crate) protocol: Protocol,
+    /// That version and why.
+    pub(crate) chosen: crate::version::Chosen,
     /// The limits of protocol 2 rooms joined with `/join`.
     pub(crate) v2_limits: chatroom_session::v2_session::V2Limits,
     /// The room password's key cache.
@@ -183,7 +185,7 @@ impl Windows {
         mut app: App,
         config: SessionConfig,
         keys: Arc<RoomKeyCache>,
-        protocol: Protocol,
+        (protocol, chosen): (Protocol, crate::version::Chosen),
         identity: &Arc<Identity>,
     ) {
         let id = self.next_id;
@@ -193,7 +195,7 @@ impl Windows {
             app.set_protocol_2();
         }
         app.set_active(false);
-        self.list.push(Window { id, app, link, config, keys, protocol });
+        self.list.push(Window { id, app, link, config, keys, protocol, chosen });
     }
 
     /// Shows window `i`, if there is one.
@@ -252,9 +254,12 @@ async fn started(
             ));
         }
         // The first connection of the first room failed: leave and print why.
-        Err(e) if i == 0 && only => return Err(e.into()),
+        Err(e) if i == 0 && only => return Err(crate::chat::start_error(e, w.chosen, &w.config.room)),
         // A room joined later: the reason stays in its window.
-        Err(e) => w.link.ended(SessionEnd::Failed(e), &mut w.app),
+        Err(e) => match crate::version::refused(&e, w.chosen, &w.config.room) {
+            Some(why) => w.link.failed(why, &mut w.app),
+            None => w.link.ended(SessionEnd::Failed(e), &mut w.app),
+        },
     }
     Ok(())
 }
@@ -287,7 +292,7 @@ fn join(windows: &mut Windows, target: &str, screen: &mut Screen, start: &mut St
     }
     let mut app = App::new(&joining.relay_label, joining.config.room.as_str(), joining.config.nick.as_str());
     app.set_alerts(&start.highlight, start.bell);
-    windows.open(app, joining.config, joining.keys, joining.protocol, &start.identity);
+    windows.open(app, joining.config, joining.keys, (joining.protocol, joining.chosen), &start.identity);
     windows.show(windows.list.len() - 1);
 }
 
@@ -383,7 +388,8 @@ fn first_window(start: &Start, events: mpsc::UnboundedSender<(u64, Event)>) -> W
     if start.config.create {
         weak_password_notice(&mut app, start);
     }
-    windows.open(app, start.config.clone(), start.keys.clone(), start.protocol.clone(), &start.identity);
+    let protocol = (start.protocol.clone(), start.chosen);
+    windows.open(app, start.config.clone(), start.keys.clone(), protocol, &start.identity);
     windows.show(0);
     windows
 }

@@ -155,6 +155,8 @@ pub(crate) struct Window {
     pub(crate) keys: Arc<RoomKeyCache>,
     /// Its protocol version.
     pub(crate) protocol: Protocol,
+    /// That version and why (for the words of a refusal).
+    pub(crate) chosen: crate::version::Chosen,
 }
 
 /// The session side of a window: starting, running, or ended.
@@ -177,15 +179,21 @@ impl Link {
 
     /// The session ended on its own.
     pub(crate) fn ended(&mut self, end: SessionEnd, app: &mut App) {
-        self.handle = None;
         match end {
-            SessionEnd::Failed(e) => {
-                let why = chatroom_session::display::neutralize(&crate::advice::session(&e));
-                app.ended(Some(&why));
-                self.failure = Some(why);
+            SessionEnd::Failed(e) => self.failed(crate::advice::session(&e), app),
+            _ => {
+                self.handle = None;
+                app.ended(None);
             }
-            _ => app.ended(None),
         }
+    }
+
+    /// The session ended for good for the reason `why`.
+    pub(crate) fn failed(&mut self, why: String, app: &mut App) {
+        self.handle = None;
+        let why = chatroom_session::display::neutralize(&why);
+        app.ended(Some(&why));
+        self.failure = Some(why);
     }
 
     /// Sends one message (kind, text, scrollback entry); before the first join it is queued,
@@ -233,10 +241,9 @@ impl Link {
             }
             Action::Invite => match &self.handle {
                 Some(h) => {
-                    let url = crate::flow::invite_url(h.relay_fingerprint(), config, keys);
-                    let v2 =
-                        if matches!(h, Handle::V2(_)) { "; protocol 2: join with --protocol 2" } else { "" };
-                    let text = format!("invite: {url} (it holds no password: give that separately{v2})");
+                    let version = if matches!(h, Handle::V2(_)) { 2 } else { 1 };
+                    let url = crate::flow::invite_url(h.relay_fingerprint(), config, keys, version);
+                    let text = format!("invite: {url} (it holds no password: give that separately)");
                     app.notice(NoticeKind::Info, &text);
                 }
                 None => app.notice(NoticeKind::Error, "not joined yet; the invite is shown once joined"),

@@ -21,7 +21,7 @@ use crate::session::{
     handshake_v2, join, AckMatch, Callbacks, ConnState, ConnWriter, Event, GroupEvent, Handshaken,
     JoinedInfo, MemberInfo, Outbox, Outgoing, SessionConfig, SessionEnd, TokenBucket, MAX_MEMBERS,
 };
-use crate::state::room_state_path;
+use crate::state::v2_room_state_path;
 use crate::transport::{self, Rotation};
 use crate::trust::RelayCheck;
 
@@ -192,10 +192,7 @@ pub(super) async fn establish(
 
 /// The v2 state file of a room: next to the v1 one, with `.v2` appended.
 pub(super) fn state_path(cfg: &SessionConfig, relay_key: &[u8; 32]) -> Option<std::path::PathBuf> {
-    let dir = cfg.data_dir.as_ref()?;
-    let mut path = room_state_path(dir, relay_key, &cfg.room).into_os_string();
-    path.push(".v2");
-    Some(path.into())
+    Some(v2_room_state_path(cfg.data_dir.as_ref()?, relay_key, &cfg.room))
 }
 
 type Incoming = Result<Vec<RelayMessage>, SessionError>;
