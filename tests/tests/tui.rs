@@ -896,3 +896,84 @@ fn full_screen_ui_speaks_protocol_2() -> TestResult {
     assert!(bob.wait()?.success());
     Ok(())
 }
+
+#[test]
+fn full_screen_ui_joins_a_saved_protocol_2_room_and_shows_the_history_a_member_shares() -> TestResult {
+    let relay_dir = tempfile::tempdir()?;
+    let relay = Relay::start(relay_dir.path())?;
+    let (alice_home, bob_home) = (Home::new()?, Home::new()?);
+    let alice_pw = alice_home.password_file("pw", "correct horse battery staple")?;
+    let den_pw = alice_home.password_file("den-pw", "staple battery horse correct")?;
+    let bob_pw = bob_home.password_file("pw", "staple battery horse correct")?;
+
+    // Bob creates "den" sharing its last 2 messages with newcomers, and says 3 things.
+    let mut bob = bob_home.spawn(
+        "bob",
+        &[
+            &relay.invite("den"),
+            "--nick",
+            "bob",
+            "--create",
+            "--history-share",
+            "2",
+            "--password-file",
+            bob_pw.to_str().ok_or("path")?,
+        ],
+    )?;
+    bob.stderr.expect("you entered the room's group")?;
+    for line in ["first word", "second word", "third word"] {
+        bob.line(line)?;
+    }
+    // The relay answers /who after the messages sent before it on the connection.
+    bob.line("/who")?;
+    bob.stderr.expect("members as the relay lists them")?;
+
+    // A saved room without `protocol`: the default, 2, in a window of its own.
+    fs::write(
+        alice_home.config(),
+        format!(
+            "[rooms.den]\nrelay = \"{}\"\nroom = \"den\"\nfingerprint = \"{}\"\npassword_file = \"{}\"\n",
+            relay.address(),
+            relay.fingerprint,
+            den_pw.to_str().ok_or("path")?
+        ),
+    )?;
+    let tmux = Tmux::start()?;
+    tmux.wait_for(&[PROMPT])?;
+    tmux.run(&["resize-window", "-t", "chat", "-x", "220", "-y", "40"])?;
+    let command = format!(
+        "{chatroom} --relay {relay} --room lobby --nick alice --create --password-file {pw} \
+         --data-dir {data} --config {config}; echo \"exit=$?\"",
+        chatroom = quoted(&bin("chatroom"))?,
+        relay = relay.address(),
+        pw = quoted(&alice_pw)?,
+        data = quoted(&alice_home.data_dir())?,
+        config = quoted(&alice_home.config())?,
+    );
+    tmux.type_line(&command)?;
+    tmux.wait_for(&["| connected", "you entered the room's group (epoch"])?;
+    tmux.type_line("/join den")?;
+    let screen = tmux.wait_for(&[
+        "1:lobby [2:den]",
+        "you entered the room's group (epoch 1)",
+        "shows each newcomer the last 2",
+        "shared 2 message(s) sent before you entered",
+        "[shared by bob ",
+        "<bob> second word",
+        "<bob> third word",
+    ])?;
+    assert!(!screen.contains("first word"), "only the last 2 are shared:\n{screen}");
+    bob.stderr.expect("entered the group (epoch 1)")?;
+
+    // The window talks to bob, and the first room saw none of it.
+    tmux.type_line("thanks bob")?;
+    bob.stdout.expect("> thanks bob")?;
+    tmux.run(&["send-keys", "-t", "chat", "M-1"])?;
+    let screen = tmux.wait_for(&["[1:lobby] 2:den"])?;
+    assert!(!screen.contains("shared by") && !screen.contains("thanks bob"), "{screen}");
+    tmux.type_line("/quit")?;
+    tmux.wait_for_shell("exit=0")?;
+    bob.close_stdin();
+    assert!(bob.wait()?.success());
+    Ok(())
+}
