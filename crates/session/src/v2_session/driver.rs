@@ -675,6 +675,37 @@ impl Driver {
         self.pump(up).await
     }
 
+    /// A part of the relay's member list; the whole list once `more` is false.
+    fn on_members(&mut self, more: bool, members: Vec<Member>) {
+        let room = MAX_MEMBERS.saturating_sub(self.partial_members.len());
+        self.partial_members.extend(members.into_iter().take(room));
+        if !more {
+            let list = std::mem::take(&mut self.partial_members);
+            // The relay's claim: compared with the pins, never pinned.
+            for m in &list {
+                self.core.check_claim(&m.nick, &m.identity);
+            }
+            self.emit(Event::Members(self.members(&list)));
+            self.listed = list;
+        }
+    }
+
+    fn on_presence(
+        &mut self,
+        event: chatroom_crypto::PresenceEvent,
+        nick: Nick,
+        identity: chatroom_crypto::PublicIdentity,
+    ) {
+        use chatroom_crypto::PresenceEvent;
+        if matches!(event, PresenceEvent::Kicked | PresenceEvent::Banned) {
+            self.core.on_moderated(identity);
+        }
+        // The relay's claim: compared with the pins, never pinned.
+        self.core.check_claim(&nick, &identity);
+        self.on_presence_listed(event, &nick, identity);
+        self.emit(Event::Presence { event, nick, identity });
+    }
+
     /// Follows the relay's list through its presence notices, as the v1 room view does.
     fn on_presence_listed(
         &mut self,
@@ -758,29 +789,8 @@ impl Driver {
             }
             RelayMessage::GroupInfoStored { after_seq } => self.core.on_group_info_stored(after_seq),
             RelayMessage::GroupInfo(part) => self.core.on_group_info(part)?,
-            RelayMessage::Members { more, members } => {
-                let room = MAX_MEMBERS.saturating_sub(self.partial_members.len());
-                self.partial_members.extend(members.into_iter().take(room));
-                if !more {
-                    let list = std::mem::take(&mut self.partial_members);
-                    // The relay's claim: compared with the pins, never pinned.
-                    for m in &list {
-                        self.core.check_claim(&m.nick, &m.identity);
-                    }
-                    self.emit(Event::Members(self.members(&list)));
-                    self.listed = list;
-                }
-            }
-            RelayMessage::Presence { event, nick, identity } => {
-                use chatroom_crypto::PresenceEvent;
-                if matches!(event, PresenceEvent::Kicked | PresenceEvent::Banned) {
-                    self.core.on_moderated(identity);
-                }
-                // The relay's claim: compared with the pins, never pinned.
-                self.core.check_claim(&nick, &identity);
-                self.on_presence_listed(event, &nick, identity);
-                self.emit(Event::Presence { event, nick, identity });
-            }
+            RelayMessage::Members { more, members } => self.on_members(more, members),
+            RelayMessage::Presence { event, nick, identity } => self.on_presence(event, nick, identity),
             RelayMessage::HistoryEnd { .. } => {
                 self.emit(Event::HistoryEnd);
                 self.emit(Event::State(ConnState::Live));
