@@ -8,6 +8,7 @@
 pub mod display;
 pub mod error;
 pub mod invite;
+pub mod listed;
 pub mod session;
 pub mod state;
 pub mod transport;

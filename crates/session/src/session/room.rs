@@ -10,6 +10,7 @@ use chatroom_crypto::{
 
 use super::connection::JoinedInfo;
 use super::event::{ChatMessage, Event, MemberInfo, Rejected, Whois};
+use crate::listed::ListedMembers;
 use crate::state::RoomState;
 use crate::trust::{PinCheck, MAX_PINS};
 
@@ -17,8 +18,7 @@ use crate::trust::{PinCheck, MAX_PINS};
 /// microseconds.
 pub const COUNTER_RESERVE: u64 = 10_000_000;
 
-/// Most members held while a `Members` list is assembled.
-pub const MAX_MEMBERS: usize = 100_000;
+pub use crate::listed::MAX_MEMBERS;
 
 /// What a member knows about its room.
 #[derive(Debug)]
@@ -34,8 +34,7 @@ pub struct RoomView {
     /// answer, not a message to show.
     awaiting: BTreeSet<u64>,
     owner: Option<PublicIdentity>,
-    members: Vec<Member>,
-    partial: Vec<Member>,
+    members: ListedMembers,
     /// On start, already seen messages in (after, up to] are recent context (`Event::Context`),
     /// each at most once and in increasing order; `None` once the first history ended.
     context: Option<(u64, u64)>,
@@ -54,8 +53,7 @@ impl RoomView {
             last_used,
             awaiting: BTreeSet::new(),
             owner: None,
-            members: Vec::new(),
-            partial: Vec::new(),
+            members: ListedMembers::default(),
             context: None,
         }
     }
@@ -119,6 +117,7 @@ impl RoomView {
     /// The current member list.
     pub fn members(&self) -> Vec<MemberInfo> {
         self.members
+            .list()
             .iter()
             .map(|m| MemberInfo {
                 nick: m.nick.clone(),
@@ -153,7 +152,7 @@ impl RoomView {
     /// their signed counters, so nothing already shown is shown again.
     pub fn on_joined(&mut self, info: &JoinedInfo) -> Vec<Event> {
         self.owner = Some(info.owner);
-        self.partial.clear();
+        self.members.restart();
         let last = self.state.last_seq;
         if last > info.latest_seq {
             self.state.last_seq = info.latest_seq;
@@ -253,15 +252,15 @@ impl RoomView {
         Whois {
             nick: nick.clone(),
             pinned: self.state.pins.get(nick).copied(),
-            listed: self.members.iter().find(|m| m.nick.same_as(nick)).map(|m| m.identity),
+            listed: self.members.key_of(nick),
             look_alike: self.look_alike(nick),
         }
     }
 
     /// What the relay claims about `nick` and `identity`, compared with the pins (which it
     /// never changes): a mismatch is reported.
-    fn compare(&self, nick: &Nick, identity: &PublicIdentity, out: &mut Vec<Event>) {
-        if let Some(PinCheck::Changed { pinned }) = self.state.pins.compare(nick, identity) {
+    fn compare(state: &RoomState, nick: &Nick, identity: &PublicIdentity, out: &mut Vec<Event>) {
+        if let Some(PinCheck::Changed { pinned }) = state.pins.compare(nick, identity) {
             out.push(Event::KeyChanged { nick: nick.clone(), pinned, seen: *identity });
         }
     }
@@ -269,37 +268,21 @@ impl RoomView {
     /// A `Members` item; the list is reported once the last item (`more == false`) arrives.
     /// It is the relay's claim: it pins nothing.
     pub fn on_members(&mut self, more: bool, members: Vec<Member>) -> Vec<Event> {
-        let room = MAX_MEMBERS.saturating_sub(self.partial.len());
-        self.partial.extend(members.into_iter().take(room));
-        if more {
-            return Vec::new();
-        }
         let mut out = Vec::new();
-        let list = std::mem::take(&mut self.partial);
-        for m in &list {
-            self.compare(&m.nick, &m.identity, &mut out);
+        if let Some(list) = self.members.on_part(more, members) {
+            for m in list {
+                Self::compare(&self.state, &m.nick, &m.identity, &mut out);
+            }
+            out.push(Event::Members(self.members()));
         }
-        self.members = list;
-        out.push(Event::Members(self.members()));
         out
     }
 
     /// A `Presence` item: the relay's claim, which pins nothing.
     pub fn on_presence(&mut self, event: PresenceEvent, nick: Nick, identity: PublicIdentity) -> Vec<Event> {
         let mut out = Vec::new();
-        self.compare(&nick, &identity, &mut out);
-        match event {
-            PresenceEvent::Joined => {
-                self.members.retain(|m| !m.nick.same_as(&nick));
-                if self.members.len() < MAX_MEMBERS {
-                    self.members.push(Member { nick: nick.clone(), identity });
-                }
-            }
-            PresenceEvent::Left | PresenceEvent::Kicked | PresenceEvent::Banned => {
-                self.members.retain(|m| !m.nick.same_as(&nick));
-            }
-            PresenceEvent::Unbanned => {}
-        }
+        Self::compare(&self.state, &nick, &identity, &mut out);
+        self.members.on_presence(event, &nick, identity);
         out.push(Event::Presence { event, nick, identity });
         out
     }

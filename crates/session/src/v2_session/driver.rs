@@ -17,9 +17,10 @@ use super::keys::V2Keys;
 use super::log::{Action, Core};
 use super::{RotateError, V2Limits, V2Safety};
 use crate::error::SessionError;
+use crate::listed::ListedMembers;
 use crate::session::{
     handshake_v2, join, AckMatch, Callbacks, ConnState, ConnWriter, Event, GroupEvent, Handshaken,
-    JoinedInfo, MemberInfo, Outbox, Outgoing, SessionConfig, SessionEnd, TokenBucket, MAX_MEMBERS,
+    JoinedInfo, MemberInfo, Outbox, Outgoing, SessionConfig, SessionEnd, TokenBucket,
 };
 use crate::state::v2_room_state_path;
 use crate::transport::{self, Rotation};
@@ -251,9 +252,8 @@ pub(super) struct Driver {
     syncs: Vec<(u64, oneshot::Sender<bool>)>,
     /// When to publish the GroupInfo if it is still stale.
     info_due: Option<Instant>,
-    partial_members: Vec<Member>,
     /// The relay's member list as last told (its claim, for `/whois`; never pinned).
-    listed: Vec<Member>,
+    listed: ListedMembers,
     owner: Option<chatroom_crypto::PublicIdentity>,
     /// Which relay address the next attempt uses.
     rotation: Rotation,
@@ -306,8 +306,7 @@ impl Driver {
             ping_token: 0,
             syncs: Vec::new(),
             info_due: None,
-            partial_members: Vec::new(),
-            listed: Vec::new(),
+            listed: ListedMembers::default(),
             owner: None,
             rotation: Rotation::starting_at(config.relay.len(), first.addr),
             rotating: None,
@@ -556,6 +555,7 @@ impl Driver {
         let now = Instant::now();
         let mut up = Up { writer, incoming, reader, last_rx: now, last_tx: now };
         self.owner = Some(info.owner);
+        self.listed.restart();
         let room_code = self.keys.get(&self.relay_key, &*self.callbacks).await?.room_code().to_string();
         self.emit(Event::Joined {
             created: info.created,
@@ -590,7 +590,7 @@ impl Driver {
             }
             Request::Whois(nick) => {
                 let mut who = self.core.whois(nick);
-                who.listed = self.listed.iter().find(|m| m.nick.same_as(&who.nick)).map(|m| m.identity);
+                who.listed = self.listed.key_of(&who.nick);
                 self.emit(Event::Whois(who));
                 return Ok(());
             }
@@ -677,17 +677,13 @@ impl Driver {
 
     /// A part of the relay's member list; the whole list once `more` is false.
     fn on_members(&mut self, more: bool, members: Vec<Member>) {
-        let room = MAX_MEMBERS.saturating_sub(self.partial_members.len());
-        self.partial_members.extend(members.into_iter().take(room));
-        if !more {
-            let list = std::mem::take(&mut self.partial_members);
-            // The relay's claim: compared with the pins, never pinned.
-            for m in &list {
-                self.core.check_claim(&m.nick, &m.identity);
-            }
-            self.emit(Event::Members(self.members(&list)));
-            self.listed = list;
+        let Some(list) = self.listed.on_part(more, members) else { return };
+        // The relay's claim: compared with the pins, never pinned.
+        for m in list {
+            self.core.check_claim(&m.nick, &m.identity);
         }
+        let members = self.members(self.listed.list());
+        self.emit(Event::Members(members));
     }
 
     fn on_presence(
@@ -702,30 +698,8 @@ impl Driver {
         }
         // The relay's claim: compared with the pins, never pinned.
         self.core.check_claim(&nick, &identity);
-        self.on_presence_listed(event, &nick, identity);
+        self.listed.on_presence(event, &nick, identity);
         self.emit(Event::Presence { event, nick, identity });
-    }
-
-    /// Follows the relay's list through its presence notices, as the v1 room view does.
-    fn on_presence_listed(
-        &mut self,
-        event: chatroom_crypto::PresenceEvent,
-        nick: &Nick,
-        identity: chatroom_crypto::PublicIdentity,
-    ) {
-        use chatroom_crypto::PresenceEvent;
-        match event {
-            PresenceEvent::Joined => {
-                self.listed.retain(|m| !m.nick.same_as(nick));
-                if self.listed.len() < MAX_MEMBERS {
-                    self.listed.push(Member { nick: nick.clone(), identity });
-                }
-            }
-            PresenceEvent::Left | PresenceEvent::Kicked | PresenceEvent::Banned => {
-                self.listed.retain(|m| !m.nick.same_as(nick));
-            }
-            PresenceEvent::Unbanned => {}
-        }
     }
 
     fn members(&self, list: &[Member]) -> Vec<MemberInfo> {
