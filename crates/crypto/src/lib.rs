@@ -141,4 +141,23 @@ pub mod internal {
     pub fn frame_decoder_buffered(decoder: &crate::FrameDecoder) -> (usize, usize) {
         decoder.buffered()
     }
+
+    /// Every `name = value` line inside the ```` ```vectors ```` blocks of `markdown`
+    /// (docs/PROTOCOL.md), trimmed, in document order: what the tests of each crate check
+    /// against the code.
+    pub fn documented_vectors(markdown: &str) -> Vec<(&str, &str)> {
+        let mut out = Vec::new();
+        let mut inside = false;
+        for line in markdown.lines() {
+            let t = line.trim();
+            if t.starts_with("```") {
+                inside = t == "```vectors";
+                continue;
+            }
+            if let (true, Some((k, v))) = (inside, t.split_once(" = ")) {
+                out.push((k.trim(), v.trim()));
+            }
+        }
+        out
+    }
 }

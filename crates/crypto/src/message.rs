@@ -512,6 +512,44 @@ pub fn encode_deliver(seq: u64, history: bool, envelope: &[u8], out: &mut Vec<u8
     });
 }
 
+/// A one-byte flag: 0 or 1, anything else refused.
+fn flag(r: &mut Reader<'_>, what: &'static str) -> Result<bool, DecodeError> {
+    match r.u8()? {
+        0 => Ok(false),
+        1 => Ok(true),
+        other => Err(DecodeError::UndefinedValue { what, value: other.into() }),
+    }
+}
+
+/// A `Members` item's count and entries.
+fn members(r: &mut Reader<'_>) -> Result<Vec<Member>, DecodeError> {
+    let count = usize::from(r.u16()?);
+    if count > MAX_MEMBERS_PER_ITEM {
+        return Err(DecodeError::TooMany { what: "member list", count, max: MAX_MEMBERS_PER_ITEM });
+    }
+    // Each entry is at least 34 bytes; refuse a count the body cannot hold before allocating
+    // for it.
+    if count * 34 > r.remaining().len() {
+        return Err(DecodeError::Truncated);
+    }
+    let mut members = Vec::with_capacity(count);
+    for _ in 0..count {
+        members.push(Member { nick: nick(r)?, identity: PublicIdentity(r.array()?) });
+    }
+    Ok(members)
+}
+
+fn presence_event(value: u8) -> Result<PresenceEvent, DecodeError> {
+    Ok(match value {
+        1 => PresenceEvent::Joined,
+        2 => PresenceEvent::Left,
+        3 => PresenceEvent::Kicked,
+        4 => PresenceEvent::Banned,
+        5 => PresenceEvent::Unbanned,
+        other => return Err(DecodeError::UndefinedValue { what: "presence event", value: other.into() }),
+    })
+}
+
 impl RelayMessage {
     /// Appends this message as one item.
     pub fn encode(&self, out: &mut Vec<u8>) {
@@ -567,13 +605,6 @@ impl RelayMessage {
     /// Decodes one item.
     pub fn decode(ty: u8, body: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(body);
-        let flag = |r: &mut Reader<'_>, what: &'static str| -> Result<bool, DecodeError> {
-            match r.u8()? {
-                0 => Ok(false),
-                1 => Ok(true),
-                other => Err(DecodeError::UndefinedValue { what, value: other.into() }),
-            }
-        };
         let msg = match ty {
             T_JOINED => RelayMessage::Joined {
                 created: flag(&mut r, "joined flags")?,
@@ -590,41 +621,13 @@ impl RelayMessage {
             T_ACK => RelayMessage::Ack { counter: r.u64()?, seq: r.u64()? },
             T_MEMBERS => {
                 let more = flag(&mut r, "members flags")?;
-                let count = usize::from(r.u16()?);
-                if count > MAX_MEMBERS_PER_ITEM {
-                    return Err(DecodeError::TooMany {
-                        what: "member list",
-                        count,
-                        max: MAX_MEMBERS_PER_ITEM,
-                    });
-                }
-                // Each entry is at least 34 bytes; refuse a count the body cannot hold
-                // before allocating for it.
-                if count * 34 > r.remaining().len() {
-                    return Err(DecodeError::Truncated);
-                }
-                let mut members = Vec::with_capacity(count);
-                for _ in 0..count {
-                    members.push(Member { nick: nick(&mut r)?, identity: PublicIdentity(r.array()?) });
-                }
-                RelayMessage::Members { more, members }
+                RelayMessage::Members { more, members: members(&mut r)? }
             }
-            T_PRESENCE => {
-                let event = match r.u8()? {
-                    1 => PresenceEvent::Joined,
-                    2 => PresenceEvent::Left,
-                    3 => PresenceEvent::Kicked,
-                    4 => PresenceEvent::Banned,
-                    5 => PresenceEvent::Unbanned,
-                    other => {
-                        return Err(DecodeError::UndefinedValue {
-                            what: "presence event",
-                            value: other.into(),
-                        })
-                    }
-                };
-                RelayMessage::Presence { event, nick: nick(&mut r)?, identity: PublicIdentity(r.array()?) }
-            }
+            T_PRESENCE => RelayMessage::Presence {
+                event: presence_event(r.u8()?)?,
+                nick: nick(&mut r)?,
+                identity: PublicIdentity(r.array()?),
+            },
             T_HISTORY_END => RelayMessage::HistoryEnd { latest_seq: r.u64()? },
             T_ERROR => RelayMessage::Error {
                 code: ErrorCode::from_u16(r.u16()?),

@@ -7,21 +7,11 @@ const PROTOCOL_MD: &str = include_str!("../../../docs/PROTOCOL.md");
 
 /// Every documented `name = value` whose name starts with `prefix`.
 pub(crate) fn documented(prefix: &str) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let mut inside = false;
-    for line in PROTOCOL_MD.lines() {
-        let t = line.trim();
-        if t.starts_with("```") {
-            inside = t == "```vectors";
-            continue;
-        }
-        if let (true, Some((k, v))) = (inside, t.split_once(" = ")) {
-            if k.trim().starts_with(prefix) {
-                out.insert(k.trim().to_owned(), v.trim().to_owned());
-            }
-        }
-    }
-    out
+    chatroom_crypto::internal::documented_vectors(PROTOCOL_MD)
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(prefix))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
 }
 
 /// Panics, printing the computed block, unless `doc` holds exactly the `computed` values.

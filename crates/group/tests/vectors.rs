@@ -28,17 +28,9 @@ fn checked_here(name: &str) -> bool {
 
 fn documented() -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
-    let mut inside = false;
-    for line in PROTOCOL_MD.lines() {
-        let t = line.trim();
-        if t.starts_with("```") {
-            inside = t == "```vectors";
-            continue;
-        }
-        if let (true, Some((k, v))) = (inside, t.split_once(" = ")) {
-            let previous = out.insert(k.trim().to_owned(), v.trim().to_owned());
-            assert!(previous.is_none(), "vector {k} is documented twice");
-        }
+    for (k, v) in chatroom_crypto::internal::documented_vectors(PROTOCOL_MD) {
+        let previous = out.insert(k.to_owned(), v.to_owned());
+        assert!(previous.is_none(), "vector {k} is documented twice");
     }
     out
 }

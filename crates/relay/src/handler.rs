@@ -237,6 +237,20 @@ struct Session {
     upload: crate::group_info::Upload,
 }
 
+impl Session {
+    fn new<M>(config: &Config, joined: &Joined<M>) -> Self {
+        Self {
+            pending: VecDeque::new(),
+            who: TokenBucket::new(config.who_burst, config.who_per_sec),
+            ping: None,
+            alive: false,
+            room: joined.room.clone(),
+            version: joined.version,
+            upload: crate::group_info::Upload::default(),
+        }
+    }
+}
+
 /// Per-connection handler.
 #[derive(Debug)]
 pub(crate) struct Handler<H> {
@@ -600,15 +614,7 @@ impl<H: RoomService> Handler<H> {
         let config = &shared.config;
         let mut last_heard = Instant::now();
         let mut token = 0u64;
-        let mut session = Session {
-            pending: VecDeque::new(),
-            who: TokenBucket::new(config.who_burst, config.who_per_sec),
-            ping: None,
-            alive: false,
-            room: joined.room.clone(),
-            version: joined.version,
-            upload: crate::group_info::Upload::default(),
-        };
+        let mut session = Session::new(config, joined);
         loop {
             let pinged = session.ping.is_some();
             let wake = last_heard + if pinged { config.idle_timeout } else { config.ping_after };

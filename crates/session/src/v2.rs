@@ -1408,21 +1408,11 @@ mod tests {
 
     /// Every documented `name = value` of docs/PROTOCOL.md whose name starts with a prefix.
     fn documented(prefixes: &[&str]) -> std::collections::BTreeMap<String, String> {
-        let mut out = std::collections::BTreeMap::new();
-        let mut inside = false;
-        for line in include_str!("../../../docs/PROTOCOL.md").lines() {
-            let t = line.trim();
-            if t.starts_with("```") {
-                inside = t == "```vectors";
-                continue;
-            }
-            if let (true, Some((k, v))) = (inside, t.split_once(" = ")) {
-                if prefixes.iter().any(|p| k.trim().starts_with(p)) {
-                    out.insert(k.trim().to_owned(), v.trim().to_owned());
-                }
-            }
-        }
-        out
+        chatroom_crypto::internal::documented_vectors(include_str!("../../../docs/PROTOCOL.md"))
+            .into_iter()
+            .filter(|(k, _)| prefixes.iter().any(|p| k.starts_with(p)))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
     }
 
     /// The `v2.rotate.` and `v2.history.` vectors of docs/PROTOCOL.md (section 17.10): the
