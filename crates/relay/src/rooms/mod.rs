@@ -30,6 +30,7 @@ use bytes::Bytes;
 use chatroom_crypto::{EnvelopeHeader, ErrorCode, Member, Nick, RoomName, SignedJoin};
 use tracing::error;
 
+mod bindings;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 mod ids;

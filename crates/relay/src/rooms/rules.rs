@@ -13,6 +13,7 @@ use std::collections::{HashMap, HashSet};
 
 use chatroom_crypto::{ErrorCode, JoinVerifier, Nick, PublicIdentity, SignedJoin, VerifiedJoin};
 
+use super::bindings::Bindings;
 use super::{JoinPolicy, Refusal};
 
 /// The detail of a join refused because its room is locked.
@@ -118,8 +119,8 @@ pub struct RoomRules {
     /// Per sender whose failed envelope could not give its counter back because a later one
     /// of theirs was pending: the counter to go back to if that later one fails too.
     rolled_back: HashMap<PublicIdentity, Option<u64>>,
-    /// Canonical nickname -> identity.
-    nicks: HashMap<String, PublicIdentity>,
+    /// Canonical nickname <-> identity.
+    nicks: Bindings,
     bans: HashSet<PublicIdentity>,
 }
 
@@ -161,7 +162,7 @@ impl RoomRules {
             counters: room.counters,
             pending: HashMap::new(),
             rolled_back: HashMap::new(),
-            nicks: room.nicks,
+            nicks: Bindings::from_map(room.nicks),
             bans: room.bans,
         }
     }
@@ -258,8 +259,8 @@ impl RoomRules {
             Some(_) => Ok(false),
             // One nickname per identity per room: clients pin an identity to the first
             // nickname they see it with.
-            None => match self.nicks.iter().find(|(_, id)| *id == identity) {
-                Some((bound, _)) => Err(Refusal::new(
+            None => match self.nicks.nick_of(identity) {
+                Some(bound) => Err(Refusal::new(
                     ErrorCode::NickBound,
                     format!(
                         "this identity is known in this room as {bound}; join with that nickname, \
@@ -295,7 +296,7 @@ impl RoomRules {
     /// A binding shared storage holds (made through another relay node): later joins are
     /// checked against it. A nickname already bound here keeps its binding.
     pub fn learn_binding(&mut self, binding: Binding) {
-        self.nicks.entry(binding.nick).or_insert(binding.identity);
+        self.nicks.insert(binding.nick, binding.identity);
     }
 
     /// A ban or unban shared storage holds (made through another relay node).
@@ -319,9 +320,7 @@ impl RoomRules {
 
     /// Storage could not record a binding `join` reserved: the nickname is free again.
     pub fn binding_failed(&mut self, binding: &Binding) {
-        if self.nicks.get(&binding.nick) == Some(&binding.identity) {
-            self.nicks.remove(&binding.nick);
-        }
+        self.nicks.remove(&binding.nick, &binding.identity);
     }
 
     /// Checks an envelope from `sender` with `counter`. A counter above the sender's highest
