@@ -334,6 +334,40 @@ impl Outbox {
         true
     }
 
+    /// `push_batched` for several items under one lock: a commit group's deliveries reach a
+    /// member's queue together. Once an item does not fit, it and the rest go one at a time
+    /// (the writer may have made room meanwhile; if not, the member is a slow consumer).
+    /// Returns whether every item was queued.
+    pub(crate) fn push_all_batched(self: &Arc<Self>, items: impl IntoIterator<Item = Bytes>) -> bool {
+        let mut items = items.into_iter();
+        if DEFERRED.with(|d| d.borrow().is_none()) {
+            return items.all(|item| self.push_or_close(item));
+        }
+        let mut state = self.lock();
+        let was_empty = state.queue.is_empty();
+        let mut rest = None;
+        for item in items.by_ref() {
+            if state.closed {
+                return false;
+            }
+            if !state.has_room(self.limit, item.len()) {
+                rest = Some(item);
+                break;
+            }
+            state.push(item);
+        }
+        let owed_wake = was_empty && !state.queue.is_empty();
+        drop(state);
+        if owed_wake {
+            DEFERRED.with(|d| {
+                if let Some(deferred) = d.borrow_mut().as_mut() {
+                    deferred.outboxes.push(self.clone());
+                }
+            });
+        }
+        rest.into_iter().chain(items).all(|item| self.push_batched(item))
+    }
+
     /// Pushes an item; on a full queue closes the connection as a slow consumer. Returns
     /// whether the item was queued.
     pub(crate) fn push_or_close(&self, item: Bytes) -> bool {
@@ -938,6 +972,36 @@ mod tests {
         // Outside a batch every push wakes the writer.
         assert!(outbox.push_batched(encode(&RelayMessage::Ping { token: 1 })));
         assert!(woken(&outbox));
+    }
+
+    #[test]
+    fn a_group_queued_under_one_lock_keeps_its_order_and_wakes_the_writer_once() {
+        let outbox = Arc::new(Outbox::new(1 << 20, STALL));
+        let group = deliveries(1..=10, 100);
+        batched(|| {
+            assert!(outbox.push_all_batched(group[..4].iter().cloned()));
+            assert!(outbox.push_all_batched(group[4..].iter().cloned()));
+            assert!(!woken(&outbox), "no wake-up while the batch is being queued");
+        });
+        assert!(woken(&outbox), "a wake-up once the batch is queued");
+        assert_eq!(outbox.drain(), group);
+        // Outside a batch the items are queued one by one, each waking the writer.
+        assert!(outbox.push_all_batched(group[..2].iter().cloned()));
+        assert!(woken(&outbox));
+        assert_eq!(outbox.drain(), group[..2]);
+    }
+
+    #[test]
+    fn a_group_that_overflows_the_queue_closes_a_slow_consumer_and_a_closed_queue_takes_none() {
+        let group = deliveries(1..=100, 1_000);
+        let outbox = Arc::new(Outbox::new(MIN_QUEUE_BYTES, STALL));
+        let queued = batched(|| outbox.push_all_batched(group.iter().cloned()));
+        assert!(!queued, "100 deliveries of 1 000 bytes do not fit in {MIN_QUEUE_BYTES} bytes");
+        assert_eq!(outbox.close_reason(), Some(ErrorCode::SlowConsumer));
+        let goodbye = outbox.drain();
+        assert_eq!(goodbye.len(), 1, "only the goodbye is left: {goodbye:?}");
+        assert!(!batched(|| outbox.push_all_batched(group[..1].iter().cloned())));
+        assert!(outbox.drain().is_empty());
     }
 
     #[test]

@@ -85,6 +85,12 @@ impl Link {
         self.0.push_batched(item.0.clone())
     }
 
+    /// Queues `items` in order under one lock of the member's queue; returns whether all
+    /// were queued (false: the member is gone or was just closed as a slow consumer).
+    pub fn push_all<'a>(&self, items: impl IntoIterator<Item = &'a Item>) -> bool {
+        self.0.push_all_batched(items.into_iter().map(|item| item.0.clone()))
+    }
+
     /// Closes the member's connection with a goodbye (kick, ban, replaced, room deleted).
     pub fn close(&self, code: ErrorCode, detail: &str) -> bool {
         self.0.close(code, detail)

@@ -143,6 +143,7 @@ impl Room {
     fn complete(&self, results: Vec<Result<(), StoreError>>) {
         let mut st = self.lock();
         let mut stored = None;
+        let mut deliveries = Vec::new();
         for result in results {
             let Some(e) = st.inflight.pop_front() else { break };
             if let Committed::Deliver(seq) = st.rules.committed(&e.ticket, result.is_ok()) {
@@ -154,11 +155,12 @@ impl Room {
                 let sender = e.ticket.sender;
                 let others = st.members.len() - usize::from(st.members.contains_key(&sender));
                 crate::metrics::delivered(others, e.live.len());
-                st.broadcast(&e.live, Some(&sender));
+                deliveries.push((e.live, sender));
                 stored = Some(seq);
             }
             e.acks.complete(e.place, result);
         }
+        st.deliver(&deliveries);
         drop(st);
         if let Some(seq) = stored {
             self.committed.send_replace(seq);

@@ -185,6 +185,17 @@ impl RoomState {
         }
     }
 
+    /// Pushes a commit group's deliveries, each to every member but its sender, member by
+    /// member: each member's queue is locked once for the whole group, not once per delivery.
+    pub(super) fn deliver(&self, deliveries: &[(Item, PublicIdentity)]) {
+        if deliveries.is_empty() {
+            return;
+        }
+        for (id, member) in &self.members {
+            member.link.push_all(deliveries.iter().filter(|(_, sender)| sender != id).map(|(item, _)| item));
+        }
+    }
+
     pub(super) fn presence(
         &self,
         event: PresenceEvent,
