@@ -307,65 +307,48 @@ impl Outbox {
 
     /// `push_or_close`, but inside `batched` the writer is woken only when it returns.
     pub(crate) fn push_batched(self: &Arc<Self>, item: Bytes) -> bool {
-        let deferring = DEFERRED.with(|d| d.borrow().is_some());
-        if !deferring {
-            return self.push_or_close(item);
-        }
-        let mut state = self.lock();
-        if state.closed {
-            return false;
-        }
-        if !state.has_room(self.limit, item.len()) {
-            drop(state);
-            return self.push_or_close(item);
-        }
-        // A writer with items already queued has been woken for them (or is owed a wake-up
-        // recorded here earlier in this batch).
-        let was_empty = state.queue.is_empty();
-        state.push(item);
-        drop(state);
-        if was_empty {
-            DEFERRED.with(|d| {
-                if let Some(deferred) = d.borrow_mut().as_mut() {
-                    deferred.outboxes.push(self.clone());
-                }
-            });
-        }
-        true
+        self.push_all_batched(std::iter::once(item))
     }
 
-    /// `push_batched` for several items under one lock: a commit group's deliveries reach a
-    /// member's queue together. Once an item does not fit, it and the rest go one at a time
-    /// (the writer may have made room meanwhile; if not, the member is a slow consumer).
-    /// Returns whether every item was queued.
+    /// `push_batched` for several items in order, under one lock while they fit: a commit
+    /// group's deliveries reach a member's queue together. An item that does not fit goes
+    /// through `push_or_close` (the writer may have made room since; if not, the member is a
+    /// slow consumer). Returns whether every item was queued.
     pub(crate) fn push_all_batched(self: &Arc<Self>, items: impl IntoIterator<Item = Bytes>) -> bool {
         let mut items = items.into_iter();
         if DEFERRED.with(|d| d.borrow().is_none()) {
             return items.all(|item| self.push_or_close(item));
         }
-        let mut state = self.lock();
-        let was_empty = state.queue.is_empty();
-        let mut rest = None;
-        for item in items.by_ref() {
+        loop {
+            let mut state = self.lock();
             if state.closed {
                 return false;
             }
-            if !state.has_room(self.limit, item.len()) {
-                rest = Some(item);
-                break;
-            }
-            state.push(item);
-        }
-        let owed_wake = was_empty && !state.queue.is_empty();
-        drop(state);
-        if owed_wake {
-            DEFERRED.with(|d| {
-                if let Some(deferred) = d.borrow_mut().as_mut() {
-                    deferred.outboxes.push(self.clone());
+            // A writer with items already queued has been woken for them (or is owed a
+            // wake-up recorded here earlier in this batch).
+            let was_empty = state.queue.is_empty();
+            let mut overflow = None;
+            for item in items.by_ref() {
+                if !state.has_room(self.limit, item.len()) {
+                    overflow = Some(item);
+                    break;
                 }
-            });
+                state.push(item);
+            }
+            let owed_wake = was_empty && !state.queue.is_empty();
+            drop(state);
+            if owed_wake {
+                DEFERRED.with(|d| {
+                    if let Some(deferred) = d.borrow_mut().as_mut() {
+                        deferred.outboxes.push(self.clone());
+                    }
+                });
+            }
+            let Some(item) = overflow else { return true };
+            if !self.push_or_close(item) {
+                return false;
+            }
         }
-        rest.into_iter().chain(items).all(|item| self.push_batched(item))
     }
 
     /// Pushes an item; on a full queue closes the connection as a slow consumer. Returns
