@@ -378,7 +378,9 @@ impl NatsCluster {
     }
 
     /// Whether the leader sees every other running node as a current, online peer: before
-    /// that, placing a stream or bucket on three replicas fails with "no suitable peers".
+    /// that, placing a stream or bucket on three replicas fails with "no suitable peers". (A
+    /// node's first statistics can reach the leader a moment later still; callers that place
+    /// replicated streams ask again on "peer offline", as the relay does.)
     fn peers_current(&self, leader: usize) -> bool {
         let Ok(jsz) = self.nodes[leader].monitor("/jsz") else { return false };
         let Some(replicas) = jsz["meta_cluster"]["replicas"].as_array() else { return false };

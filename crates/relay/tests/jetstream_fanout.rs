@@ -9,7 +9,7 @@ use bytes::Bytes;
 use chatroom_nats_harness::{NatsCluster, NatsServer};
 use chatroom_relay::rooms::jetstream::fanout::{Delivered, RoomFeed};
 use chatroom_relay::rooms::jetstream::log::{Appended, RoomLog, Tip};
-use chatroom_relay::rooms::jetstream::setup::{connect, ensure_stream, STREAM};
+use chatroom_relay::rooms::jetstream::setup::{connect, ensure_stream, until_answered, STREAM};
 
 type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
@@ -68,7 +68,7 @@ async fn on_the_cluster_a_feed_on_one_node_follows_two_writers_on_the_others_in_
     let urls: Vec<String> = cluster.nodes().iter().map(|n| n.url()).collect();
     let reader = connect(&urls[0]).await?;
     let js = jetstream::new(reader.clone());
-    ensure_stream(&js, 3, 1000).await?;
+    until_answered(|| ensure_stream(&js, 3, 1000)).await?;
     let mut feed =
         RoomFeed::subscribe(&reader, js.get_stream(STREAM).await?, "shared", Tip::default()).await?;
     let mut writers = Vec::new();

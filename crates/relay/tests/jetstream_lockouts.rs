@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use chatroom_nats_harness::NatsCluster;
 use chatroom_relay::rooms::jetstream::lockouts::Lockouts;
-use chatroom_relay::rooms::jetstream::setup::{connect, ensure_buckets};
+use chatroom_relay::rooms::jetstream::setup::{connect, ensure_buckets, until_answered};
 
 type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
@@ -18,7 +18,7 @@ async fn failures_through_two_nodes_all_count_and_expire_after_their_window() ->
     let mut nodes = Vec::new();
     for node in &cluster.nodes()[..2] {
         let js = jetstream::new(connect(&node.url()).await?);
-        ensure_buckets(&js, 3).await?;
+        until_answered(|| ensure_buckets(&js, 3)).await?;
         nodes.push(Lockouts::open(&js).await?);
     }
     let guess = |lockouts: Lockouts| async move {

@@ -9,7 +9,7 @@ use async_nats::jetstream;
 use bytes::Bytes;
 use chatroom_nats_harness::{NatsCluster, NatsServer};
 use chatroom_relay::rooms::jetstream::log::{Appended, RoomLog, Tip, CHAT_SEQ};
-use chatroom_relay::rooms::jetstream::setup::{connect, ensure_stream, STREAM};
+use chatroom_relay::rooms::jetstream::setup::{connect, ensure_stream, until_answered, STREAM};
 
 type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
@@ -22,7 +22,7 @@ async fn room_log(
     room: &str,
 ) -> Result<RoomLog, Box<dyn std::error::Error + Send + Sync>> {
     let js = jetstream::new(connect(url).await?);
-    ensure_stream(&js, replicas, 1000).await?;
+    until_answered(|| ensure_stream(&js, replicas, 1000)).await?;
     let stream = js.get_stream(STREAM).await?;
     Ok(RoomLog::new(js, stream, format!("chat.{room}")))
 }

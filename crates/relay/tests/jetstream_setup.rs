@@ -5,7 +5,7 @@
 use async_nats::jetstream::{self, kv, stream};
 use chatroom_nats_harness::{NatsCluster, NatsServer};
 use chatroom_relay::rooms::jetstream::setup::{
-    connect, ensure_buckets, ensure_stream, stream_config, SetupError, BUCKETS, FAN_SUBJECTS,
+    connect, ensure_buckets, ensure_stream, stream_config, until_answered, SetupError, BUCKETS, FAN_SUBJECTS,
     PRESENCE_BUCKET, STREAM,
 };
 
@@ -82,8 +82,8 @@ async fn more_replicas_than_nodes_and_no_server_are_refused_with_what_to_check()
 async fn the_cluster_keeps_every_message_and_key_in_three_replicas() -> TestResult {
     let cluster = NatsCluster::start()?;
     let js = jetstream::new(connect(&cluster.urls()).await?);
-    assert_eq!(ensure_stream(&js, 3, 1000).await?.num_replicas, 3);
-    ensure_buckets(&js, 3).await?;
+    assert_eq!(until_answered(|| ensure_stream(&js, 3, 1000)).await?.num_replicas, 3);
+    until_answered(|| ensure_buckets(&js, 3)).await?;
     let info = js.get_stream(STREAM).await?.info().await?.cluster.clone().ok_or("no cluster info")?;
     assert!(info.leader.is_some(), "{info:?}");
     assert_eq!(info.replicas.len(), 2, "two followers beside the leader: {info:?}");

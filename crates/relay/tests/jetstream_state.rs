@@ -5,7 +5,7 @@
 use async_nats::jetstream;
 use bytes::Bytes;
 use chatroom_nats_harness::NatsCluster;
-use chatroom_relay::rooms::jetstream::setup::{connect, ensure_buckets};
+use chatroom_relay::rooms::jetstream::setup::{connect, ensure_buckets, until_answered};
 use chatroom_relay::rooms::jetstream::state::{Created, RoomState};
 
 type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
@@ -18,7 +18,7 @@ async fn one_of_two_nodes_creates_a_room_and_a_ban_holds_across_nodes() -> TestR
     let mut nodes = Vec::new();
     for node in &cluster.nodes()[..2] {
         let js = jetstream::new(connect(&node.url()).await?);
-        ensure_buckets(&js, 3).await?;
+        until_answered(|| ensure_buckets(&js, 3)).await?;
         nodes.push(RoomState::open(&js).await?);
     }
     for round in 0..10 {

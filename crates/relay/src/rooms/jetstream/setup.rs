@@ -148,11 +148,23 @@ const TEMPORARY_CODES: [ErrorCode; 5] = [
     ErrorCode::STREAM_OFFLINE,
 ];
 
+/// What nats-server adds to "no suitable peers for placement" when a peer it knows is offline
+/// (a node restarting, or one whose first statistics have not reached the meta leader yet).
+const PEER_OFFLINE: &str = "peer offline";
+
+/// Whether a JetStream answer is one a cluster gives for a moment: an election, a group still
+/// forming, or a placement that failed only because a known peer is offline. Fewer nodes than
+/// replicas, with every node online, is final.
+fn temporary(e: &jetstream::Error) -> bool {
+    let code = e.error_code();
+    TEMPORARY_CODES.contains(&code)
+        || (code == ErrorCode::CLUSTER_NO_PEERS && e.to_string().contains(PEER_OFFLINE))
+}
+
 /// Whether `e` or an error it wraps says the cluster may answer if asked again: a request
-/// that timed out, or a "temporarily unavailable" answer. No responders (JetStream off) and
-/// every other refusal are final.
+/// that timed out, or a temporary answer (see [`temporary`]). No responders (JetStream off)
+/// and every other refusal are final.
 pub fn unanswered(e: &(dyn std::error::Error + 'static)) -> bool {
-    let temporary = |e: &jetstream::Error| TEMPORARY_CODES.contains(&e.error_code());
     let mut next = Some(e);
     while let Some(e) = next {
         let found = if let Some(e) = e.downcast_ref::<RequestError>() {
@@ -602,8 +614,27 @@ mod tests {
     use super::*;
 
     fn api_error(err_code: u64) -> jetstream::Error {
-        let json = format!(r#"{{"code":503,"err_code":{err_code},"description":"test"}}"#);
+        described_api_error(err_code, "test")
+    }
+
+    fn described_api_error(err_code: u64, description: &str) -> jetstream::Error {
+        let json = format!(r#"{{"code":503,"err_code":{err_code},"description":"{description}"}}"#);
         serde_json::from_str(&json).expect("an API error")
+    }
+
+    #[test]
+    fn a_placement_failing_on_an_offline_peer_is_asked_again_and_too_few_nodes_is_final() {
+        // nats-server's wording (selectPeerError in jetstream_cluster.go).
+        let offline = described_api_error(10005, "no suitable peers for placement, peer offline");
+        let bucket = CreateKeyValueError::with_source(
+            CreateKeyValueErrorKind::BucketCreate,
+            CreateStreamError::new(CreateStreamErrorKind::JetStream(offline)),
+        );
+        assert!(unanswered(&bucket));
+        let too_few = described_api_error(10005, "no suitable peers for placement");
+        assert!(!unanswered(&CreateStreamError::new(CreateStreamErrorKind::JetStream(too_few))));
+        let storage = described_api_error(10005, "no suitable peers for placement, insufficient storage");
+        assert!(!unanswered(&CreateStreamError::new(CreateStreamErrorKind::JetStream(storage))));
     }
 
     #[test]
