@@ -193,18 +193,21 @@ async fn a_stream_or_bucket_configured_otherwise_is_refused_naming_the_setting()
     Ok(())
 }
 
-/// A relay process on the cluster, until dropped, with every line it printed so far.
-struct Node {
-    child: Child,
-    addr: SocketAddr,
-    lines: Lines,
+/// A relay process, killed when dropped: also when a test fails before it listens.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A relay process on the cluster, until dropped, with every line it printed so far.
+struct Node {
+    child: Process,
+    addr: SocketAddr,
+    lines: Lines,
 }
 
 /// How long a test waits for a relay to start on the cluster: longer than the relay's own
@@ -265,7 +268,7 @@ impl Lines {
 
 /// Starts a relay process in `dir` on the NATS server `url`, with a room lockout after 3 wrong
 /// passwords (the address's lockout out of the way).
-fn spawn_node(dir: &Path, url: &str, extra: &[&std::ffi::OsStr]) -> Res<(Child, Lines)> {
+fn spawn_node(dir: &Path, url: &str, extra: &[&std::ffi::OsStr]) -> Res<(Process, Lines)> {
     let mut child = Command::new(BIN)
         .args(["--listen", "127.0.0.1:0", "--nats", url, "--data-dir"])
         .arg(dir)
@@ -276,12 +279,12 @@ fn spawn_node(dir: &Path, url: &str, extra: &[&std::ffi::OsStr]) -> Res<(Child, 
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
-    let lines = Lines::of(&mut child)?;
-    Ok((child, lines))
+    let lines = Lines::of(&mut child);
+    Ok((Process(child), lines?))
 }
 
 /// Waits for the `listening on` line of a relay from [`spawn_node`].
-fn listening(child: Child, mut lines: Lines) -> Res<Node> {
+fn listening(child: Process, mut lines: Lines) -> Res<Node> {
     let line = lines.expect("listening on ", START_WITHIN)?;
     let addr = line.trim_start_matches("listening on ").trim().parse()?;
     Ok(Node { child, addr, lines })
@@ -383,7 +386,7 @@ async fn a_node_that_reconnects_to_a_nats_server_older_than_2_12_stops_saying_to
     assert!(said.contains("nats-server 2.9.10 is too old") && said.contains("2.12.0 or newer"), "{said}");
     let deadline = Instant::now() + START_WITHIN;
     let status = loop {
-        if let Some(status) = relay.child.try_wait()? {
+        if let Some(status) = relay.child.0.try_wait()? {
             break status;
         }
         assert!(Instant::now() < deadline, "the relay still runs on nats-server 2.9.10");
