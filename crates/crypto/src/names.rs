@@ -88,6 +88,13 @@ impl Nick {
     pub fn same_as(&self, other: &Nick) -> bool {
         self.0.eq_ignore_ascii_case(&other.0)
     }
+
+    /// Orders two nicknames as their canonical forms order, without building them: member
+    /// lists are sorted on every join, and a key allocated per comparison made a room of
+    /// 10 000 members cost about 260 000 allocations per join.
+    pub fn cmp_canonical(&self, other: &Nick) -> std::cmp::Ordering {
+        self.0.bytes().map(|b| b.to_ascii_lowercase()).cmp(other.0.bytes().map(|b| b.to_ascii_lowercase()))
+    }
 }
 
 impl fmt::Display for RoomName {
@@ -139,6 +146,27 @@ mod tests {
         assert!(upper.same_as(&lower));
         assert_eq!(upper.canonical(), "alice");
         assert_eq!(upper.as_str(), "Alice");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn nicknames_order_as_their_canonical_forms(a in "[A-Za-z_][A-Za-z0-9_-]{0,31}", b in "[A-Za-z_][A-Za-z0-9_-]{0,31}") {
+            let (a, b) = (Nick::new(&a).unwrap(), Nick::new(&b).unwrap());
+            proptest::prop_assert_eq!(a.cmp_canonical(&b), a.canonical().cmp(&b.canonical()));
+        }
+    }
+
+    #[test]
+    fn case_alone_does_not_order_nicknames() {
+        let (upper, lower) = (Nick::new("Bob_").unwrap(), Nick::new("bob_").unwrap());
+        assert_eq!(upper.cmp_canonical(&lower), std::cmp::Ordering::Equal);
+        // '_' (0x5f) sorts before 'a' once lowered, though after 'A' as typed.
+        let (underscore, a) = (Nick::new("_x").unwrap(), Nick::new("Ax").unwrap());
+        assert_eq!(underscore.cmp_canonical(&a), std::cmp::Ordering::Less);
+        assert_eq!(
+            Nick::new("ax").unwrap().cmp_canonical(&Nick::new("AX-").unwrap()),
+            std::cmp::Ordering::Less
+        );
     }
 
     #[test]

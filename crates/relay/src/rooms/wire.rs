@@ -168,12 +168,13 @@ pub(crate) fn member_items(list: Vec<Member>) -> Vec<Bytes> {
     if list.is_empty() {
         return vec![encode(&RelayMessage::Members { more: false, members: Vec::new() })];
     }
-    let chunks: Vec<&[Member]> = list.chunks(MAX_MEMBERS_PER_ITEM).collect();
-    let last = chunks.len() - 1;
-    chunks
-        .into_iter()
-        .enumerate()
-        .map(|(i, chunk)| encode(&RelayMessage::Members { more: i < last, members: chunk.to_vec() }))
+    let parts = list.len().div_ceil(MAX_MEMBERS_PER_ITEM);
+    let mut rest = list.into_iter();
+    (1..=parts)
+        .map(|part| {
+            let members = rest.by_ref().take(MAX_MEMBERS_PER_ITEM).collect();
+            encode(&RelayMessage::Members { more: part < parts, members })
+        })
         .collect()
 }
 

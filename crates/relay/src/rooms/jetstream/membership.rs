@@ -375,7 +375,7 @@ fn register(
     }
     let mut members = held.local_members();
     members.extend(remote.into_iter().filter(|m| !held.members.contains_key(&m.identity)));
-    members.sort_by_key(|m| m.nick.canonical());
+    members.sort_by(|a, b| a.nick.cmp_canonical(&b.nick));
     let joined = JoinedInfo {
         created,
         owner: held.rules.owner(),

@@ -172,7 +172,7 @@ impl Node {
             }
         }
         drop(held);
-        list.sort_by_key(|m| m.nick.canonical());
+        list.sort_by(|a, b| a.nick.cmp_canonical(&b.nick));
         list.dedup_by_key(|m| m.identity);
         list
     }

@@ -209,7 +209,7 @@ impl RoomState {
     pub(super) fn member_list(&self) -> Vec<Member> {
         let mut list: Vec<Member> =
             self.members.iter().map(|(id, m)| Member { nick: m.nick.clone(), identity: *id }).collect();
-        list.sort_by_key(|m| m.nick.canonical());
+        list.sort_by(|a, b| a.nick.cmp_canonical(&b.nick));
         list
     }
 
