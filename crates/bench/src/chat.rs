@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use chatroom_crypto::{
     derive_room_keys, derive_room_secrets_v2, open, seal, sign_v2, verify_v2, ClientMessage, Content,
     ContentKind, EnvelopeHeader, Identity, JoinRequest, JoinSecret, KdfParams, MessageKey, Nick,
-    RelayMessage, RoomName, RoomPsk,
+    PresenceEvent, RelayMessage, RoomName, RoomPsk,
 };
 use chatroom_group::{content_kind, Kind, RoomRef};
 use chatroom_session::session::{handshake, handshake_v2, join, ConnReader, ConnWriter};
@@ -25,8 +25,8 @@ use tokio::task::JoinSet;
 use crate::error::BenchError;
 use crate::report::{Outcome, ServerWatch};
 use crate::workload::{
-    connect_loops, due, gather_sends, gather_tallies, verify_payload, wait_for_deliveries, Mode, Sends,
-    Shared, Tally, Workload,
+    connect_loops, due, gather_sends, gather_tallies, verify_payload, wait_for_deliveries,
+    wait_for_join_notices, Mode, Sends, Shared, Tally, Workload,
 };
 
 /// Messages sealed and written together by a sender running as fast as possible.
@@ -120,6 +120,12 @@ struct Check {
 struct Joined {
     reader: ConnReader,
     writer: ConnWriter,
+    /// `Presence(joined)` of later members that arrived with the join's own items.
+    join_notices: u64,
+}
+
+fn is_join_notice(item: &RelayMessage) -> bool {
+    matches!(item, RelayMessage::Presence { event: PresenceEvent::Joined, .. })
 }
 
 fn pin(target: &ChatTarget) -> RelayPin {
@@ -165,7 +171,9 @@ async fn join_member(
         );
         let request = if target.protocol == 2 { request.for_version_2() } else { request };
         let (_, mut items) = join(&mut conn, request).await.map_err(BenchError::session("join refused"))?;
+        let mut join_notices = 0;
         loop {
+            join_notices += items.iter().filter(|m| is_join_notice(m)).count() as u64;
             if items.iter().any(|m| matches!(m, RelayMessage::HistoryEnd { .. })) {
                 break;
             }
@@ -178,7 +186,7 @@ async fn join_member(
             }
             items = conn.reader.recv().await.map_err(BenchError::session("lost during the join"))?;
         }
-        Ok(Joined { reader: conn.reader, writer: conn.writer })
+        Ok(Joined { reader: conn.reader, writer: conn.writer, join_notices })
     };
     tokio::time::timeout(JOIN_TIMEOUT, work).await.map_err(|_| {
         BenchError::Server(format!("join did not complete within {} s", JOIN_TIMEOUT.as_secs()))
@@ -254,6 +262,9 @@ async fn receive(
             match item {
                 RelayMessage::Deliver { envelope, history: false, .. } => {
                     deliver(&check, room, &envelope, now, &mut tally)
+                }
+                RelayMessage::Presence { event: PresenceEvent::Joined, .. } => {
+                    check.shared.join_notices.fetch_add(1, Ordering::Relaxed);
                 }
                 RelayMessage::Ack { .. } => {
                     tally.acked += 1;
@@ -470,8 +481,8 @@ pub async fn run(target: &ChatTarget, w: &Workload) -> Result<Outcome, BenchErro
     let join_secs = join_start.elapsed().as_secs_f64();
     let mut outcome = match w.mode {
         Mode::Idle => {
-            // Let presence traffic settle before reading the relay's memory.
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            let deadline = Instant::now() + w.timeout;
+            wait_for_join_notices(&check.shared, w.expected_join_notices(), deadline).await?;
             let mut o = Outcome { target: "chatroom".into(), workload: w.name.clone(), ..Outcome::default() };
             if let (Some(before), Some(after)) = (watch_server.before(), watch_server.now()) {
                 o.kib_per_member =
@@ -552,6 +563,7 @@ async fn join_all(
         while let Some(joined) = joins.join_next().await {
             let (i, j) = joined.map_err(BenchError::task("join"))??;
             writers[i] = Some(j.writer);
+            check.shared.join_notices.fetch_add(j.join_notices, Ordering::Relaxed);
             receivers.spawn(receive(j.reader, check.clone(), w.room_of(i), stop_rx.clone()));
         }
     }

@@ -14,8 +14,8 @@ use tokio::task::JoinSet;
 use crate::error::BenchError;
 use crate::report::{Outcome, ServerWatch};
 use crate::workload::{
-    connect_loops, due, gather_sends, gather_tallies, payload, verify_payload, wait_for_deliveries, Mode,
-    Sends, Shared, Tally, Workload, MAX_LINE,
+    connect_loops, due, gather_sends, gather_tallies, payload, verify_payload, wait_for_deliveries,
+    wait_for_join_notices, Mode, Sends, Shared, Tally, Workload, MAX_LINE,
 };
 
 /// Time allowed for one member's connect and registration.
@@ -114,19 +114,30 @@ async fn open(addr: &str) -> Result<TcpStream, BenchError> {
     Ok(stream)
 }
 
+/// A connected member, registered and in its channel for IRC.
+struct Member {
+    lines: Lines,
+    write: OwnedWriteHalf,
+    /// `JOIN` lines of later members read before the channel's names ended.
+    join_notices: u64,
+}
+
+/// Whether an IRC line announces a join (`:nick!user@host JOIN #channel`).
+fn is_join_line(line: &str) -> bool {
+    line.starts_with(':') && line.split(' ').nth(1) == Some("JOIN")
+}
+
 /// Connects and, for IRC, registers and joins the member's channel.
-async fn join_member(
-    target: &PlainTarget,
-    i: usize,
-    room: usize,
-) -> Result<(Lines, OwnedWriteHalf), BenchError> {
+async fn join_member(target: &PlainTarget, i: usize, room: usize) -> Result<Member, BenchError> {
     let work = async {
         let (read, mut write) = open(&target.addr).await?.into_split();
         let mut lines = Lines::new(read);
+        let mut join_notices = 0;
         if target.kind == Kind::Irc {
             let io = |e: std::io::Error| BenchError::io("IRC registration")(e);
             write.write_all(format!("NICK b{i}\r\nUSER b{i} 0 * :bench\r\n").as_bytes()).await.map_err(io)?;
             let mut joined = false;
+            let own_prefix = format!(":b{i}!");
             loop {
                 let line = match lines.next().await.map_err(io)? {
                     Some(Line::Text(l)) => l,
@@ -137,7 +148,9 @@ async fn join_member(
                         ))
                     }
                 };
-                if let Some(token) = line.strip_prefix("PING ") {
+                if is_join_line(&line) && !line.starts_with(&own_prefix) {
+                    join_notices += 1;
+                } else if let Some(token) = line.strip_prefix("PING ") {
                     write.write_all(format!("PONG {token}\r\n").as_bytes()).await.map_err(io)?;
                 } else if line.starts_with("ERROR") {
                     return Err(BenchError::Server(format!("the IRC server refused: {line}")));
@@ -156,7 +169,7 @@ async fn join_member(
                 }
             }
         }
-        Ok((lines, write))
+        Ok(Member { lines, write, join_notices })
     };
     tokio::time::timeout(JOIN_TIMEOUT, work).await.map_err(|_| {
         BenchError::Server(format!("member {i} did not join within {} s", JOIN_TIMEOUT.as_secs()))
@@ -211,6 +224,10 @@ async fn receive(mut lines: Lines, ctx: Arc<Ctx>, mut stop: watch::Receiver<bool
                     continue;
                 }
                 text.as_str()
+            }
+            Kind::Irc if is_join_line(&text) => {
+                ctx.shared.join_notices.fetch_add(1, Ordering::Relaxed);
+                continue;
             }
             Kind::Irc => match text.split_once(" PRIVMSG ").and_then(|(_, rest)| rest.split_once(" :")) {
                 Some((_, body)) => body,
@@ -306,9 +323,10 @@ async fn join_all(
     let mut writers: Vec<Option<OwnedWriteHalf>> = (0..w.members).map(|_| None).collect();
     let mut receivers = JoinSet::new();
     while let Some(joined) = joins.join_next().await {
-        let (i, (lines, write)) = joined.map_err(BenchError::task("join"))??;
-        writers[i] = Some(write);
-        receivers.spawn(receive(lines, ctx.clone(), stop_rx.clone()));
+        let (i, member) = joined.map_err(BenchError::task("join"))??;
+        writers[i] = Some(member.write);
+        ctx.shared.join_notices.fetch_add(member.join_notices, Ordering::Relaxed);
+        receivers.spawn(receive(member.lines, ctx.clone(), stop_rx.clone()));
     }
     if target.kind == Kind::Raw {
         let first = writers.first_mut().and_then(Option::as_mut).ok_or(BenchError::Internal("no member"))?;
@@ -347,7 +365,9 @@ pub async fn run(target: &PlainTarget, w: &Workload) -> Result<Outcome, BenchErr
     let join_secs = join_start.elapsed().as_secs_f64();
 
     let mut outcome = if w.mode == Mode::Idle {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        // A raw broadcast server announces nothing; an IRC server sends `JOIN` lines.
+        let expected = if target.kind == Kind::Irc { w.expected_join_notices() } else { 0 };
+        wait_for_join_notices(&shared, expected, Instant::now() + w.timeout).await?;
         let mut o = Outcome { target: target.label.clone(), workload: w.name.clone(), ..Outcome::default() };
         if let (Some(before), Some(after)) = (watch_server.before(), watch_server.now()) {
             o.kib_per_member = Some(after.rss_kib.saturating_sub(before.rss_kib) as f64 / w.members as f64);
@@ -397,7 +417,7 @@ async fn connect_rate(target: &PlainTarget, w: &Workload) -> Result<Outcome, Ben
         async move {
             // Distinct nicknames: past the members' numbers, unique per loop and iteration.
             let i = 1_000_000 + j as usize * 1000 + k;
-            let (_lines, mut write) = join_member(&target, i, 0).await?;
+            let Member { mut write, .. } = join_member(&target, i, 0).await?;
             if target.kind == Kind::Irc {
                 let _ = write.write_all(b"QUIT\r\n").await;
             }
@@ -417,4 +437,19 @@ async fn connect_rate(target: &PlainTarget, w: &Workload) -> Result<Outcome, Ben
     };
     watch_server.finish(&mut o, rate.done);
     Ok(o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_lines_are_told_from_other_lines() {
+        assert!(is_join_line(":b7!~b7@localhost JOIN :#bench0"));
+        assert!(is_join_line(":b7!~b7@localhost JOIN #bench0"));
+        assert!(!is_join_line(":b7!~b7@localhost PRIVMSG #bench0 :JOIN"));
+        assert!(!is_join_line(":irc.example.net 353 b1 = #bench0 :b1 b7"));
+        assert!(!is_join_line("JOIN #bench0"));
+        assert!(!is_join_line(""));
+    }
 }

@@ -109,6 +109,18 @@ impl Workload {
             .map(|s| (self.messages as u64) * (self.members_in(self.room_of(s)) as u64 - 1))
             .sum()
     }
+
+    /// Join notices expected once every member has joined: each member hears of every member
+    /// of its room that joined after it (`Presence(joined)`, an IRC `JOIN` line), so a room of
+    /// n members makes n(n-1)/2.
+    pub fn expected_join_notices(&self) -> u64 {
+        (0..self.rooms)
+            .map(|r| {
+                let n = self.members_in(r) as u64;
+                n * n.saturating_sub(1) / 2
+            })
+            .sum()
+    }
 }
 
 /// Builds the payload of message `seq` of sender `sender` sent at `t_ns` (nanoseconds since
@@ -152,12 +164,19 @@ pub struct Shared {
     pub delivered: AtomicU64,
     /// Messages the server acknowledged so far (chatroom).
     pub acked: AtomicU64,
+    /// Notices of another member's join received so far, over all members.
+    pub join_notices: AtomicU64,
 }
 
 impl Shared {
     /// A run starting now.
     pub fn new() -> Self {
-        Self { origin: Instant::now(), delivered: AtomicU64::new(0), acked: AtomicU64::new(0) }
+        Self {
+            origin: Instant::now(),
+            delivered: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+            join_notices: AtomicU64::new(0),
+        }
     }
 
     /// Nanoseconds since the origin.
@@ -250,6 +269,29 @@ pub async fn wait_for_deliveries(shared: &Shared, expected: u64, settle: Duratio
     }
 }
 
+/// Waits until every member has heard of every later join (`expected` notices), so that idle
+/// mode reads the server's memory once the join storm's presence traffic has been delivered
+/// and nothing is left queued for the members. An error if that takes past `deadline`.
+pub async fn wait_for_join_notices(
+    shared: &Shared,
+    expected: u64,
+    deadline: Instant,
+) -> Result<(), BenchError> {
+    loop {
+        let seen = shared.join_notices.load(Ordering::Relaxed);
+        if seen >= expected {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(BenchError::Server(format!(
+                "members heard of {seen} of the {expected} joins that followed theirs before the run's \
+                 timeout; raise --timeout, or the server loses presence notices"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The schedule of one sender: when message `n` is due, relative to the start of sending.
 pub fn due(rate: Option<f64>, n: usize) -> Option<Duration> {
     rate.map(|r| Duration::from_secs_f64(n as f64 / r))
@@ -318,6 +360,30 @@ mod tests {
         assert!(w.validate().is_ok());
         w.senders = 11;
         assert!(w.validate().is_err());
+    }
+
+    #[test]
+    fn expected_join_notices_count_later_joins_per_room() {
+        let mut w = Workload {
+            name: "t".into(),
+            mode: Mode::Idle,
+            members: 5,
+            rooms: 1,
+            senders: 0,
+            messages: 0,
+            bytes: 100,
+            rate: None,
+            concurrency: 4,
+            duration: Duration::ZERO,
+            settle: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+        };
+        assert_eq!(w.expected_join_notices(), 4 + 3 + 2 + 1);
+        // Members 0, 2, 4 and 1, 3.
+        w.rooms = 2;
+        assert_eq!(w.expected_join_notices(), 3 + 1);
+        w.rooms = 5;
+        assert_eq!(w.expected_join_notices(), 0);
     }
 }
 
