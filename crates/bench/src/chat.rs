@@ -25,8 +25,8 @@ use tokio::task::JoinSet;
 use crate::error::BenchError;
 use crate::report::{Outcome, ServerWatch};
 use crate::workload::{
-    connect_loops, due, gather_sends, gather_tallies, verify_payload, wait_for_deliveries,
-    wait_for_join_notices, Mode, Sends, Shared, Tally, Workload,
+    connect_loops, due, gather_sends, gather_tallies, idle, verify_payload, wait_for_deliveries, Mode, Sends,
+    Shared, Tally, Workload,
 };
 
 /// Messages sealed and written together by a sender running as fast as possible.
@@ -481,8 +481,7 @@ pub async fn run(target: &ChatTarget, w: &Workload) -> Result<Outcome, BenchErro
     let join_secs = join_start.elapsed().as_secs_f64();
     let mut outcome = match w.mode {
         Mode::Idle => {
-            let deadline = Instant::now() + w.timeout;
-            wait_for_join_notices(&check.shared, w.expected_join_notices(), deadline).await?;
+            idle(&check.shared, w, w.expected_join_notices()).await?;
             let mut o = Outcome { target: "chatroom".into(), workload: w.name.clone(), ..Outcome::default() };
             if let (Some(before), Some(after)) = (watch_server.before(), watch_server.now()) {
                 o.kib_per_member =

@@ -105,7 +105,8 @@ struct Cli {
     /// Connections set up at once (join phase, and connect mode).
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
-    /// Connect mode: seconds to keep connecting.
+    /// Connect mode: seconds to keep connecting. Idle mode: seconds the members stay idle once
+    /// every join notice has arrived, before the server's memory is read.
     #[arg(long, value_name = "SECS", default_value_t = 5.0)]
     duration: f64,
     /// Stop waiting for deliveries after this many seconds without one.

@@ -14,8 +14,8 @@ use tokio::task::JoinSet;
 use crate::error::BenchError;
 use crate::report::{Outcome, ServerWatch};
 use crate::workload::{
-    connect_loops, due, gather_sends, gather_tallies, payload, verify_payload, wait_for_deliveries,
-    wait_for_join_notices, Mode, Sends, Shared, Tally, Workload, MAX_LINE,
+    connect_loops, due, gather_sends, gather_tallies, idle, payload, verify_payload, wait_for_deliveries,
+    Mode, Sends, Shared, Tally, Workload, MAX_LINE,
 };
 
 /// Time allowed for one member's connect and registration.
@@ -367,7 +367,7 @@ pub async fn run(target: &PlainTarget, w: &Workload) -> Result<Outcome, BenchErr
     let mut outcome = if w.mode == Mode::Idle {
         // A raw broadcast server announces nothing; an IRC server sends `JOIN` lines.
         let expected = if target.kind == Kind::Irc { w.expected_join_notices() } else { 0 };
-        wait_for_join_notices(&shared, expected, Instant::now() + w.timeout).await?;
+        idle(&shared, w, expected).await?;
         let mut o = Outcome { target: target.label.clone(), workload: w.name.clone(), ..Outcome::default() };
         if let (Some(before), Some(after)) = (watch_server.before(), watch_server.now()) {
             o.kib_per_member = Some(after.rss_kib.saturating_sub(before.rss_kib) as f64 / w.members as f64);

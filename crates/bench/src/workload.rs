@@ -39,7 +39,10 @@ pub struct Workload {
     pub rate: Option<f64>,
     /// Connections being set up at once.
     pub concurrency: usize,
-    /// Connect mode: how long to keep connecting.
+    /// Connect mode: how long to keep connecting. Idle mode: how long members stay idle after
+    /// the join storm's notices have been delivered, before memory is read; longer than an
+    /// allocator's decay of freed pages (jemalloc's ten seconds), it gives the resident memory
+    /// an idle server keeps rather than the storm's.
     pub duration: Duration,
     /// Give up waiting for deliveries after this long without a new one.
     pub settle: Duration,
@@ -269,14 +272,17 @@ pub async fn wait_for_deliveries(shared: &Shared, expected: u64, settle: Duratio
     }
 }
 
+/// Idle mode: waits until every member has heard of every later join, then `w.duration`.
+pub async fn idle(shared: &Shared, w: &Workload, expected: u64) -> Result<(), BenchError> {
+    wait_for_join_notices(shared, expected, Instant::now() + w.timeout).await?;
+    tokio::time::sleep(w.duration).await;
+    Ok(())
+}
+
 /// Waits until every member has heard of every later join (`expected` notices), so that idle
 /// mode reads the server's memory once the join storm's presence traffic has been delivered
 /// and nothing is left queued for the members. An error if that takes past `deadline`.
-pub async fn wait_for_join_notices(
-    shared: &Shared,
-    expected: u64,
-    deadline: Instant,
-) -> Result<(), BenchError> {
+async fn wait_for_join_notices(shared: &Shared, expected: u64, deadline: Instant) -> Result<(), BenchError> {
     loop {
         let seen = shared.join_notices.load(Ordering::Relaxed);
         if seen >= expected {

@@ -452,6 +452,7 @@ async fn signal() {
 
 fn serve(args: RunArgs) -> Result<(), MainError> {
     init_logging(args.verbose, args.log_format);
+    return_freed_memory();
     let config = config(&args)?;
     let data_dir = config.data_dir.clone();
     let max_connections = config.max_connections;
@@ -602,6 +603,22 @@ fn check_config(args: &RunArgs, parsed: &config_file::Parsed) -> Result<(), Main
     Ok(())
 }
 
+/// jemalloc rather than the system's malloc: a join storm's transient buffers (presence notices
+/// queued per member) are freed between the members' long-lived state, and glibc's arenas keep
+/// those holes resident; jemalloc keeps sizes apart and can hand emptied pages back.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// Starts jemalloc's background thread, which returns pages freed for about ten seconds to the
+/// system (its default decay), so a relay's resident memory falls back after a burst.
+fn return_freed_memory() {
+    #[cfg(feature = "jemalloc")]
+    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+        tracing::warn!(error = %e, "memory freed after a burst stays resident: the allocator's background thread did not start");
+    }
+}
+
 /// Runs what the command line asks for.
 fn dispatch(cli: Cli, parsed: &config_file::Parsed) -> Result<(), MainError> {
     match cli.command {
@@ -642,6 +659,13 @@ mod tests {
         assert!(parse_duration("5d").is_err());
         assert!(parse_duration("9000h").is_err());
         assert!(parse_duration("99999999999999999999").is_err());
+    }
+
+    #[cfg(feature = "jemalloc")]
+    #[test]
+    fn freed_memory_is_returned_by_the_allocators_background_thread() {
+        return_freed_memory();
+        assert_eq!(tikv_jemalloc_ctl::background_thread::read(), Ok(true));
     }
 
     #[test]
