@@ -1,6 +1,6 @@
-//! Crypto micro-benchmarks: envelope seal+open, the Noise transport seal on snow's two
-//! ChaCha20-Poly1305 backends (RustCrypto and ring), X25519, a whole handshake, and room key
-//! derivation.
+//! Crypto micro-benchmarks: envelope seal+open, the Noise transport seal (snow's transport
+//! state on its two ChaCha20-Poly1305 backends, RustCrypto and ring, and the crate's own, ring's
+//! cipher in the frame's buffer), X25519, a whole handshake, and room key derivation.
 //! Run: `cargo bench -p chatroom-crypto --bench crypto`; figures go to docs/BENCHMARKS.md.
 
 use std::hint::black_box;
@@ -40,14 +40,22 @@ fn handshake_pair() -> (Transport, Transport) {
     (client, resp.read_finish(&m3).expect("finish"))
 }
 
-/// A finished snow transport on snow's default (RustCrypto) resolver: the alternative to the
-/// ring-backed cipher that `chatroom_crypto::handshake` uses.
-fn rustcrypto_transport() -> snow::TransportState {
-    use snow::resolvers::DefaultResolver;
+/// A finished snow transport state: on snow's default (RustCrypto) resolver, or with ring's
+/// ChaCha20-Poly1305 in front of it; the alternatives to `chatroom_crypto::handshake`'s own
+/// transport.
+fn snow_transport(ring: bool) -> snow::TransportState {
+    use snow::resolvers::{BoxedCryptoResolver, DefaultResolver, FallbackResolver, RingResolver};
     let params: snow::params::NoiseParams = NOISE_PARAMS.parse().expect("params");
+    let resolver = || -> BoxedCryptoResolver {
+        if ring {
+            Box::new(FallbackResolver::new(Box::new(RingResolver), Box::new(DefaultResolver)))
+        } else {
+            Box::new(DefaultResolver)
+        }
+    };
     let build = |initiator: bool| {
         let key = StaticKeypair::generate();
-        let builder = snow::Builder::with_resolver(params.clone(), Box::new(DefaultResolver))
+        let builder = snow::Builder::with_resolver(params.clone(), resolver())
             .local_private_key(key.private())
             .expect("key");
         if initiator { builder.build_initiator() } else { builder.build_responder() }.expect("build")
@@ -68,15 +76,18 @@ fn transport(c: &mut Criterion) {
     for size in [150usize, 1024, 16 * 1024, MAX_PLAINTEXT_LEN] {
         let plaintext = vec![0x5a; size];
         group.throughput(Throughput::Bytes(size as u64));
-        let mut rustcrypto = rustcrypto_transport();
         let mut out = vec![0u8; size + 16];
-        group.bench_function(format!("snow/RustCrypto {size} B"), |b| {
-            b.iter(|| rustcrypto.write_message(black_box(&plaintext), &mut out).expect("seal"))
-        });
-        // What the relay and client run: Transport::seal_frame (snow on ring, plus the frame header).
+        for (name, ring) in [("snow/RustCrypto", false), ("snow/ring", true)] {
+            let mut snow = snow_transport(ring);
+            group.bench_function(format!("{name} {size} B"), |b| {
+                b.iter(|| snow.write_message(black_box(&plaintext), &mut out).expect("seal"))
+            });
+        }
+        // What the relay and client run: Transport::seal_frame (ring's cipher in the frame's
+        // buffer, the frame header included).
         let (mut client, _) = handshake_pair();
         let mut framed = Vec::with_capacity(size + 64);
-        group.bench_function(format!("snow/ring {size} B"), |b| {
+        group.bench_function(format!("in place/ring {size} B"), |b| {
             b.iter(|| {
                 framed.clear();
                 client.seal_frame(black_box(&plaintext), &mut framed).expect("seal");

@@ -19,13 +19,14 @@ use std::fmt;
 use std::sync::Arc;
 
 use rand_core::OsRng;
-use snow::{HandshakeState, StatelessTransportState};
+use snow::HandshakeState;
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
 use crate::error::NoiseError;
 use crate::frame::FRAME_HEADER_LEN;
 use crate::message::MAX_PLAINTEXT_LEN;
+use crate::noise_cipher::ChaChaPolyKey;
 use crate::noise_dh::KnownKeyResolver;
 
 /// The Noise protocol name.
@@ -158,14 +159,21 @@ fn into_transport(state: HandshakeState) -> Result<Transport, NoiseError> {
     into_versioned_transport(state, 1)
 }
 
-fn into_versioned_transport(state: HandshakeState, version: u8) -> Result<Transport, NoiseError> {
+fn into_versioned_transport(mut state: HandshakeState, version: u8) -> Result<Transport, NoiseError> {
+    if !state.is_handshake_finished() {
+        return Err(NoiseError::Handshake);
+    }
     let handshake_hash: [u8; 32] =
         state.get_handshake_hash().try_into().map_err(|_| NoiseError::Handshake)?;
     let remote_static = remote_static(&state)?;
-    let state = Arc::new(state.into_stateless_transport_mode().map_err(|_| NoiseError::Handshake)?);
+    // The Noise split: the first key carries initiator -> responder, the second the reverse.
+    let (first, second) = state.dangerously_get_raw_split();
+    let (first, second) = (Zeroizing::new(first), Zeroizing::new(second));
+    let (send, receive) = if state.is_initiator() { (first, second) } else { (second, first) };
+    let keys = Arc::new(SessionKeys { send: ChaChaPolyKey::new(send), receive: ChaChaPolyKey::new(receive) });
     Ok(Transport {
-        sender: TransportSender { state: state.clone(), nonce: 0 },
-        receiver: TransportReceiver { state, nonce: 0 },
+        sender: TransportSender { keys: keys.clone(), nonce: 0 },
+        receiver: TransportReceiver { keys, nonce: 0 },
         handshake_hash,
         remote_static,
         version,
@@ -405,9 +413,23 @@ impl Transport {
     }
 }
 
+/// Takes the next nonce of one direction; the last one, 2^64 - 1, is never used (Noise 5.1).
+fn next_nonce(nonce: &mut u64) -> Result<u64, NoiseError> {
+    let current = *nonce;
+    *nonce = current.checked_add(1).ok_or(NoiseError::NonceExhausted)?;
+    Ok(current)
+}
+
+/// A session's two transport keys, one allocation shared by its two halves: each half is two
+/// words in the task that holds it (every idle member's connection and writer tasks).
+struct SessionKeys {
+    send: ChaChaPolyKey,
+    receive: ChaChaPolyKey,
+}
+
 /// The sending direction of a session.
 pub struct TransportSender {
-    state: Arc<StatelessTransportState>,
+    keys: Arc<SessionKeys>,
     nonce: u64,
 }
 
@@ -415,43 +437,59 @@ impl TransportSender {
     /// Encrypts `plaintext` (at most `MAX_PLAINTEXT_LEN` bytes) and appends
     /// `length | ciphertext` to `out`.
     pub fn seal_frame(&mut self, plaintext: &[u8], out: &mut Vec<u8>) -> Result<(), NoiseError> {
-        if plaintext.len() > MAX_PLAINTEXT_LEN {
-            return Err(NoiseError::PlaintextTooLong(plaintext.len()));
+        self.seal_parts(&[plaintext], out)
+    }
+
+    /// Encrypts the concatenation of `parts` (together at most `MAX_PLAINTEXT_LEN` bytes) as
+    /// one transport message and appends `length | ciphertext` to `out`. Each part is copied
+    /// once, into `out`, and encrypted there.
+    pub fn seal_parts<P: AsRef<[u8]>>(&mut self, parts: &[P], out: &mut Vec<u8>) -> Result<(), NoiseError> {
+        let len = parts.iter().fold(0usize, |sum, part| sum.saturating_add(part.as_ref().len()));
+        if len > MAX_PLAINTEXT_LEN {
+            return Err(NoiseError::PlaintextTooLong(len));
         }
-        let nonce = self.nonce;
-        self.nonce = nonce.checked_add(1).ok_or(NoiseError::NonceExhausted)?;
+        let nonce = next_nonce(&mut self.nonce)?;
         let start = out.len();
-        let len = plaintext.len() + TAG_LEN;
-        out.resize(start + FRAME_HEADER_LEN + len, 0);
-        let written = self
-            .state
-            .write_message(nonce, plaintext, &mut out[start + FRAME_HEADER_LEN..])
-            .map_err(|_| NoiseError::PlaintextTooLong(plaintext.len()))?;
-        // written == len <= 65535 by the check above.
-        out[start..start + FRAME_HEADER_LEN].copy_from_slice(&(written as u16).to_be_bytes());
-        out.truncate(start + FRAME_HEADER_LEN + written);
-        Ok(())
+        out.reserve(FRAME_HEADER_LEN + len + TAG_LEN);
+        // len + TAG_LEN <= 65535 by the check above.
+        out.extend_from_slice(&((len + TAG_LEN) as u16).to_be_bytes());
+        for part in parts {
+            out.extend_from_slice(part.as_ref());
+        }
+        let body = start + FRAME_HEADER_LEN;
+        match out.get_mut(body..).and_then(|plaintext| self.keys.send.seal_in_place(nonce, plaintext)) {
+            Some(tag) => {
+                out.extend_from_slice(tag.as_ref());
+                Ok(())
+            }
+            None => {
+                out.truncate(start);
+                Err(NoiseError::PlaintextTooLong(len))
+            }
+        }
     }
 }
 
 /// The receiving direction of a session.
 pub struct TransportReceiver {
-    state: Arc<StatelessTransportState>,
+    keys: Arc<SessionKeys>,
     nonce: u64,
 }
 
 impl TransportReceiver {
     /// Decrypts one frame's payload. Any failure means the stream was altered: close it.
     pub fn open(&mut self, ciphertext: &[u8]) -> Result<Vec<u8>, NoiseError> {
-        if ciphertext.len() < TAG_LEN {
+        if ciphertext.len() < TAG_LEN || ciphertext.len() > MAX_PLAINTEXT_LEN + TAG_LEN {
             return Err(NoiseError::Decrypt);
         }
-        let mut out = vec![0u8; ciphertext.len() - TAG_LEN];
-        let n = self.state.read_message(self.nonce, ciphertext, &mut out).map_err(|_| NoiseError::Decrypt)?;
+        let mut nonce = self.nonce;
+        let counter = next_nonce(&mut nonce)?;
+        let mut buf = ciphertext.to_vec();
+        let len = self.keys.receive.open_in_place(counter, &mut buf).ok_or(NoiseError::Decrypt)?;
         // Only a verified message advances the counter.
-        self.nonce = self.nonce.checked_add(1).ok_or(NoiseError::NonceExhausted)?;
-        out.truncate(n);
-        Ok(out)
+        self.nonce = nonce;
+        buf.truncate(len);
+        Ok(buf)
     }
 }
 
@@ -502,6 +540,72 @@ pub(crate) mod tests {
             rs.seal_frame(b"ok", &mut back).unwrap();
             assert_eq!(cr.open(&back[2..]).unwrap(), b"ok");
         }
+    }
+
+    /// Two sessions with the same keys: their initiators' senders seal the same bytes.
+    fn twin_senders() -> (TransportSender, TransportSender, TransportReceiver) {
+        let twin = || {
+            let (initiator, responder) =
+                (StaticKeypair::from_private(&[1; 32]), StaticKeypair::from_private(&[2; 32]));
+            vector_transports(&initiator, &[3; 32], &responder, &[4; 32]).unwrap()
+        };
+        let ((a, relay), (b, _)) = (twin(), twin());
+        (a.split().0, b.split().0, relay.split().1)
+    }
+
+    /// Parts seal to the frame of their concatenation, appended to what `out` held, and their
+    /// total is held to one transport message's plaintext.
+    #[test]
+    fn parts_seal_to_the_frame_of_their_concatenation() {
+        let (mut parts_sender, mut whole_sender, mut relay) = twin_senders();
+        let (mut from_parts, mut from_whole) = (vec![0xAA], vec![0xAA]);
+        for _ in 0..2 {
+            let parts: [&[u8]; 3] = [b"first item", b"", b"third"];
+            parts_sender.seal_parts(&parts, &mut from_parts).unwrap();
+            whole_sender.seal_frame(b"first itemthird", &mut from_whole).unwrap();
+        }
+        assert_eq!(from_parts, from_whole);
+        let frame_len = 2 + 15 + TAG_LEN;
+        assert_eq!(from_parts.len(), 1 + 2 * frame_len);
+        assert_eq!(u16::from_be_bytes([from_parts[1], from_parts[2]]) as usize, 15 + TAG_LEN);
+        assert_eq!(relay.open(&from_parts[3..1 + frame_len]).unwrap(), b"first itemthird");
+        assert_eq!(relay.open(&from_parts[3 + frame_len..]).unwrap(), b"first itemthird");
+
+        let half = vec![0u8; MAX_PLAINTEXT_LEN / 2 + 1];
+        let before = from_parts.len();
+        assert_eq!(
+            parts_sender.seal_parts(&[&half[..], &half[..]], &mut from_parts),
+            Err(NoiseError::PlaintextTooLong(2 * half.len()))
+        );
+        assert_eq!(from_parts.len(), before, "nothing appended for a refused message");
+    }
+
+    /// Noise never uses nonce 2^64 - 1: the message before it is the last either side takes.
+    #[test]
+    fn the_last_nonce_is_never_used() {
+        let (client, mut relay, _) = pair();
+        let (mut sender, _) = client.split();
+        sender.nonce = u64::MAX - 1;
+        relay.receiver.nonce = u64::MAX - 1;
+        let mut frame = Vec::new();
+        sender.seal_frame(b"last", &mut frame).unwrap();
+        assert_eq!(relay.open(&frame[2..]).unwrap(), b"last");
+        assert_eq!(sender.seal_frame(b"one more", &mut Vec::new()), Err(NoiseError::NonceExhausted));
+        assert_eq!(relay.open(&frame[2..]), Err(NoiseError::NonceExhausted));
+    }
+
+    /// A frame that does not open leaves the receiver's counter where it was.
+    #[test]
+    fn a_failed_open_does_not_advance_the_counter() {
+        let (client, mut relay, _) = pair();
+        let (mut sender, _) = client.split();
+        let mut frame = Vec::new();
+        sender.seal_frame(b"intact", &mut frame).unwrap();
+        let mut altered = frame[2..].to_vec();
+        altered[0] ^= 1;
+        assert_eq!(relay.open(&altered), Err(NoiseError::Decrypt));
+        assert_eq!(relay.open(&frame[2..15]), Err(NoiseError::Decrypt), "shorter than a tag");
+        assert_eq!(relay.open(&frame[2..]).unwrap(), b"intact");
     }
 
     #[test]

@@ -1,5 +1,11 @@
 //! ring's ChaCha20-Poly1305 for snow, keeping only the 32-byte key between uses.
 //!
+//! The same key type carries the transport messages after the handshake (section 5.1 of
+//! docs/PROTOCOL.md): snow's split gives the two keys, and [`ChaChaPolyKey::seal_in_place`]
+//! and [`ChaChaPolyKey::open_in_place`] work on the frame's own buffer, where snow's transport
+//! state would take the plaintext from one buffer into another (a copy, and the zeroing of the
+//! buffer it writes into, per byte sent).
+//!
 //! snow's ring resolver keeps a `ring::aead::LessSafeKey` per cipher state, a value sized for
 //! ring's largest AEAD key (AES-GCM's schedule and tables), about 550 bytes, so the two
 //! transport keys of every connection took about 1.1 KiB, idle or not. [`ChaChaPolyKey`]
@@ -20,8 +26,27 @@ pub(crate) struct ChaChaPolyKey {
 }
 
 impl ChaChaPolyKey {
+    /// A key from one half of the handshake's split.
+    pub(crate) fn new(key: Zeroizing<[u8; KEY_LEN]>) -> Self {
+        Self { key }
+    }
+
     fn ring_key(&self) -> Option<LessSafeKey> {
         UnboundKey::new(&CHACHA20_POLY1305, self.key.as_ref()).ok().map(LessSafeKey::new)
+    }
+
+    /// Encrypts `in_out` in place under nonce `counter` and empty associated data, and returns
+    /// its tag; `None` only if ring refuses the length (far above a frame's).
+    pub(crate) fn seal_in_place(&self, counter: u64, in_out: &mut [u8]) -> Option<Tag> {
+        self.ring_key()?.seal_in_place_separate_tag(nonce(counter), Aad::empty(), in_out).ok()
+    }
+
+    /// Decrypts `in_out` (ciphertext, then the 16-byte tag) in place under nonce `counter` and
+    /// empty associated data; returns the plaintext's length, or `None` if it does not
+    /// authenticate.
+    pub(crate) fn open_in_place(&self, counter: u64, in_out: &mut [u8]) -> Option<usize> {
+        let key = self.ring_key()?;
+        key.open_in_place(nonce(counter), Aad::empty(), in_out).ok().map(|plain| plain.len())
     }
 }
 
@@ -111,6 +136,31 @@ mod tests {
         );
         assert_eq!(&exact[..], plaintext);
         assert!(ours.decrypt(5, b"ad", &b[..15], &mut out).is_err(), "shorter than a tag");
+    }
+
+    /// In place, with empty associated data: the bytes of the `Cipher` path, and only an
+    /// intact message under its own nonce opens.
+    #[test]
+    fn seals_and_opens_in_place_as_the_cipher_path_does() {
+        let key = [9u8; KEY_LEN];
+        let ours = ChaChaPolyKey::new(Zeroizing::new(key));
+        let mut reference = ChaChaPolyKey::default();
+        reference.set(&key);
+        let plaintext = b"items of one transport message";
+        let mut expected = [0u8; 64];
+        let n = reference.encrypt(3, &[], plaintext, &mut expected);
+        let mut sealed = plaintext.to_vec();
+        let tag = ours.seal_in_place(3, &mut sealed).unwrap();
+        sealed.extend_from_slice(tag.as_ref());
+        assert_eq!(sealed, expected[..n]);
+        let mut opened = sealed.clone();
+        assert_eq!(ours.open_in_place(3, &mut opened), Some(plaintext.len()));
+        assert_eq!(&opened[..plaintext.len()], plaintext);
+        assert_eq!(ours.open_in_place(4, &mut sealed.clone()), None, "another nonce");
+        let mut forged = sealed.clone();
+        forged[0] ^= 1;
+        assert_eq!(ours.open_in_place(3, &mut forged), None, "an altered byte");
+        assert_eq!(ours.open_in_place(3, &mut sealed[..15].to_vec()), None, "shorter than a tag");
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
-use chatroom_crypto::{ErrorCode, RelayMessage, TransportSender, MAX_PLAINTEXT_LEN};
+use chatroom_crypto::{ErrorCode, NoiseError, RelayMessage, TransportSender, MAX_PLAINTEXT_LEN};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 use tracing::debug;
@@ -37,7 +37,7 @@ thread_local! {
     /// This thread's buffers for sealing and writing a batch, shared by every writer that runs
     /// on it: a connection owns a write buffer only while the socket does not take a batch at
     /// once, so an idle member holds none, and a busy one that keeps up allocates none.
-    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     /// Outboxes whose writer, and tasks awaiting acknowledgements, are owed a wake-up at the
     /// end of the current `batched` call on this thread; `None` outside of one.
     static DEFERRED: RefCell<Option<Deferred>> = const { RefCell::new(None) };
@@ -563,32 +563,15 @@ enum Next {
     Wait,
 }
 
-/// Reused buffers for one batch: its plaintext per transport message, and its frames.
-#[derive(Default)]
-struct Scratch {
-    plaintext: Vec<u8>,
-    out: Vec<u8>,
-}
-
-/// Seals batches of items into frames.
-fn seal(
-    sender: &mut TransportSender,
-    batches: &[Vec<Bytes>],
-    plaintext: &mut Vec<u8>,
-    out: &mut Vec<u8>,
-) -> bool {
+/// Seals batches of items into frames appended to `out`, each item copied once, into `out`.
+fn seal(sender: &mut TransportSender, batches: &[Vec<Bytes>], out: &mut Vec<u8>) -> bool {
     for batch in batches {
-        plaintext.clear();
-        for item in batch {
-            plaintext.extend_from_slice(item);
-        }
-        if plaintext.len() > MAX_PLAINTEXT_LEN {
-            // One item larger than a transport message: an encoder bug, never peer input.
-            debug!(len = plaintext.len(), "dropping an oversized outbound item");
-            continue;
-        }
-        if sender.seal_frame(plaintext, out).is_err() {
-            return false;
+        match sender.seal_parts(batch, out) {
+            Ok(()) => {}
+            // One item larger than a transport message: an encoder bug, never peer input. The
+            // length is checked before a nonce is taken, so the session goes on.
+            Err(NoiseError::PlaintextTooLong(len)) => debug!(len, "dropping an oversized outbound item"),
+            Err(_) => return false,
         }
     }
     true
@@ -615,14 +598,14 @@ fn write_now<W: AsyncWrite + Unpin>(
 ) -> Written {
     SCRATCH.with(|scratch| {
         // Never borrowed across an await, so never borrowed here; a fresh one would do anyway.
-        let mut fresh = Scratch::default();
+        let mut fresh = Vec::new();
         let mut borrowed = scratch.try_borrow_mut();
-        let Scratch { plaintext, out } = match borrowed.as_deref_mut() {
+        let out = match borrowed.as_deref_mut() {
             Ok(scratch) => scratch,
             Err(_) => &mut fresh,
         };
         out.clear();
-        if !seal(sender, batches, plaintext, out) {
+        if !seal(sender, batches, out) {
             return Written::Failed;
         }
         // A waker that does nothing: whatever is left is awaited with the task's own waker,
@@ -716,8 +699,8 @@ pub(crate) fn write_loop<W: AsyncWrite + Unpin + Send>(
 
 /// Seals and writes a goodbye, giving up after `GOODBYE_TIMEOUT`.
 async fn write_goodbye<W: AsyncWrite + Unpin>(sender: &mut TransportSender, goodbye: Bytes, writer: &mut W) {
-    let (mut plaintext, mut buf) = (Vec::new(), Vec::new());
-    if seal(sender, &[vec![goodbye]], &mut plaintext, &mut buf) {
+    let mut buf = Vec::new();
+    if seal(sender, &[vec![goodbye]], &mut buf) {
         let _ = tokio::time::timeout(GOODBYE_TIMEOUT, writer.write_all(&buf)).await;
     }
 }
