@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use chatroom_crypto::{ClientMessage, ErrorCode, RelayMessage};
 use chatroom_nats_harness::NatsCluster;
 use chatroom_relay::rooms::jetstream::setup::{SETUP_WITHIN, STREAM};
-use common::{member, Conn, Person, Res, TestRelay, TestResult, TestRoom};
+use common::{member, Conn, KillOnDrop, Person, Res, TestRelay, TestResult, TestRoom};
 
 const BIN: &str = env!("CARGO_BIN_EXE_chatroom-relay");
 /// How long a relay process on a cluster may take to print `listening on`: longer than the
@@ -43,16 +43,9 @@ fn cluster_error(e: chatroom_nats_harness::Error) -> Box<dyn std::error::Error> 
 
 /// A relay process on the cluster, killed (SIGKILL) on drop; what it wrote on stderr is kept.
 struct Node {
-    child: Child,
+    child: KillOnDrop,
     addr: SocketAddr,
     stderr: Arc<Mutex<Vec<String>>>,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Node {
@@ -79,17 +72,19 @@ fn lines_into(from: impl Read + Send + 'static, to: impl Fn(String) -> bool + Se
 /// members here send as fast as the cluster stores), and waits for `listening on`; its
 /// stderr is reported if it does not get there.
 fn node(dir: &Path, urls: &str) -> Res<Node> {
-    let mut child = Command::new(BIN)
-        .args(["--listen", "127.0.0.1:0", "--nats", urls, "--data-dir"])
-        .arg(dir)
-        .args(["--rate-burst", "100000", "--rate-per-sec", "100000"])
-        .args(["--ip-rate-burst", "100000", "--ip-rate-per-sec", "100000"])
-        .args(["--room-rate-burst", "100000", "--room-rate-per-sec", "100000"])
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
+    let mut child = KillOnDrop(
+        Command::new(BIN)
+            .args(["--listen", "127.0.0.1:0", "--nats", urls, "--data-dir"])
+            .arg(dir)
+            .args(["--rate-burst", "100000", "--rate-per-sec", "100000"])
+            .args(["--ip-rate-burst", "100000", "--ip-rate-per-sec", "100000"])
+            .args(["--room-rate-burst", "100000", "--room-rate-per-sec", "100000"])
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?,
+    );
     let stderr = Arc::new(Mutex::new(Vec::new()));
     let kept = stderr.clone();
     lines_into(child.stderr.take().ok_or("no stderr")?, move |line| {

@@ -22,7 +22,7 @@ use chatroom_relay::rooms::jetstream::setup::{
     connect, stream_config, PRESENCE_BUCKET, SETUP_WITHIN, STREAM,
 };
 use chatroom_relay::rooms::jetstream::state::room_token;
-use common::{member, Conn, Person, Res, TestRelay, TestResult, TestRoom};
+use common::{member, Conn, KillOnDrop, Person, Res, TestRelay, TestResult, TestRoom};
 
 const BIN: &str = env!("CARGO_BIN_EXE_chatroom-relay");
 /// Where the old nats-server is (scripts/install-old-nats-server; scripts/test sets it).
@@ -88,16 +88,9 @@ const OLD_HOST: [u8; 4] = [127, 0, 0, 14];
 
 /// Debian's nats-server 2.9, listening on a free port until dropped.
 struct OldServer {
-    child: Child,
+    _child: KillOnDrop,
     addr: SocketAddr,
     log: tempfile::NamedTempFile,
-}
-
-impl Drop for OldServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl OldServer {
@@ -120,12 +113,14 @@ impl OldServer {
         }
         let addr = SocketAddr::from((host, port));
         let log = tempfile::NamedTempFile::new()?;
-        let child = Command::new(binary)
-            .args(["-a", &addr.ip().to_string(), "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(log.reopen()?)
-            .spawn()?;
-        let server = Self { child, addr, log };
+        let child = KillOnDrop(
+            Command::new(binary)
+                .args(["-a", &addr.ip().to_string(), "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(log.reopen()?)
+                .spawn()?,
+        );
+        let server = Self { _child: child, addr, log };
         // Ready once it accepts connections: bounded, the machine is shared.
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(server.addr).is_err() {
@@ -194,18 +189,9 @@ async fn a_stream_or_bucket_configured_otherwise_is_refused_naming_the_setting()
 }
 
 /// A relay process, killed when dropped: also when a test fails before it listens.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A relay process on the cluster, until dropped, with every line it printed so far.
 struct Node {
-    child: Process,
+    child: KillOnDrop,
     addr: SocketAddr,
     lines: Lines,
 }
@@ -268,23 +254,25 @@ impl Lines {
 
 /// Starts a relay process in `dir` on the NATS server `url`, with a room lockout after 3 wrong
 /// passwords (the address's lockout out of the way).
-fn spawn_node(dir: &Path, url: &str, extra: &[&std::ffi::OsStr]) -> Res<(Process, Lines)> {
-    let mut child = Command::new(BIN)
-        .args(["--listen", "127.0.0.1:0", "--nats", url, "--data-dir"])
-        .arg(dir)
-        .args(extra)
-        .args(["--room-failures-slow", "3", "--room-failures-lockout", "3"])
-        .args(["--ip-failures-slow", "50", "--ip-failures-lockout", "50"])
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
+fn spawn_node(dir: &Path, url: &str, extra: &[&std::ffi::OsStr]) -> Res<(KillOnDrop, Lines)> {
+    let mut child = KillOnDrop(
+        Command::new(BIN)
+            .args(["--listen", "127.0.0.1:0", "--nats", url, "--data-dir"])
+            .arg(dir)
+            .args(extra)
+            .args(["--room-failures-slow", "3", "--room-failures-lockout", "3"])
+            .args(["--ip-failures-slow", "50", "--ip-failures-lockout", "50"])
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?,
+    );
     let lines = Lines::of(&mut child);
-    Ok((Process(child), lines?))
+    Ok((child, lines?))
 }
 
 /// Waits for the `listening on` line of a relay from [`spawn_node`].
-fn listening(child: Process, mut lines: Lines) -> Res<Node> {
+fn listening(child: KillOnDrop, mut lines: Lines) -> Res<Node> {
     let line = lines.expect("listening on ", START_WITHIN)?;
     let addr = line.trim_start_matches("listening on ").trim().parse()?;
     Ok(Node { child, addr, lines })
@@ -386,7 +374,7 @@ async fn a_node_that_reconnects_to_a_nats_server_older_than_2_12_stops_saying_to
     assert!(said.contains("nats-server 2.9.10 is too old") && said.contains("2.12.0 or newer"), "{said}");
     let deadline = Instant::now() + START_WITHIN;
     let status = loop {
-        if let Some(status) = relay.child.0.try_wait()? {
+        if let Some(status) = relay.child.try_wait()? {
             break status;
         }
         assert!(Instant::now() < deadline, "the relay still runs on nats-server 2.9.10");

@@ -11,7 +11,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chatroom_crypto::{ClientMessage, PresenceEvent, RelayMessage};
@@ -25,15 +25,8 @@ const MIB: u64 = 1024;
 
 /// A relay process, killed when dropped.
 struct Process {
-    child: Child,
+    child: KillOnDrop,
     relay: TestRelay,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Process {
@@ -45,14 +38,16 @@ impl Process {
     /// `start`, with the relay's log going to `log`.
     fn start_logging(dir: &Path, args: &[&str], log: impl Into<Stdio>) -> Res<Self> {
         let bin = std::env::var(BIN_OVERRIDE).unwrap_or_else(|_| BIN.to_owned());
-        let mut child = Command::new(bin)
-            .args(["--listen", "127.0.0.1:0", "--synchronous", "normal", "--data-dir"])
-            .arg(dir)
-            .args(args)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()?;
+        let mut child = KillOnDrop(
+            Command::new(bin)
+                .args(["--listen", "127.0.0.1:0", "--synchronous", "normal", "--data-dir"])
+                .arg(dir)
+                .args(args)
+                .env_remove("RUST_LOG")
+                .stdout(Stdio::piped())
+                .stderr(log)
+                .spawn()?,
+        );
         let stdout = child.stdout.take().ok_or("no stdout")?;
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {

@@ -6,7 +6,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chatroom_crypto::{ClientMessage, ErrorCode, PresenceEvent, RelayMessage};
@@ -15,29 +15,33 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const BIN: &str = env!("CARGO_BIN_EXE_chatroom-relay");
 
+/// The relay until dropped, and where it listens.
 struct Process {
-    child: Child,
+    _child: KillOnDrop,
     addr: SocketAddr,
     metrics: SocketAddr,
 }
 
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start(dir: &Path, log: &Path, extra: &[&str]) -> Res<Process> {
-    let mut child = Command::new(BIN)
-        .args(["--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--log-format", "json", "--data-dir"])
-        .arg(dir)
-        .args(extra)
-        .env_remove("RUST_LOG")
-        .env_remove("CHATROOM_RELAY_CONFIG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(std::fs::File::create(log)?))
-        .spawn()?;
+    let mut child = KillOnDrop(
+        Command::new(BIN)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+                "--data-dir",
+            ])
+            .arg(dir)
+            .args(extra)
+            .env_remove("RUST_LOG")
+            .env_remove("CHATROOM_RELAY_CONFIG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(std::fs::File::create(log)?))
+            .spawn()?,
+    );
     let stdout = child.stdout.take().ok_or("no stdout")?;
     let mut metrics = None;
     for line in BufReader::new(stdout).lines() {
@@ -47,7 +51,7 @@ fn start(dir: &Path, log: &Path, extra: &[&str]) -> Res<Process> {
         }
         if let Some(addr) = line.strip_prefix("listening on ") {
             let metrics = metrics.ok_or("no metrics line before the listening line")?;
-            return Ok(Process { child, addr: addr.parse()?, metrics });
+            return Ok(Process { _child: child, addr: addr.parse()?, metrics });
         }
     }
     Err("the relay exited before listening".into())

@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chatroom_crypto::ErrorCode;
@@ -19,31 +19,26 @@ const BIN: &str = env!("CARGO_BIN_EXE_chatroom-relay");
 
 /// A relay process and what it printed on start-up.
 struct Process {
-    child: Child,
+    child: KillOnDrop,
     addr: SocketAddr,
     fingerprint: String,
     stdout: Vec<String>,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Starts the binary on port 0 with logs at trace level appended to `log`, and waits for
 /// its `listening on` line.
 fn start(dir: &Path, log: &Path) -> Res<Process> {
     let log = File::options().create(true).append(true).open(log)?;
-    let mut child = Command::new(BIN)
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir)
-        .arg("-vv")
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log))
-        .spawn()?;
+    let mut child = KillOnDrop(
+        Command::new(BIN)
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .arg("-vv")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()?,
+    );
     let stdout = child.stdout.take().ok_or("no stdout")?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

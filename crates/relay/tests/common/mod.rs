@@ -6,7 +6,9 @@
 use std::collections::VecDeque;
 use std::error::Error;
 use std::net::{IpAddr, SocketAddr};
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
+use std::process::Child;
 use std::time::Duration;
 
 use chatroom_crypto::internal::split_master;
@@ -24,6 +26,30 @@ use tokio::task::JoinHandle;
 
 pub type TestResult = Result<(), Box<dyn Error>>;
 pub type Res<T> = Result<T, Box<dyn Error>>;
+
+/// A child process (a relay, a nats-server) killed and reaped when dropped, so a test that
+/// fails half-way leaves no process behind.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
 
 /// Longest wait for any single expected event.
 pub const STEP: Duration = Duration::from_secs(5);
