@@ -413,11 +413,10 @@ impl Transport {
     }
 }
 
-/// Takes the next nonce of one direction; the last one, 2^64 - 1, is never used (Noise 5.1).
-fn next_nonce(nonce: &mut u64) -> Result<u64, NoiseError> {
-    let current = *nonce;
-    *nonce = current.checked_add(1).ok_or(NoiseError::NonceExhausted)?;
-    Ok(current)
+/// The nonce after `nonce`: the last one, 2^64 - 1, is never used (Noise section 5.1). A
+/// direction moves to it only once its message is sealed or opened.
+fn following(nonce: u64) -> Result<u64, NoiseError> {
+    nonce.checked_add(1).ok_or(NoiseError::NonceExhausted)
 }
 
 /// A session's two transport keys, one allocation shared by its two halves: each half is two
@@ -442,13 +441,14 @@ impl TransportSender {
 
     /// Encrypts the concatenation of `parts` (together at most `MAX_PLAINTEXT_LEN` bytes) as
     /// one transport message and appends `length | ciphertext` to `out`. Each part is copied
-    /// once, into `out`, and encrypted there.
+    /// once, into `out`, and encrypted there. A refused message appends nothing and takes no
+    /// nonce.
     pub fn seal_parts<P: AsRef<[u8]>>(&mut self, parts: &[P], out: &mut Vec<u8>) -> Result<(), NoiseError> {
         let len = parts.iter().fold(0usize, |sum, part| sum.saturating_add(part.as_ref().len()));
         if len > MAX_PLAINTEXT_LEN {
             return Err(NoiseError::PlaintextTooLong(len));
         }
-        let nonce = next_nonce(&mut self.nonce)?;
+        let next = following(self.nonce)?;
         let start = out.len();
         out.reserve(FRAME_HEADER_LEN + len + TAG_LEN);
         // len + TAG_LEN <= 65535 by the check above.
@@ -457,9 +457,10 @@ impl TransportSender {
             out.extend_from_slice(part.as_ref());
         }
         let body = start + FRAME_HEADER_LEN;
-        match out.get_mut(body..).and_then(|plaintext| self.keys.send.seal_in_place(nonce, plaintext)) {
+        match out.get_mut(body..).and_then(|plaintext| self.keys.send.seal_in_place(self.nonce, plaintext)) {
             Some(tag) => {
                 out.extend_from_slice(tag.as_ref());
+                self.nonce = next;
                 Ok(())
             }
             None => {
@@ -482,12 +483,11 @@ impl TransportReceiver {
         if ciphertext.len() < TAG_LEN || ciphertext.len() > MAX_PLAINTEXT_LEN + TAG_LEN {
             return Err(NoiseError::Decrypt);
         }
-        let mut nonce = self.nonce;
-        let counter = next_nonce(&mut nonce)?;
+        let next = following(self.nonce)?;
         let mut buf = ciphertext.to_vec();
-        let len = self.keys.receive.open_in_place(counter, &mut buf).ok_or(NoiseError::Decrypt)?;
+        let len = self.keys.receive.open_in_place(self.nonce, &mut buf).ok_or(NoiseError::Decrypt)?;
         // Only a verified message advances the counter.
-        self.nonce = nonce;
+        self.nonce = next;
         buf.truncate(len);
         Ok(buf)
     }
@@ -554,7 +554,7 @@ pub(crate) mod tests {
     }
 
     /// Parts seal to the frame of their concatenation, appended to what `out` held, and their
-    /// total is held to one transport message's plaintext.
+    /// total is held to one transport message's plaintext; a refused message takes no nonce.
     #[test]
     fn parts_seal_to_the_frame_of_their_concatenation() {
         let (mut parts_sender, mut whole_sender, mut relay) = twin_senders();
@@ -578,6 +578,9 @@ pub(crate) mod tests {
             Err(NoiseError::PlaintextTooLong(2 * half.len()))
         );
         assert_eq!(from_parts.len(), before, "nothing appended for a refused message");
+        let mut next = Vec::new();
+        parts_sender.seal_parts(&[b"after"], &mut next).unwrap();
+        assert_eq!(relay.open(&next[2..]).unwrap(), b"after", "and no nonce taken");
     }
 
     /// Noise never uses nonce 2^64 - 1: the message before it is the last either side takes.

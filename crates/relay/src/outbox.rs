@@ -568,8 +568,8 @@ fn seal(sender: &mut TransportSender, batches: &[Vec<Bytes>], out: &mut Vec<u8>)
     for batch in batches {
         match sender.seal_parts(batch, out) {
             Ok(()) => {}
-            // One item larger than a transport message: an encoder bug, never peer input. The
-            // length is checked before a nonce is taken, so the session goes on.
+            // One item larger than a transport message: an encoder bug, never peer input. A
+            // refused message takes no nonce, so the session goes on.
             Err(NoiseError::PlaintextTooLong(len)) => debug!(len, "dropping an oversized outbound item"),
             Err(_) => return false,
         }
