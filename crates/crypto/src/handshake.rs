@@ -457,7 +457,10 @@ impl TransportSender {
             out.extend_from_slice(part.as_ref());
         }
         let body = start + FRAME_HEADER_LEN;
-        match out.get_mut(body..).and_then(|plaintext| self.keys.send.seal_in_place(self.nonce, plaintext)) {
+        match out
+            .get_mut(body..)
+            .and_then(|plaintext| self.keys.send.seal_in_place(self.nonce, &[], plaintext))
+        {
             Some(tag) => {
                 out.extend_from_slice(tag.as_ref());
                 self.nonce = next;
@@ -484,12 +487,12 @@ impl TransportReceiver {
             return Err(NoiseError::Decrypt);
         }
         let next = following(self.nonce)?;
-        let mut buf = ciphertext.to_vec();
-        let len = self.keys.receive.open_in_place(self.nonce, &mut buf).ok_or(NoiseError::Decrypt)?;
+        let (body, tag) = ciphertext.split_at(ciphertext.len() - TAG_LEN);
+        let mut plaintext = body.to_vec();
+        self.keys.receive.open_in_place(self.nonce, &[], &mut plaintext, tag).ok_or(NoiseError::Decrypt)?;
         // Only a verified message advances the counter.
         self.nonce = next;
-        buf.truncate(len);
-        Ok(buf)
+        Ok(plaintext)
     }
 }
 

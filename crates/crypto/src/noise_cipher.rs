@@ -35,18 +35,18 @@ impl ChaChaPolyKey {
         UnboundKey::new(&CHACHA20_POLY1305, self.key.as_ref()).ok().map(LessSafeKey::new)
     }
 
-    /// Encrypts `in_out` in place under nonce `counter` and empty associated data, and returns
+    /// Encrypts `in_out` in place under nonce `counter` and associated data `ad`, and returns
     /// its tag; `None` only if ring refuses the length (far above a frame's).
-    pub(crate) fn seal_in_place(&self, counter: u64, in_out: &mut [u8]) -> Option<Tag> {
-        self.ring_key()?.seal_in_place_separate_tag(nonce(counter), Aad::empty(), in_out).ok()
+    pub(crate) fn seal_in_place(&self, counter: u64, ad: &[u8], in_out: &mut [u8]) -> Option<Tag> {
+        self.ring_key()?.seal_in_place_separate_tag(nonce(counter), Aad::from(ad), in_out).ok()
     }
 
-    /// Decrypts `in_out` (ciphertext, then the 16-byte tag) in place under nonce `counter` and
-    /// empty associated data; returns the plaintext's length, or `None` if it does not
-    /// authenticate.
-    pub(crate) fn open_in_place(&self, counter: u64, in_out: &mut [u8]) -> Option<usize> {
+    /// Decrypts the ciphertext `in_out` in place under nonce `counter` and associated data
+    /// `ad`, checking it against the 16-byte `tag`; `None` if it does not authenticate.
+    pub(crate) fn open_in_place(&self, counter: u64, ad: &[u8], in_out: &mut [u8], tag: &[u8]) -> Option<()> {
+        let tag = Tag::try_from(tag).ok()?;
         let key = self.ring_key()?;
-        key.open_in_place(nonce(counter), Aad::empty(), in_out).ok().map(|plain| plain.len())
+        key.open_in_place_separate_tag(nonce(counter), Aad::from(ad), tag, in_out, 0..).ok().map(|_| ())
     }
 }
 
@@ -68,10 +68,7 @@ impl Cipher for ChaChaPolyKey {
     fn encrypt(&self, counter: u64, authtext: &[u8], plaintext: &[u8], out: &mut [u8]) -> usize {
         let len = plaintext.len();
         out[..len].copy_from_slice(plaintext);
-        let tag = self.ring_key().and_then(|key| {
-            key.seal_in_place_separate_tag(nonce(counter), Aad::from(authtext), &mut out[..len]).ok()
-        });
-        match tag {
+        match self.seal_in_place(counter, authtext, &mut out[..len]) {
             Some(tag) => out[len..len + TAG_LEN].copy_from_slice(tag.as_ref()),
             // Cannot happen (a 32-byte key, a frame far below ring's limit); if it did, the
             // zeroed output fails the peer's authentication and the connection closes.
@@ -91,14 +88,10 @@ impl Cipher for ChaChaPolyKey {
         // ring cipher copies the ciphertext to a new buffer when it has no more).
         let len = ciphertext.len().checked_sub(TAG_LEN).ok_or(snow::Error::Decrypt)?;
         let (body, tag) = ciphertext.split_at(len);
-        let tag = Tag::try_from(tag).map_err(|_| snow::Error::Decrypt)?;
         let in_out = out.get_mut(..len).ok_or(snow::Error::Decrypt)?;
         in_out.copy_from_slice(body);
-        let key = self.ring_key().ok_or(snow::Error::Decrypt)?;
-        let plain = key
-            .open_in_place_separate_tag(nonce(counter), Aad::from(authtext), tag, in_out, 0..)
-            .map_err(|_| snow::Error::Decrypt)?;
-        Ok(plain.len())
+        self.open_in_place(counter, authtext, in_out, tag).ok_or(snow::Error::Decrypt)?;
+        Ok(len)
     }
 }
 
@@ -150,17 +143,19 @@ mod tests {
         let mut expected = [0u8; 64];
         let n = reference.encrypt(3, &[], plaintext, &mut expected);
         let mut sealed = plaintext.to_vec();
-        let tag = ours.seal_in_place(3, &mut sealed).unwrap();
+        let tag = ours.seal_in_place(3, &[], &mut sealed).unwrap();
         sealed.extend_from_slice(tag.as_ref());
         assert_eq!(sealed, expected[..n]);
-        let mut opened = sealed.clone();
-        assert_eq!(ours.open_in_place(3, &mut opened), Some(plaintext.len()));
-        assert_eq!(&opened[..plaintext.len()], plaintext);
-        assert_eq!(ours.open_in_place(4, &mut sealed.clone()), None, "another nonce");
-        let mut forged = sealed.clone();
+        let (body, tag) = sealed.split_at(plaintext.len());
+        let mut opened = body.to_vec();
+        assert_eq!(ours.open_in_place(3, &[], &mut opened, tag), Some(()));
+        assert_eq!(&opened[..], plaintext);
+        assert_eq!(ours.open_in_place(4, &[], &mut body.to_vec(), tag), None, "another nonce");
+        assert_eq!(ours.open_in_place(3, b"ad", &mut body.to_vec(), tag), None, "other associated data");
+        let mut forged = body.to_vec();
         forged[0] ^= 1;
-        assert_eq!(ours.open_in_place(3, &mut forged), None, "an altered byte");
-        assert_eq!(ours.open_in_place(3, &mut sealed[..15].to_vec()), None, "shorter than a tag");
+        assert_eq!(ours.open_in_place(3, &[], &mut forged, tag), None, "an altered byte");
+        assert_eq!(ours.open_in_place(3, &[], &mut body.to_vec(), &tag[..15]), None, "a short tag");
     }
 
     #[test]
