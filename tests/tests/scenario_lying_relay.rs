@@ -17,10 +17,11 @@ const PASSWORD: &str = "correct horse battery staple";
 /// Alice, bob and carol join a room on a relay lying as `lie`; alice says `m1`, and bob's
 /// client is returned with both still connected.
 struct Room {
-    _homes: Vec<Home>,
     alice: Client,
     bob: Client,
     _carol: Client,
+    /// Last, so the clients are stopped before their homes are removed.
+    _homes: Vec<Home>,
 }
 
 fn room_with(lie: Lie) -> Result<Room, Box<dyn Error + Send + Sync>> {
@@ -36,7 +37,7 @@ fn room_with(lie: Lie) -> Result<Room, Box<dyn Error + Send + Sync>> {
     bob.stderr.expect("carol joined")?;
     alice.stderr.expect("carol joined")?;
     alice.line("m1")?;
-    Ok(Room { _homes: homes, alice, bob, _carol: carol })
+    Ok(Room { alice, bob, _carol: carol, _homes: homes })
 }
 
 fn shown(client: &Client) -> Vec<String> {

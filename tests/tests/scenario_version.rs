@@ -48,7 +48,8 @@ fn state_files(home: &Home) -> Res<Vec<String>> {
 
 #[test]
 fn a_room_is_created_and_joined_with_protocol_2_by_default() -> TestResult {
-    let relay = Relay::start(tempfile::tempdir()?.path())?;
+    let relay_dir = tempfile::tempdir()?;
+    let relay = Relay::start(relay_dir.path())?;
     let (alice_home, bob_home) = (Home::new()?, Home::new()?);
     let addr = relay.address();
     let args = ["--relay", addr.as_str(), "--room", "general", "--create"];
@@ -86,7 +87,8 @@ fn a_room_is_created_and_joined_with_protocol_2_by_default() -> TestResult {
 
 #[test]
 fn a_protocol_2_join_of_a_protocol_1_room_stops_with_what_to_do() -> TestResult {
-    let relay = Relay::start(tempfile::tempdir()?.path())?;
+    let relay_dir = tempfile::tempdir()?;
+    let relay = Relay::start(relay_dir.path())?;
     let (alice_home, bob_home) = (Home::new()?, Home::new()?);
     let mut alice = v1_room(&relay, &alice_home, "general")?;
     let invite = alice.stderr.expect("invite: chatroom://")?;
@@ -122,7 +124,8 @@ fn a_protocol_2_join_of_a_protocol_1_room_stops_with_what_to_do() -> TestResult 
 
 #[test]
 fn a_protocol_1_join_of_a_protocol_2_room_stops_with_what_to_do() -> TestResult {
-    let relay = Relay::start(tempfile::tempdir()?.path())?;
+    let relay_dir = tempfile::tempdir()?;
+    let relay = Relay::start(relay_dir.path())?;
     let (alice_home, bob_home) = (Home::new()?, Home::new()?);
     let mut alice =
         alice_home.member(&relay.invite("general"), "alice", PASSWORD, true, &["--protocol", "2"])?;
@@ -143,7 +146,8 @@ fn a_protocol_1_join_of_a_protocol_2_room_stops_with_what_to_do() -> TestResult 
 
 #[test]
 fn old_invites_saved_rooms_and_v1_state_keep_protocol_1_rooms_working() -> TestResult {
-    let relay = Relay::start(tempfile::tempdir()?.path())?;
+    let relay_dir = tempfile::tempdir()?;
+    let relay = Relay::start(relay_dir.path())?;
     let (alice_home, bob_home, carol_home) = (Home::new()?, Home::new()?, Home::new()?);
     let mut alice = v1_room(&relay, &alice_home, "general")?;
     let invite = alice.stderr.expect("invite: chatroom://")?;
