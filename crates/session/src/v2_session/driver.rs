@@ -249,7 +249,8 @@ pub(super) struct Driver {
     closing: Option<Instant>,
     flush: Duration,
     ping_token: u64,
-    syncs: Vec<(u64, oneshot::Sender<bool>)>,
+    /// `Sync` requests: the token of their Ping, and whether its Pong came.
+    syncs: Vec<(u64, oneshot::Sender<bool>, bool)>,
     /// When to publish the GroupInfo if it is still stale.
     info_due: Option<Instant>,
     /// The relay's member list as last told (its claim, for `/whois`; never pinned).
@@ -600,7 +601,7 @@ impl Driver {
                     return Ok(());
                 };
                 self.ping_token = self.ping_token.wrapping_add(1);
-                self.syncs.push((self.ping_token, done));
+                self.syncs.push((self.ping_token, done, false));
                 up.writer.send(&[ClientMessage::Ping { token: self.ping_token }]).await?;
                 up.last_tx = Instant::now();
                 return Ok(());
@@ -723,14 +724,26 @@ impl Driver {
                 break;
             }
         }
+        self.finish_syncs();
         let pumped = self.pump(up).await;
         result.and(pumped)
+    }
+
+    /// Answers the syncs whose Pong came, once no delivery before it is still held.
+    fn finish_syncs(&mut self) {
+        if self.core.holding() {
+            return;
+        }
+        for (_, done, _) in self.syncs.extract_if(.., |s| s.2) {
+            let _ = done.send(true);
+        }
     }
 
     async fn on_message(&mut self, message: RelayMessage, up: &mut Up) -> Result<(), SessionError> {
         match message {
             RelayMessage::Deliver { seq, history, envelope } => {
-                self.core.on_deliver(seq, history, envelope)?
+                let unanswered = self.outbox.in_flight() > 0;
+                self.core.on_arrival((seq, history, envelope), unanswered)?
             }
             RelayMessage::Ack { counter, seq } => match self.outbox.answer(counter) {
                 AckMatch::Matched(sent) => {
@@ -738,6 +751,7 @@ impl Driver {
                         self.emit(Event::Sent { id: sent.id, seq });
                     }
                     self.core.on_ack(seq, sent.envelope);
+                    self.core.on_answer(Some(seq), self.outbox.in_flight() > 0)?;
                     // Deliveries before `seq` may still be on their way: a Ping's Pong marks
                     // the point after which the own envelope takes its place.
                     self.ping_token = self.ping_token.wrapping_add(1);
@@ -759,6 +773,7 @@ impl Driver {
                         self.emit(Event::Warning(format!("the relay refused a group change: {detail}")));
                         self.core.on_own_refused(counter)?;
                     }
+                    self.core.on_answer(None, self.outbox.in_flight() > 0)?;
                 }
             }
             RelayMessage::GroupInfoStored { after_seq } => self.core.on_group_info_stored(after_seq),
@@ -775,9 +790,10 @@ impl Driver {
                 up.last_tx = Instant::now();
             }
             RelayMessage::Pong { token } => {
+                // Whatever is held is above every own envelope already answered.
                 self.core.settle_own(u64::MAX)?;
-                if let Some(i) = self.syncs.iter().position(|(t, _)| *t == token) {
-                    let _ = self.syncs.swap_remove(i).1.send(true);
+                if let Some(sync) = self.syncs.iter_mut().find(|s| s.0 == token) {
+                    sync.2 = true;
                 }
             }
             RelayMessage::Goodbye { code, detail } => return Err(SessionError::Refused { code, detail }),

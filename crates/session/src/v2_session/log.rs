@@ -14,6 +14,7 @@ use chatroom_crypto::{
 use chatroom_group::GroupError;
 use rand_core::RngCore;
 
+use super::held::{Delivery, Held};
 use super::{RotateError, V2Limits, V2Safety};
 use crate::error::SessionError;
 use crate::session::{ChatMessage, Event, GroupEvent, Rejected, Whois};
@@ -66,6 +67,8 @@ pub(super) struct Core {
     parts: Option<GroupInfoPart>,
     /// Own envelopes the relay acknowledged, placed in the log by their `seq`.
     own: BTreeMap<u64, Vec<u8>>,
+    /// Deliveries that arrived while an own envelope was unanswered.
+    held: Held,
     /// Own messages not yet seen in the log: (counter, id, content), to resend on a new epoch.
     unconfirmed: VecDeque<(u64, u64, Content)>,
     /// Messages the user sent before this client was a member.
@@ -153,6 +156,7 @@ impl Core {
         let secrets = room.as_ref().map_or(secrets, |r| r.secrets().clone());
         let phase = if room.is_some() { Phase::Member } else { Phase::Waiting { min_seq: None } };
         let core = Self {
+            held: Held::new(limits.max_held),
             identity,
             name,
             nick,
@@ -257,6 +261,7 @@ impl Core {
     /// behind the retained history enters again; anyone not a member fetches the GroupInfo.
     pub(super) fn on_joined(&mut self, created: bool, oldest_seq: u64) -> Result<(), SessionError> {
         self.parts = None;
+        self.held.clear();
         self.stored_info_seq = None;
         if let (Some(room), Phase::Member) = (&self.room, self.phase) {
             let last = room.cursor();
@@ -599,6 +604,51 @@ impl Core {
             self.process(seq, false, envelope)?;
         }
         Ok(())
+    }
+
+    /// A `Deliver` as it arrives: held while one of our envelopes is `unanswered`, as the
+    /// envelope's place may still be before it; read now otherwise.
+    pub(super) fn on_arrival(
+        &mut self,
+        (seq, history, envelope): Delivery,
+        unanswered: bool,
+    ) -> Result<(), SessionError> {
+        if unanswered {
+            return self.held.hold((seq, history, envelope));
+        }
+        self.release(None)?;
+        self.on_deliver(seq, history, envelope)
+    }
+
+    /// An answer to one of our envelopes: an `Ack` of `acked` (after `on_ack`), or a refusal.
+    /// Every delivery below an `Ack` has arrived, so those held are read; once nothing is
+    /// `unanswered`, all are.
+    pub(super) fn on_answer(&mut self, acked: Option<u64>, unanswered: bool) -> Result<(), SessionError> {
+        if acked.is_some() {
+            self.release(acked)?;
+        }
+        if unanswered {
+            return Ok(());
+        }
+        self.release(None)
+    }
+
+    /// Reads the held deliveries below `below` (all if `None`), each after the own envelopes
+    /// placed before it.
+    fn release(&mut self, below: Option<u64>) -> Result<(), SessionError> {
+        let deliveries = match below {
+            Some(seq) => self.held.take_below(seq),
+            None => self.held.take_all(),
+        };
+        for (seq, history, envelope) in deliveries {
+            self.on_deliver(seq, history, envelope)?;
+        }
+        Ok(())
+    }
+
+    /// Whether deliveries wait for an answer to one of our envelopes.
+    pub(super) fn holding(&self) -> bool {
+        !self.held.is_empty()
     }
 
     pub(super) fn on_deliver(
@@ -1044,6 +1094,68 @@ mod tests {
         let codes = [alice.safety(), bob.safety(), carol.safety()];
         assert!(codes[0].is_some() && codes.iter().all(|c| *c == codes[0]), "{codes:?}");
         assert_eq!(codes[0].as_ref().map(|c| c.epoch), Some(2));
+    }
+
+    #[test]
+    fn a_delivery_that_overtakes_the_ack_of_an_entry_waits_and_the_entry_wins() {
+        let mut alice = core(1);
+        alice.on_joined(true, 0).unwrap();
+        let info0 = put(&take(&mut alice));
+        let (mut bob, mut carol) = (core(2), core(3));
+        let mut entries = Vec::new();
+        for newcomer in [&mut bob, &mut carol] {
+            newcomer.on_joined(false, 0).unwrap();
+            newcomer.on_group_info_stored(0);
+            newcomer.on_group_info(info0.clone()).unwrap();
+            entries.push(envelope(&take(newcomer)));
+        }
+        // The relay stored bob's entry as seq 1 and carol's as 2 in one commit group, and
+        // delivers carol's to bob before it answers him.
+        bob.on_arrival((2, false, entries[1].clone()), true).unwrap();
+        assert!(bob.holding());
+        assert_eq!(group_events(&take(&mut bob)), vec![], "nothing decided before the answer");
+        bob.on_ack(1, entries[0].clone());
+        bob.on_answer(Some(1), false).unwrap();
+        assert!(!bob.holding());
+        assert_eq!(group_events(&take(&mut bob)), vec![GroupEvent::Entered { epoch: 1, history_share: 0 }]);
+        alice.on_deliver(1, false, entries[0].clone()).unwrap();
+        alice.on_deliver(2, false, entries[1].clone()).unwrap();
+        assert_eq!(alice.safety(), bob.safety(), "one group state, at epoch 1");
+    }
+
+    #[test]
+    fn an_ack_releases_the_deliveries_below_it_and_the_last_answer_the_rest() {
+        let (mut alice, mut bob) = alice_and_bob(100, 100);
+        bob.send(1, ContentKind::Text, "b1".into());
+        bob.send(2, ContentKind::Text, "b2".into());
+        let bobs = envelopes(&take(&mut bob));
+        alice.send(1, ContentKind::Text, "a1".into());
+        alice.send(2, ContentKind::Text, "a2".into());
+        let alices = envelopes(&take(&mut alice));
+        // The log: a1 (2), b1 (3), a2 (4); bob's two are in flight at once.
+        bob.on_arrival((2, false, alices[0].clone()), true).unwrap();
+        assert_eq!(texts(&take(&mut bob)), Vec::<String>::new());
+        bob.on_ack(3, bobs[0].clone());
+        bob.on_answer(Some(3), true).unwrap();
+        assert_eq!(texts(&take(&mut bob)), ["a1"], "everything below an Ack has arrived");
+        bob.on_arrival((4, false, alices[1].clone()), true).unwrap();
+        assert!(bob.holding(), "b2's place is still unknown");
+        // The relay refuses b2: nothing is unanswered any more.
+        bob.on_answer(None, false).unwrap();
+        assert_eq!(texts(&take(&mut bob)), ["a2"]);
+        assert!(!bob.holding());
+    }
+
+    #[test]
+    fn a_relay_that_delivers_past_the_budget_without_answering_loses_the_connection() {
+        let (_, mut bob) = alice_and_bob(100, 100);
+        bob.limits.max_held = 100;
+        bob.held = Held::new(100);
+        bob.on_arrival((2, false, vec![0; 60]), true).unwrap();
+        let past = bob.on_arrival((3, false, vec![0; 60]), true);
+        assert!(matches!(past, Err(SessionError::Lost(_))), "{past:?}");
+        assert!(!bob.holding(), "what was held is read again on the next connection");
+        assert_eq!(bob.history_after(), 1, "the cursor did not move");
     }
 
     #[test]

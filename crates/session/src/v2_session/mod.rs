@@ -7,6 +7,7 @@
 //! the events are the v1 session's.
 
 mod driver;
+mod held;
 mod keys;
 mod log;
 
@@ -41,6 +42,10 @@ pub struct V2Limits {
     /// Most bytes of log entries held while entering (those after the stored GroupInfo,
     /// needed once the entry is decided); beyond it the entry fails.
     pub max_entry_buffer: usize,
+    /// Most bytes of deliveries held while one of this client's envelopes is unanswered (a
+    /// relay answers a commit group's senders after its deliveries); beyond it the connection
+    /// is dropped and the next one reads them again (docs/PROTOCOL.md section 31: 16 MiB).
+    pub max_held: usize,
     /// Largest sealed GroupInfo assembled from the relay's parts (docs/PROTOCOL.md section 29: 8 MiB).
     pub max_group_info: usize,
     /// Healing: an update commit after this many of this member's messages since its last
@@ -63,6 +68,7 @@ impl Default for V2Limits {
             entry_attempts: 5,
             group_info_grace: Duration::from_secs(10),
             max_entry_buffer: 16 << 20,
+            max_held: 16 << 20,
             max_group_info: chatroom_group::MAX_SEALED_GROUP_INFO,
             heal_messages: DEFAULT_HEAL_MESSAGES,
             heal_after: DEFAULT_HEAL_AFTER,
