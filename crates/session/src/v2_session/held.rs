@@ -5,8 +5,8 @@
 //! connection, but a delivery above M may come before it: a relay completes a commit group's
 //! deliveries before it answers the group's senders. Read at once, that delivery would be
 //! processed before the client's own envelope at M: an entry that won judged lost, a commit
-//! taken for the one that ended its epoch. So while an envelope is unanswered, deliveries
-//! wait here in arrival order (which is `seq` order), within a byte budget
+//! taken for the one that ended its epoch. So while an envelope is unanswered, live
+//! deliveries wait here in arrival order (which is `seq` order), within a byte budget
 //! (docs/PROTOCOL.md section 31).
 
 use std::collections::VecDeque;

@@ -606,14 +606,16 @@ impl Core {
         Ok(())
     }
 
-    /// A `Deliver` as it arrives: held while one of our envelopes is `unanswered`, as the
-    /// envelope's place may still be before it; read now otherwise.
+    /// A `Deliver` as it arrives: a live one is held while one of our envelopes is
+    /// `unanswered`, as the envelope's place may still be before it; read now otherwise.
+    /// History needs no holding: an envelope sent on this connection is either new, after all
+    /// of it, or a resend of one stored before, which the history itself brings.
     pub(super) fn on_arrival(
         &mut self,
         (seq, history, envelope): Delivery,
         unanswered: bool,
     ) -> Result<(), SessionError> {
-        if unanswered {
+        if unanswered && !history {
             return self.held.hold((seq, history, envelope));
         }
         self.release(None)?;
@@ -1134,6 +1136,7 @@ mod tests {
         let alices = envelopes(&take(&mut alice));
         // The log: a1 (2), b1 (3), a2 (4); bob's two are in flight at once.
         bob.on_arrival((2, false, alices[0].clone()), true).unwrap();
+        assert!(bob.holding(), "a live delivery waits");
         assert_eq!(texts(&take(&mut bob)), Vec::<String>::new());
         bob.on_ack(3, bobs[0].clone());
         bob.on_answer(Some(3), true).unwrap();
@@ -1156,6 +1159,10 @@ mod tests {
         assert!(matches!(past, Err(SessionError::Lost(_))), "{past:?}");
         assert!(!bob.holding(), "what was held is read again on the next connection");
         assert_eq!(bob.history_after(), 1, "the cursor did not move");
+        // Replayed history is read at once, in flight or not: it is never over the budget.
+        bob.on_arrival((2, true, vec![0; 160]), true).unwrap();
+        assert!(!bob.holding());
+        assert_eq!(bob.history_after(), 2);
     }
 
     #[test]
