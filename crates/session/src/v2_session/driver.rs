@@ -752,8 +752,8 @@ impl Driver {
                     }
                     self.core.on_ack(seq, sent.envelope);
                     self.core.on_answer(Some(seq), self.outbox.in_flight() > 0)?;
-                    // Deliveries before `seq` may still be on their way: a Ping's Pong marks
-                    // the point after which the own envelope takes its place.
+                    // Everything below `seq` has arrived; the own envelope is processed before
+                    // the next delivery, or at this Ping's Pong if none comes first.
                     self.ping_token = self.ping_token.wrapping_add(1);
                     up.writer.send(&[ClientMessage::Ping { token: self.ping_token }]).await?;
                     up.last_tx = Instant::now();
