@@ -9,7 +9,7 @@ use async_nats::jetstream;
 use bytes::Bytes;
 use chatroom_nats_harness::{NatsCluster, NatsServer};
 use chatroom_relay::rooms::jetstream::log::{Appended, RoomLog, Tip, CHAT_SEQ};
-use chatroom_relay::rooms::jetstream::setup::{connect, ensure_stream, until_answered, STREAM};
+use chatroom_relay::rooms::jetstream::setup::{connect, ensure_stream, open_stream, until_answered, STREAM};
 
 type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
@@ -23,7 +23,7 @@ async fn room_log(
 ) -> Result<RoomLog, Box<dyn std::error::Error + Send + Sync>> {
     let js = jetstream::new(connect(url).await?);
     until_answered(|| ensure_stream(&js, replicas, 1000)).await?;
-    let stream = js.get_stream(STREAM).await?;
+    let stream = until_answered(|| open_stream(&js, STREAM)).await?;
     Ok(RoomLog::new(js, stream, format!("chat.{room}")))
 }
 
@@ -54,7 +54,7 @@ async fn two_writers_share_one_sequence(urls: [&str; 2], replicas: usize) -> Tes
     assert_eq!(other, (1..=EACH).collect::<Vec<_>>(), "another room counts on its own");
     // What was stored says the same as what the appends answered.
     let js = jetstream::new(connect(urls[0]).await?);
-    let stream = js.get_stream(STREAM).await?;
+    let stream = until_answered(|| open_stream(&js, STREAM)).await?;
     for tip in tips {
         let stored = stream.get_raw_message(tip.stream_seq).await?;
         assert_eq!(
@@ -117,7 +117,13 @@ async fn an_append_waits_through_the_killing_of_the_stream_leader_it_was_connect
         return Err("the first message was not stored".into());
     };
     let js = jetstream::new(connect(&cluster.urls()).await?);
-    let leader = js.get_stream(STREAM).await?.info().await?.cluster.as_ref().and_then(|c| c.leader.clone());
+    let leader = until_answered(|| open_stream(&js, STREAM))
+        .await?
+        .info()
+        .await?
+        .cluster
+        .as_ref()
+        .and_then(|c| c.leader.clone());
     let leader = leader.and_then(|name| cluster.index_of(&name)).ok_or("the stream has no leader")?;
     // A client of the leader alone (it learns the other servers from the leader's INFO).
     let log = room_log(&cluster.nodes()[leader].url(), 3, "failover").await?;

@@ -5,8 +5,8 @@
 use async_nats::jetstream::{self, kv, stream};
 use chatroom_nats_harness::{NatsCluster, NatsServer};
 use chatroom_relay::rooms::jetstream::setup::{
-    connect, ensure_buckets, ensure_stream, stream_config, until_answered, SetupError, BUCKETS, FAN_SUBJECTS,
-    PRESENCE_BUCKET, STREAM,
+    connect, ensure_buckets, ensure_stream, open_stream, stream_config, until_answered, SetupError, BUCKETS,
+    FAN_SUBJECTS, PRESENCE_BUCKET, STREAM,
 };
 
 type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
@@ -84,7 +84,13 @@ async fn the_cluster_keeps_every_message_and_key_in_three_replicas() -> TestResu
     let js = jetstream::new(connect(&cluster.urls()).await?);
     assert_eq!(until_answered(|| ensure_stream(&js, 3, 1000)).await?.num_replicas, 3);
     until_answered(|| ensure_buckets(&js, 3)).await?;
-    let info = js.get_stream(STREAM).await?.info().await?.cluster.clone().ok_or("no cluster info")?;
+    let info = until_answered(|| open_stream(&js, STREAM))
+        .await?
+        .info()
+        .await?
+        .cluster
+        .clone()
+        .ok_or("no cluster info")?;
     assert!(info.leader.is_some(), "{info:?}");
     assert_eq!(info.replicas.len(), 2, "two followers beside the leader: {info:?}");
     for (bucket, _) in BUCKETS {

@@ -4,15 +4,24 @@
 //! compare-and-sets never appear, unlike on the log's own subjects) to `fan.<room id>`, with
 //! `Nats-Sequence` (its stream sequence) and `Nats-Last-Sequence` (the room's previous one).
 //! A message whose previous one is not the last delivered reveals a gap (a message lost to a
-//! slow subscription, a leader change, or written before the subscription): the feed holds it
-//! and reads the missing ones one at a time from the stream leader, so nothing is buffered
-//! beyond the one held message.
+//! slow subscription, a leader change, or written before the subscription reached the leader):
+//! the feed holds it and reads the missing ones one at a time from the stream leader, so
+//! nothing is buffered beyond the one held message.
+//!
+//! A gap at the end has no later message to reveal it, so a quiet feed asks the leader for the
+//! room's last message now and then ([`Probe`]): soon after each delivery, then less and less
+//! often. A node's own appends are hinted to the feed, which asks soon after one of them has
+//! not come back, rather than at the next quiet probe.
+
+use std::time::Duration;
 
 use async_nats::jetstream::message::StreamMessage;
-use async_nats::jetstream::stream::Stream;
+use async_nats::jetstream::stream::{LastRawMessageErrorKind, Stream};
 use async_nats::{Client, HeaderMap, Subscriber};
 use bytes::Bytes;
 use futures_util::StreamExt;
+use tokio::sync::watch;
+use tokio::time::Instant;
 
 use super::log::{Tip, CHAT_SEQ};
 
@@ -43,6 +52,29 @@ struct Republished {
     previous_stream_seq: u64,
 }
 
+/// When a quiet feed asks the stream leader for the room's last message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probe {
+    /// Quiet time after a delivery (or after subscribing) before the first probe.
+    pub first: Duration,
+    /// The longest quiet time between probes: each probe that finds nothing new doubles the
+    /// wait up to this, so an idle room costs one request per this long.
+    pub max: Duration,
+    /// How long after a hinted append (one of this node's own) the feed waits for its
+    /// republished copy before asking.
+    pub after_hint: Duration,
+}
+
+impl Default for Probe {
+    fn default() -> Self {
+        Self {
+            first: Duration::from_millis(500),
+            max: Duration::from_secs(30),
+            after_hint: Duration::from_millis(500),
+        }
+    }
+}
+
 /// One room's live feed on this node.
 #[derive(Debug)]
 pub struct RoomFeed {
@@ -51,6 +83,12 @@ pub struct RoomFeed {
     subject: String,
     last: Tip,
     held: Option<Delivered>,
+    probe: Probe,
+    /// The current quiet interval, and when the next probe is due.
+    quiet: Duration,
+    probe_at: Instant,
+    /// Tips this node's own appends stored, if hinted.
+    hints: Option<watch::Receiver<Tip>>,
 }
 
 impl RoomFeed {
@@ -63,7 +101,33 @@ impl RoomFeed {
         after: Tip,
     ) -> Result<Self, FeedError> {
         let subscription = client.subscribe(format!("fan.{room_id}")).await.map_err(|_| FeedError::Closed)?;
-        Ok(Self { subscription, stream, subject: format!("chat.{room_id}"), last: after, held: None })
+        let probe = Probe::default();
+        Ok(Self {
+            subscription,
+            stream,
+            subject: format!("chat.{room_id}"),
+            last: after,
+            held: None,
+            probe,
+            quiet: probe.first,
+            probe_at: Instant::now() + probe.first,
+            hints: None,
+        })
+    }
+
+    /// Probes on `probe`'s schedule instead of the default one.
+    pub fn with_probe(mut self, probe: Probe) -> Self {
+        self.probe = probe;
+        self.quiet = probe.first;
+        self.probe_at = Instant::now() + probe.first;
+        self
+    }
+
+    /// Hints the feed with the tips this node's own appends store: one that has not come back
+    /// through the subscription within [`Probe::after_hint`] is read from the stream.
+    pub fn with_hints(mut self, hints: watch::Receiver<Tip>) -> Self {
+        self.hints = Some(hints);
+        self
     }
 
     /// Delivers from after `after` instead, holding nothing: for a caller that subscribed,
@@ -95,15 +159,42 @@ impl RoomFeed {
                 self.held = Some(held);
                 return self.accept(missing);
             }
-            let received = self.subscription.next().await.ok_or(FeedError::Closed)?;
-            let Republished { message, previous_stream_seq } = republished(received)?;
-            if message.tip.stream_seq <= self.last.stream_seq {
-                continue; // delivered already, by backfill
+            tokio::select! {
+                received = self.subscription.next() => {
+                    let Republished { message, previous_stream_seq } =
+                        republished(received.ok_or(FeedError::Closed)?)?;
+                    if message.tip.stream_seq <= self.last.stream_seq {
+                        continue; // delivered already, by backfill
+                    }
+                    if previous_stream_seq == self.last.stream_seq {
+                        return self.accept(message);
+                    }
+                    self.held = Some(message);
+                }
+                () = tokio::time::sleep_until(self.probe_at) => self.held = self.probe().await?,
+                hinted = next_hint(&mut self.hints) => {
+                    if hinted.stream_seq > self.last.stream_seq {
+                        self.probe_at = self.probe_at.min(Instant::now() + self.probe.after_hint);
+                    }
+                }
             }
-            if previous_stream_seq == self.last.stream_seq {
-                return self.accept(message);
+        }
+    }
+
+    /// The room's last stored message, if it is past the last delivered one; the next probe
+    /// waits twice as long when it is not. A leader that does not answer is asked again at the
+    /// next probe: the subscription may well be fine.
+    async fn probe(&mut self) -> Result<Option<Delivered>, FeedError> {
+        self.quiet = (self.quiet * 2).min(self.probe.max);
+        self.probe_at = Instant::now() + self.quiet;
+        match self.stream.get_last_raw_message_by_subject(&self.subject).await {
+            Ok(message) => Ok(Some(stored(message)?).filter(|m| m.tip.stream_seq > self.last.stream_seq)),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => {
+                let subject = &self.subject;
+                tracing::debug!(%subject, error = %e, "a room's feed could not probe the stream leader");
+                Ok(None)
             }
-            self.held = Some(message);
         }
     }
 
@@ -122,8 +213,21 @@ impl RoomFeed {
             return Err(FeedError::OutOfOrder { last: self.last.chat_seq, got: message.tip.chat_seq });
         }
         self.last = message.tip;
+        self.quiet = self.probe.first;
+        self.probe_at = Instant::now() + self.probe.first;
         Ok(message)
     }
+}
+
+/// The next tip hinted, or never once the hints end (or when there are none).
+async fn next_hint(hints: &mut Option<watch::Receiver<Tip>>) -> Tip {
+    if let Some(receiver) = hints {
+        if receiver.changed().await.is_ok() {
+            return *receiver.borrow_and_update();
+        }
+        *hints = None;
+    }
+    std::future::pending().await
 }
 
 fn stored(message: StreamMessage) -> Result<Delivered, FeedError> {

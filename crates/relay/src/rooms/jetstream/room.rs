@@ -91,6 +91,9 @@ pub(super) struct NodeRoom {
     pub(super) token: String,
     held: Mutex<Held>,
     pub(super) delivered: watch::Sender<Tip>,
+    /// The last envelope this node's writer stored: hints the feed to read it from the stream
+    /// should its republished copy not come (see `fanout`).
+    pub(super) stored: watch::Sender<Tip>,
     pub(super) writer: mpsc::UnboundedSender<Job>,
     history_limit: HistoryLimit,
     tasks: Mutex<Vec<AbortHandle>>,
@@ -142,6 +145,7 @@ impl NodeRoom {
             token,
             held: Mutex::new(held),
             delivered: watch::channel(tip).0,
+            stored: watch::channel(tip).0,
             writer,
             history_limit: limit,
             tasks: Mutex::new(Vec::new()),
@@ -302,12 +306,15 @@ pub(super) async fn follow(room: Weak<NodeRoom>, client: async_nats::Client, mut
                 None => return,
             },
             Err(e) => {
-                let Some(token) = room.upgrade().map(|r| r.token.clone()) else { return };
+                let Some((token, hints)) = room.upgrade().map(|r| (r.token.clone(), r.stored.subscribe()))
+                else {
+                    return;
+                };
                 warn!(error = %e, "a room's feed broke; subscribing again");
                 tokio::time::sleep(FEED_RETRY).await;
                 let stream = feed.stream().clone();
                 match RoomFeed::subscribe(&client, stream, &token, feed.last()).await {
-                    Ok(again) => feed = again,
+                    Ok(again) => feed = again.with_hints(hints),
                     Err(e) => warn!(error = %e, "a room's feed could not subscribe again"),
                 }
             }
@@ -331,10 +338,12 @@ pub(super) async fn write(
         let answer = match appended {
             Ok(Appended::Stored(at)) => {
                 tip = at;
+                room.stored.send_replace(at);
                 room.reached(at).await;
                 Ok(at.chat_seq)
             }
             Ok(Appended::Duplicate(at)) => {
+                room.stored.send_replace(at);
                 room.reached(at).await;
                 Ok(at.chat_seq)
             }

@@ -27,8 +27,8 @@ use tracing::error;
 
 use super::room::{Job, NodeRoom};
 use super::setup::{
-    ensure_buckets, ensure_stream, until_answered, wait_routed, SetupError, BANS_BUCKET, GROUP_INFO_BUCKET,
-    NICKS_BUCKET, PRESENCE_BUCKET, ROOMS_BUCKET, STREAM,
+    ensure_buckets, ensure_stream, open_stream, until_answered, wait_routed, SetupError, BANS_BUCKET,
+    GROUP_INFO_BUCKET, NICKS_BUCKET, PRESENCE_BUCKET, ROOMS_BUCKET, STREAM,
 };
 use super::state::RoomState;
 use crate::admin::{BanInfo, RoomInfo};
@@ -145,7 +145,7 @@ impl JetStreamRooms {
         };
         let stream = |name: String| {
             let js = js.clone();
-            async move { js.get_stream(&name).await.map_err(|e| api(&name)(&e)) }
+            async move { open_stream(&js, &name).await }
         };
         let bucket = |name: &'static str| {
             let js = js.clone();

@@ -192,6 +192,13 @@ pub fn unanswered(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// The stream `name`, asked of the cluster once: wrap it in [`until_answered`] to ask again
+/// while a reply goes astray (a new connection's reply subject not yet known to the stream
+/// leader's node) or a leader is being elected.
+pub async fn open_stream(js: &jetstream::Context, name: &str) -> Result<stream::Stream, SetupError> {
+    js.get_stream(name).await.map_err(|e| SetupError::jetstream(name, &e))
+}
+
 /// Runs `attempt` until it succeeds, fails for another reason than [`SetupError::Unanswered`],
 /// or [`SETUP_WITHIN`] has passed (the attempt in progress then ends there too).
 pub async fn until_answered<T, F, Fut>(mut attempt: F) -> Result<T, SetupError>
