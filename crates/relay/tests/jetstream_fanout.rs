@@ -10,7 +10,9 @@ use bytes::Bytes;
 use chatroom_nats_harness::{NatsCluster, NatsServer};
 use chatroom_relay::rooms::jetstream::fanout::{Delivered, Probe, RoomFeed};
 use chatroom_relay::rooms::jetstream::log::{Appended, RoomLog, Tip};
-use chatroom_relay::rooms::jetstream::setup::{connect, ensure_stream, open_stream, until_answered, STREAM};
+use chatroom_relay::rooms::jetstream::setup::{
+    connect, ensure_stream, open_stream, until_answered, STREAM, SUBSCRIPTION_CAPACITY,
+};
 use tokio::sync::watch;
 
 type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
@@ -73,7 +75,7 @@ async fn feed_after_the_fact(
     let server = NatsServer::single()?;
     let client = connect(&server.url()).await?;
     let js = jetstream::new(client.clone());
-    ensure_stream(&js, 1, 1000).await?;
+    ensure_stream(&js, 1, 10_000).await?;
     let stream = js.get_stream(STREAM).await?;
     let log = RoomLog::new(js, stream.clone(), "chat.room".into());
     let mut tips = Vec::new();
@@ -86,7 +88,7 @@ async fn feed_after_the_fact(
 
 #[tokio::test]
 async fn a_quiet_feed_finds_the_messages_no_later_one_revealed_and_repeats_none() -> TestResult {
-    let fast = Probe { first: Duration::from_millis(20), max: Duration::from_millis(40), ..Probe::default() };
+    let fast = Probe { first: Duration::from_millis(20), max: Duration::from_millis(40) };
     let (_server, log, mut feed, _) = feed_after_the_fact(3, fast).await?;
     for seq in 1..=3 {
         assert_eq!(next(&mut feed).await?.tip.chat_seq, seq);
@@ -100,9 +102,30 @@ async fn a_quiet_feed_finds_the_messages_no_later_one_revealed_and_repeats_none(
 }
 
 #[tokio::test]
+async fn a_busy_feed_whose_subscription_overflowed_finds_the_lost_tail() -> TestResult {
+    let fast = Probe { first: Duration::from_millis(20), max: Duration::from_millis(40) };
+    let (_server, log, mut feed, _) = feed_after_the_fact(0, fast).await?;
+    // More than the subscription buffers, appended while nobody reads: the newest are dropped,
+    // and nothing after them reveals the gap. The feed is busy (each delivery puts the next
+    // probe later) until the buffered ones are read.
+    let total = SUBSCRIPTION_CAPACITY as u64 + 100;
+    let mut tip = Tip::default();
+    for i in 1..=total {
+        match log.append(tip, &format!("m{i}"), Bytes::from(format!("m{i}"))).await? {
+            Appended::Stored(next) => tip = next,
+            Appended::Duplicate(_) => return Err(format!("m{i} was a duplicate").into()),
+        }
+    }
+    for seq in 1..=total {
+        assert_eq!(next(&mut feed).await?.tip.chat_seq, seq);
+    }
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_hinted_append_whose_copy_never_came_is_read_from_the_stream() -> TestResult {
     let hour = Duration::from_secs(3600);
-    let only_hints = Probe { first: hour, max: hour, after_hint: Duration::from_millis(20) };
+    let only_hints = Probe { first: hour, max: hour };
     let (_server, _log, feed, tips) = feed_after_the_fact(2, only_hints).await?;
     let (hint, hints) = watch::channel(Tip::default());
     let mut feed = feed.with_hints(hints);

@@ -10,9 +10,11 @@
 //!
 //! A gap at the end has no later message to reveal it, so a quiet feed asks the leader for the
 //! room's last message now and then ([`Probe`]): soon after each delivery, then less and less
-//! often. A node's own appends are hinted to the feed, which asks soon after one of them has
-//! not come back, rather than at the next quiet probe.
+//! often. The node's writer hints the feed with an append of its own whose copy is overdue, and
+//! the feed asks at once rather than at the next quiet probe. Neither costs a busy room
+//! anything per message: the timer is re-armed only when it fires or the feed leaves a backoff.
 
+use std::pin::Pin;
 use std::time::Duration;
 
 use async_nats::jetstream::message::StreamMessage;
@@ -21,7 +23,7 @@ use async_nats::{Client, HeaderMap, Subscriber};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::watch;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use super::log::{Tip, CHAT_SEQ};
 
@@ -60,18 +62,11 @@ pub struct Probe {
     /// The longest quiet time between probes: each probe that finds nothing new doubles the
     /// wait up to this, so an idle room costs one request per this long.
     pub max: Duration,
-    /// How long after a hinted append (one of this node's own) the feed waits for its
-    /// republished copy before asking.
-    pub after_hint: Duration,
 }
 
 impl Default for Probe {
     fn default() -> Self {
-        Self {
-            first: Duration::from_millis(500),
-            max: Duration::from_secs(30),
-            after_hint: Duration::from_millis(500),
-        }
+        Self { first: Duration::from_millis(500), max: Duration::from_secs(30) }
     }
 }
 
@@ -84,10 +79,13 @@ pub struct RoomFeed {
     last: Tip,
     held: Option<Delivered>,
     probe: Probe,
-    /// The current quiet interval, and when the next probe is due.
+    /// The current quiet interval: the next probe is due this long after `active_at`, the
+    /// last delivery or probe.
     quiet: Duration,
-    probe_at: Instant,
-    /// Tips this node's own appends stored, if hinted.
+    active_at: Instant,
+    /// Fires at or before the next probe is due (a delivery moves the due time without it).
+    timer: Pin<Box<Sleep>>,
+    /// Tips of this node's own appends whose copies are overdue, if hinted.
     hints: Option<watch::Receiver<Tip>>,
 }
 
@@ -110,7 +108,8 @@ impl RoomFeed {
             held: None,
             probe,
             quiet: probe.first,
-            probe_at: Instant::now() + probe.first,
+            active_at: Instant::now(),
+            timer: Box::pin(tokio::time::sleep(probe.first)),
             hints: None,
         })
     }
@@ -119,12 +118,13 @@ impl RoomFeed {
     pub fn with_probe(mut self, probe: Probe) -> Self {
         self.probe = probe;
         self.quiet = probe.first;
-        self.probe_at = Instant::now() + probe.first;
+        self.active_at = Instant::now();
+        self.timer.as_mut().reset(self.active_at + probe.first);
         self
     }
 
-    /// Hints the feed with the tips this node's own appends store: one that has not come back
-    /// through the subscription within [`Probe::after_hint`] is read from the stream.
+    /// Hints the feed with the tips of this node's own appends whose republished copies are
+    /// overdue: one past the last delivered is read from the stream at once.
     pub fn with_hints(mut self, hints: watch::Receiver<Tip>) -> Self {
         self.hints = Some(hints);
         self
@@ -171,10 +171,17 @@ impl RoomFeed {
                     }
                     self.held = Some(message);
                 }
-                () = tokio::time::sleep_until(self.probe_at) => self.held = self.probe().await?,
+                () = self.timer.as_mut() => {
+                    let due = self.active_at + self.quiet;
+                    if Instant::now() < due {
+                        self.timer.as_mut().reset(due); // a delivery came meanwhile
+                    } else {
+                        self.held = self.probe().await?;
+                    }
+                }
                 hinted = next_hint(&mut self.hints) => {
                     if hinted.stream_seq > self.last.stream_seq {
-                        self.probe_at = self.probe_at.min(Instant::now() + self.probe.after_hint);
+                        self.held = self.probe().await?;
                     }
                 }
             }
@@ -186,7 +193,8 @@ impl RoomFeed {
     /// next probe: the subscription may well be fine.
     async fn probe(&mut self) -> Result<Option<Delivered>, FeedError> {
         self.quiet = (self.quiet * 2).min(self.probe.max);
-        self.probe_at = Instant::now() + self.quiet;
+        self.active_at = Instant::now();
+        self.timer.as_mut().reset(self.active_at + self.quiet);
         match self.stream.get_last_raw_message_by_subject(&self.subject).await {
             Ok(message) => Ok(Some(stored(message)?).filter(|m| m.tip.stream_seq > self.last.stream_seq)),
             Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
@@ -213,8 +221,12 @@ impl RoomFeed {
             return Err(FeedError::OutOfOrder { last: self.last.chat_seq, got: message.tip.chat_seq });
         }
         self.last = message.tip;
-        self.quiet = self.probe.first;
-        self.probe_at = Instant::now() + self.probe.first;
+        self.active_at = Instant::now();
+        if self.quiet != self.probe.first {
+            // Leaving a backoff: the timer may be set far later than the new due time.
+            self.quiet = self.probe.first;
+            self.timer.as_mut().reset(self.active_at + self.quiet);
+        }
         Ok(message)
     }
 }

@@ -136,7 +136,7 @@ impl Node {
         feed.start_after(tip);
         let (room, jobs) =
             NodeRoom::new(name.clone(), token, rules, tip, history, self.limits.history, group_info_seq);
-        let feed = feed.with_hints(room.stored.subscribe());
+        let feed = feed.with_hints(room.overdue.subscribe());
         let weak = Arc::downgrade(&room);
         room.keep(tokio::spawn(follow(weak.clone(), self.client.clone(), feed)).abort_handle());
         room.keep(

@@ -24,6 +24,9 @@ use crate::rooms::{ConnectionId, History, HistoryLimit, Item, Link, Pulled, Refu
 
 /// The pause before a broken feed subscribes again.
 const FEED_RETRY: Duration = Duration::from_millis(200);
+/// How long a stored envelope's republished copy may take to come back through the room's feed
+/// before the feed is told to read it from the stream (a copy lost with nothing after it).
+const OVERDUE: Duration = Duration::from_millis(500);
 
 /// A retained envelope, kept as the `Deliver` item a replay sends (one buffer, every replay).
 #[derive(Debug, Clone)]
@@ -91,9 +94,9 @@ pub(super) struct NodeRoom {
     pub(super) token: String,
     held: Mutex<Held>,
     pub(super) delivered: watch::Sender<Tip>,
-    /// The last envelope this node's writer stored: hints the feed to read it from the stream
-    /// should its republished copy not come (see `fanout`).
-    pub(super) stored: watch::Sender<Tip>,
+    /// The last envelope this node's writer stored whose republished copy is overdue
+    /// ([`OVERDUE`]): hints the feed to read it from the stream (see `fanout`).
+    pub(super) overdue: watch::Sender<Tip>,
     pub(super) writer: mpsc::UnboundedSender<Job>,
     history_limit: HistoryLimit,
     tasks: Mutex<Vec<AbortHandle>>,
@@ -145,7 +148,7 @@ impl NodeRoom {
             token,
             held: Mutex::new(held),
             delivered: watch::channel(tip).0,
-            stored: watch::channel(tip).0,
+            overdue: watch::channel(tip).0,
             writer,
             history_limit: limit,
             tasks: Mutex::new(Vec::new()),
@@ -190,12 +193,17 @@ impl NodeRoom {
     }
 
     /// Resolves once the feed delivered the envelope at `tip` here, so an answered envelope has
-    /// reached this node's members; gives up after the append deadline (the envelope is
-    /// stored, and reaches them when the feed recovers).
+    /// reached this node's members; hints the feed once it is [`OVERDUE`], and gives up after
+    /// the append deadline (the envelope is stored, and reaches them when the feed recovers).
     async fn reached(&self, tip: Tip) {
         let mut delivered = self.delivered.subscribe();
         let wait = delivered.wait_for(|d| d.stream_seq >= tip.stream_seq);
-        if tokio::time::timeout(APPEND_DEADLINE, wait).await.is_err() {
+        tokio::pin!(wait);
+        if tokio::time::timeout(OVERDUE, &mut wait).await.is_ok() {
+            return;
+        }
+        self.overdue.send_replace(tip);
+        if tokio::time::timeout(APPEND_DEADLINE.saturating_sub(OVERDUE), wait).await.is_err() {
             warn!(room = %self.name, seq = tip.chat_seq, "a stored envelope did not come back through the room's feed in time");
         }
     }
@@ -306,7 +314,7 @@ pub(super) async fn follow(room: Weak<NodeRoom>, client: async_nats::Client, mut
                 None => return,
             },
             Err(e) => {
-                let Some((token, hints)) = room.upgrade().map(|r| (r.token.clone(), r.stored.subscribe()))
+                let Some((token, hints)) = room.upgrade().map(|r| (r.token.clone(), r.overdue.subscribe()))
                 else {
                     return;
                 };
@@ -338,12 +346,10 @@ pub(super) async fn write(
         let answer = match appended {
             Ok(Appended::Stored(at)) => {
                 tip = at;
-                room.stored.send_replace(at);
                 room.reached(at).await;
                 Ok(at.chat_seq)
             }
             Ok(Appended::Duplicate(at)) => {
-                room.stored.send_replace(at);
                 room.reached(at).await;
                 Ok(at.chat_seq)
             }
