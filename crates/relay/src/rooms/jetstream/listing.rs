@@ -9,6 +9,7 @@ use async_nats::jetstream::consumer::pull::OrderedConfig;
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::message::StreamMessage;
 use async_nats::jetstream::stream::{LastRawMessageErrorKind, Stream};
+use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 
@@ -19,9 +20,13 @@ const READ_WAIT: Duration = Duration::from_secs(10);
 
 /// Whether a key's last message is a delete, a purge or an expiry marker rather than a value.
 pub(super) fn is_removal(message: &StreamMessage) -> bool {
-    message.payload.is_empty()
-        || message.headers.get("KV-Operation").is_some()
-        || message.headers.get("Nats-Marker-Reason").is_some()
+    removal(&message.payload, Some(&message.headers))
+}
+
+/// `is_removal` for a message's parts (a consumer's messages may carry no headers).
+fn removal(payload: &[u8], headers: Option<&HeaderMap>) -> bool {
+    payload.is_empty()
+        || headers.is_some_and(|h| h.get("KV-Operation").is_some() || h.get("Nats-Marker-Reason").is_some())
 }
 
 /// The subjects under `filter`, at most `max` (more is refused: every caller's keys are bounded).
@@ -115,11 +120,7 @@ async fn last_per_subject(stream: &Stream, filter: &str, max: usize) -> Result<V
         let next = tokio::time::timeout(READ_WAIT, messages.next()).await.map_err(|e| fail(&e))?;
         let message = next.ok_or_else(|| fail(&"the listing ended early"))?.map_err(|e| fail(&e))?;
         pending = message.info().map_err(|e| fail(&e))?.pending;
-        let removed = message.payload.is_empty()
-            || message
-                .headers
-                .as_ref()
-                .is_some_and(|h| h.get("KV-Operation").is_some() || h.get("Nats-Marker-Reason").is_some());
+        let removed = removal(&message.payload, message.headers.as_ref());
         found.push(Entry { subject: message.subject.to_string(), payload: message.payload.clone(), removed });
         if found.len() > max {
             return Err(fail(&format!("more than {max} keys under {filter}")));
