@@ -13,7 +13,7 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 
-use super::state::{asked_again, StateError};
+use super::state::StateError;
 
 /// How long a listing waits for each key's value.
 const READ_WAIT: Duration = Duration::from_secs(10);
@@ -71,8 +71,8 @@ async fn completed(
 ) -> Result<Vec<Value>, StateError> {
     let delivered: HashSet<String> = found.iter().map(|entry| entry.subject.clone()).collect();
     for subject in on_leader.iter().filter(|s| !delivered.contains(s.as_str())) {
-        if let Some(entry) = leader_entry(stream, subject).await? {
-            found.push(entry);
+        if let Some(payload) = leader_value(stream, subject).await? {
+            found.push(Entry { subject: subject.clone(), payload, removed: false });
         }
     }
     let present: Vec<Value> =
@@ -129,15 +129,13 @@ async fn last_per_subject(stream: &Stream, filter: &str, max: usize) -> Result<V
     Ok(found)
 }
 
-/// `subject`'s last message, from the stream leader; `None` when it holds none any more.
-async fn leader_entry(stream: &Stream, subject: &str) -> Result<Option<Entry>, StateError> {
-    match asked_again(|| stream.get_last_raw_message_by_subject(subject)).await {
-        Ok(message) => {
-            let removed = is_removal(&message);
-            Ok(Some(Entry { subject: subject.to_owned(), payload: message.payload, removed }))
-        }
+/// The last value of `subject`, from the stream leader, unless removed.
+pub(super) async fn leader_value(stream: &Stream, subject: &str) -> Result<Option<Bytes>, StateError> {
+    match stream.get_last_raw_message_by_subject(subject).await {
+        Ok(message) if is_removal(&message) => Ok(None),
+        Ok(message) => Ok(Some(message.payload)),
         Err(e) if matches!(e.kind(), LastRawMessageErrorKind::NoMessageFound) => Ok(None),
-        Err(e) => Err(StateError::new("listed", &e)),
+        Err(e) => Err(StateError::new("read", &e)),
     }
 }
 

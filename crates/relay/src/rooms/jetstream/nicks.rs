@@ -9,7 +9,6 @@
 use std::collections::{HashMap, HashSet};
 
 use async_nats::jetstream::kv::CreateErrorKind;
-use async_nats::jetstream::stream::{LastRawMessageErrorKind, Stream};
 use bytes::Bytes;
 use chatroom_crypto::PublicIdentity;
 
@@ -61,16 +60,6 @@ fn identity_key(token: &str, identity: &PublicIdentity) -> String {
     format!("{token}.i.{}", identity_hex(identity))
 }
 
-/// The last value of `subject`, unless removed.
-async fn last_value(stream: &Stream, subject: &str) -> Result<Option<Bytes>, StateError> {
-    match stream.get_last_raw_message_by_subject(subject).await {
-        Ok(message) if listing::is_removal(&message) => Ok(None),
-        Ok(message) => Ok(Some(message.payload)),
-        Err(e) if matches!(e.kind(), LastRawMessageErrorKind::NoMessageFound) => Ok(None),
-        Err(e) => Err(StateError::new("read", &e)),
-    }
-}
-
 impl Node {
     /// Every binding of the room.
     pub(super) async fn room_nicks(
@@ -98,7 +87,7 @@ impl Node {
 
     pub(super) async fn is_banned(&self, token: &str, identity: &PublicIdentity) -> Result<bool, StateError> {
         let subject = format!("$KV.{BANS_BUCKET}.{token}.{}", identity_hex(identity));
-        Ok(last_value(&self.bans_stream, &subject).await?.is_some())
+        Ok(listing::leader_value(&self.bans_stream, &subject).await?.is_some())
     }
 
     /// The identity bound to a canonical nickname.
@@ -108,7 +97,7 @@ impl Node {
         canonical: &str,
     ) -> Result<Option<PublicIdentity>, StateError> {
         let subject = format!("$KV.{NICKS_BUCKET}.{}", nick_key(token, canonical));
-        let value = last_value(&self.nicks_stream, &subject).await?;
+        let value = listing::leader_value(&self.nicks_stream, &subject).await?;
         Ok(value.and_then(|v| <[u8; 32]>::try_from(v.as_ref()).ok()).map(PublicIdentity))
     }
 
@@ -119,7 +108,7 @@ impl Node {
         identity: &PublicIdentity,
     ) -> Result<Option<String>, StateError> {
         let subject = format!("$KV.{NICKS_BUCKET}.{}", identity_key(token, identity));
-        let value = last_value(&self.nicks_stream, &subject).await?;
+        let value = listing::leader_value(&self.nicks_stream, &subject).await?;
         Ok(value.and_then(|v| String::from_utf8(v.to_vec()).ok()))
     }
 
