@@ -35,12 +35,44 @@ fn target_dir() -> PathBuf {
     exe.parent().and_then(Path::parent).expect("target directory").to_path_buf()
 }
 
+/// What `cargo test` sets for the test it runs and for no shell: the package's identity, its
+/// directories, the build script's output.
+const SET_FOR_THIS_TEST: [&str; 8] = [
+    "CARGO_MANIFEST_DIR",
+    "CARGO_MANIFEST_PATH",
+    "CARGO_MANIFEST_LINKS",
+    "CARGO_CRATE_NAME",
+    "CARGO_PRIMARY_PACKAGE",
+    "CARGO_TARGET_TMPDIR",
+    "CARGO_RUSTC_CURRENT_DIR",
+    "OUT_DIR",
+];
+
+/// Runs a `cargo` started by a test as from the user's shell: without what `cargo test` set
+/// for this test (`SET_FOR_THIS_TEST`, `CARGO_PKG_*`, `CARGO_BIN_*`). Build scripts that watch
+/// those variables (ring's) would otherwise see a change and rebuild, and the next build from
+/// a shell (the rest of `scripts/test`, `scripts/dist`) would rebuild them and everything above
+/// them again. What configures cargo itself (`CARGO_HOME`, `CARGO_INCREMENTAL`,
+/// `CARGO_TARGET_DIR`...) is kept.
+pub fn as_from_a_shell(cmd: &mut Command) -> &mut Command {
+    for (name, _) in std::env::vars_os() {
+        let text = name.to_string_lossy();
+        if text.starts_with("CARGO_PKG_")
+            || text.starts_with("CARGO_BIN_")
+            || SET_FOR_THIS_TEST.contains(&&*text)
+        {
+            cmd.env_remove(&name);
+        }
+    }
+    cmd
+}
+
 fn build_once() -> &'static Result<(), String> {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
-        let status = Command::new(cargo)
+        let status = as_from_a_shell(&mut Command::new(cargo))
             .current_dir(&workspace)
             .args(["build", "--bin", "chatroom", "--bin", "chatroom-relay"])
             .stdout(Stdio::null())

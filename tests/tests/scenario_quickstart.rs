@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use chatroom_e2e::{random_hex, Lines};
+use chatroom_e2e::{as_from_a_shell, random_hex, Lines};
 
 type TestResult = Result<(), Box<dyn Error + Send + Sync>>;
 
@@ -35,16 +35,8 @@ fn cargo(home: &Path, args: &[&str]) -> Result<Command, Box<dyn Error + Send + S
     let rustup_home =
         std::env::var_os("RUSTUP_HOME").map_or_else(|| real_home.join(".rustup"), PathBuf::from);
     let mut cmd = Command::new("cargo");
-    // As from a user's shell: without what `cargo test` sets for this test (CARGO_MANIFEST_DIR,
-    // CARGO_PKG_NAME, OUT_DIR...). Build scripts that watch those (ring's) would otherwise
-    // see a change, and the next build from a shell (scripts/dist) would rebuild them.
-    for (name, _) in std::env::vars_os() {
-        let name_text = name.to_string_lossy();
-        if (name_text.starts_with("CARGO_") && name_text != "CARGO_HOME") || name_text == "OUT_DIR" {
-            cmd.env_remove(&name);
-        }
-    }
-    cmd.args(args)
+    as_from_a_shell(&mut cmd)
+        .args(args)
         .current_dir(workspace())
         .env("HOME", home)
         .env("CARGO_HOME", cargo_home)
