@@ -717,3 +717,33 @@ impl Cutter {
         self.swallow.store(false, std::sync::atomic::Ordering::SeqCst);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Under `cargo test` this process has the package's variables; a command made "as from a
+    /// shell" removes exactly those and keeps the rest (`PATH`, what configures cargo).
+    #[test]
+    fn a_cargo_from_a_test_runs_without_the_tests_variables() {
+        assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some(), "run this under cargo test");
+        assert!(std::env::var_os("CARGO_PKG_NAME").is_some(), "run this under cargo test");
+        let mut cmd = Command::new("cargo");
+        cmd.env("CARGO_INCREMENTAL", "0");
+        as_from_a_shell(&mut cmd);
+        let removed: Vec<String> = cmd
+            .get_envs()
+            .filter(|(_, value)| value.is_none())
+            .map(|(name, _)| name.to_string_lossy().into_owned())
+            .collect();
+        assert!(removed.iter().any(|n| n == "CARGO_MANIFEST_DIR"), "{removed:?}");
+        assert!(removed.iter().any(|n| n == "CARGO_PKG_NAME"), "{removed:?}");
+        for name in ["PATH", "HOME", "CARGO_HOME", "CARGO_INCREMENTAL", "CARGO_TARGET_DIR", "CARGO"] {
+            assert!(!removed.iter().any(|n| n == name), "{name} removed: {removed:?}");
+        }
+        assert_eq!(
+            cmd.get_envs().find(|(n, _)| *n == "CARGO_INCREMENTAL").and_then(|(_, v)| v),
+            Some("0".as_ref())
+        );
+    }
+}
